@@ -1,0 +1,343 @@
+"""Every error dvt raises to a caller: one class per stable code.
+
+A caller branches on ``error.code`` (a string that never changes meaning), shows ``str(error)``
+to people, and may retry when ``error.retryable`` is true. ``details`` is JSON-safe data.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class ErrorCode(StrEnum):
+    """The stable error codes of dvt (contract section 11, plus the ones dvt adds)."""
+
+    PLAN_URI_NOT_ALLOWED = "PLAN_URI_NOT_ALLOWED"
+    PLAN_INTEGRITY_VALIDATION_FAILED = "PLAN_INTEGRITY_VALIDATION_FAILED"
+    PLAN_SCHEMA_VERSION_UNSUPPORTED = "PLAN_SCHEMA_VERSION_UNSUPPORTED"
+    PLAN_NOT_FOUND = "PLAN_NOT_FOUND"
+    PLAN_FETCH_FAILED = "PLAN_FETCH_FAILED"
+    SCHEMA_VALIDATION_FAILED = "SCHEMA_VALIDATION_FAILED"
+    PLAN_INVALID = "PLAN_INVALID"
+    STEP_KIND_UNKNOWN = "STEP_KIND_UNKNOWN"
+    CAPABILITY_NOT_SUPPORTED = "CAPABILITY_NOT_SUPPORTED"
+    RUN_NOT_FOUND = "RUN_NOT_FOUND"
+    RUN_NOT_APPROVED = "RUN_NOT_APPROVED"
+    TENANT_MISMATCH = "TENANT_MISMATCH"
+    SIGNAL_INVALID_PAYLOAD = "SIGNAL_INVALID_PAYLOAD"
+    SIGNAL_UNAUTHORIZED = "SIGNAL_UNAUTHORIZED"
+    SIGNAL_RATE_LIMITED = "SIGNAL_RATE_LIMITED"
+    RUN_TERMINAL = "RUN_TERMINAL"
+    STEP_NOT_FOUND = "STEP_NOT_FOUND"
+    STEP_NOT_RETRYABLE = "STEP_NOT_RETRYABLE"
+    STEP_TERMINAL = "STEP_TERMINAL"
+    STEP_NOT_AWAITING_APPROVAL = "STEP_NOT_AWAITING_APPROVAL"
+    STEP_FAILED = "STEP_FAILED"
+    STEP_CANCELLED = "STEP_CANCELLED"
+    STEP_TIMEOUT = "STEP_TIMEOUT"
+    STEP_OUTPUT_TOO_LARGE = "STEP_OUTPUT_TOO_LARGE"
+    APPROVAL_REJECTED = "APPROVAL_REJECTED"
+    APPROVAL_TIMEOUT = "APPROVAL_TIMEOUT"
+    OPERATOR_TIMEOUT = "OPERATOR_TIMEOUT"
+    PAUSE_DRAIN_TIMEOUT = "PAUSE_DRAIN_TIMEOUT"
+    IDENTIFIER_INVALID = "IDENTIFIER_INVALID"
+    ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
+    ENGINE_NOT_FOUND = "ENGINE_NOT_FOUND"
+    STORE_NOT_FOUND = "STORE_NOT_FOUND"
+    SECRET_NOT_FOUND = "SECRET_NOT_FOUND"
+    USAGE_ERROR = "USAGE_ERROR"
+
+
+class DvtError(Exception):
+    """Base of every dvt error: a stable ``code``, a message, ``retryable`` and ``details``."""
+
+    code: ClassVar[ErrorCode]
+    default_retryable: ClassVar[bool] = False
+    hint: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+        self.retryable = self.default_retryable if retryable is None else retryable
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as JSON-safe data: ``{code, message, retryable, details}``."""
+        return {
+            "code": str(self.code),
+            "message": self.message,
+            "retryable": self.retryable,
+            "details": self.details,
+        }
+
+
+class PlanUriNotAllowed(DvtError):
+    """The plan URI is outside the allowlist; it was not fetched."""
+
+    code = ErrorCode.PLAN_URI_NOT_ALLOWED
+    hint = "Store the plan in the registry (plan://sha256/...) or allowlist its host."
+
+
+class PlanIntegrityValidationFailed(DvtError):
+    """The fetched plan bytes do not hash to the expected sha256."""
+
+    code = ErrorCode.PLAN_INTEGRITY_VALIDATION_FAILED
+    hint = "The plan changed after it was referenced; reference the new digest."
+
+
+class PlanSchemaVersionUnsupported(DvtError):
+    """The plan declares a schemaVersion this dvt does not know."""
+
+    code = ErrorCode.PLAN_SCHEMA_VERSION_UNSUPPORTED
+    hint = "Supported schema versions: v1.0, v1.1, v1.2."
+
+
+class PlanNotFound(DvtError):
+    """No plan is stored under that reference."""
+
+    code = ErrorCode.PLAN_NOT_FOUND
+    hint = "Store the plan first (dvt run stores it for you)."
+
+
+class PlanFetchFailed(DvtError):
+    """The plan could not be fetched (network or server error)."""
+
+    code = ErrorCode.PLAN_FETCH_FAILED
+    default_retryable = True
+
+
+class SchemaValidationFailed(DvtError):
+    """A plan, event or payload does not match its JSON Schema."""
+
+    code = ErrorCode.SCHEMA_VALIDATION_FAILED
+    hint = "See details.errors for the failing paths."
+
+
+class PlanInvalid(DvtError):
+    """The plan breaks a DAG rule (unknown dependency, cycle, duplicate stepId)."""
+
+    code = ErrorCode.PLAN_INVALID
+    hint = "Run `dvt validate PLAN` to see every problem at once."
+
+
+class StepKindUnknown(DvtError):
+    """A step's kind has no registered handler."""
+
+    code = ErrorCode.STEP_KIND_UNKNOWN
+    hint = "Register a handler for the kind, or fix the kind's name."
+
+
+class CapabilityNotSupported(DvtError):
+    """The plan requires a capability the engine lacks and its fallback is 'reject'."""
+
+    code = ErrorCode.CAPABILITY_NOT_SUPPORTED
+    hint = "Pick another engine or set fallbackBehavior to 'emulate' or 'degrade'."
+
+
+class RunNotFound(DvtError):
+    """No run with that id exists for this tenant."""
+
+    code = ErrorCode.RUN_NOT_FOUND
+
+
+class RunNotApproved(DvtError):
+    """The run's plan requires approval and the run has not been approved."""
+
+    code = ErrorCode.RUN_NOT_APPROVED
+
+
+class TenantMismatch(DvtError):
+    """The caller's tenant does not own the run (reported like RUN_NOT_FOUND to callers)."""
+
+    code = ErrorCode.TENANT_MISMATCH
+
+
+class SignalInvalidPayload(DvtError):
+    """A signal's payload does not match the signal's schema."""
+
+    code = ErrorCode.SIGNAL_INVALID_PAYLOAD
+
+
+class SignalUnauthorized(DvtError):
+    """The actor's roles do not allow this signal."""
+
+    code = ErrorCode.SIGNAL_UNAUTHORIZED
+
+
+class SignalRateLimited(DvtError):
+    """Too many signals for this run in the current minute."""
+
+    code = ErrorCode.SIGNAL_RATE_LIMITED
+    default_retryable = True
+
+
+class RunTerminal(DvtError):
+    """The run is COMPLETED, FAILED or CANCELLED and accepts nothing more."""
+
+    code = ErrorCode.RUN_TERMINAL
+
+
+class StepNotFound(DvtError):
+    """The step named by a signal is not in the run's plan."""
+
+    code = ErrorCode.STEP_NOT_FOUND
+
+
+class StepNotRetryable(DvtError):
+    """RETRY_STEP on a step that is not FAILED."""
+
+    code = ErrorCode.STEP_NOT_RETRYABLE
+
+
+class StepTerminal(DvtError):
+    """SKIP_STEP on a step that already ran or is running."""
+
+    code = ErrorCode.STEP_TERMINAL
+
+
+class StepNotAwaitingApproval(DvtError):
+    """APPROVE_STEP on a step that is not an approval gate waiting for a decision."""
+
+    code = ErrorCode.STEP_NOT_AWAITING_APPROVAL
+
+
+class StepFailed(DvtError):
+    """A step handler failed; ``retryable`` says whether the engine may retry it."""
+
+    code = ErrorCode.STEP_FAILED
+    default_retryable = True
+
+
+class StepCancelled(DvtError):
+    """A running step was asked to stop (CANCEL, or pause with cancelInFlightOnPause)."""
+
+    code = ErrorCode.STEP_CANCELLED
+
+
+class StepTimeout(DvtError):
+    """A step ran longer than its timeoutMs."""
+
+    code = ErrorCode.STEP_TIMEOUT
+    default_retryable = True
+
+
+class StepOutputTooLarge(DvtError):
+    """A step's JSON output exceeds 32 KiB; large data belongs in artifacts."""
+
+    code = ErrorCode.STEP_OUTPUT_TOO_LARGE
+
+
+class ApprovalRejected(DvtError):
+    """An approver rejected an approval gate."""
+
+    code = ErrorCode.APPROVAL_REJECTED
+
+
+class ApprovalTimeout(DvtError):
+    """An approval gate waited longer than its timeoutMs."""
+
+    code = ErrorCode.APPROVAL_TIMEOUT
+
+
+class OperatorTimeout(DvtError):
+    """A run awaiting an operator waited longer than operatorTimeoutMs."""
+
+    code = ErrorCode.OPERATOR_TIMEOUT
+
+
+class PauseDrainTimeout(DvtError):
+    """Steps running at pause did not settle within the drain timeout."""
+
+    code = ErrorCode.PAUSE_DRAIN_TIMEOUT
+    default_retryable = True
+
+
+class IdentifierInvalid(DvtError):
+    """An identifier is empty, too long, or contains '|' or a control character."""
+
+    code = ErrorCode.IDENTIFIER_INVALID
+    hint = "Identifiers are 1-200 characters without '|' or control characters."
+
+
+class IllegalTransition(DvtError):
+    """An event would move a run or step through a transition its state machine forbids."""
+
+    code = ErrorCode.ILLEGAL_TRANSITION
+
+
+class StoreUnavailable(DvtError):
+    """The state store cannot be reached."""
+
+    code = ErrorCode.STORE_UNAVAILABLE
+    default_retryable = True
+    hint = "Check the store URL (DVT_STORE_URL) and that the database is up."
+
+
+class EngineUnavailable(DvtError):
+    """The workflow engine cannot be reached."""
+
+    code = ErrorCode.ENGINE_UNAVAILABLE
+    default_retryable = True
+    hint = "Check the engine address, or start local servers with `dvt dev up`."
+
+
+class EngineNotFound(DvtError):
+    """No engine is installed under that name."""
+
+    code = ErrorCode.ENGINE_NOT_FOUND
+    hint = "Install the adapter's extra, e.g. pip install 'dvt[temporal]'."
+
+
+class StoreNotFound(DvtError):
+    """No store is installed for that URL scheme."""
+
+    code = ErrorCode.STORE_NOT_FOUND
+    hint = "Use memory:// or install the extra for your store, e.g. pip install 'dvt[postgres]'."
+
+
+class SecretNotFound(DvtError):
+    """A secret reference could not be resolved by the secrets provider."""
+
+    code = ErrorCode.SECRET_NOT_FOUND
+
+
+class UsageError(DvtError):
+    """The caller used an API or command the wrong way."""
+
+    code = ErrorCode.USAGE_ERROR
+
+
+def _all_error_classes() -> list[type[DvtError]]:
+    found: list[type[DvtError]] = []
+    pending: list[type[DvtError]] = list(DvtError.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+ERROR_CLASSES: dict[ErrorCode, type[DvtError]] = {cls.code: cls for cls in _all_error_classes()}
+
+
+def error_from_dict(data: dict[str, Any]) -> DvtError:
+    """Rebuild a coded error from ``DvtError.to_dict()`` output (e.g. across a process boundary)."""
+    code = ErrorCode(data["code"])
+    cls = ERROR_CLASSES[code]
+    return cls(
+        str(data.get("message", "")),
+        details=data.get("details") or {},
+        retryable=data.get("retryable"),
+    )

@@ -1,0 +1,148 @@
+"""Building events with their idempotency keys, and appending them through the state machine."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dvt_engine.errors import IllegalTransition, RunNotFound
+from dvt_engine.idempotency import event_key
+from dvt_engine.models.events import AppendResult, Event
+from dvt_engine.models.run import RunHeader
+from dvt_engine.ports import RunStateStore
+from dvt_engine.statemachine import transition_problem
+
+
+def utc_now() -> datetime:
+    """The producer clock: timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class EventFactory:
+    """Builds envelopes for one run; every event gets its contract idempotency key."""
+
+    header: RunHeader
+    emitted_by: str
+    clock: Callable[[], datetime] = utc_now
+
+    def _event(
+        self,
+        event_type: str,
+        key: str,
+        payload: Mapping[str, Any],
+        *,
+        step_id: str | None = None,
+        logical_attempt_id: int = 1,
+        engine_attempt_id: int = 1,
+        caused_by_signal_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Event:
+        h = self.header
+        return Event(
+            event_id=str(uuid.uuid4()),
+            event_type=event_type,
+            tenant_id=h.tenant_id,
+            project_id=h.project_id,
+            environment_id=h.environment_id,
+            run_id=h.run_id,
+            step_id=step_id,
+            plan_id=h.plan_id,
+            plan_version=h.plan_version,
+            logical_attempt_id=logical_attempt_id,
+            engine_attempt_id=engine_attempt_id,
+            idempotency_key=key,
+            emitted_at=self.clock(),
+            emitted_by=self.emitted_by,
+            occurred_at=occurred_at,
+            caused_by_signal_id=caused_by_signal_id,
+            payload=dict(payload),
+        )
+
+    def run_event(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        discriminator: int | None = None,
+        caused_by_signal_id: str | None = None,
+    ) -> Event:
+        """A run-level event; ``discriminator`` fills the attempt slot of repeatable events."""
+        key = event_key(self.header.run_id, None, discriminator, event_type,
+                        self.header.plan_version)
+        return self._event(event_type, key, payload or {}, caused_by_signal_id=caused_by_signal_id)
+
+    def step_event(
+        self,
+        event_type: str,
+        step_id: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        logical_attempt_id: int = 1,
+        engine_attempt_id: int = 1,
+        caused_by_signal_id: str | None = None,
+    ) -> Event:
+        """A step event of one logical attempt (engine attempts share its key)."""
+        key = event_key(self.header.run_id, step_id, logical_attempt_id, event_type,
+                        self.header.plan_version)
+        return self._event(
+            event_type,
+            key,
+            payload or {},
+            step_id=step_id,
+            logical_attempt_id=logical_attempt_id,
+            engine_attempt_id=engine_attempt_id,
+            caused_by_signal_id=caused_by_signal_id,
+        )
+
+    def signal_event(
+        self, event_type: str, signal_key: str, payload: Mapping[str, Any]
+    ) -> Event:
+        """A decision record (SignalAccepted/SignalRejected): its key is the signal key."""
+        signal_id = payload.get("signalId")
+        return self._event(
+            event_type,
+            signal_key,
+            payload,
+            caused_by_signal_id=signal_id if isinstance(signal_id, str) else None,
+        )
+
+
+class RunWriter:
+    """Appends a run's events, refusing any transition the state machine forbids.
+
+    A retried append of an event that is already in the log is answered as a duplicate even
+    though, by then, the transition would no longer be legal.
+    """
+
+    def __init__(self, store: RunStateStore, header: RunHeader) -> None:
+        self.store = store
+        self.header = header
+
+    async def append(self, event: Event) -> AppendResult:
+        """Append ``event`` if its transition is legal; ILLEGAL_TRANSITION otherwise."""
+        snapshot = await self.store.get_snapshot(self.header.tenant_id, self.header.run_id)
+        if snapshot is None:
+            raise RunNotFound(f"run {self.header.run_id!r} is not registered",
+                              details={"runId": self.header.run_id})
+        problem = transition_problem(snapshot, event)
+        if problem is None:
+            return await self.store.append(event)
+        existing = await self.store.get_event_by_key(
+            self.header.tenant_id, self.header.run_id, event.idempotency_key
+        )
+        if existing is not None and existing.run_seq is not None and existing.persisted_at:
+            return AppendResult(
+                run_seq=existing.run_seq,
+                persisted_at=existing.persisted_at,
+                event_id=existing.event_id,
+                duplicate=True,
+            )
+        raise IllegalTransition(
+            problem,
+            details={"runId": event.run_id, "stepId": event.step_id,
+                     "eventType": event.event_type, "runStatus": str(snapshot.status)},
+        )

@@ -1,0 +1,77 @@
+"""dvt's data models (pydantic v2), exported as JSON Schemas in dvt_engine/schemas/."""
+
+from dvt_engine.models.events import AppendResult, Event, EventType
+from dvt_engine.models.plan import (
+    SUPPORTED_SCHEMA_VERSIONS,
+    ExecutionPlan,
+    PlanMetadata,
+    PlanRef,
+    RetryPolicy,
+    StepSpec,
+)
+from dvt_engine.models.run import (
+    ConductorRunRef,
+    EngineRunRef,
+    ReferenceRunRef,
+    RunContext,
+    RunHeader,
+    RunStatus,
+    RunStatusSnapshot,
+    RunSubstatus,
+    RunSummary,
+    StepOutline,
+    StepStatus,
+    StepSubstatus,
+    TemporalRunRef,
+)
+from dvt_engine.models.signals import Actor, Role, SignalDecision, SignalRequest, SignalType
+from dvt_engine.models.snapshot import (
+    ArtifactRef,
+    Cost,
+    RunFailure,
+    RunSnapshot,
+    StepAttempt,
+    StepError,
+    StepSnapshot,
+)
+from dvt_engine.models.validation import CapabilityCheck, ValidationIssue, ValidationReport
+
+__all__ = [
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "Actor",
+    "AppendResult",
+    "ArtifactRef",
+    "CapabilityCheck",
+    "ConductorRunRef",
+    "Cost",
+    "EngineRunRef",
+    "Event",
+    "EventType",
+    "ExecutionPlan",
+    "PlanMetadata",
+    "PlanRef",
+    "ReferenceRunRef",
+    "RetryPolicy",
+    "Role",
+    "RunContext",
+    "RunFailure",
+    "RunHeader",
+    "RunSnapshot",
+    "RunStatus",
+    "RunStatusSnapshot",
+    "RunSubstatus",
+    "RunSummary",
+    "SignalDecision",
+    "SignalRequest",
+    "SignalType",
+    "StepAttempt",
+    "StepError",
+    "StepOutline",
+    "StepSnapshot",
+    "StepSpec",
+    "StepStatus",
+    "StepSubstatus",
+    "TemporalRunRef",
+    "ValidationIssue",
+    "ValidationReport",
+]

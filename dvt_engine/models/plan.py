@@ -1,0 +1,105 @@
+"""ExecutionPlan and PlanRef (contract section 2)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from dvt_engine.models.base import DvtModel, Identifier, Sha256Hex, StrictModel
+
+SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("v1.0", "v1.1", "v1.2")
+BUILTIN_STEP_KINDS: tuple[str, ...] = ("noop", "sleep", "echo", "fail", "approval")
+DEFAULT_OPERATOR_TIMEOUT_MS = 24 * 60 * 60 * 1000
+
+FallbackBehavior = Literal["reject", "emulate", "degrade"]
+FailurePolicy = Literal["failFast", "awaitOperator"]
+
+
+class RetryPolicy(StrictModel):
+    """Engine retries of one logical attempt, with exponential backoff."""
+
+    max_attempts: int = Field(default=1, ge=1, le=100)
+    initial_interval_ms: int = Field(default=1000, ge=0, le=86_400_000)
+    backoff_coefficient: float = Field(default=2.0, ge=1.0, le=100.0)
+    max_interval_ms: int = Field(default=60_000, ge=0, le=86_400_000)
+    non_retryable_error_codes: tuple[str, ...] = ()
+
+    def delay_before_attempt_ms(self, engine_attempt: int) -> int:
+        """Backoff before engine attempt ``engine_attempt`` (>= 2): initial x coeff^(n-2), capped."""
+        if engine_attempt < 2:
+            return 0
+        delay = self.initial_interval_ms * self.backoff_coefficient ** (engine_attempt - 2)
+        return int(min(delay, self.max_interval_ms))
+
+
+class CostHint(StrictModel):
+    """A planner's estimate of what a step costs, in host-defined units."""
+
+    units: float = Field(ge=0)
+
+
+class StepSpec(StrictModel):
+    """One step of a plan: a kind, its params, and the steps it waits for."""
+
+    step_id: Identifier
+    kind: Identifier
+    depends_on: tuple[Identifier, ...] = ()
+    params: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    timeout_ms: int | None = Field(default=None, ge=1)
+    cost_hint: CostHint | None = None
+    task_queue: Identifier | None = None
+    description: str | None = Field(default=None, max_length=2000)
+
+    @property
+    def max_attempts(self) -> int:
+        """Engine attempts allowed for one logical attempt."""
+        return self.retry.max_attempts if self.retry else 1
+
+
+class PlanMetadata(StrictModel):
+    """Who the plan is, which schema it speaks, and how it wants to run."""
+
+    plan_id: Identifier
+    plan_version: Identifier
+    # Any string here, so an unknown version is reported as such rather than as a schema error.
+    schema_version: str = Field(min_length=1, max_length=20)
+    requires_capabilities: tuple[str, ...] = ()
+    fallback_behavior: FallbackBehavior = "reject"
+    target_adapter: str = "any"
+    failure_policy: FailurePolicy = "failFast"
+    requires_approval: bool = False
+    operator_timeout_ms: int = Field(default=DEFAULT_OPERATOR_TIMEOUT_MS, ge=1)
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class ExecutionPlan(StrictModel):
+    """A run's description: a DAG of typed steps."""
+
+    metadata: PlanMetadata
+    params: dict[str, Any] = Field(default_factory=dict)
+    steps: tuple[StepSpec, ...] = Field(min_length=1)
+
+    def step(self, step_id: str) -> StepSpec:
+        """The step with this id (KeyError when absent)."""
+        for spec in self.steps:
+            if spec.step_id == step_id:
+                return spec
+        raise KeyError(step_id)
+
+    @property
+    def step_ids(self) -> tuple[str, ...]:
+        """Step ids in plan order."""
+        return tuple(s.step_id for s in self.steps)
+
+
+class PlanRef(DvtModel):
+    """How a plan is passed to an engine: by reference, never inline."""
+
+    uri: str = Field(min_length=1, max_length=2048)
+    sha256: Sha256Hex
+    schema_version: str = Field(min_length=1, max_length=20)
+    plan_id: Identifier
+    plan_version: Identifier
+    size_bytes: int | None = Field(default=None, ge=0)

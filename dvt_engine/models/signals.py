@@ -1,0 +1,133 @@
+"""Operator signals (contract section 6): requests, payloads and decisions."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from dvt_engine.models.base import DvtModel, Identifier, StrictModel
+
+
+class SignalType(StrEnum):
+    """What an operator can ask of a run."""
+
+    PAUSE = "PAUSE"
+    RESUME = "RESUME"
+    CANCEL = "CANCEL"
+    RETRY_STEP = "RETRY_STEP"
+    SKIP_STEP = "SKIP_STEP"
+    APPROVE_STEP = "APPROVE_STEP"
+    RETRY_RUN = "RETRY_RUN"
+    APPROVE_RUN = "APPROVE_RUN"
+
+
+class Role(StrEnum):
+    """Roles: admin > engineer > operator are ordered; approver stands apart."""
+
+    ADMIN = "admin"
+    ENGINEER = "engineer"
+    OPERATOR = "operator"
+    APPROVER = "approver"
+
+
+class Actor(StrictModel):
+    """Who sends a signal, with the roles the host vouches for."""
+
+    id: Identifier
+    roles: tuple[Role, ...] = ()
+
+
+Reason = str
+
+
+class PausePayload(StrictModel):
+    """PAUSE: stop scheduling new steps."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ResumePayload(StrictModel):
+    """RESUME: schedule again."""
+
+
+class CancelPayload(StrictModel):
+    """CANCEL: cooperative stop of the run."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class RetryStepPayload(StrictModel):
+    """RETRY_STEP: a FAILED step gets a new logical attempt."""
+
+    step_id: Identifier
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class SkipStepPayload(StrictModel):
+    """SKIP_STEP: a step that has not run (or failed finally) becomes SKIPPED."""
+
+    step_id: Identifier
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ApproveStepPayload(StrictModel):
+    """APPROVE_STEP: resolve an approval gate."""
+
+    step_id: Identifier
+    decision: Literal["approve", "reject"]
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class RetryRunPayload(StrictModel):
+    """RETRY_RUN: start a new run of the same plan."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+    new_run_id: Identifier | None = None
+
+
+class ApproveRunPayload(StrictModel):
+    """APPROVE_RUN: let a run whose plan requires approval start (or reject it)."""
+
+    decision: Literal["approve", "reject"] = "approve"
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+SIGNAL_PAYLOAD_MODELS: dict[SignalType, type[StrictModel]] = {
+    SignalType.PAUSE: PausePayload,
+    SignalType.RESUME: ResumePayload,
+    SignalType.CANCEL: CancelPayload,
+    SignalType.RETRY_STEP: RetryStepPayload,
+    SignalType.SKIP_STEP: SkipStepPayload,
+    SignalType.APPROVE_STEP: ApproveStepPayload,
+    SignalType.RETRY_RUN: RetryRunPayload,
+    SignalType.APPROVE_RUN: ApproveRunPayload,
+}
+
+
+class SignalRequest(StrictModel):
+    """A signal as a client sends it. ``signal_id`` is the client's idempotency key."""
+
+    signal_id: Identifier
+    type: SignalType
+    tenant_id: Identifier
+    run_id: Identifier
+    payload: dict[str, Any] = Field(default_factory=dict)
+    actor: Actor
+
+
+class SignalDecision(DvtModel):
+    """The recorded answer to a signal; a repeated signalId gets the first decision again."""
+
+    signal_id: str
+    type: SignalType
+    run_id: str
+    accepted: bool
+    duplicate: bool = False
+    no_op: bool = False
+    effective_role: Role | None = None
+    error_code: str | None = None
+    message: str | None = None
+    run_seq: int | None = None
+    new_run_id: str | None = None

@@ -1,0 +1,76 @@
+"""Finding engines and stores by name through entry points (``dvt.engines``, ``dvt.stores``)."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+from urllib.parse import urlsplit
+
+from dvt_engine.errors import EngineNotFound, StoreNotFound
+from dvt_engine.ports import RunStateStore, WorkflowEngine
+
+ENGINE_GROUP = "dvt.engines"
+STORE_GROUP = "dvt.stores"
+
+
+def available_engines() -> list[str]:
+    """Names of the installed engines."""
+    return sorted({ep.name for ep in entry_points(group=ENGINE_GROUP)})
+
+
+def available_stores() -> list[str]:
+    """URL schemes of the installed stores."""
+    return sorted({ep.name for ep in entry_points(group=STORE_GROUP)})
+
+
+def engine_class(name: str) -> type[WorkflowEngine]:
+    """The engine class registered under ``name``."""
+    for ep in entry_points(group=ENGINE_GROUP, name=name):
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, WorkflowEngine)):
+            raise EngineNotFound(f"entry point {name!r} is not a WorkflowEngine")
+        return cls
+    raise EngineNotFound(
+        f"no engine named {name!r} is installed",
+        details={"engine": name, "installed": available_engines()},
+    )
+
+
+def open_engine(name: str, *, store: RunStateStore, **options: Any) -> WorkflowEngine:
+    """Open the engine registered as ``name`` over ``store`` with engine-specific options."""
+    cls = engine_class(name)
+    return cls(store=store, **options)  # type: ignore[call-arg]
+
+
+async def open_store(url: str, **options: Any) -> RunStateStore:
+    """Open the store for ``url`` (``memory://``, ``postgresql://...``) and make it ready.
+
+    A store class may offer an async ``open(url, **options)`` classmethod for setup that needs
+    I/O (pools, migrations); otherwise it is constructed with ``(url, **options)``.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if not scheme:
+        raise StoreNotFound(f"store URL {url!r} has no scheme", details={"url": _safe(url)})
+    for ep in entry_points(group=STORE_GROUP, name=scheme):
+        cls = ep.load()
+        opener = getattr(cls, "open", None)
+        if opener is not None:
+            store = await opener(url, **options)
+        else:
+            store = cls(url, **options)
+        if not isinstance(store, RunStateStore):
+            raise StoreNotFound(f"entry point {scheme!r} did not give a RunStateStore")
+        return store
+    raise StoreNotFound(
+        f"no store is installed for {scheme}:// URLs",
+        details={"scheme": scheme, "installed": available_stores()},
+    )
+
+
+def _safe(url: str) -> str:
+    """A URL with any password removed, for error details."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url

@@ -1,0 +1,257 @@
+"""The ports: small abstract classes that engines, stores and hosts plug into.
+
+Every method is async. Implementations live in their own modules or packages and are found by
+name through entry points (see dvt_engine.plugins).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from dvt_engine.models.events import AppendResult, Event
+from dvt_engine.models.plan import ExecutionPlan, PlanRef
+from dvt_engine.models.run import (
+    EngineRunRef,
+    RunContext,
+    RunHeader,
+    RunStatus,
+    RunStatusSnapshot,
+    RunSummary,
+)
+from dvt_engine.models.signals import Actor, Role, SignalDecision, SignalRequest, SignalType
+from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.models.validation import ValidationReport
+
+
+class RunStateStore(abc.ABC):
+    """The append authority: the only component that assigns runSeq and persistedAt.
+
+    Reads take the tenant and never return another tenant's rows, even for a guessed runId.
+    """
+
+    # --- runs ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def register_run(self, header: RunHeader) -> tuple[RunHeader, bool]:
+        """Record a new run; idempotent on (tenantId, runRequestKey).
+
+        Returns the stored header and True when this call created it. A second registration
+        with the same run-request key returns the first run's header and False. Reusing a
+        runId for a different request raises UsageError.
+        """
+
+    @abc.abstractmethod
+    async def get_run(self, tenant_id: str, run_id: str) -> RunHeader | None:
+        """The header of a run of this tenant, or None."""
+
+    @abc.abstractmethod
+    async def list_runs(
+        self,
+        tenant_id: str,
+        *,
+        status: Sequence[RunStatus] | None = None,
+        project_id: str | None = None,
+        environment_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunSummary]:
+        """Runs of a tenant from the latest-status index, newest first."""
+
+    # --- the log ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append(self, event: Event) -> AppendResult:
+        """Append one event; a repeated (runId, idempotencyKey) inserts nothing.
+
+        The run must be registered and owned by the event's tenant (RUN_NOT_FOUND otherwise).
+        The event is validated against its schema first (SCHEMA_VALIDATION_FAILED).
+        """
+
+    @abc.abstractmethod
+    async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
+        """Append many events with the same per-event guarantees, results in input order."""
+
+    @abc.abstractmethod
+    async def fetch_events(
+        self, tenant_id: str, run_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        """Events of a run with runSeq > after_seq, ascending."""
+
+    @abc.abstractmethod
+    async def get_event_by_key(
+        self, tenant_id: str, run_id: str, idempotency_key: str
+    ) -> Event | None:
+        """The event stored under an idempotency key, or None."""
+
+    @abc.abstractmethod
+    def follow(
+        self, tenant_id: str, run_id: str | None = None, *, after_seq: int = 0
+    ) -> AsyncIterator[Event]:
+        """New events of one run (or of every run of the tenant) as they are appended.
+
+        For a single run, events come in runSeq order starting after ``after_seq``. The
+        iterator runs until the consumer stops iterating.
+        """
+
+    # --- snapshots ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_snapshot(self, tenant_id: str, run_id: str) -> RunSnapshot | None:
+        """The stored latest projection of a run, or None when the run is unknown."""
+
+    @abc.abstractmethod
+    async def project(self, tenant_id: str, run_id: str) -> RunSnapshot:
+        """Recompute a run's snapshot from its log (RUN_NOT_FOUND when unknown)."""
+
+    # --- plan registry ------------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_plan(self, data: bytes) -> str:
+        """Store plan bytes once, content-addressed; returns ``plan://sha256/<hex>``."""
+
+    @abc.abstractmethod
+    async def get_plan(self, sha256: str) -> bytes | None:
+        """The bytes stored under a digest, or None."""
+
+    async def close(self) -> None:
+        """Release connections; the default has nothing to release."""
+        return None
+
+    async def __aenter__(self) -> RunStateStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class PlanFetcher(abc.ABC):
+    """Fetches plan bytes for a URI scheme. Allowlisting and hashing happen around it."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    async def fetch(self, uri: str, *, max_bytes: int) -> bytes:
+        """Return the bytes behind ``uri`` (at most ``max_bytes``)."""
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    """What the authorizer is asked: may this actor send this signal to this run?"""
+
+    actor: Actor
+    signal_type: SignalType
+    tenant_id: str
+    project_id: str
+    environment_id: str
+    run_id: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthorizationResult:
+    """The authorizer's answer, with the role the decision rests on (for the audit)."""
+
+    allowed: bool
+    effective_role: Role | None = None
+    reason: str | None = None
+
+
+class Authorizer(abc.ABC):
+    """Decides whether an actor may send a signal (contract 6.2 rule 3)."""
+
+    @abc.abstractmethod
+    async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
+        """Allow or refuse, naming the effective role when allowed."""
+
+
+class SecretsProvider(abc.ABC):
+    """Resolves secret references inside the step runner; values never reach events or logs."""
+
+    @abc.abstractmethod
+    async def resolve(self, ref: str) -> str:
+        """The secret behind ``ref`` (e.g. ``vault:db/password``); SECRET_NOT_FOUND if none."""
+
+
+class WorkflowEngine(abc.ABC):
+    """One engine port for every workflow engine (contract section 7)."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    @abc.abstractmethod
+    async def start_run(self, plan_ref: PlanRef, context: RunContext) -> EngineRunRef:
+        """Start a run; idempotent on the run-request key."""
+
+    @abc.abstractmethod
+    async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:
+        """Cancel a run (cooperatively where the engine allows)."""
+
+    @abc.abstractmethod
+    async def get_run_status(self, run_ref: EngineRunRef) -> RunStatusSnapshot:
+        """The engine's view of a run, for diagnosis."""
+
+    @abc.abstractmethod
+    async def signal(self, run_ref: EngineRunRef, request: SignalRequest) -> SignalDecision:
+        """Decide a signal (validated, authorized, recorded) and apply it when accepted."""
+
+    @abc.abstractmethod
+    async def validate(self, plan: ExecutionPlan) -> ValidationReport:
+        """Whether ``plan`` can run on this engine, as data."""
+
+    async def close(self) -> None:
+        """Stop workers and release connections."""
+        return None
+
+    async def __aenter__(self) -> WorkflowEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a handler returns: small JSON output, artifact references, and cost units."""
+
+    output: Any = None
+    artifacts: Sequence[Any] = ()
+    cost_units: float | None = None
+
+
+class StepContext(abc.ABC):
+    """What a handler sees of its run: identity, params, secrets, attempts and cancellation."""
+
+    tenant_id: str
+    project_id: str
+    environment_id: str
+    run_id: str
+    plan_id: str
+    plan_version: str
+    step_id: str
+    kind: str
+    params: Mapping[str, Any]
+    plan_params: Mapping[str, Any]
+    logical_attempt_id: int
+    engine_attempt_id: int
+    max_attempts: int
+
+    @abc.abstractmethod
+    async def secret(self, ref: str) -> str:
+        """Resolve a secret reference through the host's SecretsProvider."""
+
+    @property
+    @abc.abstractmethod
+    def cancelled(self) -> bool:
+        """True once the engine asked this step to stop."""
+
+    @abc.abstractmethod
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but raise StepCancelled as soon as the step is asked to stop."""
+
+
+class StepHandler(abc.ABC):
+    """Runs steps of one kind. Raise a DvtError (or any exception) to fail the attempt."""
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    async def run(self, ctx: StepContext) -> StepResult:
+        """Do the step's work and return its result."""

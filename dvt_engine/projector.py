@@ -1,0 +1,341 @@
+"""The projector: a pure function from a run's log to its snapshot (contract 5.3).
+
+``project(header, events)`` builds a snapshot from scratch; ``apply(snapshot, events)`` folds new
+events into an existing one. Neither modifies its input. Events are applied in runSeq order; an
+event at or below the snapshot's watermark is a duplicate delivery and changes nothing; an
+unknown eventType only advances the watermark; an event its state machine forbids is ignored
+the same way, so a forced cancel racing a worker can never corrupt a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from dvt_engine.models.events import Event
+from dvt_engine.models.run import (
+    RunHeader,
+    RunStatus,
+    RunSubstatus,
+    StepStatus,
+    StepSubstatus,
+)
+from dvt_engine.models.signals import SignalType
+from dvt_engine.models.snapshot import (
+    ArtifactRef,
+    Cost,
+    RunFailure,
+    RunSnapshot,
+    StepAttempt,
+    StepError,
+    StepSnapshot,
+)
+from dvt_engine.statemachine import RUN_AWAITING_OPERATOR, event_problem
+
+
+def initial_snapshot(header: RunHeader) -> RunSnapshot:
+    """The snapshot of a registered run before any event: PENDING, every step PENDING."""
+    return RunSnapshot(
+        run_id=header.run_id,
+        tenant_id=header.tenant_id,
+        project_id=header.project_id,
+        environment_id=header.environment_id,
+        plan_id=header.plan_id,
+        plan_version=header.plan_version,
+        steps=tuple(StepSnapshot(step_id=s.step_id) for s in header.steps),
+        original_run_id=header.original_run_id,
+    )
+
+
+def project(header: RunHeader, events: Iterable[Event]) -> RunSnapshot:
+    """Recompute a run's snapshot from its whole log."""
+    return apply(initial_snapshot(header), events)
+
+
+def apply(snapshot: RunSnapshot, events: Iterable[Event]) -> RunSnapshot:
+    """Fold ``events`` into ``snapshot`` and return the new snapshot."""
+    ordered = sorted(events, key=_seq)
+    state = _State(snapshot)
+    for event in ordered:
+        seq = _seq(event)
+        if seq <= state.last_event_seq:
+            continue
+        state.last_event_seq = seq
+        if event.run_id != snapshot.run_id or state.forbids(event):
+            continue
+        handler = _HANDLERS.get(event.event_type)
+        if handler is not None:
+            handler(state, event)
+    return state.view()
+
+
+def _seq(event: Event) -> int:
+    if event.run_seq is None:
+        raise ValueError("only persisted events (with runSeq) can be projected")
+    return event.run_seq
+
+
+class _State:
+    """Mutable working copy used inside one apply() call; never escapes it."""
+
+    def __init__(self, snapshot: RunSnapshot) -> None:
+        self.base = snapshot
+        self.run: dict[str, Any] = {}
+        self.steps: dict[str, StepSnapshot] = {s.step_id: s for s in snapshot.steps}
+        self.last_event_seq = snapshot.last_event_seq
+        self.awaiting_operator = snapshot.substatus == RunSubstatus.AWAITING_OPERATOR
+
+    def forbids(self, event: Event) -> bool:
+        step = self.steps.get(event.step_id) if event.step_id is not None else None
+        return event_problem(self.get("status"), step, event) is not None
+
+    def get(self, name: str) -> Any:
+        return self.run.get(name, getattr(self.base, name))
+
+    def update_step(self, step_id: str, **changes: Any) -> StepSnapshot:
+        step = self.steps[step_id].model_copy(update=changes)
+        self.steps[step_id] = step
+        return step
+
+    def view(self) -> RunSnapshot:
+        steps = tuple(self.steps[s.step_id] for s in self.base.steps)
+        status = self.get("status")
+        artifacts: list[ArtifactRef] = []
+        units = 0.0
+        any_units = False
+        for step in steps:
+            if step.status == StepStatus.SUCCESS:
+                artifacts.extend(step.artifacts)
+                if step.cost is not None and step.cost.units is not None:
+                    units += step.cost.units
+                    any_units = True
+        started_at: datetime | None = self.get("started_at")
+        completed_at: datetime | None = self.get("completed_at")
+        duration_ms = None
+        if started_at is not None and completed_at is not None:
+            duration_ms = max(0, int((completed_at - started_at).total_seconds() * 1000))
+        return self.base.model_copy(
+            update={
+                **self.run,
+                "status": status,
+                "substatus": _run_substatus(status, steps, self.awaiting_operator),
+                "last_event_seq": self.last_event_seq,
+                "steps": steps,
+                "artifacts": tuple(artifacts),
+                "cost": Cost(units=units if any_units else None, duration_ms=duration_ms),
+                "duration_ms": duration_ms,
+            }
+        )
+
+
+def _run_substatus(
+    status: RunStatus, steps: tuple[StepSnapshot, ...], awaiting_operator: bool
+) -> RunSubstatus | None:
+    if status == RunStatus.PAUSED:
+        draining = any(
+            s.status == StepStatus.RUNNING and s.substatus != StepSubstatus.AWAITING_APPROVAL
+            for s in steps
+        )
+        return RunSubstatus.DRAINING if draining else None
+    if status == RunStatus.RUNNING and awaiting_operator:
+        return RunSubstatus.AWAITING_OPERATOR
+    return None
+
+
+def _when(event: Event) -> datetime:
+    return event.occurred_at or event.emitted_at
+
+
+def _set_attempt(step: StepSnapshot, attempt: StepAttempt) -> tuple[StepAttempt, ...]:
+    kept = [a for a in step.attempts if a.logical_attempt_id != attempt.logical_attempt_id]
+    return tuple(sorted([*kept, attempt], key=lambda a: a.logical_attempt_id))
+
+
+def _error(payload: dict[str, Any]) -> StepError:
+    raw = payload.get("error") or {}
+    return StepError(
+        code=str(raw.get("code", "STEP_FAILED")),
+        message=str(raw.get("message", "")),
+        retryable=bool(raw.get("retryable", False)),
+    )
+
+
+# --- run events ------------------------------------------------------------------------------
+
+
+def _run_approved(state: _State, event: Event) -> None:
+    state.run["status"] = RunStatus.APPROVED
+
+
+def _run_started(state: _State, event: Event) -> None:
+    state.run["status"] = RunStatus.RUNNING
+    state.run["started_at"] = _when(event)
+    ref = event.payload.get("engineRunRef")
+    state.run["engine_run_ref"] = dict(ref) if isinstance(ref, dict) else None
+
+
+def _run_paused(state: _State, event: Event) -> None:
+    state.run["status"] = RunStatus.PAUSED
+    ordinal = event.payload.get("ordinal")
+    if isinstance(ordinal, int) and not isinstance(ordinal, bool):
+        state.run["pause_count"] = max(ordinal, state.get("pause_count"))
+
+
+def _run_resumed(state: _State, event: Event) -> None:
+    state.run["status"] = RunStatus.RUNNING
+
+
+def _run_awaiting_operator(state: _State, event: Event) -> None:
+    state.awaiting_operator = True
+
+
+def _finish(state: _State, event: Event, status: RunStatus) -> None:
+    state.run["status"] = status
+    state.run["completed_at"] = _when(event)
+    state.awaiting_operator = False
+
+
+def _run_completed(state: _State, event: Event) -> None:
+    _finish(state, event, RunStatus.COMPLETED)
+
+
+def _run_failed(state: _State, event: Event) -> None:
+    _finish(state, event, RunStatus.FAILED)
+    p = event.payload
+    state.run["failure"] = RunFailure(
+        step_id=p.get("stepId"),
+        code=str(p.get("code", "RUN_FAILED")),
+        message=str(p.get("message", "")),
+    )
+
+
+def _run_cancelled(state: _State, event: Event) -> None:
+    _finish(state, event, RunStatus.CANCELLED)
+
+
+def _signal_accepted(state: _State, event: Event) -> None:
+    p = event.payload
+    if p.get("noOp"):
+        return
+    kind = p.get("signalType")
+    step_id = p.get("stepId")
+    if kind == SignalType.RETRY_STEP and isinstance(step_id, str) and step_id in state.steps:
+        step = state.steps[step_id]
+        if step.status == StepStatus.FAILED:
+            state.update_step(
+                step_id,
+                status=StepStatus.PENDING,
+                substatus=None,
+                logical_attempt_id=step.logical_attempt_id + 1,
+                engine_attempt_id=None,
+                started_at=None,
+                completed_at=None,
+                output=None,
+                artifacts=(),
+                cost=None,
+                error=None,
+            )
+            state.awaiting_operator = False
+    elif kind == SignalType.SKIP_STEP:
+        state.awaiting_operator = False
+
+
+# --- step events -----------------------------------------------------------------------------
+
+
+def _step_started(state: _State, event: Event) -> None:
+    assert event.step_id is not None
+    step = state.steps[event.step_id]
+    state.update_step(
+        event.step_id,
+        status=StepStatus.RUNNING,
+        substatus=None,
+        logical_attempt_id=event.logical_attempt_id,
+        engine_attempt_id=event.engine_attempt_id,
+        started_at=_when(event),
+        completed_at=None,
+        error=None,
+        attempts=_set_attempt(
+            step, StepAttempt(logical_attempt_id=event.logical_attempt_id, status=StepStatus.RUNNING)
+        ),
+    )
+
+
+def _step_awaiting_approval(state: _State, event: Event) -> None:
+    assert event.step_id is not None
+    state.update_step(event.step_id, substatus=StepSubstatus.AWAITING_APPROVAL)
+
+
+def _step_completed(state: _State, event: Event) -> None:
+    assert event.step_id is not None
+    step = state.steps[event.step_id]
+    p = event.payload
+    raw_cost = p.get("cost")
+    cost = Cost.model_validate(raw_cost) if isinstance(raw_cost, dict) else None
+    artifacts = tuple(ArtifactRef.model_validate(a) for a in p.get("artifacts") or ())
+    state.update_step(
+        event.step_id,
+        status=StepStatus.SUCCESS,
+        substatus=None,
+        engine_attempt_id=event.engine_attempt_id,
+        completed_at=_when(event),
+        output=p.get("output"),
+        artifacts=artifacts,
+        cost=cost,
+        error=None,
+        attempts=_set_attempt(
+            step, StepAttempt(logical_attempt_id=event.logical_attempt_id, status=StepStatus.SUCCESS)
+        ),
+    )
+
+
+def _step_failed(state: _State, event: Event) -> None:
+    assert event.step_id is not None
+    step = state.steps[event.step_id]
+    error = _error(event.payload)
+    state.update_step(
+        event.step_id,
+        status=StepStatus.FAILED,
+        substatus=None,
+        engine_attempt_id=event.engine_attempt_id,
+        completed_at=_when(event),
+        error=error,
+        attempts=_set_attempt(
+            step,
+            StepAttempt(
+                logical_attempt_id=event.logical_attempt_id, status=StepStatus.FAILED, error=error
+            ),
+        ),
+    )
+
+
+def _step_skipped(state: _State, event: Event) -> None:
+    assert event.step_id is not None
+    reason = event.payload.get("reason")
+    state.update_step(
+        event.step_id,
+        status=StepStatus.SKIPPED,
+        substatus=None,
+        error=None,
+        skip_reason=str(reason) if reason is not None else "skipped",
+        completed_at=_when(event),
+    )
+
+
+_HANDLERS = {
+    "RunApproved": _run_approved,
+    "RunStarted": _run_started,
+    "RunPaused": _run_paused,
+    "RunResumed": _run_resumed,
+    RUN_AWAITING_OPERATOR: _run_awaiting_operator,
+    "RunCompleted": _run_completed,
+    "RunFailed": _run_failed,
+    "RunCancelled": _run_cancelled,
+    "SignalAccepted": _signal_accepted,
+    "StepStarted": _step_started,
+    "StepAwaitingApproval": _step_awaiting_approval,
+    "StepCompleted": _step_completed,
+    "StepFailed": _step_failed,
+    "StepSkipped": _step_skipped,
+}

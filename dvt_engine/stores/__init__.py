@@ -1,0 +1,1 @@
+"""State store implementations that ship with the core (the in-memory store)."""

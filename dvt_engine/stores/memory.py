@@ -1,0 +1,227 @@
+"""The in-memory state store: the full store contract, for tests, the CLI and embedding hosts.
+
+Safe under concurrent asyncio tasks of one event loop: every mutation happens under one lock,
+and followers wait on a condition that appends notify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from dvt_engine.errors import RunNotFound, UsageError
+from dvt_engine.event_validation import validate_event
+from dvt_engine.eventlog import utc_now
+from dvt_engine.models.events import AppendResult, Event
+from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
+from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.ports import RunStateStore
+from dvt_engine.projector import apply, initial_snapshot, project
+
+PLAN_URI_PREFIX = "plan://sha256/"
+
+
+@dataclass
+class _Run:
+    header: RunHeader
+    snapshot: RunSnapshot
+    events: list[Event] = field(default_factory=list)
+    by_key: dict[str, Event] = field(default_factory=dict)
+    next_seq: int = 1
+    updated_at: datetime = field(default_factory=utc_now)
+
+
+class MemoryRunStateStore(RunStateStore):
+    """A RunStateStore held in process memory; ``open_store("memory://")`` returns one."""
+
+    def __init__(self, url: str = "memory://", **_options: object) -> None:
+        self.url = url
+        self._runs: dict[str, _Run] = {}
+        self._by_request: dict[tuple[str, str], str] = {}
+        self._plans: dict[str, bytes] = {}
+        self._all_events: list[Event] = []
+        self._lock = asyncio.Lock()
+        self._appended = asyncio.Condition(self._lock)
+
+    # --- runs ---------------------------------------------------------------------------
+    async def register_run(self, header: RunHeader) -> tuple[RunHeader, bool]:
+        """Record a new run; idempotent on (tenantId, runRequestKey)."""
+        async with self._lock:
+            existing_id = self._by_request.get((header.tenant_id, header.run_request_key))
+            if existing_id is not None:
+                return self._runs[existing_id].header, False
+            if header.run_id in self._runs:
+                raise UsageError(
+                    f"runId {header.run_id!r} is already used by another run request",
+                    details={"runId": header.run_id},
+                )
+            self._runs[header.run_id] = _Run(header=header, snapshot=initial_snapshot(header))
+            self._by_request[(header.tenant_id, header.run_request_key)] = header.run_id
+            return header, True
+
+    async def get_run(self, tenant_id: str, run_id: str) -> RunHeader | None:
+        """The header of a run of this tenant, or None."""
+        run = self._owned(tenant_id, run_id)
+        return run.header if run else None
+
+    async def list_runs(
+        self,
+        tenant_id: str,
+        *,
+        status: Sequence[RunStatus] | None = None,
+        project_id: str | None = None,
+        environment_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunSummary]:
+        """Runs of a tenant, newest first."""
+        wanted = set(status) if status else None
+        rows = [
+            r for r in self._runs.values()
+            if r.header.tenant_id == tenant_id
+            and (wanted is None or r.snapshot.status in wanted)
+            and (project_id is None or r.header.project_id == project_id)
+            and (environment_id is None or r.header.environment_id == environment_id)
+        ]
+        rows.sort(key=lambda r: (r.header.created_at, r.header.run_id), reverse=True)
+        return [self._summary(r) for r in rows[: max(0, limit)]]
+
+    # --- the log ------------------------------------------------------------------------
+    async def append(self, event: Event) -> AppendResult:
+        """Append one event; a repeated (runId, idempotencyKey) inserts nothing."""
+        validate_event(event)
+        async with self._lock:
+            result = self._append_locked(event)
+            self._appended.notify_all()
+            return result
+
+    async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
+        """Append many events atomically with the same per-event guarantees."""
+        for event in events:
+            validate_event(event)
+        async with self._lock:
+            for event in events:
+                self._require_run(event.tenant_id, event.run_id)
+            results = [self._append_locked(e) for e in events]
+            self._appended.notify_all()
+            return results
+
+    def _append_locked(self, event: Event) -> AppendResult:
+        run = self._require_run(event.tenant_id, event.run_id)
+        found = run.by_key.get(event.idempotency_key)
+        if found is not None:
+            assert found.run_seq is not None and found.persisted_at is not None
+            return AppendResult(run_seq=found.run_seq, persisted_at=found.persisted_at,
+                                event_id=found.event_id, duplicate=True)
+        stored = event.model_copy(update={"run_seq": run.next_seq, "persisted_at": utc_now()})
+        run.next_seq += 1
+        run.events.append(stored)
+        run.by_key[stored.idempotency_key] = stored
+        run.snapshot = apply(run.snapshot, [stored])
+        run.updated_at = stored.persisted_at or utc_now()
+        self._all_events.append(stored)
+        assert stored.run_seq is not None and stored.persisted_at is not None
+        return AppendResult(run_seq=stored.run_seq, persisted_at=stored.persisted_at,
+                            event_id=stored.event_id, duplicate=False)
+
+    async def fetch_events(
+        self, tenant_id: str, run_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        """Events of a run with runSeq > after_seq, ascending."""
+        run = self._owned(tenant_id, run_id)
+        if run is None:
+            return []
+        selected = [e for e in run.events if (e.run_seq or 0) > after_seq]
+        return selected if limit is None else selected[: max(0, limit)]
+
+    async def get_event_by_key(
+        self, tenant_id: str, run_id: str, idempotency_key: str
+    ) -> Event | None:
+        """The event stored under an idempotency key, or None."""
+        run = self._owned(tenant_id, run_id)
+        return run.by_key.get(idempotency_key) if run else None
+
+    async def follow(
+        self, tenant_id: str, run_id: str | None = None, *, after_seq: int = 0
+    ) -> AsyncIterator[Event]:
+        """New events of one run (runSeq order) or of every run of the tenant."""
+        if run_id is not None:
+            cursor = after_seq
+            while True:
+                async with self._lock:
+                    batch = await self._wait_for(
+                        lambda: [e for e in self._run_events(tenant_id, run_id)
+                                 if (e.run_seq or 0) > cursor]
+                    )
+                for event in batch:
+                    cursor = event.run_seq or cursor
+                    yield event
+        else:
+            position = len(self._all_events)
+            while True:
+                async with self._lock:
+                    start = position
+                    batch = await self._wait_for(
+                        lambda: [e for e in self._all_events[start:] if e.tenant_id == tenant_id]
+                    )
+                    position = len(self._all_events)
+                for event in batch:
+                    yield event
+
+    async def _wait_for(self, pick: Callable[[], list[Event]]) -> list[Event]:
+        while True:
+            batch: list[Event] = pick()
+            if batch:
+                return batch
+            await self._appended.wait()
+
+    def _run_events(self, tenant_id: str, run_id: str) -> list[Event]:
+        run = self._owned(tenant_id, run_id)
+        return run.events if run else []
+
+    # --- snapshots ----------------------------------------------------------------------
+    async def get_snapshot(self, tenant_id: str, run_id: str) -> RunSnapshot | None:
+        """The latest projection (always current: it is updated inside append)."""
+        run = self._owned(tenant_id, run_id)
+        return run.snapshot if run else None
+
+    async def project(self, tenant_id: str, run_id: str) -> RunSnapshot:
+        """Recompute a run's snapshot from its log."""
+        run = self._require_run(tenant_id, run_id)
+        return project(run.header, list(run.events))
+
+    # --- plan registry ------------------------------------------------------------------
+    async def put_plan(self, data: bytes) -> str:
+        """Store plan bytes once; returns ``plan://sha256/<hex>``."""
+        digest = hashlib.sha256(data).hexdigest()
+        self._plans.setdefault(digest, bytes(data))
+        return PLAN_URI_PREFIX + digest
+
+    async def get_plan(self, sha256: str) -> bytes | None:
+        """The bytes stored under a digest, or None."""
+        return self._plans.get(sha256)
+
+    # --- helpers ------------------------------------------------------------------------
+    def _owned(self, tenant_id: str, run_id: str) -> _Run | None:
+        run = self._runs.get(run_id)
+        if run is None or run.header.tenant_id != tenant_id:
+            return None
+        return run
+
+    def _require_run(self, tenant_id: str, run_id: str) -> _Run:
+        run = self._owned(tenant_id, run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id!r} not found", details={"runId": run_id})
+        return run
+
+    @staticmethod
+    def _summary(run: _Run) -> RunSummary:
+        h, s = run.header, run.snapshot
+        return RunSummary(
+            run_id=h.run_id, tenant_id=h.tenant_id, project_id=h.project_id,
+            environment_id=h.environment_id, plan_id=h.plan_id, plan_version=h.plan_version,
+            engine=h.engine, status=s.status, substatus=s.substatus,
+            last_event_seq=s.last_event_seq, created_at=h.created_at, updated_at=run.updated_at,
+        )
