@@ -1,0 +1,283 @@
+"""TemporalEngine: the WorkflowEngine port on Temporal (contract section 8.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from dvt_adapters_temporal import devserver
+from dvt_adapters_temporal.activities import TemporalActivities
+from dvt_adapters_temporal.settings import TemporalSettings, connect
+from dvt_adapters_temporal.wire import (
+    SIGNAL_NAME,
+    STATUS_QUERY,
+    RunInput,
+    SignalMessage,
+    WorkflowConfig,
+)
+from dvt_adapters_temporal.worker import build_workers, running_workers
+from dvt_adapters_temporal.workflow import WORKFLOW_NAME
+from dvt_engine.errors import EngineUnavailable, RunNotFound
+from dvt_engine.models.plan import PlanRef
+from dvt_engine.models.run import (
+    EngineRunRef,
+    RunContext,
+    RunStatus,
+    RunStatusSnapshot,
+    RunSubstatus,
+    TemporalRunRef,
+)
+from dvt_engine.ports import RunStateStore, WorkflowEngine
+
+WORKFLOW_ID_PREFIX = "dvt-run-"
+
+CAPABILITIES = frozenset({
+    "signal.pause.native",
+    "cancel.cooperative",
+    "workflow.fan.parallel",
+    "workflow.fan.dynamic",
+    "workflow.child.workflows",
+    "query.workflow.state",
+    "replay.full",
+    "workflow.continue.as.new",
+    "signals.rate.limit",
+})
+
+
+def workflow_id_for(run_request_key: str) -> str:
+    """The workflow id of a run: derived from its run-request key, so a repeat finds it."""
+    return WORKFLOW_ID_PREFIX + run_request_key
+
+
+def default_state_dir() -> Path:
+    """Where `dvt dev up` keeps the embedded dev server's SQLite file and pid."""
+    return Path(os.environ.get("DVT_HOME", Path.home() / ".dvt")) / "temporal"
+
+
+class TemporalEngine(WorkflowEngine):
+    """Runs plans on a Temporal cluster through one generic interpreter workflow."""
+
+    name: ClassVar[str] = "temporal"
+    capabilities: ClassVar[frozenset[str]] = CAPABILITIES
+
+    def __init__(
+        self,
+        *,
+        store: RunStateStore,
+        worker: bool = True,
+        state_dir: str | Path | None = None,
+        **options: Any,
+    ) -> None:
+        self.store = store
+        self.settings = TemporalSettings.from_options(**options)
+        # Without an address the engine uses (and if needed starts) the local dev server.
+        self._state_dir = Path(state_dir) if state_dir else default_state_dir()
+        self._embedded_worker = worker
+        self._client: Client | None = None
+        self._workers: list[Worker] = []
+        self._workers_cm: Any = None
+        self._search_attrs: tuple[str, ...] | None = None
+        self._lock = asyncio.Lock()
+
+    # --- connection ----------------------------------------------------------------------
+    async def client(self) -> Client:
+        """The connected client (connecting, and starting embedded workers, on first use)."""
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                settings = self.settings
+                if not settings.address:
+                    info = await asyncio.to_thread(devserver.start_dev_server, self._state_dir)
+                    settings = TemporalSettings(**{**settings.__dict__, "address": info.address})
+                    self.settings = settings
+                client = await connect(settings)
+                if self._embedded_worker:
+                    await self._start_workers(client)
+                self._client = client
+        return self._client
+
+    def activities(self) -> TemporalActivities:
+        """The activity implementations bound to this engine's store."""
+        from dvt_adapters_temporal._interim import InterimStepRunner, interim_plan_loader
+
+        return TemporalActivities(
+            self.store,
+            load_plan=interim_plan_loader(self.store),
+            step_runner=InterimStepRunner(self.store),
+        )
+
+    async def _start_workers(self, client: Client) -> None:
+        self._workers = build_workers(
+            client,
+            self.activities(),
+            task_queue=self.settings.task_queue,
+            activity_queues=list(self.settings.kind_queues.values()),
+        )
+        self._workers_cm = running_workers(self._workers)
+        await self._workers_cm.__aenter__()
+
+    async def close(self) -> None:
+        """Stop embedded workers (letting running activities finish)."""
+        if self._workers_cm is not None:
+            cm, self._workers_cm = self._workers_cm, None
+            await cm.__aexit__(None, None, None)
+
+    async def _search_attributes(self, client: Client) -> tuple[str, ...]:
+        setting = self.settings.search_attributes
+        if setting is False:
+            return ()
+        if self._search_attrs is None:
+            try:
+                resp = await client.operator_service.list_search_attributes(
+                    ListSearchAttributesRequest(namespace=client.namespace)
+                )
+                self._search_attrs = tuple(
+                    n for n in devserver.SEARCH_ATTRIBUTE_NAMES
+                    if resp.custom_attributes.get(n) == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                )
+            except RPCError:
+                # Hosted clusters may refuse the operator API; then dvt sets none.
+                self._search_attrs = ()
+        return self._search_attrs
+
+    # --- the port ------------------------------------------------------------------------
+    def _config(self) -> WorkflowConfig:
+        s = self.settings
+        return WorkflowConfig(
+            task_queue=s.task_queue,
+            kind_queues=dict(s.kind_queues),
+            continue_as_new_after_steps=s.continue_as_new_after_steps,
+            continue_as_new_history_bytes=s.continue_as_new_history_bytes,
+            cancel_in_flight_on_pause=s.cancel_in_flight_on_pause,
+            heartbeat_timeout_s=s.heartbeat_timeout_s,
+            default_step_timeout_s=s.default_step_timeout_s,
+        )
+
+    async def start_workflow(
+        self, plan_ref: PlanRef, context: RunContext, run_request_key: str
+    ) -> TemporalRunRef:
+        """Start (or find) the interpreter workflow of a registered run."""
+        client = await self.client()
+        wf_id = workflow_id_for(run_request_key)
+        ref = TemporalRunRef(
+            namespace=client.namespace, workflow_id=wf_id, task_queue=self.settings.task_queue
+        )
+        attrs = await self._search_attributes(client)
+        values = {"tenantId": context.tenant_id, "projectId": context.project_id,
+                  "environmentId": context.environment_id}
+        search = TypedSearchAttributes([
+            SearchAttributePair(k, values[k.name])
+            for k in devserver.search_attribute_keys() if k.name in attrs
+        ])
+        inp = RunInput(
+            plan_ref=plan_ref.model_dump(mode="json", by_alias=True, exclude_none=True),
+            context=context.model_dump(mode="json", by_alias=True, exclude_none=True),
+            engine_run_ref=ref.model_dump(mode="json", by_alias=True, exclude_none=True),
+            config=self._config(),
+        )
+        try:
+            handle = await client.start_workflow(
+                WORKFLOW_NAME,
+                inp,
+                id=wf_id,
+                task_queue=self.settings.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=search,
+            )
+            run_id = handle.first_execution_run_id or handle.result_run_id
+        except WorkflowAlreadyStartedError as exc:
+            run_id = exc.first_run_id or exc.run_id
+        except RPCError as exc:
+            raise EngineUnavailable(f"Temporal refused the start: {exc}", retryable=True) from exc
+        return ref.model_copy(update={"run_id": run_id})
+
+    async def start_run(self, plan_ref: PlanRef, context: RunContext) -> EngineRunRef:
+        """Register the run in the store and start its workflow; idempotent on the request."""
+        raise NotImplementedError  # wired to the shared run starter
+
+    def _handle(self, client: Client, run_ref: EngineRunRef) -> WorkflowHandle[Any, Any]:
+        if not isinstance(run_ref, TemporalRunRef):
+            raise RunNotFound(f"not a Temporal run reference: {run_ref!r}")
+        # No run id: signals and queries follow the chain across continue-as-new.
+        return client.get_workflow_handle(run_ref.workflow_id)
+
+    async def deliver(self, run_ref: EngineRunRef, message: SignalMessage) -> None:
+        """Hand an accepted signal to the workflow (durably recorded in its history)."""
+        client = await self.client()
+        try:
+            await self._handle(client, run_ref).signal(SIGNAL_NAME, message)
+        except RPCError as exc:
+            raise EngineUnavailable(f"cannot signal the run: {exc}", retryable=True) from exc
+
+    async def query_status(self, run_ref: EngineRunRef) -> dict[str, Any]:
+        """The workflow's own status answer (query), for diagnosis."""
+        client = await self.client()
+        result: dict[str, Any] = await self._handle(client, run_ref).query(STATUS_QUERY)
+        return result
+
+    async def get_run_status(self, run_ref: EngineRunRef) -> RunStatusSnapshot:
+        """The engine's view of a run: the workflow's query answer, or its close status."""
+        client = await self.client()
+        handle = self._handle(client, run_ref)
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            raise RunNotFound(f"no workflow {handle.id}: {exc}") from exc
+        run_id = handle.id
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            try:
+                q = await self.query_status(run_ref)
+            except Exception as exc:  # no worker to answer: report what the server knows
+                return RunStatusSnapshot(run_id=run_id, status=RunStatus.RUNNING,
+                                         message=f"query unanswered: {exc}",
+                                         started_at=desc.start_time)
+            status = q["status"] if q["status"] in RunStatus.__members__ else "RUNNING"
+            sub = q.get("substatus")
+            return RunStatusSnapshot(
+                run_id=run_id, status=RunStatus(status),
+                substatus=RunSubstatus(sub) if sub in RunSubstatus.__members__ else None,
+                started_at=desc.start_time,
+            )
+        if desc.status == WorkflowExecutionStatus.COMPLETED:
+            result = await handle.result()
+            status = str(result.get("status") if isinstance(result, Mapping) else
+                         getattr(result, "status", "COMPLETED"))
+            return RunStatusSnapshot(run_id=run_id, status=RunStatus(status),
+                                     started_at=desc.start_time, completed_at=desc.close_time)
+        closed = {
+            WorkflowExecutionStatus.CANCELED: RunStatus.CANCELLED,
+            WorkflowExecutionStatus.TERMINATED: RunStatus.CANCELLED,
+        }.get(desc.status, RunStatus.FAILED)  # type: ignore[arg-type]
+        return RunStatusSnapshot(run_id=run_id, status=closed, message=str(desc.status),
+                                 started_at=desc.start_time, completed_at=desc.close_time)
+
+
+    async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:
+        """Cancel cooperatively."""
+        raise NotImplementedError
+
+    async def signal(self, run_ref: EngineRunRef, request: Any) -> Any:
+        """Decide and deliver a signal."""
+        raise NotImplementedError
+
+    async def validate(self, plan: Any) -> Any:
+        """Validation report."""
+        raise NotImplementedError

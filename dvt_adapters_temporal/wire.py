@@ -1,0 +1,157 @@
+"""What crosses the Temporal boundary: workflow input, cursor, signals and activity messages.
+
+Plain dataclasses of JSON types, so recorded histories replay unchanged when dvt's pydantic models
+evolve. Field additions must carry defaults (old histories lack them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SIGNAL_NAME = "dvt.signal"
+STATUS_QUERY = "dvt.status"
+
+ACT_PREPARE = "dvt.prepare"
+ACT_RUN_STEP = "dvt.run_step"
+ACT_RUN_EVENT = "dvt.run_event"
+ACT_GATE = "dvt.gate"
+
+
+@dataclass
+class WorkflowConfig:
+    """Interpreter behaviour fixed at start (and carried across continue-as-new)."""
+
+    task_queue: str
+    kind_queues: dict[str, str] = field(default_factory=dict)
+    continue_as_new_after_steps: int = 50
+    continue_as_new_history_bytes: int = 1_000_000
+    cancel_in_flight_on_pause: bool = False
+    heartbeat_timeout_s: float = 10.0
+    default_step_timeout_s: float = 86400.0
+
+
+@dataclass
+class Cursor:
+    """The compact state carried across continue-as-new; step states come back from the store."""
+
+    generation: int = 0
+    pause_ordinal: int = 0
+    paused: bool = False
+    awaiting_operator: bool = False
+    # Signal ids already applied, so a redelivered signal is not applied twice.
+    applied_signals: list[str] = field(default_factory=list)
+    steps_started: int = 0
+
+
+@dataclass
+class RunInput:
+    """Input of the interpreter workflow."""
+
+    plan_ref: dict[str, Any]
+    context: dict[str, Any]
+    engine_run_ref: dict[str, Any]
+    config: WorkflowConfig
+    cursor: Cursor | None = None
+
+
+@dataclass
+class RunResult:
+    """What the workflow returns when the run is terminal."""
+
+    run_id: str
+    status: str
+    failure_step_id: str | None = None
+    failure_code: str | None = None
+    generations: int = 1
+
+
+@dataclass
+class SignalMessage:
+    """An accepted operator signal, delivered to the workflow after its decision was recorded."""
+
+    signal_id: str
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    actor_id: str = ""
+    effective_role: str | None = None
+
+
+@dataclass
+class PrepareInput:
+    """Fetch and validate the plan; on the first generation also write RunStarted."""
+
+    plan_ref: dict[str, Any]
+    context: dict[str, Any]
+    engine_run_ref: dict[str, Any]
+    first_generation: bool
+
+
+@dataclass
+class StepState:
+    """The state of one step as the workflow tracks it."""
+
+    status: str = "PENDING"
+    attempt: int = 1
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class Prepared:
+    """The validated plan and, when resuming, the steps' states from the store."""
+
+    plan: dict[str, Any]
+    steps: dict[str, StepState] = field(default_factory=dict)
+    run_status: str = "RUNNING"
+    refused_code: str | None = None
+    refused_message: str | None = None
+
+
+@dataclass
+class StepInput:
+    """Run one logical attempt of a step through the shared step runner."""
+
+    context: dict[str, Any]
+    plan_ref: dict[str, Any]
+    step: dict[str, Any]
+    plan_params: dict[str, Any]
+    logical_attempt_id: int
+
+
+@dataclass
+class StepOutcome:
+    """How a logical attempt ended: SUCCESS, FAILED (final) or CANCELLED."""
+
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+    retryable: bool = False
+
+
+@dataclass
+class RunEventInput:
+    """A run-level event the workflow asks to append."""
+
+    context: dict[str, Any]
+    plan_ref: dict[str, Any]
+    event_type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    discriminator: int = 1
+    step_id: str | None = None
+    logical_attempt_id: int = 1
+    caused_by_signal_id: str | None = None
+
+
+@dataclass
+class GateInput:
+    """Open an approval gate, or close it with a decision."""
+
+    context: dict[str, Any]
+    plan_ref: dict[str, Any]
+    step: dict[str, Any]
+    logical_attempt_id: int
+    action: str  # "open" | "approve" | "reject" | "timeout"
+    approver: str | None = None
+    comment: str | None = None
+    signal_id: str | None = None
