@@ -6,14 +6,30 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from dvt_engine.errors import IllegalTransition, RunNotFound
 from dvt_engine.idempotency import event_key
 from dvt_engine.models.events import AppendResult, Event
-from dvt_engine.models.run import RunHeader
 from dvt_engine.ports import RunStateStore
 from dvt_engine.statemachine import transition_problem
+
+
+class RunIdentity(Protocol):
+    """Whose events these are: RunHeader has these fields, and so can a step invocation."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def environment_id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def plan_id(self) -> str: ...
+    @property
+    def plan_version(self) -> str: ...
 
 
 def utc_now() -> datetime:
@@ -25,7 +41,7 @@ def utc_now() -> datetime:
 class EventFactory:
     """Builds envelopes for one run; every event gets its contract idempotency key."""
 
-    header: RunHeader
+    header: RunIdentity
     emitted_by: str
     clock: Callable[[], datetime] = utc_now
 
@@ -118,7 +134,7 @@ class RunWriter:
     though, by then, the transition would no longer be legal.
     """
 
-    def __init__(self, store: RunStateStore, header: RunHeader) -> None:
+    def __init__(self, store: RunStateStore, header: RunIdentity) -> None:
         self.store = store
         self.header = header
 
