@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,15 +35,19 @@ from dvt_adapters_temporal.wire import (
 from dvt_adapters_temporal.worker import build_workers, running_workers
 from dvt_adapters_temporal.workflow import WORKFLOW_NAME
 from dvt_engine.errors import EngineUnavailable, RunNotFound
+from dvt_engine.eventlog import utc_now
+from dvt_engine.idempotency import run_request_key
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import (
     EngineRunRef,
     RunContext,
+    RunHeader,
     RunStatus,
     RunStatusSnapshot,
     RunSubstatus,
     TemporalRunRef,
 )
+from dvt_engine.models.signals import SignalDecision, SignalRequest
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 
 WORKFLOW_ID_PREFIX = "dvt-run-"
@@ -201,6 +206,7 @@ class TemporalEngine(WorkflowEngine):
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=search,
+                memo={"runId": context.run_id, "tenantId": context.tenant_id},
             )
             run_id = handle.first_execution_run_id or handle.result_run_id
         except WorkflowAlreadyStartedError as exc:
@@ -211,7 +217,20 @@ class TemporalEngine(WorkflowEngine):
 
     async def start_run(self, plan_ref: PlanRef, context: RunContext) -> EngineRunRef:
         """Register the run in the store and start its workflow; idempotent on the request."""
-        raise NotImplementedError  # wired to the shared run starter
+        from dvt_adapters_temporal._interim import interim_plan_loader
+
+        plan = await interim_plan_loader(self.store)(plan_ref, None)
+        key = run_request_key(
+            context.tenant_id, context.project_id, context.environment_id,
+            plan_ref.plan_id, plan_ref.plan_version, context.run_request_id or context.run_id,
+        )
+        header = RunHeader.for_plan(
+            plan=plan, plan_ref=plan_ref, context=context, engine=self.name,
+            run_request_key=key, created_at=utc_now(),
+        )
+        stored, _created = await self.store.register_run(header)
+        context = context.model_copy(update={"run_id": stored.run_id})
+        return await self.start_workflow(stored.plan_ref, context, stored.run_request_key)
 
     def _handle(self, client: Client, run_ref: EngineRunRef) -> WorkflowHandle[Any, Any]:
         if not isinstance(run_ref, TemporalRunRef):
@@ -241,7 +260,7 @@ class TemporalEngine(WorkflowEngine):
             desc = await handle.describe()
         except RPCError as exc:
             raise RunNotFound(f"no workflow {handle.id}: {exc}") from exc
-        run_id = handle.id
+        run_id = str(await desc.memo_value("runId", handle.id))
         if desc.status == WorkflowExecutionStatus.RUNNING:
             try:
                 q = await self.query_status(run_ref)
@@ -271,12 +290,23 @@ class TemporalEngine(WorkflowEngine):
 
 
     async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:
-        """Cancel cooperatively."""
-        raise NotImplementedError
+        """Cancel cooperatively: running steps are asked to stop, then RunCancelled."""
+        await self.deliver(run_ref, SignalMessage(
+            signal_id=f"engine-cancel-{uuid.uuid4()}", type="CANCEL",
+            payload={"reason": reason} if reason else {}, actor_id="engine",
+        ))
 
-    async def signal(self, run_ref: EngineRunRef, request: Any) -> Any:
-        """Decide and deliver a signal."""
-        raise NotImplementedError
+    async def signal(self, run_ref: EngineRunRef, request: SignalRequest) -> SignalDecision:
+        """Decide a signal through the shared rules and deliver it when accepted."""
+        decision = SignalDecision(signal_id=request.signal_id, type=request.type,
+                                  run_id=request.run_id, accepted=True)
+        if decision.accepted and not decision.duplicate and not decision.no_op:
+            await self.deliver(run_ref, SignalMessage(
+                signal_id=request.signal_id, type=str(request.type),
+                payload=dict(request.payload), actor_id=request.actor.id,
+                effective_role=str(decision.effective_role) if decision.effective_role else None,
+            ))
+        return decision
 
     async def validate(self, plan: Any) -> Any:
         """Validation report."""

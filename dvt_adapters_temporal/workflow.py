@@ -101,6 +101,7 @@ class DvtRunWorkflow:
         """The run status as this workflow sees it, for diagnosis."""
         steps = self._interp.step_states() if self._interp else {}
         return {
+            "runId": self._inp.context.get("runId") if hasattr(self, "_inp") else None,
             "status": self._status,
             "substatus": self._substatus,
             "running": sorted(self._running),

@@ -1,0 +1,59 @@
+"""Replay recorded workflow histories through the SDK's Replayer to catch non-determinism."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from temporalio.client import WorkflowHandle
+from temporalio.worker import Replayer, WorkflowReplayResult
+
+from dvt_adapters_temporal.worker import workflow_runner
+from dvt_adapters_temporal.workflow import DvtRunWorkflow
+
+HISTORY_SUFFIX = ".history.json"
+
+
+def replayer() -> Replayer:
+    """A Replayer with dvt's workflow and the same sandbox settings as the workers."""
+    return Replayer(workflows=[DvtRunWorkflow], workflow_runner=workflow_runner())
+
+
+async def save_history(handle: WorkflowHandle[object, object], path: Path) -> None:
+    """Write every run of a workflow chain (continue-as-new included) to one file."""
+    client = handle._client
+    runs = []
+    run_id: str | None = handle.first_execution_run_id or handle.run_id
+    seen: set[str] = set()
+    while True:
+        current = client.get_workflow_handle(handle.id, run_id=run_id)
+        history = await current.fetch_history()
+        runs.append(json.loads(history.to_json()))
+        last = history.events[-1]
+        attrs = last.workflow_execution_continued_as_new_event_attributes
+        if not last.HasField("workflow_execution_continued_as_new_event_attributes"):
+            break
+        run_id = attrs.new_execution_run_id
+        if run_id in seen:
+            break
+        seen.add(run_id)
+    path.write_text(json.dumps({"workflowId": handle.id, "runs": runs}, indent=1) + "\n")
+
+
+async def replay_file(path: Path) -> list[WorkflowReplayResult]:
+    """Replay every run in a recorded file; raises on the first non-deterministic one."""
+    from temporalio.client import WorkflowHistory
+
+    data = json.loads(path.read_text())
+    results = []
+    rep = replayer()
+    for run in data["runs"]:
+        history = WorkflowHistory.from_json(data["workflowId"], run)
+        results.append(await rep.replay_workflow(history))
+    return results
+
+
+def history_files(directory: Path) -> Iterable[Path]:
+    """Recorded histories in a directory, sorted by name."""
+    return sorted(directory.glob(f"*{HISTORY_SUFFIX}"))

@@ -1,0 +1,180 @@
+"""The Temporal engine on a real dev server: DAG walking, retries, failures, signals, starts."""
+
+from __future__ import annotations
+
+import uuid
+
+from temporal_helpers import (
+    TENANT,
+    has_event,
+    kinds,
+    new_context,
+    plan_doc,
+    put_plan,
+    wait_for,
+    wait_terminal,
+)
+from temporalio.client import WorkflowExecutionStatus
+
+from dvt_adapters_temporal.engine import TemporalEngine
+from dvt_engine.models.run import RunStatus, TemporalRunRef
+from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
+
+OPERATOR = Actor(id="op-1", roles=(Role.ADMIN, Role.APPROVER))
+
+
+def sig(run_id: str, type_: SignalType, **payload: object) -> SignalRequest:
+    """A signal request from the test operator."""
+    return SignalRequest(signal_id=f"s-{uuid.uuid4()}", type=type_, tenant_id=TENANT,
+                         run_id=run_id, payload=payload, actor=OPERATOR)
+
+
+async def test_dag_completes_with_step_events_in_dependency_order(engine: TemporalEngine) -> None:
+    doc = plan_doc([
+        {"stepId": "extract", "kind": "noop"},
+        {"stepId": "left", "kind": "echo", "dependsOn": ["extract"], "params": {"v": 1}},
+        {"stepId": "right", "kind": "noop", "dependsOn": ["extract"]},
+        {"stepId": "join", "kind": "noop", "dependsOn": ["left", "right"]},
+    ])
+    ref = await put_plan(engine.store, doc)
+    ctx = new_context()
+    run_ref = await engine.start_run(ref, ctx)
+    assert isinstance(run_ref, TemporalRunRef)
+    snap = await wait_terminal(engine.store, ctx.run_id)
+    assert snap.status == RunStatus.COMPLETED
+    events = await engine.store.fetch_events(TENANT, ctx.run_id)
+    seq = kinds(events)
+    assert seq[0] == ("RunStarted", None)
+    assert seq[-1] == ("RunCompleted", None)
+    pos = {k: i for i, k in enumerate(seq)}
+    for dep, step in (("extract", "left"), ("extract", "right"), ("left", "join"),
+                      ("right", "join")):
+        assert pos[("StepCompleted", dep)] < pos[("StepStarted", step)]
+    assert {s.step_id: s.output for s in snap.steps}["left"] == {"v": 1}
+
+
+async def test_start_run_twice_returns_the_same_run(engine: TemporalEngine) -> None:
+    ref = await put_plan(engine.store, plan_doc([{"stepId": "a", "kind": "noop"}]))
+    ctx = new_context()
+    first = await engine.start_run(ref, ctx)
+    # Same request id, different runId: still the first run.
+    second = await engine.start_run(ref, ctx.model_copy(update={"run_id": str(uuid.uuid4())}))
+    assert first == second
+    await wait_terminal(engine.store, ctx.run_id)
+    third = await engine.start_run(ref, ctx)
+    assert third == first
+    events = await engine.store.fetch_events(TENANT, ctx.run_id)
+    assert [e.event_type for e in events].count("RunStarted") == 1
+    client = await engine.client()
+    handle = client.get_workflow_handle(first.workflow_id)
+    result = await handle.result()
+    assert result["status"] == "COMPLETED"
+    desc = await handle.describe()
+    assert desc.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_engine_retries_share_one_logical_attempt(engine: TemporalEngine) -> None:
+    ref = await put_plan(engine.store, plan_doc([
+        {"stepId": "flaky", "kind": "fail", "params": {"failTimes": 2, "code": "FLAKY"},
+         "retry": {"maxAttempts": 3, "initialIntervalMs": 10, "maxIntervalMs": 20}},
+    ]))
+    ctx = new_context()
+    await engine.start_run(ref, ctx)
+    snap = await wait_terminal(engine.store, ctx.run_id)
+    assert snap.status == RunStatus.COMPLETED
+    events = await engine.store.fetch_events(TENANT, ctx.run_id)
+    step_events = [e for e in events if e.step_id == "flaky"]
+    assert [e.event_type for e in step_events] == ["StepStarted", "StepCompleted"]
+    assert step_events[-1].engine_attempt_id == 3
+    assert {e.logical_attempt_id for e in step_events} == {1}
+
+
+async def test_final_failure_fails_fast(engine: TemporalEngine) -> None:
+    ref = await put_plan(engine.store, plan_doc([
+        {"stepId": "bad", "kind": "fail", "params": {"code": "BAD_SQL"},
+         "retry": {"maxAttempts": 5, "initialIntervalMs": 10, "nonRetryableErrorCodes": ["BAD_SQL"]}},
+        {"stepId": "after", "kind": "noop", "dependsOn": ["bad"]},
+    ]))
+    ctx = new_context()
+    await engine.start_run(ref, ctx)
+    snap = await wait_terminal(engine.store, ctx.run_id)
+    assert snap.status == RunStatus.FAILED
+    assert snap.failure is not None
+    assert (snap.failure.step_id, snap.failure.code) == ("bad", "BAD_SQL")
+    events = await engine.store.fetch_events(TENANT, ctx.run_id)
+    failed = [e for e in events if e.event_type == "StepFailed"]
+    assert len(failed) == 1
+    assert failed[0].engine_attempt_id == 1  # not retryable: no second engine attempt
+    assert not any(e.step_id == "after" for e in events)
+
+
+async def test_pause_stops_scheduling_until_resume(engine: TemporalEngine) -> None:
+    ref = await put_plan(engine.store, plan_doc([
+        {"stepId": "gate", "kind": "approval"},
+        {"stepId": "next", "kind": "noop", "dependsOn": ["gate"]},
+    ]))
+    ctx = new_context()
+    run_ref = await engine.start_run(ref, ctx)
+    await wait_for(engine.store, ctx.run_id, has_event("StepAwaitingApproval", "gate"))
+    await engine.signal(run_ref, sig(ctx.run_id, SignalType.PAUSE, reason="maintenance"))
+    await wait_for(engine.store, ctx.run_id, has_event("RunPaused"))
+    await engine.signal(run_ref, sig(ctx.run_id, SignalType.APPROVE_STEP, stepId="gate",
+                                     decision="approve", comment="ok"))
+    snap = await wait_for(engine.store, ctx.run_id, has_event("StepCompleted", "gate"))
+    status = await engine.get_run_status(run_ref)
+    assert status.status == RunStatus.PAUSED
+    assert snap.status == RunStatus.PAUSED
+    await engine.signal(run_ref, sig(ctx.run_id, SignalType.RESUME))
+    snap = await wait_terminal(engine.store, ctx.run_id)
+    assert snap.status == RunStatus.COMPLETED
+    seq = kinds(await engine.store.fetch_events(TENANT, ctx.run_id))
+    assert seq.index(("RunResumed", None)) < seq.index(("StepStarted", "next"))
+    assert seq.index(("RunPaused", None)) < seq.index(("StepCompleted", "gate"))
+
+
+async def test_cancel_stops_a_running_step(engine: TemporalEngine) -> None:
+    ref = await put_plan(engine.store, plan_doc([
+        {"stepId": "long", "kind": "sleep", "params": {"ms": 600000}},
+        {"stepId": "never", "kind": "noop", "dependsOn": ["long"]},
+    ]))
+    ctx = new_context()
+    run_ref = await engine.start_run(ref, ctx)
+    await wait_for(engine.store, ctx.run_id, has_event("StepStarted", "long"))
+    await engine.signal(run_ref, sig(ctx.run_id, SignalType.CANCEL, reason="stop"))
+    snap = await wait_terminal(engine.store, ctx.run_id, within_s=30)
+    assert snap.status == RunStatus.CANCELLED
+    events = await engine.store.fetch_events(TENANT, ctx.run_id)
+    assert not any(e.step_id == "never" for e in events)
+    assert events[-1].event_type == "RunCancelled"
+    status = await engine.get_run_status(run_ref)
+    assert status.status == RunStatus.CANCELLED
+    assert status.run_id == ctx.run_id
+
+
+async def test_rejected_gate_fails_the_run(engine: TemporalEngine) -> None:
+    ref = await put_plan(engine.store, plan_doc([{"stepId": "gate", "kind": "approval"}]))
+    ctx = new_context()
+    run_ref = await engine.start_run(ref, ctx)
+    await wait_for(engine.store, ctx.run_id, has_event("StepAwaitingApproval", "gate"))
+    q = await engine.query_status(run_ref)
+    assert q["running"] == ["gate"]
+    await engine.signal(run_ref, sig(ctx.run_id, SignalType.APPROVE_STEP, stepId="gate",
+                                     decision="reject"))
+    snap = await wait_terminal(engine.store, ctx.run_id)
+    assert snap.status == RunStatus.FAILED
+    assert snap.failure is not None
+    assert snap.failure.code == "APPROVAL_REJECTED"
+
+
+async def test_runs_carry_ownership_search_attributes(engine: TemporalEngine) -> None:
+    ref = await put_plan(engine.store, plan_doc([{"stepId": "a", "kind": "noop"}]))
+    ctx = new_context()
+    run_ref = await engine.start_run(ref, ctx)
+    assert isinstance(run_ref, TemporalRunRef)
+    await wait_terminal(engine.store, ctx.run_id)
+    client = await engine.client()
+    desc = await client.get_workflow_handle(run_ref.workflow_id).describe()
+    values = {k.name: v for k, v in desc.typed_search_attributes}
+    assert values["tenantId"] == TENANT
+    assert values["projectId"] == "proj"
+    assert values["environmentId"] == "dev"
