@@ -1,0 +1,77 @@
+"""The DAG rules every engine shares: which steps are ready, and which can never run.
+
+Pure functions over a plan outline and the current step states. Ties are always broken by plan
+order, so every engine starts the same steps in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
+
+from dvt_engine.models.run import StepStatus
+
+
+class StepNode(Protocol):
+    """Anything with a step id and its dependencies (StepSpec, StepOutline)."""
+
+    @property
+    def step_id(self) -> str: ...
+    @property
+    def depends_on(self) -> tuple[str, ...]: ...
+
+
+def dependencies_satisfied(node: StepNode, statuses: Mapping[str, StepStatus]) -> bool:
+    """True when every dependency of ``node`` is SUCCESS or SKIPPED."""
+    return all(statuses[dep].satisfies_dependency for dep in node.depends_on)
+
+
+def ready_steps(
+    steps: Sequence[StepNode],
+    statuses: Mapping[str, StepStatus],
+    in_flight: Collection[str] = (),
+) -> list[str]:
+    """PENDING steps, not already in flight, whose dependencies are satisfied; plan order."""
+    return [
+        s.step_id
+        for s in steps
+        if statuses[s.step_id] == StepStatus.PENDING
+        and s.step_id not in in_flight
+        and dependencies_satisfied(s, statuses)
+    ]
+
+
+def blocked_steps(steps: Sequence[StepNode], statuses: Mapping[str, StepStatus]) -> list[str]:
+    """PENDING steps that cannot run until an operator acts: a dependency (transitively) FAILED."""
+    blocked: set[str] = set()
+    for s in steps_in_topological_order(steps):
+        if statuses[s.step_id] != StepStatus.PENDING:
+            continue
+        if any(statuses[d] == StepStatus.FAILED or d in blocked for d in s.depends_on):
+            blocked.add(s.step_id)
+    return [s.step_id for s in steps if s.step_id in blocked]
+
+
+def steps_in_topological_order(steps: Sequence[StepNode]) -> list[StepNode]:
+    """A topological order of a valid DAG, stable with respect to plan order."""
+    by_id = {s.step_id: s for s in steps}
+    remaining = {s.step_id: len(s.depends_on) for s in steps}
+    dependents: dict[str, list[str]] = {s.step_id: [] for s in steps}
+    for s in steps:
+        for dep in s.depends_on:
+            dependents[dep].append(s.step_id)
+    position = {s.step_id: i for i, s in enumerate(steps)}
+    ready = sorted((sid for sid, n in remaining.items() if n == 0), key=position.__getitem__)
+    order: list[StepNode] = []
+    while ready:
+        sid = ready.pop(0)
+        order.append(by_id[sid])
+        released = []
+        for child in dependents[sid]:
+            remaining[child] -= 1
+            if remaining[child] == 0:
+                released.append(child)
+        ready = sorted([*ready, *released], key=position.__getitem__)
+    if len(order) != len(steps):
+        raise ValueError("the plan's steps contain a cycle")
+    return order
