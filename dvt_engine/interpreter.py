@@ -436,7 +436,8 @@ class RunInterpreter:
     def from_snapshot(cls, plan: ExecutionPlan, snapshot: RunSnapshot) -> RunInterpreter:
         """Rebuild from the store's truth; RUNNING steps are reported as in flight."""
         interp = cls(plan=plan)
-        interp.status = snapshot.status if snapshot.status != RunStatus.APPROVED else RunStatus.RUNNING
+        approved = snapshot.status == RunStatus.APPROVED
+        interp.status = RunStatus.RUNNING if approved else snapshot.status
         interp.pause_ordinal = snapshot.pause_count
         interp.awaiting_operator = snapshot.substatus == "AWAITING_OPERATOR"
         for step in snapshot.steps:

@@ -257,7 +257,8 @@ def _step_started(state: _State, event: Event) -> None:
         completed_at=None,
         error=None,
         attempts=_set_attempt(
-            step, StepAttempt(logical_attempt_id=event.logical_attempt_id, status=StepStatus.RUNNING)
+            step,
+            StepAttempt(logical_attempt_id=event.logical_attempt_id, status=StepStatus.RUNNING),
         ),
     )
 
@@ -285,7 +286,8 @@ def _step_completed(state: _State, event: Event) -> None:
         cost=cost,
         error=None,
         attempts=_set_attempt(
-            step, StepAttempt(logical_attempt_id=event.logical_attempt_id, status=StepStatus.SUCCESS)
+            step,
+            StepAttempt(logical_attempt_id=event.logical_attempt_id, status=StepStatus.SUCCESS),
         ),
     )
 

@@ -26,7 +26,7 @@ class RetryPolicy(StrictModel):
     non_retryable_error_codes: tuple[str, ...] = ()
 
     def delay_before_attempt_ms(self, engine_attempt: int) -> int:
-        """Backoff before engine attempt ``engine_attempt`` (>= 2): initial x coeff^(n-2), capped."""
+        """Backoff before engine attempt n (>= 2): initial x coefficient^(n-2), capped."""
         if engine_attempt < 2:
             return 0
         delay = self.initial_interval_ms * self.backoff_coefficient ** (engine_attempt - 2)

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from dvt_engine.errors import RunNotFound, UsageError
 from dvt_engine.event_validation import validate_event
@@ -112,9 +113,7 @@ class MemoryRunStateStore(RunStateStore):
         run = self._require_run(event.tenant_id, event.run_id)
         found = run.by_key.get(event.idempotency_key)
         if found is not None:
-            assert found.run_seq is not None and found.persisted_at is not None
-            return AppendResult(run_seq=found.run_seq, persisted_at=found.persisted_at,
-                                event_id=found.event_id, duplicate=True)
+            return _result(found, duplicate=True)
         stored = event.model_copy(update={"run_seq": run.next_seq, "persisted_at": utc_now()})
         run.next_seq += 1
         run.events.append(stored)
@@ -122,9 +121,7 @@ class MemoryRunStateStore(RunStateStore):
         run.snapshot = apply(run.snapshot, [stored])
         run.updated_at = stored.persisted_at or utc_now()
         self._all_events.append(stored)
-        assert stored.run_seq is not None and stored.persisted_at is not None
-        return AppendResult(run_seq=stored.run_seq, persisted_at=stored.persisted_at,
-                            event_id=stored.event_id, duplicate=False)
+        return _result(stored, duplicate=False)
 
     async def fetch_events(
         self, tenant_id: str, run_id: str, *, after_seq: int = 0, limit: int | None = None
@@ -151,10 +148,7 @@ class MemoryRunStateStore(RunStateStore):
             cursor = after_seq
             while True:
                 async with self._lock:
-                    batch = await self._wait_for(
-                        lambda: [e for e in self._run_events(tenant_id, run_id)
-                                 if (e.run_seq or 0) > cursor]
-                    )
+                    batch = await self._wait_for(partial(self._run_tail, tenant_id, run_id, cursor))
                 for event in batch:
                     cursor = event.run_seq or cursor
                     yield event
@@ -162,13 +156,16 @@ class MemoryRunStateStore(RunStateStore):
             position = len(self._all_events)
             while True:
                 async with self._lock:
-                    start = position
-                    batch = await self._wait_for(
-                        lambda: [e for e in self._all_events[start:] if e.tenant_id == tenant_id]
-                    )
+                    batch = await self._wait_for(partial(self._tenant_tail, tenant_id, position))
                     position = len(self._all_events)
                 for event in batch:
                     yield event
+
+    def _run_tail(self, tenant_id: str, run_id: str, after_seq: int) -> list[Event]:
+        return [e for e in self._run_events(tenant_id, run_id) if (e.run_seq or 0) > after_seq]
+
+    def _tenant_tail(self, tenant_id: str, position: int) -> list[Event]:
+        return [e for e in self._all_events[position:] if e.tenant_id == tenant_id]
 
     async def _wait_for(self, pick: Callable[[], list[Event]]) -> list[Event]:
         while True:
@@ -225,3 +222,10 @@ class MemoryRunStateStore(RunStateStore):
             engine=h.engine, status=s.status, substatus=s.substatus,
             last_event_seq=s.last_event_seq, created_at=h.created_at, updated_at=run.updated_at,
         )
+
+
+def _result(event: Event, *, duplicate: bool) -> AppendResult:
+    if event.run_seq is None or event.persisted_at is None:
+        raise AssertionError("stored events always have runSeq and persistedAt")
+    return AppendResult(run_seq=event.run_seq, persisted_at=event.persisted_at,
+                        event_id=event.event_id, duplicate=duplicate)
