@@ -1,0 +1,166 @@
+"""The run interpreter: deterministic commands for every policy and signal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dvt_engine.interpreter import (
+    CancelSteps,
+    ExpireGate,
+    Finish,
+    ResolveGate,
+    RunInterpreter,
+    StartStep,
+    StartTimer,
+    WriteRunEvent,
+    WriteStepEvent,
+    commands_of,
+)
+from dvt_engine.models.plan import ExecutionPlan
+from dvt_engine.models.run import RunStatus, StepStatus
+from dvt_engine.models.snapshot import StepError
+
+
+def plan(steps: list[dict[str, Any]], **meta: Any) -> ExecutionPlan:
+    return ExecutionPlan.model_validate(
+        {"metadata": {"planId": "p", "planVersion": "1", "schemaVersion": "v1.2", **meta},
+         "steps": steps}
+    )
+
+
+DIAMOND = [
+    {"stepId": "a", "kind": "noop"},
+    {"stepId": "b", "kind": "noop", "dependsOn": ["a"]},
+    {"stepId": "c", "kind": "noop", "dependsOn": ["a"]},
+    {"stepId": "d", "kind": "noop", "dependsOn": ["b", "c"]},
+]
+
+
+def started(commands: list[Any]) -> list[str]:
+    return [c.step_id for c in commands_of(StartStep, commands)]
+
+
+def test_diamond_runs_in_dependency_order_with_parallel_middle() -> None:
+    interp = RunInterpreter(plan(DIAMOND))
+    assert started(interp.begin()) == ["a"]
+    assert started(interp.step_settled("a", 1, "succeeded")) == ["b", "c"]
+    assert interp.step_settled("c", 1, "succeeded") == []
+    assert started(interp.step_settled("b", 1, "succeeded")) == ["d"]
+    final = interp.step_settled("d", 1, "succeeded")
+    assert final == [Finish("RunCompleted", {"succeeded": 4, "skipped": 0})]
+    assert interp.is_finished
+
+
+def test_fail_fast_lets_running_steps_finish_then_fails() -> None:
+    interp = RunInterpreter(plan([{"stepId": "x", "kind": "noop"},
+                                  {"stepId": "y", "kind": "noop"},
+                                  {"stepId": "z", "kind": "noop", "dependsOn": ["y"]}]))
+    assert started(interp.begin()) == ["x", "y"]
+    err = StepError(code="BAD_SQL", message="boom")
+    assert interp.step_settled("x", 1, "failed", err) == []  # y still running
+    commands = interp.step_settled("y", 1, "succeeded")
+    assert commands == [Finish("RunFailed", {"stepId": "x", "code": "BAD_SQL", "message": "boom"})]
+    assert interp.steps["z"].status == StepStatus.PENDING
+
+
+def test_await_operator_then_retry_step_completes() -> None:
+    interp = RunInterpreter(plan([{"stepId": "x", "kind": "noop"},
+                                  {"stepId": "y", "kind": "noop", "dependsOn": ["x"]}],
+                                 failurePolicy="awaitOperator", operatorTimeoutMs=5000))
+    interp.begin()
+    commands = interp.step_settled("x", 1, "failed", StepError(code="E", message="m"))
+    assert commands_of(WriteRunEvent, commands)[0].event_type == "RunAwaitingOperator"
+    assert commands_of(StartTimer, commands) == [StartTimer("operator:1", 5000)]
+    assert not interp.is_finished
+    retry = interp.signal_accepted("RETRY_STEP", {"stepId": "x"}, signal_id="s1")
+    assert retry == [StartStep("x", 2)]
+    assert interp.timer_fired("operator:1") == []  # the wait it timed has ended
+    assert started(interp.step_settled("x", 2, "succeeded")) == ["y"]
+    assert commands_of(Finish, interp.step_settled("y", 1, "succeeded"))[0].event_type == (
+        "RunCompleted"
+    )
+
+
+def test_operator_timeout_fails_the_run() -> None:
+    interp = RunInterpreter(plan([{"stepId": "x", "kind": "noop"}],
+                                 failurePolicy="awaitOperator"))
+    interp.begin()
+    interp.step_settled("x", 1, "failed", StepError(code="E", message="m"))
+    finish = interp.timer_fired("operator:1")
+    assert finish == [Finish("RunFailed", {"stepId": "x", "code": "OPERATOR_TIMEOUT",
+                                           "message": "no operator acted within operatorTimeoutMs"})]
+
+
+def test_skip_failed_step_under_await_operator_releases_dependents() -> None:
+    interp = RunInterpreter(plan([{"stepId": "x", "kind": "noop"},
+                                  {"stepId": "y", "kind": "noop", "dependsOn": ["x"]}],
+                                 failurePolicy="awaitOperator"))
+    interp.begin()
+    interp.step_settled("x", 1, "failed", StepError(code="E", message="m"))
+    commands = interp.signal_accepted("SKIP_STEP", {"stepId": "x", "reason": "known bad"})
+    assert commands[0] == WriteStepEvent("StepSkipped", "x", 1, {"reason": "known bad"})
+    assert started(commands) == ["y"]
+
+
+def test_pause_stops_scheduling_and_resume_continues() -> None:
+    interp = RunInterpreter(plan([{"stepId": "a", "kind": "noop"},
+                                  {"stepId": "b", "kind": "noop", "dependsOn": ["a"]}]))
+    interp.begin()
+    paused = interp.signal_accepted("PAUSE", {"reason": "maintenance"}, signal_id="p1")
+    assert paused == [WriteRunEvent("RunPaused", {"ordinal": 1, "reason": "maintenance"}, 1, "p1")]
+    assert interp.step_settled("a", 1, "succeeded") == []  # nothing new while paused
+    assert interp.signal_accepted("PAUSE", {}) == []  # no-op
+    resumed = interp.signal_accepted("RESUME", {}, signal_id="r1")
+    assert resumed[0] == WriteRunEvent("RunResumed", {"ordinal": 1}, 1, "r1")
+    assert started(resumed) == ["b"]
+    again = interp.signal_accepted("PAUSE", {})
+    assert commands_of(WriteRunEvent, again)[0].discriminator == 2
+
+
+def test_approval_gate_resolution_and_timeout() -> None:
+    interp = RunInterpreter(plan([{"stepId": "gate", "kind": "approval", "timeoutMs": 1000}]))
+    interp.begin()
+    assert interp.step_awaiting_approval("gate") == [StartTimer("gate:gate:1", 1000)]
+    resolve = interp.signal_accepted("APPROVE_STEP", {"stepId": "gate", "decision": "approve",
+                                                      "comment": "ok"}, actor_id="ann")
+    assert resolve == [ResolveGate("gate", 1, True, "ann", "ok", None)]
+    assert interp.timer_fired("gate:gate:1") == []
+
+    other = RunInterpreter(plan([{"stepId": "gate", "kind": "approval", "timeoutMs": 1000}]))
+    other.begin()
+    other.step_awaiting_approval("gate")
+    assert other.timer_fired("gate:gate:1") == [ExpireGate("gate", 1)]
+
+
+def test_cancel_stops_running_steps_then_finishes() -> None:
+    interp = RunInterpreter(plan([{"stepId": "slow", "kind": "sleep"},
+                                  {"stepId": "next", "kind": "noop", "dependsOn": ["slow"]}]))
+    interp.begin()
+    commands = interp.cancel("stop")
+    assert commands == [CancelSteps(("slow",), "stop")]
+    assert interp.cancel("again") == []
+    finish = interp.step_settled("slow", 1, "cancelled")
+    assert finish == [Finish("RunCancelled", {"reason": "stop"})]
+    assert interp.status == RunStatus.CANCELLED
+    assert interp.signal_accepted("RESUME", {}) == []
+
+
+def test_cursor_round_trip_preserves_decisions() -> None:
+    p = plan(DIAMOND)
+    interp = RunInterpreter(p)
+    interp.begin()
+    interp.step_settled("a", 1, "succeeded")
+    interp.signal_accepted("PAUSE", {})
+    clone = RunInterpreter.from_cursor(p, interp.to_cursor())
+    assert clone.to_cursor() == interp.to_cursor()
+    assert clone.step_settled("b", 1, "succeeded") == interp.step_settled("b", 1, "succeeded")
+
+
+def test_late_report_of_old_attempt_is_ignored() -> None:
+    interp = RunInterpreter(plan([{"stepId": "x", "kind": "noop"}],
+                                 failurePolicy="awaitOperator"))
+    interp.begin()
+    interp.step_settled("x", 1, "failed", StepError(code="E", message="m"))
+    interp.signal_accepted("RETRY_STEP", {"stepId": "x"})
+    assert interp.step_settled("x", 1, "succeeded") == []
+    assert interp.steps["x"].status == StepStatus.RUNNING
