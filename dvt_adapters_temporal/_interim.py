@@ -110,7 +110,8 @@ class InterimStepRunner:
                 {"output": {"approver": inp.approver, "comment": inp.comment}},
                 logical_attempt_id=la, caused_by_signal_id=inp.signal_id))
         else:
-            code = "APPROVAL_REJECTED" if inp.action == "reject" else "APPROVAL_TIMEOUT"
+            code = {"reject": "APPROVAL_REJECTED", "timeout": "APPROVAL_TIMEOUT"}.get(
+                inp.action, "STEP_CANCELLED")
             await w.append(f.step_event(
                 "StepFailed", sid,
                 {"error": {"code": code, "message": code.lower(), "retryable": False}},

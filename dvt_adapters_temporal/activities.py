@@ -25,12 +25,11 @@ from dvt_adapters_temporal.wire import (
     RunEventInput,
     StepInput,
     StepOutcome,
-    StepState,
 )
-from dvt_engine.errors import DvtError, RunNotFound
+from dvt_engine.errors import DvtError, IllegalTransition, RunNotFound
 from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
-from dvt_engine.models.run import RunHeader, RunStatus
+from dvt_engine.models.run import RunHeader
 from dvt_engine.ports import RunStateStore
 
 ENGINE_NAME = "temporal"
@@ -104,25 +103,7 @@ class TemporalActivities:
             await writer.append(factory.run_event(
                 "RunStarted", {"engine": ENGINE_NAME, "engineRunRef": inp.engine_run_ref}
             ))
-        snap = await self.store.project(header.tenant_id, header.run_id)
-        steps = {
-            s.step_id: StepState(
-                status=str(s.status),
-                attempt=s.logical_attempt_id,
-                error_code=s.error.code if s.error else None,
-                error_message=s.error.message if s.error else None,
-            )
-            for s in snap.steps
-        }
-        # A step left RUNNING by the previous generation cannot be: it drained before CAN.
-        status = str(snap.status)
-        if snap.status in (RunStatus.PAUSED,):
-            status = "PAUSED"
-        return Prepared(
-            plan=plan.model_dump(mode="json", by_alias=True, exclude_none=True),
-            steps=steps,
-            run_status=status,
-        )
+        return Prepared(plan=plan.model_dump(mode="json", by_alias=True, exclude_none=True))
 
     @activity.defn(name=ACT_RUN_EVENT)
     async def run_event(self, inp: RunEventInput) -> int:
@@ -142,6 +123,10 @@ class TemporalActivities:
             )
         try:
             result = await RunWriter(self.store, header).append(event)
+        except IllegalTransition:
+            if inp.tolerate_illegal:
+                return 0
+            raise
         except DvtError as err:
             raise _app_error(err) from err
         return result.run_seq

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.worker import Replayer, WorkflowReplayResult
 
 from dvt_adapters_temporal.worker import workflow_runner
@@ -20,8 +21,8 @@ def replayer() -> Replayer:
     return Replayer(workflows=[DvtRunWorkflow], workflow_runner=workflow_runner())
 
 
-async def save_history(handle: WorkflowHandle[object, object], path: Path) -> None:
-    """Write every run of a workflow chain (continue-as-new included) to one file."""
+async def fetch_chain(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+    """Every run of a workflow chain (continue-as-new included) as one JSON document."""
     client = handle._client
     runs = []
     run_id: str | None = handle.first_execution_run_id or handle.run_id
@@ -38,14 +39,22 @@ async def save_history(handle: WorkflowHandle[object, object], path: Path) -> No
         if run_id in seen:
             break
         seen.add(run_id)
-    path.write_text(json.dumps({"workflowId": handle.id, "runs": runs}, indent=1) + "\n")
+    return {"workflowId": handle.id, "runs": runs}
 
 
-async def replay_file(path: Path) -> list[WorkflowReplayResult]:
-    """Replay every run in a recorded file; raises on the first non-deterministic one."""
-    from temporalio.client import WorkflowHistory
+def write_chain(data: dict[str, Any], path: Path) -> None:
+    """Write a recorded chain to a file (stable formatting, for review in diffs)."""
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
-    data = json.loads(path.read_text())
+
+def read_chain(path: Path) -> dict[str, Any]:
+    """Read a recorded chain."""
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+async def replay_chain(data: dict[str, Any]) -> list[WorkflowReplayResult]:
+    """Replay every run of a recorded chain; raises on the first non-deterministic one."""
     results = []
     rep = replayer()
     for run in data["runs"]:

@@ -33,15 +33,19 @@ class WorkflowConfig:
 
 @dataclass
 class Cursor:
-    """The compact state carried across continue-as-new; step states come back from the store."""
+    """The compact state carried across continue-as-new (never the plan, never step outputs)."""
 
     generation: int = 0
-    pause_ordinal: int = 0
-    paused: bool = False
-    awaiting_operator: bool = False
+    # The shared RunInterpreter's own cursor (statuses and attempts of non-pending steps).
+    interpreter: dict[str, Any] = field(default_factory=dict)
+    # Steps the interpreter started that this generation left to the next: [stepId, attempt].
+    pending_starts: list[list[Any]] = field(default_factory=list)
+    # Approval gates waiting for a decision: [stepId, attempt].
+    gates: list[list[Any]] = field(default_factory=list)
+    # Durable timers still to fire: [name, fireAtEpochMs].
+    timers: list[list[Any]] = field(default_factory=list)
     # Signal ids already applied, so a redelivered signal is not applied twice.
     applied_signals: list[str] = field(default_factory=list)
-    steps_started: int = 0
 
 
 @dataclass
@@ -88,22 +92,10 @@ class PrepareInput:
 
 
 @dataclass
-class StepState:
-    """The state of one step as the workflow tracks it."""
-
-    status: str = "PENDING"
-    attempt: int = 1
-    error_code: str | None = None
-    error_message: str | None = None
-
-
-@dataclass
 class Prepared:
-    """The validated plan and, when resuming, the steps' states from the store."""
+    """The validated plan (JSON), or why it was refused."""
 
     plan: dict[str, Any]
-    steps: dict[str, StepState] = field(default_factory=dict)
-    run_status: str = "RUNNING"
     refused_code: str | None = None
     refused_message: str | None = None
 
@@ -141,6 +133,8 @@ class RunEventInput:
     step_id: str | None = None
     logical_attempt_id: int = 1
     caused_by_signal_id: str | None = None
+    # An engine-side StepFailed after lost workers may find the runner already settled it.
+    tolerate_illegal: bool = False
 
 
 @dataclass
@@ -151,7 +145,7 @@ class GateInput:
     plan_ref: dict[str, Any]
     step: dict[str, Any]
     logical_attempt_id: int
-    action: str  # "open" | "approve" | "reject" | "timeout"
+    action: str  # "open" | "approve" | "reject" | "timeout" | "cancel"
     approver: str | None = None
     comment: str | None = None
     signal_id: str | None = None

@@ -1,13 +1,16 @@
 """The generic interpreter workflow: one workflow type runs every plan.
 
-Deterministic and sandboxed: every side effect (plan fetch, events, steps) is an activity; the
-DAG decisions come from the shared pure scheduler. Behaviour changes are gated with
-``workflow.patched`` so running workflows replay unchanged (see docs/temporal.md).
+The workflow is a thin, deterministic executor of the shared RunInterpreter: it feeds the
+interpreter what happened (a step settled, a gate started waiting, a timer fired, a signal was
+accepted) and carries out the commands it returns, in order. Every side effect (plan fetch,
+events, steps) is an activity. Behaviour changes are gated with ``workflow.patched`` so running
+workflows replay unchanged (see docs/temporal.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +19,6 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from dvt_adapters_temporal.interpreter import Interpreter
     from dvt_adapters_temporal.wire import (
         ACT_GATE,
         ACT_PREPARE,
@@ -34,8 +36,20 @@ with workflow.unsafe.imports_passed_through():
         SignalMessage,
         StepInput,
         StepOutcome,
-        StepState,
     )
+    from dvt_engine.interpreter import (
+        CancelSteps,
+        Command,
+        Finish,
+        ResolveGate,
+        RunInterpreter,
+        StartStep,
+        StartTimer,
+        WriteRunEvent,
+        WriteStepEvent,
+    )
+    from dvt_engine.models.plan import ExecutionPlan
+    from dvt_engine.models.snapshot import StepError
 
 WORKFLOW_NAME = "dvt.Run"
 
@@ -53,14 +67,28 @@ _BOOKKEEPING_RETRY = RetryPolicy(
         "STEP_KIND_UNKNOWN",
         "CAPABILITY_NOT_SUPPORTED",
         "RUN_NOT_FOUND",
-        "ILLEGAL_TRANSITION",
         "IDENTIFIER_INVALID",
     ],
 )
 _BOOKKEEPING_TIMEOUT = timedelta(seconds=60)
 # Engine attempts beyond the step's own policy, spent only on lost workers (heartbeat timeouts):
 # the step runner decides finality from the step's policy, never from this cap.
-_INFRA_EXTRA_ATTEMPTS = 5
+INFRA_EXTRA_ATTEMPTS = 5
+# The runner enforces a step's timeoutMs itself; the activity timeout is only a backstop.
+_STEP_TIMEOUT_SLACK = timedelta(seconds=60)
+
+
+@dataclass
+class _Input:
+    """One thing that happened, fed to the interpreter in arrival order."""
+
+    kind: str  # "settled" | "awaiting" | "timer" | "signal"
+    step_id: str = ""
+    attempt: int = 1
+    outcome: str = ""
+    error: StepError | None = None
+    timer: str = ""
+    signal: SignalMessage | None = None
 
 
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
@@ -68,332 +96,341 @@ class DvtRunWorkflow:
     """Runs one plan: validates it, walks its DAG, applies operator signals."""
 
     def __init__(self) -> None:
-        self._inbox: list[SignalMessage] = []
+        self._queue: list[_Input] = []
+        self._seen_signals: set[str] = set()
         self._applied: list[str] = []
-        self._approvals: dict[str, SignalMessage] = {}
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._outcomes: dict[str, StepOutcome] = {}
-        self._wake = False
-        self._status = "PENDING"
-        self._substatus: str | None = None
-        self._cursor = Cursor()
-        self._interp: Interpreter | None = None
+        self._activities: dict[str, asyncio.Task[None]] = {}
+        self._opening: set[str] = set()
+        self._gates: dict[str, int] = {}
+        self._deferred: list[StartStep] = []
+        self._timers: dict[str, int] = {}
+        self._timer_tasks: dict[str, asyncio.Task[None]] = {}
         self._started_this_generation = 0
+        self._interp: RunInterpreter | None = None
+        self._inp: RunInput | None = None
+        self._generation = 0
+        self._finished: RunResult | None = None
 
     # --- operator input ------------------------------------------------------------------
     @workflow.signal(name=SIGNAL_NAME)
     def on_signal(self, msg: SignalMessage) -> None:
         """Queue an accepted signal; a redelivered signalId is ignored."""
-        if msg.signal_id in self._applied or any(
-            m.signal_id == msg.signal_id for m in self._inbox
-        ):
+        if msg.signal_id in self._seen_signals:
             return
-        if msg.type == "APPROVE_STEP":
-            step_id = str(msg.payload.get("stepId", ""))
-            self._approvals.setdefault(step_id, msg)
-            self._applied.append(msg.signal_id)
-        else:
-            self._inbox.append(msg)
-        self._wake = True
+        self._seen_signals.add(msg.signal_id)
+        self._queue.append(_Input("signal", signal=msg))
 
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> dict[str, Any]:
         """The run status as this workflow sees it, for diagnosis."""
-        steps = self._interp.step_states() if self._interp else {}
+        interp = self._interp
+        if interp is None:
+            return {"runId": self._run_id(), "status": "PENDING", "substatus": None,
+                    "running": [], "generation": self._generation, "steps": {}}
+        substatus = "AWAITING_OPERATOR" if interp.awaiting_operator else None
+        status = str(interp.status)
+        if interp.cancel_requested and not interp.is_finished:
+            status = "RUNNING"
         return {
-            "runId": self._inp.context.get("runId") if hasattr(self, "_inp") else None,
-            "status": self._status,
-            "substatus": self._substatus,
-            "running": sorted(self._running),
-            "generation": self._cursor.generation,
-            "pauseOrdinal": self._cursor.pause_ordinal,
-            "steps": {k: v.status for k, v in steps.items()},
+            "runId": self._run_id(),
+            "status": status,
+            "substatus": substatus,
+            "running": interp.in_flight(),
+            "generation": self._generation,
+            "pauseOrdinal": interp.pause_ordinal,
+            "steps": {k: str(v) for k, v in interp.statuses().items()},
         }
+
+    def _run_id(self) -> str | None:
+        return str(self._inp.context["runId"]) if self._inp else None
 
     # --- the run -------------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: RunInput) -> RunResult:
         """Interpret the plan until the run is terminal (or continue as new)."""
         self._inp = inp
-        self._cursor = inp.cursor or Cursor()
-        self._applied = list(self._cursor.applied_signals)
-        first = inp.cursor is None
+        cursor = inp.cursor
+        self._generation = cursor.generation if cursor else 0
+        if cursor:
+            self._applied = list(cursor.applied_signals)
+            self._seen_signals.update(self._applied)
         prepared: Prepared = await workflow.execute_activity(
             ACT_PREPARE,
-            PrepareInput(inp.plan_ref, inp.context, inp.engine_run_ref, first),
+            PrepareInput(inp.plan_ref, inp.context, inp.engine_run_ref, cursor is None),
             result_type=Prepared,
             start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
             retry_policy=_BOOKKEEPING_RETRY,
         )
         if prepared.refused_code is not None:
             # The plan was refused before any step; RunFailed is already in the log.
-            self._status = "FAILED"
             return self._result("FAILED", None, prepared.refused_code)
-        if prepared.run_status in ("COMPLETED", "FAILED", "CANCELLED"):
-            self._status = prepared.run_status
-            return self._result(prepared.run_status, None, None)
-        self._interp = Interpreter(prepared.plan, prepared.steps)
-        self._status = "PAUSED" if self._cursor.paused else "RUNNING"
-        return await self._loop()
-
-    async def _loop(self) -> RunResult:
-        interp = self._interp
-        assert interp is not None
-        cfg = self._inp.config
-        while True:
-            await self._drain_inbox()
-            self._collect_outcomes()
-            if self._status == "CANCELLING":
-                return await self._finish_cancel()
-            draining_for_can = self._should_continue_as_new()
-            if self._status == "RUNNING" and not draining_for_can:
-                for step_id in interp.ready(exclude=set(self._running)):
-                    if self._started_this_generation >= cfg.continue_as_new_after_steps:
-                        break
-                    self._start_step(step_id)
-            verdict = interp.verdict(running=set(self._running))
-            if verdict.terminal and not self._running:
-                return await self._finish(verdict.status, verdict.step_id, verdict.code,
-                                          verdict.message)
-            if verdict.awaiting_operator and not self._running:
-                await self._enter_awaiting_operator()
-            if self._should_continue_as_new() and not self._running and not self._inbox:
-                self._continue_as_new()
-            timeout = None
-            if self._substatus == "AWAITING_OPERATOR" and not self._running:
-                timeout = timedelta(milliseconds=interp.operator_timeout_ms)
-            try:
-                await workflow.wait_condition(lambda: self._wake, timeout=timeout)
-            except TimeoutError:
-                return await self._finish(
-                    "FAILED", None, "OPERATOR_TIMEOUT",
-                    "no operator acted before the operator timeout",
-                )
-            self._wake = False
-
-    # --- steps ---------------------------------------------------------------------------
-    def _start_step(self, step_id: str) -> None:
-        interp = self._interp
-        assert interp is not None
-        attempt = interp.mark_running(step_id)
-        spec = interp.spec(step_id)
-        self._started_this_generation += 1
-        self._cursor.steps_started += 1
-        if spec["kind"] == "approval":
-            coro = self._run_gate(step_id, spec, attempt)
+        plan = ExecutionPlan.model_validate(prepared.plan)
+        if cursor is None:
+            self._interp = RunInterpreter(plan=plan)
+            await self._execute(self._interp.begin())
         else:
-            coro = self._run_activity(step_id, spec, attempt)
-        self._running[step_id] = asyncio.create_task(coro)
+            self._interp = RunInterpreter.from_cursor(plan, cursor.interpreter)
+            await self._resume(cursor)
+        while self._finished is None:
+            await workflow.wait_condition(lambda: bool(self._queue) or self._can_now())
+            if self._queue:
+                item = self._queue.pop(0)
+                await self._execute(self._feed(item))
+                if item.signal is not None:
+                    self._applied.append(item.signal.signal_id)
+            elif self._can_now():
+                self._continue_as_new()
+        return self._finished
+
+    def _feed(self, item: _Input) -> list[Command]:
+        interp = self._interp
+        assert interp is not None
+        if item.kind == "settled":
+            self._activities.pop(item.step_id, None)
+            self._gates.pop(item.step_id, None)
+            return interp.step_settled(item.step_id, item.attempt, item.outcome,  # type: ignore[arg-type]
+                                       item.error)
+        if item.kind == "awaiting":
+            self._opening.discard(item.step_id)
+            if item.step_id in self._gates:
+                return interp.step_awaiting_approval(item.step_id)
+            return []
+        if item.kind == "timer":
+            self._timers.pop(item.timer, None)
+            self._timer_tasks.pop(item.timer, None)
+            return interp.timer_fired(item.timer)
+        msg = item.signal
+        assert msg is not None
+        return interp.signal_accepted(msg.type, msg.payload, signal_id=msg.signal_id,
+                                      actor_id=msg.actor_id or "operator")
+
+    # --- commands ------------------------------------------------------------------------
+    async def _execute(self, commands: list[Command]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, StartStep):
+                self._start_step(cmd)
+            elif isinstance(cmd, CancelSteps):
+                await self._cancel_steps(cmd)
+            elif isinstance(cmd, WriteRunEvent):
+                await self._event(cmd.event_type, dict(cmd.payload),
+                                  discriminator=cmd.discriminator or 1,
+                                  signal_id=cmd.caused_by_signal_id)
+            elif isinstance(cmd, WriteStepEvent):
+                await self._event(cmd.event_type, dict(cmd.payload), step_id=cmd.step_id,
+                                  attempt=cmd.logical_attempt_id,
+                                  signal_id=cmd.caused_by_signal_id)
+            elif isinstance(cmd, ResolveGate):
+                await self._resolve_gate(cmd)
+            elif isinstance(cmd, StartTimer):
+                fire_at = int(workflow.now().timestamp() * 1000) + cmd.delay_ms
+                self._arm_timer(cmd.name, fire_at)
+            elif isinstance(cmd, Finish):
+                await self._finish(cmd)
+                return
+
+    def _start_step(self, cmd: StartStep) -> None:
+        assert self._inp is not None
+        if self._started_this_generation >= self._inp.config.continue_as_new_after_steps:
+            # This generation has done its share; the next one starts the step.
+            self._deferred.append(cmd)
+            return
+        self._started_this_generation += 1
+        spec = self._spec(cmd.step_id)
+        if spec["kind"] == "approval":
+            self._gates[cmd.step_id] = cmd.logical_attempt_id
+            self._opening.add(cmd.step_id)
+            self._activities[cmd.step_id] = asyncio.create_task(
+                self._open_gate(cmd.step_id, spec, cmd.logical_attempt_id)
+            )
+        else:
+            self._activities[cmd.step_id] = asyncio.create_task(
+                self._run_activity(cmd.step_id, spec, cmd.logical_attempt_id)
+            )
+
+    def _spec(self, step_id: str) -> dict[str, Any]:
+        assert self._interp is not None
+        spec: dict[str, Any] = self._interp.spec(step_id).model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        )
+        return spec
 
     async def _run_activity(self, step_id: str, spec: dict[str, Any], attempt: int) -> None:
-        cfg = self._inp.config
+        inp = self._inp
+        assert inp is not None
+        assert self._interp is not None
+        cfg = inp.config
         retry = spec.get("retry") or {}
-        max_attempts = int(retry.get("maxAttempts", 1))
-        timeout_ms = spec.get("timeoutMs")
         policy = RetryPolicy(
             initial_interval=timedelta(milliseconds=max(1, int(retry.get("initialIntervalMs",
                                                                            1000)))),
             backoff_coefficient=float(retry.get("backoffCoefficient", 2.0)),
-            maximum_interval=timedelta(
-                milliseconds=max(1, int(retry.get("maxIntervalMs", 60000)))
-            ),
-            maximum_attempts=max_attempts + _INFRA_EXTRA_ATTEMPTS,
+            maximum_interval=timedelta(milliseconds=max(1, int(retry.get("maxIntervalMs",
+                                                                           60000)))),
+            maximum_attempts=int(retry.get("maxAttempts", 1)) + INFRA_EXTRA_ATTEMPTS,
             non_retryable_error_types=list(retry.get("nonRetryableErrorCodes", [])),
         )
+        timeout_ms = spec.get("timeoutMs")
+        timeout = (timedelta(milliseconds=int(timeout_ms)) + _STEP_TIMEOUT_SLACK if timeout_ms
+                   else timedelta(seconds=cfg.default_step_timeout_s))
         queue = spec.get("taskQueue") or cfg.kind_queues.get(spec["kind"]) or cfg.task_queue
+        item = _Input("settled", step_id=step_id, attempt=attempt)
         try:
             outcome: StepOutcome = await workflow.execute_activity(
                 ACT_RUN_STEP,
-                StepInput(self._inp.context, self._inp.plan_ref, spec,
-                          self._interp.plan_params if self._interp else {}, attempt),
+                StepInput(inp.context, inp.plan_ref, spec,
+                          dict(self._interp.plan.params), attempt),
                 result_type=StepOutcome,
                 task_queue=queue,
-                start_to_close_timeout=timedelta(
-                    milliseconds=int(timeout_ms) if timeout_ms else
-                    int(cfg.default_step_timeout_s * 1000)
-                ),
+                start_to_close_timeout=timeout,
                 heartbeat_timeout=timedelta(seconds=cfg.heartbeat_timeout_s),
                 retry_policy=policy,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
+            item.outcome = {"SUCCESS": "succeeded", "CANCELLED": "cancelled"}.get(
+                outcome.status, "failed")
+            if outcome.status != "SUCCESS":
+                item.error = StepError(code=outcome.error_code or "STEP_FAILED",
+                                       message=outcome.error_message or "",
+                                       retryable=outcome.retryable)
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
-                outcome = StepOutcome(status="CANCELLED", error_code="STEP_CANCELLED")
+                item.outcome = "cancelled"
+                item.error = StepError(code="STEP_CANCELLED", message="step cancelled")
             else:
-                # The runner wrote StepFailed on its final attempt; this is the same failure.
-                outcome = StepOutcome(
-                    status="FAILED",
-                    error_code=getattr(err.cause, "type", None) or "STEP_FAILED",
-                    error_message=str(err.cause or err),
-                )
-        self._outcomes[step_id] = outcome
-        self._wake = True
+                # Only lost workers get here (the runner settles its own failures): record
+                # the failure unless the runner already did.
+                code = getattr(err.cause, "type", None) or "STEP_FAILED"
+                item.outcome = "failed"
+                item.error = StepError(code=code, message=str(err.cause or err))
+                await self._event("StepFailed", {"error": item.error.model_dump(mode="json")},
+                                  step_id=step_id, attempt=attempt, tolerate_illegal=True)
+        self._queue.append(item)
 
-    async def _run_gate(self, step_id: str, spec: dict[str, Any], attempt: int) -> None:
-        await self._gate(spec, attempt, "open")
-        timeout_ms = spec.get("timeoutMs")
-        try:
-            await workflow.wait_condition(
-                lambda: step_id in self._approvals or self._status == "CANCELLING",
-                timeout=timedelta(milliseconds=int(timeout_ms)) if timeout_ms else None,
-            )
-        except TimeoutError:
-            await self._gate(spec, attempt, "timeout")
-            self._outcomes[step_id] = StepOutcome("FAILED", "APPROVAL_TIMEOUT")
-            self._wake = True
-            return
-        if step_id not in self._approvals:
-            self._outcomes[step_id] = StepOutcome("CANCELLED", "STEP_CANCELLED")
-            self._wake = True
-            return
-        msg = self._approvals.pop(step_id)
-        decision = str(msg.payload.get("decision", "approve"))
-        await self._gate(spec, attempt, decision, msg)
-        if decision == "approve":
-            self._outcomes[step_id] = StepOutcome("SUCCESS")
-        else:
-            self._outcomes[step_id] = StepOutcome("FAILED", "APPROVAL_REJECTED")
-        self._wake = True
-
-    async def _gate(
-        self, spec: dict[str, Any], attempt: int, action: str, msg: SignalMessage | None = None
-    ) -> None:
+    # --- approval gates ------------------------------------------------------------------
+    async def _gate(self, step_id: str, spec: dict[str, Any], attempt: int, action: str,
+                    *, approver: str | None = None, comment: str | None = None,
+                    signal_id: str | None = None) -> None:
+        assert self._inp is not None
         await workflow.execute_activity(
             ACT_GATE,
-            GateInput(
-                self._inp.context, self._inp.plan_ref, spec, attempt, action,
-                approver=msg.actor_id if msg else None,
-                comment=msg.payload.get("comment") if msg else None,
-                signal_id=msg.signal_id if msg else None,
-            ),
+            GateInput(self._inp.context, self._inp.plan_ref, spec, attempt, action,
+                      approver=approver, comment=comment, signal_id=signal_id),
             start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
             retry_policy=_BOOKKEEPING_RETRY,
         )
 
-    def _collect_outcomes(self) -> None:
-        interp = self._interp
-        assert interp is not None
-        for step_id in list(self._outcomes):
-            outcome = self._outcomes.pop(step_id)
-            self._running.pop(step_id, None)
-            interp.record(step_id, outcome)
+    async def _open_gate(self, step_id: str, spec: dict[str, Any], attempt: int) -> None:
+        await self._gate(step_id, spec, attempt, "open")
+        # The gate now waits for a signal; no activity is running for it.
+        self._activities.pop(step_id, None)
+        self._queue.append(_Input("awaiting", step_id=step_id, attempt=attempt))
 
-    # --- signals -------------------------------------------------------------------------
-    async def _drain_inbox(self) -> None:
-        while self._inbox:
-            msg = self._inbox.pop(0)
-            await self._apply(msg)
-            self._applied.append(msg.signal_id)
+    async def _resolve_gate(self, cmd: ResolveGate) -> None:
+        spec = self._spec(cmd.step_id)
+        await self._gate(cmd.step_id, spec, cmd.logical_attempt_id,
+                         "approve" if cmd.approve else "reject", approver=cmd.approver,
+                         comment=cmd.comment, signal_id=cmd.signal_id)
+        error = None if cmd.approve else StepError(code="APPROVAL_REJECTED",
+                                                   message="rejected by approver")
+        self._queue.append(_Input("settled", step_id=cmd.step_id, attempt=cmd.logical_attempt_id,
+                                  outcome="succeeded" if cmd.approve else "failed", error=error))
 
-    async def _apply(self, msg: SignalMessage) -> None:
-        interp = self._interp
-        assert interp is not None
-        kind = msg.type
-        if self._status in ("COMPLETED", "FAILED", "CANCELLED", "CANCELLING"):
-            return
-        if kind == "PAUSE" and self._status == "RUNNING":
-            self._cursor.pause_ordinal += 1
-            self._cursor.paused = True
-            self._status = "PAUSED"
-            await self._event("RunPaused", {"ordinal": self._cursor.pause_ordinal,
-                                            "reason": msg.payload.get("reason")},
-                              discriminator=self._cursor.pause_ordinal, signal=msg)
-            if self._inp.config.cancel_in_flight_on_pause:
-                for task in self._running.values():
-                    task.cancel()
-        elif kind == "RESUME" and self._status == "PAUSED":
-            self._cursor.paused = False
-            self._status = "RUNNING"
-            await self._event("RunResumed", {"ordinal": self._cursor.pause_ordinal},
-                              discriminator=self._cursor.pause_ordinal, signal=msg)
-        elif kind == "CANCEL":
-            self._status = "CANCELLING"
-            self._cancel_reason = msg.payload.get("reason")
-            self._cancel_signal = msg.signal_id
-            for task in self._running.values():
-                task.cancel()
-        elif kind == "RETRY_STEP":
-            interp.retry(str(msg.payload["stepId"]))
-            self._substatus = None
-            self._cursor.awaiting_operator = False
-        elif kind == "SKIP_STEP":
-            step_id = str(msg.payload["stepId"])
-            if interp.can_skip(step_id):
-                await self._event(
-                    "StepSkipped", {"reason": msg.payload.get("reason") or "skipped by operator"},
-                    step_id=step_id, attempt=interp.attempt(step_id), signal=msg,
+    async def _close_gate(self, step_id: str, attempt: int, code: str) -> None:
+        spec = self._spec(step_id)
+        while step_id in self._opening:
+            await workflow.wait_condition(lambda: step_id not in self._opening)
+        await self._gate(step_id, spec, attempt, "timeout" if code == "APPROVAL_TIMEOUT"
+                         else "cancel")
+        outcome = "failed" if code == "APPROVAL_TIMEOUT" else "cancelled"
+        self._queue.append(_Input("settled", step_id=step_id, attempt=attempt, outcome=outcome,
+                                  error=StepError(code=code, message=code.lower())))
+
+    async def _cancel_steps(self, cmd: CancelSteps) -> None:
+        for step_id in cmd.step_ids:
+            deferred = [d for d in self._deferred if d.step_id == step_id]
+            if deferred:
+                # Never started: nothing to stop and nothing to record.
+                self._deferred = [d for d in self._deferred if d.step_id != step_id]
+                self._queue.append(_Input("settled", step_id=step_id,
+                                          attempt=deferred[0].logical_attempt_id,
+                                          outcome="cancelled"))
+            elif step_id in self._gates:
+                attempt = self._gates[step_id]
+                code = "APPROVAL_TIMEOUT" if cmd.reason == "APPROVAL_TIMEOUT" else "STEP_CANCELLED"
+                self._activities[step_id] = asyncio.create_task(
+                    self._close_gate(step_id, attempt, code)
                 )
-                interp.skip(step_id)
-                self._substatus = None
-                self._cursor.awaiting_operator = False
+            elif step_id in self._activities:
+                self._activities[step_id].cancel()
 
-    async def _enter_awaiting_operator(self) -> None:
-        if self._cursor.awaiting_operator:
-            self._substatus = "AWAITING_OPERATOR"
-            return
-        self._cursor.awaiting_operator = True
-        self._substatus = "AWAITING_OPERATOR"
-        await self._event("RunAwaitingOperator", {})
+    # --- timers --------------------------------------------------------------------------
+    def _arm_timer(self, name: str, fire_at_ms: int) -> None:
+        self._timers[name] = fire_at_ms
+
+        async def fire() -> None:
+            delay = fire_at_ms - int(workflow.now().timestamp() * 1000)
+            if delay > 0:
+                await workflow.sleep(timedelta(milliseconds=delay))
+            self._queue.append(_Input("timer", timer=name))
+
+        self._timer_tasks[name] = asyncio.create_task(fire())
 
     # --- endings -------------------------------------------------------------------------
-    async def _finish_cancel(self) -> RunResult:
-        if self._running:
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
-        self._collect_outcomes()
-        await self._event("RunCancelled", {"reason": getattr(self, "_cancel_reason", None)},
-                          signal_id=getattr(self, "_cancel_signal", None))
-        self._status = "CANCELLED"
-        return self._result("CANCELLED", None, None)
-
-    async def _finish(
-        self, status: str, step_id: str | None, code: str | None, message: str | None
-    ) -> RunResult:
-        interp = self._interp
-        assert interp is not None
-        if status == "COMPLETED":
-            counts = interp.counts()
-            await self._event("RunCompleted", {"succeeded": counts.get("SUCCESS", 0),
-                                               "skipped": counts.get("SKIPPED", 0)})
-        else:
-            await self._event("RunFailed", {"stepId": step_id, "code": code or "STEP_FAILED",
-                                            "message": message or ""})
-        self._status = status
-        return self._result(status, step_id, code)
+    async def _finish(self, cmd: Finish) -> None:
+        await self._event(cmd.event_type, dict(cmd.payload))
+        for task in self._timer_tasks.values():
+            task.cancel()
+        payload = dict(cmd.payload)
+        status = {"RunCompleted": "COMPLETED", "RunFailed": "FAILED",
+                  "RunCancelled": "CANCELLED"}[cmd.event_type]
+        self._finished = self._result(status, payload.get("stepId"), payload.get("code"))
 
     def _result(self, status: str, step_id: str | None, code: str | None) -> RunResult:
-        return RunResult(
-            run_id=str(self._inp.context["runId"]),
-            status=status,
-            failure_step_id=step_id,
-            failure_code=code,
-            generations=self._cursor.generation + 1,
-        )
+        assert self._inp is not None
+        return RunResult(run_id=str(self._inp.context["runId"]), status=status,
+                         failure_step_id=step_id, failure_code=code,
+                         generations=self._generation + 1)
 
     # --- continue-as-new -----------------------------------------------------------------
-    def _should_continue_as_new(self) -> bool:
+    def _can_now(self) -> bool:
+        """Time to continue as new: over budget, and no activity is running."""
+        if self._finished is not None or self._activities or self._opening or self._queue:
+            return False
+        assert self._inp is not None
         cfg = self._inp.config
-        if self._started_this_generation >= cfg.continue_as_new_after_steps:
+        if self._deferred:
             return True
         info = workflow.info()
         return bool(
-            info.get_current_history_size() >= cfg.continue_as_new_history_bytes
-            or info.is_continue_as_new_suggested()
+            self._started_this_generation > 0
+            and (info.get_current_history_size() >= cfg.continue_as_new_history_bytes
+                 or info.is_continue_as_new_suggested())
         )
 
     def _continue_as_new(self) -> None:
+        assert self._inp is not None
+        assert self._interp is not None
         cursor = Cursor(
-            generation=self._cursor.generation + 1,
-            pause_ordinal=self._cursor.pause_ordinal,
-            paused=self._cursor.paused,
-            awaiting_operator=self._cursor.awaiting_operator,
-            # Only recent ids are needed: older signals cannot be redelivered by the engine.
+            generation=self._generation + 1,
+            interpreter=self._interp.to_cursor(),
+            pending_starts=[[d.step_id, d.logical_attempt_id] for d in self._deferred],
+            gates=[[k, v] for k, v in self._gates.items()],
+            timers=[[k, v] for k, v in self._timers.items()],
+            # Only recent ids are needed: the engine never redelivers old signals.
             applied_signals=self._applied[-200:],
-            steps_started=self._cursor.steps_started,
         )
         workflow.continue_as_new(
             RunInput(self._inp.plan_ref, self._inp.context, self._inp.engine_run_ref,
                      self._inp.config, cursor)
         )
+
+    async def _resume(self, cursor: Cursor) -> None:
+        for step_id, attempt in cursor.gates:
+            self._gates[str(step_id)] = int(attempt)
+        for name, fire_at in cursor.timers:
+            self._arm_timer(str(name), int(fire_at))
+        for step_id, attempt in cursor.pending_starts:
+            self._start_step(StartStep(str(step_id), int(attempt)))
 
     # --- bookkeeping ---------------------------------------------------------------------
     async def _event(
@@ -404,19 +441,17 @@ class DvtRunWorkflow:
         discriminator: int = 1,
         step_id: str | None = None,
         attempt: int = 1,
-        signal: SignalMessage | None = None,
         signal_id: str | None = None,
+        tolerate_illegal: bool = False,
     ) -> None:
+        assert self._inp is not None
         await workflow.execute_activity(
             ACT_RUN_EVENT,
             RunEventInput(
                 self._inp.context, self._inp.plan_ref, event_type, payload,
                 discriminator=discriminator, step_id=step_id, logical_attempt_id=attempt,
-                caused_by_signal_id=signal.signal_id if signal else signal_id,
+                caused_by_signal_id=signal_id, tolerate_illegal=tolerate_illegal,
             ),
             start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
             retry_policy=_BOOKKEEPING_RETRY,
         )
-
-
-__all__ = ["WORKFLOW_NAME", "DvtRunWorkflow", "StepState"]
