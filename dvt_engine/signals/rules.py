@@ -1,0 +1,152 @@
+"""The state check of contract 6.2 rule 4: may this signal act on the run as it is now?
+
+Pure: it reads the run's header and current snapshot and says "apply", "accepted no-op" or
+"refused with code X". The decision is taken against the snapshot at decision time; an engine
+applies an accepted signal through the state machine, which refuses anything that became
+illegal since (a step that started between the decision and its application).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dvt_engine.errors import ErrorCode
+from dvt_engine.models.run import RunHeader, RunStatus, StepStatus, StepSubstatus
+from dvt_engine.models.signals import SignalType
+from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
+
+#: Run states in which steps exist and can be steered.
+_STARTED = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
+#: Terminal states a RETRY_RUN may start over from.
+RETRYABLE_RUN_STATES = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
+_STEP_SIGNALS = frozenset({SignalType.RETRY_STEP, SignalType.SKIP_STEP, SignalType.APPROVE_STEP})
+
+
+@dataclass(frozen=True)
+class StateVerdict:
+    """The state check's answer: refused (with a code), an accepted no-op, or to be applied."""
+
+    error_code: ErrorCode | None = None
+    message: str | None = None
+    no_op: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        """True when the signal passes the state check."""
+        return self.error_code is None
+
+
+def _refuse(code: ErrorCode, message: str) -> StateVerdict:
+    return StateVerdict(error_code=code, message=message)
+
+
+_APPLY = StateVerdict()
+
+
+def check_state(
+    header: RunHeader,
+    snapshot: RunSnapshot,
+    signal_type: SignalType,
+    *,
+    step_id: str | None = None,
+    approve: bool = True,
+) -> StateVerdict:
+    """Decide ``signal_type`` against the run's current snapshot (see docs/signals.md)."""
+    status = snapshot.status
+    if signal_type == SignalType.RETRY_RUN:
+        return _retry_run(status)
+    if status.is_terminal:
+        return _refuse(ErrorCode.RUN_TERMINAL, f"run is {status} and accepts no more signals")
+    if signal_type in _STEP_SIGNALS:
+        return _step_signal(snapshot, signal_type, step_id)
+    if signal_type == SignalType.PAUSE:
+        if status == RunStatus.PAUSED:
+            return StateVerdict(no_op=True, message="run is already paused")
+        if status != RunStatus.RUNNING:
+            return _not_started(status, signal_type)
+        return _APPLY
+    if signal_type == SignalType.RESUME:
+        if status == RunStatus.RUNNING:
+            return StateVerdict(no_op=True, message="run is already running")
+        if status != RunStatus.PAUSED:
+            return _not_started(status, signal_type)
+        return _APPLY
+    if signal_type == SignalType.CANCEL:
+        return _APPLY
+    if signal_type == SignalType.APPROVE_RUN:
+        return _approve_run(header, status, approve)
+    return _refuse(ErrorCode.ILLEGAL_TRANSITION, f"{signal_type} is not handled")
+
+
+def _not_started(status: RunStatus, signal_type: SignalType) -> StateVerdict:
+    return _refuse(
+        ErrorCode.ILLEGAL_TRANSITION,
+        f"run is {status} and has not started; {signal_type} acts on a started run",
+    )
+
+
+def _retry_run(status: RunStatus) -> StateVerdict:
+    if status in RETRYABLE_RUN_STATES:
+        return _APPLY
+    if status.is_terminal:
+        return _refuse(
+            ErrorCode.RUN_TERMINAL,
+            f"run is {status}; only a FAILED or CANCELLED run can be retried",
+        )
+    return _refuse(
+        ErrorCode.ILLEGAL_TRANSITION,
+        f"run is {status}; RETRY_RUN needs a FAILED or CANCELLED run (cancel it first)",
+    )
+
+
+def _approve_run(header: RunHeader, status: RunStatus, approve: bool) -> StateVerdict:
+    if not header.requires_approval:
+        return _refuse(ErrorCode.ILLEGAL_TRANSITION, "the run's plan does not require approval")
+    if status == RunStatus.PENDING:
+        return _APPLY
+    if status == RunStatus.APPROVED and approve:
+        return StateVerdict(no_op=True, message="run is already approved")
+    return _refuse(
+        ErrorCode.ILLEGAL_TRANSITION,
+        f"run is {status}; APPROVE_RUN is only possible while the run is PENDING",
+    )
+
+
+def _step_signal(
+    snapshot: RunSnapshot, signal_type: SignalType, step_id: str | None
+) -> StateVerdict:
+    step = _find_step(snapshot, step_id)
+    if step is None:
+        return _refuse(ErrorCode.STEP_NOT_FOUND, f"step {step_id!r} is not in the run's plan")
+    if signal_type == SignalType.RETRY_STEP:
+        if step.status != StepStatus.FAILED:
+            return _refuse(
+                ErrorCode.STEP_NOT_RETRYABLE,
+                f"step {step.step_id!r} is {step.status}; only a FAILED step can be retried",
+            )
+    elif signal_type == SignalType.SKIP_STEP:
+        if step.status not in (StepStatus.PENDING, StepStatus.FAILED):
+            return _refuse(
+                ErrorCode.STEP_TERMINAL,
+                f"step {step.step_id!r} is {step.status}; only a PENDING or FAILED step "
+                "can be skipped",
+            )
+    elif not (
+        step.status == StepStatus.RUNNING and step.substatus == StepSubstatus.AWAITING_APPROVAL
+    ):
+        return _refuse(
+            ErrorCode.STEP_NOT_AWAITING_APPROVAL,
+            f"step {step.step_id!r} is {step.status} and not waiting for approval",
+        )
+    if snapshot.status not in _STARTED:
+        return _not_started(snapshot.status, signal_type)
+    return _APPLY
+
+
+def _find_step(snapshot: RunSnapshot, step_id: str | None) -> StepSnapshot | None:
+    if step_id is None:
+        return None
+    for step in snapshot.steps:
+        if step.step_id == step_id:
+            return step
+    return None

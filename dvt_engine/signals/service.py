@@ -1,0 +1,338 @@
+"""The signal service every engine shares: contract 6.2, in one place.
+
+``decide`` validates a signal, finds its run for the caller's tenant, answers a repeated
+signalId with the first decision, applies the rate limit, asks the authorizer, checks the run's
+state, and appends the decision record BEFORE it hands an accepted signal to the engine. The
+engine then applies only what ``SignalVerdict.accepted`` carries. See docs/signals.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from opentelemetry import trace
+
+from dvt_engine.errors import DvtError, ErrorCode, RunNotFound
+from dvt_engine.eventlog import EventFactory, utc_now
+from dvt_engine.idempotency import signal_key
+from dvt_engine.models.base import DvtModel, StrictModel
+from dvt_engine.models.events import Event, EventType, SignalDecisionPayload
+from dvt_engine.models.run import RunHeader
+from dvt_engine.models.signals import (
+    SIGNAL_PAYLOAD_MODELS,
+    Actor,
+    Role,
+    SignalDecision,
+    SignalRequest,
+    SignalType,
+)
+from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.ports import AuthorizationRequest, Authorizer, RunStateStore
+from dvt_engine.signals.authz import RoleBasedAuthorizer
+from dvt_engine.signals.payloads import dump_payload, validate_envelope, validate_payload
+from dvt_engine.signals.ratelimit import SlidingWindowLimiter
+from dvt_engine.signals.retry_run import new_run_context, retry_run_id
+from dvt_engine.signals.rules import check_state
+
+RATE_LIMIT_CAPABILITY = "signals.rate.limit"
+EMITTED_BY = "operator"
+
+__all__ = [
+    "EMITTED_BY",
+    "RATE_LIMIT_CAPABILITY",
+    "AcceptedSignal",
+    "SignalService",
+    "SignalVerdict",
+    "decision_from_record",
+    "new_run_context",
+]
+
+_log = logging.getLogger("dvt_engine.signals")
+# Same tracer name and attribute names as dvt_engine.telemetry; identity only, never payloads.
+_tracer = trace.get_tracer("dvt")
+SPAN_DECIDE = "dvt.signal.decide"
+
+
+class AcceptedSignal(DvtModel):
+    """A newly accepted signal the engine must now apply; JSON-safe for engine boundaries."""
+
+    signal_id: str
+    type: SignalType
+    tenant_id: str
+    run_id: str
+    payload: dict[str, Any]
+    actor: Actor
+    effective_role: Role | None = None
+    decision_run_seq: int
+
+    @property
+    def step_id(self) -> str | None:
+        """The step a step signal names (RETRY_STEP, SKIP_STEP, APPROVE_STEP), else None."""
+        value = self.payload.get("stepId")
+        return value if isinstance(value, str) else None
+
+    def typed_payload(self) -> StrictModel:
+        """The payload as its signal's model (PausePayload, RetryStepPayload, ...)."""
+        return SIGNAL_PAYLOAD_MODELS[self.type].model_validate(self.payload)
+
+
+@dataclass(frozen=True)
+class SignalVerdict:
+    """The answer to a signal, and what the engine must do about it.
+
+    ``accepted`` is set only for a new accepted signal that is not a no-op. ``snapshot`` is the
+    snapshot the decision was taken against (for a duplicate: the current one).
+    """
+
+    decision: SignalDecision
+    accepted: AcceptedSignal | None
+    header: RunHeader
+    snapshot: RunSnapshot
+
+
+class SignalService:
+    """Decides signals for any engine: validated, authorized, state-checked and recorded."""
+
+    def __init__(
+        self,
+        store: RunStateStore,
+        authorizer: Authorizer | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        rate_limit_per_minute: int | None = 60,
+    ) -> None:
+        self.store = store
+        self.authorizer: Authorizer = authorizer or RoleBasedAuthorizer()
+        self.clock = clock
+        self.limiter = (
+            SlidingWindowLimiter(rate_limit_per_minute, clock)
+            if rate_limit_per_minute is not None
+            else None
+        )
+
+    async def decide(
+        self, request: SignalRequest, *, capabilities: frozenset[str] = frozenset()
+    ) -> SignalVerdict:
+        """Decide ``request`` (contract 6.2); raise only for rules 1-2, return a verdict else."""
+        attributes = {
+            "dvt.tenant_id": request.tenant_id,
+            "dvt.run_id": request.run_id,
+            "dvt.signal_id": request.signal_id,
+            "dvt.signal_type": str(request.type),
+        }
+        with _tracer.start_as_current_span(
+            SPAN_DECIDE, attributes=attributes, record_exception=False
+        ) as span:
+            try:
+                verdict = await self._decide(request, capabilities)
+            except DvtError as exc:
+                span.set_attribute("dvt.outcome", "raised")
+                span.set_attribute("dvt.error_code", str(exc.code))
+                raise
+            d = verdict.decision
+            span.set_attribute("dvt.outcome", "accepted" if d.accepted else "rejected")
+            if d.error_code:
+                span.set_attribute("dvt.error_code", d.error_code)
+            span.set_attribute("dvt.duplicate", d.duplicate)
+            span.set_attribute("dvt.no_op", d.no_op)
+            if d.run_seq is not None:
+                span.set_attribute("dvt.run_seq", d.run_seq)
+            return verdict
+
+    async def _decide(self, request: SignalRequest, capabilities: frozenset[str]) -> SignalVerdict:
+        # Rule 1: nothing is looked up or recorded for a malformed signal.
+        validate_envelope(request)
+        payload_model = validate_payload(request)
+        payload = dump_payload(payload_model)
+
+        # Rule 2: the store's reads are tenant-scoped, so another tenant's run is simply absent.
+        header, snapshot = await self._find_run(request)
+
+        # Rule 6 before the others: a repeated signalId gets the first decision and nothing else.
+        key = signal_key(request.tenant_id, request.run_id, request.signal_id)
+        existing = await self.store.get_event_by_key(request.tenant_id, request.run_id, key)
+        if existing is not None:
+            return SignalVerdict(decision_from_record(existing), None, header, snapshot)
+
+        if (
+            self.limiter is not None
+            and RATE_LIMIT_CAPABILITY in capabilities
+            and not self.limiter.try_admit((request.tenant_id, request.run_id))
+        ):
+            return self._rate_limited(request, header, snapshot)
+
+        auth = await self.authorizer.authorize(
+            AuthorizationRequest(
+                actor=request.actor,
+                signal_type=request.type,
+                tenant_id=header.tenant_id,
+                project_id=header.project_id,
+                environment_id=header.environment_id,
+                run_id=header.run_id,
+                payload=payload,
+            )
+        )
+        record = _Record(request, payload, key, header, snapshot)
+        if not auth.allowed:
+            return await self._record(
+                record,
+                error_code=ErrorCode.SIGNAL_UNAUTHORIZED,
+                message=auth.reason or f"not allowed to send {request.type}",
+                effective_role=None,
+            )
+
+        state = check_state(
+            header,
+            snapshot,
+            request.type,
+            step_id=payload.get("stepId"),
+            approve=payload.get("decision", "approve") == "approve",
+        )
+        return await self._record(
+            record,
+            error_code=state.error_code,
+            message=state.message,
+            effective_role=auth.effective_role,
+            no_op=state.no_op,
+        )
+
+    async def _find_run(self, request: SignalRequest) -> tuple[RunHeader, RunSnapshot]:
+        header = await self.store.get_run(request.tenant_id, request.run_id)
+        snapshot = (
+            await self.store.get_snapshot(request.tenant_id, request.run_id)
+            if header is not None
+            else None
+        )
+        if header is None or snapshot is None:
+            # Unknown run and another tenant's run look the same to the caller (contract 6.2
+            # rule 2): same message, same details, no tenant data.
+            _log.info(
+                "signal %s refused: run %r not visible to the signal's tenant "
+                "(RUN_NOT_FOUND or TENANT_MISMATCH)",
+                request.signal_id,
+                request.run_id,
+            )
+            raise RunNotFound(f"run {request.run_id!r} not found",
+                              details={"runId": request.run_id})
+        return header, snapshot
+
+    def _rate_limited(
+        self, request: SignalRequest, header: RunHeader, snapshot: RunSnapshot
+    ) -> SignalVerdict:
+        assert self.limiter is not None
+        wait = self.limiter.retry_after((request.tenant_id, request.run_id))
+        decision = SignalDecision(
+            signal_id=request.signal_id,
+            type=request.type,
+            run_id=request.run_id,
+            accepted=False,
+            error_code=ErrorCode.SIGNAL_RATE_LIMITED,
+            message=(
+                f"more than {self.limiter.limit} signals for this run within a minute; "
+                f"retry the same signalId in {wait:.0f}s"
+            ),
+        )
+        _log.warning("signal %s on run %r rate limited", request.signal_id, request.run_id)
+        return SignalVerdict(decision, None, header, snapshot)
+
+    async def _record(
+        self,
+        record: _Record,
+        *,
+        error_code: ErrorCode | None,
+        message: str | None,
+        effective_role: Role | None,
+        no_op: bool = False,
+    ) -> SignalVerdict:
+        request = record.request
+        accepted = error_code is None
+        body = SignalDecisionPayload(
+            signal_id=request.signal_id,
+            signal_type=request.type,
+            step_id=record.payload.get("stepId"),
+            actor=request.actor,
+            effective_role=effective_role,
+            reason=_reason(record.payload),
+            error_code=None if error_code is None else str(error_code),
+            message=message,
+            no_op=no_op,
+            request=record.payload,
+        ).model_dump(mode="json", by_alias=True)
+        event_type = EventType.SIGNAL_ACCEPTED if accepted else EventType.SIGNAL_REJECTED
+        event = EventFactory(record.header, EMITTED_BY, self.clock).signal_event(
+            event_type, record.key, body
+        )
+        result = await self.store.append(event)
+        if result.duplicate:
+            # A concurrent request with the same signalId won the race: its decision stands.
+            stored = await self.store.get_event_by_key(
+                request.tenant_id, request.run_id, record.key
+            )
+            if stored is None:  # pragma: no cover - the store just said it holds the key
+                raise RunNotFound(f"run {request.run_id!r} not found",
+                                  details={"runId": request.run_id})
+            return SignalVerdict(decision_from_record(stored), None, record.header,
+                                 record.snapshot)
+        persisted = event.model_copy(
+            update={"run_seq": result.run_seq, "persisted_at": result.persisted_at}
+        )
+        decision = decision_from_record(persisted, duplicate=False)
+        _log.info(
+            "signal %s %s on run %r: %s", request.signal_id, request.type, request.run_id,
+            "accepted" + (" (no-op)" if no_op else "") if accepted else error_code,
+        )
+        applied = None
+        if accepted and not no_op:
+            applied = AcceptedSignal(
+                signal_id=request.signal_id,
+                type=request.type,
+                tenant_id=request.tenant_id,
+                run_id=request.run_id,
+                payload=record.payload,
+                actor=request.actor,
+                effective_role=effective_role,
+                decision_run_seq=result.run_seq,
+            )
+        return SignalVerdict(decision, applied, record.header, record.snapshot)
+
+
+@dataclass(frozen=True)
+class _Record:
+    request: SignalRequest
+    payload: dict[str, Any]
+    key: str
+    header: RunHeader
+    snapshot: RunSnapshot
+
+
+def decision_from_record(event: Event, *, duplicate: bool = True) -> SignalDecision:
+    """Rebuild the decision a SignalAccepted/SignalRejected record holds."""
+    body = SignalDecisionPayload.model_validate(event.payload)
+    accepted = event.event_type == EventType.SIGNAL_ACCEPTED
+    new_run_id = None
+    if accepted and not body.no_op and body.signal_type == SignalType.RETRY_RUN:
+        new_run_id = retry_run_id(event.tenant_id, event.run_id, body.signal_id, body.request)
+    return SignalDecision(
+        signal_id=body.signal_id,
+        type=body.signal_type,
+        run_id=event.run_id,
+        accepted=accepted,
+        duplicate=duplicate,
+        no_op=body.no_op,
+        effective_role=body.effective_role,
+        error_code=body.error_code,
+        message=body.message,
+        run_seq=event.run_seq,
+        new_run_id=new_run_id,
+    )
+
+
+def _reason(payload: dict[str, Any]) -> str | None:
+    for name in ("reason", "comment"):
+        value = payload.get(name)
+        if isinstance(value, str):
+            return value
+    return None
