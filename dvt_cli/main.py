@@ -1,0 +1,311 @@
+"""The `dvt` command: click definitions only; the work happens in runs.py and ops.py."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from dvt_cli import ops, runs
+from dvt_cli.execution import execute, json_requested
+from dvt_cli.output import EXIT_REFUSED, emit_json
+from dvt_cli.settings import (
+    DEFAULT_ENVIRONMENT,
+    DEFAULT_PROJECT,
+    DEFAULT_TENANT,
+    ENGINE_NAMES,
+    EngineAddresses,
+    Identity,
+    Settings,
+    default_actor,
+    parse_roles,
+)
+from dvt_engine import __version__
+from dvt_engine.errors import DvtError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _store_options(f: F) -> F:
+    options = [
+        click.option("--store", "store_url", envvar="DVT_STORE_URL", metavar="URL",
+                     help="State store URL (memory://, postgresql://...). [env DVT_STORE_URL]"),
+        click.option("--tenant", envvar="DVT_TENANT", default=DEFAULT_TENANT, show_default=True,
+                     help="Tenant that owns the runs. [env DVT_TENANT]"),
+        click.option("--project", envvar="DVT_PROJECT", default=DEFAULT_PROJECT,
+                     show_default=True, help="Project. [env DVT_PROJECT]"),
+        click.option("--environment", envvar="DVT_ENVIRONMENT", default=DEFAULT_ENVIRONMENT,
+                     show_default=True, help="Environment. [env DVT_ENVIRONMENT]"),
+        click.option("--temporal-address", envvar="DVT_TEMPORAL_ADDRESS", metavar="HOST:PORT",
+                     help="Temporal frontend; none = the local dev server. "
+                          "[env DVT_TEMPORAL_ADDRESS]"),
+        click.option("--temporal-namespace", envvar="DVT_TEMPORAL_NAMESPACE",
+                     help="Temporal namespace. [env DVT_TEMPORAL_NAMESPACE]"),
+        click.option("--temporal-task-queue", envvar="DVT_TEMPORAL_TASK_QUEUE",
+                     help="Temporal task queue. [env DVT_TEMPORAL_TASK_QUEUE]"),
+        click.option("--conductor-url", envvar="DVT_CONDUCTOR_URL", metavar="URL",
+                     help="Conductor API URL. [env DVT_CONDUCTOR_URL]"),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _engine_option(f: F) -> F:
+    return click.option(
+        "--engine", envvar="DVT_ENGINE", type=click.Choice(ENGINE_NAMES),
+        help="Engine (default: temporal when installed, else reference). [env DVT_ENGINE]",
+    )(f)
+
+
+def _settings(kw: dict[str, Any], engine: str | None = None) -> Settings:
+    return Settings(
+        store_url=kw.pop("store_url"),
+        engine=engine,
+        identity=Identity(kw.pop("tenant"), kw.pop("project"), kw.pop("environment")),
+        addresses=EngineAddresses(
+            temporal_address=kw.pop("temporal_address"),
+            temporal_namespace=kw.pop("temporal_namespace"),
+            temporal_task_queue=kw.pop("temporal_task_queue"),
+            conductor_url=kw.pop("conductor_url"),
+        ),
+        json=kw.pop("as_json"),
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="dvt")
+def cli() -> None:
+    """Run execution plans durably on Temporal, Conductor or in process, with the truth about
+    every run in an event log.
+
+    Without a configured store, runs live in memory and only the command that started them
+    sees them; `dvt dev up` starts a local PostgreSQL (and Temporal) that every command uses.
+    """
+
+
+@cli.command()
+@click.argument("plan", metavar="PLAN.json")
+@_engine_option
+@_store_options
+@click.option("--run-id", help="Run id (default: a new UUID).")
+@click.option("--request-id",
+              help="Idempotency key of this start: repeating it starts nothing new.")
+@click.option("--detach", is_flag=True, help="Return once the run started (needs a lasting store).")
+@click.option("--worker/--no-worker", default=True, show_default=True,
+              help="Host the engine's workers in this command (off when `dvt worker` runs).")
+def run(plan: str, engine: str | None, run_id: str | None, request_id: str | None,
+        detach: bool, worker: bool, **kw: Any) -> None:
+    """Store PLAN.json in the registry, start it, follow it, print the final snapshot.
+
+    Exit code 0 when the run COMPLETED, 1 when it FAILED or was CANCELLED, 2 when the plan was
+    refused or the command was used wrongly.
+    """
+    settings = _settings(kw, engine)
+    options = runs.RunOptions(plan_path=plan, run_id=run_id, request_id=request_id,
+                              detach=detach, worker=worker,
+                              triggered_by=f"cli:{default_actor()}")
+    execute(settings.json, lambda: runs.run_plan(settings, options))
+
+
+@cli.command()
+@click.argument("plan", metavar="PLAN.json")
+@_engine_option
+@_store_options
+def validate(plan: str, engine: str | None, **kw: Any) -> None:
+    """Print the validation report of PLAN.json for an engine (exit 0: it can run, 2: not)."""
+    settings = _settings(kw, engine)
+    execute(settings.json, lambda: runs.validate_plan(settings, plan))
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@_store_options
+def status(run_id: str, **kw: Any) -> None:
+    """Print the snapshot of a run."""
+    settings = _settings(kw)
+    execute(settings.json, lambda: runs.show_status(settings, run_id))
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the run ends.")
+@_store_options
+def events(run_id: str, follow: bool, **kw: Any) -> None:
+    """Print the events of a run in runSeq order (JSON Lines with --json)."""
+    settings = _settings(kw)
+    execute(settings.json, lambda: runs.show_events(settings, run_id, follow))
+
+
+@cli.command(name="runs")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["PENDING", "APPROVED", "RUNNING", "PAUSED", "COMPLETED",
+                                 "FAILED", "CANCELLED"], case_sensitive=False),
+              help="Only runs in this status (repeatable).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@_store_options
+def runs_(statuses: tuple[str, ...], limit: int, **kw: Any) -> None:
+    """List the tenant's runs, newest first."""
+    settings = _settings(kw)
+    execute(settings.json, lambda: runs.list_runs(settings, statuses, limit))
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.argument("action", type=click.Choice(sorted(runs.ACTIONS)))
+@click.argument("step", required=False)
+@click.option("--signal-id", help="Idempotency key of the signal (default: a new UUID).")
+@click.option("--actor", envvar="DVT_ACTOR", help="Who sends it. [env DVT_ACTOR; default: $USER]")
+@click.option("--role", "roles", multiple=True,
+              help="Role of the actor (repeatable). [env DVT_ROLES, comma-separated; "
+                   "default: admin,approver]")
+@click.option("--reason", "--comment", "reason", help="Reason (or approval comment).")
+@_store_options
+def signal(run_id: str, action: str, step: str | None, signal_id: str | None,
+           actor: str | None, roles: tuple[str, ...], reason: str | None, **kw: Any) -> None:
+    """Send a signal to RUN: pause, resume, cancel, retry-step S, skip-step S, approve S, reject S.
+
+    Exit code 0 when the signal was accepted, 2 when it was refused (the decision is printed).
+    """
+    import os
+
+    settings = _settings(kw)
+
+    async def body() -> int:
+        role_text = ",".join(roles) if roles else os.environ.get("DVT_ROLES")
+        options = runs.SignalOptions(
+            run_id=run_id, action=action, step_id=step, signal_id=signal_id,
+            actor=actor or default_actor(), roles=parse_roles(role_text), reason=reason,
+        )
+        return await runs.send_signal(settings, options)
+
+    execute(settings.json, body)
+
+
+@cli.command()
+@click.argument("plan", metavar="PLAN.json")
+@click.option("--engines", required=True, metavar="A,B",
+              help="Engines to compare, e.g. reference,temporal.")
+@click.option("--scenario", type=click.Path(dir_okay=False),
+              help="Scenario file (signals, faults).")
+@_store_options
+def parity(plan: str, engines: str, scenario: str | None, **kw: Any) -> None:
+    """Run PLAN.json on several engines; compare checksums and event logs (exit 0 only if equal)."""
+    settings = _settings(kw)
+
+    async def body() -> int:
+        return await ops.parity(settings, plan, ops.parse_engines(engines), scenario)
+
+    execute(settings.json, body)
+
+
+@cli.command()
+@_store_options
+def migrate(**kw: Any) -> None:
+    """Apply the PostgreSQL store's migrations (idempotent)."""
+    settings = _settings(kw)
+    execute(settings.json, lambda: ops.migrate(settings))
+
+
+@cli.group()
+def store() -> None:
+    """State store administration."""
+
+
+@store.command()
+@_store_options
+def rebuild(**kw: Any) -> None:
+    """Rebuild every snapshot from the event log."""
+    settings = _settings(kw)
+    execute(settings.json, lambda: ops.rebuild(settings))
+
+
+@cli.command()
+@click.option("--engine", envvar="DVT_ENGINE", required=True,
+              type=click.Choice(["temporal", "conductor"]), help="Engine whose workers to run.")
+@_store_options
+def worker(engine: str, **kw: Any) -> None:
+    """Run an engine's workers until Ctrl-C or SIGTERM (running steps finish first)."""
+    settings = _settings(kw, engine)
+    execute(settings.json, lambda: ops.worker(settings, engine))
+
+
+@cli.group()
+def dev() -> None:
+    """Local servers that outlive one command (data under DVT_HOME, default ~/.dvt)."""
+
+
+@dev.command()
+@click.option("--postgres/--no-postgres", default=None, help="Embedded PostgreSQL store.")
+@click.option("--temporal/--no-temporal", default=None, help="Temporal dev server.")
+@click.option("--conductor/--no-conductor", default=False, show_default=True,
+              help="Conductor server (downloads a ~450 MB jar on first use).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def up(postgres: bool | None, temporal: bool | None, conductor: bool, as_json: bool) -> None:
+    """Start the local servers in the background; later commands use them by default."""
+    settings = Settings(json=as_json)
+
+    async def body() -> int:
+        parts = ops.default_dev_parts()
+        for name, wanted in (("postgres", postgres), ("temporal", temporal),
+                             ("conductor", conductor)):
+            if wanted is True and name not in parts:
+                parts.append(name)
+            if wanted is False and name in parts:
+                parts.remove(name)
+        return await ops.dev_up(settings, parts)
+
+    execute(as_json, body)
+
+
+@dev.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def down(as_json: bool) -> None:
+    """Stop the local servers (their data stays)."""
+    execute(as_json, lambda: ops.dev_down(Settings(json=as_json)))
+
+
+@dev.command(name="status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def dev_status(as_json: bool) -> None:
+    """Show which local servers run."""
+    execute(as_json, lambda: ops.show_dev(Settings(json=as_json)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: click's usage errors become USAGE_ERROR, JSON under --json."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = cli.main(args=args, prog_name="dvt", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.UsageError as exc:
+        _usage_error(exc, json_requested(args))
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except DvtError as exc:  # pragma: no cover - execute() catches these first
+        from dvt_cli.output import print_error
+
+        print_error(exc, as_json=json_requested(args))
+        sys.exit(EXIT_REFUSED)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: click.UsageError, as_json: bool) -> None:
+    hint = (f"see `{exc.ctx.command_path} --help`" if exc.ctx is not None
+            else "see `dvt --help`")
+    if as_json:
+        emit_json({"error": {"code": "USAGE_ERROR", "message": exc.format_message(),
+                             "details": {"retryable": False, "hint": hint}}})
+    else:
+        click.echo(f"error USAGE_ERROR: {exc.format_message()}", err=True)
+        click.echo(f"hint: {hint}", err=True)
+    sys.exit(EXIT_REFUSED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

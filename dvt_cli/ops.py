@@ -1,0 +1,279 @@
+"""Bodies of the operations commands: parity, migrate, store rebuild, worker, dev."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dvt_cli import devenv
+from dvt_cli import output as out
+from dvt_cli.plans import read_plan_bytes
+from dvt_cli.session import engine_options, load_engine, resolve, store_session
+from dvt_cli.settings import Settings
+from dvt_engine.errors import EngineUnavailable, UsageError
+
+
+def _module(name: str, what: str, extra: str | None = None) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        hint = f"pip install 'dvt[{extra}]'" if extra else "upgrade dvt"
+        raise UsageError(f"{what} is not available in this installation ({exc})",
+                         details={"module": name, "hint": hint}) from None
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe data from whatever an adapter hook returned."""
+    dump = getattr(value, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json")
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- parity -------------------------------------------------------------------------------
+
+
+def parse_engines(text: str) -> list[str]:
+    """``A,B`` into two or more engine names; USAGE_ERROR otherwise."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) < 2:
+        raise UsageError("--engines needs at least two engines, e.g. reference,temporal",
+                         details={"engines": text})
+    return names
+
+
+async def parity(settings: Settings, plan_path: str, engines: list[str],
+                 scenario_path: str | None) -> int:
+    """Run one plan (and scenario) on several engines and compare checksums and event logs."""
+    harness = _module("contract_tests.parity", "the parity harness")
+    data = read_plan_bytes(plan_path)
+    scenario: Any = None
+    if scenario_path is not None:
+        try:
+            scenario = json.loads(await asyncio.to_thread(Path(scenario_path).read_text))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read scenario {scenario_path}: {exc}",
+                             details={"path": scenario_path}) from None
+    settings = resolve(settings)
+    report = await _maybe_await(harness.run_parity(
+        data, engines=engines, scenario=scenario, store_url=settings.store_url,
+        engine_options={name: engine_options(name, settings) for name in engines},
+    ))
+    document = parity_document(report)
+    if settings.json:
+        out.emit_json(document)
+    else:
+        verdict = "equal" if document["equal"] else "DIFFERENT"
+        click.echo(f"parity {' vs '.join(engines)}: {verdict}")
+        for name, checksum in document["checksums"].items():
+            click.echo(f"  {name:<10} {checksum}")
+        for diff in document["differences"]:
+            click.echo(f"  - {diff if isinstance(diff, str) else out.dumps(diff)}")
+    return out.EXIT_OK if document["equal"] else out.EXIT_RUN_FAILED
+
+
+def parity_document(report: Any) -> dict[str, Any]:
+    """``{"equal", "checksums", "differences"}`` from the harness's report (contract 13)."""
+    data = _plain(report)
+    if not isinstance(data, dict):
+        raise UsageError("the parity harness returned an unexpected report")
+    return {
+        "equal": bool(data.get("equal")),
+        "checksums": dict(data.get("checksums") or {}),
+        "differences": list(data.get("differences") or []),
+    }
+
+
+# --- PostgreSQL administration ------------------------------------------------------------
+
+
+def _pg_url(settings: Settings) -> str:
+    settings = resolve(settings)
+    url = settings.store_url or ""
+    if not url.startswith(("postgresql:", "postgres:")):
+        raise UsageError("this command works on a PostgreSQL store",
+                         details={"hint": "pass --store postgresql://... (or DVT_STORE_URL), "
+                                          "or start the local one with `dvt dev up`"})
+    return url
+
+
+async def migrate(settings: Settings) -> int:
+    """Apply the store's migrations (idempotent, safe to run concurrently)."""
+    admin = _module("dvt_statestore_pg.admin", "the PostgreSQL store", "postgres")
+    result = _plain(await _maybe_await(admin.migrate(_pg_url(settings))))
+    if settings.json:
+        out.emit_json({"migrated": result})
+    else:
+        click.echo(f"migrations applied: {result if result else 'none (already up to date)'}")
+    return out.EXIT_OK
+
+
+async def rebuild(settings: Settings) -> int:
+    """Recompute every stored snapshot from the event log."""
+    admin = _module("dvt_statestore_pg.admin", "the PostgreSQL store", "postgres")
+    result = _plain(await _maybe_await(admin.rebuild(_pg_url(settings))))
+    if settings.json:
+        out.emit_json({"rebuilt": result})
+    else:
+        click.echo(f"snapshots rebuilt: {result}")
+    return out.EXIT_OK
+
+
+# --- worker -------------------------------------------------------------------------------
+
+
+async def worker(settings: Settings, engine_name: str) -> int:
+    """Run an engine's workers until SIGINT/SIGTERM, then drain and exit."""
+    settings = resolve(settings)
+    if (settings.store_url or "memory://").startswith("memory:"):
+        raise UsageError("a worker needs the store its runs live in",
+                         details={"hint": "set --store / DVT_STORE_URL or run `dvt dev up`"})
+    address = (settings.addresses.temporal_address if engine_name == "temporal"
+               else settings.addresses.conductor_url)
+    if not address:
+        raise EngineUnavailable(f"no {engine_name} server is configured or running",
+                                details={"hint": "start one with `dvt dev up` or set its address "
+                                                 "(DVT_TEMPORAL_ADDRESS / DVT_CONDUCTOR_URL)"})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with store_session(settings) as store:
+        engine = load_engine(engine_name, store, engine_options(engine_name, settings,
+                                                                worker=False))
+        try:
+            if not settings.json:
+                click.echo(f"dvt worker: {engine_name} at {address}; Ctrl-C stops after "
+                           "running steps finish")
+                out.flush()
+            await _serve(engine_name, engine, stop)
+        finally:
+            await engine.close()
+    return out.EXIT_OK
+
+
+async def _serve(engine_name: str, engine: Any, stop: asyncio.Event) -> None:
+    serve = getattr(engine, "serve_workers", None)
+    if serve is not None:
+        await serve(stop=stop)
+        return
+    if engine_name == "temporal":
+        worker_mod = _module("dvt_adapters_temporal.worker", "the Temporal worker host", "temporal")
+        client = await engine.client()
+        workers = worker_mod.build_workers(
+            client, engine.activities(), task_queue=engine.settings.task_queue,
+            activity_queues=list(engine.settings.kind_queues.values()),
+        )
+        await worker_mod.serve(workers, stop=stop)
+        return
+    raise UsageError(f"the {engine_name} engine has no worker host in this installation",
+                     details={"engine": engine_name})
+
+
+# --- dev ----------------------------------------------------------------------------------
+
+PARTS = ("postgres", "temporal", "conductor")
+
+
+def dev_status() -> dict[str, Any]:
+    """What of the local dev setup is running."""
+    return {"postgres": devenv.postgres_status(), "temporal": devenv.temporal_status(),
+            "conductor": devenv.conductor_status()}
+
+
+def _print_dev(status: dict[str, Any]) -> None:
+    for part in PARTS:
+        info = status.get(part) or {}
+        if info.get("running"):
+            where = info.get("url") or info.get("address") or info.get("serverUrl") or ""
+            click.echo(f"{part:<10} running  {where}  (pid {info.get('pid')})")
+        elif info.get("installed") is False:
+            click.echo(f"{part:<10} not installed")
+        else:
+            click.echo(f"{part:<10} stopped")
+
+
+async def dev_up(settings: Settings, parts: list[str]) -> int:
+    """Start the chosen local servers in the background; they stay up until `dvt dev down`."""
+    for part in parts:
+        if not settings.json:
+            click.echo(f"starting {part} ...", err=True)
+        if part == "postgres":
+            await asyncio.to_thread(devenv.postgres_up)
+            admin = importlib.import_module("dvt_statestore_pg.admin") if _has(
+                "dvt_statestore_pg.admin") else None
+            if admin is not None:
+                await _maybe_await(admin.migrate(devenv.postgres_status()["url"]))
+        elif part == "temporal":
+            await asyncio.to_thread(devenv.temporal_up)
+        elif part == "conductor":
+            await asyncio.to_thread(devenv.conductor_up)
+    status = dev_status()
+    if settings.json:
+        out.emit_json(status)
+    else:
+        _print_dev(status)
+        store = status["postgres"].get("url")
+        if store:
+            click.echo(f"commands now use the store {store} unless --store is given")
+    return out.EXIT_OK
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def default_dev_parts() -> list[str]:
+    """What `dvt dev up` starts without options: what is installed, Conductor only on request."""
+    parts: list[str] = []
+    if devenv.postgres_available():
+        parts.append("postgres")
+    if _has("dvt_adapters_temporal.devserver") and _has("temporalio"):
+        parts.append("temporal")
+    return parts
+
+
+async def dev_down(settings: Settings) -> int:
+    """Stop every local server (their data stays under DVT_HOME)."""
+    stopped = {
+        "temporal": await asyncio.to_thread(devenv.temporal_down),
+        "conductor": await asyncio.to_thread(devenv.conductor_down),
+        "postgres": await asyncio.to_thread(devenv.postgres_down),
+    }
+    if settings.json:
+        out.emit_json({"stopped": stopped})
+    else:
+        for part, was in stopped.items():
+            click.echo(f"{part:<10} {'stopped' if was else 'was not running'}")
+    return out.EXIT_OK
+
+
+async def show_dev(settings: Settings) -> int:
+    """Print what of the local dev setup is running."""
+    status = await asyncio.to_thread(dev_status)
+    if settings.json:
+        out.emit_json(status)
+    else:
+        _print_dev(status)
+    return out.EXIT_OK

@@ -1,0 +1,357 @@
+"""Bodies of the run commands: run, validate, status, events, runs, signal."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import click
+from pydantic import TypeAdapter, ValidationError
+
+from dvt_cli import output as out
+from dvt_cli.plans import read_plan_bytes, store_plan, validate_for_engine
+from dvt_cli.session import (
+    engine_session,
+    pick_engine,
+    prepare_local_servers,
+    resolve,
+    store_session,
+)
+from dvt_cli.settings import Settings
+from dvt_engine.errors import RunNotFound, UsageError
+from dvt_engine.idempotency import run_request_key
+from dvt_engine.identifiers import validate_identifier
+from dvt_engine.models.events import Event
+from dvt_engine.models.plan import PlanRef
+from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader, RunStatus
+from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
+from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.ports import RunStateStore
+from dvt_engine.waiting import wait_for_snapshot
+
+TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
+# After the terminal event is in the log, the stored snapshot follows within this bound.
+SNAPSHOT_CATCH_UP_S = 30.0
+
+
+def exit_code_for(status: RunStatus) -> int:
+    """0 for COMPLETED, 1 for FAILED or CANCELLED (contract section 13)."""
+    return out.EXIT_OK if status == RunStatus.COMPLETED else out.EXIT_RUN_FAILED
+
+
+def _identity_checked(settings: Settings) -> None:
+    i = settings.identity
+    validate_identifier("tenant", i.tenant)
+    validate_identifier("project", i.project)
+    validate_identifier("environment", i.environment)
+
+
+# --- run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `dvt run` was asked beyond the common settings."""
+
+    plan_path: str
+    run_id: str | None = None
+    request_id: str | None = None
+    detach: bool = False
+    worker: bool = True
+    triggered_by: str | None = None
+
+
+async def run_plan(settings: Settings, options: RunOptions) -> int:
+    """Store the plan, start it, follow it to the end and print the final snapshot."""
+    data = read_plan_bytes(options.plan_path)
+    _identity_checked(settings)
+    run_id = validate_identifier("run id", options.run_id or str(uuid.uuid4()))
+    if options.request_id is not None:
+        validate_identifier("request id", options.request_id)
+    engine_name = pick_engine(settings)
+    settings = resolve(settings)
+    settings = prepare_local_servers(engine_name, settings)
+    if options.detach and (settings.store_url or "memory://").startswith("memory:"):
+        raise UsageError(
+            "--detach needs a store that outlives this command",
+            details={"hint": "run `dvt dev up` or set DVT_STORE_URL to a PostgreSQL URL"},
+        )
+    i = settings.identity
+    async with store_session(settings) as store:
+        plan_ref = await store_plan(store, data)
+        context = RunContext(
+            tenant_id=i.tenant, project_id=i.project, environment_id=i.environment,
+            run_id=run_id, run_request_id=options.request_id,
+            triggered_by=options.triggered_by,
+        )
+        async with engine_session(engine_name, store, settings, worker=options.worker) as engine:
+            await engine.start_run(plan_ref, context)
+            header = await _started_run(store, plan_ref, context)
+            if not settings.json:
+                click.echo(f"run {header.run_id} started on {header.engine} "
+                           f"(plan {header.plan_id}@{header.plan_version}, {plan_ref.uri})")
+                out.flush()
+            if options.detach:
+                if settings.json:
+                    snapshot = await _snapshot(store, i.tenant, header.run_id)
+                    out.emit_json(out.run_document(snapshot))
+                return out.EXIT_OK
+            printer = None if settings.json else _print_event
+            snapshot = await follow_to_end(store, i.tenant, header.run_id, printer)
+    if settings.json:
+        out.emit_json(out.run_document(snapshot))
+    else:
+        out.print_snapshot(snapshot)
+    return exit_code_for(snapshot.status)
+
+
+async def _started_run(store: RunStateStore, plan_ref: PlanRef, context: RunContext) -> RunHeader:
+    """The run that start_run registered: ours, or the earlier run of the same request."""
+    key = run_request_key(context.tenant_id, context.project_id, context.environment_id,
+                          plan_ref.plan_id, plan_ref.plan_version,
+                          context.run_request_id or context.run_id)
+    header = await store.get_run(context.tenant_id, context.run_id)
+    if header is not None and header.run_request_key == key:
+        return header
+    # A repeated --request-id started nothing new: find the first run of that request.
+    for summary in await store.list_runs(context.tenant_id, limit=1000):
+        found = await store.get_run(context.tenant_id, summary.run_id)
+        if found is not None and found.run_request_key == key:
+            return found
+    raise RunNotFound(f"the engine accepted run {context.run_id} but the store does not know it",
+                      details={"runId": context.run_id})
+
+
+def _print_event(event: Event) -> None:
+    click.echo(out.describe_event(event))
+    out.flush()
+
+
+async def follow_to_end(store: RunStateStore, tenant: str, run_id: str,
+                        printer: Any = None) -> RunSnapshot:
+    """Follow a run's log (printing each event) until its terminal event; return the snapshot."""
+    async for event in store.follow(tenant, run_id, after_seq=0):
+        if printer is not None:
+            printer(event)
+        if event.event_type in TERMINAL_EVENTS:
+            break
+    return await wait_for_snapshot(store, tenant, run_id, lambda s: s.status.is_terminal,
+                                   timeout=SNAPSHOT_CATCH_UP_S)
+
+
+async def _snapshot(store: RunStateStore, tenant: str, run_id: str) -> RunSnapshot:
+    snapshot = await store.get_snapshot(tenant, run_id)
+    if snapshot is None:
+        raise _not_found(store, run_id)
+    return snapshot
+
+
+def _not_found(store: RunStateStore, run_id: str) -> RunNotFound:
+    hint = "Check the run id, the tenant (--tenant / DVT_TENANT) and the store URL."
+    if type(store).__name__.startswith("Memory"):
+        hint = ("The in-memory store only holds runs of the current command; run `dvt dev up` "
+                "or set DVT_STORE_URL so runs outlive the command that started them.")
+    return RunNotFound(f"run {run_id!r} not found", details={"runId": run_id, "hint": hint})
+
+
+# --- validate -----------------------------------------------------------------------------
+
+
+async def validate_plan(settings: Settings, plan_path: str) -> int:
+    """Print the validation report of a plan for an engine; 0 when it can run, 2 otherwise."""
+    data = read_plan_bytes(plan_path)
+    engine_name = pick_engine(settings)
+    # Validation needs the engine's capabilities and kinds only: no server, no worker, no store.
+    offline = replace(settings, store_url="memory://")
+    async with (
+        store_session(offline, quiet_memory=True) as store,
+        engine_session(engine_name, store, settings, worker=False) as engine,
+    ):
+        report = await validate_for_engine(data, engine_name, engine)
+    if settings.json:
+        out.emit_json(report.model_dump(mode="json"))
+    else:
+        verdict = "can run" if report.ok else "cannot run"
+        click.echo(f"plan {report.plan_id or '?'}@{report.plan_version or '?'} {verdict} "
+                   f"on {report.engine}")
+        for issue in report.issues:
+            where = f" [{issue.step_id or issue.path}]" if (issue.step_id or issue.path) else ""
+            click.echo(f"  {issue.severity} {issue.code}{where}: {issue.message}")
+        caps = report.capabilities
+        if caps is not None and caps.required:
+            click.echo(f"  capabilities: {caps.resolution} (missing: "
+                       f"{', '.join(caps.missing) or 'none'})")
+    return out.EXIT_OK if report.ok else out.EXIT_REFUSED
+
+
+# --- status, events, runs -----------------------------------------------------------------
+
+
+async def show_status(settings: Settings, run_id: str) -> int:
+    """Print a run's snapshot."""
+    _identity_checked(settings)
+    settings = resolve(settings)
+    async with store_session(settings) as store:
+        snapshot = await _snapshot(store, settings.identity.tenant, run_id)
+    if settings.json:
+        out.emit_json(out.run_document(snapshot))
+    else:
+        out.print_snapshot(snapshot)
+    return out.EXIT_OK
+
+
+async def show_events(settings: Settings, run_id: str, follow: bool) -> int:
+    """Print a run's events in runSeq order (JSON Lines under --json); --follow waits for more."""
+    _identity_checked(settings)
+    settings = resolve(settings)
+    tenant = settings.identity.tenant
+    async with store_session(settings) as store:
+        await _snapshot(store, tenant, run_id)
+        last_seq = 0
+        terminal = False
+        for event in await store.fetch_events(tenant, run_id):
+            _emit_event(event, settings.json)
+            last_seq = event.run_seq or last_seq
+            terminal = terminal or event.event_type in TERMINAL_EVENTS
+        if follow and not terminal:
+            async for event in store.follow(tenant, run_id, after_seq=last_seq):
+                _emit_event(event, settings.json)
+                if event.event_type in TERMINAL_EVENTS:
+                    break
+    return out.EXIT_OK
+
+
+def _emit_event(event: Event, as_json: bool) -> None:
+    if as_json:
+        out.emit_json(out.event_document(event))
+    else:
+        click.echo(out.describe_event(event))
+    out.flush()
+
+
+async def list_runs(settings: Settings, statuses: tuple[str, ...], limit: int) -> int:
+    """Print the tenant's runs, newest first."""
+    _identity_checked(settings)
+    settings = resolve(settings)
+    wanted = [RunStatus(s.upper()) for s in statuses] or None
+    async with store_session(settings) as store:
+        rows = await store.list_runs(settings.identity.tenant, status=wanted, limit=limit)
+    if settings.json:
+        out.emit_json({"runs": [r.model_dump(mode="json") for r in rows]})
+        return out.EXIT_OK
+    if not rows:
+        click.echo("no runs")
+    for r in rows:
+        status = str(r.status) + (f" ({r.substatus})" if r.substatus else "")
+        click.echo(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
+                   f"{r.created_at.isoformat(timespec='seconds')}")
+    return out.EXIT_OK
+
+
+# --- signal -------------------------------------------------------------------------------
+
+ACTIONS: dict[str, SignalType] = {
+    "pause": SignalType.PAUSE,
+    "resume": SignalType.RESUME,
+    "cancel": SignalType.CANCEL,
+    "retry-step": SignalType.RETRY_STEP,
+    "skip-step": SignalType.SKIP_STEP,
+    "approve": SignalType.APPROVE_STEP,
+    "reject": SignalType.APPROVE_STEP,
+    "retry-run": SignalType.RETRY_RUN,
+    "approve-run": SignalType.APPROVE_RUN,
+    "reject-run": SignalType.APPROVE_RUN,
+}
+STEP_ACTIONS = frozenset({"retry-step", "skip-step", "approve", "reject"})
+
+
+@dataclass(frozen=True)
+class SignalOptions:
+    """What `dvt signal` was asked."""
+
+    run_id: str
+    action: str
+    step_id: str | None = None
+    signal_id: str | None = None
+    actor: str = "cli"
+    roles: tuple[Role, ...] = ()
+    reason: str | None = None
+
+
+def signal_payload(options: SignalOptions) -> dict[str, Any]:
+    """The signal payload for a CLI action (contract 6.1)."""
+    action = options.action
+    if action in STEP_ACTIONS and not options.step_id:
+        raise UsageError(f"`{action}` needs a step id", details={
+            "hint": f"dvt signal RUN {action} STEP"})
+    if action not in STEP_ACTIONS and options.step_id:
+        raise UsageError(f"`{action}` takes no step id",
+                         details={"hint": f"dvt signal RUN {action}"})
+    payload: dict[str, Any] = {}
+    if action in STEP_ACTIONS:
+        payload["stepId"] = options.step_id
+    if action in ("approve", "reject", "approve-run", "reject-run"):
+        payload["decision"] = "reject" if action.startswith("reject") else "approve"
+        if options.reason:
+            payload["comment"] = options.reason
+    elif action != "resume" and options.reason:
+        payload["reason"] = options.reason
+    return payload
+
+
+async def send_signal(settings: Settings, options: SignalOptions) -> int:
+    """Send a signal to a run through the engine that runs it; print the decision."""
+    _identity_checked(settings)
+    settings = resolve(settings)
+    tenant = settings.identity.tenant
+    request = SignalRequest(
+        signal_id=options.signal_id or str(uuid.uuid4()),
+        type=ACTIONS[options.action],
+        tenant_id=tenant,
+        run_id=options.run_id,
+        payload=signal_payload(options),
+        actor=Actor(id=options.actor, roles=options.roles),
+    )
+    async with store_session(settings) as store:
+        header = await store.get_run(tenant, options.run_id)
+        if header is None:
+            raise _not_found(store, options.run_id)
+        if header.engine == "reference":
+            raise UsageError(
+                f"run {options.run_id} runs on the in-process reference engine, inside the "
+                "command that started it; only that process can steer it",
+                details={"runId": options.run_id, "engine": header.engine,
+                         "hint": "Use Temporal or Conductor for runs you steer from elsewhere."},
+            )
+        snapshot = await _snapshot(store, tenant, options.run_id)
+        async with engine_session(header.engine, store, settings, worker=False) as engine:
+            run_ref = _run_ref(engine, header, snapshot)
+            decision = await engine.signal(run_ref, request)
+    if settings.json:
+        out.emit_json({"decision": decision.model_dump(mode="json")})
+    else:
+        verdict = "accepted" if decision.accepted else "rejected"
+        extra = " (duplicate: first decision repeated)" if decision.duplicate else ""
+        extra += " (no-op)" if decision.no_op else ""
+        click.echo(f"signal {decision.signal_id} {decision.type} {verdict}{extra}")
+        if decision.error_code:
+            click.echo(f"  {decision.error_code}: {decision.message or ''}".rstrip())
+        if decision.new_run_id:
+            click.echo(f"  new run {decision.new_run_id}")
+    return out.EXIT_OK if decision.accepted else out.EXIT_REFUSED
+
+
+def _run_ref(engine: Any, header: RunHeader, snapshot: RunSnapshot) -> EngineRunRef:
+    if snapshot.engine_run_ref:
+        try:
+            ref: EngineRunRef = TypeAdapter(EngineRunRef).validate_python(snapshot.engine_run_ref)
+            return ref
+        except ValidationError:
+            pass
+    maker = getattr(engine, "run_ref_for", None)
+    if maker is None:
+        raise UsageError(f"run {header.run_id} has no engine reference yet",
+                         details={"hint": "Wait until the run has started."})
+    made: EngineRunRef = maker(header)
+    return made

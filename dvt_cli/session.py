@@ -1,0 +1,129 @@
+"""Opening the store and the engine a command works with, with coded errors for what is missing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dvt_cli import devenv
+from dvt_cli.output import notice
+from dvt_cli.settings import DEFAULT_STORE_URL, Settings, choose_engine
+from dvt_engine.errors import DvtError, EngineNotFound, StoreNotFound, StoreUnavailable
+from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.ports import RunStateStore, WorkflowEngine
+
+EXTRAS = frozenset({"temporal", "conductor", "postgres"})
+MEMORY_NOTE = (
+    "dvt: using the in-memory store: this run lives only as long as this command "
+    "(run `dvt dev up` or set DVT_STORE_URL for runs that other commands can see)"
+)
+
+
+def resolve(settings: Settings) -> Settings:
+    """Fill the store URL and engine addresses the user left open from running dev servers."""
+    if settings.store_url and all(
+        (settings.addresses.temporal_address, settings.addresses.conductor_url)
+    ):
+        return settings
+    store_url, addresses = devenv.running_setup()
+    return settings.with_dev(store_url, addresses)
+
+
+def pick_engine(settings: Settings) -> str:
+    """The engine name for this command, printing the fallback notice when there is one."""
+    name, fallback = choose_engine(settings.engine)
+    if fallback and not settings.json:
+        notice(fallback)
+    return name
+
+
+def engine_options(name: str, settings: Settings, *, worker: bool = True) -> dict[str, Any]:
+    """Engine-specific options from the CLI settings (only what the user configured)."""
+    a = settings.addresses
+    options: dict[str, Any] = {}
+    if name == "temporal":
+        if a.temporal_address:
+            options["address"] = a.temporal_address
+        if a.temporal_namespace:
+            options["namespace"] = a.temporal_namespace
+        if a.temporal_task_queue:
+            options["task_queue"] = a.temporal_task_queue
+        options["worker"] = worker
+    elif name == "conductor":
+        if a.conductor_url:
+            options["server_url"] = a.conductor_url
+        options["worker"] = worker
+    return options
+
+
+def prepare_local_servers(engine: str, settings: Settings) -> Settings:
+    """Start what a default `dvt run` needs when nothing is configured (issue: main job).
+
+    With Temporal and no address, the background dev server is started (it stays up for the
+    next command, like `dvt dev up`), and with the PostgreSQL store installed an embedded
+    PostgreSQL becomes the store, so the run outlives the command.
+    """
+    a = settings.addresses
+    if engine == "temporal" and not a.temporal_address:
+        info = devenv.temporal_up()
+        settings = settings.with_dev(None, devenv.EngineAddresses(temporal_address=info["address"]))
+        if not settings.store_url and devenv.postgres_available():
+            pg = devenv.postgres_up()
+            settings = settings.with_dev(pg["url"], devenv.EngineAddresses())
+    return settings
+
+
+async def _open_store(url: str) -> RunStateStore:
+    try:
+        return await open_store(url)
+    except DvtError:
+        raise
+    except ImportError as exc:
+        raise StoreNotFound(f"the store for {url.split(':', 1)[0]}:// cannot be loaded: {exc}",
+                            details={"hint": "install the store's extra, e.g. 'dvt[postgres]'"}
+                            ) from None
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot open the store: {exc}") from None
+
+
+@contextlib.asynccontextmanager
+async def store_session(settings: Settings, *, quiet_memory: bool = False) -> AsyncIterator[
+    RunStateStore
+]:
+    """The store of this command, closed afterwards."""
+    url = settings.store_url or DEFAULT_STORE_URL
+    if url.startswith("memory:") and not quiet_memory and not settings.json:
+        notice(MEMORY_NOTE)
+    store = await _open_store(url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def load_engine(name: str, store: RunStateStore, options: dict[str, Any]) -> WorkflowEngine:
+    """Open an engine by name; an adapter that is registered but cannot load is ENGINE_NOT_FOUND."""
+    try:
+        return open_engine(name, store=store, **options)
+    except DvtError:
+        raise
+    except ImportError as exc:
+        hint = (f"install its extra: pip install 'dvt[{name}]'" if name in EXTRAS
+                else "this installation of dvt is incomplete; reinstall it")
+        raise EngineNotFound(
+            f"the {name} engine is registered but cannot be loaded: {exc}",
+            details={"engine": name, "hint": hint},
+        ) from None
+
+
+@contextlib.asynccontextmanager
+async def engine_session(
+    name: str, store: RunStateStore, settings: Settings, *, worker: bool = True
+) -> AsyncIterator[WorkflowEngine]:
+    """An engine over ``store``, closed (workers drained) afterwards."""
+    engine = load_engine(name, store, engine_options(name, settings, worker=worker))
+    try:
+        yield engine
+    finally:
+        await engine.close()
