@@ -1,0 +1,35 @@
+"""docs/errors.md is generated from dvt_engine.errors and must list every code as it is now."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dvt_cli import errors_doc
+from dvt_engine.errors import ERROR_CLASSES, ErrorCode
+
+
+def test_errors_doc_is_up_to_date() -> None:
+    current = errors_doc.DOC_PATH.read_text(encoding="utf-8")
+    assert current == errors_doc.render(), (
+        "docs/errors.md is stale: run `python -m dvt_cli.errors_doc` (or `nox -s docs`)"
+    )
+
+
+def test_every_code_has_a_class_and_a_row() -> None:
+    text = errors_doc.render()
+    for code in ErrorCode:
+        assert code in ERROR_CLASSES, f"{code} has no error class"
+        assert f"| `{code}` | `{ERROR_CLASSES[code].__name__}` |" in text
+
+
+def test_contract_codes_are_all_defined() -> None:
+    defined = {str(c) for c in ErrorCode}
+    assert defined >= errors_doc.CONTRACT_CODES, errors_doc.CONTRACT_CODES - defined
+
+
+def test_check_mode_reports_a_stale_file(tmp_path: Path) -> None:
+    stale = tmp_path / "errors.md"
+    stale.write_text("# old\n", encoding="utf-8")
+    assert errors_doc.main(["--check", "--path", str(stale)]) == 1
+    assert errors_doc.main(["--path", str(stale)]) == 0
+    assert errors_doc.main(["--check", "--path", str(stale)]) == 0
