@@ -1,0 +1,44 @@
+"""Steps: the handler registry, the built-in kinds, and the runner every engine's worker uses."""
+
+from dvt_engine.steps.builtins import APPROVAL_KIND, BUILTIN_HANDLERS
+from dvt_engine.steps.context import CancelToken, RunnerStepContext
+from dvt_engine.steps.failure import HandlerFailure, classify
+from dvt_engine.steps.registry import (
+    ENTRY_POINT_GROUP,
+    FunctionStepHandler,
+    HandlerRegistry,
+    builtin_registry,
+    default_registry,
+    host_registry,
+    step_handler,
+)
+from dvt_engine.steps.runner import (
+    MAX_OUTPUT_BYTES,
+    OutcomeStatus,
+    StepInvocation,
+    StepOutcome,
+    StepRunner,
+    gate_timeout_ms,
+)
+
+__all__ = [
+    "APPROVAL_KIND",
+    "BUILTIN_HANDLERS",
+    "ENTRY_POINT_GROUP",
+    "MAX_OUTPUT_BYTES",
+    "CancelToken",
+    "FunctionStepHandler",
+    "HandlerFailure",
+    "HandlerRegistry",
+    "OutcomeStatus",
+    "RunnerStepContext",
+    "StepInvocation",
+    "StepOutcome",
+    "StepRunner",
+    "builtin_registry",
+    "classify",
+    "default_registry",
+    "gate_timeout_ms",
+    "host_registry",
+    "step_handler",
+]

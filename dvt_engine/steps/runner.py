@@ -1,0 +1,531 @@
+"""The step runner every engine's worker uses: one engine attempt of one step, and its events.
+
+It writes StepStarted once per logical attempt, runs the handler for the step's kind, and writes
+StepCompleted, or StepFailed only when the failure is final (contract 3.3). A failure the engine
+may still retry writes nothing and comes back as status ``retry`` with the backoff to wait.
+Because every event's idempotency key leaves out the engine attempt, an engine that repeats an
+attempt (a worker crash, a redelivered task) can never write a second event.
+
+Cancellation: with a CancelToken the runner stops the handler, writes StepFailed STEP_CANCELLED
+and returns status ``cancelled``: the clean path for engines. When the task running ``run()`` is
+cancelled instead (asyncio.CancelledError), the runner writes the same StepFailed and re-raises,
+because swallowing a task's cancellation breaks asyncio's task groups and timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal
+
+from opentelemetry.trace import Span
+from pydantic import Field, ValidationError
+
+from dvt_engine.errors import (
+    DvtError,
+    ErrorCode,
+    IllegalTransition,
+    StepCancelled,
+    StepFailed,
+    StepOutputTooLarge,
+    StepTimeout,
+)
+from dvt_engine.eventlog import EventFactory, RunIdentity, RunWriter
+from dvt_engine.idempotency import event_key
+from dvt_engine.models.base import DvtModel, Identifier
+from dvt_engine.models.events import AppendResult, Event, EventType
+from dvt_engine.models.plan import StepSpec
+from dvt_engine.models.snapshot import ArtifactRef, Cost, StepError
+from dvt_engine.ports import RunStateStore, SecretsProvider, StepResult
+from dvt_engine.secrets import EnvSecretsProvider, redact
+from dvt_engine.steps.builtins import APPROVAL_KIND
+from dvt_engine.steps.context import CancelToken, RunnerStepContext
+from dvt_engine.steps.failure import classify
+from dvt_engine.steps.registry import HandlerRegistry, as_step_result, default_registry
+from dvt_engine.telemetry import (
+    ATTR_DUPLICATE,
+    ATTR_ERROR_CODE,
+    ATTR_OUTCOME,
+    ATTR_RUN_SEQ,
+    append_span,
+    step_span,
+)
+
+MAX_OUTPUT_BYTES = 32 * 1024
+DEFAULT_EMITTED_BY = "step-runner"
+
+logger = logging.getLogger("dvt.steps")
+
+OutcomeStatus = Literal["succeeded", "failed", "retry", "awaiting_approval", "cancelled", "refused"]
+
+
+class StepInvocation(DvtModel):
+    """One engine attempt of one step, as an engine hands it to a worker (JSON-serialisable)."""
+
+    tenant_id: Identifier
+    project_id: Identifier
+    environment_id: Identifier
+    run_id: Identifier
+    plan_id: Identifier
+    plan_version: Identifier
+    step: StepSpec
+    plan_params: dict[str, Any] = Field(default_factory=dict)
+    logical_attempt_id: int = Field(default=1, ge=1)
+    engine_attempt_id: int = Field(default=1, ge=1)
+
+    @classmethod
+    def for_step(
+        cls,
+        identity: RunIdentity,
+        step: StepSpec,
+        *,
+        plan_params: Mapping[str, Any] | None = None,
+        logical_attempt_id: int = 1,
+        engine_attempt_id: int = 1,
+    ) -> StepInvocation:
+        """The invocation of ``step`` in the run ``identity`` (a RunHeader, for instance)."""
+        return cls(
+            tenant_id=identity.tenant_id,
+            project_id=identity.project_id,
+            environment_id=identity.environment_id,
+            run_id=identity.run_id,
+            plan_id=identity.plan_id,
+            plan_version=identity.plan_version,
+            step=step,
+            plan_params=dict(plan_params or {}),
+            logical_attempt_id=logical_attempt_id,
+            engine_attempt_id=engine_attempt_id,
+        )
+
+    @property
+    def step_id(self) -> str:
+        """The step's id."""
+        return self.step.step_id
+
+    def with_engine_attempt(self, engine_attempt_id: int) -> StepInvocation:
+        """The same logical attempt, run again by the engine as attempt ``engine_attempt_id``."""
+        return self.model_copy(update={"engine_attempt_id": engine_attempt_id})
+
+
+class StepOutcome(DvtModel):
+    """What one engine attempt came to, for the engine to act on (JSON-serialisable).
+
+    ``final`` is true when the logical attempt is decided (an event was written or found);
+    ``retry`` means the engine should run attempt ``engine_attempt_id + 1`` after
+    ``retry_delay_ms``; ``duplicate`` means an earlier engine attempt had already decided it.
+    """
+
+    status: OutcomeStatus
+    final: bool
+    step_id: str
+    logical_attempt_id: int
+    engine_attempt_id: int
+    output: Any = None
+    artifacts: tuple[ArtifactRef, ...] = ()
+    error: StepError | None = None
+    retry_delay_ms: int | None = None
+    duplicate: bool = False
+    run_seq: int | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the step's logical attempt succeeded."""
+        return self.status == "succeeded"
+
+
+class _TokenCancelled(Exception):
+    """The CancelToken fired while the handler ran."""
+
+
+class StepRunner:
+    """Runs engine attempts of steps and writes their events through the state machine."""
+
+    def __init__(
+        self,
+        store: RunStateStore,
+        registry: HandlerRegistry | None = None,
+        secrets: SecretsProvider | None = None,
+        emitted_by: str = DEFAULT_EMITTED_BY,
+    ) -> None:
+        self.store = store
+        self.registry = registry if registry is not None else default_registry()
+        self.secrets = secrets if secrets is not None else EnvSecretsProvider()
+        self.emitted_by = emitted_by
+
+    # --- one engine attempt ------------------------------------------------------------------
+    async def run(
+        self, invocation: StepInvocation, cancel: CancelToken | None = None
+    ) -> StepOutcome:
+        """Run one engine attempt of ``invocation.step`` and record what it came to."""
+        step = invocation.step
+        with step_span(
+            invocation,
+            step_id=step.step_id,
+            kind=step.kind,
+            logical_attempt_id=invocation.logical_attempt_id,
+            engine_attempt_id=invocation.engine_attempt_id,
+        ) as span:
+            outcome = await self._run(invocation, cancel if cancel is not None else CancelToken())
+            span.set_attribute(ATTR_OUTCOME, outcome.status)
+            span.set_attribute(ATTR_DUPLICATE, outcome.duplicate)
+            if outcome.error is not None:
+                span.set_attribute(ATTR_ERROR_CODE, outcome.error.code)
+            logger.debug(
+                "step %s attempt %s.%s: %s%s", step.step_id, invocation.logical_attempt_id,
+                invocation.engine_attempt_id, outcome.status,
+                f" ({outcome.error.code})" if outcome.error else "",
+            )
+            return outcome
+
+    async def _run(self, inv: StepInvocation, token: CancelToken) -> StepOutcome:
+        step = inv.step
+        started = self._factory(inv).step_event(
+            EventType.STEP_STARTED, step.step_id, {"kind": step.kind},
+            logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
+        )
+        try:
+            result = await self._append(inv, started)
+        except IllegalTransition as exc:
+            return _refused(inv, exc)
+        if result.duplicate:
+            recorded = await self.recorded_outcome(inv)
+            if recorded is not None:
+                return recorded
+        if step.kind == APPROVAL_KIND:
+            return await self._open_gate(inv)
+        if token.cancelled:
+            return await self._cancelled(inv, token.reason)
+        ctx = RunnerStepContext(inv, secrets=self.secrets, cancel_token=token)
+        began = time.monotonic()
+        try:
+            handler = self.registry.get(step.kind)
+            step_result = await _call(handler.run(ctx), token, step.timeout_ms)
+        except asyncio.CancelledError:
+            # Record the stop even though the task is going away, then let it go.
+            with contextlib.suppress(asyncio.CancelledError, DvtError):
+                await asyncio.shield(self._cancelled(inv, "the step's task was cancelled"))
+            raise
+        except _TokenCancelled:
+            return await self._cancelled(inv, token.reason)
+        except StepCancelled as exc:
+            return await self._cancelled(inv, exc.message)
+        except Exception as exc:
+            return await self._failure(inv, classify(exc, step), ctx.resolved_secrets)
+        duration_ms = int((time.monotonic() - began) * 1000)
+        return await self._success(inv, step_result, ctx.resolved_secrets, duration_ms)
+
+    async def _success(
+        self,
+        inv: StepInvocation,
+        result: StepResult,
+        secrets: Sequence[str],
+        duration_ms: int,
+    ) -> StepOutcome:
+        step = inv.step
+        try:
+            output = _checked_output(redact(result.output, secrets))
+            artifacts = _checked_artifacts(redact(_artifact_dicts(result.artifacts), secrets))
+        except DvtError as exc:
+            return await self._failure(inv, classify(exc, step), secrets)
+        units = result.cost_units
+        if units is None and step.cost_hint is not None:
+            units = step.cost_hint.units
+        cost = Cost(units=units, duration_ms=duration_ms)
+        payload = {
+            "output": output,
+            "artifacts": [a.model_dump(mode="json", exclude_none=True) for a in artifacts],
+            "cost": cost.model_dump(mode="json", exclude_none=True),
+        }
+        return await self._finish(inv, EventType.STEP_COMPLETED, payload, "succeeded",
+                                  output=output, artifacts=artifacts)
+
+    async def _failure(
+        self, inv: StepInvocation, error: StepError, secrets: Sequence[str]
+    ) -> StepOutcome:
+        error = StepError(code=error.code, message=str(redact(error.message, secrets)),
+                          retryable=error.retryable)
+        retry = inv.step.retry
+        final = not error.retryable or inv.engine_attempt_id >= inv.step.max_attempts
+        if not final:
+            delay = retry.delay_before_attempt_ms(inv.engine_attempt_id + 1) if retry else 0
+            return StepOutcome(
+                status="retry", final=False, step_id=inv.step_id,
+                logical_attempt_id=inv.logical_attempt_id,
+                engine_attempt_id=inv.engine_attempt_id, error=error, retry_delay_ms=delay,
+            )
+        payload = {"error": error.model_dump(mode="json")}
+        return await self._finish(inv, EventType.STEP_FAILED, payload, "failed", error=error)
+
+    async def _cancelled(self, inv: StepInvocation, reason: str | None) -> StepOutcome:
+        error = StepError(
+            code=str(ErrorCode.STEP_CANCELLED),
+            message="step was cancelled" + (f": {reason}" if reason else ""),
+            retryable=False,
+        )
+        payload = {"error": error.model_dump(mode="json")}
+        event = self._factory(inv).step_event(
+            EventType.STEP_FAILED, inv.step_id, payload,
+            logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
+        )
+        run_seq: int | None = None
+        duplicate = False
+        try:
+            result = await self._append(inv, event)
+            run_seq, duplicate = result.run_seq, result.duplicate
+        except IllegalTransition:
+            # The run ended (or the step was decided) first: there is nothing left to record.
+            pass
+        return StepOutcome(
+            status="cancelled", final=True, step_id=inv.step_id,
+            logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
+            error=error, duplicate=duplicate, run_seq=run_seq,
+        )
+
+    # --- approval gates --------------------------------------------------------------------
+    async def _open_gate(self, inv: StepInvocation) -> StepOutcome:
+        event = self._factory(inv).step_event(
+            EventType.STEP_AWAITING_APPROVAL, inv.step_id, {"timeoutMs": gate_timeout_ms(inv.step)},
+            logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
+        )
+        try:
+            result = await self._append(inv, event)
+        except IllegalTransition as exc:
+            return _refused(inv, exc)
+        return StepOutcome(
+            status="awaiting_approval", final=False, step_id=inv.step_id,
+            logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
+            duplicate=result.duplicate, run_seq=result.run_seq,
+        )
+
+    async def complete_gate(
+        self,
+        invocation: StepInvocation,
+        *,
+        approve: bool,
+        approver: str,
+        comment: str | None = None,
+        signal_id: str | None = None,
+    ) -> StepOutcome:
+        """Resolve an open gate: approve writes StepCompleted, reject APPROVAL_REJECTED."""
+        with self._gate_span(invocation) as span:
+            if approve:
+                output = {"approver": approver, "comment": comment, "decision": "approve"}
+                outcome = await self._finish(
+                    invocation, EventType.STEP_COMPLETED, {"output": output, "artifacts": []},
+                    "succeeded", output=output, signal_id=signal_id,
+                )
+            else:
+                error = StepError(
+                    code=str(ErrorCode.APPROVAL_REJECTED),
+                    message=f"rejected by {approver}" + (f": {comment}" if comment else ""),
+                    retryable=False,
+                )
+                outcome = await self._finish(
+                    invocation, EventType.STEP_FAILED, {"error": error.model_dump(mode="json")},
+                    "failed", error=error, signal_id=signal_id,
+                )
+            _mark(span, outcome)
+            return outcome
+
+    async def expire_gate(self, invocation: StepInvocation) -> StepOutcome:
+        """Fail an open gate whose timeoutMs passed: StepFailed APPROVAL_TIMEOUT."""
+        with self._gate_span(invocation) as span:
+            timeout = gate_timeout_ms(invocation.step)
+            error = StepError(
+                code=str(ErrorCode.APPROVAL_TIMEOUT),
+                message="approval gate timed out"
+                + (f" after {timeout} ms" if timeout is not None else ""),
+                retryable=False,
+            )
+            outcome = await self._finish(
+                invocation, EventType.STEP_FAILED, {"error": error.model_dump(mode="json")},
+                "failed", error=error,
+            )
+            _mark(span, outcome)
+            return outcome
+
+    async def cancel_step(
+        self, invocation: StepInvocation, *, reason: str | None = None
+    ) -> StepOutcome:
+        """Record that a running step (an open gate, say) was stopped: StepFailed STEP_CANCELLED."""
+        with self._gate_span(invocation) as span:
+            outcome = await self._cancelled(invocation, reason)
+            _mark(span, outcome)
+            return outcome
+
+    def _gate_span(self, inv: StepInvocation) -> AbstractContextManager[Span]:
+        return step_span(inv, step_id=inv.step_id, kind=inv.step.kind,
+                         logical_attempt_id=inv.logical_attempt_id,
+                         engine_attempt_id=inv.engine_attempt_id)
+
+    # --- what the log already says ------------------------------------------------------------
+    async def recorded_outcome(self, invocation: StepInvocation) -> StepOutcome | None:
+        """The decided outcome of this logical attempt if the log holds one, else None."""
+        for etype in (EventType.STEP_COMPLETED, EventType.STEP_FAILED):
+            key = event_key(invocation.run_id, invocation.step_id, invocation.logical_attempt_id,
+                            etype, invocation.plan_version)
+            event = await self.store.get_event_by_key(invocation.tenant_id, invocation.run_id, key)
+            if event is not None:
+                return _outcome_from_event(invocation, event)
+        return None
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _factory(self, inv: StepInvocation) -> EventFactory:
+        return EventFactory(inv, emitted_by=self.emitted_by)
+
+    async def _append(self, inv: StepInvocation, event: Event) -> AppendResult:
+        with append_span(event) as span:
+            result = await RunWriter(self.store, inv).append(event)
+            span.set_attribute(ATTR_RUN_SEQ, result.run_seq)
+            span.set_attribute(ATTR_DUPLICATE, result.duplicate)
+            return result
+
+    async def _finish(
+        self,
+        inv: StepInvocation,
+        event_type: EventType,
+        payload: dict[str, Any],
+        status: OutcomeStatus,
+        *,
+        output: Any = None,
+        artifacts: Sequence[ArtifactRef] = (),
+        error: StepError | None = None,
+        signal_id: str | None = None,
+    ) -> StepOutcome:
+        """Append the event that decides the logical attempt and report it."""
+        event = self._factory(inv).step_event(
+            event_type, inv.step_id, payload,
+            logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
+            caused_by_signal_id=signal_id,
+        )
+        try:
+            result = await self._append(inv, event)
+        except IllegalTransition as exc:
+            return _refused(inv, exc)
+        if result.duplicate:
+            recorded = await self.recorded_outcome(inv)
+            if recorded is not None:
+                return recorded
+        return StepOutcome(
+            status=status, final=True, step_id=inv.step_id,
+            logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
+            output=output, artifacts=tuple(artifacts), error=error,
+            duplicate=result.duplicate, run_seq=result.run_seq,
+        )
+
+
+def gate_timeout_ms(step: StepSpec) -> int | None:
+    """How long an approval gate waits: the step's timeoutMs, else ``params.timeoutMs``."""
+    if step.timeout_ms is not None:
+        return step.timeout_ms
+    value = step.params.get("timeoutMs")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+async def _call(work_coro: Any, token: CancelToken, timeout_ms: int | None) -> StepResult:
+    """Run the handler until it ends, the token fires, or the timeout passes."""
+    work: asyncio.Future[Any] = asyncio.ensure_future(work_coro)
+    stop = asyncio.ensure_future(token.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {work, stop},
+            timeout=None if timeout_ms is None else timeout_ms / 1000.0,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    except asyncio.CancelledError:
+        await _stop(work)
+        raise
+    finally:
+        stop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stop
+    if work in done:
+        if work.cancelled():
+            raise StepCancelled("the handler was cancelled")
+        return as_step_result(work.result())
+    await _stop(work)
+    if stop in done:
+        raise _TokenCancelled
+    raise StepTimeout(
+        f"step ran longer than its timeout of {timeout_ms} ms", details={"timeoutMs": timeout_ms}
+    )
+
+
+async def _stop(work: asyncio.Future[Any]) -> None:
+    """Cancel the handler's task and wait until it has unwound."""
+    work.cancel()
+    with contextlib.suppress(BaseException):
+        await work
+
+
+def _checked_output(output: Any) -> Any:
+    """The output as plain JSON, refused when it is not JSON or larger than 32 KiB."""
+    try:
+        encoded = json.dumps(output, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StepFailed(f"step output is not JSON: {type(exc).__name__}",
+                         retryable=False) from exc
+    size = len(encoded.encode("utf-8"))
+    if size > MAX_OUTPUT_BYTES:
+        raise StepOutputTooLarge(
+            f"step output is {size} bytes, more than {MAX_OUTPUT_BYTES}; put data in artifacts",
+            details={"sizeBytes": size, "limitBytes": MAX_OUTPUT_BYTES},
+        )
+    return json.loads(encoded)
+
+
+def _artifact_dicts(artifacts: Sequence[Any]) -> list[Any]:
+    return [a.model_dump(mode="json") if isinstance(a, ArtifactRef) else a for a in artifacts]
+
+
+def _checked_artifacts(artifacts: list[Any]) -> list[ArtifactRef]:
+    checked: list[ArtifactRef] = []
+    for index, item in enumerate(artifacts):
+        try:
+            checked.append(ArtifactRef.model_validate(item))
+        except ValidationError as exc:
+            raise StepFailed(
+                f"artifact {index} is not an artifact reference {{uri, kind, sha256?, sizeBytes?}}",
+                details={"index": index, "errors": [e["msg"] for e in exc.errors()[:5]]},
+                retryable=False,
+            ) from exc
+    return checked
+
+
+def _refused(inv: StepInvocation, exc: IllegalTransition) -> StepOutcome:
+    return StepOutcome(
+        status="refused", final=True, step_id=inv.step_id,
+        logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
+        error=StepError(code=str(exc.code), message=exc.message, retryable=False),
+    )
+
+
+def _outcome_from_event(inv: StepInvocation, event: Event) -> StepOutcome:
+    common: dict[str, Any] = {
+        "final": True, "step_id": inv.step_id, "logical_attempt_id": inv.logical_attempt_id,
+        "engine_attempt_id": inv.engine_attempt_id, "duplicate": True, "run_seq": event.run_seq,
+    }
+    payload = event.payload
+    if event.event_type == EventType.STEP_COMPLETED:
+        artifacts = tuple(ArtifactRef.model_validate(a) for a in payload.get("artifacts") or ())
+        return StepOutcome(status="succeeded", output=payload.get("output"),
+                           artifacts=artifacts, **common)
+    raw = payload.get("error")
+    error = StepError.model_validate(raw) if isinstance(raw, Mapping) else StepError(
+        code=str(ErrorCode.STEP_FAILED), message="", retryable=False)
+    status: OutcomeStatus = "cancelled" if error.code == ErrorCode.STEP_CANCELLED else "failed"
+    return StepOutcome(status=status, error=error, **common)
+
+
+def _mark(span: Span, outcome: StepOutcome) -> None:
+    span.set_attribute(ATTR_OUTCOME, outcome.status)
+    span.set_attribute(ATTR_DUPLICATE, outcome.duplicate)
+    if outcome.error is not None:
+        span.set_attribute(ATTR_ERROR_CODE, outcome.error.code)

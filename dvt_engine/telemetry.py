@@ -1,0 +1,185 @@
+"""OpenTelemetry spans for dvt (API only: the host chooses and configures the SDK).
+
+Spans carry identity only: tenant, project, environment, run, plan, step, attempts, event type,
+outcome status and error code. They never carry params, outputs, error messages or exception
+text, because any of those may hold a resolved secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from dvt_engine.models.events import Event
+
+TRACER_NAME = "dvt"
+
+SPAN_START_RUN = "dvt.start_run"
+SPAN_SIGNAL = "dvt.signal"
+SPAN_STEP = "dvt.step"
+SPAN_APPEND = "dvt.append"
+
+ATTR_TENANT_ID = "dvt.tenant_id"
+ATTR_PROJECT_ID = "dvt.project_id"
+ATTR_ENVIRONMENT_ID = "dvt.environment_id"
+ATTR_RUN_ID = "dvt.run_id"
+ATTR_PLAN_ID = "dvt.plan_id"
+ATTR_PLAN_VERSION = "dvt.plan_version"
+ATTR_STEP_ID = "dvt.step_id"
+ATTR_STEP_KIND = "dvt.step_kind"
+ATTR_LOGICAL_ATTEMPT_ID = "dvt.logical_attempt_id"
+ATTR_ENGINE_ATTEMPT_ID = "dvt.engine_attempt_id"
+ATTR_EVENT_TYPE = "dvt.event_type"
+ATTR_ENGINE = "dvt.engine"
+ATTR_SIGNAL_TYPE = "dvt.signal_type"
+ATTR_SIGNAL_ID = "dvt.signal_id"
+ATTR_OUTCOME = "dvt.outcome"
+ATTR_ERROR_CODE = "dvt.error_code"
+ATTR_DUPLICATE = "dvt.duplicate"
+ATTR_RUN_SEQ = "dvt.run_seq"
+
+_provider_override: TracerProvider | None = None
+
+
+class Identity(Protocol):
+    """Whose work a span describes (RunHeader, StepInvocation and Event all fit)."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def environment_id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def plan_id(self) -> str: ...
+    @property
+    def plan_version(self) -> str: ...
+
+
+def use_tracer_provider(provider: TracerProvider | None) -> None:
+    """Send dvt's spans to ``provider`` instead of the global one (None restores the global)."""
+    global _provider_override
+    _provider_override = provider
+
+
+def tracer() -> trace.Tracer:
+    """dvt's tracer, from the override or the global provider (a no-op until one is set)."""
+    return trace.get_tracer(TRACER_NAME, tracer_provider=_provider_override)
+
+
+def identity_attributes(identity: Identity) -> dict[str, AttributeValue]:
+    """The run identity as span attributes."""
+    return {
+        ATTR_TENANT_ID: identity.tenant_id,
+        ATTR_PROJECT_ID: identity.project_id,
+        ATTR_ENVIRONMENT_ID: identity.environment_id,
+        ATTR_RUN_ID: identity.run_id,
+        ATTR_PLAN_ID: identity.plan_id,
+        ATTR_PLAN_VERSION: identity.plan_version,
+    }
+
+
+@contextmanager
+def dvt_span(
+    name: str,
+    identity: Identity | None = None,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, AttributeValue | None] | None = None,
+) -> Iterator[Span]:
+    """Open a current span with identity attributes; an exception marks it ERROR by code only.
+
+    Exceptions are not recorded as span events: their text may contain a secret. The status
+    description is the error's stable code (DvtError) or its type name.
+    """
+    attrs: dict[str, AttributeValue] = identity_attributes(identity) if identity else {}
+    for key, value in (attributes or {}).items():
+        if value is not None:
+            attrs[key] = value
+    with tracer().start_as_current_span(
+        name, kind=kind, attributes=attrs, record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            code = error_code_of(exc)
+            span.set_attribute(ATTR_ERROR_CODE, code)
+            span.set_status(Status(StatusCode.ERROR, code))
+            raise
+
+
+def error_code_of(exc: BaseException) -> str:
+    """A span-safe name for an exception: its dvt code, or its type name (never its text)."""
+    code: Any = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return str(code)
+    return type(exc).__name__
+
+
+def start_run_span(
+    identity: Identity, *, engine: str | None = None
+) -> AbstractContextManager[Span]:
+    """Span around an engine's start_run."""
+    return dvt_span(SPAN_START_RUN, identity, kind=SpanKind.PRODUCER,
+                    attributes={ATTR_ENGINE: engine})
+
+
+def signal_span(
+    identity: Identity,
+    *,
+    signal_type: str,
+    signal_id: str | None = None,
+    step_id: str | None = None,
+) -> AbstractContextManager[Span]:
+    """Span around deciding and applying one signal."""
+    return dvt_span(
+        SPAN_SIGNAL,
+        identity,
+        attributes={ATTR_SIGNAL_TYPE: signal_type, ATTR_SIGNAL_ID: signal_id,
+                    ATTR_STEP_ID: step_id},
+    )
+
+
+def step_span(
+    identity: Identity,
+    *,
+    step_id: str,
+    kind: str | None = None,
+    logical_attempt_id: int | None = None,
+    engine_attempt_id: int | None = None,
+) -> AbstractContextManager[Span]:
+    """Span around one engine attempt of one step."""
+    return dvt_span(
+        SPAN_STEP,
+        identity,
+        kind=SpanKind.CONSUMER,
+        attributes={
+            ATTR_STEP_ID: step_id,
+            ATTR_STEP_KIND: kind,
+            ATTR_LOGICAL_ATTEMPT_ID: logical_attempt_id,
+            ATTR_ENGINE_ATTEMPT_ID: engine_attempt_id,
+        },
+    )
+
+
+def append_span(event: Event) -> AbstractContextManager[Span]:
+    """Span around appending one event (an ``Event``) to the store."""
+    return dvt_span(
+        SPAN_APPEND,
+        event,
+        kind=SpanKind.CLIENT,
+        attributes={
+            ATTR_EVENT_TYPE: event.event_type,
+            ATTR_STEP_ID: event.step_id,
+            ATTR_LOGICAL_ATTEMPT_ID: event.logical_attempt_id,
+            ATTR_ENGINE_ATTEMPT_ID: event.engine_attempt_id,
+        },
+    )
