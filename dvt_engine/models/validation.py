@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import Field
 
 from dvt_engine.models.base import DvtModel
 
@@ -17,6 +19,7 @@ class ValidationIssue(DvtModel):
     severity: Literal["error", "warning"] = "error"
     path: str | None = None
     step_id: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
 
 
 class CapabilityCheck(DvtModel):

@@ -1,0 +1,179 @@
+"""Capability names (contract section 9), what each engine declares, and the documented emulations.
+
+A plan lists the capabilities it needs in ``metadata.requiresCapabilities``. An engine that lacks
+one runs the plan only when the plan's ``fallbackBehavior`` allows it: ``emulate`` uses the
+emulation written down here (when the engine has what the emulation builds on), ``degrade`` runs
+without it and records a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+SIGNAL_PAUSE_NATIVE = "signal.pause.native"
+SIGNAL_PAUSE_EMULATED = "signal.pause.emulated"
+CANCEL_COOPERATIVE = "cancel.cooperative"
+CANCEL_FORCED = "cancel.forced"
+WORKFLOW_FAN_PARALLEL = "workflow.fan.parallel"
+WORKFLOW_FAN_DYNAMIC = "workflow.fan.dynamic"
+WORKFLOW_CHILD_WORKFLOWS = "workflow.child.workflows"
+WORKFLOW_CONTINUE_AS_NEW = "workflow.continue.as.new"
+QUERY_WORKFLOW_STATE = "query.workflow.state"
+QUERY_TASK_STATE = "query.task.state"
+REPLAY_FULL = "replay.full"
+REPLAY_TASK = "replay.task"
+SIGNALS_RATE_LIMIT = "signals.rate.limit"
+
+ALL_CAPABILITIES: frozenset[str] = frozenset(
+    {
+        SIGNAL_PAUSE_NATIVE,
+        SIGNAL_PAUSE_EMULATED,
+        CANCEL_COOPERATIVE,
+        CANCEL_FORCED,
+        WORKFLOW_FAN_PARALLEL,
+        WORKFLOW_FAN_DYNAMIC,
+        WORKFLOW_CHILD_WORKFLOWS,
+        WORKFLOW_CONTINUE_AS_NEW,
+        QUERY_WORKFLOW_STATE,
+        QUERY_TASK_STATE,
+        REPLAY_FULL,
+        REPLAY_TASK,
+        SIGNALS_RATE_LIMIT,
+    }
+)
+
+TEMPORAL_CAPABILITIES: frozenset[str] = frozenset(
+    {
+        SIGNAL_PAUSE_NATIVE,
+        CANCEL_COOPERATIVE,
+        WORKFLOW_FAN_PARALLEL,
+        WORKFLOW_FAN_DYNAMIC,
+        WORKFLOW_CHILD_WORKFLOWS,
+        QUERY_WORKFLOW_STATE,
+        REPLAY_FULL,
+        WORKFLOW_CONTINUE_AS_NEW,
+        SIGNALS_RATE_LIMIT,
+    }
+)
+
+CONDUCTOR_CAPABILITIES: frozenset[str] = frozenset(
+    {
+        SIGNAL_PAUSE_EMULATED,
+        CANCEL_FORCED,
+        WORKFLOW_FAN_PARALLEL,
+        QUERY_TASK_STATE,
+        REPLAY_TASK,
+        SIGNALS_RATE_LIMIT,
+    }
+)
+
+# The reference engine runs every step in-process on asyncio, so it can honour every capability:
+# pause stops scheduling at once (native) and lets running steps drain (emulated); cancel asks
+# steps to stop (cooperative) and then cancels their tasks (forced); independent steps run as
+# concurrent tasks; the run's state is the store's snapshot (query) and is rebuilt from the log
+# (replay); it keeps no engine history, so continue-as-new is trivially satisfied.
+REFERENCE_CAPABILITIES: frozenset[str] = ALL_CAPABILITIES
+
+ENGINE_CAPABILITIES: Mapping[str, frozenset[str]] = {
+    "reference": REFERENCE_CAPABILITIES,
+    "temporal": TEMPORAL_CAPABILITIES,
+    "conductor": CONDUCTOR_CAPABILITIES,
+}
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """How dvt stands in for a capability an engine lacks, and what that emulation needs."""
+
+    capability: str
+    description: str
+    # The engine must support this capability for the emulation to work (None: nothing needed).
+    via: str | None = None
+
+    def available_on(self, capabilities: frozenset[str]) -> bool:
+        """True when an engine with ``capabilities`` can run this emulation."""
+        return self.via is None or self.via in capabilities
+
+
+EMULATIONS: Mapping[str, Emulation] = {
+    e.capability: e
+    for e in (
+        Emulation(
+            SIGNAL_PAUSE_NATIVE,
+            "pause by draining: no new step is scheduled, steps already running finish "
+            "(PAUSED with substatus DRAINING until they settle)",
+            via=SIGNAL_PAUSE_EMULATED,
+        ),
+        Emulation(
+            SIGNAL_PAUSE_EMULATED,
+            "native pause is at least as strong: no new step is scheduled after RunPaused",
+            via=SIGNAL_PAUSE_NATIVE,
+        ),
+        Emulation(
+            CANCEL_COOPERATIVE,
+            "forced cancel: the engine terminates the run; steps still running are not asked "
+            "to stop first",
+            via=CANCEL_FORCED,
+        ),
+        Emulation(
+            CANCEL_FORCED,
+            "cooperative cancel: running steps are asked to stop and the run ends when they do",
+            via=CANCEL_COOPERATIVE,
+        ),
+        Emulation(
+            WORKFLOW_FAN_DYNAMIC,
+            "static fan-out: the plan's DAG is fixed before start and its parallel branches are "
+            "scheduled as static forks",
+            via=WORKFLOW_FAN_PARALLEL,
+        ),
+        Emulation(
+            WORKFLOW_CHILD_WORKFLOWS,
+            "inline steps: every step runs inside the run's own workflow",
+        ),
+        Emulation(
+            WORKFLOW_CONTINUE_AS_NEW,
+            "no engine-side compaction: progress lives in the state store and the engine keeps "
+            "per-task history only",
+            via=QUERY_TASK_STATE,
+        ),
+        Emulation(
+            QUERY_WORKFLOW_STATE,
+            "state from the store: the run's snapshot and the engine's task states answer status",
+            via=QUERY_TASK_STATE,
+        ),
+        Emulation(
+            QUERY_TASK_STATE,
+            "state from the workflow query and the store's step snapshots",
+            via=QUERY_WORKFLOW_STATE,
+        ),
+        Emulation(
+            REPLAY_FULL,
+            "replay from the event log: the run's snapshot is rebuilt by the projector, the "
+            "engine replays per task",
+            via=REPLAY_TASK,
+        ),
+        Emulation(
+            REPLAY_TASK,
+            "full replay covers per-task replay",
+            via=REPLAY_FULL,
+        ),
+        Emulation(
+            SIGNALS_RATE_LIMIT,
+            "dvt's signal rules count signals per run per minute before the engine sees them",
+        ),
+    )
+}
+
+
+def engine_capabilities(engine: str) -> frozenset[str]:
+    """The declared capabilities of a known engine (empty for an unknown name)."""
+    return ENGINE_CAPABILITIES.get(engine, frozenset())
+
+
+def emulation_for(capability: str, capabilities: frozenset[str]) -> Emulation | None:
+    """The documented emulation of ``capability`` usable on an engine, or None."""
+    emulation = EMULATIONS.get(capability)
+    if emulation is None or not emulation.available_on(capabilities):
+        return None
+    return emulation
