@@ -96,6 +96,10 @@ class HandlerRegistry:
                 details={"kind": kind, "known": list(self.kinds())},
             ) from None
 
+    def unregister(self, kind: str) -> None:
+        """Forget the handler for ``kind`` (no error when none is registered)."""
+        self._handlers.pop(kind, None)
+
     def kinds(self) -> tuple[str, ...]:
         """The registered kinds, sorted."""
         return tuple(sorted(self._handlers))
