@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as JsonSchemaError
 from pydantic import ValidationError
 
 from dvt_engine.errors import (
@@ -80,7 +81,7 @@ class _Problem:
         )
 
 
-# --- helpers --------------------------------------------------------------------------------
+# --- helpers ---
 
 
 def _pointer(path: Iterable[str | int]) -> str:
@@ -267,9 +268,28 @@ def _plan_validator() -> Draft202012Validator:
     return Draft202012Validator(load_schema("ExecutionPlan"))
 
 
+def _leaf_errors(error: JsonSchemaError) -> list[JsonSchemaError]:
+    """The errors worth showing: inside ``X | None`` (anyOf), those of the branch meant."""
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        return [error]
+    branches: dict[Any, list[JsonSchemaError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.schema_path[0] if sub.schema_path else None, []).append(sub)
+    # A branch whose top-level "type" already fails is not the one the author meant.
+    meant = [
+        errs
+        for errs in branches.values()
+        if not any(e.validator == "type" and not e.relative_path for e in errs)
+    ]
+    if len(meant) != 1:
+        return [error]
+    return [leaf for sub in meant[0] for leaf in _leaf_errors(sub)]
+
+
 def _schema_problems(doc: dict[str, Any]) -> list[_Problem]:
     problems: list[_Problem] = []
-    for error in _plan_validator().iter_errors(doc):
+    errors = _plan_validator().iter_errors(doc)
+    for error in (leaf for e in errors for leaf in _leaf_errors(e)):
         path: Path = tuple(error.absolute_path)
         instance = error.instance
         if (
@@ -523,7 +543,7 @@ def validate_plan_document(data: PlanInput) -> ExecutionPlan:
     return plan
 
 
-# --- the report -----------------------------------------------------------------------------------
+# --- the report ---
 
 
 def _plan_document(plan: ExecutionPlan) -> dict[str, Any]:
