@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import json
 import signal
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,13 @@ import click
 from dvt_cli import devenv
 from dvt_cli import output as out
 from dvt_cli.plans import read_plan_bytes
-from dvt_cli.session import engine_options, load_engine, resolve, store_session
+from dvt_cli.session import (
+    engine_options,
+    load_engine,
+    prepare_local_servers,
+    resolve,
+    store_session,
+)
 from dvt_cli.settings import Settings
 from dvt_engine.errors import EngineUnavailable, UsageError
 
@@ -66,20 +75,29 @@ async def parity(settings: Settings, plan_path: str, engines: list[str],
                  scenario_path: str | None) -> int:
     """Run one plan (and scenario) on several engines and compare checksums and event logs."""
     harness = _module("contract_tests.parity", "the parity harness")
+    scenarios = _module("contract_tests.scenarios", "the parity harness")
     data = read_plan_bytes(plan_path)
-    scenario: Any = None
     if scenario_path is not None:
         try:
-            scenario = json.loads(await asyncio.to_thread(Path(scenario_path).read_text))
+            document_in = json.loads(await asyncio.to_thread(Path(scenario_path).read_text))
+            scenario = scenarios.Scenario.from_document(document_in,
+                                                        base=Path(scenario_path).parent)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read scenario {scenario_path}: {exc}",
                              details={"path": scenario_path}) from None
+        # PLAN wins over the scenario's own plan file, so one scenario can drive variants.
+        scenario = dataclasses.replace(scenario, plan_bytes=data, plan_name=plan_path)
+    else:
+        scenario = scenarios.Scenario.for_plan(data, Path(plan_path).name)
     settings = resolve(settings)
-    report = await _maybe_await(harness.run_parity(
-        data, engines=engines, scenario=scenario, store_url=settings.store_url,
-        engine_options={name: engine_options(name, settings) for name in engines},
-    ))
-    document = parity_document(report)
+    for name in engines:
+        settings = prepare_local_servers(name, replace(settings, store_url="memory://"))
+    reports = []
+    first, *others = engines
+    for index, other in enumerate(others):
+        reports.append(await _compare(harness, scenarios, scenario, settings, first, other,
+                                      index))
+    document = merge_parity(reports)
     if settings.json:
         out.emit_json(document)
     else:
@@ -88,13 +106,54 @@ async def parity(settings: Settings, plan_path: str, engines: list[str],
         for name, checksum in document["checksums"].items():
             click.echo(f"  {name:<10} {checksum}")
         for diff in document["differences"]:
-            click.echo(f"  - {diff if isinstance(diff, str) else out.dumps(diff)}")
+            if isinstance(diff, dict) and "message" in diff:
+                click.echo(f"  - [{diff.get('kind')}] {diff['message']}")
+            else:
+                click.echo(f"  - {diff if isinstance(diff, str) else out.dumps(diff)}")
+        for report in reports:
+            text = getattr(report, "diff", "")
+            if text:
+                click.echo(text)
     return out.EXIT_OK if document["equal"] else out.EXIT_RUN_FAILED
+
+
+async def _compare(harness: Any, scenarios: Any, scenario: Any, settings: Settings,
+                   name_a: str, name_b: str, index: int) -> Any:
+    """One comparison; each side runs over its own in-memory store with a fresh run id."""
+    async with contextlib.AsyncExitStack() as stack:
+        sides = []
+        for label, name in ((f"{name_a}", name_a), (f"{name_b}", name_b)):
+            store = await stack.enter_async_context(store_session(
+                replace(settings, store_url="memory://"), quiet_memory=True))
+            engine = load_engine(name, store, engine_options(name, settings))
+            stack.push_async_callback(engine.close)
+            sides.append(scenarios.EngineSide(engine=engine, store=store, name=label))
+        # Runs on a lasting engine server must not collide with runs of an earlier invocation.
+        fresh = uuid.uuid4().hex[:12]
+        context = dict(scenario.context)
+        context["runId"] = f"{context.get('runId', 'parity')}-{fresh}-{index}"
+        if context.get("runRequestId"):
+            context["runRequestId"] = f"{context['runRequestId']}-{fresh}-{index}"
+        run = dataclasses.replace(scenario, context=context)
+        return await harness.run_parity(run, sides[0], sides[1])
+
+
+def merge_parity(reports: list[Any]) -> dict[str, Any]:
+    """One ``{"equal", "checksums", "differences"}`` from comparisons of the first engine."""
+    merged: dict[str, Any] = {"equal": True, "checksums": {}, "differences": []}
+    for report in reports:
+        doc = parity_document(report)
+        merged["equal"] = merged["equal"] and doc["equal"]
+        for label, checksum in doc["checksums"].items():
+            merged["checksums"].setdefault(label, checksum)
+        merged["differences"].extend(doc["differences"])
+    return merged
 
 
 def parity_document(report: Any) -> dict[str, Any]:
     """``{"equal", "checksums", "differences"}`` from the harness's report (contract 13)."""
-    data = _plain(report)
+    to_dict = getattr(report, "to_dict", None)
+    data = to_dict() if to_dict is not None else _plain(report)
     if not isinstance(data, dict):
         raise UsageError("the parity harness returned an unexpected report")
     return {

@@ -91,6 +91,15 @@ async def validate_for_engine(data: bytes, engine_name: str,
                               engine: WorkflowEngine | None) -> ValidationReport:
     """The validation report of a plan file for an engine; a broken file is a report too."""
     digest = hashlib.sha256(data).hexdigest()
+    planning = _planning()
+    build = getattr(planning, "build_validation_report", None)
+    caps = getattr(engine, "declared_capabilities", None)
+    registry = getattr(engine, "registry", None)
+    if build is not None and caps is not None and registry is not None:
+        # The raw bytes, so a broken document still yields a full report rather than one error.
+        report: ValidationReport = build(data, engine=engine_name, capabilities=caps(),
+                                         known_kinds=registry.kinds(), plan_sha256=digest)
+        return report
     try:
         plan = parse_plan(data)
     except SchemaValidationFailed as exc:

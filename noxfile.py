@@ -1,0 +1,113 @@
+"""Repository tasks. `nox -s tests` is the one command CI runs (.ci/run) and the README shows.
+
+Every session installs what it needs into its own virtualenv; servers (PostgreSQL, Temporal,
+Conductor) are installed and started by the test fixtures and the demo themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests"]
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).resolve().parent
+LINT_PATHS = ["dvt_engine", "dvt_cli", "dvt_statestore_pg", "dvt_adapters_temporal",
+              "dvt_adapters_conductor", "contract_tests", "tests", "benchmarks", "noxfile.py"]
+DEMO_PLAN = "golden_fixtures/plans/diamond.json"
+
+
+def _install(session: nox.Session, extras: str = "all,dev") -> None:
+    # Editable, so tests and docs checks see the checkout's files (golden fixtures, docs/).
+    session.install("--upgrade", "pip")
+    session.install("-e", f".[{extras}]")
+
+
+def _lint(session: nox.Session) -> None:
+    session.run("ruff", "check", *[p for p in LINT_PATHS if (ROOT / p).exists()])
+
+
+def _typecheck(session: nox.Session) -> None:
+    session.run("mypy", "--strict", "dvt_engine")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Lint, type-check, then the whole test suite against real servers (CI runs this).
+
+    Arguments after `--` go to pytest and skip lint and type-check, for a focused run:
+    `nox -s tests -- tests/test_cli.py -x`.
+    """
+    _install(session)
+    if not session.posargs:
+        _lint(session)
+        _typecheck(session)
+    # pytest's exit code 5 ("no tests ran") is not in success_codes, so it fails the session.
+    session.run("pytest", *(session.posargs or ["tests"]), env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over every package, the tests and the tooling."""
+    session.install("ruff>=0.5")
+    _lint(session)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the pure domain package."""
+    _install(session)
+    _typecheck(session)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate docs/errors.md and the JSON Schemas; fail when either was out of date."""
+    _install(session, "dev")
+    session.run("python", "-m", "dvt_cli.errors_doc", "--check")
+    session.run("python", "-m", "dvt_engine.schemas.export", "--check")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark with its bare baseline (`-- --quick` for a smoke run); prints tables."""
+    _install(session)
+    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        session.run("python", str(script), *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: install dvt, start local servers, run a golden plan durably, show it.
+
+    Uses Temporal with an embedded PostgreSQL store (both started here, in a scratch DVT_HOME,
+    and stopped at the end unless `-- --keep`). `-- --engine reference` runs in process only.
+    """
+    _install(session, "all")
+    args = list(session.posargs)
+    keep = "--keep" in args
+    if keep:
+        args.remove("--keep")
+    home = Path(os.environ.get("DVT_DEMO_HOME") or tempfile.mkdtemp(prefix="dvt-demo-"))
+    env = {"DVT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    run_id = f"demo-{os.getpid()}"
+    try:
+        session.run("dvt", "dev", "up", env=env)
+        session.run("dvt", "validate", DEMO_PLAN, *args, env=env)
+        session.run("dvt", "run", DEMO_PLAN, "--run-id", run_id, *args, env=env)
+        session.run("dvt", "status", run_id, env=env)
+        session.run("dvt", "events", run_id, env=env)
+        session.run("dvt", "runs", env=env)
+    finally:
+        if keep:
+            session.log(f"servers keep running; DVT_HOME={home}; stop with "
+                        f"`DVT_HOME={home} dvt dev down`")
+        else:
+            session.run("dvt", "dev", "down", env=env)
+            shutil.rmtree(home, ignore_errors=True)
