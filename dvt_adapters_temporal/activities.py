@@ -1,7 +1,8 @@
-"""The interpreter workflow's activities: plan loading, steps, run-level events and gates.
+"""The interpreter workflow's activities: plan loading, steps, gates and run-level events.
 
-Every event goes through the shared event factory and run writer, so the log is the same as on
-every other engine; idempotency keys make a retried activity harmless.
+Steps and gates go through the shared StepRunner and events through the shared event factory and
+run writer, so the log is the same as on every other engine; idempotency keys make a retried
+activity harmless.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from dvt_adapters_temporal.wire import (
     ACT_GATE,
@@ -26,90 +29,110 @@ from dvt_adapters_temporal.wire import (
     StepInput,
     StepOutcome,
 )
-from dvt_engine.errors import DvtError, IllegalTransition, RunNotFound
+from dvt_engine.errors import DvtError, IllegalTransition
 from dvt_engine.eventlog import EventFactory, RunWriter
+from dvt_engine.models.events import EventType
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
-from dvt_engine.models.run import RunHeader
 from dvt_engine.ports import RunStateStore
+from dvt_engine.steps.context import CancelToken
+from dvt_engine.steps.runner import StepInvocation, StepRunner
+from dvt_engine.steps.runner import StepOutcome as RunnerOutcome
 
 ENGINE_NAME = "temporal"
 
-PlanLoader = Callable[[PlanRef, RunHeader], Awaitable[ExecutionPlan]]
+PlanLoader = Callable[[PlanRef], Awaitable[ExecutionPlan]]
 
 
-def _app_error(err: DvtError, *, non_retryable: bool | None = None) -> ApplicationError:
-    return ApplicationError(
-        err.message,
-        err.to_dict(),
-        type=str(err.code),
-        non_retryable=(not err.retryable) if non_retryable is None else non_retryable,
+@dataclass(frozen=True)
+class RunIdentity:
+    """Whose events these are, built from the workflow input without a store lookup."""
+
+    tenant_id: str
+    project_id: str
+    environment_id: str
+    run_id: str
+    plan_id: str
+    plan_version: str
+
+    @classmethod
+    def of(cls, context: dict[str, Any], plan_ref: dict[str, Any]) -> RunIdentity:
+        """Identity from RunContext JSON and PlanRef JSON."""
+        return cls(
+            tenant_id=str(context["tenantId"]),
+            project_id=str(context["projectId"]),
+            environment_id=str(context["environmentId"]),
+            run_id=str(context["runId"]),
+            plan_id=str(plan_ref["planId"]),
+            plan_version=str(plan_ref["planVersion"]),
+        )
+
+
+def _app_error(err: DvtError) -> ApplicationError:
+    return ApplicationError(err.message, err.to_dict(), type=str(err.code),
+                            non_retryable=not err.retryable)
+
+
+def to_wire(outcome: RunnerOutcome) -> StepOutcome:
+    """The runner's outcome as the small record the workflow needs."""
+    err = outcome.error
+    return StepOutcome(
+        status=outcome.status,
+        error_code=err.code if err else None,
+        error_message=err.message if err else None,
+        retryable=err.retryable if err else False,
     )
 
 
 class TemporalActivities:
-    """Activity implementations bound to a store and the host's step runner."""
+    """Activity implementations bound to a store, the shared step runner and a plan loader."""
 
     def __init__(
         self,
         store: RunStateStore,
-        *,
+        runner: StepRunner,
         load_plan: PlanLoader,
-        step_runner: Any,
+        *,
         heartbeat_every_s: float = 2.0,
     ) -> None:
         self.store = store
+        self.runner = runner
         self._load_plan = load_plan
-        self._runner = step_runner
         self._heartbeat_every_s = heartbeat_every_s
-        self._headers: dict[tuple[str, str], RunHeader] = {}
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for Worker(activities=...)."""
         return [self.prepare, self.run_step, self.run_event, self.gate]
 
-    async def _header(self, context: dict[str, Any]) -> RunHeader:
-        key = (str(context["tenantId"]), str(context["runId"]))
-        header = self._headers.get(key)
-        if header is None:
-            header = await self.store.get_run(*key)
-            if header is None:
-                raise _app_error(
-                    RunNotFound(f"run {key[1]!r} is not registered", details={"runId": key[1]})
-                )
-            if len(self._headers) > 10_000:
-                self._headers.clear()
-            self._headers[key] = header
-        return header
-
     @activity.defn(name=ACT_PREPARE)
     async def prepare(self, inp: PrepareInput) -> Prepared:
-        """Fetch and validate the plan; write RunStarted (first generation) or reload state."""
-        header = await self._header(inp.context)
-        writer = RunWriter(self.store, header)
-        factory = EventFactory(header, emitted_by="engine")
-        plan_ref = PlanRef.model_validate(inp.plan_ref)
+        """Fetch and check the plan; write RunStarted on the first generation."""
+        who = RunIdentity.of(inp.context, inp.plan_ref)
+        writer = RunWriter(self.store, who)
+        factory = EventFactory(who, emitted_by="engine")
         try:
-            plan = await self._load_plan(plan_ref, header)
+            plan = await self._load_plan(PlanRef.model_validate(inp.plan_ref))
         except DvtError as err:
             if err.retryable:
                 raise _app_error(err) from err
-            snap = await self.store.get_snapshot(header.tenant_id, header.run_id)
-            if snap is not None and not snap.status.is_terminal:
+            # The plan changed or became unreachable after registration: fail the run once.
+            with contextlib.suppress(IllegalTransition):
                 await writer.append(factory.run_event(
-                    "RunFailed", {"stepId": None, "code": str(err.code), "message": err.message}
+                    EventType.RUN_FAILED,
+                    {"stepId": None, "code": str(err.code), "message": err.message},
                 ))
             return Prepared(plan={}, refused_code=str(err.code), refused_message=err.message)
         if inp.first_generation:
             await writer.append(factory.run_event(
-                "RunStarted", {"engine": ENGINE_NAME, "engineRunRef": inp.engine_run_ref}
+                EventType.RUN_STARTED,
+                {"engine": ENGINE_NAME, "engineRunRef": inp.engine_run_ref},
             ))
         return Prepared(plan=plan.model_dump(mode="json", by_alias=True, exclude_none=True))
 
     @activity.defn(name=ACT_RUN_EVENT)
     async def run_event(self, inp: RunEventInput) -> int:
         """Append one run-level (or operator-caused step) event; returns its runSeq."""
-        header = await self._header(inp.context)
-        factory = EventFactory(header, emitted_by="engine")
+        who = RunIdentity.of(inp.context, inp.plan_ref)
+        factory = EventFactory(who, emitted_by="engine")
         if inp.step_id is not None:
             event = factory.step_event(
                 inp.event_type, inp.step_id, inp.payload,
@@ -122,7 +145,7 @@ class TemporalActivities:
                 caused_by_signal_id=inp.caused_by_signal_id,
             )
         try:
-            result = await RunWriter(self.store, header).append(event)
+            result = await RunWriter(self.store, who).append(event)
         except IllegalTransition:
             if inp.tolerate_illegal:
                 return 0
@@ -131,33 +154,55 @@ class TemporalActivities:
             raise _app_error(err) from err
         return result.run_seq
 
-    @activity.defn(name=ACT_GATE)
-    async def gate(self, inp: GateInput) -> None:
-        """Open an approval gate or record its resolution."""
-        header = await self._header(inp.context)
-        try:
-            await self._runner.gate(header, inp)
-        except DvtError as err:
-            raise _app_error(err) from err
-
     @activity.defn(name=ACT_RUN_STEP)
     async def run_step(self, inp: StepInput) -> StepOutcome:
-        """Run one engine attempt of a step through the shared step runner, heartbeating."""
-        header = await self._header(inp.context)
-        info = activity.info()
-        work = asyncio.ensure_future(
-            self._runner.run_attempt(header, inp, engine_attempt_id=info.attempt)
+        """Run one engine attempt through the shared runner, heartbeating while it works.
+
+        engineAttemptId is the activity attempt. A failure the runner may still retry becomes a
+        retryable ApplicationError carrying the runner's backoff, so Temporal waits exactly that.
+        A cancellation request stops the handler through the runner's CancelToken; the activity
+        then reports the runner's ``cancelled`` outcome.
+        """
+        invocation = StepInvocation.model_validate(inp.invocation).with_engine_attempt(
+            activity.info().attempt
         )
+        token = CancelToken()
+        work = asyncio.ensure_future(self.runner.run(invocation, cancel=token))
         try:
-            while True:
-                done, _ = await asyncio.wait({work}, timeout=self._heartbeat_every_s)
-                if done:
-                    break
+            while not work.done():
+                await asyncio.wait({work}, timeout=self._heartbeat_every_s)
                 activity.heartbeat()
         except asyncio.CancelledError:
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
-            raise
-        outcome: StepOutcome = work.result()
-        return outcome
+            token.cancel("cancellation requested by the workflow")
+            outcome = await asyncio.shield(work)
+            return to_wire(outcome)
+        outcome = work.result()
+        if outcome.status == "retry":
+            err = outcome.error
+            raise ApplicationError(
+                err.message if err else "step failed",
+                type=err.code if err else "STEP_FAILED",
+                non_retryable=False,
+                next_retry_delay=timedelta(milliseconds=max(1, outcome.retry_delay_ms or 0)),
+                category=ApplicationErrorCategory.BENIGN,
+            )
+        return to_wire(outcome)
+
+    @activity.defn(name=ACT_GATE)
+    async def gate(self, inp: GateInput) -> StepOutcome:
+        """Resolve an open approval gate: approve, reject, expire or cancel it."""
+        invocation = StepInvocation.model_validate(inp.invocation)
+        try:
+            if inp.action in ("approve", "reject"):
+                outcome = await self.runner.complete_gate(
+                    invocation, approve=inp.action == "approve",
+                    approver=inp.approver or "operator", comment=inp.comment,
+                    signal_id=inp.signal_id,
+                )
+            elif inp.action == "expire":
+                outcome = await self.runner.expire_gate(invocation)
+            else:
+                outcome = await self.runner.cancel_step(invocation, reason=inp.reason)
+        except DvtError as err:
+            raise _app_error(err) from err
+        return to_wire(outcome)

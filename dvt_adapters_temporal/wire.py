@@ -102,18 +102,15 @@ class Prepared:
 
 @dataclass
 class StepInput:
-    """Run one logical attempt of a step through the shared step runner."""
+    """One logical attempt of a step: the shared StepInvocation as JSON (engine attempt 1)."""
 
-    context: dict[str, Any]
-    plan_ref: dict[str, Any]
-    step: dict[str, Any]
-    plan_params: dict[str, Any]
-    logical_attempt_id: int
+    invocation: dict[str, Any]
 
 
 @dataclass
 class StepOutcome:
-    """How a logical attempt ended: SUCCESS, FAILED (final) or CANCELLED."""
+    """What the shared runner reported: succeeded, failed, cancelled, refused or
+    awaiting_approval (a gate that now waits for a decision)."""
 
     status: str
     error_code: str | None = None
@@ -139,13 +136,11 @@ class RunEventInput:
 
 @dataclass
 class GateInput:
-    """Open an approval gate, or close it with a decision."""
+    """Resolve a waiting approval gate."""
 
-    context: dict[str, Any]
-    plan_ref: dict[str, Any]
-    step: dict[str, Any]
-    logical_attempt_id: int
-    action: str  # "open" | "approve" | "reject" | "timeout" | "cancel"
+    invocation: dict[str, Any]
+    action: str  # "approve" | "reject" | "expire" | "cancel"
     approver: str | None = None
     comment: str | None = None
     signal_id: str | None = None
+    reason: str | None = None

@@ -7,6 +7,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -14,6 +15,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from dvt_adapters_temporal.activities import TemporalActivities
 from dvt_adapters_temporal.workflow import DvtRunWorkflow
+from dvt_engine.ports import RunStateStore
 
 # Pure dvt code and pydantic are imported once, outside the sandbox: they are deterministic and
 # reloading them per workflow run would cost time and memory for nothing.
@@ -89,3 +91,50 @@ async def serve(workers: Sequence[Worker], *, stop: asyncio.Event | None = None)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def run_worker(
+    store: RunStateStore,
+    *,
+    queues: Sequence[str] | None = None,
+    workflows: bool = True,
+    stop: asyncio.Event | None = None,
+    **engine_options: Any,
+) -> None:
+    """`dvt worker --engine temporal`: host workflows and steps until SIGINT/SIGTERM.
+
+    Without ``queues`` the worker serves the main task queue (the interpreter workflow and every
+    step not routed elsewhere) and each queue of ``kind_queues``. With ``queues`` it serves only
+    those step queues (activities only), e.g. a worker for ``spark.submit`` steps on its own
+    machine. Shutdown is graceful: no new task is taken and running steps get time to finish.
+    """
+    from dvt_adapters_temporal.engine import TemporalEngine
+
+    engine = TemporalEngine(store, worker=False, **engine_options)
+    try:
+        await engine.serve_workers(stop=stop, queues=queues, workflows=workflows)
+    finally:
+        await engine.close()
+
+
+def select_workers(
+    client: Client,
+    activities: TemporalActivities,
+    *,
+    main_queue: str,
+    kind_queues: Sequence[str],
+    queues: Sequence[str] | None,
+    workflows: bool,
+) -> list[Worker]:
+    """The workers a host runs: everything by default, or only the named step queues."""
+    if not queues:
+        return build_workers(client, activities, task_queue=main_queue, run_workflows=workflows,
+                             activity_queues=kind_queues)
+    selected = list(dict.fromkeys(queues))
+    pool: list[Worker] = []
+    if main_queue in selected:
+        pool += build_workers(client, activities, task_queue=main_queue, run_workflows=workflows)
+        selected.remove(main_queue)
+    pool += [Worker(client, task_queue=q, activities=activities.all(),
+                    graceful_shutdown_timeout=timedelta(seconds=30)) for q in selected]
+    return pool

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from dvt_engine.interpreter import (
         CancelSteps,
         Command,
+        ExpireGate,
         Finish,
         ResolveGate,
         RunInterpreter,
@@ -100,8 +101,8 @@ class DvtRunWorkflow:
         self._seen_signals: set[str] = set()
         self._applied: list[str] = []
         self._activities: dict[str, asyncio.Task[None]] = {}
-        self._opening: set[str] = set()
         self._gates: dict[str, int] = {}
+        self._cancel_asked: dict[str, str] = {}
         self._deferred: list[StartStep] = []
         self._timers: dict[str, int] = {}
         self._timer_tasks: dict[str, asyncio.Task[None]] = {}
@@ -188,13 +189,11 @@ class DvtRunWorkflow:
         if item.kind == "settled":
             self._activities.pop(item.step_id, None)
             self._gates.pop(item.step_id, None)
+            self._cancel_asked.pop(item.step_id, None)
             return interp.step_settled(item.step_id, item.attempt, item.outcome,  # type: ignore[arg-type]
                                        item.error)
         if item.kind == "awaiting":
-            self._opening.discard(item.step_id)
-            if item.step_id in self._gates:
-                return interp.step_awaiting_approval(item.step_id)
-            return []
+            return interp.step_awaiting_approval(item.step_id)
         if item.kind == "timer":
             self._timers.pop(item.timer, None)
             self._timer_tasks.pop(item.timer, None)
@@ -221,6 +220,8 @@ class DvtRunWorkflow:
                                   signal_id=cmd.caused_by_signal_id)
             elif isinstance(cmd, ResolveGate):
                 await self._resolve_gate(cmd)
+            elif isinstance(cmd, ExpireGate):
+                await self._close_gate(cmd.step_id, cmd.logical_attempt_id, "expire", None)
             elif isinstance(cmd, StartTimer):
                 fire_at = int(workflow.now().timestamp() * 1000) + cmd.delay_ms
                 self._arm_timer(cmd.name, fire_at)
@@ -235,17 +236,23 @@ class DvtRunWorkflow:
             self._deferred.append(cmd)
             return
         self._started_this_generation += 1
-        spec = self._spec(cmd.step_id)
-        if spec["kind"] == "approval":
-            self._gates[cmd.step_id] = cmd.logical_attempt_id
-            self._opening.add(cmd.step_id)
-            self._activities[cmd.step_id] = asyncio.create_task(
-                self._open_gate(cmd.step_id, spec, cmd.logical_attempt_id)
-            )
-        else:
-            self._activities[cmd.step_id] = asyncio.create_task(
-                self._run_activity(cmd.step_id, spec, cmd.logical_attempt_id)
-            )
+        self._activities[cmd.step_id] = asyncio.create_task(
+            self._run_activity(cmd.step_id, self._spec(cmd.step_id), cmd.logical_attempt_id)
+        )
+
+    def _invocation(self, spec: dict[str, Any], attempt: int) -> dict[str, Any]:
+        """The shared StepInvocation as JSON (the activity sets the engine attempt)."""
+        inp = self._inp
+        assert inp is not None
+        assert self._interp is not None
+        ctx, ref = inp.context, inp.plan_ref
+        return {
+            "tenantId": ctx["tenantId"], "projectId": ctx["projectId"],
+            "environmentId": ctx["environmentId"], "runId": ctx["runId"],
+            "planId": ref["planId"], "planVersion": ref["planVersion"], "step": spec,
+            "planParams": {**self._interp.plan.params, **(ctx.get("params") or {})},
+            "logicalAttemptId": attempt, "engineAttemptId": 1,
+        }
 
     def _spec(self, step_id: str) -> dict[str, Any]:
         assert self._interp is not None
@@ -273,12 +280,10 @@ class DvtRunWorkflow:
         timeout = (timedelta(milliseconds=int(timeout_ms)) + _STEP_TIMEOUT_SLACK if timeout_ms
                    else timedelta(seconds=cfg.default_step_timeout_s))
         queue = spec.get("taskQueue") or cfg.kind_queues.get(spec["kind"]) or cfg.task_queue
-        item = _Input("settled", step_id=step_id, attempt=attempt)
         try:
             outcome: StepOutcome = await workflow.execute_activity(
                 ACT_RUN_STEP,
-                StepInput(inp.context, inp.plan_ref, spec,
-                          dict(self._interp.plan.params), attempt),
+                StepInput(self._invocation(spec, attempt)),
                 result_type=StepOutcome,
                 task_queue=queue,
                 start_to_close_timeout=timeout,
@@ -286,64 +291,67 @@ class DvtRunWorkflow:
                 retry_policy=policy,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
-            item.outcome = {"SUCCESS": "succeeded", "CANCELLED": "cancelled"}.get(
-                outcome.status, "failed")
-            if outcome.status != "SUCCESS":
-                item.error = StepError(code=outcome.error_code or "STEP_FAILED",
-                                       message=outcome.error_message or "",
-                                       retryable=outcome.retryable)
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
-                item.outcome = "cancelled"
-                item.error = StepError(code="STEP_CANCELLED", message="step cancelled")
+                outcome = StepOutcome("cancelled", "STEP_CANCELLED", "step cancelled")
             else:
                 # Only lost workers get here (the runner settles its own failures): record
                 # the failure unless the runner already did.
                 code = getattr(err.cause, "type", None) or "STEP_FAILED"
-                item.outcome = "failed"
-                item.error = StepError(code=code, message=str(err.cause or err))
-                await self._event("StepFailed", {"error": item.error.model_dump(mode="json")},
-                                  step_id=step_id, attempt=attempt, tolerate_illegal=True)
-        self._queue.append(item)
+                outcome = StepOutcome("failed", code, str(err.cause or err))
+                await self._event("StepFailed", {"error": {
+                    "code": code, "message": outcome.error_message, "retryable": False}},
+                    step_id=step_id, attempt=attempt, tolerate_illegal=True)
+        if outcome.status == "awaiting_approval":
+            # The gate now waits for a decision; no activity runs for it meanwhile.
+            self._activities.pop(step_id, None)
+            self._gates[step_id] = attempt
+            if step_id in self._cancel_asked:
+                await self._close_gate(step_id, attempt, "cancel", self._cancel_asked[step_id])
+            else:
+                self._queue.append(_Input("awaiting", step_id=step_id, attempt=attempt))
+            return
+        self._settle(step_id, attempt, outcome)
+
+    def _settle(self, step_id: str, attempt: int, outcome: StepOutcome) -> None:
+        status = outcome.status
+        settled = status if status in ("succeeded", "failed", "cancelled", "refused") else "failed"
+        error = None
+        if outcome.error_code is not None:
+            error = StepError(code=outcome.error_code, message=outcome.error_message or "",
+                              retryable=outcome.retryable)
+        elif settled == "failed":
+            error = StepError(code="STEP_FAILED", message=status)
+        self._queue.append(_Input("settled", step_id=step_id, attempt=attempt, outcome=settled,
+                                  error=error))
 
     # --- approval gates ------------------------------------------------------------------
-    async def _gate(self, step_id: str, spec: dict[str, Any], attempt: int, action: str,
-                    *, approver: str | None = None, comment: str | None = None,
-                    signal_id: str | None = None) -> None:
-        assert self._inp is not None
-        await workflow.execute_activity(
+    async def _gate(self, step_id: str, attempt: int, action: str, *,
+                    approver: str | None = None, comment: str | None = None,
+                    signal_id: str | None = None, reason: str | None = None) -> StepOutcome:
+        result: StepOutcome = await workflow.execute_activity(
             ACT_GATE,
-            GateInput(self._inp.context, self._inp.plan_ref, spec, attempt, action,
-                      approver=approver, comment=comment, signal_id=signal_id),
+            GateInput(self._invocation(self._spec(step_id), attempt), action,
+                      approver=approver, comment=comment, signal_id=signal_id, reason=reason),
+            result_type=StepOutcome,
             start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
             retry_policy=_BOOKKEEPING_RETRY,
         )
-
-    async def _open_gate(self, step_id: str, spec: dict[str, Any], attempt: int) -> None:
-        await self._gate(step_id, spec, attempt, "open")
-        # The gate now waits for a signal; no activity is running for it.
-        self._activities.pop(step_id, None)
-        self._queue.append(_Input("awaiting", step_id=step_id, attempt=attempt))
+        return result
 
     async def _resolve_gate(self, cmd: ResolveGate) -> None:
-        spec = self._spec(cmd.step_id)
-        await self._gate(cmd.step_id, spec, cmd.logical_attempt_id,
-                         "approve" if cmd.approve else "reject", approver=cmd.approver,
-                         comment=cmd.comment, signal_id=cmd.signal_id)
-        error = None if cmd.approve else StepError(code="APPROVAL_REJECTED",
-                                                   message="rejected by approver")
-        self._queue.append(_Input("settled", step_id=cmd.step_id, attempt=cmd.logical_attempt_id,
-                                  outcome="succeeded" if cmd.approve else "failed", error=error))
+        self._gates.pop(cmd.step_id, None)
+        outcome = await self._gate(cmd.step_id, cmd.logical_attempt_id,
+                                   "approve" if cmd.approve else "reject",
+                                   approver=cmd.approver, comment=cmd.comment,
+                                   signal_id=cmd.signal_id)
+        self._settle(cmd.step_id, cmd.logical_attempt_id, outcome)
 
-    async def _close_gate(self, step_id: str, attempt: int, code: str) -> None:
-        spec = self._spec(step_id)
-        while step_id in self._opening:
-            await workflow.wait_condition(lambda: step_id not in self._opening)
-        await self._gate(step_id, spec, attempt, "timeout" if code == "APPROVAL_TIMEOUT"
-                         else "cancel")
-        outcome = "failed" if code == "APPROVAL_TIMEOUT" else "cancelled"
-        self._queue.append(_Input("settled", step_id=step_id, attempt=attempt, outcome=outcome,
-                                  error=StepError(code=code, message=code.lower())))
+    async def _close_gate(self, step_id: str, attempt: int, action: str,
+                          reason: str | None) -> None:
+        self._gates.pop(step_id, None)
+        outcome = await self._gate(step_id, attempt, action, reason=reason)
+        self._settle(step_id, attempt, outcome)
 
     async def _cancel_steps(self, cmd: CancelSteps) -> None:
         for step_id in cmd.step_ids:
@@ -356,11 +364,11 @@ class DvtRunWorkflow:
                                           outcome="cancelled"))
             elif step_id in self._gates:
                 attempt = self._gates[step_id]
-                code = "APPROVAL_TIMEOUT" if cmd.reason == "APPROVAL_TIMEOUT" else "STEP_CANCELLED"
                 self._activities[step_id] = asyncio.create_task(
-                    self._close_gate(step_id, attempt, code)
+                    self._close_gate(step_id, attempt, "cancel", cmd.reason)
                 )
             elif step_id in self._activities:
+                self._cancel_asked[step_id] = cmd.reason
                 self._activities[step_id].cancel()
 
     # --- timers --------------------------------------------------------------------------
@@ -394,7 +402,7 @@ class DvtRunWorkflow:
     # --- continue-as-new -----------------------------------------------------------------
     def _can_now(self) -> bool:
         """Time to continue as new: over budget, and no activity is running."""
-        if self._finished is not None or self._activities or self._opening or self._queue:
+        if self._finished is not None or self._activities or self._queue:
             return False
         assert self._inp is not None
         cfg = self._inp.config
