@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from dvt_engine import telemetry
 from dvt_engine.errors import (
     DvtError,
     ErrorCode,
@@ -862,6 +866,40 @@ def test_raise_for_rejection_unknown_code_is_still_coded() -> None:
                               error_code="FROM_THE_FUTURE")
     with pytest.raises(UsageError, match="FROM_THE_FUTURE"):
         raise_for_rejection(decision)
+
+
+# --- tracing ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.use_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        telemetry.use_tracer_provider(None)
+        provider.shutdown()
+
+
+async def test_decide_spans_carry_identity_and_outcome_not_payload(
+    store: MemoryRunStateStore, service: SignalService, spans: InMemorySpanExporter
+) -> None:
+    run = await (await new_run(store)).start()
+    await service.decide(request(run, SignalType.PAUSE, {"reason": "secret-ish reason"},
+                                 signal_id="traced"))
+    with pytest.raises(RunNotFound):
+        await service.decide(request("ghost", SignalType.PAUSE))
+    ok, missing = [sp for sp in spans.get_finished_spans() if sp.name == "dvt.signal.decide"]
+    attrs = dict(ok.attributes or {})
+    assert attrs["dvt.signal_id"] == "traced"
+    assert attrs["dvt.run_id"] == run.run_id
+    assert attrs["dvt.outcome"] == "accepted"
+    assert attrs["dvt.duplicate"] is False
+    assert "secret-ish reason" not in repr(attrs)
+    assert dict(missing.attributes or {})["dvt.error_code"] == "RUN_NOT_FOUND"
 
 
 # --- hostile input ----------------------------------------------------------------------------

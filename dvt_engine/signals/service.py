@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from opentelemetry import trace
-
-from dvt_engine.errors import DvtError, ErrorCode, RunNotFound
+from dvt_engine import telemetry
+from dvt_engine.errors import ErrorCode, RunNotFound
 from dvt_engine.eventlog import EventFactory, utc_now
 from dvt_engine.idempotency import signal_key
 from dvt_engine.models.base import DvtModel, StrictModel
@@ -52,8 +51,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("dvt_engine.signals")
-# Same tracer name and attribute names as dvt_engine.telemetry; identity only, never payloads.
-_tracer = trace.get_tracer("dvt")
 SPAN_DECIDE = "dvt.signal.decide"
 
 
@@ -117,29 +114,22 @@ class SignalService:
         self, request: SignalRequest, *, capabilities: frozenset[str] = frozenset()
     ) -> SignalVerdict:
         """Decide ``request`` (contract 6.2); raise only for rules 1-2, return a verdict else."""
-        attributes = {
-            "dvt.tenant_id": request.tenant_id,
-            "dvt.run_id": request.run_id,
-            "dvt.signal_id": request.signal_id,
-            "dvt.signal_type": str(request.type),
+        attributes: dict[str, str | None] = {
+            telemetry.ATTR_TENANT_ID: request.tenant_id,
+            telemetry.ATTR_RUN_ID: request.run_id,
+            telemetry.ATTR_SIGNAL_ID: request.signal_id,
+            telemetry.ATTR_SIGNAL_TYPE: str(request.type),
         }
-        with _tracer.start_as_current_span(
-            SPAN_DECIDE, attributes=attributes, record_exception=False
-        ) as span:
-            try:
-                verdict = await self._decide(request, capabilities)
-            except DvtError as exc:
-                span.set_attribute("dvt.outcome", "raised")
-                span.set_attribute("dvt.error_code", str(exc.code))
-                raise
+        # A child of the engine's dvt.signal span: identity and outcome only, never payloads.
+        with telemetry.dvt_span(SPAN_DECIDE, attributes=attributes) as span:
+            verdict = await self._decide(request, capabilities)
             d = verdict.decision
-            span.set_attribute("dvt.outcome", "accepted" if d.accepted else "rejected")
+            span.set_attribute(telemetry.ATTR_OUTCOME, "accepted" if d.accepted else "rejected")
             if d.error_code:
-                span.set_attribute("dvt.error_code", d.error_code)
-            span.set_attribute("dvt.duplicate", d.duplicate)
-            span.set_attribute("dvt.no_op", d.no_op)
+                span.set_attribute(telemetry.ATTR_ERROR_CODE, d.error_code)
+            span.set_attribute(telemetry.ATTR_DUPLICATE, d.duplicate)
             if d.run_seq is not None:
-                span.set_attribute("dvt.run_seq", d.run_seq)
+                span.set_attribute(telemetry.ATTR_RUN_SEQ, d.run_seq)
             return verdict
 
     async def _decide(self, request: SignalRequest, capabilities: frozenset[str]) -> SignalVerdict:
