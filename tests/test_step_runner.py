@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dvt_engine.errors import SecretNotFound
+from dvt_engine.errors import SecretNotFound, StepCancelled
 from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.idempotency import run_request_key
 from dvt_engine.models.events import Event
@@ -454,6 +454,32 @@ async def test_sleep_builtin_is_cancellable(store: MemoryRunStateStore) -> None:
     outcome = await asyncio.wait_for(task, WAIT_S)
     assert outcome.status == "cancelled"
     assert types_of(await step_events(store, header)) == ["StepStarted", "StepFailed"]
+
+
+async def test_cancel_reason_is_recorded_once(store: MemoryRunStateStore) -> None:
+    entered = asyncio.Event()
+
+    async def nap(ctx: StepContext) -> None:
+        entered.set()
+        await ctx.sleep(3600)
+
+    async def gives_up(ctx: StepContext) -> None:
+        raise StepCancelled("upstream went away")
+
+    plan = make_plan([{"stepId": "n", "kind": "nap"}, {"stepId": "g", "kind": "gives.up"}])
+    header = await started_run(store, plan)
+    runner = StepRunner(store, registry_with(nap=nap, gives_up=gives_up))
+    token = CancelToken()
+    task = asyncio.create_task(runner.run(invocation(header, plan, "n"), token))
+    await asyncio.wait_for(entered.wait(), WAIT_S)
+    token.cancel("pause")
+    napped = await asyncio.wait_for(task, WAIT_S)
+    gave_up = await runner.run(invocation(header, plan, "g"))
+    assert napped.error is not None
+    assert napped.error.message == "step was cancelled: pause"
+    assert gave_up.status == "cancelled"
+    assert gave_up.error is not None
+    assert gave_up.error.message == "step was cancelled: upstream went away"
 
 
 async def test_token_cancelled_before_run_never_calls_handler(store: MemoryRunStateStore) -> None:

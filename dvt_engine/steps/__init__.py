@@ -3,6 +3,8 @@
 from dvt_engine.steps.builtins import APPROVAL_KIND, BUILTIN_HANDLERS
 from dvt_engine.steps.context import CancelToken, RunnerStepContext
 from dvt_engine.steps.failure import HandlerFailure, classify
+from dvt_engine.steps.invocation import OutcomeStatus, StepInvocation, StepOutcome
+from dvt_engine.steps.outputs import MAX_OUTPUT_BYTES
 from dvt_engine.steps.registry import (
     ENTRY_POINT_GROUP,
     FunctionStepHandler,
@@ -12,14 +14,7 @@ from dvt_engine.steps.registry import (
     host_registry,
     step_handler,
 )
-from dvt_engine.steps.runner import (
-    MAX_OUTPUT_BYTES,
-    OutcomeStatus,
-    StepInvocation,
-    StepOutcome,
-    StepRunner,
-    gate_timeout_ms,
-)
+from dvt_engine.steps.runner import StepRunner, gate_timeout_ms
 
 __all__ = [
     "APPROVAL_KIND",

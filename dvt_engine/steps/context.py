@@ -12,7 +12,7 @@ from dvt_engine.ports import SecretsProvider, StepContext
 from dvt_engine.secrets import resolve_refs
 
 if TYPE_CHECKING:
-    from dvt_engine.steps.runner import StepInvocation
+    from dvt_engine.steps.invocation import StepInvocation
 
 
 class CancelToken:

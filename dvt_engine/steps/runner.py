@@ -16,28 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import Any
 
 from opentelemetry.trace import Span
-from pydantic import Field, ValidationError
 
-from dvt_engine.errors import (
-    DvtError,
-    ErrorCode,
-    IllegalTransition,
-    StepCancelled,
-    StepFailed,
-    StepOutputTooLarge,
-    StepTimeout,
-)
-from dvt_engine.eventlog import EventFactory, RunIdentity, RunWriter
+from dvt_engine.errors import DvtError, ErrorCode, IllegalTransition, StepCancelled
+from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.idempotency import event_key
-from dvt_engine.models.base import DvtModel, Identifier
 from dvt_engine.models.events import AppendResult, Event, EventType
 from dvt_engine.models.plan import StepSpec
 from dvt_engine.models.snapshot import ArtifactRef, Cost, StepError
@@ -45,8 +34,16 @@ from dvt_engine.ports import RunStateStore, SecretsProvider, StepResult
 from dvt_engine.secrets import EnvSecretsProvider, redact
 from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.context import CancelToken, RunnerStepContext
+from dvt_engine.steps.execute import TokenCancelled, call_handler
 from dvt_engine.steps.failure import classify
-from dvt_engine.steps.registry import HandlerRegistry, as_step_result, default_registry
+from dvt_engine.steps.invocation import (
+    OutcomeStatus,
+    StepInvocation,
+    StepOutcome,
+    outcome_from_event,
+)
+from dvt_engine.steps.outputs import artifact_dicts, checked_artifacts, checked_output
+from dvt_engine.steps.registry import HandlerRegistry, default_registry
 from dvt_engine.telemetry import (
     ATTR_DUPLICATE,
     ATTR_ERROR_CODE,
@@ -56,90 +53,9 @@ from dvt_engine.telemetry import (
     step_span,
 )
 
-MAX_OUTPUT_BYTES = 32 * 1024
 DEFAULT_EMITTED_BY = "step-runner"
 
 logger = logging.getLogger("dvt.steps")
-
-OutcomeStatus = Literal["succeeded", "failed", "retry", "awaiting_approval", "cancelled", "refused"]
-
-
-class StepInvocation(DvtModel):
-    """One engine attempt of one step, as an engine hands it to a worker (JSON-serialisable)."""
-
-    tenant_id: Identifier
-    project_id: Identifier
-    environment_id: Identifier
-    run_id: Identifier
-    plan_id: Identifier
-    plan_version: Identifier
-    step: StepSpec
-    plan_params: dict[str, Any] = Field(default_factory=dict)
-    logical_attempt_id: int = Field(default=1, ge=1)
-    engine_attempt_id: int = Field(default=1, ge=1)
-
-    @classmethod
-    def for_step(
-        cls,
-        identity: RunIdentity,
-        step: StepSpec,
-        *,
-        plan_params: Mapping[str, Any] | None = None,
-        logical_attempt_id: int = 1,
-        engine_attempt_id: int = 1,
-    ) -> StepInvocation:
-        """The invocation of ``step`` in the run ``identity`` (a RunHeader, for instance)."""
-        return cls(
-            tenant_id=identity.tenant_id,
-            project_id=identity.project_id,
-            environment_id=identity.environment_id,
-            run_id=identity.run_id,
-            plan_id=identity.plan_id,
-            plan_version=identity.plan_version,
-            step=step,
-            plan_params=dict(plan_params or {}),
-            logical_attempt_id=logical_attempt_id,
-            engine_attempt_id=engine_attempt_id,
-        )
-
-    @property
-    def step_id(self) -> str:
-        """The step's id."""
-        return self.step.step_id
-
-    def with_engine_attempt(self, engine_attempt_id: int) -> StepInvocation:
-        """The same logical attempt, run again by the engine as attempt ``engine_attempt_id``."""
-        return self.model_copy(update={"engine_attempt_id": engine_attempt_id})
-
-
-class StepOutcome(DvtModel):
-    """What one engine attempt came to, for the engine to act on (JSON-serialisable).
-
-    ``final`` is true when the logical attempt is decided (an event was written or found);
-    ``retry`` means the engine should run attempt ``engine_attempt_id + 1`` after
-    ``retry_delay_ms``; ``duplicate`` means an earlier engine attempt had already decided it.
-    """
-
-    status: OutcomeStatus
-    final: bool
-    step_id: str
-    logical_attempt_id: int
-    engine_attempt_id: int
-    output: Any = None
-    artifacts: tuple[ArtifactRef, ...] = ()
-    error: StepError | None = None
-    retry_delay_ms: int | None = None
-    duplicate: bool = False
-    run_seq: int | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        """True when the step's logical attempt succeeded."""
-        return self.status == "succeeded"
-
-
-class _TokenCancelled(Exception):
-    """The CancelToken fired while the handler ran."""
 
 
 class StepRunner:
@@ -204,16 +120,20 @@ class StepRunner:
         began = time.monotonic()
         try:
             handler = self.registry.get(step.kind)
-            step_result = await _call(handler.run(ctx), token, step.timeout_ms)
+            step_result = await call_handler(handler.run(ctx), token, step.timeout_ms)
         except asyncio.CancelledError:
             # Record the stop even though the task is going away, then let it go.
             with contextlib.suppress(asyncio.CancelledError, DvtError):
                 await asyncio.shield(self._cancelled(inv, "the step's task was cancelled"))
             raise
-        except _TokenCancelled:
+        except TokenCancelled:
             return await self._cancelled(inv, token.reason)
         except StepCancelled as exc:
-            return await self._cancelled(inv, exc.message)
+            # ctx.sleep raises this when the token fires; a handler may also stop on its own.
+            reason = token.reason if token.cancelled else exc.message
+            return await self._cancelled(
+                inv, None if reason is None else str(redact(reason, ctx.resolved_secrets))
+            )
         except Exception as exc:
             return await self._failure(inv, classify(exc, step), ctx.resolved_secrets)
         duration_ms = int((time.monotonic() - began) * 1000)
@@ -228,8 +148,8 @@ class StepRunner:
     ) -> StepOutcome:
         step = inv.step
         try:
-            output = _checked_output(redact(result.output, secrets))
-            artifacts = _checked_artifacts(redact(_artifact_dicts(result.artifacts), secrets))
+            output = checked_output(redact(result.output, secrets))
+            artifacts = checked_artifacts(redact(artifact_dicts(result.artifacts), secrets))
         except DvtError as exc:
             return await self._failure(inv, classify(exc, step), secrets)
         units = result.cost_units
@@ -371,7 +291,7 @@ class StepRunner:
                             etype, invocation.plan_version)
             event = await self.store.get_event_by_key(invocation.tenant_id, invocation.run_id, key)
             if event is not None:
-                return _outcome_from_event(invocation, event)
+                return outcome_from_event(invocation, event)
         return None
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -429,99 +349,12 @@ def gate_timeout_ms(step: StepSpec) -> int | None:
     return None
 
 
-async def _call(work_coro: Any, token: CancelToken, timeout_ms: int | None) -> StepResult:
-    """Run the handler until it ends, the token fires, or the timeout passes."""
-    work: asyncio.Future[Any] = asyncio.ensure_future(work_coro)
-    stop = asyncio.ensure_future(token.wait())
-    try:
-        done, _ = await asyncio.wait(
-            {work, stop},
-            timeout=None if timeout_ms is None else timeout_ms / 1000.0,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-    except asyncio.CancelledError:
-        await _stop(work)
-        raise
-    finally:
-        stop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stop
-    if work in done:
-        if work.cancelled():
-            raise StepCancelled("the handler was cancelled")
-        return as_step_result(work.result())
-    await _stop(work)
-    if stop in done:
-        raise _TokenCancelled
-    raise StepTimeout(
-        f"step ran longer than its timeout of {timeout_ms} ms", details={"timeoutMs": timeout_ms}
-    )
-
-
-async def _stop(work: asyncio.Future[Any]) -> None:
-    """Cancel the handler's task and wait until it has unwound."""
-    work.cancel()
-    with contextlib.suppress(BaseException):
-        await work
-
-
-def _checked_output(output: Any) -> Any:
-    """The output as plain JSON, refused when it is not JSON or larger than 32 KiB."""
-    try:
-        encoded = json.dumps(output, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise StepFailed(f"step output is not JSON: {type(exc).__name__}",
-                         retryable=False) from exc
-    size = len(encoded.encode("utf-8"))
-    if size > MAX_OUTPUT_BYTES:
-        raise StepOutputTooLarge(
-            f"step output is {size} bytes, more than {MAX_OUTPUT_BYTES}; put data in artifacts",
-            details={"sizeBytes": size, "limitBytes": MAX_OUTPUT_BYTES},
-        )
-    return json.loads(encoded)
-
-
-def _artifact_dicts(artifacts: Sequence[Any]) -> list[Any]:
-    return [a.model_dump(mode="json") if isinstance(a, ArtifactRef) else a for a in artifacts]
-
-
-def _checked_artifacts(artifacts: list[Any]) -> list[ArtifactRef]:
-    checked: list[ArtifactRef] = []
-    for index, item in enumerate(artifacts):
-        try:
-            checked.append(ArtifactRef.model_validate(item))
-        except ValidationError as exc:
-            raise StepFailed(
-                f"artifact {index} is not an artifact reference {{uri, kind, sha256?, sizeBytes?}}",
-                details={"index": index, "errors": [e["msg"] for e in exc.errors()[:5]]},
-                retryable=False,
-            ) from exc
-    return checked
-
-
 def _refused(inv: StepInvocation, exc: IllegalTransition) -> StepOutcome:
     return StepOutcome(
         status="refused", final=True, step_id=inv.step_id,
         logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
         error=StepError(code=str(exc.code), message=exc.message, retryable=False),
     )
-
-
-def _outcome_from_event(inv: StepInvocation, event: Event) -> StepOutcome:
-    common: dict[str, Any] = {
-        "final": True, "step_id": inv.step_id, "logical_attempt_id": inv.logical_attempt_id,
-        "engine_attempt_id": inv.engine_attempt_id, "duplicate": True, "run_seq": event.run_seq,
-    }
-    payload = event.payload
-    if event.event_type == EventType.STEP_COMPLETED:
-        artifacts = tuple(ArtifactRef.model_validate(a) for a in payload.get("artifacts") or ())
-        return StepOutcome(status="succeeded", output=payload.get("output"),
-                           artifacts=artifacts, **common)
-    raw = payload.get("error")
-    error = StepError.model_validate(raw) if isinstance(raw, Mapping) else StepError(
-        code=str(ErrorCode.STEP_FAILED), message="", retryable=False)
-    status: OutcomeStatus = "cancelled" if error.code == ErrorCode.STEP_CANCELLED else "failed"
-    return StepOutcome(status=status, error=error, **common)
 
 
 def _mark(span: Span, outcome: StepOutcome) -> None:
