@@ -1,0 +1,299 @@
+"""The reference engine: executes plans in-process with asyncio.
+
+It is the executable form of the contract and the oracle of the parity suite. Each run is a
+driver task that feeds a RunInterpreter and carries out its commands; each logical attempt is a
+task that calls the shared StepRunner, retrying with the step's exponential backoff. Independent
+steps run concurrently. State lives in the store; a process restart loses runs in flight (use a
+durable engine when that matters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from dvt_engine.engine_base import BaseEngine
+from dvt_engine.errors import RunNotFound
+from dvt_engine.eventlog import EventFactory, RunWriter
+from dvt_engine.interpreter import (
+    CancelSteps,
+    Command,
+    ExpireGate,
+    Finish,
+    ResolveGate,
+    RunInterpreter,
+    StartStep,
+    StartTimer,
+    WriteRunEvent,
+    WriteStepEvent,
+)
+from dvt_engine.models.events import EventType
+from dvt_engine.models.plan import ExecutionPlan
+from dvt_engine.models.run import (
+    EngineRunRef,
+    ReferenceRunRef,
+    RunHeader,
+    RunStatus,
+    RunStatusSnapshot,
+)
+from dvt_engine.models.snapshot import StepError
+from dvt_engine.planning.capabilities import ENGINE_CAPABILITIES
+from dvt_engine.signals.service import AcceptedSignal
+from dvt_engine.steps import CancelToken, StepInvocation, StepOutcome, StepRunner
+
+CANCELLED = "run cancelled"
+
+
+class ReferenceEngine(BaseEngine):
+    """In-process engine; ``open_engine("reference", store=store)``."""
+
+    name = "reference"
+    capabilities = frozenset(ENGINE_CAPABILITIES["reference"])
+
+    def __init__(self, store: Any, *, cancel_in_flight_on_pause: bool = False, **options: Any):
+        super().__init__(store, **options)
+        self.instance_id = uuid.uuid4().hex
+        self.cancel_in_flight_on_pause = cancel_in_flight_on_pause
+        self.runner = StepRunner(store, self.registry, secrets=self.secrets)
+        self._drivers: dict[str, _RunDriver] = {}
+
+    def run_ref_for(self, header: RunHeader) -> ReferenceRunRef:
+        """Reference runs are named by this engine instance and the dvt runId."""
+        return ReferenceRunRef(instance_id=self.instance_id, run_id=header.run_id)
+
+    async def launch(self, header: RunHeader, plan: ExecutionPlan) -> EngineRunRef:
+        """Start the run's driver task."""
+        ref = self.run_ref_for(header)
+        if header.run_id in self._drivers:
+            return ref
+        driver = _RunDriver(self, header, plan, ref)
+        self._drivers[header.run_id] = driver
+        driver.task = asyncio.create_task(driver.main(), name=f"dvt-run-{header.run_id}")
+        return ref
+
+    async def apply_signal(
+        self, header: RunHeader, run_ref: EngineRunRef, accepted: AcceptedSignal
+    ) -> None:
+        """Queue an accepted signal for the run's driver."""
+        self._driver(header.run_id).inbox.put_nowait(("signal", accepted))
+
+    async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:
+        """Cooperative cancel: running steps are asked to stop, then RunCancelled."""
+        self._driver(_run_id(run_ref)).inbox.put_nowait(("cancel", reason))
+
+    async def get_run_status(self, run_ref: EngineRunRef) -> RunStatusSnapshot:
+        """The driver's view of the run (the store's snapshot is the truth)."""
+        driver = self._driver(_run_id(run_ref))
+        snap = await self.store.get_snapshot(driver.header.tenant_id, driver.header.run_id)
+        status = driver.interp.status if snap is None else snap.status
+        return RunStatusSnapshot(
+            run_id=driver.header.run_id,
+            status=status,
+            substatus=None if snap is None else snap.substatus,
+            started_at=None if snap is None else snap.started_at,
+            completed_at=None if snap is None else snap.completed_at,
+        )
+
+    async def wait_idle(self) -> None:
+        """Wait until every run driver of this engine has finished."""
+        tasks = [d.task for d in self._drivers.values() if d.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop every driver and step task of this engine."""
+        for driver in list(self._drivers.values()):
+            await driver.stop()
+        self._drivers.clear()
+
+    def _driver(self, run_id: str) -> _RunDriver:
+        driver = self._drivers.get(run_id)
+        if driver is None:
+            raise RunNotFound(f"run {run_id!r} is not running on this engine",
+                              details={"runId": run_id})
+        return driver
+
+
+def _run_id(run_ref: EngineRunRef) -> str:
+    if not isinstance(run_ref, ReferenceRunRef):
+        raise RunNotFound("not a reference engine run", details={"provider": run_ref.provider})
+    return run_ref.run_id
+
+
+@dataclass
+class _Gate:
+    invocation: StepInvocation
+
+
+@dataclass
+class _RunDriver:
+    engine: ReferenceEngine
+    header: RunHeader
+    plan: ExecutionPlan
+    ref: ReferenceRunRef
+    inbox: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    steps: dict[str, tuple[asyncio.Task[None], CancelToken]] = field(default_factory=dict)
+    gates: dict[str, _Gate] = field(default_factory=dict)
+    timers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.interp = RunInterpreter(self.plan)
+        self.writer = RunWriter(self.engine.store, self.header)
+        self.factory = EventFactory(self.header, "engine", clock=self.engine.clock)
+
+    async def main(self) -> None:
+        started = self.factory.run_event(
+            EventType.RUN_STARTED,
+            {"engine": self.engine.name, "engineRunRef": self.ref.model_dump(mode="json")},
+        )
+        await self.writer.append(started)
+        await self.execute(self.interp.begin())
+        while not self.interp.is_finished:
+            message = await self.inbox.get()
+            await self.execute(self.handle(message))
+        for timer in self.timers:
+            timer.cancel()
+
+    def handle(self, message: tuple[Any, ...]) -> list[Command]:
+        kind = message[0]
+        if kind == "settled":
+            _, step_id, attempt, outcome, error = message
+            return self.interp.step_settled(step_id, attempt, outcome, error)
+        if kind == "awaiting":
+            return self.interp.step_awaiting_approval(message[1])
+        if kind == "signal":
+            accepted: AcceptedSignal = message[1]
+            return self.interp.signal_accepted(
+                accepted.type, accepted.payload, signal_id=accepted.signal_id,
+                actor_id=accepted.actor.id,
+            )
+        if kind == "cancel":
+            return self.interp.cancel(message[1])
+        if kind == "timer":
+            return self.interp.timer_fired(message[1])
+        raise AssertionError(f"unknown driver message {kind!r}")
+
+    async def execute(self, commands: list[Command]) -> None:
+        for command in commands:
+            await self._execute_one(command)
+
+    async def _execute_one(self, command: Command) -> None:
+        if isinstance(command, StartStep):
+            token = CancelToken()
+            task = asyncio.create_task(
+                self._run_step(command.step_id, command.logical_attempt_id, token)
+            )
+            self.steps[command.step_id] = (task, token)
+        elif isinstance(command, CancelSteps):
+            for step_id in command.step_ids:
+                await self._cancel_step(step_id, command.reason)
+        elif isinstance(command, WriteRunEvent):
+            await self.writer.append(
+                self.factory.run_event(
+                    command.event_type, dict(command.payload),
+                    discriminator=command.discriminator,
+                    caused_by_signal_id=command.caused_by_signal_id,
+                )
+            )
+        elif isinstance(command, WriteStepEvent):
+            await self.writer.append(
+                self.factory.step_event(
+                    command.event_type, command.step_id, dict(command.payload),
+                    logical_attempt_id=command.logical_attempt_id,
+                    caused_by_signal_id=command.caused_by_signal_id,
+                )
+            )
+        elif isinstance(command, ResolveGate):
+            gate = self.gates.pop(command.step_id)
+            outcome = await self.engine.runner.complete_gate(
+                gate.invocation, approve=command.approve, approver=command.approver,
+                comment=command.comment, signal_id=command.signal_id,
+            )
+            self._settle(command.step_id, command.logical_attempt_id, outcome)
+        elif isinstance(command, ExpireGate):
+            gate = self.gates.pop(command.step_id)
+            outcome = await self.engine.runner.expire_gate(gate.invocation)
+            self._settle(command.step_id, command.logical_attempt_id, outcome)
+        elif isinstance(command, StartTimer):
+            self.timers.append(asyncio.create_task(self._timer(command.name, command.delay_ms)))
+        elif isinstance(command, Finish):
+            await self.writer.append(
+                self.factory.run_event(command.event_type, dict(command.payload))
+            )
+
+    def _invocation(self, step_id: str, attempt: int, engine_attempt: int) -> StepInvocation:
+        h = self.header
+        return StepInvocation(
+            tenant_id=h.tenant_id, project_id=h.project_id, environment_id=h.environment_id,
+            run_id=h.run_id, plan_id=h.plan_id, plan_version=h.plan_version,
+            step=self.plan.step(step_id), plan_params={**self.plan.params, **h.params},
+            logical_attempt_id=attempt, engine_attempt_id=engine_attempt,
+        )
+
+    async def _run_step(self, step_id: str, attempt: int, token: CancelToken) -> None:
+        engine_attempt = 1
+        while True:
+            invocation = self._invocation(step_id, attempt, engine_attempt)
+            outcome = await self.engine.runner.run(invocation, cancel=token)
+            if outcome.status == "retry":
+                delay = (outcome.retry_delay_ms or 0) / 1000
+                if await _cancelled_within(token, delay):
+                    outcome = await self.engine.runner.cancel_step(invocation, reason=CANCELLED)
+                else:
+                    engine_attempt += 1
+                    continue
+            if outcome.status == "awaiting_approval":
+                if token.cancelled:
+                    outcome = await self.engine.runner.cancel_step(invocation, reason=CANCELLED)
+                else:
+                    self.gates[step_id] = _Gate(invocation)
+                    self.inbox.put_nowait(("awaiting", step_id))
+                    return
+            self._settle(step_id, attempt, outcome)
+            return
+
+    def _settle(self, step_id: str, attempt: int, outcome: StepOutcome) -> None:
+        status = outcome.status
+        settled = status if status in ("succeeded", "failed", "cancelled", "refused") else "failed"
+        error = outcome.error or (StepError(code="STEP_FAILED", message=status)
+                                  if settled == "failed" else None)
+        self.inbox.put_nowait(("settled", step_id, attempt, settled, error))
+
+    async def _cancel_step(self, step_id: str, reason: str) -> None:
+        gate = self.gates.pop(step_id, None)
+        if gate is not None:
+            outcome = await self.engine.runner.cancel_step(gate.invocation, reason=reason)
+            self._settle(step_id, gate.invocation.logical_attempt_id, outcome)
+            return
+        running = self.steps.get(step_id)
+        if running is not None:
+            running[1].cancel(reason)
+
+    async def _timer(self, name: str, delay_ms: int) -> None:
+        await asyncio.sleep(delay_ms / 1000)
+        self.inbox.put_nowait(("timer", name))
+
+    async def stop(self) -> None:
+        tasks = [t for t, _ in self.steps.values()] + self.timers
+        if self.task is not None:
+            tasks.append(self.task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _cancelled_within(token: CancelToken, seconds: float) -> bool:
+    """Wait up to ``seconds``; True as soon as the token is cancelled."""
+    if token.cancelled:
+        return True
+    try:
+        await asyncio.wait_for(token.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+__all__ = ["ReferenceEngine", "RunStatus"]
