@@ -53,6 +53,15 @@ from dvt_engine.telemetry import (
     step_span,
 )
 
+__all__ = [
+    "DEFAULT_EMITTED_BY",
+    "OutcomeStatus",
+    "StepInvocation",
+    "StepOutcome",
+    "StepRunner",
+    "gate_timeout_ms",
+]
+
 DEFAULT_EMITTED_BY = "step-runner"
 
 logger = logging.getLogger("dvt.steps")
