@@ -23,6 +23,7 @@ from dvt_engine.errors import (
     IllegalTransition,
     RunNotFound,
     RunTerminal,
+    SchemaValidationFailed,
     SignalInvalidPayload,
     SignalRateLimited,
     SignalUnauthorized,
@@ -766,6 +767,16 @@ async def test_accepted_signal_is_json_safe(
     typed = accepted.typed_payload()
     assert isinstance(typed, ApproveStepPayload)
     assert typed.decision == "approve"
+
+
+def test_unreadable_decision_record_is_a_coded_error() -> None:
+    header = make_header("r-corrupt")
+    event = EventFactory(header, "operator").signal_event(
+        "SignalAccepted", signal_key(TENANT, "r-corrupt", "s"), {"signalId": "s"}
+    ).model_copy(update={"run_seq": 3, "persisted_at": datetime.now(UTC)})
+    with pytest.raises(SchemaValidationFailed) as info:
+        decision_from_record(event)
+    assert info.value.details["runSeq"] == 3
 
 
 # --- RETRY_RUN --------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from dvt_engine import telemetry
-from dvt_engine.errors import ErrorCode, RunNotFound
+from dvt_engine.errors import ErrorCode, RunNotFound, SchemaValidationFailed
 from dvt_engine.eventlog import EventFactory, utc_now
 from dvt_engine.idempotency import signal_key
 from dvt_engine.models.base import DvtModel, StrictModel
@@ -300,7 +302,14 @@ class _Record:
 
 def decision_from_record(event: Event, *, duplicate: bool = True) -> SignalDecision:
     """Rebuild the decision a SignalAccepted/SignalRejected record holds."""
-    body = SignalDecisionPayload.model_validate(event.payload)
+    try:
+        body = SignalDecisionPayload.model_validate(event.payload)
+    except ValidationError as exc:
+        raise SchemaValidationFailed(
+            f"the decision record at runSeq {event.run_seq} cannot be read",
+            details={"runId": event.run_id, "runSeq": event.run_seq,
+                     "eventType": event.event_type},
+        ) from exc
     accepted = event.event_type == EventType.SIGNAL_ACCEPTED
     new_run_id = None
     if accepted and not body.no_op and body.signal_type == SignalType.RETRY_RUN:
