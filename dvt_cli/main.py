@@ -226,11 +226,13 @@ def rebuild(**kw: Any) -> None:
 @cli.command()
 @click.option("--engine", envvar="DVT_ENGINE", required=True,
               type=click.Choice(["temporal", "conductor"]), help="Engine whose workers to run.")
+@click.option("--queue", "queues", multiple=True,
+              help="Serve only these step task queues (repeatable; default: every queue).")
 @_store_options
-def worker(engine: str, **kw: Any) -> None:
+def worker(engine: str, queues: tuple[str, ...], **kw: Any) -> None:
     """Run an engine's workers until Ctrl-C or SIGTERM (running steps finish first)."""
     settings = _settings(kw, engine)
-    execute(settings.json, lambda: ops.worker(settings, engine))
+    execute(settings.json, lambda: ops.worker(settings, engine, queues))
 
 
 @cli.group()

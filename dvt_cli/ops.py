@@ -178,8 +178,9 @@ def _pg_url(settings: Settings) -> str:
 
 async def migrate(settings: Settings) -> int:
     """Apply the store's migrations (idempotent, safe to run concurrently)."""
+    url = _pg_url(settings)
     admin = _module("dvt_statestore_pg.admin", "the PostgreSQL store", "postgres")
-    result = _plain(await _maybe_await(admin.migrate(_pg_url(settings))))
+    result = _plain(await _maybe_await(admin.migrate(url)))
     if settings.json:
         out.emit_json({"migrated": result})
     else:
@@ -189,8 +190,9 @@ async def migrate(settings: Settings) -> int:
 
 async def rebuild(settings: Settings) -> int:
     """Recompute every stored snapshot from the event log."""
+    url = _pg_url(settings)
     admin = _module("dvt_statestore_pg.admin", "the PostgreSQL store", "postgres")
-    result = _plain(await _maybe_await(admin.rebuild(_pg_url(settings))))
+    result = _plain(await _maybe_await(admin.rebuild(url)))
     if settings.json:
         out.emit_json({"rebuilt": result})
     else:
@@ -201,7 +203,7 @@ async def rebuild(settings: Settings) -> int:
 # --- worker -------------------------------------------------------------------------------
 
 
-async def worker(settings: Settings, engine_name: str) -> int:
+async def worker(settings: Settings, engine_name: str, queues: tuple[str, ...] = ()) -> int:
     """Run an engine's workers until SIGINT/SIGTERM, then drain and exit."""
     settings = resolve(settings)
     if (settings.store_url or "memory://").startswith("memory:"):
@@ -226,16 +228,20 @@ async def worker(settings: Settings, engine_name: str) -> int:
                 click.echo(f"dvt worker: {engine_name} at {address}; Ctrl-C stops after "
                            "running steps finish")
                 out.flush()
-            await _serve(engine_name, engine, stop)
+            await _serve(engine_name, engine, stop, queues)
         finally:
             await engine.close()
     return out.EXIT_OK
 
 
-async def _serve(engine_name: str, engine: Any, stop: asyncio.Event) -> None:
+async def _serve(engine_name: str, engine: Any, stop: asyncio.Event,
+                 queues: tuple[str, ...]) -> None:
     serve = getattr(engine, "serve_workers", None)
     if serve is not None:
-        await serve(stop=stop)
+        if queues:
+            await serve(stop=stop, queues=list(queues))
+        else:
+            await serve(stop=stop)
         return
     if engine_name == "temporal":
         worker_mod = _module("dvt_adapters_temporal.worker", "the Temporal worker host", "temporal")

@@ -1,0 +1,296 @@
+"""The `dvt` command on the reference engine and the memory store: exit codes, JSON shapes of
+contract section 13, coded errors with hints and no traceback, options from the environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import PLANS, Result, invoke
+
+from dvt_cli import ops, runs, settings
+from dvt_engine.checksum import snapshot_checksum
+from dvt_engine.errors import UsageError
+from dvt_engine.models.signals import Role
+from dvt_engine.models.snapshot import RunSnapshot
+
+RUN_KEYS = {"runId", "status", "snapshot", "snapshotChecksum"}
+
+
+@pytest.fixture
+def dvt(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Any:
+    """``dvt(*args, **env)``: the reference engine, a private DVT_HOME, nothing else set."""
+
+    def call(*args: str, **env: str) -> Result:
+        base = {"DVT_HOME": str(tmp_path / "home"), "DVT_ENGINE": "reference"}
+        return invoke(capsys, list(args), {**base, **env})
+
+    return call
+
+
+def write_plan(tmp_path: Path, steps: list[dict[str, Any]], **metadata: Any) -> str:
+    plan = {"metadata": {"planId": "t", "planVersion": "1", "schemaVersion": "v1.2", **metadata},
+            "steps": steps}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    return str(path)
+
+
+def assert_error(result: Result, code: str) -> dict[str, Any]:
+    assert result.code == 2, result
+    doc = result.json()
+    assert set(doc) == {"error"}
+    assert set(doc["error"]) == {"code", "message", "details"}
+    assert doc["error"]["code"] == code, doc
+    assert isinstance(doc["error"]["message"], str)
+    assert doc["error"]["message"]
+    assert "Traceback" not in result.stderr
+    error: dict[str, Any] = doc["error"]
+    return error
+
+
+def test_help_lists_every_command(dvt: Any) -> None:
+    result = dvt("--help")
+    assert result.code == 0
+    for name in ("run", "validate", "status", "events", "signal", "parity", "runs", "migrate",
+                 "store", "worker", "dev"):
+        assert f"  {name} " in result.stdout
+
+
+def test_run_json_is_the_contract_shape(dvt: Any) -> None:
+    result = dvt("run", str(PLANS / "one-step.json"), "--json", "--run-id", "r-one")
+    assert result.code == 0, result
+    doc = result.json()
+    assert set(doc) == RUN_KEYS
+    assert doc["runId"] == "r-one"
+    assert doc["status"] == "COMPLETED"
+    snapshot = RunSnapshot.model_validate(doc["snapshot"])
+    assert snapshot.run_id == "r-one"
+    assert doc["snapshotChecksum"] == snapshot_checksum(snapshot)
+    step = snapshot.step("hello")
+    assert step.status == "SUCCESS"
+    assert step.output == {"greeting": "hello", "n": 1}
+    # Nothing but the document on stdout, so scripts can parse it.
+    assert len(result.stdout.strip().splitlines()) == 1
+
+
+def test_run_for_people_shows_progress_and_snapshot(dvt: Any) -> None:
+    result = dvt("run", str(PLANS / "diamond.json"))
+    assert result.code == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("run ")
+    assert "started on reference" in lines[0]
+    started = [line for line in lines if "StepStarted" in line]
+    assert {line.split("] ", 1)[1].split(":")[0] for line in started} == {"a", "b", "c", "d"}
+    assert any("run: RunCompleted" in line for line in lines)
+    assert any(line.startswith("checksum ") for line in lines)
+    assert "in-memory store" in result.stderr
+
+
+def test_run_that_fails_exits_1(dvt: Any, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, [{"stepId": "boom", "kind": "fail",
+                                  "params": {"code": "BAD_SQL", "retryable": False}}])
+    result = dvt("run", plan, "--json")
+    assert result.code == 1, result
+    doc = result.json()
+    assert doc["status"] == "FAILED"
+    assert doc["snapshot"]["failure"]["stepId"] == "boom"
+    assert doc["snapshot"]["steps"][0]["error"]["code"] == "BAD_SQL"
+
+
+@pytest.mark.parametrize(
+    ("plan", "code"),
+    [
+        ("schema-invalid.json", "SCHEMA_VALIDATION_FAILED"),
+        ("cycle.json", "PLAN_INVALID"),
+        ("unknown-kind.json", "STEP_KIND_UNKNOWN"),
+        ("unknown-schema-version.json", "PLAN_SCHEMA_VERSION_UNSUPPORTED"),
+        ("capability-reject.json", "CAPABILITY_NOT_SUPPORTED"),
+    ],
+)
+def test_refused_plan_exits_2_with_the_error_document(dvt: Any, plan: str, code: str) -> None:
+    result = dvt("run", str(PLANS / plan), "--json")
+    error = assert_error(result, code)
+    assert "retryable" in error["details"]
+
+
+def test_errors_for_people_show_code_and_hint_without_traceback(dvt: Any) -> None:
+    result = dvt("run", str(PLANS / "cycle.json"))
+    assert result.code == 2
+    assert "error PLAN_INVALID:" in result.stderr
+    assert "hint: Run `dvt validate PLAN`" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_plan_file_is_a_usage_error(dvt: Any, tmp_path: Path) -> None:
+    error = assert_error(dvt("run", str(tmp_path / "nope.json"), "--json"), "USAGE_ERROR")
+    assert error["details"]["path"].endswith("nope.json")
+    human = dvt("run", str(tmp_path / "nope.json"))
+    assert human.code == 2
+    assert "error USAGE_ERROR" in human.stderr
+    assert "hint:" in human.stderr
+
+
+def test_click_usage_errors_are_coded_too(dvt: Any) -> None:
+    assert_error(dvt("run", "--json"), "USAGE_ERROR")
+    bad_engine = dvt("run", "x.json", "--engine", "nomad")
+    assert bad_engine.code == 2
+    assert "error USAGE_ERROR" in bad_engine.stderr
+    assert "hint: see `dvt run --help`" in (
+        bad_engine.stderr)
+
+
+def test_validate_reports_as_data(dvt: Any) -> None:
+    ok = dvt("validate", str(PLANS / "diamond.json"), "--json")
+    assert ok.code == 0, ok
+    report = ok.json()
+    assert report["ok"] is True
+    assert report["engine"] == "reference"
+    assert report["planId"] == "diamond"
+    bad = dvt("validate", str(PLANS / "cycle.json"), "--json")
+    assert bad.code == 2
+    report = bad.json()
+    assert report["ok"] is False
+    assert "PLAN_INVALID" in {i["code"] for i in report["issues"]}
+    human = dvt("validate", str(PLANS / "cycle.json"))
+    assert human.code == 2
+    assert "cannot run on reference" in human.stdout
+    assert "error PLAN_INVALID" in human.stdout
+
+
+def test_identity_comes_from_the_environment_and_options_win(dvt: Any) -> None:
+    env = {"DVT_TENANT": "acme", "DVT_PROJECT": "dw", "DVT_ENVIRONMENT": "prod"}
+    snap = dvt("run", str(PLANS / "one-step.json"), "--json", **env).json()["snapshot"]
+    assert (snap["tenantId"], snap["projectId"], snap["environmentId"]) == ("acme", "dw", "prod")
+    snap = dvt("run", str(PLANS / "one-step.json"), "--json", "--tenant", "other",
+               **env).json()["snapshot"]
+    assert snap["tenantId"] == "other"
+
+
+def test_engine_comes_from_the_environment(dvt: Any) -> None:
+    result = dvt("run", str(PLANS / "one-step.json"), "--json", DVT_ENGINE="conductorx")
+    assert_error(result, "USAGE_ERROR")
+
+
+def test_hostile_identity_is_refused_with_its_code(dvt: Any) -> None:
+    result = dvt("run", str(PLANS / "one-step.json"), "--json", DVT_TENANT="a|b")
+    error = assert_error(result, "IDENTIFIER_INVALID")
+    assert error["details"]["field"] == "tenant"
+
+
+def test_status_of_an_unknown_run_explains_the_memory_store(dvt: Any) -> None:
+    error = assert_error(dvt("status", "no-such-run", "--json"), "RUN_NOT_FOUND")
+    assert "in-memory store" in error["details"]["hint"]
+    events = dvt("events", "no-such-run")
+    assert events.code == 2
+    assert "RUN_NOT_FOUND" in events.stderr
+
+
+def test_detach_needs_a_lasting_store(dvt: Any) -> None:
+    error = assert_error(dvt("run", str(PLANS / "one-step.json"), "--detach", "--json"),
+                         "USAGE_ERROR")
+    assert "dvt dev up" in error["details"]["hint"]
+
+
+def test_parity_of_two_reference_engines_is_equal(dvt: Any) -> None:
+    result = dvt("parity", str(PLANS / "diamond.json"), "--engines", "reference,reference",
+                 "--json")
+    assert result.code == 0, result
+    doc = result.json()
+    assert set(doc) == {"equal", "checksums", "differences"}
+    assert doc["equal"] is True
+    assert doc["differences"] == []
+    assert len(doc["checksums"]) == 2
+    assert len(set(doc["checksums"].values())) == 1
+
+
+def test_parity_needs_two_engines(dvt: Any) -> None:
+    assert_error(dvt("parity", str(PLANS / "diamond.json"), "--engines", "reference", "--json"),
+                 "USAGE_ERROR")
+
+
+def test_parity_document_with_differences_is_not_equal() -> None:
+    from contract_tests.parity import Difference, ParityReport
+
+    same = ParityReport(labels=("a", "b"), checksums={"a": "1", "b": "1"})
+    other = ParityReport(labels=("a", "c"), checksums={"a": "1", "c": "2"},
+                         differences=[Difference("checksum", "snapshot checksums differ")])
+    merged = ops.merge_parity([same, other])
+    assert merged["equal"] is False
+    assert merged["checksums"] == {"a": "1", "b": "1", "c": "2"}
+    assert merged["differences"][0]["kind"] == "checksum"
+    assert ops.merge_parity([same])["equal"] is True
+
+
+def test_default_engine_falls_back_with_a_notice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "engine_importable", lambda name: False)
+    name, notice = settings.choose_engine(None)
+    assert name == "reference"
+    assert notice is not None
+    assert "dvt[temporal]" in notice
+    monkeypatch.setattr(settings, "engine_importable", lambda name: name == "temporal")
+    assert settings.choose_engine(None) == ("temporal", None)
+    assert settings.choose_engine("conductor") == ("conductor", None)
+
+
+def test_roles_parse_and_unknown_roles_are_refused() -> None:
+    assert settings.parse_roles(None) == (Role.ADMIN, Role.APPROVER)
+    assert settings.parse_roles("operator, Engineer,operator") == (Role.OPERATOR, Role.ENGINEER)
+    with pytest.raises(UsageError) as caught:
+        settings.parse_roles("root")
+    assert caught.value.details["role"] == "root"
+
+
+@pytest.mark.parametrize(
+    ("action", "step", "reason", "payload"),
+    [
+        ("pause", None, "lunch", {"reason": "lunch"}),
+        ("resume", None, None, {}),
+        ("cancel", None, None, {}),
+        ("retry-step", "s", "fixed", {"stepId": "s", "reason": "fixed"}),
+        ("skip-step", "s", None, {"stepId": "s"}),
+        ("approve", "gate", "ok", {"stepId": "gate", "decision": "approve", "comment": "ok"}),
+        ("reject", "gate", None, {"stepId": "gate", "decision": "reject"}),
+    ],
+)
+def test_signal_payloads(action: str, step: str | None, reason: str | None,
+                         payload: dict[str, Any]) -> None:
+    options = runs.SignalOptions(run_id="r", action=action, step_id=step, reason=reason)
+    assert runs.signal_payload(options) == payload
+
+
+def test_signal_step_argument_is_checked(dvt: Any) -> None:
+    with pytest.raises(UsageError):
+        runs.signal_payload(runs.SignalOptions(run_id="r", action="approve"))
+    with pytest.raises(UsageError):
+        runs.signal_payload(runs.SignalOptions(run_id="r", action="pause", step_id="s"))
+    result = dvt("signal", "r", "retry-step", "--json")
+    assert_error(result, "USAGE_ERROR")
+
+
+def test_signal_to_an_unknown_run(dvt: Any) -> None:
+    assert_error(dvt("signal", "ghost", "pause", "--json"), "RUN_NOT_FOUND")
+
+
+def test_unknown_role_from_the_environment(dvt: Any) -> None:
+    assert_error(dvt("signal", "ghost", "pause", "--json", DVT_ROLES="root"), "USAGE_ERROR")
+
+
+def test_store_commands_need_postgresql(dvt: Any) -> None:
+    for args in (["migrate"], ["store", "rebuild"]):
+        error = assert_error(dvt(*args, "--json", DVT_STORE_URL="memory://"), "USAGE_ERROR")
+        assert "postgresql" in error["details"]["hint"]
+
+
+def test_unknown_store_scheme(dvt: Any) -> None:
+    assert_error(dvt("status", "r", "--json", "--store", "redis://x"), "STORE_NOT_FOUND")
+
+
+def test_dev_status_with_nothing_running(dvt: Any) -> None:
+    result = dvt("dev", "status", "--json")
+    assert result.code == 0, result
+    status = result.json()
+    assert set(status) == {"postgres", "temporal", "conductor"}
+    assert not any(part["running"] for part in status.values())
