@@ -221,10 +221,10 @@ class SignalService:
             type=request.type,
             run_id=request.run_id,
             accepted=False,
-            error_code=ErrorCode.SIGNAL_RATE_LIMITED,
+            error_code=str(ErrorCode.SIGNAL_RATE_LIMITED),
             message=(
-                f"more than {self.limiter.limit} signals for this run within a minute; "
-                f"retry the same signalId in {wait:.0f}s"
+                f"this run already had {self.limiter.limit} signals within the last minute; "
+                f"retry the same signalId in {max(1, round(wait))}s"
             ),
         )
         _log.warning("signal %s on run %r rate limited", request.signal_id, request.run_id)
