@@ -26,6 +26,9 @@ from dvt_cli.settings import EngineAddresses, dvt_home
 from dvt_engine.errors import EngineUnavailable, StoreUnavailable, UsageError
 
 PG_STATE = "postgres.json"
+# The files the Temporal and Conductor dev-server managers record their servers in.
+TEMPORAL_PID_FILE = "temporal-dev.json"
+CONDUCTOR_STATE_FILE = "server.json"
 PG_START_TIMEOUT_S = 60.0
 PG_STOP_TIMEOUT_S = 30.0
 DEV_SCHEMA = "dvt"
@@ -58,6 +61,9 @@ def temporal_up() -> dict[str, Any]:
 
 def temporal_status() -> dict[str, Any]:
     """The background Temporal dev server, if it runs."""
+    if not (temporal_state_dir() / TEMPORAL_PID_FILE).exists():
+        # Nothing recorded: no need to import the SDK just to learn that.
+        return {"running": False}
     try:
         devserver = importlib.import_module("dvt_adapters_temporal.devserver")
     except ImportError:
@@ -87,6 +93,8 @@ def conductor_up() -> dict[str, Any]:
 
 def conductor_status() -> dict[str, Any]:
     """The background Conductor server, if it runs."""
+    if not (dvt_home() / "conductor" / CONDUCTOR_STATE_FILE).exists():
+        return {"running": False}
     try:
         server = importlib.import_module("dvt_adapters_conductor.server")
     except ImportError:

@@ -1,0 +1,74 @@
+"""The installed `dvt` command as a real process: exit codes, stdout/stderr, environment, and the
+README's host-application example run as written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from cli_helpers import CLI_ENV, PLANS, REPO
+
+TIMEOUT_S = 120
+
+
+def dvt(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in CLI_ENV}
+    clean.update({"DVT_HOME": str(cwd / "home"), **env})
+    return subprocess.run([sys.executable, "-m", "dvt_cli", *args], cwd=cwd, env=clean,
+                          capture_output=True, text=True, timeout=TIMEOUT_S,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "dvt"
+    assert script.exists(), f"the dvt console script is missing next to {sys.executable}"
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, check=False)
+    assert done.returncode == 0
+    assert done.stdout.startswith("dvt, version ")
+
+
+def test_run_completed_and_failed_as_a_process(tmp_path: Path) -> None:
+    ok = dvt("run", str(PLANS / "fan-out-fan-in.json"), "--json", cwd=tmp_path,
+             DVT_ENGINE="reference")
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["status"] == "COMPLETED"
+    assert all(s["status"] == "SUCCESS" for s in doc["snapshot"]["steps"])
+    plan = tmp_path / "fail.json"
+    plan.write_text(json.dumps({
+        "metadata": {"planId": "f", "planVersion": "1", "schemaVersion": "v1.2"},
+        "steps": [{"stepId": "x", "kind": "fail", "params": {"code": "E1"}}]}))
+    failed = dvt("run", str(plan), cwd=tmp_path, DVT_ENGINE="reference")
+    assert failed.returncode == 1, failed.stderr
+    assert "FAILED" in failed.stdout
+    assert "Traceback" not in failed.stderr
+
+
+def test_refused_plan_as_a_process(tmp_path: Path) -> None:
+    done = dvt("run", str(PLANS / "unknown-kind.json"), cwd=tmp_path, DVT_ENGINE="reference")
+    assert done.returncode == 2
+    assert "error STEP_KIND_UNKNOWN:" in done.stderr
+    assert "hint: Register a handler" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_readme_host_example_runs_as_written(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README has no python example"
+    example = blocks[0]
+    assert len(example.strip().splitlines()) <= 25
+    (tmp_path / "example.py").write_text(example)
+    (tmp_path / "plan.json").write_text(json.dumps({
+        "metadata": {"planId": "marts", "planVersion": "1", "schemaVersion": "v1.2"},
+        "steps": [{"stepId": "orders", "kind": "dbt.run", "params": {"select": "orders"}}]}))
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "COMPLETED"
