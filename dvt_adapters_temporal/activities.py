@@ -98,6 +98,7 @@ class TemporalActivities:
         self.runner = runner
         self._load_plan = load_plan
         self._heartbeat_every_s = heartbeat_every_s
+        self._detached: set[asyncio.Future[RunnerOutcome]] = set()
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for Worker(activities=...)."""
@@ -163,19 +164,33 @@ class TemporalActivities:
         A cancellation request stops the handler through the runner's CancelToken; the activity
         then reports the runner's ``cancelled`` outcome.
         """
+        info = activity.info()
         invocation = StepInvocation.model_validate(inp.invocation).with_engine_attempt(
-            activity.info().attempt
+            info.attempt
         )
+        every = self._heartbeat_every_s
+        if info.heartbeat_timeout:
+            # Several beats per timeout, so one slow beat never times the attempt out.
+            every = max(0.1, min(every, info.heartbeat_timeout.total_seconds() / 4))
         token = CancelToken()
         work = asyncio.ensure_future(self.runner.run(invocation, cancel=token))
         try:
             while not work.done():
-                await asyncio.wait({work}, timeout=self._heartbeat_every_s)
                 activity.heartbeat()
+                await asyncio.wait({work}, timeout=every)
         except asyncio.CancelledError:
-            token.cancel("cancellation requested by the workflow")
-            outcome = await asyncio.shield(work)
-            return to_wire(outcome)
+            details = activity.cancellation_details()
+            if details is not None and details.cancel_requested:
+                # The run asked the step to stop: the runner records STEP_CANCELLED.
+                token.cancel("cancellation requested by the run")
+                outcome = await asyncio.shield(work)
+                return to_wire(outcome)
+            # Timed out, reset or shutting down: this attempt is lost to the engine, not
+            # decided. Leave the handler running (its result is still recorded if it ends
+            # first, idempotently) and let Temporal schedule the next attempt.
+            self._detached.add(work)
+            work.add_done_callback(self._detached.discard)
+            raise
         outcome = work.result()
         if outcome.status == "retry":
             err = outcome.error

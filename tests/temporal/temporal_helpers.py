@@ -59,7 +59,7 @@ async def wait_for(
         if predicate(snap, events):
             return snap
         if time.monotonic() > deadline:
-            kinds = [(e.event_type, e.step_id) for e in events]
+            kinds = [(e.event_type, e.step_id, e.engine_attempt_id, e.payload) for e in events]
             raise AssertionError(f"{what} not reached within {within_s}s; log: {kinds}")
         await asyncio.sleep(0.05)
 

@@ -92,7 +92,8 @@ async def test_engine_retries_share_one_logical_attempt(engine: TemporalEngine) 
 async def test_final_failure_fails_fast(engine: TemporalEngine) -> None:
     ref = await put_plan(engine.store, plan_doc([
         {"stepId": "bad", "kind": "fail", "params": {"code": "BAD_SQL"},
-         "retry": {"maxAttempts": 5, "initialIntervalMs": 10, "nonRetryableErrorCodes": ["BAD_SQL"]}},
+         "retry": {"maxAttempts": 5, "initialIntervalMs": 10,
+                   "nonRetryableErrorCodes": ["BAD_SQL"]}},
         {"stepId": "after", "kind": "noop", "dependsOn": ["bad"]},
     ]))
     ctx = new_context()

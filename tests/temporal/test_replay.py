@@ -1,0 +1,56 @@
+"""Recorded histories of the golden scenarios replay unchanged through the SDK's Replayer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import workflow
+from temporalio.worker import Replayer
+
+from dvt_adapters_temporal.replay import history_files, read_chain, replay_chain
+from dvt_adapters_temporal.worker import workflow_runner
+from dvt_adapters_temporal.workflow import WORKFLOW_NAME, DvtRunWorkflow
+
+HISTORIES = Path(__file__).resolve().parents[2] / "golden_fixtures" / "temporal_histories"
+FILES = list(history_files(HISTORIES))
+
+
+def test_histories_are_recorded() -> None:
+    # The replay test only protects what was recorded: every interpreter command is covered.
+    names = {p.name.split(".")[0] for p in FILES}
+    assert {"diamond", "approval-timeout", "pause-resume-gate", "cancel-mid-run",
+            "await-operator-retry", "linear-chain"} <= names
+    chains = [read_chain(p) for p in FILES]
+    assert any(len(c["runs"]) > 1 for c in chains), "no continue-as-new chain recorded"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name.split(".")[0] for p in FILES])
+async def test_recorded_history_replays(path: Path) -> None:
+    results = await replay_chain(read_chain(path))
+    assert results
+    assert all(r.replay_failure is None for r in results)
+
+
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
+class ChangedWithoutPatch(DvtRunWorkflow):
+    """The workflow with an ungated behaviour change: an extra timer before each command."""
+
+    @workflow.run
+    async def run(self, inp: Any) -> Any:
+        return await super().run(inp)
+
+    async def _execute(self, commands: Any) -> None:
+        await workflow.sleep(0.001)
+        await super()._execute(commands)
+
+
+async def test_an_ungated_change_fails_replay() -> None:
+    chain = read_chain(HISTORIES / "diamond.history.json")
+    from temporalio.client import WorkflowHistory
+
+    replayer = Replayer(workflows=[ChangedWithoutPatch], workflow_runner=workflow_runner())
+    history = WorkflowHistory.from_json(chain["workflowId"], chain["runs"][0])
+    with pytest.raises(workflow.NondeterminismError):
+        await replayer.replay_workflow(history)
