@@ -135,7 +135,12 @@ async def _compare(harness: Any, scenarios: Any, scenario: Any, settings: Settin
         if context.get("runRequestId"):
             context["runRequestId"] = f"{context['runRequestId']}-{fresh}-{index}"
         run = dataclasses.replace(scenario, context=context)
-        return await harness.run_parity(run, sides[0], sides[1])
+        try:
+            return await harness.run_parity(run, sides[0], sides[1])
+        except scenarios.ScenarioError as exc:
+            # A side never reached a state the scenario waits for: not equivalent, not a crash.
+            return {"equal": False, "checksums": {},
+                    "differences": [{"kind": "scenario", "message": str(exc)}]}
 
 
 def merge_parity(reports: list[Any]) -> dict[str, Any]:
