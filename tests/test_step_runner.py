@@ -596,6 +596,37 @@ async def test_redelivered_failed_attempt_returns_recorded_failure(
     assert types_of(await step_events(store, header)) == ["StepStarted", "StepFailed"]
 
 
+async def test_retry_step_runs_a_new_logical_attempt(store: MemoryRunStateStore) -> None:
+    async def second_time_lucky(ctx: StepContext) -> dict[str, int]:
+        if ctx.logical_attempt_id == 1:
+            raise HandlerFailure("BROKEN", "first logical attempt fails", retryable=False)
+        return {"attempt": ctx.logical_attempt_id}
+
+    plan = make_plan([{"stepId": "s", "kind": "lucky"}])
+    header = await started_run(store, plan)
+    runner = StepRunner(store, registry_with(lucky=second_time_lucky))
+    first = await runner.run(invocation(header, plan, "s"))
+    assert first.status == "failed"
+    factory = EventFactory(header, emitted_by="operator")
+    await RunWriter(store, header).append(factory.signal_event(
+        "SignalAccepted", "a" * 64,
+        {"signalId": "sig-r", "signalType": "RETRY_STEP", "stepId": "s",
+         "actor": {"id": "eve", "roles": ["engineer"]}, "effectiveRole": "engineer"},
+    ))
+    # A stale redelivery of attempt 1 changes nothing; attempt 2 runs.
+    stale = await runner.run(invocation(header, plan, "s", engine_attempt=2))
+    assert (stale.status, stale.duplicate, stale.logical_attempt_id) == ("failed", True, 1)
+    second = await runner.run(invocation(header, plan, "s", logical_attempt=2))
+    assert (second.status, second.output) == ("succeeded", {"attempt": 2})
+    events = await step_events(store, header)
+    assert [(e.event_type, e.logical_attempt_id) for e in events] == [
+        ("StepStarted", 1), ("StepFailed", 1), ("StepStarted", 2), ("StepCompleted", 2)]
+    snap = await store.get_snapshot(TENANT, header.run_id)
+    assert snap is not None
+    assert [(a.logical_attempt_id, a.status) for a in snap.step("s").attempts] == [
+        (1, StepStatus.FAILED), (2, StepStatus.SUCCESS)]
+
+
 async def test_paused_run_still_records_a_running_step(store: MemoryRunStateStore) -> None:
     plan2 = make_plan([{"stepId": "e", "kind": "echo", "params": {"v": 1}}])
     header2 = await started_run(store, plan2)
