@@ -21,7 +21,7 @@ from dvt_engine.eventlog import EventFactory, RunWriter, utc_now
 from dvt_engine.idempotency import run_request_key
 from dvt_engine.models.events import EventType
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
-from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader
+from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader, RunStatus
 from dvt_engine.models.signals import SignalDecision, SignalRequest, SignalType
 from dvt_engine.models.validation import ValidationReport
 from dvt_engine.planning.capabilities import ENGINE_CAPABILITIES
@@ -145,6 +145,16 @@ class BaseEngine(WorkflowEngine):
                 return verdict.decision.model_copy(update={"new_run_id": context.run_id})
             if accepted.type == SignalType.APPROVE_RUN:
                 await self._approve_run(verdict.header, accepted)
+                return verdict.decision
+            if accepted.type == SignalType.CANCEL and verdict.snapshot.status == RunStatus.PENDING:
+                # Never launched (it waits for approval): nothing runs, so cancel it here.
+                await RunWriter(self.store, verdict.header).append(
+                    EventFactory(verdict.header, "operator", clock=self.clock).run_event(
+                        EventType.RUN_CANCELLED,
+                        {"reason": accepted.payload.get("reason")},
+                        caused_by_signal_id=accepted.signal_id,
+                    )
+                )
                 return verdict.decision
             await self.apply_signal(verdict.header, run_ref, accepted)
             return verdict.decision

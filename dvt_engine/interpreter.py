@@ -141,6 +141,8 @@ class RunInterpreter:
     cancel_requested: bool = False
     failure: dict[str, Any] | None = None
     steps: dict[str, StepState] = field(default_factory=dict)
+    cancel_in_flight_on_pause: bool = False
+    paused_cancellations: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for spec in self.plan.steps:
@@ -191,6 +193,13 @@ class RunInterpreter:
             return []  # a late report of an attempt the run has moved past
         state.in_flight = False
         state.awaiting_approval = False
+        requeue = step_id in self.paused_cancellations
+        self.paused_cancellations.discard(step_id)
+        if outcome == "cancelled" and requeue and not self.cancel_requested:
+            # Stopped by a pause (cancelInFlightOnPause): a new logical attempt runs on resume.
+            state.status = StepStatus.PENDING
+            state.logical_attempt_id += 1
+            return self.advance()
         if outcome == "succeeded":
             state.status = StepStatus.SUCCESS
         elif outcome in ("failed", "cancelled"):
@@ -232,13 +241,19 @@ class RunInterpreter:
                 return []
             self.status = RunStatus.PAUSED
             self.pause_ordinal += 1
+            # The operator wait (if any) ends here; resume starts a new one with a new timeout.
+            self.awaiting_operator = False
             event = WriteRunEvent(
                 EventType.RUN_PAUSED,
                 {"ordinal": self.pause_ordinal, "reason": payload.get("reason")},
                 discriminator=self.pause_ordinal,
                 caused_by_signal_id=signal_id,
             )
-            return [event]
+            if not self.cancel_in_flight_on_pause:
+                return [event]
+            working = tuple(s for s in self.in_flight() if not self.steps[s].awaiting_approval)
+            self.paused_cancellations.update(working)
+            return [event, CancelSteps(working, "run paused")] if working else [event]
         if kind == SignalType.RESUME:
             if self.status != RunStatus.PAUSED:
                 return []
@@ -407,6 +422,8 @@ class RunInterpreter:
             "cancelRequested": self.cancel_requested,
             "cancelReason": self.cancel_reason,
             "failure": self.failure,
+            "cancelInFlightOnPause": self.cancel_in_flight_on_pause,
+            "pausedCancellations": sorted(self.paused_cancellations),
             "steps": {
                 sid: [str(st.status), st.logical_attempt_id, st.in_flight, st.awaiting_approval]
                 for sid, st in self.steps.items()
@@ -426,6 +443,8 @@ class RunInterpreter:
             cancel_requested=bool(cursor["cancelRequested"]),
             cancel_reason=cursor.get("cancelReason"),
             failure=cursor.get("failure"),
+            cancel_in_flight_on_pause=bool(cursor.get("cancelInFlightOnPause", False)),
+            paused_cancellations=set(cursor.get("pausedCancellations", ())),
         )
         for sid, (status, attempt, in_flight, awaiting) in cursor["steps"].items():
             interp.steps[sid] = StepState(StepStatus(status), int(attempt), bool(in_flight),

@@ -176,6 +176,8 @@ def _run_started(state: _State, event: Event) -> None:
 
 
 def _run_paused(state: _State, event: Event) -> None:
+    # A pause ends an operator wait; the engine starts a new one (with a new timeout) on resume.
+    state.awaiting_operator = False
     state.run["status"] = RunStatus.PAUSED
     ordinal = event.payload.get("ordinal")
     if isinstance(ordinal, int) and not isinstance(ordinal, bool):

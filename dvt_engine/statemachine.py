@@ -38,7 +38,8 @@ RUN_EVENT_SOURCES: Mapping[str, frozenset[RunStatus]] = {
 _STEP_RUN_STATES = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
 
 STEP_EVENT_SOURCES: Mapping[str, frozenset[StepStatus]] = {
-    "StepStarted": frozenset({StepStatus.PENDING}),
+    # From FAILED only as the next logical attempt (a step stopped by a pause, run again).
+    "StepStarted": frozenset({StepStatus.PENDING, StepStatus.FAILED}),
     "StepAwaitingApproval": frozenset({StepStatus.RUNNING}),
     "StepCompleted": frozenset({StepStatus.RUNNING}),
     "StepFailed": frozenset({StepStatus.RUNNING}),
@@ -77,6 +78,10 @@ def _step_problem(step: StepSnapshot, event: Event) -> str | None:
     etype = event.event_type
     if step.status not in STEP_EVENT_SOURCES[etype]:
         return f"{etype} is not allowed while step {step.step_id!r} is {step.status}"
+    if etype == "StepStarted" and step.status == StepStatus.FAILED:
+        if event.logical_attempt_id != step.logical_attempt_id + 1:
+            return f"StepStarted after a failure must start attempt {step.logical_attempt_id + 1}"
+        return None
     if etype != "StepSkipped" and event.logical_attempt_id != step.logical_attempt_id:
         return (
             f"{etype} is for attempt {event.logical_attempt_id} but step {step.step_id!r} "

@@ -140,7 +140,9 @@ class _RunDriver:
     timers: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.interp = RunInterpreter(self.plan)
+        self.interp = RunInterpreter(
+            self.plan, cancel_in_flight_on_pause=self.engine.cancel_in_flight_on_pause
+        )
         self.writer = RunWriter(self.engine.store, self.header)
         self.factory = EventFactory(self.header, "engine", clock=self.engine.clock)
 
