@@ -482,6 +482,39 @@ async def test_cancel_reason_is_recorded_once(store: MemoryRunStateStore) -> Non
     assert gave_up.error.message == "step was cancelled: upstream went away"
 
 
+async def test_handler_ignoring_cancellation_is_abandoned_after_grace(
+    store: MemoryRunStateStore,
+) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def stubborn(ctx: StepContext) -> None:
+        entered.set()
+        try:
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue  # deliberately ignores being asked to stop
+        finally:
+            finished.set()
+
+    plan = make_plan([{"stepId": "s", "kind": "stubborn"}])
+    header = await started_run(store, plan)
+    runner = StepRunner(store, registry_with(stubborn=stubborn), stop_grace_s=0.01)
+    token = CancelToken()
+    task = asyncio.create_task(runner.run(invocation(header, plan, "s"), token))
+    await asyncio.wait_for(entered.wait(), WAIT_S)
+    token.cancel("stop")
+    outcome = await asyncio.wait_for(task, WAIT_S)
+    assert outcome.status == "cancelled"
+    assert not finished.is_set()
+    release.set()
+    await asyncio.wait_for(finished.wait(), WAIT_S)
+    assert types_of(await step_events(store, header)) == ["StepStarted", "StepFailed"]
+
+
 async def test_token_cancelled_before_run_never_calls_handler(store: MemoryRunStateStore) -> None:
     calls: list[int] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable
 from typing import Any
 
@@ -12,13 +13,22 @@ from dvt_engine.ports import StepResult
 from dvt_engine.steps.context import CancelToken
 from dvt_engine.steps.registry import as_step_result
 
+logger = logging.getLogger("dvt.steps")
+
 
 class TokenCancelled(Exception):
     """The CancelToken fired while the handler ran."""
 
 
+DEFAULT_STOP_GRACE_S = 10.0
+
+
 async def call_handler(
-    work_coro: Awaitable[Any], token: CancelToken, timeout_ms: int | None
+    work_coro: Awaitable[Any],
+    token: CancelToken,
+    timeout_ms: int | None,
+    *,
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S,
 ) -> StepResult:
     """Run the handler until it ends, the token fires, or the timeout passes."""
     work: asyncio.Future[Any] = asyncio.ensure_future(work_coro)
@@ -30,7 +40,7 @@ async def call_handler(
             return_when=asyncio.FIRST_COMPLETED,
         )
     except asyncio.CancelledError:
-        await stop_task(work)
+        await stop_task(work, stop_grace_s)
         raise
     finally:
         stop.cancel()
@@ -40,7 +50,7 @@ async def call_handler(
         if work.cancelled():
             raise StepCancelled("the handler was cancelled")
         return as_step_result(work.result())
-    await stop_task(work)
+    await stop_task(work, stop_grace_s)
     if stop in done:
         raise TokenCancelled
     raise StepTimeout(
@@ -48,14 +58,20 @@ async def call_handler(
     )
 
 
-async def stop_task(work: asyncio.Future[Any]) -> None:
-    """Cancel the handler's task and wait until it has unwound."""
+async def stop_task(work: asyncio.Future[Any], grace_s: float) -> None:
+    """Cancel the handler's task and wait, at most ``grace_s``, until it has unwound.
+
+    A handler that ignores cancellation is abandoned after the grace period rather than
+    holding the attempt (and the engine's worker slot) forever; it can no longer write events.
+    """
+    work.add_done_callback(_consume)
     work.cancel()
-    try:
-        await work
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # our own task is being cancelled too: never swallow that
-    except Exception:
-        pass  # the handler's own failure while unwinding changes nothing: it was stopped
+    done, _ = await asyncio.wait({work}, timeout=max(0.0, grace_s))
+    if not done:
+        logger.warning("a step handler ignored cancellation for %.1f s and was abandoned", grace_s)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    # Retrieve the outcome of a stopped handler so asyncio does not report it as never retrieved.
+    if not future.cancelled():
+        future.exception()

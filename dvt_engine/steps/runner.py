@@ -34,7 +34,7 @@ from dvt_engine.ports import RunStateStore, SecretsProvider, StepResult
 from dvt_engine.secrets import EnvSecretsProvider, redact
 from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.context import CancelToken, RunnerStepContext
-from dvt_engine.steps.execute import TokenCancelled, call_handler
+from dvt_engine.steps.execute import DEFAULT_STOP_GRACE_S, TokenCancelled, call_handler
 from dvt_engine.steps.failure import classify
 from dvt_engine.steps.invocation import (
     OutcomeStatus,
@@ -76,8 +76,11 @@ class StepRunner:
         registry: HandlerRegistry | None = None,
         secrets: SecretsProvider | None = None,
         emitted_by: str = DEFAULT_EMITTED_BY,
+        *,
+        stop_grace_s: float = DEFAULT_STOP_GRACE_S,
     ) -> None:
         self.store = store
+        self.stop_grace_s = stop_grace_s
         self.registry = registry if registry is not None else default_registry()
         self.secrets = secrets if secrets is not None else EnvSecretsProvider()
         self.emitted_by = emitted_by
@@ -129,7 +132,8 @@ class StepRunner:
         began = time.monotonic()
         try:
             handler = self.registry.get(step.kind)
-            step_result = await call_handler(handler.run(ctx), token, step.timeout_ms)
+            step_result = await call_handler(handler.run(ctx), token, step.timeout_ms,
+                                             stop_grace_s=self.stop_grace_s)
         except asyncio.CancelledError:
             # Record the stop even though the task is going away, then let it go.
             with contextlib.suppress(asyncio.CancelledError, DvtError):
