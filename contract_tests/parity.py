@@ -50,6 +50,7 @@ _PAYLOAD_FIELDS: Mapping[str, tuple[str, ...]] = {
     "RunCompleted": ("succeeded", "skipped"),
     "RunFailed": ("stepId", "code"),
     "RunCancelled": ("reason",),
+    "RunAwaitingOperator": ("ordinal", "failedSteps"),
 }
 
 
@@ -107,7 +108,7 @@ def _payload_view(event_type: str, payload: Mapping[str, Any]) -> dict[str, Any]
     view: dict[str, Any] = {}
     for name in fields:
         value = payload.get(name)
-        if value is None or value == () or value is False:
+        if value is None or value is False or (isinstance(value, list | tuple) and not value):
             continue  # an absent field and its default say the same thing
         if name == "error" and isinstance(value, Mapping):
             value = {"code": value.get("code"), "retryable": bool(value.get("retryable", False))}

@@ -1,0 +1,71 @@
+"""The engine contract suite on the reference engine over the memory store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from contract_tests.engine_suite import (
+    EngineContractSuite,
+    EngineHarness,
+    HarnessCapabilities,
+    plan_document,
+)
+from dvt_engine.engines.reference import ReferenceEngine
+from dvt_engine.models.plan import ExecutionPlan
+from dvt_engine.models.run import RunStatus
+from dvt_engine.planning.capabilities import CONDUCTOR_CAPABILITIES
+from dvt_engine.plugins import open_engine
+from dvt_engine.stores.memory import MemoryRunStateStore
+
+
+class TestReferenceEngine(EngineContractSuite):
+    """The reference engine is the oracle: it must pass the whole suite."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    async def engine_harness(cls) -> AsyncIterator[EngineHarness]:
+        # One engine and store for the class, as a server-backed adapter would share its
+        # engine; every test uses fresh run ids.
+        store = MemoryRunStateStore()
+        engine = ReferenceEngine(store)
+        yield EngineHarness(engine, store, HarnessCapabilities(timeout=30.0))
+        await engine.close()
+
+
+class _ConductorShapedReference(ReferenceEngine):
+    """A reference engine that declares only Conductor's capabilities, to exercise emulation."""
+
+    capabilities = CONDUCTOR_CAPABILITIES
+
+
+async def test_emulated_capability_on_an_engine_that_lacks_it() -> None:
+    """signal.pause.native missing, emulated by draining pause: the run goes ahead."""
+    store = MemoryRunStateStore()
+    engine = _ConductorShapedReference(store)
+    harness = EngineHarness(engine, store, HarnessCapabilities(timeout=30.0))
+    plan = plan_document("emulate-pause", [{"stepId": "a", "kind": "noop"}],
+                         requiresCapabilities=["signal.pause.native"],
+                         fallbackBehavior="emulate")
+    try:
+        report = await engine.validate(ExecutionPlan.model_validate(plan))
+        assert report.ok
+        assert report.capabilities is not None
+        assert report.capabilities.resolution == "emulated"
+        assert report.capabilities.missing == ("signal.pause.native",)
+        run = await EngineContractSuite().start(harness, plan)
+        assert (await run.finished()).status == RunStatus.COMPLETED
+    finally:
+        await engine.close()
+
+
+async def test_reference_engine_is_found_by_name() -> None:
+    """open_engine("reference") gives the engine the suite above exercises."""
+    store = MemoryRunStateStore()
+    engine = open_engine("reference", store=store)
+    try:
+        assert isinstance(engine, ReferenceEngine)
+        assert engine.name == "reference"
+    finally:
+        await engine.close()
