@@ -294,3 +294,31 @@ def test_dev_status_with_nothing_running(dvt: Any) -> None:
     status = result.json()
     assert set(status) == {"postgres", "temporal", "conductor"}
     assert not any(part["running"] for part in status.values())
+
+
+def _plain_golden_scenarios() -> list[tuple[str, str]]:
+    """Golden scenarios that just run their plan (no signals, default identity, registry ref)."""
+    scenarios = PLANS.parent / "scenarios"
+    picked = []
+    for path in sorted(scenarios.glob("*.json")):
+        doc = json.loads(path.read_text())
+        plain = not doc.get("actions") and not doc.get("context") and not doc.get("planRef")
+        if plain and isinstance(doc.get("plan"), str):
+            picked.append((path.stem, doc["plan"]))
+    return picked
+
+
+@pytest.mark.parametrize(("scenario", "plan"), _plain_golden_scenarios())
+def test_run_reproduces_the_golden_outcome(dvt: Any, scenario: str, plan: str) -> None:
+    expected = json.loads((PLANS.parent / "expected" / f"{scenario}.json").read_text())
+    result = dvt("run", str(PLANS / plan), "--json", "--tenant", "acme", "--project",
+                 "analytics", "--environment", "dev")
+    if expected.get("status") in ("COMPLETED", "FAILED", "CANCELLED"):
+        assert result.code == (0 if expected["status"] == "COMPLETED" else 1), result
+        doc = result.json()
+        assert doc["status"] == expected["status"]
+        assert doc["snapshotChecksum"] == expected["snapshotChecksum"]
+    else:
+        # Refused before start: the expectation records the error code.
+        assert result.code == 2, result
+        assert result.json()["error"]["code"] == expected["error"]["code"]

