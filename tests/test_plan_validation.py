@@ -108,8 +108,9 @@ def test_contract_example_plan_validates_in_every_input_form(form: str) -> None:
     plan = validate_plan_document(data)
     assert isinstance(plan, ExecutionPlan)
     assert plan.step_ids == ("extract", "orders", "signoff")
-    assert plan.step("orders").retry is not None
-    assert plan.step("orders").retry.non_retryable_error_codes == ("BAD_SQL",)
+    retry = plan.step("orders").retry
+    assert retry is not None
+    assert retry.non_retryable_error_codes == ("BAD_SQL",)
     assert plan.metadata.requires_capabilities == ("workflow.fan.parallel",)
 
 
@@ -152,6 +153,10 @@ def test_every_supported_version_validates(version: str) -> None:
         (b'{"metadata": {"schemaVersion": 12}}', "/metadata/schemaVersion"),
         (b'{"metadata": {"schemaVersion": "v1.2", "schemaVersion": "v1.0"}}', ""),
         (b'{"metadata": {"schemaVersion": "v1.2"}, "x": NaN}', ""),
+        (b'{"metadata": {"schemaVersion": "v1.2"}, "x": 1e400}', "/x"),
+        (b'{"metadata": {"schemaVersion": "v1.2"}, "x": 9007199254740992}', "/x"),
+        (b'{"metadata": {"schemaVersion": "v1.2"}, "x": "\\u0000"}', "/x"),
+        (b'{"metadata": {"schemaVersion": "v1.2"}, "x": "\\ud800"}', "/x"),
     ],
 )
 def test_bad_json_and_shape_are_schema_errors(data: bytes, path: str) -> None:
@@ -159,6 +164,13 @@ def test_bad_json_and_shape_are_schema_errors(data: bytes, path: str) -> None:
     assert err.details["errors"], err.details
     assert err.details["errors"][0]["path"] == path
     assert err.retryable is False
+
+
+def test_nesting_deeper_than_64_levels_is_refused() -> None:
+    deep = b'{"metadata": {"schemaVersion": "v1.2"}, "x": ' + b"[" * 70 + b"]" * 70 + b"}"
+    err = expect_error(deep, SchemaValidationFailed)
+    assert err.details["errors"][0]["path"].startswith("/x/0/0/0")
+    assert "64 levels" in err.details["errors"][0]["message"]
 
 
 def test_unknown_schema_version_comes_before_schema_errors() -> None:

@@ -42,6 +42,7 @@ from dvt_engine.schemas import load_schema
 MAX_PLAN_BYTES = 8 * 1024 * 1024
 MAX_PLAN_DEPTH = 64
 MAX_REPORTED_ISSUES = 50
+MAX_SAFE_INTEGER = 2**53 - 1
 
 # Which schema version introduced each optional field; fields absent here exist since v1.0.
 # A plan may use a newer field than it declares: it is honoured, with a warning in the report.
@@ -209,7 +210,12 @@ def _normalize(value: Any, path: Path, problems: list[_Problem]) -> Any:
         if problem is not None:
             problems.append(_schema_problem(path, f"string {problem}"))
         return value
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            # Canonical JSON (RFC 8785) and most JSON readers cannot carry it exactly.
+            problems.append(_schema_problem(path, "integer outside ±(2^53-1) (RFC 7493)"))
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
