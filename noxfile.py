@@ -34,7 +34,7 @@ def _lint(session: nox.Session) -> None:
 
 
 def _typecheck(session: nox.Session) -> None:
-    session.run("mypy", "--strict", "dvt_engine")
+    session.run("mypy", "--strict", "dvt_engine", "dvt_cli")
 
 
 @nox.session

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import json
 import signal

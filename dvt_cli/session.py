@@ -8,7 +8,7 @@ from typing import Any
 
 from dvt_cli import devenv
 from dvt_cli.output import notice
-from dvt_cli.settings import DEFAULT_STORE_URL, Settings, choose_engine
+from dvt_cli.settings import DEFAULT_STORE_URL, EngineAddresses, Settings, choose_engine
 from dvt_engine.errors import DvtError, EngineNotFound, StoreNotFound, StoreUnavailable
 from dvt_engine.plugins import open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
@@ -67,10 +67,10 @@ def prepare_local_servers(engine: str, settings: Settings) -> Settings:
     a = settings.addresses
     if engine == "temporal" and not a.temporal_address:
         info = devenv.temporal_up()
-        settings = settings.with_dev(None, devenv.EngineAddresses(temporal_address=info["address"]))
+        settings = settings.with_dev(None, EngineAddresses(temporal_address=info["address"]))
         if not settings.store_url and devenv.postgres_available():
             pg = devenv.postgres_up()
-            settings = settings.with_dev(pg["url"], devenv.EngineAddresses())
+            settings = settings.with_dev(pg["url"], EngineAddresses())
     return settings
 
 
