@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from dvt_engine import telemetry
 from dvt_engine.errors import IllegalTransition, RunNotFound
 from dvt_engine.idempotency import event_key
 from dvt_engine.models.events import AppendResult, Event
@@ -140,6 +141,13 @@ class RunWriter:
 
     async def append(self, event: Event) -> AppendResult:
         """Append ``event`` if its transition is legal; ILLEGAL_TRANSITION otherwise."""
+        with telemetry.append_span(event) as span:
+            result = await self._append(event)
+            span.set_attribute(telemetry.ATTR_RUN_SEQ, result.run_seq)
+            span.set_attribute(telemetry.ATTR_DUPLICATE, result.duplicate)
+            return result
+
+    async def _append(self, event: Event) -> AppendResult:
         snapshot = await self.store.get_snapshot(self.header.tenant_id, self.header.run_id)
         if snapshot is None:
             raise RunNotFound(f"run {self.header.run_id!r} is not registered",

@@ -48,8 +48,6 @@ from dvt_engine.telemetry import (
     ATTR_DUPLICATE,
     ATTR_ERROR_CODE,
     ATTR_OUTCOME,
-    ATTR_RUN_SEQ,
-    append_span,
     step_span,
 )
 
@@ -312,11 +310,7 @@ class StepRunner:
         return EventFactory(inv, emitted_by=self.emitted_by)
 
     async def _append(self, inv: StepInvocation, event: Event) -> AppendResult:
-        with append_span(event) as span:
-            result = await RunWriter(self.store, inv).append(event)
-            span.set_attribute(ATTR_RUN_SEQ, result.run_seq)
-            span.set_attribute(ATTR_DUPLICATE, result.duplicate)
-            return result
+        return await RunWriter(self.store, inv).append(event)
 
     async def _finish(
         self,
