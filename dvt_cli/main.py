@@ -11,6 +11,7 @@ import click
 from dvt_cli import ops, runs
 from dvt_cli.execution import execute, json_requested
 from dvt_cli.output import EXIT_REFUSED, emit_json
+from dvt_cli.session import import_handlers
 from dvt_cli.settings import (
     DEFAULT_ENVIRONMENT,
     DEFAULT_PROJECT,
@@ -55,13 +56,23 @@ def _store_options(f: F) -> F:
 
 
 def _engine_option(f: F) -> F:
+    f = _handlers_option(f)
     return click.option(
         "--engine", envvar="DVT_ENGINE", type=click.Choice(ENGINE_NAMES),
         help="Engine (default: temporal when installed, else reference). [env DVT_ENGINE]",
     )(f)
 
 
+def _handlers_option(f: F) -> F:
+    return click.option(
+        "--handlers", "handler_modules", envvar="DVT_HANDLERS", metavar="MODULE[,MODULE]",
+        help="Import these modules first, so their @step_handler kinds are known "
+             "(installed dvt.step_handlers entry points load anyway). [env DVT_HANDLERS]",
+    )(f)
+
+
 def _settings(kw: dict[str, Any], engine: str | None = None) -> Settings:
+    import_handlers(kw.pop("handler_modules", None))
     return Settings(
         store_url=kw.pop("store_url"),
         engine=engine,
@@ -191,6 +202,7 @@ def signal(run_id: str, action: str, step: str | None, signal_id: str | None,
               help="Engines to compare, e.g. reference,temporal.")
 @click.option("--scenario", type=click.Path(dir_okay=False),
               help="Scenario file (signals, faults).")
+@_handlers_option
 @_store_options
 def parity(plan: str, engines: str, scenario: str | None, **kw: Any) -> None:
     """Run PLAN.json on several engines; compare checksums and event logs (exit 0 only if equal)."""
@@ -224,6 +236,7 @@ def rebuild(**kw: Any) -> None:
 
 
 @cli.command()
+@_handlers_option
 @click.option("--engine", envvar="DVT_ENGINE", required=True,
               type=click.Choice(["temporal", "conductor"]), help="Engine whose workers to run.")
 @click.option("--queue", "queues", multiple=True,
@@ -289,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except DvtError as exc:  # pragma: no cover - execute() catches these first
+    except DvtError as exc:  # raised while reading options (e.g. --handlers)
         from dvt_cli.output import print_error
 
         print_error(exc, as_json=json_requested(args))

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 from dvt_cli import devenv
 from dvt_cli.output import notice
 from dvt_cli.settings import DEFAULT_STORE_URL, EngineAddresses, Settings, choose_engine
-from dvt_engine.errors import DvtError, EngineNotFound, StoreNotFound, StoreUnavailable
+from dvt_engine.errors import (
+    DvtError,
+    EngineNotFound,
+    StoreNotFound,
+    StoreUnavailable,
+    UsageError,
+)
 from dvt_engine.plugins import open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 
@@ -18,6 +27,25 @@ MEMORY_NOTE = (
     "dvt: using the in-memory store: this run lives only as long as this command "
     "(run `dvt dev up` or set DVT_STORE_URL for runs that other commands can see)"
 )
+
+
+def import_handlers(modules: str | None) -> None:
+    """Import host modules whose ``@step_handler`` decorators register step kinds."""
+    if not modules:
+        return
+    if os.getcwd() not in sys.path:
+        # A console script does not put the working directory on the path; `python -m` does.
+        sys.path.insert(0, os.getcwd())
+    for name in (m.strip() for m in modules.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(f"cannot import handler module {name!r}: {exc}",
+                             details={"module": name,
+                                      "hint": "Pass an importable module name (DVT_HANDLERS)."}
+                             ) from None
 
 
 def resolve(settings: Settings) -> Settings:

@@ -322,3 +322,9 @@ def test_run_reproduces_the_golden_outcome(dvt: Any, scenario: str, plan: str) -
         # Refused before start: the expectation records the error code.
         assert result.code == 2, result
         assert result.json()["error"]["code"] == expected["error"]["code"]
+
+
+def test_unimportable_handler_module_is_a_usage_error(dvt: Any) -> None:
+    error = assert_error(dvt("run", str(PLANS / "one-step.json"), "--json", "--handlers",
+                             "no_such_module_for_dvt"), "USAGE_ERROR")
+    assert error["details"]["module"] == "no_such_module_for_dvt"

@@ -72,3 +72,24 @@ def test_readme_host_example_runs_as_written(tmp_path: Path) -> None:
                           text=True, timeout=TIMEOUT_S, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "COMPLETED"
+
+
+def test_host_handlers_are_imported_with_handlers_option(tmp_path: Path) -> None:
+    (tmp_path / "my_steps.py").write_text(
+        "from dvt_engine.steps import step_handler\n\n"
+        "@step_handler('warehouse.load')\n"
+        "async def load(ctx):\n"
+        "    return {'table': ctx.params['table'], 'attempt': ctx.logical_attempt_id}\n"
+    )
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({
+        "metadata": {"planId": "h", "planVersion": "1", "schemaVersion": "v1.2"},
+        "steps": [{"stepId": "load", "kind": "warehouse.load", "params": {"table": "t1"}}]}))
+    without = dvt("run", str(plan), "--json", cwd=tmp_path, DVT_ENGINE="reference")
+    assert without.returncode == 2
+    assert json.loads(without.stdout)["error"]["code"] == "STEP_KIND_UNKNOWN"
+    done = dvt("run", str(plan), "--json", cwd=tmp_path, DVT_ENGINE="reference",
+               DVT_HANDLERS="my_steps")
+    assert done.returncode == 0, done.stderr
+    step = json.loads(done.stdout)["snapshot"]["steps"][0]
+    assert step["output"] == {"table": "t1", "attempt": 1}
