@@ -542,9 +542,17 @@ class EngineContractSuite:
         types = _types(events)
         paused_at, resumed_at = types.index("RunPaused"), types.index("RunResumed")
         assert "StepStarted" not in types[paused_at:resumed_at]
-        if not h.capabilities.pause_cancels_in_flight:
-            assert final.status == RunStatus.COMPLETED
-            assert _types(events, "slow").count("StepStarted") == 1
+        assert final.status == RunStatus.COMPLETED
+        slow = final.step("slow")
+        if h.capabilities.pause_cancels_in_flight:
+            # The cancelled attempt stays FAILED in history; resume runs a new logical attempt.
+            assert [(a.logical_attempt_id, a.status) for a in slow.attempts] == [
+                (1, StepStatus.FAILED), (2, StepStatus.SUCCESS)]
+            assert slow.attempts[0].error is not None
+            assert slow.attempts[0].error.code == ErrorCode.STEP_CANCELLED
+        else:
+            assert _types(events, "slow") == ["StepStarted", "StepCompleted"]
+            assert slow.logical_attempt_id == 1
 
     async def test_cancel_run_through_the_port(self, engine_harness: EngineHarness) -> None:
         """cancel_run stops a run whose step is running; the next step never starts."""

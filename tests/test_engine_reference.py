@@ -34,6 +34,19 @@ class TestReferenceEngine(EngineContractSuite):
         await engine.close()
 
 
+class TestReferenceEnginePausingCancelsInFlight(EngineContractSuite):
+    """The reference engine configured with cancelInFlightOnPause: the suite again."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    async def engine_harness(cls) -> AsyncIterator[EngineHarness]:
+        store = MemoryRunStateStore()
+        engine = ReferenceEngine(store, cancel_in_flight_on_pause=True)
+        yield EngineHarness(engine, store,
+                            HarnessCapabilities(pause_cancels_in_flight=True, timeout=30.0))
+        await engine.close()
+
+
 class _ConductorShapedReference(ReferenceEngine):
     """A reference engine that declares only Conductor's capabilities, to exercise emulation."""
 

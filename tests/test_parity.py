@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from contract_tests.parity import (
     NormalizedEvent,
     RunRecord,
@@ -13,12 +15,17 @@ from contract_tests.parity import (
     dag_violations,
     normalize_event,
     normalize_events,
+    run_parity,
 )
+from contract_tests.scenarios import EngineSide, get_scenario
+from dvt_engine.engines.reference import ReferenceEngine
 from dvt_engine.eventlog import EventFactory
 from dvt_engine.models.events import Event
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunHeader, StepOutline
 from dvt_engine.projector import project
+from dvt_engine.steps.registry import HandlerRegistry, default_registry
+from dvt_engine.stores.memory import MemoryRunStateStore
 
 EPOCH = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 DIAMOND = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")}
@@ -181,3 +188,88 @@ def test_normalization_keeps_only_engine_independent_payload() -> None:
 def test_normalized_event_round_trips_through_json() -> None:
     e = NormalizedEvent("StepCompleted", "a", 2, '{"output":{"k":[1,2]}}')
     assert NormalizedEvent.from_dict(e.to_dict()) == e
+
+
+# --- run_parity: driving scenarios on two engines ------------------------------------------
+
+
+def reference_side(registry: HandlerRegistry | None = None, name: str | None = None) -> EngineSide:
+    store = MemoryRunStateStore()
+    return EngineSide(ReferenceEngine(store, registry=registry), store, name)
+
+
+@pytest.mark.parametrize("scenario_id", [
+    "diamond", "parallel-50", "pause-resume-gate", "await-operator-retry", "skip-step",
+    "cancel-mid-run", "approval-rejected", "plan-hash-mismatch", "capability-degrade",
+])
+async def test_two_reference_engines_are_equivalent(scenario_id: str) -> None:
+    a, b = reference_side(), reference_side()
+    try:
+        report = await run_parity(get_scenario(scenario_id), a, b)
+    finally:
+        await a.engine.close()
+        await b.engine.close()
+    assert report.equal, report.summary()
+    assert report.labels == ("reference#1", "reference#2")
+    if scenario_id != "plan-hash-mismatch":
+        checksums = set(report.checksums.values())
+        assert len(checksums) == 1
+        assert checksums == {get_scenario(scenario_id).expected()["snapshotChecksum"]}
+
+
+async def test_a_different_step_result_is_reported_with_a_diff() -> None:
+    registry = default_registry().copy()
+
+    async def shouting_echo(ctx: Any) -> dict[str, Any]:
+        return {k: str(v).upper() for k, v in ctx.params.items()}
+
+    registry.register("echo", shouting_echo, replace=True)
+    a, b = reference_side(name="reference"), reference_side(registry, name="patched")
+    try:
+        report = await run_parity(get_scenario("diamond"), a, b)
+    finally:
+        await a.engine.close()
+        await b.engine.close()
+    assert not report.equal
+    assert {d.kind for d in report.differences} == {"checksum", "events"}
+    assert '+StepCompleted b#1 {"output":{"side":"LEFT"}}' in report.diff
+    assert report.to_dict()["equal"] is False
+    assert set(report.to_dict()["checksums"]) == {"reference", "patched"}
+
+
+class _SerialReference(ReferenceEngine):
+    """A reference engine that declares no capabilities (so it refuses parallel plans)."""
+
+    capabilities = frozenset()
+
+    @classmethod
+    def declared_capabilities(cls) -> frozenset[str]:
+        return frozenset()
+
+
+async def test_a_refusal_on_one_side_only_is_a_difference() -> None:
+    a = reference_side()
+    store = MemoryRunStateStore()
+    b = EngineSide(_SerialReference(store), store, "serial")
+    try:
+        report = await run_parity(get_scenario("fan-out-fan-in"), a, b)
+    finally:
+        await a.engine.close()
+        await b.engine.close()
+    assert [d.kind for d in report.differences] == ["error"]
+    assert "CAPABILITY_NOT_SUPPORTED" in report.differences[0].message
+    assert report.checksums["serial"] is None
+    assert report.checksums["reference"] == get_scenario("fan-out-fan-in").expected()[
+        "snapshotChecksum"]
+
+
+async def test_run_parity_accepts_a_plain_plan_file() -> None:
+    from contract_tests.scenarios import PLANS_DIR
+
+    a, b = reference_side(), reference_side()
+    try:
+        report = await run_parity(str(PLANS_DIR / "linear-chain.json"), a, b)
+    finally:
+        await a.engine.close()
+        await b.engine.close()
+    assert report.equal, report.summary()
