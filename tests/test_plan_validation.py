@@ -531,3 +531,14 @@ def test_prepare_plan_returns_plan_and_report_or_raises() -> None:
     with pytest.raises(DvtError) as info:
         prepare_plan(data, engine="temporal", capabilities=TEMPORAL_CAPABILITIES, known_kinds=())
     assert info.value.code is ErrorCode.STEP_KIND_UNKNOWN
+
+
+def test_validating_the_same_bytes_again_gives_an_equal_fresh_plan() -> None:
+    data = json.dumps(plan_doc(planId="memo-check")).encode()
+    first = validate_plan_document(data)
+    second = validate_plan_document(data)
+    assert second == first
+    assert second is not first
+    assert second.params is not first.params  # callers cannot alter each other's plan
+    third = validate_plan_document(data.decode())
+    assert third == first
