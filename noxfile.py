@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]
@@ -45,11 +46,21 @@ def tests(session: nox.Session) -> None:
     `nox -s tests -- tests/test_cli.py -x`.
     """
     _install(session)
+    failed: list[str] = []
     if not session.posargs:
-        _lint(session)
-        _typecheck(session)
-    # pytest's exit code 5 ("no tests ran") is not in success_codes, so it fails the session.
-    session.run("pytest", *(session.posargs or ["tests"]), env={"PYTHONUNBUFFERED": "1"})
+        # Every check runs even when an earlier one fails, so one report shows all problems.
+        for name, check in (("lint", _lint), ("typecheck", _typecheck)):
+            try:
+                check(session)
+            except CommandFailed:
+                failed.append(name)
+    # pytest's exit code 5 ("no tests ran") is not in success_codes, so it fails too.
+    try:
+        session.run("pytest", *(session.posargs or ["tests"]), env={"PYTHONUNBUFFERED": "1"})
+    except CommandFailed:
+        failed.append("pytest")
+    if failed:
+        session.error(f"failed: {', '.join(failed)}")
 
 
 @nox.session

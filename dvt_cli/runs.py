@@ -91,6 +91,9 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
             if not settings.json:
                 click.echo(f"run {header.run_id} started on {header.engine} "
                            f"(plan {header.plan_id}@{header.plan_version}, {plan_ref.uri})")
+                if header.requires_approval:
+                    click.echo(f"the plan requires approval: dvt signal {header.run_id} "
+                               "approve-run (from another shell, with a lasting store)")
                 out.flush()
             if options.detach:
                 if settings.json:
