@@ -273,6 +273,21 @@ async def test_malformed_registry_uris_are_refused(uri: str) -> None:
     await expect(PlanLoader(MemoryRunStateStore()), ref_for(uri), PlanUriNotAllowed)
 
 
+async def test_registry_reads_honour_sizes() -> None:
+    store = MemoryRunStateStore()
+    ref = await store_plan(store, PLAN_BYTES)
+    short = ref.model_copy(update={"size_bytes": len(PLAN_BYTES) - 1})
+    err = await expect(PlanLoader(store), short, PlanIntegrityValidationFailed)
+    assert err.details["reason"] == "size"
+    longer = ref.model_copy(update={"size_bytes": len(PLAN_BYTES) + 1})
+    err = await expect(PlanLoader(store), longer, PlanIntegrityValidationFailed)
+    assert err.details["actualSizeBytes"] == len(PLAN_BYTES)
+    capped = PlanLoader(store, max_plan_bytes=len(PLAN_BYTES) - 1)
+    err = await expect(capped, ref.model_copy(update={"size_bytes": None}), PlanFetchFailed)
+    assert err.details["reason"] == "too_large"
+    assert err.retryable is False
+
+
 async def test_registry_is_refused_when_no_store_is_configured() -> None:
     await expect(PlanLoader(None), ref_for(f"plan://sha256/{PLAN_SHA}"), PlanUriNotAllowed)
 

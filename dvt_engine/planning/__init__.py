@@ -15,7 +15,7 @@ from dvt_engine.planning.fetch import (
     encode_plan,
     store_plan,
 )
-from dvt_engine.planning.https import HttpsPlanFetcher, PlanTooLarge
+from dvt_engine.planning.https import HttpsPlanFetcher
 from dvt_engine.planning.uri_policy import AllowEntry, CheckedUri, UriPolicy, address_problem
 from dvt_engine.planning.validation import (
     build_validation_report,
@@ -36,7 +36,6 @@ __all__ = [
     "HttpsPlanFetcher",
     "LoadedPlan",
     "PlanLoader",
-    "PlanTooLarge",
     "RegistryPlanFetcher",
     "UriPolicy",
     "address_problem",

@@ -27,7 +27,7 @@ from dvt_engine.errors import (
     StoreUnavailable,
 )
 from dvt_engine.models.plan import SUPPORTED_SCHEMA_VERSIONS, ExecutionPlan, PlanRef
-from dvt_engine.planning.https import HttpsPlanFetcher, PlanTooLarge
+from dvt_engine.planning.https import HttpsPlanFetcher, is_too_large, plan_too_large
 from dvt_engine.planning.uri_policy import REGISTRY_SCHEME, UriPolicy, registry_uri
 from dvt_engine.planning.validation import MAX_PLAN_BYTES, validate_plan_document
 from dvt_engine.ports import PlanFetcher, RunStateStore
@@ -66,16 +66,13 @@ class RegistryPlanFetcher(PlanFetcher):
         self.store = store
 
     async def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        """The stored bytes (PLAN_NOT_FOUND when absent; PlanTooLarge past ``max_bytes``)."""
+        """The stored bytes (PLAN_NOT_FOUND when absent; too large past ``max_bytes``)."""
         digest = uri.rsplit("/", 1)[-1]
         data = await self.store.get_plan(digest)
         if data is None:
             raise PlanNotFound(f"no plan stored under {uri}", details={"uri": uri})
         if len(data) > max_bytes:
-            raise PlanTooLarge(
-                f"stored plan {uri} is larger than {max_bytes} bytes",
-                details={"uri": uri, "maxBytes": max_bytes, "reason": "too_large"},
-            )
+            raise plan_too_large(uri, max_bytes)
         return data
 
 
@@ -143,17 +140,14 @@ class PlanLoader:
             limit = plan_ref.size_bytes
         try:
             data = await fetcher.fetch(plan_ref.uri, max_bytes=limit)
-        except PlanTooLarge:
-            if plan_ref.size_bytes is None:
+        except PlanFetchFailed as exc:
+            if plan_ref.size_bytes is None or not is_too_large(exc):
                 raise
             raise _integrity_error(
                 plan_ref, None, expectedSizeBytes=plan_ref.size_bytes, reason="size"
             ) from None
         if len(data) > limit:
-            raise PlanTooLarge(
-                f"fetcher returned {len(data)} bytes, over {limit}",
-                details={"uri": plan_ref.uri, "maxBytes": limit, "reason": "too_large"},
-            )
+            raise plan_too_large(plan_ref.uri, limit)
         actual = hashlib.sha256(data).hexdigest()
         if actual != plan_ref.sha256:
             raise _integrity_error(plan_ref, actual)

@@ -24,10 +24,21 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 
 
-class PlanTooLarge(PlanFetchFailed):
-    """The body is larger than the size allowed for this plan."""
+TOO_LARGE = "too_large"
 
-    default_retryable = False
+
+def plan_too_large(uri: str, max_bytes: int) -> PlanFetchFailed:
+    """PLAN_FETCH_FAILED (not retryable) for a body over ``max_bytes``; details.reason names it."""
+    return PlanFetchFailed(
+        f"plan at {uri!r} is larger than {max_bytes} bytes",
+        details={"uri": uri, "maxBytes": max_bytes, "reason": TOO_LARGE},
+        retryable=False,
+    )
+
+
+def is_too_large(error: PlanFetchFailed) -> bool:
+    """True when a fetcher refused a body for its size (any fetcher may say so this way)."""
+    return error.details.get("reason") == TOO_LARGE
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -85,7 +96,7 @@ class HttpsPlanFetcher(PlanFetcher):
         self.user_agent = user_agent
 
     async def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        """GET ``uri``; raise PlanTooLarge past ``max_bytes``, re-checking every redirect hop."""
+        """GET ``uri`` (at most ``max_bytes``), re-checking every redirect hop with the policy."""
         current = uri
         for _hop in range(self.max_redirects + 1):
             checked = await self.policy.check(current)
@@ -183,8 +194,5 @@ class HttpsPlanFetcher(PlanFetcher):
         return _Response(200, None, b"".join(chunks))
 
     @staticmethod
-    def _too_large(checked: CheckedUri, max_bytes: int) -> PlanTooLarge:
-        return PlanTooLarge(
-            f"plan at {checked.uri!r} is larger than {max_bytes} bytes",
-            details={"uri": checked.uri, "maxBytes": max_bytes, "reason": "too_large"},
-        )
+    def _too_large(checked: CheckedUri, max_bytes: int) -> PlanFetchFailed:
+        return plan_too_large(checked.uri, max_bytes)
