@@ -15,9 +15,15 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from dvt_engine.models.events import PAYLOAD_MODELS, Event
+from dvt_engine.models.events import PAYLOAD_MODELS, AppendResult, Event
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
-from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader
+from dvt_engine.models.run import (
+    EngineRunRef,
+    RunContext,
+    RunHeader,
+    RunStatusSnapshot,
+    RunSummary,
+)
 from dvt_engine.models.signals import SIGNAL_PAYLOAD_MODELS, SignalDecision, SignalRequest
 from dvt_engine.models.snapshot import ArtifactRef, RunSnapshot, StepSnapshot
 from dvt_engine.models.validation import ValidationReport
@@ -47,6 +53,9 @@ def build_schemas() -> dict[str, dict[str, Any]]:
         "SignalRequest": SignalRequest,
         "SignalDecision": SignalDecision,
         "Event": Event,
+        "AppendResult": AppendResult,
+        "RunStatusSnapshot": RunStatusSnapshot,
+        "RunSummary": RunSummary,
         "RunSnapshot": RunSnapshot,
         "StepSnapshot": StepSnapshot,
         "ArtifactRef": ArtifactRef,
