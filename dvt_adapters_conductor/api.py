@@ -1,0 +1,229 @@
+"""The Conductor REST calls dvt makes, over conductor-python's API client (auth, pooling)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from conductor.client.configuration.configuration import Configuration
+from conductor.client.configuration.settings.authentication_settings import (
+    AuthenticationSettings,
+)
+from conductor.client.http.api_client import ApiClient
+from conductor.client.http.rest import ApiException
+
+from dvt_engine.errors import EngineUnavailable
+
+T = TypeVar("T")
+
+_JSON = {"Accept": "application/json", "Content-Type": "application/json"}
+
+TERMINAL_WORKFLOW = frozenset({"COMPLETED", "FAILED", "TERMINATED", "TIMED_OUT"})
+TERMINAL_TASK = frozenset({
+    "COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "FAILED_WITH_TERMINAL_ERROR",
+    "CANCELED", "TIMED_OUT", "SKIPPED",
+})
+
+
+class ConductorApiError(Exception):
+    """A non-2xx answer from the server."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def normalize_url(server_url: str) -> str:
+    """The API root: ``http://host:port/api`` whether or not the ``/api`` suffix was given."""
+    url = server_url.rstrip("/")
+    return url if url.endswith("/api") else f"{url}/api"
+
+
+def configuration(server_url: str, auth: Any = None) -> Configuration:
+    """conductor-python configuration; ``auth`` is (key, secret), a dict, or None."""
+    settings = None
+    if isinstance(auth, AuthenticationSettings):
+        settings = auth
+    elif isinstance(auth, dict) and auth:
+        settings = AuthenticationSettings(key_id=auth.get("key_id") or auth.get("key"),
+                                          key_secret=auth.get("key_secret") or auth.get("secret"))
+    elif isinstance(auth, (tuple, list)) and len(auth) == 2:
+        settings = AuthenticationSettings(key_id=auth[0], key_secret=auth[1])
+    return Configuration(server_api_url=normalize_url(server_url),
+                         authentication_settings=settings)
+
+
+class ConductorApi:
+    """Blocking REST calls plus ``a*`` coroutine twins that run them in a thread."""
+
+    def __init__(self, server_url: str, auth: Any = None) -> None:
+        self.server_url = normalize_url(server_url)
+        self._client = ApiClient(configuration(server_url, auth))
+        # Long polls hold a thread each: a pool of our own keeps them from starving the
+        # application's default executor (6 threads on a 2-core machine).
+        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="dvt-conductor")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call of this API in its own thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Release the thread pool (running calls finish)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- plumbing --------------------------------------------------------------------------
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        path_params: dict[str, Any] | None = None,
+        query: Sequence[tuple[str, Any]] = (),
+        body: Any = None,
+        timeout_s: float = 30.0,
+    ) -> Any:
+        """One REST call; the parsed JSON (or text) answer."""
+        try:
+            return self._client.call_api(
+                path, method, path_params=path_params or {}, query_params=list(query),
+                header_params=dict(_JSON), body=body, response_type="object",
+                auth_settings=["api_key"], _return_http_data_only=True,
+                _request_timeout=timeout_s,
+            )
+        except ApiException as exc:
+            raise ConductorApiError(int(exc.status or 0), str(exc.body or exc.reason)) from exc
+        except OSError as exc:
+            raise EngineUnavailable(f"Conductor server unreachable at {self.server_url}: {exc}",
+                                    retryable=True) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("httpx"):
+                raise EngineUnavailable(
+                    f"Conductor server unreachable at {self.server_url}: {exc}", retryable=True
+                ) from exc
+            raise
+
+    async def acall(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``call`` in this API's thread pool."""
+        return await self.run(self.call, method, path, **kwargs)
+
+    # --- metadata --------------------------------------------------------------------------
+    def register_task_defs(self, defs: list[dict[str, Any]]) -> None:
+        """Register (or update) task definitions."""
+        self.call("POST", "/metadata/taskdefs", body=defs)
+
+    def get_workflow_def(self, name: str, version: int | None = None) -> dict[str, Any] | None:
+        """A workflow definition (latest when no version), or None."""
+        query = [("version", version)] if version is not None else []
+        try:
+            found: dict[str, Any] = self.call("GET", "/metadata/workflow/{name}",
+                                              path_params={"name": name}, query=query)
+        except ConductorApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found or None
+
+    def create_workflow_def(self, definition: dict[str, Any]) -> None:
+        """Register a new workflow definition version (never overwrites one)."""
+        self.call("POST", "/metadata/workflow", body=definition)
+
+    # --- workflows -------------------------------------------------------------------------
+    def start_workflow(self, request: dict[str, Any]) -> str:
+        """Start a workflow; returns its id."""
+        return str(self.call("POST", "/workflow", body=request)).strip('"')
+
+    def get_workflow(self, workflow_id: str, include_tasks: bool = True) -> dict[str, Any]:
+        """A workflow execution with (by default) its tasks."""
+        found: dict[str, Any] = self.call(
+            "GET", "/workflow/{id}", path_params={"id": workflow_id},
+            query=[("includeTasks", str(include_tasks).lower())],
+        )
+        return found
+
+    def find_by_correlation(self, name: str, correlation_id: str) -> list[dict[str, Any]]:
+        """Workflows of ``name`` started with ``correlation_id`` (closed ones too)."""
+        found: list[dict[str, Any]] = self.call(
+            "GET", "/workflow/{name}/correlated/{cid}",
+            path_params={"name": name, "cid": correlation_id},
+            query=[("includeClosed", "true"), ("includeTasks", "false")],
+        )
+        return found or []
+
+    def pause(self, workflow_id: str) -> None:
+        """The server's pause: no new task is scheduled."""
+        self.call("PUT", "/workflow/{id}/pause", path_params={"id": workflow_id})
+
+    def resume(self, workflow_id: str) -> None:
+        """The server's resume."""
+        self.call("PUT", "/workflow/{id}/resume", path_params={"id": workflow_id})
+
+    def terminate(self, workflow_id: str, reason: str) -> None:
+        """Terminate a workflow (no-op on a terminal one)."""
+        try:
+            self.call("DELETE", "/workflow/{id}", path_params={"id": workflow_id},
+                      query=[("reason", reason)])
+        except ConductorApiError as exc:
+            if exc.status not in (400, 404, 409):
+                raise
+
+    def skip_task(self, workflow_id: str, task_ref: str) -> None:
+        """The server's skip of a task that has not been scheduled yet."""
+        self.call("PUT", "/workflow/{id}/skiptask/{ref}",
+                  path_params={"id": workflow_id, "ref": task_ref}, body={})
+
+    # --- tasks -----------------------------------------------------------------------------
+    def poll(self, task_type: str, worker_id: str, count: int, timeout_ms: int,
+             domain: str | None = None) -> list[dict[str, Any]]:
+        """Long-poll up to ``count`` tasks of a type."""
+        query: list[tuple[str, Any]] = [("workerid", worker_id), ("count", count),
+                                        ("timeout", timeout_ms)]
+        if domain:
+            query.append(("domain", domain))
+        found = self.call("GET", "/tasks/poll/batch/{type}", path_params={"type": task_type},
+                          query=query, timeout_s=timeout_ms / 1000 + 30)
+        return list(found or [])
+
+    def update_task(
+        self,
+        workflow_id: str,
+        task_id: str,
+        status: str,
+        output: dict[str, Any] | None = None,
+        *,
+        callback_after_s: int | None = None,
+        reason: str | None = None,
+        worker_id: str | None = None,
+        extend_lease: bool = False,
+    ) -> None:
+        """Report a task's result (or park it with a callback, or extend its lease)."""
+        body: dict[str, Any] = {
+            "workflowInstanceId": workflow_id, "taskId": task_id, "status": status,
+            "outputData": output or {},
+        }
+        if callback_after_s is not None:
+            body["callbackAfterSeconds"] = callback_after_s
+        if reason:
+            body["reasonForIncompletion"] = reason[:500]
+        if worker_id:
+            body["workerId"] = worker_id
+        if extend_lease:
+            body["extendLease"] = True
+        self.call("POST", "/tasks", body=body)
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        """One task."""
+        found: dict[str, Any] = self.call("GET", "/tasks/{id}", path_params={"id": task_id})
+        return found
+
+    def health(self) -> bool:
+        """Whether the server answers its health check."""
+        try:
+            self.call("GET", "/metadata/taskdefs", query=[("access", "READ")], timeout_s=5)
+        except (ConductorApiError, EngineUnavailable):
+            return False
+        return True

@@ -1,0 +1,294 @@
+"""The worker host: polls dvt's step task types and runs them through the shared step runner.
+
+One asyncio loop per task type long-polls the server (in a thread) and handles each task as its
+own asyncio task, up to ``concurrency`` at a time. A step task runs one engine attempt through the
+shared StepRunner while a watcher extends its lease and notices a cancelled task. Shutdown is
+graceful: polling stops at once, running attempts finish (bounded by ``drain_timeout_s``) and
+report to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from dvt_adapters_conductor.api import TERMINAL_TASK, ConductorApiError
+from dvt_adapters_conductor.coordinator import RunContext, RunCoordinator, cancel_reason_of
+from dvt_adapters_conductor.mapping import MappingOptions
+from dvt_engine.errors import DvtError
+from dvt_engine.models.run import RunStatus, StepStatus
+from dvt_engine.steps.context import CancelToken
+from dvt_engine.steps.runner import StepOutcome
+
+logger = logging.getLogger("dvt.conductor.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker host polls and parks."""
+
+    concurrency: int = 16
+    poll_timeout_ms: int = 1000
+    #: concurrent long polls per task type; each asks for one task, because the server's
+    #: batch poll waits until the whole batch is there (or the timeout passes)
+    pollers: int = 3
+    #: seconds a step that may not start yet (paused run) waits before it is looked at again
+    park_s: int = 2
+    #: seconds a failed attempt awaiting an operator waits before it is looked at again
+    operator_park_s: int = 30
+    #: how often a running step checks whether its task was cancelled
+    watch_every_s: float = 0.5
+    drain_timeout_s: float = 60.0
+    sweep_every_s: float = 0.5
+
+
+class WorkerHost:
+    """Runs dvt's Conductor tasks until stopped."""
+
+    def __init__(
+        self,
+        coordinator: RunCoordinator,
+        mapping: MappingOptions,
+        options: WorkerOptions | None = None,
+        *,
+        step_queues: tuple[str, ...] = (),
+        worker_id: str | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.api = coordinator.api
+        self.mapping = mapping
+        self.options = options or WorkerOptions()
+        self.worker_id = worker_id or f"dvt-{socket.gethostname()}-{os.getpid()}-" \
+                                      f"{uuid.uuid4().hex[:6]}"
+        self.task_types = [mapping.step_type(None),
+                           *(mapping.step_type(q) for q in step_queues)]
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.options.concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self.handled = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> WorkerHost:
+        """Start polling every task type and the timer sweeper."""
+        self._stopping.clear()
+        for task_type in self.task_types:
+            for n in range(self.options.pollers):
+                self._loops.append(asyncio.create_task(self._poll_loop(task_type),
+                                                       name=f"dvt-poll-{task_type}-{n}"))
+        self._loops.append(asyncio.create_task(self._sweep_loop(), name="dvt-sweep"))
+        return self
+
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Stop polling, let running tasks finish (bounded), then return."""
+        self._stopping.set()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
+        timeout = self.options.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        if self._running:
+            _done, pending = await asyncio.wait(set(self._running), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def run_forever(self) -> None:
+        """Run until cancelled (``dvt worker``); shuts down gracefully."""
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        """Ask ``run_forever`` to shut down (from a signal handler)."""
+        self._stopping.set()
+
+    async def __aenter__(self) -> WorkerHost:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- polling -------------------------------------------------------------------------
+    async def _poll_loop(self, task_type: str) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self.options.concurrency - len(self._running)
+            if free <= 0:
+                await asyncio.sleep(0.01)  # a slot frees when a running task ends
+                continue
+            try:
+                polled = await self.api.run(self.api.poll, task_type, self.worker_id, 1,
+                                            self.options.poll_timeout_ms)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("poll %s failed: %s", task_type, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for task in polled:
+                job = asyncio.create_task(self._handle(task_type, task))
+                self._running.add(job)
+                job.add_done_callback(self._running.discard)
+
+    async def _sweep_loop(self) -> None:
+        """Reconcile runs whose timers (gate or operator timeouts) are due."""
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.options.sweep_every_s)
+            now = time.monotonic()
+            for key, due in list(self.coordinator.timers.items()):
+                if due > now:
+                    continue
+                ctx = await self.coordinator.context(*key)
+                if ctx is None:
+                    self.coordinator.timers.pop(key, None)
+                    continue
+                try:
+                    await self.coordinator.reconcile(ctx, force=True)
+                except Exception as exc:
+                    logger.warning("timer reconcile of %s failed: %s", key, exc)
+
+    async def _handle(self, task_type: str, task: dict[str, Any]) -> None:
+        try:
+            await self.handle_step(task)
+            self.handled += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The task stays with the server; its lease runs out and it is delivered again.
+            logger.exception("task %s (%s) failed in the worker", task.get("taskId"), task_type)
+
+    async def _update(self, task: dict[str, Any], status: str, output: dict[str, Any] | None = None,
+                      **kwargs: Any) -> None:
+        try:
+            await self.api.run(
+                self.api.update_task, str(task["workflowInstanceId"]), str(task["taskId"]),
+                status, output, worker_id=self.worker_id, **kwargs)
+        except ConductorApiError as exc:
+            logger.info("update of task %s refused: %s", task.get("taskId"), exc)
+
+    async def _context(self, task: dict[str, Any]) -> RunContext | None:
+        inp = task.get("inputData") or {}
+        ctx = await self.coordinator.context(str(inp.get("tenantId")), str(inp.get("runId")))
+        if ctx is not None and not ctx.workflow_id:
+            ctx.workflow_id = str(task["workflowInstanceId"])
+        return ctx
+
+    # --- steps ---------------------------------------------------------------------------
+    async def handle_step(self, task: dict[str, Any]) -> None:
+        """Run one engine attempt of a step (or park it, or report what the log says)."""
+        ctx = await self._context(task)
+        if ctx is None:
+            await self._update(task, "IN_PROGRESS", {"parked": "unknown run"},
+                               callback_after_s=self.options.operator_park_s)
+            return
+        step_id = str((task.get("inputData") or {}).get("stepId"))
+        verdict, snap = await self.coordinator.may_start(ctx, step_id)
+        step = snap.step(step_id)
+        if verdict == "park":
+            await self._update(task, "IN_PROGRESS", {"parked": str(snap.status)},
+                               callback_after_s=self.options.park_s)
+            return
+        if verdict == "done":
+            await self._report_recorded(ctx, task, snap.status, step.status)
+            return
+        engine_attempt = int(task.get("retryCount") or 0) + 1
+        invocation = self.coordinator.invocation(ctx, step_id, step.logical_attempt_id,
+                                                 engine_attempt)
+        token = CancelToken()
+        watcher = asyncio.create_task(self._watch(task, token))
+        try:
+            outcome = await self.coordinator.runner.run(invocation, cancel=token)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        # The log first, then the run's next moves, then the server: a crash in between is
+        # repaired by redelivery, which finds the outcome already recorded.
+        await self._reconcile_quietly(ctx)
+        await self._report(ctx, task, outcome)
+
+    async def _reconcile_quietly(self, ctx: RunContext) -> None:
+        try:
+            await self.coordinator.reconcile(ctx, force=True)
+        except DvtError as exc:
+            logger.warning("reconcile of run %s failed: %s", ctx.header.run_id, exc)
+
+    async def _report(self, ctx: RunContext, task: dict[str, Any], outcome: StepOutcome) -> None:
+        attempt = {"logicalAttemptId": outcome.logical_attempt_id}
+        if outcome.status in ("succeeded", "refused"):
+            await self._update(task, "COMPLETED", {**attempt, "status": outcome.status})
+        elif outcome.status == "retry":
+            code = outcome.error.code if outcome.error else "STEP_FAILED"
+            await self._update(task, "FAILED", {**attempt, "errorCode": code},
+                               reason=outcome.error.message if outcome.error else code)
+        elif outcome.status == "failed" and ctx.plan.metadata.failure_policy == "awaitOperator":
+            snap = await self.coordinator.store.get_snapshot(*ctx.key)
+            if snap is not None and not snap.status.is_terminal:
+                # Park the failed attempt: RETRY_STEP wakes this very task for attempt N+1.
+                await self._update(task, "IN_PROGRESS", {**attempt, "parked": "operator"},
+                                   callback_after_s=self.options.operator_park_s)
+                return
+            await self._fail_terminally(task, outcome)
+        else:
+            await self._fail_terminally(task, outcome)
+
+    async def _fail_terminally(self, task: dict[str, Any], outcome: StepOutcome) -> None:
+        code = outcome.error.code if outcome.error else "STEP_FAILED"
+        await self._update(task, "FAILED_WITH_TERMINAL_ERROR",
+                           {"logicalAttemptId": outcome.logical_attempt_id, "errorCode": code},
+                           reason=outcome.error.message if outcome.error else code)
+
+    async def _report_recorded(
+        self, ctx: RunContext, task: dict[str, Any], run_status: RunStatus, status: StepStatus
+    ) -> None:
+        """A task whose step the log has already decided: report that, or keep it parked."""
+        if status == StepStatus.FAILED and not run_status.is_terminal \
+                and ctx.plan.metadata.failure_policy == "awaitOperator":
+            await self._update(task, "IN_PROGRESS", {"parked": "operator"},
+                               callback_after_s=self.options.operator_park_s)
+        elif status == StepStatus.FAILED:
+            await self._update(task, "FAILED_WITH_TERMINAL_ERROR", {"status": str(status)})
+        else:
+            await self._update(task, "COMPLETED", {"status": str(status)})
+        await self._reconcile_quietly(ctx)
+
+    async def _cancel_reason(self, task: dict[str, Any]) -> str:
+        """The reason the run was cancelled with (as the interpreter words it)."""
+        try:
+            workflow = await self.api.run(self.api.get_workflow,
+                                          str(task["workflowInstanceId"]), False)
+        except Exception:
+            return "run cancelled"
+        _cancelled, reason = cancel_reason_of(workflow)
+        return reason or "run cancelled"
+
+    async def _watch(self, task: dict[str, Any], token: CancelToken) -> None:
+        """Extend the task's lease and fire the token when the server cancels the task."""
+        lease_every = max(1.0, self.mapping.lease_s / 3)
+        last_lease = time.monotonic()
+        while True:
+            await asyncio.sleep(self.options.watch_every_s)
+            try:
+                current = await self.api.run(self.api.get_task, str(task["taskId"]))
+            except Exception:
+                continue
+            status = current.get("status")
+            if status in TERMINAL_TASK:
+                if status in ("CANCELED", "SKIPPED"):
+                    token.cancel(await self._cancel_reason(task))
+                return
+            if time.monotonic() - last_lease >= lease_every:
+                await self._update(task, "IN_PROGRESS", extend_lease=True)
+                last_lease = time.monotonic()
