@@ -209,7 +209,7 @@ class EngineContractSuite:
         """Each golden scenario gives the reviewed expected result (status, checksum, log)."""
         h = engine_harness
         scenario = get_scenario(scenario_id)
-        expected = scenario.expected()
+        expected = scenario.expected
         outcome: ScenarioOutcome = await execute_scenario(
             scenario, h.engine, h.store, timeout=h.capabilities.timeout)
         problems = check_intent(scenario, outcome)

@@ -169,6 +169,7 @@ class Scenario:
         """Where the generated expectation lives."""
         return EXPECTED_DIR / f"{self.scenario_id}.json"
 
+    @property
     def expected(self) -> dict[str, Any]:
         """The reviewed expected result (FileNotFoundError before it is generated)."""
         data: dict[str, Any] = json.loads(self.expected_path.read_text(encoding="utf-8"))

@@ -52,7 +52,7 @@ REQUIRED = {
 
 
 def _expected(scenario: Scenario) -> dict[str, Any]:
-    return scenario.expected()
+    return scenario.expected
 
 
 def test_every_required_case_is_covered() -> None:

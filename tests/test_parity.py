@@ -214,7 +214,7 @@ async def test_two_reference_engines_are_equivalent(scenario_id: str) -> None:
     if scenario_id != "plan-hash-mismatch":
         checksums = set(report.checksums.values())
         assert len(checksums) == 1
-        assert checksums == {get_scenario(scenario_id).expected()["snapshotChecksum"]}
+        assert checksums == {get_scenario(scenario_id).expected["snapshotChecksum"]}
 
 
 async def test_a_different_step_result_is_reported_with_a_diff() -> None:
@@ -259,7 +259,7 @@ async def test_a_refusal_on_one_side_only_is_a_difference() -> None:
     assert [d.kind for d in report.differences] == ["error"]
     assert "CAPABILITY_NOT_SUPPORTED" in report.differences[0].message
     assert report.checksums["serial"] is None
-    assert report.checksums["reference"] == get_scenario("fan-out-fan-in").expected()[
+    assert report.checksums["reference"] == get_scenario("fan-out-fan-in").expected[
         "snapshotChecksum"]
 
 
