@@ -15,6 +15,7 @@ from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import ConductorRunRef, RunContext, TemporalRunRef
 from dvt_engine.models.signals import Actor, Role, SignalDecision, SignalRequest, SignalType
 from dvt_engine.models.snapshot import ArtifactRef, RunSnapshot, StepSnapshot
+from dvt_engine.planning.capabilities import ENGINE_CAPABILITIES
 from dvt_engine.planning.validation import build_validation_report
 from dvt_engine.schemas import load_schema
 from dvt_engine.schemas.export import (
@@ -109,7 +110,7 @@ def test_golden_plans_report_what_their_scenarios_expect(path: Path) -> None:
     report = build_validation_report(
         path.read_bytes(),
         engine="reference",
-        capabilities=frozenset({"workflow.fan.parallel", "signal.pause.native"}),
+        capabilities=ENGINE_CAPABILITIES["reference"],
         known_kinds=(),
     )
     assert list(validator("ValidationReport").iter_errors(report.model_dump(mode="json"))) == []
