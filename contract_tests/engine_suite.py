@@ -588,6 +588,70 @@ class EngineContractSuite:
         types = _types(await run.events())
         assert types.index("RunApproved") < types.index("RunStarted")
 
+    async def test_rejected_run_approval_fails_the_run(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """APPROVE_RUN reject: RunFailed with RUN_NOT_APPROVED; nothing ran. Signals that act on a
+        started run are refused while it waits (ILLEGAL_TRANSITION)."""
+        h = engine_harness
+        run = await self.start(h, plan_document(
+            "suite-reject-run", [{"stepId": "a", "kind": "noop"}], requiresApproval=True))
+        early = await run.signal(SignalType.PAUSE, OPERATOR)
+        assert (early.accepted, early.error_code) == (False, ErrorCode.ILLEGAL_TRANSITION)
+        unauthorized = await run.signal(SignalType.APPROVE_RUN, ENGINEER, {"decision": "approve"})
+        assert unauthorized.error_code == ErrorCode.SIGNAL_UNAUTHORIZED
+        decision = await run.signal(SignalType.APPROVE_RUN, APPROVER, {"decision": "reject"})
+        assert decision.accepted, decision
+        final = await run.finished()
+        assert final.status == RunStatus.FAILED
+        assert final.failure is not None
+        assert final.failure.code == ErrorCode.RUN_NOT_APPROVED
+        types = _types(await run.events())
+        assert "RunStarted" not in types
+        assert "StepStarted" not in types
+
+    async def test_output_larger_than_32_kib_fails_the_step(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """A step's JSON output is at most 32 KiB: a bigger one is STEP_OUTPUT_TOO_LARGE."""
+        run = await self.start(engine_harness, plan_document("suite-big-output", [
+            {"stepId": "big", "kind": "echo", "params": {"blob": "x" * 40_000}},
+        ]))
+        final = await run.finished()
+        assert final.status == RunStatus.FAILED
+        error = final.step("big").error
+        assert error is not None
+        assert error.code == ErrorCode.STEP_OUTPUT_TOO_LARGE
+        assert all(len(e.model_dump_json()) < 32_768 for e in await run.events())
+
+    async def test_signal_rate_limit(self, engine_harness: EngineHarness) -> None:
+        """With signals.rate.limit, the 61st signal within a minute is refused (not recorded);
+        a repeated signalId is still answered. Without it, every signal is decided."""
+        from dvt_engine.planning.capabilities import SIGNALS_RATE_LIMIT
+
+        h = engine_harness
+        declared = frozenset(getattr(h.engine, "declared_capabilities",
+                                     lambda: h.engine.capabilities)())
+        run = await self.start(h, plan_document("suite-rate", [
+            {"stepId": "long", "kind": "sleep", "params": {"ms": 60_000}},
+        ]))
+        await run.wait(lambda s: s.step("long").status == StepStatus.RUNNING, "long runs")
+        answers = [await run.signal(SignalType.RESUME, OPERATOR, signal_id=f"r-{i}")
+                   for i in range(61)]
+        assert all(a.accepted and a.no_op for a in answers[:60])
+        repeated = await run.signal(SignalType.RESUME, OPERATOR, signal_id="r-0")
+        assert repeated.duplicate is True
+        events = await run.events()
+        if SIGNALS_RATE_LIMIT in declared:
+            assert (answers[60].accepted, answers[60].error_code) == (
+                False, ErrorCode.SIGNAL_RATE_LIMITED)
+            assert _types(events).count("SignalAccepted") == 60
+        else:
+            assert answers[60].accepted
+            assert _types(events).count("SignalAccepted") == 61
+        await h.engine.cancel_run(run.ref, "done")
+        assert (await run.finished()).status == RunStatus.CANCELLED
+
     async def test_retry_run_starts_a_new_run(self, engine_harness: EngineHarness) -> None:
         """RETRY_RUN on a FAILED run starts a new run with originalRunId; the old one stays."""
         h = engine_harness
