@@ -69,10 +69,10 @@ VIEWER = Actor(id="victor", roles=())
 class HarnessCapabilities:
     """Real differences between engines, declared by each adapter's fixture.
 
-    - ``pause_drains``: after PAUSE the engine cannot stop running steps, so the run reports
-      PAUSED + DRAINING until they settle and their results are recorded while paused
-      (Conductor). False: pause takes effect at once and running steps are cancelled when the
-      engine was configured with cancelInFlightOnPause (``pause_cancels_in_flight``).
+    - ``pause_drains``: the engine's pause cannot recall work it already handed out (Conductor):
+      a step scheduled just before PAUSE may still start after RunPaused, and the run reports
+      PAUSED + DRAINING until running steps settle. False: no step starts after RunPaused
+      (Temporal, reference).
     - ``pause_cancels_in_flight``: steps running at PAUSE are cancelled rather than finished.
     - ``timeout``: seconds any single wait for a run's state may take on this engine.
     """
@@ -541,7 +541,18 @@ class EngineContractSuite:
         events = await run.events()
         types = _types(events)
         paused_at, resumed_at = types.index("RunPaused"), types.index("RunResumed")
-        assert "StepStarted" not in types[paused_at:resumed_at]
+        late = [e for e in events[paused_at:resumed_at] if e.event_type == "StepStarted"]
+        if h.capabilities.pause_drains:
+            # A draining pause cannot recall a step the engine had already scheduled, but it
+            # schedules nothing whose dependencies settled after the pause.
+            settled_before = {e.step_id for e in events[:paused_at]
+                              if e.event_type in ("StepCompleted", "StepSkipped")}
+            header = await h.store.get_run(run.tenant_id, run.run_id)
+            assert header is not None
+            deps = {s.step_id: set(s.depends_on) for s in header.steps}
+            assert all(deps[e.step_id or ""] <= settled_before for e in late)
+        else:
+            assert late == []  # no step starts after RunPaused until RunResumed
         assert final.status == RunStatus.COMPLETED
         slow = final.step("slow")
         if h.capabilities.pause_cancels_in_flight:
