@@ -58,6 +58,7 @@ class Route:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    stall: threading.Event | None = None  # send headers and part of the body, then wait
 
 
 class PlanServer:
@@ -79,6 +80,11 @@ class PlanServer:
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()
+                if route.stall is not None:
+                    self.wfile.write(route.body[:10])
+                    self.wfile.flush()
+                    route.stall.wait(timeout=30)
+                    return
                 self.wfile.write(route.body)
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -410,6 +416,18 @@ async def test_http_status_codes(server: PlanServer) -> None:
     assert err.retryable is True
     err = await expect(loader, ref_for(server.url("/nope")), PlanFetchFailed)
     assert err.retryable is False
+
+
+async def test_a_stalled_body_fails_retryably_within_the_timeout(server: PlanServer) -> None:
+    release = threading.Event()
+    server.routes["/stalled"] = Route(body=PLAN_BYTES, stall=release)
+    loader = PlanLoader(None, allowed_hosts=[server.origin], timeout_s=0.3)
+    try:
+        err = await expect(loader, ref_for(server.url("/stalled")), PlanFetchFailed)
+    finally:
+        release.set()
+    assert err.retryable is True
+    assert server.requests == [("/stalled", f"127.0.0.1:{server.port}")]
 
 
 async def test_body_larger_than_declared_size_is_an_integrity_failure(server: PlanServer) -> None:

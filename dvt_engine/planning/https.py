@@ -184,7 +184,8 @@ class HttpsPlanFetcher(PlanFetcher):
                     f"fetching {checked.uri!r} took longer than {self.timeout_s}s",
                     details={"uri": checked.uri},
                 )
-            chunk = resp.read(CHUNK_BYTES)
+            # read1 returns what has arrived, so a slowly dripping body meets the deadline check.
+            chunk = resp.read1(CHUNK_BYTES)
             if not chunk:
                 break
             size += len(chunk)
