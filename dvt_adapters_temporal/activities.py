@@ -22,6 +22,7 @@ from dvt_adapters_temporal.wire import (
     ACT_PREPARE,
     ACT_RUN_EVENT,
     ACT_RUN_STEP,
+    CANCEL_REASON_QUERY,
     GateInput,
     Prepared,
     PrepareInput,
@@ -70,6 +71,16 @@ class RunIdentity:
 def _app_error(err: DvtError) -> ApplicationError:
     return ApplicationError(err.message, err.to_dict(), type=str(err.code),
                             non_retryable=not err.retryable)
+
+
+async def _cancel_reason(info: activity.Info, step_id: str) -> str:
+    """The reason the workflow recorded for stopping this step (a query; a default if none)."""
+    try:
+        handle = activity.client().get_workflow_handle(info.workflow_id)
+        reason = await asyncio.wait_for(handle.query(CANCEL_REASON_QUERY, step_id), 10)
+    except Exception:  # the reason is informative only; never block the cancellation on it
+        reason = None
+    return str(reason) if reason else "run cancelled"
 
 
 def to_wire(outcome: RunnerOutcome) -> StepOutcome:
@@ -181,8 +192,9 @@ class TemporalActivities:
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             if details is not None and details.cancel_requested:
-                # The run asked the step to stop: the runner records STEP_CANCELLED.
-                token.cancel("cancellation requested by the run")
+                # The run asked the step to stop: the runner records STEP_CANCELLED with the
+                # run's reason, the same words as on every engine.
+                token.cancel(await _cancel_reason(info, invocation.step_id))
                 outcome = await asyncio.shield(work)
                 return to_wire(outcome)
             # Timed out, reset or shutting down: this attempt is lost to the engine, not

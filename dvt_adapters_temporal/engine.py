@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dvt_engine.planning.fetch import UriPolicy
+from pydantic import ValidationError
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -35,8 +35,9 @@ from dvt_adapters_temporal.wire import (
 )
 from dvt_adapters_temporal.worker import build_workers, running_workers, select_workers, serve
 from dvt_adapters_temporal.workflow import WORKFLOW_NAME
+from dvt_engine import telemetry
 from dvt_engine.engine_base import BaseEngine
-from dvt_engine.errors import EngineUnavailable, RunNotFound
+from dvt_engine.errors import EngineUnavailable, IdentifierInvalid, RunNotFound
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import (
     EngineRunRef,
@@ -47,6 +48,7 @@ from dvt_engine.models.run import (
     RunSubstatus,
     TemporalRunRef,
 )
+from dvt_engine.planning.fetch import UriPolicy
 from dvt_engine.planning.validation import raise_for_report
 from dvt_engine.ports import Authorizer, PlanFetcher, RunStateStore, SecretsProvider
 from dvt_engine.signals.service import AcceptedSignal
@@ -225,12 +227,23 @@ class TemporalEngine(BaseEngine):
         and the server's id policies make that a no-op when the workflow exists, and it heals
         a first attempt that registered the run but died before the start reached Temporal.
         """
-        header, plan, _created = await self.register(plan_ref, _as_context(context))
-        if header.requires_approval:
-            snap = await self.store.get_snapshot(header.tenant_id, header.run_id)
-            if snap is None or snap.status == RunStatus.PENDING:
-                return self.run_ref_for(header)
-        return await self.launch(header, plan)
+        context = _as_context(context)
+        with telemetry.dvt_span(
+            telemetry.SPAN_START_RUN,
+            attributes={
+                telemetry.ATTR_TENANT_ID: context.tenant_id,
+                telemetry.ATTR_PROJECT_ID: context.project_id,
+                telemetry.ATTR_ENVIRONMENT_ID: context.environment_id,
+                telemetry.ATTR_RUN_ID: context.run_id,
+                telemetry.ATTR_ENGINE: self.name,
+            },
+        ):
+            header, plan, _created = await self.register(plan_ref, context)
+            if header.requires_approval:
+                snap = await self.store.get_snapshot(header.tenant_id, header.run_id)
+                if snap is None or snap.status == RunStatus.PENDING:
+                    return self.run_ref_for(header)
+            return await self.launch(header, plan)
 
     async def launch(self, header: RunHeader, plan: ExecutionPlan) -> EngineRunRef:
         """Start (or find) the interpreter workflow of a registered run."""
@@ -353,4 +366,12 @@ class TemporalEngine(BaseEngine):
 
 
 def _as_context(context: RunContext | dict[str, Any]) -> RunContext:
-    return context if isinstance(context, RunContext) else RunContext.model_validate(context)
+    if isinstance(context, RunContext):
+        return context
+    try:
+        return RunContext.model_validate(context)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise IdentifierInvalid(f"run context field {field}: {first['msg']}",
+                                details={"field": field}) from exc

@@ -11,6 +11,7 @@ from typing import Any
 
 SIGNAL_NAME = "dvt.signal"
 STATUS_QUERY = "dvt.status"
+CANCEL_REASON_QUERY = "dvt.cancel_reason"
 
 ACT_PREPARE = "dvt.prepare"
 ACT_RUN_STEP = "dvt.run_step"

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ACT_PREPARE,
         ACT_RUN_EVENT,
         ACT_RUN_STEP,
+        CANCEL_REASON_QUERY,
         SIGNAL_NAME,
         STATUS_QUERY,
         Cursor,
@@ -75,6 +76,8 @@ _BOOKKEEPING_TIMEOUT = timedelta(seconds=60)
 # Engine attempts beyond the step's own policy, spent only on lost workers (heartbeat timeouts):
 # the step runner decides finality from the step's policy, never from this cap.
 INFRA_EXTRA_ATTEMPTS = 5
+_FAIL_FAST_REASON = "run failing (failFast)"
+_STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
 # The runner enforces a step's timeoutMs itself; the activity timeout is only a backstop.
 _STEP_TIMEOUT_SLACK = timedelta(seconds=60)
 
@@ -103,6 +106,10 @@ class DvtRunWorkflow:
         self._activities: dict[str, asyncio.Task[None]] = {}
         self._gates: dict[str, int] = {}
         self._cancel_asked: dict[str, str] = {}
+        # Steps whose latest outcome the interpreter has not been fed yet, and step signals
+        # held back until it has (the signal was decided on the store, which may be ahead).
+        self._unfed: set[str] = set()
+        self._held: dict[str, list[_Input]] = {}
         self._deferred: list[StartStep] = []
         self._timers: dict[str, int] = {}
         self._timer_tasks: dict[str, asyncio.Task[None]] = {}
@@ -142,6 +149,11 @@ class DvtRunWorkflow:
             "steps": {k: str(v) for k, v in interp.statuses().items()},
         }
 
+    @workflow.query(name=CANCEL_REASON_QUERY)
+    def cancel_reason(self, step_id: str) -> str | None:
+        """Why the run asked a running step to stop (read by the step's activity)."""
+        return self._cancel_asked.get(step_id)
+
     def _run_id(self) -> str | None:
         return str(self._inp.context["runId"]) if self._inp else None
 
@@ -167,7 +179,9 @@ class DvtRunWorkflow:
             return self._result("FAILED", None, prepared.refused_code)
         plan = ExecutionPlan.model_validate(prepared.plan)
         if cursor is None:
-            self._interp = RunInterpreter(plan=plan)
+            self._interp = RunInterpreter(
+                plan=plan, cancel_in_flight_on_pause=inp.config.cancel_in_flight_on_pause
+            )
             await self._execute(self._interp.begin())
         else:
             self._interp = RunInterpreter.from_cursor(plan, cursor.interpreter)
@@ -176,16 +190,37 @@ class DvtRunWorkflow:
             await workflow.wait_condition(lambda: bool(self._queue) or self._can_now())
             if self._queue:
                 item = self._queue.pop(0)
+                if self._hold(item):
+                    continue
                 await self._execute(self._feed(item))
+                self._release(item)
                 if item.signal is not None:
                     self._applied.append(item.signal.signal_id)
             elif self._can_now():
                 self._continue_as_new()
         return self._finished
 
+    def _hold(self, item: _Input) -> bool:
+        """Hold a step signal back while that step's outcome is still on its way."""
+        msg = item.signal
+        if msg is None or msg.type not in _STEP_SIGNALS:
+            return False
+        step_id = msg.payload.get("stepId")
+        if not isinstance(step_id, str) or step_id not in self._unfed:
+            return False
+        self._held.setdefault(step_id, []).append(item)
+        return True
+
+    def _release(self, item: _Input) -> None:
+        """After a step's outcome was fed, its held signals go first."""
+        if item.kind in ("settled", "awaiting") and item.step_id in self._held:
+            self._queue[0:0] = self._held.pop(item.step_id)
+
     def _feed(self, item: _Input) -> list[Command]:
         interp = self._interp
         assert interp is not None
+        if item.kind in ("settled", "awaiting"):
+            self._unfed.discard(item.step_id)
         if item.kind == "settled":
             self._activities.pop(item.step_id, None)
             self._gates.pop(item.step_id, None)
@@ -193,7 +228,13 @@ class DvtRunWorkflow:
             return interp.step_settled(item.step_id, item.attempt, item.outcome,  # type: ignore[arg-type]
                                        item.error)
         if item.kind == "awaiting":
-            return interp.step_awaiting_approval(item.step_id)
+            commands = interp.step_awaiting_approval(item.step_id)
+            if (interp.plan.metadata.failure_policy == "failFast" and interp.failure is not None
+                    and not interp.is_finished):
+                # The run began failing while this gate was opening: a gate cannot finish by
+                # itself, so it is cancelled now, as the interpreter does for gates it knew of.
+                commands = [*commands, CancelSteps((item.step_id,), _FAIL_FAST_REASON)]
+            return commands
         if item.kind == "timer":
             self._timers.pop(item.timer, None)
             self._timer_tasks.pop(item.timer, None)
@@ -236,6 +277,7 @@ class DvtRunWorkflow:
             self._deferred.append(cmd)
             return
         self._started_this_generation += 1
+        self._unfed.add(cmd.step_id)
         self._activities[cmd.step_id] = asyncio.create_task(
             self._run_activity(cmd.step_id, self._spec(cmd.step_id), cmd.logical_attempt_id)
         )
@@ -341,6 +383,7 @@ class DvtRunWorkflow:
 
     async def _resolve_gate(self, cmd: ResolveGate) -> None:
         self._gates.pop(cmd.step_id, None)
+        self._unfed.add(cmd.step_id)
         outcome = await self._gate(cmd.step_id, cmd.logical_attempt_id,
                                    "approve" if cmd.approve else "reject",
                                    approver=cmd.approver, comment=cmd.comment,
@@ -350,6 +393,7 @@ class DvtRunWorkflow:
     async def _close_gate(self, step_id: str, attempt: int, action: str,
                           reason: str | None) -> None:
         self._gates.pop(step_id, None)
+        self._unfed.add(step_id)
         outcome = await self._gate(step_id, attempt, action, reason=reason)
         self._settle(step_id, attempt, outcome)
 
