@@ -244,10 +244,13 @@ async def _serve(engine_name: str, engine: Any, stop: asyncio.Event,
                  queues: tuple[str, ...]) -> None:
     serve = getattr(engine, "serve_workers", None)
     if serve is not None:
-        if queues:
+        if not queues:
+            await serve(stop=stop)
+        elif "queues" in inspect.signature(serve).parameters:
             await serve(stop=stop, queues=list(queues))
         else:
-            await serve(stop=stop)
+            raise UsageError(f"the {engine_name} worker host cannot select queues",
+                             details={"engine": engine_name})
         return
     if engine_name == "temporal":
         worker_mod = _module("dvt_adapters_temporal.worker", "the Temporal worker host", "temporal")

@@ -93,12 +93,18 @@ def prepare_local_servers(engine: str, settings: Settings) -> Settings:
     PostgreSQL becomes the store, so the run outlives the command.
     """
     a = settings.addresses
+    started = False
     if engine == "temporal" and not a.temporal_address:
         info = devenv.temporal_up()
         settings = settings.with_dev(None, EngineAddresses(temporal_address=info["address"]))
-        if not settings.store_url and devenv.postgres_available():
-            pg = devenv.postgres_up()
-            settings = settings.with_dev(pg["url"], EngineAddresses())
+        started = True
+    elif engine == "conductor" and not a.conductor_url:
+        info = devenv.conductor_up()
+        settings = settings.with_dev(None, EngineAddresses(conductor_url=str(info["serverUrl"])))
+        started = True
+    if started and not settings.store_url and devenv.postgres_available():
+        pg = devenv.postgres_up()
+        settings = settings.with_dev(pg["url"], EngineAddresses())
     return settings
 
 
