@@ -10,19 +10,22 @@ CREATE TABLE dvt_runs (
     tenant_id       text        NOT NULL,
     project_id      text        NOT NULL,
     environment_id  text        NOT NULL,
-    plan_id         text,
-    plan_version    text,
-    engine          text,
-    run_request_key text,
-    header          json,
+    plan_id         text        NOT NULL,
+    plan_version    text        NOT NULL,
+    engine          text        NOT NULL,
+    run_request_key text        NOT NULL,
+    header          json        NOT NULL,
     status          text        NOT NULL DEFAULT 'PENDING',
     substatus       text,
+    -- The runSeq counter: the highest runSeq appended. Appends lock this row, which is what
+    -- serialises writers of one run and makes the duplicate check race-free.
     last_seq        bigint      NOT NULL DEFAULT 0,
-    last_event_seq  bigint      NOT NULL DEFAULT 0,
-    snapshot        json,
-    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The stored snapshot and the runSeq it reflects; readers apply the log after it.
+    snapshot        json        NOT NULL,
+    snapshot_seq    bigint      NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT dvt_runs_seq_order CHECK (last_event_seq <= last_seq)
+    CONSTRAINT dvt_runs_snapshot_order CHECK (snapshot_seq <= last_seq)
 );
 
 -- "Active runs of a tenant, newest first": equality on tenant and status, then the order.
@@ -34,15 +37,14 @@ CREATE INDEX dvt_runs_tenant_created
 CREATE INDEX dvt_runs_tenant_updated
     ON dvt_runs (tenant_id, updated_at);
 -- start_run is idempotent on the run-request key within a tenant.
-CREATE UNIQUE INDEX dvt_runs_request_key
-    ON dvt_runs (tenant_id, run_request_key) WHERE run_request_key IS NOT NULL;
+CREATE UNIQUE INDEX dvt_runs_request_key ON dvt_runs (tenant_id, run_request_key);
 
 -- The append-only log. Rows are never updated or deleted in normal operation.
 CREATE TABLE dvt_events (
     run_id             text        NOT NULL,
     run_seq            bigint      NOT NULL,
     idempotency_key    text        NOT NULL,
-    event_id           uuid        NOT NULL,
+    event_id           text        NOT NULL,
     event_type         text        NOT NULL,
     tenant_id          text        NOT NULL,
     project_id         text        NOT NULL,
@@ -52,13 +54,13 @@ CREATE TABLE dvt_events (
     engine_attempt_id  integer,
     emitted_at         timestamptz NOT NULL,
     persisted_at       timestamptz NOT NULL,
+    -- The producer's envelope exactly as received; runSeq and persistedAt are the columns.
     envelope           json        NOT NULL,
     CONSTRAINT dvt_events_pkey PRIMARY KEY (run_id, run_seq),
     CONSTRAINT dvt_events_idempotency UNIQUE (run_id, idempotency_key),
     CONSTRAINT dvt_events_run_fk FOREIGN KEY (run_id) REFERENCES dvt_runs (run_id),
     CONSTRAINT dvt_events_seq_positive CHECK (run_seq > 0)
 );
-CREATE UNIQUE INDEX dvt_events_event_id ON dvt_events (event_id);
 
 -- Content-addressed plans: the key is the sha256 of the bytes.
 CREATE TABLE dvt_plans (

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+
+from dvt_statestore_pg.store import PostgresRunStateStore
 
 from dvt_statestore_pg.testing import (
     PostgresServerError,
@@ -36,3 +38,46 @@ def pg_schema(pg_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
         yield schema
     finally:
         drop_schema(pg_dsn, schema)
+
+
+def store_url(dsn: str, schema: str, **options: str) -> str:
+    """A store URL for ``dsn`` with dvt's options added to its query."""
+    from urllib.parse import urlencode
+
+    sep = "&" if "?" in dsn else "?"
+    return dsn + sep + urlencode({"schema": schema, **options})
+
+
+@pytest.fixture(scope="module")
+def pg_store_url(pg_dsn: str, pg_schema: str) -> str:
+    """The store URL of this module's schema."""
+    return store_url(pg_dsn, pg_schema)
+
+
+@pytest.fixture
+async def pg_store(pg_store_url: str) -> AsyncIterator[PostgresRunStateStore]:
+    """An open store on this module's schema (migrated on open)."""
+    store = await PostgresRunStateStore.open(pg_store_url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def pg_store_factory(
+    pg_store_url: str,
+) -> AsyncIterator[Callable[[], Awaitable[PostgresRunStateStore]]]:
+    """Opens more stores on the same schema: other writer processes, as far as the data knows."""
+    opened: list[PostgresRunStateStore] = []
+
+    async def factory() -> PostgresRunStateStore:
+        store = await PostgresRunStateStore.open(pg_store_url)
+        opened.append(store)
+        return store
+
+    try:
+        yield factory
+    finally:
+        for store in opened:
+            await store.close()

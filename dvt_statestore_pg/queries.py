@@ -1,0 +1,179 @@
+"""Every SQL statement of the store, with table names qualified by the store's schema.
+
+Names come from psycopg's identifier quoting and values are always bound parameters: no text
+from a caller is ever spliced into SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+@dataclass(frozen=True)
+class Queries:
+    """The statements of one schema."""
+
+    schema: str
+
+    def _fmt(self, template: str) -> str:
+        names = {
+            name: sql.Identifier(self.schema, name)
+            for name in ("dvt_runs", "dvt_events", "dvt_plans", "dvt_outbox", "dvt_append_events")
+        }
+        return sql.SQL(template).format(**names).as_string(None)
+
+    @property
+    def append(self) -> str:
+        """Call the append function for one run (migration 0002)."""
+        return self._fmt(
+            "SELECT outcome, idempotency_key, run_seq, event_id, persisted_at, last_seq"
+            " FROM {dvt_append_events}(%s, %s, %s, %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::text[], %s::text[], %s::integer[], %s::integer[],"
+            " %s::timestamptz[], %s::json[], %s, %s, %s::json, %s, %s)"
+        )
+
+    @property
+    def load_state(self) -> str:
+        """A run's stored snapshot and the log after it, read in one statement snapshot."""
+        return self._fmt(
+            "SELECT r.last_seq, r.snapshot_seq, r.snapshot::text,"
+            " ARRAY(SELECT e.run_seq FROM {dvt_events} e WHERE e.run_id = r.run_id"
+            "       AND e.run_seq > r.snapshot_seq ORDER BY e.run_seq),"
+            " ARRAY(SELECT e.envelope::text FROM {dvt_events} e WHERE e.run_id = r.run_id"
+            "       AND e.run_seq > r.snapshot_seq ORDER BY e.run_seq)"
+            " FROM {dvt_runs} r WHERE r.run_id = %s AND r.tenant_id = %s"
+        )
+
+    @property
+    def register(self) -> str:
+        """Insert a run unless its runId or its run-request key is taken."""
+        return self._fmt(
+            "INSERT INTO {dvt_runs} (run_id, tenant_id, project_id, environment_id, plan_id,"
+            " plan_version, engine, run_request_key, header, status, substatus, snapshot,"
+            " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, %s, %s::json, %s)"
+            " ON CONFLICT DO NOTHING RETURNING run_id"
+        )
+
+    @property
+    def header_by_request(self) -> str:
+        """The header registered under a run-request key."""
+        return self._fmt(
+            "SELECT header::text FROM {dvt_runs} WHERE tenant_id = %s AND run_request_key = %s"
+        )
+
+    @property
+    def header(self) -> str:
+        """A run's header, for its tenant only."""
+        return self._fmt("SELECT header::text FROM {dvt_runs} WHERE run_id = %s AND tenant_id = %s")
+
+    def list_runs(self, *, status: bool, project: bool, environment: bool) -> str:
+        """The latest-status index, newest first; only the filters asked for are in the SQL."""
+        where = ["tenant_id = %(tenant)s"]
+        if status:
+            where.append("status = ANY(%(status)s::text[])")
+        if project:
+            where.append("project_id = %(project)s")
+        if environment:
+            where.append("environment_id = %(environment)s")
+        return self._fmt(
+            "SELECT run_id, tenant_id, project_id, environment_id, plan_id, plan_version, engine,"
+            " status, substatus, last_seq, created_at, updated_at FROM {dvt_runs} WHERE "
+            + " AND ".join(where)
+            + " ORDER BY created_at DESC, run_id DESC LIMIT %(limit)s"
+        )
+
+    @property
+    def fetch(self) -> str:
+        """Events of a run after a watermark, ascending."""
+        return self._fmt(
+            "SELECT run_seq, persisted_at, envelope::text FROM {dvt_events}"
+            " WHERE run_id = %s AND tenant_id = %s AND run_seq > %s ORDER BY run_seq LIMIT %s"
+        )
+
+    @property
+    def fetch_since(self) -> str:
+        """Events of a run after a watermark that were persisted at or after a time."""
+        return self._fmt(
+            "SELECT run_seq, persisted_at, envelope::text FROM {dvt_events}"
+            " WHERE run_id = %s AND tenant_id = %s AND run_seq > %s AND persisted_at >= %s"
+            " ORDER BY run_seq LIMIT %s"
+        )
+
+    @property
+    def by_key(self) -> str:
+        """The event stored under an idempotency key."""
+        return self._fmt(
+            "SELECT run_seq, persisted_at, envelope::text FROM {dvt_events}"
+            " WHERE run_id = %s AND tenant_id = %s AND idempotency_key = %s"
+        )
+
+    @property
+    def all_events(self) -> str:
+        """The whole log of a run, for project()."""
+        return self._fmt(
+            "SELECT run_seq, persisted_at, envelope::text FROM {dvt_events}"
+            " WHERE run_id = %s AND tenant_id = %s ORDER BY run_seq"
+        )
+
+    @property
+    def active_runs_since(self) -> str:
+        """Runs of a tenant touched since a time, and the database clock now."""
+        return self._fmt(
+            "SELECT run_id, last_seq, clock_timestamp() FROM {dvt_runs}"
+            " WHERE tenant_id = %s AND updated_at >= %s"
+        )
+
+    @property
+    def run_last_seq(self) -> str:
+        """One run's counter."""
+        return self._fmt("SELECT last_seq FROM {dvt_runs} WHERE run_id = %s AND tenant_id = %s")
+
+    @property
+    def put_plan(self) -> str:
+        """Store plan bytes once."""
+        return self._fmt(
+            "INSERT INTO {dvt_plans} (sha256, content, size_bytes) VALUES (%s, %s, %s)"
+            " ON CONFLICT (sha256) DO NOTHING"
+        )
+
+    @property
+    def get_plan(self) -> str:
+        """Plan bytes by digest."""
+        return self._fmt("SELECT content FROM {dvt_plans} WHERE sha256 = %s")
+
+    @property
+    def claim_outbox(self) -> str:
+        """Lease undelivered outbox rows to one consumer; others skip them."""
+        return self._fmt(
+            "WITH c AS (SELECT id FROM {dvt_outbox} WHERE delivered_at IS NULL"
+            " AND (claimed_until IS NULL OR claimed_until < clock_timestamp())"
+            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " UPDATE {dvt_outbox} o SET claimed_until = clock_timestamp() + make_interval(secs => %s),"
+            " attempts = o.attempts + 1 FROM c WHERE o.id = c.id"
+            " RETURNING o.id, o.run_id, o.tenant_id, o.run_seq"
+        )
+
+    @property
+    def ack_outbox(self) -> str:
+        """Mark outbox rows delivered."""
+        return self._fmt(
+            "UPDATE {dvt_outbox} SET delivered_at = clock_timestamp()"
+            " WHERE id = ANY(%s::bigint[]) AND delivered_at IS NULL"
+        )
+
+    @property
+    def event_at(self) -> str:
+        """One event by its place in the log (no tenant filter: outbox consumers are trusted)."""
+        return self._fmt(
+            "SELECT run_seq, persisted_at, envelope::text FROM {dvt_events}"
+            " WHERE run_id = %s AND run_seq = %s"
+        )
+
+    @property
+    def db_now(self) -> str:
+        """The database clock."""
+        return "SELECT clock_timestamp()"

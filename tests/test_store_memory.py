@@ -1,0 +1,28 @@
+"""The in-memory store against the shared store contract suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from contract_tests.store_suite import StoreContractSuite, StoreFactory
+from dvt_engine.ports import RunStateStore
+from dvt_engine.stores.memory import MemoryRunStateStore
+
+
+class TestMemoryStoreContract(StoreContractSuite):
+    """Contract section 5 on MemoryRunStateStore."""
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[RunStateStore]:
+        async with MemoryRunStateStore() as store:
+            yield store
+
+    @pytest.fixture
+    def store_factory(self, store: RunStateStore) -> StoreFactory:
+        # One process holds the memory store: the second writer is the same instance.
+        async def same() -> RunStateStore:
+            return store
+
+        return same
