@@ -1,0 +1,61 @@
+"""`dvt dev up|down|status` with the embedded PostgreSQL: servers outlive commands, later
+commands use them by default, and data survives a restart."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import PLANS, Result, invoke
+
+
+@pytest.fixture
+def dvt(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Any:
+    home = tmp_path / "home"
+
+    def call(*args: str, **env: str) -> Result:
+        return invoke(capsys, list(args), {"DVT_HOME": str(home), "DVT_ENGINE": "reference",
+                                           **env})
+
+    yield call
+    # Whatever a failed assertion left running is stopped; the pid files say what that is.
+    call("dev", "down")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_dev_postgres_is_the_default_store_and_keeps_its_data(dvt: Any) -> None:
+    up = dvt("dev", "up", "--postgres", "--no-temporal", "--json")
+    assert up.code == 0, up
+    pg = up.json()["postgres"]
+    assert pg["running"] is True
+    assert pg["url"].startswith("postgresql://")
+    pid = pg["pid"]
+    run_id = f"dev-{uuid.uuid4().hex[:8]}"
+    ran = dvt("run", str(PLANS / "one-step.json"), "--run-id", run_id, "--json")
+    assert ran.code == 0, ran
+    # No --store anywhere: status in a separate command finds the run in the dev store.
+    status = dvt("status", run_id, "--json")
+    assert status.code == 0, status
+    assert status.json()["snapshotChecksum"] == ran.json()["snapshotChecksum"]
+
+    down = dvt("dev", "down", "--json")
+    assert down.code == 0
+    assert down.json()["stopped"]["postgres"] is True
+    assert not _alive(pid)
+    assert dvt("dev", "status", "--json").json()["postgres"]["running"] is False
+
+    again = dvt("dev", "up", "--postgres", "--no-temporal", "--json")
+    assert again.code == 0, again
+    assert again.json()["postgres"]["root"] == pg["root"]
+    listed = dvt("runs", "--json").json()["runs"]
+    assert run_id in {r["runId"] for r in listed}
