@@ -24,21 +24,16 @@ def replayer() -> Replayer:
 async def fetch_chain(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
     """Every run of a workflow chain (continue-as-new included) as one JSON document."""
     client = handle._client
-    runs = []
-    run_id: str | None = handle.first_execution_run_id or handle.run_id
-    seen: set[str] = set()
-    while True:
-        current = client.get_workflow_handle(handle.id, run_id=run_id)
-        history = await current.fetch_history()
-        runs.append(json.loads(history.to_json()))
-        last = history.events[-1]
-        attrs = last.workflow_execution_continued_as_new_event_attributes
-        if not last.HasField("workflow_execution_continued_as_new_event_attributes"):
-            break
-        run_id = attrs.new_execution_run_id
-        if run_id in seen:
-            break
-        seen.add(run_id)
+    runs: list[dict[str, Any]] = []
+    run_id: str | None = handle.run_id
+    if run_id is None:
+        run_id = (await handle.describe()).run_id
+    while run_id:
+        history = await client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        runs.insert(0, json.loads(history.to_json()))
+        started = history.events[0].workflow_execution_started_event_attributes
+        # Walk back through the runs this one continued from.
+        run_id = started.continued_execution_run_id or None
     return {"workflowId": handle.id, "runs": runs}
 
 

@@ -31,6 +31,23 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+def activity_worker_options(
+    activities: TemporalActivities,
+    max_concurrent_activities: int = 100,
+    graceful_shutdown_s: float = 30.0,
+) -> dict[str, Any]:
+    """Worker options for step activities."""
+    return {
+        "activities": activities.all(),
+        "max_concurrent_activities": max_concurrent_activities,
+        "graceful_shutdown_timeout": timedelta(seconds=graceful_shutdown_s),
+        # Cancellation reaches an activity only with a heartbeat's answer: beat at least every
+        # second so CANCEL and pause-with-cancel stop running steps quickly.
+        "max_heartbeat_throttle_interval": timedelta(seconds=1),
+        "default_heartbeat_throttle_interval": timedelta(seconds=1),
+    }
+
+
 def build_workers(
     client: Client,
     activities: TemporalActivities,
@@ -43,11 +60,7 @@ def build_workers(
 ) -> list[Worker]:
     """Workers for the main queue (workflow + activities) and each routed step queue."""
     workers: list[Worker] = []
-    common = dict(
-        activities=activities.all(),
-        max_concurrent_activities=max_concurrent_activities,
-        graceful_shutdown_timeout=timedelta(seconds=graceful_shutdown_s),
-    )
+    common = activity_worker_options(activities, max_concurrent_activities, graceful_shutdown_s)
     workers.append(
         Worker(
             client,
@@ -135,6 +148,6 @@ def select_workers(
     if main_queue in selected:
         pool += build_workers(client, activities, task_queue=main_queue, run_workflows=workflows)
         selected.remove(main_queue)
-    pool += [Worker(client, task_queue=q, activities=activities.all(),
-                    graceful_shutdown_timeout=timedelta(seconds=30)) for q in selected]
+    pool += [Worker(client, task_queue=q, **activity_worker_options(activities))
+             for q in selected]
     return pool

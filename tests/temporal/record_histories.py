@@ -20,7 +20,7 @@ HISTORIES = ROOT / "golden_fixtures" / "temporal_histories"
 
 # Scenarios that exercise every command the workflow issues: steps in parallel, engine retries,
 # gates (approve, reject, timeout), pause/resume, cancel, awaitOperator, skip, failFast, and a
-# chain long enough to continue as new (CAN after 5 steps while recording).
+# continue-as-new after every 2 steps while recording, so most chains span several runs.
 RECORDED = (
     "diamond",
     "flaky-third-attempt",
@@ -34,7 +34,7 @@ RECORDED = (
     "fail-fast-parallel",
     "linear-chain",
 )
-CAN_AFTER_STEPS = 5
+CAN_AFTER_STEPS = 2
 
 
 async def record(ids: tuple[str, ...]) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
+from changed_workflow import ChangedWithoutPatch
 from temporalio import workflow
 from temporalio.worker import Replayer
 
 from dvt_adapters_temporal.replay import history_files, read_chain, replay_chain
 from dvt_adapters_temporal.worker import workflow_runner
-from dvt_adapters_temporal.workflow import WORKFLOW_NAME, DvtRunWorkflow
 
 HISTORIES = Path(__file__).resolve().parents[2] / "golden_fixtures" / "temporal_histories"
 FILES = list(history_files(HISTORIES))
@@ -31,19 +30,6 @@ async def test_recorded_history_replays(path: Path) -> None:
     results = await replay_chain(read_chain(path))
     assert results
     assert all(r.replay_failure is None for r in results)
-
-
-@workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
-class ChangedWithoutPatch(DvtRunWorkflow):
-    """The workflow with an ungated behaviour change: an extra timer before each command."""
-
-    @workflow.run
-    async def run(self, inp: Any) -> Any:
-        return await super().run(inp)
-
-    async def _execute(self, commands: Any) -> None:
-        await workflow.sleep(0.001)
-        await super()._execute(commands)
 
 
 async def test_an_ungated_change_fails_replay() -> None:
