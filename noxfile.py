@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import nox
@@ -21,7 +24,6 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).resolve().parent
 LINT_PATHS = ["dvt_engine", "dvt_cli", "dvt_statestore_pg", "dvt_adapters_temporal",
               "dvt_adapters_conductor", "contract_tests", "tests", "benchmarks", "noxfile.py"]
-DEMO_PLAN = "golden_fixtures/plans/diamond.json"
 
 
 def _install(session: nox.Session, extras: str = "all,dev") -> None:
@@ -95,30 +97,50 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: install dvt, start local servers, run a golden plan durably, show it.
+    """The main job: install dvt, start local servers, run golden plans durably, steer one.
 
-    Uses Temporal with an embedded PostgreSQL store (both started here, in a scratch DVT_HOME,
-    and stopped at the end unless `-- --keep`). `-- --engine reference` runs in process only.
+    Starts PostgreSQL (the store) and a Temporal dev server from the pinned wheels in a scratch
+    DVT_HOME, runs a diamond plan with live progress, then starts a plan with an approval gate
+    for a background `dvt worker`, approves the gate from another command and follows the run
+    to its end. Servers are stopped at the end unless `-- --keep`.
     """
     _install(session, "all")
-    args = list(session.posargs)
-    keep = "--keep" in args
-    if keep:
-        args.remove("--keep")
+    keep = "--keep" in session.posargs
     home = Path(os.environ.get("DVT_DEMO_HOME") or tempfile.mkdtemp(prefix="dvt-demo-"))
-    env = {"DVT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    run_id = f"demo-{os.getpid()}"
+    env = {"DVT_HOME": str(home), "DVT_ENGINE": "temporal", "PYTHONUNBUFFERED": "1"}
+    suffix = uuid.uuid4().hex[:8]
+    diamond, gated = f"diamond-{suffix}", f"approval-{suffix}"
+    worker: subprocess.Popen[bytes] | None = None
     try:
         session.run("dvt", "dev", "up", env=env)
-        session.run("dvt", "validate", DEMO_PLAN, *args, env=env)
-        session.run("dvt", "run", DEMO_PLAN, "--run-id", run_id, *args, env=env)
-        session.run("dvt", "status", run_id, env=env)
-        session.run("dvt", "events", run_id, env=env)
+        session.run("dvt", "validate", "golden_fixtures/plans/diamond.json", env=env)
+        session.run("dvt", "run", "golden_fixtures/plans/diamond.json", "--run-id", diamond,
+                    env=env)
+        session.log("a run that waits for an approver, executed by a separate worker process")
+        worker = subprocess.Popen([_bin(session, "dvt"), "worker", "--engine", "temporal"],
+                                  env={**os.environ, **env})
+        session.run("dvt", "run", "golden_fixtures/plans/approval.json", "--run-id", gated,
+                    "--detach", "--no-worker", env=env)
+        session.run("dvt", "events", gated, "--until", "StepAwaitingApproval", env=env)
+        session.run("dvt", "signal", gated, "approve", "signoff", "--actor", "alice",
+                    "--comment", "looks good", env=env)
+        session.run("dvt", "events", gated, "--follow", env=env)
+        session.run("dvt", "status", gated, env=env)
         session.run("dvt", "runs", env=env)
     finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
         if keep:
-            session.log(f"servers keep running; DVT_HOME={home}; stop with "
-                        f"`DVT_HOME={home} dvt dev down`")
+            session.log(f"servers keep running; stop them with `DVT_HOME={home} dvt dev down`")
         else:
             session.run("dvt", "dev", "down", env=env)
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _bin(session: nox.Session, name: str) -> str:
+    """A console script of the session's virtualenv."""
+    path = shutil.which(name, path=session.bin)
+    if path is None:
+        session.error(f"{name} is not installed in the session's virtualenv")
+    return str(path)

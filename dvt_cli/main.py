@@ -144,11 +144,14 @@ def status(run_id: str, **kw: Any) -> None:
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the run ends.")
+@click.option("--until", metavar="EVENT_TYPE",
+              help="Stop after the first event of this type, e.g. StepAwaitingApproval "
+                   "(waits for it; also stops when the run ends).")
 @_store_options
-def events(run_id: str, follow: bool, **kw: Any) -> None:
+def events(run_id: str, follow: bool, until: str | None, **kw: Any) -> None:
     """Print the events of a run in runSeq order (JSON Lines with --json)."""
     settings = _settings(kw)
-    execute(settings.json, lambda: runs.show_events(settings, run_id, follow))
+    execute(settings.json, lambda: runs.show_events(settings, run_id, follow, until))
 
 
 @cli.command(name="runs")

@@ -204,23 +204,31 @@ async def show_status(settings: Settings, run_id: str) -> int:
     return out.EXIT_OK
 
 
-async def show_events(settings: Settings, run_id: str, follow: bool) -> int:
-    """Print a run's events in runSeq order (JSON Lines under --json); --follow waits for more."""
+async def show_events(settings: Settings, run_id: str, follow: bool,
+                      until: str | None = None) -> int:
+    """Print a run's events in runSeq order (JSON Lines under --json).
+
+    ``follow`` keeps printing new events until the run ends; ``until`` stops after the first
+    event of that type (waiting for it if needed), or at the end of the run.
+    """
     _identity_checked(settings)
     settings = resolve(settings)
     tenant = settings.identity.tenant
+    stop_at = set(TERMINAL_EVENTS) | ({until} if until else set())
     async with store_session(settings) as store:
         await _snapshot(store, tenant, run_id)
         last_seq = 0
-        terminal = False
         for event in await store.fetch_events(tenant, run_id):
             _emit_event(event, settings.json)
             last_seq = event.run_seq or last_seq
-            terminal = terminal or event.event_type in TERMINAL_EVENTS
-        if follow and not terminal:
+            if until is not None and event.event_type in stop_at:
+                return out.EXIT_OK
+            if event.event_type in TERMINAL_EVENTS:
+                return out.EXIT_OK
+        if follow or until is not None:
             async for event in store.follow(tenant, run_id, after_seq=last_seq):
                 _emit_event(event, settings.json)
-                if event.event_type in TERMINAL_EVENTS:
+                if event.event_type in stop_at:
                     break
     return out.EXIT_OK
 
