@@ -145,6 +145,10 @@ def test_a_run_is_visible_to_other_commands(dvt: Any) -> None:
     assert events[0]["eventType"] == "RunStarted"
     assert events[-1]["eventType"] == "RunCompleted"
     assert {e["runId"] for e in events} == {run_id}
+    upto = dvt("events", run_id, "--until", "StepCompleted", "--json").json_lines()
+    assert upto[-1]["eventType"] == "StepCompleted"
+    assert upto == events[: len(upto)]
+    assert len(upto) < len(events)
     completed = dvt("runs", "--status", "COMPLETED", "--json").json()["runs"]
     assert run_id in {r["runId"] for r in completed}
     running = dvt("runs", "--status", "RUNNING", "--json").json()["runs"]
