@@ -42,6 +42,7 @@ from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import ConductorRunRef, RunHeader, RunStatus, StepStatus
 from dvt_engine.models.snapshot import RunSnapshot, StepError
 from dvt_engine.ports import RunStateStore
+from dvt_engine.projector import project
 from dvt_engine.statemachine import RUN_AWAITING_OPERATOR
 from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.runner import StepInvocation, StepOutcome, StepRunner, gate_timeout_ms
@@ -66,12 +67,16 @@ class RunContext:
     index: dict[str, int] = field(default_factory=dict)
     #: plan positions of the steps that head a branch (only they have a gate)
     gated: set[int] = field(default_factory=set)
+    #: approval steps, and those whose HUMAN task is known to be closed
+    approvals: set[str] = field(default_factory=set)
+    humans_settled: set[str] = field(default_factory=set)
     #: gate task ids by reference name: created with the fork, they never change
     gate_ids: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = {s.step_id: i for i, s in enumerate(self.plan.steps)}
         self.gated = gated_positions(self.plan)
+        self.approvals = {s.step_id for s in self.plan.steps if s.kind == APPROVAL_KIND}
 
     @property
     def key(self) -> tuple[str, str]:
@@ -86,6 +91,8 @@ class ReconcileResult:
     opened_gates: set[str] = field(default_factory=set)
     woken_steps: set[str] = field(default_factory=set)
     snapshot: RunSnapshot | None = None
+    #: gate openings not yet awaited
+    pending: list[Awaitable[Any]] = field(default_factory=list)
 
 
 def cancel_reason_of(workflow: Mapping[str, Any]) -> tuple[bool, str | None]:
@@ -242,6 +249,10 @@ class RunCoordinator:
         events = await self._events_if_needed(ctx, snap)
         interp = self.interpreter(ctx, snap, events)
         cancelled, reason = cancel_reason_of(workflow)
+        if interp.failure is not None and not cancelled:
+            for step_id in await self.decided_not_started(ctx, snap, events):
+                state = interp.steps[step_id]
+                state.status, state.in_flight = StepStatus.RUNNING, True
         commands: list[Command] = []
         if cancelled:
             commands += interp.cancel(reason)
@@ -254,6 +265,11 @@ class RunCoordinator:
             commands += interp.advance()
         await self.execute(ctx, interp, commands, workflow, result)
         result.snapshot = await self._snapshot(ctx)
+        await self._settle_humans(ctx, result.snapshot)
+        if self.unsettled_humans(ctx, result.snapshot):
+            # Its HUMAN task is not scheduled yet: the sweeper looks again shortly.
+            self.timers[ctx.key] = min(self.timers.get(ctx.key, float("inf")),
+                                       time.monotonic() + 0.5)
         if result.snapshot.status.is_terminal:
             workflow = await self.api.run(self.api.get_workflow, wid, False)
             await self._end_workflow(ctx, workflow, result.snapshot.status)
@@ -346,6 +362,21 @@ class RunCoordinator:
         result: ReconcileResult,
     ) -> None:
         """Carry out the interpreter's commands in order (settlements feed back in)."""
+        try:
+            await self._execute(ctx, interp, commands, workflow, result)
+        finally:
+            pending, result.pending = result.pending, []
+            if pending:
+                await asyncio.gather(*pending)
+
+    async def _execute(
+        self,
+        ctx: RunContext,
+        interp: RunInterpreter,
+        commands: list[Command],
+        workflow: dict[str, Any],
+        result: ReconcileResult,
+    ) -> None:
         queue = list(commands)
         tasks = _tasks_by_ref(workflow)
         factory = EventFactory(ctx.header, "engine", clock=self.clock)
@@ -423,9 +454,11 @@ class RunCoordinator:
                 tasks.update(_tasks_by_ref(full))
                 gate_id = ctx.gate_ids.get(gate_ref(index))
             if gate_id is not None:
-                # Completing an already completed task is ignored by the server.
-                await self.api.run(self.api.update_task, wid, gate_id, "COMPLETED",
-                                   {"logicalAttemptId": attempt, "stepId": step_id})
+                # Completing an already completed task is ignored by the server. Gates opened
+                # by one reconcile go out together (see execute).
+                result.pending.append(self.api.run(
+                    self.api.update_task, wid, gate_id, "COMPLETED",
+                    {"logicalAttemptId": attempt, "stepId": step_id}))
                 result.opened_gates.add(step_id)
             return follow
         # A later logical attempt (RETRY_STEP): wake the parked task of the failed attempt.
@@ -502,30 +535,54 @@ class RunCoordinator:
         if workflow.get("status") in TERMINAL_WORKFLOW:
             return
         if status == RunStatus.COMPLETED:
-            # The JOIN completes the workflow once every branch is done; an approval's HUMAN
-            # task resolved before the server had scheduled it is completed here.
+            # The JOIN completes the workflow once every branch is done.
             await self._settle_humans(ctx)
             return
         await self.api.run(self.api.terminate, str(workflow["workflowId"]),
                                 f"{FINISHED_REASON_PREFIX}{status}")
 
-    async def _settle_humans(self, ctx: RunContext) -> None:
-        snap = await self._snapshot(ctx)
+    def unsettled_humans(self, ctx: RunContext, snap: RunSnapshot) -> list[str]:
+        """Approval steps the log has decided whose HUMAN task is not known to be closed."""
+        return [
+            s.step_id for s in snap.steps
+            if s.step_id in ctx.approvals and s.step_id not in ctx.humans_settled
+            and s.status in (StepStatus.SUCCESS, StepStatus.FAILED, StepStatus.SKIPPED)
+        ]
+
+    async def _settle_humans(self, ctx: RunContext, snap: RunSnapshot | None = None) -> None:
+        """Close the HUMAN task of every decided approval step (it may appear only after the
+        decision, when the gate was resolved before the server had scheduled it)."""
+        snap = snap or await self._snapshot(ctx)
+        pending = self.unsettled_humans(ctx, snap)
+        if not pending:
+            return
         workflow = await self.workflow_with_tasks(ctx)
-        for _ref, task in _tasks_by_ref(workflow).items():
-            if task.get("taskType") != "HUMAN" or task.get("status") in TERMINAL_TASK:
-                continue
-            step_id = (task.get("inputData") or {}).get("stepId")
-            if not isinstance(step_id, str) or step_id not in ctx.index:
-                continue
-            status = snap.step(step_id).status
-            if status in (StepStatus.SUCCESS, StepStatus.SKIPPED):
+        tasks = _tasks_by_ref(workflow)
+        for step_id in pending:
+            task = tasks.get(step_ref(ctx.index[step_id]))
+            if task is None:
+                continue  # not scheduled yet: a later reconcile closes it
+            if task.get("status") not in TERMINAL_TASK:
+                step = snap.step(step_id)
+                if step.status == StepStatus.FAILED:
+                    status, output = "FAILED_WITH_TERMINAL_ERROR", {
+                        "errorCode": step.error.code if step.error else "STEP_FAILED"}
+                else:
+                    status, output = "COMPLETED", {"status": str(step.status),
+                                                   "output": step.output}
                 await self.api.run(self.api.update_task, str(workflow["workflowId"]),
-                                   task["taskId"], "COMPLETED", {"status": str(status)})
+                                   task["taskId"], status, output)
+            ctx.humans_settled.add(step_id)
 
     # --- questions workers ask -----------------------------------------------------------
     async def may_start(self, ctx: RunContext, step_id: str) -> tuple[str, RunSnapshot]:
-        """Whether a step task may run now: 'run', 'park', 'done' (with the snapshot)."""
+        """Whether a step task may run now: 'run', 'park', 'done' (with the snapshot).
+
+        The start of a step is decided where the interpreter decides it: a gated step's gate
+        was opened by a reconcile, a retried attempt was accepted by RETRY_STEP. A step chained
+        after its only dependency starts when the interpreter would have started it as that
+        dependency settled, or would start it now (after a RESUME, say).
+        """
         snap = await self._snapshot(ctx)
         step = snap.step(step_id)
         if snap.status.is_terminal:
@@ -534,17 +591,65 @@ class RunCoordinator:
             return "run", snap  # a redelivered attempt: resume it (the runner is idempotent)
         if step.status != StepStatus.PENDING:
             return "done", snap
+        index = ctx.index[step_id]
+        if step.logical_attempt_id > 1 or index in ctx.gated:
+            return "run", snap
+        if self._startable(ctx, snap, step_id):
+            return "run", snap
+        events = await self.store.fetch_events(*ctx.key)
+        if self._startable_when_dependency_settled(ctx, events, step_id):
+            return "run", snap
+        return "park", snap
+
+    def _startable(self, ctx: RunContext, snap: RunSnapshot, step_id: str) -> bool:
+        """Would the interpreter start this step from this snapshot?"""
         if snap.status != RunStatus.RUNNING:
-            return "park", snap
-        failing = any(s.status == StepStatus.FAILED for s in snap.steps) and \
-            ctx.plan.metadata.failure_policy == "failFast"
-        if failing:
-            return "park", snap
-        deps = ctx.plan.step(step_id).depends_on
+            return False
+        if ctx.plan.metadata.failure_policy == "failFast" and any(
+                s.status == StepStatus.FAILED for s in snap.steps):
+            return False
         statuses = {s.step_id: s.status for s in snap.steps}
-        if not all(statuses[d].satisfies_dependency for d in deps):
-            return "park", snap
-        return "run", snap
+        return all(statuses[d].satisfies_dependency
+                   for d in ctx.plan.step(step_id).depends_on)
+
+    def _startable_when_dependency_settled(
+        self, ctx: RunContext, events: list[Event], step_id: str
+    ) -> bool:
+        deps = ctx.plan.step(step_id).depends_on
+        if len(deps) != 1:
+            return False
+        settled = [e for e in events if e.step_id == deps[0] and e.event_type in (
+            EventType.STEP_COMPLETED, EventType.STEP_SKIPPED)]
+        if not settled or settled[-1].run_seq is None:
+            return False
+        cut = settled[-1].run_seq
+        then = project(ctx.header, [e for e in events if (e.run_seq or 0) <= cut])
+        return self._startable(ctx, then, step_id)
+
+    async def decided_not_started(
+        self, ctx: RunContext, snap: RunSnapshot, events: list[Event]
+    ) -> list[str]:
+        """PENDING steps whose start is already decided (gate open, or chained and due):
+        the interpreter counts them as running, so the run does not end before they do."""
+        pending = [s for s in snap.steps if s.status == StepStatus.PENDING]
+        if not pending:
+            return []
+        tasks = _tasks_by_ref(await self.workflow_with_tasks(ctx))
+        found: list[str] = []
+        log = events or await self.store.fetch_events(*ctx.key)
+        for step in pending:
+            index = ctx.index[step.step_id]
+            task = tasks.get(step_ref(index))
+            if index in ctx.gated and step.logical_attempt_id == 1:
+                gate = tasks.get(gate_ref(index))
+                if gate is not None and gate.get("status") == "COMPLETED" and not (
+                        task is not None and task.get("status") in TERMINAL_TASK):
+                    found.append(step.step_id)
+            elif index not in ctx.gated and step.logical_attempt_id == 1 and task is not None \
+                    and task.get("status") not in TERMINAL_TASK \
+                    and self._startable_when_dependency_settled(ctx, log, step.step_id):
+                found.append(step.step_id)
+        return found
 
 
 def _tasks_by_ref(workflow: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
