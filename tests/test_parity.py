@@ -273,3 +273,65 @@ async def test_run_parity_accepts_a_plain_plan_file() -> None:
         await a.engine.close()
         await b.engine.close()
     assert report.equal, report.summary()
+
+
+# --- the scenario driver -----------------------------------------------------------------------
+
+
+async def test_cancel_run_action_and_inline_plan() -> None:
+    from contract_tests.scenarios import Scenario, execute_scenario
+
+    scenario = Scenario.from_document({
+        "scenarioId": "inline-cancel",
+        "plan": {"metadata": {"planId": "inline", "planVersion": "1", "schemaVersion": "v1.2"},
+                 "steps": [{"stepId": "long", "kind": "sleep", "params": {"ms": 60000}}]},
+        "actions": [{"when": {"stepId": "long", "status": "RUNNING"},
+                     "cancelRun": {"reason": "by port"}}],
+        "expect": {"status": "CANCELLED"},
+    })
+    side = reference_side()
+    try:
+        outcome = await execute_scenario(scenario, side.engine, side.store, timeout=20)
+    finally:
+        await side.engine.close()
+    assert outcome.snapshot.status == "CANCELLED"
+    assert outcome.decisions == [{"cancelRun": True}]
+    cancelled = [e for e in outcome.events if e.event_type == "RunCancelled"]
+    assert [e.payload for e in cancelled] == [{"reason": "by port"}]
+
+
+async def test_a_condition_that_never_holds_fails_with_the_run_state() -> None:
+    from contract_tests.scenarios import Scenario, ScenarioError, execute_scenario
+
+    scenario = Scenario.from_document({
+        "scenarioId": "never",
+        "plan": "one-step.json",
+        "actions": [{"when": {"stepId": "hello", "status": "FAILED"},
+                     "signal": {"type": "PAUSE"}}],
+        "expect": {"status": "COMPLETED"},
+    })
+    side = reference_side()
+    try:
+        with pytest.raises(ScenarioError, match="ended \\(COMPLETED\\) before the condition"):
+            await execute_scenario(scenario, side.engine, side.store, timeout=20)
+    finally:
+        await side.engine.close()
+
+
+def test_conditions_match_run_and_step_fields() -> None:
+    from contract_tests.scenarios import Condition
+
+    h = header("run-c")
+    f = EventFactory(h, "engine")
+    events = [e.model_copy(update={"run_seq": i + 1, "persisted_at": EPOCH}) for i, e in
+              enumerate([f.run_event("RunStarted", {"engine": "reference"}),
+                         f.step_event("StepStarted", "a", {"kind": "approval"}),
+                         f.step_event("StepAwaitingApproval", "a", {})])]
+    snap = project(h, events)
+    assert Condition({"stepId": "a", "substatus": "AWAITING_APPROVAL"}).holds(snap)
+    assert Condition({"runStatus": "RUNNING", "runSubstatus": None}).holds(snap)
+    assert Condition({"stepId": "a", "logicalAttemptId": 1, "status": "RUNNING"}).holds(snap)
+    assert not Condition({"stepId": "a", "substatus": None}).holds(snap)
+    assert not Condition({"stepId": "b", "status": "PENDING", "logicalAttemptId": 2}).holds(snap)
+    assert not Condition({"stepId": "missing"}).holds(snap)
+    assert not Condition({"runStatus": "PAUSED"}).holds(snap)
