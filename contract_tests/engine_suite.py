@@ -55,13 +55,13 @@ from dvt_engine.errors import DvtError, ErrorCode
 from dvt_engine.models.events import Event
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import EngineRunRef, RunContext, RunStatus, StepStatus
-from dvt_engine.models.signals import Actor, SignalDecision, SignalRequest, SignalType
+from dvt_engine.models.signals import Actor, Role, SignalDecision, SignalRequest, SignalType
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 
-OPERATOR = Actor(id="olivia", roles=("operator",))  # type: ignore[arg-type]
-ENGINEER = Actor(id="eve", roles=("engineer",))  # type: ignore[arg-type]
-APPROVER = Actor(id="alice", roles=("approver",))  # type: ignore[arg-type]
+OPERATOR = Actor(id="olivia", roles=(Role.OPERATOR,))
+ENGINEER = Actor(id="eve", roles=(Role.ENGINEER,))
+APPROVER = Actor(id="alice", roles=(Role.APPROVER,))
 VIEWER = Actor(id="victor", roles=())
 
 
@@ -351,9 +351,13 @@ class EngineContractSuite:
         assert missing.value.code == ErrorCode.RUN_NOT_FOUND
         assert str(other_tenant.value).replace(run.run_id, "X") == \
             str(missing.value).replace("no-such-run", "X")
-        assert "PAUSED" not in _types(await run.events())
-        assert (await engine_harness.store.get_snapshot(run.tenant_id, run.run_id)).status \
-            == RunStatus.RUNNING  # type: ignore[union-attr]
+        types = _types(await run.events())
+        assert "RunPaused" not in types
+        assert "SignalAccepted" not in types
+        assert "SignalRejected" not in types
+        snap = await engine_harness.store.get_snapshot(run.tenant_id, run.run_id)
+        assert snap is not None
+        assert snap.status == RunStatus.RUNNING
         await self._approve(run)
 
     async def test_unauthorized_signal_is_recorded_and_ignored(
@@ -722,8 +726,9 @@ class EngineContractSuite:
         assert header is not None
         deps = {s.step_id: s.depends_on for s in header.steps}
         assert dag_violations(normalize_events(events), deps) == []
-        seqs = [e.run_seq for e in events]
+        seqs = [e.run_seq or 0 for e in events]
         assert seqs == sorted(seqs)
+        assert 0 not in seqs
         assert len(set(seqs)) == len(seqs)
 
     async def _approve(self, run: Started) -> None:

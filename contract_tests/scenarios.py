@@ -562,12 +562,12 @@ def _metadata(plan_id: str, **extra: Any) -> dict[str, Any]:
 
 def generated_plans() -> dict[str, dict[str, Any]]:
     """Plans too large to write by hand, produced by ``--write-plans``."""
-    chain = [{"stepId": "s001", "kind": "noop"}]
+    chain: list[dict[str, Any]] = [{"stepId": "s001", "kind": "noop"}]
     chain += [
         {"stepId": f"s{i:03d}", "kind": "noop", "dependsOn": [f"s{i - 1:03d}"]}
         for i in range(2, 251)
     ]
-    parallel = [{"stepId": "start", "kind": "noop"}]
+    parallel: list[dict[str, Any]] = [{"stepId": "start", "kind": "noop"}]
     parallel += [
         {"stepId": f"p{i:02d}", "kind": "echo", "dependsOn": ["start"], "params": {"n": i}}
         for i in range(1, 51)
