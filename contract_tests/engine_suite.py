@@ -522,7 +522,7 @@ class EngineContractSuite:
         cancelled, where the engine is configured so); resume never re-runs a finished step."""
         h = engine_harness
         run = await self.start(h, plan_document("suite-pause", [
-            {"stepId": "slow", "kind": "sleep", "params": {"ms": 400}},
+            {"stepId": "slow", "kind": "sleep", "params": {"ms": 1000}},
             {"stepId": "next", "kind": "noop", "dependsOn": ["slow"]},
         ]))
         await run.wait(lambda s: s.step("slow").status == StepStatus.RUNNING, "slow runs")
