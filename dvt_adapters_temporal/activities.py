@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +41,8 @@ from dvt_engine.steps.runner import StepInvocation, StepRunner
 from dvt_engine.steps.runner import StepOutcome as RunnerOutcome
 
 ENGINE_NAME = "temporal"
+FAST_HEARTBEAT_S = 0.1
+FAST_HEARTBEAT_WINDOW_S = 10.0
 
 PlanLoader = Callable[[PlanRef], Awaitable[ExecutionPlan]]
 
@@ -185,10 +188,14 @@ class TemporalActivities:
             every = max(0.1, min(every, info.heartbeat_timeout.total_seconds() / 4))
         token = CancelToken()
         work = asyncio.ensure_future(self.runner.run(invocation, cancel=token))
+        began = time.monotonic()
         try:
             while not work.done():
                 activity.heartbeat()
-                await asyncio.wait({work}, timeout=every)
+                # A cancellation arrives only with a heartbeat's answer: beat fast while a
+                # step is young (short steps must still be stoppable), then settle down.
+                fast = time.monotonic() - began < FAST_HEARTBEAT_WINDOW_S
+                await asyncio.wait({work}, timeout=FAST_HEARTBEAT_S if fast else every)
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             if details is not None and details.cancel_requested:

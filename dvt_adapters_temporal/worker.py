@@ -41,10 +41,10 @@ def activity_worker_options(
         "activities": activities.all(),
         "max_concurrent_activities": max_concurrent_activities,
         "graceful_shutdown_timeout": timedelta(seconds=graceful_shutdown_s),
-        # Cancellation reaches an activity only with a heartbeat's answer: beat at least every
-        # second so CANCEL and pause-with-cancel stop running steps quickly.
-        "max_heartbeat_throttle_interval": timedelta(seconds=1),
-        "default_heartbeat_throttle_interval": timedelta(seconds=1),
+        # Cancellation reaches an activity only with a heartbeat's answer; the activity decides
+        # how often it beats (fast while a step is young), so the SDK must not hold beats back.
+        "max_heartbeat_throttle_interval": timedelta(milliseconds=100),
+        "default_heartbeat_throttle_interval": timedelta(milliseconds=100),
     }
 
 

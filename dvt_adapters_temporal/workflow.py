@@ -203,13 +203,27 @@ class DvtRunWorkflow:
     def _hold(self, item: _Input) -> bool:
         """Hold a step signal back while that step's outcome is still on its way."""
         msg = item.signal
-        if msg is None or msg.type not in _STEP_SIGNALS:
+        if msg is None:
+            return False
+        if msg.type == "PAUSE" and self._inp is not None and \
+                self._inp.config.cancel_in_flight_on_pause:
+            # A pause that cancels running work spares waiting gates; a gate whose opening
+            # the store already shows must be known as waiting before the pause applies.
+            opening = [s for s in self._unfed if self._is_gate(s)]
+            if opening:
+                self._held.setdefault(opening[0], []).append(item)
+                return True
+            return False
+        if msg.type not in _STEP_SIGNALS:
             return False
         step_id = msg.payload.get("stepId")
         if not isinstance(step_id, str) or step_id not in self._unfed:
             return False
         self._held.setdefault(step_id, []).append(item)
         return True
+
+    def _is_gate(self, step_id: str) -> bool:
+        return self._interp is not None and self._interp.spec(step_id).kind == "approval"
 
     def _release(self, item: _Input) -> None:
         """After a step's outcome was fed, its held signals go first."""
