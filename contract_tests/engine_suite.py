@@ -50,7 +50,7 @@ from contract_tests.scenarios import (
     scenario_ids,
     wait_until,
 )
-from dvt_engine.checksum import snapshot_checksum
+from dvt_engine.checksum import snapshot_bytes, snapshot_checksum
 from dvt_engine.errors import DvtError, ErrorCode
 from dvt_engine.models.events import Event
 from dvt_engine.models.plan import PlanRef
@@ -216,6 +216,10 @@ class EngineContractSuite:
         assert not problems, f"{scenario_id}: {problems}"
         differences = compare_with_expected(outcome, expected, h.engine.name)
         assert not differences, "\n".join(f"[{d.kind}] {d.message}" for d in differences)
+        if outcome.error is None:
+            # The stored snapshot is exactly what a rebuild from the log gives (contract 5.3).
+            rebuilt = await h.store.project(outcome.tenant_id, outcome.run_id)
+            assert snapshot_bytes(rebuilt) == snapshot_bytes(outcome.snapshot)
 
     # --- start_run ----------------------------------------------------------------------
     async def test_start_run_is_idempotent_on_the_run_request_key(
@@ -712,7 +716,6 @@ class EngineContractSuite:
         """The stored snapshot equals a rebuild from the log, byte for byte, and the log
         respects the DAG (fan-out/fan-in under real parallelism)."""
         from contract_tests.parity import normalize_events
-        from dvt_engine.checksum import snapshot_bytes
 
         h = engine_harness
         outcome = await execute_scenario(get_scenario("parallel-50"), h.engine, h.store,
