@@ -480,10 +480,11 @@ class EngineContractSuite:
         assert _types(events).count("RunPaused") == 1
         assert _types(events).count("RunResumed") == 1
 
-    async def test_unknown_run_is_not_found_on_every_port_method(
+    async def test_unknown_run_is_not_found_and_status_is_diagnostic(
         self, engine_harness: EngineHarness
     ) -> None:
-        """signal, get_run_status and cancel_run on a run that does not exist: RUN_NOT_FOUND."""
+        """A signal to a run that does not exist: RUN_NOT_FOUND; get_run_status of a live run
+        agrees with the store."""
         h = engine_harness
         run = await self.start_at_gate(h)
         with pytest.raises(DvtError) as info:
