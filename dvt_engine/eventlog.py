@@ -6,31 +6,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from dvt_engine import telemetry
 from dvt_engine.errors import IllegalTransition, RunNotFound
 from dvt_engine.idempotency import event_key
+from dvt_engine.identity import RunIdentity
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.ports import RunStateStore
 from dvt_engine.statemachine import transition_problem
-
-
-class RunIdentity(Protocol):
-    """Whose events these are: RunHeader has these fields, and so can a step invocation."""
-
-    @property
-    def tenant_id(self) -> str: ...
-    @property
-    def project_id(self) -> str: ...
-    @property
-    def environment_id(self) -> str: ...
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def plan_id(self) -> str: ...
-    @property
-    def plan_version(self) -> str: ...
 
 
 def utc_now() -> datetime:

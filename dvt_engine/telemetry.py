@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
+from dvt_engine.identity import RunIdentity as Identity
 from dvt_engine.models.events import Event
 
 TRACER_NAME = "dvt"
@@ -44,23 +45,6 @@ ATTR_DUPLICATE = "dvt.duplicate"
 ATTR_RUN_SEQ = "dvt.run_seq"
 
 _provider_override: TracerProvider | None = None
-
-
-class Identity(Protocol):
-    """Whose work a span describes (RunHeader, StepInvocation and Event all fit)."""
-
-    @property
-    def tenant_id(self) -> str: ...
-    @property
-    def project_id(self) -> str: ...
-    @property
-    def environment_id(self) -> str: ...
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def plan_id(self) -> str: ...
-    @property
-    def plan_version(self) -> str: ...
 
 
 def use_tracer_provider(provider: TracerProvider | None) -> None:

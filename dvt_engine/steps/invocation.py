@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from dvt_engine.errors import ErrorCode
-from dvt_engine.eventlog import RunIdentity
+from dvt_engine.identity import RunIdentity
 from dvt_engine.models.base import DvtModel, Identifier
 from dvt_engine.models.events import Event, EventType
 from dvt_engine.models.plan import StepSpec
