@@ -77,6 +77,10 @@ _BOOKKEEPING_TIMEOUT = timedelta(seconds=60)
 # the step runner decides finality from the step's policy, never from this cap.
 INFRA_EXTRA_ATTEMPTS = 5
 _FAIL_FAST_REASON = "run failing (failFast)"
+
+# Behaviour changes since the first recorded histories, each gated so that runs started before
+# the change replay unchanged (docs/temporal.md, "Changing the workflow").
+PATCH_PAUSE_WAITS_FOR_OPENING_GATES = "dvt-pause-waits-for-opening-gates"
 _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
 # The runner enforces a step's timeoutMs itself; the activity timeout is only a backstop.
 _STEP_TIMEOUT_SLACK = timedelta(seconds=60)
@@ -210,7 +214,7 @@ class DvtRunWorkflow:
             # A pause that cancels running work spares waiting gates; a gate whose opening
             # the store already shows must be known as waiting before the pause applies.
             opening = [s for s in self._unfed if self._is_gate(s)]
-            if opening:
+            if opening and workflow.patched(PATCH_PAUSE_WAITS_FOR_OPENING_GATES):
                 self._held.setdefault(opening[0], []).append(item)
                 return True
             return False
