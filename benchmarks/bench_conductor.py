@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import os
 import platform
 import statistics
@@ -158,14 +160,133 @@ def bench_bare(clients: OrkesClients, quick: bool) -> dict[str, float]:
     return out
 
 
-def bench_dvt(server_url: str, quick: bool) -> dict[str, float] | None:
-    """dvt's figures, or None when the engine is not importable in this checkout."""
+def _plan(plan_id: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"metadata": {"planId": plan_id, "planVersion": "1.0.0", "schemaVersion": "v1.2"},
+            "steps": steps}
+
+
+def _chain(n: int, kind: str = "noop", **params: Any) -> list[dict[str, Any]]:
+    return [
+        {"stepId": f"s{i:03d}", "kind": kind, **({"params": params} if params else {}),
+         **({"dependsOn": [f"s{i - 1:03d}"]} if i else {})}
+        for i in range(n)
+    ]
+
+
+async def _put(store: Any, doc: dict[str, Any]) -> Any:
+    from dvt_engine.models.plan import PlanRef
+
+    data = json.dumps(doc, sort_keys=True).encode()
+    uri = await store.put_plan(data)
+    meta = doc["metadata"]
+    return PlanRef(uri=uri, sha256=hashlib.sha256(data).hexdigest(),
+                   schema_version=meta["schemaVersion"], plan_id=meta["planId"],
+                   plan_version=meta["planVersion"], size_bytes=len(data))
+
+
+def _context(tag: str) -> Any:
+    from dvt_engine.models.run import RunContext
+
+    run_id = f"{tag}-{uuid.uuid4().hex[:12]}"
+    return RunContext(tenant_id="bench", project_id="p", environment_id="e", run_id=run_id,
+                      run_request_id=f"req-{run_id}")
+
+
+async def run_dvt_benchmarks(server_url: str, quick: bool) -> dict[str, float]:
+    """dvt's figures on the same server: the engine with an embedded worker host."""
+    from dvt_adapters_conductor.engine import ConductorEngine
+    from dvt_engine.models.signals import Actor, SignalRequest, SignalType
+    from dvt_engine.stores.memory import MemoryRunStateStore
+    from dvt_engine.waiting import wait_for_snapshot, wait_for_terminal
+
+    chain = 10 if quick else 20
+    runs = 5 if quick else 20
+    store = MemoryRunStateStore()
+    engine = ConductorEngine(store, server_url=server_url, task_prefix="benchdvt")
+    out: dict[str, float] = {}
     try:
-        from benchmarks_conductor_dvt import run_dvt_benchmarks  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    result: dict[str, float] = asyncio.run(run_dvt_benchmarks(server_url, quick))
-    return result
+        seq_ref = await _put(store, _plan("bench-seq", _chain(chain)))
+        ten_ref = await _put(store, _plan("bench-ten", _chain(10)))
+
+        async def one(ref: Any, tag: str) -> str:
+            ctx = _context(tag)
+            await engine.start_run(ref, ctx)
+            return str(ctx.run_id)
+
+        warm = await one(seq_ref, "warm")
+        await wait_for_terminal(store, "bench", warm, timeout=300)
+        per_run = []
+        for _ in range(3 if quick else 5):
+            t0 = time.perf_counter()
+            run_id = await one(seq_ref, "seq")
+            await wait_for_terminal(store, "bench", run_id, timeout=300)
+            per_run.append(time.perf_counter() - t0)
+        out["per_step_ms"] = statistics.median(per_run) / chain * 1000
+        starts, started = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            started.append(await one(ten_ref, "start"))
+            starts.append(time.perf_counter() - t0)
+        out["start_p50_ms"] = pct(starts, 50) * 1000
+        out["start_p99_ms"] = pct(starts, 99) * 1000
+        for run_id in started:
+            await wait_for_terminal(store, "bench", run_id, timeout=600)
+        t0 = time.perf_counter()
+        ids = await asyncio.gather(*(one(ten_ref, "tput") for _ in range(runs)))
+        for run_id in ids:
+            await wait_for_terminal(store, "bench", run_id, timeout=600)
+        out["runs_per_min"] = runs / (time.perf_counter() - t0) * 60
+        # PAUSE while a 300 ms sleep step runs: time until RunPaused is persisted (after which
+        # nothing new is scheduled), and a check that no step started after it.
+        pause_ref = await _put(store, _plan("bench-pause", _chain(40, "sleep", ms=300)))
+        operator = Actor(id="bench", roles=("operator",))  # type: ignore[arg-type]
+        pauses, late_starts = [], 0
+        for _ in range(3 if quick else 10):
+            ctx = _context("pause")
+            ref = await engine.start_run(pause_ref, ctx)
+            await wait_for_snapshot(store, "bench", ctx.run_id,
+                                    lambda s: s.step("s002").status == "RUNNING", timeout=120)
+            t0 = time.perf_counter()
+            decision = await engine.signal(ref, SignalRequest(
+                signal_id=uuid.uuid4().hex, type=SignalType.PAUSE, tenant_id="bench",
+                run_id=ctx.run_id, payload={}, actor=operator))
+            assert decision.accepted, decision
+            await wait_for_snapshot(store, "bench", ctx.run_id,
+                                    lambda s: s.status == "PAUSED", timeout=60)
+            pauses.append(time.perf_counter() - t0)
+            await wait_for_snapshot(store, "bench", ctx.run_id,
+                                    lambda s: s.substatus is None, timeout=60)
+            events = await store.fetch_events("bench", ctx.run_id)
+            paused_at = next(e.run_seq for e in events if e.event_type == "RunPaused")
+            late_starts += sum(1 for e in events
+                               if e.event_type == "StepStarted" and (e.run_seq or 0) > paused_at)
+            await engine.cancel_run(ref, "benchmark done")
+            await wait_for_terminal(store, "bench", ctx.run_id, timeout=120)
+        out["pause_p50_ms"] = pct(pauses, 50) * 1000
+        out["pause_p99_ms"] = pct(pauses, 99) * 1000
+        out["steps_started_after_pause"] = float(late_starts)
+    finally:
+        await engine.close()
+    return out
+
+
+def bench_bare_pause(clients: OrkesClients, quick: bool) -> dict[str, float]:
+    """The server's own pause call on a running bare workflow (the floor under dvt's pause)."""
+    name = register_bare(clients, 40, parallel=False)
+    wf = clients.get_workflow_client()
+    times = []
+    for _ in range(3 if quick else 10):
+        wid = bare_start(clients, name)
+        t0 = time.perf_counter()
+        wf.pause_workflow(wid)
+        times.append(time.perf_counter() - t0)
+        wf.terminate_workflow(wid, reason="benchmark done")
+    return {"pause_p50_ms": pct(times, 50) * 1000, "pause_p99_ms": pct(times, 99) * 1000}
+
+
+def bench_dvt(server_url: str, quick: bool) -> dict[str, float]:
+    """dvt's figures."""
+    return asyncio.run(run_dvt_benchmarks(server_url, quick))
 
 
 def fmt(value: float | None) -> str:
@@ -192,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                            "rss_mb": (server.rss_bytes() or 0) / 2**20}
         clients = OrkesClients(configuration=Configuration(server_api_url=url))
         bare = bench_bare(clients, args.quick)
+        bare.update(bench_bare_pause(clients, args.quick))
         dvt = bench_dvt(url, args.quick)
         if server_info:
             server_info["rss_after_mb"] = (server.rss_bytes() or 0) / 2**20
@@ -207,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         ("10-step runs per minute", lambda d: d.get("runs_per_min")),
         ("pause latency p50 (ms)", lambda d: d.get("pause_p50_ms")),
         ("pause latency p99 (ms)", lambda d: d.get("pause_p99_ms")),
+        ("steps started after RunPaused", lambda d: d.get("steps_started_after_pause")),
     ]
     print(f"{'measure':36} {'bare':>10} {'dvt':>10}")
     for label, get in rows:
