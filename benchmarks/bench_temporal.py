@@ -157,6 +157,168 @@ async def baseline_suite(client: Client, table_out: dict[str, float], quick: boo
         table_out["start_p99_ms"] = pct(starts, 99) * 1000
 
 
+def chain(n: int, prefix: str = "s") -> list[dict[str, Any]]:
+    """A linear chain of n noop steps."""
+    steps: list[dict[str, Any]] = [{"stepId": f"{prefix}0001", "kind": "noop"}]
+    steps += [{"stepId": f"{prefix}{i:04d}", "kind": "noop", "dependsOn": [f"{prefix}{i - 1:04d}"]}
+              for i in range(2, n + 1)]
+    return steps
+
+
+def fan(n: int) -> list[dict[str, Any]]:
+    """n independent noop steps."""
+    return [{"stepId": f"p{i:04d}", "kind": "noop"} for i in range(1, n + 1)]
+
+
+def plan(plan_id: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """A plan document."""
+    return {"metadata": {"planId": plan_id, "planVersion": "1.0.0", "schemaVersion": "v1.2"},
+            "steps": steps}
+
+
+class DvtBench:
+    """dvt's Temporal engine over the memory store, with in-process workers."""
+
+    def __init__(self, address: str, **options: Any) -> None:
+        from dvt_adapters_temporal.engine import TemporalEngine
+        from dvt_engine.stores.memory import MemoryRunStateStore
+
+        self.store = MemoryRunStateStore()
+        self.engine = TemporalEngine(self.store, address=address,
+                                     task_queue=f"bench-dvt-{uuid.uuid4().hex[:6]}", **options)
+        self.refs: dict[str, Any] = {}
+
+    async def ref(self, doc: dict[str, Any]) -> Any:
+        """Store a plan once and return its reference."""
+        import hashlib
+        import json
+
+        from dvt_engine.models.plan import PlanRef
+
+        key = doc["metadata"]["planId"]
+        if key not in self.refs:
+            data = json.dumps(doc, sort_keys=True).encode()
+            uri = await self.store.put_plan(data)
+            self.refs[key] = PlanRef(uri=uri, sha256=hashlib.sha256(data).hexdigest(),
+                                     schema_version="v1.2", plan_id=key, plan_version="1.0.0")
+        return self.refs[key]
+
+    def context(self) -> Any:
+        """A fresh run context."""
+        from dvt_engine.models.run import RunContext
+
+        rid = str(uuid.uuid4())
+        return RunContext(tenant_id="bench", project_id="p", environment_id="e", run_id=rid)
+
+    async def start(self, doc: dict[str, Any]) -> tuple[Any, Any]:
+        """Start a run; returns (context, engine run ref)."""
+        ctx = self.context()
+        return ctx, await self.engine.start_run(await self.ref(doc), ctx)
+
+    async def finish(self, ctx: Any) -> Any:
+        """Wait until the run is terminal (follows the store, no polling sleeps)."""
+        from dvt_engine.waiting import wait_for_terminal
+
+        return await wait_for_terminal(self.store, "bench", ctx.run_id, timeout=600)
+
+    async def run(self, doc: dict[str, Any]) -> Any:
+        """Start a run and wait for its end."""
+        ctx, _ = await self.start(doc)
+        snap = await self.finish(ctx)
+        assert str(snap.status) == "COMPLETED", snap.status
+        return snap
+
+
+async def dvt_suite(address: str, out: dict[str, float], quick: bool) -> None:
+    """Measure dvt's Temporal engine; results go to `out` by key."""
+    bench = DvtBench(address)
+    try:
+        await bench.run(plan("warm", chain(2)))
+        n = 20 if quick else 50
+        t_seq = await timed(lambda: bench.run(plan("seq", chain(n))))
+        out["seq_per_step_ms"] = t_seq / n * 1000
+        t_par = await timed(lambda: bench.run(plan("par", fan(n))))
+        out["par_total_ms"] = t_par * 1000
+        runs = 30 if quick else 120
+        wall = await run_concurrent(runs, 20, lambda i: bench.run(plan("ten", chain(10))))
+        out["runs10_per_min"] = runs / wall * 60
+        out["steps_per_min"] = runs * 10 / wall * 60
+        starts: list[float] = []
+        for _ in range(30 if quick else 100):
+            ctx = bench.context()
+            ref = await bench.ref(plan("one", chain(1)))
+            t0 = time.perf_counter()
+            await bench.engine.start_run(ref, ctx)
+            starts.append(time.perf_counter() - t0)
+        out["start_p50_ms"] = statistics.median(starts) * 1000
+        out["start_p99_ms"] = pct(starts, 99) * 1000
+        await pause_latency(bench, out, 10 if quick else 30)
+    finally:
+        await bench.engine.close()
+
+
+async def pause_latency(bench: DvtBench, out: dict[str, float], samples: int) -> None:
+    """PAUSE while a chain of steps runs: time from the signal to RunPaused, after which no
+    step is scheduled (checked on the log)."""
+    from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
+    from dvt_engine.waiting import wait_for_snapshot
+
+    actor = Actor(id="bench", roles=(Role.ADMIN,))
+    lat: list[float] = []
+    for i in range(samples):
+        ctx, ref = await bench.start(plan("pausable", chain(400, "q")))
+        # Let the run get going, then pause in the middle of its steady state.
+        done_before = 3 + i % 5
+        await wait_for_snapshot(
+            bench.store, "bench", ctx.run_id,
+            lambda s, want=done_before: sum(str(x.status) == "SUCCESS" for x in s.steps) >= want,
+            timeout=60)
+        t0 = time.perf_counter()
+        await bench.engine.signal(ref, SignalRequest(
+            signal_id=f"p-{i}", type=SignalType.PAUSE, tenant_id="bench", run_id=ctx.run_id,
+            actor=actor))
+        await wait_for_snapshot(bench.store, "bench", ctx.run_id,
+                                lambda s: str(s.status) == "PAUSED", timeout=60)
+        lat.append(time.perf_counter() - t0)
+        await bench.engine.cancel_run(ref, "benchmark done")
+        await bench.finish(ctx)
+        events = await bench.store.fetch_events("bench", ctx.run_id)
+        kinds = [e.event_type for e in events]
+        paused_at = kinds.index("RunPaused")
+        assert "StepStarted" not in kinds[paused_at:], "a step started after RunPaused"
+    out["pause_p50_ms"] = statistics.median(lat) * 1000
+    out["pause_p99_ms"] = pct(lat, 99) * 1000
+
+
+async def thousand_steps(address: str, out: dict[str, float], n: int) -> None:
+    """A chain of n steps: duration, continue-as-new generations, largest history."""
+
+    from google.protobuf import json_format
+    from temporalio.api.history.v1 import History
+
+    from dvt_adapters_temporal.replay import fetch_chain
+
+    bench = DvtBench(address)
+    try:
+        t0 = time.perf_counter()
+        ctx, ref = await bench.start(plan(f"chain-{n}", chain(n)))
+        await bench.finish(ctx)
+        out["k_duration_s"] = time.perf_counter() - t0
+        client = await bench.engine.client()
+        data = await fetch_chain(client.get_workflow_handle(ref.workflow_id))
+        sizes, counts = [], []
+        for run in data["runs"]:
+            hist = json_format.ParseDict(run, History())
+            sizes.append(hist.ByteSize())
+            counts.append(len(hist.events))
+        out["k_generations"] = len(sizes)
+        out["k_max_history_bytes"] = max(sizes)
+        out["k_max_history_events"] = max(counts)
+        out["k_total_history_bytes"] = sum(sizes)
+    finally:
+        await bench.engine.close()
+
+
 def machine() -> str:
     """One line that says what machine the numbers come from."""
     cpu = platform.processor() or platform.machine()
@@ -173,14 +335,36 @@ async def main(argv: list[str] | None = None) -> int:
     table = Table()
     print(f"machine: {machine()}", flush=True)
     async with local_dev_env() as env:
+        address = env.client.service_client.config.target_host
         base: dict[str, float] = {}
         await baseline_suite(env.client, base, args.quick)
-        table.add("per-step overhead, sequential", None, base["seq_per_step_ms"], "ms/step")
-        table.add("parallel fan-out total", None, base["par_total_ms"], "ms")
-        table.add("10-step runs throughput", None, base["runs10_per_min"], "runs/min")
-        table.add("steps throughput", None, base["steps_per_min"], "steps/min")
-        table.add("start latency p50", None, base["start_p50_ms"], "ms")
-        table.add("start latency p99", None, base["start_p99_ms"], "ms")
+        dvt: dict[str, float] = {}
+        await dvt_suite(address, dvt, args.quick)
+        k: dict[str, float] = {}
+        await thousand_steps(address, k, 200 if args.quick else 1000)
+        table.add("per-step overhead, sequential chain", dvt["seq_per_step_ms"],
+                  base["seq_per_step_ms"], "ms/step")
+        table.add("parallel fan-out, all steps", dvt["par_total_ms"], base["par_total_ms"], "ms",
+                  "20 steps" if args.quick else "50 steps")
+        table.add("10-step runs throughput (20 concurrent)", dvt["runs10_per_min"],
+                  base["runs10_per_min"], "runs/min")
+        table.add("steps throughput (same runs)", dvt["steps_per_min"], base["steps_per_min"],
+                  "steps/min")
+        table.add("start_run latency p50", dvt["start_p50_ms"], base["start_p50_ms"], "ms",
+                  "baseline: start_workflow")
+        table.add("start_run latency p99", dvt["start_p99_ms"], base["start_p99_ms"], "ms",
+                  "baseline: start_workflow")
+        table.add("PAUSE to RunPaused (nothing scheduled after) p50", dvt["pause_p50_ms"], None,
+                  "ms")
+        table.add("PAUSE to RunPaused p99", dvt["pause_p99_ms"], None, "ms")
+        steps = 200 if args.quick else 1000
+        table.add(f"{steps}-step chain: duration", k["k_duration_s"], None, "s")
+        table.add(f"{steps}-step chain: workflow runs (continue-as-new)", int(k["k_generations"]),
+                  None, "runs", "CAN after 50 steps")
+        table.add(f"{steps}-step chain: largest single history", int(k["k_max_history_bytes"]),
+                  None, "bytes", f"{int(k['k_max_history_events'])} events")
+        table.add(f"{steps}-step chain: all histories", int(k["k_total_history_bytes"]), None,
+                  "bytes")
     print()
     print(table.render())
     return 0

@@ -191,11 +191,13 @@ class TemporalActivities:
         began = time.monotonic()
         try:
             while not work.done():
-                activity.heartbeat()
                 # A cancellation arrives only with a heartbeat's answer: beat fast while a
-                # step is young (short steps must still be stoppable), then settle down.
+                # step is young (short steps must still be stoppable), then settle down. A step
+                # that ends within the first interval costs no heartbeat at all.
                 fast = time.monotonic() - began < FAST_HEARTBEAT_WINDOW_S
                 await asyncio.wait({work}, timeout=FAST_HEARTBEAT_S if fast else every)
+                if not work.done():
+                    activity.heartbeat()
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             if details is not None and details.cancel_requested:

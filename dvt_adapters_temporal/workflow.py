@@ -171,7 +171,7 @@ class DvtRunWorkflow:
         if cursor:
             self._applied = list(cursor.applied_signals)
             self._seen_signals.update(self._applied)
-        prepared: Prepared = await workflow.execute_activity(
+        prepared: Prepared = await workflow.execute_local_activity(
             ACT_PREPARE,
             PrepareInput(inp.plan_ref, inp.context, inp.engine_run_ref, cursor is None),
             result_type=Prepared,
@@ -389,7 +389,7 @@ class DvtRunWorkflow:
     async def _gate(self, step_id: str, attempt: int, action: str, *,
                     approver: str | None = None, comment: str | None = None,
                     signal_id: str | None = None, reason: str | None = None) -> StepOutcome:
-        result: StepOutcome = await workflow.execute_activity(
+        result: StepOutcome = await workflow.execute_local_activity(
             ACT_GATE,
             GateInput(self._invocation(self._spec(step_id), attempt), action,
                       approver=approver, comment=comment, signal_id=signal_id, reason=reason),
@@ -515,7 +515,7 @@ class DvtRunWorkflow:
         tolerate_illegal: bool = False,
     ) -> None:
         assert self._inp is not None
-        await workflow.execute_activity(
+        await workflow.execute_local_activity(
             ACT_RUN_EVENT,
             RunEventInput(
                 self._inp.context, self._inp.plan_ref, event_type, payload,
