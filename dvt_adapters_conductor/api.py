@@ -8,12 +8,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from conductor.client.configuration.configuration import Configuration
-from conductor.client.configuration.settings.authentication_settings import (
+from conductor.client.configuration.configuration import (  # type: ignore[import-untyped]
+    Configuration,
+)
+from conductor.client.configuration.settings.authentication_settings import (  # type: ignore[import-untyped]
     AuthenticationSettings,
 )
-from conductor.client.http.api_client import ApiClient
-from conductor.client.http.rest import ApiException
+from conductor.client.http.api_client import ApiClient  # type: ignore[import-untyped]
+from conductor.client.http.rest import ApiException  # type: ignore[import-untyped]
 
 from dvt_engine.errors import EngineUnavailable
 

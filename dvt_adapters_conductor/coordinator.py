@@ -424,7 +424,7 @@ class RunCoordinator:
         settled = status if status in ("succeeded", "failed", "cancelled", "refused") else "failed"
         error = outcome.error or (StepError(code="STEP_FAILED", message=status)
                                   if settled == "failed" else None)
-        return interp.step_settled(step_id, attempt, settled, error)  # type: ignore[arg-type]
+        return interp.step_settled(step_id, attempt, settled, error)
 
     async def _start_step(
         self,

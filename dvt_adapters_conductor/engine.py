@@ -354,9 +354,9 @@ class ConductorEngine(BaseEngine):
         if run_ref.workflow_id:
             workflow = await coordinator.api.run(coordinator.api.get_workflow,
                                                run_ref.workflow_id, False)
-            tenant = (workflow.get("input") or {}).get("tenantId")
-            if tenant:
-                header = await self.store.get_run(str(tenant), str(run_ref.run_id))
+            wf_tenant = (workflow.get("input") or {}).get("tenantId")
+            if wf_tenant:
+                header = await self.store.get_run(str(wf_tenant), str(run_ref.run_id))
                 if header is not None:
                     return header
         raise RunNotFound(f"run {run_ref.run_id!r} not found", details={"runId": run_ref.run_id})
