@@ -496,6 +496,8 @@ def check_intent(scenario: Scenario, outcome: ScenarioOutcome) -> list[str]:
         for key, value in want.items():
             if got.get(key) != value:
                 problems.append(f"decision {index + 1}: {key}={got.get(key)!r}, intended {value!r}")
+    for rule in intent.get("order", []):
+        problems.extend(_order_problems(outcome.events, rule))
     for event_type, count in intent.get("eventCounts", {}).items():
         actual = sum(1 for e in outcome.events if e.event_type == event_type)
         if actual != count:
@@ -506,6 +508,23 @@ def check_intent(scenario: Scenario, outcome: ScenarioOutcome) -> list[str]:
                 problems.append(
                     f"validation {key}={outcome.validation.get(key)!r}, intended {value!r}")
     return problems
+
+
+def _matches(event: NormalizedEvent, spec: Mapping[str, Any]) -> bool:
+    return event.event_type == spec.get("eventType") and (
+        "stepId" not in spec or event.step_id == spec["stepId"])
+
+
+def _order_problems(events: Sequence[NormalizedEvent], rule: Mapping[str, Any]) -> list[str]:
+    """``{"first": {eventType, stepId?}, "then": {...}}``: the first match of ``then`` comes
+    after the first match of ``first`` (an order across streams that parity alone ignores)."""
+    first = next((i for i, e in enumerate(events) if _matches(e, rule["first"])), None)
+    then = next((i for i, e in enumerate(events) if _matches(e, rule["then"])), None)
+    if first is None or then is None:
+        return [f"order {dict(rule)}: an event is missing"]
+    if then < first:
+        return [f"order {dict(rule)}: {rule['then']} came before {rule['first']}"]
+    return []
 
 
 def compare_with_expected(

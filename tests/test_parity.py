@@ -335,3 +335,15 @@ def test_conditions_match_run_and_step_fields() -> None:
     assert not Condition({"stepId": "b", "status": "PENDING", "logicalAttemptId": 2}).holds(snap)
     assert not Condition({"stepId": "missing"}).holds(snap)
     assert not Condition({"runStatus": "PAUSED"}).holds(snap)
+
+
+def test_order_intent_across_streams() -> None:
+    from contract_tests.scenarios import _order_problems
+
+    events = [NormalizedEvent("RunPaused", None, 1), NormalizedEvent("StepStarted", "b", 1),
+              NormalizedEvent("RunResumed", None, 1)]
+    rule = {"first": {"eventType": "RunResumed"},
+            "then": {"eventType": "StepStarted", "stepId": "b"}}
+    assert _order_problems(events, rule) != []
+    assert _order_problems([events[0], events[2], events[1]], rule) == []
+    assert "missing" in _order_problems(events[:2], rule)[0]
