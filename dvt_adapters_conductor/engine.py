@@ -151,6 +151,9 @@ class ConductorEngine(BaseEngine):
         host, self._host = self._host, None
         if host is not None:
             await host.stop()
+        api, self._api, self._coordinator = self._api, None, None
+        if api is not None:
+            api.close()
 
     @property
     def server_url(self) -> str | None:

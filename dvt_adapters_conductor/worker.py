@@ -89,10 +89,15 @@ class WorkerHost:
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop polling, let running tasks finish (bounded), then return."""
         self._stopping.set()
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        self._loops.clear()
+        # Polls in flight are let finish (bounded by the long-poll timeout), so a task handed
+        # out at the last moment is run here rather than waiting for its lease to run out.
+        loops, self._loops = self._loops, []
+        if loops:
+            _done, late = await asyncio.wait(
+                loops, timeout=self.options.poll_timeout_ms / 1000 + 5)
+            for loop in late:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
         timeout = self.options.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         if self._running:
             _done, pending = await asyncio.wait(set(self._running), timeout=timeout)
@@ -145,7 +150,10 @@ class WorkerHost:
     async def _sweep_loop(self) -> None:
         """Reconcile runs whose timers (gate or operator timeouts) are due."""
         while not self._stopping.is_set():
-            await asyncio.sleep(self.options.sweep_every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.options.sweep_every_s)
+            if self._stopping.is_set():
+                return
             now = time.monotonic()
             for key, due in list(self.coordinator.timers.items()):
                 if due > now:
