@@ -214,29 +214,27 @@ class ConductorEngine(BaseEngine):
                                run_id=header.run_id)
 
     async def start_run(self, plan_ref: Any, context: DvtRunContext) -> EngineRunRef:
-        """Register the run once, then start (or find) its Conductor workflow."""
+        """Register the run once, then start (or find) its Conductor workflow.
+
+        A repeated request answers with the first request's workflow, and repairs a first
+        start that stopped half-way (workflow never started, or gates never opened).
+        """
         coordinator = await self.coordinator()
         ref = await super().start_run(plan_ref, context)
-        if isinstance(ref, ConductorRunRef) and ref.run_id:
-            # A repeated request also repairs a first start that stopped half-way.
-            ctx = await coordinator.context(context.tenant_id, ref.run_id)
-            if ctx is not None and await coordinator.workflow_id(ctx) is not None:
-                await coordinator.reconcile(ctx, force=True)
-        if isinstance(ref, ConductorRunRef) and not ref.workflow_id:
-            # A repeated request: answer with the workflow the first request started.
-            run_id = ref.run_id or context.run_id
-            header = await self.store.get_run(context.tenant_id, run_id)
-            if header is None:
-                header = await self._header_by_request(context)
-            if header is not None:
-                ctx = await coordinator.context(header.tenant_id, header.run_id)
-                if ctx is not None:
-                    await coordinator.workflow_id(ctx)
-                    return coordinator.run_ref(ctx)
-        return ref
-
-    async def _header_by_request(self, context: DvtRunContext) -> RunHeader | None:
-        return await self.store.get_run(context.tenant_id, context.run_id)
+        if not isinstance(ref, ConductorRunRef) or not ref.run_id or ref.workflow_id:
+            return ref
+        tenant_id = (context.tenant_id if isinstance(context, DvtRunContext)
+                     else DvtRunContext.model_validate(context).tenant_id)
+        ctx = await coordinator.context(tenant_id, ref.run_id)
+        if ctx is None:
+            return ref
+        if await coordinator.workflow_id(ctx) is None:
+            snap = await coordinator._snapshot(ctx)
+            ready = snap.status == RunStatus.APPROVED or (
+                snap.status == RunStatus.PENDING and not ctx.header.requires_approval)
+            return await self.launch(ctx.header, ctx.plan) if ready else ref
+        await coordinator.reconcile(ctx, force=True)
+        return coordinator.run_ref(ctx)
 
     async def launch(self, header: RunHeader, plan: ExecutionPlan) -> EngineRunRef:
         """Start the run's workflow (once), write RunStarted and open the first gates."""
