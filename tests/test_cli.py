@@ -328,3 +328,28 @@ def test_unimportable_handler_module_is_a_usage_error(dvt: Any) -> None:
     error = assert_error(dvt("run", str(PLANS / "one-step.json"), "--json", "--handlers",
                              "no_such_module_for_dvt"), "USAGE_ERROR")
     assert error["details"]["module"] == "no_such_module_for_dvt"
+
+
+def _golden_scenarios() -> list[tuple[str, str]]:
+    scenarios = PLANS.parent / "scenarios"
+    found = []
+    for path in sorted(scenarios.glob("*.json")):
+        plan = json.loads(path.read_text()).get("plan")
+        if isinstance(plan, str):
+            found.append((path.stem, plan))
+    return found
+
+
+@pytest.mark.parametrize(("scenario", "plan"), _golden_scenarios())
+def test_parity_of_two_reference_engines_on_every_golden_scenario(
+    dvt: Any, scenario: str, plan: str
+) -> None:
+    result = dvt("parity", str(PLANS / plan), "--scenario",
+                 str(PLANS.parent / "scenarios" / f"{scenario}.json"),
+                 "--engines", "reference,reference", "--json")
+    assert result.code == 0, result
+    doc = result.json()
+    assert doc["equal"] is True, doc["differences"]
+    expected = json.loads((PLANS.parent / "expected" / f"{scenario}.json").read_text())
+    if expected.get("snapshotChecksum"):
+        assert set(doc["checksums"].values()) == {expected["snapshotChecksum"]}
