@@ -242,3 +242,15 @@ def test_migrate_and_rebuild(dvt: Any) -> None:
     assert again.code == 0, again
     rebuilt = dvt("store", "rebuild", "--json")
     assert rebuilt.code == 0, rebuilt
+
+
+def test_parity_reference_against_temporal(dvt: Any, temporal_address: str) -> None:
+    result = dvt("parity", str(PLANS / "approval.json"), "--scenario",
+                 str(PLANS.parent / "scenarios" / "approval-approved.json"),
+                 "--engines", "reference,temporal", "--json",
+                 DVT_TEMPORAL_ADDRESS=temporal_address)
+    assert result.code == 0, result
+    doc = result.json()
+    assert doc["equal"] is True, doc["differences"]
+    assert set(doc["checksums"]) == {"reference", "temporal"}
+    assert len(set(doc["checksums"].values())) == 1
