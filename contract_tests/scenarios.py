@@ -7,7 +7,8 @@ run's snapshot, never by a timer) and the outcome its author intends. Its expect
 
     python -m contract_tests.scenarios --regenerate [ID ...]
 
-and reviewed by a person before it is committed. Tests compare fresh runs with it.
+and reviewed by a person before it is committed. Tests compare fresh runs with it;
+``--check [ID ...]`` does the same comparison from the command line.
 """
 
 from __future__ import annotations
@@ -651,6 +652,29 @@ async def _regenerate(ids: Sequence[str], *, dry_run: bool) -> int:
     return 1 if failures else 0
 
 
+async def _check(ids: Sequence[str]) -> int:
+    from dvt_engine.plugins import open_engine
+    from dvt_engine.stores.memory import MemoryRunStateStore
+
+    selected = [get_scenario(i) for i in ids] if ids else load_scenarios()
+    failures = 0
+    for scenario in selected:
+        store = MemoryRunStateStore()
+        engine = open_engine("reference", store=store)
+        try:
+            outcome = await execute_scenario(scenario, engine, store)
+        finally:
+            await engine.close()
+        problems = check_intent(scenario, outcome)
+        problems += [f"[{d.kind}] {d.message}"
+                     for d in compare_with_expected(outcome, scenario.expected, "reference")]
+        print(f"{'ok  ' if not problems else 'DIFF'} {scenario.scenario_id}")
+        for p in problems:
+            print(f"     {p}")
+        failures += bool(problems)
+    return 1 if failures else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m contract_tests.scenarios``: list, regenerate expectations, write plans."""
     parser = argparse.ArgumentParser(prog="python -m contract_tests.scenarios",
@@ -659,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--regenerate", action="store_true",
                         help="run on the reference engine and write golden_fixtures/expected/")
     parser.add_argument("--dry-run", action="store_true", help="print instead of writing")
+    parser.add_argument("--check", action="store_true",
+                        help="run on the reference engine and compare with the expectations")
     parser.add_argument("--write-plans", action="store_true",
                         help="write the generated plans (chain-250, parallel-50)")
     args = parser.parse_args(argv)
@@ -668,6 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote golden_fixtures/plans/{name}")
     if args.regenerate:
         return asyncio.run(_regenerate(args.ids, dry_run=args.dry_run))
+    if args.check:
+        return asyncio.run(_check(args.ids))
     if not args.write_plans:
         for scenario in load_scenarios():
             print(f"{scenario.scenario_id:32} {scenario.description}")
