@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -101,7 +102,18 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
                     out.emit_json(out.run_document(snapshot))
                 return out.EXIT_OK
             printer = None if settings.json else _print_event
-            snapshot = await follow_to_end(store, i.tenant, header.run_id, printer)
+            try:
+                snapshot = await follow_to_end(store, i.tenant, header.run_id, printer)
+            except asyncio.CancelledError:
+                # Ctrl-C: say what becomes of the run before the workers in this process stop.
+                if header.engine == "reference":
+                    out.notice(f"dvt: run {header.run_id} stops with this command "
+                               "(the reference engine runs in process)")
+                else:
+                    out.notice(f"dvt: run {header.run_id} stays on {header.engine}; a worker "
+                               f"(`dvt worker --engine {header.engine}`) continues it and "
+                               f"`dvt events {header.run_id} --follow` shows it")
+                raise
     if settings.json:
         out.emit_json(out.run_document(snapshot))
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,29 @@ def test_host_handlers_are_imported_with_handlers_option(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     step = json.loads(done.stdout)["snapshot"]["steps"][0]
     assert step["output"] == {"table": "t1", "attempt": 1}
+
+
+def test_interrupt_says_what_happens_to_the_run(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in CLI_ENV}
+    clean.update({"DVT_HOME": str(tmp_path / "home"), "DVT_ENGINE": "reference",
+                  "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen([sys.executable, "-m", "dvt_cli", "run",
+                                str(PLANS / "approval.json")], cwd=tmp_path, env=clean,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               stdin=subprocess.DEVNULL)
+    assert process.stdout is not None
+    seen = []
+    # The gate waits for an approver forever: interrupt once the run reached it.
+    for line in process.stdout:
+        seen.append(line)
+        if "StepAwaitingApproval" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    try:
+        _rest, err = process.communicate(timeout=TIMEOUT_S)
+    finally:
+        process.kill()
+    assert any("StepAwaitingApproval" in line for line in seen)
+    assert process.returncode == 130
+    assert "stops with this command" in err
+    assert "Traceback" not in err
