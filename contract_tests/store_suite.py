@@ -10,6 +10,7 @@ A store's test module subclasses ``StoreContractSuite`` and provides two fixture
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -68,8 +69,11 @@ def make_header(
         plan_id="plan",
         plan_version=plan_version,
         plan_ref=PlanRef(
-            uri="plan://sha256/" + "0" * 64, sha256="0" * 64, schema_version="v1.2",
-            plan_id="plan", plan_version=plan_version,
+            uri="plan://sha256/" + "0" * 64,
+            sha256="0" * 64,
+            schema_version="v1.2",
+            plan_id="plan",
+            plan_version=plan_version,
         ),
         steps=outline,
         engine="reference",
@@ -132,10 +136,8 @@ class Collector:
     async def stop(self) -> None:
         """Stop consuming."""
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
 
 class StoreContractSuite:
@@ -152,7 +154,8 @@ class StoreContractSuite:
     async def test_register_is_idempotent_on_run_request_key(self, store: RunStateStore) -> None:
         header = make_header()
         stored, created = await store.register_run(header)
-        assert created and stored == header
+        assert created
+        assert stored == header
         again = header.model_copy(update={"run_id": new_id("other-run")})
         first, created_again = await store.register_run(again)
         assert not created_again
@@ -186,7 +189,8 @@ class StoreContractSuite:
         before = datetime.now(UTC) - timedelta(minutes=5)
         results = [await store.append(e) for e in happy_path(header)]
         seqs = [r.run_seq for r in results]
-        assert seqs == sorted(set(seqs)) and seqs[0] >= 1
+        assert seqs == sorted(set(seqs))
+        assert seqs[0] >= 1
         assert not any(r.duplicate for r in results)
         for result in results:
             assert result.persisted_at.tzinfo is not None
@@ -199,8 +203,11 @@ class StoreContractSuite:
     async def test_append_keeps_the_envelope_exactly(self, store: RunStateStore) -> None:
         header = await self.registered(store)
         event = EventFactory(header, emitted_by="engine").run_event(
-            "RunStarted", {"engine": "reference", "engineRunRef": {"provider": "reference",
-                                                                    "instanceId": "i", "runId": "r"}}
+            "RunStarted",
+            {
+                "engine": "reference",
+                "engineRunRef": {"provider": "reference", "instanceId": "i", "runId": "r"},
+            },
         )
         result = await store.append(event)
         (stored,) = await store.fetch_events(header.tenant_id, header.run_id)
@@ -251,7 +258,9 @@ class StoreContractSuite:
         again = await store.append(fresh_copy(events[0]))
         assert again.duplicate
         assert (again.run_seq, again.event_id, again.persisted_at) == (
-            first.run_seq, first.event_id, first.persisted_at,
+            first.run_seq,
+            first.event_id,
+            first.persisted_at,
         )
         stored = await store.fetch_events(header.tenant_id, header.run_id)
         assert len(stored) == 2
@@ -337,9 +346,7 @@ class StoreContractSuite:
         assert await store.fetch_events(header.tenant_id, header.run_id) == []
 
     # --- read --------------------------------------------------------------------------
-    async def test_fetch_after_watermark_pages_in_run_seq_order(
-        self, store: RunStateStore
-    ) -> None:
+    async def test_fetch_after_watermark_pages_in_run_seq_order(self, store: RunStateStore) -> None:
         header = await self.registered(store)
         events = happy_path(header)
         # Producer clocks disagree: order is runSeq order, never timestamp order.
@@ -355,8 +362,9 @@ class StoreContractSuite:
         pages: list[int] = []
         cursor = 0
         while True:
-            page = await store.fetch_events(header.tenant_id, header.run_id, after_seq=cursor,
-                                            limit=3)
+            page = await store.fetch_events(
+                header.tenant_id, header.run_id, after_seq=cursor, limit=3
+            )
             if not page:
                 break
             assert len(page) <= 3
@@ -368,13 +376,19 @@ class StoreContractSuite:
         header = await self.registered(store)
         key = signal_key(header.tenant_id, header.run_id, "sig-1")
         decision = EventFactory(header, emitted_by="operator").signal_event(
-            "SignalRejected", key,
-            {"signalId": "sig-1", "signalType": "PAUSE", "actor": {"id": "ann", "roles": ["operator"]},
-             "errorCode": "RUN_TERMINAL"},
+            "SignalRejected",
+            key,
+            {
+                "signalId": "sig-1",
+                "signalType": "PAUSE",
+                "actor": {"id": "ann", "roles": ["operator"]},
+                "errorCode": "RUN_TERMINAL",
+            },
         )
         await store.append(decision)
         found = await store.get_event_by_key(header.tenant_id, header.run_id, key)
-        assert found is not None and found.event_id == decision.event_id
+        assert found is not None
+        assert found.event_id == decision.event_id
         assert found.payload == decision.payload
         assert await store.get_event_by_key(new_id("tenant"), header.run_id, key) is None
         assert await store.get_event_by_key(header.tenant_id, header.run_id, "f" * 64) is None
@@ -389,13 +403,15 @@ class StoreContractSuite:
         future = f.run_event("RunTeleported", {"where": "mars"})
         result = await store.append(future)
         after = await store.get_snapshot(header.tenant_id, header.run_id)
-        assert before is not None and after is not None
+        assert before is not None
+        assert after is not None
         assert after.last_event_seq == result.run_seq
         assert after.model_copy(update={"last_event_seq": before.last_event_seq}) == before
         (stored,) = await store.fetch_events(
             header.tenant_id, header.run_id, after_seq=result.run_seq - 1
         )
-        assert stored.event_type == "RunTeleported" and stored.payload == {"where": "mars"}
+        assert stored.event_type == "RunTeleported"
+        assert stored.payload == {"where": "mars"}
 
     # --- snapshots ---------------------------------------------------------------------
     async def test_snapshot_follows_the_log_and_equals_a_rebuild(
@@ -403,7 +419,8 @@ class StoreContractSuite:
     ) -> None:
         header = await self.registered(store)
         initial = await store.get_snapshot(header.tenant_id, header.run_id)
-        assert initial is not None and initial.status == RunStatus.PENDING
+        assert initial is not None
+        assert initial.status == RunStatus.PENDING
         assert [s.step_id for s in initial.steps] == [s.step_id for s in header.steps]
         events = happy_path(header)
         for i, event in enumerate(events, start=1):
@@ -412,13 +429,15 @@ class StoreContractSuite:
             rebuilt = await store.project(header.tenant_id, header.run_id)
             assert stored is not None
             assert stored.model_dump_json() == rebuilt.model_dump_json()
-            assert stored.last_event_seq == (
-                await store.fetch_events(header.tenant_id, header.run_id)
-            )[-1].run_seq
+            assert (
+                stored.last_event_seq
+                == (await store.fetch_events(header.tenant_id, header.run_id))[-1].run_seq
+            )
             if i == 1:
                 assert stored.status == RunStatus.RUNNING
         final = await store.get_snapshot(header.tenant_id, header.run_id)
-        assert final is not None and final.status == RunStatus.COMPLETED
+        assert final is not None
+        assert final.status == RunStatus.COMPLETED
         log = await store.fetch_events(header.tenant_id, header.run_id)
         assert final.model_dump_json() == project(header, log).model_dump_json()
 
@@ -431,7 +450,8 @@ class StoreContractSuite:
             assert (await store.append(fresh_copy(event))).duplicate
         assert all(r.duplicate for r in await store.append_batch(events[:3]))
         after = await store.get_snapshot(header.tenant_id, header.run_id)
-        assert before is not None and after is not None
+        assert before is not None
+        assert after is not None
         assert after.model_dump_json() == before.model_dump_json()
 
     async def test_unknown_runs_have_no_snapshot(self, store: RunStateStore) -> None:
@@ -447,8 +467,11 @@ class StoreContractSuite:
         base = datetime(2026, 11, 1, tzinfo=UTC)
         headers = [
             await self.registered(
-                store, tenant_id=tenant, created_at=base + timedelta(minutes=i),
-                project_id="p1" if i % 2 else "p2", environment_id="dev" if i < 3 else "prod",
+                store,
+                tenant_id=tenant,
+                created_at=base + timedelta(minutes=i),
+                project_id="p1" if i % 2 else "p2",
+                environment_id="dev" if i < 3 else "prod",
             )
             for i in range(6)
         ]
@@ -461,9 +484,10 @@ class StoreContractSuite:
         assert {r.tenant_id for r in listed} == {tenant}
         done = await store.list_runs(tenant, status=[RunStatus.COMPLETED])
         assert [r.run_id for r in done] == [headers[1].run_id, headers[0].run_id]
-        assert done[0].last_event_seq == (
-            await store.fetch_events(tenant, headers[1].run_id)
-        )[-1].run_seq
+        assert (
+            done[0].last_event_seq
+            == (await store.fetch_events(tenant, headers[1].run_id))[-1].run_seq
+        )
         active = await store.list_runs(tenant, status=[RunStatus.PENDING, RunStatus.RUNNING])
         assert [r.run_id for r in active] == [h.run_id for h in reversed(headers[2:])]
         assert active[-1].status == RunStatus.RUNNING
@@ -554,7 +578,9 @@ class StoreContractSuite:
     ) -> None:
         hostile = "t'; DROP TABLE dvt_events; --\"\\ ünïcødé 🚀 $1 %s {}"
         header = await self.registered(
-            store, tenant_id=hostile[:190] + uuid.uuid4().hex[:8], steps=["step ' \" \\ 🚀"],
+            store,
+            tenant_id=hostile[:190] + uuid.uuid4().hex[:8],
+            steps=["step ' \" \\ 🚀"],
             run_id="run '\"\\🚀" + uuid.uuid4().hex[:8],
         )
         f = EventFactory(header, emitted_by="engine")
@@ -563,9 +589,17 @@ class StoreContractSuite:
             f.run_event("RunStarted", {"engine": "reference"}),
             f.step_event("StepStarted", header.steps[0].step_id, {"kind": "noop"}),
             f.step_event(
-                "StepCompleted", header.steps[0].step_id,
-                {"output": {"text": payload_text, "n": 1e300, "small": 5e-324, "neg": -0.0,
-                            "list": [None, True, "\u2028\ud7ff"]}},
+                "StepCompleted",
+                header.steps[0].step_id,
+                {
+                    "output": {
+                        "text": payload_text,
+                        "n": 1e300,
+                        "small": 5e-324,
+                        "neg": -0.0,
+                        "list": [None, True, "\u2028\ud7ff"],
+                    }
+                },
             ),
         ]
         await store.append_batch(events)
@@ -596,7 +630,6 @@ class StoreContractSuite:
         with pytest.raises(SchemaValidationFailed):
             await store.append(huge)
         assert await store.fetch_events(header.tenant_id, header.run_id) == []
-
 
 
 def _not_marker(event: Event) -> bool:

@@ -12,7 +12,7 @@ SCHEMES = ("postgresql", "postgres")
 DEFAULT_SCHEMA = "dvt"
 
 # Options dvt reads from the URL's query; everything else is passed to libpq untouched.
-_OPTIONS = ("schema", "pool_min", "pool_max", "migrate", "outbox", "poll_interval")
+_OPTIONS = ("schema", "pool_min", "pool_max", "migrate", "outbox", "poll_interval", "timeout")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class StoreConfig:
     migrate: bool = True
     outbox: bool = True
     poll_interval: float = 1.0
+    #: Seconds an operation keeps retrying through lost connections before STORE_UNAVAILABLE.
+    timeout: float = 15.0
 
     def redacted(self) -> str:
         """The connection URL without its password, for messages."""
@@ -71,7 +73,9 @@ def parse_store_url(url: str) -> StoreConfig:
     schema = ours.get("schema", DEFAULT_SCHEMA)
     problem = identifier_problem(schema)
     if problem is not None or len(schema) > 63:
-        raise UsageError(f"store URL option schema is not a usable schema name: {problem or 'too long'}")
+        raise UsageError(
+            f"store URL option schema is not a usable schema name: {problem or 'too long'}"
+        )
     pool_min = int(_number("pool_min", ours.get("pool_min", "1"), int))
     pool_max = int(_number("pool_max", ours.get("pool_max", "10"), int))
     if pool_min > pool_max:
@@ -84,4 +88,5 @@ def parse_store_url(url: str) -> StoreConfig:
         migrate=_flag("migrate", ours.get("migrate", "true")),
         outbox=_flag("outbox", ours.get("outbox", "true")),
         poll_interval=_number("poll_interval", ours.get("poll_interval", "1.0"), float),
+        timeout=_number("timeout", ours.get("timeout", "15"), float),
     )

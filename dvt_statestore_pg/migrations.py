@@ -71,11 +71,13 @@ async def apply_migrations(conn: psycopg.AsyncConnection[object], schema: str) -
         await conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL,"
-                " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+                " checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
             ).format(table)
         )
         cur = await conn.execute(sql.SQL("SELECT version, checksum FROM {}").format(table))
-        done = {int(v): str(c) for v, c in await cur.fetchall()}  # type: ignore[misc]
+        rows: list[tuple[int, str]] = await cur.fetchall()  # type: ignore[assignment]
+        done = {int(version): str(checksum) for version, checksum in rows}
         # The files name their tables unqualified; the schema is chosen here, for this
         # transaction only.
         await conn.execute("SELECT set_config('search_path', %s, true)", (ident.as_string(conn),))

@@ -31,9 +31,7 @@ class Queries:
         """Call the append function for one run (migration 0002)."""
         return self._fmt(
             "SELECT outcome, idempotency_key, run_seq, event_id, persisted_at, last_seq"
-            " FROM {dvt_append_events}(%s, %s, %s, %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::text[], %s::integer[], %s::integer[],"
-            " %s::timestamptz[], %s::json[], %s, %s, %s::json, %s, %s)"
+            " FROM {dvt_append_events}(%s, %s, %s, %s::json, %s, %s, %s::json, %s, %s)"
         )
 
     @property
@@ -152,7 +150,8 @@ class Queries:
             "WITH c AS (SELECT id FROM {dvt_outbox} WHERE delivered_at IS NULL"
             " AND (claimed_until IS NULL OR claimed_until < clock_timestamp())"
             " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " UPDATE {dvt_outbox} o SET claimed_until = clock_timestamp() + make_interval(secs => %s),"
+            " UPDATE {dvt_outbox} o"
+            " SET claimed_until = clock_timestamp() + make_interval(secs => %s),"
             " attempts = o.attempts + 1 FROM c WHERE o.id = c.id"
             " RETURNING o.id, o.run_id, o.tenant_id, o.run_seq"
         )

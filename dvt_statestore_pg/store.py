@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import re
 import time
 from collections import OrderedDict
@@ -30,7 +31,6 @@ from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import apply, initial_snapshot, project
-
 from dvt_statestore_pg.config import StoreConfig, parse_store_url
 from dvt_statestore_pg.migrations import apply_migrations
 from dvt_statestore_pg.notify import Notifier, channel_for
@@ -41,8 +41,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _T = TypeVar("_T")
 Conn = psycopg.AsyncConnection[Any]
 
-#: How long an operation keeps trying through lost connections before STORE_UNAVAILABLE.
-RETRY_TIMEOUT_S = 15.0
 #: A tenant follower re-reads runs touched this long before its last poll, so a transaction
 #: that committed late is still seen when the notification connection was down.
 FOLLOW_SLACK = timedelta(seconds=60)
@@ -88,6 +86,30 @@ def _envelope(event: Event) -> str:
     return event.model_dump_json(exclude={"run_seq", "persisted_at"})
 
 
+def _events_document(events: list[Event]) -> str:
+    """The events as the JSON array the append function reads (see migration 0002)."""
+    parts = []
+    for position, e in enumerate(events, start=1):
+        fields = json.dumps(
+            {
+                "k": e.idempotency_key,
+                "i": e.event_id,
+                "t": e.event_type,
+                "p": e.project_id,
+                "v": e.environment_id,
+                "s": e.step_id,
+                "l": e.logical_attempt_id,
+                "n": e.engine_attempt_id,
+                "at": e.emitted_at.isoformat(),
+                "o": position,
+            },
+            ensure_ascii=False,
+        )
+        # The envelope goes in as its exact text, so the log stores what was serialised.
+        parts.append(fields[:-1] + ',"e":' + _envelope(e) + "}")
+    return "[" + ",".join(parts) + "]"
+
+
 class PostgresRunStateStore(RunStateStore):
     """The state store on PostgreSQL; ``open_store("postgresql://...?schema=...")`` opens one.
 
@@ -111,7 +133,6 @@ class PostgresRunStateStore(RunStateStore):
         self._open_lock = asyncio.Lock()
         self._cache: OrderedDict[str, _RunState] = OrderedDict()
         self._notifier: Notifier | None = None
-        self.retry_timeout = RETRY_TIMEOUT_S
 
     # --- lifecycle -----------------------------------------------------------------------
     @classmethod
@@ -133,11 +154,11 @@ class PostgresRunStateStore(RunStateStore):
                 max_size=self.config.pool_max,
                 kwargs={"autocommit": True},
                 open=False,
-                timeout=self.retry_timeout,
+                timeout=max(self.config.timeout, 1.0),
                 name=f"dvt-{self.config.schema}",
             )
             try:
-                await pool.open(wait=True, timeout=self.retry_timeout)
+                await pool.open(wait=True, timeout=max(self.config.timeout, 1.0))
                 if self.config.migrate:
                     async with pool.connection() as conn:
                         await apply_migrations(conn, self.config.schema)
@@ -167,7 +188,7 @@ class PostgresRunStateStore(RunStateStore):
         key), so running it again after a connection died mid-way is safe.
         """
         pool = await self._ensure_open()
-        deadline = time.monotonic() + self.retry_timeout
+        deadline = time.monotonic() + self.config.timeout
         delay = 0.05
         while True:
             try:
@@ -232,10 +253,21 @@ class PostgresRunStateStore(RunStateStore):
         async def work(conn: Conn) -> tuple[RunHeader, bool]:
             cur = await conn.execute(
                 self._q.register,
-                (header.run_id, header.tenant_id, header.project_id, header.environment_id,
-                 header.plan_id, header.plan_version, header.engine, header.run_request_key,
-                 header.model_dump_json(), snapshot.status.value, None,
-                 snapshot.model_dump_json(), header.created_at),
+                (
+                    header.run_id,
+                    header.tenant_id,
+                    header.project_id,
+                    header.environment_id,
+                    header.plan_id,
+                    header.plan_version,
+                    header.engine,
+                    header.run_request_key,
+                    header.model_dump_json(),
+                    snapshot.status.value,
+                    None,
+                    snapshot.model_dump_json(),
+                    header.created_at,
+                ),
             )
             if await cur.fetchone() is not None:
                 return header, True
@@ -280,7 +312,8 @@ class PostgresRunStateStore(RunStateStore):
             if value is not None and not self._valid_ids(value):
                 return []
         query = self._q.list_runs(
-            status=bool(status), project=project_id is not None,
+            status=bool(status),
+            project=project_id is not None,
             environment=environment_id is not None,
         )
         params = {
@@ -295,9 +328,18 @@ class PostgresRunStateStore(RunStateStore):
             cur = await conn.execute(query, params)
             return [
                 RunSummary(
-                    run_id=r[0], tenant_id=r[1], project_id=r[2], environment_id=r[3],
-                    plan_id=r[4], plan_version=r[5], engine=r[6], status=r[7], substatus=r[8],
-                    last_event_seq=r[9], created_at=_utc(r[10]), updated_at=_utc(r[11]),
+                    run_id=r[0],
+                    tenant_id=r[1],
+                    project_id=r[2],
+                    environment_id=r[3],
+                    plan_id=r[4],
+                    plan_version=r[5],
+                    engine=r[6],
+                    status=r[7],
+                    substatus=r[8],
+                    last_event_seq=r[9],
+                    created_at=_utc(r[10]),
+                    updated_at=_utc(r[11]),
                 )
                 for r in await cur.fetchall()
             ]
@@ -347,9 +389,7 @@ class PostgresRunStateStore(RunStateStore):
                 async with conn.transaction():
                     # Runs are locked in one global order, so two batches never deadlock.
                     for run_id in sorted(groups):
-                        results, state = await self._append_run(
-                            conn, run_id, groups[run_id], sent
-                        )
+                        results, state = await self._append_run(conn, run_id, groups[run_id], sent)
                         found.update({(run_id, k): v for k, v in results.items()})
                         if state is not None:
                             states[run_id] = state
@@ -374,7 +414,6 @@ class PostgresRunStateStore(RunStateStore):
             seen.add(where)
             answers.append(result)
         return answers
-
 
     @staticmethod
     def _check_identifiers(event: Event) -> None:
@@ -427,7 +466,9 @@ class PostgresRunStateStore(RunStateStore):
                     stale = int(last_seq)
                     continue
                 results[key] = AppendResult(
-                    run_seq=seq, persisted_at=_utc(persisted_at), event_id=event_id,
+                    run_seq=seq,
+                    persisted_at=_utc(persisted_at),
+                    event_id=event_id,
                     # After a lost connection the retry finds our own earlier write.
                     duplicate=outcome == "duplicate" and event_id not in sent,
                 )
@@ -461,29 +502,23 @@ class PostgresRunStateStore(RunStateStore):
             ]
             snapshot = apply(state.snapshot, stored)
             last = expected + len(pending)
-            write = (
-                snapshot.status.is_terminal
-                or last - state.snapshot_seq >= _snapshot_every(snapshot)
+            write = snapshot.status.is_terminal or last - state.snapshot_seq >= _snapshot_every(
+                snapshot
             )
             snapshot_json = snapshot.model_dump_json() if write else None
             status = snapshot.status.value
             substatus = snapshot.substatus.value if snapshot.substatus else None
-            new_state = _RunState(
-                tenant_id, last, last if write else state.snapshot_seq, snapshot
-            )
+            new_state = _RunState(tenant_id, last, last if write else state.snapshot_seq, snapshot)
         params = (
-            run_id, tenant_id, expected,
-            [e.idempotency_key for e in pending],
-            [e.event_id for e in pending],
-            [e.event_type for e in pending],
-            [e.project_id for e in pending],
-            [e.environment_id for e in pending],
-            [e.step_id for e in pending],
-            [e.logical_attempt_id for e in pending],
-            [e.engine_attempt_id for e in pending],
-            [e.emitted_at for e in pending],
-            [_envelope(e) for e in pending],
-            status, substatus, snapshot_json, self.config.outbox, self._channel,
+            run_id,
+            tenant_id,
+            expected,
+            _events_document(pending),
+            status,
+            substatus,
+            snapshot_json,
+            self.config.outbox,
+            self._channel,
         )
         return params, new_state
 
@@ -577,9 +612,7 @@ class PostgresRunStateStore(RunStateStore):
                     since = max(since, now)
                     if last_seq <= watermarks.get(run, 0):
                         continue
-                    async for event in self._tenant_run_events(
-                        tenant_id, run, watermarks, start
-                    ):
+                    async for event in self._tenant_run_events(tenant_id, run, watermarks, start):
                         yield event
                 await self._pause(notifier, waiter.event)
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 import psycopg
 from psycopg import sql
@@ -256,7 +257,8 @@ class ManagedPostgres:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise PostgresServerError(
-                    f"postgres exited with {self.process.returncode} while starting:\n{self.log_tail()}"
+                    f"postgres exited with {self.process.returncode} while starting:\n"
+                    f"{self.log_tail()}"
                 )
             try:
                 with psycopg.connect(self.dsn(), connect_timeout=2, autocommit=True) as conn:
@@ -367,3 +369,9 @@ def drop_schema(dsn: str, schema: str) -> None:
     """Drop a schema and everything in it."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def store_url(dsn: str, schema: str, **options: str) -> str:
+    """A store URL: ``dsn`` with dvt's options (``schema=...``) added to its query."""
+    sep = "&" if "?" in dsn else "?"
+    return dsn + sep + urlencode({"schema": schema, **options})

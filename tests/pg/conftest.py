@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 
 from dvt_statestore_pg.store import PostgresRunStateStore
-
 from dvt_statestore_pg.testing import (
     PostgresServerError,
     create_schema,
     drop_schema,
     postgres_dsn,
+    store_url,
     unique_schema_name,
 )
 
@@ -38,14 +38,6 @@ def pg_schema(pg_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
         yield schema
     finally:
         drop_schema(pg_dsn, schema)
-
-
-def store_url(dsn: str, schema: str, **options: str) -> str:
-    """A store URL for ``dsn`` with dvt's options added to its query."""
-    from urllib.parse import urlencode
-
-    sep = "&" if "?" in dsn else "?"
-    return dsn + sep + urlencode({"schema": schema, **options})
 
 
 @pytest.fixture(scope="module")
