@@ -134,7 +134,7 @@ def demo(session: nox.Session) -> None:
         if keep:
             session.log(f"servers keep running; stop them with `DVT_HOME={home} dvt dev down`")
         else:
-            session.run("dvt", "dev", "down", env=env)
+            session.run("dvt", "dev", "down", "--purge", env=env)
             shutil.rmtree(home, ignore_errors=True)
 
 

@@ -292,6 +292,18 @@ def postgres_down() -> bool:
 # --- the whole setup ----------------------------------------------------------------------
 
 
+def purge() -> list[str]:
+    """Remove the local servers' data (call after stopping them); returns what was removed."""
+    removed: list[str] = []
+    for path in (_pg_root(), temporal_state_dir(), dvt_home() / "conductor"):
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    _pg_state_file().unlink(missing_ok=True)
+    return removed
+
+
+
 def running_setup() -> tuple[str | None, EngineAddresses]:
     """The store URL and engine addresses of whatever dev servers are running now."""
     pg = postgres_status()

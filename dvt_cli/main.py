@@ -280,10 +280,11 @@ def up(postgres: bool | None, temporal: bool | None, conductor: bool, as_json: b
 
 
 @dev.command()
+@click.option("--purge", is_flag=True, help="Also delete their data (runs, workflow history).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def down(as_json: bool) -> None:
-    """Stop the local servers (their data stays)."""
-    execute(as_json, lambda: ops.dev_down(Settings(json=as_json)))
+def down(purge: bool, as_json: bool) -> None:
+    """Stop the local servers (their data stays unless --purge)."""
+    execute(as_json, lambda: ops.dev_down(Settings(json=as_json), purge))
 
 
 @dev.command(name="status")

@@ -328,18 +328,21 @@ def default_dev_parts() -> list[str]:
     return parts
 
 
-async def dev_down(settings: Settings) -> int:
-    """Stop every local server (their data stays under DVT_HOME)."""
+async def dev_down(settings: Settings, purge: bool = False) -> int:
+    """Stop every local server; their data stays under DVT_HOME unless ``purge``."""
     stopped = {
         "temporal": await asyncio.to_thread(devenv.temporal_down),
         "conductor": await asyncio.to_thread(devenv.conductor_down),
         "postgres": await asyncio.to_thread(devenv.postgres_down),
     }
+    removed = await asyncio.to_thread(devenv.purge) if purge else []
     if settings.json:
-        out.emit_json({"stopped": stopped})
+        out.emit_json({"stopped": stopped, "removed": removed})
     else:
         for part, was in stopped.items():
             click.echo(f"{part:<10} {'stopped' if was else 'was not running'}")
+        for path in removed:
+            click.echo(f"removed {path}")
     return out.EXIT_OK
 
 

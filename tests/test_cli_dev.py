@@ -21,8 +21,9 @@ def dvt(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Any:
                                            **env})
 
     yield call
-    # Whatever a failed assertion left running is stopped; the pid files say what that is.
-    call("dev", "down")
+    # Whatever a failed assertion left running is stopped (the pid files say what that is),
+    # and the data goes, also where it lives outside tmp_path (/var/tmp when run as root).
+    call("dev", "down", "--purge")
 
 
 def _alive(pid: int) -> bool:
@@ -59,3 +60,8 @@ def test_dev_postgres_is_the_default_store_and_keeps_its_data(dvt: Any) -> None:
     assert again.json()["postgres"]["root"] == pg["root"]
     listed = dvt("runs", "--json").json()["runs"]
     assert run_id in {r["runId"] for r in listed}
+
+    purged = dvt("dev", "down", "--purge", "--json")
+    assert purged.code == 0
+    assert pg["root"] in purged.json()["removed"]
+    assert not Path(pg["root"]).exists()
