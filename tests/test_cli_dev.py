@@ -65,3 +65,26 @@ def test_dev_postgres_is_the_default_store_and_keeps_its_data(dvt: Any) -> None:
     assert purged.code == 0
     assert pg["root"] in purged.json()["removed"]
     assert not Path(pg["root"]).exists()
+
+
+def test_default_run_starts_temporal_and_postgres_that_outlive_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # No engine, no store, no address: the main job's path on a fresh machine.
+    env = {"DVT_HOME": str(tmp_path / "home")}
+    try:
+        run_id = f"main-{uuid.uuid4().hex[:8]}"
+        ran = invoke(capsys, ["run", str(PLANS / "diamond.json"), "--run-id", run_id,
+                              "--json"], env)
+        assert ran.code == 0, ran
+        doc = ran.json()
+        assert doc["snapshot"]["engineRunRef"]["provider"] == "temporal"
+        status = invoke(capsys, ["dev", "status", "--json"], env).json()
+        assert status["temporal"]["running"] is True
+        assert status["postgres"]["running"] is True
+        again = invoke(capsys, ["status", run_id, "--json"], env)
+        assert again.code == 0, again
+        assert again.json()["snapshotChecksum"] == doc["snapshotChecksum"]
+    finally:
+        down = invoke(capsys, ["dev", "down", "--purge", "--json"], env)
+    assert down.json()["stopped"] == {"temporal": True, "conductor": False, "postgres": True}
