@@ -155,6 +155,7 @@ class TemporalEngine(BaseEngine):
             self.activities(),
             task_queue=self.settings.task_queue,
             activity_queues=list(self.settings.kind_queues.values()),
+            max_cached_workflows=self.settings.max_cached_workflows,
         )
         self._workers_cm = running_workers(self._workers)
         await self._workers_cm.__aenter__()
@@ -171,7 +172,7 @@ class TemporalEngine(BaseEngine):
         pool = select_workers(
             client, self.activities(), main_queue=self.settings.task_queue,
             kind_queues=list(self.settings.kind_queues.values()), queues=queues,
-            workflows=workflows,
+            workflows=workflows, max_cached_workflows=self.settings.max_cached_workflows,
         )
         await serve(pool, stop=stop)
 

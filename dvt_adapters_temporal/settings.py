@@ -59,6 +59,8 @@ class TemporalSettings:
     # A step whose worker died is retried after this long without a heartbeat.
     heartbeat_timeout_s: float = 10.0
     default_step_timeout_s: float = 24 * 3600.0
+    # Workflow runs kept in worker memory; 0 replays every workflow task from the start.
+    max_cached_workflows: int = 1000
     # Search attributes: "auto" asks the server which of dvt's are registered.
     search_attributes: bool | str = "auto"
 

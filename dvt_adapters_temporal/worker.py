@@ -57,6 +57,7 @@ def build_workers(
     run_workflows: bool = True,
     max_concurrent_activities: int = 100,
     graceful_shutdown_s: float = 30.0,
+    max_cached_workflows: int = 1000,
 ) -> list[Worker]:
     """Workers for the main queue (workflow + activities) and each routed step queue."""
     workers: list[Worker] = []
@@ -69,6 +70,7 @@ def build_workers(
             workflow_runner=workflow_runner(),
             # A lost worker's sticky queue times out fast so another worker picks the run up.
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
+            max_cached_workflows=max_cached_workflows,
             **common,  # type: ignore[arg-type]
         )
     )
@@ -138,15 +140,18 @@ def select_workers(
     kind_queues: Sequence[str],
     queues: Sequence[str] | None,
     workflows: bool,
+    max_cached_workflows: int = 1000,
 ) -> list[Worker]:
     """The workers a host runs: everything by default, or only the named step queues."""
     if not queues:
         return build_workers(client, activities, task_queue=main_queue, run_workflows=workflows,
-                             activity_queues=kind_queues)
+                             activity_queues=kind_queues,
+                             max_cached_workflows=max_cached_workflows)
     selected = list(dict.fromkeys(queues))
     pool: list[Worker] = []
     if main_queue in selected:
-        pool += build_workers(client, activities, task_queue=main_queue, run_workflows=workflows)
+        pool += build_workers(client, activities, task_queue=main_queue, run_workflows=workflows,
+                              max_cached_workflows=max_cached_workflows)
         selected.remove(main_queue)
     pool += [Worker(client, task_queue=q, **activity_worker_options(activities))
              for q in selected]

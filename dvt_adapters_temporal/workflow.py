@@ -81,6 +81,9 @@ _FAIL_FAST_REASON = "run failing (failFast)"
 # Behaviour changes since the first recorded histories, each gated so that runs started before
 # the change replay unchanged (docs/temporal.md, "Changing the workflow").
 PATCH_PAUSE_WAITS_FOR_OPENING_GATES = "dvt-pause-waits-for-opening-gates"
+# The history-size budget defers new steps (not only the step count), and a run whose budget
+# is spent continues as new as soon as nothing runs, even when no step was deferred.
+PATCH_SIZE_BUDGET_DEFERS_STEPS = "dvt-size-budget-defers-steps"
 _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
 # The runner enforces a step's timeoutMs itself; the activity timeout is only a backstop.
 _STEP_TIMEOUT_SLACK = timedelta(seconds=60)
@@ -122,6 +125,7 @@ class DvtRunWorkflow:
         self._inp: RunInput | None = None
         self._generation = 0
         self._finished: RunResult | None = None
+        self._size_budget = True
 
     # --- operator input ------------------------------------------------------------------
     @workflow.signal(name=SIGNAL_NAME)
@@ -166,6 +170,9 @@ class DvtRunWorkflow:
     async def run(self, inp: RunInput) -> RunResult:
         """Interpret the plan until the run is terminal (or continue as new)."""
         self._inp = inp
+        # Decided once per workflow run, so replays of runs begun before a change keep the old
+        # behaviour (the marker is in their history, or not).
+        self._size_budget = workflow.patched(PATCH_SIZE_BUDGET_DEFERS_STEPS)
         cursor = inp.cursor
         self._generation = cursor.generation if cursor else 0
         if cursor:
@@ -290,8 +297,8 @@ class DvtRunWorkflow:
 
     def _start_step(self, cmd: StartStep) -> None:
         assert self._inp is not None
-        if self._started_this_generation >= self._inp.config.continue_as_new_after_steps:
-            # This generation has done its share; the next one starts the step.
+        if self._budget_spent():
+            # This run of the chain has done its share; the next one starts the step.
             self._deferred.append(cmd)
             return
         self._started_this_generation += 1
@@ -462,20 +469,34 @@ class DvtRunWorkflow:
                          generations=self._generation + 1)
 
     # --- continue-as-new -----------------------------------------------------------------
+    def _budget_spent(self) -> bool:
+        """This workflow run has started its share of steps or grown its history enough."""
+        assert self._inp is not None
+        cfg = self._inp.config
+        if self._started_this_generation >= cfg.continue_as_new_after_steps:
+            return True
+        if not self._size_budget:
+            return False  # runs begun before the size budget: the step count alone
+        if self._started_this_generation == 0:
+            return False  # always make progress, however large the carried state is
+        info = workflow.info()
+        return bool(info.get_current_history_size() >= cfg.continue_as_new_history_bytes
+                    or info.is_continue_as_new_suggested())
+
     def _can_now(self) -> bool:
         """Time to continue as new: over budget, and no activity is running."""
         if self._finished is not None or self._activities or self._queue:
             return False
-        assert self._inp is not None
-        cfg = self._inp.config
-        if self._deferred:
-            return True
+        if self._size_budget:
+            return bool(self._deferred) or self._budget_spent()
+        # Runs begun before the size budget continue only for steps they deferred, or when
+        # the history estimate says so.
         info = workflow.info()
-        return bool(
+        return bool(self._deferred) or bool(
             self._started_this_generation > 0
-            and (info.get_current_history_size() >= cfg.continue_as_new_history_bytes
-                 or info.is_continue_as_new_suggested())
-        )
+            and (info.get_current_history_size()
+                 >= self._inp.config.continue_as_new_history_bytes  # type: ignore[union-attr]
+                 or info.is_continue_as_new_suggested()))
 
     def _continue_as_new(self) -> None:
         assert self._inp is not None

@@ -14,6 +14,7 @@ from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunContext
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
+from dvt_engine.waiting import wait_for_terminal
 
 TENANT = "tenant-a"
 
@@ -54,7 +55,8 @@ async def wait_for(
     """Poll the store until predicate(snapshot, events) holds; fail after a bounded time."""
     deadline = time.monotonic() + within_s
     while True:
-        snap = await store.project(TENANT, run_id)
+        snap = await store.get_snapshot(TENANT, run_id)
+        assert snap is not None
         events = await store.fetch_events(TENANT, run_id)
         if predicate(snap, events):
             return snap
@@ -65,9 +67,12 @@ async def wait_for(
 
 
 async def wait_terminal(store: RunStateStore, run_id: str, within_s: float = 60.0) -> RunSnapshot:
-    """Wait until the run is COMPLETED, FAILED or CANCELLED."""
-    return await wait_for(store, run_id, lambda s, _e: s.status.is_terminal,
-                          within_s=within_s, what="terminal status")
+    """Wait until the run is COMPLETED, FAILED or CANCELLED (following the log, no polling)."""
+    try:
+        return await wait_for_terminal(store, TENANT, run_id, timeout=within_s)
+    except TimeoutError as exc:
+        kinds = [(e.event_type, e.step_id) for e in await store.fetch_events(TENANT, run_id)]
+        raise AssertionError(f"{exc}; log: {kinds[-20:]}") from None
 
 
 def has_event(event_type: str, step_id: str | None = None) -> Any:
