@@ -190,7 +190,11 @@ async def migrate(settings: Settings) -> int:
     if settings.json:
         out.emit_json({"migrated": result})
     else:
-        click.echo(f"migrations applied: {result if result else 'none (already up to date)'}")
+        if result:
+            shown = ", ".join(str(v) for v in result) if isinstance(result, list) else result
+            click.echo(f"applied migrations: {shown}")
+        else:
+            click.echo("migrations: already up to date")
     return out.EXIT_OK
 
 
@@ -201,6 +205,12 @@ async def rebuild(settings: Settings) -> int:
     result = _plain(await _maybe_await(admin.rebuild(url)))
     if settings.json:
         out.emit_json({"rebuilt": result})
+    elif isinstance(result, dict) and "runs" in result:
+        click.echo(f"rebuilt {result['runs']} run snapshots from {result.get('events', '?')} "
+                   f"events in {float(result.get('seconds', 0)):.2f}s")
+        for key in ("differed", "raced"):
+            if result.get(key):
+                click.echo(f"  {key}: {', '.join(map(str, result[key]))}")
     else:
         click.echo(f"snapshots rebuilt: {result}")
     return out.EXIT_OK
