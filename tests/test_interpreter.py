@@ -87,8 +87,10 @@ def test_operator_timeout_fails_the_run() -> None:
     interp.begin()
     interp.step_settled("x", 1, "failed", StepError(code="E", message="m"))
     finish = interp.timer_fired("operator:1")
-    assert finish == [Finish("RunFailed", {"stepId": "x", "code": "OPERATOR_TIMEOUT",
-                                           "message": "no operator acted within operatorTimeoutMs"})]
+    message = "no operator acted within operatorTimeoutMs"
+    assert finish == [
+        Finish("RunFailed", {"stepId": "x", "code": "OPERATOR_TIMEOUT", "message": message})
+    ]
 
 
 def test_skip_failed_step_under_await_operator_releases_dependents() -> None:

@@ -91,9 +91,18 @@ class HttpsPlanFetcher(PlanFetcher):
     ) -> None:
         self.policy = policy
         self.timeout_s = timeout_s
-        self.ssl_context = ssl_context or ssl.create_default_context()
+        # Built on first use: loading the CA bundle costs 0.1-0.3 s, and most engines only
+        # ever read plans from the registry.
+        self._ssl_context = ssl_context
         self.max_redirects = max_redirects
         self.user_agent = user_agent
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context for plan fetches (the system's trust store by default)."""
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
 
     async def fetch(self, uri: str, *, max_bytes: int) -> bytes:
         """GET ``uri`` (at most ``max_bytes``), re-checking every redirect hop with the policy."""
