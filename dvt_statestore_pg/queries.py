@@ -36,14 +36,21 @@ class Queries:
 
     @property
     def load_state(self) -> str:
-        """A run's stored snapshot and the log after it, read in one statement snapshot."""
+        """A run's stored snapshot and the log after it, read in one statement snapshot.
+
+        When the caller already knows the run at its current runSeq (the last parameter),
+        only the counter comes back.
+        """
         return self._fmt(
-            "SELECT r.last_seq, r.snapshot_seq, r.snapshot::text,"
-            " ARRAY(SELECT e.run_seq FROM {dvt_events} e WHERE e.run_id = r.run_id"
-            "       AND e.run_seq > r.snapshot_seq ORDER BY e.run_seq),"
-            " ARRAY(SELECT e.envelope::text FROM {dvt_events} e WHERE e.run_id = r.run_id"
-            "       AND e.run_seq > r.snapshot_seq ORDER BY e.run_seq)"
-            " FROM {dvt_runs} r WHERE r.run_id = %s AND r.tenant_id = %s"
+            "SELECT r.last_seq, r.snapshot_seq,"
+            " CASE WHEN r.last_seq = %(known)s THEN NULL ELSE r.snapshot::text END,"
+            " CASE WHEN r.last_seq = %(known)s THEN NULL ELSE"
+            "  ARRAY(SELECT e.run_seq FROM {dvt_events} e WHERE e.run_id = r.run_id"
+            "        AND e.run_seq > r.snapshot_seq ORDER BY e.run_seq) END,"
+            " CASE WHEN r.last_seq = %(known)s THEN NULL ELSE"
+            "  ARRAY(SELECT e.envelope::text FROM {dvt_events} e WHERE e.run_id = r.run_id"
+            "        AND e.run_seq > r.snapshot_seq ORDER BY e.run_seq) END"
+            " FROM {dvt_runs} r WHERE r.run_id = %(run)s AND r.tenant_id = %(tenant)s"
         )
 
     @property

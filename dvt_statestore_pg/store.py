@@ -222,11 +222,22 @@ class PostgresRunStateStore(RunStateStore):
             self._cache.popitem(last=False)
 
     async def _load_state(self, conn: Conn, tenant_id: str, run_id: str) -> _RunState | None:
-        cur = await conn.execute(self._q.load_state, (run_id, tenant_id))
+        known = self._cache.get(run_id)
+        if known is not None and known.tenant_id != tenant_id:
+            known = None
+        cur = await conn.execute(
+            self._q.load_state,
+            {"run": run_id, "tenant": tenant_id, "known": known.last_seq if known else -1},
+        )
         row = await cur.fetchone()
         if row is None:
             return None
         last_seq, snapshot_seq, snapshot_text, seqs, envelopes = row
+        if snapshot_text is None:
+            # runSeqs are assigned once, under the run's lock: the same counter is the same log.
+            assert known is not None
+            self._cache.move_to_end(run_id)
+            return known
         snapshot = RunSnapshot.model_validate_json(snapshot_text)
         if seqs:
             tail = [
