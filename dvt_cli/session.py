@@ -59,9 +59,9 @@ def resolve(settings: Settings) -> Settings:
 
 
 def pick_engine(settings: Settings) -> str:
-    """The engine name for this command, printing the fallback notice when there is one."""
+    """The engine name for this command, printing the fallback notice (stderr) when there is one."""
     name, fallback = choose_engine(settings.engine)
-    if fallback and not settings.json:
+    if fallback:
         notice(fallback)
     return name
 
@@ -127,7 +127,7 @@ async def store_session(settings: Settings, *, quiet_memory: bool = False) -> As
 ]:
     """The store of this command, closed afterwards."""
     url = settings.store_url or DEFAULT_STORE_URL
-    if url.startswith("memory:") and not quiet_memory and not settings.json:
+    if url.startswith("memory:") and not quiet_memory:
         notice(MEMORY_NOTE)
     store = await _open_store(url)
     try:

@@ -120,3 +120,19 @@ def test_interrupt_says_what_happens_to_the_run(tmp_path: Path) -> None:
     assert process.returncode == 130
     assert "stops with this command" in err
     assert "Traceback" not in err
+
+
+def test_notices_never_reach_stdout(tmp_path: Path) -> None:
+    # Falling back to the reference engine and using the memory store are both announced, on
+    # stderr only, so `--json` output stays one parseable document. A shadow package stands in
+    # for a machine without the temporal extra.
+    shadow = tmp_path / "shadow" / "dvt_adapters_temporal"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the temporal extra is absent')\n")
+    done = dvt("run", str(PLANS / "one-step.json"), "--json", cwd=tmp_path,
+               PYTHONPATH=str(tmp_path / "shadow"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "COMPLETED"
+    assert "in-memory store" in done.stderr
+    assert "running on the in-process reference engine" in done.stderr
+    assert json.loads(done.stdout)["snapshot"]["engineRunRef"]["provider"] == "reference"
