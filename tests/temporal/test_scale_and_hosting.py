@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -10,7 +11,15 @@ from google.protobuf import json_format
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from temporal_helpers import TENANT, new_context, plan_doc, put_plan, wait_terminal
+from temporal_helpers import (
+    TENANT,
+    has_event,
+    new_context,
+    plan_doc,
+    put_plan,
+    wait_for,
+    wait_terminal,
+)
 from temporalio.api.history.v1 import History
 from temporalio.testing import WorkflowEnvironment
 
@@ -151,3 +160,42 @@ async def test_replaying_workflows_emit_no_telemetry_twice(
     events = await engine.store.fetch_events(TENANT, ctx.run_id)
     appends = [s for s in mine if s.name == telemetry.SPAN_APPEND]
     assert len(appends) == len(events)
+
+
+async def test_worker_host_drains_running_steps_on_shutdown(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    address = temporal_env.client.service_client.config.target_host
+    queue = f"host-{uuid.uuid4().hex[:8]}"
+    store = MemoryRunStateStore()
+    client_side = TemporalEngine(store, worker=False, address=address, task_queue=queue)
+    host = TemporalEngine(store, worker=False, address=address, task_queue=queue)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(host.serve_workers(stop=stop))
+    try:
+        ref = await put_plan(store, plan_doc([
+            {"stepId": "slow", "kind": "sleep", "params": {"ms": 1500}},
+            {"stepId": "next", "kind": "noop", "dependsOn": ["slow"]},
+        ]))
+        ctx = new_context()
+        await client_side.start_run(ref, ctx)
+        await wait_for(store, ctx.run_id, has_event("StepStarted", "slow"))
+        stop.set()  # what SIGTERM does in `dvt worker`
+        await asyncio.wait_for(serving, 60)
+        # Graceful: the running step finished and was recorded before the host stopped.
+        events = await store.fetch_events(TENANT, ctx.run_id)
+        assert ("StepCompleted", "slow") in [(e.event_type, e.step_id) for e in events]
+        assert not any(e.event_type == "StepFailed" for e in events)
+    finally:
+        stop.set()
+        await asyncio.gather(serving, return_exceptions=True)
+        await client_side.close()
+        await host.close()
+    # A new host picks the run up where it stopped.
+    again = TemporalEngine(store, address=address, task_queue=queue)
+    try:
+        await again.client()
+        snap = await wait_terminal(store, ctx.run_id)
+        assert snap.status == RunStatus.COMPLETED
+    finally:
+        await again.close()
