@@ -60,8 +60,10 @@ class BareWorkers:
     def _loop(self) -> None:
         worker_id = f"bare-{threading.get_ident()}"
         while not self._stop.is_set():
+            # One task per long poll, as dvt's workers do: the server's batch poll waits until
+            # the whole batch is there or the timeout passes.
             polled = self._tasks.batch_poll_tasks(
-                self._type, worker_id=worker_id, count=5, timeout_in_millisecond=200
+                self._type, worker_id=worker_id, count=1, timeout_in_millisecond=1000
             ) or []
             for task in polled:
                 result = TaskResult(

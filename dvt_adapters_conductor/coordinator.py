@@ -237,8 +237,8 @@ class RunCoordinator:
         if wid is None:
             return result  # launch has not started the workflow yet
         if workflow is None:
-            # Without tasks: a large plan's task list is big, and gate ids are cached.
-            workflow = await self.api.run(self.api.get_workflow, wid, not ctx.gate_ids)
+            # Without tasks: a large plan's task list is big; gate ids are fetched when needed.
+            workflow = await self.api.run(self.api.get_workflow, wid, False)
         self._remember_gates(ctx, workflow)
         if snap.status.is_terminal:
             await self._end_workflow(ctx, workflow, snap.status)
@@ -584,6 +584,11 @@ class RunCoordinator:
         dependency settled, or would start it now (after a RESUME, say).
         """
         snap = await self._snapshot(ctx)
+        if snap.status in (RunStatus.PENDING, RunStatus.APPROVED):
+            # The server started the workflow before launch wrote RunStarted: whoever notices
+            # first writes it (once).
+            await self.write_run_started(ctx)
+            snap = await self._snapshot(ctx)
         step = snap.step(step_id)
         if snap.status.is_terminal:
             return "done", snap
@@ -616,6 +621,8 @@ class RunCoordinator:
         self, ctx: RunContext, events: list[Event], step_id: str
     ) -> bool:
         deps = ctx.plan.step(step_id).depends_on
+        if not deps:
+            return True  # a first step: started with the run
         if len(deps) != 1:
             return False
         settled = [e for e in events if e.step_id == deps[0] and e.event_type in (

@@ -46,6 +46,7 @@ from dvt_engine.models.signals import SignalType
 from dvt_engine.models.validation import ValidationIssue, ValidationReport
 from dvt_engine.planning.capabilities import CONDUCTOR_CAPABILITIES
 from dvt_engine.signals.service import AcceptedSignal
+from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.runner import StepRunner
 
 logger = logging.getLogger("dvt.conductor")
@@ -259,7 +260,10 @@ class ConductorEngine(BaseEngine):
             }
             ctx.workflow_id = await api.run(api.start_workflow, request)
         await coordinator.write_run_started(ctx)
-        await coordinator.reconcile(ctx, force=True)
+        if any(s.kind == APPROVAL_KIND and not s.depends_on for s in plan.steps):
+            # First steps start with the workflow; an approval gate among them needs its
+            # StepStarted and StepAwaitingApproval written by the interpreter's first moves.
+            await coordinator.reconcile(ctx, force=True)
         return coordinator.run_ref(ctx)
 
     # --- the port: signals and cancel ------------------------------------------------------

@@ -2,11 +2,11 @@
 
 The steps are split into branches of a single FORK_JOIN (see :func:`branches_of`), so the server
 holds every branch at once and any DAG, not only series-parallel ones, runs with full
-parallelism. A branch starts with a gate: a SIMPLE task of a type no worker polls, which dvt
-completes the moment the shared RunInterpreter says the branch's first step may start (its
-dependencies are SUCCESS or SKIPPED, the run is neither paused nor ending). A waiting gate costs
-the server nothing. Each step is a SIMPLE task (a HUMAN task for approval gates) whose inline
-task definition carries the plan's retry policy.
+parallelism. A branch whose first step has dependencies starts with a gate: a SIMPLE task of a
+type no worker polls, which dvt completes the moment the shared RunInterpreter says that step
+may start (its dependencies are SUCCESS or SKIPPED, the run is neither paused nor ending). A
+waiting gate costs the server nothing. Each step is a SIMPLE task (a HUMAN task for approval
+gates) whose inline task definition carries the plan's retry policy.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dvt_engine.scheduler import steps_in_topological_order
 from dvt_engine.steps.builtins import APPROVAL_KIND
 
 #: Bumped whenever the shape of generated definitions changes; part of the definition digest.
-MAPPING_VERSION = "1"
+MAPPING_VERSION = "2"
 
 GATE_SUFFIX = "gate"
 STEP_SUFFIX = "step"
@@ -189,8 +189,12 @@ def branches_of(plan: ExecutionPlan) -> list[list[int]]:
 
 
 def gated_positions(plan: ExecutionPlan) -> set[int]:
-    """Plan positions of the steps that head a branch (and so have a gate)."""
-    return {branch[0] for branch in branches_of(plan)}
+    """Plan positions of the steps that have a gate: branch heads with dependencies.
+
+    A branch whose first step depends on nothing needs no gate: the interpreter starts every
+    such step as the run starts, and so does the server when it starts the workflow.
+    """
+    return {branch[0] for branch in branches_of(plan) if plan.steps[branch[0]].depends_on}
 
 
 def _step_task(step: StepSpec, index: int, options: MappingOptions) -> dict[str, Any]:
@@ -227,12 +231,14 @@ def workflow_definition(
     join_on: list[str] = []
     for branch in branches_of(plan):
         head = plan.steps[branch[0]]
-        tasks: list[dict[str, Any]] = [{
-            "name": options.gate_type(),
-            "taskReferenceName": gate_ref(branch[0]),
-            "type": "SIMPLE",
-            "inputParameters": _inputs(head.step_id, branch[0]),
-        }]
+        tasks: list[dict[str, Any]] = []
+        if head.depends_on:
+            tasks.append({
+                "name": options.gate_type(),
+                "taskReferenceName": gate_ref(branch[0]),
+                "type": "SIMPLE",
+                "inputParameters": _inputs(head.step_id, branch[0]),
+            })
         tasks += [_step_task(plan.steps[i], i, options) for i in branch]
         fork_tasks.append(tasks)
         join_on.append(step_ref(branch[-1]))

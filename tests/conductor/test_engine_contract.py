@@ -20,5 +20,8 @@ class TestConductorEngine(EngineContractSuite):
     ) -> AsyncIterator[EngineHarness]:
         store = MemoryRunStateStore()
         engine = make_engine(conductor_url, store)
-        yield EngineHarness(engine, store, HarnessCapabilities(pause_drains=True, timeout=60.0))
+        # Each wait may take longer than on the in-process engines: every step is a round trip
+        # through the server, whose decider walks the whole workflow (chain-250: ~0.2 s a step
+        # here, more on a busy 2-core machine).
+        yield EngineHarness(engine, store, HarnessCapabilities(pause_drains=True, timeout=180.0))
         await engine.close()

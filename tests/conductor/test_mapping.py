@@ -36,12 +36,13 @@ def ids(p: ExecutionPlan, branches: list[list[int]]) -> list[list[str]]:
     return [[p.steps[i].step_id for i in b] for b in branches]
 
 
-def test_a_chain_is_one_branch_with_one_gate() -> None:
+def test_a_chain_is_one_branch_and_first_steps_need_no_gate() -> None:
     p = plan([{"stepId": "a", "kind": "noop"},
               {"stepId": "b", "kind": "noop", "dependsOn": ["a"]},
-              {"stepId": "c", "kind": "noop", "dependsOn": ["b"]}])
-    assert ids(p, branches_of(p)) == [["a", "b", "c"]]
-    assert gated_positions(p) == {0}
+              {"stepId": "c", "kind": "noop", "dependsOn": ["b"]},
+              {"stepId": "d", "kind": "noop", "dependsOn": ["a"]}])
+    assert ids(p, branches_of(p)) == [["a", "b", "c"], ["d"]]
+    assert gated_positions(p) == {3}
 
 
 def test_a_non_series_parallel_dag_keeps_every_dependency() -> None:
@@ -75,7 +76,8 @@ def test_dependencies_later_in_plan_order_are_respected() -> None:
 def test_definition_shape() -> None:
     p = plan([{"stepId": "a", "kind": "noop"},
               {"stepId": "gate", "kind": "approval", "dependsOn": ["a"]},
-              {"stepId": "b", "kind": "echo", "taskQueue": "gpu"}])
+              {"stepId": "b", "kind": "echo", "taskQueue": "gpu"},
+              {"stepId": "c", "kind": "noop", "dependsOn": ["a", "b"]}])
     d = workflow_definition(p, plan_sha256="0" * 64, version=7, options=OPTIONS)
     assert d["name"] == workflow_name("p")
     assert d["version"] == 7
@@ -84,12 +86,13 @@ def test_definition_shape() -> None:
     assert join["type"] == "JOIN"
     branches = fork["forkTasks"]
     assert [[t["type"] for t in b] for b in branches] == [
-        ["SIMPLE", "SIMPLE", "HUMAN"], ["SIMPLE", "SIMPLE"]]
-    assert branches[0][0]["name"] == "dvt_gate"
-    assert branches[1][1]["name"] == "dvt_step_gpu"
-    assert join["joinOn"] == [branches[0][-1]["taskReferenceName"],
-                              branches[1][-1]["taskReferenceName"]]
-    assert all(t.get("optional") for b in branches for t in b[1:])
+        ["SIMPLE", "HUMAN"], ["SIMPLE"], ["SIMPLE", "SIMPLE"]]
+    assert [[t["name"] for t in b] for b in branches] == [
+        ["dvt_step", "dvt_approval"], ["dvt_step_gpu"], ["dvt_gate", "dvt_step"]]
+    assert join["joinOn"] == [b[-1]["taskReferenceName"] for b in branches]
+    steps = [t for b in branches for t in b if t["name"] != "dvt_gate"]
+    assert all(t.get("optional") for t in steps)
+    assert "taskDefinition" not in branches[2][0]
     assert digest_of_definition(d) == definition_digest("0" * 64, OPTIONS)
     assert step_task_types(p, OPTIONS) == ["dvt_step", "dvt_step_gpu"]
 
