@@ -81,7 +81,7 @@ def _app_error(err: DvtError) -> ApplicationError:
 async def _cancel_reason(info: activity.Info, step_id: str) -> str:
     """The reason the workflow recorded for stopping this step (a query; a default if none)."""
     try:
-        handle = activity.client().get_workflow_handle(info.workflow_id)
+        handle = activity.client().get_workflow_handle(str(info.workflow_id))
         reason = await asyncio.wait_for(handle.query(CANCEL_REASON_QUERY, step_id), 10)
     except Exception:  # the reason is informative only; never block the cancellation on it
         reason = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from dvt_adapters_temporal import devserver
@@ -56,6 +57,8 @@ from dvt_engine.steps.registry import HandlerRegistry
 from dvt_engine.steps.runner import StepRunner
 
 WORKFLOW_ID_PREFIX = "dvt-run-"
+
+_log = logging.getLogger("dvt.temporal")
 
 CAPABILITIES = frozenset({
     "signal.pause.native",
@@ -302,6 +305,12 @@ class TemporalEngine(BaseEngine):
         try:
             await self._handle(client, run_ref).signal(SIGNAL_NAME, message)
         except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                # The workflow ended between the decision and its delivery: the run is terminal
+                # and would ignore the signal anyway; the decision record stays as written.
+                _log.info("signal %s not delivered: the run's workflow has ended",
+                          message.signal_id)
+                return
             raise EngineUnavailable(f"cannot signal the run: {exc}", retryable=True) from exc
 
     async def query_status(self, run_ref: EngineRunRef) -> dict[str, Any]:
@@ -330,7 +339,7 @@ class TemporalEngine(BaseEngine):
             sub = q.get("substatus")
             return RunStatusSnapshot(
                 run_id=run_id, status=RunStatus(status),
-                substatus=RunSubstatus(sub) if sub in RunSubstatus.__members__ else None,
+                substatus=RunSubstatus(str(sub)) if sub in RunSubstatus.__members__ else None,
                 started_at=desc.start_time,
             )
         if desc.status == WorkflowExecutionStatus.COMPLETED:

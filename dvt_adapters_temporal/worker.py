@@ -71,12 +71,12 @@ def build_workers(
             # A lost worker's sticky queue times out fast so another worker picks the run up.
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
             max_cached_workflows=max_cached_workflows,
-            **common,  # type: ignore[arg-type]
+            **common,
         )
     )
     for queue in dict.fromkeys(activity_queues):
         if queue != task_queue:
-            workers.append(Worker(client, task_queue=queue, **common))  # type: ignore[arg-type]
+            workers.append(Worker(client, task_queue=queue, **common))
     return workers
 
 
@@ -95,7 +95,7 @@ async def serve(workers: Sequence[Worker], *, stop: asyncio.Event | None = None)
     """Run workers until SIGINT/SIGTERM (or `stop`), then drain running activities and exit."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
