@@ -49,6 +49,7 @@ from dvt_engine.models.run import (
     RunSubstatus,
     TemporalRunRef,
 )
+from dvt_engine.planning.capabilities import TEMPORAL_CAPABILITIES
 from dvt_engine.planning.fetch import UriPolicy
 from dvt_engine.planning.validation import raise_for_report
 from dvt_engine.ports import Authorizer, PlanFetcher, RunStateStore, SecretsProvider
@@ -60,17 +61,8 @@ WORKFLOW_ID_PREFIX = "dvt-run-"
 
 _log = logging.getLogger("dvt.temporal")
 
-CAPABILITIES = frozenset({
-    "signal.pause.native",
-    "cancel.cooperative",
-    "workflow.fan.parallel",
-    "workflow.fan.dynamic",
-    "workflow.child.workflows",
-    "query.workflow.state",
-    "replay.full",
-    "workflow.continue.as.new",
-    "signals.rate.limit",
-})
+# Contract section 9, declared once in the shared capability table.
+CAPABILITIES = TEMPORAL_CAPABILITIES
 
 
 def workflow_id_for(run_request_key: str) -> str:

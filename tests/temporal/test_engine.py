@@ -179,3 +179,26 @@ async def test_runs_carry_ownership_search_attributes(engine: TemporalEngine) ->
     assert values["tenantId"] == TENANT
     assert values["projectId"] == "proj"
     assert values["environmentId"] == "dev"
+
+
+async def test_new_runs_take_the_patched_paths(engine: TemporalEngine) -> None:
+    from dvt_adapters_temporal.workflow import PATCH_SIZE_BUDGET_DEFERS_STEPS
+
+    ref = await put_plan(engine.store, plan_doc([{"stepId": "a", "kind": "noop"}]))
+    ctx = new_context()
+    run_ref = await engine.start_run(ref, ctx)
+    assert isinstance(run_ref, TemporalRunRef)
+    client = await engine.client()
+    handle = client.get_workflow_handle(run_ref.workflow_id)
+    await handle.result()
+    history = await handle.fetch_history()
+    patches = [
+        bytes(p.data).decode()
+        for e in history.events if e.HasField("marker_recorded_event_attributes")
+        for payloads in e.marker_recorded_event_attributes.details.values()
+        for p in payloads.payloads
+    ]
+    # The marker makes every replay of this run take the new path too.
+    assert any(PATCH_SIZE_BUDGET_DEFERS_STEPS in p for p in patches), patches
+    assert engine.declared_capabilities() >= {"signal.pause.native", "workflow.continue.as.new",
+                                              "query.workflow.state", "replay.full"}
