@@ -12,13 +12,16 @@ from dvt_adapters_conductor import server as local_server
 from dvt_adapters_conductor.api import ConductorApi, ConductorApiError
 from dvt_adapters_conductor.coordinator import (
     CANCEL_REASON_PREFIX,
+    ReconcileResult,
     RunContext,
     RunCoordinator,
+    _tasks_by_ref,
 )
 from dvt_adapters_conductor.mapping import (
     MappingOptions,
     definition_digest,
     digest_of_definition,
+    gate_ref,
     gate_task_definition,
     mapping_warnings,
     registered_step_definition,
@@ -129,7 +132,6 @@ class ConductorEngine(BaseEngine):
 
     def worker_host(self) -> WorkerHost:
         """A worker host bound to this engine's store, runner and server."""
-        assert self._coordinator is not None or self._api is not None
         coordinator = self._coordinator
         if coordinator is None:
             raise EngineUnavailable("the engine is not connected yet")
@@ -295,19 +297,17 @@ class ConductorEngine(BaseEngine):
                 return
             events = await self.store.fetch_events(*ctx.key)
             interp = coordinator.interpreter(ctx, snap, events)
-            workflow = await api.run(api.get_workflow, wid, True)
+            # The task list only where the signal acts on tasks (it is large for large plans).
+            workflow = await api.run(api.get_workflow, wid, kind == SignalType.SKIP_STEP)
             if kind == SignalType.PAUSE and interp.status == RunStatus.RUNNING:
                 # The server stops scheduling first; RunPaused follows (DRAINING while steps run).
                 await api.run(api.pause, wid)
             elif kind == SignalType.RESUME and interp.status == RunStatus.PAUSED:
                 await api.run(api.resume, wid)
-                workflow = await api.run(api.get_workflow, wid, True)
             elif kind == SignalType.SKIP_STEP and accepted.step_id in ctx.index:
                 await self._skip_on_server(api, ctx, wid, workflow, accepted.step_id)
             commands: list[Command] = interp.signal_accepted(
                 kind, accepted.payload, signal_id=accepted.signal_id, actor_id=accepted.actor.id)
-            from dvt_adapters_conductor.coordinator import ReconcileResult
-
             await coordinator.execute(ctx, interp, commands, workflow, ReconcileResult())
             if kind == SignalType.RESUME:
                 await coordinator.wake_parked_steps(ctx)
@@ -316,9 +316,6 @@ class ConductorEngine(BaseEngine):
     async def _skip_on_server(self, api: ConductorApi, ctx: RunContext, wid: str,
                               workflow: dict[str, Any], step_id: str) -> None:
         """The server's skip of a step that never ran; a parked failed attempt is closed."""
-        from dvt_adapters_conductor.coordinator import _tasks_by_ref
-        from dvt_adapters_conductor.mapping import gate_ref
-
         tasks = _tasks_by_ref(workflow)
         index = ctx.index[step_id]
         task = tasks.get(step_ref(index))
