@@ -114,7 +114,6 @@ class TemporalActivities:
         self.runner = runner
         self._load_plan = load_plan
         self._heartbeat_every_s = heartbeat_every_s
-        self._detached: set[asyncio.Future[RunnerOutcome]] = set()
         self._checked: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def all(self) -> list[Callable[..., Any]]:
@@ -220,10 +219,12 @@ class TemporalActivities:
                 outcome = await asyncio.shield(work)
                 return to_wire(outcome)
             # Timed out, reset or shutting down: this attempt is lost to the engine, not
-            # decided. Leave the handler running (its result is still recorded if it ends
-            # first, idempotently) and let Temporal schedule the next attempt.
-            self._detached.add(work)
-            work.add_done_callback(self._detached.discard)
+            # decided. Stop the handler without recording anything; Temporal runs the next
+            # attempt (on this worker or another), which finds StepStarted already written.
+            token.abandon()
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(work)
             raise
         outcome = work.result()
         if outcome.status == "retry":

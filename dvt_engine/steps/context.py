@@ -49,6 +49,16 @@ class CancelToken:
         """True once cancel() was called."""
         return self._cancelled
 
+    def abandon(self) -> None:
+        """The engine lost this attempt (timed out, worker shutting down): when the task running
+        it is cancelled, record nothing, because the engine runs the attempt again elsewhere."""
+        self._abandoned = True
+
+    @property
+    def abandoned(self) -> bool:
+        """True once abandon() was called."""
+        return getattr(self, "_abandoned", False)
+
     @property
     def reason(self) -> str | None:
         """The reason given to cancel(), if any."""

@@ -133,9 +133,11 @@ class StepRunner:
             step_result = await call_handler(handler.run(ctx), token, step.timeout_ms,
                                              stop_grace_s=self.stop_grace_s)
         except asyncio.CancelledError:
-            # Record the stop even though the task is going away, then let it go.
-            with contextlib.suppress(asyncio.CancelledError, DvtError):
-                await asyncio.shield(self._cancelled(inv, "the step's task was cancelled"))
+            # Record the stop even though the task is going away, then let it go; unless the
+            # engine abandoned the attempt and will run it again (then the stop decides nothing).
+            if not token.abandoned:
+                with contextlib.suppress(asyncio.CancelledError, DvtError):
+                    await asyncio.shield(self._cancelled(inv, "the step's task was cancelled"))
             raise
         except TokenCancelled:
             return await self._cancelled(inv, token.reason)
