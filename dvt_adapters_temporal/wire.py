@@ -145,3 +145,19 @@ class GateInput:
     comment: str | None = None
     signal_id: str | None = None
     reason: str | None = None
+
+
+@dataclass
+class WorkflowInput:
+    """One thing that happened inside the workflow, fed to the interpreter in arrival order.
+
+    Lives here, outside the sandboxed workflow module, so it is not rebuilt for every run.
+    """
+
+    kind: str  # "settled" | "awaiting" | "timer" | "signal"
+    step_id: str = ""
+    attempt: int = 1
+    outcome: str = ""
+    error: Any = None  # dvt_engine StepError
+    timer: str = ""
+    signal: SignalMessage | None = None

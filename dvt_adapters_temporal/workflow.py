@@ -10,7 +10,6 @@ workflows replay unchanged (see docs/temporal.md).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         SignalMessage,
         StepInput,
         StepOutcome,
+        WorkflowInput,
     )
     from dvt_engine.interpreter import (
         CancelSteps,
@@ -89,25 +89,12 @@ _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
 _STEP_TIMEOUT_SLACK = timedelta(seconds=60)
 
 
-@dataclass
-class _Input:
-    """One thing that happened, fed to the interpreter in arrival order."""
-
-    kind: str  # "settled" | "awaiting" | "timer" | "signal"
-    step_id: str = ""
-    attempt: int = 1
-    outcome: str = ""
-    error: StepError | None = None
-    timer: str = ""
-    signal: SignalMessage | None = None
-
-
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
 class DvtRunWorkflow:
     """Runs one plan: validates it, walks its DAG, applies operator signals."""
 
     def __init__(self) -> None:
-        self._queue: list[_Input] = []
+        self._queue: list[WorkflowInput] = []
         self._seen_signals: set[str] = set()
         self._applied: list[str] = []
         self._activities: dict[str, asyncio.Task[None]] = {}
@@ -116,7 +103,7 @@ class DvtRunWorkflow:
         # Steps whose latest outcome the interpreter has not been fed yet, and step signals
         # held back until it has (the signal was decided on the store, which may be ahead).
         self._unfed: set[str] = set()
-        self._held: dict[str, list[_Input]] = {}
+        self._held: dict[str, list[WorkflowInput]] = {}
         self._deferred: list[StartStep] = []
         self._timers: dict[str, int] = {}
         self._timer_tasks: dict[str, asyncio.Task[None]] = {}
@@ -134,7 +121,7 @@ class DvtRunWorkflow:
         if msg.signal_id in self._seen_signals:
             return
         self._seen_signals.add(msg.signal_id)
-        self._queue.append(_Input("signal", signal=msg))
+        self._queue.append(WorkflowInput("signal", signal=msg))
 
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> dict[str, Any]:
@@ -211,7 +198,7 @@ class DvtRunWorkflow:
                 self._continue_as_new()
         return self._finished
 
-    def _hold(self, item: _Input) -> bool:
+    def _hold(self, item: WorkflowInput) -> bool:
         """Hold a step signal back while that step's outcome is still on its way."""
         msg = item.signal
         if msg is None:
@@ -236,12 +223,12 @@ class DvtRunWorkflow:
     def _is_gate(self, step_id: str) -> bool:
         return self._interp is not None and self._interp.spec(step_id).kind == "approval"
 
-    def _release(self, item: _Input) -> None:
+    def _release(self, item: WorkflowInput) -> None:
         """After a step's outcome was fed, its held signals go first."""
         if item.kind in ("settled", "awaiting") and item.step_id in self._held:
             self._queue[0:0] = self._held.pop(item.step_id)
 
-    def _feed(self, item: _Input) -> list[Command]:
+    def _feed(self, item: WorkflowInput) -> list[Command]:
         interp = self._interp
         assert interp is not None
         if item.kind in ("settled", "awaiting"):
@@ -376,7 +363,7 @@ class DvtRunWorkflow:
             if step_id in self._cancel_asked:
                 await self._close_gate(step_id, attempt, "cancel", self._cancel_asked[step_id])
             else:
-                self._queue.append(_Input("awaiting", step_id=step_id, attempt=attempt))
+                self._queue.append(WorkflowInput("awaiting", step_id=step_id, attempt=attempt))
             return
         self._settle(step_id, attempt, outcome)
 
@@ -389,8 +376,8 @@ class DvtRunWorkflow:
                               retryable=outcome.retryable)
         elif settled == "failed":
             error = StepError(code="STEP_FAILED", message=status)
-        self._queue.append(_Input("settled", step_id=step_id, attempt=attempt, outcome=settled,
-                                  error=error))
+        self._queue.append(WorkflowInput("settled", step_id=step_id, attempt=attempt,
+                                         outcome=settled, error=error))
 
     # --- approval gates ------------------------------------------------------------------
     async def _gate(self, step_id: str, attempt: int, action: str, *,
@@ -428,7 +415,7 @@ class DvtRunWorkflow:
             if deferred:
                 # Never started: nothing to stop and nothing to record.
                 self._deferred = [d for d in self._deferred if d.step_id != step_id]
-                self._queue.append(_Input("settled", step_id=step_id,
+                self._queue.append(WorkflowInput("settled", step_id=step_id,
                                           attempt=deferred[0].logical_attempt_id,
                                           outcome="cancelled"))
             elif step_id in self._gates:
@@ -448,7 +435,7 @@ class DvtRunWorkflow:
             delay = fire_at_ms - int(workflow.now().timestamp() * 1000)
             if delay > 0:
                 await workflow.sleep(timedelta(milliseconds=delay))
-            self._queue.append(_Input("timer", timer=name))
+            self._queue.append(WorkflowInput("timer", timer=name))
 
         self._timer_tasks[name] = asyncio.create_task(fire())
 
