@@ -207,7 +207,8 @@ class DvtRunWorkflow:
                 self._inp.config.cancel_in_flight_on_pause:
             # A pause that cancels running work spares waiting gates; a gate whose opening
             # the store already shows must be known as waiting before the pause applies.
-            opening = [s for s in self._unfed if self._is_gate(s)]
+            # Sorted: set order follows string hashing, which differs between worker processes.
+            opening = sorted(s for s in self._unfed if self._is_gate(s))
             if opening and workflow.patched(PATCH_PAUSE_WAITS_FOR_OPENING_GATES):
                 self._held.setdefault(opening[0], []).append(item)
                 return True
