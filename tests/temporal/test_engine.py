@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 from temporal_helpers import (
     TENANT,
@@ -15,10 +17,12 @@ from temporal_helpers import (
     wait_terminal,
 )
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
 
 from dvt_adapters_temporal.engine import TemporalEngine
 from dvt_engine.models.run import RunStatus, TemporalRunRef
 from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
+from dvt_engine.stores.memory import MemoryRunStateStore
 
 OPERATOR = Actor(id="op-1", roles=(Role.ADMIN, Role.APPROVER))
 
@@ -202,3 +206,40 @@ async def test_new_runs_take_the_patched_paths(engine: TemporalEngine) -> None:
     assert any(PATCH_SIZE_BUDGET_DEFERS_STEPS in p for p in patches), patches
     assert engine.declared_capabilities() >= {"signal.pause.native", "workflow.continue.as.new",
                                               "query.workflow.state", "replay.full"}
+
+
+async def test_independent_steps_run_at_the_same_time(
+    temporal_env: WorkflowEnvironment, memory_store: MemoryRunStateStore
+) -> None:
+    from dvt_engine.steps.registry import default_registry
+
+    # Each branch waits until every branch has begun: sequential execution could never pass.
+    branches = ("left", "middle", "right")
+    arrived: set[str] = set()
+    everyone = asyncio.Event()
+
+    async def rendezvous(ctx: Any) -> dict[str, Any]:
+        arrived.add(ctx.step_id)
+        if arrived >= set(branches):
+            everyone.set()
+        await asyncio.wait_for(everyone.wait(), 30)
+        return {"met": sorted(arrived)}
+
+    registry = default_registry()
+    registry.register("test.rendezvous", rendezvous)
+    engine = TemporalEngine(memory_store, registry=registry,
+                            address=temporal_env.client.service_client.config.target_host,
+                            task_queue=f"dvt-test-{uuid.uuid4().hex[:8]}")
+    try:
+        ref = await put_plan(memory_store, plan_doc([
+            {"stepId": "start", "kind": "noop"},
+            *({"stepId": b, "kind": "test.rendezvous", "dependsOn": ["start"]} for b in branches),
+        ]))
+        ctx = new_context()
+        await engine.start_run(ref, ctx)
+        snap = await wait_terminal(memory_store, ctx.run_id)
+    finally:
+        await engine.close()
+    assert snap.status == RunStatus.COMPLETED
+    for b in branches:
+        assert snap.step(b).output == {"met": sorted(branches)}
