@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ from dvt_engine.ports import Authorizer, PlanFetcher, RunStateStore, SecretsProv
 from dvt_engine.signals.service import AcceptedSignal
 from dvt_engine.steps.registry import HandlerRegistry
 from dvt_engine.steps.runner import StepRunner
+from dvt_engine.stores.memory import MemoryRunStateStore
 
 WORKFLOW_ID_PREFIX = "dvt-run-"
 
@@ -106,6 +108,10 @@ class TemporalEngine(BaseEngine):
             uri_policy=uri_policy, fetchers=fetchers,
             signal_rate_limit_per_minute=signal_rate_limit_per_minute,
         )
+        if "task_queue" not in options and isinstance(store, MemoryRunStateStore):
+            # A process-local store: another process polling the shared default queue would
+            # run this process's steps against a store it cannot see.
+            options["task_queue"] = f"dvt-local-{socket.gethostname()}-{os.getpid()}"
         self.settings = TemporalSettings.from_options(**options)
         self.runner = StepRunner(store, self.registry, secrets=self.secrets)
         self._state_dir = Path(state_dir) if state_dir else default_state_dir()

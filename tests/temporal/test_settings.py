@@ -49,3 +49,14 @@ def test_workflow_id_derives_from_the_run_request_key() -> None:
     key = "ab" * 32
     assert workflow_id_for(key) == "dvt-run-" + key
     assert workflow_id_for(key) != workflow_id_for("cd" * 32)
+
+
+def test_a_process_local_store_gets_a_process_local_task_queue() -> None:
+    from dvt_adapters_temporal.engine import TemporalEngine
+    from dvt_engine.stores.memory import MemoryRunStateStore
+
+    local = TemporalEngine(MemoryRunStateStore(), address="127.0.0.1:1")
+    assert local.settings.task_queue != "dvt"
+    assert local.settings.task_queue.endswith(f"-{__import__('os').getpid()}")
+    chosen = TemporalEngine(MemoryRunStateStore(), address="127.0.0.1:1", task_queue="mine")
+    assert chosen.settings.task_queue == "mine"
