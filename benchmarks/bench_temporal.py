@@ -305,7 +305,7 @@ async def thousand_steps(address: str, out: dict[str, float], n: int) -> None:
         await bench.finish(ctx)
         out["k_duration_s"] = time.perf_counter() - t0
         client = await bench.engine.client()
-        data = await fetch_chain(client.get_workflow_handle(ref.workflow_id))
+        data = await fetch_chain(client, ref.workflow_id)
         sizes, counts = [], []
         for run in data["runs"]:
             hist = json_format.ParseDict(run, History())

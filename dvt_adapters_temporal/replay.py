@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowHandle, WorkflowHistory
+from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer, WorkflowReplayResult
 
 from dvt_adapters_temporal.worker import workflow_runner
@@ -21,20 +21,17 @@ def replayer() -> Replayer:
     return Replayer(workflows=[DvtRunWorkflow], workflow_runner=workflow_runner())
 
 
-async def fetch_chain(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+async def fetch_chain(client: Client, workflow_id: str) -> dict[str, Any]:
     """Every run of a workflow chain (continue-as-new included) as one JSON document."""
-    client = handle._client
     runs: list[dict[str, Any]] = []
-    run_id: str | None = handle.run_id
-    if run_id is None:
-        run_id = (await handle.describe()).run_id
+    run_id: str | None = (await client.get_workflow_handle(workflow_id).describe()).run_id
     while run_id:
-        history = await client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         runs.insert(0, json.loads(history.to_json()))
         started = history.events[0].workflow_execution_started_event_attributes
         # Walk back through the runs this one continued from.
         run_id = started.continued_execution_run_id or None
-    return {"workflowId": handle.id, "runs": runs}
+    return {"workflowId": workflow_id, "runs": runs}
 
 
 def write_chain(data: dict[str, Any], path: Path) -> None:

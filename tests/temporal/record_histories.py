@@ -67,7 +67,7 @@ async def record(ids: tuple[str, ...]) -> None:
                 client = await engine.client()
                 handle = client.get_workflow_handle(ref.workflow_id)
                 await handle.result()
-                chain = await fetch_chain(handle)
+                chain = await fetch_chain(client, ref.workflow_id)
                 write_chain(chain, HISTORIES / f"{scenario_id}.history.json")
                 print(f"{scenario_id}: {len(chain['runs'])} run(s) recorded", flush=True)
             finally:

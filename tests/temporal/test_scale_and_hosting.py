@@ -40,7 +40,7 @@ def engine_on(env: WorkflowEnvironment, **options: object) -> TemporalEngine:
 async def history_sizes(engine: TemporalEngine, ref: TemporalRunRef) -> list[int]:
     """Byte size of each workflow run's history in the run's continue-as-new chain."""
     client = await engine.client()
-    chain = await fetch_chain(client.get_workflow_handle(ref.workflow_id))
+    chain = await fetch_chain(client, ref.workflow_id)
     return [json_format.ParseDict(run, History()).ByteSize() for run in chain["runs"]]
 
 
