@@ -57,30 +57,12 @@ def tests(session: nox.Session) -> None:
             except CommandFailed:
                 failed.append(name)
     # pytest's exit code 5 ("no tests ran") is not in success_codes, so it fails too.
-    for label, args in _pytest_runs(session.posargs):
-        try:
-            session.run("pytest", *args, env={"PYTHONUNBUFFERED": "1"})
-        except CommandFailed:
-            failed.append(label)
+    try:
+        session.run("pytest", *(session.posargs or ["tests"]), env={"PYTHONUNBUFFERED": "1"})
+    except CommandFailed:
+        failed.append("pytest")
     if failed:
         session.error(f"failed: {', '.join(failed)}")
-
-
-def _pytest_runs(posargs: list[str]) -> list[tuple[str, list[str]]]:
-    """One pytest process for tests/ itself and one per suite directory below it.
-
-    Suites (pg, temporal, conductor, ...) import their helpers by bare module name and may
-    reuse test file names, which one pytest process cannot collect side by side; separate
-    processes also give each suite's servers their own lifetime.
-    """
-    if posargs:
-        return [("pytest", list(posargs))]
-    suites = sorted(
-        p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").iterdir()
-        if p.is_dir() and any(p.glob("test_*.py"))
-    )
-    top = ["tests", *[f"--ignore={s}" for s in suites]]
-    return [("pytest tests", top), *[(f"pytest {s}", [s]) for s in suites]]
 
 
 @nox.session
