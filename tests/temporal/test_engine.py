@@ -243,3 +243,18 @@ async def test_independent_steps_run_at_the_same_time(
     assert snap.status == RunStatus.COMPLETED
     for b in branches:
         assert snap.step(b).output == {"met": sorted(branches)}
+
+
+async def test_a_signal_racing_the_end_of_the_run_is_not_an_error(engine: TemporalEngine) -> None:
+    from dvt_adapters_temporal.wire import SignalMessage
+
+    ref = await put_plan(engine.store, plan_doc([{"stepId": "a", "kind": "noop"}]))
+    ctx = new_context()
+    run_ref = await engine.start_run(ref, ctx)
+    assert isinstance(run_ref, TemporalRunRef)
+    client = await engine.client()
+    await client.get_workflow_handle(run_ref.workflow_id).result()
+    # Decided while the run was live, delivered after its workflow closed: dropped quietly.
+    await engine.deliver(run_ref, SignalMessage(signal_id="late", type="PAUSE"))
+    events = await engine.store.fetch_events(TENANT, ctx.run_id)
+    assert events[-1].event_type == "RunCompleted"
