@@ -54,6 +54,11 @@ class Queries:
         )
 
     @property
+    def load_state_locked(self) -> str:
+        """load_state, locking the run's row for the rest of the transaction."""
+        return self.load_state + " FOR UPDATE OF r"
+
+    @property
     def register(self) -> str:
         """Insert a run unless its runId or its run-request key is taken."""
         return self._fmt(

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
 from dvt_engine.errors import (
@@ -132,6 +134,10 @@ class PostgresRunStateStore(RunStateStore):
         self._pool: AsyncConnectionPool | None = None
         self._open_lock = asyncio.Lock()
         self._cache: OrderedDict[str, _RunState] = OrderedDict()
+        # Dropped with the last holder, so the map does not grow with every run ever seen.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._notifier: Notifier | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -215,18 +221,27 @@ class PostgresRunStateStore(RunStateStore):
                     retryable=False,
                 ) from exc
 
+    def _run_lock(self, run_id: str) -> asyncio.Lock:
+        lock = self._locks.get(run_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[run_id] = lock
+        return lock
+
     def _remember(self, run_id: str, state: _RunState) -> None:
         self._cache[run_id] = state
         self._cache.move_to_end(run_id)
         while len(self._cache) > _CACHE_RUNS:
             self._cache.popitem(last=False)
 
-    async def _load_state(self, conn: Conn, tenant_id: str, run_id: str) -> _RunState | None:
+    async def _load_state(
+        self, conn: Conn, tenant_id: str, run_id: str, *, lock: bool = False
+    ) -> _RunState | None:
         known = self._cache.get(run_id)
         if known is not None and known.tenant_id != tenant_id:
             known = None
         cur = await conn.execute(
-            self._q.load_state,
+            self._q.load_state_locked if lock else self._q.load_state,
             {"run": run_id, "tenant": tenant_id, "known": known.last_seq if known else -1},
         )
         row = await cur.fetchone()
@@ -373,9 +388,12 @@ class PostgresRunStateStore(RunStateStore):
         validate_event(event)
         self._check_identifiers(event)
         sent: set[str] = set()
-        results, state = await self._run(
-            lambda conn: self._append_run(conn, event.run_id, [event], sent)
-        )
+        # Writers of one run in this process take turns here instead of racing in the
+        # database: the cached state stays warm and the database lock is not fought over.
+        async with self._run_lock(event.run_id):
+            results, state = await self._run(
+                lambda conn: self._append_run(conn, event.run_id, [event], sent)
+            )
         if state is not None:
             self._remember(event.run_id, state)
         return results[event.idempotency_key]
@@ -434,7 +452,13 @@ class PostgresRunStateStore(RunStateStore):
             validate_identifier("step_id", event.step_id)
 
     async def _append_run(
-        self, conn: Conn, run_id: str, events: list[Event], sent: set[str]
+        self,
+        conn: Conn,
+        run_id: str,
+        events: list[Event],
+        sent: set[str],
+        *,
+        locked_state: _RunState | None = None,
     ) -> tuple[dict[str, AppendResult], _RunState | None]:
         """Append the events of one run: results by idempotency key, and the run's new state.
 
@@ -452,7 +476,7 @@ class PostgresRunStateStore(RunStateStore):
             if event.idempotency_key not in keys:
                 keys.add(event.idempotency_key)
                 pending.append(event)
-        state = self._cache.get(run_id)
+        state = locked_state or self._cache.get(run_id)
         if state is not None and state.tenant_id != tenant_id:
             state = None
         committed: _RunState | None = None
@@ -489,6 +513,24 @@ class PostgresRunStateStore(RunStateStore):
                 break
             pending = [e for e in pending if e.idempotency_key not in results]
             if stale is not None and (state is None or state.last_seq != stale):
+                idle = conn.info.transaction_status == pq.TransactionStatus.IDLE
+                if state is not None and idle and pending:
+                    # Another writer got in first. Stop guessing: read the run under its lock,
+                    # so the next call cannot be stale. Under contention this is what keeps
+                    # every writer progressing instead of retrying in turn.
+                    async with conn.transaction():
+                        locked = await self._load_state(conn, tenant_id, run_id, lock=True)
+                        if locked is None:
+                            raise RunNotFound(
+                                f"run {run_id!r} not found", details={"runId": run_id}
+                            )
+                        more, committed = await self._append_run(
+                            conn, run_id, pending, sent, locked_state=locked
+                        )
+                    results.update(more)
+                    break
+                # Outside a transaction the first, cold read is optimistic; inside one the
+                # function already holds the run's lock, so this read cannot go stale.
                 state = await self._load_state(conn, tenant_id, run_id)
                 if state is None:
                     raise RunNotFound(f"run {run_id!r} not found", details={"runId": run_id})

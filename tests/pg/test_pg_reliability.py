@@ -12,6 +12,7 @@ from psycopg import sql
 
 from contract_tests.store_suite import Collector, fresh_copy, happy_path, make_header, new_id
 from dvt_engine.errors import DvtError, ErrorCode, StoreUnavailable
+from dvt_engine.eventlog import EventFactory
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.projector import project
 from dvt_statestore_pg.store import PostgresRunStateStore
@@ -303,3 +304,31 @@ async def test_events_that_skip_model_validation_still_get_coded_errors(
     stored = await pg_store.append(good.model_copy(update={"event_id": odd_id}))
     (event,) = await pg_store.fetch_events(header.tenant_id, header.run_id)
     assert event.event_id == odd_id == stored.event_id
+
+
+# --- contention on one run -----------------------------------------------------------------
+
+
+async def test_eight_writers_on_one_run_all_progress_without_errors(
+    pg_store: PostgresRunStateStore, pg_store_factory: Factory
+) -> None:
+    other = await pg_store_factory()
+    header, _ = await pg_store.register_run(make_header(steps=[f"s{i}" for i in range(200)]))
+    f = EventFactory(header, emitted_by="step-runner")
+    await pg_store.append(f.run_event("RunStarted", {"engine": "reference"}))
+
+    async def writer(i: int) -> list[AppendResult]:
+        store = pg_store if i % 2 else other
+        return [
+            await store.append(f.step_event("StepStarted", f"s{n * 8 + i}", {"kind": "noop"}))
+            for n in range(25)
+        ]
+
+    results = [r for part in await asyncio.gather(*(writer(i) for i in range(8))) for r in part]
+    assert not any(r.duplicate for r in results)
+    log = await pg_store.fetch_events(header.tenant_id, header.run_id)
+    assert len(log) == 201
+    assert [e.run_seq for e in log] == list(range(1, 202))
+    snapshot = await other.get_snapshot(header.tenant_id, header.run_id)
+    assert snapshot is not None
+    assert sum(1 for s in snapshot.steps if s.status == "RUNNING") == 200
