@@ -242,8 +242,10 @@ class DvtRunWorkflow:
                                        item.error)
         if item.kind == "awaiting":
             commands = interp.step_awaiting_approval(item.step_id)
+            already = any(isinstance(c, CancelSteps) and item.step_id in c.step_ids
+                          for c in commands)
             if (interp.plan.metadata.failure_policy == "failFast" and interp.failure is not None
-                    and not interp.is_finished):
+                    and not interp.is_finished and not already):
                 # The run began failing while this gate was opening: a gate cannot finish by
                 # itself, so it is cancelled now, as the interpreter does for gates it knew of.
                 commands = [*commands, CancelSteps((item.step_id,), _FAIL_FAST_REASON)]

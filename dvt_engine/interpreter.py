@@ -112,6 +112,7 @@ Command = (
 )
 
 OPERATOR_TIMER_PREFIX = "operator:"
+FAIL_FAST_GATE_REASON = "run failing (failFast)"
 GATE_TIMER_PREFIX = "gate:"
 
 
@@ -175,10 +176,20 @@ class RunInterpreter:
         """A gate wrote StepAwaitingApproval; start its timeout timer if it has one."""
         state = self.steps[step_id]
         state.awaiting_approval = True
+        commands: list[Command] = []
         timeout = self.spec(step_id).timeout_ms
         if timeout is not None and not self.is_finished:
-            return [StartTimer(f"{GATE_TIMER_PREFIX}{step_id}:{state.logical_attempt_id}", timeout)]
-        return []
+            name = f"{GATE_TIMER_PREFIX}{step_id}:{state.logical_attempt_id}"
+            commands.append(StartTimer(name, timeout))
+        if (
+            self.plan.metadata.failure_policy == "failFast"
+            and self.failure is not None
+            and not self.is_finished
+            and not self.cancel_requested
+        ):
+            # The run began failing while this gate was opening; a gate cannot finish by itself.
+            commands.append(CancelSteps((step_id,), FAIL_FAST_GATE_REASON))
+        return commands
 
     def step_settled(
         self,
@@ -220,7 +231,7 @@ class RunInterpreter:
                 s for s in self.in_flight() if self.steps[s].awaiting_approval
             )
             if gates:
-                commands.append(CancelSteps(gates, "run failing (failFast)"))
+                commands.append(CancelSteps(gates, FAIL_FAST_GATE_REASON))
         return commands + self.advance()
 
     def signal_accepted(

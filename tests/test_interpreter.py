@@ -166,3 +166,15 @@ def test_late_report_of_old_attempt_is_ignored() -> None:
     interp.signal_accepted("RETRY_STEP", {"stepId": "x"})
     assert interp.step_settled("x", 1, "succeeded") == []
     assert interp.steps["x"].status == StepStatus.RUNNING
+
+
+def test_gate_opening_after_a_fail_fast_failure_is_cancelled() -> None:
+    interp = RunInterpreter(plan([{"stepId": "x", "kind": "noop"},
+                                  {"stepId": "gate", "kind": "approval"}]))
+    assert started(interp.begin()) == ["x", "gate"]
+    assert interp.step_settled("x", 1, "failed", StepError(code="E", message="m")) == []
+    commands = interp.step_awaiting_approval("gate")
+    assert commands == [CancelSteps(("gate",), "run failing (failFast)")]
+    assert commands_of(Finish, interp.step_settled("gate", 1, "cancelled"))[0].event_type == (
+        "RunFailed"
+    )
