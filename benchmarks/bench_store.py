@@ -303,9 +303,13 @@ async def dvt_single_and_batch(dsn: str, schema: str, args: argparse.Namespace) 
     """store.append one at a time, and append_batch of 100 events of one run per call."""
     rows: list[Row] = []
     async with await _open(dsn, schema) as store:
-        header, _ = await store.register_run(_header("bench", steps=args.single // 2 + 2))
-        events = _step_events(header, args.single)
-        await store.get_snapshot(header.tenant_id, header.run_id)  # a warm writer
+        # Runs of a 20-step plan (41 events each), as an engine writes them.
+        events: list[Event] = []
+        while len(events) < args.single:
+            header, _ = await store.register_run(_header("bench", steps=20))
+            await store.get_snapshot(header.tenant_id, header.run_id)  # a warm writer
+            events += _step_events(header, 41)
+        events = events[: args.single]
         samples = []
         start = time.perf_counter()
         for event in events:
