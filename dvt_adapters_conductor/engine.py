@@ -291,6 +291,12 @@ class ConductorEngine(BaseEngine):
             await self._terminate_for_cancel(coordinator, ctx, wid,
                                              accepted.payload.get("reason"))
             return
+        if kind == SignalType.PAUSE:
+            # Stop the server scheduling at once, before waiting for a reconcile in progress;
+            # the pause is idempotent on the server, and RunPaused follows under the lock.
+            snap = await coordinator._snapshot(ctx)
+            if snap.status == RunStatus.RUNNING:
+                await api.run(api.pause, wid)
         async with coordinator._lock(ctx.key):
             snap = await coordinator._snapshot(ctx)
             if snap.status.is_terminal:
@@ -299,10 +305,7 @@ class ConductorEngine(BaseEngine):
             interp = coordinator.interpreter(ctx, snap, events)
             # The task list only where the signal acts on tasks (it is large for large plans).
             workflow = await api.run(api.get_workflow, wid, kind == SignalType.SKIP_STEP)
-            if kind == SignalType.PAUSE and interp.status == RunStatus.RUNNING:
-                # The server stops scheduling first; RunPaused follows (DRAINING while steps run).
-                await api.run(api.pause, wid)
-            elif kind == SignalType.RESUME and interp.status == RunStatus.PAUSED:
+            if kind == SignalType.RESUME and interp.status == RunStatus.PAUSED:
                 await api.run(api.resume, wid)
             elif kind == SignalType.SKIP_STEP and accepted.step_id in ctx.index:
                 await self._skip_on_server(api, ctx, wid, workflow, accepted.step_id)
