@@ -207,7 +207,10 @@ async def run_dvt_benchmarks(server_url: str, quick: bool) -> dict[str, float]:
     chain = 10 if quick else 20
     runs = 5 if quick else 20
     store = MemoryRunStateStore()
-    engine = ConductorEngine(store, server_url=server_url, task_prefix="benchdvt")
+    # A prefix of its own: tasks left on a shared server by an earlier run (whose memory store
+    # is gone) must not reach this run's workers.
+    engine = ConductorEngine(store, server_url=server_url,
+                             task_prefix=f"bench{uuid.uuid4().hex[:8]}")
     out: dict[str, float] = {}
     try:
         seq_ref = await _put(store, _plan("bench-seq", _chain(chain)))
