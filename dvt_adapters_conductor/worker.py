@@ -43,6 +43,8 @@ class WorkerOptions:
     park_s: int = 2
     #: seconds a failed attempt awaiting an operator waits before it is looked at again
     operator_park_s: int = 30
+    #: seconds a task of a run unknown to this worker's store waits before it is polled again
+    unknown_run_park_s: int = 600
     #: how often a running step checks whether its task was cancelled
     watch_every_s: float = 0.5
     drain_timeout_s: float = 60.0
@@ -198,8 +200,10 @@ class WorkerHost:
         """Run one engine attempt of a step (or park it, or report what the log says)."""
         ctx = await self._context(task)
         if ctx is None:
+            # A run this store does not know (another store sharing the task prefix, or a run
+            # whose memory store is gone): put it back for long, so it costs next to nothing.
             await self._update(task, "IN_PROGRESS", {"parked": "unknown run"},
-                               callback_after_s=self.options.operator_park_s)
+                               callback_after_s=self.options.unknown_run_park_s)
             return
         step_id = str((task.get("inputData") or {}).get("stepId"))
         verdict, snap = await self.coordinator.may_start(ctx, step_id)
