@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from contract_tests.store_suite import happy_path, make_header
 from dvt_engine.eventlog import EventFactory
+from dvt_engine.idempotency import signal_key
 from dvt_engine.models.events import Event
 from dvt_engine.models.run import RunHeader, RunStatus
 from dvt_engine.projector import initial_snapshot
@@ -342,8 +343,27 @@ async def dvt_single_and_batch(dsn: str, schema: str, args: argparse.Namespace) 
     return rows
 
 
+def _decision(factory: EventFactory, signal_id: str) -> Event:
+    """A signal decision record: many writers append these to one run at once."""
+    h = factory.header
+    return factory.signal_event(
+        "SignalRejected",
+        signal_key(h.tenant_id, h.run_id, signal_id),
+        {
+            "signalId": signal_id,
+            "signalType": "PAUSE",
+            "errorCode": "SIGNAL_UNAUTHORIZED",
+            "actor": {"id": "bench", "roles": ["operator"]},
+        },
+    )
+
+
 async def concurrent_appends(dsn: str, schema: str, args: argparse.Namespace) -> list[Row]:
-    """8 writers (two stores, as two processes would be) to one run, then to 8 runs."""
+    """8 writers (two stores, as two processes would be) to one run, then to 8 runs.
+
+    The events are signal decision records on runs of a 10-step plan, so the numbers measure
+    the append path under contention, not the projection of a huge plan.
+    """
     writers = 8
     per_writer = args.concurrent // writers
     rows: list[Row] = []
@@ -381,16 +401,10 @@ async def concurrent_appends(dsn: str, schema: str, args: argparse.Namespace) ->
         for c in conns:
             await c.close()
         async with await _open(dsn, schema) as one, await _open(dsn, schema) as two:
-            headers = [
-                (await one.register_run(_header("bench", steps=per_writer * writers)))[0]
-                for _ in range(runs)
-            ]
+            headers = [(await one.register_run(_header("bench", steps=10)))[0] for _ in range(runs)]
             f = [EventFactory(h, emitted_by="step-runner") for h in headers]
             plan = [
-                [
-                    f[i % runs].step_event("StepStarted", f"s{n * writers + i}", {"kind": "noop"})
-                    for n in range(per_writer)
-                ]
+                [_decision(f[i % runs], f"sig-{i}-{n}") for n in range(per_writer)]
                 for i in range(writers)
             ]
             for h in headers:
@@ -544,8 +558,10 @@ async def projection_lag(dsn: str, schema: str, args: argparse.Namespace) -> lis
     await writer.close()
     await listener.close()
     async with await _open(dsn, schema) as producer, await _open(dsn, schema) as reader:
-        header, _ = await producer.register_run(_header("lag", steps=n // 2 + 2))
-        events = _step_events(header, n)
+        # A 10-step run receiving decision records: the lag of the store, not of a huge plan.
+        header, _ = await producer.register_run(_header("lag", steps=10))
+        factory = EventFactory(header, emitted_by="operator")
+        events = [_decision(factory, f"lag-{i}") for i in range(n)]
         seen: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
 
         async def watch() -> None:
