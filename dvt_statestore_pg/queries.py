@@ -54,9 +54,16 @@ class Queries:
         )
 
     @property
-    def load_state_locked(self) -> str:
-        """load_state, locking the run's row for the rest of the transaction."""
-        return self.load_state + " FOR UPDATE OF r"
+    def lock_run(self) -> str:
+        """Lock a run's row for the rest of the transaction.
+
+        A statement of its own: a locking SELECT that waited for another writer re-reads the
+        locked row but evaluates everything else against its older snapshot, so reading the
+        log in the same statement could miss the event that writer just committed.
+        """
+        return self._fmt(
+            "SELECT 1 FROM {dvt_runs} WHERE run_id = %s AND tenant_id = %s FOR UPDATE"
+        )
 
     @property
     def register(self) -> str:

@@ -237,11 +237,15 @@ class PostgresRunStateStore(RunStateStore):
     async def _load_state(
         self, conn: Conn, tenant_id: str, run_id: str, *, lock: bool = False
     ) -> _RunState | None:
+        if lock:
+            cur = await conn.execute(self._q.lock_run, (run_id, tenant_id))
+            if await cur.fetchone() is None:
+                return None
         known = self._cache.get(run_id)
         if known is not None and known.tenant_id != tenant_id:
             known = None
         cur = await conn.execute(
-            self._q.load_state_locked if lock else self._q.load_state,
+            self._q.load_state,
             {"run": run_id, "tenant": tenant_id, "known": known.last_seq if known else -1},
         )
         row = await cur.fetchone()
