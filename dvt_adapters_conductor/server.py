@@ -40,12 +40,9 @@ _FIXED_PROPERTIES: dict[str, str] = {
     "spring.main.banner-mode": "off",
 }
 
-#: Environment variables that would make the server reach outside providers; never passed on.
-_DROPPED_ENV_PREFIXES = (
-    "OPENAI_", "ANTHROPIC_", "MISTRAL_", "COHERE_", "XAI_", "GROK_", "PERPLEXITY_",
-    "HUGGINGFACE_", "STABILITY_", "AZURE_", "AWS_", "GEMINI_", "GOOGLE_", "OLLAMA_",
-    "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "SPRING_",
-)
+#: The only environment the server process gets: nothing else can configure it (Spring reads
+#: any variable as a property) or hand it credentials for outside services.
+_PASSED_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "TZ")
 
 
 def _unavailable(message: str, **details: object) -> EngineUnavailable:
@@ -195,10 +192,7 @@ class ConductorServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
-        env = {
-            key: value for key, value in os.environ.items()
-            if not key.startswith(_DROPPED_ENV_PREFIXES)
-        }
+        env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
         began = time.monotonic()
         with self.log_path.open("ab") as log:
             # own process group, so stop() reaches the JVM and nothing else
