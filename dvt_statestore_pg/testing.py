@@ -78,7 +78,7 @@ def find_server_binaries() -> Path:
     )
 
 
-def _ensure_server_user() -> pwd.struct_passwd:
+def ensure_server_user() -> pwd.struct_passwd:
     """The unprivileged account the server runs as when we are root, created when missing."""
     with contextlib.suppress(KeyError):
         return pwd.getpwnam(SERVER_USER)
@@ -110,7 +110,8 @@ def _ensure_server_user() -> pwd.struct_passwd:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -139,7 +140,7 @@ def _runs_as(user: pwd.struct_passwd | None, binary: Path) -> bool:
     return True
 
 
-def _reachable_bin_dir(bin_dir: Path, user: pwd.struct_passwd | None, scratch: Path) -> Path:
+def reachable_bin_dir(bin_dir: Path, user: pwd.struct_passwd | None, scratch: Path) -> Path:
     """``bin_dir``, or a world-readable copy of it when the server user cannot reach it."""
     if _runs_as(user, bin_dir / "postgres"):
         return bin_dir
@@ -308,12 +309,12 @@ class ManagedPostgres:
 def start_managed_postgres(settings: dict[str, str] | None = None) -> ManagedPostgres:
     """Create a cluster in a fresh temporary directory and start it on a free loopback port."""
     bin_dir = find_server_binaries()
-    user = _ensure_server_user() if os.geteuid() == 0 else None
+    user = ensure_server_user() if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="dvt-pg-"))
     root.chmod(0o755)
     try:
-        bin_dir = _reachable_bin_dir(bin_dir, user, root)
-        server = ManagedPostgres(bin_dir=bin_dir, root=root, port=_free_port(), user=user)
+        bin_dir = reachable_bin_dir(bin_dir, user, root)
+        server = ManagedPostgres(bin_dir=bin_dir, root=root, port=free_port(), user=user)
         if settings is not None:
             server.settings = dict(settings)
         server.initdb()
@@ -324,7 +325,7 @@ def start_managed_postgres(settings: dict[str, str] | None = None) -> ManagedPos
             except PostgresServerError:
                 if "could not bind" not in server.log_tail():
                     raise
-                server.port = _free_port()
+                server.port = free_port()
         server.start()
         return server
     except BaseException:
