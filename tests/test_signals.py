@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from dvt_engine import telemetry
 from dvt_engine.errors import (
     DvtError,
     ErrorCode,
@@ -880,19 +877,6 @@ def test_raise_for_rejection_unknown_code_is_still_coded() -> None:
 
 
 # --- tracing ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.use_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        telemetry.use_tracer_provider(None)
-        provider.shutdown()
 
 
 async def test_decide_spans_carry_identity_and_outcome_not_payload(

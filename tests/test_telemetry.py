@@ -6,13 +6,11 @@ import hashlib
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -29,19 +27,6 @@ from dvt_engine.stores.memory import MemoryRunStateStore
 
 TENANT = "tenant-otel"
 SECRET = "otel-secret-Zq81"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.use_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        telemetry.use_tracer_provider(None)
-        provider.shutdown()
 
 
 async def started_run(store: MemoryRunStateStore, steps: list[dict[str, Any]]) -> tuple[

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from google.protobuf import json_format
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporal_helpers import (
     TENANT,
@@ -119,19 +115,6 @@ async def test_step_kinds_are_routed_to_their_task_queues(
         assert ("dvt.run_step", echo_queue) in queues
     finally:
         await engine.close()
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Capture dvt's spans for one test."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.use_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        telemetry.use_tracer_provider(None)
 
 
 async def test_replaying_workflows_emit_no_telemetry_twice(
