@@ -376,3 +376,15 @@ def store_url(dsn: str, schema: str, **options: str) -> str:
     """A store URL: ``dsn`` with dvt's options (``schema=...``) added to its query."""
     sep = "&" if "?" in dsn else "?"
     return dsn + sep + urlencode({"schema": schema, **options})
+
+
+@contextlib.contextmanager
+def postgres_store_url(prefix: str = "dvt_test") -> Iterator[str]:
+    """A store URL on a fresh schema of a running server (see postgres_dsn), dropped after."""
+    with postgres_dsn() as dsn:
+        schema = unique_schema_name(prefix)
+        create_schema(dsn, schema)
+        try:
+            yield store_url(dsn, schema)
+        finally:
+            drop_schema(dsn, schema)

@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 from cli_helpers import CLI_ENV, PLANS, Result, invoke
@@ -38,21 +37,12 @@ def store_url() -> Iterator[str]:
     """A fresh schema on a real PostgreSQL server (DVT_PG_DSN, or one started here)."""
     from dvt_statestore_pg.testing import (
         PostgresServerError,
-        create_schema,
-        drop_schema,
-        postgres_dsn,
-        unique_schema_name,
+        postgres_store_url,
     )
 
     try:
-        with postgres_dsn() as dsn:
-            schema = unique_schema_name("dvt_cli")
-            create_schema(dsn, schema)
-            sep = "&" if "?" in dsn else "?"
-            try:
-                yield dsn + sep + urlencode({"schema": schema})
-            finally:
-                drop_schema(dsn, schema)
+        with postgres_store_url("dvt_cli") as url:
+            yield url
     except PostgresServerError as exc:
         pytest.fail(f"PostgreSQL server unavailable: {exc}")
 

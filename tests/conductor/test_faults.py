@@ -14,7 +14,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 import pytest_asyncio
@@ -28,13 +27,7 @@ from dvt_engine.ports import RunStateStore
 from dvt_engine.stores.memory import MemoryRunStateStore
 from dvt_engine.waiting import wait_for_snapshot, wait_for_terminal
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import (
-    PostgresServerError,
-    create_schema,
-    drop_schema,
-    postgres_dsn,
-    unique_schema_name,
-)
+from dvt_statestore_pg.testing import PostgresServerError, postgres_store_url
 
 WORKER_SCRIPT = Path(__file__).with_name("conductor_worker_process.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,14 +38,8 @@ TENANT = "acme"
 def pg_url() -> Iterator[str]:
     """A store URL on a real PostgreSQL server the fixture starts (fails loudly if it cannot)."""
     try:
-        with postgres_dsn() as dsn:
-            schema = unique_schema_name("dvt_conductor_faults")
-            create_schema(dsn, schema)
-            try:
-                sep = "&" if "?" in dsn else "?"
-                yield dsn + sep + urlencode({"schema": schema})
-            finally:
-                drop_schema(dsn, schema)
+        with postgres_store_url("dvt_conductor_faults") as url:
+            yield url
     except PostgresServerError as exc:
         pytest.fail(f"PostgreSQL server unavailable: {exc}")
 
