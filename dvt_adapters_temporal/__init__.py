@@ -15,7 +15,7 @@ _EXPORTS = {
     "workflow_id_for": "dvt_adapters_temporal.engine",
     "TemporalSettings": "dvt_adapters_temporal.settings",
     "TlsSettings": "dvt_adapters_temporal.settings",
-    "run_worker": "dvt_adapters_temporal.worker",
+    "run_worker": "dvt_adapters_temporal.engine",
 }
 
 __all__ = sorted(_EXPORTS)

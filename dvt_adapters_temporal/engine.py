@@ -347,3 +347,25 @@ class TemporalEngine(BaseEngine):
             signal_id=f"engine-cancel-{uuid.uuid4()}", type="CANCEL",
             payload={"reason": reason} if reason else {}, actor_id="engine",
         ))
+
+
+async def run_worker(
+    store: RunStateStore,
+    *,
+    queues: Sequence[str] | None = None,
+    workflows: bool = True,
+    stop: asyncio.Event | None = None,
+    **engine_options: Any,
+) -> None:
+    """`dvt worker --engine temporal`: host workflows and steps until SIGINT/SIGTERM.
+
+    Without ``queues`` the worker serves the main task queue (the interpreter workflow and every
+    step not routed elsewhere) and each queue of ``kind_queues``. With ``queues`` it serves only
+    those step queues (activities only), e.g. a worker for ``spark.submit`` steps on its own
+    machine. Shutdown is graceful: no new task is taken and running steps get time to finish.
+    """
+    engine = TemporalEngine(store, worker=False, **engine_options)
+    try:
+        await engine.serve_workers(stop=stop, queues=queues, workflows=workflows)
+    finally:
+        await engine.close()

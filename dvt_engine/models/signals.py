@@ -117,6 +117,29 @@ class SignalRequest(StrictModel):
     actor: Actor
 
 
+class AcceptedSignal(DvtModel):
+    """A newly accepted signal the engine must now apply; JSON-safe for engine boundaries."""
+
+    signal_id: str
+    type: SignalType
+    tenant_id: str
+    run_id: str
+    payload: dict[str, Any]
+    actor: Actor
+    effective_role: Role | None = None
+    decision_run_seq: int
+
+    @property
+    def step_id(self) -> str | None:
+        """The step a step signal names (RETRY_STEP, SKIP_STEP, APPROVE_STEP), else None."""
+        value = self.payload.get("stepId")
+        return value if isinstance(value, str) else None
+
+    def typed_payload(self) -> StrictModel:
+        """The payload as its signal's model (PausePayload, RetryStepPayload, ...)."""
+        return SIGNAL_PAYLOAD_MODELS[self.type].model_validate(self.payload)
+
+
 class SignalDecision(DvtModel):
     """The recorded answer to a signal; a repeated signalId gets the first decision again."""
 

@@ -20,12 +20,10 @@ from dvt_engine import telemetry
 from dvt_engine.errors import ErrorCode, RunNotFound, SchemaValidationFailed
 from dvt_engine.eventlog import EventFactory, utc_now
 from dvt_engine.idempotency import signal_key
-from dvt_engine.models.base import DvtModel, StrictModel
 from dvt_engine.models.events import Event, EventType, SignalDecisionPayload
 from dvt_engine.models.run import RunHeader
 from dvt_engine.models.signals import (
-    SIGNAL_PAYLOAD_MODELS,
-    Actor,
+    AcceptedSignal,
     Role,
     SignalDecision,
     SignalRequest,
@@ -54,29 +52,6 @@ __all__ = [
 
 _log = logging.getLogger("dvt_engine.signals")
 SPAN_DECIDE = "dvt.signal.decide"
-
-
-class AcceptedSignal(DvtModel):
-    """A newly accepted signal the engine must now apply; JSON-safe for engine boundaries."""
-
-    signal_id: str
-    type: SignalType
-    tenant_id: str
-    run_id: str
-    payload: dict[str, Any]
-    actor: Actor
-    effective_role: Role | None = None
-    decision_run_seq: int
-
-    @property
-    def step_id(self) -> str | None:
-        """The step a step signal names (RETRY_STEP, SKIP_STEP, APPROVE_STEP), else None."""
-        value = self.payload.get("stepId")
-        return value if isinstance(value, str) else None
-
-    def typed_payload(self) -> StrictModel:
-        """The payload as its signal's model (PausePayload, RetryStepPayload, ...)."""
-        return SIGNAL_PAYLOAD_MODELS[self.type].model_validate(self.payload)
 
 
 @dataclass(frozen=True)
