@@ -75,9 +75,12 @@ class ReferenceSettings(EngineSettings):
     model_config = SettingsConfigDict(env_prefix="DVT_REFERENCE_")
     engine_name: ClassVar[str] = "reference"
 
+    cancel_in_flight_on_pause: bool = False
+
     def engine_kwargs(self) -> dict[str, Any]:
-        """The reference engine takes its one option as a plain argument."""
-        return {"signal_rate_limit_per_minute": self.signal_rate_limit_per_minute}
+        """The reference engine takes its options as plain arguments."""
+        return {"signal_rate_limit_per_minute": self.signal_rate_limit_per_minute,
+                "cancel_in_flight_on_pause": self.cancel_in_flight_on_pause}
 
 
 class TlsSettings(BaseModel):

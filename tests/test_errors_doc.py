@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dvt_cli import errors_doc
 from dvt_engine.errors import ERROR_CLASSES, ErrorCode
 
@@ -54,9 +56,8 @@ def test_a_family_catches_its_codes() -> None:
     from dvt_engine import RunError, SignalError
     from dvt_engine.errors import RunNotFound, SignalUnauthorized
 
-    try:
+    with pytest.raises(SignalError) as caught:
         raise SignalUnauthorized("no")
-    except SignalError as exc:
-        assert exc.code == ErrorCode.SIGNAL_UNAUTHORIZED
+    assert caught.value.code == ErrorCode.SIGNAL_UNAUTHORIZED
     assert not issubclass(RunNotFound, SignalError)
     assert issubclass(RunNotFound, RunError)
