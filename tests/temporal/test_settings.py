@@ -87,3 +87,19 @@ def test_a_process_local_store_gets_a_process_local_task_queue() -> None:
     assert local.settings.task_queue.endswith(f"-{__import__('os').getpid()}")
     chosen = TemporalEngine(MemoryRunStateStore(), address="127.0.0.1:1", task_queue="mine")
     assert chosen.settings.task_queue == "mine"
+
+
+def test_typed_settings_reach_the_engine_through_its_entry_point() -> None:
+    from dvt_adapters_temporal.engine import TemporalEngine
+    from dvt_engine import HandlerRegistry, TemporalSettings, open_engine
+    from dvt_engine.stores.memory import MemoryRunStateStore
+
+    settings = TemporalSettings(address="127.0.0.1:1", task_queue="q", worker=False)
+    registry = HandlerRegistry()
+    engine = open_engine(settings, store=MemoryRunStateStore(), registry=registry)
+    assert isinstance(engine, TemporalEngine)
+    assert engine.settings is settings
+    assert engine.registry is registry
+    assert engine._embedded_worker is False
+    with pytest.raises(UsageError):
+        TemporalEngine(MemoryRunStateStore(), settings=settings, address="other:1")
