@@ -3,10 +3,17 @@
 Everything a host needs is importable from here::
 
     from dvt_engine import Client, HandlerRegistry, MemoryStoreSettings, PlanBuilder, ...
+
+Only the error classes load eagerly; every other name loads on first use, so importing one
+light submodule (as Temporal's workflow sandbox does) never pulls in the client, the plan
+fetchers or their network modules.
 """
 
-from dvt_engine.builder import PlanBuilder
-from dvt_engine.client import Client, PlanInput, RunHandle, RunPage
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from dvt_engine.errors import (
     DvtError,
     EngineError,
@@ -18,45 +25,98 @@ from dvt_engine.errors import (
     StepError,
     StoreError,
 )
-from dvt_engine.models.events import Event, EventType
-from dvt_engine.models.plan import ExecutionPlan, PlanRef, RetryPolicy
-from dvt_engine.models.run import RunStatus, RunSummary
-from dvt_engine.models.signals import (
-    Actor,
-    ApproveRunPayload,
-    ApproveStepPayload,
-    CancelPayload,
-    PausePayload,
-    ResumePayload,
-    RetryRunPayload,
-    RetryStepPayload,
-    Role,
-    SignalDecision,
-    SignalPayload,
-    SignalRequest,
-    SignalType,
-    SkipStepPayload,
-)
-from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
-from dvt_engine.plugins import open_engine, open_store
-from dvt_engine.ports import StepContext, StepHandler, StepResult
-from dvt_engine.settings import (
-    ConductorSettings,
-    EngineSettings,
-    MemoryStoreSettings,
-    PostgresStoreSettings,
-    ReferenceSettings,
-    StoreSettings,
-    TemporalSettings,
-    TlsSettings,
-)
-from dvt_engine.signals.rejections import raise_for_rejection
-from dvt_engine.steps.registry import (
-    HandlerRegistry,
-    builtin_registry,
-    default_registry,
-    step_handler,
-)
+
+if TYPE_CHECKING:
+    from dvt_engine.builder import PlanBuilder
+    from dvt_engine.client import Client, PlanInput, RunHandle, RunPage
+    from dvt_engine.models.events import Event, EventType
+    from dvt_engine.models.plan import ExecutionPlan, PlanRef, RetryPolicy
+    from dvt_engine.models.run import RunStatus, RunSummary
+    from dvt_engine.models.signals import (
+        Actor,
+        ApproveRunPayload,
+        ApproveStepPayload,
+        CancelPayload,
+        PausePayload,
+        ResumePayload,
+        RetryRunPayload,
+        RetryStepPayload,
+        Role,
+        SignalDecision,
+        SignalPayload,
+        SignalRequest,
+        SignalType,
+        SkipStepPayload,
+    )
+    from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
+    from dvt_engine.plugins import open_engine, open_store
+    from dvt_engine.ports import StepContext, StepHandler, StepResult
+    from dvt_engine.settings import (
+        ConductorSettings,
+        EngineSettings,
+        MemoryStoreSettings,
+        PostgresStoreSettings,
+        ReferenceSettings,
+        StoreSettings,
+        TemporalSettings,
+        TlsSettings,
+    )
+    from dvt_engine.signals.rejections import raise_for_rejection
+    from dvt_engine.steps.registry import (
+        HandlerRegistry,
+        builtin_registry,
+        default_registry,
+        step_handler,
+    )
+
+_LAZY: dict[str, str] = {
+    "Actor": "dvt_engine.models.signals",
+    "ApproveRunPayload": "dvt_engine.models.signals",
+    "ApproveStepPayload": "dvt_engine.models.signals",
+    "CancelPayload": "dvt_engine.models.signals",
+    "Client": "dvt_engine.client",
+    "ConductorSettings": "dvt_engine.settings",
+    "EngineSettings": "dvt_engine.settings",
+    "Event": "dvt_engine.models.events",
+    "EventType": "dvt_engine.models.events",
+    "ExecutionPlan": "dvt_engine.models.plan",
+    "HandlerRegistry": "dvt_engine.steps.registry",
+    "MemoryStoreSettings": "dvt_engine.settings",
+    "PausePayload": "dvt_engine.models.signals",
+    "PlanBuilder": "dvt_engine.builder",
+    "PlanInput": "dvt_engine.client",
+    "PlanRef": "dvt_engine.models.plan",
+    "PostgresStoreSettings": "dvt_engine.settings",
+    "ReferenceSettings": "dvt_engine.settings",
+    "ResumePayload": "dvt_engine.models.signals",
+    "RetryPolicy": "dvt_engine.models.plan",
+    "RetryRunPayload": "dvt_engine.models.signals",
+    "RetryStepPayload": "dvt_engine.models.signals",
+    "Role": "dvt_engine.models.signals",
+    "RunHandle": "dvt_engine.client",
+    "RunPage": "dvt_engine.client",
+    "RunSnapshot": "dvt_engine.models.snapshot",
+    "RunStatus": "dvt_engine.models.run",
+    "RunSummary": "dvt_engine.models.run",
+    "SignalDecision": "dvt_engine.models.signals",
+    "SignalPayload": "dvt_engine.models.signals",
+    "SignalRequest": "dvt_engine.models.signals",
+    "SignalType": "dvt_engine.models.signals",
+    "SkipStepPayload": "dvt_engine.models.signals",
+    "StepContext": "dvt_engine.ports",
+    "StepHandler": "dvt_engine.ports",
+    "StepResult": "dvt_engine.ports",
+    "StepSnapshot": "dvt_engine.models.snapshot",
+    "StoreSettings": "dvt_engine.settings",
+    "TemporalSettings": "dvt_engine.settings",
+    "TlsSettings": "dvt_engine.settings",
+    "builtin_registry": "dvt_engine.steps.registry",
+    "default_registry": "dvt_engine.steps.registry",
+    "open_engine": "dvt_engine.plugins",
+    "open_store": "dvt_engine.plugins",
+    "raise_for_rejection": "dvt_engine.signals.rejections",
+    "step_handler": "dvt_engine.steps.registry",
+}
 
 __version__ = "0.1.0"
 
@@ -118,3 +178,16 @@ __all__ = [
     "raise_for_rejection",
     "step_handler",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

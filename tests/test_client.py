@@ -195,3 +195,16 @@ def test_signal_request_accepts_a_typed_payload() -> None:
                                       "type": "CANCEL", "actor": actor,
                                       "payload": PausePayload()})
     assert err.value.code == "SIGNAL_INVALID_PAYLOAD"
+
+
+def test_importing_the_package_stays_light() -> None:
+    """Temporal's sandbox imports dvt modules: the package must not pull in the client."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dvt_engine.errors; "
+            "heavy = [m for m in ('dvt_engine.client', 'dvt_engine.planning.https', "
+            "'http.client') if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
