@@ -77,6 +77,11 @@ def test_default_run_starts_temporal_and_postgres_that_outlive_it(
         ran = invoke(capsys, ["run", str(PLANS / "diamond.json"), "--run-id", run_id,
                               "--json"], env)
         assert ran.code == 0, ran
+        # The engine never starts a server itself: the CLI does, and says so in one line.
+        started = [line for line in ran.stderr.splitlines() if "dvt: started the local" in line]
+        assert len(started) == 1, ran.stderr
+        assert "Temporal dev server" in started[0]
+        assert "PostgreSQL store" in started[0]
         doc = ran.json()
         assert doc["snapshot"]["engineRunRef"]["provider"] == "temporal"
         status = invoke(capsys, ["dev", "status", "--json"], env).json()
