@@ -135,12 +135,11 @@ def payload_dict(payload: StrictModel) -> dict[str, Any]:
 
 
 class SignalRequest(StrictModel):
-    """A signal as a client sends it. ``signal_id`` is the client's idempotency key.
+    """A signal as a client sends it. ``signal_id`` is the client's idempotency key."""
 
-    ``payload`` is the JSON object; a typed payload model (``PausePayload(reason=...)``) is
-    accepted too, turned into that object, and may stand in for ``type``. ``SignalRequest.of``
-    is the typed way to build one.
-    """
+    # The docstring is the JSON Schema's description, so the rest is said here: ``payload`` is
+    # the JSON object; a typed payload model (PausePayload(...)) is accepted too, turned into
+    # that object, and may stand in for ``type``. ``SignalRequest.of`` builds one typed.
 
     signal_id: Identifier
     type: SignalType
