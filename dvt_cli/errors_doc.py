@@ -39,7 +39,7 @@ def render() -> str:
         "people, `retryable` and JSON `details`. Callers branch on the code, never on the message.",
         "The CLI prints `error CODE: message` and the hint below (exit code 2), and under `--json`",
         "`{\"error\": {\"code\", \"message\", \"details\"}}`. Codes marked *contract* are named in",
-        "CONTRACTS.md section 11; the others are dvt's own.",
+        "[contract §11](contract.md#11-error-codes); the others are dvt's own.",
         "",
         "| code | class | retryable | origin | meaning | hint |",
         "|---|---|---|---|---|---|",
