@@ -16,7 +16,7 @@ The fixture interface is small on purpose:
 
 - ``engine``: a started :class:`~dvt_engine.ports.WorkflowEngine` whose runs write to ``store``.
 - ``store``: the :class:`~dvt_engine.ports.RunStateStore` the engine writes to; the suite reads
-  runs, events and snapshots only through it (contract 7: the store holds the truth).
+  runs, events and snapshots only through it (contract §7: the store holds the truth).
 - ``capabilities``: a :class:`HarnessCapabilities` declaring the real differences between
   engines. The suite branches on these flags explicitly; it never skips a test.
 
@@ -217,7 +217,7 @@ class EngineContractSuite:
         differences = compare_with_expected(outcome, expected, h.engine.name)
         assert not differences, "\n".join(f"[{d.kind}] {d.message}" for d in differences)
         if outcome.error is None:
-            # The stored snapshot is exactly what a rebuild from the log gives (contract 5.3).
+            # The stored snapshot is exactly what a rebuild from the log gives (contract §5.3).
             rebuilt = await h.store.project(outcome.tenant_id, outcome.run_id)
             assert snapshot_bytes(rebuilt) == snapshot_bytes(outcome.snapshot)
 
@@ -330,7 +330,7 @@ class EngineContractSuite:
         run = await self.start(h, plan)
         assert (await run.finished()).status == RunStatus.COMPLETED
 
-    # --- signal rules (contract 6.2) ----------------------------------------------------
+    # --- signal rules (contract §6.2) ----------------------------------------------------
     async def test_invalid_payload_is_refused_first(self, engine_harness: EngineHarness) -> None:
         """Rule 1: a payload that fails its schema raises SIGNAL_INVALID_PAYLOAD, recorded nowhere,
         even from an actor with no role and for a run of another tenant."""

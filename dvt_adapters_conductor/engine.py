@@ -1,4 +1,4 @@
-"""ConductorEngine: the WorkflowEngine port on Conductor OSS or Orkes (contract section 8.2)."""
+"""ConductorEngine: the WorkflowEngine port on Conductor OSS or Orkes (contract §8.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TemporalEngine: the WorkflowEngine port on Temporal (contract section 8.1)."""
+"""TemporalEngine: the WorkflowEngine port on Temporal (contract §8.1)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ WORKFLOW_ID_PREFIX = "dvt-run-"
 
 _log = logging.getLogger("dvt.temporal")
 
-# Contract section 9, declared once in the shared capability table.
+# Contract §9, declared once in the shared capability table.
 CAPABILITIES = TEMPORAL_CAPABILITIES
 
 

@@ -39,7 +39,7 @@ def render() -> str:
         "people, `retryable` and JSON `details`. Callers branch on the code, never on the message.",
         "The CLI prints `error CODE: message` and the hint below (exit code 2), and under `--json`",
         "`{\"error\": {\"code\", \"message\", \"details\"}}`. Codes marked *contract* are named in",
-        "CONTRACTS.md section 11; the others are dvt's own.",
+        "[contract §11](contract.md#11-error-codes); the others are dvt's own.",
         "",
         "Codes are grouped by family: each family is a base class exported by `dvt_engine`",
         "(`except dvt_engine.SignalError:` catches every signal refusal).",

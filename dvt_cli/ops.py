@@ -157,7 +157,7 @@ def merge_parity(reports: list[Any]) -> dict[str, Any]:
 
 
 def parity_document(report: Any) -> dict[str, Any]:
-    """``{"equal", "checksums", "differences"}`` from the harness's report (contract 13)."""
+    """``{"equal", "checksums", "differences"}`` from the harness's report (contract §13)."""
     to_dict = getattr(report, "to_dict", None)
     data = to_dict() if to_dict is not None else _plain(report)
     if not isinstance(data, dict):

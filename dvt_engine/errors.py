@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 
 class ErrorCode(StrEnum):
-    """The stable error codes of dvt (contract section 11, plus the ones dvt adds)."""
+    """The stable error codes of dvt (contract §11, plus the ones dvt adds)."""
 
     PLAN_URI_NOT_ALLOWED = "PLAN_URI_NOT_ALLOWED"
     PLAN_INTEGRITY_VALIDATION_FAILED = "PLAN_INTEGRITY_VALIDATION_FAILED"

@@ -1,4 +1,4 @@
-"""Operator signals (contract section 6): requests, payloads and decisions."""
+"""Operator signals (contract §6): requests, payloads and decisions."""
 
 from __future__ import annotations
 

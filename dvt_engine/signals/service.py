@@ -1,4 +1,4 @@
-"""The signal service every engine shares: contract 6.2, in one place.
+"""The signal service every engine shares: contract §6.2, in one place.
 
 ``decide`` validates a signal, finds its run for the caller's tenant, answers a repeated
 signalId with the first decision, applies the rate limit, asks the authorizer, checks the run's
@@ -90,7 +90,7 @@ class SignalService:
     async def decide(
         self, request: SignalRequest, *, capabilities: frozenset[str] = frozenset()
     ) -> SignalVerdict:
-        """Decide ``request`` (contract 6.2); raise only for rules 1-2, return a verdict else."""
+        """Decide ``request`` (contract §6.2); raise only for rules 1-2, return a verdict else."""
         attributes: dict[str, str | None] = {
             telemetry.ATTR_TENANT_ID: request.tenant_id,
             telemetry.ATTR_RUN_ID: request.run_id,
@@ -174,7 +174,7 @@ class SignalService:
             else None
         )
         if header is None or snapshot is None:
-            # Unknown run and another tenant's run look the same to the caller (contract 6.2
+            # Unknown run and another tenant's run look the same to the caller (contract §6.2
             # rule 2): same message, same details, no tenant data.
             _log.info(
                 "signal %s refused: run %r not visible to the signal's tenant "
