@@ -89,3 +89,21 @@ def test_fixtures_are_listed(pytester: pytest.Pytester) -> None:
     for name in ("dvt_memory_store", "dvt_postgres_store", "dvt_reference_engine",
                  "dvt_temporal_engine", "dvt_temporal_time_skipping", "dvt_conductor_engine"):
         result.stdout.fnmatch_lines([f"{name}*"])
+
+
+def test_host_switches_to_the_temporal_engine(
+    pytester: pytest.Pytester, dvt_temporal_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host's process reuses this session's dev server instead of starting its own.
+    monkeypatch.setenv("DVT_TEST_TEMPORAL_ADDRESS", dvt_temporal_address)
+    pytester.makeini(INI)
+    pytester.makepyfile(test_host=HOST_TEST + '''
+
+async def test_greet_on_temporal(dvt_temporal_engine, dvt_store):
+    snapshot = await run_greet(dvt_temporal_engine, dvt_store, "r-2")
+    assert snapshot.status == "COMPLETED"
+    assert snapshot.engine_run_ref["provider"] == "temporal"
+    assert snapshot.step("greet").output == {"greeting": "hello host"}
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "temporal")
+    result.assert_outcomes(passed=1, deselected=2)
