@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from dvt_cli.output import EXIT_INTERNAL, EXIT_REFUSED, emit_json, print_error
+from dvt_cli.output import EXIT_INTERNAL, EXIT_REFUSED, emit_json, print_error, say
 from dvt_engine.errors import DvtError
 
 DEBUG_ENV = "DVT_DEBUG"
@@ -34,7 +34,7 @@ def execute(as_json: bool, body: Callable[[], Awaitable[int]]) -> None:
         print_error(error, as_json=as_json)
         code = EXIT_REFUSED
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        say("interrupted", err=True)
         code = 130
     except Exception as error:  # the last line of defence: a message, never a traceback
         code = EXIT_INTERNAL
@@ -55,8 +55,8 @@ def _internal(error: BaseException, as_json: bool) -> None:
         emit_json({"error": {"code": "INTERNAL_ERROR", "message": message,
                              "details": {"retryable": False, "hint": hint}}})
     else:
-        click.echo(f"error INTERNAL_ERROR: {message}", err=True)
-        click.echo(f"hint: {hint}", err=True)
+        say(f"error INTERNAL_ERROR: {message}", err=True)
+        say(f"hint: {hint}", err=True)
 
 
 def json_requested(args: list[str] | tuple[str, ...] | Any) -> bool:

@@ -10,7 +10,7 @@ import click
 
 from dvt_cli import ops, runs
 from dvt_cli.execution import end_process, execute, json_requested
-from dvt_cli.output import EXIT_REFUSED, emit_json
+from dvt_cli.output import EXIT_REFUSED, emit_json, say
 from dvt_cli.session import import_handlers
 from dvt_cli.settings import (
     DEFAULT_ENVIRONMENT,
@@ -316,7 +316,7 @@ def run_command(args: list[str]) -> int:
     except click.UsageError as exc:
         return _usage_error(exc, json_requested(args))
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        say("aborted", err=True)
         return 130
     except DvtError as exc:  # raised while reading options (e.g. --handlers)
         from dvt_cli.output import print_error
@@ -333,8 +333,8 @@ def _usage_error(exc: click.UsageError, as_json: bool) -> int:
         emit_json({"error": {"code": "USAGE_ERROR", "message": exc.format_message(),
                              "details": {"retryable": False, "hint": hint}}})
     else:
-        click.echo(f"error USAGE_ERROR: {exc.format_message()}", err=True)
-        click.echo(f"hint: {hint}", err=True)
+        say(f"error USAGE_ERROR: {exc.format_message()}", err=True)
+        say(f"hint: {hint}", err=True)
     return EXIT_REFUSED
 
 
