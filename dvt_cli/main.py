@@ -192,7 +192,8 @@ def signal(run_id: str, action: str, step: str | None, signal_id: str | None,
         role_text = ",".join(roles) if roles else os.environ.get("DVT_ROLES")
         options = runs.SignalOptions(
             run_id=run_id, action=action, step_id=step, signal_id=signal_id,
-            actor=actor or default_actor(), roles=parse_roles(role_text), reason=reason,
+            actor=default_actor() if actor is None else actor, roles=parse_roles(role_text),
+            reason=reason,
         )
         return await runs.send_signal(settings, options)
 

@@ -86,15 +86,46 @@ def error_document(error: DvtError) -> dict[str, Any]:
     return {"error": {"code": str(error.code), "message": error.message, "details": details}}
 
 
+MAX_LISTED_ERRORS = 10
+
+
 def print_error(error: DvtError, *, as_json: bool) -> None:
-    """Show a coded error: JSON on stdout under --json, else code, message and hint on stderr."""
+    """Show a coded error: JSON on stdout under --json, else code, message and hint on stderr.
+
+    For people, a list of failing paths (``details.errors``) is printed below the message, and
+    a hint that points at that JSON field says where the paths are instead.
+    """
     if as_json:
         emit_json(error_document(error))
         return
     say(f"error {error.code}: {error.message}", err=True)
+    listed = _listed_errors(error)
+    for line in listed:
+        say(line, err=True)
     hint = hint_of(error)
+    if hint and "details.errors" in hint:
+        # That field exists only in --json output.
+        hint = "the failing paths are listed above" if listed else ""
     if hint:
         say(f"hint: {hint}", err=True)
+
+
+def _listed_errors(error: DvtError) -> list[str]:
+    errors = error.details.get("errors") if isinstance(error.details, Mapping) else None
+    if not isinstance(errors, list):
+        return []
+    lines = []
+    for item in errors[:MAX_LISTED_ERRORS]:
+        if not isinstance(item, Mapping):
+            continue
+        message = str(item.get("message") or "")
+        path = str(item.get("path") or "")
+        if message == error.message and not path.strip("/"):
+            continue  # the message above already says all of it
+        lines.append(f"  at {path or '/'}: {message}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_LISTED_ERRORS} more (--json lists all)")
+    return lines
 
 
 def run_document(snapshot: RunSnapshot) -> dict[str, Any]:

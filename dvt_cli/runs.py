@@ -19,7 +19,7 @@ from dvt_cli.session import (
     store_session,
 )
 from dvt_cli.settings import Settings
-from dvt_engine.errors import RunNotFound, UsageError
+from dvt_engine.errors import PlanInvalid, RunNotFound, SchemaValidationFailed, UsageError
 from dvt_engine.idempotency import run_request_key
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.events import Event
@@ -79,7 +79,13 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
         )
     i = settings.identity
     async with store_session(settings) as store:
-        plan_ref = await store_plan(store, data)
+        try:
+            plan_ref = await store_plan(store, data)
+        except (SchemaValidationFailed, PlanInvalid) as exc:
+            # The class hint names a JSON field; people get a command that shows everything.
+            exc.details["hint"] = (f"`dvt validate {options.plan_path}` lists every problem "
+                                   "of the plan file")
+            raise
         context = RunContext(
             tenant_id=i.tenant, project_id=i.project, environment_id=i.environment,
             run_id=run_id, run_request_id=options.request_id,
@@ -187,8 +193,10 @@ async def validate_plan(settings: Settings, plan_path: str) -> int:
         out.emit_json(report.model_dump(mode="json"))
     else:
         verdict = "can run" if report.ok else "cannot run"
-        out.say(f"plan {report.plan_id or '?'}@{report.plan_version or '?'} {verdict} "
-                   f"on {report.engine}")
+        # A file that is no plan document has no id to show: name the file instead.
+        what = (f"plan {report.plan_id}@{report.plan_version or '?'}" if report.plan_id
+                else f"plan file {plan_path} (no plan id could be read)")
+        out.say(f"{what} {verdict} on {report.engine}")
         for issue in report.issues:
             where = f" [{issue.step_id or issue.path}]" if (issue.step_id or issue.path) else ""
             out.say(f"  {issue.severity} {issue.code}{where}: {issue.message}")
