@@ -19,7 +19,7 @@ from dvt_cli.session import (
     store_session,
 )
 from dvt_cli.settings import Settings
-from dvt_engine.errors import PlanInvalid, RunNotFound, SchemaValidationFailed, UsageError
+from dvt_engine.errors import RunNotFound, SchemaValidationFailed, UsageError
 from dvt_engine.idempotency import run_request_key
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.events import Event
@@ -81,7 +81,7 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
     async with store_session(settings) as store:
         try:
             plan_ref = await store_plan(store, data)
-        except (SchemaValidationFailed, PlanInvalid) as exc:
+        except SchemaValidationFailed as exc:
             # The class hint names a JSON field; people get a command that shows everything.
             exc.details["hint"] = (f"`dvt validate {options.plan_path}` lists every problem "
                                    "of the plan file")
