@@ -1,4 +1,4 @@
-"""The shared signal service: the run-state rule (contract 6.2 rule 4) and hostile input."""
+"""The shared signal service: the run-state rule (contract §6.2, rule 4) and hostile input."""
 
 from __future__ import annotations
 
