@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
+import sys
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from dvt_cli.output import EXIT_INTERNAL, EXIT_REFUSED, emit_json, print_error
+from dvt_cli.output import EXIT_INTERNAL, EXIT_REFUSED, emit_json, print_error, say
 from dvt_engine.errors import DvtError
 
 DEBUG_ENV = "DVT_DEBUG"
+# Native extensions whose own OS threads outlive the work of a command and may call back into
+# Python while the interpreter finalizes. The Temporal SDK's core runs a Tokio runtime behind
+# PyO3 that the SDK can neither stop nor join (temporalio/sdk-python#300 is open upstream):
+# closing workers does not end it, and clients have no close. A callback from one of its
+# threads during finalization aborts the process ("Fatal Python error: PyGILState_Release ...
+# finalizing", exit 134) or crashes it (139) after the command's output was printed.
+NATIVE_RUNTIME_MODULES = ("temporalio.bridge.temporal_sdk_bridge",)
 
 
 def execute(as_json: bool, body: Callable[[], Awaitable[int]]) -> None:
@@ -24,7 +34,7 @@ def execute(as_json: bool, body: Callable[[], Awaitable[int]]) -> None:
         print_error(error, as_json=as_json)
         code = EXIT_REFUSED
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        say("interrupted", err=True)
         code = 130
     except Exception as error:  # the last line of defence: a message, never a traceback
         code = EXIT_INTERNAL
@@ -45,10 +55,30 @@ def _internal(error: BaseException, as_json: bool) -> None:
         emit_json({"error": {"code": "INTERNAL_ERROR", "message": message,
                              "details": {"retryable": False, "hint": hint}}})
     else:
-        click.echo(f"error INTERNAL_ERROR: {message}", err=True)
-        click.echo(f"hint: {hint}", err=True)
+        say(f"error INTERNAL_ERROR: {message}", err=True)
+        say(f"hint: {hint}", err=True)
 
 
 def json_requested(args: list[str] | tuple[str, ...] | Any) -> bool:
     """True when ``--json`` appears on the command line (for errors before options parse)."""
     return isinstance(args, list | tuple) and "--json" in args
+
+
+def end_process(code: int) -> NoReturn:
+    """End the ``dvt`` process with ``code``; skip interpreter finalization when a native
+    runtime with its own threads is loaded (see NATIVE_RUNTIME_MODULES).
+
+    The controlled end does what a normal exit does first - run the ``atexit`` callbacks
+    (logging, telemetry exporters) and flush stdout and stderr - and then leaves through
+    ``os._exit``, so no native thread can touch a finalizing interpreter.
+    """
+    if not any(name in sys.modules for name in NATIVE_RUNTIME_MODULES):
+        sys.exit(code)
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            # A closed pipe (dvt events | head) must not change the exit status.
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import click
 
 from dvt_cli import ops, runs
-from dvt_cli.execution import execute, json_requested
-from dvt_cli.output import EXIT_REFUSED, emit_json
+from dvt_cli.execution import end_process, execute, json_requested
+from dvt_cli.output import EXIT_REFUSED, emit_json, say
 from dvt_cli.session import import_handlers
 from dvt_cli.settings import (
     DEFAULT_ENVIRONMENT,
@@ -192,7 +192,8 @@ def signal(run_id: str, action: str, step: str | None, signal_id: str | None,
         role_text = ",".join(roles) if roles else os.environ.get("DVT_ROLES")
         options = runs.SignalOptions(
             run_id=run_id, action=action, step_id=step, signal_id=signal_id,
-            actor=actor or default_actor(), roles=parse_roles(role_text), reason=reason,
+            actor=default_actor() if actor is None else actor, roles=parse_roles(role_text),
+            reason=reason,
         )
         return await runs.send_signal(settings, options)
 
@@ -295,35 +296,47 @@ def dev_status(as_json: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: click's usage errors become USAGE_ERROR, JSON under --json."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Console entry point: click's usage errors become USAGE_ERROR, JSON under --json.
+
+    Without ``argv`` this is the ``dvt`` process itself, which ends through ``end_process``
+    (no interpreter finalization while Temporal's native threads live); with ``argv`` (a
+    program embedding the command, the tests) it raises SystemExit like any click command.
+    """
+    code = run_command(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        end_process(code)
+    sys.exit(code)
+
+
+def run_command(args: list[str]) -> int:
+    """Run ``dvt ARGS`` and return its exit status (errors are printed, never raised)."""
     try:
         code = cli.main(args=args, prog_name="dvt", standalone_mode=False)
     except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
+        return int(done.exit_code)
     except click.UsageError as exc:
-        _usage_error(exc, json_requested(args))
+        return _usage_error(exc, json_requested(args))
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        say("aborted", err=True)
+        return 130
     except DvtError as exc:  # raised while reading options (e.g. --handlers)
         from dvt_cli.output import print_error
 
         print_error(exc, as_json=json_requested(args))
-        sys.exit(EXIT_REFUSED)
-    sys.exit(code if isinstance(code, int) else 0)
+        return EXIT_REFUSED
+    return code if isinstance(code, int) else 0
 
 
-def _usage_error(exc: click.UsageError, as_json: bool) -> None:
+def _usage_error(exc: click.UsageError, as_json: bool) -> int:
     hint = (f"see `{exc.ctx.command_path} --help`" if exc.ctx is not None
             else "see `dvt --help`")
     if as_json:
         emit_json({"error": {"code": "USAGE_ERROR", "message": exc.format_message(),
                              "details": {"retryable": False, "hint": hint}}})
     else:
-        click.echo(f"error USAGE_ERROR: {exc.format_message()}", err=True)
-        click.echo(f"hint: {hint}", err=True)
-    sys.exit(EXIT_REFUSED)
+        say(f"error USAGE_ERROR: {exc.format_message()}", err=True)
+        say(f"hint: {hint}", err=True)
+    return EXIT_REFUSED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,8 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import click
-
 from dvt_cli import devenv
 from dvt_cli import output as out
 from dvt_cli.plans import read_plan_bytes
@@ -103,18 +101,19 @@ async def parity(settings: Settings, plan_path: str, engines: list[str],
         out.emit_json(document)
     else:
         verdict = "equal" if document["equal"] else "DIFFERENT"
-        click.echo(f"parity {' vs '.join(engines)}: {verdict}")
+        out.say(f"parity {' vs '.join(engines)}: {verdict}")
         for name, checksum in document["checksums"].items():
-            click.echo(f"  {name:<10} {checksum}")
+            out.say(f"  {name:<10} {checksum}")
         for diff in document["differences"]:
             if isinstance(diff, dict) and "message" in diff:
-                click.echo(f"  - [{diff.get('kind')}] {diff['message']}")
+                out.say(f"  - [{diff.get('kind')}] {diff['message']}")
             else:
-                click.echo(f"  - {diff if isinstance(diff, str) else out.dumps(diff)}")
+                out.say(f"  - {diff if isinstance(diff, str) else out.dumps(diff)}")
         for report in reports:
             text = getattr(report, "diff", "")
-            if text:
-                click.echo(text)
+            # The diff's own line breaks; any inside a value was escaped by ``say``.
+            for line in str(text or "").split("\n") if text else ():
+                out.say(line)
     return out.EXIT_OK if document["equal"] else out.EXIT_RUN_FAILED
 
 
@@ -192,9 +191,9 @@ async def migrate(settings: Settings) -> int:
     else:
         if result:
             shown = ", ".join(str(v) for v in result) if isinstance(result, list) else result
-            click.echo(f"applied migrations: {shown}")
+            out.say(f"applied migrations: {shown}")
         else:
-            click.echo("migrations: already up to date")
+            out.say("migrations: already up to date")
     return out.EXIT_OK
 
 
@@ -206,13 +205,13 @@ async def rebuild(settings: Settings) -> int:
     if settings.json:
         out.emit_json({"rebuilt": result})
     elif isinstance(result, dict) and "runs" in result:
-        click.echo(f"rebuilt {result['runs']} run snapshots from {result.get('events', '?')} "
+        out.say(f"rebuilt {result['runs']} run snapshots from {result.get('events', '?')} "
                    f"events in {float(result.get('seconds', 0)):.2f}s")
         for key in ("differed", "raced"):
             if result.get(key):
-                click.echo(f"  {key}: {', '.join(map(str, result[key]))}")
+                out.say(f"  {key}: {', '.join(map(str, result[key]))}")
     else:
-        click.echo(f"snapshots rebuilt: {result}")
+        out.say(f"snapshots rebuilt: {result}")
     return out.EXIT_OK
 
 
@@ -241,7 +240,7 @@ async def worker(settings: Settings, engine_name: str, queues: tuple[str, ...] =
                                                                 worker=False))
         try:
             if not settings.json:
-                click.echo(f"dvt worker: {engine_name} at {address}; Ctrl-C stops after "
+                out.say(f"dvt worker: {engine_name} at {address}; Ctrl-C stops after "
                            "running steps finish")
                 out.flush()
             await _serve(engine_name, engine, stop, queues)
@@ -291,11 +290,11 @@ def _print_dev(status: dict[str, Any]) -> None:
         info = status.get(part) or {}
         if info.get("running"):
             where = info.get("url") or info.get("address") or info.get("serverUrl") or ""
-            click.echo(f"{part:<10} running  {where}  (pid {info.get('pid')})")
+            out.say(f"{part:<10} running  {where}  (pid {info.get('pid')})")
         elif info.get("installed") is False:
-            click.echo(f"{part:<10} not installed")
+            out.say(f"{part:<10} not installed")
         else:
-            click.echo(f"{part:<10} stopped")
+            out.say(f"{part:<10} stopped")
 
 
 async def dev_up(settings: Settings, parts: list[str]) -> int:
@@ -319,7 +318,7 @@ async def dev_up(settings: Settings, parts: list[str]) -> int:
         _print_dev(status)
         store = status["postgres"].get("url")
         if store:
-            click.echo(f"commands now use the store {store} unless --store is given")
+            out.say(f"commands now use the store {store} unless --store is given")
     return out.EXIT_OK
 
 
@@ -349,9 +348,9 @@ async def dev_down(settings: Settings, purge: bool = False) -> int:
         out.emit_json({"stopped": stopped, "removed": removed})
     else:
         for part, was in stopped.items():
-            click.echo(f"{part:<10} {'stopped' if was else 'was not running'}")
+            out.say(f"{part:<10} {'stopped' if was else 'was not running'}")
         for path in removed:
-            click.echo(f"removed {path}")
+            out.say(f"removed {path}")
     return out.EXIT_OK
 
 

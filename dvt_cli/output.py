@@ -1,4 +1,11 @@
-"""Printing for people and for scripts: JSON shapes of contract §13, coded errors."""
+"""Printing for people and for scripts: JSON shapes of contract §13, coded errors.
+
+Every line for people goes through ``say`` (or ``notice``), which renders it with ``safe``:
+run ids, reasons, actor ids, step outputs and error messages come from users and plans, and a
+terminal must never interpret them (an escape sequence that clears the screen, a CR or LF that
+starts a forged line, a U+202E that reverses what follows). JSON output escapes the same
+characters inside its strings, so it stays one line per document and prints as plain text.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +27,37 @@ EXIT_REFUSED = 2
 EXIT_INTERNAL = 3
 
 
+def safe(value: Any) -> str:
+    """``value`` as text a terminal shows literally: every character that is not printable -
+    controls (ESC, CR, LF, BEL, C1), format and bidi controls (U+202E), line separators, lone
+    surrogates - becomes a visible Python-style escape such as ``\\x1b`` or ``\\u202e``."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def say(line: Any = "", *, err: bool = False) -> None:
+    """Print one line for people, rendered with ``safe`` (stdout, or stderr with ``err``)."""
+    click.echo(safe(line), err=err)
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells characters beyond the BMP as a surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def dumps(value: Any) -> str:
-    """One line of JSON (UTF-8 characters kept, no trailing spaces)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    """One line of JSON: printable UTF-8 kept as is, every other character ``\\uXXXX``-escaped
+    (json escapes only C0 controls; DEL, C1, bidi controls and lone surrogates are ours)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    if text.isprintable():
+        return text
+    # Outside strings a JSON document is printable ASCII, so this only touches string content.
+    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
 
 
 def emit_json(value: Any) -> None:
@@ -32,7 +67,7 @@ def emit_json(value: Any) -> None:
 
 def notice(message: str) -> None:
     """A one-line remark for people, on stderr so it never mixes with JSON output."""
-    click.echo(message, err=True)
+    say(message, err=True)
 
 
 def hint_of(error: DvtError) -> str:
@@ -51,15 +86,46 @@ def error_document(error: DvtError) -> dict[str, Any]:
     return {"error": {"code": str(error.code), "message": error.message, "details": details}}
 
 
+MAX_LISTED_ERRORS = 10
+
+
 def print_error(error: DvtError, *, as_json: bool) -> None:
-    """Show a coded error: JSON on stdout under --json, else code, message and hint on stderr."""
+    """Show a coded error: JSON on stdout under --json, else code, message and hint on stderr.
+
+    For people, a list of failing paths (``details.errors``) is printed below the message, and
+    a hint that points at that JSON field says where the paths are instead.
+    """
     if as_json:
         emit_json(error_document(error))
         return
-    click.echo(f"error {error.code}: {error.message}", err=True)
+    say(f"error {error.code}: {error.message}", err=True)
+    listed = _listed_errors(error)
+    for line in listed:
+        say(line, err=True)
     hint = hint_of(error)
+    if hint and "details.errors" in hint:
+        # That field exists only in --json output.
+        hint = "the failing paths are listed above" if listed else ""
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        say(f"hint: {hint}", err=True)
+
+
+def _listed_errors(error: DvtError) -> list[str]:
+    errors = error.details.get("errors") if isinstance(error.details, Mapping) else None
+    if not isinstance(errors, list):
+        return []
+    lines = []
+    for item in errors[:MAX_LISTED_ERRORS]:
+        if not isinstance(item, Mapping):
+            continue
+        message = str(item.get("message") or "")
+        path = str(item.get("path") or "")
+        if message == error.message and not path.strip("/"):
+            continue  # the message above already says all of it
+        lines.append(f"  at {path or '/'}: {message}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_LISTED_ERRORS} more (--json lists all)")
+    return lines
 
 
 def run_document(snapshot: RunSnapshot) -> dict[str, Any]:
@@ -117,9 +183,9 @@ def print_snapshot(snapshot: RunSnapshot) -> None:
     status = str(snapshot.status)
     if snapshot.substatus:
         status += f" ({snapshot.substatus})"
-    click.echo(f"run {snapshot.run_id}  plan {snapshot.plan_id}@{snapshot.plan_version}  {status}")
+    say(f"run {snapshot.run_id}  plan {snapshot.plan_id}@{snapshot.plan_version}  {status}")
     if snapshot.duration_ms is not None:
-        click.echo(f"duration {snapshot.duration_ms} ms")
+        say(f"duration {snapshot.duration_ms} ms")
     width = max([len(s.step_id) for s in snapshot.steps] + [4])
     for step in snapshot.steps:
         line = f"  {step.step_id:<{width}}  {step.status!s:<8}"
@@ -131,11 +197,11 @@ def print_snapshot(snapshot: RunSnapshot) -> None:
             line += f" {step.error.code}: {step.error.message}"
         if step.skip_reason:
             line += f" ({step.skip_reason})"
-        click.echo(line.rstrip())
+        say(line.rstrip())
     if snapshot.failure is not None:
         f = snapshot.failure
-        click.echo(f"failure: {f.step_id or 'run'} {f.code}: {f.message}")
-    click.echo(f"checksum {snapshot_checksum(snapshot)}")
+        say(f"failure: {f.step_id or 'run'} {f.code}: {f.message}")
+    say(f"checksum {snapshot_checksum(snapshot)}")
 
 
 def flush() -> None:

@@ -7,7 +7,6 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-import click
 from pydantic import TypeAdapter, ValidationError
 
 from dvt_cli import output as out
@@ -20,7 +19,7 @@ from dvt_cli.session import (
     store_session,
 )
 from dvt_cli.settings import Settings
-from dvt_engine.errors import RunNotFound, UsageError
+from dvt_engine.errors import RunNotFound, SchemaValidationFailed, UsageError
 from dvt_engine.idempotency import run_request_key
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.events import Event
@@ -80,7 +79,13 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
         )
     i = settings.identity
     async with store_session(settings) as store:
-        plan_ref = await store_plan(store, data)
+        try:
+            plan_ref = await store_plan(store, data)
+        except SchemaValidationFailed as exc:
+            # The class hint names a JSON field; people get a command that shows everything.
+            exc.details["hint"] = (f"`dvt validate {options.plan_path}` lists every problem "
+                                   "of the plan file")
+            raise
         context = RunContext(
             tenant_id=i.tenant, project_id=i.project, environment_id=i.environment,
             run_id=run_id, run_request_id=options.request_id,
@@ -90,10 +95,10 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
             await engine.start_run(plan_ref, context)
             header = await _started_run(store, plan_ref, context)
             if not settings.json:
-                click.echo(f"run {header.run_id} started on {header.engine} "
+                out.say(f"run {header.run_id} started on {header.engine} "
                            f"(plan {header.plan_id}@{header.plan_version}, {plan_ref.uri})")
                 if header.requires_approval:
-                    click.echo(f"the plan requires approval: dvt signal {header.run_id} "
+                    out.say(f"the plan requires approval: dvt signal {header.run_id} "
                                "approve-run (from another shell, with a lasting store)")
                 out.flush()
             if options.detach:
@@ -139,7 +144,7 @@ async def _started_run(store: RunStateStore, plan_ref: PlanRef, context: RunCont
 
 
 def _print_event(event: Event) -> None:
-    click.echo(out.describe_event(event))
+    out.say(out.describe_event(event))
     out.flush()
 
 
@@ -188,14 +193,16 @@ async def validate_plan(settings: Settings, plan_path: str) -> int:
         out.emit_json(report.model_dump(mode="json"))
     else:
         verdict = "can run" if report.ok else "cannot run"
-        click.echo(f"plan {report.plan_id or '?'}@{report.plan_version or '?'} {verdict} "
-                   f"on {report.engine}")
+        # A file that is no plan document has no id to show: name the file instead.
+        what = (f"plan {report.plan_id}@{report.plan_version or '?'}" if report.plan_id
+                else f"plan file {plan_path} (no plan id could be read)")
+        out.say(f"{what} {verdict} on {report.engine}")
         for issue in report.issues:
             where = f" [{issue.step_id or issue.path}]" if (issue.step_id or issue.path) else ""
-            click.echo(f"  {issue.severity} {issue.code}{where}: {issue.message}")
+            out.say(f"  {issue.severity} {issue.code}{where}: {issue.message}")
         caps = report.capabilities
         if caps is not None and caps.required:
-            click.echo(f"  capabilities: {caps.resolution} (missing: "
+            out.say(f"  capabilities: {caps.resolution} (missing: "
                        f"{', '.join(caps.missing) or 'none'})")
     return out.EXIT_OK if report.ok else out.EXIT_REFUSED
 
@@ -206,6 +213,7 @@ async def validate_plan(settings: Settings, plan_path: str) -> int:
 async def show_status(settings: Settings, run_id: str) -> int:
     """Print a run's snapshot."""
     _identity_checked(settings)
+    validate_identifier("run id", run_id)
     settings = resolve(settings)
     async with store_session(settings) as store:
         snapshot = await _snapshot(store, settings.identity.tenant, run_id)
@@ -218,30 +226,39 @@ async def show_status(settings: Settings, run_id: str) -> int:
 
 async def show_events(settings: Settings, run_id: str, follow: bool,
                       until: str | None = None) -> int:
-    """Print a run's events in runSeq order (JSON Lines under --json).
+    """Print every stored event of a run in runSeq order (JSON Lines under --json).
 
-    ``follow`` keeps printing new events until the run ends; ``until`` stops after the first
-    event of that type (waiting for it if needed), or at the end of the run.
+    ``follow`` keeps printing new events until the run's terminal event, then prints what is
+    already stored after it (signals decided on the ended run); ``until`` stops after the first
+    event of that type (waiting for it if needed), or like ``follow`` at the end of the run.
     """
     _identity_checked(settings)
+    validate_identifier("run id", run_id)
     settings = resolve(settings)
     tenant = settings.identity.tenant
-    stop_at = set(TERMINAL_EVENTS) | ({until} if until else set())
     async with store_session(settings) as store:
         await _snapshot(store, tenant, run_id)
         last_seq = 0
+        ended = False
         for event in await store.fetch_events(tenant, run_id):
             _emit_event(event, settings.json)
             last_seq = event.run_seq or last_seq
-            if until is not None and event.event_type in stop_at:
+            if until is not None and event.event_type == until:
+                return out.EXIT_OK
+            ended = ended or event.event_type in TERMINAL_EVENTS
+        if ended or not (follow or until is not None):
+            return out.EXIT_OK
+        async for event in store.follow(tenant, run_id, after_seq=last_seq):
+            _emit_event(event, settings.json)
+            last_seq = event.run_seq or last_seq
+            if until is not None and event.event_type == until:
                 return out.EXIT_OK
             if event.event_type in TERMINAL_EVENTS:
-                return out.EXIT_OK
-        if follow or until is not None:
-            async for event in store.follow(tenant, run_id, after_seq=last_seq):
-                _emit_event(event, settings.json)
-                if event.event_type in stop_at:
-                    break
+                break
+        # Decisions on signals that arrived after the end (e.g. a rejected PAUSE) follow the
+        # terminal event in the log; they are part of the run's record.
+        for event in await store.fetch_events(tenant, run_id, after_seq=last_seq):
+            _emit_event(event, settings.json)
     return out.EXIT_OK
 
 
@@ -249,7 +266,7 @@ def _emit_event(event: Event, as_json: bool) -> None:
     if as_json:
         out.emit_json(out.event_document(event))
     else:
-        click.echo(out.describe_event(event))
+        out.say(out.describe_event(event))
     out.flush()
 
 
@@ -264,10 +281,10 @@ async def list_runs(settings: Settings, statuses: tuple[str, ...], limit: int) -
         out.emit_json({"runs": [r.model_dump(mode="json") for r in rows]})
         return out.EXIT_OK
     if not rows:
-        click.echo("no runs")
+        out.say("no runs")
     for r in rows:
         status = str(r.status) + (f" ({r.substatus})" if r.substatus else "")
-        click.echo(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
+        out.say(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
                    f"{r.created_at.isoformat(timespec='seconds')}")
     return out.EXIT_OK
 
@@ -326,6 +343,14 @@ def signal_payload(options: SignalOptions) -> dict[str, Any]:
 async def send_signal(settings: Settings, options: SignalOptions) -> int:
     """Send a signal to a run through the engine that runs it; print the decision."""
     _identity_checked(settings)
+    # Everything typed on the command line is checked here, with coded errors, before a
+    # request model is built or anything is looked up.
+    validate_identifier("run id", options.run_id)
+    validate_identifier("actor", options.actor)
+    if options.signal_id is not None:
+        validate_identifier("signal id", options.signal_id)
+    if options.step_id is not None:
+        validate_identifier("step id", options.step_id)
     settings = resolve(settings)
     tenant = settings.identity.tenant
     request = SignalRequest(
@@ -357,11 +382,11 @@ async def send_signal(settings: Settings, options: SignalOptions) -> int:
         verdict = "accepted" if decision.accepted else "rejected"
         extra = " (duplicate: first decision repeated)" if decision.duplicate else ""
         extra += " (no-op)" if decision.no_op else ""
-        click.echo(f"signal {decision.signal_id} {decision.type} {verdict}{extra}")
+        out.say(f"signal {decision.signal_id} {decision.type} {verdict}{extra}")
         if decision.error_code:
-            click.echo(f"  {decision.error_code}: {decision.message or ''}".rstrip())
+            out.say(f"  {decision.error_code}: {decision.message or ''}".rstrip())
         if decision.new_run_id:
-            click.echo(f"  new run {decision.new_run_id}")
+            out.say(f"  new run {decision.new_run_id}")
     return out.EXIT_OK if decision.accepted else out.EXIT_REFUSED
 
 

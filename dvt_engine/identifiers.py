@@ -33,12 +33,13 @@ def identifier_problem(value: Any) -> str | None:
 
 
 def validate_identifier(name: str, value: Any) -> str:
-    """Return ``value`` if it is a valid identifier, else raise ``IDENTIFIER_INVALID``."""
+    """Return ``value`` if it is a valid identifier, else raise ``IDENTIFIER_INVALID``.
+
+    The error names the field and the rule broken, never the value: it may be hostile text
+    (terminal escapes, forged lines) or someone else's data, and error details are printed and
+    logged verbatim by callers.
+    """
     problem = identifier_problem(value)
     if problem is not None:
-        shown = value[:60] + "..." if isinstance(value, str) and len(value) > 60 else value
-        raise IdentifierInvalid(
-            f"{name} {problem}",
-            details={"field": name, "value": repr(shown), "problem": problem},
-        )
+        raise IdentifierInvalid(f"{name} {problem}", details={"field": name, "problem": problem})
     return str(value)

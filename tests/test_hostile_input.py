@@ -119,6 +119,11 @@ def test_hostile_identifiers_are_refused_with_a_code(value: Any) -> None:
             validate_identifier("stepId", value)
         assert info.value.code is ErrorCode.IDENTIFIER_INVALID
         json.dumps(info.value.to_dict())
+        # docs/signals.md: error details name the field and the rule broken, never the value.
+        assert info.value.details == {"field": "stepId", "problem": problem}
+        assert info.value.message == f"stepId {problem}"
+        if isinstance(value, str) and len(value) > 3:
+            assert value not in json.dumps(info.value.to_dict(), ensure_ascii=False)
         return
     result = validate_identifier("stepId", value)
     assert result == value

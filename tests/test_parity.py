@@ -338,7 +338,7 @@ def test_conditions_match_run_and_step_fields() -> None:
 
 
 def test_order_intent_across_streams() -> None:
-    from contract_tests.scenarios import _order_problems
+    from contract_tests.expected import _order_problems
 
     events = [NormalizedEvent("RunPaused", None, 1), NormalizedEvent("StepStarted", "b", 1),
               NormalizedEvent("RunResumed", None, 1)]

@@ -1,172 +1,46 @@
-"""The shared signal service: contract §6.2's rules, their order, records and idempotency."""
+"""The shared signal service: payload and tenant rules, duplicates, rate limit, authorization."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import ValidationError
+from signal_helpers import (
+    RATE,
+    TENANT,
+    FakeClock,
+    new_run,
+    request,
+)
 
 from dvt_engine.errors import (
-    DvtError,
     ErrorCode,
     IdentifierInvalid,
-    IllegalTransition,
     RunNotFound,
-    RunTerminal,
-    SchemaValidationFailed,
     SignalInvalidPayload,
     SignalRateLimited,
     SignalUnauthorized,
-    StepNotAwaitingApproval,
-    StepNotFound,
-    StepNotRetryable,
-    StepTerminal,
-    UsageError,
 )
-from dvt_engine.eventlog import EventFactory, RunWriter
-from dvt_engine.idempotency import run_request_key, signal_key
-from dvt_engine.models.events import Event, EventType
-from dvt_engine.models.plan import PlanRef
-from dvt_engine.models.run import RunHeader, RunStatus, StepOutline, StepStatus, StepSubstatus
+from dvt_engine.models.events import EventType
+from dvt_engine.models.run import StepStatus
 from dvt_engine.models.signals import (
+    MAX_ACTOR_ROLES,
+    MAX_PAYLOAD_ITEMS,
     Actor,
-    ApproveStepPayload,
     Role,
-    SignalDecision,
     SignalRequest,
     SignalType,
 )
 from dvt_engine.ports import AuthorizationRequest, AuthorizationResult
 from dvt_engine.signals import (
-    RATE_LIMIT_CAPABILITY,
-    AcceptedSignal,
     RoleBasedAuthorizer,
     SignalService,
-    SignalVerdict,
-    decision_from_record,
-    new_run_context,
     parse_signal_request,
     raise_for_rejection,
 )
 from dvt_engine.stores.memory import MemoryRunStateStore
-
-TENANT = "tenant-a"
-RATE = frozenset({RATE_LIMIT_CAPABILITY})
-ALL_ROLES = (Role.ADMIN, Role.APPROVER)
-_ids = itertools.count(1)
-
-
-# --- building runs in known states ------------------------------------------------------------
-
-
-def make_header(
-    run_id: str, *, tenant: str = TENANT, requires_approval: bool = False
-) -> RunHeader:
-    plan_ref = PlanRef(uri="plan://sha256/" + "a" * 64, sha256="a" * 64, schema_version="v1.2",
-                       plan_id="plan", plan_version="1.0.0")
-    return RunHeader(
-        tenant_id=tenant, project_id="proj", environment_id="env", run_id=run_id,
-        plan_id="plan", plan_version="1.0.0", plan_ref=plan_ref,
-        steps=(StepOutline(step_id="a", kind="noop"),
-               StepOutline(step_id="b", kind="noop", depends_on=("a",)),
-               StepOutline(step_id="gate", kind="approval")),
-        requires_approval=requires_approval, engine="reference",
-        run_request_key=run_request_key(tenant, "proj", "env", "plan", "1.0.0", run_id),
-        params={"date": "2026-11-21"}, created_at=datetime(2026, 11, 21, tzinfo=UTC),
-    )
-
-
-class Run:
-    """A registered run driven through real events (the state machine checks every one)."""
-
-    def __init__(self, store: MemoryRunStateStore, header: RunHeader) -> None:
-        self.store, self.header = store, header
-        self.writer = RunWriter(store, header)
-        self.events = EventFactory(header, "engine")
-        self.pauses = 0
-
-    @property
-    def run_id(self) -> str:
-        return self.header.run_id
-
-    async def run(self, event_type: EventType, payload: dict[str, Any] | None = None,
-                  discriminator: int | None = None) -> None:
-        await self.writer.append(self.events.run_event(event_type, payload,
-                                                       discriminator=discriminator))
-
-    async def step(self, event_type: EventType, step_id: str,
-                   payload: dict[str, Any] | None = None, attempt: int = 1) -> None:
-        await self.writer.append(self.events.step_event(event_type, step_id, payload,
-                                                        logical_attempt_id=attempt))
-
-    async def start(self) -> Run:
-        await self.run(EventType.RUN_STARTED, {"engine": "reference"})
-        return self
-
-    async def pause(self) -> Run:
-        self.pauses += 1
-        await self.run(EventType.RUN_PAUSED, {"ordinal": self.pauses}, self.pauses)
-        return self
-
-    async def fail_step(self, step_id: str) -> Run:
-        await self.step(EventType.STEP_STARTED, step_id, {"kind": "noop"})
-        await self.step(EventType.STEP_FAILED, step_id,
-                        {"error": {"code": "BOOM", "message": "boom", "retryable": False}})
-        return self
-
-    async def complete_step(self, step_id: str) -> Run:
-        await self.step(EventType.STEP_STARTED, step_id, {"kind": "noop"})
-        await self.step(EventType.STEP_COMPLETED, step_id, {"output": {"ok": True}})
-        return self
-
-    async def await_gate(self) -> Run:
-        await self.step(EventType.STEP_STARTED, "gate", {"kind": "approval"})
-        await self.step(EventType.STEP_AWAITING_APPROVAL, "gate", {})
-        return self
-
-    async def log(self) -> list[Event]:
-        return await self.store.fetch_events(self.header.tenant_id, self.run_id)
-
-    async def decisions(self) -> list[Event]:
-        return [e for e in await self.log()
-                if e.event_type in (EventType.SIGNAL_ACCEPTED, EventType.SIGNAL_REJECTED)]
-
-
-async def new_run(store: MemoryRunStateStore, *, tenant: str = TENANT,
-                  requires_approval: bool = False) -> Run:
-    header = make_header(f"run-{next(_ids)}", tenant=tenant, requires_approval=requires_approval)
-    await store.register_run(header)
-    return Run(store, header)
-
-
-def request(run: Run | str, signal_type: SignalType, payload: dict[str, Any] | None = None, *,
-            roles: tuple[Role, ...] = ALL_ROLES, signal_id: str | None = None,
-            tenant: str = TENANT, actor_id: str = "alice") -> SignalRequest:
-    return SignalRequest(
-        signal_id=signal_id or f"sig-{next(_ids)}", type=signal_type, tenant_id=tenant,
-        run_id=run if isinstance(run, str) else run.run_id, payload=payload or {},
-        actor=Actor(id=actor_id, roles=roles),
-    )
-
-
-class FakeClock:
-    """A controllable clock (named fake: it stands in for wall time in rate-limit tests)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -415,6 +289,37 @@ async def test_rate_limit_refuses_without_recording_then_recovers(
     assert len(await run.decisions()) == 4
 
 
+@pytest.mark.parametrize("oversized", [
+    {"actor": {"id": "eve", "roles": ["operator"] * 100_000}},
+    {"payload": {"reason": "r", "extra": list(range(100_000))}},
+    {"payload": {f"k{i}": i for i in range(MAX_PAYLOAD_ITEMS + 1)}},
+])  # fmt: skip
+async def test_oversized_collections_are_refused_before_the_rate_limit(
+    store: MemoryRunStateStore, oversized: dict[str, Any]
+) -> None:
+    service = SignalService(store, rate_limit_per_minute=1)
+    run = await (await new_run(store)).start()
+    data = {"signalId": "big", "type": "PAUSE", "tenantId": TENANT, "runId": run.run_id,
+            "actor": {"id": "alice", "roles": ["admin"]}, **oversized}
+    with pytest.raises(SignalInvalidPayload) as info:
+        parse_signal_request(data)
+    assert info.value.details["errors"]
+    with pytest.raises(ValidationError):
+        SignalRequest.model_validate(data)
+    # Nothing was counted: the window's single slot is still free, and nothing was recorded.
+    assert await run.decisions() == []
+    ok = await service.decide(request(run, SignalType.PAUSE), capabilities=RATE)
+    assert ok.decision.accepted
+
+
+def test_collection_bounds_admit_real_signals() -> None:
+    roles = tuple(Role)
+    assert len(roles) <= MAX_ACTOR_ROLES
+    Actor(id="a", roles=roles + roles)
+    with pytest.raises(ValidationError):
+        Actor(id="a", roles=(Role.OPERATOR,) * (MAX_ACTOR_ROLES + 1))
+
+
 async def test_rate_limit_needs_the_capability_and_can_be_disabled(
     store: MemoryRunStateStore,
 ) -> None:
@@ -500,488 +405,3 @@ async def test_effective_role_is_recorded_in_the_audit(
     [record] = await run.decisions()
     assert record.payload["effectiveRole"] == "operator"
     assert record.payload["actor"] == {"id": "alice", "roles": ["admin", "operator"]}
-
-
-# --- rule 4: state ----------------------------------------------------------------------------
-
-
-Setup = Callable[[Run], Any]
-
-
-async def _running(run: Run) -> None:
-    await run.start()
-
-
-async def _paused(run: Run) -> None:
-    await run.start()
-    await run.pause()
-
-
-async def _terminal(status: EventType, run: Run) -> None:
-    await run.start()
-    payload = {"code": "X", "message": "x"} if status == EventType.RUN_FAILED else {}
-    await run.run(status, payload)
-
-
-async def _failed_step(run: Run) -> None:
-    await run.start()
-    await run.fail_step("a")
-
-
-async def _done_step(run: Run) -> None:
-    await run.start()
-    await run.complete_step("a")
-
-
-async def _skipped_step(run: Run) -> None:
-    await run.start()
-    await run.step(EventType.STEP_SKIPPED, "a", {"reason": "not needed"})
-
-
-async def _running_step(run: Run) -> None:
-    await run.start()
-    await run.step(EventType.STEP_STARTED, "a", {"kind": "noop"})
-
-
-async def _gate(run: Run) -> None:
-    await run.start()
-    await run.await_gate()
-
-
-async def _gate_paused(run: Run) -> None:
-    await _gate(run)
-    await run.pause()
-
-
-async def _gate_started_only(run: Run) -> None:
-    await run.start()
-    await run.step(EventType.STEP_STARTED, "gate", {"kind": "approval"})
-
-
-async def _pending(run: Run) -> None:
-    return None
-
-
-async def _approved(run: Run) -> None:
-    await run.run(EventType.RUN_APPROVED, {"approver": "bob"})
-
-
-OK = "accepted"
-NOOP = "no-op"
-S = SignalType
-
-STATE_CASES: list[tuple[str, Setup, SignalType, dict[str, Any], str, bool]] = [
-    # (name, setup, signal, payload, expected outcome, plan requires approval)
-    ("pause running", _running, S.PAUSE, {}, OK, False),
-    ("pause paused", _paused, S.PAUSE, {}, NOOP, False),
-    ("pause pending", _pending, S.PAUSE, {}, ErrorCode.ILLEGAL_TRANSITION, False),
-    ("resume paused", _paused, S.RESUME, {}, OK, False),
-    ("resume running", _running, S.RESUME, {}, NOOP, False),
-    ("resume approved", _approved, S.RESUME, {}, ErrorCode.ILLEGAL_TRANSITION, True),
-    ("cancel pending", _pending, S.CANCEL, {}, OK, False),
-    ("cancel paused", _paused, S.CANCEL, {}, OK, False),
-    ("retry failed step", _failed_step, S.RETRY_STEP, {"stepId": "a"}, OK, False),
-    ("retry pending step", _running, S.RETRY_STEP, {"stepId": "a"},
-     ErrorCode.STEP_NOT_RETRYABLE, False),
-    ("retry done step", _done_step, S.RETRY_STEP, {"stepId": "a"},
-     ErrorCode.STEP_NOT_RETRYABLE, False),
-    ("retry unknown step", _failed_step, S.RETRY_STEP, {"stepId": "zz"},
-     ErrorCode.STEP_NOT_FOUND, False),
-    ("skip pending step", _running, S.SKIP_STEP, {"stepId": "b"}, OK, False),
-    ("skip failed step", _failed_step, S.SKIP_STEP, {"stepId": "a"}, OK, False),
-    ("skip while paused", _paused, S.SKIP_STEP, {"stepId": "a"}, OK, False),
-    ("skip done step", _done_step, S.SKIP_STEP, {"stepId": "a"}, ErrorCode.STEP_TERMINAL, False),
-    ("skip skipped step", _skipped_step, S.SKIP_STEP, {"stepId": "a"},
-     ErrorCode.STEP_TERMINAL, False),
-    ("skip running step", _running_step, S.SKIP_STEP, {"stepId": "a"},
-     ErrorCode.STEP_TERMINAL, False),
-    ("skip waiting gate", _gate, S.SKIP_STEP, {"stepId": "gate"}, ErrorCode.STEP_TERMINAL, False),
-    ("skip unknown step", _running, S.SKIP_STEP, {"stepId": "zz"}, ErrorCode.STEP_NOT_FOUND,
-     False),
-    ("skip before start", _pending, S.SKIP_STEP, {"stepId": "a"},
-     ErrorCode.ILLEGAL_TRANSITION, False),
-    ("approve gate", _gate, S.APPROVE_STEP, {"stepId": "gate", "decision": "approve"}, OK, False),
-    ("reject gate", _gate, S.APPROVE_STEP, {"stepId": "gate", "decision": "reject"}, OK, False),
-    ("approve gate while paused", _gate_paused, S.APPROVE_STEP,
-     {"stepId": "gate", "decision": "approve"}, OK, False),
-    ("approve gate not yet waiting", _gate_started_only, S.APPROVE_STEP,
-     {"stepId": "gate", "decision": "approve"}, ErrorCode.STEP_NOT_AWAITING_APPROVAL, False),
-    ("approve plain step", _running_step, S.APPROVE_STEP, {"stepId": "a", "decision": "approve"},
-     ErrorCode.STEP_NOT_AWAITING_APPROVAL, False),
-    ("approve unknown step", _gate, S.APPROVE_STEP, {"stepId": "zz", "decision": "approve"},
-     ErrorCode.STEP_NOT_FOUND, False),
-    ("approve run pending", _pending, S.APPROVE_RUN, {}, OK, True),
-    ("reject run pending", _pending, S.APPROVE_RUN, {"decision": "reject"}, OK, True),
-    ("approve run twice", _approved, S.APPROVE_RUN, {}, NOOP, True),
-    ("reject approved run", _approved, S.APPROVE_RUN, {"decision": "reject"},
-     ErrorCode.ILLEGAL_TRANSITION, True),
-    ("approve run without gate", _pending, S.APPROVE_RUN, {}, ErrorCode.ILLEGAL_TRANSITION,
-     False),
-    ("approve started run", _running, S.APPROVE_RUN, {}, ErrorCode.ILLEGAL_TRANSITION, True),
-    ("retry failed run", lambda r: _terminal(EventType.RUN_FAILED, r), S.RETRY_RUN, {}, OK,
-     False),
-    ("retry cancelled run", lambda r: _terminal(EventType.RUN_CANCELLED, r), S.RETRY_RUN,
-     {"reason": "again"}, OK, False),
-    ("retry completed run", lambda r: _terminal(EventType.RUN_COMPLETED, r), S.RETRY_RUN, {},
-     ErrorCode.RUN_TERMINAL, False),
-    ("retry running run", _running, S.RETRY_RUN, {}, ErrorCode.ILLEGAL_TRANSITION, False),
-]
-
-
-@pytest.mark.parametrize(
-    ("setup", "signal_type", "payload", "expected", "requires_approval"),
-    [pytest.param(*case[1:], id=case[0]) for case in STATE_CASES],
-)
-async def test_state_check(store: MemoryRunStateStore, service: SignalService, setup: Setup,
-                           signal_type: SignalType, payload: dict[str, Any], expected: str,
-                           requires_approval: bool) -> None:
-    run = await new_run(store, requires_approval=requires_approval)
-    await setup(run)
-    before = await store.get_snapshot(TENANT, run.run_id)
-    verdict = await service.decide(request(run, signal_type, payload))
-    d = verdict.decision
-    [record] = await run.decisions()
-    assert verdict.snapshot == before
-    assert record.run_seq == d.run_seq
-    assert d.run_seq is not None
-    if expected == OK:
-        assert d.accepted
-        assert not d.no_op
-        assert d.error_code is None
-        assert record.event_type == EventType.SIGNAL_ACCEPTED
-        assert verdict.accepted is not None
-        assert verdict.accepted.decision_run_seq == d.run_seq
-        assert verdict.accepted.payload == record.payload["request"]
-    elif expected == NOOP:
-        assert d.accepted
-        assert d.no_op
-        assert verdict.accepted is None
-        assert record.event_type == EventType.SIGNAL_ACCEPTED
-        assert record.payload["noOp"] is True
-    else:
-        assert not d.accepted
-        assert verdict.accepted is None
-        assert d.error_code == expected
-        assert record.event_type == EventType.SIGNAL_REJECTED
-        assert record.payload["errorCode"] == expected
-        assert d.message
-        with pytest.raises(DvtError) as error:
-            raise_for_rejection(d)
-        assert error.value.code == expected
-
-
-@pytest.mark.parametrize("terminal", [EventType.RUN_COMPLETED, EventType.RUN_FAILED,
-                                      EventType.RUN_CANCELLED])
-@pytest.mark.parametrize(
-    ("signal_type", "payload"),
-    [(S.PAUSE, {}), (S.RESUME, {}), (S.CANCEL, {}), (S.RETRY_STEP, {"stepId": "a"}),
-     (S.SKIP_STEP, {"stepId": "a"}), (S.APPROVE_STEP, {"stepId": "gate", "decision": "approve"}),
-     (S.APPROVE_RUN, {}), (S.RETRY_STEP, {"stepId": "not-there"})],
-)
-async def test_terminal_run_refuses_everything(
-    store: MemoryRunStateStore, service: SignalService, terminal: EventType,
-    signal_type: SignalType, payload: dict[str, Any],
-) -> None:
-    run = await new_run(store)
-    await _terminal(terminal, run)
-    verdict = await service.decide(request(run, signal_type, payload))
-    assert verdict.decision.error_code == ErrorCode.RUN_TERMINAL
-    with pytest.raises(RunTerminal):
-        raise_for_rejection(verdict.decision)
-
-
-async def test_accepted_retry_step_record_makes_a_new_attempt(
-    store: MemoryRunStateStore, service: SignalService
-) -> None:
-    run = await new_run(store)
-    await _failed_step(run)
-    verdict = await service.decide(request(run, SignalType.RETRY_STEP, {"stepId": "a"}))
-    assert verdict.snapshot.step("a").status == StepStatus.FAILED
-    now = await store.get_snapshot(TENANT, run.run_id)
-    assert now is not None
-    assert now.step("a").status == StepStatus.PENDING
-    assert now.step("a").logical_attempt_id == 2
-
-
-async def test_gate_states_used_by_the_state_table(store: MemoryRunStateStore) -> None:
-    # Guards the setups above: they really produce the states the table names.
-    run = await new_run(store)
-    await _gate(run)
-    snap = await store.get_snapshot(TENANT, run.run_id)
-    assert snap is not None
-    assert snap.step("gate").substatus == StepSubstatus.AWAITING_APPROVAL
-    await run.pause()
-    snap = await store.get_snapshot(TENANT, run.run_id)
-    assert snap is not None
-    assert snap.status == RunStatus.PAUSED
-
-
-# --- rule 5: the record -----------------------------------------------------------------------
-
-
-async def test_record_is_written_before_the_accepted_signal_is_returned(
-    store: MemoryRunStateStore, service: SignalService
-) -> None:
-    run = await (await new_run(store)).start()
-    await run.fail_step("a")
-    req = request(run, SignalType.SKIP_STEP, {"stepId": "a", "reason": "flaky"})
-    verdict = await service.decide(req)
-    accepted = verdict.accepted
-    assert accepted is not None
-    key = signal_key(TENANT, run.run_id, req.signal_id)
-    record = await store.get_event_by_key(TENANT, run.run_id, key)
-    assert record is not None
-    assert record.run_seq == accepted.decision_run_seq
-    assert record.event_type == EventType.SIGNAL_ACCEPTED
-    assert record.emitted_by == "operator"
-    assert record.step_id is None
-    assert record.caused_by_signal_id == req.signal_id
-    assert record.payload == {
-        "signalId": req.signal_id, "signalType": "SKIP_STEP", "stepId": "a",
-        "actor": {"id": "alice", "roles": ["admin", "approver"]}, "effectiveRole": "admin",
-        "reason": "flaky", "errorCode": None, "message": None, "noOp": False,
-        "request": {"stepId": "a", "reason": "flaky"},
-    }
-    assert decision_from_record(record, duplicate=False) == verdict.decision
-    assert accepted.step_id == "a"
-
-
-async def test_accepted_signal_is_json_safe(
-    store: MemoryRunStateStore, service: SignalService
-) -> None:
-    run = await (await new_run(store)).start()
-    await run.await_gate()
-    verdict = await service.decide(request(
-        run, SignalType.APPROVE_STEP, {"step_id": "gate", "decision": "approve", "comment": "ok"},
-        roles=(Role.APPROVER,)))
-    accepted = verdict.accepted
-    assert accepted is not None
-    data = accepted.model_dump(mode="json")
-    assert data["payload"] == {"stepId": "gate", "decision": "approve", "comment": "ok"}
-    assert data["decisionRunSeq"] == verdict.decision.run_seq
-    assert data["effectiveRole"] == "approver"
-    assert AcceptedSignal.model_validate_json(accepted.model_dump_json()) == accepted
-    typed = accepted.typed_payload()
-    assert isinstance(typed, ApproveStepPayload)
-    assert typed.decision == "approve"
-
-
-def test_unreadable_decision_record_is_a_coded_error() -> None:
-    header = make_header("r-corrupt")
-    event = EventFactory(header, "operator").signal_event(
-        "SignalAccepted", signal_key(TENANT, "r-corrupt", "s"), {"signalId": "s"}
-    ).model_copy(update={"run_seq": 3, "persisted_at": datetime.now(UTC)})
-    with pytest.raises(SchemaValidationFailed) as info:
-        decision_from_record(event)
-    assert info.value.details["runSeq"] == 3
-
-
-# --- RETRY_RUN --------------------------------------------------------------------------------
-
-
-async def test_retry_run_context_is_deterministic(
-    store: MemoryRunStateStore, service: SignalService
-) -> None:
-    run = await new_run(store)
-    await _terminal(EventType.RUN_FAILED, run)
-    verdict = await service.decide(request(run, SignalType.RETRY_RUN, signal_id="again",
-                                           roles=(Role.ENGINEER,), actor_id="eve"))
-    accepted = verdict.accepted
-    assert accepted is not None
-    ctx = new_run_context(verdict.header, accepted)
-    assert ctx.run_id == verdict.decision.new_run_id
-    assert ctx.run_id != run.run_id
-    assert ctx.original_run_id == run.run_id
-    assert (ctx.tenant_id, ctx.project_id, ctx.environment_id) == (TENANT, "proj", "env")
-    assert ctx.triggered_by == "eve"
-    assert ctx.params == {"date": "2026-11-21"}
-    assert ctx.run_request_id is not None
-    assert signal_key(TENANT, run.run_id, "again") in ctx.run_request_id
-    assert new_run_context(verdict.header, accepted) == ctx
-    dup = await service.decide(request(run, SignalType.RETRY_RUN, signal_id="again"))
-    assert dup.accepted is None
-    assert dup.decision.new_run_id == ctx.run_id
-    # The old run is untouched except for its decision record.
-    snap = await store.get_snapshot(TENANT, run.run_id)
-    assert snap is not None
-    assert snap.status == RunStatus.FAILED
-
-
-async def test_retry_run_ids_do_not_collide_across_runs(
-    store: MemoryRunStateStore, service: SignalService
-) -> None:
-    contexts = []
-    for _ in range(2):
-        run = await new_run(store)
-        await _terminal(EventType.RUN_CANCELLED, run)
-        v = await service.decide(request(run, SignalType.RETRY_RUN, signal_id="retry-1"))
-        assert v.accepted is not None
-        contexts.append(new_run_context(v.header, v.accepted))
-    assert contexts[0].run_id != contexts[1].run_id
-    assert contexts[0].run_request_id != contexts[1].run_request_id
-
-
-async def test_retry_run_honours_new_run_id(
-    store: MemoryRunStateStore, service: SignalService
-) -> None:
-    run = await new_run(store)
-    await _terminal(EventType.RUN_FAILED, run)
-    v = await service.decide(request(run, SignalType.RETRY_RUN, {"newRunId": "chosen-id"}))
-    assert v.accepted is not None
-    assert v.decision.new_run_id == "chosen-id"
-    assert new_run_context(v.header, v.accepted).run_id == "chosen-id"
-
-
-async def test_new_run_context_refuses_other_signals(
-    store: MemoryRunStateStore, service: SignalService
-) -> None:
-    run = await (await new_run(store)).start()
-    v = await service.decide(request(run, SignalType.PAUSE))
-    assert v.accepted is not None
-    with pytest.raises(UsageError):
-        new_run_context(v.header, v.accepted)
-    other = make_header("elsewhere")
-    retry = v.accepted.model_copy(update={"type": SignalType.RETRY_RUN})
-    with pytest.raises(UsageError):
-        new_run_context(other, retry)
-
-
-# --- raise_for_rejection ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("code", "cls"),
-    [(ErrorCode.SIGNAL_UNAUTHORIZED, SignalUnauthorized), (ErrorCode.RUN_TERMINAL, RunTerminal),
-     (ErrorCode.STEP_NOT_RETRYABLE, StepNotRetryable), (ErrorCode.STEP_TERMINAL, StepTerminal),
-     (ErrorCode.STEP_NOT_FOUND, StepNotFound),
-     (ErrorCode.STEP_NOT_AWAITING_APPROVAL, StepNotAwaitingApproval),
-     (ErrorCode.ILLEGAL_TRANSITION, IllegalTransition),
-     (ErrorCode.SIGNAL_RATE_LIMITED, SignalRateLimited)],
-)
-def test_raise_for_rejection_maps_codes(code: ErrorCode, cls: type[DvtError]) -> None:
-    decision = SignalDecision(signal_id="s", type=SignalType.PAUSE, run_id="r", accepted=False,
-                              error_code=code, message="refused", run_seq=7)
-    with pytest.raises(cls) as info:
-        raise_for_rejection(decision)
-    assert info.value.details["signalId"] == "s"
-    assert info.value.details["recorded"] is True
-    accepted = decision.model_copy(update={"accepted": True, "error_code": None})
-    assert raise_for_rejection(accepted) is accepted
-
-
-def test_raise_for_rejection_unknown_code_is_still_coded() -> None:
-    decision = SignalDecision(signal_id="s", type=SignalType.PAUSE, run_id="r", accepted=False,
-                              error_code="FROM_THE_FUTURE")
-    with pytest.raises(UsageError, match="FROM_THE_FUTURE"):
-        raise_for_rejection(decision)
-
-
-# --- tracing ----------------------------------------------------------------------------------
-
-
-async def test_decide_spans_carry_identity_and_outcome_not_payload(
-    store: MemoryRunStateStore, service: SignalService, spans: InMemorySpanExporter
-) -> None:
-    run = await (await new_run(store)).start()
-    await service.decide(request(run, SignalType.PAUSE, {"reason": "secret-ish reason"},
-                                 signal_id="traced"))
-    with pytest.raises(RunNotFound):
-        await service.decide(request("ghost", SignalType.PAUSE))
-    ok, missing = [sp for sp in spans.get_finished_spans() if sp.name == "dvt.signal.decide"]
-    attrs = dict(ok.attributes or {})
-    assert attrs["dvt.signal_id"] == "traced"
-    assert attrs["dvt.run_id"] == run.run_id
-    assert attrs["dvt.outcome"] == "accepted"
-    assert attrs["dvt.duplicate"] is False
-    assert "secret-ish reason" not in repr(attrs)
-    assert dict(missing.attributes or {})["dvt.error_code"] == "RUN_NOT_FOUND"
-
-
-# --- hostile input ----------------------------------------------------------------------------
-
-json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
-json_value = st.recursive(
-    json_leaf,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                max_size=4),
-    max_leaves=12,
-)
-# Payloads that look like real ones often enough to reach every rule.
-payload_st = st.one_of(
-    st.dictionaries(st.text(max_size=12), json_value, max_size=4),
-    st.fixed_dictionaries(
-        {"stepId": st.sampled_from(["a", "b", "gate", "zz", ""]) | st.text(max_size=5)},
-        optional={"decision": st.sampled_from(["approve", "reject", "no"]),
-                  "reason": st.text(max_size=20) | st.integers()},
-    ),
-)
-
-
-async def _hostile_round(signal_type: SignalType, payload: dict[str, Any],
-                         roles: list[Role], setup_index: int, tenant: str) -> None:
-    store = MemoryRunStateStore()
-    service = SignalService(store, rate_limit_per_minute=None)
-    run = await new_run(store)
-    await [_pending, _running, _failed_step, _gate, _paused][setup_index](run)
-    try:
-        req = request(run, signal_type, payload, roles=tuple(roles), tenant=tenant)
-    except ValueError:
-        return  # the request model itself refused it: covered by parse_signal_request below
-    outcome: SignalVerdict | DvtError
-    try:
-        outcome = await service.decide(req)
-    except DvtError as exc:
-        outcome = exc
-    if isinstance(outcome, DvtError):
-        assert outcome.code in (ErrorCode.SIGNAL_INVALID_PAYLOAD, ErrorCode.RUN_NOT_FOUND,
-                                ErrorCode.IDENTIFIER_INVALID)
-        assert await run.decisions() == []
-        return
-    verdict = outcome
-    assert isinstance(verdict, SignalVerdict)
-    records = await run.decisions()
-    assert len(records) == 1
-    assert records[0].run_seq == verdict.decision.run_seq
-    assert (verdict.accepted is not None) == (verdict.decision.accepted
-                                              and not verdict.decision.no_op)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    signal_type=st.sampled_from(list(SignalType)),
-    payload=payload_st,
-    roles=st.lists(st.sampled_from(list(Role)), max_size=3),
-    setup_index=st.integers(0, 4),
-    tenant=st.sampled_from([TENANT, "tenant-z"]),
-)
-def test_hostile_payloads_never_crash(signal_type: SignalType, payload: dict[str, Any],
-                                      roles: list[Role], setup_index: int, tenant: str) -> None:
-    asyncio.run(_hostile_round(signal_type, payload, roles, setup_index, tenant))
-
-
-@settings(max_examples=200, deadline=None)
-@given(data=json_value | st.fixed_dictionaries(
-    {"signalId": st.text(max_size=8), "type": st.sampled_from([*list(SignalType), "NOPE"]),
-     "tenantId": st.text(max_size=8), "runId": st.text(max_size=8),
-     "actor": st.fixed_dictionaries({"id": st.text(max_size=8)},
-                                    optional={"roles": st.lists(st.text(max_size=9))}),
-     "payload": json_value}))
-def test_parse_signal_request_only_raises_coded_errors(data: Any) -> None:
-    parsed: SignalRequest | DvtError
-    try:
-        parsed = parse_signal_request(data)
-    except DvtError as exc:
-        parsed = exc
-    if isinstance(parsed, DvtError):
-        assert parsed.code in (ErrorCode.SIGNAL_INVALID_PAYLOAD, ErrorCode.IDENTIFIER_INVALID)
-    else:
-        assert isinstance(parsed, SignalRequest)
-
-
-def test_parse_signal_request_reports_pipe_as_identifier_invalid() -> None:
-    with pytest.raises(IdentifierInvalid):
-        parse_signal_request({"signalId": "a|b", "type": "PAUSE", "tenantId": "t",
-                              "runId": "r", "actor": {"id": "x"}})
-    ok = parse_signal_request({"signalId": "s", "type": "PAUSE", "tenantId": "t", "runId": "r",
-                               "actor": {"id": "x", "roles": ["operator"]}})
-    assert ok.actor.roles == (Role.OPERATOR,)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from dvt_engine.errors import SignalInvalidPayload
 from dvt_engine.models.base import DvtModel, Identifier, StrictModel
@@ -33,11 +33,36 @@ class Role(StrEnum):
     APPROVER = "approver"
 
 
+# Bounds on every collection a client sends, checked when the request is built, so an
+# oversized signal is refused before it is rate limited, authorized or recorded.
+MAX_ACTOR_ROLES = 8  # four roles exist; a longer list can only repeat them
+MAX_PAYLOAD_ITEMS = 64  # keys and list items of a payload, counted at every depth
+
+
+def _bounded_payload(value: dict[str, Any]) -> dict[str, Any]:
+    count = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            count += len(item)
+            stack.extend(item)
+        if count > MAX_PAYLOAD_ITEMS:
+            raise ValueError(f"a payload holds at most {MAX_PAYLOAD_ITEMS} keys and list items")
+    return value
+
+
+BoundedPayload = Annotated[dict[str, Any], AfterValidator(_bounded_payload)]
+
+
 class Actor(StrictModel):
     """Who sends a signal, with the roles the host vouches for."""
 
     id: Identifier
-    roles: tuple[Role, ...] = ()
+    roles: tuple[Role, ...] = Field(default=(), max_length=MAX_ACTOR_ROLES)
 
 
 Reason = str
@@ -145,7 +170,7 @@ class SignalRequest(StrictModel):
     type: SignalType
     tenant_id: Identifier
     run_id: Identifier
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: BoundedPayload = Field(default_factory=dict)
     actor: Actor
 
     @model_validator(mode="before")
