@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dvt_engine.commands import CancelSteps as CancelSteps
@@ -358,7 +358,7 @@ class RunInterpreter:
         if self.awaiting_operator and self.operator_ordinal:
             marks = [e for e in events if e.event_type == RUN_AWAITING_OPERATOR]
             if marks:
-                due = marks[-1].emitted_at + timedelta(
+                due = _aware(marks[-1].emitted_at) + timedelta(
                     milliseconds=self.plan.metadata.operator_timeout_ms)
                 timers.append((f"{OPERATOR_TIMER_PREFIX}{self.operator_ordinal}", due))
         for step_id in self.waiting_gates():
@@ -367,7 +367,7 @@ class RunInterpreter:
             opened = [e for e in events if e.event_type == EventType.STEP_AWAITING_APPROVAL
                       and e.step_id == step_id and e.logical_attempt_id == attempt]
             if timeout is not None and opened:
-                due = opened[-1].emitted_at + timedelta(milliseconds=timeout)
+                due = _aware(opened[-1].emitted_at) + timedelta(milliseconds=timeout)
                 timers.append((gate_rules.gate_timer_name(step_id, attempt), due))
         return timers
 
@@ -420,9 +420,17 @@ class RunInterpreter:
         return interp
 
     @classmethod
-    def from_snapshot(cls, plan: ExecutionPlan, snapshot: RunSnapshot) -> RunInterpreter:
-        """Rebuild from the store's truth; RUNNING steps are reported as in flight."""
+    def from_snapshot(
+        cls, plan: ExecutionPlan, snapshot: RunSnapshot, events: Iterable[Event] = ()
+    ) -> RunInterpreter:
+        """Rebuild from the store's truth; RUNNING steps are reported as in flight.
+
+        ``events`` (the run's log) restores what the snapshot does not keep: how many times
+        the run has waited for an operator.
+        """
         interp = cls(plan=plan)
+        interp.operator_ordinal = sum(1 for e in events
+                                      if e.event_type == RUN_AWAITING_OPERATOR)
         approved = snapshot.status == RunStatus.APPROVED
         interp.status = RunStatus.RUNNING if approved else snapshot.status
         interp.pause_ordinal = snapshot.pause_count
@@ -437,3 +445,8 @@ class RunInterpreter:
             if step.status == StepStatus.FAILED and interp.failure is None and step.error:
                 interp.failure = failure_rules.run_failure(step.step_id, step.error)
         return interp
+
+
+def _aware(moment: datetime) -> datetime:
+    """A log time as an aware datetime (a naive one is UTC, as every producer writes)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
