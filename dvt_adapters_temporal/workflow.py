@@ -227,8 +227,7 @@ class DvtRunWorkflow:
             self._activities.pop(item.step_id, None)
             self._gates.pop(item.step_id, None)
             self._cancel_asked.pop(item.step_id, None)
-            return interp.settle(item.step_id, item.attempt, item.outcome or "failed",
-                                 item.error)
+            return interp.settle(item.step_id, item.attempt, item.outcome, item.error)
         if item.kind == "awaiting":
             commands = interp.step_awaiting_approval(item.step_id)
             if (interp.cancel_requested and failure_rules.failing_fast(interp.plan, interp.failure)
