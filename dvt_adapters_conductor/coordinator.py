@@ -119,12 +119,6 @@ class RunCoordinator(ConductorActions, StartQuestions):
             return await self.store.fetch_events(*ctx.key)
         return []
 
-    def interpreter(
-        self, ctx: RunContext, snap: RunSnapshot, events: list[Event]
-    ) -> RunInterpreter:
-        """The shared interpreter, rebuilt from the run's snapshot and log."""
-        return RunInterpreter.from_snapshot(ctx.plan, snap, events)
-
     def _due_timers(
         self, ctx: RunContext, interp: RunInterpreter, events: list[Event]
     ) -> list[Command]:
