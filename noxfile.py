@@ -23,11 +23,15 @@ nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).resolve().parent
 LINT_PATHS = ["dvt_engine", "dvt_cli", "dvt_statestore_pg", "dvt_adapters_temporal",
-              "dvt_adapters_conductor", "contract_tests", "tests", "benchmarks", "noxfile.py"]
+              "dvt_adapters_conductor", "dvt_local", "dvt_testing", "contract_tests", "tests",
+              "benchmarks", "noxfile.py"]
+#: Type-checked with --strict: the pure core, the CLI, the local servers and the pytest plugin.
+TYPED_PATHS = ["dvt_engine", "dvt_cli", "dvt_local", "dvt_testing"]
 
 
 def _install(session: nox.Session, extras: str = "all,dev") -> None:
     # Editable, so tests and docs checks see the checkout's files (golden fixtures, docs/).
+    # `all` holds the local servers (`local`) and the pytest plugin (`testing`) too.
     session.install("--upgrade", "pip")
     session.install("-e", f".[{extras}]")
 
@@ -37,7 +41,7 @@ def _lint(session: nox.Session) -> None:
 
 
 def _typecheck(session: nox.Session) -> None:
-    session.run("mypy", "--strict", "dvt_engine", "dvt_cli")
+    session.run("mypy", "--strict", *TYPED_PATHS)
 
 
 @nox.session
@@ -74,7 +78,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the pure domain package."""
+    """mypy --strict over the core, the CLI, the local servers and the pytest plugin."""
     _install(session)
     _typecheck(session)
 
@@ -99,10 +103,11 @@ def bench(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: install dvt, start local servers, run golden plans durably, steer one.
 
-    Starts PostgreSQL (the store) and a Temporal dev server from the pinned wheels in a scratch
-    DVT_HOME, runs a diamond plan with live progress, then starts a plan with an approval gate
-    for a background `dvt worker`, approves the gate from another command and follows the run
-    to its end. Servers are stopped at the end unless `-- --keep`.
+    Starts PostgreSQL (the store) and a Temporal dev server from the pinned wheels of the
+    `local` extra (part of `all`; no system PostgreSQL is used) in a scratch DVT_HOME, runs a
+    diamond plan with live progress, then starts a plan with an approval gate for a background
+    `dvt worker`, approves the gate from another command and follows the run to its end.
+    Servers are stopped at the end unless `-- --keep`.
     """
     _install(session, "all")
     keep = "--keep" in session.posargs

@@ -32,7 +32,7 @@ from conductor.client.http.models.workflow_def import WorkflowDef
 from conductor.client.http.models.workflow_task import WorkflowTask
 from conductor.client.orkes_clients import OrkesClients
 
-from dvt_adapters_conductor.server import ConductorServer
+from dvt_local.conductor import ConductorServer
 
 BARE_TASK = "bench_bare_noop"
 OWNER = "bench@dvt.invalid"

@@ -32,15 +32,10 @@ from dvt_engine.idempotency import signal_key
 from dvt_engine.models.events import Event
 from dvt_engine.models.run import RunHeader, RunStatus
 from dvt_engine.projector import initial_snapshot
+from dvt_local.postgres import start_server
 from dvt_statestore_pg import admin
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import (
-    create_schema,
-    drop_schema,
-    start_managed_postgres,
-    store_url,
-    unique_schema_name,
-)
+from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
 # A durable server: the baseline and dvt both pay a real commit (fsync on, synchronous commit).
 BENCH_SETTINGS = {"max_connections": "200", "shared_buffers": "256MB"}
@@ -750,7 +745,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dsn:
         print(asyncio.run(run(args, args.dsn, "external (--dsn)")))
         return
-    pg = start_managed_postgres(settings=BENCH_SETTINGS)
+    pg = start_server(settings=BENCH_SETTINGS)
     try:
         with psycopg.connect(pg.dsn()) as conn:
             version = conn.execute("SHOW server_version").fetchone()

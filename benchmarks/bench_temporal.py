@@ -327,7 +327,7 @@ def machine() -> str:
 
 async def main(argv: list[str] | None = None) -> int:
     """Start a dev server, measure, print the table."""
-    from dvt_adapters_temporal.devserver import local_dev_env
+    from dvt_local.temporal import local_dev_env
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")

@@ -16,7 +16,7 @@ The fixture interface is small on purpose:
 
 - ``engine``: a started :class:`~dvt_engine.ports.WorkflowEngine` whose runs write to ``store``.
 - ``store``: the :class:`~dvt_engine.ports.RunStateStore` the engine writes to; the suite reads
-  runs, events and snapshots only through it (contract 7: the store holds the truth).
+  runs, events and snapshots only through it (contract §7: the store holds the truth).
 - ``capabilities``: a :class:`HarnessCapabilities` declaring the real differences between
   engines. The suite branches on these flags explicitly; it never skips a test.
 

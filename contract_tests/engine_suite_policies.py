@@ -1,4 +1,4 @@
-"""Engine contract tests of the run rules (contract 3): retries, failure policies, gates,
+"""Engine contract tests of the run rules (contract §3): retries, failure policies, gates,
 pause and cancel, and that every engine takes them from the core alone."""
 
 from __future__ import annotations

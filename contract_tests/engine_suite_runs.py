@@ -55,7 +55,7 @@ class RunLifecycleTests(EngineSuiteBase):
         differences = compare_with_expected(outcome, expected, h.engine.name)
         assert not differences, "\n".join(f"[{d.kind}] {d.message}" for d in differences)
         if outcome.error is None:
-            # The stored snapshot is exactly what a rebuild from the log gives (contract 5.3).
+            # The stored snapshot is exactly what a rebuild from the log gives (contract §5.3).
             rebuilt = await h.store.project(outcome.tenant_id, outcome.run_id)
             assert snapshot_bytes(rebuilt) == snapshot_bytes(outcome.snapshot)
 

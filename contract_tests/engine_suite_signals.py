@@ -1,4 +1,4 @@
-"""Engine contract tests of the signal rules (contract 6.2): refusals, records, duplicates."""
+"""Engine contract tests of the signal rules (contract §6.2): refusals, records, duplicates."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dvt_engine.models.signals import SignalType
 class SignalRuleTests(EngineSuiteBase):
     """Every engine decides signals the same way, through the shared signal service."""
 
-    # --- signal rules (contract 6.2) ----------------------------------------------------
+    # --- signal rules (contract §6.2) ----------------------------------------------------
     async def test_invalid_payload_is_refused_first(self, engine_harness: EngineHarness) -> None:
         """Rule 1: a payload that fails its schema raises SIGNAL_INVALID_PAYLOAD, recorded nowhere,
         even from an actor with no role and for a run of another tenant."""

@@ -1,8 +1,8 @@
-"""The parity harness (contract section 10): do two engines produce equivalent runs?
+"""The parity harness (contract §10): do two engines produce equivalent runs?
 
 Two runs of one plan and one scenario are equivalent when they have
 
-- the same snapshot checksum (contract 5.5),
+- the same snapshot checksum (contract §5.5),
 - the same multiset of normalized events (:func:`normalize_events`),
 - the same order of events within each step and within the run-level stream, and
 - on each side, an order consistent with the DAG: no StepStarted of a step before the
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 RUN_STREAM = "(run)"
 
-# Which payload fields of each event type are engine-independent (contract 10). Anything else
+# Which payload fields of each event type are engine-independent (contract §10). Anything else
 # (engine names and references, timestamps, messages worded by an engine's SDK) is dropped.
 _PAYLOAD_FIELDS: Mapping[str, tuple[str, ...]] = {
     "RunApproved": ("approver",),
@@ -131,7 +131,7 @@ def _artifact(raw: Any) -> Any:
 
 
 def normalize_event(event: Event) -> NormalizedEvent:
-    """The engine-independent content of one event (contract 10)."""
+    """The engine-independent content of one event (contract §10)."""
     return NormalizedEvent(
         event_type=event.event_type,
         step_id=event.step_id,
@@ -157,7 +157,7 @@ class RunRecord:
 
     @property
     def checksum(self) -> str:
-        """The snapshot checksum of contract 5.5."""
+        """The snapshot checksum of contract §5.5."""
         return snapshot_checksum(self.snapshot)
 
     @classmethod
@@ -223,7 +223,7 @@ class ParityReport:
         return not self.differences
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"equal", "checksums", "differences", "diff"}`` (contract 13)."""
+        """``{"equal", "checksums", "differences", "diff"}`` (contract §13)."""
         return {
             "equal": self.equal,
             "checksums": dict(self.checksums),
@@ -336,7 +336,7 @@ def _stream_lines(events: Sequence[NormalizedEvent]) -> list[str]:
 
 
 def compare_runs(a: RunRecord, b: RunRecord) -> ParityReport:
-    """Compare two recorded runs exactly as contract section 10 says."""
+    """Compare two recorded runs exactly as contract §10 says."""
     labels = _distinct_labels(a.label, b.label)
     la, lb = labels
     report = ParityReport(labels=labels, checksums={la: a.checksum, lb: b.checksum})

@@ -1,4 +1,4 @@
-"""The state store contract (section 5), as one abstract test class every store subclasses.
+"""The state store (contract §5), as one abstract test class every store subclasses.
 
 A store's test module subclasses ``StoreContractSuite`` and provides two fixtures:
 
@@ -141,7 +141,7 @@ class Collector:
 
 
 class StoreContractSuite:
-    """Contract section 5 for any RunStateStore. Not collected itself: subclass it."""
+    """Contract §5 for any RunStateStore. Not collected itself: subclass it."""
 
     # --- helpers -----------------------------------------------------------------------
     async def registered(self, store: RunStateStore, **kwargs: Any) -> RunHeader:

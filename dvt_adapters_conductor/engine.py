@@ -1,14 +1,12 @@
-"""ConductorEngine: the WorkflowEngine port on Conductor OSS or Orkes (contract section 8.2)."""
+"""ConductorEngine: the WorkflowEngine port on Conductor OSS or Orkes (contract §8.2)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 from typing import Any, ClassVar
 
-from dvt_adapters_conductor import server as local_server
 from dvt_adapters_conductor.api import ConductorApi, ConductorApiError
 from dvt_adapters_conductor.coordinator import (
     CANCEL_REASON_PREFIX,
@@ -33,7 +31,7 @@ from dvt_adapters_conductor.mapping import (
 )
 from dvt_adapters_conductor.worker import WorkerHost, WorkerOptions
 from dvt_engine.engine_base import BaseEngine
-from dvt_engine.errors import EngineUnavailable, RunNotFound
+from dvt_engine.errors import EngineNotConfigured, EngineUnavailable, RunNotFound, UsageError
 from dvt_engine.interpreter import Command
 from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import (
@@ -49,6 +47,7 @@ from dvt_engine.models.run import (
 from dvt_engine.models.signals import SignalType
 from dvt_engine.models.validation import ValidationIssue, ValidationReport
 from dvt_engine.planning.capabilities import CONDUCTOR_CAPABILITIES
+from dvt_engine.settings import ConductorSettings
 from dvt_engine.signals.service import AcceptedSignal
 from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.runner import StepRunner
@@ -63,12 +62,13 @@ _VERSION_SEARCH_LIMIT = 50
 
 
 class ConductorEngine(BaseEngine):
-    """Runs plans as Conductor workflows; ``open_engine("conductor", store=..., server_url=...)``.
+    """Runs plans as Conductor workflows.
 
-    Without ``server_url`` (or ``DVT_CONDUCTOR_URL``) the local development server is used, and
-    started in the background when it is not running (``dvt dev up`` does the same).
-    ``worker=True`` (the default) runs a worker host inside this process; ``dvt worker --engine
-    conductor`` runs one on its own.
+    ``ConductorEngine(store, settings=ConductorSettings(url=...))``, or keyword options
+    (``open_engine("conductor", store=..., server_url=...)``). Without a server URL (nor
+    ``DVT_CONDUCTOR_URL``) the first connection raises ENGINE_NOT_CONFIGURED: the library never
+    starts a server (`dvt dev up` and the test fixtures do). ``worker=True`` (the default) runs
+    a worker host inside this process; ``dvt worker --engine conductor`` runs one on its own.
     """
 
     name: ClassVar[str] = "conductor"
@@ -78,26 +78,39 @@ class ConductorEngine(BaseEngine):
         self,
         store: Any,
         *,
+        settings: ConductorSettings | None = None,
         server_url: str | None = None,
         auth: Any = None,
-        worker: bool = True,
-        task_prefix: str = "dvt",
-        lease_s: int = 30,
-        crash_retries: int = 3,
-        owner_email: str = "dvt@localhost.invalid",
+        worker: bool | None = None,
+        task_prefix: str | None = None,
+        lease_s: int | None = None,
+        crash_retries: int | None = None,
+        owner_email: str | None = None,
         worker_options: WorkerOptions | None = None,
-        step_queues: tuple[str, ...] = (),
+        step_queues: tuple[str, ...] | None = None,
         **options: Any,
     ) -> None:
+        given = {"url": server_url, "task_prefix": task_prefix, "lease_s": lease_s,
+                 "crash_retries": crash_retries, "owner_email": owner_email,
+                 "step_queues": step_queues}
+        if settings is None:
+            settings = ConductorSettings.from_options(**given)
+        elif any(v is not None for v in given.values()):
+            raise UsageError("pass either settings= or keyword options, not both")
+        options.setdefault("signal_rate_limit_per_minute",
+                           settings.signal_rate_limit_per_minute)
         super().__init__(store, **options)
-        self.mapping = MappingOptions(task_prefix=task_prefix, owner_email=owner_email,
-                                      lease_s=lease_s, crash_retries=crash_retries)
+        self.settings = settings
+        self.mapping = MappingOptions(task_prefix=settings.task_prefix,
+                                      owner_email=settings.owner_email,
+                                      lease_s=settings.lease_s,
+                                      crash_retries=settings.crash_retries)
         self.runner = StepRunner(store, self.registry, secrets=self.secrets)
         self.worker_options = worker_options or WorkerOptions()
-        self._server_url = server_url or os.environ.get("DVT_CONDUCTOR_URL")
+        self._server_url = settings.url
         self._auth = auth
-        self._embedded_worker = worker
-        self._step_queues = step_queues
+        self._embedded_worker = settings.worker if worker is None else worker
+        self._step_queues = tuple(settings.step_queues)
         self._api: ConductorApi | None = None
         self._coordinator: RunCoordinator | None = None
         self._host: WorkerHost | None = None
@@ -114,9 +127,12 @@ class ConductorEngine(BaseEngine):
             if self._coordinator is None:
                 url = self._server_url
                 if not url:
-                    info = await asyncio.to_thread(local_server.dev_up)
-                    url = str(info["serverUrl"])
-                    self._server_url = url
+                    raise EngineNotConfigured(
+                        "no Conductor server URL is configured",
+                        details={"hint": "pass ConductorSettings(url=...) (server_url=...) or "
+                                         "set DVT_CONDUCTOR_URL; for a local server run "
+                                         "`dvt dev up` (or use the test fixtures)"},
+                    )
                 api = ConductorApi(url, self._auth)
                 coordinator = RunCoordinator(
                     self.store, api, self.runner, self.load_plan,

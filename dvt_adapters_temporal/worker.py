@@ -15,7 +15,6 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from dvt_adapters_temporal.activities import TemporalActivities
 from dvt_adapters_temporal.workflow import DvtRunWorkflow
-from dvt_engine.ports import RunStateStore
 
 # Pure dvt code and pydantic are imported once, outside the sandbox: they are deterministic and
 # reloading them per workflow run would cost time and memory for nothing.
@@ -106,30 +105,6 @@ async def serve(workers: Sequence[Worker], *, stop: asyncio.Event | None = None)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-async def run_worker(
-    store: RunStateStore,
-    *,
-    queues: Sequence[str] | None = None,
-    workflows: bool = True,
-    stop: asyncio.Event | None = None,
-    **engine_options: Any,
-) -> None:
-    """`dvt worker --engine temporal`: host workflows and steps until SIGINT/SIGTERM.
-
-    Without ``queues`` the worker serves the main task queue (the interpreter workflow and every
-    step not routed elsewhere) and each queue of ``kind_queues``. With ``queues`` it serves only
-    those step queues (activities only), e.g. a worker for ``spark.submit`` steps on its own
-    machine. Shutdown is graceful: no new task is taken and running steps get time to finish.
-    """
-    from dvt_adapters_temporal.engine import TemporalEngine
-
-    engine = TemporalEngine(store, worker=False, **engine_options)
-    try:
-        await engine.serve_workers(stop=stop, queues=queues, workflows=workflows)
-    finally:
-        await engine.close()
 
 
 def select_workers(

@@ -1,292 +1,178 @@
 """The local dev setup behind `dvt dev up|down|status`: servers that outlive one command.
 
-Each server keeps its state under ``DVT_HOME`` (default ``~/.dvt``): the Temporal dev server
-(SQLite file), an embedded PostgreSQL cluster (the store), and optionally a Conductor server.
+A thin layer over ``dvt_local`` (the ``local`` extra): each server keeps its data and its record
+(pid, port, log) under ``DVT_HOME`` (default ``~/.dvt``): the Temporal dev server (SQLite file),
+a PostgreSQL cluster from the pinned wheel (the store), and optionally a Conductor server.
 Commands that are given no store URL or engine address use whatever of this is running, so
-`dvt run` followed by `dvt status` in another shell sees the same run.
+`dvt run` followed by `dvt status` in another shell sees the same run. Every ``*_up`` prints one
+line on stderr for a server it started, so JSON on stdout stays clean.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib
-import json
-import os
 import shutil
-import signal
-import subprocess
-import time
-from dataclasses import asdict, dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from dvt_cli.output import notice
 from dvt_cli.settings import EngineAddresses, dvt_home
-from dvt_engine.errors import EngineUnavailable, StoreUnavailable, UsageError
+from dvt_engine.errors import EngineUnavailable, UsageError
 
-PG_STATE = "postgres.json"
-# The files the Temporal and Conductor dev-server managers record their servers in.
-TEMPORAL_PID_FILE = "temporal-dev.json"
-CONDUCTOR_STATE_FILE = "server.json"
-PG_START_TIMEOUT_S = 60.0
-PG_STOP_TIMEOUT_S = 30.0
 DEV_SCHEMA = "dvt"
+# The records dvt_local keeps beside each server's data (checked before importing its module).
+TEMPORAL_RECORD = "temporal-dev.json"
+CONDUCTOR_RECORD = "server.json"
+LOCAL_EXTRA_HINT = "pip install 'dvt[local]'"
 
 
-def _optional(module: str, extra: str) -> ModuleType:
+def _local(module: str) -> ModuleType:
+    """A ``dvt_local`` server module, or USAGE_ERROR naming the extra that brings it."""
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(f"dvt_local.{module}")
     except ImportError as exc:
-        raise UsageError(
-            f"{module} is not available: {exc}",
-            details={"module": module, "hint": f"pip install 'dvt[{extra}]'"},
-        ) from None
+        raise UsageError(f"the local {module} server is not available: {exc}",
+                         details={"module": f"dvt_local.{module}", "hint": LOCAL_EXTRA_HINT}
+                         ) from None
+
+
+def _installed(module: str, record: Path | None = None) -> ModuleType | None:
+    """The server module when installed; None also when ``record`` is given but absent."""
+    if record is not None and not record.exists():
+        # Nothing ever ran here: no need to import a server's SDK just to learn that.
+        return None
+    try:
+        return importlib.import_module(f"dvt_local.{module}")
+    except ImportError:
+        return None
+
+
+def _announce(what: str, up: Any, where: str) -> None:
+    if up.restarted:
+        notice(f"restarted local {what} on its recorded port {where} (stop with: dvt dev down)")
+    elif up.started:
+        notice(f"started local {what} on {where} (stop with: dvt dev down)")
+
+
+def _status(record: Any, **legacy: Any) -> dict[str, Any]:
+    return {"running": True, **record.describe(), **legacy}
 
 
 # --- Temporal -----------------------------------------------------------------------------
 
 
 def temporal_state_dir() -> Path:
-    """Where the Temporal dev server keeps its SQLite file and pid (shared with the engine)."""
+    """Where the Temporal dev server keeps its SQLite file and record."""
     return dvt_home() / "temporal"
 
 
+def temporal_available() -> bool:
+    """True when the Temporal SDK and the pinned dev server wheel are installed."""
+    temporal = _installed("temporal")
+    if temporal is None:
+        return False
+    try:
+        temporal.dev_server_path()
+    except Exception:
+        return False
+    return True
+
+
 def temporal_up() -> dict[str, Any]:
-    """Start (or find) the background Temporal dev server."""
-    devserver = _optional("dvt_adapters_temporal.devserver", "temporal")
-    info = devserver.start_dev_server(temporal_state_dir())
-    return {"running": True, **asdict(info)}
+    """Find or start the background Temporal dev server (on its recorded port after a crash)."""
+    up = _local("temporal").dev_server_up(temporal_state_dir())
+    _announce("Temporal dev server", up, up.record.address)
+    return {**_status(up.record), "started": up.started}
 
 
 def temporal_status() -> dict[str, Any]:
     """The background Temporal dev server, if it runs."""
-    if not (temporal_state_dir() / TEMPORAL_PID_FILE).exists():
-        # Nothing recorded: no need to import the SDK just to learn that.
+    if not (temporal_state_dir() / TEMPORAL_RECORD).exists():
         return {"running": False}
-    try:
-        devserver = importlib.import_module("dvt_adapters_temporal.devserver")
-    except ImportError:
+    temporal = _installed("temporal")
+    if temporal is None:
         return {"running": False, "installed": False}
-    info = devserver.read_dev_server(temporal_state_dir())
-    return {"running": True, **asdict(info)} if info else {"running": False}
+    record = temporal.read_dev_server(temporal_state_dir())
+    return _status(record) if record else {"running": False}
 
 
 def temporal_down() -> bool:
     """Stop the background Temporal dev server; False when none ran."""
-    try:
-        devserver = importlib.import_module("dvt_adapters_temporal.devserver")
-    except ImportError:
-        return False
-    return bool(devserver.stop_dev_server(temporal_state_dir()))
+    temporal = _installed("temporal", temporal_state_dir() / TEMPORAL_RECORD)
+    return bool(temporal and temporal.stop_dev_server(temporal_state_dir()))
 
 
 # --- Conductor ----------------------------------------------------------------------------
 
 
+def conductor_state_dir() -> Path:
+    """Where the Conductor server keeps its SQLite file and record."""
+    return dvt_home() / "conductor"
+
+
 def conductor_up() -> dict[str, Any]:
-    """Start (or find) the background Conductor server (downloads its jar once)."""
-    server = _optional("dvt_adapters_conductor.server", "conductor")
-    info: dict[str, Any] = server.dev_up()
-    return {"running": bool(info.get("healthy")), **info}
+    """Find or start the background Conductor server (resolves its jar once)."""
+    up = _local("conductor").dev_up(conductor_state_dir())
+    _announce("Conductor server", up, up.record.url)
+    return {**_status(up.record, serverUrl=up.record.url), "started": up.started}
 
 
 def conductor_status() -> dict[str, Any]:
     """The background Conductor server, if it runs."""
-    if not (dvt_home() / "conductor" / CONDUCTOR_STATE_FILE).exists():
+    if not (conductor_state_dir() / CONDUCTOR_RECORD).exists():
         return {"running": False}
-    try:
-        server = importlib.import_module("dvt_adapters_conductor.server")
-    except ImportError:
+    conductor = _installed("conductor")
+    if conductor is None:
         return {"running": False, "installed": False}
-    info: dict[str, Any] = server.dev_status()
-    return {"running": bool(info.get("healthy")), **info}
+    record = conductor.dev_status(conductor_state_dir())
+    return _status(record, serverUrl=record.url) if record else {"running": False}
 
 
 def conductor_down() -> bool:
     """Stop the background Conductor server; False when none ran."""
-    try:
-        server = importlib.import_module("dvt_adapters_conductor.server")
-    except ImportError:
-        return False
-    return bool(server.dev_down())
+    conductor = _installed("conductor", conductor_state_dir() / CONDUCTOR_RECORD)
+    return bool(conductor and conductor.dev_down(conductor_state_dir()))
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PgRecord:
-    """A background PostgreSQL server started by `dvt dev up`."""
-
-    pid: int
-    port: int
-    root: str
-    bin_dir: str
-
-    @property
-    def url(self) -> str:
-        """The store URL of this server."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?schema={DEV_SCHEMA}"
-
-
-def _pg_state_file() -> Path:
-    return dvt_home() / PG_STATE
-
-
-def _pg_root() -> Path:
-    """Where the cluster lives: under DVT_HOME, unless the server user could not reach it."""
-    root = dvt_home() / "postgres"
-    if os.geteuid() != 0:
-        return root
-    # As root the server runs as an unprivileged user; every parent must let it through.
-    for parent in [*reversed(root.parents)]:
-        if parent.exists() and not (parent.stat().st_mode & 0o001):
-            digest = hashlib.sha256(str(dvt_home().resolve()).encode()).hexdigest()[:12]
-            return Path("/var/tmp") / f"dvt-dev-postgres-{digest}"
-    return root
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        return b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-
-
 def postgres_status() -> dict[str, Any]:
-    """The background PostgreSQL server, if it runs."""
-    try:
-        record = PgRecord(**json.loads(_pg_state_file().read_text()))
-    except (OSError, ValueError, TypeError):
-        return {"running": False}
-    if not _alive(record.pid):
-        return {"running": False, "root": record.root}
-    return {"running": True, "url": record.url, **asdict(record)}
+    """The background PostgreSQL server, if it runs (``root`` is where its data lives)."""
+    postgres = _installed("postgres")
+    if postgres is None:
+        return {"running": False, "installed": False}
+    record = postgres.dev_status(dvt_home())
+    if record is None:
+        return {"running": False, "root": str(postgres.dev_root(dvt_home()))}
+    return _status(record)
 
 
 def postgres_available() -> bool:
-    """True when the PostgreSQL store and server binaries are installed."""
+    """True when the PostgreSQL store and the pinned server wheel are installed."""
+    postgres = _installed("postgres")
+    if postgres is None:
+        return False
     try:
-        testing = importlib.import_module("dvt_statestore_pg.testing")
-        testing.find_server_binaries()
+        postgres.find_server_binaries()
     except Exception:
         return False
-    return "postgresql" in _store_schemes()
-
-
-def _store_schemes() -> set[str]:
-    from importlib.metadata import entry_points
-
-    return {ep.name for ep in entry_points(group="dvt.stores")}
+    return "postgresql" in {ep.name for ep in entry_points(group="dvt.stores")}
 
 
 def postgres_up() -> dict[str, Any]:
-    """Start (or find) a persistent local PostgreSQL cluster for the store."""
-    current = postgres_status()
-    if current["running"]:
-        return current
-    testing = _optional("dvt_statestore_pg.testing", "postgres")
-    root = _pg_root()
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)
-    user = testing.ensure_server_user() if os.geteuid() == 0 else None
-    try:
-        bin_dir = testing.reachable_bin_dir(testing.find_server_binaries(), user, root)
-    except Exception as exc:
-        raise StoreUnavailable(
-            f"cannot prepare PostgreSQL server binaries: {exc}",
-            details={"hint": "pip install 'dvt[postgres,dev]' or set DVT_STORE_URL"},
-        ) from exc
-    server = testing.ManagedPostgres(bin_dir=bin_dir, root=root, port=testing.free_port(),
-                                     user=user, settings={})
-    if not (server.data_dir / "PG_VERSION").exists():
-        if server.data_dir.exists():
-            shutil.rmtree(server.data_dir)
-        server.initdb()
-    process = _launch_postgres(server)
-    record = PgRecord(pid=process.pid, port=server.port, root=str(root), bin_dir=str(bin_dir))
-    _pg_state_file().parent.mkdir(parents=True, exist_ok=True)
-    _pg_state_file().write_text(json.dumps(asdict(record)))
-    return {"running": True, "url": record.url, **asdict(record)}
-
-
-def _launch_postgres(server: Any) -> subprocess.Popen[bytes]:
-    """Start the postmaster detached (own session, no parent-death signal) and wait for it."""
-    import psycopg
-
-    if not _postmaster_alive(server.data_dir):
-        # A stale pid file from a crashed server would make the postmaster refuse to start.
-        (server.data_dir / "postmaster.pid").unlink(missing_ok=True)
-    args = [str(server.bin_dir / "postgres"), "-D", str(server.data_dir), "-p", str(server.port),
-            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-            "-c", "max_connections=200"]
-    kwargs: dict[str, Any] = {}
-    if server.user is not None:
-        kwargs = {"user": server.user.pw_uid, "group": server.user.pw_gid, "extra_groups": []}
-    with server.log_path.open("ab") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
-    deadline = time.monotonic() + PG_START_TIMEOUT_S
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StoreUnavailable(
-                f"postgres exited with {process.returncode} while starting:\n{server.log_tail()}"
-            )
-        try:
-            with psycopg.connect(server.dsn(), connect_timeout=2, autocommit=True) as conn:
-                conn.execute("SELECT 1")
-            return process
-        except psycopg.OperationalError as exc:
-            last = exc
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=0.1)
-    _stop_pid(process.pid)
-    raise StoreUnavailable(f"postgres did not start within {PG_START_TIMEOUT_S:.0f}s: {last}")
-
-
-def _postmaster_alive(data_dir: Path) -> bool:
-    try:
-        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    return _alive(pid)
-
-
-def _stop_pid(pid: int) -> None:
-    # SIGINT is PostgreSQL's "fast" shutdown: sessions end cleanly, no recovery at next start.
-    for sig, wait in ((signal.SIGINT, PG_STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.05)
+    """Find or start the persistent local PostgreSQL cluster for the store."""
+    up = _local("postgres").dev_up(dvt_home(), DEV_SCHEMA)
+    _announce("PostgreSQL", up, up.record.address)
+    return {**_status(up.record), "started": up.started}
 
 
 def postgres_down() -> bool:
     """Stop the background PostgreSQL server (its data stays); False when none ran."""
-    status = postgres_status()
-    if not status["running"]:
-        _pg_state_file().unlink(missing_ok=True)
-        return False
-    _stop_pid(int(status["pid"]))
-    _pg_state_file().unlink(missing_ok=True)
-    return True
+    postgres = _installed("postgres")
+    return bool(postgres and postgres.dev_down(dvt_home()))
 
 
 # --- the whole setup ----------------------------------------------------------------------
@@ -294,14 +180,13 @@ def postgres_down() -> bool:
 
 def purge() -> list[str]:
     """Remove the local servers' data (call after stopping them); returns what was removed."""
-    removed: list[str] = []
-    for path in (_pg_root(), temporal_state_dir(), dvt_home() / "conductor"):
+    postgres = _installed("postgres")
+    removed: list[str] = postgres.dev_purge(dvt_home()) if postgres else []
+    for path in (temporal_state_dir(), conductor_state_dir()):
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))
-    _pg_state_file().unlink(missing_ok=True)
     return removed
-
 
 
 def running_setup() -> tuple[str | None, EngineAddresses]:

@@ -10,7 +10,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from dvt_engine.errors import ERROR_CLASSES, ErrorCode
+from dvt_engine.errors import ERROR_CLASSES, FAMILIES, ErrorCode, family_of
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 CONTRACT_CODES = frozenset({
@@ -39,21 +39,29 @@ def render() -> str:
         "people, `retryable` and JSON `details`. Callers branch on the code, never on the message.",
         "The CLI prints `error CODE: message` and the hint below (exit code 2), and under `--json`",
         "`{\"error\": {\"code\", \"message\", \"details\"}}`. Codes marked *contract* are named in",
-        "CONTRACTS.md section 11; the others are dvt's own.",
+        "[contract §11](contract.md#11-error-codes); the others are dvt's own.",
         "",
-        "| code | class | retryable | origin | meaning | hint |",
-        "|---|---|---|---|---|---|",
+        "Codes are grouped by family: each family is a base class exported by `dvt_engine`",
+        "(`except dvt_engine.SignalError:` catches every signal refusal).",
     ]
-    for code in ErrorCode:
-        cls = ERROR_CLASSES.get(code)
-        if cls is None:
-            lines.append(f"| `{code}` | - | - | - | (no error class) | |")
-            continue
-        doc = inspect.getdoc(cls) or ""
-        origin = "contract" if str(code) in CONTRACT_CODES else "dvt"
-        retry = "yes" if cls.default_retryable else "no"
-        cells = [f"`{code}`", f"`{cls.__name__}`", retry, origin, _cell(doc), _cell(cls.hint)]
-        lines.append("| " + " | ".join(cells) + " |")
+    for family in FAMILIES:
+        lines += ["", f"## {family.__name__}", "", _cell(inspect.getdoc(family) or ""), "",
+                  "| code | class | retryable | origin | meaning | hint |",
+                  "|---|---|---|---|---|---|"]
+        for code in ErrorCode:
+            cls = ERROR_CLASSES.get(code)
+            if cls is None or family_of(cls) is not family:
+                continue
+            doc = inspect.getdoc(cls) or ""
+            origin = "contract" if str(code) in CONTRACT_CODES else "dvt"
+            retry = "yes" if cls.default_retryable else "no"
+            cells = [f"`{code}`", f"`{cls.__name__}`", retry, origin, _cell(doc),
+                     _cell(cls.hint)]
+            lines.append("| " + " | ".join(cells) + " |")
+    missing = [code for code in ErrorCode if code not in ERROR_CLASSES]
+    if missing:
+        lines += ["", "## Codes without a class", ""]
+        lines += [f"- `{code}`" for code in missing]
     lines.append("")
     return "\n".join(lines)
 

@@ -157,7 +157,7 @@ def merge_parity(reports: list[Any]) -> dict[str, Any]:
 
 
 def parity_document(report: Any) -> dict[str, Any]:
-    """``{"equal", "checksums", "differences"}`` from the harness's report (contract 13)."""
+    """``{"equal", "checksums", "differences"}`` from the harness's report (contract §13)."""
     to_dict = getattr(report, "to_dict", None)
     data = to_dict() if to_dict is not None else _plain(report)
     if not isinstance(data, dict):
@@ -300,9 +300,8 @@ def _print_dev(status: dict[str, Any]) -> None:
 
 async def dev_up(settings: Settings, parts: list[str]) -> int:
     """Start the chosen local servers in the background; they stay up until `dvt dev down`."""
+    # Each *_up prints one line on stderr for a server it started (none for one already up).
     for part in parts:
-        if not settings.json:
-            click.echo(f"starting {part} ...", err=True)
         if part == "postgres":
             await asyncio.to_thread(devenv.postgres_up)
             admin = importlib.import_module("dvt_statestore_pg.admin") if _has(
@@ -333,7 +332,7 @@ def default_dev_parts() -> list[str]:
     parts: list[str] = []
     if devenv.postgres_available():
         parts.append("postgres")
-    if _has("dvt_adapters_temporal.devserver") and _has("temporalio"):
+    if devenv.temporal_available():
         parts.append("temporal")
     return parts
 

@@ -1,4 +1,4 @@
-"""Printing for people and for scripts: JSON shapes of contract section 13, coded errors."""
+"""Printing for people and for scripts: JSON shapes of contract §13, coded errors."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def print_error(error: DvtError, *, as_json: bool) -> None:
 
 
 def run_document(snapshot: RunSnapshot) -> dict[str, Any]:
-    """``{"runId", "status", "snapshot", "snapshotChecksum"}`` (contract section 13)."""
+    """``{"runId", "status", "snapshot", "snapshotChecksum"}`` (contract §13)."""
     return {
         "runId": snapshot.run_id,
         "status": str(snapshot.status),

@@ -37,7 +37,7 @@ SNAPSHOT_CATCH_UP_S = 30.0
 
 
 def exit_code_for(status: RunStatus) -> int:
-    """0 for COMPLETED, 1 for FAILED or CANCELLED (contract section 13)."""
+    """0 for COMPLETED, 1 for FAILED or CANCELLED (contract §13)."""
     return out.EXIT_OK if status == RunStatus.COMPLETED else out.EXIT_RUN_FAILED
 
 
@@ -303,7 +303,7 @@ class SignalOptions:
 
 
 def signal_payload(options: SignalOptions) -> dict[str, Any]:
-    """The signal payload for a CLI action (contract 6.1)."""
+    """The signal payload for a CLI action (contract §6.1)."""
     action = options.action
     if action in STEP_ACTIONS and not options.step_id:
         raise UsageError(f"`{action}` needs a step id", details={

@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 from collections.abc import AsyncIterator
+from types import ModuleType
 from typing import Any
 
 from dvt_cli import devenv
@@ -21,6 +22,7 @@ from dvt_engine.errors import (
 )
 from dvt_engine.plugins import open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
+from dvt_engine.steps.registry import HandlerRegistry, default_registry
 
 EXTRAS = frozenset({"temporal", "conductor", "postgres"})
 MEMORY_NOTE = (
@@ -29,8 +31,14 @@ MEMORY_NOTE = (
 )
 
 
+# The modules --handlers named, in order: the CLI's own explicit list, read by load_engine.
+_HANDLER_MODULES: list[ModuleType] = []
+
+
 def import_handlers(modules: str | None) -> None:
-    """Import host modules whose ``@step_handler`` decorators register step kinds."""
+    """Import the host modules ``--handlers`` names; their ``@step_handler`` kinds join the
+    registry every engine of this command gets (``handler_registry``)."""
+    _HANDLER_MODULES.clear()
     if not modules:
         return
     if os.getcwd() not in sys.path:
@@ -40,12 +48,20 @@ def import_handlers(modules: str | None) -> None:
         if not name:
             continue
         try:
-            importlib.import_module(name)
+            _HANDLER_MODULES.append(importlib.import_module(name))
         except ImportError as exc:
             raise UsageError(f"cannot import handler module {name!r}: {exc}",
                              details={"module": name,
                                       "hint": "Pass an importable module name (DVT_HANDLERS)."}
                              ) from None
+
+
+def handler_registry() -> HandlerRegistry:
+    """Built-ins, installed entry points, then the ``--handlers`` modules' declared handlers."""
+    registry = default_registry()
+    for module in _HANDLER_MODULES:
+        registry.register_module(module)
+    return registry
 
 
 def resolve(settings: Settings) -> Settings:
@@ -86,25 +102,30 @@ def engine_options(name: str, settings: Settings, *, worker: bool = True) -> dic
 
 
 def prepare_local_servers(engine: str, settings: Settings) -> Settings:
-    """Start what a default `dvt run` needs when nothing is configured (issue: main job).
+    """Start what a default `dvt run` needs when nothing is configured, and say so in one line.
 
-    With Temporal and no address, the background dev server is started (it stays up for the
-    next command, like `dvt dev up`), and with the PostgreSQL store installed an embedded
-    PostgreSQL becomes the store, so the run outlives the command.
+    The engines never start a server themselves (ENGINE_NOT_CONFIGURED without an address):
+    this local path does it explicitly. With Temporal and no address the background dev server
+    is started (it stays up for the next command, like `dvt dev up`), and with the PostgreSQL
+    store installed an embedded PostgreSQL becomes the store, so the run outlives the command.
     """
     a = settings.addresses
-    started = False
+    started: list[str] = []
     if engine == "temporal" and not a.temporal_address:
         info = devenv.temporal_up()
         settings = settings.with_dev(None, EngineAddresses(temporal_address=info["address"]))
-        started = True
+        started.append(f"Temporal dev server at {info['address']}")
     elif engine == "conductor" and not a.conductor_url:
         info = devenv.conductor_up()
         settings = settings.with_dev(None, EngineAddresses(conductor_url=str(info["serverUrl"])))
-        started = True
+        started.append(f"Conductor server at {info['serverUrl']}")
     if started and not settings.store_url and devenv.postgres_available():
         pg = devenv.postgres_up()
         settings = settings.with_dev(pg["url"], EngineAddresses())
+        started.append("PostgreSQL store")
+    if started:
+        notice(f"dvt: started the local {' and '.join(started)} in the background "
+               "(`dvt dev down` stops them)")
     return settings
 
 
@@ -139,7 +160,7 @@ async def store_session(settings: Settings, *, quiet_memory: bool = False) -> As
 def load_engine(name: str, store: RunStateStore, options: dict[str, Any]) -> WorkflowEngine:
     """Open an engine by name; an adapter that is registered but cannot load is ENGINE_NOT_FOUND."""
     try:
-        return open_engine(name, store=store, **options)
+        return open_engine(name, store=store, **{"registry": handler_registry(), **options})
     except DvtError:
         raise
     except ImportError as exc:

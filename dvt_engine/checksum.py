@@ -1,4 +1,4 @@
-"""Parity form, RFC 8785 canonical JSON, and the snapshot checksum (contract 5.5)."""
+"""Parity form, RFC 8785 canonical JSON, and the snapshot checksum (contract §5.5)."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ class BaseEngine(WorkflowEngine):
 
     @classmethod
     def declared_capabilities(cls) -> frozenset[str]:
-        """The capabilities this engine declares (contract section 9)."""
+        """The capabilities this engine declares (contract §9)."""
         return cls.capabilities or frozenset(ENGINE_CAPABILITIES.get(cls.name, ()))
 
     # --- validation ---------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 A caller branches on ``error.code`` (a string that never changes meaning), shows ``str(error)``
 to people, and may retry when ``error.retryable`` is true. ``details`` is JSON-safe data.
+
+Every coded class belongs to exactly one family (``PlanError``, ``RunError``, ``SignalError``,
+``StepError``, ``StoreError``, ``EngineError``, ``RequestError``), so a caller can catch a
+whole kind of failure with one ``except``. Families carry no code of their own.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Any, ClassVar
 
 
 class ErrorCode(StrEnum):
-    """The stable error codes of dvt (contract section 11, plus the ones dvt adds)."""
+    """The stable error codes of dvt (contract §11, plus the ones dvt adds)."""
 
     PLAN_URI_NOT_ALLOWED = "PLAN_URI_NOT_ALLOWED"
     PLAN_INTEGRITY_VALIDATION_FAILED = "PLAN_INTEGRITY_VALIDATION_FAILED"
@@ -46,6 +50,7 @@ class ErrorCode(StrEnum):
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
     ENGINE_NOT_FOUND = "ENGINE_NOT_FOUND"
+    ENGINE_NOT_CONFIGURED = "ENGINE_NOT_CONFIGURED"
     STORE_NOT_FOUND = "STORE_NOT_FOUND"
     SECRET_NOT_FOUND = "SECRET_NOT_FOUND"
     USAGE_ERROR = "USAGE_ERROR"
@@ -83,201 +88,234 @@ class DvtError(Exception):
         }
 
 
-class PlanUriNotAllowed(DvtError):
+class PlanError(DvtError):
+    """Family: the plan cannot be fetched, trusted, parsed or run as written."""
+
+
+class RunError(DvtError):
+    """Family: the run does not exist for the caller, or its lifecycle forbids what was asked."""
+
+
+class SignalError(DvtError):
+    """Family: an operator signal was malformed, not allowed, or does not fit the step's state."""
+
+
+class StepError(DvtError):
+    """Family: a step did not complete (handler failure, timeout, cancel, approval outcome)."""
+
+
+class StoreError(DvtError):
+    """Family: the state store is missing or unreachable."""
+
+
+class EngineError(DvtError):
+    """Family: the workflow engine is missing, not configured or unreachable."""
+
+
+class RequestError(DvtError):
+    """Family: the caller used an API or command the wrong way (bad identifier, bad option)."""
+
+
+FAMILIES: tuple[type[DvtError], ...] = (
+    PlanError, RunError, SignalError, StepError, StoreError, EngineError, RequestError,
+)
+
+
+class PlanUriNotAllowed(PlanError):
     """The plan URI is outside the allowlist; it was not fetched."""
 
     code = ErrorCode.PLAN_URI_NOT_ALLOWED
     hint = "Store the plan in the registry (plan://sha256/...) or allowlist its host."
 
 
-class PlanIntegrityValidationFailed(DvtError):
+class PlanIntegrityValidationFailed(PlanError):
     """The fetched plan bytes do not hash to the expected sha256."""
 
     code = ErrorCode.PLAN_INTEGRITY_VALIDATION_FAILED
     hint = "The plan changed after it was referenced; reference the new digest."
 
 
-class PlanSchemaVersionUnsupported(DvtError):
+class PlanSchemaVersionUnsupported(PlanError):
     """The plan declares a schemaVersion this dvt does not know."""
 
     code = ErrorCode.PLAN_SCHEMA_VERSION_UNSUPPORTED
     hint = "Supported schema versions: v1.0, v1.1, v1.2."
 
 
-class PlanNotFound(DvtError):
+class PlanNotFound(PlanError):
     """No plan is stored under that reference."""
 
     code = ErrorCode.PLAN_NOT_FOUND
     hint = "Store the plan first (dvt run stores it for you)."
 
 
-class PlanFetchFailed(DvtError):
+class PlanFetchFailed(PlanError):
     """The plan could not be fetched (network or server error)."""
 
     code = ErrorCode.PLAN_FETCH_FAILED
     default_retryable = True
 
 
-class SchemaValidationFailed(DvtError):
+class SchemaValidationFailed(PlanError):
     """A plan, event or payload does not match its JSON Schema."""
 
     code = ErrorCode.SCHEMA_VALIDATION_FAILED
     hint = "See details.errors for the failing paths."
 
 
-class PlanInvalid(DvtError):
+class PlanInvalid(PlanError):
     """The plan breaks a DAG rule (unknown dependency, cycle, duplicate stepId)."""
 
     code = ErrorCode.PLAN_INVALID
     hint = "Run `dvt validate PLAN` to see every problem at once."
 
 
-class StepKindUnknown(DvtError):
+class StepKindUnknown(PlanError):
     """A step's kind has no registered handler."""
 
     code = ErrorCode.STEP_KIND_UNKNOWN
     hint = "Register a handler for the kind, or fix the kind's name."
 
 
-class CapabilityNotSupported(DvtError):
+class CapabilityNotSupported(PlanError):
     """The plan requires a capability the engine lacks and its fallback is 'reject'."""
 
     code = ErrorCode.CAPABILITY_NOT_SUPPORTED
     hint = "Pick another engine or set fallbackBehavior to 'emulate' or 'degrade'."
 
 
-class RunNotFound(DvtError):
+class RunNotFound(RunError):
     """No run with that id exists for this tenant."""
 
     code = ErrorCode.RUN_NOT_FOUND
 
 
-class RunNotApproved(DvtError):
+class RunNotApproved(RunError):
     """The run's plan requires approval and the run has not been approved."""
 
     code = ErrorCode.RUN_NOT_APPROVED
 
 
-class TenantMismatch(DvtError):
+class TenantMismatch(RunError):
     """The caller's tenant does not own the run (reported like RUN_NOT_FOUND to callers)."""
 
     code = ErrorCode.TENANT_MISMATCH
 
 
-class SignalInvalidPayload(DvtError):
+class SignalInvalidPayload(SignalError):
     """A signal's payload does not match the signal's schema."""
 
     code = ErrorCode.SIGNAL_INVALID_PAYLOAD
 
 
-class SignalUnauthorized(DvtError):
+class SignalUnauthorized(SignalError):
     """The actor's roles do not allow this signal."""
 
     code = ErrorCode.SIGNAL_UNAUTHORIZED
 
 
-class SignalRateLimited(DvtError):
+class SignalRateLimited(SignalError):
     """Too many signals for this run in the current minute."""
 
     code = ErrorCode.SIGNAL_RATE_LIMITED
     default_retryable = True
 
 
-class RunTerminal(DvtError):
+class RunTerminal(RunError):
     """The run is COMPLETED, FAILED or CANCELLED and accepts nothing more."""
 
     code = ErrorCode.RUN_TERMINAL
 
 
-class StepNotFound(DvtError):
+class StepNotFound(SignalError):
     """The step named by a signal is not in the run's plan."""
 
     code = ErrorCode.STEP_NOT_FOUND
 
 
-class StepNotRetryable(DvtError):
+class StepNotRetryable(SignalError):
     """RETRY_STEP on a step that is not FAILED."""
 
     code = ErrorCode.STEP_NOT_RETRYABLE
 
 
-class StepTerminal(DvtError):
+class StepTerminal(SignalError):
     """SKIP_STEP on a step that already ran or is running."""
 
     code = ErrorCode.STEP_TERMINAL
 
 
-class StepNotAwaitingApproval(DvtError):
+class StepNotAwaitingApproval(SignalError):
     """APPROVE_STEP on a step that is not an approval gate waiting for a decision."""
 
     code = ErrorCode.STEP_NOT_AWAITING_APPROVAL
 
 
-class StepFailed(DvtError):
+class StepFailed(StepError):
     """A step handler failed; ``retryable`` says whether the engine may retry it."""
 
     code = ErrorCode.STEP_FAILED
     default_retryable = True
 
 
-class StepCancelled(DvtError):
+class StepCancelled(StepError):
     """A running step was asked to stop (CANCEL, or pause with cancelInFlightOnPause)."""
 
     code = ErrorCode.STEP_CANCELLED
 
 
-class StepTimeout(DvtError):
+class StepTimeout(StepError):
     """A step ran longer than its timeoutMs."""
 
     code = ErrorCode.STEP_TIMEOUT
     default_retryable = True
 
 
-class StepOutputTooLarge(DvtError):
+class StepOutputTooLarge(StepError):
     """A step's JSON output exceeds 32 KiB; large data belongs in artifacts."""
 
     code = ErrorCode.STEP_OUTPUT_TOO_LARGE
 
 
-class ApprovalRejected(DvtError):
+class ApprovalRejected(StepError):
     """An approver rejected an approval gate."""
 
     code = ErrorCode.APPROVAL_REJECTED
 
 
-class ApprovalTimeout(DvtError):
+class ApprovalTimeout(StepError):
     """An approval gate waited longer than its timeoutMs."""
 
     code = ErrorCode.APPROVAL_TIMEOUT
 
 
-class OperatorTimeout(DvtError):
+class OperatorTimeout(RunError):
     """A run awaiting an operator waited longer than operatorTimeoutMs."""
 
     code = ErrorCode.OPERATOR_TIMEOUT
 
 
-class PauseDrainTimeout(DvtError):
+class PauseDrainTimeout(RunError):
     """Steps running at pause did not settle within the drain timeout."""
 
     code = ErrorCode.PAUSE_DRAIN_TIMEOUT
     default_retryable = True
 
 
-class IdentifierInvalid(DvtError):
+class IdentifierInvalid(RequestError):
     """An identifier is empty, too long, or contains '|' or a control character."""
 
     code = ErrorCode.IDENTIFIER_INVALID
     hint = "Identifiers are 1-200 characters without '|' or control characters."
 
 
-class IllegalTransition(DvtError):
+class IllegalTransition(RunError):
     """An event would move a run or step through a transition its state machine forbids."""
 
     code = ErrorCode.ILLEGAL_TRANSITION
 
 
-class StoreUnavailable(DvtError):
+class StoreUnavailable(StoreError):
     """The state store cannot be reached."""
 
     code = ErrorCode.STORE_UNAVAILABLE
@@ -285,7 +323,7 @@ class StoreUnavailable(DvtError):
     hint = "Check the store URL (DVT_STORE_URL) and that the database is up."
 
 
-class EngineUnavailable(DvtError):
+class EngineUnavailable(EngineError):
     """The workflow engine cannot be reached."""
 
     code = ErrorCode.ENGINE_UNAVAILABLE
@@ -293,43 +331,64 @@ class EngineUnavailable(DvtError):
     hint = "Check the engine address, or start local servers with `dvt dev up`."
 
 
-class EngineNotFound(DvtError):
+class EngineNotFound(EngineError):
     """No engine is installed under that name."""
 
     code = ErrorCode.ENGINE_NOT_FOUND
     hint = "Install the adapter's extra, e.g. pip install 'dvt[temporal]'."
 
 
-class StoreNotFound(DvtError):
+class EngineNotConfigured(EngineError):
+    """The engine has no server address, and dvt never starts a server behind a library call."""
+
+    code = ErrorCode.ENGINE_NOT_CONFIGURED
+    hint = (
+        "Pass the address (TemporalSettings(address=...) / ConductorSettings(server_url=...) or "
+        "DVT_TEMPORAL_ADDRESS / DVT_CONDUCTOR_URL), or start local servers with `dvt dev up`."
+    )
+
+
+class StoreNotFound(StoreError):
     """No store is installed for that URL scheme."""
 
     code = ErrorCode.STORE_NOT_FOUND
     hint = "Use memory:// or install the extra for your store, e.g. pip install 'dvt[postgres]'."
 
 
-class SecretNotFound(DvtError):
+class SecretNotFound(StepError):
     """A secret reference could not be resolved by the secrets provider."""
 
     code = ErrorCode.SECRET_NOT_FOUND
 
 
-class UsageError(DvtError):
+class UsageError(RequestError):
     """The caller used an API or command the wrong way."""
 
     code = ErrorCode.USAGE_ERROR
 
 
-def _all_error_classes() -> list[type[DvtError]]:
+def _coded_classes() -> list[type[DvtError]]:
+    """The coded classes defined here (families and subclasses elsewhere are not listed)."""
     found: list[type[DvtError]] = []
     pending: list[type[DvtError]] = list(DvtError.__subclasses__())
     while pending:
         cls = pending.pop(0)
-        found.append(cls)
+        if cls.__module__ == __name__ and "code" in vars(cls):
+            found.append(cls)
         pending.extend(cls.__subclasses__())
     return found
 
 
-ERROR_CLASSES: dict[ErrorCode, type[DvtError]] = {cls.code: cls for cls in _all_error_classes()}
+ERROR_CLASSES: dict[ErrorCode, type[DvtError]] = {cls.code: cls for cls in _coded_classes()}
+
+
+def family_of(cls: type[DvtError]) -> type[DvtError]:
+    """The family a coded error class belongs to (USAGE_ERROR when it has none)."""
+    for family in FAMILIES:
+        if issubclass(cls, family):
+            return family
+    raise UsageError(f"{cls.__name__} belongs to no error family",
+                     details={"class": cls.__name__})
 
 
 def error_from_dict(data: dict[str, Any]) -> DvtError:

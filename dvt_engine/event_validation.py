@@ -1,4 +1,4 @@
-"""Checks every store runs before it persists an event (contract 4.2)."""
+"""Checks every store runs before it persists an event (contract §4.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Idempotency keys (contract section 4.3), reproduced bit for bit on every engine.
+"""Idempotency keys (contract §4.3), reproduced bit for bit on every engine.
 
 Repeatable run-level events put a discriminator in the attempt slot so each occurrence gets its
 own key while the same history always yields the same keys (see docs/idempotency.md):

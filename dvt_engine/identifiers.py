@@ -1,4 +1,4 @@
-"""Identifier rules (contract section 1): 1-200 characters, no '|' and no control characters.
+"""Identifier rules (contract §1): 1-200 characters, no '|' and no control characters.
 
 '|' joins the parts of every idempotency key, so allowing it would let two different events
 share one key. Letters outside ASCII are allowed.

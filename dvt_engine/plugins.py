@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from dvt_engine.errors import EngineNotFound, StoreNotFound
 from dvt_engine.ports import RunStateStore, WorkflowEngine
+from dvt_engine.settings import EngineSettings, StoreSettings
 
 ENGINE_GROUP = "dvt.engines"
 STORE_GROUP = "dvt.stores"
@@ -36,18 +37,33 @@ def engine_class(name: str) -> type[WorkflowEngine]:
     )
 
 
-def open_engine(name: str, *, store: RunStateStore, **options: Any) -> WorkflowEngine:
-    """Open the engine registered as ``name`` over ``store`` with engine-specific options."""
+def open_engine(
+    name: str | EngineSettings, *, store: RunStateStore, **options: Any
+) -> WorkflowEngine:
+    """Open an engine over ``store``: from typed settings, or by name with keyword options.
+
+    ``open_engine(TemporalSettings(address=...), store=store, registry=registry)`` finds the
+    adapter through its entry point and hands it the settings; host objects (registry,
+    authorizer, secrets, uri_policy, fetchers) go as keyword arguments either way.
+    """
+    if isinstance(name, EngineSettings):
+        cls = engine_class(name.engine_name)
+        return cls(store=store, **{**name.engine_kwargs(), **options})  # type: ignore[call-arg]
     cls = engine_class(name)
     return cls(store=store, **options)  # type: ignore[call-arg]
 
 
-async def open_store(url: str, **options: Any) -> RunStateStore:
+async def open_store(url: str | StoreSettings, **options: Any) -> RunStateStore:
     """Open the store for ``url`` (``memory://``, ``postgresql://...``) and make it ready.
+
+    Typed settings work too: ``open_store(PostgresStoreSettings(url=...))``.
 
     A store class may offer an async ``open(url, **options)`` classmethod for setup that needs
     I/O (pools, migrations); otherwise it is constructed with ``(url, **options)``.
     """
+    if isinstance(url, StoreSettings):
+        options = {**url.store_options(), **options}
+        url = url.store_url()
     scheme = urlsplit(url).scheme.lower()
     if not scheme:
         raise StoreNotFound(f"store URL {url!r} has no scheme", details={"url": _safe(url)})

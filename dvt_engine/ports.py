@@ -155,7 +155,7 @@ class AuthorizationResult:
 
 
 class Authorizer(abc.ABC):
-    """Decides whether an actor may send a signal (contract 6.2 rule 3)."""
+    """Decides whether an actor may send a signal (contract §6.2 rule 3)."""
 
     @abc.abstractmethod
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
@@ -171,7 +171,7 @@ class SecretsProvider(abc.ABC):
 
 
 class WorkflowEngine(abc.ABC):
-    """One engine port for every workflow engine (contract section 7)."""
+    """One engine port for every workflow engine (contract §7)."""
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()

@@ -1,4 +1,4 @@
-"""The projector: a pure function from a run's log to its snapshot (contract 5.3).
+"""The projector: a pure function from a run's log to its snapshot (contract §5.3).
 
 ``project(header, events)`` builds a snapshot from scratch; ``apply(snapshot, events)`` folds new
 events into an existing one. Neither modifies its input. Events are applied in runSeq order; an

@@ -1,4 +1,4 @@
-"""Run and step state machines (contract 3.1, 3.2): which event may follow which state.
+"""Run and step state machines (contract §3.1, §3.2): which event may follow which state.
 
 The same table serves the writer, which refuses an illegal event before it is appended, and the
 projector, which ignores one that reached the log anyway (a forced cancel racing a worker).
@@ -34,7 +34,7 @@ RUN_EVENT_SOURCES: Mapping[str, frozenset[RunStatus]] = {
 }
 
 # Step events need a live run. A step scheduled just before a pause may still report while the
-# run is PAUSED: nothing is thrown away (contract 6.4).
+# run is PAUSED: nothing is thrown away (contract §6.4).
 _STEP_RUN_STATES = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
 
 STEP_EVENT_SOURCES: Mapping[str, frozenset[StepStatus]] = {

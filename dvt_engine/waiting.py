@@ -16,12 +16,13 @@ async def wait_for_snapshot(
     run_id: str,
     predicate: Callable[[RunSnapshot], bool],
     *,
-    timeout: float = 60.0,
+    timeout: float | None = 60.0,
 ) -> RunSnapshot:
     """Return the first snapshot of the run that satisfies ``predicate``.
 
     Follows the run's log and re-reads the snapshot after every new event; raises
-    TimeoutError after ``timeout`` seconds with the last snapshot in the message.
+    TimeoutError after ``timeout`` seconds (None: wait as long as it takes) with the last
+    snapshot in the message.
     """
     snapshot = await store.get_snapshot(tenant_id, run_id)
     if snapshot is None:
@@ -50,7 +51,7 @@ async def wait_for_snapshot(
 
 
 async def wait_for_terminal(
-    store: RunStateStore, tenant_id: str, run_id: str, *, timeout: float = 120.0
+    store: RunStateStore, tenant_id: str, run_id: str, *, timeout: float | None = 120.0
 ) -> RunSnapshot:
     """Wait until the run is COMPLETED, FAILED or CANCELLED."""
     return await wait_for_snapshot(

@@ -1,4 +1,4 @@
-"""PostgresRunStateStore: the state store on PostgreSQL (contract section 5)."""
+"""PostgresRunStateStore: the state store on PostgreSQL (contract §5)."""
 
 from __future__ import annotations
 

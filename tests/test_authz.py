@@ -1,4 +1,4 @@
-"""The default role-based authorizer: contract 6.1's roles table and effective-role choice."""
+"""The default role-based authorizer: contract §6.1's roles table and effective-role choice."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dvt_engine.signals import (
 
 A, E, OP, P = Role.ADMIN, Role.ENGINEER, Role.OPERATOR, Role.APPROVER
 
-# Contract 6.1 (plus APPROVE_RUN, an approver's duty): which single role may send what.
+# Contract §6.1 (plus APPROVE_RUN, an approver's duty): which single role may send what.
 EXPECTED_SINGLE_ROLE = {
     SignalType.PAUSE: {A, E, OP},
     SignalType.RESUME: {A, E, OP},

@@ -1,5 +1,5 @@
 """The `dvt` command on the reference engine and the memory store: exit codes, JSON shapes of
-contract section 13, coded errors with hints and no traceback, options from the environment."""
+contract §13, coded errors with hints and no traceback, options from the environment."""
 
 from __future__ import annotations
 

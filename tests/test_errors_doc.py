@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dvt_cli import errors_doc
 from dvt_engine.errors import ERROR_CLASSES, ErrorCode
 
@@ -33,3 +35,29 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path) -> None:
     assert errors_doc.main(["--check", "--path", str(stale)]) == 1
     assert errors_doc.main(["--path", str(stale)]) == 0
     assert errors_doc.main(["--check", "--path", str(stale)]) == 0
+
+
+def test_every_code_belongs_to_exactly_one_family() -> None:
+    import dvt_engine
+    from dvt_engine.errors import FAMILIES, family_of
+
+    for code in ErrorCode:
+        cls = ERROR_CLASSES[code]
+        owners = [f for f in FAMILIES if issubclass(cls, f)]
+        assert len(owners) == 1, f"{code} belongs to {owners}"
+        assert family_of(cls) is owners[0]
+        assert f"## {owners[0].__name__}" in errors_doc.render()
+    for family in FAMILIES:
+        assert getattr(dvt_engine, family.__name__) is family
+        assert "code" not in vars(family)
+
+
+def test_a_family_catches_its_codes() -> None:
+    from dvt_engine import RunError, SignalError
+    from dvt_engine.errors import RunNotFound, SignalUnauthorized
+
+    with pytest.raises(SignalError) as caught:
+        raise SignalUnauthorized("no")
+    assert caught.value.code == ErrorCode.SIGNAL_UNAUTHORIZED
+    assert not issubclass(RunNotFound, SignalError)
+    assert issubclass(RunNotFound, RunError)

@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import sys
 import textwrap
+import types
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,6 @@ from dvt_engine.steps import (
     builtin_registry,
     classify,
     default_registry,
-    host_registry,
     step_handler,
 )
 
@@ -155,33 +155,59 @@ async def test_decorator_with_registry() -> None:
     assert result == StepResult(output={"select": "orders"})
 
 
-async def test_decorator_without_registry_joins_default_registry() -> None:
+async def test_decorator_without_registry_registers_nothing_anywhere() -> None:
+    """Declaring a handler never changes a registry: import order cannot change behaviour."""
+
     @step_handler("host.kind")
     async def host_kind(ctx: StepContext) -> StepResult:
         return StepResult(output="host", cost_units=3)
 
-    try:
-        assert host_registry().get("host.kind") is host_kind
-        registry = default_registry(entry_points_too=False)
-        assert registry.get("host.kind") is host_kind
-        assert set(BUILTIN_KINDS) <= set(registry.kinds())
-        result = await registry.get("host.kind").run(context("host.kind"))
-        assert result.cost_units == 3
-    finally:
-        host_registry().unregister("host.kind")
+    assert isinstance(host_kind, StepHandler)
     assert "host.kind" not in default_registry(entry_points_too=False)
+    assert (await host_kind.run(context("host.kind"))).cost_units == 3
 
 
-def test_decorating_a_builtin_kind_makes_default_registry_refuse() -> None:
+def test_declared_handlers_join_a_registry_only_when_the_module_is_named() -> None:
+    module = types.ModuleType("host_steps")
+
+    @step_handler("host.load")
+    async def load(ctx: StepContext) -> None:
+        return None
+
+    async def helper(ctx: StepContext) -> None:  # not declared: never registered
+        return None
+
+    module.load = load  # type: ignore[attr-defined]
+    module.helper = helper  # type: ignore[attr-defined]
+    registry = builtin_registry()
+    assert registry.register_module(module) == ["host.load"]
+    assert registry.get("host.load") is load
+    assert "helper" not in registry.kinds()
+
+
+def test_declaring_a_builtin_kind_is_refused_when_registered() -> None:
+    module = types.ModuleType("clash")
+
     @step_handler("echo")
     async def my_echo(ctx: StepContext) -> None:
         return None
 
-    try:
-        with pytest.raises(UsageError):
-            default_registry(entry_points_too=False)
-    finally:
-        host_registry().unregister("echo")
+    module.my_echo = my_echo  # type: ignore[attr-defined]
+    with pytest.raises(UsageError):
+        builtin_registry().register_module(module)
+
+
+async def test_registry_handler_decorator_registers_there() -> None:
+    registry = HandlerRegistry()
+
+    @registry.handler("dbt.run")
+    async def dbt_run(ctx: StepContext) -> dict[str, str]:
+        return {"selected": ctx.params["select"]}
+
+    assert registry.get("dbt.run") is dbt_run
+    assert (await dbt_run.run(context("dbt.run", {"select": "x"}))).output == {"selected": "x"}
+    with pytest.raises(UsageError):
+        registry.register("dbt.run", dbt_run.fn)  # type: ignore[attr-defined]
 
 
 # --- entry points ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Idempotency keys reproduce every vector of the shared contract."""
+"""Idempotency keys reproduce every vector of contract §4.3, kept in golden_fixtures/."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ import pytest
 from dvt_engine.errors import IdentifierInvalid
 from dvt_engine.idempotency import event_key, run_request_key, signal_key
 
+VECTORS = Path(__file__).resolve().parent.parent / "golden_fixtures" / "idempotency_vectors.json"
 
-def _vectors(spec_dir: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((spec_dir / "idempotency_vectors.json").read_text("utf-8"))
+
+def _vectors() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(VECTORS.read_text("utf-8"))
     return data
 
 
-def test_event_key_vectors(spec_dir: Path) -> None:
-    vectors = _vectors(spec_dir)["event_keys"]
+def test_event_key_vectors() -> None:
+    vectors = _vectors()["event_keys"]
     assert len(vectors) >= 8
     for v in vectors:
         got = event_key(v["runId"], v["stepId"], v["logicalAttemptId"], v["eventType"],
@@ -26,13 +28,17 @@ def test_event_key_vectors(spec_dir: Path) -> None:
         assert got == v["sha256"], v["name"]
 
 
-def test_signal_key_vectors(spec_dir: Path) -> None:
-    for v in _vectors(spec_dir)["signal_keys"]:
+def test_signal_key_vectors() -> None:
+    vectors = _vectors()["signal_keys"]
+    assert vectors
+    for v in vectors:
         assert signal_key(v["tenantId"], v["runId"], v["signalId"]) == v["sha256"]
 
 
-def test_run_request_key_vectors(spec_dir: Path) -> None:
-    for v in _vectors(spec_dir)["run_request_keys"]:
+def test_run_request_key_vectors() -> None:
+    vectors = _vectors()["run_request_keys"]
+    assert vectors
+    for v in vectors:
         got = run_request_key(v["tenantId"], v["projectId"], v["environmentId"], v["planId"],
                               v["planVersion"], v["runRequestId"])
         assert got == v["sha256"]

@@ -1,4 +1,4 @@
-"""Plan loading (contract 2.1): allowlist before fetching, integrity, version, validation.
+"""Plan loading (contract §2.1): allowlist before fetching, integrity, version, validation.
 
 Every network test talks to servers started here on 127.0.0.1; hostnames are resolved by a
 static table passed to the policy, so nothing leaves the machine.

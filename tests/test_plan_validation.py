@@ -43,7 +43,7 @@ from dvt_engine.planning.validation import (
 
 
 def plan_doc(**metadata: Any) -> dict[str, Any]:
-    """The contract's example plan (section 2.2), with metadata overrides."""
+    """The example plan of contract §2.2, with metadata overrides."""
     doc: dict[str, Any] = {
         "metadata": {
             "planId": "nightly-marts",

@@ -1,4 +1,4 @@
-"""The shared signal service: contract 6.2's rules, their order, records and idempotency."""
+"""The shared signal service: contract §6.2's rules, their order, records and idempotency."""
 
 from __future__ import annotations
 

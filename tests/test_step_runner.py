@@ -664,7 +664,7 @@ async def test_paused_run_still_records_a_running_step(store: MemoryRunStateStor
     plan2 = make_plan([{"stepId": "e", "kind": "echo", "params": {"v": 1}}])
     header2 = await started_run(store, plan2)
     await append_engine_event(store, header2, "RunPaused", {"ordinal": 1})
-    # A step already handed to a worker when the pause took effect is recorded (contract 6.4).
+    # A step already handed to a worker when the pause took effect is recorded (contract §6.4).
     outcome = await StepRunner(store).run(invocation(header2, plan2, "e"))
     assert outcome.status == "succeeded"
     snap = await store.get_snapshot(TENANT, header2.run_id)

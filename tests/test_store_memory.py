@@ -12,7 +12,7 @@ from dvt_engine.stores.memory import MemoryRunStateStore
 
 
 class TestMemoryStoreContract(StoreContractSuite):
-    """Contract section 5 on MemoryRunStateStore."""
+    """Contract §5 on MemoryRunStateStore."""
 
     @pytest.fixture
     async def store(self) -> AsyncIterator[RunStateStore]:

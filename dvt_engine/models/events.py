@@ -1,4 +1,4 @@
-"""The event envelope and the payload of every event type (contract section 4)."""
+"""The event envelope and the payload of every event type (contract §4)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dvt_engine.models.snapshot import ArtifactRef, Cost, StepError
 
 
 class EventType(StrEnum):
-    """The event catalog (contract 4.1)."""
+    """The event catalog (contract §4.1)."""
 
     RUN_APPROVED = "RunApproved"
     RUN_STARTED = "RunStarted"

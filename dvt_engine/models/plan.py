@@ -1,4 +1,4 @@
-"""ExecutionPlan and PlanRef (contract section 2)."""
+"""ExecutionPlan and PlanRef (contract §2)."""
 
 from __future__ import annotations
 

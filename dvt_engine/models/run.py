@@ -13,7 +13,7 @@ from dvt_engine.models.plan import ExecutionPlan, FailurePolicy, PlanRef
 
 
 class RunStatus(StrEnum):
-    """Run status (contract 3.1)."""
+    """Run status (contract §3.1)."""
 
     PENDING = "PENDING"
     APPROVED = "APPROVED"
@@ -37,7 +37,7 @@ class RunSubstatus(StrEnum):
 
 
 class StepStatus(StrEnum):
-    """Status of a step's current logical attempt (contract 3.2)."""
+    """Status of a step's current logical attempt (contract §3.2)."""
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"

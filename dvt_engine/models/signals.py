@@ -1,12 +1,13 @@
-"""Operator signals (contract section 6): requests, payloads and decisions."""
+"""Operator signals (contract §6): requests, payloads and decisions."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from dvt_engine.errors import SignalInvalidPayload
 from dvt_engine.models.base import DvtModel, Identifier, StrictModel
 
 
@@ -106,8 +107,39 @@ SIGNAL_PAYLOAD_MODELS: dict[SignalType, type[StrictModel]] = {
 }
 
 
+SignalPayload = (
+    PausePayload | ResumePayload | CancelPayload | RetryStepPayload | SkipStepPayload
+    | ApproveStepPayload | RetryRunPayload | ApproveRunPayload
+)
+"""Any typed signal payload; its class says which signal it is."""
+
+PAYLOAD_SIGNAL_TYPES: dict[type[StrictModel], SignalType] = {
+    model: signal_type for signal_type, model in SIGNAL_PAYLOAD_MODELS.items()
+}
+
+
+def signal_type_of(payload: StrictModel) -> SignalType:
+    """The signal type a typed payload stands for (PausePayload -> PAUSE, ...)."""
+    try:
+        return PAYLOAD_SIGNAL_TYPES[type(payload)]
+    except KeyError:
+        raise SignalInvalidPayload(
+            f"{type(payload).__name__} is not a signal payload model",
+            details={"errors": [{"path": "payload", "message": "not a signal payload model"}]},
+        ) from None
+
+
+def payload_dict(payload: StrictModel) -> dict[str, Any]:
+    """A typed payload as the camelCase JSON object requests and records carry."""
+    return payload.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 class SignalRequest(StrictModel):
     """A signal as a client sends it. ``signal_id`` is the client's idempotency key."""
+
+    # The docstring is the JSON Schema's description, so the rest is said here: ``payload`` is
+    # the JSON object; a typed payload model (PausePayload(...)) is accepted too, turned into
+    # that object, and may stand in for ``type``. ``SignalRequest.of`` builds one typed.
 
     signal_id: Identifier
     type: SignalType
@@ -115,6 +147,59 @@ class SignalRequest(StrictModel):
     run_id: Identifier
     payload: dict[str, Any] = Field(default_factory=dict)
     actor: Actor
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_payload(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("payload"), StrictModel):
+            return data
+        payload: StrictModel = data["payload"]
+        expected = signal_type_of(payload)
+        given = data.get("type")
+        if given is not None and str(given) != str(expected):
+            raise SignalInvalidPayload(
+                f"a {type(payload).__name__} cannot be the payload of {given}",
+                details={"signalType": str(given),
+                         "errors": [{"path": "payload", "message": f"is a {expected} payload"}]},
+            )
+        return {**data, "type": expected, "payload": payload_dict(payload)}
+
+    @classmethod
+    def of(
+        cls,
+        payload: SignalPayload,
+        *,
+        signal_id: str,
+        tenant_id: str,
+        run_id: str,
+        actor: Actor,
+    ) -> SignalRequest:
+        """A request whose type is the payload model's signal type."""
+        return cls(signal_id=signal_id, type=signal_type_of(payload), tenant_id=tenant_id,
+                   run_id=run_id, payload=payload_dict(payload), actor=actor)
+
+
+class AcceptedSignal(DvtModel):
+    """A newly accepted signal the engine must now apply; JSON-safe for engine boundaries."""
+
+    signal_id: str
+    type: SignalType
+    tenant_id: str
+    run_id: str
+    payload: dict[str, Any]
+    actor: Actor
+    effective_role: Role | None = None
+    decision_run_seq: int
+
+    @property
+    def step_id(self) -> str | None:
+        """The step a step signal names (RETRY_STEP, SKIP_STEP, APPROVE_STEP), else None."""
+        value = self.payload.get("stepId")
+        return value if isinstance(value, str) else None
+
+    def typed_payload(self) -> StrictModel:
+        """The payload as its signal's model (PausePayload, RetryStepPayload, ...)."""
+        return SIGNAL_PAYLOAD_MODELS[self.type].model_validate(self.payload)
 
 
 class SignalDecision(DvtModel):

@@ -1,4 +1,4 @@
-"""RunSnapshot and StepSnapshot: the projection of a run's event log (contract 5.4)."""
+"""RunSnapshot and StepSnapshot: the projection of a run's event log (contract §5.4)."""
 
 from __future__ import annotations
 

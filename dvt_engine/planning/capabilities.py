@@ -1,4 +1,4 @@
-"""Capability names (contract section 9), what each engine declares, and the documented emulations.
+"""Capability names (contract §9), what each engine declares, and the documented emulations.
 
 A plan lists the capabilities it needs in ``metadata.requiresCapabilities``. An engine that lacks
 one runs the plan only when the plan's ``fallbackBehavior`` allows it: ``emulate`` uses the

@@ -1,4 +1,4 @@
-"""From a PlanRef to a validated plan, exactly as contract 2.1 orders it.
+"""From a PlanRef to a validated plan, exactly as contract §2.1 orders it.
 
 1. refuse a URI outside the allowlist (PLAN_URI_NOT_ALLOWED) without fetching it;
 2. fetch the bytes and check their sha256 (PLAN_INTEGRITY_VALIDATION_FAILED, not retryable);
@@ -44,7 +44,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LoadedPlan:
-    """A plan that passed contract 2.1: the model, the exact bytes, their digest and the ref."""
+    """A plan that passed contract §2.1: the model, the exact bytes, their digest and the ref."""
 
     plan: ExecutionPlan
     data: bytes

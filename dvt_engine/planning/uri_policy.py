@@ -1,4 +1,4 @@
-"""Which plan URIs dvt may fetch (contract 2.1 step 1), decided before any byte is fetched.
+"""Which plan URIs dvt may fetch (contract §2.1 step 1), decided before any byte is fetched.
 
 Allowed: the state store's registry (``plan://sha256/<hex>``) and https origins on the
 allowlist. Plain http needs an allowlist entry that names the http origin itself. Hostnames are

@@ -1,4 +1,4 @@
-"""Plan validation (contract 2.1 steps 3-4, 2.2 and 9): a first-error check and a full report.
+"""Plan validation (contract §2.1 steps 3-4, §2.2 and §9): a first-error check and a full report.
 
 ``validate_plan_document`` raises the first coded error, in contract order:
 SCHEMA_VALIDATION_FAILED for bytes that are not a JSON plan object, PLAN_SCHEMA_VERSION_UNSUPPORTED,

@@ -1,4 +1,4 @@
-"""The run rules (contract section 3), each family in one small module, each rule in one place.
+"""The run rules (contract §3), each family in one small module, each rule in one place.
 
 The RunInterpreter asks these modules; engines ask the interpreter or these modules and
 translate the answer into their own calls. An adapter never decides a rule by itself, so a rule

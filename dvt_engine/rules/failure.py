@@ -1,4 +1,4 @@
-"""Failure policies (contract 3.4): failFast and awaitOperator.
+"""Failure policies (contract §3.4): failFast and awaitOperator.
 
 - failFast (the default): after a final step failure nothing new starts; running steps finish,
   then RunFailed names the first failing step. A waiting approval gate cannot finish by itself,

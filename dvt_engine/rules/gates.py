@@ -1,4 +1,4 @@
-"""Approval gates (contract 6.3): how long a gate waits, and the name of its timer."""
+"""Approval gates (contract §6.3): how long a gate waits, and the name of its timer."""
 
 from __future__ import annotations
 

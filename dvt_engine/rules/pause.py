@@ -1,4 +1,4 @@
-"""Pause and drain (contract 6.4).
+"""Pause and drain (contract §6.4).
 
 A pause stops new steps at once. Running steps finish (the run is PAUSED + DRAINING until they
 settle), or, on an engine configured with ``cancelInFlightOnPause``, working steps are cancelled

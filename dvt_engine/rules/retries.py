@@ -1,4 +1,4 @@
-"""Engine retries of one logical attempt (contract 3.3).
+"""Engine retries of one logical attempt (contract §3.3).
 
 A failure is final when it is not retryable (its code is in ``retry.nonRetryableErrorCodes``,
 or it was raised as not retryable) or the step has used its last engine attempt; otherwise the

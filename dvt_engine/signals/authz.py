@@ -1,4 +1,4 @@
-"""The default authorizer: a role-based policy over the signal catalog (contract 6.1).
+"""The default authorizer: a role-based policy over the signal catalog (contract §6.1).
 
 Roles ``admin > engineer > operator`` are ordered: a more powerful role may do everything a less
 powerful one may. ``approver`` stands apart and is NOT implied by ``admin``: approving a gate or a
@@ -25,7 +25,7 @@ POWER_ORDER: tuple[Role, ...] = (Role.APPROVER, Role.OPERATOR, Role.ENGINEER, Ro
 
 PolicyEntry = Role | Iterable[Role]
 
-#: Contract 6.1, plus dvt's APPROVE_RUN (an approver's duty, like APPROVE_STEP).
+#: Contract §6.1, plus dvt's APPROVE_RUN (an approver's duty, like APPROVE_STEP).
 DEFAULT_POLICY: Mapping[SignalType, Role] = {
     SignalType.PAUSE: Role.OPERATOR,
     SignalType.RESUME: Role.OPERATOR,

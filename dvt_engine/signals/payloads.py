@@ -27,7 +27,7 @@ _IDENTIFIER_FIELDS = ("signalId", "tenantId", "runId")
 
 
 def validate_envelope(request: SignalRequest) -> None:
-    """Raise IDENTIFIER_INVALID when an identifier of the request breaks contract section 1."""
+    """Raise IDENTIFIER_INVALID when an identifier of the request breaks contract §1."""
     validate_identifier("signalId", request.signal_id)
     validate_identifier("tenantId", request.tenant_id)
     validate_identifier("runId", request.run_id)

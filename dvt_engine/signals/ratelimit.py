@@ -1,4 +1,4 @@
-"""A sliding-window limit on signals per run (contract 9: 60 signals per run per minute).
+"""A sliding-window limit on signals per run (contract §9: 60 signals per run per minute).
 
 The window lives in the process that decides signals: each SignalService instance counts the
 signals it admitted. Refused requests are not counted, so a client that backs off gets through

@@ -11,15 +11,12 @@ so that two different runs retried with the same client signalId never share a n
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dvt_engine.errors import UsageError
 from dvt_engine.idempotency import signal_key
 from dvt_engine.models.run import RunContext, RunHeader
-from dvt_engine.models.signals import SignalType
-
-if TYPE_CHECKING:
-    from dvt_engine.signals.service import AcceptedSignal
+from dvt_engine.models.signals import AcceptedSignal, SignalType
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dvt:signals:retry-run")
 RUN_REQUEST_PREFIX = "retry-run-"

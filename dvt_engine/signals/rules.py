@@ -1,4 +1,4 @@
-"""The state check of contract 6.2 rule 4: may this signal act on the run as it is now?
+"""The state check of contract §6.2 rule 4: may this signal act on the run as it is now?
 
 Pure: it reads the run's header and current snapshot and says "apply", "accepted no-op" or
 "refused with code X". The decision is taken against the snapshot at decision time; an engine

@@ -1,4 +1,4 @@
-"""The signal service every engine shares: contract 6.2, in one place.
+"""The signal service every engine shares: contract §6.2, in one place.
 
 ``decide`` validates a signal, finds its run for the caller's tenant, answers a repeated
 signalId with the first decision, applies the rate limit, asks the authorizer, checks the run's
@@ -20,12 +20,10 @@ from dvt_engine import telemetry
 from dvt_engine.errors import ErrorCode, RunNotFound, SchemaValidationFailed
 from dvt_engine.eventlog import EventFactory, utc_now
 from dvt_engine.idempotency import signal_key
-from dvt_engine.models.base import DvtModel, StrictModel
 from dvt_engine.models.events import Event, EventType, SignalDecisionPayload
 from dvt_engine.models.run import RunHeader
 from dvt_engine.models.signals import (
-    SIGNAL_PAYLOAD_MODELS,
-    Actor,
+    AcceptedSignal,
     Role,
     SignalDecision,
     SignalRequest,
@@ -54,29 +52,6 @@ __all__ = [
 
 _log = logging.getLogger("dvt_engine.signals")
 SPAN_DECIDE = "dvt.signal.decide"
-
-
-class AcceptedSignal(DvtModel):
-    """A newly accepted signal the engine must now apply; JSON-safe for engine boundaries."""
-
-    signal_id: str
-    type: SignalType
-    tenant_id: str
-    run_id: str
-    payload: dict[str, Any]
-    actor: Actor
-    effective_role: Role | None = None
-    decision_run_seq: int
-
-    @property
-    def step_id(self) -> str | None:
-        """The step a step signal names (RETRY_STEP, SKIP_STEP, APPROVE_STEP), else None."""
-        value = self.payload.get("stepId")
-        return value if isinstance(value, str) else None
-
-    def typed_payload(self) -> StrictModel:
-        """The payload as its signal's model (PausePayload, RetryStepPayload, ...)."""
-        return SIGNAL_PAYLOAD_MODELS[self.type].model_validate(self.payload)
 
 
 @dataclass(frozen=True)
@@ -115,7 +90,7 @@ class SignalService:
     async def decide(
         self, request: SignalRequest, *, capabilities: frozenset[str] = frozenset()
     ) -> SignalVerdict:
-        """Decide ``request`` (contract 6.2); raise only for rules 1-2, return a verdict else."""
+        """Decide ``request`` (contract §6.2); raise only for rules 1-2, return a verdict else."""
         attributes: dict[str, str | None] = {
             telemetry.ATTR_TENANT_ID: request.tenant_id,
             telemetry.ATTR_RUN_ID: request.run_id,
@@ -199,7 +174,7 @@ class SignalService:
             else None
         )
         if header is None or snapshot is None:
-            # Unknown run and another tenant's run look the same to the caller (contract 6.2
+            # Unknown run and another tenant's run look the same to the caller (contract §6.2
             # rule 2): same message, same details, no tenant data.
             _log.info(
                 "signal %s refused: run %r not visible to the signal's tenant "

@@ -11,7 +11,6 @@ from dvt_engine.steps.registry import (
     HandlerRegistry,
     builtin_registry,
     default_registry,
-    host_registry,
     step_handler,
 )
 from dvt_engine.steps.runner import StepRunner, gate_timeout_ms
@@ -34,6 +33,5 @@ __all__ = [
     "classify",
     "default_registry",
     "gate_timeout_ms",
-    "host_registry",
     "step_handler",
 ]

@@ -1,4 +1,4 @@
-"""The built-in step kinds present in every installation (contract 2.2)."""
+"""The built-in step kinds present in every installation (contract §2.2)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,17 @@
-"""Which handler runs which step kind: a registry hosts fill by decorator or entry point."""
+"""Which handler runs which step kind: a registry the host builds and passes in, explicitly.
+
+There is no global registry: a host makes a ``HandlerRegistry`` (``registry.register(kind, fn)``
+or ``@registry.handler(kind)``), plug-ins arrive through ``dvt.step_handlers`` entry points,
+and the registry is handed to the client, engine or worker. Importing a module never changes
+what any registry holds.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
 from typing import Any
 
 from dvt_engine.errors import StepKindUnknown, UsageError
@@ -12,6 +19,8 @@ from dvt_engine.identifiers import validate_identifier
 from dvt_engine.ports import StepContext, StepHandler, StepResult
 
 ENTRY_POINT_GROUP = "dvt.step_handlers"
+#: Attribute ``@step_handler`` sets on the handlers it makes, so ``register_module`` finds them.
+DECLARED_KIND = "__dvt_step_kind__"
 
 HandlerFunction = Callable[[StepContext], Awaitable[Any]]
 """``async def fn(ctx) -> StepResult | dict | None`` (any other JSON value is the output)."""
@@ -86,6 +95,25 @@ class HandlerRegistry:
         self._handlers[kind] = made
         return made
 
+    def handler(self, kind: str) -> Callable[[HandlerFunction], StepHandler]:
+        """Decorator: register ``async def fn(ctx)`` for ``kind`` here; the name is the handler."""
+        validate_identifier("kind", kind)
+
+        def decorate(fn: HandlerFunction) -> StepHandler:
+            return self.register(kind, fn)
+
+        return decorate
+
+    def register_module(self, module: ModuleType, *, replace: bool = False) -> list[str]:
+        """Register the ``@step_handler`` functions a module defines; returns the kinds added."""
+        added: list[str] = []
+        for value in list(vars(module).values()):
+            kind = getattr(value, DECLARED_KIND, None)
+            if isinstance(value, StepHandler) and isinstance(kind, str):
+                self.register(kind, value, replace=replace)
+                added.append(kind)
+        return sorted(added)
+
     def get(self, kind: str) -> StepHandler:
         """The handler for ``kind``; STEP_KIND_UNKNOWN when none is registered."""
         try:
@@ -146,26 +174,19 @@ def step_handler(
 ) -> Callable[[HandlerFunction], StepHandler]:
     """Decorator: make ``async def fn(ctx)`` a StepHandler for ``kind``.
 
-    With ``registry`` the handler is registered there; without it, it joins the host
-    registry that ``default_registry()`` includes. The decorated name is the StepHandler, so
-    it can also be the value of a ``dvt.step_handlers`` entry point.
+    With ``registry`` the handler is registered there. Without it nothing is registered
+    anywhere: the handler is only declared, and joins a registry when the host says so
+    (``registry.register_module(module)``, the CLI's ``--handlers MODULE``, or a
+    ``dvt.step_handlers`` entry point naming it). Prefer ``@registry.handler(kind)``.
     """
     validate_identifier("kind", kind)
 
     def decorate(fn: HandlerFunction) -> StepHandler:
-        target = registry if registry is not None else _HOST_REGISTRY
-        return target.register(kind, fn)
+        made = registry.register(kind, fn) if registry is not None else as_handler(kind, fn)
+        setattr(made, DECLARED_KIND, kind)
+        return made
 
     return decorate
-
-
-# Handlers decorated without an explicit registry: what the host's own modules declared.
-_HOST_REGISTRY = HandlerRegistry()
-
-
-def host_registry() -> HandlerRegistry:
-    """The registry that ``@step_handler(kind)`` without ``registry=`` fills."""
-    return _HOST_REGISTRY
 
 
 def builtin_registry() -> HandlerRegistry:
@@ -176,10 +197,8 @@ def builtin_registry() -> HandlerRegistry:
 
 
 def default_registry(*, entry_points_too: bool = True) -> HandlerRegistry:
-    """A fresh registry: built-ins, then host-decorated handlers, then entry-point handlers."""
+    """A fresh registry: the built-ins, then the installed ``dvt.step_handlers`` entry points."""
     registry = builtin_registry()
-    for kind in _HOST_REGISTRY.kinds():
-        registry.register(kind, _HOST_REGISTRY.get(kind))
     if entry_points_too:
         registry.load_entry_points()
     return registry

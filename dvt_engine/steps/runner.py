@@ -1,7 +1,7 @@
 """The step runner every engine's worker uses: one engine attempt of one step, and its events.
 
 It writes StepStarted once per logical attempt, runs the handler for the step's kind, and writes
-StepCompleted, or StepFailed only when the failure is final (contract 3.3). A failure the engine
+StepCompleted, or StepFailed only when the failure is final (contract §3.3). A failure the engine
 may still retry writes nothing and comes back as status ``retry`` with the backoff to wait.
 Because every event's idempotency key leaves out the engine attempt, an engine that repeats an
 attempt (a worker crash, a redelivered task) can never write a second event.

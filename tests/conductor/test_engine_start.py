@@ -6,6 +6,7 @@ import hashlib
 import json
 import uuid
 
+import pytest
 from conductor_helpers import make_engine
 
 from dvt_engine.models.plan import PlanRef
@@ -94,3 +95,25 @@ async def test_a_changed_plan_gets_a_new_definition_version_and_old_runs_keep_th
         await engine.close()
     assert versions[0] == versions[2]
     assert versions[1] == versions[0] + 1
+
+
+async def test_typed_settings_reach_the_engine_and_no_url_is_not_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No server is needed: settings are checked at construction, the URL at connection."""
+    from dvt_adapters_conductor.engine import ConductorEngine
+    from dvt_engine import ConductorSettings, EngineError, open_engine
+
+    monkeypatch.delenv("DVT_CONDUCTOR_URL", raising=False)
+    settings = ConductorSettings(url="http://127.0.0.1:1/api", task_prefix="tp", worker=False)
+    engine = open_engine(settings, store=MemoryRunStateStore())
+    assert isinstance(engine, ConductorEngine)
+    assert engine.settings is settings
+    assert engine.mapping.task_prefix == "tp"
+    legacy = ConductorEngine(MemoryRunStateStore(), server_url="http://h/api", lease_s=5)
+    assert legacy.settings.url == "http://h/api"
+    assert legacy.mapping.lease_s == 5
+    unset = ConductorEngine(MemoryRunStateStore())
+    with pytest.raises(EngineError) as err:
+        await unset.coordinator()
+    assert err.value.code == "ENGINE_NOT_CONFIGURED"

@@ -1,32 +1,19 @@
-"""Fixtures for tests against a real PostgreSQL server that the fixtures start themselves."""
+"""Fixtures for tests against a real PostgreSQL server (the dvt pytest plugin starts it)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import (
-    PostgresServerError,
-    create_schema,
-    drop_schema,
-    postgres_dsn,
-    store_url,
-    unique_schema_name,
-)
+from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
 
 @pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
-    """A running server for the whole session: DVT_PG_DSN, or one started here."""
-    try:
-        with postgres_dsn() as dsn:
-            yield dsn
-    except PostgresServerError as exc:
-        # Never a skip: a missing server is a failure, loudly, in CI and everywhere else.
-        pytest.fail(f"PostgreSQL server unavailable: {exc} (CI={os.environ.get('CI', '')})")
+def pg_dsn(dvt_postgres_dsn: str) -> str:
+    """The dvt pytest plugin's server for the whole session (DVT_PG_DSN, or one it started)."""
+    return dvt_postgres_dsn
 
 
 @pytest.fixture(scope="module")

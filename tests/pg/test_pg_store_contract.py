@@ -12,7 +12,7 @@ from dvt_statestore_pg.store import PostgresRunStateStore
 
 
 class TestPostgresStoreContract(StoreContractSuite):
-    """Contract section 5 on PostgresRunStateStore."""
+    """Contract §5 on PostgresRunStateStore."""
 
     @pytest.fixture
     def store(self, pg_store: PostgresRunStateStore) -> RunStateStore:

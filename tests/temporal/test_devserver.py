@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 from temporalio import workflow
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -14,7 +15,9 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from dvt_adapters_temporal import devserver
+from dvt_adapters_temporal import devserver as adapter_devserver
+from dvt_local import lifecycle
+from dvt_local import temporal as devserver
 
 
 @workflow.defn(name="devserver-check.wait")
@@ -38,6 +41,11 @@ class WaitForever:
         return "done"
 
 
+def test_adapter_imports_without_dvt_local_and_forwards_moved_names() -> None:
+    # The engine needs only the search attributes; the server names resolve lazily.
+    assert adapter_devserver.start_dev_server is devserver.start_dev_server
+
+
 def test_wheel_binaries_are_found_and_pinned() -> None:
     dev = devserver.dev_server_path()
     test = devserver.test_server_path()
@@ -53,24 +61,33 @@ async def test_dev_server_registers_dvt_search_attributes(
     resp = await temporal_env.client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=temporal_env.client.namespace)
     )
-    for name in devserver.SEARCH_ATTRIBUTE_NAMES:
+    for name in adapter_devserver.SEARCH_ATTRIBUTE_NAMES:
         assert name in resp.custom_attributes
 
 
 async def test_background_dev_server_keeps_runs_across_restart(tmp_path: Path) -> None:
     state = tmp_path / "dev"
-    info = devserver.start_dev_server(state)
+    up = devserver.dev_server_up(state)
+    info = up.record
+    assert up.started
     try:
         assert devserver.read_dev_server(state) == info
         # A second start finds the running server instead of starting another.
-        assert devserver.start_dev_server(state).pid == info.pid
+        again = devserver.dev_server_up(state)
+        assert not again.started
+        assert again.record.pid == info.pid
         client = await Client.connect(info.address)
         wf_id = f"persist-{uuid.uuid4()}"
         await client.start_workflow(WaitForever.run, id=wf_id, task_queue="devserver-check")
-        assert devserver.stop_dev_server(state) is True
+        # A crash: the process dies, the record keeps its port.
+        crashed = psutil.Process(info.pid)
+        crashed.kill()
+        crashed.wait(10)
         assert devserver.read_dev_server(state) is None
-        info2 = devserver.start_dev_server(state, port=int(info.address.rsplit(":", 1)[1]))
-        client = await Client.connect(info2.address)
+        back = devserver.dev_server_up(state)
+        assert back.restarted
+        assert back.record.address == info.address
+        client = await Client.connect(back.record.address)
         handle = client.get_workflow_handle(wf_id)
         async with Worker(client, task_queue="devserver-check", workflows=[WaitForever]):
             await handle.signal(WaitForever.finish)
@@ -78,7 +95,7 @@ async def test_background_dev_server_keeps_runs_across_restart(tmp_path: Path) -
     finally:
         devserver.stop_dev_server(state)
     assert devserver.read_dev_server(state) is None
-    assert not devserver._pid_alive(info.pid)
+    assert not lifecycle.alive(info.pid)
 
 
 def test_stop_without_server_reports_false(tmp_path: Path) -> None:

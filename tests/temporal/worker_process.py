@@ -21,7 +21,7 @@ def _die_with_parent() -> None:
 
 async def main(store_url: str, address: str, queue: str) -> None:
     """Open the store and serve until SIGTERM."""
-    from dvt_adapters_temporal.worker import run_worker
+    from dvt_adapters_temporal.engine import run_worker
     from dvt_statestore_pg.store import PostgresRunStateStore
 
     store = await PostgresRunStateStore.open(store_url)
