@@ -14,6 +14,7 @@ from dvt_adapters_conductor.coordinator import (
     RunContext,
     RunCoordinator,
     _tasks_by_ref,
+    cancel_reason_of,
 )
 from dvt_adapters_conductor.mapping import (
     MappingOptions,
@@ -318,9 +319,14 @@ class ConductorEngine(BaseEngine):
             if snap.status.is_terminal:
                 return
             events = await self.store.fetch_events(*ctx.key)
-            interp = coordinator.interpreter(ctx, snap, events)
             # The task list only where the signal acts on tasks (it is large for large plans).
             workflow = await api.run(api.get_workflow, wid, kind == SignalType.SKIP_STEP)
+            # Steps whose start was already carried out count as running, as they do for the
+            # interpreter that started them: a rejected gate must not end a failFast run
+            # before a sibling that was due to start has run.
+            cancelled, _ = cancel_reason_of(workflow)
+            interp = await coordinator.rebuild(ctx, snap, events, cancelled=cancelled,
+                                               eager=True)
             if kind == SignalType.RESUME and interp.status == RunStatus.PAUSED:
                 await api.run(api.resume, wid)
             elif kind == SignalType.SKIP_STEP and accepted.step_id in ctx.index:

@@ -24,6 +24,8 @@ from dvt_adapters_conductor.coordinator import RunContext, RunCoordinator, cance
 from dvt_adapters_conductor.mapping import MappingOptions
 from dvt_engine.errors import DvtError
 from dvt_engine.models.run import RunStatus, StepStatus
+from dvt_engine.rules.cancel import DEFAULT_CANCEL_REASON, step_cancel_reason
+from dvt_engine.rules.failure import keeps_failed_attempt
 from dvt_engine.steps.context import CancelToken
 from dvt_engine.steps.runner import StepOutcome
 
@@ -245,9 +247,9 @@ class WorkerHost:
             code = outcome.error.code if outcome.error else "STEP_FAILED"
             await self._update(task, "FAILED", {**attempt, "errorCode": code},
                                reason=outcome.error.message if outcome.error else code)
-        elif outcome.status == "failed" and ctx.plan.metadata.failure_policy == "awaitOperator":
+        elif outcome.status == "failed":
             snap = await self.coordinator.store.get_snapshot(*ctx.key)
-            if snap is not None and not snap.status.is_terminal:
+            if snap is not None and keeps_failed_attempt(ctx.plan, snap.status.is_terminal):
                 # Park the failed attempt: RETRY_STEP wakes this very task for attempt N+1.
                 await self._update(task, "IN_PROGRESS", {**attempt, "parked": "operator"},
                                    callback_after_s=self.options.operator_park_s)
@@ -266,8 +268,8 @@ class WorkerHost:
         self, ctx: RunContext, task: dict[str, Any], run_status: RunStatus, status: StepStatus
     ) -> None:
         """A task whose step the log has already decided: report that, or keep it parked."""
-        if status == StepStatus.FAILED and not run_status.is_terminal \
-                and ctx.plan.metadata.failure_policy == "awaitOperator":
+        if status == StepStatus.FAILED and keeps_failed_attempt(ctx.plan,
+                                                               run_status.is_terminal):
             await self._update(task, "IN_PROGRESS", {"parked": "operator"},
                                callback_after_s=self.options.operator_park_s)
         elif status == StepStatus.FAILED:
@@ -282,9 +284,9 @@ class WorkerHost:
             workflow = await self.api.run(self.api.get_workflow,
                                           str(task["workflowInstanceId"]), False)
         except Exception:
-            return "run cancelled"
+            return DEFAULT_CANCEL_REASON
         _cancelled, reason = cancel_reason_of(workflow)
-        return reason or "run cancelled"
+        return step_cancel_reason(reason)
 
     async def _watch(self, task: dict[str, Any], token: CancelToken) -> None:
         """Extend the task's lease and fire the token when the server cancels the task."""

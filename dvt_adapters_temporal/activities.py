@@ -37,6 +37,7 @@ from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.models.events import EventType
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.ports import RunStateStore
+from dvt_engine.rules.cancel import DEFAULT_CANCEL_REASON
 from dvt_engine.steps.context import CancelToken
 from dvt_engine.steps.runner import StepInvocation, StepRunner
 from dvt_engine.steps.runner import StepOutcome as RunnerOutcome
@@ -85,7 +86,7 @@ async def _cancel_reason(info: activity.Info, step_id: str) -> str:
         reason = await asyncio.wait_for(handle.query(CANCEL_REASON_QUERY, step_id), 10)
     except Exception:  # the reason is informative only; never block the cancellation on it
         reason = None
-    return str(reason) if reason else "run cancelled"
+    return str(reason) if reason else DEFAULT_CANCEL_REASON
 
 
 def to_wire(outcome: RunnerOutcome) -> StepOutcome:

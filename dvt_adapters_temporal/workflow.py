@@ -14,10 +14,18 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
+    from dvt_adapters_temporal.activity_options import (
+        BOOKKEEPING_RETRY,
+        BOOKKEEPING_TIMEOUT,
+        invocation_json,
+        step_retry_policy,
+        step_task_queue,
+        step_timeout,
+    )
+    from dvt_adapters_temporal.budget import budget_spent, continue_now
     from dvt_adapters_temporal.wire import (
         ACT_GATE,
         ACT_PREPARE,
@@ -52,31 +60,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from dvt_engine.models.plan import ExecutionPlan
     from dvt_engine.models.snapshot import StepError
+    from dvt_engine.rules import failure as failure_rules
+    from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON
+    from dvt_engine.rules.gates import parse_gate_timer
 
 WORKFLOW_NAME = "dvt.Run"
-
-# Bookkeeping activities (events, plan) retry until the store is back; they are idempotent.
-_BOOKKEEPING_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    non_retryable_error_types=[
-        "PLAN_URI_NOT_ALLOWED",
-        "PLAN_INTEGRITY_VALIDATION_FAILED",
-        "PLAN_SCHEMA_VERSION_UNSUPPORTED",
-        "SCHEMA_VALIDATION_FAILED",
-        "PLAN_INVALID",
-        "STEP_KIND_UNKNOWN",
-        "CAPABILITY_NOT_SUPPORTED",
-        "RUN_NOT_FOUND",
-        "IDENTIFIER_INVALID",
-    ],
-)
-_BOOKKEEPING_TIMEOUT = timedelta(seconds=60)
-# Engine attempts beyond the step's own policy, spent only on lost workers (heartbeat timeouts):
-# the step runner decides finality from the step's policy, never from this cap.
-INFRA_EXTRA_ATTEMPTS = 5
-_FAIL_FAST_REASON = "run failing (failFast)"
 
 # Behaviour changes since the first recorded histories, each gated so that runs started before
 # the change replay unchanged (docs/temporal.md, "Changing the workflow").
@@ -84,9 +72,10 @@ PATCH_PAUSE_WAITS_FOR_OPENING_GATES = "dvt-pause-waits-for-opening-gates"
 # The history-size budget defers new steps (not only the step count), and a run whose budget
 # is spent continues as new as soon as nothing runs, even when no step was deferred.
 PATCH_SIZE_BUDGET_DEFERS_STEPS = "dvt-size-budget-defers-steps"
+# Gate rules come from the core alone: a gate's ``params.timeoutMs`` starts its timer (as on
+# Conductor), and a gate opening while a failing run is cancelled is not cancelled twice.
+PATCH_GATE_RULES_FROM_CORE = "dvt-gate-rules-from-core"
 _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
-# The runner enforces a step's timeoutMs itself; the activity timeout is only a backstop.
-_STEP_TIMEOUT_SLACK = timedelta(seconds=60)
 
 
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
@@ -169,8 +158,8 @@ class DvtRunWorkflow:
             ACT_PREPARE,
             PrepareInput(inp.plan_ref, inp.context, inp.engine_run_ref, cursor is None),
             result_type=Prepared,
-            start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
-            retry_policy=_BOOKKEEPING_RETRY,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
         )
         if prepared.refused_code is not None:
             # The plan was refused before any step; RunFailed is already in the log.
@@ -238,17 +227,15 @@ class DvtRunWorkflow:
             self._activities.pop(item.step_id, None)
             self._gates.pop(item.step_id, None)
             self._cancel_asked.pop(item.step_id, None)
-            return interp.step_settled(item.step_id, item.attempt, item.outcome,  # type: ignore[arg-type]
-                                       item.error)
+            return interp.settle(item.step_id, item.attempt, item.outcome, item.error)
         if item.kind == "awaiting":
             commands = interp.step_awaiting_approval(item.step_id)
-            already = any(isinstance(c, CancelSteps) and item.step_id in c.step_ids
-                          for c in commands)
-            if (interp.plan.metadata.failure_policy == "failFast" and interp.failure is not None
-                    and not interp.is_finished and not already):
-                # The run began failing while this gate was opening: a gate cannot finish by
-                # itself, so it is cancelled now, as the interpreter does for gates it knew of.
-                commands = [*commands, CancelSteps((item.step_id,), _FAIL_FAST_REASON)]
+            if (interp.cancel_requested and failure_rules.failing_fast(interp.plan, interp.failure)
+                    and not interp.is_finished
+                    and not workflow.patched(PATCH_GATE_RULES_FROM_CORE)):
+                # Runs begun before the gate rules came from the core alone also cancelled a
+                # gate that opened while a failing run was being cancelled.
+                commands = [*commands, CancelSteps((item.step_id,), FAIL_FAST_GATE_REASON)]
             return commands
         if item.kind == "timer":
             self._timers.pop(item.timer, None)
@@ -279,11 +266,20 @@ class DvtRunWorkflow:
             elif isinstance(cmd, ExpireGate):
                 await self._close_gate(cmd.step_id, cmd.logical_attempt_id, "expire", None)
             elif isinstance(cmd, StartTimer):
+                if self._legacy_gate_timer(cmd.name):
+                    continue
                 fire_at = int(workflow.now().timestamp() * 1000) + cmd.delay_ms
                 self._arm_timer(cmd.name, fire_at)
             elif isinstance(cmd, Finish):
                 await self._finish(cmd)
                 return
+
+    def _legacy_gate_timer(self, name: str) -> bool:
+        """A gate timer that runs begun before PATCH_GATE_RULES_FROM_CORE never started."""
+        gate = parse_gate_timer(name)
+        if gate is None or self._interp is None or self._interp.spec(gate[0]).timeout_ms:
+            return False
+        return not workflow.patched(PATCH_GATE_RULES_FROM_CORE)
 
     def _start_step(self, cmd: StartStep) -> None:
         assert self._inp is not None
@@ -299,17 +295,9 @@ class DvtRunWorkflow:
 
     def _invocation(self, spec: dict[str, Any], attempt: int) -> dict[str, Any]:
         """The shared StepInvocation as JSON (the activity sets the engine attempt)."""
-        inp = self._inp
-        assert inp is not None
+        assert self._inp is not None
         assert self._interp is not None
-        ctx, ref = inp.context, inp.plan_ref
-        return {
-            "tenantId": ctx["tenantId"], "projectId": ctx["projectId"],
-            "environmentId": ctx["environmentId"], "runId": ctx["runId"],
-            "planId": ref["planId"], "planVersion": ref["planVersion"], "step": spec,
-            "planParams": {**self._interp.plan.params, **(ctx.get("params") or {})},
-            "logicalAttemptId": attempt, "engineAttemptId": 1,
-        }
+        return invocation_json(self._inp, self._interp.plan.params, spec, attempt)
 
     def _spec(self, step_id: str) -> dict[str, Any]:
         assert self._interp is not None
@@ -323,20 +311,9 @@ class DvtRunWorkflow:
         assert inp is not None
         assert self._interp is not None
         cfg = inp.config
-        retry = spec.get("retry") or {}
-        policy = RetryPolicy(
-            initial_interval=timedelta(milliseconds=max(1, int(retry.get("initialIntervalMs",
-                                                                           1000)))),
-            backoff_coefficient=float(retry.get("backoffCoefficient", 2.0)),
-            maximum_interval=timedelta(milliseconds=max(1, int(retry.get("maxIntervalMs",
-                                                                           60000)))),
-            maximum_attempts=int(retry.get("maxAttempts", 1)) + INFRA_EXTRA_ATTEMPTS,
-            non_retryable_error_types=list(retry.get("nonRetryableErrorCodes", [])),
-        )
-        timeout_ms = spec.get("timeoutMs")
-        timeout = (timedelta(milliseconds=int(timeout_ms)) + _STEP_TIMEOUT_SLACK if timeout_ms
-                   else timedelta(seconds=cfg.default_step_timeout_s))
-        queue = spec.get("taskQueue") or cfg.kind_queues.get(spec["kind"]) or cfg.task_queue
+        step = self._interp.spec(step_id)
+        timeout = step_timeout(step, cfg.default_step_timeout_s)
+        queue = step_task_queue(step, cfg.kind_queues, cfg.task_queue)
         try:
             outcome: StepOutcome = await workflow.execute_activity(
                 ACT_RUN_STEP,
@@ -345,7 +322,7 @@ class DvtRunWorkflow:
                 task_queue=queue,
                 start_to_close_timeout=timeout,
                 heartbeat_timeout=timedelta(seconds=cfg.heartbeat_timeout_s),
-                retry_policy=policy,
+                retry_policy=step_retry_policy(step),
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         except ActivityError as err:
@@ -371,16 +348,13 @@ class DvtRunWorkflow:
         self._settle(step_id, attempt, outcome)
 
     def _settle(self, step_id: str, attempt: int, outcome: StepOutcome) -> None:
-        status = outcome.status
-        settled = status if status in ("succeeded", "failed", "cancelled", "refused") else "failed"
+        # The interpreter maps the outcome to a settlement (rules.settlement) when it is fed.
         error = None
         if outcome.error_code is not None:
             error = StepError(code=outcome.error_code, message=outcome.error_message or "",
                               retryable=outcome.retryable)
-        elif settled == "failed":
-            error = StepError(code="STEP_FAILED", message=status)
         self._queue.append(WorkflowInput("settled", step_id=step_id, attempt=attempt,
-                                         outcome=settled, error=error))
+                                         outcome=outcome.status, error=error))
 
     # --- approval gates ------------------------------------------------------------------
     async def _gate(self, step_id: str, attempt: int, action: str, *,
@@ -391,8 +365,8 @@ class DvtRunWorkflow:
             GateInput(self._invocation(self._spec(step_id), attempt), action,
                       approver=approver, comment=comment, signal_id=signal_id, reason=reason),
             result_type=StepOutcome,
-            start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
-            retry_policy=_BOOKKEEPING_RETRY,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
         )
         return result
 
@@ -462,31 +436,17 @@ class DvtRunWorkflow:
     def _budget_spent(self) -> bool:
         """This workflow run has started its share of steps or grown its history enough."""
         assert self._inp is not None
-        cfg = self._inp.config
-        if self._started_this_generation >= cfg.continue_as_new_after_steps:
-            return True
-        if not self._size_budget:
-            return False  # runs begun before the size budget: the step count alone
-        if self._started_this_generation == 0:
-            return False  # always make progress, however large the carried state is
-        info = workflow.info()
-        return bool(info.get_current_history_size() >= cfg.continue_as_new_history_bytes
-                    or info.is_continue_as_new_suggested())
+        return budget_spent(self._inp.config, workflow.info(), self._started_this_generation,
+                            size_budget=self._size_budget)
 
     def _can_now(self) -> bool:
         """Time to continue as new: over budget, and no activity is running."""
         if self._finished is not None or self._activities or self._queue:
             return False
-        if self._size_budget:
-            return bool(self._deferred) or self._budget_spent()
-        # Runs begun before the size budget continue only for steps they deferred, or when
-        # the history estimate says so.
-        info = workflow.info()
-        return bool(self._deferred) or bool(
-            self._started_this_generation > 0
-            and (info.get_current_history_size()
-                 >= self._inp.config.continue_as_new_history_bytes  # type: ignore[union-attr]
-                 or info.is_continue_as_new_suggested()))
+        assert self._inp is not None
+        return bool(self._deferred) or continue_now(
+            self._inp.config, workflow.info(), self._started_this_generation,
+            size_budget=self._size_budget)
 
     def _continue_as_new(self) -> None:
         assert self._inp is not None
@@ -533,6 +493,6 @@ class DvtRunWorkflow:
                 discriminator=discriminator, step_id=step_id, logical_attempt_id=attempt,
                 caused_by_signal_id=signal_id, tolerate_illegal=tolerate_illegal,
             ),
-            start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
-            retry_policy=_BOOKKEEPING_RETRY,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
         )

@@ -9,111 +9,38 @@ same events in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from dvt_engine.models.events import EventType
+from dvt_engine.commands import CancelSteps as CancelSteps
+from dvt_engine.commands import Command as Command
+from dvt_engine.commands import ExpireGate as ExpireGate
+from dvt_engine.commands import Finish as Finish
+from dvt_engine.commands import ResolveGate as ResolveGate
+from dvt_engine.commands import StartStep as StartStep
+from dvt_engine.commands import StartTimer as StartTimer
+from dvt_engine.commands import WriteRunEvent as WriteRunEvent
+from dvt_engine.commands import WriteStepEvent as WriteStepEvent
+from dvt_engine.commands import commands_of as commands_of
+from dvt_engine.models.events import Event, EventType
 from dvt_engine.models.plan import ExecutionPlan, StepSpec
 from dvt_engine.models.run import RunStatus, StepStatus, StepSubstatus
 from dvt_engine.models.signals import SignalType
 from dvt_engine.models.snapshot import RunSnapshot, StepError
-from dvt_engine.scheduler import ready_steps
+from dvt_engine.rules import cancel as cancel_rules
+from dvt_engine.rules import failure as failure_rules
+from dvt_engine.rules import gates as gate_rules
+from dvt_engine.rules import pause as pause_rules
+from dvt_engine.rules import scheduling
+from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON as FAIL_FAST_GATE_REASON
+from dvt_engine.rules.gates import GATE_TIMER_PREFIX as GATE_TIMER_PREFIX
+from dvt_engine.rules.settlement import StepSettlement as StepSettlement
+from dvt_engine.rules.settlement import records_failure, settlement_of, step_status_after
 from dvt_engine.statemachine import RUN_AWAITING_OPERATOR
 
-StepSettlement = Literal["succeeded", "failed", "cancelled", "refused"]
-
-
-# --- commands ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StartStep:
-    """Run one logical attempt of a step through the step runner."""
-
-    step_id: str
-    logical_attempt_id: int
-
-
-@dataclass(frozen=True)
-class CancelSteps:
-    """Ask running steps (and waiting gates) to stop."""
-
-    step_ids: tuple[str, ...]
-    reason: str
-
-
-@dataclass(frozen=True)
-class WriteRunEvent:
-    """Append a run-level event; ``discriminator`` fills the key's attempt slot."""
-
-    event_type: str
-    payload: Mapping[str, Any]
-    discriminator: int | None = None
-    caused_by_signal_id: str | None = None
-
-
-@dataclass(frozen=True)
-class WriteStepEvent:
-    """Append a step event that the engine itself produces (StepSkipped)."""
-
-    event_type: str
-    step_id: str
-    logical_attempt_id: int
-    payload: Mapping[str, Any]
-    caused_by_signal_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ResolveGate:
-    """Complete (approve) or fail (reject) a waiting approval gate."""
-
-    step_id: str
-    logical_attempt_id: int
-    approve: bool
-    approver: str
-    comment: str | None
-    signal_id: str | None
-
-
-@dataclass(frozen=True)
-class ExpireGate:
-    """Fail a waiting approval gate with APPROVAL_TIMEOUT."""
-
-    step_id: str
-    logical_attempt_id: int
-
-
-@dataclass(frozen=True)
-class StartTimer:
-    """Start a durable timer; the engine calls ``timer_fired(name)`` when it fires."""
-
-    name: str
-    delay_ms: int
-
-
-@dataclass(frozen=True)
-class Finish:
-    """Write the run's terminal event; nothing follows it."""
-
-    event_type: str
-    payload: Mapping[str, Any]
-
-
-Command = (
-    StartStep
-    | CancelSteps
-    | WriteRunEvent
-    | WriteStepEvent
-    | ResolveGate
-    | ExpireGate
-    | StartTimer
-    | Finish
-)
-
 OPERATOR_TIMER_PREFIX = "operator:"
-FAIL_FAST_GATE_REASON = "run failing (failFast)"
-GATE_TIMER_PREFIX = "gate:"
 
 
 # --- state ---------------------------------------------------------------------------------
@@ -177,19 +104,12 @@ class RunInterpreter:
         state = self.steps[step_id]
         state.awaiting_approval = True
         commands: list[Command] = []
-        timeout = self.spec(step_id).timeout_ms
+        timeout = gate_rules.gate_timeout_ms(self.spec(step_id))
         if timeout is not None and not self.is_finished:
-            name = f"{GATE_TIMER_PREFIX}{step_id}:{state.logical_attempt_id}"
-            commands.append(StartTimer(name, timeout))
-        if (
-            self.plan.metadata.failure_policy == "failFast"
-            and self.failure is not None
-            and not self.is_finished
-            and not self.cancel_requested
-        ):
-            # The run began failing while this gate was opening; a gate cannot finish by itself.
-            commands.append(CancelSteps((step_id,), FAIL_FAST_GATE_REASON))
-        return commands
+            commands.append(StartTimer(
+                gate_rules.gate_timer_name(step_id, state.logical_attempt_id), timeout))
+        # The run may have begun failing while this gate was opening.
+        return commands + self._cancel_gates((step_id,))
 
     def step_settled(
         self,
@@ -204,35 +124,26 @@ class RunInterpreter:
             return []  # a late report of an attempt the run has moved past
         state.in_flight = False
         state.awaiting_approval = False
-        requeue = step_id in self.paused_cancellations
+        paused = step_id in self.paused_cancellations
         self.paused_cancellations.discard(step_id)
-        if outcome == "cancelled" and requeue and not self.cancel_requested:
-            # Stopped by a pause (cancelInFlightOnPause): a new logical attempt runs on resume.
+        if pause_rules.runs_again_on_resume(outcome, paused, self.cancel_requested):
             state.status = StepStatus.PENDING
             state.logical_attempt_id += 1
             return self.advance()
-        if outcome == "succeeded":
-            state.status = StepStatus.SUCCESS
-        elif outcome in ("failed", "cancelled"):
-            state.status = StepStatus.FAILED
-            if outcome == "failed" and self.failure is None:
-                err = error or StepError(code="STEP_FAILED", message="step failed")
-                self.failure = {"stepId": step_id, "code": err.code, "message": err.message}
-        elif outcome == "refused":
-            # The log refused StepStarted (the step was skipped meanwhile): trust the log.
-            state.status = StepStatus.SKIPPED
+        state.status = step_status_after(outcome)
         commands: list[Command] = []
-        if (
-            outcome == "failed"
-            and self.plan.metadata.failure_policy == "failFast"
-            and not self.cancel_requested
-        ):
-            gates = tuple(
-                s for s in self.in_flight() if self.steps[s].awaiting_approval
-            )
-            if gates:
-                commands.append(CancelSteps(gates, FAIL_FAST_GATE_REASON))
+        if records_failure(outcome):
+            if self.failure is None:
+                self.failure = failure_rules.run_failure(step_id, error)
+            commands += self._cancel_gates(self.waiting_gates())
         return commands + self.advance()
+
+    def settle(
+        self, step_id: str, logical_attempt_id: int, status: str, error: StepError | None = None
+    ) -> list[Command]:
+        """``step_settled`` for a step runner outcome status (the settlement rule maps it)."""
+        settled = settlement_of(status, error)
+        return self.step_settled(step_id, logical_attempt_id, settled.outcome, settled.error)
 
     def signal_accepted(
         self,
@@ -260,11 +171,13 @@ class RunInterpreter:
                 discriminator=self.pause_ordinal,
                 caused_by_signal_id=signal_id,
             )
-            if not self.cancel_in_flight_on_pause:
-                return [event]
-            working = tuple(s for s in self.in_flight() if not self.steps[s].awaiting_approval)
+            working = pause_rules.steps_to_cancel_on_pause(
+                self.cancel_in_flight_on_pause,
+                (s for s in self.in_flight() if not self.steps[s].awaiting_approval))
             self.paused_cancellations.update(working)
-            return [event, CancelSteps(working, "run paused")] if working else [event]
+            if not working:
+                return [event]
+            return [event, CancelSteps(working, pause_rules.PAUSE_CANCEL_REASON)]
         if kind == SignalType.RESUME:
             if self.status != RunStatus.PAUSED:
                 return []
@@ -331,7 +244,7 @@ class RunInterpreter:
         commands: list[Command] = []
         running = tuple(self.in_flight())
         if running:
-            commands.append(CancelSteps(running, reason or "run cancelled"))
+            commands.append(CancelSteps(running, cancel_rules.step_cancel_reason(reason)))
         return commands + self.advance()
 
     def timer_fired(self, name: str) -> list[Command]:
@@ -341,30 +254,36 @@ class RunInterpreter:
         if name.startswith(OPERATOR_TIMER_PREFIX):
             ordinal = int(name[len(OPERATOR_TIMER_PREFIX):])
             if self.awaiting_operator and ordinal == self.operator_ordinal:
-                failure = self.failure or {}
-                return self._finish(
-                    EventType.RUN_FAILED,
-                    {
-                        "stepId": failure.get("stepId"),
-                        "code": "OPERATOR_TIMEOUT",
-                        "message": "no operator acted within operatorTimeoutMs",
-                    },
-                )
+                return self._finish(EventType.RUN_FAILED,
+                                    failure_rules.operator_timeout_failure(self.failure))
             return []
-        if name.startswith(GATE_TIMER_PREFIX):
-            step_id, _, attempt = name[len(GATE_TIMER_PREFIX):].rpartition(":")
+        gate = gate_rules.parse_gate_timer(name)
+        if gate is not None:
+            step_id, attempt = gate
             state = self.steps.get(step_id)
             if (
                 state is not None
                 and state.in_flight
                 and state.awaiting_approval
-                and str(state.logical_attempt_id) == attempt
+                and state.logical_attempt_id == attempt
             ):
                 state.awaiting_approval = False
                 return [ExpireGate(step_id, state.logical_attempt_id)]
         return []
 
     # --- the scheduling rule ------------------------------------------------------------
+    def startable(self) -> list[str]:
+        """The steps ``advance()`` would start now, in plan order (nothing is changed)."""
+        failing_fast = failure_rules.failing_fast(self.plan, self.failure)
+        if self.is_finished or not scheduling.starts_new_steps(
+                self.status, cancel_requested=self.cancel_requested, failing_fast=failing_fast):
+            return []
+        return scheduling.steps_to_start(self.plan.steps, self.statuses(), self.in_flight())
+
+    def would_start(self, step_id: str) -> bool:
+        """True when the interpreter, in this state, starts ``step_id`` on its next move."""
+        return step_id in self.startable()
+
     def advance(self) -> list[Command]:
         """Start what can start, or finish the run when nothing else can happen."""
         if self.is_finished:
@@ -374,28 +293,21 @@ class RunInterpreter:
             if running:
                 return []
             return self._finish(EventType.RUN_CANCELLED, {"reason": self.cancel_reason})
-        fail_fast = self.plan.metadata.failure_policy == "failFast"
-        if fail_fast and self.failure is not None:
+        if failure_rules.failing_fast(self.plan, self.failure):
             if running:
                 return []
-            return self._finish(EventType.RUN_FAILED, dict(self.failure))
-        if self.status == RunStatus.PAUSED:
-            return []
-        statuses = self.statuses()
+            return self._finish(EventType.RUN_FAILED, dict(self.failure or {}))
         commands: list[Command] = []
-        for step_id in ready_steps(self.plan.steps, statuses, running):
+        for step_id in self.startable():
             state = self.steps[step_id]
             state.status = StepStatus.RUNNING
             state.in_flight = True
             commands.append(StartStep(step_id, state.logical_attempt_id))
-        if commands or running:
+        if commands or running or self.status != RunStatus.RUNNING:
             return commands
-        if all(s.satisfies_dependency for s in statuses.values()):
-            succeeded = sum(1 for s in statuses.values() if s == StepStatus.SUCCESS)
-            skipped = sum(1 for s in statuses.values() if s == StepStatus.SKIPPED)
-            return self._finish(
-                EventType.RUN_COMPLETED, {"succeeded": succeeded, "skipped": skipped}
-            )
+        statuses = self.statuses()
+        if scheduling.is_complete(statuses):
+            return self._finish(EventType.RUN_COMPLETED, scheduling.completion_payload(statuses))
         if not self.awaiting_operator:
             # awaitOperator: nothing can progress until RETRY_STEP, SKIP_STEP or CANCEL.
             self.awaiting_operator = True
@@ -413,6 +325,51 @@ class RunInterpreter:
                 ),
             ]
         return []
+
+    # --- rebuilt interpreters (an engine that keeps no interpreter between moves) -------
+    def waiting_gates(self) -> list[str]:
+        """Approval gates waiting for a decision, in plan order."""
+        return [s for s in self.in_flight() if self.steps[s].awaiting_approval]
+
+    def _cancel_gates(self, candidates: Sequence[str]) -> list[Command]:
+        gates = failure_rules.gates_to_cancel(
+            self.plan, self.failure, ending=self.is_finished or self.cancel_requested,
+            waiting_gates=candidates)
+        return [CancelSteps(gates, FAIL_FAST_GATE_REASON)] if gates else []
+
+    def owed(self) -> list[Command]:
+        """What this state calls for beyond ``advance()``, for an interpreter rebuilt from the
+        log that did not see the state arise (a failing failFast run's waiting gates)."""
+        return self._cancel_gates(self.waiting_gates())
+
+    def mark_started(self, step_ids: Iterable[str]) -> None:
+        """Count PENDING steps as running whose start an engine has carried out although the
+        log does not show it yet (a rebuilt interpreter would otherwise start them again, or
+        end the run before they settle)."""
+        for step_id in step_ids:
+            state = self.steps[step_id]
+            if state.status == StepStatus.PENDING:
+                state.status, state.in_flight = StepStatus.RUNNING, True
+
+    def durable_timers(self, events: Sequence[Event]) -> list[tuple[str, datetime]]:
+        """The timers this state has running, each with when it is due, from the log's times
+        (for engines without durable timers of their own)."""
+        timers: list[tuple[str, datetime]] = []
+        if self.awaiting_operator and self.operator_ordinal:
+            marks = [e for e in events if e.event_type == RUN_AWAITING_OPERATOR]
+            if marks:
+                due = _aware(marks[-1].emitted_at) + timedelta(
+                    milliseconds=self.plan.metadata.operator_timeout_ms)
+                timers.append((f"{OPERATOR_TIMER_PREFIX}{self.operator_ordinal}", due))
+        for step_id in self.waiting_gates():
+            attempt = self.steps[step_id].logical_attempt_id
+            timeout = gate_rules.gate_timeout_ms(self.spec(step_id))
+            opened = [e for e in events if e.event_type == EventType.STEP_AWAITING_APPROVAL
+                      and e.step_id == step_id and e.logical_attempt_id == attempt]
+            if timeout is not None and opened:
+                due = _aware(opened[-1].emitted_at) + timedelta(milliseconds=timeout)
+                timers.append((gate_rules.gate_timer_name(step_id, attempt), due))
+        return timers
 
     def _finish(self, event_type: str, payload: Mapping[str, Any]) -> list[Command]:
         self.status = {
@@ -463,9 +420,17 @@ class RunInterpreter:
         return interp
 
     @classmethod
-    def from_snapshot(cls, plan: ExecutionPlan, snapshot: RunSnapshot) -> RunInterpreter:
-        """Rebuild from the store's truth; RUNNING steps are reported as in flight."""
+    def from_snapshot(
+        cls, plan: ExecutionPlan, snapshot: RunSnapshot, events: Iterable[Event] = ()
+    ) -> RunInterpreter:
+        """Rebuild from the store's truth; RUNNING steps are reported as in flight.
+
+        ``events`` (the run's log) restores what the snapshot does not keep: how many times
+        the run has waited for an operator.
+        """
         interp = cls(plan=plan)
+        interp.operator_ordinal = sum(1 for e in events
+                                      if e.event_type == RUN_AWAITING_OPERATOR)
         approved = snapshot.status == RunStatus.APPROVED
         interp.status = RunStatus.RUNNING if approved else snapshot.status
         interp.pause_ordinal = snapshot.pause_count
@@ -478,11 +443,10 @@ class RunInterpreter:
                 awaiting_approval=step.substatus == StepSubstatus.AWAITING_APPROVAL,
             )
             if step.status == StepStatus.FAILED and interp.failure is None and step.error:
-                interp.failure = {"stepId": step.step_id, "code": step.error.code,
-                                  "message": step.error.message}
+                interp.failure = failure_rules.run_failure(step.step_id, step.error)
         return interp
 
 
-def commands_of(kind: type[Command], commands: Iterable[Command]) -> list[Any]:
-    """The commands of one type, in order (a convenience for engines and tests)."""
-    return [c for c in commands if isinstance(c, kind)]
+def _aware(moment: datetime) -> datetime:
+    """A log time as an aware datetime (a naive one is UTC, as every producer writes)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -178,3 +178,90 @@ def test_gate_opening_after_a_fail_fast_failure_is_cancelled() -> None:
     assert commands_of(Finish, interp.step_settled("gate", 1, "cancelled"))[0].event_type == (
         "RunFailed"
     )
+
+
+# --- questions engines ask the core -------------------------------------------------------
+
+GATE_AND_SIBLING = [
+    {"stepId": "prep", "kind": "noop"},
+    {"stepId": "gate", "kind": "approval", "dependsOn": ["prep"]},
+    {"stepId": "side", "kind": "noop", "dependsOn": ["prep"]},
+    {"stepId": "publish", "kind": "noop", "dependsOn": ["gate", "side"]},
+]
+
+
+def test_would_start_matches_what_advance_starts() -> None:
+    interp = RunInterpreter(plan(DIAMOND))
+    assert interp.startable() == ["a"]
+    assert interp.would_start("a")
+    assert not interp.would_start("b")
+    interp.begin()
+    interp.step_settled("a", 1, "succeeded")
+    assert interp.startable() == []  # b and c are running now
+    paused = RunInterpreter(plan(DIAMOND))
+    paused.signal_accepted("PAUSE", {})
+    assert paused.startable() == []
+    assert paused.advance() == []
+
+
+def test_fail_fast_starts_nothing_new() -> None:
+    interp = RunInterpreter(plan([{"stepId": "x", "kind": "noop"},
+                                  {"stepId": "y", "kind": "noop"},
+                                  {"stepId": "z", "kind": "noop", "dependsOn": ["y"]}]))
+    interp.begin()
+    interp.step_settled("x", 1, "failed", StepError(code="E", message="m"))
+    interp.steps["y"].status, interp.steps["y"].in_flight = StepStatus.SUCCESS, False
+    assert not interp.would_start("z")
+
+
+def test_settle_maps_runner_outcomes() -> None:
+    interp = RunInterpreter(plan([{"stepId": "x", "kind": "noop"}]))
+    interp.begin()
+    commands = interp.settle("x", 1, "awaiting_approval")  # not a settlement: a failure
+    assert commands_of(Finish, commands) == [
+        Finish("RunFailed", {"stepId": "x", "code": "STEP_FAILED",
+                             "message": "awaiting_approval"})]
+
+
+def test_owed_cancels_waiting_gates_of_a_rebuilt_failing_run() -> None:
+    interp = RunInterpreter(plan(GATE_AND_SIBLING))
+    interp.begin()
+    interp.step_settled("prep", 1, "succeeded")
+    interp.step_awaiting_approval("gate")
+    assert interp.owed() == []  # nothing failed
+    interp.failure = {"stepId": "side", "code": "E", "message": "m"}
+    assert interp.owed() == [CancelSteps(("gate",), "run failing (failFast)")]
+
+
+def test_marked_started_steps_hold_a_failing_run_open() -> None:
+    interp = RunInterpreter(plan(GATE_AND_SIBLING))
+    interp.begin()
+    interp.step_settled("prep", 1, "succeeded")
+    interp.step_awaiting_approval("gate")
+    # Rebuilt without "side" (its start was carried out, not yet logged): the engine marks it.
+    interp.steps["side"].status, interp.steps["side"].in_flight = StepStatus.PENDING, False
+    interp.mark_started(["side"])
+    resolve = interp.signal_accepted("APPROVE_STEP", {"stepId": "gate", "decision": "reject"})
+    assert commands_of(ResolveGate, resolve)[0].approve is False
+    err = StepError(code="APPROVAL_REJECTED", message="no")
+    assert interp.step_settled("gate", 1, "failed", err) == []  # side still due
+    final = interp.step_settled("side", 1, "succeeded")
+    assert commands_of(Finish, final)[0].payload["stepId"] == "gate"
+
+
+def test_gate_params_timeout_starts_its_timer_and_durable_timers_come_from_the_log() -> None:
+    from datetime import UTC, datetime
+
+    from dvt_engine.models.events import Event
+
+    interp = RunInterpreter(plan([{"stepId": "g", "kind": "approval",
+                                   "params": {"timeoutMs": 1500}}]))
+    interp.begin()
+    assert interp.step_awaiting_approval("g") == [StartTimer("gate:g:1", 1500)]
+    opened = Event.model_construct(event_type="StepAwaitingApproval", step_id="g",
+                                   logical_attempt_id=1,
+                                   emitted_at=datetime(2026, 1, 1, tzinfo=UTC))
+    [(name, due)] = interp.durable_timers([opened])
+    assert name == "gate:g:1"
+    assert due == datetime(2026, 1, 1, 0, 0, 1, 500_000, tzinfo=UTC)
+    assert interp.timer_fired(name) == [ExpireGate("g", 1)]

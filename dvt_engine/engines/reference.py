@@ -38,12 +38,10 @@ from dvt_engine.models.run import (
     RunStatus,
     RunStatusSnapshot,
 )
-from dvt_engine.models.snapshot import StepError
 from dvt_engine.planning.capabilities import ENGINE_CAPABILITIES
+from dvt_engine.rules.cancel import DEFAULT_CANCEL_REASON
 from dvt_engine.signals.service import AcceptedSignal
 from dvt_engine.steps import CancelToken, StepInvocation, StepOutcome, StepRunner
-
-CANCELLED = "run cancelled"
 
 
 class ReferenceEngine(BaseEngine):
@@ -162,8 +160,8 @@ class _RunDriver:
     def handle(self, message: tuple[Any, ...]) -> list[Command]:
         kind = message[0]
         if kind == "settled":
-            _, step_id, attempt, outcome, error = message
-            return self.interp.step_settled(step_id, attempt, outcome, error)
+            _, step_id, attempt, status, error = message
+            return self.interp.settle(step_id, attempt, status, error)
         if kind == "awaiting":
             return self.interp.step_awaiting_approval(message[1])
         if kind == "signal":
@@ -243,13 +241,15 @@ class _RunDriver:
             if outcome.status == "retry":
                 delay = (outcome.retry_delay_ms or 0) / 1000
                 if await _cancelled_within(token, delay):
-                    outcome = await self.engine.runner.cancel_step(invocation, reason=CANCELLED)
+                    outcome = await self.engine.runner.cancel_step(
+                        invocation, reason=DEFAULT_CANCEL_REASON)
                 else:
                     engine_attempt += 1
                     continue
             if outcome.status == "awaiting_approval":
                 if token.cancelled:
-                    outcome = await self.engine.runner.cancel_step(invocation, reason=CANCELLED)
+                    outcome = await self.engine.runner.cancel_step(
+                        invocation, reason=DEFAULT_CANCEL_REASON)
                 else:
                     self.gates[step_id] = _Gate(invocation)
                     self.inbox.put_nowait(("awaiting", step_id))
@@ -258,11 +258,8 @@ class _RunDriver:
             return
 
     def _settle(self, step_id: str, attempt: int, outcome: StepOutcome) -> None:
-        status = outcome.status
-        settled = status if status in ("succeeded", "failed", "cancelled", "refused") else "failed"
-        error = outcome.error or (StepError(code="STEP_FAILED", message=status)
-                                  if settled == "failed" else None)
-        self.inbox.put_nowait(("settled", step_id, attempt, settled, error))
+        # The interpreter maps the runner's outcome to a settlement (rules.settlement).
+        self.inbox.put_nowait(("settled", step_id, attempt, outcome.status, outcome.error))
 
     async def _cancel_step(self, step_id: str, reason: str) -> None:
         gate = self.gates.pop(step_id, None)

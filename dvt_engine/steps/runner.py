@@ -28,9 +28,10 @@ from dvt_engine.errors import DvtError, ErrorCode, IllegalTransition, StepCancel
 from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.idempotency import event_key
 from dvt_engine.models.events import AppendResult, Event, EventType
-from dvt_engine.models.plan import StepSpec
 from dvt_engine.models.snapshot import ArtifactRef, Cost, StepError
 from dvt_engine.ports import RunStateStore, SecretsProvider, StepResult
+from dvt_engine.rules import retries
+from dvt_engine.rules.gates import gate_timeout_ms
 from dvt_engine.secrets import EnvSecretsProvider, redact
 from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.context import CancelToken, RunnerStepContext
@@ -182,10 +183,8 @@ class StepRunner:
     ) -> StepOutcome:
         error = StepError(code=error.code, message=str(redact(error.message, secrets)),
                           retryable=error.retryable)
-        retry = inv.step.retry
-        final = not error.retryable or inv.engine_attempt_id >= inv.step.max_attempts
-        if not final:
-            delay = retry.delay_before_attempt_ms(inv.engine_attempt_id + 1) if retry else 0
+        if not retries.is_final_failure(inv.step, error, inv.engine_attempt_id):
+            delay = retries.delay_before_attempt_ms(inv.step, inv.engine_attempt_id + 1)
             return StepOutcome(
                 status="retry", final=False, step_id=inv.step_id,
                 logical_attempt_id=inv.logical_attempt_id,
@@ -346,16 +345,6 @@ class StepRunner:
             output=output, artifacts=tuple(artifacts), error=error,
             duplicate=result.duplicate, run_seq=result.run_seq,
         )
-
-
-def gate_timeout_ms(step: StepSpec) -> int | None:
-    """How long an approval gate waits: the step's timeoutMs, else ``params.timeoutMs``."""
-    if step.timeout_ms is not None:
-        return step.timeout_ms
-    value = step.params.get("timeoutMs")
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
 
 
 def _refused(inv: StepInvocation, exc: IllegalTransition) -> StepOutcome:

@@ -1,0 +1,221 @@
+"""Engine contract tests of the signal rules (contract §6.2): refusals, records, duplicates."""
+
+from __future__ import annotations
+
+import pytest
+
+from contract_tests.engine_harness import (
+    APPROVER,
+    ENGINEER,
+    OPERATOR,
+    VIEWER,
+    EngineHarness,
+    EngineSuiteBase,
+    event_types,
+    plan_document,
+)
+from dvt_engine.errors import DvtError, ErrorCode
+from dvt_engine.models.run import RunStatus, StepStatus
+from dvt_engine.models.signals import SignalType
+
+
+class SignalRuleTests(EngineSuiteBase):
+    """Every engine decides signals the same way, through the shared signal service."""
+
+    # --- signal rules (contract §6.2) ----------------------------------------------------
+    async def test_invalid_payload_is_refused_first(self, engine_harness: EngineHarness) -> None:
+        """Rule 1: a payload that fails its schema raises SIGNAL_INVALID_PAYLOAD, recorded nowhere,
+        even from an actor with no role and for a run of another tenant."""
+        run = await self.start_at_gate(engine_harness)
+        before = len(await run.events())
+        for kwargs in ({}, {"tenant_id": "other-tenant"}):
+            with pytest.raises(DvtError) as info:
+                await run.signal(SignalType.APPROVE_STEP, VIEWER,
+                                 {"stepId": "gate", "decision": "maybe"}, **kwargs)
+            assert info.value.code == ErrorCode.SIGNAL_INVALID_PAYLOAD
+        assert len(await run.events()) == before
+        await self.approve_gate(run)
+
+    async def test_tenant_mismatch_looks_like_run_not_found(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """Rule 2: another tenant's run answers exactly like a run that does not exist."""
+        run = await self.start_at_gate(engine_harness)
+        with pytest.raises(DvtError) as other_tenant:
+            await run.signal(SignalType.PAUSE, OPERATOR, tenant_id="other-tenant")
+        with pytest.raises(DvtError) as missing:
+            await run.signal(SignalType.PAUSE, OPERATOR, tenant_id="other-tenant",
+                             run_id="no-such-run")
+        assert other_tenant.value.code == ErrorCode.RUN_NOT_FOUND
+        assert missing.value.code == ErrorCode.RUN_NOT_FOUND
+        assert str(other_tenant.value).replace(run.run_id, "X") == \
+            str(missing.value).replace("no-such-run", "X")
+        types = event_types(await run.events())
+        assert "RunPaused" not in types
+        assert "SignalAccepted" not in types
+        assert "SignalRejected" not in types
+        snap = await engine_harness.store.get_snapshot(run.tenant_id, run.run_id)
+        assert snap is not None
+        assert snap.status == RunStatus.RUNNING
+        await self.approve_gate(run)
+
+    async def test_unauthorized_signal_is_recorded_and_ignored(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """Rule 3: an operator may not approve a gate; the refusal is on record."""
+        run = await self.start_at_gate(engine_harness)
+        decision = await run.signal(SignalType.APPROVE_STEP, OPERATOR,
+                                    {"stepId": "gate", "decision": "approve"})
+        assert decision.accepted is False
+        assert decision.error_code == ErrorCode.SIGNAL_UNAUTHORIZED
+        events = await run.events()
+        rejected = [e for e in events if e.event_type == "SignalRejected"]
+        assert [e.payload["errorCode"] for e in rejected] == ["SIGNAL_UNAUTHORIZED"]
+        snap = await engine_harness.store.get_snapshot(run.tenant_id, run.run_id)
+        assert snap is not None
+        assert snap.step("gate").substatus == "AWAITING_APPROVAL"
+        await self.approve_gate(run)
+
+    async def test_terminal_run_refuses_everything(self, engine_harness: EngineHarness) -> None:
+        """Rule 4: a COMPLETED run answers RUN_TERMINAL to every step and run signal."""
+        run = await self.start(engine_harness, plan_document(
+            "suite-terminal", [{"stepId": "a", "kind": "noop"}]))
+        await run.finished()
+        for type_, payload, actor in (
+            (SignalType.PAUSE, {}, OPERATOR),
+            (SignalType.RESUME, {}, OPERATOR),
+            (SignalType.CANCEL, {}, OPERATOR),
+            (SignalType.RETRY_STEP, {"stepId": "a"}, ENGINEER),
+            (SignalType.SKIP_STEP, {"stepId": "a"}, ENGINEER),
+        ):
+            decision = await run.signal(type_, actor, payload)
+            assert (decision.accepted, decision.error_code) == (False, ErrorCode.RUN_TERMINAL), \
+                type_
+        snap = await run.finished()
+        assert snap.status == RunStatus.COMPLETED
+
+    async def test_step_state_rules(self, engine_harness: EngineHarness) -> None:
+        """Rule 4: RETRY_STEP needs a FAILED step, SKIP_STEP a step that has not run,
+        APPROVE_STEP a waiting gate, and every step signal an existing step."""
+        run = await self.start_at_gate(engine_harness)
+        cases = [
+            (SignalType.RETRY_STEP, {"stepId": "prepare"}, ENGINEER,
+             ErrorCode.STEP_NOT_RETRYABLE),
+            (SignalType.RETRY_STEP, {"stepId": "after"}, ENGINEER, ErrorCode.STEP_NOT_RETRYABLE),
+            (SignalType.SKIP_STEP, {"stepId": "prepare"}, ENGINEER, ErrorCode.STEP_TERMINAL),
+            (SignalType.SKIP_STEP, {"stepId": "gate"}, ENGINEER, ErrorCode.STEP_TERMINAL),
+            (SignalType.SKIP_STEP, {"stepId": "nope"}, ENGINEER, ErrorCode.STEP_NOT_FOUND),
+            (SignalType.APPROVE_STEP, {"stepId": "after", "decision": "approve"}, APPROVER,
+             ErrorCode.STEP_NOT_AWAITING_APPROVAL),
+        ]
+        for type_, payload, actor, code in cases:
+            decision = await run.signal(type_, actor, payload)
+            assert (decision.accepted, decision.error_code) == (False, code), (type_, payload)
+        await self.approve_gate(run)
+        snap = await run.finished()
+        assert snap.status == RunStatus.COMPLETED
+        assert [s.status for s in snap.steps] == [StepStatus.SUCCESS] * 3
+
+    async def test_duplicate_signal_id_gets_the_first_decision(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """Rule 6: a repeated signalId is answered with the first decision and does nothing."""
+        run = await self.start_at_gate(engine_harness)
+        first = await run.signal(SignalType.PAUSE, OPERATOR, {"reason": "one"}, signal_id="p-1")
+        await run.wait(lambda s: s.status == RunStatus.PAUSED, "paused")
+        again = await run.signal(SignalType.PAUSE, OPERATOR, {"reason": "one"}, signal_id="p-1")
+        # Even a different request under the same signalId gets the first answer.
+        other = await run.signal(SignalType.RESUME, OPERATOR, signal_id="p-1")
+        assert first.accepted is True
+        assert first.duplicate is False
+        for answer in (again, other):
+            assert answer.duplicate is True
+            assert (answer.accepted, answer.type, answer.run_seq) == \
+                (first.accepted, first.type, first.run_seq)
+        refused = await run.signal(SignalType.APPROVE_STEP, OPERATOR,
+                                   {"stepId": "gate", "decision": "approve"}, signal_id="a-1")
+        refused_again = await run.signal(SignalType.APPROVE_STEP, OPERATOR,
+                                         {"stepId": "gate", "decision": "approve"},
+                                         signal_id="a-1")
+        assert refused_again.duplicate is True
+        assert refused_again.error_code == refused.error_code == ErrorCode.SIGNAL_UNAUTHORIZED
+        events = await run.events()
+        assert event_types(events).count("RunPaused") == 1
+        assert event_types(events).count("SignalAccepted") == 1
+        assert event_types(events).count("SignalRejected") == 1
+        await run.signal(SignalType.RESUME, OPERATOR, signal_id="r-1")
+        await run.wait(lambda s: s.status == RunStatus.RUNNING, "resumed")
+        await self.approve_gate(run)
+        assert (await run.finished()).status == RunStatus.COMPLETED
+
+    async def test_pause_and_resume_no_ops_and_record_before_effect(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """Rules 4-5: PAUSE when paused and RESUME when running are accepted no-ops; every
+        decision record precedes the event it causes."""
+        run = await self.start_at_gate(engine_harness)
+        noop_resume = await run.signal(SignalType.RESUME, OPERATOR)
+        assert (noop_resume.accepted, noop_resume.no_op) == (True, True)
+        pause = await run.signal(SignalType.PAUSE, OPERATOR, {"reason": "window"})
+        assert (pause.accepted, pause.no_op) == (True, False)
+        await run.wait(lambda s: s.status == RunStatus.PAUSED, "paused")
+        noop_pause = await run.signal(SignalType.PAUSE, OPERATOR)
+        assert (noop_pause.accepted, noop_pause.no_op) == (True, True)
+        resume = await run.signal(SignalType.RESUME, OPERATOR)
+        assert (resume.accepted, resume.no_op) == (True, False)
+        await run.wait(lambda s: s.status == RunStatus.RUNNING, "resumed")
+        await self.approve_gate(run)
+        assert (await run.finished()).status == RunStatus.COMPLETED
+        events = await run.events()
+        seq = {e.event_type: e.run_seq for e in reversed(events)}  # first occurrence
+        decisions = [e for e in events if e.event_type == "SignalAccepted"]
+        by_type = {e.payload["signalType"]: e for e in decisions if not e.payload.get("noOp")}
+        assert by_type["PAUSE"].run_seq < seq["RunPaused"]  # type: ignore[operator]
+        assert by_type["RESUME"].run_seq < seq["RunResumed"]  # type: ignore[operator]
+        assert event_types(events).count("RunPaused") == 1
+        assert event_types(events).count("RunResumed") == 1
+
+    async def test_unknown_run_is_not_found_and_status_is_diagnostic(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """A signal to a run that does not exist: RUN_NOT_FOUND; get_run_status of a live run
+        agrees with the store."""
+        h = engine_harness
+        run = await self.start_at_gate(h)
+        with pytest.raises(DvtError) as info:
+            await run.signal(SignalType.PAUSE, OPERATOR, run_id="no-such-run")
+        assert info.value.code == ErrorCode.RUN_NOT_FOUND
+        status = await h.engine.get_run_status(run.ref)
+        assert status.run_id == run.run_id
+        assert status.status == RunStatus.RUNNING
+        await self.approve_gate(run)
+        await run.finished()
+
+    async def test_signal_rate_limit(self, engine_harness: EngineHarness) -> None:
+        """With signals.rate.limit, the 61st signal within a minute is refused (not recorded);
+        a repeated signalId is still answered. Without it, every signal is decided."""
+        from dvt_engine.planning.capabilities import SIGNALS_RATE_LIMIT
+
+        h = engine_harness
+        declared = frozenset(getattr(h.engine, "declared_capabilities",
+                                     lambda: h.engine.capabilities)())
+        run = await self.start(h, plan_document("suite-rate", [
+            {"stepId": "long", "kind": "sleep", "params": {"ms": 60_000}},
+        ]))
+        await run.wait(lambda s: s.step("long").status == StepStatus.RUNNING, "long runs")
+        answers = [await run.signal(SignalType.RESUME, OPERATOR, signal_id=f"r-{i}")
+                   for i in range(61)]
+        assert all(a.accepted and a.no_op for a in answers[:60])
+        repeated = await run.signal(SignalType.RESUME, OPERATOR, signal_id="r-0")
+        assert repeated.duplicate is True
+        events = await run.events()
+        if SIGNALS_RATE_LIMIT in declared:
+            assert (answers[60].accepted, answers[60].error_code) == (
+                False, ErrorCode.SIGNAL_RATE_LIMITED)
+            assert event_types(events).count("SignalAccepted") == 60
+        else:
+            assert answers[60].accepted
+            assert event_types(events).count("SignalAccepted") == 61
+        await h.engine.cancel_run(run.ref, "done")
+        assert (await run.finished()).status == RunStatus.CANCELLED
+
