@@ -1,4 +1,4 @@
-"""Stages 3-6 of plan validation: JSON Schema, identifiers, DAG rules, the model."""
+"""Stages 3-6 of plan validation: JSON Schema, identifiers, DAG rules, secret literals, model."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from dvt_engine.planning.problems import (
     show,
 )
 from dvt_engine.schemas import load_schema
+from dvt_engine.secret_scan import find_secrets
 
 # --- stage 3: the plan JSON Schema ------------------------------------------------------------
 
@@ -292,3 +293,35 @@ def model_problems(doc: dict[str, Any]) -> tuple[ExecutionPlan | None, list[Prob
             for err in exc.errors()[:MAX_REPORTED_ISSUES]
         ]
 
+
+
+# --- stage 5b: secret literals in params --------------------------------------------------------
+
+
+def secret_literal_problems(doc: dict[str, Any]) -> list[Problem]:
+    """PLAN_SECRET_LITERAL for each secret-looking literal in plan or step params."""
+    places: list[tuple[Path, Any, str | None]] = []
+    if "params" in doc:
+        places.append((("params",), doc["params"], None))
+    steps = doc.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if isinstance(step, dict) and "params" in step:
+            sid = step.get("stepId")
+            step_id = sid if isinstance(sid, str) else None
+            places.append((("steps", i, "params"), step["params"], step_id))
+    problems: list[Problem] = []
+    for path, params, step_id in places:
+        for finding in find_secrets(params, path):
+            problems.append(
+                Problem(
+                    ErrorCode.PLAN_SECRET_LITERAL,
+                    safe(
+                        f"{finding.path} holds a secret-looking literal ({finding.rule}); plans "
+                        'hold secret references only: {"secretRef": "env:NAME"}'
+                    ),
+                    path=finding.path,
+                    step_id=step_id,
+                    details={"rule": finding.rule},
+                )
+            )
+    return problems[:MAX_REPORTED_ISSUES]

@@ -1,7 +1,8 @@
 """The first-error check: ``validate_plan_document`` raises the first coded error in contract order.
 
 SCHEMA_VALIDATION_FAILED for bytes that are not a JSON plan object, PLAN_SCHEMA_VERSION_UNSUPPORTED,
-SCHEMA_VALIDATION_FAILED against the plan JSON Schema, IDENTIFIER_INVALID, PLAN_INVALID (DAG).
+SCHEMA_VALIDATION_FAILED against the plan JSON Schema, IDENTIFIER_INVALID, PLAN_INVALID (DAG),
+then dvt's own PLAN_SECRET_LITERAL (a credential written into params instead of a secretRef).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dvt_engine.planning.checks import (
     identifier_problems,
     model_problems,
     schema_problems,
+    secret_literal_problems,
 )
 from dvt_engine.planning.document import load_document, version_problems
 from dvt_engine.planning.problems import PlanInput, Problem, digest_of
@@ -36,6 +38,8 @@ def _raise_first(problems: Sequence[Problem]) -> None:
             for p in problems
             if p.code is ErrorCode.SCHEMA_VALIDATION_FAILED
         ]
+    if first.code is ErrorCode.PLAN_SECRET_LITERAL:
+        details["paths"] = [p.path for p in problems if p.code is ErrorCode.PLAN_SECRET_LITERAL]
     if first.code is ErrorCode.PLAN_INVALID:
         details["problems"] = [
             {"path": p.path or "", "message": p.message, **p.details}
@@ -90,6 +94,7 @@ def validate_plan_document(data: PlanInput) -> ExecutionPlan:
     _raise_first(schema_problems(doc))
     _raise_first(identifier_problems(doc))
     _raise_first(dag_problems(doc))
+    _raise_first(secret_literal_problems(doc))
     plan, problems = model_problems(doc)
     _raise_first(problems)
     assert plan is not None

@@ -22,6 +22,7 @@ from dvt_engine.planning.checks import (
     identifier_problems,
     model_problems,
     schema_problems,
+    secret_literal_problems,
 )
 from dvt_engine.planning.document import load_document, version_problems
 from dvt_engine.planning.first_error import validate_plan_document
@@ -204,6 +205,7 @@ def build_validation_report(
                 problems += schema_problems(doc)
             problems += identifier_problems(doc)
             problems += dag_problems(doc)
+            problems += secret_literal_problems(doc)
             if not problems:
                 problems += model_problems(doc)[1]
             problems += _version_warnings(doc)
@@ -246,6 +248,8 @@ def report_error(report: ValidationReport) -> DvtError | None:
     same = [i for i in errors if i.code == first.code]
     if code is ErrorCode.SCHEMA_VALIDATION_FAILED:
         details["errors"] = [{"path": i.path or "", "message": i.message} for i in same]
+    if code is ErrorCode.PLAN_SECRET_LITERAL:
+        details["paths"] = [i.path for i in same]
     details["issues"] = [i.model_dump(mode="json") for i in errors]
     cls = ERROR_CLASSES.get(code, SchemaValidationFailed)
     return cls(first.message, details=details)
