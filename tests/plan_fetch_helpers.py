@@ -211,14 +211,15 @@ async def expect(loader: PlanLoader, ref: PlanRef, cls: type[DvtError]) -> DvtEr
 
 # --- scripted TCP servers: misbehaving peers, byte by byte ---
 
-Script = Callable[[socket.socket, threading.Event], None]
+Script = Callable[[socket.socket, threading.Event, str], None]
 
 
 class ScriptedServer:
     """A TCP server that reads each request's head, then runs ``script`` on the connection.
 
-    ``script(conn, stop)`` plays the server's side (dripping, stalling, cutting short); ``stop``
-    is set when the test ends, so a script that paces itself with ``stop.wait`` ends then too.
+    ``script(conn, stop, path)`` plays the server's side (dripping, stalling, cutting short);
+    ``stop`` is set when the test ends, so a script that paces itself with ``stop.wait`` ends
+    then too, and close() shuts every connection down, which ends any blocked receive.
     """
 
     def __init__(self, script: Script, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -231,6 +232,7 @@ class ScriptedServer:
         self.host = host
         self.port = self._sock.getsockname()[1]
         self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
         self._accepter = threading.Thread(target=self._accept, daemon=True)
         self._accepter.start()
 
@@ -245,6 +247,7 @@ class ScriptedServer:
                 return  # closed by close()
             with self._lock:
                 self.connections += 1
+                self._conns.append(conn)
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -259,7 +262,8 @@ class ScriptedServer:
                     if not data:
                         return
                     head += data
-                self.script(conn, self.stop)
+                path = head.split(b" ", 2)[1].decode("latin-1") if b" " in head else ""
+                self.script(conn, self.stop, path)
             except OSError:
                 return  # the client gave up: that is what most scripts wait for
 
@@ -269,6 +273,11 @@ class ScriptedServer:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
         self._sock.close()
         self._accepter.join(timeout=10)
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=10)
 
