@@ -36,11 +36,14 @@ from plan_fetch_helpers import server_fixture as server_fixture
 from plan_fetch_helpers import tls_fixture as tls_fixture
 from plan_fetch_helpers import tls_server_fixture as tls_server_fixture
 
+from dvt_engine.engines.reference import ReferenceEngine
 from dvt_engine.errors import DvtError, ErrorCode, PlanFetchFailed, PlanUriNotAllowed
 from dvt_engine.models.plan import PlanRef
+from dvt_engine.models.run import RunContext
 from dvt_engine.planning.fetch import PlanLoader
 from dvt_engine.planning.https import HttpsPlanFetcher
 from dvt_engine.planning.uri_policy import UriPolicy
+from dvt_engine.stores.memory import MemoryRunStateStore
 
 # --- body size and stalls ---
 
@@ -350,3 +353,22 @@ async def test_a_redirect_to_a_non_ascii_location_is_a_coded_refusal(
     err = await expect(loader_for(srv), ref_for(srv.url("/plan.json")), PlanUriNotAllowed)
     assert err.retryable is False
     assert srv.connections == 1
+
+
+async def test_start_run_with_a_dripping_plan_server_ends_by_the_deadline(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    srv = scripted(lambda conn, stop, path: drip(conn, stop, OK_HEAD * 20, every=0.05))
+    policy = UriPolicy([srv.url("")], allow_registry=False)
+    fetcher = HttpsPlanFetcher(policy, timeout_s=DEADLINE)
+    store = MemoryRunStateStore()
+    engine = ReferenceEngine(store, uri_policy=policy, fetchers={"http": fetcher})
+    context = RunContext(tenant_id="t", project_id="p", environment_id="e", run_id="r1")
+    start = time.monotonic()
+    try:
+        with pytest.raises(PlanFetchFailed) as info:
+            await engine.start_run(ref_for(srv.url("/plan.json")), context)
+    finally:
+        await engine.close()
+    assert_timed_out(info.value, time.monotonic() - start)
+    assert await store.get_run("t", "r1") is None
