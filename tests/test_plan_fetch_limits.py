@@ -260,6 +260,32 @@ async def test_the_deadline_spans_every_address(
     assert others[1].connections <= 1
 
 
+async def test_an_address_that_drops_connects_leaves_time_for_the_next(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    def serve_plan(conn: socket.socket, stop: threading.Event, path: str) -> None:
+        conn.sendall(OK_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(PLAN_BYTES), PLAN_BYTES))
+
+    good = scripted(serve_plan)
+    # A listener that never accepts, with its one-slot queue taken: Linux drops further SYNs,
+    # so connecting to it hangs like connecting to a black-holed address.
+    with socket.socket() as full, socket.socket() as queued:
+        full.bind(("127.0.0.2", good.port))
+        full.listen(0)
+        queued.connect(("127.0.0.2", good.port))
+        policy = UriPolicy(
+            [f"http://plans.internal.test:{good.port}"],
+            resolver=static_resolver({"plans.internal.test": ["127.0.0.2", "127.0.0.1"]}),
+        )
+        loader = PlanLoader(None, policy=policy, timeout_s=DEADLINE)
+        start = time.monotonic()
+        loaded = await loader.load(ref_for(f"http://plans.internal.test:{good.port}/plan.json"))
+        elapsed = time.monotonic() - start
+    assert loaded.sha256 == PLAN_SHA
+    assert DEADLINE * 0.4 <= elapsed < DEADLINE + MARGIN, elapsed  # waited for half, not all
+    assert good.connections == 1
+
+
 async def test_resolution_counts_against_the_deadline() -> None:
     never = asyncio.Event()
 

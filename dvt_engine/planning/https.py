@@ -162,13 +162,18 @@ class _BudgetedResponse(http.client.HTTPResponse):
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to a pre-checked address while speaking to ``host`` (Host header)."""
 
-    def __init__(self, host: str, port: int, address: str, deadline: float) -> None:
+    def __init__(
+        self, host: str, port: int, address: str, deadline: float, share: float = 1.0
+    ) -> None:
         super().__init__(host, port, timeout=_left(deadline))
         self._address = address
         self._deadline = deadline
+        self._share = share
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), _left(self._deadline))
+        # An address that drops the connection attempt must leave time for the next ones.
+        timeout = _left(self._deadline) * self._share
+        self.sock = socket.create_connection((self._address, self.port), timeout)
 
     def getresponse(self) -> http.client.HTTPResponse:
         # The socket timeout set here bounds sending the request; reads set their own.
@@ -186,9 +191,15 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
     default_port = 443
 
     def __init__(
-        self, host: str, port: int, address: str, deadline: float, context: ssl.SSLContext
+        self,
+        host: str,
+        port: int,
+        address: str,
+        deadline: float,
+        share: float,
+        context: ssl.SSLContext,
     ) -> None:
-        super().__init__(host, port, address, deadline)
+        super().__init__(host, port, address, deadline, share)
         self._tls = context
 
     def connect(self) -> None:
@@ -278,8 +289,10 @@ class HttpsPlanFetcher(PlanFetcher):
 
     def _request(self, checked: CheckedUri, max_bytes: int, deadline: float) -> _Response:
         last: PlanFetchFailed | None = None
-        for address in checked.addresses:
-            conn = self._connection(checked, address, deadline)
+        for i, address in enumerate(checked.addresses):
+            # Each address may spend its share of the time left on connecting.
+            share = 1.0 / (len(checked.addresses) - i)
+            conn = self._connection(checked, address, deadline, share)
             try:
                 return self._exchange(conn, checked, max_bytes)
             except ssl.SSLCertVerificationError as exc:
@@ -288,8 +301,12 @@ class HttpsPlanFetcher(PlanFetcher):
                     details={"uri": checked.uri},
                     retryable=False,
                 ) from exc
-            except (_OutOfTime, TimeoutError):
+            except _OutOfTime:
                 raise  # the deadline is shared: no time is left for another address
+            except TimeoutError:
+                if conn.sock is not None or i == len(checked.addresses) - 1:
+                    raise  # connected, then out of time: nothing is left for another address
+                last = self._network_error(checked, TIMEOUT, f"connecting to {address} timed out")
             except _OverLimit:
                 raise PlanFetchFailed(
                     f"response from {checked.uri!r} is over its size limit",
@@ -325,13 +342,13 @@ class HttpsPlanFetcher(PlanFetcher):
         )
 
     def _connection(
-        self, checked: CheckedUri, address: str, deadline: float
+        self, checked: CheckedUri, address: str, deadline: float, share: float
     ) -> _PinnedHTTPConnection:
         if checked.scheme == "https":
             return _PinnedHTTPSConnection(
-                checked.host, checked.port, address, deadline, self.ssl_context
+                checked.host, checked.port, address, deadline, share, self.ssl_context
             )
-        return _PinnedHTTPConnection(checked.host, checked.port, address, deadline)
+        return _PinnedHTTPConnection(checked.host, checked.port, address, deadline, share)
 
     def _exchange(
         self, conn: _PinnedHTTPConnection, checked: CheckedUri, max_bytes: int
