@@ -226,7 +226,6 @@ class ScriptedServer:
         self.script = script
         self.stop = threading.Event()
         self.connections = 0
-        self.sent = 0
         self._lock = threading.Lock()
         self._sock = socket.create_server((host, port))
         self.host = host

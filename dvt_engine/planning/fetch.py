@@ -2,8 +2,10 @@
 
 1. refuse a URI outside the allowlist (PLAN_URI_NOT_ALLOWED) without fetching it;
 2. fetch the bytes and check their sha256 (PLAN_INTEGRITY_VALIDATION_FAILED, not retryable);
+   outside the registry steps 1 and 2 share one deadline (PLAN_FETCH_FAILED, retryable);
 3. refuse an unknown schemaVersion (PLAN_SCHEMA_VERSION_UNSUPPORTED);
-4. validate the document (SCHEMA_VALIDATION_FAILED, IDENTIFIER_INVALID, PLAN_INVALID).
+4. validate the document (SCHEMA_VALIDATION_FAILED, IDENTIFIER_INVALID, PLAN_INVALID,
+   PLAN_SECRET_LITERAL).
 Capabilities and step kinds depend on the engine; engines check them with
 ``dvt_engine.planning.validation.build_validation_report`` after loading.
 """

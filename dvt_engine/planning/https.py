@@ -175,13 +175,11 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         timeout = _left(self._deadline) * self._share
         self.sock = socket.create_connection((self._address, self.port), timeout)
 
-    def getresponse(self) -> http.client.HTTPResponse:
-        # The socket timeout set here bounds sending the request; reads set their own.
-        if self.sock is not None:
-            self.sock.settimeout(_left(self._deadline))
-        return super().getresponse()
-
-    def response_class(self, sock: socket.socket, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    # Sending the tiny request is bounded by the connect timeout still set on the socket; every
+    # read of the response sets its own timeout from the time left.
+    def response_class(  # type: ignore[override]
+        self, sock: socket.socket, *args: Any, **kwargs: Any
+    ) -> Any:
         return _BudgetedResponse(sock, *args, deadline=self._deadline, **kwargs)
 
 
