@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from secret_helpers import assert_no_secrets, secret_findings
 
-from dvt_engine.eventlog import EventFactory
+from dvt_engine.engines.reference import ReferenceEngine
+from dvt_engine.eventlog import EventFactory, RunWriter
+from dvt_engine.idempotency import run_request_key
+from dvt_engine.models.run import RunContext, RunHeader
+from dvt_engine.planning.fetch import PlanLoader, store_plan
+from dvt_engine.ports import StepContext
 from dvt_engine.secret_scan import (
     REDACTED,
     find_secrets,
@@ -23,6 +28,8 @@ from dvt_engine.secret_scan import (
     redact_text,
     text_secret_rule,
 )
+from dvt_engine.steps import StepInvocation, StepRunner, builtin_registry
+from dvt_engine.stores.memory import MemoryRunStateStore
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -221,3 +228,82 @@ def test_redacted_values_never_hold_a_finding(value: Any) -> None:
     assert find_secrets(redacted) == []
     json.dumps(redacted)
     assert redact_secrets(redacted) == redacted  # idempotent
+
+
+# --- end to end: a handler that returns a credential ---
+
+
+async def test_a_leaked_credential_reaches_no_event_snapshot_or_outcome() -> None:
+    async def leaky(ctx: StepContext) -> Any:
+        # Not a plan literal (those are refused): a value the handler obtained at run time.
+        return {"accessToken": "tok-123456789", "log": f"used key {AWS_KEY_ID} with {BEARER}"}
+
+    async def failing(ctx: StepContext) -> Any:
+        raise RuntimeError(f"cannot connect to {URL}")
+
+    registry = builtin_registry()
+    registry.register("leaky", leaky)
+    registry.register("failing", failing)
+    store = MemoryRunStateStore()
+    plan = {
+        "metadata": {"planId": "leak", "planVersion": "1", "schemaVersion": "v1.2"},
+        "steps": [
+            {"stepId": "a", "kind": "leaky"},
+            {"stepId": "b", "kind": "failing", "retry": {"maxAttempts": 1}},
+        ],
+    }
+    ref = await store_plan(store, plan)
+    engine = ReferenceEngine(store, registry=registry)
+    context = RunContext(tenant_id="t", project_id="p", environment_id="e", run_id="r1")
+    try:
+        await engine.start_run(ref, context)
+        async for event in store.follow("t", "r1"):
+            if event.event_type in ("RunCompleted", "RunFailed"):
+                break
+    finally:
+        await engine.close()
+    events = await store.fetch_events("t", "r1")
+    snapshot = await store.get_snapshot("t", "r1")
+    assert snapshot is not None
+    assert snapshot.step("a").output == {
+        "accessToken": REDACTED,
+        "log": f"used key {REDACTED} with Bearer {REDACTED}",
+    }
+    assert snapshot.step("b").error is not None
+    assert "postgres://loader:***@" in snapshot.step("b").error.message
+    planted = ["tok-123456789", AWS_KEY_ID, "4f9c2a7e1b3d5f60a8c9e2d4b6f8a0c1", "s3cr3t-pw"]
+    assert_no_secrets(*events, snapshot, known=planted)
+
+
+async def test_the_runner_reports_what_the_log_recorded() -> None:
+    async def leaky(ctx: StepContext) -> Any:
+        return {"password": "pw-from-a-vault"}
+
+    registry = builtin_registry()
+    registry.register("leaky", leaky)
+    store = MemoryRunStateStore()
+    doc = {
+        "metadata": {"planId": "leak", "planVersion": "1", "schemaVersion": "v1.2"},
+        "steps": [{"stepId": "a", "kind": "leaky"}],
+    }
+    ref = await store_plan(store, doc)
+    plan = (await PlanLoader(store).load(ref)).plan
+    context = RunContext(tenant_id="t", project_id="p", environment_id="e", run_id="r2")
+    header = RunHeader.for_plan(
+        plan=plan, plan_ref=ref, context=context, engine="reference",
+        run_request_key=run_request_key("t", "p", "e", "leak", "1", "r2"),
+        created_at=datetime.now(UTC),
+    )  # fmt: skip
+    await store.register_run(header)
+    await RunWriter(store, header).append(
+        EventFactory(header, emitted_by="engine").run_event("RunStarted", {"engine": "reference"})
+    )
+    invocation = StepInvocation.for_step(header, plan.step("a"), plan_params={},
+                                         logical_attempt_id=1, engine_attempt_id=1)  # fmt: skip
+    first = await StepRunner(store, registry).run(invocation)
+    assert first.duplicate is False
+    # The engine hands this outcome on (a Temporal activity result, a Conductor task output):
+    # it must say what the log says, masked.
+    assert first.output == {"password": REDACTED}
+    again = await StepRunner(store, registry).run(invocation)
+    assert again.output == first.output
