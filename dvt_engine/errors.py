@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     STORE_NOT_FOUND = "STORE_NOT_FOUND"
     SECRET_NOT_FOUND = "SECRET_NOT_FOUND"
     USAGE_ERROR = "USAGE_ERROR"
+    PLAN_SECRET_LITERAL = "PLAN_SECRET_LITERAL"
 
 
 class DvtError(Exception):
@@ -400,3 +401,14 @@ def error_from_dict(data: dict[str, Any]) -> DvtError:
         details=data.get("details") or {},
         retryable=data.get("retryable"),
     )
+
+
+class PlanSecretLiteral(DvtError):
+    """A plan's params hold a secret-looking literal (password, key, token); only references may."""
+
+    code = ErrorCode.PLAN_SECRET_LITERAL
+    hint = 'Store the secret outside the plan and reference it: {"secretRef": "env:NAME"}.'
+
+
+# Defined after the table above was built, so it is registered here.
+ERROR_CLASSES[PlanSecretLiteral.code] = PlanSecretLiteral

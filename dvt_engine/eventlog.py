@@ -14,6 +14,7 @@ from dvt_engine.idempotency import event_key
 from dvt_engine.identity import RunIdentity
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.ports import RunStateStore
+from dvt_engine.secret_scan import redact_secrets
 from dvt_engine.statemachine import transition_problem
 
 
@@ -60,7 +61,9 @@ class EventFactory:
             emitted_by=self.emitted_by,
             occurred_at=occurred_at,
             caused_by_signal_id=caused_by_signal_id,
-            payload=dict(payload),
+            # A second line of defence: plans are refused with secret literals, but handler
+            # outputs and error texts could still carry one.
+            payload=redact_secrets(dict(payload)),
         )
 
     def run_event(

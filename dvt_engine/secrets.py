@@ -13,9 +13,18 @@ from typing import Any
 
 from dvt_engine.errors import SecretNotFound
 from dvt_engine.ports import SecretsProvider
+from dvt_engine.secret_scan import REDACTED, SECRET_REF_KEY, secret_ref_of
 
-SECRET_REF_KEY = "secretRef"
-REDACTED = "***"
+__all__ = [
+    "REDACTED",
+    "SECRET_REF_KEY",
+    "EnvSecretsProvider",
+    "MappingSecretsProvider",
+    "redact",
+    "resolve_refs",
+    "secret_ref_of",
+]
+
 ENV_SCHEME = "env:"
 
 
@@ -63,15 +72,6 @@ class MappingSecretsProvider(SecretsProvider):
             return self._secrets[ref]
         except KeyError:
             raise SecretNotFound(f"no secret under {ref!r}", details={"ref": ref}) from None
-
-
-def secret_ref_of(value: Any) -> str | None:
-    """The reference when ``value`` is exactly ``{"secretRef": "<ref>"}``, else None."""
-    if isinstance(value, Mapping) and len(value) == 1:
-        ref = value.get(SECRET_REF_KEY)
-        if isinstance(ref, str) and ref:
-            return ref
-    return None
 
 
 async def resolve_refs(value: Any, resolve: Callable[[str], Awaitable[str]]) -> Any:

@@ -28,6 +28,7 @@ PLAN_CODES = {
     ErrorCode.PLAN_SCHEMA_VERSION_UNSUPPORTED,
     ErrorCode.IDENTIFIER_INVALID,
     ErrorCode.PLAN_INVALID,
+    ErrorCode.PLAN_SECRET_LITERAL,
 }
 
 hostile_chars = st.one_of(

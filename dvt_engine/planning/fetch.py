@@ -2,16 +2,20 @@
 
 1. refuse a URI outside the allowlist (PLAN_URI_NOT_ALLOWED) without fetching it;
 2. fetch the bytes and check their sha256 (PLAN_INTEGRITY_VALIDATION_FAILED, not retryable);
+   outside the registry steps 1 and 2 share one deadline (PLAN_FETCH_FAILED, retryable);
 3. refuse an unknown schemaVersion (PLAN_SCHEMA_VERSION_UNSUPPORTED);
-4. validate the document (SCHEMA_VALIDATION_FAILED, IDENTIFIER_INVALID, PLAN_INVALID).
+4. validate the document (SCHEMA_VALIDATION_FAILED, IDENTIFIER_INVALID, PLAN_INVALID,
+   PLAN_SECRET_LITERAL).
 Capabilities and step kinds depend on the engine; engines check them with
 ``dvt_engine.planning.validation.build_validation_report`` after loading.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -27,7 +31,13 @@ from dvt_engine.errors import (
     StoreUnavailable,
 )
 from dvt_engine.models.plan import SUPPORTED_SCHEMA_VERSIONS, ExecutionPlan, PlanRef
-from dvt_engine.planning.https import HttpsPlanFetcher, is_too_large, plan_too_large
+from dvt_engine.planning.https import (
+    HttpsPlanFetcher,
+    fetch_deadline,
+    fetch_timeout,
+    is_too_large,
+    plan_too_large,
+)
 from dvt_engine.planning.uri_policy import REGISTRY_SCHEME, UriPolicy, registry_uri
 from dvt_engine.planning.validation import MAX_PLAN_BYTES, validate_plan_document
 from dvt_engine.ports import PlanFetcher, RunStateStore
@@ -40,6 +50,9 @@ __all__ = [
     "encode_plan",
     "store_plan",
 ]
+
+# How long past the deadline a fetcher other than the https one may take before it is cut off.
+FETCH_GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class PlanLoader:
             raise ValueError("pass either allowed_hosts or policy, not both")
         self.policy = policy or UriPolicy(allowed_hosts, allow_registry=store is not None)
         self.max_plan_bytes = max_plan_bytes
+        self.timeout_s = timeout_s
         self._fetchers: dict[str, PlanFetcher] = {}
         https = HttpsPlanFetcher(self.policy, timeout_s=timeout_s)
         for scheme in https.schemes:
@@ -120,32 +134,7 @@ class PlanLoader:
 
     async def load(self, plan_ref: PlanRef) -> LoadedPlan:
         """Return the validated plan behind ``plan_ref`` or raise the first coded error."""
-        checked = await self.policy.check(plan_ref.uri)
-        if checked.digest is not None and checked.digest != plan_ref.sha256:
-            raise _integrity_error(plan_ref, checked.digest, reason="registry URI digest")
-        fetcher = self._fetchers.get(checked.scheme)
-        if fetcher is None:
-            raise PlanUriNotAllowed(
-                f"no plan fetcher for scheme {checked.scheme!r}",
-                details={"uri": plan_ref.uri, "reason": "no fetcher"},
-            )
-        limit = self.max_plan_bytes
-        if plan_ref.size_bytes is not None:
-            if plan_ref.size_bytes > self.max_plan_bytes:
-                raise PlanFetchFailed(
-                    f"plan declares {plan_ref.size_bytes} bytes, over {self.max_plan_bytes}",
-                    details={"uri": plan_ref.uri, "sizeBytes": plan_ref.size_bytes},
-                    retryable=False,
-                )
-            limit = plan_ref.size_bytes
-        try:
-            data = await fetcher.fetch(plan_ref.uri, max_bytes=limit)
-        except PlanFetchFailed as exc:
-            if plan_ref.size_bytes is None or not is_too_large(exc):
-                raise
-            raise _integrity_error(
-                plan_ref, None, expectedSizeBytes=plan_ref.size_bytes, reason="size"
-            ) from None
+        data, limit = await self._fetch(plan_ref)
         if len(data) > limit:
             raise plan_too_large(plan_ref.uri, limit)
         actual = hashlib.sha256(data).hexdigest()
@@ -172,6 +161,51 @@ class PlanLoader:
         plan = validate_plan_document(data)
         _check_ref_matches(plan_ref, plan)
         return LoadedPlan(plan=plan, data=data, sha256=actual, ref=plan_ref)
+
+    async def _fetch(self, plan_ref: PlanRef) -> tuple[bytes, int]:
+        """The bytes behind the ref and the size limit they were read under.
+
+        Outside the registry, one deadline covers the allowlist check (name resolution) and
+        the fetch; the https fetcher meets it itself, other fetchers are cut off shortly after.
+        """
+        with fetch_deadline(self.timeout_s) as deadline:
+            try:
+                checked = await asyncio.wait_for(
+                    self.policy.check(plan_ref.uri), max(deadline - time.monotonic(), 0.0)
+                )
+            except TimeoutError:
+                raise fetch_timeout(plan_ref.uri, self.timeout_s) from None
+            if checked.digest is not None and checked.digest != plan_ref.sha256:
+                raise _integrity_error(plan_ref, checked.digest, reason="registry URI digest")
+            fetcher = self._fetchers.get(checked.scheme)
+            if fetcher is None:
+                raise PlanUriNotAllowed(
+                    f"no plan fetcher for scheme {checked.scheme!r}",
+                    details={"uri": plan_ref.uri, "reason": "no fetcher"},
+                )
+            limit = self.max_plan_bytes
+            if plan_ref.size_bytes is not None:
+                if plan_ref.size_bytes > self.max_plan_bytes:
+                    raise PlanFetchFailed(
+                        f"plan declares {plan_ref.size_bytes} bytes, over {self.max_plan_bytes}",
+                        details={"uri": plan_ref.uri, "sizeBytes": plan_ref.size_bytes},
+                        retryable=False,
+                    )
+                limit = plan_ref.size_bytes
+            fetch = fetcher.fetch(plan_ref.uri, max_bytes=limit)
+            try:
+                if checked.scheme == REGISTRY_SCHEME:
+                    return await fetch, limit  # the store bounds its own reads
+                left = max(deadline - time.monotonic(), 0.0) + FETCH_GRACE_S
+                return await asyncio.wait_for(fetch, left), limit
+            except TimeoutError:
+                raise fetch_timeout(plan_ref.uri, self.timeout_s) from None
+            except PlanFetchFailed as exc:
+                if plan_ref.size_bytes is None or not is_too_large(exc):
+                    raise
+                raise _integrity_error(
+                    plan_ref, None, expectedSizeBytes=plan_ref.size_bytes, reason="size"
+                ) from None
 
 
 def _check_ref_matches(ref: PlanRef, plan: ExecutionPlan) -> None:

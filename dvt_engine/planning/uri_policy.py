@@ -6,7 +6,8 @@ resolved first and refused when any address is loopback, private, link-local, cl
 otherwise not public, unless the host is named exactly on the allowlist (a ``*.`` wildcard is not
 exact). Link-local, metadata, unspecified and multicast addresses are reachable only through an
 IP literal named exactly on the allowlist. IP literals must be in canonical form: decimal, octal,
-hexadecimal or shortened IPv4 forms are refused instead of being interpreted.
+hexadecimal or shortened IPv4 forms are refused instead of being interpreted. URIs must be ASCII
+(non-ASCII paths percent-encoded).
 """
 
 from __future__ import annotations
@@ -238,6 +239,9 @@ class UriPolicy:
             "\\" in uri
         ):
             raise _refuse(uri, "URI contains whitespace, control characters or backslashes")
+        if not uri.isascii():
+            # A request line carries ASCII only; guessing an encoding could fetch another path.
+            raise _refuse(uri, "URI contains non-ASCII characters (percent-encode them as UTF-8)")
         scheme, sep, rest = uri.partition("://")
         scheme = scheme.lower()
         if not sep:

@@ -339,6 +339,10 @@ class StepRunner:
             recorded = await self.recorded_outcome(inv)
             if recorded is not None:
                 return recorded
+        # Report what the log recorded: EventFactory masks secret-looking values in payloads.
+        output = event.payload.get("output", output)
+        if error is not None and isinstance(event.payload.get("error"), dict):
+            error = StepError.model_validate(event.payload["error"])
         return StepOutcome(
             status=status, final=True, step_id=inv.step_id,
             logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
