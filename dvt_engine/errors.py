@@ -349,6 +349,13 @@ class EngineNotConfigured(EngineError):
     )
 
 
+class PlanSecretLiteral(PlanError):
+    """A plan's params hold a secret-looking literal (password, key, token); only references may."""
+
+    code = ErrorCode.PLAN_SECRET_LITERAL
+    hint = 'Store the secret outside the plan and reference it: {"secretRef": "env:NAME"}.'
+
+
 class StoreNotFound(StoreError):
     """No store is installed for that URL scheme."""
 
@@ -401,14 +408,3 @@ def error_from_dict(data: dict[str, Any]) -> DvtError:
         details=data.get("details") or {},
         retryable=data.get("retryable"),
     )
-
-
-class PlanSecretLiteral(DvtError):
-    """A plan's params hold a secret-looking literal (password, key, token); only references may."""
-
-    code = ErrorCode.PLAN_SECRET_LITERAL
-    hint = 'Store the secret outside the plan and reference it: {"secretRef": "env:NAME"}.'
-
-
-# Defined after the table above was built, so it is registered here.
-ERROR_CLASSES[PlanSecretLiteral.code] = PlanSecretLiteral
