@@ -10,3 +10,4 @@ import importlib.util
 
 if importlib.util.find_spec("pytest_asyncio") is not None:
     from dvt_testing.fixtures import *  # noqa: F403  (pytest finds fixtures by module attribute)
+    from dvt_testing.fixtures import pytest_addoption  # noqa: F401  (a hook, found the same way)
