@@ -81,6 +81,8 @@ def test_the_documented_example_passes_with_each_documented_command(
     if engine == "temporal":
         monkeypatch.setenv("DVT_TEST_TEMPORAL_ADDRESS",
                            request.getfixturevalue("dvt_temporal_address"))
+    if engine == "conductor":
+        monkeypatch.setenv("DVT_TEST_CONDUCTOR_URL", request.getfixturevalue("dvt_conductor_url"))
     _write_example(pytester)
     pytester.makepyfile(test_chosen=CHOSEN_TEST.format(
         engine=engine, store_class=STORE_CLASSES[store]))
@@ -91,8 +93,8 @@ def test_the_documented_example_passes_with_each_documented_command(
 def test_the_documented_switches_include_postgres_and_temporal() -> None:
     chosen = {(_choice(a, "store", "memory"), _choice(a, "engine", "reference"))
               for a in example_commands()}
-    assert {("memory", "reference"), ("postgres", "reference"),
-            ("memory", "temporal")} <= chosen
+    assert {("memory", "reference"), ("postgres", "reference"), ("memory", "temporal"),
+            ("postgres", "conductor")} <= chosen
 
 
 def test_the_ini_option_chooses_and_parametrize_overrides_it(pytester: pytest.Pytester) -> None:
