@@ -66,17 +66,24 @@ __all__ = [
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """``--dvt-store`` / ``--dvt-engine`` and their ini twins ``dvt_store`` / ``dvt_engine``."""
-    group = parser.getgroup("dvt", "dvt store and engine of the dvt_client fixture")
-    for what, choices in (("store", STORES), ("engine", ENGINES)):
+    group = parser.getgroup("dvt", "the store and engine of the dvt fixtures")
+    for what, choices, of in (("store", STORES, "dvt_client and the engine fixtures"),
+                              ("engine", ENGINES, "dvt_client")):
         group.addoption(f"--dvt-{what}", dest=f"dvt_{what}", choices=choices, default=None,
-                        help=f"the {what} of dvt_client and the engine fixtures "
-                             f"(default: the ini option dvt_{what}, else {choices[0]})")
-        parser.addini(f"dvt_{what}", f"the dvt {what}: {' or '.join(choices)}",
+                        help=f"the {what} of {of} (default: the ini option dvt_{what}, "
+                             f"else {choices[0]})")
+        parser.addini(f"dvt_{what}", f"the {what} of {of}: {' or '.join(choices)}",
                       default=choices[0])
 
 
-def _chosen(request: pytest.FixtureRequest, what: str, choices: tuple[str, ...]) -> str:
-    value = request.config.getoption(f"dvt_{what}") or request.config.getini(f"dvt_{what}")
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse an unknown store or engine name before any test runs."""
+    _chosen(config, "store", STORES)
+    _chosen(config, "engine", ENGINES)
+
+
+def _chosen(config: pytest.Config, what: str, choices: tuple[str, ...]) -> str:
+    value = config.getoption(f"dvt_{what}") or config.getini(f"dvt_{what}")
     name = str(value).strip().lower()
     if name not in choices:
         raise pytest.UsageError(f"dvt_{what} = {value!r}: choose one of {', '.join(choices)}")
@@ -127,7 +134,7 @@ async def dvt_postgres_store(dvt_postgres_store_url: str) -> AsyncIterator[RunSt
 @pytest.fixture
 def dvt_store_name(request: pytest.FixtureRequest) -> str:
     """``memory`` or ``postgres``: ``--dvt-store``, else the ini option ``dvt_store``."""
-    return _chosen(request, "store", STORES)
+    return _chosen(request.config, "store", STORES)
 
 
 @pytest.fixture
@@ -254,7 +261,7 @@ async def dvt_conductor_engine(
 @pytest.fixture
 def dvt_engine_name(request: pytest.FixtureRequest) -> str:
     """``reference``, ``temporal`` or ``conductor``: ``--dvt-engine``, else the ini option."""
-    return _chosen(request, "engine", ENGINES)
+    return _chosen(request.config, "engine", ENGINES)
 
 
 @pytest.fixture

@@ -126,6 +126,14 @@ def test_an_unknown_engine_name_is_a_usage_error(pytester: pytest.Pytester) -> N
     result.stderr.fnmatch_lines(["*--dvt-engine*invalid choice*airflow*"])
 
 
+def test_an_unknown_store_name_in_the_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    _write_example(pytester)
+    pytester.makepyprojecttoml(example_files()["pyproject.toml"] + 'dvt_store = "sqlite"\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*dvt_store = 'sqlite': choose one of memory, postgres*"])
+
+
 def test_without_an_override_the_registry_has_the_builtin_kinds_only(
     pytester: pytest.Pytester,
 ) -> None:
