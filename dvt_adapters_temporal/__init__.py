@@ -1,7 +1,7 @@
 """dvt on Temporal: one generic interpreter workflow runs every plan (contract §8.1).
 
-Names are imported lazily so that importing a light submodule (``devserver``) does not pull the
-engine, and with it network code, into a workflow sandbox.
+Names are imported lazily so that importing a light submodule (``search_attributes``) does not
+pull the engine, and with it network code, into a workflow sandbox.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from dvt_adapters_temporal import devserver
+from dvt_adapters_temporal import search_attributes
 from dvt_adapters_temporal.activities import TemporalActivities
 from dvt_adapters_temporal.settings import TemporalSettings, connect
 from dvt_adapters_temporal.wire import (
@@ -195,7 +195,7 @@ class TemporalEngine(BaseEngine):
                     ListSearchAttributesRequest(namespace=client.namespace)
                 )
                 self._search_attrs = tuple(
-                    n for n in devserver.SEARCH_ATTRIBUTE_NAMES
+                    n for n in search_attributes.SEARCH_ATTRIBUTE_NAMES
                     if resp.custom_attributes.get(n) == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
                 )
             except RPCError:
@@ -242,7 +242,7 @@ class TemporalEngine(BaseEngine):
                   "environmentId": context.environment_id}
         search = TypedSearchAttributes([
             SearchAttributePair(k, values[k.name])
-            for k in devserver.search_attribute_keys() if k.name in attrs
+            for k in search_attributes.search_attribute_keys() if k.name in attrs
         ])
         inp = RunInput(
             plan_ref=plan_ref.model_dump(mode="json", by_alias=True, exclude_none=True),

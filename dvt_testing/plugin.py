@@ -10,3 +10,7 @@ import importlib.util
 
 if importlib.util.find_spec("pytest_asyncio") is not None:
     from dvt_testing.fixtures import *  # noqa: F403  (pytest finds fixtures by module attribute)
+    from dvt_testing.fixtures import (  # noqa: F401  (hooks, found the same way)
+        pytest_addoption,
+        pytest_configure,
+    )

@@ -19,29 +19,24 @@ import pytest
 import pytest_asyncio
 from conductor_helpers import TEST_LEASE_S, make_engine
 
-from dvt_adapters_conductor.server import ConductorServer
 from dvt_engine.models.events import Event
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunContext, RunStatus
 from dvt_engine.ports import RunStateStore
 from dvt_engine.stores.memory import MemoryRunStateStore
 from dvt_engine.waiting import wait_for_snapshot, wait_for_terminal
+from dvt_local.conductor import ConductorServer
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import PostgresServerError, postgres_store_url
 
 WORKER_SCRIPT = Path(__file__).with_name("conductor_worker_process.py")
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "acme"
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A store URL on a real PostgreSQL server the fixture starts (fails loudly if it cannot)."""
-    try:
-        with postgres_store_url("dvt_conductor_faults") as url:
-            yield url
-    except PostgresServerError as exc:
-        pytest.fail(f"PostgreSQL server unavailable: {exc}")
+@pytest.fixture
+def pg_url(dvt_postgres_store_url: str) -> str:
+    """The plugin's store URL on a fresh schema; worker processes open it too."""
+    return dvt_postgres_store_url
 
 
 @pytest_asyncio.fixture(loop_scope="session")

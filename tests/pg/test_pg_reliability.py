@@ -15,13 +15,9 @@ from dvt_engine.errors import DvtError, ErrorCode, StoreUnavailable
 from dvt_engine.eventlog import EventFactory
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.projector import project
+from dvt_local.postgres import PostgresServer, PostgresServerError, start_server
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import (
-    ManagedPostgres,
-    PostgresServerError,
-    start_managed_postgres,
-    store_url,
-)
+from dvt_statestore_pg.testing import store_url
 
 Factory = Callable[[], Awaitable[PostgresRunStateStore]]
 WAIT_S = 30.0
@@ -147,10 +143,10 @@ async def test_killed_connection_without_retry_leaves_nothing_half_written(
 
 
 @pytest.fixture(scope="module")
-def private_pg() -> Iterator[ManagedPostgres]:
+def private_pg() -> Iterator[PostgresServer]:
     """A server this module may crash: always started here, whatever DVT_PG_DSN says."""
     try:
-        server = start_managed_postgres()
+        server = start_server()
     except PostgresServerError as exc:
         pytest.fail(f"PostgreSQL server unavailable: {exc}")
     try:
@@ -160,7 +156,7 @@ def private_pg() -> Iterator[ManagedPostgres]:
 
 
 async def test_server_crash_mid_run_loses_no_acknowledged_event(
-    private_pg: ManagedPostgres,
+    private_pg: PostgresServer,
 ) -> None:
     url = store_url(private_pg.dsn(), "dvt_crash", timeout="60", poll_interval="0.5")
     store = await PostgresRunStateStore.open(url)

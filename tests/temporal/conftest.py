@@ -6,7 +6,6 @@ are what these tests have always used.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,6 +14,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from dvt_adapters_temporal.engine import TemporalEngine
+from dvt_engine.settings import TemporalSettings
 from dvt_engine.stores.memory import MemoryRunStateStore
 
 
@@ -38,15 +38,10 @@ def memory_store(dvt_memory_store: MemoryRunStateStore) -> MemoryRunStateStore:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine(
-    dvt_temporal_address: str, memory_store: MemoryRunStateStore
+    dvt_temporal_settings: TemporalSettings, memory_store: MemoryRunStateStore
 ) -> AsyncIterator[TemporalEngine]:
     """A Temporal engine with its own task queue and in-process workers, closed after the test."""
-    eng = TemporalEngine(
-        store=memory_store,
-        address=dvt_temporal_address,
-        task_queue=f"dvt-test-{uuid.uuid4().hex[:8]}",
-        continue_as_new_after_steps=50,
-    )
+    eng = TemporalEngine(store=memory_store, settings=dvt_temporal_settings)
     try:
         yield eng
     finally:

@@ -40,11 +40,11 @@ CAN_AFTER_STEPS = 2
 async def record(ids: tuple[str, ...]) -> None:
     """Drive each scenario and save its workflow history chain."""
     from contract_tests.scenarios import check_intent, execute_scenario, get_scenario
-    from dvt_adapters_temporal.devserver import local_dev_env
     from dvt_adapters_temporal.engine import TemporalEngine
     from dvt_adapters_temporal.replay import fetch_chain, write_chain
     from dvt_engine.models.run import TemporalRunRef
     from dvt_engine.stores.memory import MemoryRunStateStore
+    from dvt_local.temporal import local_dev_env
 
     HISTORIES.mkdir(parents=True, exist_ok=True)
     async with local_dev_env() as env:

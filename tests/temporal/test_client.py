@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from dvt_engine import (
@@ -19,21 +17,10 @@ from dvt_engine import (
 )
 from dvt_engine.models.run import StepSubstatus
 from dvt_engine.waiting import wait_for_snapshot
-from dvt_statestore_pg.testing import PostgresServerError, postgres_store_url
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A store URL on a real PostgreSQL server the fixture starts (fails loudly if it cannot)."""
-    try:
-        with postgres_store_url("dvt_temporal_client") as url:
-            yield url
-    except PostgresServerError as exc:
-        pytest.fail(f"PostgreSQL server unavailable: {exc}")
 
 
 async def test_client_on_postgres_and_temporal_runs_and_steers(
-    temporal_env: WorkflowEnvironment, pg_url: str
+    temporal_env: WorkflowEnvironment, dvt_postgres_store_url: str
 ) -> None:
     registry = HandlerRegistry()
 
@@ -48,7 +35,7 @@ async def test_client_on_postgres_and_temporal_runs_and_steers(
     address = temporal_env.client.service_client.config.target_host
     run_id = f"client-{uuid.uuid4().hex[:8]}"
     async with await Client.connect(
-        store=PostgresStoreSettings(url=pg_url),
+        store=PostgresStoreSettings(url=dvt_postgres_store_url),
         engine=TemporalSettings(address=address, task_queue=f"client-{uuid.uuid4().hex[:8]}"),
         registry=registry, tenant="acme", roles=["operator", "approver"],
     ) as client:

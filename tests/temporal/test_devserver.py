@@ -15,7 +15,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from dvt_adapters_temporal import devserver as adapter_devserver
+from dvt_adapters_temporal.search_attributes import SEARCH_ATTRIBUTE_NAMES
 from dvt_local import lifecycle
 from dvt_local import temporal as devserver
 
@@ -41,11 +41,6 @@ class WaitForever:
         return "done"
 
 
-def test_adapter_imports_without_dvt_local_and_forwards_moved_names() -> None:
-    # The engine needs only the search attributes; the server names resolve lazily.
-    assert adapter_devserver.start_dev_server is devserver.start_dev_server
-
-
 def test_wheel_binaries_are_found_and_pinned() -> None:
     dev = devserver.dev_server_path()
     test = devserver.test_server_path()
@@ -61,7 +56,7 @@ async def test_dev_server_registers_dvt_search_attributes(
     resp = await temporal_env.client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=temporal_env.client.namespace)
     )
-    for name in adapter_devserver.SEARCH_ATTRIBUTE_NAMES:
+    for name in SEARCH_ATTRIBUTE_NAMES:
         assert name in resp.custom_attributes
 
 

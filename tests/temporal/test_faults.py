@@ -25,26 +25,21 @@ from temporal_helpers import (
 )
 from temporalio.testing import WorkflowEnvironment
 
-from dvt_adapters_temporal import devserver
 from dvt_adapters_temporal.engine import TemporalEngine
 from dvt_engine.models.events import Event
 from dvt_engine.models.run import RunStatus
 from dvt_engine.stores.memory import MemoryRunStateStore
+from dvt_local import temporal as devserver
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import PostgresServerError, postgres_store_url
 
 WORKER_SCRIPT = Path(__file__).with_name("worker_process.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A store URL on a real PostgreSQL server the fixture starts (fails loudly if it cannot)."""
-    try:
-        with postgres_store_url("dvt_temporal_faults") as url:
-            yield url
-    except PostgresServerError as exc:
-        pytest.fail(f"PostgreSQL server unavailable: {exc}")
+@pytest.fixture
+def pg_url(dvt_postgres_store_url: str) -> str:
+    """The plugin's store URL on a fresh schema; worker processes open it too."""
+    return dvt_postgres_store_url
 
 
 @pytest_asyncio.fixture(loop_scope="session")

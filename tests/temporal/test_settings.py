@@ -57,9 +57,9 @@ async def test_an_engine_without_address_starts_no_server(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     """The library never starts a dev server: the first connection fails with a coded error."""
-    from dvt_adapters_temporal import devserver
     from dvt_adapters_temporal.engine import TemporalEngine
     from dvt_engine.stores.memory import MemoryRunStateStore
+    from dvt_local import temporal as devserver
 
     monkeypatch.delenv("DVT_TEMPORAL_ADDRESS", raising=False)
     monkeypatch.setenv("DVT_HOME", str(tmp_path))
