@@ -334,8 +334,9 @@ class PostgresRunStateStore(RunStateStore):
         project_id: str | None = None,
         environment_id: str | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[RunSummary]:
-        """Runs of a tenant from the latest-status index, newest first."""
+        """Runs of a tenant from the latest-status index, newest first (keyset ``before``)."""
         if limit <= 0 or not self._valid_ids(tenant_id):
             return []
         for value in (project_id, environment_id):
@@ -345,6 +346,7 @@ class PostgresRunStateStore(RunStateStore):
             status=bool(status),
             project=project_id is not None,
             environment=environment_id is not None,
+            before=before is not None,
         )
         params = {
             "tenant": tenant_id,
@@ -352,6 +354,8 @@ class PostgresRunStateStore(RunStateStore):
             "project": project_id,
             "environment": environment_id,
             "limit": limit,
+            "before_at": before[0] if before else None,
+            "before_id": before[1] if before else None,
         }
 
         async def work(conn: Conn) -> list[RunSummary]:
