@@ -123,6 +123,19 @@ class ApiKeyStore(abc.ABC):
         """Revoke a key of this tenant at once; False when the tenant has no such key."""
 
 
+class TenantPlans(abc.ABC):
+    """Which tenant stored which plan: the plan registry is shared and content-addressed, so
+    the service answers a plan only to a tenant that stored (or ran) it."""
+
+    @abc.abstractmethod
+    async def remember_plan(self, tenant_id: str, sha256: str) -> bool:
+        """Record that the tenant has the plan; True when it had not before."""
+
+    @abc.abstractmethod
+    async def has_plan(self, tenant_id: str, sha256: str) -> bool:
+        """Whether the tenant stored the plan."""
+
+
 @dataclass(frozen=True)
 class StoredResponse:
     """The first answer to an idempotent request, replayed for its repeats."""

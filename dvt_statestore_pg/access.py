@@ -25,6 +25,7 @@ from dvt_engine.access import (
     IdempotencyClaim,
     IdempotencyStore,
     StoredResponse,
+    TenantPlans,
 )
 from dvt_engine.errors import StoreUnavailable
 from dvt_statestore_pg.config import parse_store_url
@@ -42,8 +43,8 @@ def _key(row: tuple[Any, ...]) -> ApiKey:
                   revoked_at=row[6].astimezone(UTC) if row[6] else None)
 
 
-class PostgresAccessStore(ApiKeyStore, IdempotencyStore):
-    """Both access ports on PostgreSQL; ``await PostgresAccessStore.open(url)``."""
+class PostgresAccessStore(ApiKeyStore, IdempotencyStore, TenantPlans):
+    """The access ports on PostgreSQL; ``await PostgresAccessStore.open(url)``."""
 
     def __init__(self, url: str, *, pool_max: int = 4) -> None:
         self.config = parse_store_url(url)
@@ -137,6 +138,26 @@ class PostgresAccessStore(ApiKeyStore, IdempotencyStore):
 
         async def work(conn: Conn) -> bool:
             return await (await conn.execute(query, (tenant_id, key_id))).fetchone() is not None
+
+        return await self._run(work)
+
+    # --- plans of a tenant ---------------------------------------------------------------
+    async def remember_plan(self, tenant_id: str, sha256: str) -> bool:
+        """Record the tenant's plan; True when new."""
+        query = self._q("INSERT INTO {s}.dvt_tenant_plans (tenant_id, sha256) VALUES (%s, %s)"
+                        " ON CONFLICT DO NOTHING RETURNING 1")
+
+        async def work(conn: Conn) -> bool:
+            return await (await conn.execute(query, (tenant_id, sha256))).fetchone() is not None
+
+        return await self._run(work)
+
+    async def has_plan(self, tenant_id: str, sha256: str) -> bool:
+        """Whether the tenant stored the plan."""
+        query = self._q("SELECT 1 FROM {s}.dvt_tenant_plans WHERE tenant_id = %s AND sha256 = %s")
+
+        async def work(conn: Conn) -> bool:
+            return await (await conn.execute(query, (tenant_id, sha256))).fetchone() is not None
 
         return await self._run(work)
 

@@ -13,6 +13,7 @@ from dvt_engine.access import (
     IdempotencyClaim,
     IdempotencyStore,
     StoredResponse,
+    TenantPlans,
 )
 from dvt_engine.eventlog import utc_now
 
@@ -25,13 +26,24 @@ class _Record:
     response: StoredResponse | None = None
 
 
-class MemoryAccessStore(ApiKeyStore, IdempotencyStore):
-    """Both access ports in process memory; lost when the process ends."""
+class MemoryAccessStore(ApiKeyStore, IdempotencyStore, TenantPlans):
+    """The access ports in process memory; lost when the process ends."""
 
     def __init__(self) -> None:
         self._keys: dict[str, ApiKey] = {}
         self._records: dict[tuple[str, str], _Record] = {}
         self._lock = asyncio.Lock()
+        self._plans: set[tuple[str, str]] = set()
+
+    async def remember_plan(self, tenant_id: str, sha256: str) -> bool:
+        """Record the tenant's plan; True when new."""
+        new = (tenant_id, sha256) not in self._plans
+        self._plans.add((tenant_id, sha256))
+        return new
+
+    async def has_plan(self, tenant_id: str, sha256: str) -> bool:
+        """Whether the tenant stored the plan."""
+        return (tenant_id, sha256) in self._plans
 
     async def create_key(self, key: ApiKey) -> None:
         """Store a new key record."""

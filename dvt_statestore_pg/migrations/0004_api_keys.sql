@@ -29,3 +29,12 @@ CREATE TABLE dvt_idempotency_keys (
     PRIMARY KEY (tenant_id, idem_key)
 );
 CREATE INDEX dvt_idempotency_keys_expiry ON dvt_idempotency_keys (expires_at);
+
+-- Which tenant stored which plan: the registry is shared and content-addressed, so the service
+-- answers a plan's bytes only to a tenant that stored it.
+CREATE TABLE dvt_tenant_plans (
+    tenant_id   text        NOT NULL,
+    sha256      text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (tenant_id, sha256)
+);

@@ -1,0 +1,72 @@
+"""What the routes work with: the store, the access store, the engine, metrics; opened once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from dvt_api.metrics import ApiMetrics
+from dvt_api.settings import ApiSettings
+from dvt_engine.access import ApiKeyStore, IdempotencyStore, TenantPlans
+from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.ports import RunStateStore, WorkflowEngine
+from dvt_engine.steps.registry import HandlerRegistry, default_registry
+from dvt_engine.stores.memory_access import MemoryAccessStore
+
+
+@dataclass
+class Services:
+    """The service's open resources; routes get it through ``services(request)``."""
+
+    settings: ApiSettings
+    store: RunStateStore
+    access: Any  # ApiKeyStore, IdempotencyStore and TenantPlans in one object
+    engine: WorkflowEngine
+    registry: HandlerRegistry
+    metrics: ApiMetrics
+
+    @property
+    def keys(self) -> ApiKeyStore:
+        """The API-key port."""
+        keys: ApiKeyStore = self.access
+        return keys
+
+    @property
+    def plans(self) -> TenantPlans:
+        """Which tenant has which plan."""
+        plans: TenantPlans = self.access
+        return plans
+
+    @property
+    def idempotency(self) -> IdempotencyStore:
+        """The idempotency port."""
+        idem: IdempotencyStore = self.access
+        return idem
+
+
+async def open_access(url: str) -> Any:
+    """The access store that lives next to the run store of ``url``."""
+    if url.startswith("memory:"):
+        return MemoryAccessStore()
+    from dvt_statestore_pg.access import PostgresAccessStore
+
+    return await PostgresAccessStore.open(url)
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
+                        metrics: ApiMetrics) -> AsyncIterator[Services]:
+    """Open store, access store and engine; close them in reverse order on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(settings.store)
+        stack.push_async_callback(store.close)
+        access = await open_access(settings.store.store_url())
+        if hasattr(access, "close"):
+            stack.push_async_callback(access.close)
+        reg = registry if registry is not None else default_registry()
+        engine = open_engine(settings.engine, store=store, registry=reg)
+        stack.push_async_callback(engine.close)
+        yield Services(settings=settings, store=store, access=access, engine=engine,
+                       registry=reg, metrics=metrics)

@@ -1,0 +1,58 @@
+"""The service's settings: one pydantic model, like the core's store and engine settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dvt_engine.access import DEFAULT_IDEMPOTENCY_TTL, check_idempotency_ttl
+from dvt_engine.errors import UsageError
+from dvt_engine.settings import (
+    EngineSettings,
+    MemoryStoreSettings,
+    ReferenceSettings,
+    StoreSettings,
+)
+
+
+class ApiSettings(BaseModel):
+    """What ``create_app`` needs: the store, the engine and the service's own limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    store: StoreSettings = Field(default_factory=MemoryStoreSettings)
+    engine: EngineSettings = Field(default_factory=ReferenceSettings)
+    #: Allows the in-memory store (everything is lost when the process ends).
+    dev: bool = False
+    #: Project and environment of runs created through the API (one per service for now).
+    project: str = "default"
+    environment: str = "default"
+    #: Request bodies larger than this are refused with 413 PAYLOAD_TOO_LARGE.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL
+    #: A comment line is sent on an idle stream this often (the contract asks for <= 15 s).
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, le=15.0)
+    #: The reconnect delay the stream suggests to clients (``retry:``).
+    sse_retry_ms: int = Field(default=2000, ge=0)
+    #: A client that cannot take an event within this long is dropped (it resumes by cursor).
+    sse_send_timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ApiSettings:
+        check_idempotency_ttl(self.idempotency_ttl)
+        if self.store.store_url().startswith("memory:") and not self.dev:
+            raise UsageError("the in-memory store loses every run on exit; use a PostgreSQL "
+                             "store, or dev=True (`dvt serve --dev`) for a throwaway service")
+        return self
+
+    @property
+    def engine_name(self) -> str:
+        """The entry-point name of the engine served."""
+        return type(self.engine).engine_name
+
+    def describe(self) -> dict[str, Any]:
+        """What the service runs on, without secrets (for the start-up log line)."""
+        return {"engine": self.engine_name, "store": self.store.store_url().split(":", 1)[0],
+                "dev": self.dev}
