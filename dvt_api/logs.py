@@ -33,6 +33,9 @@ class JsonFormatter(logging.Formatter):
                 data[name] = value
         if record.exc_info and record.exc_info[0] is not None:
             data["exc_type"] = record.exc_info[0].__name__
+            # The traceback names code lines, never values: it stays in the log, never in a
+            # response body.
+            data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
 
 

@@ -191,7 +191,8 @@ class PostgresAccessStore(ApiKeyStore, IdempotencyStore, TenantPlans):
                 return IdempotencyClaim("mismatch")
             if row[1] is None:
                 return IdempotencyClaim("in_flight")
-            headers = tuple((str(n), str(v)) for n, v in json.loads(row[3] or "[]"))
+            raw = row[3] if not isinstance(row[3], str) else json.loads(row[3])
+            headers = tuple((str(n), str(v)) for n, v in raw or [])
             return IdempotencyClaim("done", StoredResponse(int(row[1]), bytes(row[2]), headers))
 
         return await self._run(work)
