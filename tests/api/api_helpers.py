@@ -43,10 +43,14 @@ class ApiServer:
 
     def key(self, tenant: str, *roles: str) -> str:
         """A key of ``tenant`` with ``roles``, made through POST /v1/api-keys."""
+        return self.key_and_id(tenant, *roles)[0]
+
+    def key_and_id(self, tenant: str, *roles: str) -> tuple[str, str]:
+        """A new key of ``tenant`` and its keyId."""
         with self.client(self.admin(tenant)) as c:
             answer = c.post("/v1/api-keys", json={"roles": list(roles)})
             assert answer.status_code == 201, answer.text
-            return str(answer.json()["key"])
+            return str(answer.json()["key"]), str(answer.json()["keyId"])
 
     def log_text(self) -> str:
         """Everything the server wrote so far."""
