@@ -1,0 +1,60 @@
+"""The documented surface: the checked-in OpenAPI document, metrics, and paging of runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from api_helpers import REPO, ApiServer, chain_plan, tenant
+
+from dvt_api.openapi import DOC_PATH, render
+
+
+def test_the_checked_in_openapi_document_matches_the_code(api_server: ApiServer) -> None:
+    assert DOC_PATH.read_text("utf-8") == render(), "run python -m dvt_api.openapi"
+    check = subprocess.run([sys.executable, "-m", "dvt_api.openapi", "--check"], cwd=REPO,
+                           capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    with api_server.client() as c:
+        served = c.get("/openapi.json").json()
+        assert served == json.loads(DOC_PATH.read_text("utf-8"))
+        assert served["openapi"].startswith("3.1")
+        assert c.get("/docs").status_code == 200
+    paths = set(served["paths"])
+    assert {"/v1/runs", "/v1/runs/{runId}", "/v1/runs/{runId}/events",
+            "/v1/runs/{runId}/stream", "/v1/runs/{runId}/signals", "/v1/plans",
+            "/v1/plans/validate", "/v1/plans/{sha256}", "/v1/api-keys",
+            "/v1/api-keys/{keyId}", "/healthz", "/readyz", "/metrics"} <= paths
+
+
+def test_runs_page_newest_first_by_cursor_without_gaps_or_repeats(api_server: ApiServer) -> None:
+    t = tenant()
+    with api_server.client(api_server.key(t, "runner", "reader")) as c:
+        made = [c.post("/v1/runs", json={"plan": chain_plan(1), "runId": f"r-{i}"}).json()
+                for i in range(5)]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = c.get("/v1/runs", params=params).json()
+            seen += [r["runId"] for r in page["items"]]
+            cursor = page["nextCursor"]
+            if cursor is None:
+                break
+        assert seen == [r["runId"] for r in reversed(made)]
+        completed = c.get("/v1/runs", params={"status": "FAILED"}).json()["items"]
+        assert completed == []
+
+
+def test_metrics_count_requests_by_route_template_without_tenant_labels(
+        api_server: ApiServer) -> None:
+    t = tenant()
+    with api_server.client(api_server.key(t, "runner", "reader")) as c:
+        run_id = c.post("/v1/runs", json={"plan": chain_plan(1)}).json()["runId"]
+        assert c.get(f"/v1/runs/{run_id}").status_code == 200
+        text = c.get("/metrics").text
+    assert 'dvt_http_requests_total{method="GET",route="/v1/runs/{runId}",status="200"}' in text
+    assert "dvt_http_request_duration_seconds_bucket" in text
+    assert 'dvt_runs_started_total{engine="reference"}' in text
+    assert t not in text and run_id not in text
