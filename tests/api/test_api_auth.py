@@ -87,7 +87,8 @@ def test_keys_from_the_shell_create_list_and_revoke(api_server: ApiServer) -> No
                           "--role", "runner", "--name", "ci", "--store", api_server.store_url,
                           "--json").stdout)
     assert set(made) >= {"keyId", "key", "tenantId", "roles"}
-    assert made["key"].startswith("dvt_sk_") and made["tenantId"] == t
+    assert made["key"].startswith("dvt_sk_")
+    assert made["tenantId"] == t
     assert made["roles"] == ["reader", "runner"]
     listed = json.loads(dvt(api_server.env, "keys", "list", "--tenant", t, "--store",
                             api_server.store_url, "--json").stdout)
@@ -101,4 +102,5 @@ def test_keys_from_the_shell_create_list_and_revoke(api_server: ApiServer) -> No
         assert c.get("/v1/runs").status_code == 401
     bad = dvt(api_server.env, "keys", "create", "--tenant", t, "--role", "root", "--store",
               api_server.store_url, "--json")
-    assert bad.returncode != 0 and json.loads(bad.stdout)["error"]["code"] == "USAGE_ERROR"
+    assert bad.returncode != 0
+    assert json.loads(bad.stdout)["error"]["code"] == "USAGE_ERROR"

@@ -19,7 +19,8 @@ def _problem(answer: httpx.Response, status: int, code: str) -> None:
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     body = answer.json()
-    assert body["code"] == code and body["status"] == status
+    assert body["code"] == code
+    assert body["status"] == status
     assert body["instance"] == answer.headers["x-request-id"]
     for leak in LEAKS:
         assert leak not in answer.text
@@ -50,7 +51,8 @@ def test_malformed_bodies_are_refused_and_store_nothing(
         _problem(c.post("/v1/runs", json={"plan": {"metadata": {}}}), 422,
                  "SCHEMA_VALIDATION_FAILED")
         refused = c.post("/v1/plans", json={**chain_plan(1), "steps": "nope"})
-        assert refused.status_code == 422 and refused.json()["errors"]
+        assert refused.status_code == 422
+        assert refused.json()["errors"]
         _problem(c.post("/v1/runs", json={"plan": chain_plan(1), "planRef": {"sha256": "a" * 64}}),
                  422, "REQUEST_INVALID")
         _problem(c.post("/v1/runs", json=[1, 2]), 422, "REQUEST_INVALID")
@@ -121,4 +123,5 @@ def test_the_server_log_holds_no_secret(api_server: ApiServer,
     text = api_server.log_text()
     assert '"route": "/v1/runs"' in text  # the log has request lines to scan
     assert_no_secrets(text, known=[key, "dvt_sk_" + "Q" * 43, *api_server.admin_keys.values()])
-    assert "dvt_sk_" not in text and "Bearer" not in text
+    assert "dvt_sk_" not in text
+    assert "Bearer" not in text

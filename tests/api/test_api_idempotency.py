@@ -17,7 +17,8 @@ def test_a_repeated_key_replays_the_first_answer_and_another_body_is_refused(
         key = {"Idempotency-Key": str(uuid.uuid4())}
         body = {"plan": chain_plan(2), "inputs": {"day": "2026-12-01"}}
         first = c.post("/v1/runs", json=body, headers=key)
-        assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+        assert first.status_code == 201
+        assert "idempotent-replayed" not in first.headers
         again = c.post("/v1/runs", json=body, headers=key)
         assert again.status_code == 200
         assert again.headers["idempotent-replayed"] == "true"
@@ -35,7 +36,8 @@ def test_a_run_id_in_the_body_is_idempotent_too(api_server: ApiServer) -> None:
         body = {"plan": chain_plan(2), "runId": "nightly-2026-12-01"}
         assert c.post("/v1/runs", json=body).status_code == 201
         again = c.post("/v1/runs", json=body)
-        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+        assert again.status_code == 200
+        assert again.headers["idempotent-replayed"] == "true"
         other = c.post("/v1/runs", json={**body, "plan": chain_plan(3, plan_id="other")})
         assert other.status_code == 422
         assert other.json()["code"] == "IDEMPOTENCY_KEY_MISMATCH"
@@ -63,4 +65,5 @@ async def test_twenty_concurrent_identical_requests_create_one_run(
         assert [r["runId"] for r in listed] == list(run_ids)
         # Once the first request finished, every repeat is a replay of it.
         late = await c.post("/v1/runs", json=body, headers=headers)
-        assert late.status_code == 200 and late.json()["runId"] in run_ids
+        assert late.status_code == 200
+        assert late.json()["runId"] in run_ids

@@ -27,18 +27,21 @@ def test_pause_resume_and_approve_through_http(api_server: ApiServer) -> None:
         _wait_for(c, run_id, "StepAwaitingApproval")
         # Neither a reader/runner nor an operator may approve; a reader cannot pause.
         denied = c.post(f"/v1/runs/{run_id}/signals", json={"type": "PAUSE"})
-        assert denied.status_code == 403 and denied.json()["code"] == "FORBIDDEN"
+        assert denied.status_code == 403
+        assert denied.json()["code"] == "FORBIDDEN"
     with api_server.client(operator) as c:
         denied = c.post(f"/v1/runs/{run_id}/signals",
                         json={"type": "APPROVE_STEP", "stepId": "signoff"})
-        assert denied.status_code == 403 and denied.json()["code"] == "FORBIDDEN"
+        assert denied.status_code == 403
+        assert denied.json()["code"] == "FORBIDDEN"
         paused = c.post(f"/v1/runs/{run_id}/signals",
                         json={"type": "PAUSE", "reason": "maintenance", "signalId": "p-1"})
         assert paused.status_code == 202, paused.text
         assert paused.json()["decision"] == "accepted"
         again = c.post(f"/v1/runs/{run_id}/signals",
                        json={"type": "PAUSE", "reason": "maintenance", "signalId": "p-1"})
-        assert again.status_code == 202 and again.json()["duplicate"] is True
+        assert again.status_code == 202
+        assert again.json()["duplicate"] is True
         assert again.json()["runSeq"] == paused.json()["runSeq"]
         _wait_for(c, run_id, "RunPaused")
         assert c.post(f"/v1/runs/{run_id}/signals", json={"type": "RESUME"}).status_code == 202
@@ -54,7 +57,8 @@ def test_pause_resume_and_approve_through_http(api_server: ApiServer) -> None:
     # The decision records name the key that sent each signal as the actor.
     decided = [(e["payload"]["signalType"], e["payload"]["actor"]["id"]) for e in events
                if e["eventType"] in ("SignalAccepted", "SignalRejected")]
-    assert ("PAUSE", op_id) in decided and ("RESUME", op_id) in decided
+    assert ("PAUSE", op_id) in decided
+    assert ("RESUME", op_id) in decided
     assert ("APPROVE_STEP", ap_id) in decided
     with api_server.client(approver) as c:
         done = c.post(f"/v1/runs/{run_id}/signals", json={"type": "APPROVE_RUN"})
@@ -68,6 +72,8 @@ def test_operator_signals_on_a_finished_run_keep_the_core_codes(api_server: ApiS
         run_id = c.post("/v1/runs", json={"plan": chain_plan(1)}).json()["runId"]
         _wait_for(c, run_id, "RunCompleted")
         answer = c.post(f"/v1/runs/{run_id}/signals", json={"type": "CANCEL"})
-        assert answer.status_code == 409 and answer.json()["code"] == "RUN_TERMINAL"
+        assert answer.status_code == 409
+        assert answer.json()["code"] == "RUN_TERMINAL"
         unknown = c.post(f"/v1/runs/{run_id}/signals", json={"type": "SHUTDOWN"})
-        assert unknown.status_code == 422 and unknown.json()["code"] == "REQUEST_INVALID"
+        assert unknown.status_code == 422
+        assert unknown.json()["code"] == "REQUEST_INVALID"

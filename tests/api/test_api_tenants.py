@@ -28,7 +28,8 @@ def test_another_tenants_run_is_answered_like_a_missing_one(api_server: ApiServe
             foreign = cb.get(path.format(run_id))
             absent = cb.get(path.format(missing))
             assert _shape(foreign) == _shape(absent)
-            assert foreign.status_code == 404 and foreign.json()["code"] == "RUN_NOT_FOUND"
+            assert foreign.status_code == 404
+            assert foreign.json()["code"] == "RUN_NOT_FOUND"
         signal = {"type": "PAUSE"}
         assert _shape(cb.post(f"/v1/runs/{run_id}/signals", json=signal)) == \
             _shape(cb.post(f"/v1/runs/{missing}/signals", json=signal))
