@@ -209,8 +209,10 @@ class WorkerHost:
             try:
                 await self.check_leases()
             except Exception as exc:
+                # Once per outage at warning level: the check runs every second.
+                log = logger.warning if self._reachable_since is not None else logger.debug
                 self._reachable_since = None
-                logger.warning("lease check failed: %s", exc)
+                log("lease check failed: %s", exc)
 
     async def check_leases(self) -> list[str]:
         """Decide the workflows of IN_PROGRESS step tasks not extended for a lease; their ids.
