@@ -193,6 +193,11 @@ class WorkerHost:
             self.handled += 1
         except asyncio.CancelledError:
             raise
+        except EngineUnavailable as exc:
+            # Before the step ran (a step that ran retries its report): the task's lease runs
+            # out and the lease watcher has it delivered again.
+            logger.warning("task %s (%s) left to its lease, server unreachable: %s",
+                           task_id, task_type, exc)
         except Exception:
             # The task stays with the server; its lease runs out and it is delivered again.
             logger.exception("task %s (%s) failed in the worker", task_id, task_type)
@@ -208,11 +213,13 @@ class WorkerHost:
                 return
             try:
                 await self.check_leases()
-            except Exception as exc:
+            except EngineUnavailable as exc:
                 # Once per outage at warning level: the check runs every second.
                 log = logger.warning if self._reachable_since is not None else logger.debug
                 self._reachable_since = None
                 log("lease check failed: %s", exc)
+            except Exception as exc:
+                logger.warning("lease check failed: %s", exc)
 
     async def check_leases(self) -> list[str]:
         """Decide the workflows of IN_PROGRESS step tasks not extended for a lease; their ids.
@@ -238,7 +245,10 @@ class WorkerHost:
                 continue
             if now_ms - _epoch_ms(summary.get("startTime")) < lease_ms:
                 continue  # polled less than a lease ago: cannot have run out yet
-            task = await self.api.run(self.api.get_task, task_id, 0)
+            try:
+                task = await self.api.run(self.api.get_task, task_id, 0)
+            except ConductorApiError:
+                continue  # gone since the index was read
             if task.get("status") != "IN_PROGRESS":
                 continue
             last = int(task.get("updateTime") or task.get("startTime") or 0)
