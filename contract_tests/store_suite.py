@@ -169,9 +169,34 @@ class StoreContractSuite:
         other = make_header(tenant_id=header.tenant_id, run_id=header.run_id)
         with pytest.raises(UsageError):
             await store.register_run(other)
+
+    async def test_another_tenants_run_id_is_a_fresh_one(self, store: RunStateStore) -> None:
+        header = await self.registered(store)
+        await store.append_batch(happy_path(header))
+        # Same runId, another tenant: exactly what a never-used runId does, so registering
+        # cannot tell whether the id exists elsewhere.
         foreign = make_header(run_id=header.run_id)
+        fresh = make_header(tenant_id=foreign.tenant_id)
+        for candidate in (foreign, fresh):
+            stored, created = await store.register_run(candidate)
+            assert created
+            assert stored == candidate
+            assert await store.get_run(candidate.tenant_id, candidate.run_id) == candidate
+        assert await store.fetch_events(foreign.tenant_id, foreign.run_id) == []
+        snapshot = await store.get_snapshot(foreign.tenant_id, foreign.run_id)
+        assert snapshot is not None
+        assert snapshot.status == RunStatus.PENDING
+        results = await store.append_batch(happy_path(foreign))
+        assert not any(r.duplicate for r in results), "the other tenant's keys are not ours"
+        assert [r.run_seq for r in results] == list(range(1, len(results) + 1))
+        mine = await store.fetch_events(header.tenant_id, header.run_id)
+        theirs = await store.fetch_events(foreign.tenant_id, foreign.run_id)
+        assert {e.tenant_id for e in mine} == {header.tenant_id}
+        assert {e.tenant_id for e in theirs} == {foreign.tenant_id}
+        assert len(mine) == len(theirs) == len(happy_path(header))
+        again = make_header(tenant_id=foreign.tenant_id, run_id=header.run_id)
         with pytest.raises(UsageError):
-            await store.register_run(foreign)
+            await store.register_run(again)
 
     async def test_get_run_returns_the_header_to_its_tenant_only(
         self, store: RunStateStore

@@ -49,6 +49,7 @@ class ErrorCode(StrEnum):
     STORE_NOT_FOUND = "STORE_NOT_FOUND"
     SECRET_NOT_FOUND = "SECRET_NOT_FOUND"
     USAGE_ERROR = "USAGE_ERROR"
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
 
 
 class DvtError(Exception):
@@ -341,3 +342,16 @@ def error_from_dict(data: dict[str, Any]) -> DvtError:
         details=data.get("details") or {},
         retryable=data.get("retryable"),
     )
+
+
+class IdempotencyConflict(DvtError):
+    """An idempotency key already stored for a run names a different event type or payload."""
+
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+    hint = (
+        "A retry must send the same event; a different event needs its own key (see"
+        " docs/idempotency.md)."
+    )
+
+
+ERROR_CLASSES[IdempotencyConflict.code] = IdempotencyConflict
