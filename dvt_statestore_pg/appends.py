@@ -116,9 +116,7 @@ class Appender(StoreCore):
     async def _load_state(self, conn: Conn, run: RunKey, *, lock: bool = False) -> RunState | None:
         tenant_id, run_id = run
         if lock:
-            cur = await conn.execute(self._q.lock_run, (run_id, tenant_id))
-            if await cur.fetchone() is None:
-                return None
+            await conn.execute(self._q.lock_run, (tenant_id, run_id))
         known = self._cache.get(run)
         cur = await conn.execute(
             self._q.load_state,
@@ -178,7 +176,13 @@ class Appender(StoreCore):
             states: dict[RunKey, RunState] = {}
             try:
                 async with conn.transaction():
-                    # Runs are locked in one global order, so two batches never deadlock.
+                    if len(groups) > 1:
+                        # Every run locked before anything is written: a transaction that owns
+                        # an id never waits for a run (the tenant stream's order relies on it),
+                        # and one global lock order means two batches never deadlock.
+                        await conn.execute(
+                            self._q.lock_runs, ([t for t, _ in groups], [r for _, r in groups])
+                        )
                     for run in sorted(groups):
                         results, state = await self._append_run(conn, run, groups[run], sent)
                         found.update({(*run, k): v for k, v in results.items()})

@@ -22,7 +22,15 @@ class Queries:
     def _fmt(self, template: str) -> str:
         names = {
             name: sql.Identifier(self.schema, name)
-            for name in ("dvt_runs", "dvt_events", "dvt_plans", "dvt_outbox", "dvt_append_events")
+            for name in (
+                "dvt_runs",
+                "dvt_events",
+                "dvt_plans",
+                "dvt_outbox",
+                "dvt_append_events",
+                "dvt_run_lock_key",
+                "dvt_lock_runs",
+            )
         }
         return sql.SQL(template).format(**names).as_string(None)
 
@@ -58,15 +66,18 @@ class Queries:
 
     @property
     def lock_run(self) -> str:
-        """Lock a run's row for the rest of the transaction.
+        """Take a run's writer lock for the rest of the transaction (migration 0003).
 
-        A statement of its own: a locking SELECT that waited for another writer re-reads the
-        locked row but evaluates everything else against its older snapshot, so reading the
-        log in the same statement could miss the event that writer just committed.
+        A statement of its own: the reads after it take a fresh snapshot, which sees what the
+        writer before us committed. An advisory lock, not a row lock, so waiting for it does not
+        give this transaction an id (see the tenant stream's order).
         """
-        return self._fmt(
-            "SELECT 1 FROM {dvt_runs} WHERE run_id = %s AND tenant_id = %s FOR UPDATE"
-        )
+        return self._fmt("SELECT pg_advisory_xact_lock({dvt_run_lock_key}(%s, %s))")
+
+    @property
+    def lock_runs(self) -> str:
+        """Take several runs' writer locks in one global order, before a batch writes."""
+        return self._fmt("SELECT {dvt_lock_runs}(%s::text[], %s::text[])")
 
     @property
     def register(self) -> str:

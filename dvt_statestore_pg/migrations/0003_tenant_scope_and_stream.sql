@@ -6,6 +6,10 @@
 --    the transaction that wrote it and a sequence number. Readers of a tenant stream only read
 --    events whose transaction is older than the oldest transaction still in progress
 --    (pg_snapshot_xmin), so an event can never appear below a position a reader has passed.
+--    For one run that order must be runSeq order, so a writer must not own a transaction id
+--    while it waits for a run: writers of a run now serialise on a transaction-scoped advisory
+--    lock (which, unlike SELECT ... FOR UPDATE, assigns no transaction id), and the id comes
+--    with the first row written, after the lock. A batch locks all its runs first.
 -- 3. Each event stores the fingerprint of its type and payload (content_hash), so a repeated
 --    idempotency key with different content is refused instead of answered as a duplicate.
 
@@ -51,12 +55,37 @@ ALTER TABLE dvt_events
 ALTER SEQUENCE dvt_events_position OWNED BY dvt_events.position;
 CREATE INDEX dvt_events_tenant_stream ON dvt_events (tenant_id, commit_xid, position);
 
--- The append function of 0002 with the run identified by (tenant, run), positions assigned in
--- runSeq order, the persisted time taken under the run's lock, and content hashes stored and
--- returned with duplicates. Rows returned: ('duplicate', key, runSeq, eventId, persistedAt,
--- NULL, contentHash) per key already stored; then one of ('appended', key, runSeq, eventId,
--- persistedAt, lastSeq, NULL) per new event, ('stale', NULL.., lastSeq, NULL) or
--- ('missing', NULL..) when the run is unknown to this tenant.
+-- The advisory lock key of a run (one key space per database; a collision only serialises two
+-- runs' writers).
+CREATE FUNCTION dvt_run_lock_key(p_tenant_id text, p_run_id text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT hashtextextended(p_tenant_id || '|' || p_run_id, 7419) $$;
+
+-- Lock several runs for the rest of the transaction, in key order (so two batches never
+-- deadlock), before anything is written.
+CREATE FUNCTION dvt_lock_runs(p_tenant_ids text[], p_run_ids text[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_key bigint;
+BEGIN
+    FOR v_key IN
+        SELECT DISTINCT dvt_run_lock_key(t, r)
+        FROM unnest(p_tenant_ids, p_run_ids) AS u(t, r)
+        ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock(v_key);
+    END LOOP;
+END;
+$$;
+
+-- The append function of 0002 with the run identified by (tenant, run), the run's lock an
+-- advisory lock, positions drawn in runSeq order, the persisted time taken under the lock, and
+-- content hashes stored and returned with duplicates. Rows returned: ('duplicate', key,
+-- runSeq, eventId, persistedAt, NULL, contentHash) per key already stored; then one of
+-- ('appended', key, runSeq, eventId, persistedAt, lastSeq, NULL) per new event, ('stale',
+-- NULL.., lastSeq, NULL) or ('missing', NULL..) when the run is unknown to this tenant.
 DROP FUNCTION dvt_append_events(text, text, bigint, json, text, text, json, boolean, text);
 
 CREATE FUNCTION dvt_append_events(
@@ -102,10 +131,14 @@ BEGIN
         RETURN;
     END IF;
 
+    -- The run's writers take turns here. No row is locked or written before this point, so
+    -- this transaction has no id yet: it gets one with its first insert, after every earlier
+    -- writer of this run has committed, which keeps (commit_xid, position) in runSeq order.
+    PERFORM pg_advisory_xact_lock(dvt_run_lock_key(p_tenant_id, p_run_id));
+    -- A statement of its own, so its snapshot sees what the writers before us committed.
     SELECT r.last_seq INTO v_last
     FROM dvt_runs r
-    WHERE r.tenant_id = p_tenant_id AND r.run_id = p_run_id
-    FOR UPDATE;
+    WHERE r.tenant_id = p_tenant_id AND r.run_id = p_run_id;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'missing'::text, NULL::text, NULL::bigint, NULL::text,
                             NULL::timestamptz, NULL::bigint, NULL::text;
