@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -128,6 +129,8 @@ class TenantCollector:
 
     def __init__(self, iterator: AsyncIterator[TenantEvent]) -> None:
         self.items: list[TenantEvent] = []
+        #: time.perf_counter() when each item arrived (for lag measurements).
+        self.times: list[float] = []
         self._changed = asyncio.Condition()
         self._task = asyncio.create_task(self._consume(iterator))
 
@@ -136,6 +139,7 @@ class TenantCollector:
             async for item in iterator:
                 async with self._changed:
                     self.items.append(item)
+                    self.times.append(time.perf_counter())
                     self._changed.notify_all()
         finally:
             async with self._changed:
