@@ -73,6 +73,10 @@ class ConcurrencyHooks:
         """Kill the store's database connections (the held one excepted); how many died."""
         return 0
 
+    async def diagnose(self, tenant_id: str, got: list[TenantEvent]) -> str:
+        """What the store can say about a stream that fell short, for a failure message."""
+        return ""
+
     async def write_elsewhere(self, store: RunStateStore, batches: list[list[Event]]) -> None:
         """Append ``batches`` from another process where the store allows it."""
         for batch in batches:
@@ -237,11 +241,16 @@ class StoreConcurrencySuite(StoreSuiteBase):
             release.set()
             await asyncio.wait_for(hold, WAIT_S)
 
-            assert await from_start.wait_for(total, timeout=WAIT_S), (
-                f"the follower from the start got {len(from_start.items)} of {total}"
-            )
+            if not await from_start.wait_for(total, timeout=WAIT_S):
+                raise AssertionError(
+                    f"the follower from the start got {len(from_start.items)} of {total}; "
+                    + await hooks.diagnose(tenant, from_start.items)
+                )
             reference = TenantCollector(store.follow_tenant(tenant, after=TENANT_LOG_START))
-            assert await reference.wait_for(total, timeout=WAIT_S)
+            assert await reference.wait_for(total, timeout=WAIT_S), (
+                f"a replay got {len(reference.items)} of {total} events; the follower from the"
+                f" start got {len({i.event.event_id for i in from_start.items})} distinct"
+            )
             log = reference.items
             ids = [item.event.event_id for item in log]
             starts: dict[int, int] = {}

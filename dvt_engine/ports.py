@@ -119,8 +119,10 @@ class RunStateStore(abc.ABC):
     ) -> AsyncIterator[TenantEvent]:
         """Every committed event of the tenant's runs, each once, in the store's commit order.
 
-        ``after=None`` starts with what commits after the call; a cursor from an earlier
-        TenantEvent resumes right after that event (``TENANT_LOG_START``: from the beginning).
+        ``after=None`` starts at the stream's current end: everything that commits after the
+        call is delivered (a store may include a few events that committed just before it).
+        A cursor from an earlier TenantEvent resumes right after that event
+        (``TENANT_LOG_START``: from the beginning).
         No event is ever delivered after a later one of the same stream, so a consumer that
         stores the cursor of the last event it handled resumes exactly. An unusable cursor
         raises UsageError.

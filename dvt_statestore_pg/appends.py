@@ -86,9 +86,9 @@ def _not_found(run_id: str) -> RunNotFound:
 class Appender(StoreCore):
     """append and append_batch: one server-side function call per run, under the run's lock.
 
-    Appends to one run are serialised by a row lock on the run, taken inside one function
-    call, so runSeq assignment and duplicate detection are decided by the database even when
-    many writers race. The latest-status index, the stored snapshot and the outbox row are
+    Appends to one run are serialised by the run's advisory writer lock, taken inside one
+    function call, so runSeq assignment and duplicate detection are decided by the database
+    even when many writers race. The latest-status index, the stored snapshot and the outbox row are
     written in the same transaction as the events.
     """
 

@@ -158,12 +158,14 @@ class Queries:
         read: every one of them has ended, and every later writer gets a larger transaction
         id, so nothing can ever be committed below the last position returned.
         """
+        # The output column is named xid_text: ORDER BY commit_xid would otherwise sort by the
+        # text of the id ('1000' < '999'), which the stress suite caught.
         return self._fmt(
-            "SELECT commit_xid::text, position, run_seq, persisted_at, envelope::text"
-            " FROM {dvt_events} WHERE tenant_id = %(tenant)s"
-            " AND (commit_xid, position) > (%(xid)s::xid8, %(position)s)"
-            " AND commit_xid < pg_snapshot_xmin(pg_current_snapshot())"
-            " ORDER BY commit_xid, position LIMIT %(limit)s"
+            "SELECT e.commit_xid::text AS xid_text, e.position, e.run_seq, e.persisted_at,"
+            " e.envelope::text FROM {dvt_events} e WHERE e.tenant_id = %(tenant)s"
+            " AND (e.commit_xid, e.position) > (%(xid)s::xid8, %(position)s)"
+            " AND e.commit_xid < pg_snapshot_xmin(pg_current_snapshot())"
+            " ORDER BY e.commit_xid, e.position LIMIT %(limit)s"
         )
 
     @property

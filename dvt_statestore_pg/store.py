@@ -32,8 +32,8 @@ __all__ = ["OutboxItem", "PostgresRunStateStore", "open_store"]
 class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
     """The state store on PostgreSQL; ``open_store("postgresql://...?schema=...")`` opens one.
 
-    A run is identified by (tenantId, runId). Appends to one run are serialised by a row lock
-    on the run inside one server-side function call (see Appender); every event also gets a
+    A run is identified by (tenantId, runId). Appends to one run are serialised by the run's
+    writer lock inside one server-side function call (see Appender); every event also gets a
     place in the store-wide commit order that tenant streams follow (see Follower).
     """
 

@@ -28,7 +28,7 @@ from contract_tests.store_helpers import (
     new_id,
 )
 from dvt_engine.models.events import Event
-from dvt_engine.ports import TENANT_LOG_START, RunStateStore
+from dvt_engine.ports import TENANT_LOG_START, RunStateStore, TenantEvent
 from dvt_statestore_pg.notify import channel_for
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import store_url
@@ -83,6 +83,33 @@ class PostgresHooks(ConcurrencyHooks):
             return sum(1 for (killed,) in rows if killed)
 
         return await asyncio.to_thread(kill)
+
+    async def diagnose(self, tenant_id: str, got: list[TenantEvent]) -> str:
+        """The stream's horizon, who holds it back, and where the events not received sit."""
+        seen = {item.event.event_id for item in got}
+
+        def look() -> str:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                rows = conn.execute(
+                    sql.SQL(
+                        "SELECT event_id, commit_xid::text, position, run_id, run_seq,"
+                        " persisted_at FROM {} WHERE tenant_id = %s ORDER BY commit_xid, position"
+                    ).format(sql.Identifier(self.schema, "dvt_events")),
+                    (tenant_id,),
+                ).fetchall()
+                horizon = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+                holders = conn.execute(
+                    "SELECT pid, backend_xid::text, state, left(query, 60) FROM pg_stat_activity"
+                    " WHERE backend_xid IS NOT NULL"
+                ).fetchall()
+            missing = [r[1:] for r in rows if r[0] not in seen]
+            return (
+                f"log: {len(rows)} events, snapshot: {horizon}, open transactions: {holders},"
+                f" last cursor received: {got[-1].cursor if got else None},"
+                f" not received (xid, position, run, runSeq, persisted): {missing[:8]}"
+            )
+
+        return await asyncio.to_thread(look)
 
     async def write_elsewhere(self, store: RunStateStore, batches: list[list[Event]]) -> None:
         """Two other processes append the batches (alternating), each through its own store."""
@@ -185,3 +212,58 @@ async def test_followers_outlive_a_pool_full_of_appends_blocked_on_a_lock(
     ids = [e.event_id for e in stream.events]
     assert sorted(ids) == sorted(e.event_id for e in [*events, *held])
     assert len(ids) == len(set(ids))
+
+
+async def test_a_replay_pages_through_a_long_log(pg_store: PostgresRunStateStore) -> None:
+    tenant = new_id("tenant")
+    header, _ = await pg_store.register_run(
+        make_header(tenant_id=tenant, steps=[f"s{i}" for i in range(700)])
+    )
+    events = happy_path(header)
+    for i in range(0, len(events), 250):
+        await pg_store.append_batch(events[i : i + 250])
+    replay = TenantCollector(pg_store.follow_tenant(tenant, after=TENANT_LOG_START))
+    try:
+        assert await replay.wait_for(len(events), timeout=WAIT_S), len(replay.items)
+    finally:
+        await replay.stop()
+    assert [e.event_id for e in replay.events] == [e.event_id for e in events]
+
+
+def _burn_transaction_ids_below_a_power_of_ten(dsn: str) -> int:
+    """Use up transaction ids until the next one is just below 10**k; returns that power."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+        assert row is not None
+        current = int(row[0])
+        power = 10 ** len(str(current))
+        with conn.pipeline() as pipeline:
+            for _ in range(max(0, min(power - current - 3, 50_000))):
+                conn.execute("SELECT pg_current_xact_id()")
+                pipeline.sync()  # each statement its own transaction, so each takes an id
+    return power
+
+
+async def test_the_stream_orders_transaction_ids_as_numbers(
+    pg_store: PostgresRunStateStore, pg_dsn: str
+) -> None:
+    # '1000' sorts before '999' as text: the stream must cross such a boundary in order.
+    tenant = new_id("tenant")
+    header, _ = await pg_store.register_run(
+        make_header(tenant_id=tenant, steps=[f"s{i}" for i in range(5)])
+    )
+    events = happy_path(header)
+    await pg_store.append(events[0])
+    power = await asyncio.to_thread(_burn_transaction_ids_below_a_power_of_ten, pg_dsn)
+    for event in events[1:]:
+        await pg_store.append(event)
+    # One page holds ids on both sides of the power of ten.
+    replay = TenantCollector(pg_store.follow_tenant(tenant, after=TENANT_LOG_START))
+    try:
+        assert await replay.wait_for(len(events), timeout=WAIT_S), len(replay.items)
+    finally:
+        await replay.stop()
+    xids = [int(item.cursor.split(".")[0]) for item in replay.items]
+    assert xids == sorted(xids)
+    assert min(xids) < power <= max(xids), "the ids did not cross a power of ten"
+    assert [e.event_id for e in replay.events] == [e.event_id for e in events]
