@@ -39,3 +39,16 @@ def test_another_tenants_run_is_answered_like_a_missing_one(api_server: ApiServe
         assert _shape(foreign_ref) == _shape(absent_ref)
         assert foreign_ref.json()["code"] == "PLAN_NOT_FOUND"
         assert run_id not in {r["runId"] for r in cb.get("/v1/runs").json()["items"]}
+
+
+def test_two_tenants_may_use_the_same_run_id_without_seeing_each_other(
+        api_server: ApiServer) -> None:
+    a, b = tenant(), tenant()
+    body = {"plan": chain_plan(1), "runId": "daily"}
+    with api_server.client(api_server.key(a, "runner", "reader")) as ca, \
+            api_server.client(api_server.key(b, "runner", "reader")) as cb:
+        assert ca.post("/v1/runs", json=body).status_code == 201
+        answer = cb.post("/v1/runs", json={**body, "plan": chain_plan(2, plan_id="b-plan")})
+        assert answer.status_code == 201, answer.text
+        assert ca.get("/v1/runs/daily").json()["planId"] == "chain"
+        assert cb.get("/v1/runs/daily").json()["planId"] == "b-plan"
