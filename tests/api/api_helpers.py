@@ -74,14 +74,15 @@ def cli_key(server: ApiServer, tenant: str, *roles: str) -> dict[str, Any]:
     return made
 
 
-def start_server(store_url: str, log_path: Path, home: Path, *extra: str) -> ApiServer:
+def start_server(store_url: str, log_path: Path, home: Path, *extra: str,
+                 engine: str = "reference") -> ApiServer:
     """Start `dvt serve --port 0` and wait for uvicorn's "running on" line (its real port)."""
     env = {**os.environ, "DVT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("DVT_STORE_URL", None)
     log: IO[str] = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
     process = subprocess.Popen(
         [sys.executable, "-m", "dvt_cli", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--store", store_url, "--engine", "reference", *extra],
+         "--store", store_url, "--engine", engine, *extra],
         env=env, cwd=REPO, stdout=log, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     base_url = None
