@@ -59,3 +59,12 @@ def test_metrics_count_requests_by_route_template_without_tenant_labels(
     assert 'dvt_runs_started_total{engine="reference"}' in text
     assert t not in text
     assert run_id not in text
+
+
+def test_serve_refuses_the_memory_store_without_dev(api_server: ApiServer) -> None:
+    from api_helpers import dvt
+
+    done = dvt(api_server.env, "serve", "--port", "0", "--store", "memory://")
+    assert done.returncode == 2
+    assert "USAGE_ERROR" in done.stderr
+    assert "--dev" in done.stderr or "dev=True" in done.stderr
