@@ -18,12 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from dvt_engine.errors import (
+    ERROR_CLASSES,
     DvtError,
     EngineError,
     ErrorCode,
     PlanError,
     RequestError,
     StoreError,
+    family_of,
 )
 
 PROBLEM_TYPE = "application/problem+json"
@@ -89,8 +91,6 @@ def status_of(code: str) -> int:
         return 500
     if core in CODE_STATUS:
         return CODE_STATUS[core]
-    from dvt_engine.errors import ERROR_CLASSES, family_of
-
     family = family_of(ERROR_CLASSES[core])
     if family in (PlanError, RequestError):
         return 422
@@ -194,6 +194,8 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, ApiProblem):  # e.g. the body limit hit while parsing
+            return problem_response(request, exc.__cause__)
         code = {404: HttpCode.NOT_FOUND, 405: HttpCode.METHOD_NOT_ALLOWED,
                 413: HttpCode.PAYLOAD_TOO_LARGE}.get(exc.status_code, HttpCode.REQUEST_INVALID)
         status = exc.status_code if exc.status_code < 500 else 500

@@ -59,8 +59,8 @@ async def _start(svc: Services, who: Principal, body: CreateRun,
     run_id = body.run_id or str(uuid.uuid4())
     existing = await svc.store.get_run(who.tenant_id, run_id) if body.run_id else None
     if existing is not None:
-        same = existing.plan_id == plan_ref.plan_id and \
-            existing.plan_version == plan_ref.plan_version
+        same = (existing.plan_ref.sha256, dict(existing.params)) == \
+            (plan_ref.sha256, dict(body.inputs))
         if not same:
             raise ApiProblem(422, HttpCode.IDEMPOTENCY_KEY_MISMATCH,
                              "this runId names a run of another request")

@@ -15,7 +15,7 @@ from dvt_api.schemas import SignalAnswer, SignalBody
 from dvt_api.services import Services
 from dvt_engine.access import ApiRole
 from dvt_engine.client import Client
-from dvt_engine.errors import ErrorCode, SignalInvalidPayload
+from dvt_engine.errors import ERROR_CLASSES, ErrorCode, SignalInvalidPayload
 from dvt_engine.models.signals import (
     Actor,
     ApproveRunPayload,
@@ -86,8 +86,6 @@ async def send_signal(body: SignalBody, run_id: str = RUN_ID,
     if not decision.accepted:
         code = decision.error_code or ErrorCode.SIGNAL_INVALID_PAYLOAD
         try:
-            from dvt_engine.errors import ERROR_CLASSES
-
             error = ERROR_CLASSES[ErrorCode(code)](decision.message or code)
         except (ValueError, KeyError):
             raise ApiProblem(409, code, decision.message or "signal refused") from None

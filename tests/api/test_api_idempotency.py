@@ -41,6 +41,9 @@ def test_a_run_id_in_the_body_is_idempotent_too(api_server: ApiServer) -> None:
         other = c.post("/v1/runs", json={**body, "plan": chain_plan(3, plan_id="other")})
         assert other.status_code == 422
         assert other.json()["code"] == "IDEMPOTENCY_KEY_MISMATCH"
+        other = c.post("/v1/runs", json={**body, "inputs": {"day": "2026-12-02"}})
+        assert other.status_code == 422
+        assert other.json()["code"] == "IDEMPOTENCY_KEY_MISMATCH"
         assert [r["runId"] for r in c.get("/v1/runs").json()["items"]] == [body["runId"]]
 
 
