@@ -65,6 +65,29 @@ class LogContract(StoreSuiteBase):
         )
         assert (stored.run_seq, stored.persisted_at) == (result.run_seq, result.persisted_at)
 
+    async def test_secret_looking_values_are_masked_before_they_are_stored(
+        self, store: RunStateStore
+    ) -> None:
+        """A producer that bypasses EventFactory still cannot make the store keep a secret."""
+        header = await self.registered(store)
+        factory = EventFactory(header, emitted_by="engine")
+        leaky = {"output": {"password": "hunter2-hunter2", "note": "Bearer abcdefghijklmnop1234",
+                            "rows": 3}}
+        started = factory.step_event("StepStarted", header.steps[0].step_id, {"kind": "noop"})
+        # model_copy skips the factory's own masking: the raw values reach the store.
+        completed = factory.step_event("StepCompleted", header.steps[0].step_id, {"output": {}})
+        completed = completed.model_copy(update={"payload": leaky})
+        await store.append(started)
+        await store.append_batch([completed])
+        stored = await store.fetch_events(header.tenant_id, header.run_id)
+        text = " ".join(e.model_dump_json() for e in stored)
+        assert "hunter2-hunter2" not in text
+        assert "abcdefghijklmnop1234" not in text
+        assert stored[-1].payload["output"]["rows"] == 3
+        # A retry of the same leaky event is the same (masked) event: a quiet duplicate.
+        again = await store.append(completed)
+        assert again.duplicate
+
     async def test_append_to_an_unregistered_run_is_run_not_found(
         self, store: RunStateStore
     ) -> None:

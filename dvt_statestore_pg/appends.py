@@ -14,7 +14,7 @@ import psycopg
 from psycopg import pq
 
 from dvt_engine.errors import RunNotFound, StoreUnavailable
-from dvt_engine.event_validation import validate_event
+from dvt_engine.event_validation import prepared_for_storage
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.snapshot import RunSnapshot
@@ -144,7 +144,7 @@ class Appender(StoreCore):
 
     async def append(self, event: Event) -> AppendResult:
         """Append one event; a repeated (runId, idempotencyKey) inserts nothing."""
-        validate_event(event)
+        event = prepared_for_storage(event)
         _check_identifiers(event)
         run = (event.tenant_id, event.run_id)
         sent: set[str] = set()
@@ -162,8 +162,8 @@ class Appender(StoreCore):
         """Append many events in one transaction, with the same per-event guarantees."""
         if not events:
             return []
+        events = [prepared_for_storage(e) for e in events]
         for event in events:
-            validate_event(event)
             _check_identifiers(event)
         groups: dict[RunKey, list[Event]] = {}
         for event in events:

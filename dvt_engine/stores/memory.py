@@ -16,7 +16,7 @@ from functools import partial
 from typing import TypeVar
 
 from dvt_engine.errors import RunNotFound, UsageError
-from dvt_engine.event_validation import validate_event
+from dvt_engine.event_validation import prepared_for_storage
 from dvt_engine.eventlog import utc_now
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
@@ -101,7 +101,7 @@ class MemoryRunStateStore(RunStateStore):
     # --- the log ------------------------------------------------------------------------
     async def append(self, event: Event) -> AppendResult:
         """Append one event; a repeated (runId, idempotencyKey) inserts nothing."""
-        validate_event(event)
+        event = prepared_for_storage(event)
         async with self._lock:
             self._refuse_conflicts([event])
             result = self._append_locked(event)
@@ -110,8 +110,7 @@ class MemoryRunStateStore(RunStateStore):
 
     async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
         """Append many events atomically with the same per-event guarantees."""
-        for event in events:
-            validate_event(event)
+        events = [prepared_for_storage(e) for e in events]
         async with self._lock:
             for event in events:
                 self._require_run(event.tenant_id, event.run_id)
