@@ -9,7 +9,15 @@ from typing import Any
 
 from dvt_api.metrics import ApiMetrics
 from dvt_api.settings import ApiSettings
-from dvt_engine.access import ApiKeyStore, IdempotencyStore, TenantPlans
+from dvt_engine.access import (
+    ApiKey,
+    ApiKeyStore,
+    ApiRole,
+    IdempotencyStore,
+    TenantPlans,
+    hash_api_key,
+)
+from dvt_engine.eventlog import utc_now
 from dvt_engine.plugins import open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 from dvt_engine.steps.registry import HandlerRegistry, default_registry
@@ -67,6 +75,18 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
             stack.push_async_callback(access.close)
         reg = registry if registry is not None else default_registry()
         engine = open_engine(settings.engine, store=store, registry=reg)
+        if settings.dev_key is not None:
+            await _register_dev_key(access, settings)
         stack.push_async_callback(engine.close)
         yield Services(settings=settings, store=store, access=access, engine=engine,
                        registry=reg, metrics=metrics)
+
+
+async def _register_dev_key(keys: ApiKeyStore, settings: ApiSettings) -> None:
+    """The dev service's first key: every role, for the dev tenant."""
+    assert settings.dev_key is not None
+    key_hash = hash_api_key(settings.dev_key.get_secret_value())
+    if await keys.key_by_hash(key_hash) is None:
+        await keys.create_key(ApiKey(key_id="key_dev", tenant_id=settings.dev_tenant,
+                                     roles=tuple(ApiRole), key_hash=key_hash,
+                                     created_at=utc_now(), name="dev"))

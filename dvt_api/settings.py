@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from dvt_engine.access import DEFAULT_IDEMPOTENCY_TTL, check_idempotency_ttl
 from dvt_engine.errors import UsageError
@@ -26,6 +26,10 @@ class ApiSettings(BaseModel):
     engine: EngineSettings = Field(default_factory=ReferenceSettings)
     #: Allows the in-memory store (everything is lost when the process ends).
     dev: bool = False
+    #: A key registered at start-up with every role for ``dev_tenant`` (only with ``dev``):
+    #: how a throwaway in-memory service gets its first key. Never for a lasting store.
+    dev_key: SecretStr | None = None
+    dev_tenant: str = "default"
     #: Project and environment of runs created through the API (one per service for now).
     project: str = "default"
     environment: str = "default"
@@ -42,6 +46,8 @@ class ApiSettings(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> ApiSettings:
         check_idempotency_ttl(self.idempotency_ttl)
+        if self.dev_key is not None and not self.dev:
+            raise UsageError("dev_key is only for a dev service (dev=True)")
         if self.store.store_url().startswith("memory:") and not self.dev:
             raise UsageError("the in-memory store loses every run on exit; use a PostgreSQL "
                              "store, or dev=True (`dvt serve --dev`) for a throwaway service")

@@ -85,8 +85,16 @@ def serve(host: str, port: int, store_url: str | None, engine: str,
         from dvt_cli.session import handler_registry
 
         import_handlers(handler_modules)
+        store = store_settings(_store_url(store_url))
+        dev_key = None
+        if dev and isinstance(store, MemoryStoreSettings):
+            # Nothing outlives this process, so `dvt keys` cannot reach its keys: it makes one.
+            from dvt_engine.access import mint_api_key
+
+            dev_key = mint_api_key()[1]
+            say(f"dev API key (tenant default, every role): {dev_key}")
         settings = ApiSettings(
-            store=store_settings(_store_url(store_url)), dev=dev,
+            store=store, dev=dev, dev_key=dev_key,
             engine=engine_settings(engine, workers=not no_workers,
                                    temporal_address=temporal_address,
                                    conductor_url=conductor_url))

@@ -18,6 +18,7 @@ def test_a_run_created_over_http_completes(api_server: ApiServer) -> None:
             assert s.headers["content-type"].startswith("text/event-stream")
             body = "".join(s.iter_text())
         assert "event: RunCompleted" in body
+        assert body.startswith(": stream of run events\r\nretry: 2000\r\n")
         run = c.get("/v1/runs/r-1").json()
         assert run["status"] == "COMPLETED"
         assert run["engine"] == "reference"

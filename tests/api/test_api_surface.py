@@ -68,3 +68,34 @@ def test_serve_refuses_the_memory_store_without_dev(api_server: ApiServer) -> No
     assert done.returncode == 2
     assert "USAGE_ERROR" in done.stderr
     assert "--dev" in done.stderr or "dev=True" in done.stderr
+
+
+def test_a_dev_service_prints_a_first_key_on_stdout_and_never_logs_it(tmp_path: object) -> None:
+    import os
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    env = {**os.environ, "DVT_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dvt_cli", "serve", "--dev", "--port", "0"], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        key = process.stdout.readline().strip().rsplit(" ", 1)[-1]
+        assert key.startswith("dvt_sk_")
+        log: list[str] = []
+        for line in process.stderr:
+            log.append(line)
+            if "Uvicorn running on" in line:
+                break
+        base = json.loads(log[-1])["msg"].split("running on ", 1)[1].split()[0]
+        import httpx
+
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
+            assert c.get("/v1/runs").json() == {"items": [], "nextCursor": None}
+            assert c.get("/v1/api-keys").json()["items"][0]["tenantId"] == "default"
+    finally:
+        process.terminate()
+        rest = process.communicate(timeout=30)[1]
+    assert key not in "".join(log) + rest
