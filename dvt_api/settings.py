@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dvt_engine.access import DEFAULT_IDEMPOTENCY_TTL, check_idempotency_ttl
 from dvt_engine.errors import UsageError
@@ -17,10 +18,24 @@ from dvt_engine.settings import (
 )
 
 
-class ApiSettings(BaseModel):
-    """What ``create_app`` needs: the store, the engine and the service's own limits."""
+class ApiSettings(BaseSettings):
+    """What ``create_app`` needs: the store, the engine and the service's own limits.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    Arguments win over environment variables (``DVT_API_<FIELD>``, e.g.
+    ``DVT_API_MAX_BODY_BYTES``), which win over the defaults.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DVT_API_", extra="forbid", frozen=True,
+                                      arbitrary_types_allowed=True)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+            raise UsageError(f"invalid ApiSettings: {fields}", details={"errors": [
+                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                for e in exc.errors()]}) from None
 
     store: StoreSettings = Field(default_factory=MemoryStoreSettings)
     engine: EngineSettings = Field(default_factory=ReferenceSettings)

@@ -75,9 +75,9 @@ def cli_key(server: ApiServer, tenant: str, *roles: str) -> dict[str, Any]:
 
 
 def start_server(store_url: str, log_path: Path, home: Path, *extra: str,
-                 engine: str = "reference") -> ApiServer:
+                 engine: str = "reference", env: dict[str, str] | None = None) -> ApiServer:
     """Start `dvt serve --port 0` and wait for uvicorn's "running on" line (its real port)."""
-    env = {**os.environ, "DVT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "DVT_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("DVT_STORE_URL", None)
     log: IO[str] = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
     process = subprocess.Popen(
