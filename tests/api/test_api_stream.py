@@ -8,7 +8,10 @@ import random
 from api_helpers import ApiServer, SseMessage, chain_plan, gated_plan, sse_messages, tenant
 
 
-def _read(c: object, run_id: str, last: str | None, take: int | None) -> list[SseMessage]:
+def _read(c: object, run_id: str, last: str | None, take: int | None,
+          until: str | None = None) -> list[SseMessage]:
+    """Up to ``take`` messages (all when None), stopping early after an ``until`` event (the
+    run sends nothing more until it is approved)."""
     import httpx
 
     assert isinstance(c, httpx.Client)
@@ -19,7 +22,7 @@ def _read(c: object, run_id: str, last: str | None, take: int | None) -> list[Ss
         assert s.headers["content-type"].startswith("text/event-stream")
         for message in sse_messages(s.iter_lines()):
             got.append(message)
-            if take is not None and len(got) >= take:
+            if (take is not None and len(got) >= take) or message.event == until:
                 break  # disconnect mid-stream
     return got
 
@@ -49,7 +52,7 @@ def test_resuming_at_random_points_yields_the_log_exactly_once(api_server: ApiSe
         last: str | None = None
         # Live part: the run waits at its gate, so these reads end by disconnecting.
         while not any(m.event == "StepAwaitingApproval" for m in seen):
-            seen += _read(c, run_id, last, rng.randint(1, 2))
+            seen += _read(c, run_id, last, rng.randint(1, 2), until="StepAwaitingApproval")
             last = seen[-1].id
         assert c.post(f"/v1/runs/{run_id}/signals",
                       json={"type": "APPROVE_STEP", "stepId": "signoff"}).status_code == 202
