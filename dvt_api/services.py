@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -77,9 +79,31 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
         engine = open_engine(settings.engine, store=store, registry=reg)
         if settings.dev_key is not None:
             await _register_dev_key(access, settings)
+        purger = asyncio.create_task(_purge_forever(access), name="dvt-idempotency-purge")
+
+        async def stop_purger() -> None:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+
+        stack.push_async_callback(stop_purger)
         stack.push_async_callback(engine.close)
         yield Services(settings=settings, store=store, access=access, engine=engine,
                        registry=reg, metrics=metrics)
+
+log = logging.getLogger("dvt_api")
+#: Expired idempotency records are deleted this often (a claim takes an expired key over
+#: anyway; this only keeps the table small). One query an hour keeps an idle service quiet.
+PURGE_EVERY_S = 3600.0
+
+
+async def _purge_forever(store: IdempotencyStore) -> None:
+    while True:
+        try:
+            await store.purge_expired()
+        except Exception as exc:  # the next round tries again; requests are unaffected
+            log.warning("idempotency purge failed", extra={"code": type(exc).__name__})
+        await asyncio.sleep(PURGE_EVERY_S)
 
 
 async def _register_dev_key(keys: ApiKeyStore, settings: ApiSettings) -> None:

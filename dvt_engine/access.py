@@ -170,6 +170,10 @@ class IdempotencyStore(abc.ABC):
     async def release(self, tenant_id: str, key: str) -> None:
         """Forget an unfinished claim (the request failed without an answer worth keeping)."""
 
+    @abc.abstractmethod
+    async def purge_expired(self) -> int:
+        """Delete records past their TTL (a claim takes an expired key over anyway); how many."""
+
 
 def check_idempotency_ttl(ttl: timedelta) -> timedelta:
     """The TTL, or USAGE_ERROR when it is under the 24-hour floor."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -220,12 +220,13 @@ class PostgresAccessStore(ApiKeyStore, IdempotencyStore, TenantPlans):
 
         await self._run(work)
 
-    async def purge_expired(self, now: datetime | None = None) -> int:
+    async def purge_expired(self) -> int:
         """Delete expired idempotency records; the number deleted."""
-        query = self._q("DELETE FROM {s}.dvt_idempotency_keys WHERE expires_at <= %s")
+        query = self._q("DELETE FROM {s}.dvt_idempotency_keys"
+                        " WHERE expires_at <= clock_timestamp()")
 
         async def work(conn: Conn) -> int:
-            cur = await conn.execute(query, (now or datetime.now(UTC),))
+            cur = await conn.execute(query)
             return cur.rowcount
 
         return await self._run(work)

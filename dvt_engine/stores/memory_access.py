@@ -100,3 +100,12 @@ class MemoryAccessStore(ApiKeyStore, IdempotencyStore, TenantPlans):
             record = self._records.get((tenant_id, key))
             if record is not None and record.response is None:
                 del self._records[(tenant_id, key)]
+
+    async def purge_expired(self) -> int:
+        """Delete records past their TTL."""
+        async with self._lock:
+            now = utc_now()
+            gone = [k for k, r in self._records.items() if r.expires_at <= now]
+            for k in gone:
+                del self._records[k]
+            return len(gone)

@@ -107,6 +107,16 @@ async def test_concurrent_claims_have_exactly_one_winner(access: Any) -> None:
     assert set(states) == {"new", "in_flight"}
 
 
+async def test_expired_records_are_purged_and_their_keys_start_afresh(access: Any) -> None:
+    assert (await access.claim("t", "old", "h1", ttl=-DAY)).state == "new"
+    assert (await access.claim("t", "live", "h1", ttl=DAY)).state == "new"
+    assert (await access.claim("t", "old", "h2", ttl=DAY)).state == "new"  # taken over
+    assert (await access.claim("t", "gone", "h1", ttl=-DAY)).state == "new"
+    assert await access.purge_expired() == 1
+    assert (await access.claim("t", "live", "h2", ttl=DAY)).state == "mismatch"
+    assert (await access.claim("t", "old", "h1", ttl=DAY)).state == "mismatch"
+
+
 async def test_plans_are_remembered_per_tenant(access: Any) -> None:
     sha = "b" * 64
     assert await access.remember_plan("t-a", sha)
