@@ -34,7 +34,9 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from benchmarks.bench_store import BENCH_SETTINGS, Row, _decision, latency_row, percentile, render
+from benchmarks.bench_store import BENCH_SETTINGS
+from benchmarks.store_scenarios import decision_event
+from benchmarks.store_table import Row, latency_row, percentile, render
 from contract_tests.store_helpers import TenantCollector, make_header
 from dvt_engine.eventlog import EventFactory
 from dvt_engine.models.events import Event
@@ -90,12 +92,12 @@ async def _variant(dsn: str, schema: str, mode: str, args: argparse.Namespace) -
         # Each writer has its own run: what is measured is what writers of different runs
         # cost each other, which is all the ordering can add.
         singles = [
-            [_decision(factories[i % RUNS], f"one-{i}-{n}") for n in range(per_writer)]
+            [decision_event(factories[i % RUNS], f"one-{i}-{n}") for n in range(per_writer)]
             for i in range(WRITERS)
         ]
         batches = [
             [
-                [_decision(factories[i % RUNS], f"b-{i}-{n}-{k}") for k in range(10)]
+                [decision_event(factories[i % RUNS], f"b-{i}-{n}-{k}") for k in range(10)]
                 for n in range(per_writer // 10)
             ]
             for i in range(WRITERS)
