@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -71,23 +73,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@contextmanager
+def bench_server() -> Iterator[tuple[str, str]]:
+    """A durable local PostgreSQL for one benchmark run: its DSN and a line describing it."""
+    pg = start_server(settings=BENCH_SETTINGS)
+    try:
+        with psycopg.connect(pg.dsn()) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+        yield pg.dsn(), (
+            f"PostgreSQL {version[0] if version else '?'} on 127.0.0.1,"
+            " fsync on, synchronous_commit on"
+        )
+    finally:
+        pg.destroy()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start a server unless --dsn is given, run every scenario, print the table."""
     args = parse_args(argv)
     if args.dsn:
         print(asyncio.run(run(args, args.dsn, "external (--dsn)")))
         return
-    pg = start_server(settings=BENCH_SETTINGS)
-    try:
-        with psycopg.connect(pg.dsn()) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-        server = (
-            f"PostgreSQL {version[0] if version else '?'} on 127.0.0.1,"
-            " fsync on, synchronous_commit on"
-        )
-        print(asyncio.run(run(args, pg.dsn(), server)))
-    finally:
-        pg.destroy()
+    with bench_server() as (dsn, server):
+        print(asyncio.run(run(args, dsn, server)))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from benchmarks.bench_store import BENCH_SETTINGS
+from benchmarks.bench_store import bench_server
 from benchmarks.store_scenarios import decision_event
 from benchmarks.store_table import Row, latency_row, percentile, render
 from contract_tests.store_helpers import TenantCollector, make_header
@@ -45,7 +45,6 @@ from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import (
     create_schema,
     drop_schema,
-    start_managed_postgres,
     store_url,
     unique_schema_name,
 )
@@ -182,14 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.dsn:
         print(asyncio.run(run(args, args.dsn, "external (--dsn)")))
         return
-    pg = start_managed_postgres(settings=BENCH_SETTINGS)
-    try:
-        with psycopg.connect(pg.dsn()) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-        server = f"PostgreSQL {version[0] if version else '?'}, fsync on, synchronous_commit on"
-        print(asyncio.run(run(args, pg.dsn(), server)))
-    finally:
-        pg.destroy()
+    with bench_server() as (dsn, server):
+        print(asyncio.run(run(args, dsn, server)))
 
 
 if __name__ == "__main__":
