@@ -35,10 +35,10 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
     scenarios: list[Scenario] = [baseline_scenarios]
     scenarios += dvt_scenarios()
     for scenario in scenarios:
-        schema = unique_schema_name("dvt_bench")
-        create_schema(dsn, schema)
         if args.only and scenario.__name__ not in args.only:
             continue
+        schema = unique_schema_name("dvt_bench")
+        create_schema(dsn, schema)
         print(f"... {scenario.__name__}", file=sys.stderr, flush=True)
         try:
             rows += await scenario(dsn, schema, args)
