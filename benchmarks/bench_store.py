@@ -74,8 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextmanager
-def bench_server() -> Iterator[tuple[str, str]]:
-    """A durable local PostgreSQL for one benchmark run: its DSN and a line describing it."""
+def bench_server(dsn: str | None = None) -> Iterator[tuple[str, str]]:
+    """The server of one benchmark run, its DSN and a line describing it: ``dsn`` when given,
+    else a durable local PostgreSQL started for the run."""
+    if dsn:
+        yield dsn, "external (--dsn)"
+        return
     pg = start_server(settings=BENCH_SETTINGS)
     try:
         with psycopg.connect(pg.dsn()) as conn:
@@ -91,10 +95,7 @@ def bench_server() -> Iterator[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     """Start a server unless --dsn is given, run every scenario, print the table."""
     args = parse_args(argv)
-    if args.dsn:
-        print(asyncio.run(run(args, args.dsn, "external (--dsn)")))
-        return
-    with bench_server() as (dsn, server):
+    with bench_server(args.dsn) as (dsn, server):
         print(asyncio.run(run(args, dsn, server)))
 
 

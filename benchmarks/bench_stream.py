@@ -178,10 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.events = 400
-    if args.dsn:
-        print(asyncio.run(run(args, args.dsn, "external (--dsn)")))
-        return
-    with bench_server() as (dsn, server):
+    with bench_server(args.dsn) as (dsn, server):
         print(asyncio.run(run(args, dsn, server)))
 
 
