@@ -15,8 +15,7 @@ from sse_starlette.event import ServerSentEvent
 
 from dvt_api.metrics import ApiMetrics
 from dvt_api.views import event_document
-from dvt_engine.client import TERMINAL_EVENTS
-from dvt_engine.models.events import Event
+from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.ports import RunStateStore
 
 PAGE = 500
@@ -40,7 +39,7 @@ async def run_stream(store: RunStateStore, tenant_id: str, run_id: str, after: i
             for event in page:
                 yield _message(event)
                 last = event.run_seq or last
-                if event.event_type in TERMINAL_EVENTS:
+                if event.event_type in TERMINAL_RUN_EVENTS:
                     return
             if len(page) < PAGE:
                 break
@@ -50,7 +49,7 @@ async def run_stream(store: RunStateStore, tenant_id: str, run_id: str, after: i
             return
         async for event in store.follow(tenant_id, run_id, after_seq=last):
             yield _message(event)
-            if event.event_type in TERMINAL_EVENTS:
+            if event.event_type in TERMINAL_RUN_EVENTS:
                 return
     finally:
         metrics.sse_clients.dec()
