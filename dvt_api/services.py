@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from dvt_api.hub import TenantHub
 from dvt_api.metrics import ApiMetrics
 from dvt_api.settings import ApiSettings
 from dvt_engine.access import (
@@ -36,6 +37,7 @@ class Services:
     engine: WorkflowEngine
     registry: HandlerRegistry
     metrics: ApiMetrics
+    hub: TenantHub
 
     @property
     def keys(self) -> ApiKeyStore:
@@ -88,8 +90,10 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
 
         stack.push_async_callback(stop_purger)
         stack.push_async_callback(engine.close)
+        hub = TenantHub(store, metrics, client_queue=settings.sse_client_queue)
+        stack.push_async_callback(hub.close)
         yield Services(settings=settings, store=store, access=access, engine=engine,
-                       registry=reg, metrics=metrics)
+                       registry=reg, metrics=metrics, hub=hub)
 
 log = logging.getLogger("dvt_api")
 #: Expired idempotency records are deleted this often (a claim takes an expired key over
