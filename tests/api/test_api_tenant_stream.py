@@ -137,7 +137,7 @@ def _bulky_plan(steps: int) -> dict[str, Any]:
     builder = PlanBuilder("bulky", "1")
     for i in range(steps):
         builder = builder.step(f"s{i}", "echo", depends_on=[f"s{i - 1}"] if i else [],
-                               params={"blob": f"{i}" * 20_000})
+                               params={"i": i, "blob": "x" * 30_000})
     return builder.build()
 
 
@@ -179,14 +179,23 @@ def test_a_client_that_stops_reading_is_dropped_and_resumes(
         assert _metric(c, "dvt_sse_clients_dropped_total") == 0
         stalled, body = _raw_stream(server, key, START)  # reads nothing more from here on
         runs: list[str] = []
-        _start_runs(c, [_bulky_plan(12)] * 4, runs)
+        # ~10 MB of events: more than the kernel's socket buffers (tcp_wmem tops out at 4 MB
+        # by default) and uvicorn's write buffer can hold for a client that reads nothing.
+        writers = [threading.Thread(target=_start_runs, args=(c, [_bulky_plan(16)] * 5, runs))
+                   for _ in range(4)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join()
         for run_id in runs:  # each run's own stream ends after its terminal event
             with c.stream("GET", f"/v1/runs/{run_id}/stream") as s:
                 assert [m.event for m in sse_messages(s.iter_lines())][-1] == "RunCompleted"
         # The hub drops the client as its queue overflows; wait for that to be visible.
         deadline = time.monotonic() + 30
         while _metric(c, "dvt_sse_clients_dropped_total") < 1:
-            assert time.monotonic() < deadline, "the stalled client was never dropped"
+            assert time.monotonic() < deadline, (
+                "the stalled client was never dropped", _metric(c, "dvt_sse_queued_events"),
+                sum(len(json.dumps(d)) for r in runs for d in _run_log(c, r)))
         # Its queue was freed with it: nothing is held for a client that is gone.
         assert _metric(c, "dvt_sse_queued_events") == 0
         while chunk := stalled.recv(65536):  # the server ends the stream: EOF, no timeout
