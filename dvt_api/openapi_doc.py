@@ -54,7 +54,7 @@ def refusals(method: str, path: str) -> list[int]:
     if "{" in path:
         found.add(404)
     if path == "/v1/runs" and method == "post":
-        found.add(409)  # a runId or Idempotency-Key of another request
+        found |= {404, 409}  # a planRef not stored; a runId or Idempotency-Key in use
     if path.endswith("/signals"):
         found |= {409, 429}
     return sorted(found)
