@@ -152,8 +152,13 @@ class RunInterpreter:
         *,
         signal_id: str | None = None,
         actor_id: str = "operator",
+        attempt: int | None = None,
     ) -> list[Command]:
-        """Apply an accepted signal; returns what the engine must do."""
+        """Apply an accepted signal; returns what the engine must do.
+
+        ``attempt`` is the logical attempt a step signal was decided for: a step that has moved
+        to another attempt since ignores it (a held RETRY_STEP never retries a later failure).
+        """
         if self.is_finished:
             return []
         kind = SignalType(signal_type)
@@ -194,6 +199,8 @@ class RunInterpreter:
         if not isinstance(step_id, str) or step_id not in self.steps:
             return []
         state = self.steps[step_id]
+        if attempt is not None and attempt != state.logical_attempt_id:
+            return []
         if kind == SignalType.RETRY_STEP:
             if state.status != StepStatus.FAILED or state.in_flight:
                 return []
