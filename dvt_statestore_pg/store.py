@@ -402,6 +402,58 @@ class PostgresRunStateStore(RunStateStore):
             self._remember(event.run_id, state)
         return results[event.idempotency_key]
 
+    async def append_if_last(self, event: Event, expected_last_seq: int) -> AppendResult | None:
+        """Append ``event`` only while the run's last runSeq is ``expected_last_seq``.
+
+        One statement: the append query itself refuses ("stale") when the run's counter is not
+        the expected one, so the check and the insert cannot be separated by another writer.
+        """
+        validate_event(event)
+        self._check_identifiers(event)
+        sent: set[str] = set()
+
+        async def work(conn: Conn) -> tuple[AppendResult | None, _RunState | None]:
+            state = await self._load_state(conn, event.tenant_id, event.run_id)
+            if state is None:
+                raise RunNotFound(f"run {event.run_id!r} not found",
+                                  details={"runId": event.run_id})
+            if state.last_seq != expected_last_seq:
+                return None, None
+            params, new_state = self._append_params(event.run_id, event.tenant_id, state,
+                                                    [event])
+            try:
+                cur = await conn.execute(self._q.append, params)
+                rows = await cur.fetchall()
+            except psycopg.OperationalError:
+                sent.add(event.event_id)  # written or not: unknown
+                raise
+            for outcome, _key, seq, event_id, persisted_at, _last in rows:
+                if outcome == "missing":
+                    raise RunNotFound(f"run {event.run_id!r} not found",
+                                      details={"runId": event.run_id})
+                if outcome in ("appended", "duplicate"):
+                    result = AppendResult(run_seq=seq, persisted_at=_utc(persisted_at),
+                                          event_id=event_id,
+                                          duplicate=outcome == "duplicate")
+                    return result, new_state if outcome == "appended" else None
+            return None, None
+
+        async with self._run_lock(event.run_id):
+            result, state = await self._run(work)
+        if state is not None:
+            self._remember(event.run_id, state)
+        if result is None and sent:
+            # The connection was lost around a COMMIT that did store our event.
+            stored = await self.get_event_by_key(event.tenant_id, event.run_id,
+                                                 event.idempotency_key)
+            if stored is not None and stored.event_id == event.event_id:
+                assert stored.run_seq is not None and stored.persisted_at is not None
+                return AppendResult(run_seq=stored.run_seq, persisted_at=stored.persisted_at,
+                                    event_id=stored.event_id, duplicate=False)
+        if result is not None and result.duplicate and event.event_id in sent:
+            result = result.model_copy(update={"duplicate": False})
+        return result
+
     async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
         """Append many events in one transaction, with the same per-event guarantees."""
         if not events:
