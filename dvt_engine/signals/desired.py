@@ -17,6 +17,7 @@ from dvt_engine.models.events import Event, EventType, SignalBasis, SignalDecisi
 from dvt_engine.models.run import RunStatus, StepStatus
 from dvt_engine.models.signals import AcceptedSignal, SignalType
 from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
+from dvt_engine.projector import apply
 
 #: Signals an engine applies to a running run (APPROVE_RUN and RETRY_RUN are applied at once).
 ENGINE_APPLIED = frozenset({
@@ -152,3 +153,19 @@ def _step(snapshot: RunSnapshot, step_id: str | None) -> StepSnapshot | None:
         if step.step_id == step_id:
             return step
     return None
+
+
+def due_signals(
+    snapshot: RunSnapshot, events: Sequence[Event], upto_seq: int
+) -> list[AcceptedSignal]:
+    """Accepted signals decided up to ``upto_seq`` whose effect is not in the log, in order.
+
+    For an engine that keeps no state between moves and rebuilds it from the log (Conductor):
+    applying these in order, rather than only the signal it was handed, applies every signal
+    in decision order whatever order the deliveries came in. ``snapshot`` is brought up to
+    ``events`` first, so both describe the same runSeq.
+    """
+    newer = [e for e in events if (e.run_seq or 0) > snapshot.last_event_seq]
+    current = apply(snapshot, newer) if newer else snapshot
+    return [s for s in desired_state(current, events).pending
+            if s.decision_run_seq <= upto_seq and s.type in ENGINE_APPLIED]
