@@ -641,12 +641,15 @@ class StoreContractSuite:
         assert await store.append_if_last(second, 0) is None
         assert await store.append_if_last(second, 2) is None
         done = await store.append_if_last(second, 1)
-        assert done is not None and done.run_seq == 2 and not done.duplicate
+        assert done is not None
+        assert done.run_seq == 2
+        assert not done.duplicate
         assert await store.append_if_last(third, 1) is None
         stored = await store.fetch_events(header.tenant_id, header.run_id)
         assert [e.event_id for e in stored] == [first.event_id, second.event_id]
         snapshot = await store.get_snapshot(header.tenant_id, header.run_id)
-        assert snapshot is not None and snapshot.last_event_seq == 2
+        assert snapshot is not None
+        assert snapshot.last_event_seq == 2
 
     async def test_concurrent_conditional_appends_at_one_run_seq_admit_exactly_one(
         self, store: RunStateStore, store_factory: StoreFactory
@@ -660,9 +663,11 @@ class StoreContractSuite:
             *((store if i % 2 else other).append_if_last(e, 1) for i, e in enumerate(events))
         )
         winners = [r for r in results if r is not None]
-        assert len(winners) == 1 and winners[0].run_seq == 2
+        assert len(winners) == 1
+        assert winners[0].run_seq == 2
         stored = await store.fetch_events(header.tenant_id, header.run_id)
-        assert len(stored) == 2 and stored[1].event_id == winners[0].event_id
+        assert len(stored) == 2
+        assert stored[1].event_id == winners[0].event_id
 
 
 def _not_marker(event: Event) -> bool:
