@@ -340,7 +340,7 @@ class ConductorEngine(BaseEngine):
             for signal in due:
                 await self._apply_one(coordinator, ctx, wid, workflow, interp, signal)
             if paused_early and interp.status == RunStatus.RUNNING:
-                await api.run(api.resume, wid)  # a later RESUME was applied first
+                await _resume_if_paused(api, wid)  # a later RESUME was applied first
         await coordinator.reconcile(ctx, force=True)
 
     async def _apply_one(self, coordinator: RunCoordinator, ctx: RunContext, wid: str,
@@ -352,7 +352,7 @@ class ConductorEngine(BaseEngine):
         if kind == SignalType.PAUSE and interp.status == RunStatus.RUNNING:
             await api.run(api.pause, wid)
         elif kind == SignalType.RESUME and interp.status == RunStatus.PAUSED:
-            await api.run(api.resume, wid)
+            await _resume_if_paused(api, wid)
         elif kind == SignalType.SKIP_STEP and accepted.step_id in ctx.index:
             await self._skip_on_server(api, ctx, wid, workflow, accepted.step_id)
         commands: list[Command] = interp.signal_accepted(
@@ -438,3 +438,10 @@ class ConductorEngine(BaseEngine):
         if not issues:
             return report
         return report.model_copy(update={"issues": (*report.issues, *issues)})
+
+
+async def _resume_if_paused(api: ConductorApi, wid: str) -> None:
+    """Resume the server's workflow unless it already runs (the server refuses that)."""
+    workflow = await api.run(api.get_workflow, wid, False)
+    if workflow.get("status") == "PAUSED":
+        await api.run(api.resume, wid)
