@@ -100,6 +100,22 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def stress(session: nox.Session) -> None:
+    """The tenant-stream concurrency suite at a larger size (DVT_STRESS_SIZE, default 20).
+
+    Both stores; each run prints one `stress[...]` line (events, followers, seconds, missing,
+    duplicated), the numbers docs/postgres.md records.
+    """
+    _install(session)
+    size = os.environ.get("DVT_STRESS_SIZE", "20")
+    session.run(
+        "pytest", "-s", "-q", "tests/pg/test_pg_concurrency.py", "tests/test_store_memory.py",
+        "-k", "Concurrency", *session.posargs,
+        env={"DVT_STRESS_SIZE": size, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job: install dvt, start local servers, run golden plans durably, steer one.
 

@@ -85,6 +85,30 @@ class RunLifecycleTests(EngineSuiteBase):
         assert event_types(events).count("StepStarted") == 1
         assert await h.store.get_run(ctx.tenant_id, other_id.run_id) is None
 
+    async def test_a_run_id_of_another_tenant_is_a_fresh_id(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """Two tenants using one runId get two independent runs: run ids are tenant-scoped."""
+        h = engine_harness
+        plan = plan_document("suite-tenants", [{"stepId": "a", "kind": "echo",
+                                                "params": {"value": "x"}}])
+        scenario = scenario_for(plan)
+        first_ctx = make_context(scenario)
+        other_ctx = first_ctx.model_copy(update={"tenant_id": f"{first_ctx.tenant_id}-other"})
+        ref = await make_plan_ref(scenario, h.store)
+        first = Started(h, first_ctx, await h.engine.start_run(ref, first_ctx))
+        other = Started(h, other_ctx, await h.engine.start_run(ref, other_ctx))
+        for run in (first, other):
+            snapshot = await run.finished()
+            assert snapshot.status == RunStatus.COMPLETED
+            assert event_types(await run.events()).count("RunStarted") == 1
+            assert event_types(await run.events()).count("StepStarted") == 1
+        first_header = await h.store.get_run(first_ctx.tenant_id, first_ctx.run_id)
+        other_header = await h.store.get_run(other_ctx.tenant_id, other_ctx.run_id)
+        assert first_header is not None
+        assert other_header is not None
+        assert first_header.run_request_key != other_header.run_request_key
+
     async def test_plan_not_in_registry_is_refused(self, engine_harness: EngineHarness) -> None:
         """A registry reference to bytes that were never stored: PLAN_NOT_FOUND."""
         h = engine_harness

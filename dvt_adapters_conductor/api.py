@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import random
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -21,6 +24,14 @@ from dvt_engine.errors import EngineUnavailable
 
 T = TypeVar("T")
 
+logger = logging.getLogger("dvt.conductor.api")
+
+#: HTTP answers that mean "the server (or the proxy before it) is not there right now".
+TRANSIENT_STATUS = frozenset({0, 502, 503, 504})
+
+#: Seconds a call keeps retrying a transient failure before it raises ENGINE_UNAVAILABLE.
+DEFAULT_RETRY_S = 5.0
+
 _JSON = {"Accept": "application/json", "Content-Type": "application/json"}
 
 TERMINAL_WORKFLOW = frozenset({"COMPLETED", "FAILED", "TERMINATED", "TIMED_OUT"})
@@ -31,7 +42,7 @@ TERMINAL_TASK = frozenset({
 
 
 class ConductorApiError(Exception):
-    """A non-2xx answer from the server."""
+    """A non-2xx answer from the server (never a transient one: those are EngineUnavailable)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
@@ -88,8 +99,32 @@ class ConductorApi:
         query: Sequence[tuple[str, Any]] = (),
         body: Any = None,
         timeout_s: float = 30.0,
+        retry_s: float = DEFAULT_RETRY_S,
+        idempotent: bool = True,
     ) -> Any:
-        """One REST call; the parsed JSON (or text) answer."""
+        """One REST call, retried with backoff while the server is unreachable.
+
+        Connection errors, timeouts and 502/503/504 become a retryable ENGINE_UNAVAILABLE once
+        ``retry_s`` has passed; other non-2xx answers raise :class:`ConductorApiError` at once.
+        A call that is not ``idempotent`` is retried only when it surely never reached the
+        server (connection refused).
+        """
+        deadline = time.monotonic() + retry_s
+        delay = 0.1
+        while True:
+            try:
+                return self._call_once(method, path, path_params=path_params, query=query,
+                                       body=body, timeout_s=timeout_s)
+            except EngineUnavailable as exc:
+                never_sent = bool(exc.details.get("neverSent"))
+                if (not idempotent and not never_sent) or time.monotonic() + delay > deadline:
+                    raise
+                logger.debug("%s %s: %s; retrying in %.1f s", method, path, exc, delay)
+            time.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 2.0)
+
+    def _call_once(self, method: str, path: str, *, path_params: dict[str, Any] | None,
+                   query: Sequence[tuple[str, Any]], body: Any, timeout_s: float) -> Any:
         try:
             return self._client.call_api(
                 path, method, path_params=path_params or {}, query_params=list(query),
@@ -98,16 +133,25 @@ class ConductorApi:
                 _request_timeout=timeout_s,
             )
         except ApiException as exc:
-            raise ConductorApiError(int(exc.status or 0), str(exc.body or exc.reason)) from exc
+            status = int(exc.status or 0)
+            text = str(exc.body or exc.reason)
+            if status in TRANSIENT_STATUS:
+                # conductor-python reports every transport failure as status 0; "Connection
+                # error" is its wording for a connect that failed, i.e. a request never sent.
+                raise self._unavailable(f"{status or 'no answer'}: {text}",
+                                        never_sent=text.startswith("Connection error")) from exc
+            raise ConductorApiError(status, text) from exc
         except OSError as exc:
-            raise EngineUnavailable(f"Conductor server unreachable at {self.server_url}: {exc}",
-                                    retryable=True) from exc
+            raise self._unavailable(str(exc),
+                                    never_sent=isinstance(exc, ConnectionRefusedError)) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("httpx"):
-                raise EngineUnavailable(
-                    f"Conductor server unreachable at {self.server_url}: {exc}", retryable=True
-                ) from exc
+                raise self._unavailable(str(exc), never_sent=False) from exc
             raise
+
+    def _unavailable(self, why: str, *, never_sent: bool) -> EngineUnavailable:
+        return EngineUnavailable(f"Conductor server unreachable at {self.server_url}: {why}",
+                                 retryable=True, details={"neverSent": never_sent})
 
     async def acall(self, method: str, path: str, **kwargs: Any) -> Any:
         """``call`` in this API's thread pool."""
@@ -137,7 +181,9 @@ class ConductorApi:
     # --- workflows -------------------------------------------------------------------------
     def start_workflow(self, request: dict[str, Any]) -> str:
         """Start a workflow; returns its id."""
-        return str(self.call("POST", "/workflow", body=request)).strip('"')
+        # Not idempotent on Conductor OSS (it ignores idempotencyKey): retried only when the
+        # request surely never reached the server.
+        return str(self.call("POST", "/workflow", body=request, idempotent=False)).strip('"')
 
     def get_workflow(self, workflow_id: str, include_tasks: bool = True) -> dict[str, Any]:
         """A workflow execution with (by default) its tasks."""
@@ -187,7 +233,7 @@ class ConductorApi:
         if domain:
             query.append(("domain", domain))
         found = self.call("GET", "/tasks/poll/batch/{type}", path_params={"type": task_type},
-                          query=query, timeout_s=timeout_ms / 1000 + 30)
+                          query=query, timeout_s=timeout_ms / 1000 + 30, retry_s=0)
         return list(found or [])
 
     def update_task(
@@ -201,6 +247,7 @@ class ConductorApi:
         reason: str | None = None,
         worker_id: str | None = None,
         extend_lease: bool = False,
+        retry_s: float = DEFAULT_RETRY_S,
     ) -> None:
         """Report a task's result (or park it with a callback, or extend its lease)."""
         body: dict[str, Any] = {
@@ -215,17 +262,31 @@ class ConductorApi:
             body["workerId"] = worker_id
         if extend_lease:
             body["extendLease"] = True
-        self.call("POST", "/tasks", body=body)
+        self.call("POST", "/tasks", body=body, retry_s=retry_s)
 
-    def get_task(self, task_id: str) -> dict[str, Any]:
+    def get_task(self, task_id: str, retry_s: float = DEFAULT_RETRY_S) -> dict[str, Any]:
         """One task."""
-        found: dict[str, Any] = self.call("GET", "/tasks/{id}", path_params={"id": task_id})
+        found: dict[str, Any] = self.call("GET", "/tasks/{id}", path_params={"id": task_id},
+                                          retry_s=retry_s)
         return found
+
+    def in_progress_tasks(self, task_types: Sequence[str], limit: int = 1000,
+                          ) -> list[dict[str, Any]]:
+        """Summaries of the IN_PROGRESS tasks of some types, from the server's task index."""
+        query = f"taskType IN ({','.join(task_types)}) AND status IN (IN_PROGRESS)"
+        found = self.call("GET", "/tasks/search",
+                          query=[("query", query), ("freeText", "*"), ("size", limit)])
+        return list((found or {}).get("results") or [])
+
+    def decide(self, workflow_id: str) -> None:
+        """Run the server's decider on a workflow now (it times out tasks whose lease ran out)."""
+        self.call("PUT", "/workflow/decide/{id}", path_params={"id": workflow_id})
 
     def health(self) -> bool:
         """Whether the server answers its health check."""
         try:
-            self.call("GET", "/metadata/taskdefs", query=[("access", "READ")], timeout_s=5)
+            self.call("GET", "/metadata/taskdefs", query=[("access", "READ")], timeout_s=5,
+                      retry_s=0)
         except (ConductorApiError, EngineUnavailable):
             return False
         return True

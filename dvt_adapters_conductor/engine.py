@@ -29,6 +29,7 @@ from dvt_adapters_conductor.mapping import (
     workflow_definition,
     workflow_name,
 )
+from dvt_adapters_conductor.runs import correlation_id
 from dvt_adapters_conductor.worker import WorkerHost, WorkerOptions
 from dvt_engine.engine_base import BaseEngine
 from dvt_engine.errors import EngineNotConfigured, EngineUnavailable, RunNotFound, UsageError
@@ -269,7 +270,7 @@ class ConductorEngine(BaseEngine):
             request = {
                 "name": name,
                 "version": version,
-                "correlationId": header.run_id,
+                "correlationId": correlation_id(header),
                 "input": {"tenantId": header.tenant_id, "projectId": header.project_id,
                           "environmentId": header.environment_id, "runId": header.run_id},
                 # Orkes honours this key (OSS ignores it; the store's registration and the

@@ -28,6 +28,10 @@ GATE_SUFFIX = "gate"
 STEP_SUFFIX = "step"
 APPROVAL_TASK_TYPE = "HUMAN"
 
+#: Seconds of a step task's lease (its ``responseTimeoutSeconds``). Short, so a lost worker is
+#: noticed within seconds; a running step extends it every third of it, however long it runs.
+DEFAULT_LEASE_S = 6
+
 
 @dataclass(frozen=True)
 class MappingOptions:
@@ -37,7 +41,7 @@ class MappingOptions:
     owner_email: str = "dvt@localhost.invalid"
     #: Seconds a worker may hold a step task without extending its lease before the server
     #: hands it to another worker (the step is then resumed idempotently).
-    lease_s: int = 30
+    lease_s: int = DEFAULT_LEASE_S
     #: Extra server retries beyond the plan's, spent only when a worker vanished mid-attempt.
     crash_retries: int = 3
 

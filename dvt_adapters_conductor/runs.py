@@ -75,6 +75,15 @@ class ReconcileResult:
     pending: list[Awaitable[Any]] = field(default_factory=list)
 
 
+def correlation_id(header: RunHeader) -> str:
+    """The Conductor correlation id of a run: its run-request key, unique per tenant.
+
+    A bare runId would let two tenants that use the same runId find each other's workflow;
+    the run-request key hashes the tenant in, and its hex form is safe in a URL path.
+    """
+    return header.run_request_key
+
+
 def cancel_reason_of(workflow: Mapping[str, Any]) -> tuple[bool, str | None]:
     """Whether the Conductor workflow was cancelled (terminated not by dvt's own finish)."""
     if workflow.get("status") != "TERMINATED":
@@ -154,7 +163,7 @@ class RunAccess:
                                workflow_id=ctx.workflow_id or "", run_id=ctx.header.run_id)
 
     async def workflow_id(self, ctx: RunContext) -> str | None:
-        """The Conductor workflow of a run: from RunStarted, else by correlation id (runId)."""
+        """The Conductor workflow of a run: from RunStarted, else by its correlation id."""
         if ctx.workflow_id:
             return ctx.workflow_id
         snap = await self.store.get_snapshot(*ctx.key)
@@ -163,7 +172,7 @@ class RunAccess:
             ctx.workflow_id = str(ref["workflowId"])
             return ctx.workflow_id
         found = await self.api.run(
-            self.api.find_by_correlation, ctx.workflow_name, ctx.header.run_id)
+            self.api.find_by_correlation, ctx.workflow_name, correlation_id(ctx.header))
         if found:
             found.sort(key=lambda w: int(w.get("startTime") or 0))
             ctx.workflow_id = str(found[0]["workflowId"])

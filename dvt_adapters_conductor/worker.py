@@ -5,6 +5,11 @@ own asyncio task, up to ``concurrency`` at a time. A step task runs one engine a
 shared StepRunner while a watcher extends its lease and notices a cancelled task. Shutdown is
 graceful: polling stops at once, running attempts finish (bounded by ``drain_timeout_s``) and
 report to the server.
+
+A lease watcher asks the server to decide workflows whose step task's lease ran out (its worker
+died): the server's own sweeper looks at such a workflow only every 60 to 120 s on its SQL queues.
+A step's report to the server is retried until the server takes it, so a server that goes away
+and comes back never loses one.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from dvt_adapters_conductor.api import TERMINAL_TASK, ConductorApiError
 from dvt_adapters_conductor.coordinator import RunContext, RunCoordinator, cancel_reason_of
 from dvt_adapters_conductor.mapping import MappingOptions
-from dvt_engine.errors import DvtError
+from dvt_engine.errors import EngineUnavailable
 from dvt_engine.models.run import RunStatus, StepStatus
 from dvt_engine.rules.cancel import DEFAULT_CANCEL_REASON, step_cancel_reason
 from dvt_engine.rules.failure import keeps_failed_attempt
@@ -51,6 +57,10 @@ class WorkerOptions:
     watch_every_s: float = 0.5
     drain_timeout_s: float = 60.0
     sweep_every_s: float = 0.5
+    #: how often the lease watcher looks for step tasks whose lease ran out (0: never)
+    lease_check_s: float = 1.0
+    #: longest wait between two tries of a report or reconcile while the server is away
+    retry_max_s: float = 2.0
 
 
 class WorkerHost:
@@ -76,6 +86,10 @@ class WorkerHost:
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(self.options.concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        #: ids of the tasks this host runs now (the lease watcher leaves them alone)
+        self._held: set[str] = set()
+        #: since when (monotonic) the lease watcher reaches the server again after a failure
+        self._reachable_since: float | None = float("-inf")
         self._loops: list[asyncio.Task[None]] = []
         self.handled = 0
 
@@ -88,6 +102,8 @@ class WorkerHost:
                 self._loops.append(asyncio.create_task(self._poll_loop(task_type),
                                                        name=f"dvt-poll-{task_type}-{n}"))
         self._loops.append(asyncio.create_task(self._sweep_loop(), name="dvt-sweep"))
+        if self.options.lease_check_s > 0:
+            self._loops.append(asyncio.create_task(self._lease_loop(), name="dvt-lease"))
         return self
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
@@ -172,23 +188,110 @@ class WorkerHost:
                     logger.warning("timer reconcile of %s failed: %s", key, exc)
 
     async def _handle(self, task_type: str, task: dict[str, Any]) -> None:
+        task_id = str(task.get("taskId"))
+        self._held.add(task_id)
         try:
             await self.handle_step(task)
             self.handled += 1
         except asyncio.CancelledError:
             raise
+        except EngineUnavailable as exc:
+            # Before the step ran (a step that ran retries its report): the task's lease runs
+            # out and the lease watcher has it delivered again.
+            logger.warning("task %s (%s) left to its lease, server unreachable: %s",
+                           task_id, task_type, exc)
         except Exception:
             # The task stays with the server; its lease runs out and it is delivered again.
-            logger.exception("task %s (%s) failed in the worker", task.get("taskId"), task_type)
+            logger.exception("task %s (%s) failed in the worker", task_id, task_type)
+        finally:
+            self._held.discard(task_id)
+
+    async def _lease_loop(self) -> None:
+        """Have the server decide workflows whose step task's lease ran out."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.options.lease_check_s)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.check_leases()
+            except EngineUnavailable as exc:
+                # Once per outage at warning level: the check runs every second.
+                log = logger.warning if self._reachable_since is not None else logger.debug
+                self._reachable_since = None
+                log("lease check failed: %s", exc)
+            except Exception as exc:
+                logger.warning("lease check failed: %s", exc)
+
+    async def check_leases(self) -> list[str]:
+        """Decide the workflows of IN_PROGRESS step tasks not extended for a lease; their ids.
+
+        The server times such a task out on its next decide and schedules the retry that a
+        worker then polls; a task whose lease is still running is left as it is (the decide
+        itself checks the lease again, with the server's clock).
+        """
+        found = await self.api.run(self.api.in_progress_tasks, self.task_types)
+        if self._reachable_since is None:
+            self._reachable_since = time.monotonic()
+        if time.monotonic() - self._reachable_since < self.mapping.lease_s:
+            # Back from an outage: the workers that hold tasks get a whole lease to extend
+            # them before any is taken for lost.
+            return []
+        lease_ms = self.mapping.lease_s * 1000
+        now_ms = time.time() * 1000
+        decided: list[str] = []
+        for summary in found:
+            task_id = str(summary.get("taskId"))
+            workflow_id = str(summary.get("workflowId"))
+            if task_id in self._held or workflow_id in decided:
+                continue
+            if now_ms - _epoch_ms(summary.get("startTime")) < lease_ms:
+                continue  # polled less than a lease ago: cannot have run out yet
+            try:
+                task = await self.api.run(self.api.get_task, task_id, 0)
+            except ConductorApiError:
+                continue  # gone since the index was read
+            if task.get("status") != "IN_PROGRESS":
+                continue
+            last = int(task.get("updateTime") or task.get("startTime") or 0)
+            if now_ms - last < lease_ms + 1000 * int(task.get("callbackAfterSeconds") or 0):
+                continue
+            logger.info("lease of task %s ran out; deciding workflow %s", task_id, workflow_id)
+            await self.api.run(self.api.decide, workflow_id)
+            decided.append(workflow_id)
+        return decided
 
     async def _update(self, task: dict[str, Any], status: str, output: dict[str, Any] | None = None,
                       **kwargs: Any) -> None:
+        """Report to the server; retried until it takes it while it is unreachable.
+
+        Only a refusal ends the tries early (the task is no longer this worker's: the server
+        timed it out and scheduled a retry, which reports what the log says).
+        """
+        delay = 0.2
+        while True:
+            try:
+                await self.api.run(
+                    self.api.update_task, str(task["workflowInstanceId"]), str(task["taskId"]),
+                    status, output, worker_id=self.worker_id, **kwargs)
+                return
+            except ConductorApiError as exc:
+                logger.info("update of task %s refused: %s", task.get("taskId"), exc)
+                return
+            except EngineUnavailable as exc:
+                logger.warning("report of task %s not delivered, retrying: %s",
+                               task.get("taskId"), exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.options.retry_max_s)
+
+    async def _extend_lease(self, task: dict[str, Any]) -> None:
+        """One try at extending a running task's lease (the next tick tries again)."""
         try:
             await self.api.run(
                 self.api.update_task, str(task["workflowInstanceId"]), str(task["taskId"]),
-                status, output, worker_id=self.worker_id, **kwargs)
-        except ConductorApiError as exc:
-            logger.info("update of task %s refused: %s", task.get("taskId"), exc)
+                "IN_PROGRESS", None, worker_id=self.worker_id, extend_lease=True, retry_s=0)
+        except (ConductorApiError, EngineUnavailable) as exc:
+            logger.info("lease of task %s not extended: %s", task.get("taskId"), exc)
 
     async def _context(self, task: dict[str, Any]) -> RunContext | None:
         inp = task.get("inputData") or {}
@@ -234,10 +337,26 @@ class WorkerHost:
         await self._report(ctx, task, outcome)
 
     async def _reconcile_quietly(self, ctx: RunContext) -> None:
-        try:
-            await self.coordinator.reconcile(ctx, force=True)
-        except DvtError as exc:
-            logger.warning("reconcile of run %s failed: %s", ctx.header.run_id, exc)
+        """Reconcile, retried while the server is unreachable: a gate this reconcile should
+        open has nobody else to open it. Any other failure is logged and the report follows."""
+        delay = 0.2
+        while True:
+            try:
+                await self.coordinator.reconcile(ctx, force=True)
+                return
+            except asyncio.CancelledError:
+                raise
+            except EngineUnavailable as exc:
+                if not exc.retryable:
+                    logger.warning("reconcile of run %s failed: %s", ctx.header.run_id, exc)
+                    return
+                logger.warning("reconcile of run %s waits for the server: %s",
+                               ctx.header.run_id, exc)
+            except Exception as exc:
+                logger.warning("reconcile of run %s failed: %s", ctx.header.run_id, exc)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.options.retry_max_s)
 
     async def _report(self, ctx: RunContext, task: dict[str, Any], outcome: StepOutcome) -> None:
         attempt = {"logicalAttemptId": outcome.logical_attempt_id}
@@ -295,7 +414,7 @@ class WorkerHost:
         while True:
             await asyncio.sleep(self.options.watch_every_s)
             try:
-                current = await self.api.run(self.api.get_task, str(task["taskId"]))
+                current = await self.api.run(self.api.get_task, str(task["taskId"]), 0)
             except Exception:
                 continue
             status = current.get("status")
@@ -304,5 +423,17 @@ class WorkerHost:
                     token.cancel(await self._cancel_reason(task))
                 return
             if time.monotonic() - last_lease >= lease_every:
-                await self._update(task, "IN_PROGRESS", extend_lease=True)
+                await self._extend_lease(task)
                 last_lease = time.monotonic()
+
+
+def _epoch_ms(value: Any) -> float:
+    """Milliseconds since the epoch of a task summary's time (ISO text or a number); 0 if none."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not value:
+        return 0.0
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000
+    except ValueError:
+        return 0.0

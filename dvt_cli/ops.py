@@ -125,7 +125,12 @@ async def _compare(harness: Any, scenarios: Any, scenario: Any, settings: Settin
         for label, name in ((f"{name_a}", name_a), (f"{name_b}", name_b)):
             store = await stack.enter_async_context(store_session(
                 replace(settings, store_url="memory://"), quiet_memory=True))
-            engine = load_engine(name, store, engine_options(name, settings))
+            options = engine_options(name, settings)
+            if name == "conductor":
+                # Its own task namespace: a `dvt worker` on the same server (whose store does
+                # not know this run) must never take the parity run's tasks.
+                options["task_prefix"] = f"dvtparity{uuid.uuid4().hex[:10]}"
+            engine = load_engine(name, store, options)
             stack.push_async_callback(engine.close)
             sides.append(scenarios.EngineSide(engine=engine, store=store, name=label))
         # Runs on a lasting engine server must not collide with runs of an earlier invocation.

@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     SECRET_NOT_FOUND = "SECRET_NOT_FOUND"
     USAGE_ERROR = "USAGE_ERROR"
     PLAN_SECRET_LITERAL = "PLAN_SECRET_LITERAL"
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
 
 
 class DvtError(Exception):
@@ -354,6 +355,16 @@ class PlanSecretLiteral(PlanError):
 
     code = ErrorCode.PLAN_SECRET_LITERAL
     hint = 'Store the secret outside the plan and reference it: {"secretRef": "env:NAME"}.'
+
+
+class IdempotencyConflict(StoreError):
+    """An idempotency key already stored for a run names a different event type or payload."""
+
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+    hint = (
+        "A retry must send the same event; a different event needs its own key (see"
+        " docs/idempotency.md)."
+    )
 
 
 class StoreNotFound(StoreError):

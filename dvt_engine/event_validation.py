@@ -8,8 +8,20 @@ from pydantic import ValidationError
 
 from dvt_engine.errors import SchemaValidationFailed
 from dvt_engine.models.events import PAYLOAD_MODELS, Event, EventType
+from dvt_engine.secret_scan import redact_secrets
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+def prepared_for_storage(event: Event) -> Event:
+    """The event as a store persists it: validated, with secret-looking values masked.
+
+    Producers that build events through ``EventFactory`` have masked them already; this is the
+    second line of defence for any other producer, so no store ever writes a credential.
+    """
+    validate_event(event)
+    payload = redact_secrets(event.payload)
+    return event if payload == event.payload else event.model_copy(update={"payload": payload})
 
 
 def validate_event(event: Event) -> None:

@@ -25,11 +25,27 @@ from dvt_engine.models.signals import Actor, Role, SignalDecision, SignalRequest
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.models.validation import ValidationReport
 
+#: A tenant cursor: an opaque string a store hands out with each event of a tenant stream.
+TenantCursor = str
+
+#: The cursor before a tenant's first event: ``follow_tenant(t, after=TENANT_LOG_START)``
+#: replays the tenant's whole log. Every store accepts it.
+TENANT_LOG_START: TenantCursor = "0"
+
+
+@dataclass(frozen=True)
+class TenantEvent:
+    """One event of a tenant stream and the cursor that resumes the stream right after it."""
+
+    cursor: TenantCursor
+    event: Event
+
 
 class RunStateStore(abc.ABC):
     """The append authority: the only component that assigns runSeq and persistedAt.
 
-    Reads take the tenant and never return another tenant's rows, even for a guessed runId.
+    A run is identified by (tenantId, runId): two tenants may use the same runId without
+    seeing each other. Reads take the tenant and never return another tenant's rows.
     """
 
     # --- runs ---------------------------------------------------------------------------
@@ -39,7 +55,8 @@ class RunStateStore(abc.ABC):
 
         Returns the stored header and True when this call created it. A second registration
         with the same run-request key returns the first run's header and False. Reusing a
-        runId for a different request raises UsageError.
+        runId of the same tenant for a different request raises UsageError; another tenant's
+        runId is a fresh one.
         """
 
     @abc.abstractmethod
@@ -64,7 +81,9 @@ class RunStateStore(abc.ABC):
         """Append one event; a repeated (runId, idempotencyKey) inserts nothing.
 
         The run must be registered and owned by the event's tenant (RUN_NOT_FOUND otherwise).
-        The event is validated against its schema first (SCHEMA_VALIDATION_FAILED).
+        The event is validated against its schema first (SCHEMA_VALIDATION_FAILED). A repeated
+        key with the same event type and payload is answered ``duplicate: true``; with a
+        different type or payload it raises IdempotencyConflict and stores nothing.
         """
 
     async def append_if_last(self, event: Event, expected_last_seq: int) -> AppendResult | None:
@@ -103,8 +122,24 @@ class RunStateStore(abc.ABC):
     ) -> AsyncIterator[Event]:
         """New events of one run (or of every run of the tenant) as they are appended.
 
-        For a single run, events come in runSeq order starting after ``after_seq``. The
-        iterator runs until the consumer stops iterating.
+        For a single run, events come in runSeq order starting after ``after_seq``. Without a
+        run it is ``follow_tenant(tenant_id)`` without the cursors. The iterator runs until the
+        consumer stops iterating.
+        """
+
+    @abc.abstractmethod
+    def follow_tenant(
+        self, tenant_id: str, *, after: TenantCursor | None = None
+    ) -> AsyncIterator[TenantEvent]:
+        """Every committed event of the tenant's runs, each once, in the store's commit order.
+
+        ``after=None`` starts at the stream's current end: everything that commits after the
+        call is delivered (a store may include a few events that committed just before it).
+        A cursor from an earlier TenantEvent resumes right after that event
+        (``TENANT_LOG_START``: from the beginning).
+        No event is ever delivered after a later one of the same stream, so a consumer that
+        stores the cursor of the last event it handled resumes exactly. An unusable cursor
+        raises UsageError.
         """
 
     # --- snapshots ----------------------------------------------------------------------

@@ -146,7 +146,9 @@ class ConductorSettings(EngineSettings):
     url: str | None = None
     worker: bool = True
     task_prefix: str = "dvt"
-    lease_s: int = 30
+    #: Seconds a worker holds a step without extending it; a lost worker is noticed after about
+    #: one lease (the worker host's lease watcher), so keep it short: running steps extend it.
+    lease_s: int = 6
     crash_retries: int = 3
     owner_email: str = "dvt@localhost.invalid"
     step_queues: tuple[str, ...] = ()

@@ -11,7 +11,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
@@ -44,7 +45,10 @@ ATTR_ERROR_CODE = "dvt.error_code"
 ATTR_DUPLICATE = "dvt.duplicate"
 ATTR_RUN_SEQ = "dvt.run_seq"
 
+METRIC_IDEMPOTENCY_CONFLICTS = "dvt.store.idempotency_conflicts"
+
 _provider_override: TracerProvider | None = None
+_meter_provider_override: MeterProvider | None = None
 
 
 def use_tracer_provider(provider: TracerProvider | None) -> None:
@@ -166,4 +170,29 @@ def append_span(event: Event) -> AbstractContextManager[Span]:
             ATTR_LOGICAL_ATTEMPT_ID: event.logical_attempt_id,
             ATTR_ENGINE_ATTEMPT_ID: event.engine_attempt_id,
         },
+    )
+
+
+def use_meter_provider(provider: MeterProvider | None) -> None:
+    """Send dvt's metrics to ``provider`` instead of the global one (None restores the global)."""
+    global _meter_provider_override
+    _meter_provider_override = provider
+
+
+def meter() -> metrics.Meter:
+    """dvt's meter, from the override or the global provider (a no-op until one is set)."""
+    return metrics.get_meter(TRACER_NAME, meter_provider=_meter_provider_override)
+
+
+def count_idempotency_conflict(event: Event, store: str) -> None:
+    """Count one append refused because its key was stored with a different event."""
+    # Created per call so a provider installed later (or an override in tests) is used.
+    counter = meter().create_counter(
+        METRIC_IDEMPOTENCY_CONFLICTS,
+        unit="{conflict}",
+        description="Appends refused: the idempotency key is stored with another event",
+    )
+    counter.add(
+        1,
+        {ATTR_TENANT_ID: event.tenant_id, ATTR_EVENT_TYPE: event.event_type, "dvt.store": store},
     )

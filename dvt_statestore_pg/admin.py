@@ -84,44 +84,51 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
     runs = sql.Identifier(schema, "dvt_runs")
     events = sql.Identifier(schema, "dvt_events")
     page_query = sql.SQL(
-        "SELECT run_id, header::text, last_seq, snapshot_seq, snapshot::text FROM {runs}"
-        " WHERE run_id > %s AND (%s::text IS NULL OR tenant_id = %s)"
+        "SELECT tenant_id, run_id, header::text, last_seq, snapshot_seq, snapshot::text"
+        " FROM {runs} WHERE (tenant_id, run_id) > (%s, %s)"
+        " AND (%s::text IS NULL OR tenant_id = %s)"
         + ("" if full else " AND snapshot_seq < last_seq")
-        + " ORDER BY run_id LIMIT %s"
+        + " ORDER BY tenant_id, run_id LIMIT %s"
     ).format(runs=runs)
     events_query = sql.SQL(
-        "SELECT e.run_id, e.run_seq, e.envelope::text FROM {events} e"
-        " JOIN unnest(%s::text[], %s::bigint[]) AS u(run_id, after_seq)"
-        " ON e.run_id = u.run_id AND e.run_seq > u.after_seq"
-        " ORDER BY e.run_id, e.run_seq"
+        "SELECT e.tenant_id, e.run_id, e.run_seq, e.envelope::text FROM {events} e"
+        " JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS u(tenant_id, run_id, after_seq)"
+        " ON e.tenant_id = u.tenant_id AND e.run_id = u.run_id AND e.run_seq > u.after_seq"
+        " ORDER BY e.tenant_id, e.run_id, e.run_seq"
     ).format(events=events)
     write_query = sql.SQL(
         "UPDATE {runs} r SET snapshot = u.snapshot, snapshot_seq = u.seq,"
         " status = u.status, substatus = u.substatus"
-        " FROM unnest(%s::text[], %s::json[], %s::bigint[], %s::text[], %s::text[])"
-        "   AS u(run_id, snapshot, seq, status, substatus)"
-        " WHERE r.run_id = u.run_id AND r.last_seq = u.seq RETURNING r.run_id"
+        " FROM unnest(%s::text[], %s::text[], %s::json[], %s::bigint[], %s::text[], %s::text[])"
+        "   AS u(tenant_id, run_id, snapshot, seq, status, substatus)"
+        " WHERE r.tenant_id = u.tenant_id AND r.run_id = u.run_id AND r.last_seq = u.seq"
+        " RETURNING r.tenant_id, r.run_id"
     ).format(runs=runs)
     async with conn:
-        cursor = ""
+        cursor = ("", "")
         while True:
-            cur = await conn.execute(page_query, (cursor, tenant_id, tenant_id, RUNS_PER_PAGE))
+            cur = await conn.execute(
+                page_query, (*cursor, tenant_id, tenant_id, RUNS_PER_PAGE)
+            )
             page = await cur.fetchall()
             if not page:
                 break
-            cursor = page[-1][0]
-            ids = [row[0] for row in page]
-            afters = [0 if full else int(row[3]) for row in page]
-            cur = await conn.execute(events_query, (ids, afters))
-            tails: dict[str, list[Event]] = {run_id: [] for run_id in ids}
-            for run_id, seq, envelope in await cur.fetchall():
-                tails[run_id].append(
+            cursor = (page[-1][0], page[-1][1])
+            tenants = [row[0] for row in page]
+            ids = [row[1] for row in page]
+            afters = [0 if full else int(row[4]) for row in page]
+            cur = await conn.execute(events_query, (tenants, ids, afters))
+            tails: dict[tuple[str, str], list[Event]] = {
+                (row[0], row[1]): [] for row in page
+            }
+            for tenant, run_id, seq, envelope in await cur.fetchall():
+                tails[(tenant, run_id)].append(
                     Event.model_validate_json(envelope).model_copy(update={"run_seq": seq})
                 )
-            batch: list[tuple[str, str, int, str, str | None]] = []
-            for run_id, header_text, last_seq, _snapshot_seq, snapshot_text in page:
+            batch: list[tuple[str, str, str, int, str, str | None]] = []
+            for tenant, run_id, header_text, last_seq, _snapshot_seq, snapshot_text in page:
                 report.runs += 1
-                tail = tails[run_id]
+                tail = tails[(tenant, run_id)]
                 report.events += len(tail)
                 stored = RunSnapshot.model_validate_json(snapshot_text)
                 if full:
@@ -137,6 +144,7 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
                     continue
                 batch.append(
                     (
+                        tenant,
                         run_id,
                         fresh.model_dump_json(),
                         seq,
@@ -148,8 +156,8 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
                 cur = await conn.execute(
                     write_query, [list(col) for col in zip(*batch, strict=True)]
                 )
-                written = {row[0] for row in await cur.fetchall()}
+                written = {(row[0], row[1]) for row in await cur.fetchall()}
                 report.written += len(written)
-                report.raced += [b[0] for b in batch if b[0] not in written]
+                report.raced += [b[1] for b in batch if (b[0], b[1]) not in written]
     report.seconds = time.perf_counter() - started
     return report

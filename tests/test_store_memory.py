@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from contract_tests.store_concurrency import ConcurrencyHooks, StoreConcurrencySuite
 from contract_tests.store_suite import StoreContractSuite, StoreFactory
 from dvt_engine.ports import RunStateStore
 from dvt_engine.stores.memory import MemoryRunStateStore
@@ -26,3 +27,23 @@ class TestMemoryStoreContract(StoreContractSuite):
             return store
 
         return same
+
+
+class TestMemoryStoreConcurrency(StoreConcurrencySuite):
+    """The tenant stream under racing writers, on MemoryRunStateStore."""
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[RunStateStore]:
+        async with MemoryRunStateStore() as store:
+            yield store
+
+    @pytest.fixture
+    def store_factory(self, store: RunStateStore) -> StoreFactory:
+        async def same() -> RunStateStore:
+            return store
+
+        return same
+
+    @pytest.fixture
+    def concurrency_hooks(self) -> ConcurrencyHooks:
+        return ConcurrencyHooks()

@@ -56,19 +56,21 @@ class ReferenceEngine(BaseEngine):
         self.instance_id = uuid.uuid4().hex
         self.cancel_in_flight_on_pause = cancel_in_flight_on_pause
         self.runner = StepRunner(store, self.registry, secrets=self.secrets)
-        self._drivers: dict[str, _RunDriver] = {}
+        self._drivers: dict[tuple[str | None, str], _RunDriver] = {}
 
     def run_ref_for(self, header: RunHeader) -> ReferenceRunRef:
-        """Reference runs are named by this engine instance and the dvt runId."""
-        return ReferenceRunRef(instance_id=self.instance_id, run_id=header.run_id)
+        """Reference runs are named by this engine instance, the tenant and the dvt runId."""
+        return ReferenceRunRef(instance_id=self.instance_id, run_id=header.run_id,
+                               tenant_id=header.tenant_id)
 
     async def launch(self, header: RunHeader, plan: ExecutionPlan) -> EngineRunRef:
         """Start the run's driver task."""
         ref = self.run_ref_for(header)
-        if header.run_id in self._drivers:
+        key = (header.tenant_id, header.run_id)
+        if key in self._drivers:
             return ref
         driver = _RunDriver(self, header, plan, ref)
-        self._drivers[header.run_id] = driver
+        self._drivers[key] = driver
         driver.task = asyncio.create_task(driver.main(), name=f"dvt-run-{header.run_id}")
         return ref
 
@@ -76,15 +78,15 @@ class ReferenceEngine(BaseEngine):
         self, header: RunHeader, run_ref: EngineRunRef, accepted: AcceptedSignal
     ) -> None:
         """Queue an accepted signal for the run's driver."""
-        self._driver(header.run_id).inbox.put_nowait(("signal", accepted))
+        self._driver((header.tenant_id, header.run_id)).inbox.put_nowait(("signal", accepted))
 
     async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:
         """Cooperative cancel: running steps are asked to stop, then RunCancelled."""
-        self._driver(_run_id(run_ref)).inbox.put_nowait(("cancel", reason))
+        self._driver(_run_key(run_ref)).inbox.put_nowait(("cancel", reason))
 
     async def get_run_status(self, run_ref: EngineRunRef) -> RunStatusSnapshot:
         """The driver's view of the run (the store's snapshot is the truth)."""
-        driver = self._driver(_run_id(run_ref))
+        driver = self._driver(_run_key(run_ref))
         snap = await self.store.get_snapshot(driver.header.tenant_id, driver.header.run_id)
         status = driver.interp.status if snap is None else snap.status
         return RunStatusSnapshot(
@@ -107,18 +109,22 @@ class ReferenceEngine(BaseEngine):
             await driver.stop()
         self._drivers.clear()
 
-    def _driver(self, run_id: str) -> _RunDriver:
-        driver = self._drivers.get(run_id)
+    def _driver(self, key: tuple[str | None, str]) -> _RunDriver:
+        driver = self._drivers.get(key)
+        if driver is None and key[0] is None:
+            # A reference recorded without its tenant: unambiguous only if one tenant has it.
+            matches = [d for (_, run_id), d in self._drivers.items() if run_id == key[1]]
+            driver = matches[0] if len(matches) == 1 else None
         if driver is None:
-            raise RunNotFound(f"run {run_id!r} is not running on this engine",
-                              details={"runId": run_id})
+            raise RunNotFound("the run is not running on this engine",
+                              details={"runId": key[1]})
         return driver
 
 
-def _run_id(run_ref: EngineRunRef) -> str:
+def _run_key(run_ref: EngineRunRef) -> tuple[str | None, str]:
     if not isinstance(run_ref, ReferenceRunRef):
         raise RunNotFound("not a reference engine run", details={"provider": run_ref.provider})
-    return run_ref.run_id
+    return run_ref.tenant_id, run_ref.run_id
 
 
 @dataclass

@@ -95,6 +95,8 @@ class ReferenceRunRef(DvtModel):
     provider: Literal["reference"] = "reference"
     instance_id: str
     run_id: str
+    #: Run ids are unique per tenant only; references recorded before it existed have none.
+    tenant_id: str | None = None
 
 
 EngineRunRef = Annotated[

@@ -1,7 +1,8 @@
 """The in-memory state store: the full store contract, for tests, the CLI and embedding hosts.
 
 Safe under concurrent asyncio tasks of one event loop: every mutation happens under one lock,
-and followers wait on a condition that appends notify.
+and followers wait on a condition that appends notify. Appends take the lock in turn, so the
+order of the store-wide log is the commit order and a tenant cursor is a position in it.
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import TypeVar
 
 from dvt_engine.errors import RunNotFound, UsageError
-from dvt_engine.event_validation import validate_event
+from dvt_engine.event_validation import prepared_for_storage
 from dvt_engine.eventlog import utc_now
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
 from dvt_engine.models.snapshot import RunSnapshot
-from dvt_engine.ports import RunStateStore
+from dvt_engine.ports import TENANT_LOG_START, RunStateStore, TenantCursor, TenantEvent
 from dvt_engine.projector import apply, initial_snapshot, project
+from dvt_engine.stores.fingerprint import refuse_conflict
 
 PLAN_URI_PREFIX = "plan://sha256/"
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -40,9 +44,10 @@ class MemoryRunStateStore(RunStateStore):
 
     def __init__(self, url: str = "memory://", **_options: object) -> None:
         self.url = url
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[tuple[str, str], _Run] = {}
         self._by_request: dict[tuple[str, str], str] = {}
         self._plans: dict[str, bytes] = {}
+        # Every event of every tenant in commit order; a tenant cursor is an index into it.
         self._all_events: list[Event] = []
         self._lock = asyncio.Lock()
         self._appended = asyncio.Condition(self._lock)
@@ -53,13 +58,15 @@ class MemoryRunStateStore(RunStateStore):
         async with self._lock:
             existing_id = self._by_request.get((header.tenant_id, header.run_request_key))
             if existing_id is not None:
-                return self._runs[existing_id].header, False
-            if header.run_id in self._runs:
+                return self._runs[(header.tenant_id, existing_id)].header, False
+            if (header.tenant_id, header.run_id) in self._runs:
                 raise UsageError(
                     f"runId {header.run_id!r} is already used by another run request",
                     details={"runId": header.run_id},
                 )
-            self._runs[header.run_id] = _Run(header=header, snapshot=initial_snapshot(header))
+            self._runs[(header.tenant_id, header.run_id)] = _Run(
+                header=header, snapshot=initial_snapshot(header)
+            )
             self._by_request[(header.tenant_id, header.run_request_key)] = header.run_id
             return header, True
 
@@ -92,33 +99,47 @@ class MemoryRunStateStore(RunStateStore):
     # --- the log ------------------------------------------------------------------------
     async def append(self, event: Event) -> AppendResult:
         """Append one event; a repeated (runId, idempotencyKey) inserts nothing."""
-        validate_event(event)
+        event = prepared_for_storage(event)
         async with self._lock:
+            self._refuse_conflicts([event])
             result = self._append_locked(event)
             self._appended.notify_all()
             return result
 
     async def append_if_last(self, event: Event, expected_last_seq: int) -> AppendResult | None:
         """Append ``event`` only while the run's last runSeq is ``expected_last_seq``."""
-        validate_event(event)
+        event = prepared_for_storage(event)
         async with self._lock:
             run = self._require_run(event.tenant_id, event.run_id)
             if run.next_seq - 1 != expected_last_seq:
                 return None
+            self._refuse_conflicts([event])
             result = self._append_locked(event)
             self._appended.notify_all()
             return result
 
     async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
         """Append many events atomically with the same per-event guarantees."""
-        for event in events:
-            validate_event(event)
+        events = [prepared_for_storage(e) for e in events]
         async with self._lock:
             for event in events:
                 self._require_run(event.tenant_id, event.run_id)
+            self._refuse_conflicts(events)
             results = [self._append_locked(e) for e in events]
             self._appended.notify_all()
             return results
+
+    def _refuse_conflicts(self, events: Sequence[Event]) -> None:
+        # Before anything is appended, so a refused batch stores nothing.
+        first: dict[tuple[str, str, str], Event] = {}
+        for event in events:
+            where = (event.tenant_id, event.run_id, event.idempotency_key)
+            run = self._require_run(event.tenant_id, event.run_id)
+            stored = run.by_key.get(event.idempotency_key) or first.get(where)
+            if stored is not None:
+                refuse_conflict(event, stored, store="memory")
+            else:
+                first[where] = event
 
     def _append_locked(self, event: Event) -> AppendResult:
         run = self._require_run(event.tenant_id, event.run_id)
@@ -164,23 +185,34 @@ class MemoryRunStateStore(RunStateStore):
                     cursor = event.run_seq or cursor
                     yield event
         else:
-            position = len(self._all_events)
-            while True:
-                async with self._lock:
-                    batch = await self._wait_for(partial(self._tenant_tail, tenant_id, position))
-                    position = len(self._all_events)
-                for event in batch:
-                    yield event
+            async for item in self.follow_tenant(tenant_id):
+                yield item.event
+
+    async def follow_tenant(
+        self, tenant_id: str, *, after: TenantCursor | None = None
+    ) -> AsyncIterator[TenantEvent]:
+        """Every event of the tenant in commit order; the cursor is its place in the log."""
+        position = len(self._all_events) if after is None else _parse_cursor(after)
+        while True:
+            async with self._lock:
+                batch = await self._wait_for(partial(self._tenant_tail, tenant_id, position))
+                position = max(position, len(self._all_events))
+            for item in batch:
+                yield item
 
     def _run_tail(self, tenant_id: str, run_id: str, after_seq: int) -> list[Event]:
         return [e for e in self._run_events(tenant_id, run_id) if (e.run_seq or 0) > after_seq]
 
-    def _tenant_tail(self, tenant_id: str, position: int) -> list[Event]:
-        return [e for e in self._all_events[position:] if e.tenant_id == tenant_id]
+    def _tenant_tail(self, tenant_id: str, position: int) -> list[TenantEvent]:
+        return [
+            TenantEvent(str(index), event)
+            for index, event in enumerate(self._all_events[position:], start=position + 1)
+            if event.tenant_id == tenant_id
+        ]
 
-    async def _wait_for(self, pick: Callable[[], list[Event]]) -> list[Event]:
+    async def _wait_for(self, pick: Callable[[], list[_T]]) -> list[_T]:
         while True:
-            batch: list[Event] = pick()
+            batch = pick()
             if batch:
                 return batch
             await self._appended.wait()
@@ -213,10 +245,7 @@ class MemoryRunStateStore(RunStateStore):
 
     # --- helpers ------------------------------------------------------------------------
     def _owned(self, tenant_id: str, run_id: str) -> _Run | None:
-        run = self._runs.get(run_id)
-        if run is None or run.header.tenant_id != tenant_id:
-            return None
-        return run
+        return self._runs.get((tenant_id, run_id))
 
     def _require_run(self, tenant_id: str, run_id: str) -> _Run:
         run = self._owned(tenant_id, run_id)
@@ -233,6 +262,14 @@ class MemoryRunStateStore(RunStateStore):
             engine=h.engine, status=s.status, substatus=s.substatus,
             last_event_seq=s.last_event_seq, created_at=h.created_at, updated_at=run.updated_at,
         )
+
+
+def _parse_cursor(cursor: TenantCursor) -> int:
+    if cursor == TENANT_LOG_START:
+        return 0
+    if not isinstance(cursor, str) or not cursor.isascii() or not cursor.isdigit():
+        raise UsageError(f"not a tenant cursor of the memory store: {cursor!r}")
+    return int(cursor)
 
 
 def _result(event: Event, *, duplicate: bool) -> AppendResult:

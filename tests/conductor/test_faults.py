@@ -1,8 +1,10 @@
-"""Fault tests on a real Conductor server: a worker process killed mid-run, the server restarted
-mid-run on the same SQLite file."""
+"""Fault tests on a real Conductor server: a worker process killed mid-run (and how soon the step's
+next attempt starts), the server restarted mid-run on the same SQLite file (also while a step
+finishes during the outage)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -10,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -19,9 +22,10 @@ import pytest
 import pytest_asyncio
 from conductor_helpers import TEST_LEASE_S, make_engine
 
+from dvt_adapters_conductor.api import ConductorApi
 from dvt_engine.models.events import Event
 from dvt_engine.models.plan import PlanRef
-from dvt_engine.models.run import RunContext, RunStatus
+from dvt_engine.models.run import ConductorRunRef, RunContext, RunStatus
 from dvt_engine.ports import RunStateStore
 from dvt_engine.stores.memory import MemoryRunStateStore
 from dvt_engine.waiting import wait_for_snapshot, wait_for_terminal
@@ -62,12 +66,22 @@ def worker_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait(timeout=30)
 
 
+#: The bar for worker loss: SIGKILL of the worker running a step -> that step's next attempt
+#: starts on another worker. A lease (6 s in tests) plus the lease watcher's period (1 s) plus a
+#: poll; the server's own sweeper alone takes 60 to 120 s on its SQL queues.
+RECOVERY_BOUND_S = 10.0
+
+#: A run whose step finished while the server was away completes this soon after it is back.
+AFTER_RETURN_BOUND_S = 20.0
+
+
 def spawn(procs: list[subprocess.Popen[bytes]], store_url: str, server_url: str,
-          prefix: str) -> subprocess.Popen[bytes]:
+          prefix: str, lease_check_s: float = 1.0) -> subprocess.Popen[bytes]:
     """Start one worker process serving the task types of ``prefix``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(WORKER_SCRIPT), store_url, server_url, prefix, str(TEST_LEASE_S)],
+        [sys.executable, str(WORKER_SCRIPT), store_url, server_url, prefix, str(TEST_LEASE_S),
+         str(lease_check_s)],
         env=env, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     procs.append(proc)
@@ -102,6 +116,23 @@ def assert_exactly_once(events: list[Event], steps: list[str]) -> None:
     assert counts[("RunStarted", None, 1)] == 1
     assert counts[("RunCompleted", None, 1)] == 1
     assert [e.run_seq for e in events] == sorted(e.run_seq for e in events)
+
+
+async def outlived_a_lease(server_url: str, workflow_id: str, timeout: float = 60) -> None:
+    """Wait until the workflow's first step task has had its lease extended past one lease."""
+    api = ConductorApi(server_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            workflow = await api.run(api.get_workflow, workflow_id)
+            task = next((t for t in workflow["tasks"] if t["referenceTaskName"] == "s0"), {})
+            if task.get("status") == "IN_PROGRESS" and int(task.get("updateTime") or 0) \
+                    - int(task.get("startTime") or 0) >= TEST_LEASE_S * 1000:
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        api.close()
+    raise AssertionError(f"the step of workflow {workflow_id} never outlived a lease")
 
 
 def started(step_id: str):  # type: ignore[no-untyped-def]
@@ -141,6 +172,52 @@ async def test_killed_worker_process_is_replaced_without_losing_or_duplicating_e
     assert slow_done.engine_attempt_id >= 2  # the lost attempt was redelivered to the new worker
 
 
+async def test_worker_loss_recovers_within_seconds(
+    conductor_url: str, pg_store: PostgresRunStateStore, pg_url: str
+) -> None:
+    """SIGKILL the worker mid-step and start a new one at once: the step's next engine attempt
+    starts within RECOVERY_BOUND_S of the kill, and the run completes exactly once."""
+    prefix = f"f{uuid.uuid4().hex[:10]}"
+    engine = make_engine(conductor_url, pg_store, worker=False, task_prefix=prefix)
+    ref = await put_plan(pg_store, [
+        {"stepId": "slow", "kind": "sleep", "params": {"ms": 10000}},
+        {"stepId": "after", "kind": "noop", "dependsOn": ["slow"]},
+    ])
+    ctx = new_context()
+    try:
+        with worker_processes() as procs:
+            first = spawn(procs, pg_url, conductor_url, prefix)
+            run_ref = await engine.start_run(ref, ctx)
+            assert isinstance(run_ref, ConductorRunRef)
+            await wait_for_snapshot(pg_store, TENANT, ctx.run_id, started("slow"), timeout=60)
+            # Past its first lease the server has looked at the workflow once already, and
+            # (on its SQL queues) looks again only 60 to 120 s later: the case users hit.
+            await outlived_a_lease(conductor_url, run_ref.workflow_id)
+            first.send_signal(signal.SIGKILL)
+            killed_at = time.time()
+            first.wait(timeout=30)
+            spawn(procs, pg_url, conductor_url, prefix)
+            snap = await wait_for_terminal(pg_store, TENANT, ctx.run_id, timeout=120)
+    finally:
+        await engine.close()
+    assert snap.status == RunStatus.COMPLETED
+    events = await pg_store.fetch_events(TENANT, ctx.run_id)
+    assert_exactly_once(events, ["slow", "after"])
+    api = ConductorApi(conductor_url)
+    try:
+        workflow = api.get_workflow(run_ref.workflow_id)
+    finally:
+        api.close()
+    attempts = sorted((t for t in workflow["tasks"] if t["referenceTaskName"] == "s0"),
+                      key=lambda t: int(t["retryCount"]))
+    # The attempt the killed worker held timed out; the next one ran to the end elsewhere.
+    assert [t["status"] for t in attempts] == ["TIMED_OUT", "COMPLETED"], attempts
+    recovery_s = int(attempts[1]["startTime"]) / 1000 - killed_at
+    assert 0 < recovery_s < RECOVERY_BOUND_S, recovery_s
+    slow_done = next(e for e in events if e.event_type == "StepCompleted" and e.step_id == "slow")
+    assert slow_done.engine_attempt_id == 2
+
+
 async def test_server_restart_mid_run_resumes(conductor_server: ConductorServer) -> None:
     """Kill the server while a step runs, start it again on the same SQLite file: the run
     completes with every event exactly once."""
@@ -160,11 +237,50 @@ async def test_server_restart_mid_run_resumes(conductor_server: ConductorServer)
         # A crash, not a polite stop: SIGKILL, then start again on the same port and file.
         conductor_server.kill()
         conductor_server.start()
+        back_at = time.monotonic()
         assert conductor_server.pid != pid
         assert (conductor_server.port, conductor_server.db_path) == (port, db)
         snap = await wait_for_terminal(store, TENANT, ctx.run_id, timeout=180)
+        after_return_s = time.monotonic() - back_at
     finally:
         await engine.close()
     assert snap.status == RunStatus.COMPLETED
     assert_exactly_once(await store.fetch_events(TENANT, ctx.run_id), steps)
+    assert after_return_s < AFTER_RETURN_BOUND_S, after_return_s
+
+
+async def test_step_finishing_while_the_server_is_away_is_reported_when_it_returns(
+    conductor_server: ConductorServer,
+) -> None:
+    """The server dies mid-step and the step finishes while it is away: the worker keeps its
+    report (and the reconcile that opens the next gate) until the server is back, and the run
+    completes within seconds of the server's return."""
+    store = MemoryRunStateStore()
+    engine = make_engine(conductor_server.api_url, store)
+    steps = ["slow", "side", "joined"]
+    try:
+        ref = await put_plan(store, [
+            {"stepId": "slow", "kind": "sleep", "params": {"ms": 1500}},
+            {"stepId": "side", "kind": "echo", "params": {"x": 1}},
+            # two dependencies: this step has a gate, which only a reconcile opens
+            {"stepId": "joined", "kind": "noop", "dependsOn": ["slow", "side"]},
+        ])
+        ctx = new_context()
+        await engine.start_run(ref, ctx)
+        await wait_for_snapshot(store, TENANT, ctx.run_id,
+                                lambda s: s.step("slow").status == "RUNNING"
+                                and s.step("side").status == "SUCCESS", timeout=60)
+        conductor_server.kill()
+        # The step ends and is written to the log while no server answers.
+        await wait_for_snapshot(store, TENANT, ctx.run_id,
+                                lambda s: s.step("slow").status == "SUCCESS", timeout=30)
+        conductor_server.start()
+        back_at = time.monotonic()
+        snap = await wait_for_terminal(store, TENANT, ctx.run_id, timeout=120)
+        after_return_s = time.monotonic() - back_at
+    finally:
+        await engine.close()
+    assert snap.status == RunStatus.COMPLETED
+    assert_exactly_once(await store.fetch_events(TENANT, ctx.run_id), steps)
+    assert after_return_s < AFTER_RETURN_BOUND_S, after_return_s
 

@@ -1,0 +1,402 @@
+"""Appending to the log: runSeq assignment, duplicates and conflicts, the snapshot on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from dvt_engine.errors import RunNotFound, StoreUnavailable
+from dvt_engine.event_validation import prepared_for_storage
+from dvt_engine.identifiers import validate_identifier
+from dvt_engine.models.events import AppendResult, Event
+from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.projector import apply
+from dvt_engine.stores.fingerprint import event_fingerprint, refuse_conflict
+from dvt_statestore_pg.core import Conn, RunKey, StoreCore, utc
+
+_CACHE_RUNS = 10_000
+_STALE_LIMIT = 50
+STORE_NAME = "postgresql"
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What an appender must know of a run: its counter and current snapshot."""
+
+    last_seq: int
+    snapshot_seq: int
+    snapshot: RunSnapshot
+
+
+def _snapshot_every(snapshot: RunSnapshot) -> int:
+    # Write the stored snapshot every append for small plans; for big ones every n-th, so a
+    # 1,000-step run does not rewrite a large document per event. Readers apply the short tail.
+    return max(1, min(256, len(snapshot.steps) // 8))
+
+
+def envelope_text(event: Event) -> str:
+    """The envelope as stored: everything but the store-assigned runSeq and persistedAt."""
+    return event.model_dump_json(exclude={"run_seq", "persisted_at"})
+
+
+def events_document(events: list[Event]) -> str:
+    """The events as the JSON array the append function reads (see migrations 0002, 0003)."""
+    parts = []
+    for position, e in enumerate(events, start=1):
+        fields = json.dumps(
+            {
+                "k": e.idempotency_key,
+                "i": e.event_id,
+                "t": e.event_type,
+                "p": e.project_id,
+                "v": e.environment_id,
+                "s": e.step_id,
+                "l": e.logical_attempt_id,
+                "n": e.engine_attempt_id,
+                "at": e.emitted_at.isoformat(),
+                "o": position,
+                "h": event_fingerprint(e),
+            },
+            ensure_ascii=False,
+        )
+        # The envelope goes in as its exact text, so the log stores what was serialised.
+        parts.append(fields[:-1] + ',"e":' + envelope_text(e) + "}")
+    return "[" + ",".join(parts) + "]"
+
+
+def _check_identifiers(event: Event) -> None:
+    for name in ("tenant_id", "project_id", "environment_id", "run_id", "plan_id"):
+        validate_identifier(name, getattr(event, name))
+    if event.step_id is not None:
+        validate_identifier("step_id", event.step_id)
+
+
+def _not_found(run_id: str) -> RunNotFound:
+    return RunNotFound(f"run {run_id!r} not found", details={"runId": run_id})
+
+
+class Appender(StoreCore):
+    """append and append_batch: one server-side function call per run, under the run's lock.
+
+    Appends to one run are serialised by the run's advisory writer lock, taken inside one
+    function call, so runSeq assignment and duplicate detection are decided by the database
+    even when many writers race. The latest-status index, the stored snapshot and the outbox row are
+    written in the same transaction as the events.
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._cache: OrderedDict[RunKey, RunState] = OrderedDict()
+        # Dropped with the last holder, so the map does not grow with every run ever seen.
+        self._locks: weakref.WeakValueDictionary[RunKey, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def _run_lock(self, run: RunKey) -> asyncio.Lock:
+        lock = self._locks.get(run)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[run] = lock
+        return lock
+
+    def _remember(self, run: RunKey, state: RunState) -> None:
+        self._cache[run] = state
+        self._cache.move_to_end(run)
+        while len(self._cache) > _CACHE_RUNS:
+            self._cache.popitem(last=False)
+
+    async def _load_state(self, conn: Conn, run: RunKey, *, lock: bool = False) -> RunState | None:
+        tenant_id, run_id = run
+        if lock:
+            await conn.execute(self._q.lock_run, (tenant_id, run_id))
+        known = self._cache.get(run)
+        cur = await conn.execute(
+            self._q.load_state,
+            {"run": run_id, "tenant": tenant_id, "known": known.last_seq if known else -1},
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        last_seq, snapshot_seq, snapshot_text, seqs, envelopes = row
+        if snapshot_text is None:
+            # runSeqs are assigned once, under the run's lock: the same counter is the same log.
+            assert known is not None
+            self._cache.move_to_end(run)
+            return known
+        snapshot = RunSnapshot.model_validate_json(snapshot_text)
+        if seqs:
+            tail = [
+                Event.model_validate_json(env).model_copy(update={"run_seq": seq})
+                for seq, env in zip(seqs, envelopes, strict=True)
+            ]
+            snapshot = apply(snapshot, tail)
+        state = RunState(int(last_seq), int(snapshot_seq), snapshot)
+        self._remember(run, state)
+        return state
+
+    async def append(self, event: Event) -> AppendResult:
+        """Append one event; a repeated (runId, idempotencyKey) inserts nothing."""
+        event = prepared_for_storage(event)
+        _check_identifiers(event)
+        run = (event.tenant_id, event.run_id)
+        sent: set[str] = set()
+        # Writers of one run in this process take turns here instead of racing in the
+        # database: the cached state stays warm and the database lock is not fought over.
+        async with self._run_lock(run):
+            results, state = await self._run(
+                lambda conn: self._append_run(conn, run, [event], sent)
+            )
+        if state is not None:
+            self._remember(run, state)
+        return results[event.idempotency_key]
+
+    async def append_if_last(self, event: Event, expected_last_seq: int) -> AppendResult | None:
+        """Append ``event`` only while the run's last runSeq is ``expected_last_seq``.
+
+        One call of the append function, which already checks the expected runSeq under the
+        run's lock ("stale" otherwise): the check and the insert cannot be split by a writer.
+        """
+        event = prepared_for_storage(event)
+        _check_identifiers(event)
+        run = (event.tenant_id, event.run_id)
+        sent: set[str] = set()
+
+        async def work(conn: Conn) -> tuple[AppendResult | None, RunState | None]:
+            state = await self._load_state(conn, run)
+            if state is None:
+                raise _not_found(event.run_id)
+            if state.last_seq != expected_last_seq:
+                return None, None
+            params, new_state = self._append_params(run, state, [event])
+            try:
+                cur = await conn.execute(self._q.append, params)
+                rows = await cur.fetchall()
+            except psycopg.OperationalError:
+                sent.add(event.event_id)  # written or not: unknown
+                raise
+            for outcome, _key, seq, event_id, persisted_at, _last, stored_hash in rows:
+                if outcome == "missing":
+                    raise _not_found(event.run_id)
+                if outcome == "duplicate":
+                    await self._refuse_conflict(conn, run, event, stored_hash)
+                if outcome in ("appended", "duplicate"):
+                    mine = outcome == "appended" or event_id in sent
+                    result = AppendResult(run_seq=seq, persisted_at=utc(persisted_at),
+                                          event_id=event_id, duplicate=not mine)
+                    return result, new_state if outcome == "appended" else None
+            return None, None
+
+        async with self._run_lock(run):
+            result, state = await self._run(work)
+        if state is not None:
+            self._remember(run, state)
+        if result is None and sent:
+            # The connection was lost around a COMMIT that may have stored this very event.
+            stored = await self.get_event_by_key(event.tenant_id, event.run_id,
+                                                 event.idempotency_key)
+            if stored is not None and stored.event_id == event.event_id:
+                assert stored.run_seq is not None
+                assert stored.persisted_at is not None
+                return AppendResult(run_seq=stored.run_seq, persisted_at=stored.persisted_at,
+                                    event_id=stored.event_id, duplicate=False)
+        return result
+
+    async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
+        """Append many events in one transaction, with the same per-event guarantees."""
+        if not events:
+            return []
+        events = [prepared_for_storage(e) for e in events]
+        for event in events:
+            _check_identifiers(event)
+        groups: dict[RunKey, list[Event]] = {}
+        for event in events:
+            groups.setdefault((event.tenant_id, event.run_id), []).append(event)
+
+        sent: set[str] = set()
+
+        async def work(conn: Conn) -> dict[tuple[str, str, str], AppendResult]:
+            found: dict[tuple[str, str, str], AppendResult] = {}
+            states: dict[RunKey, RunState] = {}
+            try:
+                async with conn.transaction():
+                    if len(groups) > 1:
+                        # Every run locked before anything is written: a transaction that owns
+                        # an id never waits for a run (the tenant stream's order relies on it),
+                        # and one global lock order means two batches never deadlock.
+                        await conn.execute(
+                            self._q.lock_runs, ([t for t, _ in groups], [r for _, r in groups])
+                        )
+                    for run in sorted(groups):
+                        results, state = await self._append_run(conn, run, groups[run], sent)
+                        found.update({(*run, k): v for k, v in results.items()})
+                        if state is not None:
+                            states[run] = state
+            except psycopg.OperationalError:
+                # Lost during COMMIT, the batch may or may not be stored.
+                sent.update(e.event_id for e in events)
+                raise
+            # Only what committed may be remembered.
+            for run, state in states.items():
+                self._remember(run, state)
+            return found
+
+        found = await self._run(work)
+        answers: list[AppendResult] = []
+        seen: set[tuple[str, str, str]] = set()
+        for event in events:
+            where = (event.tenant_id, event.run_id, event.idempotency_key)
+            result = found[where]
+            if where in seen:
+                # A key repeated within the batch: the later copy is a duplicate of the first.
+                result = result.model_copy(update={"duplicate": True})
+            seen.add(where)
+            answers.append(result)
+        return answers
+
+    async def _refuse_conflict(
+        self, conn: Conn, run: RunKey, event: Event, stored_hash: str | None
+    ) -> None:
+        if stored_hash is None:
+            # Stored before content hashes existed: fingerprint the stored envelope instead.
+            cur = await conn.execute(
+                self._q.content_by_key, (run[1], run[0], event.idempotency_key)
+            )
+            row = await cur.fetchone()
+            assert row is not None  # the function just found it; committed rows never change
+            refuse_conflict(event, Event.model_validate_json(row[0]), store=STORE_NAME)
+        else:
+            refuse_conflict(event, stored_hash, store=STORE_NAME)
+
+    async def _append_run(
+        self,
+        conn: Conn,
+        run: RunKey,
+        events: list[Event],
+        sent: set[str],
+        *,
+        locked_state: RunState | None = None,
+    ) -> tuple[dict[str, AppendResult], RunState | None]:
+        """Append the events of one run: results by idempotency key, and the run's new state.
+
+        ``sent`` collects the event ids this call has sent for insertion, across attempts: an
+        attempt after a lost connection that finds one of them stored finds its own write, not
+        a duplicate. The caller remembers the new state once the transaction has committed.
+        A key stored with another event type or payload raises IdempotencyConflict before
+        anything of this call is written.
+        """
+        run_id = run[1]
+        results: dict[str, AppendResult] = {}
+        pending: list[Event] = []
+        first: dict[str, Event] = {}
+        for event in events:
+            earlier = first.get(event.idempotency_key)
+            if earlier is None:
+                first[event.idempotency_key] = event
+                pending.append(event)
+            else:
+                refuse_conflict(event, earlier, store=STORE_NAME)
+        state = locked_state or self._cache.get(run)
+        committed: RunState | None = None
+        for _ in range(_STALE_LIMIT):
+            if not pending:
+                break
+            params, new_state = self._append_params(run, state, pending)
+            try:
+                cur = await conn.execute(self._q.append, params)
+                rows = await cur.fetchall()
+            except psycopg.OperationalError:
+                if new_state is not None:
+                    sent.update(e.event_id for e in pending)  # written or not: unknown
+                raise
+            stale: int | None = None
+            appended = False
+            for outcome, key, seq, event_id, persisted_at, last_seq, stored_hash in rows:
+                if outcome == "missing":
+                    self._cache.pop(run, None)
+                    raise _not_found(run_id)
+                if outcome == "stale":
+                    stale = int(last_seq)
+                    continue
+                if outcome == "duplicate":
+                    await self._refuse_conflict(conn, run, first[key], stored_hash)
+                results[key] = AppendResult(
+                    run_seq=seq,
+                    persisted_at=utc(persisted_at),
+                    event_id=event_id,
+                    # After a lost connection the retry finds our own earlier write.
+                    duplicate=outcome == "duplicate" and event_id not in sent,
+                )
+                appended = appended or outcome == "appended"
+            if appended:
+                committed = new_state
+                break
+            pending = [e for e in pending if e.idempotency_key not in results]
+            if stale is not None and (state is None or state.last_seq != stale):
+                idle = conn.info.transaction_status == pq.TransactionStatus.IDLE
+                if state is not None and idle and pending:
+                    # Another writer got in first. Stop guessing: read the run under its lock,
+                    # so the next call cannot be stale. Under contention this is what keeps
+                    # every writer progressing instead of retrying in turn.
+                    async with conn.transaction():
+                        locked = await self._load_state(conn, run, lock=True)
+                        if locked is None:
+                            raise _not_found(run_id)
+                        more, committed = await self._append_run(
+                            conn, run, pending, sent, locked_state=locked
+                        )
+                    results.update(more)
+                    break
+                # Outside a transaction the first, cold read is optimistic; inside one the
+                # function already holds the run's lock, so this read cannot go stale.
+                state = await self._load_state(conn, run)
+                if state is None:
+                    raise _not_found(run_id)
+        else:
+            raise StoreUnavailable(
+                f"run {run_id!r} is being appended to too busily; try again",
+                details={"runId": run_id},
+            )
+        return results, committed
+
+    def _append_params(
+        self, run: RunKey, state: RunState | None, pending: list[Event]
+    ) -> tuple[tuple[Any, ...], RunState | None]:
+        tenant_id, run_id = run
+        if state is None:
+            # Unknown to this process: the call answers duplicates, or says the run is stale.
+            expected, status, substatus, snapshot_json, new_state = -1, "", None, None, None
+        else:
+            expected = state.last_seq
+            stored = [
+                e.model_copy(update={"run_seq": expected + i})
+                for i, e in enumerate(pending, start=1)
+            ]
+            snapshot = apply(state.snapshot, stored)
+            last = expected + len(pending)
+            write = snapshot.status.is_terminal or last - state.snapshot_seq >= _snapshot_every(
+                snapshot
+            )
+            snapshot_json = snapshot.model_dump_json() if write else None
+            status = snapshot.status.value
+            substatus = snapshot.substatus.value if snapshot.substatus else None
+            new_state = RunState(last, last if write else state.snapshot_seq, snapshot)
+        params = (
+            run_id,
+            tenant_id,
+            expected,
+            events_document(pending),
+            status,
+            substatus,
+            snapshot_json,
+            self.config.outbox,
+            self._channel,
+        )
+        return params, new_state

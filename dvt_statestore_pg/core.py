@@ -1,0 +1,142 @@
+"""What every part of the PostgreSQL store shares: configuration, pool, retries, row decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from dvt_engine.errors import DvtError, SchemaValidationFailed, StoreUnavailable, UsageError
+from dvt_engine.identifiers import validate_identifier
+from dvt_engine.models.events import Event
+from dvt_statestore_pg.config import StoreConfig, parse_store_url
+from dvt_statestore_pg.migrations import apply_migrations
+from dvt_statestore_pg.notify import Notifier, channel_for
+from dvt_statestore_pg.queries import Queries
+
+_T = TypeVar("_T")
+Conn = psycopg.AsyncConnection[Any]
+#: A run as the store keys it: (tenantId, runId).
+RunKey = tuple[str, str]
+
+
+def utc(value: datetime) -> datetime:
+    """A database time in UTC."""
+    return value.astimezone(UTC)
+
+
+def event_from_row(run_seq: int, persisted_at: datetime, envelope: str) -> Event:
+    """An event read back: the stored envelope plus the store-assigned runSeq and time."""
+    event = Event.model_validate_json(envelope)
+    return event.model_copy(update={"run_seq": run_seq, "persisted_at": utc(persisted_at)})
+
+
+def valid_ids(*values: str) -> bool:
+    """False for an identifier no run can have: such a read finds nothing, like an unknown id."""
+    try:
+        for value in values:
+            validate_identifier("id", value)
+    except DvtError:
+        return False
+    return True
+
+
+class StoreCore:
+    """The pool, the notification listener and the retry loop the store's parts share."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        config = parse_store_url(url)
+        known = {k: v for k, v in options.items() if k in StoreConfig.__dataclass_fields__}
+        unknown = set(options) - set(known)
+        if unknown:
+            raise UsageError(f"unknown PostgreSQL store options: {sorted(unknown)}")
+        self.config = replace(config, **known)
+        self.url = url
+        self._q = Queries(self.config.schema)
+        self._channel = channel_for(self.config.schema)
+        self._pool: AsyncConnectionPool | None = None
+        self._open_lock = asyncio.Lock()
+        self._notifier: Notifier | None = None
+
+    async def _ensure_open(self) -> AsyncConnectionPool:
+        if self._pool is not None:
+            return self._pool
+        async with self._open_lock:
+            if self._pool is not None:
+                return self._pool
+            pool = AsyncConnectionPool(
+                self.config.conninfo,
+                min_size=self.config.pool_min,
+                max_size=self.config.pool_max,
+                kwargs={"autocommit": True},
+                open=False,
+                timeout=max(self.config.timeout, 1.0),
+                name=f"dvt-{self.config.schema}",
+            )
+            try:
+                await pool.open(wait=True, timeout=max(self.config.timeout, 1.0))
+                if self.config.migrate:
+                    async with pool.connection() as conn:
+                        await apply_migrations(conn, self.config.schema)
+            except psycopg.Error as exc:
+                await pool.close()
+                raise StoreUnavailable(
+                    f"cannot open the PostgreSQL store at {self.config.redacted()}: {exc}",
+                    details={"schema": self.config.schema},
+                ) from exc
+            self._pool = pool
+            return pool
+
+    async def close(self) -> None:
+        """Stop the listener and close every connection."""
+        if self._notifier is not None:
+            await self._notifier.close()
+            self._notifier = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _notifier_for(self) -> Notifier:
+        if self._notifier is None:
+            self._notifier = Notifier(self.config.conninfo, self._channel)
+        return self._notifier
+
+    async def _run(self, work: Callable[[Conn], Awaitable[_T]]) -> _T:
+        """Run ``work`` on a pooled connection, retrying through lost connections.
+
+        Every operation routed here is idempotent (reads, and appends keyed by idempotency
+        key), so running it again after a connection died mid-way is safe.
+        """
+        pool = await self._ensure_open()
+        deadline = time.monotonic() + self.config.timeout
+        delay = 0.05
+        while True:
+            try:
+                async with pool.connection() as conn:
+                    return await work(conn)
+            except psycopg.OperationalError as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise StoreUnavailable(
+                        f"PostgreSQL store unavailable: {exc}",
+                        details={"schema": self.config.schema},
+                    ) from exc
+                await pool.check()
+                await asyncio.sleep(delay)  # back-off before reconnecting
+                delay = min(delay * 2, 1.0)
+            except psycopg.DataError as exc:
+                raise SchemaValidationFailed(
+                    f"PostgreSQL refused a value: {exc.diag.message_primary or exc}",
+                    details={"sqlstate": exc.sqlstate},
+                ) from exc
+            except psycopg.Error as exc:
+                raise StoreUnavailable(
+                    f"PostgreSQL store error: {exc.diag.message_primary or exc}",
+                    details={"sqlstate": exc.sqlstate},
+                    retryable=False,
+                ) from exc
