@@ -18,6 +18,7 @@ from dvt_engine.event_validation import prepared_for_storage
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import apply
 from dvt_engine.stores.fingerprint import event_fingerprint, refuse_conflict
 from dvt_statestore_pg.core import Conn, RunKey, StoreCore, utc
@@ -200,6 +201,7 @@ class Appender(StoreCore):
             self._remember(run, state)
         if result is None and sent:
             # The connection was lost around a COMMIT that may have stored this very event.
+            assert isinstance(self, RunStateStore)  # the assembled store
             stored = await self.get_event_by_key(event.tenant_id, event.run_id,
                                                  event.idempotency_key)
             if stored is not None and stored.event_id == event.event_id:
