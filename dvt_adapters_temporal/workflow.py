@@ -82,6 +82,9 @@ PATCH_GATE_RULES_FROM_CORE = "dvt-gate-rules-from-core"
 # ignored by the interpreter itself (older deliveries carry no attempt).
 PATCH_SIGNALS_IN_DECISION_ORDER = "dvt-signals-in-decision-order"
 SIGNAL_ORDER_WAIT = timedelta(seconds=10)
+# An attempt cancelled before it began (a pause right after its start) keeps its logical
+# attempt: the next start must follow the log's last attempt, or the store refuses it.
+PATCH_UNSTARTED_STEP_KEEPS_ATTEMPT = "dvt-unstarted-step-keeps-attempt"
 _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
 
 
@@ -366,7 +369,9 @@ class DvtRunWorkflow:
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
-                outcome = StepOutcome("cancelled", "STEP_CANCELLED", "step cancelled")
+                # Cancelled before any worker took it: no event of this attempt exists.
+                outcome = StepOutcome("cancelled", "STEP_CANCELLED", "step cancelled") \
+                    if err.started_event_id else StepOutcome(self._unstarted_outcome())
             else:
                 # Only lost workers get here (the runner settles its own failures): record
                 # the failure unless the runner already did.
@@ -385,6 +390,11 @@ class DvtRunWorkflow:
                 self._queue.append(WorkflowInput("awaiting", step_id=step_id, attempt=attempt))
             return
         self._settle(step_id, attempt, outcome)
+
+    def _unstarted_outcome(self) -> str:
+        """How an attempt stopped before it began settles (older runs: as cancelled)."""
+        return "not_started" if workflow.patched(PATCH_UNSTARTED_STEP_KEEPS_ATTEMPT) \
+            else "cancelled"
 
     def _settle(self, step_id: str, attempt: int, outcome: StepOutcome) -> None:
         # The interpreter maps the outcome to a settlement (rules.settlement) when it is fed.
@@ -433,7 +443,7 @@ class DvtRunWorkflow:
                 self._deferred = [d for d in self._deferred if d.step_id != step_id]
                 self._queue.append(WorkflowInput("settled", step_id=step_id,
                                           attempt=deferred[0].logical_attempt_id,
-                                          outcome="cancelled"))
+                                          outcome=self._unstarted_outcome()))
             elif step_id in self._gates:
                 attempt = self._gates[step_id]
                 self._activities[step_id] = asyncio.create_task(

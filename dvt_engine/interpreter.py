@@ -36,8 +36,13 @@ from dvt_engine.rules import pause as pause_rules
 from dvt_engine.rules import scheduling
 from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON as FAIL_FAST_GATE_REASON
 from dvt_engine.rules.gates import GATE_TIMER_PREFIX as GATE_TIMER_PREFIX
+from dvt_engine.rules.settlement import (
+    NOT_STARTED,
+    records_failure,
+    settlement_of,
+    step_status_after,
+)
 from dvt_engine.rules.settlement import StepSettlement as StepSettlement
-from dvt_engine.rules.settlement import records_failure, settlement_of, step_status_after
 from dvt_engine.statemachine import RUN_AWAITING_OPERATOR
 
 OPERATOR_TIMER_PREFIX = "operator:"
@@ -126,6 +131,9 @@ class RunInterpreter:
         state.awaiting_approval = False
         paused = step_id in self.paused_cancellations
         self.paused_cancellations.discard(step_id)
+        if outcome == NOT_STARTED:
+            state.status = StepStatus.PENDING
+            return self.advance()
         if pause_rules.runs_again_on_resume(outcome, paused, self.cancel_requested):
             state.status = StepStatus.PENDING
             state.logical_attempt_id += 1

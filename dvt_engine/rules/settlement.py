@@ -14,8 +14,12 @@ from dvt_engine.errors import ErrorCode
 from dvt_engine.models.run import StepStatus
 from dvt_engine.models.snapshot import StepError
 
-StepSettlement = Literal["succeeded", "failed", "cancelled", "refused"]
-SETTLEMENTS: tuple[StepSettlement, ...] = ("succeeded", "failed", "cancelled", "refused")
+StepSettlement = Literal["succeeded", "failed", "cancelled", "refused", "not_started"]
+SETTLEMENTS: tuple[StepSettlement, ...] = (
+    "succeeded", "failed", "cancelled", "refused", "not_started")
+#: An attempt stopped before it began (no event of it exists): the step is PENDING again with
+#: the same logical attempt, so the log's attempt numbers stay consecutive.
+NOT_STARTED: StepSettlement = "not_started"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ def step_status_after(outcome: StepSettlement) -> StepStatus:
         return StepStatus.SUCCESS
     if outcome == "refused":
         return StepStatus.SKIPPED
+    if outcome == NOT_STARTED:
+        return StepStatus.PENDING
     return StepStatus.FAILED
 
 
