@@ -25,7 +25,7 @@ from contract_tests.engine_harness import (
     plan_document,
 )
 from dvt_engine.engines.reference import ReferenceEngine
-from dvt_engine.interpreter import RunInterpreter
+from dvt_engine.interpreter import RunInterpreter, StartStep
 from dvt_engine.models.events import Event
 from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import RunStatus
@@ -148,3 +148,17 @@ def test_a_step_signal_for_an_attempt_the_step_has_left_is_ignored() -> None:
     # A second retry decided for attempt 1 and applied late must not start attempt 3.
     assert interp.signal_accepted(SignalType.RETRY_STEP, {"stepId": "bad"}, attempt=1) == []
     assert interp.steps["bad"].logical_attempt_id == 2
+
+
+def test_an_attempt_stopped_before_it_began_keeps_its_number() -> None:
+    """A pause that cancels an attempt no worker took yet: the rerun is the same attempt, so
+    the log's attempts stay consecutive (the store refuses a gap)."""
+    plan = ExecutionPlan.model_validate(plan_document(
+        "unstarted", [{"stepId": "s", "kind": "noop"}]))
+    interp = RunInterpreter(plan, cancel_in_flight_on_pause=True)
+    assert interp.begin() == [StartStep("s", 1)]
+    interp.signal_accepted(SignalType.PAUSE, {})
+    assert interp.settle("s", 1, "not_started") == []
+    assert interp.steps["s"].logical_attempt_id == 1
+    resumed = interp.signal_accepted(SignalType.RESUME, {})
+    assert StartStep("s", 1) in resumed
