@@ -253,9 +253,12 @@ class SignalRuleTests(EngineSuiteBase):
         self, engine_harness: EngineHarness
     ) -> None:
         """APPROVE and REJECT of one gate at once: one is accepted, the other is refused with
-        STEP_NOT_AWAITING_APPROVAL, and the run ends as the accepted one says."""
+        STEP_NOT_AWAITING_APPROVAL, and the gate ends as the accepted one says. (A long step
+        keeps the run alive, so the second decision never meets a run the first one ended.)"""
         for _ in range(3):
-            run = await self.start_at_gate(engine_harness)
+            run = await self.start(engine_harness, GATE_AND_LONG_PLAN)
+            await run.wait(lambda s: s.step("gate").substatus == "AWAITING_APPROVAL",
+                           "gate waits")
             answers = await asyncio.gather(*(
                 run.signal(SignalType.APPROVE_STEP, APPROVER, {"stepId": "gate", "decision": d})
                 for d in ("approve", "reject")))
@@ -264,12 +267,15 @@ class SignalRuleTests(EngineSuiteBase):
             assert (len(accepted), len(refused)) == (1, 1), answers
             assert refused[0].error_code == ErrorCode.STEP_NOT_AWAITING_APPROVAL
             assert not accepted[0].no_op
-            snap = await run.finished()
             approved = accepted[0] is answers[0]
-            assert snap.status == (RunStatus.COMPLETED if approved else RunStatus.FAILED)
+            snap = await run.wait(lambda s: s.step("gate").status in _DECIDED, "gate decided")
+            assert snap.step("gate").status == \
+                (StepStatus.SUCCESS if approved else StepStatus.FAILED)
             gate = [e for e in await run.events() if e.step_id == "gate"
                     and e.event_type in ("StepCompleted", "StepFailed")]
             assert [e.caused_by_signal_id for e in gate] == [accepted[0].signal_id]
+            await engine_harness.engine.cancel_run(run.ref, "done")
+            await run.finished()
 
     async def test_two_concurrent_retries_of_a_failed_step_start_one_attempt(
         self, engine_harness: EngineHarness
@@ -339,6 +345,11 @@ class SignalRuleTests(EngineSuiteBase):
 
 LONG_PLAN = plan_document("suite-long", [
     {"stepId": "long", "kind": "sleep", "params": {"ms": 600_000}},
+])
+_DECIDED = (StepStatus.SUCCESS, StepStatus.FAILED)
+GATE_AND_LONG_PLAN = plan_document("suite-gate-long", [
+    {"stepId": "long", "kind": "sleep", "params": {"ms": 600_000}},
+    {"stepId": "gate", "kind": "approval"},
 ])
 
 
