@@ -24,9 +24,10 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).resolve().parent
 LINT_PATHS = ["dvt_engine", "dvt_cli", "dvt_statestore_pg", "dvt_adapters_temporal",
               "dvt_adapters_conductor", "dvt_local", "dvt_testing", "contract_tests", "tests",
-              "benchmarks", "noxfile.py"]
-#: Type-checked with --strict: the pure core, the CLI, the local servers and the pytest plugin.
-TYPED_PATHS = ["dvt_engine", "dvt_cli", "dvt_local", "dvt_testing"]
+              "benchmarks", "noxfile.py", "dvt_api"]
+#: Type-checked with --strict: the pure core, the CLI, the local servers, the pytest plugin and
+#: the HTTP service.
+TYPED_PATHS = ["dvt_engine", "dvt_cli", "dvt_local", "dvt_testing", "dvt_api"]
 
 
 def _install(session: nox.Session, extras: str = "all,dev") -> None:
@@ -85,10 +86,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Regenerate docs/errors.md and the JSON Schemas; fail when either was out of date."""
-    _install(session, "dev")
+    """Check docs/errors.md, the JSON Schemas and docs/openapi.json against the code."""
+    _install(session, "api,dev")
     session.run("python", "-m", "dvt_cli.errors_doc", "--check")
     session.run("python", "-m", "dvt_engine.schemas.export", "--check")
+    session.run("python", "-m", "dvt_api.openapi", "--check")
 
 
 @nox.session

@@ -34,7 +34,9 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from benchmarks.bench_store import BENCH_SETTINGS, Row, _decision, latency_row, percentile, render
+from benchmarks.bench_store import bench_server
+from benchmarks.store_scenarios import decision_event
+from benchmarks.store_table import Row, latency_row, percentile, render
 from contract_tests.store_helpers import TenantCollector, make_header
 from dvt_engine.eventlog import EventFactory
 from dvt_engine.models.events import Event
@@ -43,7 +45,6 @@ from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import (
     create_schema,
     drop_schema,
-    start_managed_postgres,
     store_url,
     unique_schema_name,
 )
@@ -90,12 +91,12 @@ async def _variant(dsn: str, schema: str, mode: str, args: argparse.Namespace) -
         # Each writer has its own run: what is measured is what writers of different runs
         # cost each other, which is all the ordering can add.
         singles = [
-            [_decision(factories[i % RUNS], f"one-{i}-{n}") for n in range(per_writer)]
+            [decision_event(factories[i % RUNS], f"one-{i}-{n}") for n in range(per_writer)]
             for i in range(WRITERS)
         ]
         batches = [
             [
-                [_decision(factories[i % RUNS], f"b-{i}-{n}-{k}") for k in range(10)]
+                [decision_event(factories[i % RUNS], f"b-{i}-{n}-{k}") for k in range(10)]
                 for n in range(per_writer // 10)
             ]
             for i in range(WRITERS)
@@ -177,17 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.events = 400
-    if args.dsn:
-        print(asyncio.run(run(args, args.dsn, "external (--dsn)")))
-        return
-    pg = start_managed_postgres(settings=BENCH_SETTINGS)
-    try:
-        with psycopg.connect(pg.dsn()) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-        server = f"PostgreSQL {version[0] if version else '?'}, fsync on, synchronous_commit on"
-        print(asyncio.run(run(args, pg.dsn(), server)))
-    finally:
-        pg.destroy()
+    with bench_server(args.dsn) as (dsn, server):
+        print(asyncio.run(run(args, dsn, server)))
 
 
 if __name__ == "__main__":

@@ -159,19 +159,23 @@ def _json_diff(a: Any, b: Any) -> str:
 # --- command line ----------------------------------------------------------------------------
 
 
-async def _regenerate(ids: Sequence[str], *, dry_run: bool) -> int:
+async def _on_reference(scenario: Scenario) -> ScenarioOutcome:
     from dvt_engine.plugins import open_engine
     from dvt_engine.stores.memory import MemoryRunStateStore
 
+    store = MemoryRunStateStore()
+    engine = open_engine("reference", store=store)
+    try:
+        return await execute_scenario(scenario, engine, store)
+    finally:
+        await engine.close()
+
+
+async def _regenerate(ids: Sequence[str], *, dry_run: bool) -> int:
     selected = [get_scenario(i) for i in ids] if ids else load_scenarios()
     failures = 0
     for scenario in selected:
-        store = MemoryRunStateStore()
-        engine = open_engine("reference", store=store)
-        try:
-            outcome = await execute_scenario(scenario, engine, store)
-        finally:
-            await engine.close()
+        outcome = await _on_reference(scenario)
         problems = check_intent(scenario, outcome)
         if outcome.record is not None:
             problems += dag_violations(outcome.events, outcome.record.dependencies)
@@ -192,18 +196,10 @@ async def _regenerate(ids: Sequence[str], *, dry_run: bool) -> int:
 
 
 async def _check(ids: Sequence[str]) -> int:
-    from dvt_engine.plugins import open_engine
-    from dvt_engine.stores.memory import MemoryRunStateStore
-
     selected = [get_scenario(i) for i in ids] if ids else load_scenarios()
     failures = 0
     for scenario in selected:
-        store = MemoryRunStateStore()
-        engine = open_engine("reference", store=store)
-        try:
-            outcome = await execute_scenario(scenario, engine, store)
-        finally:
-            await engine.close()
+        outcome = await _on_reference(scenario)
         problems = check_intent(scenario, outcome)
         problems += [f"[{d.kind}] {d.message}"
                      for d in compare_with_expected(outcome, scenario.expected, "reference")]

@@ -239,6 +239,28 @@ class RunsContract(StoreSuiteBase):
         assert await store.list_runs(tenant, limit=0) == []
         assert await store.list_runs(new_id("tenant")) == []
 
+    async def test_list_runs_pages_by_keyset_without_gaps_or_repeats(
+        self, store: RunStateStore
+    ) -> None:
+        tenant = new_id("tenant")
+        base = datetime(2026, 11, 1, tzinfo=UTC)
+        # Two runs share a creation time: the runId breaks the tie, so neither is lost.
+        times = [base, base + timedelta(minutes=1), base + timedelta(minutes=1),
+                 base + timedelta(minutes=2), base + timedelta(minutes=3)]
+        for at in times:
+            await self.registered(store, tenant_id=tenant, created_at=at)
+        everything = [r.run_id for r in await store.list_runs(tenant)]
+        paged: list[str] = []
+        before = None
+        while True:
+            page = await store.list_runs(tenant, limit=2, before=before)
+            paged += [r.run_id for r in page]
+            if len(page) < 2:
+                break
+            before = (page[-1].created_at, page[-1].run_id)
+        assert paged == everything
+        assert len(set(paged)) == len(times)
+
     # --- plan registry ----------------------------------------------------------------------
     async def test_plan_registry_is_content_addressed(self, store: RunStateStore) -> None:
         data = ('{"metadata": {"planId": "p"}, "note": "' + uuid.uuid4().hex + '"}').encode()

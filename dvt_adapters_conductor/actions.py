@@ -88,16 +88,8 @@ class ConductorActions(RunAccess):
                 queue += await self._start_step(ctx, interp, command, tasks, workflow, result)
             elif isinstance(command, CancelSteps):
                 queue += await self._cancel_gates(ctx, interp, command, tasks, workflow)
-            elif isinstance(command, WriteRunEvent):
-                await self.append(ctx, factory.run_event(
-                    command.event_type, dict(command.payload),
-                    discriminator=command.discriminator,
-                    caused_by_signal_id=command.caused_by_signal_id))
-            elif isinstance(command, WriteStepEvent):
-                await self.append(ctx, factory.step_event(
-                    command.event_type, command.step_id, dict(command.payload),
-                    logical_attempt_id=command.logical_attempt_id,
-                    caused_by_signal_id=command.caused_by_signal_id))
+            elif isinstance(command, WriteRunEvent | WriteStepEvent | Finish):
+                await self.append(ctx, factory.command_event(command))
             elif isinstance(command, ResolveGate):
                 outcome = await self.runner.complete_gate(
                     self.invocation(ctx, command.step_id, command.logical_attempt_id),
@@ -116,9 +108,6 @@ class ConductorActions(RunAccess):
                 # Timers are computed from the log on every reconcile (see _due_timers); the
                 # sweeper only needs to know that this run has one pending.
                 self.timers.setdefault(ctx.key, time.monotonic() + command.delay_ms / 1000)
-            elif isinstance(command, Finish):
-                await self.append(ctx, factory.run_event(command.event_type,
-                                                         dict(command.payload)))
 
     def _settle(self, interp: RunInterpreter, step_id: str, attempt: int,
                 outcome: StepOutcome) -> list[Command]:

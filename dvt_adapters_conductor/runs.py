@@ -44,11 +44,12 @@ class RunContext:
     plan: ExecutionPlan
     workflow_name: str
     workflow_id: str | None = None
-    index: dict[str, int] = field(default_factory=dict)
-    #: plan positions of the steps that head a branch (only they have a gate)
-    gated: set[int] = field(default_factory=set)
-    #: approval steps, and those whose HUMAN task is known to be closed
-    approvals: set[str] = field(default_factory=set)
+    #: derived from the plan: each step's position, the positions of the steps that head a
+    #: branch (only they have a gate), the approval steps
+    index: dict[str, int] = field(init=False)
+    gated: set[int] = field(init=False)
+    approvals: set[str] = field(init=False)
+    #: approval steps whose HUMAN task is known to be closed
     humans_settled: set[str] = field(default_factory=set)
     #: gate task ids by reference name: created with the fork, they never change
     gate_ids: dict[str, str] = field(default_factory=dict)

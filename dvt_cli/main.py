@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dvt_cli import ops, runs
+from dvt_cli import ops, runs, serve
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.output import EXIT_REFUSED, emit_json, say
 from dvt_cli.session import import_handlers
@@ -293,6 +293,10 @@ def down(purge: bool, as_json: bool) -> None:
 def dev_status(as_json: bool) -> None:
     """Show which local servers run."""
     execute(as_json, lambda: ops.show_dev(Settings(json=as_json)))
+
+
+cli.add_command(serve.serve)
+cli.add_command(serve.keys)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from dvt_cli.settings import Settings
 from dvt_engine.errors import RunNotFound, SchemaValidationFailed, UsageError
 from dvt_engine.idempotency import run_request_key
 from dvt_engine.identifiers import validate_identifier
-from dvt_engine.models.events import Event
+from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader, RunStatus
 from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
@@ -30,7 +30,6 @@ from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
 from dvt_engine.waiting import wait_for_snapshot
 
-TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 # After the terminal event is in the log, the stored snapshot follows within this bound.
 SNAPSHOT_CATCH_UP_S = 30.0
 
@@ -154,7 +153,7 @@ async def follow_to_end(store: RunStateStore, tenant: str, run_id: str,
     async for event in store.follow(tenant, run_id, after_seq=0):
         if printer is not None:
             printer(event)
-        if event.event_type in TERMINAL_EVENTS:
+        if event.event_type in TERMINAL_RUN_EVENTS:
             break
     return await wait_for_snapshot(store, tenant, run_id, lambda s: s.status.is_terminal,
                                    timeout=SNAPSHOT_CATCH_UP_S)
@@ -245,7 +244,7 @@ async def show_events(settings: Settings, run_id: str, follow: bool,
             last_seq = event.run_seq or last_seq
             if until is not None and event.event_type == until:
                 return out.EXIT_OK
-            ended = ended or event.event_type in TERMINAL_EVENTS
+            ended = ended or event.event_type in TERMINAL_RUN_EVENTS
         if ended or not (follow or until is not None):
             return out.EXIT_OK
         async for event in store.follow(tenant, run_id, after_seq=last_seq):
@@ -253,7 +252,7 @@ async def show_events(settings: Settings, run_id: str, follow: bool,
             last_seq = event.run_seq or last_seq
             if until is not None and event.event_type == until:
                 return out.EXIT_OK
-            if event.event_type in TERMINAL_EVENTS:
+            if event.event_type in TERMINAL_RUN_EVENTS:
                 break
         # Decisions on signals that arrived after the end (e.g. a rejected PAUSE) follow the
         # terminal event in the log; they are part of the run's record.

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from dvt_engine.errors import RunNotFound, UsageError
-from dvt_engine.models.events import Event, EventType
+from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import EngineRunRef, RunContext, RunStatus, RunSummary
 from dvt_engine.models.signals import (
@@ -64,9 +64,6 @@ from dvt_engine.waiting import wait_for_terminal
 PlanInput = PlanRef | ExecutionPlan | Mapping[str, Any] | bytes | str | os.PathLike[str]
 """What ``start_run`` takes: a stored PlanRef, a plan document (dict, e.g. from PlanBuilder),
 an ExecutionPlan, the plan file's bytes or JSON text, or a path to the file."""
-
-TERMINAL_EVENTS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED,
-                             EventType.RUN_CANCELLED})
 
 _RUN_REF = TypeAdapter(EngineRunRef)
 
@@ -269,13 +266,13 @@ class RunHandle:
         for event in await store.fetch_events(tenant, self.run_id, after_seq=after_seq):
             yield event
             last = event.run_seq or last
-            if follow and event.event_type in TERMINAL_EVENTS:
+            if follow and event.event_type in TERMINAL_RUN_EVENTS:
                 return
         if not follow or snapshot.status.is_terminal:
             return
         async for event in store.follow(tenant, self.run_id, after_seq=last):
             yield event
-            if event.event_type in TERMINAL_EVENTS:
+            if event.event_type in TERMINAL_RUN_EVENTS:
                 return
 
     # --- signals -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dvt_engine import telemetry
+from dvt_engine.commands import Finish, WriteRunEvent, WriteStepEvent
 from dvt_engine.errors import IllegalTransition, RunNotFound
 from dvt_engine.idempotency import event_key
 from dvt_engine.identity import RunIdentity
@@ -101,6 +102,18 @@ class EventFactory:
             engine_attempt_id=engine_attempt_id,
             caused_by_signal_id=caused_by_signal_id,
         )
+
+    def command_event(self, command: WriteRunEvent | WriteStepEvent | Finish) -> Event:
+        """The event an interpreter command asks the engine to write."""
+        if isinstance(command, WriteStepEvent):
+            return self.step_event(command.event_type, command.step_id, command.payload,
+                                   logical_attempt_id=command.logical_attempt_id,
+                                   caused_by_signal_id=command.caused_by_signal_id)
+        if isinstance(command, WriteRunEvent):
+            return self.run_event(command.event_type, command.payload,
+                                  discriminator=command.discriminator,
+                                  caused_by_signal_id=command.caused_by_signal_id)
+        return self.run_event(command.event_type, command.payload)
 
     def signal_event(
         self, event_type: str, signal_key: str, payload: Mapping[str, Any]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from dvt_engine.models.events import AppendResult, Event
@@ -72,8 +73,13 @@ class RunStateStore(abc.ABC):
         project_id: str | None = None,
         environment_id: str | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[RunSummary]:
-        """Runs of a tenant from the latest-status index, newest first."""
+        """Runs of a tenant from the latest-status index, newest first.
+
+        ``before`` is a keyset cursor ``(createdAt, runId)``: only runs ordered after it (older,
+        or as old with a smaller runId) are returned, so pages never skip or repeat a run.
+        """
 
     # --- the log ------------------------------------------------------------------------
     @abc.abstractmethod

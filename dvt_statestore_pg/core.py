@@ -31,6 +31,15 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def store_error(exc: psycopg.Error) -> StoreUnavailable:
+    """A database error that a retry will not cure, as the store's coded error."""
+    return StoreUnavailable(
+        f"PostgreSQL store error: {exc.diag.message_primary or exc}",
+        details={"sqlstate": exc.sqlstate},
+        retryable=False,
+    )
+
+
 def event_from_row(run_seq: int, persisted_at: datetime, envelope: str) -> Event:
     """An event read back: the stored envelope plus the store-assigned runSeq and time."""
     event = Event.model_validate_json(envelope)
@@ -135,8 +144,4 @@ class StoreCore:
                     details={"sqlstate": exc.sqlstate},
                 ) from exc
             except psycopg.Error as exc:
-                raise StoreUnavailable(
-                    f"PostgreSQL store error: {exc.diag.message_primary or exc}",
-                    details={"sqlstate": exc.sqlstate},
-                    retryable=False,
-                ) from exc
+                raise store_error(exc) from exc

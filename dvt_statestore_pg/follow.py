@@ -22,7 +22,7 @@ import psycopg
 from dvt_engine.errors import StoreUnavailable, UsageError
 from dvt_engine.models.events import Event
 from dvt_engine.ports import TENANT_LOG_START, TenantCursor, TenantEvent
-from dvt_statestore_pg.core import Conn, StoreCore, event_from_row, valid_ids
+from dvt_statestore_pg.core import Conn, StoreCore, event_from_row, store_error, valid_ids
 from dvt_statestore_pg.notify import Notifier
 
 FOLLOW_PAGE = 500
@@ -75,11 +75,7 @@ class FollowerConnection:
                 await asyncio.sleep(delay)  # back-off before reconnecting
                 delay = min(delay * 2, self._max_delay)
             except psycopg.Error as exc:
-                raise StoreUnavailable(
-                    f"PostgreSQL store error: {exc.diag.message_primary or exc}",
-                    details={"sqlstate": exc.sqlstate},
-                    retryable=False,
-                ) from exc
+                raise store_error(exc) from exc
 
     async def close(self) -> None:
         """Close the connection (a later ``run`` opens a new one)."""

@@ -101,7 +101,9 @@ class Queries:
         """A run's header, for its tenant only."""
         return self._fmt("SELECT header::text FROM {dvt_runs} WHERE run_id = %s AND tenant_id = %s")
 
-    def list_runs(self, *, status: bool, project: bool, environment: bool) -> str:
+    def list_runs(
+        self, *, status: bool, project: bool, environment: bool, before: bool = False
+    ) -> str:
         """The latest-status index, newest first; only the filters asked for are in the SQL."""
         where = ["tenant_id = %(tenant)s"]
         if status:
@@ -110,6 +112,8 @@ class Queries:
             where.append("project_id = %(project)s")
         if environment:
             where.append("environment_id = %(environment)s")
+        if before:
+            where.append("(created_at, run_id) < (%(before_at)s, %(before_id)s)")
         return self._fmt(
             "SELECT run_id, tenant_id, project_id, environment_id, plan_id, plan_version, engine,"
             " status, substatus, last_seq, created_at, updated_at FROM {dvt_runs} WHERE "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from dvt_engine.errors import RunNotFound, UsageError
@@ -105,8 +106,9 @@ class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
         project_id: str | None = None,
         environment_id: str | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[RunSummary]:
-        """Runs of a tenant from the latest-status index, newest first."""
+        """Runs of a tenant from the latest-status index, newest first (keyset ``before``)."""
         if limit <= 0 or not valid_ids(tenant_id):
             return []
         for value in (project_id, environment_id):
@@ -116,6 +118,7 @@ class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
             status=bool(status),
             project=project_id is not None,
             environment=environment_id is not None,
+            before=before is not None,
         )
         params = {
             "tenant": tenant_id,
@@ -123,6 +126,8 @@ class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
             "project": project_id,
             "environment": environment_id,
             "limit": limit,
+            "before_at": before[0] if before else None,
+            "before_id": before[1] if before else None,
         }
 
         async def work(conn: Conn) -> list[RunSummary]:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.plugins import open_store
+from dvt_engine.waiting import wait_for_snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 PLANS = REPO / "golden_fixtures" / "plans"
@@ -67,3 +73,28 @@ def invoke(capsys: pytest.CaptureFixture[str], args: list[str],
             code = done.code if isinstance(done.code, int) else 1
     captured = capsys.readouterr()
     return Result(code, captured.out, captured.err)
+
+
+def process_env(values: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without any CLI variable, plus ``values``: for a subprocess."""
+    clean = {k: v for k, v in os.environ.items() if k not in CLI_ENV}
+    return {**clean, **values}
+
+
+async def wait_for_run(store_url: str, tenant: str, run_id: str,
+                       predicate: Callable[[RunSnapshot], bool], timeout: float) -> RunSnapshot:
+    """Wait on the store (condition-based, bounded) until the run's snapshot satisfies it."""
+    store = await open_store(store_url)
+    try:
+        # The starting process may still be importing: wait for the run to be registered,
+        # re-checking whenever the tenant's log moves and at least once a second.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await store.get_run(tenant, run_id) is None:
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"run {run_id} was not registered within {timeout}s")
+            async with contextlib.aclosing(store.follow(tenant, None)) as events:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(anext(events), 1.0)
+        return await wait_for_snapshot(store, tenant, run_id, predicate, timeout=timeout)
+    finally:
+        await store.close()

@@ -9,21 +9,14 @@ processes against one dev server and check every status; a single crash fails th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cli_helpers import CLI_ENV, PLANS
-
-from dvt_engine.models.snapshot import RunSnapshot
-from dvt_engine.plugins import open_store
-from dvt_engine.waiting import wait_for_snapshot
+from cli_helpers import PLANS, process_env, wait_for_run
 
 TIMEOUT_S = 180
 WAIT_S = 90.0
@@ -45,8 +38,7 @@ def store_url(dvt_postgres_store_url: str) -> str:
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if k not in CLI_ENV}
-    return {**clean, "DVT_HOME": str(tmp_path / "home"), **extra}
+    return process_env({"DVT_HOME": str(tmp_path / "home"), **extra})
 
 
 def dvt(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -79,22 +71,6 @@ def test_run_and_parity_on_temporal_exit_with_their_status(
             assert json.loads(done.stdout)["status"] == "COMPLETED"
 
 
-async def _wait(store_url: str, tenant: str, run_id: str, predicate: Any) -> RunSnapshot:
-    store = await open_store(store_url)
-    try:
-        deadline = asyncio.get_running_loop().time() + WAIT_S
-        while await store.get_run(tenant, run_id) is None:
-            if asyncio.get_running_loop().time() > deadline:
-                pytest.fail(f"run {run_id} was not registered within {WAIT_S}s")
-            # Re-check whenever the tenant's log moves, and at least once a second.
-            async with contextlib.aclosing(store.follow(tenant, None)) as events:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(anext(events), 1.0)
-        return await wait_for_snapshot(store, tenant, run_id, predicate, timeout=WAIT_S)
-    finally:
-        await store.close()
-
-
 def test_signals_to_a_running_temporal_run_exit_with_their_status(
     tmp_path: Path, temporal_address: str, store_url: str
 ) -> None:
@@ -108,8 +84,9 @@ def test_signals_to_a_running_temporal_run_exit_with_their_status(
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL)
     try:
-        asyncio.run(_wait(store_url, tenant, run_id,
-                          lambda s: s.step("signoff").substatus == "AWAITING_APPROVAL"))
+        asyncio.run(wait_for_run(store_url, tenant, run_id,
+                                 lambda s: s.step("signoff").substatus == "AWAITING_APPROVAL",
+                                 WAIT_S))
         for attempt in range(SIGNALS):
             action = "resume" if attempt % 2 else "pause"
             done = dvt(["signal", run_id, action], env)

@@ -10,9 +10,7 @@ A server that cannot start fails these tests; nothing is skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,11 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import CLI_ENV, PLANS, Result, invoke
+from cli_helpers import PLANS, Result, invoke, process_env, wait_for_run
 
 from dvt_engine.models.snapshot import RunSnapshot
-from dvt_engine.plugins import open_store
-from dvt_engine.waiting import wait_for_snapshot
 
 PROCESS_TIMEOUT_S = 180
 WAIT_S = 90.0
@@ -60,8 +56,7 @@ def dvt(capsys: pytest.CaptureFixture[str], env: dict[str, str]) -> Any:
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     """`dvt ARGS` as a background process."""
-    clean = {k: v for k, v in os.environ.items() if k not in CLI_ENV}
-    return subprocess.Popen([sys.executable, "-m", "dvt_cli", *args], env={**clean, **env},
+    return subprocess.Popen([sys.executable, "-m", "dvt_cli", *args], env=process_env(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
 
@@ -74,24 +69,6 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
         out, err = process.communicate()
         pytest.fail(f"dvt did not finish within {PROCESS_TIMEOUT_S}s: {err[-2000:]}")
     return process.returncode, out, err
-
-
-async def wait_for(store_url: str, tenant: str, run_id: str, predicate: Any) -> RunSnapshot:
-    """Wait on the store (condition-based, bounded) until the run's snapshot satisfies it."""
-    store = await open_store(store_url)
-    try:
-        # The starting process may still be importing: wait for the run to be registered,
-        # re-checking whenever the tenant's log moves and at least once a second.
-        deadline = asyncio.get_running_loop().time() + WAIT_S
-        while await store.get_run(tenant, run_id) is None:
-            if asyncio.get_running_loop().time() > deadline:
-                pytest.fail(f"run {run_id} was not registered within {WAIT_S}s")
-            async with contextlib.aclosing(store.follow(tenant, None)) as events:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(anext(events), 1.0)
-        return await wait_for_snapshot(store, tenant, run_id, predicate, timeout=WAIT_S)
-    finally:
-        await store.close()
 
 
 def awaiting(step_id: str) -> Any:
@@ -153,7 +130,8 @@ def test_signal_from_another_process_approves_a_gate_on_temporal(
     runner = spawn(["run", str(PLANS / "approval.json"), "--engine", "temporal", "--run-id",
                     run_id, "--json"], proc_env)
     try:
-        asyncio.run(wait_for(store_url, env["DVT_TENANT"], run_id, awaiting("signoff")))
+        asyncio.run(wait_for_run(store_url, env["DVT_TENANT"], run_id, awaiting("signoff"),
+                                 WAIT_S))
         follower = spawn(["events", run_id, "--follow", "--json"], proc_env)
         refused = dvt("signal", run_id, "approve", "signoff", "--role", "operator", "--json",
                       DVT_TEMPORAL_ADDRESS=temporal_address)
@@ -197,8 +175,8 @@ def test_worker_executes_runs_started_without_one(
     worker = spawn(["worker", "--engine", "temporal"],
                    {**env, "DVT_TEMPORAL_ADDRESS": temporal_address})
     try:
-        snapshot = asyncio.run(wait_for(store_url, env["DVT_TENANT"], run_id,
-                                        lambda s: s.status.is_terminal))
+        snapshot = asyncio.run(wait_for_run(store_url, env["DVT_TENANT"], run_id,
+                                            lambda s: s.status.is_terminal, WAIT_S))
     finally:
         worker.send_signal(signal.SIGTERM)
         code, _out, err = finish(worker)

@@ -221,22 +221,8 @@ class _RunDriver:
         elif isinstance(command, CancelSteps):
             for step_id in command.step_ids:
                 await self._cancel_step(step_id, command.reason)
-        elif isinstance(command, WriteRunEvent):
-            await self.writer.append(
-                self.factory.run_event(
-                    command.event_type, dict(command.payload),
-                    discriminator=command.discriminator,
-                    caused_by_signal_id=command.caused_by_signal_id,
-                )
-            )
-        elif isinstance(command, WriteStepEvent):
-            await self.writer.append(
-                self.factory.step_event(
-                    command.event_type, command.step_id, dict(command.payload),
-                    logical_attempt_id=command.logical_attempt_id,
-                    caused_by_signal_id=command.caused_by_signal_id,
-                )
-            )
+        elif isinstance(command, WriteRunEvent | WriteStepEvent | Finish):
+            await self.writer.append(self.factory.command_event(command))
         elif isinstance(command, ResolveGate):
             gate = self.gates.pop(command.step_id)
             outcome = await self.engine.runner.complete_gate(
@@ -250,10 +236,6 @@ class _RunDriver:
             self._settle(command.step_id, command.logical_attempt_id, outcome)
         elif isinstance(command, StartTimer):
             self.timers.append(asyncio.create_task(self._timer(command.name, command.delay_ms)))
-        elif isinstance(command, Finish):
-            await self.writer.append(
-                self.factory.run_event(command.event_type, dict(command.payload))
-            )
 
     def _invocation(self, step_id: str, attempt: int, engine_attempt: int) -> StepInvocation:
         h = self.header

@@ -37,6 +37,11 @@ class EventType(StrEnum):
         return self.value.startswith("Step")
 
 
+# The events that give a run its terminal status (followers stop at one).
+TERMINAL_RUN_EVENTS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED,
+                                 EventType.RUN_CANCELLED})
+
+
 EmittedBy = Literal["engine", "step-runner", "operator", "store", "cli"]
 
 

@@ -83,8 +83,9 @@ class MemoryRunStateStore(RunStateStore):
         project_id: str | None = None,
         environment_id: str | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[RunSummary]:
-        """Runs of a tenant, newest first."""
+        """Runs of a tenant, newest first (after the ``before`` cursor when given)."""
         wanted = set(status) if status else None
         rows = [
             r for r in self._runs.values()
@@ -92,6 +93,7 @@ class MemoryRunStateStore(RunStateStore):
             and (wanted is None or r.snapshot.status in wanted)
             and (project_id is None or r.header.project_id == project_id)
             and (environment_id is None or r.header.environment_id == environment_id)
+            and (before is None or (r.header.created_at, r.header.run_id) < before)
         ]
         rows.sort(key=lambda r: (r.header.created_at, r.header.run_id), reverse=True)
         return [self._summary(r) for r in rows[: max(0, limit)]]

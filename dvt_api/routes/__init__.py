@@ -1,0 +1,1 @@
+"""One router module per resource; dvt_api.app includes them all."""

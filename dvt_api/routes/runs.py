@@ -1,0 +1,133 @@
+"""Runs: create (runner, idempotent), list and read (reader)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query
+from starlette.responses import JSONResponse, Response
+
+from dvt_api import idempotency
+from dvt_api.auth import Principal, role, services
+from dvt_api.planning import accept_plan, refused, report_for, unknown_plan
+from dvt_api.problems import ApiProblem, HttpCode
+from dvt_api.schemas import CreateRun, RunList
+from dvt_api.services import Services
+from dvt_api.views import decode_cursor, encode_cursor, run_document
+from dvt_engine.access import ApiRole, StoredResponse
+from dvt_engine.errors import UsageError
+from dvt_engine.models.plan import PlanRef
+from dvt_engine.models.run import RunContext, RunStatus
+from dvt_engine.planning.uri_policy import registry_uri
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+RUN_ID = Path(alias="runId", max_length=1000)
+
+
+async def _plan_ref(svc: Services, tenant_id: str, body: CreateRun) -> PlanRef:
+    if (body.plan is None) == (body.plan_ref is None):
+        raise ApiProblem(422, HttpCode.REQUEST_INVALID, "send exactly one of plan and planRef",
+                         errors=[{"path": "body", "message": "plan xor planRef"}])
+    if body.plan is not None:
+        ref, _ = await accept_plan(svc, tenant_id, body.plan)
+        return ref
+    assert body.plan_ref is not None
+    digest = body.plan_ref.sha256
+    data = await svc.store.get_plan(digest) if await svc.plans.has_plan(tenant_id, digest) \
+        else None
+    if data is None:
+        raise unknown_plan()
+    report = report_for(svc, data)
+    if not report.ok:
+        raise refused(report)
+    return PlanRef(uri=registry_uri(digest), sha256=digest,
+                   schema_version=report.schema_version or "v1.0",
+                   plan_id=report.plan_id or "", plan_version=report.plan_version or "",
+                   size_bytes=len(data))
+
+
+async def _start(svc: Services, who: Principal, body: CreateRun,
+                 request_key: str | None) -> StoredResponse:
+    """Start the run (or find the one this request started before) and answer with it."""
+    if body.engine is not None and body.engine != svc.settings.engine_name:
+        raise ApiProblem(422, "ENGINE_NOT_FOUND",
+                         f"this service runs plans on {svc.settings.engine_name!r}",
+                         errors=[{"path": "body/engine", "message": "engine not served"}])
+    plan_ref = await _plan_ref(svc, who.tenant_id, body)
+    run_id = body.run_id or str(uuid.uuid4())
+    existing = await svc.store.get_run(who.tenant_id, run_id) if body.run_id else None
+    if existing is not None:
+        same = (existing.plan_ref.sha256, dict(existing.params)) == \
+            (plan_ref.sha256, dict(body.inputs))
+        if not same:
+            raise ApiProblem(422, HttpCode.IDEMPOTENCY_KEY_MISMATCH,
+                             "this runId names a run of another request")
+    context = RunContext(tenant_id=who.tenant_id, project_id=svc.settings.project,
+                         environment_id=svc.settings.environment, run_id=run_id,
+                         run_request_id=request_key, triggered_by=who.key_id,
+                         params=dict(body.inputs))
+    try:
+        await svc.engine.start_run(plan_ref, context)
+    except UsageError as exc:
+        # A runId reused by another request: the same answer as a foreign runId would get.
+        raise ApiProblem(409, HttpCode.IDEMPOTENCY_KEY_MISMATCH,
+                         "this runId is already used by another request") from exc
+    if existing is None:
+        svc.metrics.runs_started.labels(svc.settings.engine_name).inc()
+    doc = await run_document(svc.store, who.tenant_id, run_id)
+    headers: tuple[tuple[str, str], ...] = (("Location", f"/v1/runs/{run_id}"),)
+    if existing is not None:
+        headers += ((idempotency.REPLAYED, "true"),)
+    return StoredResponse(200 if existing is not None else 201,
+                          json.dumps(doc, ensure_ascii=False).encode(), headers)
+
+
+@router.post("", status_code=201, summary="Start a run",
+             responses={200: {"description": "a replay of an earlier identical request"}})
+async def create_run(
+    body: CreateRun,
+    key: str | None = Header(default=None, alias="Idempotency-Key", max_length=255),
+    who: Principal = role(ApiRole.RUNNER),
+    svc: Services = Depends(services),
+) -> Response:
+    """Start a run of a stored plan or of a plan document; idempotent with Idempotency-Key."""
+    if key is None:
+        answer = await _start(svc, who, body, None)
+        return Response(answer.body, status_code=answer.status, headers=dict(answer.headers),
+                        media_type="application/json")
+    idempotency.check_key(key)
+    fingerprint = idempotency.request_hash(body.model_dump(mode="json", by_alias=True,
+                                                           exclude_unset=True))
+    # The run-request id makes the store itself refuse a second run for this key as well.
+    request_key = "idem-" + idempotency.request_hash(key)[:40]
+    return await idempotency.once(svc, who.tenant_id, key, fingerprint,
+                                  lambda: _start(svc, who, body, request_key))
+
+
+@router.get("", response_model=RunList, summary="List runs, newest first")
+async def list_runs(
+    status: list[RunStatus] | None = Query(default=None),
+    limit: int = Query(default=50, ge=1, le=200),
+    cursor: str | None = Query(default=None, max_length=400),
+    who: Principal = role(ApiRole.READER),
+    svc: Services = Depends(services),
+) -> RunList:
+    """The tenant's runs, newest first; follow ``nextCursor`` for older ones."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await svc.store.list_runs(who.tenant_id, status=status or None, limit=limit + 1,
+                                     before=before)
+    page = rows[:limit]
+    items: list[dict[str, Any]] = [r.model_dump(mode="json", by_alias=True) for r in page]
+    more = len(rows) > limit and page
+    return RunList(items=items,
+                   next_cursor=encode_cursor(page[-1].created_at, page[-1].run_id) if more
+                   else None)
+
+
+@router.get("/{runId}", summary="A run's snapshot")
+async def get_run(run_id: str = RUN_ID, who: Principal = role(ApiRole.READER),
+                  svc: Services = Depends(services)) -> JSONResponse:
+    """The run's snapshot with engine, checksum, createdAt and updatedAt."""
+    return JSONResponse(await run_document(svc.store, who.tenant_id, run_id))

@@ -1,0 +1,96 @@
+"""Signals to a run: operator signals and approvals, decided and recorded by the engine."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from dvt_api.auth import Principal, principal, services
+from dvt_api.problems import ApiProblem, from_dvt_error, run_not_found
+from dvt_api.routes.runs import RUN_ID
+from dvt_api.schemas import SignalAnswer, SignalBody
+from dvt_api.services import Services
+from dvt_engine.access import ApiRole
+from dvt_engine.client import Client
+from dvt_engine.errors import ERROR_CLASSES, ErrorCode, SignalInvalidPayload
+from dvt_engine.models.signals import (
+    Actor,
+    ApproveRunPayload,
+    ApproveStepPayload,
+    CancelPayload,
+    PausePayload,
+    ResumePayload,
+    RetryStepPayload,
+    Role,
+    SignalPayload,
+    SkipStepPayload,
+)
+
+router = APIRouter(prefix="/v1/runs", tags=["signals"])
+
+#: The API role each signal needs, and the core role the actor is given for it.
+SIGNAL_ROLES: dict[str, tuple[ApiRole, Role]] = {
+    **{t: (ApiRole.OPERATOR, Role.OPERATOR)
+       for t in ("PAUSE", "RESUME", "CANCEL", "RETRY_STEP", "SKIP_STEP")},
+    **{t: (ApiRole.APPROVER, Role.APPROVER)
+       for t in ("APPROVE_STEP", "REJECT_STEP", "APPROVE_RUN")},
+}
+
+
+def payload_of(body: SignalBody) -> SignalPayload:
+    """The core's typed payload; SIGNAL_INVALID_PAYLOAD when a field is missing or wrong."""
+    step, reason = body.step_id, body.reason
+    try:
+        match body.type:
+            case "PAUSE":
+                return PausePayload(reason=reason)
+            case "RESUME":
+                return ResumePayload()
+            case "CANCEL":
+                return CancelPayload(reason=reason)
+            case "RETRY_STEP":
+                return RetryStepPayload(step_id=step, reason=reason)
+            case "SKIP_STEP":
+                return SkipStepPayload(step_id=step, reason=reason)
+            case "APPROVE_STEP" | "REJECT_STEP":
+                decision = "approve" if body.type == "APPROVE_STEP" else "reject"
+                return ApproveStepPayload(step_id=step, decision=decision,
+                                          comment=reason)
+            case _:
+                return ApproveRunPayload(decision="approve", comment=reason)
+    except ValidationError as exc:
+        raise SignalInvalidPayload(
+            f"{body.type} needs " + ", ".join(str(e["loc"][-1]) for e in exc.errors()),
+            details={"errors": [{"path": "body/" + "/".join(str(p) for p in e["loc"]),
+                                 "message": e["msg"]} for e in exc.errors()]}) from None
+
+
+@router.post("/{runId}/signals", status_code=202, response_model=SignalAnswer,
+             summary="Send a signal to a run")
+async def send_signal(body: SignalBody, run_id: str = RUN_ID,
+                      who: Principal = Depends(principal),
+                      svc: Services = Depends(services)) -> JSONResponse:
+    """Decide a signal; 202 with the decision, or the refusal's code as problem+json."""
+    if await svc.store.get_run(who.tenant_id, run_id) is None:
+        raise run_not_found()
+    api_role, core_role = SIGNAL_ROLES[body.type]
+    who.require(api_role)
+    payload = payload_of(body)
+    client = Client(engine=svc.engine, store=svc.store, tenant=who.tenant_id)
+    decision = await client.get_run(run_id).signal(
+        payload, signal_id=body.signal_id or str(uuid.uuid4()),
+        actor=Actor(id=who.key_id, roles=(core_role,)))
+    if not decision.accepted:
+        code = decision.error_code or ErrorCode.SIGNAL_INVALID_PAYLOAD
+        try:
+            error = ERROR_CLASSES[ErrorCode(code)](decision.message or code)
+        except (ValueError, KeyError):
+            raise ApiProblem(409, code, decision.message or "signal refused") from None
+        raise from_dvt_error(error)
+    answer = SignalAnswer(signal_id=decision.signal_id,
+                          decision="no_op" if decision.no_op else "accepted",
+                          duplicate=decision.duplicate, run_seq=decision.run_seq)
+    return JSONResponse(answer.model_dump(mode="json", by_alias=True), status_code=202)

@@ -1,0 +1,116 @@
+"""What the routes work with: the store, the access store, the engine, metrics; opened once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from dvt_api.metrics import ApiMetrics
+from dvt_api.settings import ApiSettings
+from dvt_engine.access import (
+    ApiKey,
+    ApiKeyStore,
+    ApiRole,
+    IdempotencyStore,
+    TenantPlans,
+    hash_api_key,
+)
+from dvt_engine.eventlog import utc_now
+from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.ports import RunStateStore, WorkflowEngine
+from dvt_engine.steps.registry import HandlerRegistry, default_registry
+from dvt_engine.stores.memory_access import MemoryAccessStore
+
+
+@dataclass
+class Services:
+    """The service's open resources; routes get it through ``services(request)``."""
+
+    settings: ApiSettings
+    store: RunStateStore
+    access: Any  # ApiKeyStore, IdempotencyStore and TenantPlans in one object
+    engine: WorkflowEngine
+    registry: HandlerRegistry
+    metrics: ApiMetrics
+
+    @property
+    def keys(self) -> ApiKeyStore:
+        """The API-key port."""
+        keys: ApiKeyStore = self.access
+        return keys
+
+    @property
+    def plans(self) -> TenantPlans:
+        """Which tenant has which plan."""
+        plans: TenantPlans = self.access
+        return plans
+
+    @property
+    def idempotency(self) -> IdempotencyStore:
+        """The idempotency port."""
+        idem: IdempotencyStore = self.access
+        return idem
+
+
+async def open_access(url: str) -> Any:
+    """The access store that lives next to the run store of ``url``."""
+    if url.startswith("memory:"):
+        return MemoryAccessStore()
+    from dvt_statestore_pg.access import PostgresAccessStore
+
+    return await PostgresAccessStore.open(url)
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
+                        metrics: ApiMetrics) -> AsyncIterator[Services]:
+    """Open store, access store and engine; close them in reverse order on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(settings.store)
+        stack.push_async_callback(store.close)
+        access = await open_access(settings.store.store_url())
+        if hasattr(access, "close"):
+            stack.push_async_callback(access.close)
+        reg = registry if registry is not None else default_registry()
+        engine = open_engine(settings.engine, store=store, registry=reg)
+        if settings.dev_key is not None:
+            await _register_dev_key(access, settings)
+        purger = asyncio.create_task(_purge_forever(access), name="dvt-idempotency-purge")
+
+        async def stop_purger() -> None:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+
+        stack.push_async_callback(stop_purger)
+        stack.push_async_callback(engine.close)
+        yield Services(settings=settings, store=store, access=access, engine=engine,
+                       registry=reg, metrics=metrics)
+
+log = logging.getLogger("dvt_api")
+#: Expired idempotency records are deleted this often (a claim takes an expired key over
+#: anyway; this only keeps the table small). One query an hour keeps an idle service quiet.
+PURGE_EVERY_S = 3600.0
+
+
+async def _purge_forever(store: IdempotencyStore) -> None:
+    while True:
+        try:
+            await store.purge_expired()
+        except Exception as exc:  # the next round tries again; requests are unaffected
+            log.warning("idempotency purge failed", extra={"code": type(exc).__name__})
+        await asyncio.sleep(PURGE_EVERY_S)
+
+
+async def _register_dev_key(keys: ApiKeyStore, settings: ApiSettings) -> None:
+    """The dev service's first key: every role, for the dev tenant."""
+    assert settings.dev_key is not None
+    key_hash = hash_api_key(settings.dev_key.get_secret_value())
+    if await keys.key_by_hash(key_hash) is None:
+        await keys.create_key(ApiKey(key_id="key_dev", tenant_id=settings.dev_tenant,
+                                     roles=tuple(ApiRole), key_hash=key_hash,
+                                     created_at=utc_now(), name="dev"))
