@@ -122,7 +122,7 @@ def stress(session: nox.Session) -> None:
         ("DVT_SIGNAL_STORM_RUNS", "20"), ("DVT_SIGNAL_STORM_SECONDS", "20"),
         ("DVT_SIGNAL_STORM_RATE", "100"))}
     session.run(
-        "pytest", "-s", "-q", "tests/test_engine_reference.py",
+        "pytest", "-s", "-q", "tests/test_engine_reference.py", "tests/pg/test_pg_signals.py",
         "tests/temporal/test_engine_contract.py", "tests/conductor/test_engine_contract.py",
         "-k", "signal_storm", *session.posargs, env={**storm, "PYTHONUNBUFFERED": "1"},
     )
