@@ -1,8 +1,9 @@
 """Settlement: what one logical attempt's outcome means for the run.
 
-Every engine reports an attempt's end to the interpreter as one of four settlements, with the
+Every engine reports an attempt's end to the interpreter as one of five settlements, with the
 error that ended it. Anything else the step runner may answer (an outcome an engine does not
 expect at that point) counts as a failure, so a run never waits for a step that has stopped.
+``not_started`` is an attempt its engine stopped before any of its events were written.
 """
 
 from __future__ import annotations
