@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -140,12 +141,12 @@ async def create_rows(baseline: str, service: str, key: str, sha: str,
         await _load(service, "/v1/runs", {"planRef": {"sha256": sha}}, auth, clients, warm)
         samples, took = await _load(baseline, "/runs", {"planRef": {"sha256": sha}}, {},
                                     clients, total)
-        rows.append(latency_row(f"create run, {clients} clients", "bare FastAPI + INSERT",
-                                samples, took))
+        scenario = f"create run, {clients} client{'s' if clients > 1 else ''}"
+        rows.append(latency_row(scenario, "bare FastAPI + INSERT", samples, took))
         samples, took = await _load(service, "/v1/runs", {"planRef": {"sha256": sha}}, auth,
                                     clients, total)
-        rows.append(latency_row(f"create run, {clients} clients", "dvt `POST /v1/runs`",
-                                samples, took, "reference engine runs each one"))
+        rows.append(latency_row(scenario, "dvt `POST /v1/runs`", samples, took,
+                                "reference engine runs each one"))
         print(f"    {rows[-2]}\n    {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
@@ -248,6 +249,7 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
     finally:
         for schema in schemas:
             drop_schema(dsn, schema)
+        shutil.rmtree(home, ignore_errors=True)
     return render(rows, server)
 
 
