@@ -184,3 +184,33 @@ def test_odd_signals_to_a_live_run_answer_with_codes(api_server: ApiServer,
         ]
         for body, status, code in refusals:
             _problem(c.post(f"/v1/runs/{run_id}/signals", json=body), status, code)
+
+
+def test_nul_characters_in_text_are_refused_before_the_store(api_server: ApiServer,
+                                                             key: str) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: a 422, not a store failure."""
+    t = tenant()
+    admin = api_server.admin(t)
+    with _stores_nothing(api_server):
+        with api_server.client(admin) as c:
+            _problem(c.post("/v1/api-keys", json={"roles": ["reader"], "name": "a\u0000b"}),
+                     422, "REQUEST_INVALID")
+        with api_server.client(key) as c:
+            _problem(c.post("/v1/runs", json={"plan": chain_plan(1),
+                                              "inputs": {"note": "a\u0000b"}}),
+                     422, "REQUEST_INVALID")
+            _problem(c.post("/v1/runs", json={"plan": chain_plan(1),
+                                              "inputs": {"a\u0000b": 1}}),
+                     422, "REQUEST_INVALID")
+            plan = chain_plan(1)
+            plan["metadata"]["description"] = "a\u0000b"
+            answer = c.post("/v1/plans", json=plan)
+            assert answer.status_code == 422, answer.text
+            _problem(answer, 422, answer.json()["code"])
+    with api_server.client(key) as c:
+        run_id = c.post("/v1/runs", json={"plan": gated_plan()}).json()["runId"]
+        before = _counts(api_server.store_url)["dvt_idempotency_keys"]
+        _problem(c.post(f"/v1/runs/{run_id}/signals", json={"type": "PAUSE",
+                                                             "reason": "a\u0000b"}),
+                 422, "REQUEST_INVALID")
+        assert _counts(api_server.store_url)["dvt_idempotency_keys"] == before
