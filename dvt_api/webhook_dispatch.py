@@ -236,7 +236,7 @@ class Dispatcher:
         else:
             log.warning("webhook target refused", extra={"webhook_id": hook.webhook_id,
                                                           "reason": refused})
-        await self._settle(hook, delivery, code, retry_after)
+        await self.settle(hook, delivery, code, retry_after)
 
     async def _refusal(self, url: str) -> str | None:
         allowed = self._settings.webhook_allowed_hosts
@@ -250,8 +250,9 @@ class Dispatcher:
             return "the host does not resolve"
         return address_problems(str(i[4][0]) for i in infos)
 
-    async def _settle(self, hook: Webhook, delivery: Delivery, code: int | None,
+    async def settle(self, hook: Webhook, delivery: Delivery, code: int | None,
                       retry_after: timedelta | None) -> None:
+        """Record an attempt's outcome (``code`` None: no answer) and judge the endpoint."""
         now = utc_now()
         settings = self._settings
         if code is not None and 200 <= code < 300:
