@@ -106,7 +106,7 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
             stack.push_async_callback(webhooks.close)
         from dvt_api.webhook_dispatch import Dispatcher
 
-        dispatcher = Dispatcher(store, webhooks, settings)
+        dispatcher = Dispatcher(store, webhooks, settings, metrics)
         dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
         yield Services(settings=settings, store=store, access=access, engine=engine,

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import standardwebhooks
 
+from dvt_api.metrics import ApiMetrics
 from dvt_api.settings import ApiSettings
 from dvt_engine.eventlog import utc_now
 from dvt_engine.models.events import Event
@@ -81,8 +82,10 @@ def retry_after_of(response: httpx.Response, now: datetime) -> timedelta | None:
 class Dispatcher:
     """Intake and sending for one service process; ``start()`` then ``stop()``."""
 
-    def __init__(self, store: RunStateStore, hooks: WebhookStore, settings: ApiSettings) -> None:
+    def __init__(self, store: RunStateStore, hooks: WebhookStore, settings: ApiSettings,
+                 metrics: ApiMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics or ApiMetrics()
         self._hooks = hooks
         self._settings = settings
         self._wake_sender = asyncio.Event()
@@ -234,6 +237,7 @@ class Dispatcher:
             except (TimeoutError, httpx.HTTPError):
                 code = None
         else:
+            self._metrics.webhook_attempts.labels("refused").inc()
             log.warning("webhook target refused", extra={"webhook_id": hook.webhook_id,
                                                           "reason": refused})
         await self.settle(hook, delivery, code, retry_after)
@@ -256,6 +260,7 @@ class Dispatcher:
         now = utc_now()
         settings = self._settings
         if code is not None and 200 <= code < 300:
+            self._metrics.webhook_attempts.labels("delivered").inc()
             await self._hooks.record_attempt(replace(
                 delivery, status=DeliveryStatus.DELIVERED, attempts=delivery.attempts + 1,
                 last_status_code=code, next_attempt_at=None))
@@ -263,13 +268,19 @@ class Dispatcher:
                 await self._hooks.update_webhook(replace(hook, failing_since=None))
             return
         if code == 410:
+            self._metrics.webhook_attempts.labels("failed").inc()
             await self._hooks.record_attempt(replace(
                 delivery, status=DeliveryStatus.FAILED, attempts=delivery.attempts + 1,
                 last_status_code=code, next_attempt_at=None))
             await self._disable(hook, "the endpoint answered 410 Gone", now)
             return
-        await self._hooks.record_attempt(after_failure(
-            delivery, code, now, settings.webhook_retry_schedule, retry_after=retry_after))
+        settled = after_failure(delivery, code, now, settings.webhook_retry_schedule,
+                                retry_after=retry_after)
+        await self._hooks.record_attempt(settled)
+        if settled.status is DeliveryStatus.FAILED:
+            self._metrics.webhook_attempts.labels("failed").inc()
+        else:
+            self._metrics.webhook_attempts.labels("retry").inc()
         if hook.failing_since is None:
             await self._hooks.update_webhook(replace(hook, failing_since=now))
         elif now - hook.failing_since >= settings.webhook_disable_after:
@@ -278,5 +289,6 @@ class Dispatcher:
 
     async def _disable(self, hook: Webhook, reason: str, now: datetime) -> None:
         await self._hooks.update_webhook(replace(hook, disabled_at=now, disabled_reason=reason))
+        self._metrics.webhooks_disabled.inc()
         log.warning("webhook disabled", extra={"webhook_id": hook.webhook_id,
                                                "tenant_id": hook.tenant_id, "reason": reason})

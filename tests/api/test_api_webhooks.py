@@ -129,6 +129,9 @@ def test_a_receiver_failing_three_times_gets_the_same_webhook_id(
         items = _deliveries_until(c, hook["webhookId"],
                                   lambda i: i and i[0]["status"] == "delivered")
         assert items[0]["attempts"] == 4
+        metrics = c.get("/metrics").text
+        assert 'dvt_webhook_attempts_total{outcome="retry"}' in metrics
+        assert 'dvt_webhook_attempts_total{outcome="delivered"}' in metrics
 
 
 def test_retry_after_is_honoured(hook_server: ApiServer, receiver: Receiver) -> None:
