@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
@@ -107,3 +108,31 @@ def _delivery() -> Delivery:
     return Delivery(delivery_id="msg_1", webhook_id="wh_1", tenant_id="t",
                     event_type="run.completed", run_id="r", source="t/r/1", payload={},
                     created_at=utc_now())
+
+
+async def test_the_address_is_checked_again_before_each_attempt() -> None:
+    """A stored URL whose host resolves to loopback is refused at send time: no request."""
+    from webhook_receiver import Receiver
+
+    receiver = Receiver()
+    hooks = MemoryWebhookStore()
+    settings = ApiSettings(dev=True, webhook_retry_schedule=(timedelta(hours=1),))
+    dispatcher = Dispatcher(MemoryRunStateStore(), hooks, settings)
+    try:
+        url = receiver.url("/x").replace("127.0.0.1", "localhost")
+        hook = replace(_hook(), url=url)
+        await hooks.create_webhook(hook)  # stored directly: the creation check is not the point
+        await hooks.add_deliveries([replace(_delivery(), next_attempt_at=utc_now())])
+        dispatcher.start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while (found := await hooks.get_delivery("t", "wh_1", "msg_1")) is not None \
+                and found.attempts == 0:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)  # polling the store with a deadline
+        assert found is not None
+        assert found.status is DeliveryStatus.PENDING
+        assert found.last_status_code is None
+        assert receiver.received == []
+    finally:
+        await dispatcher.stop()
+        receiver.close()
