@@ -18,6 +18,8 @@ from api_helpers import ApiServer, chain_plan, start_server, stop_server, tenant
 from secret_helpers import assert_no_secrets
 from webhook_receiver import Answer, Receiver
 
+from dvt_statestore_pg.testing import schema_store_url
+
 #: Short retry delays (seconds) so a test sees a delivery's whole life.
 TEST_ENV = {"DVT_API_WEBHOOK_RETRY_SCHEDULE": "[0.3, 0.3, 0.3]",
             "DVT_API_WEBHOOK_TIMEOUT_S": "2"}
@@ -246,10 +248,18 @@ def test_private_targets_are_refused_and_foreign_webhooks_look_missing(
         assert c.get(f"/v1/webhooks/{hook['webhookId']}").status_code == 404
 
 
-def test_a_delivery_survives_a_killed_service(api_store_url: str, receiver: Receiver,
+@pytest.fixture
+def own_store_url(dvt_postgres_dsn: str) -> Iterator[str]:
+    """A schema no other running server reads (the module's server would take the work)."""
+    with schema_store_url(dvt_postgres_dsn, prefix="dvt_webhook_kill") as url:
+        yield url
+
+
+def test_a_delivery_survives_a_killed_service(own_store_url: str, receiver: Receiver,
                                               tmp_path: Path) -> None:
     """SIGKILL while the first attempt is in flight: the restarted service sends it again,
     under the same webhook-id, once the dead process's lease has run out."""
+    api_store_url = own_store_url
     path = _path()
     release = threading.Event()
     receiver.script(path, Answer(200, hold=release), Answer(200))
