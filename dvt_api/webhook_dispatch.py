@@ -141,10 +141,17 @@ class Dispatcher:
         items = await self._store.claim_outbox(limit=OUTBOX_BATCH)  # type: ignore[attr-defined]
         if not items:
             return 0
-        added = 0
+        added, done = 0, []
         for item in items:
-            added += await self._deliveries_for(item.event)
-        await self._store.ack_outbox([i.id for i in items])  # type: ignore[attr-defined]
+            try:
+                added += await self._deliveries_for(item.event)
+            except Exception as exc:  # left leased: retried when its lease ends, not blocking
+                log.warning("webhook intake of an event failed",
+                            extra={"code": type(exc).__name__, "run_id": item.event.run_id})
+                continue
+            done.append(item.id)
+        if done:
+            await self._store.ack_outbox(done)  # type: ignore[attr-defined]
         if added:
             self._wake_sender.set()
         return len(items)
