@@ -288,3 +288,23 @@ def test_a_delivery_survives_a_killed_service(own_store_url: str, receiver: Rece
         assert sent[0].headers["webhook-id"] == sent[1].headers["webhook-id"]
     finally:
         assert stop_server(again) in (0, -15)
+
+
+def test_two_services_on_one_store_send_each_delivery_once(
+        hook_server: ApiServer, receiver: Receiver, tmp_path: Path) -> None:
+    """A second `dvt serve` on the same schema shares intake and sending (SKIP LOCKED)."""
+    path = _path()
+    second = _start(hook_server.store_url, tmp_path, "second")
+    try:
+        key = hook_server.key(tenant(), "admin", "runner", "reader")
+        with hook_server.client(key) as a, second.client(key) as b:
+            hook = _subscribe(a, receiver.url(path))
+            for i in range(10):
+                _run(a if i % 2 else b)
+            _deliveries_until(a, hook["webhookId"], lambda i: len(i) == 10 and all(
+                x["status"] == "delivered" for x in i))
+        ids = [x.headers["webhook-id"] for x in receiver.at(path)]
+        assert len(ids) == 10
+        assert len(set(ids)) == 10
+    finally:
+        assert stop_server(second) in (0, -15)
