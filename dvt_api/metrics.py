@@ -26,6 +26,12 @@ class ApiMetrics:
             registry=self.registry)
         self.sse_clients = Gauge(
             "dvt_sse_clients", "Event-stream clients connected.", registry=self.registry)
+        self.webhook_attempts = Counter(
+            "dvt_webhook_attempts", "Webhook delivery attempts, by outcome (delivered, retry,"
+            " failed, refused).", ["outcome"], registry=self.registry)
+        self.webhooks_disabled = Counter(
+            "dvt_webhooks_disabled", "Webhooks the service disabled (410 or failing too long).",
+            registry=self.registry)
 
     def render(self) -> bytes:
         """The exposition text."""

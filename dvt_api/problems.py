@@ -46,6 +46,10 @@ class HttpCode(StrEnum):
     IDEMPOTENCY_KEY_MISMATCH = "IDEMPOTENCY_KEY_MISMATCH"
     IDEMPOTENCY_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
+    WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
+    DELIVERY_NOT_FOUND = "DELIVERY_NOT_FOUND"
+    WEBHOOK_URL_NOT_ALLOWED = "WEBHOOK_URL_NOT_ALLOWED"
+    WEBHOOK_DISABLED = "WEBHOOK_DISABLED"
     INTERNAL = "INTERNAL"
 
 
@@ -60,6 +64,10 @@ TITLES: dict[str, str] = {
     "IDEMPOTENCY_KEY_MISMATCH": "The Idempotency-Key was used with another request body",
     "IDEMPOTENCY_KEY_IN_USE": "A request with this Idempotency-Key is still in flight",
     "API_KEY_NOT_FOUND": "No such API key",
+    "WEBHOOK_NOT_FOUND": "No such webhook",
+    "DELIVERY_NOT_FOUND": "No such webhook delivery",
+    "WEBHOOK_URL_NOT_ALLOWED": "The webhook URL is not a public http(s) address",
+    "WEBHOOK_DISABLED": "The webhook is disabled",
     "INTERNAL": "Internal error",
 }
 
