@@ -44,12 +44,12 @@ REASONS = {
 }
 
 
-def refusals(method: str, path: str) -> list[int]:
+def refusals(method: str, path: str, has_body: bool) -> list[int]:
     """The statuses an operation can refuse with."""
     if not path.startswith("/v1/"):
         return [503] if path == "/readyz" else []
     found = {401, 403, 422, 503}
-    if method in ("post", "put", "patch"):
+    if has_body:
         found |= {413, 415}
     if "{" in path:
         found.add(404)
@@ -77,7 +77,7 @@ def enrich(spec: dict[str, Any]) -> dict[str, Any]:
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            for status in refusals(method, path):
+            for status in refusals(method, path, "requestBody" in operation):
                 if str(status) == "503" and path == "/readyz":
                     continue  # documented by the route: the readiness body, not a problem
                 responses[str(status)] = _problem_response(status)
