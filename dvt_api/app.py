@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from dvt_api import problems
+from dvt_api import openapi_doc, problems
 from dvt_api.metrics import ApiMetrics
 from dvt_api.middleware import RequestMiddleware
 from dvt_api.routes import events, health, keys, metrics, plans, runs, signals, webhooks
@@ -46,6 +46,7 @@ def create_app(settings: ApiSettings, *, registry: HandlerRegistry | None = None
     for router in ROUTERS:
         app.include_router(router)
     problems.install(app)
+    openapi_doc.install(app)
     app.add_middleware(RequestMiddleware, metrics=app_metrics,
                        max_body_bytes=settings.max_body_bytes)
     return app

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from dvt_engine.errors import (
     ERROR_CLASSES,
@@ -177,6 +178,16 @@ def _error_items(details: Mapping[str, Any]) -> list[dict[str, str]]:
     return items[:100]
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path (Starlette names only one)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\x00"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Route every exception the app can meet to one problem+json answer."""
 
@@ -207,8 +218,13 @@ def install(app: FastAPI) -> None:
         code = {404: HttpCode.NOT_FOUND, 405: HttpCode.METHOD_NOT_ALLOWED,
                 413: HttpCode.PAYLOAD_TOO_LARGE}.get(exc.status_code, HttpCode.REQUEST_INVALID)
         status = exc.status_code if exc.status_code < 500 else 500
+        if status == 400:  # a body that is not UTF-8: refused like malformed JSON
+            status = 422
+        headers = dict(exc.headers or {})
+        if status == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return problem_response(request, ApiProblem(
-            status, code, TITLES.get(code, "request refused"), headers=exc.headers))
+            status, code, TITLES.get(code, "request refused"), headers=headers))
 
     async def on_any(request: Request, exc: Exception) -> Response:
         log.error("unhandled %s", type(exc).__name__,
