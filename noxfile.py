@@ -63,7 +63,8 @@ def tests(session: nox.Session) -> None:
                 failed.append(name)
     # pytest's exit code 5 ("no tests ran") is not in success_codes, so it fails too.
     try:
-        session.run("pytest", *(session.posargs or ["tests", "--durations=25"]), env={"PYTHONUNBUFFERED": "1"})
+        args = session.posargs or ["tests", "--durations=25"]
+        session.run("pytest", *args, env={"PYTHONUNBUFFERED": "1"})
     except CommandFailed:
         failed.append("pytest")
     if failed:
