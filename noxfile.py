@@ -63,7 +63,8 @@ def tests(session: nox.Session) -> None:
                 failed.append(name)
     # pytest's exit code 5 ("no tests ran") is not in success_codes, so it fails too.
     try:
-        session.run("pytest", *(session.posargs or ["tests"]), env={"PYTHONUNBUFFERED": "1"})
+        args = session.posargs or ["tests", "--durations=25"]
+        session.run("pytest", *args, env={"PYTHONUNBUFFERED": "1"})
     except CommandFailed:
         failed.append("pytest")
     if failed:
@@ -103,10 +104,13 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def stress(session: nox.Session) -> None:
-    """The tenant-stream concurrency suite at a larger size (DVT_STRESS_SIZE, default 20).
+    """The concurrency suites at a larger size.
 
-    Both stores; each run prints one `stress[...]` line (events, followers, seconds, missing,
-    duplicated), the numbers docs/postgres.md records.
+    The tenant-stream suite (DVT_STRESS_SIZE, default 20) on both stores; each run prints one
+    `stress[...]` line (events, followers, seconds, missing, duplicated), the numbers
+    docs/postgres.md records. Then the signal storm on every engine (DVT_SIGNAL_STORM_RUNS,
+    _SECONDS and _RATE; default 20 runs for 20 s at 100 signals a second); each prints one
+    `signal storm on ...` line, the numbers docs/signals.md records.
     """
     _install(session)
     size = os.environ.get("DVT_STRESS_SIZE", "20")
@@ -114,6 +118,14 @@ def stress(session: nox.Session) -> None:
         "pytest", "-s", "-q", "tests/pg/test_pg_concurrency.py", "tests/test_store_memory.py",
         "-k", "Concurrency", *session.posargs,
         env={"DVT_STRESS_SIZE": size, "PYTHONUNBUFFERED": "1"},
+    )
+    storm = {name: os.environ.get(name, default) for name, default in (
+        ("DVT_SIGNAL_STORM_RUNS", "20"), ("DVT_SIGNAL_STORM_SECONDS", "20"),
+        ("DVT_SIGNAL_STORM_RATE", "100"))}
+    session.run(
+        "pytest", "-s", "-q", "tests/test_engine_reference.py", "tests/pg/test_pg_signals.py",
+        "tests/temporal/test_engine_contract.py", "tests/conductor/test_engine_contract.py",
+        "-k", "signal_storm", *session.posargs, env={**storm, "PYTHONUNBUFFERED": "1"},
     )
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+
 import pytest
 
 from contract_tests.engine_harness import (
@@ -11,12 +17,14 @@ from contract_tests.engine_harness import (
     VIEWER,
     EngineHarness,
     EngineSuiteBase,
+    Started,
     event_types,
     plan_document,
 )
 from dvt_engine.errors import DvtError, ErrorCode
+from dvt_engine.models.events import Event
 from dvt_engine.models.run import RunStatus, StepStatus
-from dvt_engine.models.signals import SignalType
+from dvt_engine.models.signals import SignalDecision, SignalType
 
 
 class SignalRuleTests(EngineSuiteBase):
@@ -219,3 +227,168 @@ class SignalRuleTests(EngineSuiteBase):
         await h.engine.cancel_run(run.ref, "done")
         assert (await run.finished()).status == RunStatus.CANCELLED
 
+
+    # --- decision order (contract §6.2, "Signals are decided on the truth") ---------------
+    async def test_pause_then_resume_from_one_client_ends_running(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """PAUSE, then (after its answer) RESUME from one client: both change the run, ten times
+        over, and the run ends RUNNING; RESUME is never a stale "already running"."""
+        run = await self.start(engine_harness, LONG_PLAN)
+        await run.wait(lambda s: s.step("long").status == StepStatus.RUNNING, "long runs")
+        for i in range(10):
+            pause = await run.signal(SignalType.PAUSE, OPERATOR, signal_id=f"p-{i}")
+            resume = await run.signal(SignalType.RESUME, OPERATOR, signal_id=f"r-{i}")
+            assert (pause.accepted, pause.no_op) == (True, False), (i, pause)
+            assert (resume.accepted, resume.no_op) == (True, False), (i, resume)
+        snap = await run.wait(
+            lambda s: s.status == RunStatus.RUNNING and s.pause_count == 10, "resumed 10 times")
+        assert snap.status == RunStatus.RUNNING
+        types = event_types(await run.events())
+        assert (types.count("RunPaused"), types.count("RunResumed")) == (10, 10)
+        await engine_harness.engine.cancel_run(run.ref, "done")
+        assert (await run.finished()).status == RunStatus.CANCELLED
+
+    async def test_approve_racing_reject_on_one_gate_accepts_exactly_one(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """APPROVE and REJECT of one gate at once: one is accepted, the other is refused with
+        STEP_NOT_AWAITING_APPROVAL, and the gate ends as the accepted one says. (A long step
+        keeps the run alive, so the second decision never meets a run the first one ended.)"""
+        for _ in range(3):
+            run = await self.start(engine_harness, GATE_AND_LONG_PLAN)
+            await run.wait(lambda s: s.step("gate").substatus == "AWAITING_APPROVAL",
+                           "gate waits")
+            answers = await asyncio.gather(*(
+                run.signal(SignalType.APPROVE_STEP, APPROVER, {"stepId": "gate", "decision": d})
+                for d in ("approve", "reject")))
+            accepted = [a for a in answers if a.accepted]
+            refused = [a for a in answers if not a.accepted]
+            assert (len(accepted), len(refused)) == (1, 1), answers
+            assert refused[0].error_code == ErrorCode.STEP_NOT_AWAITING_APPROVAL
+            assert not accepted[0].no_op
+            approved = accepted[0] is answers[0]
+            snap = await run.wait(lambda s: s.step("gate").status in _DECIDED, "gate decided")
+            assert snap.step("gate").status == \
+                (StepStatus.SUCCESS if approved else StepStatus.FAILED)
+            gate = [e for e in await run.events() if e.step_id == "gate"
+                    and e.event_type in ("StepCompleted", "StepFailed")]
+            assert [e.caused_by_signal_id for e in gate] == [accepted[0].signal_id]
+            await engine_harness.engine.cancel_run(run.ref, "done")
+            await run.finished()
+
+    async def test_two_concurrent_retries_of_a_failed_step_start_one_attempt(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """Two RETRY_STEP at once on a FAILED step: one is accepted, the other refused with
+        STEP_NOT_RETRYABLE, and exactly one new attempt starts, on every engine."""
+        run = await self.start(engine_harness, plan_document(
+            "suite-retry-race", [{"stepId": "bad", "kind": "fail", "params": {"retryable": False}}],
+            failurePolicy="awaitOperator", operatorTimeoutMs=600_000))
+        await run.wait(lambda s: s.substatus == "AWAITING_OPERATOR", "waits for an operator")
+        answers = await asyncio.gather(*(
+            run.signal(SignalType.RETRY_STEP, ENGINEER, {"stepId": "bad"}) for _ in range(2)))
+        assert sorted(a.accepted for a in answers) == [False, True], answers
+        assert [a.error_code for a in answers if not a.accepted] == [ErrorCode.STEP_NOT_RETRYABLE]
+        await run.wait(lambda s: s.step("bad").logical_attempt_id == 2
+                       and s.step("bad").status == StepStatus.FAILED
+                       and s.substatus == "AWAITING_OPERATOR", "attempt 2 failed")
+        await engine_harness.engine.cancel_run(run.ref, "done")
+        await run.finished()
+        started = [e.logical_attempt_id for e in await run.events()
+                   if e.event_type == "StepStarted" and e.step_id == "bad"]
+        assert started == [1, 2]
+
+    async def test_signal_storm_leaves_every_run_as_its_last_accepted_signal_says(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """About 100 PAUSE/RESUME a second from two clients per run over many runs: every
+        accepted signal has its effect, every no-op is true when decided, and each run ends in
+        the state its last accepted signal asks for (size: DVT_SIGNAL_STORM_*)."""
+        h = engine_harness
+        size = StormSize.from_env()
+        runs = [await self.start(h, LONG_PLAN) for _ in range(size.runs)]
+        for run in runs:
+            await run.wait(lambda s: s.status == RunStatus.RUNNING, "running")
+        tally: Counter[str] = Counter()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + size.seconds
+        interval = 2 * size.runs / size.rate  # two clients per run
+
+        async def client(run: Started, seed: int) -> None:
+            rng = random.Random(seed)
+            while loop.time() < deadline:
+                kind = rng.choice((SignalType.PAUSE, SignalType.RESUME))
+                answer = await run.signal(kind, OPERATOR)
+                tally[_outcome(answer)] += 1
+                await asyncio.sleep(interval)  # pacing the load, not waiting for a state
+
+        await asyncio.gather(*(client(r, i * 2 + c) for i, r in enumerate(runs)
+                               for c in range(2)))
+        for run in runs:
+            events = await run.events()
+            wanted = _replay_pause_decisions(events)
+            await run.wait(lambda s, w=wanted: s.status == w, f"{run.run_id} to be {wanted}")
+            events = await run.events()
+            accepted = {e.payload["signalId"] for e in events
+                        if e.event_type == "SignalAccepted" and not e.payload.get("noOp")}
+            effects = [e.caused_by_signal_id for e in events
+                       if e.event_type in ("RunPaused", "RunResumed")]
+            assert sorted(effects) == sorted(accepted), run.run_id  # each once, none missing
+        print(f"signal storm on {h.engine.name}: {size} -> {dict(tally)}")
+        assert tally["accepted"] > 0
+        for run in runs:
+            await h.engine.cancel_run(run.ref, "storm over")
+        for run in runs:
+            await run.finished()
+
+
+LONG_PLAN = plan_document("suite-long", [
+    {"stepId": "long", "kind": "sleep", "params": {"ms": 600_000}},
+])
+_DECIDED = (StepStatus.SUCCESS, StepStatus.FAILED)
+GATE_AND_LONG_PLAN = plan_document("suite-gate-long", [
+    {"stepId": "long", "kind": "sleep", "params": {"ms": 600_000}},
+    {"stepId": "gate", "kind": "approval"},
+])
+
+
+@dataclass(frozen=True)
+class StormSize:
+    """How big the signal storm is: small in CI, bigger in ``nox -s stress``."""
+
+    runs: int = 20
+    seconds: float = 2.0
+    rate: float = 100.0  # signals a second, over all runs
+
+    @classmethod
+    def from_env(cls) -> StormSize:
+        """The size from DVT_SIGNAL_STORM_RUNS, _SECONDS and _RATE (defaults: CI's)."""
+        return cls(int(os.environ.get("DVT_SIGNAL_STORM_RUNS", cls.runs)),
+                   float(os.environ.get("DVT_SIGNAL_STORM_SECONDS", cls.seconds)),
+                   float(os.environ.get("DVT_SIGNAL_STORM_RATE", cls.rate)))
+
+
+def _outcome(answer: SignalDecision) -> str:
+    if not answer.accepted:
+        return str(answer.error_code)
+    return "no-op" if answer.no_op else "accepted"
+
+
+def _replay_pause_decisions(events: list[Event]) -> RunStatus:
+    """Check every PAUSE/RESUME decision against the run's state machine; the final state.
+
+    Decided in runSeq order, an accepted PAUSE must find the run running and a no-op PAUSE
+    find it paused (and the same for RESUME): a stale answer fails here.
+    """
+    state = RunStatus.RUNNING
+    for e in events:
+        if e.event_type != "SignalAccepted":
+            continue
+        kind, no_op = e.payload["signalType"], bool(e.payload.get("noOp"))
+        target = {"PAUSE": RunStatus.PAUSED, "RESUME": RunStatus.RUNNING}.get(kind)
+        if target is None:
+            continue
+        assert (state == target) == no_op, (e.run_seq, kind, no_op, state)
+        state = target
+    return state

@@ -295,6 +295,41 @@ class LogContract(StoreSuiteBase):
             else:
                 assert isinstance(outcome, IdempotencyConflict), outcome
 
+    # --- conditional append (the signal service's optimistic concurrency) ------------------
+    async def test_append_if_last_appends_only_at_the_expected_run_seq(
+        self, store: RunStateStore
+    ) -> None:
+        header = await self.registered(store)
+        first, second, third = happy_path(header)[:3]
+        await store.append(first)
+        assert await store.append_if_last(second, 0) is None
+        assert await store.append_if_last(second, 2) is None
+        done = await store.append_if_last(second, 1)
+        assert done is not None
+        assert (done.run_seq, done.duplicate) == (2, False)
+        assert await store.append_if_last(third, 1) is None
+        stored = await store.fetch_events(header.tenant_id, header.run_id)
+        assert [e.event_id for e in stored] == [first.event_id, second.event_id]
+        snapshot = await store.get_snapshot(header.tenant_id, header.run_id)
+        assert snapshot is not None
+        assert snapshot.last_event_seq == 2
+
+    async def test_concurrent_conditional_appends_at_one_run_seq_admit_exactly_one(
+        self, store: RunStateStore, store_factory: StoreFactory
+    ) -> None:
+        header = await self.registered(store, steps=[f"s{i}" for i in range(12)])
+        other = await store_factory()
+        await store.append(happy_path(header)[0])
+        f = EventFactory(header, emitted_by="step-runner")
+        events = [f.step_event("StepStarted", s.step_id, {"kind": "noop"}) for s in header.steps]
+        results = await asyncio.gather(
+            *((store if i % 2 else other).append_if_last(e, 1) for i, e in enumerate(events))
+        )
+        winners = [r for r in results if r is not None]
+        assert [w.run_seq for w in winners] == [2]
+        stored = await store.fetch_events(header.tenant_id, header.run_id)
+        assert [e.event_id for e in stored][1:] == [winners[0].event_id]
+
 
 @contextlib.contextmanager
 def metric_reader() -> Iterator[InMemoryMetricReader]:

@@ -33,7 +33,7 @@ from dvt_adapters_conductor.runs import correlation_id
 from dvt_adapters_conductor.worker import WorkerHost, WorkerOptions
 from dvt_engine.engine_base import BaseEngine
 from dvt_engine.errors import EngineNotConfigured, EngineUnavailable, RunNotFound, UsageError
-from dvt_engine.interpreter import Command
+from dvt_engine.interpreter import Command, RunInterpreter
 from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import (
     ConductorRunRef,
@@ -49,6 +49,7 @@ from dvt_engine.models.signals import SignalType
 from dvt_engine.models.validation import ValidationIssue, ValidationReport
 from dvt_engine.planning.capabilities import CONDUCTOR_CAPABILITIES
 from dvt_engine.settings import ConductorSettings
+from dvt_engine.signals.desired import desired_state, due_signals
 from dvt_engine.signals.service import AcceptedSignal
 from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.runner import StepRunner
@@ -309,35 +310,58 @@ class ConductorEngine(BaseEngine):
             await self._terminate_for_cancel(coordinator, ctx, wid,
                                              accepted.payload.get("reason"))
             return
+        paused_early = False
         if kind == SignalType.PAUSE:
-            # Stop the server scheduling at once, before waiting for a reconcile in progress;
-            # the pause is idempotent on the server, and RunPaused follows under the lock.
+            # Stop the server scheduling at once, before waiting for a reconcile in progress,
+            # unless a RESUME decided after this PAUSE already wants the run running.
             snap = await coordinator._snapshot(ctx)
-            if snap.status == RunStatus.RUNNING:
+            events = await self.store.fetch_events(*ctx.key)
+            if desired_state(snap, events).snapshot.status == RunStatus.PAUSED \
+                    and snap.status == RunStatus.RUNNING:
                 await api.run(api.pause, wid)
+                paused_early = True
         async with coordinator._lock(ctx.key):
             snap = await coordinator._snapshot(ctx)
             if snap.status.is_terminal:
                 return
             events = await self.store.fetch_events(*ctx.key)
+            # Every signal decided up to this one and not applied yet, in decision order:
+            # deliveries from two callers arrive in any order.
+            due = [s for s in due_signals(snap, events, accepted.decision_run_seq)
+                   if s.type != SignalType.CANCEL]
+            skips = any(s.type == SignalType.SKIP_STEP for s in due)
             # The task list only where the signal acts on tasks (it is large for large plans).
-            workflow = await api.run(api.get_workflow, wid, kind == SignalType.SKIP_STEP)
+            workflow = await api.run(api.get_workflow, wid, skips)
             # Steps whose start was already carried out count as running, as they do for the
             # interpreter that started them: a rejected gate must not end a failFast run
             # before a sibling that was due to start has run.
             cancelled, _ = cancel_reason_of(workflow)
             interp = await coordinator.rebuild(ctx, snap, events, cancelled=cancelled,
                                                eager=True)
-            if kind == SignalType.RESUME and interp.status == RunStatus.PAUSED:
-                await api.run(api.resume, wid)
-            elif kind == SignalType.SKIP_STEP and accepted.step_id in ctx.index:
-                await self._skip_on_server(api, ctx, wid, workflow, accepted.step_id)
-            commands: list[Command] = interp.signal_accepted(
-                kind, accepted.payload, signal_id=accepted.signal_id, actor_id=accepted.actor.id)
-            await coordinator.execute(ctx, interp, commands, workflow, ReconcileResult())
-            if kind == SignalType.RESUME:
-                await coordinator.wake_parked_steps(ctx)
+            for signal in due:
+                await self._apply_one(coordinator, ctx, wid, workflow, interp, signal)
+            if paused_early and interp.status == RunStatus.RUNNING:
+                await _resume_if_paused(api, wid)  # a later RESUME was applied first
         await coordinator.reconcile(ctx, force=True)
+
+    async def _apply_one(self, coordinator: RunCoordinator, ctx: RunContext, wid: str,
+                         workflow: dict[str, Any], interp: RunInterpreter,
+                         accepted: AcceptedSignal) -> None:
+        """Apply one accepted signal: the server's own operation, then the interpreter's."""
+        api = coordinator.api
+        kind = accepted.type
+        if kind == SignalType.PAUSE and interp.status == RunStatus.RUNNING:
+            await api.run(api.pause, wid)
+        elif kind == SignalType.RESUME and interp.status == RunStatus.PAUSED:
+            await _resume_if_paused(api, wid)
+        elif kind == SignalType.SKIP_STEP and accepted.step_id in ctx.index:
+            await self._skip_on_server(api, ctx, wid, workflow, accepted.step_id)
+        commands: list[Command] = interp.signal_accepted(
+            kind, accepted.payload, signal_id=accepted.signal_id, actor_id=accepted.actor.id,
+            attempt=accepted.logical_attempt_id)
+        await coordinator.execute(ctx, interp, commands, workflow, ReconcileResult())
+        if kind == SignalType.RESUME:
+            await coordinator.wake_parked_steps(ctx)
 
     async def _skip_on_server(self, api: ConductorApi, ctx: RunContext, wid: str,
                               workflow: dict[str, Any], step_id: str) -> None:
@@ -415,3 +439,10 @@ class ConductorEngine(BaseEngine):
         if not issues:
             return report
         return report.model_copy(update={"issues": (*report.issues, *issues)})
+
+
+async def _resume_if_paused(api: ConductorApi, wid: str) -> None:
+    """Resume the server's workflow unless it already runs (the server refuses that)."""
+    workflow = await api.run(api.get_workflow, wid, False)
+    if workflow.get("status") == "PAUSED":
+        await api.run(api.resume, wid)

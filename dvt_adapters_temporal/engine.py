@@ -340,6 +340,8 @@ class TemporalEngine(BaseEngine):
             signal_id=accepted.signal_id, type=str(accepted.type),
             payload=dict(accepted.payload), actor_id=accepted.actor.id,
             effective_role=str(accepted.effective_role) if accepted.effective_role else None,
+            decision_seq=accepted.decision_run_seq, previous_seq=accepted.previous_signal_seq,
+            attempt=accepted.logical_attempt_id,
         ))
 
     async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:

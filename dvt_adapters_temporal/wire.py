@@ -47,6 +47,8 @@ class Cursor:
     timers: list[list[Any]] = field(default_factory=list)
     # Signal ids already applied, so a redelivered signal is not applied twice.
     applied_signals: list[str] = field(default_factory=list)
+    # runSeq of the last applied signal decision (signals apply in decision order).
+    signal_seq: int = 0
 
 
 @dataclass
@@ -80,6 +82,12 @@ class SignalMessage:
     payload: dict[str, Any] = field(default_factory=dict)
     actor_id: str = ""
     effective_role: str | None = None
+    # runSeq of the decision record, and of the run's previous accepted signal: the workflow
+    # applies signals in decision order (None: delivered by an older engine, applied at once).
+    decision_seq: int | None = None
+    previous_seq: int | None = None
+    # For a step signal: the logical attempt it was decided for.
+    attempt: int | None = None
 
 
 @dataclass

@@ -4,7 +4,8 @@ The workflow is a thin, deterministic executor of the shared RunInterpreter: it 
 interpreter what happened (a step settled, a gate started waiting, a timer fired, a signal was
 accepted) and carries out the commands it returns, in order. Every side effect (plan fetch,
 events, steps) is an activity. Behaviour changes are gated with ``workflow.patched`` so running
-workflows replay unchanged (see docs/temporal.md).
+workflows replay unchanged (see docs/temporal.md). The module is over the usual size because
+the workflow's deterministic state lives in one class; pure helpers live beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         step_timeout,
     )
     from dvt_adapters_temporal.budget import budget_spent, continue_now
+    from dvt_adapters_temporal.ordering import SignalOrder
     from dvt_adapters_temporal.wire import (
         ACT_GATE,
         ACT_PREPARE,
@@ -75,6 +77,14 @@ PATCH_SIZE_BUDGET_DEFERS_STEPS = "dvt-size-budget-defers-steps"
 # Gate rules come from the core alone: a gate's ``params.timeoutMs`` starts its timer (as on
 # Conductor), and a gate opening while a failing run is cancelled is not cancelled twice.
 PATCH_GATE_RULES_FROM_CORE = "dvt-gate-rules-from-core"
+# Accepted signals apply in the order they were decided, not in the order their deliveries
+# arrive (dvt_adapters_temporal.ordering); a step signal for an attempt the step has left is
+# ignored by the interpreter itself (older deliveries carry no attempt).
+PATCH_SIGNALS_IN_DECISION_ORDER = "dvt-signals-in-decision-order"
+SIGNAL_ORDER_WAIT = timedelta(seconds=10)
+# An attempt cancelled before it began (a pause right after its start) keeps its logical
+# attempt: the next start must follow the log's last attempt, or the store refuses it.
+PATCH_UNSTARTED_STEP_KEEPS_ATTEMPT = "dvt-unstarted-step-keeps-attempt"
 _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
 
 
@@ -93,6 +103,7 @@ class DvtRunWorkflow:
         # held back until it has (the signal was decided on the store, which may be ahead).
         self._unfed: set[str] = set()
         self._held: dict[str, list[WorkflowInput]] = {}
+        self._order = SignalOrder()
         self._deferred: list[StartStep] = []
         self._timers: dict[str, int] = {}
         self._timer_tasks: dict[str, asyncio.Task[None]] = {}
@@ -154,6 +165,7 @@ class DvtRunWorkflow:
         if cursor:
             self._applied = list(cursor.applied_signals)
             self._seen_signals.update(self._applied)
+            self._order.applied_seq = cursor.signal_seq
         prepared: Prepared = await workflow.execute_local_activity(
             ACT_PREPARE,
             PrepareInput(inp.plan_ref, inp.context, inp.engine_run_ref, cursor is None),
@@ -174,18 +186,48 @@ class DvtRunWorkflow:
             self._interp = RunInterpreter.from_cursor(plan, cursor.interpreter)
             await self._resume(cursor)
         while self._finished is None:
-            await workflow.wait_condition(lambda: bool(self._queue) or self._can_now())
+            if not await self._wait_for_input():
+                continue
             if self._queue:
                 item = self._queue.pop(0)
-                if self._hold(item):
+                if self._out_of_order(item) or self._hold(item):
                     continue
                 await self._execute(self._feed(item))
                 self._release(item)
                 if item.signal is not None:
                     self._applied.append(item.signal.signal_id)
+                    self._signal_done(item.signal)
             elif self._can_now():
                 self._continue_as_new()
         return self._finished
+
+    async def _wait_for_input(self) -> bool:
+        """Wait for input; False when signals waited too long for a lost predecessor."""
+        if not self._order.waiting:
+            await workflow.wait_condition(self._ready)
+            return True
+        try:
+            await workflow.wait_condition(self._ready, timeout=SIGNAL_ORDER_WAIT)
+        except TimeoutError:
+            self._queue[0:0] = self._order.give_up()
+            return False
+        return True
+
+    def _ready(self) -> bool:
+        return bool(self._queue) or self._can_now()
+
+    def _out_of_order(self, item: WorkflowInput) -> bool:
+        """Park a signal while the signal decided before it has not been applied."""
+        msg = item.signal
+        if msg is None or not self._order.must_wait(msg):
+            return False
+        if not workflow.patched(PATCH_SIGNALS_IN_DECISION_ORDER):
+            return False
+        self._order.wait(item)
+        return True
+
+    def _signal_done(self, msg: SignalMessage) -> None:
+        self._queue[0:0] = self._order.applied(msg)
 
     def _hold(self, item: WorkflowInput) -> bool:
         """Hold a step signal back while that step's outcome is still on its way."""
@@ -244,7 +286,7 @@ class DvtRunWorkflow:
         msg = item.signal
         assert msg is not None
         return interp.signal_accepted(msg.type, msg.payload, signal_id=msg.signal_id,
-                                      actor_id=msg.actor_id or "operator")
+                                      actor_id=msg.actor_id or "operator", attempt=msg.attempt)
 
     # --- commands ------------------------------------------------------------------------
     async def _execute(self, commands: list[Command]) -> None:
@@ -327,7 +369,9 @@ class DvtRunWorkflow:
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
-                outcome = StepOutcome("cancelled", "STEP_CANCELLED", "step cancelled")
+                # Cancelled before any worker took it: no event of this attempt exists.
+                outcome = StepOutcome("cancelled", "STEP_CANCELLED", "step cancelled") \
+                    if err.started_event_id else StepOutcome(self._unstarted_outcome())
             else:
                 # Only lost workers get here (the runner settles its own failures): record
                 # the failure unless the runner already did.
@@ -346,6 +390,11 @@ class DvtRunWorkflow:
                 self._queue.append(WorkflowInput("awaiting", step_id=step_id, attempt=attempt))
             return
         self._settle(step_id, attempt, outcome)
+
+    def _unstarted_outcome(self) -> str:
+        """How an attempt stopped before it began settles (older runs: as cancelled)."""
+        return "not_started" if workflow.patched(PATCH_UNSTARTED_STEP_KEEPS_ATTEMPT) \
+            else "cancelled"
 
     def _settle(self, step_id: str, attempt: int, outcome: StepOutcome) -> None:
         # The interpreter maps the outcome to a settlement (rules.settlement) when it is fed.
@@ -394,7 +443,7 @@ class DvtRunWorkflow:
                 self._deferred = [d for d in self._deferred if d.step_id != step_id]
                 self._queue.append(WorkflowInput("settled", step_id=step_id,
                                           attempt=deferred[0].logical_attempt_id,
-                                          outcome="cancelled"))
+                                          outcome=self._unstarted_outcome()))
             elif step_id in self._gates:
                 attempt = self._gates[step_id]
                 self._activities[step_id] = asyncio.create_task(
@@ -441,7 +490,7 @@ class DvtRunWorkflow:
 
     def _can_now(self) -> bool:
         """Time to continue as new: over budget, and no activity is running."""
-        if self._finished is not None or self._activities or self._queue:
+        if self._finished is not None or self._activities or self._queue or self._order.waiting:
             return False
         assert self._inp is not None
         return bool(self._deferred) or continue_now(
@@ -459,6 +508,7 @@ class DvtRunWorkflow:
             timers=[[k, v] for k, v in self._timers.items()],
             # Only recent ids are needed: the engine never redelivers old signals.
             applied_signals=self._applied[-200:],
+            signal_seq=self._order.applied_seq,
         )
         workflow.continue_as_new(
             RunInput(self._inp.plan_ref, self._inp.context, self._inp.engine_run_ref,

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from dvt_api import problems
+from dvt_api import openapi_doc, problems
 from dvt_api.metrics import ApiMetrics
 from dvt_api.middleware import RequestMiddleware
-from dvt_api.routes import events, health, keys, metrics, plans, runs, signals, stream
+from dvt_api.routes import events, health, keys, metrics, plans, runs, signals, stream, webhooks
 from dvt_api.services import open_services
 from dvt_api.settings import ApiSettings
 from dvt_engine import __version__
@@ -19,7 +19,7 @@ from dvt_engine.steps.registry import HandlerRegistry
 
 log = logging.getLogger("dvt_api")
 ROUTERS = (health.router, metrics.router, plans.router, runs.router, events.router,
-           signals.router, keys.router, stream.router)
+           signals.router, keys.router, webhooks.router, stream.router)
 
 
 def create_app(settings: ApiSettings, *, registry: HandlerRegistry | None = None) -> FastAPI:
@@ -46,6 +46,7 @@ def create_app(settings: ApiSettings, *, registry: HandlerRegistry | None = None
     for router in ROUTERS:
         app.include_router(router)
     problems.install(app)
+    openapi_doc.install(app)
     app.add_middleware(RequestMiddleware, metrics=app_metrics,
                        max_body_bytes=settings.max_body_bytes)
     return app

@@ -35,6 +35,12 @@ class ApiMetrics:
         self.sse_dropped = Counter(
             "dvt_sse_clients_dropped", "Tenant-stream clients dropped for falling behind.",
             registry=self.registry)
+        self.webhook_attempts = Counter(
+            "dvt_webhook_attempts", "Webhook delivery attempts, by outcome (delivered, retry,"
+            " failed, refused).", ["outcome"], registry=self.registry)
+        self.webhooks_disabled = Counter(
+            "dvt_webhooks_disabled", "Webhooks the service disabled (410 or failing too long).",
+            registry=self.registry)
 
     def render(self) -> bytes:
         """The exposition text."""

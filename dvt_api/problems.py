@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from dvt_engine.errors import (
     ERROR_CLASSES,
@@ -45,6 +46,10 @@ class HttpCode(StrEnum):
     IDEMPOTENCY_KEY_MISMATCH = "IDEMPOTENCY_KEY_MISMATCH"
     IDEMPOTENCY_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
+    WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
+    DELIVERY_NOT_FOUND = "DELIVERY_NOT_FOUND"
+    WEBHOOK_URL_NOT_ALLOWED = "WEBHOOK_URL_NOT_ALLOWED"
+    WEBHOOK_DISABLED = "WEBHOOK_DISABLED"
     INTERNAL = "INTERNAL"
 
 
@@ -59,6 +64,10 @@ TITLES: dict[str, str] = {
     "IDEMPOTENCY_KEY_MISMATCH": "The Idempotency-Key was used with another request body",
     "IDEMPOTENCY_KEY_IN_USE": "A request with this Idempotency-Key is still in flight",
     "API_KEY_NOT_FOUND": "No such API key",
+    "WEBHOOK_NOT_FOUND": "No such webhook",
+    "DELIVERY_NOT_FOUND": "No such webhook delivery",
+    "WEBHOOK_URL_NOT_ALLOWED": "The webhook URL is not a public http(s) address",
+    "WEBHOOK_DISABLED": "The webhook is disabled",
     "INTERNAL": "Internal error",
 }
 
@@ -169,6 +178,16 @@ def _error_items(details: Mapping[str, Any]) -> list[dict[str, str]]:
     return items[:100]
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path (Starlette names only one)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\x00"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Route every exception the app can meet to one problem+json answer."""
 
@@ -199,8 +218,13 @@ def install(app: FastAPI) -> None:
         code = {404: HttpCode.NOT_FOUND, 405: HttpCode.METHOD_NOT_ALLOWED,
                 413: HttpCode.PAYLOAD_TOO_LARGE}.get(exc.status_code, HttpCode.REQUEST_INVALID)
         status = exc.status_code if exc.status_code < 500 else 500
+        if status == 400:  # a body that is not UTF-8: refused like malformed JSON
+            status = 422
+        headers = dict(exc.headers or {})
+        if status == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return problem_response(request, ApiProblem(
-            status, code, TITLES.get(code, "request refused"), headers=exc.headers))
+            status, code, TITLES.get(code, "request refused"), headers=headers))
 
     async def on_any(request: Request, exc: Exception) -> Response:
         log.error("unhandled %s", type(exc).__name__,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from dvt_engine.access import ApiRole
@@ -15,10 +15,34 @@ def _optional_id() -> Any:
     return Field(default=None, min_length=1, max_length=200, pattern=r"^[^|\x00-\x1f\x7f]+$")
 
 
+def holds_nul(value: Any) -> bool:
+    """Whether any string in a JSON value (keys included) holds U+0000."""
+    pending = [value]
+    while pending:  # a loop, not recursion: nesting depth is the client's to choose
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 class Body(BaseModel):
-    """A request body: camelCase, unknown fields refused."""
+    """A request body: camelCase, unknown fields refused, no U+0000 anywhere."""
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # PostgreSQL text and jsonb cannot store U+0000: refuse it here, not as a store failure.
+        if holds_nul(data):
+            raise ValueError("text may not contain U+0000")
+        return data
 
 
 class Out(BaseModel):

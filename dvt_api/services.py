@@ -25,6 +25,8 @@ from dvt_engine.plugins import open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 from dvt_engine.steps.registry import HandlerRegistry, default_registry
 from dvt_engine.stores.memory_access import MemoryAccessStore
+from dvt_engine.stores.memory_webhooks import MemoryWebhookStore
+from dvt_engine.webhooks import WebhookStore
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Services:
     registry: HandlerRegistry
     metrics: ApiMetrics
     hub: TenantHub
+    webhooks: WebhookStore | None = None
+    dispatcher: Any = None  # dvt_api.webhook_dispatch.Dispatcher
 
     @property
     def keys(self) -> ApiKeyStore:
@@ -67,6 +71,15 @@ async def open_access(url: str) -> Any:
     return await PostgresAccessStore.open(url)
 
 
+async def open_webhooks(url: str) -> WebhookStore:
+    """The webhook store that lives next to the run store of ``url``."""
+    if url.startswith("memory:"):
+        return MemoryWebhookStore()
+    from dvt_statestore_pg.webhooks import PostgresWebhookStore
+
+    return await PostgresWebhookStore.open(url)
+
+
 @contextlib.asynccontextmanager
 async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
                         metrics: ApiMetrics) -> AsyncIterator[Services]:
@@ -92,8 +105,17 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
         stack.push_async_callback(engine.close)
         hub = TenantHub(store, metrics, client_queue=settings.sse_client_queue)
         stack.push_async_callback(hub.close)
+        webhooks = await open_webhooks(settings.store.store_url())
+        if hasattr(webhooks, "close"):
+            stack.push_async_callback(webhooks.close)
+        from dvt_api.webhook_dispatch import Dispatcher
+
+        dispatcher = Dispatcher(store, webhooks, settings, metrics)
+        dispatcher.start()
+        stack.push_async_callback(dispatcher.stop)
         yield Services(settings=settings, store=store, access=access, engine=engine,
-                       registry=reg, metrics=metrics, hub=hub)
+                       registry=reg, metrics=metrics, hub=hub, webhooks=webhooks,
+                       dispatcher=dispatcher)
 
 log = logging.getLogger("dvt_api")
 #: Expired idempotency records are deleted this often (a claim takes an expired key over

@@ -16,6 +16,7 @@ from dvt_engine.settings import (
     ReferenceSettings,
     StoreSettings,
 )
+from dvt_engine.webhooks import DEFAULT_RETRY_SCHEDULE
 
 
 class ApiSettings(BaseSettings):
@@ -60,6 +61,19 @@ class ApiSettings(BaseSettings):
     #: Events queued per tenant-stream client; a client further behind is dropped and
     #: resumes by cursor.
     sse_client_queue: int = Field(default=1000, ge=1)
+
+    #: Webhook target hosts exempt from the public-address rule (``--allow-webhook-host``).
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    #: Delays before the 2nd, 3rd, ... attempt of a webhook delivery (+-20 % jitter each);
+    #: after the last one the delivery is ``failed``. Default: about three days.
+    webhook_retry_schedule: tuple[timedelta, ...] = Field(default=DEFAULT_RETRY_SCHEDULE,
+                                                          min_length=1, max_length=50)
+    #: A receiver must answer 2xx within this long.
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    #: An endpoint failing without a success for this long is disabled.
+    webhook_disable_after: timedelta = timedelta(days=5)
+    #: Deliveries in flight at once to one endpoint, per service process.
+    webhook_endpoint_concurrency: int = Field(default=1, ge=1, le=32)
 
     @model_validator(mode="after")
     def _check(self) -> ApiSettings:

@@ -73,9 +73,13 @@ def engine_settings(name: str, *, workers: bool, temporal_address: str | None,
 @click.option("--dev", is_flag=True, help="Allow the in-memory store (everything is lost).")
 @click.option("--temporal-address", envvar="DVT_TEMPORAL_ADDRESS", metavar="HOST:PORT")
 @click.option("--conductor-url", envvar="DVT_CONDUCTOR_URL", metavar="URL")
+@click.option("--allow-webhook-host", "webhook_hosts", multiple=True, metavar="HOST",
+              help="Allow webhooks to this host although it is not a public address "
+                   "(repeatable; e.g. 127.0.0.1 for a local receiver).")
 def serve(host: str, port: int, store_url: str | None, engine: str,
           handler_modules: str | None, no_workers: bool, dev: bool,
-          temporal_address: str | None, conductor_url: str | None) -> None:
+          temporal_address: str | None, conductor_url: str | None,
+          webhook_hosts: tuple[str, ...]) -> None:
     """Serve the HTTP API until Ctrl-C or SIGTERM (open requests finish first)."""
 
     async def body() -> int:
@@ -93,8 +97,9 @@ def serve(host: str, port: int, store_url: str | None, engine: str,
 
             dev_key = mint_api_key()[1]
             say(f"dev API key (tenant default, every role): {dev_key}")
+        extra: dict[str, Any] = {"webhook_allowed_hosts": webhook_hosts} if webhook_hosts else {}
         settings = ApiSettings(
-            store=store, dev=dev, dev_key=dev_key,
+            store=store, dev=dev, dev_key=dev_key, **extra,
             engine=engine_settings(engine, workers=not no_workers,
                                    temporal_address=temporal_address,
                                    conductor_url=conductor_url))

@@ -36,8 +36,13 @@ from dvt_engine.rules import pause as pause_rules
 from dvt_engine.rules import scheduling
 from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON as FAIL_FAST_GATE_REASON
 from dvt_engine.rules.gates import GATE_TIMER_PREFIX as GATE_TIMER_PREFIX
+from dvt_engine.rules.settlement import (
+    NOT_STARTED,
+    records_failure,
+    settlement_of,
+    step_status_after,
+)
 from dvt_engine.rules.settlement import StepSettlement as StepSettlement
-from dvt_engine.rules.settlement import records_failure, settlement_of, step_status_after
 from dvt_engine.statemachine import RUN_AWAITING_OPERATOR
 
 OPERATOR_TIMER_PREFIX = "operator:"
@@ -126,6 +131,9 @@ class RunInterpreter:
         state.awaiting_approval = False
         paused = step_id in self.paused_cancellations
         self.paused_cancellations.discard(step_id)
+        if outcome == NOT_STARTED:
+            state.status = StepStatus.PENDING
+            return self.advance()
         if pause_rules.runs_again_on_resume(outcome, paused, self.cancel_requested):
             state.status = StepStatus.PENDING
             state.logical_attempt_id += 1
@@ -152,8 +160,13 @@ class RunInterpreter:
         *,
         signal_id: str | None = None,
         actor_id: str = "operator",
+        attempt: int | None = None,
     ) -> list[Command]:
-        """Apply an accepted signal; returns what the engine must do."""
+        """Apply an accepted signal; returns what the engine must do.
+
+        ``attempt`` is the logical attempt a step signal was decided for: a step that has moved
+        to another attempt since ignores it (a held RETRY_STEP never retries a later failure).
+        """
         if self.is_finished:
             return []
         kind = SignalType(signal_type)
@@ -194,6 +207,8 @@ class RunInterpreter:
         if not isinstance(step_id, str) or step_id not in self.steps:
             return []
         state = self.steps[step_id]
+        if attempt is not None and attempt != state.logical_attempt_id:
+            return []
         if kind == SignalType.RETRY_STEP:
             if state.status != StepStatus.FAILED or state.in_flight:
                 return []

@@ -92,6 +92,20 @@ class RunStateStore(abc.ABC):
         different type or payload it raises IdempotencyConflict and stores nothing.
         """
 
+    async def append_if_last(self, event: Event, expected_last_seq: int) -> AppendResult | None:
+        """Append ``event`` only while the run's last runSeq is ``expected_last_seq``.
+
+        Returns None, appending nothing, when the run has moved on (optimistic concurrency:
+        the signal service decides against runSeq N and records the decision at N+1 or not
+        at all). This default checks, then appends, so it is atomic only for a store with a
+        single writer per run; the bundled stores override it with one atomic step.
+        """
+        newer = await self.fetch_events(event.tenant_id, event.run_id,
+                                        after_seq=expected_last_seq, limit=1)
+        if newer:
+            return None
+        return await self.append(event)
+
     @abc.abstractmethod
     async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
         """Append many events with the same per-event guarantees, results in input order."""

@@ -27,9 +27,10 @@ def channel_for(schema: str) -> str:
 
 @dataclass(eq=False)
 class Waiter:
-    """One follower's doorbell: set by a matching notification or by a reconnect."""
+    """One follower's doorbell: set by a matching notification or by a reconnect
+    (``tenant_id`` None: every tenant's notifications, e.g. the webhook outbox reader)."""
 
-    tenant_id: str
+    tenant_id: str | None
     run_id: str | None
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -65,7 +66,7 @@ class Notifier:
         return self.listening
 
     @contextlib.contextmanager
-    def subscribe(self, tenant_id: str, run_id: str | None) -> Iterator[Waiter]:
+    def subscribe(self, tenant_id: str | None, run_id: str | None) -> Iterator[Waiter]:
         """Register a waiter for the duration of a ``with`` block."""
         self.ensure_started()
         waiter = Waiter(tenant_id, run_id)
@@ -77,7 +78,7 @@ class Notifier:
 
     def _wake(self, tenant_id: str | None, run_id: str | None) -> None:
         for waiter in list(self._waiters):
-            if tenant_id is None or (
+            if tenant_id is None or waiter.tenant_id is None or (
                 waiter.tenant_id == tenant_id and waiter.run_id in (None, run_id)
             ):
                 waiter.event.set()

@@ -84,6 +84,8 @@ async def test_record_is_written_before_the_accepted_signal_is_returned(
         "actor": {"id": "alice", "roles": ["admin", "approver"]}, "effectiveRole": "admin",
         "reason": "flaky", "errorCode": None, "message": None, "noOp": False,
         "request": {"stepId": "a", "reason": "flaky"},
+        "basis": {"runStatus": "RUNNING", "stepStatus": "FAILED", "stepSubstatus": None,
+                  "logicalAttemptId": 1},
     }
     assert decision_from_record(record, duplicate=False) == verdict.decision
     assert accepted.step_id == "a"

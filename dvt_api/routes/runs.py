@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Path, Query
 from starlette.responses import JSONResponse, Response
@@ -77,7 +78,8 @@ async def _start(svc: Services, who: Principal, body: CreateRun,
     if existing is None:
         svc.metrics.runs_started.labels(svc.settings.engine_name).inc()
     doc = await run_document(svc.store, who.tenant_id, run_id)
-    headers: tuple[tuple[str, str], ...] = (("Location", f"/v1/runs/{run_id}"),)
+    # Percent-encoded: a run id may hold any Unicode, a header only latin-1 (and a URI less).
+    headers: tuple[tuple[str, str], ...] = (("Location", f"/v1/runs/{quote(run_id, safe='')}"),)
     if existing is not None:
         headers += ((idempotency.REPLAYED, "true"),)
     return StoredResponse(200 if existing is not None else 201,

@@ -40,6 +40,7 @@ from dvt_engine.models.run import (
 )
 from dvt_engine.planning.capabilities import ENGINE_CAPABILITIES
 from dvt_engine.rules.cancel import DEFAULT_CANCEL_REASON
+from dvt_engine.signals.desired import accepted_signals
 from dvt_engine.signals.service import AcceptedSignal
 from dvt_engine.steps import CancelToken, StepInvocation, StepOutcome, StepRunner
 
@@ -142,6 +143,8 @@ class _RunDriver:
     steps: dict[str, tuple[asyncio.Task[None], CancelToken]] = field(default_factory=dict)
     gates: dict[str, _Gate] = field(default_factory=dict)
     timers: list[asyncio.Task[None]] = field(default_factory=list)
+    #: runSeq of the last accepted signal applied: signals apply in decision order.
+    signal_seq: int = 0
 
     def __post_init__(self) -> None:
         self.interp = RunInterpreter(
@@ -159,6 +162,10 @@ class _RunDriver:
         await self.execute(self.interp.begin())
         while not self.interp.is_finished:
             message = await self.inbox.get()
+            if message[0] == "signal":
+                for accepted in await self._due_signals(message[1]):
+                    await self.execute(self._apply(accepted))
+                continue
             await self.execute(self.handle(message))
         for timer in self.timers:
             timer.cancel()
@@ -171,16 +178,34 @@ class _RunDriver:
         if kind == "awaiting":
             return self.interp.step_awaiting_approval(message[1])
         if kind == "signal":
-            accepted: AcceptedSignal = message[1]
-            return self.interp.signal_accepted(
-                accepted.type, accepted.payload, signal_id=accepted.signal_id,
-                actor_id=accepted.actor.id,
-            )
+            return self._apply(message[1])
         if kind == "cancel":
             return self.interp.cancel(message[1])
         if kind == "timer":
             return self.interp.timer_fired(message[1])
         raise AssertionError(f"unknown driver message {kind!r}")
+
+    def _apply(self, accepted: AcceptedSignal) -> list[Command]:
+        return self.interp.signal_accepted(
+            accepted.type, accepted.payload, signal_id=accepted.signal_id,
+            actor_id=accepted.actor.id, attempt=accepted.logical_attempt_id,
+        )
+
+    async def _due_signals(self, accepted: AcceptedSignal) -> list[AcceptedSignal]:
+        """The accepted signals up to this one not applied yet, in decision (runSeq) order.
+
+        Two callers' signals reach the inbox in any order; the log has them in the order they
+        were decided, and each was decided on the run as the earlier ones leave it.
+        """
+        if accepted.decision_run_seq <= self.signal_seq:
+            return []  # already applied, with a later signal that was delivered first
+        h = self.header
+        events = await self.engine.store.fetch_events(h.tenant_id, h.run_id,
+                                                      after_seq=self.signal_seq)
+        due = accepted_signals(events, after_seq=self.signal_seq,
+                               upto_seq=accepted.decision_run_seq)
+        self.signal_seq = accepted.decision_run_seq
+        return due if any(s.signal_id == accepted.signal_id for s in due) else [*due, accepted]
 
     async def execute(self, commands: list[Command]) -> None:
         for command in commands:

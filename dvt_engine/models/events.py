@@ -128,6 +128,19 @@ class StepAwaitingApprovalPayload(DvtModel):
     timeout_ms: int | None = None
 
 
+class SignalBasis(DvtModel):
+    """The state an accepted signal was decided against (the run's desired state then).
+
+    Run signals record the run's status; step signals the step's status, substatus and
+    logical attempt. An accepted signal is still to be applied while its basis holds.
+    """
+
+    run_status: str | None = None
+    step_status: str | None = None
+    step_substatus: str | None = None
+    logical_attempt_id: int | None = None
+
+
 class SignalDecisionPayload(DvtModel):
     """SignalAccepted / SignalRejected: the audit record of a decision."""
 
@@ -141,6 +154,7 @@ class SignalDecisionPayload(DvtModel):
     message: str | None = None
     no_op: bool = False
     request: dict[str, Any] = Field(default_factory=dict)
+    basis: SignalBasis | None = None
 
 
 class RunPausedPayload(DvtModel):

@@ -215,6 +215,10 @@ class AcceptedSignal(DvtModel):
     actor: Actor
     effective_role: Role | None = None
     decision_run_seq: int
+    #: For a step signal: the logical attempt it was decided for (it applies to no other).
+    logical_attempt_id: int | None = None
+    #: The runSeq of the run's previous accepted signal an engine applies (decision order).
+    previous_signal_seq: int | None = None
 
     @property
     def step_id(self) -> str | None:

@@ -1,8 +1,9 @@
 """Settlement: what one logical attempt's outcome means for the run.
 
-Every engine reports an attempt's end to the interpreter as one of four settlements, with the
+Every engine reports an attempt's end to the interpreter as one of five settlements, with the
 error that ended it. Anything else the step runner may answer (an outcome an engine does not
 expect at that point) counts as a failure, so a run never waits for a step that has stopped.
+``not_started`` is an attempt its engine stopped before any of its events were written.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from dvt_engine.errors import ErrorCode
 from dvt_engine.models.run import StepStatus
 from dvt_engine.models.snapshot import StepError
 
-StepSettlement = Literal["succeeded", "failed", "cancelled", "refused"]
-SETTLEMENTS: tuple[StepSettlement, ...] = ("succeeded", "failed", "cancelled", "refused")
+StepSettlement = Literal["succeeded", "failed", "cancelled", "refused", "not_started"]
+SETTLEMENTS: tuple[StepSettlement, ...] = (
+    "succeeded", "failed", "cancelled", "refused", "not_started")
+#: An attempt stopped before it began (no event of it exists): the step is PENDING again with
+#: the same logical attempt, so the log's attempt numbers stay consecutive.
+NOT_STARTED: StepSettlement = "not_started"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ def step_status_after(outcome: StepSettlement) -> StepStatus:
         return StepStatus.SUCCESS
     if outcome == "refused":
         return StepStatus.SKIPPED
+    if outcome == NOT_STARTED:
+        return StepStatus.PENDING
     return StepStatus.FAILED
 
 

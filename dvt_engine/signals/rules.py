@@ -1,9 +1,10 @@
-"""The state check of contract §6.2 rule 4: may this signal act on the run as it is now?
+"""The state check of contract §6.2 rule 4: may this signal act on the run as it will be?
 
-Pure: it reads the run's header and current snapshot and says "apply", "accepted no-op" or
-"refused with code X". The decision is taken against the snapshot at decision time; an engine
-applies an accepted signal through the state machine, which refuses anything that became
-illegal since (a step that started between the decision and its application).
+Pure: it reads the run's header and its *desired* snapshot (the projection with every accepted,
+not yet applied signal folded in: :mod:`dvt_engine.signals.desired`) and says "apply",
+"accepted no-op" or "refused with code X". An engine applies an accepted signal through the
+state machine, which refuses anything that became illegal since (a step that started on its own
+between the decision and its application).
 """
 
 from __future__ import annotations
@@ -50,13 +51,25 @@ def check_state(
     *,
     step_id: str | None = None,
     approve: bool = True,
+    cancel_seq: int | None = None,
 ) -> StateVerdict:
-    """Decide ``signal_type`` against the run's current snapshot (see docs/signals.md)."""
+    """Decide ``signal_type`` against the run's desired snapshot (see docs/signals.md).
+
+    ``cancel_seq`` is the runSeq of an accepted CANCEL: the run is being cancelled.
+    """
     status = snapshot.status
     if signal_type == SignalType.RETRY_RUN:
         return _retry_run(status)
     if status.is_terminal:
         return _refuse(ErrorCode.RUN_TERMINAL, f"run is {status} and accepts no more signals")
+    if cancel_seq is not None:
+        if signal_type == SignalType.CANCEL:
+            return StateVerdict(no_op=True, message="run is already being cancelled")
+        return _refuse(
+            ErrorCode.RUN_TERMINAL,
+            f"run is being cancelled (CANCEL accepted at runSeq {cancel_seq}) and accepts "
+            "no more signals",
+        )
     if signal_type in _STEP_SIGNALS:
         return _step_signal(snapshot, signal_type, step_id)
     if signal_type == SignalType.PAUSE:

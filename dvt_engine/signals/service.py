@@ -2,8 +2,10 @@
 
 ``decide`` validates a signal, finds its run for the caller's tenant, answers a repeated
 signalId with the first decision, applies the rate limit, asks the authorizer, checks the run's
-state, and appends the decision record BEFORE it hands an accepted signal to the engine. The
-engine then applies only what ``SignalVerdict.accepted`` carries. See docs/signals.md.
+state against the run's desired state (the log, with accepted signals not yet applied folded
+in), and appends the decision record, only if the run is still at the runSeq it decided on,
+BEFORE it hands an accepted signal to the engine. The engine then applies only what
+``SignalVerdict.accepted`` carries, in decision order. See docs/signals.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dvt_engine import telemetry
-from dvt_engine.errors import ErrorCode, RunNotFound, SchemaValidationFailed
+from dvt_engine.errors import ErrorCode, RunNotFound, SchemaValidationFailed, StoreUnavailable
 from dvt_engine.eventlog import EventFactory, utc_now
 from dvt_engine.idempotency import signal_key
 from dvt_engine.models.events import Event, EventType, SignalDecisionPayload
@@ -32,6 +34,8 @@ from dvt_engine.models.signals import (
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import AuthorizationRequest, Authorizer, RunStateStore
 from dvt_engine.signals.authz import RoleBasedAuthorizer
+from dvt_engine.signals.desired import DesiredState, basis_of, desired_state
+from dvt_engine.signals.logview import LogViews
 from dvt_engine.signals.payloads import dump_payload, validate_envelope, validate_payload
 from dvt_engine.signals.ratelimit import SlidingWindowLimiter
 from dvt_engine.signals.retry_run import new_run_context, retry_run_id
@@ -39,6 +43,8 @@ from dvt_engine.signals.rules import check_state
 
 RATE_LIMIT_CAPABILITY = "signals.rate.limit"
 EMITTED_BY = "operator"
+#: How often a decision is taken again because the run moved on before it was recorded.
+DECISION_ATTEMPTS = 200
 
 __all__ = [
     "EMITTED_BY",
@@ -81,6 +87,7 @@ class SignalService:
         self.store = store
         self.authorizer: Authorizer = authorizer or RoleBasedAuthorizer()
         self.clock = clock
+        self.views = LogViews(store)
         self.limiter = (
             SlidingWindowLimiter(rate_limit_per_minute, clock)
             if rate_limit_per_minute is not None
@@ -142,28 +149,46 @@ class SignalService:
                 payload=payload,
             )
         )
-        record = _Record(request, payload, key, header, snapshot)
-        if not auth.allowed:
-            return await self._record(
-                record,
-                error_code=ErrorCode.SIGNAL_UNAUTHORIZED,
-                message=auth.reason or f"not allowed to send {request.type}",
-                effective_role=None,
-            )
-
-        state = check_state(
-            header,
-            snapshot,
-            request.type,
-            step_id=payload.get("stepId"),
-            approve=payload.get("decision", "approve") == "approve",
-        )
-        return await self._record(
-            record,
-            error_code=state.error_code,
-            message=state.message,
-            effective_role=auth.effective_role,
-            no_op=state.no_op,
+        # Rule 4 on the truth: the log up to runSeq N with every accepted, not yet applied
+        # signal folded in, and the decision recorded at N+1 or not at all (then decided again
+        # on the longer log). Two signals that conflict are thereby decided one after the other.
+        for _ in range(DECISION_ATTEMPTS):
+            view = await self.views.current(header)
+            found = view.find(key)
+            if found is not None:
+                return SignalVerdict(decision_from_record(found), None, header, view.snapshot)
+            desired = desired_state(view.snapshot, view.events)
+            record = _Record(request, payload, key, header, view.snapshot, view.last_seq,
+                             desired)
+            if not auth.allowed:
+                verdict = await self._record(
+                    record,
+                    error_code=ErrorCode.SIGNAL_UNAUTHORIZED,
+                    message=auth.reason or f"not allowed to send {request.type}",
+                    effective_role=None,
+                )
+            else:
+                state = check_state(
+                    header,
+                    desired.snapshot,
+                    request.type,
+                    step_id=payload.get("stepId"),
+                    approve=payload.get("decision", "approve") == "approve",
+                    cancel_seq=desired.cancel_seq,
+                )
+                verdict = await self._record(
+                    record,
+                    error_code=state.error_code,
+                    message=_with_pending(state.message, desired),
+                    effective_role=auth.effective_role,
+                    no_op=state.no_op,
+                )
+            if verdict is not None:
+                return verdict
+        raise StoreUnavailable(
+            f"run {request.run_id!r} changed under {DECISION_ATTEMPTS} attempts to decide "
+            f"signal {request.signal_id!r}; retry the same signalId",
+            details={"runId": request.run_id, "signalId": request.signal_id},
         )
 
     async def _find_run(self, request: SignalRequest) -> tuple[RunHeader, RunSnapshot]:
@@ -213,7 +238,8 @@ class SignalService:
         message: str | None,
         effective_role: Role | None,
         no_op: bool = False,
-    ) -> SignalVerdict:
+    ) -> SignalVerdict | None:
+        """Record the decision at runSeq N+1; None when the run moved past N meanwhile."""
         request = record.request
         accepted = error_code is None
         body = SignalDecisionPayload(
@@ -227,12 +253,18 @@ class SignalService:
             message=message,
             no_op=no_op,
             request=record.payload,
+            basis=basis_of(record.desired.snapshot, request.type, record.payload.get("stepId"))
+            if accepted and not no_op else None,
         ).model_dump(mode="json", by_alias=True)
+        if body["basis"] is None:
+            del body["basis"]  # refusals and no-ops keep the record's earlier shape
         event_type = EventType.SIGNAL_ACCEPTED if accepted else EventType.SIGNAL_REJECTED
         event = EventFactory(record.header, EMITTED_BY, self.clock).signal_event(
             event_type, record.key, body
         )
-        result = await self.store.append(event)
+        result = await self.store.append_if_last(event, record.last_seq)
+        if result is None:
+            return None
         if result.duplicate:
             # A concurrent request with the same signalId won the race: its decision stands.
             stored = await self.store.get_event_by_key(
@@ -253,6 +285,7 @@ class SignalService:
         )
         applied = None
         if accepted and not no_op:
+            basis = basis_of(record.desired.snapshot, request.type, record.payload.get("stepId"))
             applied = AcceptedSignal(
                 signal_id=request.signal_id,
                 type=request.type,
@@ -262,6 +295,8 @@ class SignalService:
                 actor=request.actor,
                 effective_role=effective_role,
                 decision_run_seq=result.run_seq,
+                logical_attempt_id=basis.logical_attempt_id,
+                previous_signal_seq=record.desired.last_signal_seq,
             )
         return SignalVerdict(decision, applied, record.header, record.snapshot)
 
@@ -273,6 +308,16 @@ class _Record:
     key: str
     header: RunHeader
     snapshot: RunSnapshot
+    last_seq: int
+    desired: DesiredState
+
+
+def _with_pending(message: str | None, desired: DesiredState) -> str | None:
+    """A refusal or no-op message that says when accepted, unapplied signals shaped it."""
+    if message is None or not desired.pending:
+        return message
+    seqs = ", ".join(str(p.decision_run_seq) for p in desired.pending)
+    return f"{message} (counting the signals accepted at runSeq {seqs}, not yet applied)"
 
 
 def decision_from_record(event: Event, *, duplicate: bool = True) -> SignalDecision:

@@ -108,6 +108,18 @@ class MemoryRunStateStore(RunStateStore):
             self._appended.notify_all()
             return result
 
+    async def append_if_last(self, event: Event, expected_last_seq: int) -> AppendResult | None:
+        """Append ``event`` only while the run's last runSeq is ``expected_last_seq``."""
+        event = prepared_for_storage(event)
+        async with self._lock:
+            run = self._require_run(event.tenant_id, event.run_id)
+            if run.next_seq - 1 != expected_last_seq:
+                return None
+            self._refuse_conflicts([event])
+            result = self._append_locked(event)
+            self._appended.notify_all()
+            return result
+
     async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
         """Append many events atomically with the same per-event guarantees."""
         events = [prepared_for_storage(e) for e in events]

@@ -1,12 +1,12 @@
-"""End to end on Temporal: create a run over HTTP and follow its stream to the terminal event."""
+"""End to end on Temporal: runs created over HTTP, signalled and followed to their end."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
-from api_helpers import ApiServer, gated_plan, sse_messages, start_server, stop_server, tenant
+from api_helpers import ApiServer, start_server, stop_server
+from engine_scenarios import cancel_at_the_gate, pause_resume_approve
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +23,10 @@ def temporal_server(api_store_url: str, dvt_temporal_address: str,
             assert stop_server(server) in (0, -15)
 
 
-def test_a_gated_run_on_temporal_streams_to_its_end(temporal_server: ApiServer) -> None:
-    t = tenant()
-    key = temporal_server.key(t, "runner", "reader", "approver")
-    with temporal_server.client(key) as c:
-        created = c.post("/v1/runs", json={"plan": gated_plan()})
-        assert created.status_code == 201, created.text
-        run_id = created.json()["runId"]
-        assert created.json()["engine"] == "temporal"
-        seen = []
-        with c.stream("GET", f"/v1/runs/{run_id}/stream") as s:
-            for message in sse_messages(s.iter_lines()):
-                seen.append(message)
-                if message.event == "StepAwaitingApproval":
-                    approved = c.post(f"/v1/runs/{run_id}/signals",
-                                      json={"type": "APPROVE_STEP", "stepId": "signoff"})
-                    assert approved.status_code == 202, approved.text
-        assert seen[-1].event == "RunCompleted"
-        log = c.get(f"/v1/runs/{run_id}/events", params={"limit": 1000}).json()["items"]
-        assert [json.loads(m.data) for m in seen] == log
-        assert c.get(f"/v1/runs/{run_id}").json()["status"] == "COMPLETED"
+def test_a_gated_run_pauses_resumes_and_completes_on_temporal(
+        temporal_server: ApiServer) -> None:
+    pause_resume_approve(temporal_server, "temporal")
+
+
+def test_a_gated_run_is_cancelled_at_its_gate_on_temporal(temporal_server: ApiServer) -> None:
+    cancel_at_the_gate(temporal_server, "temporal")
