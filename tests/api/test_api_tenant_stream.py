@@ -214,3 +214,28 @@ def test_a_client_that_stops_reading_is_dropped_and_resumes(
                     break
         _check_union(got + rest, c, runs)
         assert _metric(c, "dvt_sse_clients_dropped_total") == 1
+
+
+def test_the_stream_request_is_logged_with_its_trace_and_never_its_key(
+        api_server: ApiServer) -> None:
+    from secret_helpers import assert_no_secrets
+
+    t = tenant()
+    key = api_server.key(t, "reader")
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    request_id = f"req-{t}"
+    with api_server.client(key) as c:
+        answer = c.get("/v1/stream", params={"after": "x"},
+                       headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+                                "X-Request-Id": request_id})
+        assert answer.status_code == 422
+    lines = [json.loads(line) for line in api_server.log_text().splitlines()
+             if request_id in line]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["msg"] == "request"
+    assert line["trace_id"] == trace
+    assert line["tenant_id"] == t
+    assert line["route"] == "/v1/stream"
+    assert line["status"] == 422
+    assert_no_secrets(api_server.log_text(), known=[key])
