@@ -146,6 +146,7 @@ def demo(session: nox.Session) -> None:
     suffix = uuid.uuid4().hex[:8]
     diamond, gated = f"diamond-{suffix}", f"approval-{suffix}"
     worker: subprocess.Popen[bytes] | None = None
+    server: subprocess.Popen[bytes] | None = None
     try:
         session.run("dvt", "dev", "up", env=env)
         session.run("dvt", "validate", "golden_fixtures/plans/diamond.json", env=env)
@@ -162,7 +163,11 @@ def demo(session: nox.Session) -> None:
         session.run("dvt", "events", gated, "--follow", env=env)
         session.run("dvt", "status", gated, env=env)
         session.run("dvt", "runs", env=env)
+        server = _serve_demo(session, env, home)
     finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=60)
@@ -171,6 +176,54 @@ def demo(session: nox.Session) -> None:
         else:
             session.run("dvt", "dev", "down", "--purge", env=env)
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _serve_demo(session: nox.Session, env: dict[str, str], home: Path
+                ) -> subprocess.Popen[bytes]:
+    """The same store over HTTP: `dvt serve`, a key, a run started with curl, its SSE stream.
+
+    Returns the server process (the caller stops it), started before anything can fail.
+    """
+    import json
+    import socket
+
+    session.log("the service: dvt serve, an API key, a run started and followed over HTTP")
+    with socket.socket() as probe:  # a free port of 127.0.0.1
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    log = open(home / "serve.log", "wb")  # noqa: SIM115 - handed to the server process
+    server = subprocess.Popen([_bin(session, "dvt"), "serve", "--engine", "temporal",
+                               "--port", str(port)], env={**os.environ, **env},
+                              stdout=log, stderr=log)
+    try:
+        # curl retries while the port is closed: it returns as soon as the service answers.
+        session.run("curl", "-sS", "--retry-connrefused", "--retry", "60", "--retry-delay", "1",
+                    f"{base}/readyz", external=True)
+        made = subprocess.run([_bin(session, "dvt"), "keys", "create", "--tenant", "demo",
+                               "--role", "runner", "--role", "reader", "--json"],
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              check=True)
+        key = json.loads(made.stdout)["key"]
+        session.log("dvt keys create --tenant demo --role runner --role reader --json")
+        body = home / "run-request.json"
+        plan = json.loads(Path("golden_fixtures/plans/diamond.json").read_text("utf-8"))
+        body.write_text(json.dumps({"plan": plan}), "utf-8")
+        auth = f"Authorization: Bearer {key}"
+        created = subprocess.run(["curl", "-sS", "--fail-with-body", "-H", auth,
+                                  "-H", "Content-Type: application/json",
+                                  "--data-binary", f"@{body}", f"{base}/v1/runs"],
+                                 capture_output=True, text=True, check=True)
+        run_id = json.loads(created.stdout)["runId"]
+        session.log(f"POST /v1/runs -> {run_id}; its event stream, until the run ends:")
+        session.run("curl", "-sSN", "--fail-with-body", "-H", auth,
+                    f"{base}/v1/runs/{run_id}/stream", external=True)
+    except BaseException:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        session.log((home / "serve.log").read_text("utf-8", errors="replace")[-4000:])
+        raise
+    return server
 
 
 def _bin(session: nox.Session, name: str) -> str:

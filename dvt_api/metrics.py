@@ -26,6 +26,15 @@ class ApiMetrics:
             registry=self.registry)
         self.sse_clients = Gauge(
             "dvt_sse_clients", "Event-stream clients connected.", registry=self.registry)
+        self.sse_followers = Gauge(
+            "dvt_sse_tenant_followers", "Tenants whose events the stream hub is reading.",
+            registry=self.registry)
+        self.sse_queued = Gauge(
+            "dvt_sse_queued_events", "Events queued for tenant-stream clients, all clients.",
+            registry=self.registry)
+        self.sse_dropped = Counter(
+            "dvt_sse_clients_dropped", "Tenant-stream clients dropped for falling behind.",
+            registry=self.registry)
         self.webhook_attempts = Counter(
             "dvt_webhook_attempts", "Webhook delivery attempts, by outcome (delivered, retry,"
             " failed, refused).", ["outcome"], registry=self.registry)

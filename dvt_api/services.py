@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from dvt_api.hub import TenantHub
 from dvt_api.metrics import ApiMetrics
 from dvt_api.settings import ApiSettings
 from dvt_engine.access import (
@@ -38,6 +39,7 @@ class Services:
     engine: WorkflowEngine
     registry: HandlerRegistry
     metrics: ApiMetrics
+    hub: TenantHub
     webhooks: WebhookStore | None = None
     dispatcher: Any = None  # dvt_api.webhook_dispatch.Dispatcher
 
@@ -101,6 +103,8 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
 
         stack.push_async_callback(stop_purger)
         stack.push_async_callback(engine.close)
+        hub = TenantHub(store, metrics, client_queue=settings.sse_client_queue)
+        stack.push_async_callback(hub.close)
         webhooks = await open_webhooks(settings.store.store_url())
         if hasattr(webhooks, "close"):
             stack.push_async_callback(webhooks.close)
@@ -110,7 +114,8 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
         dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
         yield Services(settings=settings, store=store, access=access, engine=engine,
-                       registry=reg, metrics=metrics, webhooks=webhooks, dispatcher=dispatcher)
+                       registry=reg, metrics=metrics, hub=hub, webhooks=webhooks,
+                       dispatcher=dispatcher)
 
 log = logging.getLogger("dvt_api")
 #: Expired idempotency records are deleted this often (a claim takes an expired key over

@@ -58,6 +58,9 @@ class ApiSettings(BaseSettings):
     sse_retry_ms: int = Field(default=2000, ge=0)
     #: A client that cannot take an event within this long is dropped (it resumes by cursor).
     sse_send_timeout_s: float = Field(default=10.0, gt=0)
+    #: Events queued per tenant-stream client; a client further behind is dropped and
+    #: resumes by cursor.
+    sse_client_queue: int = Field(default=1000, ge=1)
 
     #: Webhook target hosts exempt from the public-address rule (``--allow-webhook-host``).
     webhook_allowed_hosts: tuple[str, ...] = ()

@@ -21,10 +21,12 @@ from dvt_engine.ports import RunStateStore
 PAGE = 500
 
 
-def _message(event: Event) -> ServerSentEvent:
+def message(event: Event, ident: str | None = None) -> ServerSentEvent:
+    """One event as an SSE message; its id is ``ident`` (default: the event's runSeq)."""
     return ServerSentEvent(data=json.dumps(event_document(event), ensure_ascii=False,
                                            separators=(",", ":")),
-                           event=str(event.event_type), id=str(event.run_seq))
+                           event=str(event.event_type),
+                           id=ident if ident is not None else str(event.run_seq))
 
 
 async def run_stream(store: RunStateStore, tenant_id: str, run_id: str, after: int, *,
@@ -37,7 +39,7 @@ async def run_stream(store: RunStateStore, tenant_id: str, run_id: str, after: i
         while True:
             page = await store.fetch_events(tenant_id, run_id, after_seq=last, limit=PAGE)
             for event in page:
-                yield _message(event)
+                yield message(event)
                 last = event.run_seq or last
                 if event.event_type in TERMINAL_RUN_EVENTS:
                     return
@@ -48,7 +50,7 @@ async def run_stream(store: RunStateStore, tenant_id: str, run_id: str, after: i
                 snapshot.last_event_seq <= last:
             return
         async for event in store.follow(tenant_id, run_id, after_seq=last):
-            yield _message(event)
+            yield message(event)
             if event.event_type in TERMINAL_RUN_EVENTS:
                 return
     finally:

@@ -1,0 +1,61 @@
+"""The tenant stream: every event of the tenant after a cursor, as Server-Sent Events.
+
+Live events come from the process's hub (one follower per tenant). A client that resumes from
+a cursor first catches up on a follower of its own, and switches to its hub queue once it has
+sent the oldest event queued there: from then on the queue holds every later event, so the
+switch neither loses nor repeats one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
+
+from sse_starlette.event import ServerSentEvent
+
+from dvt_api.hub import HubClient, TenantHub, cursor_key
+from dvt_api.metrics import ApiMetrics
+from dvt_api.sse import message
+from dvt_engine.ports import RunStateStore, TenantCursor, TenantEvent
+
+
+def _caught_up(client: HubClient, last: TenantCursor) -> bool:
+    first = client.first_cursor()
+    return first is not None and cursor_key(first) <= cursor_key(last)
+
+
+async def tenant_stream(hub: TenantHub, store: RunStateStore, tenant_id: str,
+                        after: TenantCursor | None, *, retry_ms: int,
+                        metrics: ApiMetrics) -> AsyncIterator[ServerSentEvent]:
+    """The SSE messages of ``tenant_id``'s events after ``after`` (None: from now on)."""
+    metrics.sse_clients.inc()
+    try:
+        yield ServerSentEvent(comment="stream of tenant events", retry=retry_ms)
+        with hub.subscribe(tenant_id) as client:
+            last = after
+            if last is not None:
+                own = cast(AsyncGenerator[TenantEvent, None],
+                           store.follow_tenant(tenant_id, after=last))
+                async with contextlib.aclosing(own):
+                    while not _caught_up(client, last):
+                        if client.dropped:
+                            return
+                        item = await anext(own)
+                        yield _sse(item)
+                        last = item.cursor
+            while True:
+                await client.wait()
+                if client.dropped:
+                    return
+                queued = client.take()
+                assert queued is not None
+                if last is None or cursor_key(queued.cursor) > cursor_key(last):
+                    yield _sse(queued)
+                    last = queued.cursor
+    finally:
+        metrics.sse_clients.dec()
+
+
+def _sse(item: TenantEvent) -> ServerSentEvent:
+    return message(item.event, item.cursor)
