@@ -103,7 +103,11 @@ def test_odd_run_ids_in_paths_answer_with_codes(api_server: ApiServer, key: str,
         for method, suffix, body in (("GET", "", None), ("GET", "/events", None),
                                      ("GET", "/stream", None),
                                      ("POST", "/signals", {"type": "PAUSE"})):
-            answer = c.request(method, f"/v1/runs/{run_id}{suffix}", json=body)
+            path = f"/v1/runs/{run_id}{suffix}"
+            # A client would resolve "/v1/runs/../stream" to "/v1/stream" (a real route) before
+            # sending; the request line is sent as written so the service sees the odd id.
+            raw = {"target": path.encode()} if set(run_id) == {"."} else None
+            answer = c.request(method, path, json=body, extensions=raw)
             assert answer.status_code in (404, 422), (method, suffix, answer.text)
             code = answer.json()["code"]
             assert code in ("RUN_NOT_FOUND", "NOT_FOUND", "REQUEST_INVALID"), code
