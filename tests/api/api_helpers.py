@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class ApiServer:
     store_url: str
     log_path: Path
     env: dict[str, str]
+    tail: LogTail
     admin_keys: dict[str, str] = field(default_factory=dict)
 
     def client(self, key: str | None = None, **kw: Any) -> httpx.Client:
@@ -55,6 +57,47 @@ class ApiServer:
     def log_text(self) -> str:
         """Everything the server wrote so far."""
         return self.log_path.read_text("utf-8", errors="replace")
+
+    def wait_for_log(self, needle: str, timeout: float = 30.0) -> str:
+        """Block until a logged line holds ``needle``; that line.
+
+        The server writes a request's line after the response has gone out, so a test that
+        reads the log straight after its answer would race the writer.
+        """
+        return self.tail.wait_for(needle, timeout)
+
+
+class LogTail:
+    """The lines copied from the server's stderr, with a wake-up for each new one."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def add(self, line: str) -> None:
+        """Record one line and wake the waiters."""
+        with self._changed:
+            self._lines.append(line)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """The stream ended: waiters stop waiting."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        """The first line holding ``needle``, waiting for it to be written."""
+        def found() -> str | None:
+            return next((line for line in self._lines if needle in line), None)
+
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None or self._closed, timeout)
+            line = found()
+        if line is None:
+            raise AssertionError(f"the server never logged a line with {needle!r}")
+        return line
 
 
 def dvt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -96,18 +139,19 @@ def start_server(store_url: str, log_path: Path, home: Path, *extra: str,
     if base_url is None:
         log.close()
         raise AssertionError(f"dvt serve did not start: {log_path.read_text()}")
-    _drain(process.stderr, log)
-    return ApiServer(process, base_url, store_url, log_path, env)
+    tail = LogTail()
+    _drain(process.stderr, log, tail)
+    return ApiServer(process, base_url, store_url, log_path, env, tail)
 
 
-def _drain(stream: IO[str], log: IO[str]) -> None:
-    import threading
-
+def _drain(stream: IO[str], log: IO[str], tail: LogTail) -> None:
     def copy() -> None:
         for line in stream:
             log.write(line)
             log.flush()
+            tail.add(line)
         log.close()
+        tail.close()
 
     threading.Thread(target=copy, daemon=True).start()
 

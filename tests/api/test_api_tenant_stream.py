@@ -229,10 +229,8 @@ def test_the_stream_request_is_logged_with_its_trace_and_never_its_key(
                        headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01",
                                 "X-Request-Id": request_id})
         assert answer.status_code == 422
-    lines = [json.loads(line) for line in api_server.log_text().splitlines()
-             if request_id in line]
-    assert len(lines) == 1
-    line = lines[0]
+    line = json.loads(api_server.wait_for_log(request_id))
+    assert sum(request_id in logged for logged in api_server.log_text().splitlines()) == 1
     assert line["msg"] == "request"
     assert line["trace_id"] == trace
     assert line["tenant_id"] == t
