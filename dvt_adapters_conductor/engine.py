@@ -107,7 +107,8 @@ class ConductorEngine(BaseEngine):
                                       owner_email=settings.owner_email,
                                       lease_s=settings.lease_s,
                                       crash_retries=settings.crash_retries)
-        self.runner = StepRunner(store, self.registry, secrets=self.secrets)
+        self.runner = StepRunner(store, self.registry, secrets=self.secrets,
+                                 artifacts=self.artifacts)
         self.worker_options = worker_options or WorkerOptions()
         self._server_url = settings.url
         self._auth = auth

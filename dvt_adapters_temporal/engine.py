@@ -121,7 +121,8 @@ class TemporalEngine(BaseEngine):
                 update={"task_queue": f"dvt-local-{socket.gethostname()}-{os.getpid()}"}
             )
         self.settings = settings
-        self.runner = StepRunner(store, self.registry, secrets=self.secrets)
+        self.runner = StepRunner(store, self.registry, secrets=self.secrets,
+                                 artifacts=self.artifacts)
         self._embedded_worker = settings.worker if worker is None else worker
         self._client: Client | None = None
         self._workers: list[Worker] = []

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from dvt_engine import telemetry
+from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import IdentifierInvalid, RunNotFound, UsageError
 from dvt_engine.eventlog import EventFactory, RunWriter, utc_now
 from dvt_engine.idempotency import run_request_key
@@ -50,8 +51,10 @@ class BaseEngine(WorkflowEngine):
         fetchers: dict[str, PlanFetcher] | None = None,
         signal_rate_limit_per_minute: int | None = 60,
         clock: Callable[[], datetime] = utc_now,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.store = store
+        self.artifacts = artifacts
         self.registry = registry if registry is not None else default_registry()
         self.secrets = secrets
         self.clock = clock

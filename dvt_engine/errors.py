@@ -56,6 +56,9 @@ class ErrorCode(StrEnum):
     USAGE_ERROR = "USAGE_ERROR"
     PLAN_SECRET_LITERAL = "PLAN_SECRET_LITERAL"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    ARTIFACT_NOT_FOUND = "ARTIFACT_NOT_FOUND"
+    ARTIFACT_CORRUPT = "ARTIFACT_CORRUPT"
+    ARTIFACT_STORE_NOT_CONFIGURED = "ARTIFACT_STORE_NOT_CONFIGURED"
 
 
 class DvtError(Exception):
@@ -384,6 +387,27 @@ class UsageError(RequestError):
     """The caller used an API or command the wrong way."""
 
     code = ErrorCode.USAGE_ERROR
+
+
+class ArtifactNotFound(StoreError):
+    """The artifact store holds no object for that reference."""
+
+    code = ErrorCode.ARTIFACT_NOT_FOUND
+    hint = "Record only refs returned by ctx.artifacts.put; artifacts are never made up by hand."
+
+
+class ArtifactCorrupt(StoreError):
+    """The bytes read back do not hash to the reference's sha256: they were changed at rest."""
+
+    code = ErrorCode.ARTIFACT_CORRUPT
+    hint = "The object was altered outside dvt; restore it from a backup or produce it again."
+
+
+class ArtifactStoreNotConfigured(StepError):
+    """A handler asked for ctx.artifacts but the engine was opened without an artifact store."""
+
+    code = ErrorCode.ARTIFACT_STORE_NOT_CONFIGURED
+    hint = "Open the engine with artifacts=open_artifact_store(...)."
 
 
 def _coded_classes() -> list[type[DvtError]]:

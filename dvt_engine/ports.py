@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import (
@@ -291,6 +292,11 @@ class StepContext(abc.ABC):
     @abc.abstractmethod
     async def secret(self, ref: str) -> str:
         """Resolve a secret reference through the host's SecretsProvider."""
+
+    @property
+    @abc.abstractmethod
+    def artifacts(self) -> ArtifactStore:
+        """The run's artifact store: ``await ctx.artifacts.put(data, kind=...)`` gives a ref."""
 
     @property
     @abc.abstractmethod

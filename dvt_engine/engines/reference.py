@@ -55,7 +55,8 @@ class ReferenceEngine(BaseEngine):
         super().__init__(store, **options)
         self.instance_id = uuid.uuid4().hex
         self.cancel_in_flight_on_pause = cancel_in_flight_on_pause
-        self.runner = StepRunner(store, self.registry, secrets=self.secrets)
+        self.runner = StepRunner(store, self.registry, secrets=self.secrets,
+                                 artifacts=self.artifacts)
         self._drivers: dict[tuple[str | None, str], _RunDriver] = {}
 
     def run_ref_for(self, header: RunHeader) -> ReferenceRunRef:

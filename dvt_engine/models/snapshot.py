@@ -18,6 +18,7 @@ class ArtifactRef(DvtModel):
     kind: str = Field(min_length=1, max_length=200)
     sha256: str | None = None
     size_bytes: int | None = Field(default=None, ge=0)
+    media_type: str | None = Field(default=None, max_length=200)
 
 
 class StepError(DvtModel):

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dvt_engine.errors import SecretNotFound, StepCancelled
+from dvt_engine.artifacts import ArtifactStore
+from dvt_engine.errors import ArtifactStoreNotConfigured, SecretNotFound, StepCancelled
 from dvt_engine.ports import SecretsProvider, StepContext
 from dvt_engine.secrets import resolve_refs
 
@@ -92,6 +93,7 @@ class RunnerStepContext(StepContext):
         *,
         secrets: SecretsProvider | None,
         cancel_token: CancelToken,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         step = invocation.step
         self.invocation = invocation
@@ -111,7 +113,17 @@ class RunnerStepContext(StepContext):
         self.timeout_ms = step.timeout_ms
         self.cancel_token = cancel_token
         self._secrets = secrets
+        self._artifacts = artifacts
         self._resolved: dict[str, str] = {}
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The engine's artifact store; ArtifactStoreNotConfigured when it was opened without."""
+        if self._artifacts is None:
+            raise ArtifactStoreNotConfigured(
+                f"step {self.step_id!r} asked for ctx.artifacts, but the engine has no artifact"
+                " store", details={"stepId": self.step_id})
+        return self._artifacts
 
     async def secret(self, ref: str) -> str:
         """Resolve a secret reference through the host's SecretsProvider."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
+from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import DvtError, ErrorCode, IllegalTransition, StepCancelled
 from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.idempotency import event_key
@@ -77,8 +78,10 @@ class StepRunner:
         emitted_by: str = DEFAULT_EMITTED_BY,
         *,
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.store = store
+        self.artifacts = artifacts
         self.stop_grace_s = stop_grace_s
         self.registry = registry if registry is not None else default_registry()
         self.secrets = secrets if secrets is not None else EnvSecretsProvider()
@@ -127,7 +130,8 @@ class StepRunner:
             return await self._open_gate(inv)
         if token.cancelled:
             return await self._cancelled(inv, token.reason)
-        ctx = RunnerStepContext(inv, secrets=self.secrets, cancel_token=token)
+        ctx = RunnerStepContext(inv, secrets=self.secrets, cancel_token=token,
+                                artifacts=self.artifacts)
         began = time.monotonic()
         try:
             handler = self.registry.get(step.kind)
