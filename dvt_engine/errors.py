@@ -59,6 +59,7 @@ class ErrorCode(StrEnum):
     ARTIFACT_NOT_FOUND = "ARTIFACT_NOT_FOUND"
     ARTIFACT_CORRUPT = "ARTIFACT_CORRUPT"
     ARTIFACT_STORE_NOT_CONFIGURED = "ARTIFACT_STORE_NOT_CONFIGURED"
+    CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
 
 
 class DvtError(Exception):
@@ -408,6 +409,13 @@ class ArtifactStoreNotConfigured(StepError):
 
     code = ErrorCode.ARTIFACT_STORE_NOT_CONFIGURED
     hint = "Open the engine with artifacts=open_artifact_store(...)."
+
+
+class ConnectionNotFound(StepError):
+    """A step names a connection the host has not configured."""
+
+    code = ErrorCode.CONNECTION_NOT_FOUND
+    hint = "Define it: DVT_CONNECTIONS__<NAME>__URL (and __PASSWORD_REF for its secret)."
 
 
 def _coded_classes() -> list[type[DvtError]]:
