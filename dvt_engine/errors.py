@@ -60,6 +60,11 @@ class ErrorCode(StrEnum):
     ARTIFACT_CORRUPT = "ARTIFACT_CORRUPT"
     ARTIFACT_STORE_NOT_CONFIGURED = "ARTIFACT_STORE_NOT_CONFIGURED"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
+    STEP_PATH_NOT_ALLOWED = "STEP_PATH_NOT_ALLOWED"
+    STEP_TOOL_MISSING = "STEP_TOOL_MISSING"
+    DBT_NODES_FAILED = "DBT_NODES_FAILED"
+    DBT_INVOCATION_FAILED = "DBT_INVOCATION_FAILED"
+    SPARK_SUBMIT_FAILED = "SPARK_SUBMIT_FAILED"
 
 
 class DvtError(Exception):
@@ -416,6 +421,43 @@ class ConnectionNotFound(StepError):
 
     code = ErrorCode.CONNECTION_NOT_FOUND
     hint = "Define it: DVT_CONNECTIONS__<NAME>__URL (and __PASSWORD_REF for its secret)."
+
+
+class StepPathNotAllowed(StepError):
+    """A step names a project or application path outside the host's allowed roots."""
+
+    code = ErrorCode.STEP_PATH_NOT_ALLOWED
+    hint = "Move it under an allowed root, or add its folder to DVT_STEPS_ALLOWED_ROOTS."
+
+
+class StepToolMissing(StepError):
+    """A step kind needs a tool that is not installed (dbt and its adapter, pyspark, Java)."""
+
+    code = ErrorCode.STEP_TOOL_MISSING
+    hint = "Install the step kind's extra: pip install 'dvt[steps-dbt]' or 'dvt[steps-spark]'."
+
+
+class DbtNodesFailed(StepError):
+    """dbt ran, but models, seeds or tests failed or errored; the message names the node ids."""
+
+    code = ErrorCode.DBT_NODES_FAILED
+    hint = "Read the step's dbt.log and dbt.run_results artifacts, fix the nodes, retry the step."
+
+
+class DbtInvocationFailed(StepError):
+    """dbt stopped before running nodes: the project, profile or connection is unusable."""
+
+    code = ErrorCode.DBT_INVOCATION_FAILED
+    default_retryable = True
+    hint = "The message says why; a database that is down is retried, a broken project is not."
+
+
+class SparkSubmitFailed(StepError):
+    """spark-submit exited with a non-zero status."""
+
+    code = ErrorCode.SPARK_SUBMIT_FAILED
+    default_retryable = True
+    hint = "Read the step's spark.driver_log artifact for the application's stack trace."
 
 
 def _coded_classes() -> list[type[DvtError]]:
