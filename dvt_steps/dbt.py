@@ -35,7 +35,7 @@ from dvt_engine.errors import (
     StepToolMissing,
 )
 from dvt_engine.ports import StepContext, StepHandler, StepResult
-from dvt_steps.dbt_artifacts import canonical_json, mask_bytes, summarize
+from dvt_steps.dbt_artifacts import canonical_json, first_failure, mask_bytes, summarize
 from dvt_steps.dbt_profiles import PROFILE_NAME, adapter_for, build_profile
 from dvt_steps.tool_process import read_tail, run_in_group
 from dvt_steps.tool_roots import ToolRootsSettings, allowed_path
@@ -139,9 +139,11 @@ class DbtHandler(StepHandler):
             listed = ", ".join(bad) if bad else "(none listed)"
             more = f" and {summary['failedNodesOmitted']} more" \
                 if "failedNodesOmitted" in summary else ""
+            first = first_failure(run_results)
             raise DbtNodesFailed(
                 f"dbt {command}: {summary['failed']} failed, {summary['errored']} errored, "
-                f"{summary['skipped']} skipped: {listed}{more}",
+                f"{summary['skipped']} skipped: {listed}{more}"
+                + (f". First: {first}" if first else ""),
                 details={"failedNodes": bad, **{k: summary[k] for k in
                                                 ("failed", "errored", "skipped")}})
         if returncode != 0:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = ["ATTEMPT_DIR_TOKEN", "MAX_LISTED_NODES", "VOLATILE_KEYS", "canonical_json",
-           "mask_bytes", "summarize"]
+           "first_failure", "mask_bytes", "summarize"]
 
 #: Keys whose values change from one invocation to the next, wherever they appear.
 VOLATILE_KEYS = frozenset({
@@ -81,3 +81,15 @@ def summarize(run_results: Mapping[str, Any] | None) -> dict[str, Any]:
     if len(bad) > MAX_LISTED_NODES:
         summary["failedNodesOmitted"] = len(bad) - MAX_LISTED_NODES
     return summary
+
+
+def first_failure(run_results: Mapping[str, Any] | None, limit: int = 300) -> str | None:
+    """``unique_id: message`` of the first failed or errored node (by id), shortened."""
+    bad = sorted((str(r.get("unique_id")), str(r.get("message") or ""))
+                 for r in (run_results or {}).get("results", [])
+                 if str(r.get("status", "")).lower() in FAILED | ERRORED)
+    if not bad:
+        return None
+    node, message = bad[0]
+    message = " ".join(message.split())
+    return f"{node}: {message[:limit]}" if message else node
