@@ -1,0 +1,185 @@
+"""The ``spark.submit`` step kind: ``spark-submit`` of a PySpark script or a jar, in local mode.
+
+Params: ``{application, args?, conf?, master?, mainClass?, timeoutS?}``. The application must
+lie inside the host's allowed roots (:mod:`dvt_steps.tool_roots`); ``master`` is a local one
+(``local``, ``local[4]``, ``local[*]``, default ``local[1]``). ``args`` and ``conf`` values may
+be secret references, resolved when the step runs and masked in everything it keeps.
+
+spark-submit runs in a process group of its own (:mod:`dvt_steps.tool_process`) with a private
+working folder per attempt, so the JVM, the Python driver and Spark's scratch files all go when
+the step ends or is cancelled. The output is the exit status and the tail of the application's
+stdout; the driver log (Spark's stderr) is stored, masked, as a ``spark.driver_log`` artifact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dvt_engine.artifacts import ArtifactStore
+from dvt_engine.errors import ArtifactStoreNotConfigured, SparkSubmitFailed, StepFailed
+from dvt_engine.models.snapshot import ArtifactRef
+from dvt_engine.ports import StepContext, StepHandler, StepResult
+from dvt_steps.dbt_artifacts import mask_bytes
+from dvt_steps.spark_runtime import java_home_for, spark_home
+from dvt_steps.tool_process import read_tail, run_in_group
+from dvt_steps.tool_roots import ToolRootsSettings, allowed_path
+
+__all__ = ["DEFAULT_MASTER", "SparkSubmitHandler"]
+
+PARAMS = frozenset({"application", "args", "conf", "master", "mainClass", "timeoutS"})
+DEFAULT_MASTER = "local[1]"
+_LOCAL_MASTER = re.compile(r"^local(\[(\d{1,3}|\*)(,\d{1,3})?\])?$")
+_CONF_KEY = re.compile(r"^spark\.[A-Za-z0-9_.\-]{1,200}$")
+_ERROR_LINE = re.compile(r"\b[A-Za-z_.$]*(Error|Exception)\b: ")
+_CLASS_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$.]{0,300}$")
+MAX_STDOUT_TAIL = 4096
+MAX_LOG_BYTES = 8 * 1024 * 1024
+#: Local-mode defaults a plan's conf may override: no web UI (no port to collide on), loopback.
+DEFAULT_CONF = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+
+
+class SparkSubmitHandler(StepHandler):
+    """Runs one application with spark-submit in local mode; see the module docstring."""
+
+    kind = "spark.submit"
+
+    def __init__(self, *, roots: ToolRootsSettings | None = None,
+                 python: str | None = None) -> None:
+        self.roots = roots
+        self.python = python or sys.executable
+
+    async def run(self, ctx: StepContext) -> StepResult:
+        """Submit the application; a non-zero exit is SPARK_SUBMIT_FAILED."""
+        unknown = sorted(set(ctx.params) - PARAMS)
+        if unknown:
+            raise _bad(f"unknown spark.submit params: {', '.join(unknown)}", "params")
+        roots = self.roots if self.roots is not None else ToolRootsSettings()
+        application = allowed_path(ctx.params.get("application"), param="application",
+                                   roots=roots, kind="file")
+        if application.suffix not in (".py", ".jar"):
+            raise _bad("params.application must be a .py script or a .jar", "application")
+        params = await ctx.resolve_params()
+        master = params.get("master", DEFAULT_MASTER)
+        if not isinstance(master, str) or not _LOCAL_MASTER.match(master):
+            raise _bad("params.master must be local, local[N] or local[*]", "master")
+        timeout_s = _timeout(params.get("timeoutS"))
+        home = spark_home()
+        store = _artifact_store(ctx)
+        workdir = Path(tempfile.mkdtemp(prefix="dvt-spark-"))
+        try:
+            conf = {**DEFAULT_CONF, "spark.local.dir": str(workdir / "scratch"),
+                    "spark.sql.warehouse.dir": str(workdir / "warehouse"),
+                    **_conf(params.get("conf"))}
+            argv = [str(home / "bin" / "spark-submit"), "--master", master]
+            main_class = params.get("mainClass")
+            if main_class is not None:
+                if not isinstance(main_class, str) or not _CLASS_NAME.match(main_class):
+                    raise _bad("params.mainClass must be a Java class name", "mainClass")
+                argv += ["--class", main_class]
+            for key, value in sorted(conf.items()):
+                argv += ["--conf", f"{key}={value}"]
+            argv += [str(application), *_args(params.get("args"))]
+            env = _env(home, java_home_for(workdir), self.python)
+            # The host's directory, so relative paths in args mean what they mean in the plan.
+            finished = await run_in_group(argv, env=env, cwd=Path.cwd(), stdout=workdir / "stdout",
+                                          stderr=workdir / "driver.log", timeout_s=timeout_s)
+            secrets = tuple(getattr(ctx, "resolved_secrets", ()))
+            log = mask_bytes(read_tail(workdir / "driver.log", MAX_LOG_BYTES), secrets)
+            stdout = mask_bytes(read_tail(workdir / "stdout", MAX_STDOUT_TAIL), secrets)
+            ref = await _put_log(store, log)
+            if finished.returncode != 0:
+                where = f"; driver log: {ref.uri}" if ref is not None else ""
+                reason = _error_line(stdout, log)
+                raise SparkSubmitFailed(
+                    f"spark-submit exited with {finished.returncode}: {reason}{where}",
+                    details={"exitCode": finished.returncode})
+            output = {"exitCode": finished.returncode,
+                      "stdout": stdout.decode("utf-8", "replace"),
+                      "artifactsStored": store is not None}
+            return StepResult(output=output, artifacts=[ref] if ref is not None else [])
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _env(home: Path, java_home: Path, python: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # This Spark and this Java, whatever the host's environment says.
+    env.update({"SPARK_HOME": str(home), "JAVA_HOME": str(java_home),
+                "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
+                "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
+    env.pop("SPARK_CONF_DIR", None)
+    return env
+
+
+def _conf(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad("params.conf must be an object of spark.* settings", "conf")
+    conf: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _CONF_KEY.match(key):
+            raise _bad(f"params.conf key {key!r} is not a spark.* setting", "conf")
+        if isinstance(item, bool):
+            conf[key] = "true" if item else "false"
+        elif isinstance(item, str | int | float):
+            conf[key] = str(item)
+        else:
+            raise _bad(f"params.conf[{key!r}] must be a string, number or boolean", "conf")
+    return conf
+
+
+def _args(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(a, str | int | float) and
+                                              not isinstance(a, bool) for a in value):
+        raise _bad("params.args must be a list of strings or numbers", "args")
+    return [str(a) for a in value]
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value <= 0:
+        raise _bad("params.timeoutS must be a positive number of seconds", "timeoutS")
+    return float(value)
+
+
+def _bad(message: str, param: str) -> StepFailed:
+    return StepFailed(message, details={"param": param}, retryable=False)
+
+
+def _artifact_store(ctx: StepContext) -> ArtifactStore | None:
+    try:
+        return ctx.artifacts
+    except ArtifactStoreNotConfigured:
+        return None  # the application still runs; the output says nothing was kept
+
+
+async def _put_log(store: ArtifactStore | None, log: bytes) -> ArtifactRef | None:
+    if store is None:
+        return None
+    return await store.put(log, kind="spark.driver_log", media_type="text/plain")
+
+
+def _error_line(*logs: bytes) -> str:
+    """The last line naming an error (``SomeError: message``), else the last line."""
+    for log in logs:
+        lines = [line.strip() for line in log[-64 * 1024:].decode("utf-8", "replace").splitlines()
+                 if line.strip()]
+        for line in reversed(lines):
+            if _ERROR_LINE.search(line) and not line.startswith(("at ", "...")):
+                return line[:500]
+    last = [line for log in logs for line in log.decode("utf-8", "replace").splitlines()
+            if line.strip()]
+    return last[-1].strip()[:500] if last else "no output"
