@@ -26,6 +26,7 @@ from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import ArtifactStoreNotConfigured, SparkSubmitFailed, StepFailed
 from dvt_engine.models.snapshot import ArtifactRef
 from dvt_engine.ports import StepContext, StepHandler, StepResult
+from dvt_engine.secrets import resolve_refs
 from dvt_steps.dbt_artifacts import mask_bytes
 from dvt_steps.spark_runtime import java_home_for, spark_home
 from dvt_steps.tool_process import read_tail, run_in_group
@@ -66,7 +67,7 @@ class SparkSubmitHandler(StepHandler):
                                    roots=roots, kind="file")
         if application.suffix not in (".py", ".jar"):
             raise _bad("params.application must be a .py script or a .jar", "application")
-        params = await ctx.resolve_params()
+        params: dict[str, Any] = await resolve_refs(dict(ctx.params), ctx.secret)
         master = params.get("master", DEFAULT_MASTER)
         if not isinstance(master, str) or not _LOCAL_MASTER.match(master):
             raise _bad("params.master must be local, local[N] or local[*]", "master")
