@@ -18,7 +18,9 @@ import psycopg
 import pytest
 from secret_helpers import assert_no_secrets
 
-from dvt_engine import Actor, Client, ReferenceSettings, Role
+from contract_tests.catalogue import EngineSide
+from contract_tests.parity import run_parity
+from dvt_engine import Actor, Client, ReferenceSettings, Role, TemporalSettings
 from dvt_engine.connections import ConnectionSettings
 from dvt_engine.models.snapshot import ArtifactRef, RunSnapshot, StepSnapshot
 from dvt_engine.plugins import open_engine
@@ -260,3 +262,27 @@ def _group_members(pgid: int) -> list[int]:
             if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc.pid)
     return found
+
+
+async def test_the_example_plan_on_temporal_matches_the_reference_engine(
+        in_repo: None, tmp_path: Path, dvt_temporal_settings: TemporalSettings) -> None:
+    sides = []
+    for label in ("reference", "temporal"):
+        folder = tmp_path / label
+        folder.mkdir()
+        registry = builtin_registry()
+        registry.register("dbt", DbtHandler(connections=ConnectionSettings(connections={
+            "warehouse": {"url": f"duckdb:///{folder / 'shop.duckdb'}"}})))
+        store = MemoryRunStateStore()
+        settings = ReferenceSettings() if label == "reference" else dvt_temporal_settings
+        sides.append(EngineSide(open_engine(settings, store=store, registry=registry), store,
+                                label))
+    try:
+        report = await run_parity(json.loads(EXAMPLE_PLAN.read_text("utf-8")), *sides,
+                                  timeout=300)
+        runs = await sides[1].store.list_runs("acme")
+    finally:
+        for side in sides:
+            await side.engine.close()
+    assert report.equal, report.summary()
+    assert [run.status for run in runs] == ["COMPLETED"]
