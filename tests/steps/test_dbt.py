@@ -20,10 +20,11 @@ from secret_helpers import assert_no_secrets
 
 from contract_tests.catalogue import EngineSide
 from contract_tests.parity import run_parity
-from dvt_engine import Actor, Client, ReferenceSettings, Role, TemporalSettings
+from dvt_engine import Actor, Client, ReferenceSettings, Role
 from dvt_engine.connections import ConnectionSettings
 from dvt_engine.models.snapshot import ArtifactRef, RunSnapshot, StepSnapshot
 from dvt_engine.plugins import open_engine
+from dvt_engine.settings import EngineSettings
 from dvt_engine.steps.registry import builtin_registry
 from dvt_engine.stores.memory import MemoryRunStateStore
 from dvt_engine.stores.memory_artifacts import MemoryArtifactStore
@@ -264,17 +265,20 @@ def _group_members(pgid: int) -> list[int]:
     return found
 
 
-async def test_the_example_plan_on_temporal_matches_the_reference_engine(
-        in_repo: None, tmp_path: Path, dvt_temporal_settings: TemporalSettings) -> None:
+@pytest.mark.parametrize("engine_name", ["temporal", "conductor"])
+async def test_the_example_plan_matches_the_reference_engine(
+        in_repo: None, tmp_path: Path, engine_name: str, request: pytest.FixtureRequest) -> None:
+    """The dbt plan on a durable engine: the same events and outputs as on the reference one."""
     sides = []
-    for label in ("reference", "temporal"):
+    for label in ("reference", engine_name):
         folder = tmp_path / label
         folder.mkdir()
         registry = builtin_registry()
         registry.register("dbt", DbtHandler(connections=ConnectionSettings(connections={
             "warehouse": {"url": f"duckdb:///{folder / 'shop.duckdb'}"}})))
         store = MemoryRunStateStore()
-        settings = ReferenceSettings() if label == "reference" else dvt_temporal_settings
+        settings: EngineSettings = ReferenceSettings() if label == "reference" \
+            else request.getfixturevalue(f"dvt_{engine_name}_settings")
         sides.append(EngineSide(open_engine(settings, store=store, registry=registry), store,
                                 label))
     try:
