@@ -21,7 +21,7 @@ from secret_helpers import assert_no_secrets
 from contract_tests.catalogue import EngineSide
 from contract_tests.parity import run_parity
 from dvt_engine import Actor, Client, ReferenceSettings, Role
-from dvt_engine.connections import ConnectionSettings
+from dvt_engine.connections import Connection, ConnectionSettings
 from dvt_engine.models.snapshot import ArtifactRef, RunSnapshot, StepSnapshot
 from dvt_engine.plugins import open_engine
 from dvt_engine.settings import EngineSettings
@@ -29,6 +29,9 @@ from dvt_engine.steps.registry import builtin_registry
 from dvt_engine.stores.memory import MemoryRunStateStore
 from dvt_engine.stores.memory_artifacts import MemoryArtifactStore
 from dvt_steps.dbt import DbtHandler
+from dvt_steps.dbt_artifacts import canonical_json, mask_bytes
+from dvt_steps.dbt_profiles import PASSWORD_ENV as PASSWORD_VAR
+from dvt_steps.dbt_profiles import build_profile
 from dvt_steps.tool_roots import ToolRootsSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +140,30 @@ async def check_example_run(client: Client, artifacts: MemoryArtifactStore,
         assert "model.dvt_example.customer_orders" in manifest["nodes"]
         assert b"PASS=" in await artifacts.get(by_kind["dbt.log"])
     return snapshot
+
+
+def test_the_profile_reads_the_password_from_the_environment_only() -> None:
+    connection = Connection(url="postgresql://etl@db.internal:6543/shop?sslmode=require",
+                            password_ref="env:X", options={"schema": "marts"})
+    secret = 'Zq9"w\\Y'
+    profile = build_profile(connection, password=secret, target="prod", threads=4)
+    assert "Zq9" not in profile.text
+    assert profile.env == {PASSWORD_VAR: secret}
+    output = json.loads(profile.text)["dvt"]["outputs"]["prod"]
+    assert output == {"type": "postgres", "threads": 4, "host": "db.internal", "port": 6543,
+                      "user": "etl", "dbname": "shop", "schema": "marts", "sslmode": "require",
+                      "password": "{{ env_var('" + PASSWORD_VAR + "') }}"}
+    duck = build_profile(Connection(url="duckdb:///data/w.duckdb"), password=None,
+                         target="dvt", threads=1)
+    assert json.loads(duck.text)["dvt"]["outputs"]["dvt"]["path"] == "/data/w.duckdb"
+    # Canonical forms: volatile fields gone, the attempt folder replaced, secrets masked.
+    raw = json.dumps({"metadata": {"invocation_id": "u1", "generated_at": "t"},
+                      "results": [{"unique_id": "model.p.m", "timing": [1], "status": "success",
+                                   "path": "/tmp/dvt-dbt-x/target/m.sql"}]}).encode()
+    assert json.loads(canonical_json(raw, "/tmp/dvt-dbt-x")) == {
+        "metadata": {}, "results": [{"path": "$DVT_DBT_DIR/target/m.sql",
+                                     "status": "success", "unique_id": "model.p.m"}]}
+    assert mask_bytes(json.dumps({"p": secret}).encode(), [secret]) == b'{"p": "***"}'
 
 
 async def test_example_plan_on_postgres_keeps_the_password_out_of_everything(
