@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -167,7 +168,8 @@ def test_the_profile_reads_the_password_from_the_environment_only() -> None:
 
 
 async def test_example_plan_on_postgres_keeps_the_password_out_of_everything(
-        in_repo: None, warehouse: dict[str, str]) -> None:
+        in_repo: None, warehouse: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with dbt_client(warehouse) as (client, artifacts):
         snapshot = await check_example_run(client, artifacts, "pg-1")
         events = await client.store.fetch_events("t", "pg-1")
@@ -177,8 +179,9 @@ async def test_example_plan_on_postgres_keeps_the_password_out_of_everything(
     assert row == (5, 8)
     stored = [body.decode("utf-8") for body in artifacts.objects.values()]
     assert stored
+    assert caplog.records  # the worker's own log, at debug level, was captured
     assert_no_secrets(snapshot, [e.model_dump(mode="json") for e in events], *stored,
-                      known=[PASSWORD])
+                      caplog.text, known=[PASSWORD])
 
 
 async def test_example_plan_on_duckdb_then_a_failing_test_retried(
