@@ -34,6 +34,7 @@ from dvt_engine.errors import (
     StepFailed,
     StepToolMissing,
 )
+from dvt_engine.models.snapshot import ArtifactRef
 from dvt_engine.ports import StepContext, StepHandler, StepResult
 from dvt_steps.dbt_artifacts import canonical_json, first_failure, mask_bytes, summarize
 from dvt_steps.dbt_profiles import PROFILE_NAME, adapter_for, build_profile
@@ -95,6 +96,8 @@ class DbtHandler(StepHandler):
         if isinstance(threads, bool) or not isinstance(threads, int) \
                 or not 1 <= threads <= MAX_THREADS:
             raise _bad(f"params.threads must be an integer from 1 to {MAX_THREADS}", "threads")
+        options = _options(command, params)
+        raw = _bool(params, "rawArtifacts", True)
         password = None if connection.password_ref is None \
             else await ctx.secret(connection.password_ref)
         profile = build_profile(connection, password=password, target=target, threads=threads)
@@ -104,11 +107,10 @@ class DbtHandler(StepHandler):
             (workdir / "profiles").mkdir()
             (workdir / "profiles" / "profiles.yml").write_text(profile.text, "utf-8")
             argv = [self.python, "-m", "dvt_steps.dbt_child", str(workdir / "verdict.json"), "--",
-                    *_dbt_args(command, params, project, workdir, target, threads)]
+                    *_dbt_args(command, project, workdir, target, threads), *options]
             finished = await run_in_group(argv, env=_child_env(profile.env), cwd=workdir,
                                           stdout=workdir / "dbt.out")
-            return await self._result(ctx, store, command, workdir, finished.returncode,
-                                      _bool(params, "rawArtifacts", True))
+            return await self._result(ctx, store, command, workdir, finished.returncode, raw)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -121,7 +123,7 @@ class DbtHandler(StepHandler):
         log = mask_bytes(read_tail(workdir / "dbt.out", MAX_LOG_BYTES), secrets)
         run_results = json.loads(files["run_results"]) if files["run_results"] else None
         summary = summarize(run_results)
-        refs = []
+        refs: list[ArtifactRef] = []
         if store is not None:
             for name in ("run_results", "manifest"):
                 if files[name]:
@@ -136,14 +138,19 @@ class DbtHandler(StepHandler):
         verdict = _verdict(workdir / "verdict.json")
         bad = summary["failedNodes"]
         if bad or (returncode == 1 and run_results is not None):
-            listed = ", ".join(bad) if bad else "(none listed)"
+            # Most useful first: a long list of ids may be cut at the message's size limit.
+            parts = [f"dbt {command}: {summary['failed']} failed, {summary['errored']} errored, "
+                     f"{summary['skipped']} skipped"]
+            first = first_failure(run_results)
+            if first:
+                parts.append(f"first: {first}")
+            if refs:
+                parts.append(f"run results: {refs[0].uri}")
             more = f" and {summary['failedNodesOmitted']} more" \
                 if "failedNodesOmitted" in summary else ""
-            first = first_failure(run_results)
+            parts.append(f"failed nodes: {', '.join(bad) if bad else '(none listed)'}{more}")
             raise DbtNodesFailed(
-                f"dbt {command}: {summary['failed']} failed, {summary['errored']} errored, "
-                f"{summary['skipped']} skipped: {listed}{more}"
-                + (f". First: {first}" if first else ""),
+                "; ".join(parts),
                 details={"failedNodes": bad, **{k: summary[k] for k in
                                                 ("failed", "errored", "skipped")}})
         if returncode != 0:
@@ -156,12 +163,17 @@ class DbtHandler(StepHandler):
         return StepResult(output=output, artifacts=refs)
 
 
-def _dbt_args(command: str, params: dict[str, Any], project: Path, workdir: Path,
-              target: str, threads: int) -> list[str]:
-    args = [command, "--project-dir", str(project), "--profiles-dir", str(workdir / "profiles"),
+def _dbt_args(command: str, project: Path, workdir: Path, target: str,
+              threads: int) -> list[str]:
+    return [command, "--project-dir", str(project), "--profiles-dir", str(workdir / "profiles"),
             "--profile", PROFILE_NAME, "--target", target,
             "--target-path", str(workdir / "target"), "--log-path", str(workdir / "logs"),
             "--threads", str(threads)]
+
+
+def _options(command: str, params: dict[str, Any]) -> list[str]:
+    """The selection, vars and full-refresh flags, checked before anything runs."""
+    args: list[str] = []
     for flag in ("select", "exclude"):
         values = _names(params, flag)
         if values:

@@ -204,8 +204,12 @@ async def test_example_plan_on_duckdb_then_a_failing_test_retried(
         error = step(snapshot, "test").error
         assert error is not None
         assert error.code == "DBT_NODES_FAILED"
-        assert "test.dvt_example.customers_have_min_orders" in error.message
+        assert "failed nodes: test.dvt_example.customers_have_min_orders" in error.message
         assert "1 failed" in error.message
+        uri = error.message.split("run results: ")[1].split(";")[0]
+        results = json.loads(artifacts.objects[uri.rsplit("/", 1)[1]])
+        assert [r["unique_id"] for r in results["results"] if r["status"] == "fail"] == [
+            "test.dvt_example.customers_have_min_orders"]
     # The same work twice: equal canonical refs, while the raw files (timestamps) differ.
     a, b = refs(step(first, "run")), refs(step(second, "run"))
     assert a["dbt.run_results.canonical"] == b["dbt.run_results.canonical"]
