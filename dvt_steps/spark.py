@@ -94,11 +94,13 @@ class SparkSubmitHandler(StepHandler):
                                           stderr=workdir / "driver.log", timeout_s=timeout_s)
             secrets = tuple(getattr(ctx, "resolved_secrets", ()))
             log = mask_bytes(read_tail(workdir / "driver.log", MAX_LOG_BYTES), secrets)
-            stdout = mask_bytes(read_tail(workdir / "stdout", MAX_STDOUT_TAIL), secrets)
-            ref = await _put_log(store, log)
+            # A PySpark driver's own prints and traceback arrive on spark-submit's stdout.
+            app_out = mask_bytes(read_tail(workdir / "stdout", MAX_LOG_BYTES), secrets)
+            stdout = app_out[-MAX_STDOUT_TAIL:]
+            ref = await _put_log(store, log + b"\n==> application stdout <==\n" + app_out)
             if finished.returncode != 0:
                 where = f"; driver log: {ref.uri}" if ref is not None else ""
-                reason = _error_line(stdout, log)
+                reason = _error_line(app_out, log)
                 raise SparkSubmitFailed(
                     f"spark-submit exited with {finished.returncode}: {reason}{where}",
                     details={"exitCode": finished.returncode})

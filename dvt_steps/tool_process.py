@@ -91,12 +91,18 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def read_tail(path: Path, limit: int) -> bytes:
-    """The last ``limit`` bytes of a file (all of it when shorter; empty when missing)."""
+    """At most the last ``limit`` bytes of a file, whole lines only (empty when missing).
+
+    A cut line is dropped, so a secret the cut fell into cannot survive in part, unmasked.
+    """
     try:
         with open(path, "rb") as file:
             file.seek(0, os.SEEK_END)
             size = file.tell()
             file.seek(max(0, size - limit))
-            return file.read()
+            data = file.read()
     except FileNotFoundError:
         return b""
+    if size > limit:
+        data = data.partition(b"\n")[2]
+    return data

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from secret_helpers import assert_no_secrets
 
 from dvt_engine import Actor, Client, ReferenceSettings, Role
 from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
@@ -76,21 +77,35 @@ async def test_the_example_app_counts_words_and_keeps_its_driver_log(
     assert "Submitted application: dvt-word-count" in log
 
 
-async def test_a_failing_app_fails_the_step_with_its_error(tmp_path: Path) -> None:
+async def test_a_failing_app_fails_the_step_with_its_error_and_masks_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "spark-S3cret-7c1e"
+    monkeypatch.setenv("DVT_TEST_SPARK_SECRET", secret)
     app = tmp_path / "broken.py"
-    app.write_text("from pyspark.sql import SparkSession\n"
+    app.write_text("import sys\n"
+                   "from pyspark.sql import SparkSession\n"
                    "SparkSession.builder.getOrCreate().range(3).count()\n"
-                   "raise RuntimeError('the application gave up on purpose')\n", "utf-8")
-    async with spark_client(ToolRootsSettings(allowed_roots=(str(tmp_path),))) as (client, _):
-        snapshot = await (await client.start_run(one_step_plan(str(app)), run_id="broken")
-                          ).result(timeout=300)
+                   "print('token', sys.argv[1], file=sys.stderr)\n"
+                   "raise RuntimeError('the application gave up on purpose: ' + sys.argv[1])\n",
+                   "utf-8")
+    plan = one_step_plan(str(app))
+    plan["steps"][0]["params"]["args"] = [{"secretRef": "env:DVT_TEST_SPARK_SECRET"}]
+    roots = ToolRootsSettings(allowed_roots=(str(tmp_path),))
+    async with spark_client(roots) as (client, artifacts):
+        snapshot = await (await client.start_run(plan, run_id="broken")).result(timeout=300)
         refused = await (await client.start_run(one_step_plan(str(REPO / "noxfile.py")),
                                                 run_id="outside")).result(timeout=60)
+        events = await client.store.fetch_events("t", "broken")
     error = only_step(snapshot).error
     assert snapshot.status == "FAILED"
     assert error is not None
     assert error.code == "SPARK_SUBMIT_FAILED"
-    assert "RuntimeError: the application gave up on purpose" in error.message
+    assert "RuntimeError: the application gave up on purpose: ***" in error.message
+    uri = error.message.split("driver log: ")[1]
+    log = artifacts.objects[uri.rsplit("/", 1)[1]].decode("utf-8")
+    assert "token ***" in log
+    assert_no_secrets(snapshot, [e.model_dump(mode="json") for e in events], log,
+                      known=[secret])
     outside = only_step(refused).error
     assert outside is not None
     assert outside.code == "STEP_PATH_NOT_ALLOWED"
