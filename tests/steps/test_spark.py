@@ -16,12 +16,14 @@ import pytest
 from secret_helpers import assert_no_secrets
 
 from dvt_engine import Actor, Client, ReferenceSettings, Role
+from dvt_engine.errors import StepTimeout
 from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
 from dvt_engine.plugins import open_engine
 from dvt_engine.steps.registry import builtin_registry
 from dvt_engine.stores.memory import MemoryRunStateStore
 from dvt_engine.stores.memory_artifacts import MemoryArtifactStore
 from dvt_steps.spark import SparkSubmitHandler
+from dvt_steps.tool_process import run_in_group
 from dvt_steps.tool_roots import ToolRootsSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,3 +169,15 @@ def _group_members(pgid: int) -> list[int]:
             if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc.pid)
     return found
+
+
+async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    """The group helper both kinds use: a child's own children die with it (no JVM needed)."""
+    pids = tmp_path / "pids"
+    script = f"sleep 300 & echo $! > {pids}; sleep 300"
+    with pytest.raises(StepTimeout):
+        await run_in_group(["/bin/sh", "-c", script], env=dict(os.environ), cwd=tmp_path,
+                           stdout=tmp_path / "out", timeout_s=2.0, term_grace_s=1.0)
+    grandchild = int(pids.read_text("utf-8"))
+    assert not psutil.pid_exists(grandchild) or \
+        psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
