@@ -68,6 +68,11 @@ class _Lru(Generic[_K, _V]):
         self._items.pop(key, None)
 
 
+def _when(event: Event) -> datetime:
+    """When the producer says the event happened (the projector's clock for durations)."""
+    return event.occurred_at or event.emitted_at
+
+
 class RunObserver:
     """Turns committed events into run counters, step durations and run state log lines."""
 
@@ -105,9 +110,7 @@ class RunObserver:
             self._metrics.runs_started.labels(self._metrics.engine_label(engine)).inc()
         if kind == EventType.STEP_STARTED and event.step_id is not None:
             step = (*run, event.step_id, event.logical_attempt_id)
-            if event.persisted_at is not None:
-                self._starts.put(step, (str(event.payload.get("kind") or "unknown"),
-                                        event.persisted_at))
+            self._starts.put(step, (str(event.payload.get("kind") or "unknown"), _when(event)))
         elif kind in _STEP_OUTCOMES:
             await self._step_done(event, _STEP_OUTCOMES[kind])
         if kind in RUN_STATES:
@@ -130,7 +133,7 @@ class RunObserver:
         return engine
 
     async def _step_done(self, event: Event, outcome: str) -> None:
-        if event.step_id is None or event.persisted_at is None:
+        if event.step_id is None:
             return
         step = (event.tenant_id, event.run_id, event.step_id, event.logical_attempt_id)
         start = self._starts.get(step)
@@ -140,20 +143,24 @@ class RunObserver:
             return
         self._starts.pop(step)
         kind, started_at = start
-        seconds = max(0.0, (event.persisted_at - started_at).total_seconds())
+        seconds = max(0.0, (_when(event) - started_at).total_seconds())
         self._metrics.step_duration.labels(self._metrics.kind_label(kind), outcome).observe(
             seconds)
 
     async def _find_start(self, event: Event) -> tuple[str, datetime] | None:
-        found = None
-        for e in await self._store.fetch_events(event.tenant_id, event.run_id):
-            if e.run_seq is not None and event.run_seq is not None and e.run_seq >= event.run_seq:
-                break
-            if (e.event_type == EventType.STEP_STARTED and e.step_id == event.step_id
-                    and e.logical_attempt_id == event.logical_attempt_id
-                    and e.persisted_at is not None):
-                found = (str(e.payload.get("kind") or "unknown"), e.persisted_at)
-        return found
+        # The stored snapshot keeps the current attempt's start; the header names the kind.
+        # Two reads whatever the run's length, and only for a step whose start this process
+        # did not see.
+        snapshot = await self._store.get_snapshot(event.tenant_id, event.run_id)
+        step = next((s for s in snapshot.steps if s.step_id == event.step_id), None) \
+            if snapshot is not None else None
+        if step is None or step.started_at is None \
+                or step.logical_attempt_id != event.logical_attempt_id:
+            return None
+        header = await self._store.get_run(event.tenant_id, event.run_id)
+        kind = next((s.kind for s in header.steps if s.step_id == event.step_id), "unknown") \
+            if header is not None else "unknown"
+        return kind, step.started_at
 
     def _log_state(self, event: Event, engine: str) -> None:
         # Identity and status only: payloads (reasons, messages) may quote user text.

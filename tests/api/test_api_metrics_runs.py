@@ -295,3 +295,41 @@ def test_store_gauges_read_the_store_once_per_period_however_often_scraped() -> 
     text = metrics.render().decode()
     assert 'dvt_runs_active{engine="reference"} 2.0' in text
     assert "dvt_outbox_depth 4.0" in text
+
+
+def test_a_step_whose_start_another_process_took_is_timed_from_the_store() -> None:
+    from dvt_api.run_observer import RunObserver
+    from dvt_engine import Client, MemoryStoreSettings, ReferenceSettings
+    from dvt_engine.plugins import open_store
+    from dvt_engine.steps.registry import default_registry
+
+    async def scenario() -> tuple[Samples, Samples]:
+        store = await open_store(MemoryStoreSettings())
+        async with await Client.connect(store=store, engine=ReferenceSettings(),
+                                        registry=default_registry(), tenant="acme",
+                                        project="dw") as client:
+            run = await client.start_run(PlanBuilder("p", "1").step("a", "noop")
+                                         .step("b", "sleep", params={"ms": 50},
+                                               depends_on=["a"]).build(), run_id="r-1")
+            assert (await run.result()).status == "COMPLETED"
+        events = await store.fetch_events("acme", "r-1")
+        seen = []
+        for part in (events, [e for e in events if e.event_type != "StepStarted"]):
+            metrics = ApiMetrics()
+            await RunObserver(store, metrics).committed(part)
+            seen.append({(s.name, frozenset(s.labels.items())): s.value
+                         for f in text_string_to_metric_families(metrics.render().decode())
+                         for s in f.samples})
+        await store.close()
+        return seen[0], seen[1]
+
+    all_events, without_starts = asyncio.run(scenario())
+    for samples in (all_events, without_starts):
+        assert value(samples, "dvt_step_duration_seconds_count", kind="noop",
+                     outcome="completed") == 1
+        assert value(samples, "dvt_step_duration_seconds_count", kind="sleep",
+                     outcome="completed") == 1
+        assert value(samples, "dvt_step_duration_seconds_sum", kind="sleep",
+                     outcome="completed") >= 0.05
+        assert value(samples, "dvt_runs_finished_total", status="COMPLETED",
+                     engine="reference") == 1
