@@ -75,8 +75,8 @@ class ApiMetrics:
             registry=r)
         self.step_duration = Histogram(
             "dvt_step_duration_seconds", "From StepStarted to StepCompleted or StepFailed "
-            "(the events' occurredAt, else emittedAt), by step kind and outcome.", ["kind", "outcome"], registry=r,
-            buckets=_STEP_SECONDS)
+            "(the events' occurredAt, else emittedAt), by step kind and outcome.",
+            ["kind", "outcome"], registry=r, buckets=_STEP_SECONDS)
         self.store_append = Histogram(
             "dvt_store_append_duration_seconds", "Appends this process made through its "
             "store, by operation and outcome.", ["op", "outcome"], registry=r,
