@@ -9,7 +9,6 @@ escapes the group: use a cgroup-managing supervisor for untrusted commands.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import tempfile
@@ -113,9 +112,10 @@ async def _environment(
 class _Run:
     """One started command: its process, its output readers and its stopping."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, argv: list[str],
-                 settings: ShellStepSettings) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[None],
+                 argv: list[str], settings: ShellStepSettings) -> None:
         self.proc = proc
+        self.exited = exited
         self.argv = argv
         self.settings = settings
         assert proc.stdout is not None and proc.stderr is not None
@@ -127,15 +127,18 @@ class _Run:
     async def start(cls, argv: list[str], env: dict[str, str], cwd: Path,
                     settings: ShellStepSettings) -> _Run:
         """Start the command in a new session (its own process group), stdin closed."""
+        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, cwd=cwd, start_new_session=True)
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Protocol(loop), *argv, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+                cwd=cwd, start_new_session=True)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise ShellCommandNotFound(
                 f"cannot run {argv[0]!r}: {exc.strerror or type(exc).__name__}",
                 details={"command": argv[0]}, retryable=False) from None
-        return cls(proc, argv, settings)
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
+        return cls(proc, protocol.exited, argv, settings)
 
     async def finish(self, ctx: StepContext, timeout_s: float | None,
                      secrets: Secrets) -> StepResult:
@@ -143,7 +146,7 @@ class _Run:
         try:
             try:
                 async with asyncio.timeout(timeout_s):
-                    await self.proc.wait()
+                    await asyncio.shield(self.exited)
             except TimeoutError:
                 raise StepTimeout(
                     f"command {self.argv[0]!r} ran longer than its timeoutS of {timeout_s:g} s",
@@ -177,15 +180,14 @@ class _Run:
             return
         deadline = time.monotonic() + self.settings.stop_grace_s
         while time.monotonic() < deadline:
-            if self.proc.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.proc.wait()), 0.05)
-            elif not _signal_group(pgid, 0):
+            if not self.exited.done():
+                await asyncio.wait({self.exited}, timeout=0.05)
+            elif not _group_alive(pgid):
                 return
             else:
                 await asyncio.sleep(0.05)  # grandchildren still unwinding after SIGTERM
         _signal_group(pgid, signal.SIGKILL)
-        await self.proc.wait()
+        await asyncio.wait({self.exited}, timeout=self.settings.stop_grace_s + 1)
 
     async def _collected(self) -> tuple[tuple[bytearray, int], tuple[bytearray, int]]:
         # A process that left the group may still hold the pipes: do not wait on it for long.
@@ -195,6 +197,24 @@ class _Run:
         out = self.readers[0].result() if self.readers[0] in done else (bytearray(), 0)
         err = self.readers[1].result() if self.readers[1] in done else (bytearray(), 0)
         return out, err
+
+
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The stream protocol, plus a future set when the child exits.
+
+    ``Process.wait()`` (Python 3.11) returns only once every pipe is closed too, which a
+    grandchild holding stdout delays for as long as it lives.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=READ_CHUNK, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        """Note the exit, then let the stream protocol do its part."""
+        if not self.exited.done():
+            self.exited.set_result(None)
+        super().process_exited()
 
 
 async def _drain(stream: asyncio.StreamReader, limit: int) -> tuple[bytearray, int]:
@@ -217,6 +237,27 @@ def _signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:
         return True  # a member changed its credentials; it is still there
     return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of the group is alive; zombies (dead, not yet reaped) do not count.
+
+    Grandchildren are reparented to the worker's init, which may reap them late; signal 0 would
+    count them. Where /proc is missing, signal 0 is the answer.
+    """
+    if not os.path.isdir("/proc"):
+        return _signal_group(pgid, 0)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "stat"), "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def _signal_name(number: int) -> str:
