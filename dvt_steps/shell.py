@@ -81,15 +81,19 @@ class ShellStepHandler(StepHandler):
         env = await _environment(params.get("env") or {}, settings.env_allow, secrets)
         timeout_s = params.get("timeoutS")
         if params.get("cwd") is not None:
-            cwd = Path(str(params["cwd"]))
-            if not cwd.is_dir():
-                raise ShellCommandNotFound(f"cwd {str(cwd)!r} is not a directory",
-                                           details={"cwd": str(cwd)}, retryable=False)
-            run = await _Run.start(argv, env, cwd, settings)
+            run = await _Run.start(argv, env, _directory(str(params["cwd"])), settings)
             return await run.finish(ctx, timeout_s, secrets)
         with tempfile.TemporaryDirectory(prefix="dvt-shell-") as scratch:
             run = await _Run.start(argv, env, Path(scratch), settings)
             return await run.finish(ctx, timeout_s, secrets)
+
+
+def _directory(text: str) -> Path:
+    cwd = Path(text)
+    if not cwd.is_dir():
+        raise ShellCommandNotFound(f"cwd {text!r} is not a directory",
+                                   details={"cwd": text}, retryable=False)
+    return cwd
 
 
 def _check_allowed(command: str, allowed: tuple[str, ...]) -> None:
@@ -118,7 +122,8 @@ class _Run:
         self.exited = exited
         self.argv = argv
         self.settings = settings
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         limit = settings.max_output_bytes
         self.readers = (asyncio.ensure_future(_drain(proc.stdout, limit)),
                         asyncio.ensure_future(_drain(proc.stderr, limit)))

@@ -15,6 +15,7 @@ import datetime as dt
 import decimal
 import json
 import math
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -193,13 +194,17 @@ async def _duckdb(path: str, text: str, bound: Any) -> _Result:
         con = await asyncio.to_thread(duckdb.connect, path)
     except duckdb.Error as exc:
         raise _sql_error(exc, None) from None
-    work = asyncio.get_running_loop().run_in_executor(None, _duckdb_run, con, text, bound)
+    stop = threading.Event()
+    work = asyncio.get_running_loop().run_in_executor(None, _duckdb_run, con, text, bound, stop)
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
-        con.interrupt()
+        stop.set()
+        # Until the thread is done: an interrupt sent just before the query starts is lost.
         with contextlib.suppress(BaseException):
-            await asyncio.wait({work})
+            while not work.done():
+                con.interrupt()
+                await asyncio.wait({work}, timeout=0.1)
         raise
     except duckdb.Error as exc:
         raise _sql_error(exc, None) from None
@@ -208,9 +213,11 @@ async def _duckdb(path: str, text: str, bound: Any) -> _Result:
             con.close()
 
 
-def _duckdb_run(con: Any, text: str, bound: Any) -> _Result:
+def _duckdb_run(con: Any, text: str, bound: Any, stop: threading.Event) -> _Result:
     statements = con.extract_statements(text)
     last = statements[-1].type.name if statements else "SELECT"
+    if stop.is_set():
+        raise asyncio.CancelledError
     con.execute(text, bound)
     description = con.description
     if description is None:
@@ -226,7 +233,7 @@ def _duckdb_run(con: Any, text: str, bound: Any) -> _Result:
 
 def _sql_error(exc: BaseException, sqlstate: str | None) -> SqlError:
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    retryable = sqlstate is None and type(exc).__name__ == "OperationalError" or (
+    retryable = (sqlstate is None and type(exc).__name__ == "OperationalError") or (
         sqlstate is not None and sqlstate[:2] in RETRYABLE_SQLSTATE_CLASSES)
     return SqlError(first_line + (f" (SQLSTATE {sqlstate})" if sqlstate else ""),
                     details={"sqlstate": sqlstate}, retryable=retryable)

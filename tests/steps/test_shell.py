@@ -10,11 +10,11 @@ from typing import Any
 
 import psutil
 import pytest
+from secret_helpers import assert_no_secrets
 
 from dvt_engine.models.run import RunStatus
 from dvt_steps.settings import ShellStepSettings
 from dvt_steps.shell import ShellStepHandler
-from secret_helpers import assert_no_secrets
 
 ANY = ShellStepSettings(commands=("*",), stop_grace_s=2.0)
 SECRET = "s3cr3t-shell-value-4242"
@@ -41,8 +41,9 @@ async def wait_for_file(path: Path, timeout: float = 30.0) -> str:
     """The file's text once a command has written it (polled until a deadline)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
+        text = await asyncio.to_thread(lambda: path.read_text() if path.exists() else "")
+        if text.strip():
+            return text.strip()
         await asyncio.sleep(0.02)
     raise AssertionError(f"{path} was never written")
 
@@ -84,7 +85,8 @@ async def test_the_environment_is_an_allowlist(step_client: Any,
     names = {line.split("=", 1)[0] for line in
              (await narrow.artifact(narrow.output("env")["stdout"]["uri"])).decode().splitlines()}
     assert names <= {"PATH", "HOME", "LANG", "GIVEN"}
-    assert "GIVEN" in names and "PATH" in names
+    assert "GIVEN" in names
+    assert "PATH" in names
     widened = (await wide.artifact(wide.output("env")["stdout"]["uri"])).decode()
     assert "DVT_TEST_WIDENED=widened-value" in widened
     assert "DVT_TEST_HIDDEN" not in widened
@@ -112,8 +114,8 @@ async def test_a_secret_in_env_never_reaches_events_outputs_or_artifacts(step_cl
 
 async def test_a_nonzero_exit_fails_with_its_status_and_stderr_tail(step_client: Any) -> None:
     async with step_client(shell()) as c:
-        ran = await c.run([{"stepId": "x", "kind": "shell",
-                            "params": {"argv": ["sh", "-c", "echo first >&2; echo last >&2; exit 7"]}}])
+        argv = ["sh", "-c", "echo first >&2; echo last >&2; exit 7"]
+        ran = await c.run([{"stepId": "x", "kind": "shell", "params": {"argv": argv}}])
     assert ran.snapshot.status == RunStatus.FAILED
     error = ran.error("x")
     assert error["code"] == "SHELL_EXIT_NONZERO"
