@@ -233,12 +233,16 @@ def _inline(body: bytes, content_type: str, limit: int) -> dict[str, Any] | None
         return None
     if media == "application/json" or media.endswith("+json"):
         try:
-            return {"json": json.loads(text)}
+            return {"json": json.loads(text, parse_constant=_no_constant)}
         except ValueError:
             return {"text": text}
     if media.startswith("text/") or media in ("application/xml", "application/x-ndjson"):
         return {"text": text}
     return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: keep such a body as text
 
 
 def _shown(url: str) -> str:

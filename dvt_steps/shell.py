@@ -77,6 +77,7 @@ class ShellStepHandler(StepHandler):
         check_params(KIND, PARAMS_SCHEMA, params)
         argv = [str(a) for a in params["argv"]]
         _check_allowed(argv[0], settings.commands)
+        _ = ctx.artifacts  # no artifact store, no command: its output would have nowhere to go
         secrets = Secrets(ctx)
         env = await _environment(params.get("env") or {}, settings.env_allow, secrets)
         timeout_s = params.get("timeoutS")

@@ -85,19 +85,22 @@ def step_client() -> Callable[..., Any]:
 
     class _Open:
         def __init__(self, handlers: Mapping[str, StepHandler],
-                     secrets: Mapping[str, str] | None = None) -> None:
+                     secrets: Mapping[str, str] | None = None, *,
+                     with_artifacts: bool = True) -> None:
             registry: HandlerRegistry = builtin_registry()
             for kind, handler in handlers.items():
                 registry.register(kind, handler)
             self.registry = registry
             self.secrets = MappingSecretsProvider(secrets or {})
             self.artifacts = MemoryArtifactStore()
+            self.with_artifacts = with_artifacts
             self.client: Client | None = None
 
         async def __aenter__(self) -> StepClient:
             store = MemoryRunStateStore()
             engine = open_engine(ReferenceSettings(), store=store, registry=self.registry,
-                                 secrets=self.secrets, artifacts=self.artifacts)
+                                 secrets=self.secrets,
+                                 artifacts=self.artifacts if self.with_artifacts else None)
             self.client = Client(engine=engine, store=store, tenant="acme", project="dw",
                                  environment="dev", owns_store=True,
                                  actor=Actor(id="ops", roles=(Role.OPERATOR,)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -248,3 +249,13 @@ async def test_bad_params_are_coded(step_client: Any, server: Server,
         ran = await c.run([step("b", **params)])
     error = ran.error("b")
     assert (error["code"], error["retryable"]) == ("STEP_PARAMS_INVALID", False)
+
+
+async def test_a_worker_without_the_extra_fails_the_step_with_a_code(
+        step_client: Any, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "httpx", None)  # what an install without httpx looks like
+    async with step_client(http(server)) as c:
+        ran = await c.run([step("x", url=f"{server.base}/echo")])
+    error = ran.error("x")
+    assert (error["code"], error["retryable"]) == ("STEP_DEPENDENCY_MISSING", False)
+    assert "dvt[steps-http]" in error["message"]

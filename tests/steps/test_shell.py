@@ -204,3 +204,12 @@ async def test_the_entry_point_kind_refuses_every_command_by_default(step_client
     async with step_client({"shell": handler}) as c:
         ran = await c.run([{"stepId": "d", "kind": "shell", "params": {"argv": ["true"]}}])
     assert ran.error("d")["code"] == "SHELL_COMMAND_NOT_ALLOWED"
+
+
+async def test_without_an_artifact_store_nothing_runs(step_client: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    async with step_client(shell(), with_artifacts=False) as c:
+        ran = await c.run([{"stepId": "n", "kind": "shell",
+                            "params": {"argv": ["touch", str(marker)]}}])
+    assert ran.error("n")["code"] == "ARTIFACT_STORE_NOT_CONFIGURED"
+    assert not marker.exists()
