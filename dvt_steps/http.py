@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from typing import Any, ClassVar
 
 from dvt_engine.errors import (
@@ -73,9 +74,11 @@ class HttpStepHandler(StepHandler):
     params_schema: ClassVar[dict[str, Any]] = PARAMS_SCHEMA
 
     def __init__(self, settings: HttpStepSettings | None = None, *,
-                 policy: UriPolicy | None = None) -> None:
+                 policy: UriPolicy | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
         self.policy = policy
+        self.ssl_context = ssl_context
 
     async def run(self, ctx: StepContext) -> StepResult:
         """Check the URL, send the request within timeoutS, record the response."""
@@ -98,7 +101,9 @@ class HttpStepHandler(StepHandler):
             content = str(params["body"]).encode("utf-8")
         method = str(params.get("method", "GET"))
         timeout_s = float(params.get("timeoutS", settings.default_timeout_s))
-        exchange = _Exchange(httpx, checked, method, headers, content, settings)
+        verify: ssl.SSLContext | bool = self.ssl_context or (
+            ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True)
+        exchange = _Exchange(httpx, checked, method, headers, content, settings, verify)
         try:
             async with asyncio.timeout(timeout_s):
                 status, got_headers, body = await exchange.send(timeout_s)
@@ -143,8 +148,10 @@ class _Exchange:
     """One request to the approved addresses in turn, the body read up to the size limit."""
 
     def __init__(self, httpx: Any, checked: CheckedUri, method: str, headers: dict[str, str],
-                 content: bytes | None, settings: HttpStepSettings) -> None:
+                 content: bytes | None, settings: HttpStepSettings,
+                 verify: ssl.SSLContext | bool) -> None:
         self.httpx = httpx
+        self.verify = verify
         self.checked = checked
         self.method = method
         self.headers = headers
@@ -161,7 +168,7 @@ class _Exchange:
             host_header += f":{checked.port}"
         headers = {**self.headers, "Host": host_header}
         last: Exception | None = None
-        async with httpx.AsyncClient(trust_env=False, follow_redirects=False,
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=self.verify,
                                      timeout=httpx.Timeout(timeout_s)) as client:
             for address in checked.addresses:
                 url = httpx.URL(checked.uri).copy_with(host=address)
@@ -171,6 +178,10 @@ class _Exchange:
                 try:
                     return await self._exchange(client, request)
                 except httpx.ConnectError as exc:
+                    if _untrusted(exc):
+                        raise HttpRequestFailed(
+                            f"TLS certificate of {checked.host} is not trusted",
+                            details={"url": _shown(checked.uri)}, retryable=False) from None
                     last = exc  # try the next approved address
                 except httpx.TimeoutException:
                     raise TimeoutError from None
@@ -207,6 +218,16 @@ class _Exchange:
         why = (str(exc) or type(exc).__name__) if exc is not None else "no address answered"
         return HttpRequestFailed(f"{self.method} {_shown(self.checked.uri)} failed: {why}",
                                  details={"url": _shown(self.checked.uri)})
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """True when a connect error was a certificate the worker does not trust."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _check_status(method: str, url: str, status: int, expect: Any, body: bytes) -> None:

@@ -32,6 +32,8 @@ class HttpStepSettings(_Settings):
     model_config = SettingsConfigDict(env_prefix="DVT_STEPS_HTTP_")
 
     allowed_hosts: tuple[str, ...] = ()
+    #: A PEM file of CAs to trust instead of the system's (an internal CA).
+    ca_file: str | None = None
     max_response_bytes: int = Field(default=64 * MIB, gt=0)
     max_inline_bytes: int = Field(default=16 * 1024, ge=0, le=30 * 1024)
     default_timeout_s: float = Field(default=30.0, gt=0)

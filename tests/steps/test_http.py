@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from plan_fetch_helpers import PlanServer, Route, Tls
+from plan_fetch_helpers import tls_fixture as tls_fixture
 from secret_helpers import assert_no_secrets
 
 from dvt_engine.models.run import RunStatus
@@ -69,8 +71,13 @@ class Server:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        class Quiet(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return None  # a client that timed out and left is part of the tests
+
+        self.httpd = Quiet(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -259,3 +266,28 @@ async def test_a_worker_without_the_extra_fails_the_step_with_a_code(
     error = ran.error("x")
     assert (error["code"], error["retryable"]) == ("STEP_DEPENDENCY_MISSING", False)
     assert "dvt[steps-http]" in error["message"]
+
+
+async def test_https_goes_to_the_approved_address_and_verifies_the_name(
+        step_client: Any, tls: Tls) -> None:
+    srv = PlanServer(tls.server)
+    srv.routes["/data"] = Route(body=b'{"ok": true}',
+                                headers={"Content-Type": "application/json"})
+    try:
+        allowed = (f"localhost:{srv.port}", f"127.0.0.1:{srv.port}")
+        trusted = HttpStepHandler(HttpStepSettings(allowed_hosts=allowed), ssl_context=tls.client)
+        async with step_client({"http": trusted}) as c:
+            ran = await c.run([step("name", url=f"https://localhost:{srv.port}/data"),
+                               step("ip", url=f"https://127.0.0.1:{srv.port}/data")])
+        async with step_client({"http": HttpStepHandler(HttpStepSettings(
+                allowed_hosts=allowed))}) as c:
+            untrusted = await c.run([step("u", url=f"https://localhost:{srv.port}/data")])
+    finally:
+        srv.close()
+    assert ran.output("name")["json"] == {"ok": True}
+    assert ran.output("ip")["json"] == {"ok": True}
+    assert sorted(srv.requests) == [("/data", f"127.0.0.1:{srv.port}"),
+                                    ("/data", f"localhost:{srv.port}")]
+    error = untrusted.error("u")
+    assert (error["code"], error["retryable"]) == ("HTTP_REQUEST_FAILED", False)
+    assert "not trusted" in error["message"]
