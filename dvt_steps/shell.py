@@ -84,7 +84,8 @@ class ShellStepHandler(StepHandler):
         if params.get("cwd") is not None:
             run = await _Run.start(argv, env, _directory(str(params["cwd"])), settings)
             return await run.finish(ctx, timeout_s, secrets)
-        with tempfile.TemporaryDirectory(prefix="dvt-shell-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="dvt-shell-",
+                                         ignore_cleanup_errors=True) as scratch:
             run = await _Run.start(argv, env, Path(scratch), settings)
             return await run.finish(ctx, timeout_s, secrets)
 
