@@ -166,7 +166,9 @@ class _Exchange:
         host_header = checked.host if ":" not in checked.host else f"[{checked.host}]"
         if checked.port != default_port:
             host_header += f":{checked.port}"
-        headers = {**self.headers, "Host": host_header}
+        # The Host header names the URL's host, whatever the params say: it is what was checked.
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        headers["Host"] = host_header
         last: Exception | None = None
         async with httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=self.verify,
                                      timeout=httpx.Timeout(timeout_s)) as client:

@@ -126,13 +126,15 @@ async def test_a_post_sends_json_and_secret_headers_that_never_reach_the_log(
         step_client: Any, server: Server, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     params = {"method": "POST", "url": f"{server.base}/echo",
-              "headers": {"Authorization": {"secretRef": "vault:api"}, "X-Trace": "t-1"},
+              "headers": {"Authorization": {"secretRef": "vault:api"}, "X-Trace": "t-1",
+                          "host": "elsewhere.example.com"},
               "json": {"rows": [1, 2], "key": {"secretRef": "vault:api"}}}
     async with step_client(http(server), secrets={"vault:api": SECRET}) as c:
         ran = await c.run([step("post", **params)])
     out = ran.output("post")
     assert out["json"]["method"] == "POST"
     assert out["json"]["headers"]["X-Trace"] == "t-1"
+    assert out["json"]["headers"]["Host"] == f"127.0.0.1:{server.port}"
     assert out["json"]["headers"]["Authorization"] == "***"
     assert json.loads(out["json"]["body"]) == {"rows": [1, 2], "key": "***"}
     assert any(r.name.startswith("httpx") for r in caplog.records)  # the client did log
