@@ -182,7 +182,12 @@ def _pg_type(types: Any, oid: int) -> str:
 
 def duckdb_path(url: str) -> str:
     """The database path of ``duckdb:///abs/path.db`` (``duckdb:///:memory:`` for memory)."""
-    path = unquote(urlsplit(url).path)
+    parts = urlsplit(url)
+    if parts.netloc:
+        # duckdb://file.db would otherwise read as a host and silently open a memory database.
+        raise SqlError(f"DuckDB URLs name a path, duckdb:///abs/path.db, not a host: {url!r}",
+                       details={"url": url}, retryable=False)
+    path = unquote(parts.path)
     if path in ("/:memory:", ":memory:", ""):
         return ":memory:"
     return path

@@ -266,12 +266,17 @@ async def test_files_are_read_only_under_the_allowed_roots(step_client: Any, duc
     ({"connection": "duck", "statement": "select ?", "parameters": [{"a": 1}]},
      "STEP_PARAMS_INVALID"),
     ({"connection": "nowhere", "statement": "select 1"}, "CONNECTION_NOT_FOUND"),
+    ({"connection": "hosted", "statement": "select 1"}, "SQL_ERROR"),
+    ({"connection": "mysql", "statement": "select 1"}, "SQL_ERROR"),
 ])
 async def test_bad_params_are_coded(step_client: Any, duck: Connection, params: dict[str, Any],
                                     code: str) -> None:
-    async with step_client(sql({"duck": duck})) as c:
+    odd = {"hosted": Connection(url="duckdb://warehouse.db"),
+           "mysql": Connection(url="mysql://db.example.com/x")}
+    async with step_client(sql({"duck": duck, **odd})) as c:
         ran = await c.run([{"stepId": "b", "kind": "sql", "params": params}])
-    assert ran.error("b")["code"] == code
+    error = ran.error("b")
+    assert (error["code"], error["retryable"]) == (code, False)
 
 
 async def test_connections_and_roots_come_from_the_environment(
