@@ -93,24 +93,28 @@ def validate_labels(labels: Mapping[str, str] | None, path: str = "labels") -> d
     return dict(sorted(labels.items()))
 
 
-def parse_label_filter(items: Iterable[str], path: str = "label") -> dict[str, str]:
-    """``key:value`` filters as a map every listed run must match (LABELS_INVALID otherwise)."""
+def parse_label_pairs(items: Iterable[str], path: str = "label") -> dict[str, str]:
+    """``key:value`` items (a filter, or labels given on a command line) as a map.
+
+    LABELS_INVALID when an item is not ``key:value`` under the label rules, or names a key
+    twice with different values.
+    """
     wanted: dict[str, str] = {}
     problems: list[dict[str, str]] = []
     for index, item in enumerate(items, start=1):
         key, separator, value = item.partition(FILTER_SEPARATOR)
-        problem = ("a label filter is key:value" if not separator
+        problem = ("not key:value" if not separator
                    else key_problem(key) or value_problem(value))
         if problem is None and wanted.get(key, value) != value:
             problem = "a label key is given twice with different values"
         if problem is not None:
-            problems.append({"path": path, "message": f"filter #{index}: {problem}"})
+            problems.append({"path": path, "message": f"item #{index}: {problem}"})
         else:
             wanted[key] = value
     if len(wanted) > MAX_LABELS:
-        problems.append({"path": path, "message": f"at most {MAX_LABELS} label filters"})
+        problems.append({"path": path, "message": f"at most {MAX_LABELS} labels"})
     if problems:
-        raise LabelsInvalid(f"{len(problems)} label filter problem(s): {problems[0]['message']}",
+        raise LabelsInvalid(f"{len(problems)} label problem(s): {problems[0]['message']}",
                             details={"errors": problems})
     return dict(sorted(wanted.items()))
 

@@ -21,7 +21,7 @@ from dvt_api.services import Services
 from dvt_api.views import decode_cursor, encode_cursor, run_document
 from dvt_engine.access import ApiRole, StoredResponse
 from dvt_engine.errors import UsageError
-from dvt_engine.labels import parse_label_filter
+from dvt_engine.labels import parse_label_pairs
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunContext, RunStatus
 from dvt_engine.planning.uri_policy import registry_uri
@@ -168,7 +168,7 @@ async def list_runs(
     svc: Services = Depends(services),
 ) -> RunList:
     """The tenant's runs, newest first; follow `nextCursor` (with the same filters)."""
-    labels = parse_label_filter(label or (), path="query/label")
+    labels = parse_label_pairs(label or (), path="query/label")
     after = _instant("createdAfter", created_after)
     until = _instant("createdBefore", created_before)
     filters = _filters_key(status or [], plan_id, labels, after, until)
