@@ -301,9 +301,9 @@ async def list_runs(settings: Settings, query: RunQuery) -> int:
         out.say("no runs")
     for r in rows:
         status = str(r.status) + (f" ({r.substatus})" if r.substatus else "")
-        labels = "".join(f"  {k}:{v}" for k, v in r.labels.items())
+        shown = "".join(f"  {k}:{v}" for k, v in r.labels.items())
         out.say(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
-                   f"{r.created_at.isoformat(timespec='seconds')}{labels}")
+                   f"{r.created_at.isoformat(timespec='seconds')}{shown}")
     return out.EXIT_OK
 
 
