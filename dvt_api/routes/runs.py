@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -142,8 +142,9 @@ def _filters_key(status: list[RunStatus], plan_id: str | None, labels: dict[str,
     """What a cursor remembers of its query: a digest of the filters, not the filters."""
     return idempotency.request_hash({
         "status": sorted(set(status)), "planId": plan_id, "labels": labels,
-        "createdAfter": after.isoformat() if after else None,
-        "createdBefore": before.isoformat() if before else None,
+        # The same instant written with another offset is the same filter.
+        "createdAfter": after.astimezone(UTC).isoformat() if after else None,
+        "createdBefore": before.astimezone(UTC).isoformat() if before else None,
     })[:16]
 
 

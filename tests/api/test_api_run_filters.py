@@ -101,6 +101,14 @@ def test_cursor_pages_through_filtered_runs_without_gap_or_repeat(
                          ).status_code == 200
         assert paged == wanted
         assert pages == 3
+        # The same instant with another offset is the same filter for the cursor.
+        windowed = c.get("/v1/runs", params={"createdAfter": "2000-01-01T00:00:00Z", "limit": 1})
+        cursor = windowed.json()["nextCursor"]
+        assert cursor is not None
+        shifted = c.get("/v1/runs", params={"createdAfter": "2000-01-01T02:00:00+02:00",
+                                            "limit": 1, "cursor": cursor})
+        assert shifted.status_code == 200, shifted.text
+        assert shifted.json()["items"][0]["runId"] != windowed.json()["items"][0]["runId"]
 
 
 def test_bad_filters_and_labels_are_refused_with_a_code(api_server: ApiServer) -> None:
