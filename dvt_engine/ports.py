@@ -85,9 +85,9 @@ class RunStateStore(abc.ABC):
         Every filter given must hold: ``status`` any of, ``labels`` every pair (see
         dvt_engine.labels), ``created_after <= createdAt < created_before`` (half open, so
         consecutive windows neither overlap nor leave a gap; timezone-aware datetimes).
-        ``before`` is a keyset cursor
-        ``(createdAt, runId)``: only runs ordered after it (older, or as old with a smaller
-        runId) are returned, so pages never skip or repeat a run.
+        ``before`` is a keyset cursor ``(createdAt, runId)``: only runs ordered after it
+        (older, or as old with a smaller runId) are returned, so pages never skip or repeat a
+        run.
         """
 
     # --- the log ------------------------------------------------------------------------
