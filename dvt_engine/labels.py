@@ -6,7 +6,7 @@ Kubernetes labels and Stripe metadata expect: at most 20 labels; keys of 1-63 ch
 case letters, digits and ``_ . - /``, starting with a letter or digit (so ``app.kubernetes.io/name``
 style keys fit, and a filter never depends on case); values are strings of at most 200
 characters without control characters. A label is not a place for a secret: a key named like
-a credential (``db_password``, ``apiKey``) or a value shaped like one (an AWS key, a JWT) is
+a credential (``db_password``, ``api_key``) or a value shaped like one (an AWS key, a JWT) is
 refused, like a plan's params are.
 
 A label filter is written ``key:value`` (split at the first ``:``, which no key holds); every
