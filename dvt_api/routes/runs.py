@@ -127,7 +127,7 @@ def _instant(name: str, text: str | None) -> datetime | None:
             raise ValueError(text)
         date, clock, fraction, offset = match.groups()
         offset = "+00:00" if offset in ("Z", "z") else offset
-        # Python keeps microseconds: finer digits are cut, not rounded, like PostgreSQL's input.
+        # Datetimes keep microseconds: finer digits are cut (not rounded), the same in each store.
         micros = f".{(fraction or '0')[:6]:0<6}"
         return datetime.fromisoformat(f"{date}T{clock}{micros}{offset}")
     except ValueError as exc:
