@@ -90,13 +90,20 @@ def baseline_app(dsn: str, schema: str, runs_schema: str | None = None) -> Any:
     async def listed(label: str | None = None, planId: str | None = None
                      ) -> JSONResponse:
         key, _, value = (label or "").partition(":")
+        # Only the conditions asked for, as dvt does: "x IS NULL OR ..." would keep a prepared
+        # statement's generic plan off the labels index.
+        where, params = ["tenant_id = 'bench'"], []
+        if label:
+            where.append("labels @> %s::jsonb")
+            params.append(json.dumps({key: value}))
+        if planId:
+            where.append("plan_id = %s")
+            params.append(planId)
         async with pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT run_id, status, plan_id, labels, created_at FROM {runs_schema}.dvt_runs"
-                " WHERE tenant_id = 'bench' AND (%s::jsonb IS NULL OR labels @> %s::jsonb)"
-                " AND (%s::text IS NULL OR plan_id = %s) ORDER BY created_at DESC, run_id DESC"
-                " LIMIT 51",
-                (*[json.dumps({key: value}) if label else None] * 2, planId, planId))
+                f" WHERE {' AND '.join(where)} ORDER BY created_at DESC, run_id DESC LIMIT 51",
+                params)
             rows = await cur.fetchall()
         return JSONResponse({"items": [{"runId": r[0], "status": r[1], "planId": r[2],
                                         "labels": r[3], "createdAt": r[4].isoformat()}
