@@ -18,12 +18,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from dvt_engine.errors import RunNotFound, UsageError
+from dvt_engine.labels import validate_labels
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import EngineRunRef, RunContext, RunStatus, RunSummary
@@ -192,19 +194,22 @@ class Client:
         triggered_by: str | None = None,
         project: str | None = None,
         environment: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> RunHandle:
         """Store the plan (unless it is a PlanRef), start a run and return its handle.
 
         Starting is idempotent on ``run_request_id`` (default: the run id): a repeat finds the
-        same run. Without ``run_id`` a UUID is chosen.
+        same run. Without ``run_id`` a UUID is chosen. ``labels`` (at most 20 ``key: value``
+        strings, LABELS_INVALID otherwise) stay with the run and filter ``list_runs``.
         """
-        plan_ref = await self.store_plan(plan)
         context = RunContext(
             tenant_id=self.tenant, project_id=project or self.project,
             environment_id=environment or self.environment,
             run_id=run_id or str(uuid.uuid4()), run_request_id=run_request_id,
             triggered_by=triggered_by or self.actor.id, params=dict(params or {}),
+            labels=dict(labels or {}),
         )
+        plan_ref = await self.store_plan(plan)
         ref = await self.engine.start_run(plan_ref, context)
         return RunHandle(self, context.run_id, run_ref=ref)
 
@@ -218,14 +223,27 @@ class Client:
         status: Sequence[RunStatus | str] | None = None,
         project: str | None = None,
         environment: str | None = None,
+        plan_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 100,
     ) -> RunPage:
-        """The tenant's runs, newest first, from the store's latest-status index."""
+        """The tenant's runs, newest first, from the store's latest-status index.
+
+        Every filter given must hold: ``labels`` every pair, ``created_after <= createdAt <
+        created_before`` (timezone-aware datetimes).
+        """
         if limit < 1:
             raise UsageError("limit must be >= 1", details={"limit": limit})
+        for name, when in (("created_after", created_after), ("created_before", created_before)):
+            if when is not None and when.utcoffset() is None:
+                raise UsageError(f"{name} must be timezone-aware", details={"field": name})
         rows = await self.store.list_runs(
             self.tenant, status=[RunStatus(s) for s in status] if status else None,
-            project_id=project, environment_id=environment, limit=limit + 1,
+            project_id=project, environment_id=environment, plan_id=plan_id,
+            labels=validate_labels(labels) or None, created_after=created_after,
+            created_before=created_before, limit=limit + 1,
         )
         return RunPage(items=tuple(rows[:limit]), limit=limit, has_more=len(rows) > limit)
 

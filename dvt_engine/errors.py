@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     OPERATOR_TIMEOUT = "OPERATOR_TIMEOUT"
     PAUSE_DRAIN_TIMEOUT = "PAUSE_DRAIN_TIMEOUT"
     IDENTIFIER_INVALID = "IDENTIFIER_INVALID"
+    LABELS_INVALID = "LABELS_INVALID"
     ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
@@ -324,6 +325,16 @@ class IdentifierInvalid(RequestError):
 
     code = ErrorCode.IDENTIFIER_INVALID
     hint = "Identifiers are 1-200 characters without '|' or control characters."
+
+
+class LabelsInvalid(RequestError):
+    """A run's labels, or a label filter, break the label rules (docs/client.md#labels)."""
+
+    code = ErrorCode.LABELS_INVALID
+    hint = (
+        "At most 20 labels; keys are 1-63 of a-z 0-9 _ . - / starting with a letter or digit;"
+        " values at most 200 characters without control characters; no secrets."
+    )
 
 
 class IllegalTransition(RunError):
