@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import AsyncIterator
 
 from dvt_engine.artifacts import DEFAULT_MEDIA_TYPE, ArtifactData, ArtifactStore, verified
-from dvt_engine.errors import ArtifactNotFound
+from dvt_engine.errors import ArtifactNotFound, UsageError
 from dvt_engine.models.snapshot import ArtifactRef
 
 URI_PREFIX = "memory://artifacts/sha256/"
@@ -19,7 +19,9 @@ URI_PREFIX = "memory://artifacts/sha256/"
 class MemoryArtifactStore(ArtifactStore):
     """Artifacts kept in process memory, addressed by SHA-256."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str = "memory://") -> None:
+        if not url.startswith("memory:"):
+            raise UsageError(f"the memory artifact store opens memory:// URLs, not {url!r}")
         self.objects: dict[str, bytes] = {}
 
     async def put(self, data: ArtifactData, *, kind: str,
