@@ -38,7 +38,7 @@ OBJECTS_DIR = "sha256"
 TMP_DIR = "tmp"
 #: Bytes handed to the filesystem per write and read: the most a put or read holds at once
 #: (besides the backend's own upload buffer).
-CHUNK_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
 
 

@@ -33,7 +33,7 @@ from dvt_artifacts.base import FsspecArtifactStore
 from dvt_engine.errors import DvtError, UsageError
 
 #: Upload part size of streams (S3's minimum part is 5 MiB); one part is buffered at a time.
-PART_BYTES = 8 * 1024 * 1024
+PART_BYTES = 5 * 1024 * 1024
 #: Largest object written with one PutObject; larger known bytes go multipart.
 SINGLE_PUT_MAX = 64 * 1024 * 1024
 #: Part size of the server-side copy from the temporary object (S3's maximum is 5 GiB).
@@ -72,7 +72,7 @@ class S3ArtifactStore(FsspecArtifactStore):
             client_kwargs["region_name"] = region
         fs = s3fs.S3FileSystem(
             key=access_key_id, secret=secret_access_key, endpoint_url=endpoint_url,
-            client_kwargs=client_kwargs, default_block_size=PART_BYTES,
+            client_kwargs=client_kwargs, default_block_size=PART_BYTES, fixed_upload_size=True,
             # A fresh instance: fsspec would otherwise hand back a cached one made with other
             # credentials, and an object's existence must never come from a listing cache.
             skip_instance_cache=True, use_listings_cache=False, **fs_options)
