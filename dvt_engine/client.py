@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from dvt_engine.artifacts import ArtifactStore
-from dvt_engine.errors import RunNotFound, StoreNotFound, UsageError
+from dvt_engine.errors import RunNotFound, UsageError
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import EngineRunRef, RunContext, RunStatus, RunSummary
@@ -45,7 +45,7 @@ from dvt_engine.models.signals import (
 )
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.planning.fetch import store_plan
-from dvt_engine.plugins import open_artifact_store, open_engine, open_store
+from dvt_engine.plugins import open_configured_artifact_store, open_engine, open_store
 from dvt_engine.ports import (
     Authorizer,
     PlanFetcher,
@@ -81,22 +81,6 @@ class RunPage:
     items: tuple[RunSummary, ...]
     limit: int
     has_more: bool
-
-
-async def _open_artifacts(settings: ArtifactStoreSettings | None,
-                          secrets: SecretsProvider | None) -> ArtifactStore | None:
-    """The artifact store of ``settings``; for the default, None when no backend is installed.
-
-    The default local store needs the ``artifacts`` extra; without it the engine has no
-    artifact store and a handler using ``ctx.artifacts`` fails ARTIFACT_STORE_NOT_CONFIGURED.
-    Settings given explicitly must open.
-    """
-    if settings is not None:
-        return await open_artifact_store(settings, secrets=secrets)
-    try:
-        return await open_artifact_store(ArtifactStoreSettings(), secrets=secrets)
-    except (StoreNotFound, ImportError):
-        return None
 
 
 class Client:
@@ -165,7 +149,7 @@ class Client:
             if isinstance(artifacts, ArtifactStore):
                 artifact_store: ArtifactStore | None = artifacts
             else:
-                made_artifacts = await _open_artifacts(artifacts, secrets)
+                made_artifacts = await open_configured_artifact_store(artifacts, secrets=secrets)
                 artifact_store = made_artifacts
             objects: dict[str, Any] = {
                 "registry": registry if registry is not None else default_registry(),

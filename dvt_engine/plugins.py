@@ -133,6 +133,28 @@ async def open_artifact_store(
     )
 
 
+async def open_configured_artifact_store(
+    settings: ArtifactStoreSettings | None = None, *, secrets: SecretsProvider | None = None
+) -> ArtifactStore | None:
+    """The artifact store hosts get by default: ``settings`` when given (it must open), else
+    ``ArtifactStoreSettings()`` from the environment, which is the local directory
+    ``$DVT_HOME/artifacts`` unless ``DVT_ARTIFACTS_URL`` names another.
+
+    Without the ``artifacts`` extra and without configuration there is no store (None): the
+    engine then runs without one and a handler using ``ctx.artifacts`` fails with
+    ARTIFACT_STORE_NOT_CONFIGURED, while everything else works as before.
+    """
+    if settings is not None:
+        return await open_artifact_store(settings, secrets=secrets)
+    configured = ArtifactStoreSettings()
+    try:
+        return await open_artifact_store(configured, secrets=secrets)
+    except (StoreNotFound, ImportError):
+        if configured.url is not None:
+            raise
+        return None
+
+
 def _safe(url: str) -> str:
     """A URL with any password removed, for error details."""
     parts = urlsplit(url)

@@ -20,7 +20,6 @@ from step_runner_helpers import (
 
 from dvt_engine.errors import SecretNotFound
 from dvt_engine.models.run import StepStatus
-from dvt_engine.models.snapshot import ArtifactRef
 from dvt_engine.ports import StepContext, StepResult
 from dvt_engine.steps import (
     MAX_OUTPUT_BYTES,
