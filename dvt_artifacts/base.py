@@ -64,6 +64,11 @@ class FsspecArtifactStore(ArtifactStore, abc.ABC):
         """Make the finished temporary object ``tmp_path`` the object ``path``, never replacing
         an object already there (which then holds the same bytes), and remove ``tmp_path``."""
 
+    def _store_small(self, body: bytes, digest: str) -> None:
+        """Store bytes whose hash is known unless they are there (one worker-thread trip)."""
+        if not self._present(digest, len(body)):
+            self._put_small(body, self.path_for(digest))
+
     def _put_small(self, body: bytes, path: str) -> None:
         """Write a small object whose hash is known; the default goes through a temporary."""
         tmp = self._tmp_path()
@@ -106,8 +111,7 @@ class FsspecArtifactStore(ArtifactStore, abc.ABC):
         if isinstance(data, bytes | bytearray | memoryview):
             body = bytes(data)
             digest = hashlib.sha256(body).hexdigest()
-            if not await self._call(self._present, digest, len(body)):
-                await self._call(self._put_small, body, self.path_for(digest))
+            await self._call(self._store_small, body, digest)
             return self._ref(digest, len(body), kind, media_type)
         digest, size = await self._put_stream(data)
         return self._ref(digest, size, kind, media_type)
@@ -126,8 +130,7 @@ class FsspecArtifactStore(ArtifactStore, abc.ABC):
         else:
             body = b"".join(head)
             digest = hashlib.sha256(body).hexdigest()
-            if not await self._call(self._present, digest, len(body)):
-                await self._call(self._put_small, body, self.path_for(digest))
+            await self._call(self._store_small, body, digest)
             return digest, len(body)
         hasher = hashlib.sha256()
         size = 0
@@ -169,21 +172,21 @@ class FsspecArtifactStore(ArtifactStore, abc.ABC):
         """The object's bytes in chunks, hashed on the way; ArtifactCorrupt at the end if they
         do not match ``ref``, ArtifactNotFound when this store has no such object."""
         path = self._own_path(ref)
-        file = await self._call(self._open_read, path)
-        if file is None:
+        opened = await self._call(self._open_read, path)
+        if opened is None:
             raise self._not_found(ref)
+        file, chunk = opened
         hasher = hashlib.sha256()
         size = 0
         try:
-            while True:
-                chunk: bytes = await self._call(file.read, CHUNK_BYTES)
-                if not chunk:
-                    break
+            while chunk:
                 hasher.update(chunk)
                 size += len(chunk)
                 yield chunk
+                chunk = await self._call(file.read, CHUNK_BYTES) if file is not None else b""
         finally:
-            await asyncio.to_thread(file.close)
+            if file is not None:
+                await asyncio.to_thread(file.close)
         digest = hasher.hexdigest()
         if digest != ref.sha256 or (ref.size_bytes is not None and size != ref.size_bytes):
             raise ArtifactCorrupt(
@@ -227,11 +230,22 @@ class FsspecArtifactStore(ArtifactStore, abc.ABC):
                          "sizeBytes": size})
         return True
 
-    def _open_read(self, path: str) -> Any:
+    def _open_read(self, path: str) -> tuple[Any, bytes] | None:
+        """The open file and its first chunk (one trip to a worker thread for a small object,
+        which is then closed already: the file is None); None when there is no object."""
         try:
-            return self.fs.open(path, "rb")
+            file = self.fs.open(path, "rb")
         except FileNotFoundError:
             return None
+        try:
+            first = file.read(CHUNK_BYTES)
+        except BaseException:
+            file.close()
+            raise
+        if len(first) < CHUNK_BYTES:
+            file.close()
+            return None, first
+        return file, first
 
     def _open_write(self, path: str) -> Any:
         return self.fs.open(path, "wb")

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import s3fs
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dvt_artifacts.base import FsspecArtifactStore
+from dvt_artifacts.base import CHUNK_BYTES, FsspecArtifactStore
 from dvt_engine.errors import DvtError, UsageError
 
 #: Upload part size of streams (S3's minimum part is 5 MiB); one part is buffered at a time.
@@ -85,6 +85,13 @@ class S3ArtifactStore(FsspecArtifactStore):
         return f"s3://{self.path_for(digest)}" if digest else f"s3://{self.root}"
 
     # --- writes ---------------------------------------------------------------------------
+    def _store_small(self, body: bytes, digest: str) -> None:
+        # Up to one chunk, the conditional PUT is the existence check (one request instead
+        # of a HEAD and a PUT); larger bytes are checked first so they are not sent twice.
+        if len(body) > CHUNK_BYTES and self._present(digest, len(body)):
+            return
+        self._put_small(body, self.path_for(digest))
+
     def _put_small(self, body: bytes, path: str) -> None:
         try:
             if len(body) <= SINGLE_PUT_MAX:
@@ -96,10 +103,13 @@ class S3ArtifactStore(FsspecArtifactStore):
                 raise
 
     def _size(self, path: str) -> int | None:
+        # HEAD only: fs.info would also list the key as a prefix when it is missing.
+        _, key, _ = self.fs.split_path(path)
         try:
-            return int(self.fs.info(path, refresh=True)["size"])
+            head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=key)
         except FileNotFoundError:
             return None
+        return int(head["ContentLength"])
 
     def _discard(self, file: Any, path: str) -> None:
         # discard() aborts the multipart upload where close() would commit it.
