@@ -9,22 +9,15 @@ PostgreSQL, with the local artifact store and with S3 (S3Proxy).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import pytest
+from artifact_helpers import PUT, REPORT, report_registry
 
 from dvt_engine import Client, HandlerRegistry, PlanBuilder
 from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.models.snapshot import ArtifactRef
-from dvt_engine.ports import StepContext, StepResult
-from dvt_engine.steps import HandlerFailure
-
-REPORT = b"region,total\nnorth,1200\nsouth,800\n" * 1000
 
 pytestmark = pytest.mark.parametrize("dvt_store_name", ["memory", "postgres"])
-
-#: The refs each attempt of ``export`` put, in order (reset per test by the registry fixture).
-PUT: list[ArtifactRef] = []
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -36,30 +29,7 @@ def dvt_artifact_store(request: pytest.FixtureRequest) -> ArtifactStore:
 
 @pytest.fixture
 def dvt_registry() -> HandlerRegistry:
-    PUT.clear()
-    registry = HandlerRegistry()
-
-    @registry.handler("report.export")
-    async def export(ctx: StepContext) -> StepResult:
-        ref = await ctx.artifacts.put(_chunks(REPORT), kind="report", media_type="text/csv")
-        PUT.append(ref)
-        if ctx.engine_attempt_id == 1:
-            raise HandlerFailure("WAREHOUSE_BUSY", "first attempt fails after the put")
-        return StepResult(output={"rows": 2000}, artifacts=[ref])
-
-    @registry.handler("report.forged")
-    async def forged(ctx: StepContext) -> StepResult:
-        real = await ctx.artifacts.put(b"real", kind="report")
-        digest = hashlib.sha256(b"never stored").hexdigest()
-        return StepResult(artifacts=[real.model_copy(update={
-            "uri": real.uri.replace(real.sha256 or "", digest), "sha256": digest})])
-
-    return registry
-
-
-async def _chunks(data: bytes) -> Any:
-    for start in range(0, len(data), 4096):
-        yield data[start:start + 4096]
+    return report_registry()
 
 
 async def test_a_retried_attempt_records_an_equal_ref_of_one_stored_object(
