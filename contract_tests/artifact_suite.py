@@ -140,6 +140,17 @@ class ArtifactStoreContractSuite:
         with pytest.raises(ArtifactCorrupt):
             await artifacts.get(ref)
 
+    async def test_a_stream_that_breaks_midway_leaves_nothing_behind(
+        self, artifacts: ArtifactStore, at_rest: AtRest
+    ) -> None:
+        async def broken() -> AsyncIterator[bytes]:
+            yield os.urandom(3 * 1024 * 1024)
+            raise ConnectionResetError("the source went away")
+
+        with pytest.raises(ConnectionResetError):
+            await artifacts.put(broken(), kind="blob")
+        assert at_rest.names() == [], "no object and no temporary"
+
     # --- verification -----------------------------------------------------------------------
     async def test_a_flipped_byte_at_rest_is_artifact_corrupt(
         self, artifacts: ArtifactStore, at_rest: AtRest

@@ -112,10 +112,12 @@ class S3ArtifactStore(FsspecArtifactStore):
         return int(head["ContentLength"])
 
     def _discard(self, file: Any, path: str) -> None:
-        # discard() aborts the multipart upload where close() would commit it.
+        # discard() aborts the multipart upload where close() would commit it; marking the
+        # file closed keeps its finaliser from trying to commit the discarded buffer.
         with contextlib.suppress(Exception):  # the original error is the one to report
             if not file.closed:
                 file.discard()
+                file.closed = True
         self._remove(path)
 
     def _publish(self, tmp_path: str, path: str, size: int) -> None:
