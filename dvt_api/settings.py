@@ -65,6 +65,10 @@ class ApiSettings(BaseSettings):
     #: resumes by cursor.
     sse_client_queue: int = Field(default=1000, ge=1)
 
+    #: /metrics reads the store-wide gauges (active runs, outbox backlog) at most this often;
+    #: scrapes in between reuse the last read.
+    metrics_store_ttl_s: float = Field(default=5.0, ge=0, le=300)
+
     #: Webhook target hosts exempt from the public-address rule (``--allow-webhook-host``).
     webhook_allowed_hosts: tuple[str, ...] = ()
     #: Delays before the 2nd, 3rd, ... attempt of a webhook delivery (+-20 % jitter each);

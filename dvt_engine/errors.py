@@ -61,6 +61,17 @@ class ErrorCode(StrEnum):
     ARTIFACT_STORE_NOT_CONFIGURED = "ARTIFACT_STORE_NOT_CONFIGURED"
     ARTIFACT_STORE_UNAVAILABLE = "ARTIFACT_STORE_UNAVAILABLE"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
+    STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
+    STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
+    SQL_ERROR = "SQL_ERROR"
+    SQL_FILE_NOT_ALLOWED = "SQL_FILE_NOT_ALLOWED"
+    HTTP_URI_NOT_ALLOWED = "HTTP_URI_NOT_ALLOWED"
+    HTTP_REQUEST_FAILED = "HTTP_REQUEST_FAILED"
+    HTTP_STATUS = "HTTP_STATUS"
+    HTTP_RESPONSE_TOO_LARGE = "HTTP_RESPONSE_TOO_LARGE"
+    SHELL_COMMAND_NOT_ALLOWED = "SHELL_COMMAND_NOT_ALLOWED"
+    SHELL_COMMAND_NOT_FOUND = "SHELL_COMMAND_NOT_FOUND"
+    SHELL_EXIT_NONZERO = "SHELL_EXIT_NONZERO"
 
 
 class DvtError(Exception):
@@ -427,6 +438,81 @@ class ConnectionNotFound(StepError):
 
     code = ErrorCode.CONNECTION_NOT_FOUND
     hint = "Define it: DVT_CONNECTIONS__<NAME>__URL (and __PASSWORD_REF for its secret)."
+
+
+class StepParamsInvalid(StepError):
+    """A step's params do not match its kind's params schema; checked before any work starts."""
+
+    code = ErrorCode.STEP_PARAMS_INVALID
+    hint = "See details.errors for the failing params and docs/steps.md for the kind's params."
+
+
+class StepDependencyMissing(StepError):
+    """A step kind needs a library that is not installed on the worker."""
+
+    code = ErrorCode.STEP_DEPENDENCY_MISSING
+    hint = "Install the kind's extra on the worker, e.g. pip install 'dvt[steps-sql]'."
+
+
+class SqlError(StepError):
+    """The database refused or failed a ``sql`` step's statement (details.sqlstate says why)."""
+
+    code = ErrorCode.SQL_ERROR
+    hint = "Fix the statement; connection and serialization failures are retryable."
+
+
+class SqlFileNotAllowed(StepError):
+    """A ``sql`` step's file is outside the host's allowed SQL roots (or none are set)."""
+
+    code = ErrorCode.SQL_FILE_NOT_ALLOWED
+    hint = 'Put the file under a root listed in DVT_STEPS_SQL_FILE_ROOTS (a JSON list).'
+
+
+class HttpUriNotAllowed(StepError):
+    """An ``http`` step's URL is outside the allowlist or reaches a non-public address."""
+
+    code = ErrorCode.HTTP_URI_NOT_ALLOWED
+    hint = "Allowlist the origin in DVT_STEPS_HTTP_ALLOWED_HOSTS (same form as plan URI hosts)."
+
+
+class HttpRequestFailed(StepError):
+    """An ``http`` step could not complete its exchange (DNS, connect, TLS, protocol)."""
+
+    code = ErrorCode.HTTP_REQUEST_FAILED
+    default_retryable = True
+
+
+class HttpStatus(StepError):
+    """An ``http`` step's response status was not the expected one (429 and 5xx are retryable)."""
+
+    code = ErrorCode.HTTP_STATUS
+
+
+class HttpResponseTooLarge(StepError):
+    """An ``http`` step's response body is larger than the host allows."""
+
+    code = ErrorCode.HTTP_RESPONSE_TOO_LARGE
+    hint = "Raise DVT_STEPS_HTTP_MAX_RESPONSE_BYTES or fetch less."
+
+
+class ShellCommandNotAllowed(StepError):
+    """A ``shell`` step's command is not on the host's command allowlist (empty by default)."""
+
+    code = ErrorCode.SHELL_COMMAND_NOT_ALLOWED
+    hint = 'List the commands in DVT_STEPS_SHELL_COMMANDS (a JSON list; ["*"] allows any).'
+
+
+class ShellCommandNotFound(StepError):
+    """A ``shell`` step's argv[0] is not an executable on the step's PATH, or cwd is missing."""
+
+    code = ErrorCode.SHELL_COMMAND_NOT_FOUND
+
+
+class ShellExitNonzero(StepError):
+    """A ``shell`` step's command exited with a non-zero status or was killed by a signal."""
+
+    code = ErrorCode.SHELL_EXIT_NONZERO
+    default_retryable = True
 
 
 def _coded_classes() -> list[type[DvtError]]:

@@ -75,8 +75,6 @@ async def _start(svc: Services, who: Principal, body: CreateRun,
         # A runId reused by another request: the same answer as a foreign runId would get.
         raise ApiProblem(409, HttpCode.IDEMPOTENCY_KEY_MISMATCH,
                          "this runId is already used by another request") from exc
-    if existing is None:
-        svc.metrics.runs_started.labels(svc.settings.engine_name).inc()
     doc = await run_document(svc.store, who.tenant_id, run_id)
     # Percent-encoded: a run id may hold any Unicode, a header only latin-1 (and a URI less).
     headers: tuple[tuple[str, str], ...] = (("Location", f"/v1/runs/{quote(run_id, safe='')}"),)
