@@ -2,20 +2,23 @@
 
 Objects live in a dict keyed by hash for the life of the instance; it is a complete
 implementation of the port (same refs, verification, refusal of unknown refs), not a stub.
-Each instance has a name of its own in its URIs (``memory://<name>/sha256/<aa>/<hex>``), so
-like two directories or two buckets, one twin does not hold another's refs.
+Its URIs are ``memory://<name>/sha256/<aa>/<hex>``, the name taken from the URL it is opened
+with (``memory://reports``) and ``artifacts`` by default. Twins of different names hold only
+their own refs, like two buckets; twins of the same name give the same refs for the same
+bytes, so runs on two engines each with its own default twin record equal refs (parity).
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from dvt_engine.artifacts import DEFAULT_MEDIA_TYPE, ArtifactData, ArtifactStore, verified
 from dvt_engine.errors import ArtifactNotFound, UsageError
 from dvt_engine.models.snapshot import ArtifactRef
+
+DEFAULT_NAME = "artifacts"
 
 
 class MemoryArtifactStore(ArtifactStore):
@@ -25,7 +28,7 @@ class MemoryArtifactStore(ArtifactStore):
         parts = urlsplit(url)
         if parts.scheme != "memory":
             raise UsageError(f"the memory artifact store opens memory:// URLs, not {url!r}")
-        self.name = parts.netloc or uuid.uuid4().hex[:12]
+        self.name = parts.netloc or DEFAULT_NAME
         self.objects: dict[str, bytes] = {}
 
     def uri_for(self, digest: str) -> str:

@@ -38,8 +38,18 @@ class TestMemoryArtifactStoreContract(ArtifactStoreContractSuite):
 
     @pytest.fixture
     def other_artifacts(self) -> MemoryArtifactStore:
-        return MemoryArtifactStore()
+        return MemoryArtifactStore("memory://elsewhere")
 
     @pytest.fixture
     def at_rest(self, artifacts: MemoryArtifactStore) -> AtRest:
         return MemoryAtRest(artifacts)
+
+
+async def test_twins_of_one_name_give_equal_refs_and_of_two_names_do_not() -> None:
+    first, second = MemoryArtifactStore(), MemoryArtifactStore("memory://")
+    ref = await first.put(b"same", kind="blob")
+    assert await second.put(b"same", kind="blob") == ref
+    assert ref.uri.startswith("memory://artifacts/sha256/")
+    other = MemoryArtifactStore("memory://reports")
+    assert not await other.holds(ref)
+    assert (await other.put(b"same", kind="blob")).uri.startswith("memory://reports/")

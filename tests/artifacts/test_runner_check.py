@@ -51,7 +51,7 @@ async def test_a_made_up_ref_fails_the_attempt_with_artifact_not_found(
 
 
 async def test_a_ref_of_another_store_is_refused(store: MemoryRunStateStore) -> None:
-    elsewhere = MemoryArtifactStore()
+    elsewhere = MemoryArtifactStore("memory://elsewhere")
 
     async def make(ctx: StepContext) -> StepResult:
         await ctx.artifacts.put(b"same bytes", kind="csv")
