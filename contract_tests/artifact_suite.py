@@ -107,10 +107,11 @@ class ArtifactStoreContractSuite:
         assert await artifacts.get(ref) == b""
 
     # --- immutability and concurrency --------------------------------------------------------
+    @pytest.mark.parametrize("size", [64 * 1024, 2 * 1024 * 1024], ids=["64KiB", "2MiB"])
     async def test_concurrent_puts_of_the_same_bytes_store_one_object(
-        self, artifacts: ArtifactStore, at_rest: AtRest
+        self, artifacts: ArtifactStore, at_rest: AtRest, size: int
     ) -> None:
-        body = os.urandom(64 * 1024)
+        body = os.urandom(size)
         refs = await asyncio.gather(
             *[artifacts.put(body, kind="blob") for _ in range(CONCURRENT_PUTS)])
         assert len({ref.model_dump_json() for ref in refs}) == 1
@@ -128,10 +129,11 @@ class ArtifactStoreContractSuite:
         assert at_rest.names() == [_name(refs[0])], "one object, no temporaries left"
         assert await artifacts.get(refs[0]) == body
 
+    @pytest.mark.parametrize("size", [4096, 2 * 1024 * 1024], ids=["4KiB", "2MiB"])
     async def test_a_put_of_existing_bytes_never_overwrites(
-        self, artifacts: ArtifactStore, at_rest: AtRest
+        self, artifacts: ArtifactStore, at_rest: AtRest, size: int
     ) -> None:
-        body = os.urandom(4096)
+        body = os.urandom(size)
         ref = await artifacts.put(body, kind="blob")
         at_rest.flip_byte(ref, 100)
         # The store finds the object there (same size) and writes nothing: it stays damaged,

@@ -42,6 +42,10 @@ CHUNK_BYTES = 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
 
 
+def _sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 def is_digest(value: str | None) -> bool:
     """Whether ``value`` is a lowercase hex SHA-256."""
     return value is not None and len(value) == 64 and set(value) <= _HEX
@@ -110,7 +114,9 @@ class FsspecArtifactStore(ArtifactStore, abc.ABC):
         """Store ``data`` under its SHA-256 (nothing is written when it is there already)."""
         if isinstance(data, bytes | bytearray | memoryview):
             body = bytes(data)
-            digest = hashlib.sha256(body).hexdigest()
+            # hashlib releases the GIL: a large object is hashed off the event loop.
+            digest = (_sha256(body) if len(body) <= CHUNK_BYTES
+                      else await asyncio.to_thread(_sha256, body))
             await self._call(self._store_small, body, digest)
             return self._ref(digest, len(body), kind, media_type)
         digest, size = await self._put_stream(data)
