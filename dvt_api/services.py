@@ -25,7 +25,7 @@ from dvt_engine.access import (
     hash_api_key,
 )
 from dvt_engine.eventlog import utc_now
-from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.plugins import open_configured_artifact_store, open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 from dvt_engine.steps.registry import HandlerRegistry, default_registry
 from dvt_engine.stores.memory_access import MemoryAccessStore
@@ -106,7 +106,10 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
         if hasattr(access, "close"):
             stack.push_async_callback(access.close)
         reg = registry if registry is not None else default_registry()
-        engine = open_engine(settings.engine, store=store, registry=reg)
+        artifacts = await open_configured_artifact_store(settings.artifacts)
+        if artifacts is not None:
+            stack.push_async_callback(artifacts.close)
+        engine = open_engine(settings.engine, store=store, registry=reg, artifacts=artifacts)
         if settings.dev_key is not None:
             await _register_dev_key(access, settings)
         purger = asyncio.create_task(_purge_forever(access), name="dvt-idempotency-purge")

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dvt_engine.access import DEFAULT_IDEMPOTENCY_TTL, check_idempotency_ttl
 from dvt_engine.errors import UsageError
 from dvt_engine.settings import (
+    ArtifactStoreSettings,
     EngineSettings,
     MemoryStoreSettings,
     ReferenceSettings,
@@ -40,6 +41,8 @@ class ApiSettings(BaseSettings):
 
     store: StoreSettings = Field(default_factory=MemoryStoreSettings)
     engine: EngineSettings = Field(default_factory=ReferenceSettings)
+    #: Where steps put artifacts; None: ``DVT_ARTIFACTS_*``, else ``$DVT_HOME/artifacts``.
+    artifacts: ArtifactStoreSettings | None = None
     #: Allows the in-memory store (everything is lost when the process ends).
     dev: bool = False
     #: A key registered at start-up with every role for ``dev_tenant`` (only with ``dev``):

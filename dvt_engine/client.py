@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import RunNotFound, UsageError
 from dvt_engine.labels import validate_labels
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
@@ -46,7 +47,7 @@ from dvt_engine.models.signals import (
 )
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.planning.fetch import store_plan
-from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.plugins import open_configured_artifact_store, open_engine, open_store
 from dvt_engine.ports import (
     Authorizer,
     PlanFetcher,
@@ -55,6 +56,7 @@ from dvt_engine.ports import (
     WorkflowEngine,
 )
 from dvt_engine.settings import (
+    ArtifactStoreSettings,
     EngineSettings,
     MemoryStoreSettings,
     ReferenceSettings,
@@ -104,7 +106,14 @@ class Client:
         self.environment = environment
         self.actor = actor if actor is not None else Actor(id="host")
         self._owns_store = owns_store
+        self._owned_artifacts: ArtifactStore | None = None
         self._closed = False
+
+    @property
+    def artifacts(self) -> ArtifactStore | None:
+        """The engine's artifact store (None when it has none)."""
+        found = getattr(self.engine, "artifacts", None)
+        return found if isinstance(found, ArtifactStore) else None
 
     @classmethod
     async def connect(
@@ -121,6 +130,7 @@ class Client:
         authorizer: Authorizer | None = None,
         secrets: SecretsProvider | None = None,
         fetchers: dict[str, PlanFetcher] | None = None,
+        artifacts: ArtifactStoreSettings | ArtifactStore | None = None,
     ) -> Client:
         """Open the store and the engine from typed settings and return the client.
 
@@ -128,14 +138,24 @@ class Client:
         ``registry`` defaults to the built-in kinds plus installed ``dvt.step_handlers``
         entry points. ``actor``/``roles`` are who this host signals as (no roles: every signal
         is refused with SIGNAL_UNAUTHORIZED); each signal call may name another actor.
+        ``artifacts`` is where ``ctx.artifacts.put`` stores bytes: default
+        ``ArtifactStoreSettings()`` (``DVT_ARTIFACTS_URL``, else ``$DVT_HOME/artifacts``);
+        a store passed as an object stays open, like ``store``.
         """
         made_store = store is None or isinstance(store, StoreSettings)
         opened = await open_store(store if isinstance(store, StoreSettings)
                                   else MemoryStoreSettings()) if made_store else store
         assert isinstance(opened, RunStateStore)
+        made_artifacts: ArtifactStore | None = None
         try:
+            if isinstance(artifacts, ArtifactStore):
+                artifact_store: ArtifactStore | None = artifacts
+            else:
+                made_artifacts = await open_configured_artifact_store(artifacts, secrets=secrets)
+                artifact_store = made_artifacts
             objects: dict[str, Any] = {
                 "registry": registry if registry is not None else default_registry(),
+                "artifacts": artifact_store,
             }
             if authorizer is not None:
                 objects["authorizer"] = authorizer
@@ -145,12 +165,17 @@ class Client:
                 objects["fetchers"] = fetchers
             made_engine = open_engine(engine or ReferenceSettings(), store=opened, **objects)
         except BaseException:
+            if made_artifacts is not None:
+                await made_artifacts.close()
             if made_store:
                 await opened.close()
             raise
-        return cls(engine=made_engine, store=opened, tenant=tenant, project=project,
-                   environment=environment, actor=Actor(id=actor, roles=tuple(map(Role, roles))),
-                   owns_store=made_store)
+        client = cls(engine=made_engine, store=opened, tenant=tenant, project=project,
+                     environment=environment,
+                     actor=Actor(id=actor, roles=tuple(map(Role, roles))),
+                     owns_store=made_store)
+        client._owned_artifacts = made_artifacts
+        return client
 
     async def close(self) -> None:
         """Close the engine (draining its workers), then the store if the client opened it."""
@@ -160,8 +185,12 @@ class Client:
         try:
             await self.engine.close()
         finally:
-            if self._owns_store:
-                await self.store.close()
+            try:
+                if self._owned_artifacts is not None:
+                    await self._owned_artifacts.close()
+            finally:
+                if self._owns_store:
+                    await self.store.close()
 
     async def __aenter__(self) -> Client:
         return self

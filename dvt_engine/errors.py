@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     ARTIFACT_NOT_FOUND = "ARTIFACT_NOT_FOUND"
     ARTIFACT_CORRUPT = "ARTIFACT_CORRUPT"
     ARTIFACT_STORE_NOT_CONFIGURED = "ARTIFACT_STORE_NOT_CONFIGURED"
+    ARTIFACT_STORE_UNAVAILABLE = "ARTIFACT_STORE_UNAVAILABLE"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
     STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
     STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
@@ -426,11 +427,21 @@ class ArtifactCorrupt(StoreError):
     hint = "The object was altered outside dvt; restore it from a backup or produce it again."
 
 
+class ArtifactStoreUnavailable(StoreError):
+    """The artifact store cannot be reached or refused access (network, credentials, bucket)."""
+
+    code = ErrorCode.ARTIFACT_STORE_UNAVAILABLE
+    default_retryable = True
+    hint = ("Check DVT_ARTIFACTS_URL, the endpoint and the credentials, and that the bucket or"
+            " directory exists.")
+
+
 class ArtifactStoreNotConfigured(StepError):
     """A handler asked for ctx.artifacts but the engine was opened without an artifact store."""
 
     code = ErrorCode.ARTIFACT_STORE_NOT_CONFIGURED
-    hint = "Open the engine with artifacts=open_artifact_store(...)."
+    hint = ("Open the engine with artifacts=open_artifact_store(...), or install the artifacts"
+            " extra (pip install 'dvt[artifacts]') for the default local store.")
 
 
 class ConnectionNotFound(StepError):
