@@ -320,6 +320,8 @@ class StepHandler(abc.ABC):
     """Runs steps of one kind. Raise a DvtError (or any exception) to fail the attempt."""
 
     kind: ClassVar[str]
+    #: JSON Schema of the step's params, checked when a plan is validated; None: any params.
+    params_schema: ClassVar[Mapping[str, Any] | None] = None
 
     @abc.abstractmethod
     async def run(self, ctx: StepContext) -> StepResult:

@@ -97,13 +97,6 @@ def plan(http_base: str) -> dict[str, Any]:
             "steps": steps}
 
 
-def with_artifacts(engine: BaseEngine, store: MemoryArtifactStore) -> BaseEngine:
-    # The Temporal and Conductor constructors take no artifacts= yet; their step runner does.
-    engine.artifacts = store
-    engine.runner.artifacts = store  # type: ignore[attr-defined]
-    return engine
-
-
 SECRETS = MappingSecretsProvider({"vault:token": SECRET})
 
 
@@ -140,9 +133,8 @@ async def test_temporal_runs_the_kinds_like_the_reference_engine(
     store = MemoryRunStateStore()
     engine = TemporalEngine(store=store, settings=dvt_temporal_settings,
                             registry=registry(http_base, tmp_path / "temporal.db"),
-                            secrets=SECRETS)
-    await compare(http_base, tmp_path, with_artifacts(engine, MemoryArtifactStore()),
-                  "temporal", store)
+                            secrets=SECRETS, artifacts=MemoryArtifactStore())
+    await compare(http_base, tmp_path, engine, "temporal", store)
 
 
 async def test_conductor_runs_the_kinds_like_the_reference_engine(
@@ -150,6 +142,5 @@ async def test_conductor_runs_the_kinds_like_the_reference_engine(
     store = MemoryRunStateStore()
     engine = make_engine(dvt_conductor_url, store,
                          registry=registry(http_base, tmp_path / "conductor.db"),
-                         secrets=SECRETS)
-    await compare(http_base, tmp_path, with_artifacts(engine, MemoryArtifactStore()),
-                  "conductor", store)
+                         secrets=SECRETS, artifacts=MemoryArtifactStore())
+    await compare(http_base, tmp_path, engine, "conductor", store)

@@ -15,6 +15,7 @@ from plan_fetch_helpers import PlanServer, Route, Tls
 from plan_fetch_helpers import tls_fixture as tls_fixture
 from secret_helpers import assert_no_secrets
 
+from dvt_engine.errors import StepParamsInvalid
 from dvt_engine.models.run import RunStatus
 from dvt_engine.planning.uri_policy import UriPolicy
 from dvt_steps.http import HttpStepHandler
@@ -255,9 +256,10 @@ async def test_a_response_over_the_size_limit_is_refused(step_client: Any,
 async def test_bad_params_are_coded(step_client: Any, server: Server,
                                     params: dict[str, Any]) -> None:
     async with step_client(http(server)) as c:
-        ran = await c.run([step("b", **params)])
-    error = ran.error("b")
-    assert (error["code"], error["retryable"]) == ("STEP_PARAMS_INVALID", False)
+        # Refused when the plan is validated, before any run exists: the kind's params schema.
+        with pytest.raises(StepParamsInvalid) as refused:
+            await c.run([step("b", **params)])
+    assert refused.value.details["path"].startswith("/steps/0/params")
 
 
 async def test_a_worker_without_the_extra_fails_the_step_with_a_code(

@@ -12,6 +12,7 @@ import psutil
 import pytest
 from secret_helpers import assert_no_secrets
 
+from dvt_engine.errors import StepParamsInvalid
 from dvt_engine.models.run import RunStatus
 from dvt_steps.settings import ShellStepSettings
 from dvt_steps.shell import ShellStepHandler
@@ -179,7 +180,13 @@ async def test_a_grandchild_ignoring_sigterm_is_killed_after_the_grace(step_clie
 async def test_bad_params_fail_before_anything_runs(step_client: Any, params: dict[str, Any],
                                                     code: str) -> None:
     async with step_client(shell()) as c:
-        ran = await c.run([{"stepId": "b", "kind": "shell", "params": params}])
+        plan = [{"stepId": "b", "kind": "shell", "params": params}]
+        if code == "STEP_PARAMS_INVALID":
+            # The kind's params schema refuses the plan when it is validated: no run starts.
+            with pytest.raises(StepParamsInvalid):
+                await c.run(plan)
+            return
+        ran = await c.run(plan)
     error = ran.error("b")
     assert (error["code"], error["retryable"]) == (code, False)
 
