@@ -3,6 +3,9 @@
 - create run: ``POST /v1/runs`` (a stored plan by ``planRef``, one noop step, reference engine)
   at 1, 16 and 64 concurrent clients, against the baseline's ``POST /runs``, which inserts one
   row with psycopg and answers 201: the floor an HTTP service over the same PostgreSQL has.
+- filtered run list: ``GET /v1/runs?label=batch:b7&limit=50`` (and ``planId``) on a tenant of
+  ``--list-runs`` runs (seeded like the store benchmark's), one client, against the baseline's
+  ``GET /runs``, which sends the same SELECT on the same table and answers the rows as JSON.
 - event commit to SSE client: 100 clients follow one run's stream while an operator pauses and
   resumes it; each event's delay is the client's receive time minus its ``persistedAt`` (the
   database clock inside the appending transaction, so commit time is slightly earlier than
@@ -44,7 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks.bench_store import bench_server
 from benchmarks.store_table import Row, latency_row, percentile, render
 from dvt_engine.builder import PlanBuilder
-from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
+from dvt_statestore_pg.testing import (
+    create_schema,
+    drop_schema,
+    seed_runs,
+    store_url,
+    unique_schema_name,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SELF = str(Path(__file__).resolve())
@@ -54,8 +63,9 @@ BASELINE_DDL = """CREATE TABLE IF NOT EXISTS {schema}.bench_runs (
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (tenant_id, run_id))"""
 
 
-def baseline_app(dsn: str, schema: str) -> Any:
-    """A bare FastAPI app: ``POST /runs`` inserts one row through a psycopg pool, answers 201."""
+def baseline_app(dsn: str, schema: str, runs_schema: str | None = None) -> Any:
+    """A bare FastAPI app: ``POST /runs`` inserts one row through a psycopg pool, answers 201;
+    ``GET /runs?label=k:v&planId=`` lists ``runs_schema``'s run index like dvt's query."""
     pool = AsyncConnectionPool(dsn, min_size=4, max_size=10, open=False)
 
     async def lifespan(app: FastAPI) -> Any:
@@ -75,6 +85,29 @@ def baseline_app(dsn: str, schema: str) -> Any:
         async with pool.connection() as conn:
             await conn.execute(insert, ("bench", run_id, json.dumps(body)))
         return JSONResponse({"runId": run_id, "status": "PENDING"}, status_code=201)
+
+    @app.get("/runs")
+    async def listed(label: str | None = None, planId: str | None = None
+                     ) -> JSONResponse:
+        key, _, value = (label or "").partition(":")
+        # Only the conditions asked for, as dvt does: "x IS NULL OR ..." would keep a prepared
+        # statement's generic plan off the labels index.
+        where, params = ["tenant_id = 'bench'"], []
+        if label:
+            where.append("labels @> %s::jsonb")
+            params.append(json.dumps({key: value}))
+        if planId:
+            where.append("plan_id = %s")
+            params.append(planId)
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT run_id, status, plan_id, labels, created_at FROM {runs_schema}.dvt_runs"
+                f" WHERE {' AND '.join(where)} ORDER BY created_at DESC, run_id DESC LIMIT 51",
+                params)
+            rows = await cur.fetchall()
+        return JSONResponse({"items": [{"runId": r[0], "status": r[1], "planId": r[2],
+                                        "labels": r[3], "createdAt": r[4].isoformat()}
+                                       for r in rows[:50]]})
 
     return app
 
@@ -148,6 +181,32 @@ async def create_rows(baseline: str, service: str, key: str, sha: str,
         rows.append(latency_row(scenario, "dvt `POST /v1/runs`", samples, took,
                                 "reference engine runs each one"))
         print(f"    {rows[-2]}\n    {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
+
+
+async def list_rows(baseline: str, service: str, key: str, args: argparse.Namespace
+                    ) -> list[Row]:
+    """One client listing a filtered page of 50, ``args.list_requests`` times per filter."""
+    rows: list[Row] = []
+    for name, query in (("label (0.1%)", {"label": "batch:b7"}),
+                        ("planId (2%)", {"planId": "plan-7"})):
+        for url, path, auth, subject in (
+                (baseline, "/runs", {}, "bare FastAPI + SELECT"),
+                (service, "/v1/runs", {"Authorization": f"Bearer {key}"}, "dvt `GET /v1/runs`")):
+            samples: list[float] = []
+            async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60) as client:
+                for _ in range(10):
+                    (await client.get(path, params=query)).raise_for_status()
+                began = time.perf_counter()
+                for _ in range(args.list_requests):
+                    start = time.perf_counter()
+                    answer = await client.get(path, params={**query, "limit": 50})
+                    samples.append(time.perf_counter() - start)
+                    answer.raise_for_status()
+                took = time.perf_counter() - began
+            rows.append(latency_row(f"run list, {name}, {args.list_runs:,} runs", subject,
+                                    samples, took, f"{len(answer.json()['items'])} items"))
+            print(f"    {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -237,14 +296,16 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
         key = _key(url)
         with serve(["-m", "dvt_cli", "serve", "--host", "127.0.0.1", "--port", "0",
                     "--store", url, "--engine", "reference"], env) as service, \
-             serve([SELF, "--serve-baseline", dsn,
-                    "--baseline-schema", schemas[1]], env) as base:
+             serve([SELF, "--serve-baseline", dsn, "--baseline-schema", schemas[1],
+                    "--runs-schema", schemas[0]], env) as base:
             async with httpx.AsyncClient(base_url=service, timeout=60,
                                          headers={"Authorization": f"Bearer {key}"}) as c:
                 stored = await c.post("/v1/plans", json=PlanBuilder("one", "1")
                                       .step("only", "noop").build())
                 sha = stored.json()["planRef"]["sha256"]
             rows = await create_rows(base, service, key, sha, args)
+            seed_runs(dsn, schemas[0], "bench", args.list_runs)
+            rows += await list_rows(base, service, key, args)
             rows.append(await sse_row(service, key, args))
     finally:
         for schema in schemas:
@@ -264,9 +325,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=25, help="PAUSE+RESUME pairs")
     parser.add_argument("--serve-baseline", metavar="DSN", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-schema", help=argparse.SUPPRESS)
+    parser.add_argument("--runs-schema", help=argparse.SUPPRESS)
+    parser.add_argument("--list-runs", type=int, default=50_000, help="runs of the listed tenant")
+    parser.add_argument("--list-requests", type=int, default=500, help="list requests per row")
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.per_client, args.listeners, args.rounds = 30, 2, 10, 3
+        args.list_runs, args.list_requests = 5000, 50
     return args
 
 
@@ -274,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     """Start PostgreSQL unless --dsn is given, run every scenario, print the table."""
     args = parse_args(argv)
     if args.serve_baseline:
-        app = baseline_app(args.serve_baseline, args.baseline_schema)
+        app = baseline_app(args.serve_baseline, args.baseline_schema, args.runs_schema)
         uvicorn.run(app, host="127.0.0.1", port=0, log_level="info", access_log=False)
         return
     with bench_server(args.dsn) as (dsn, server):

@@ -66,10 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rebuild", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--list", type=int, default=2000)
+    parser.add_argument("--filtered-runs", type=int, default=50_000)
     args = parser.parse_args(argv)
     if args.quick:
         args.single, args.batches, args.concurrent = 300, 30, 400
         args.storm, args.lag, args.rebuild, args.runs, args.list = 20_000, 100, 5000, 5000, 200
+        args.filtered_runs = 5000
     return args
 
 

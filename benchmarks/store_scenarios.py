@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.store_baseline import BASELINE_DDL, RAW_INSERT, envelope
+from benchmarks.store_filters import list_runs_filtered
 from benchmarks.store_table import Row, Scenario, latency_row
 from contract_tests.store_suite import happy_path, make_header
 from dvt_engine.eventlog import EventFactory
@@ -37,6 +38,7 @@ def dvt_scenarios() -> list[Scenario]:
         projection_lag,
         rebuild_100k,
         list_runs_100k,
+        list_runs_filtered,
     ]
 
 

@@ -23,7 +23,7 @@ from dvt_engine.errors import (
 )
 from dvt_engine.eventlog import EventFactory
 from dvt_engine.idempotency import signal_key
-from dvt_engine.models.run import RunStatus
+from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
 from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import project
 
@@ -260,6 +260,97 @@ class RunsContract(StoreSuiteBase):
             before = (page[-1].created_at, page[-1].run_id)
         assert paged == everything
         assert len(set(paged)) == len(times)
+
+    async def _labelled(self, store: RunStateStore, tenant: str, minute: int, plan_id: str,
+                        labels: dict[str, str]) -> RunHeader:
+        base = make_header(tenant_id=tenant,
+                           created_at=datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=minute))
+        header = base.model_copy(update={
+            "plan_id": plan_id, "labels": labels,
+            "plan_ref": base.plan_ref.model_copy(update={"plan_id": plan_id}),
+        })
+        stored, created = await store.register_run(header)
+        assert created
+        return stored
+
+    async def test_list_runs_filters_by_plan_labels_and_creation_time(
+        self, store: RunStateStore
+    ) -> None:
+        tenant = new_id("tenant")
+        specs = [("orders", {"team": "data", "trigger": "cron"}),
+                 ("orders", {"team": "data", "trigger": "manual"}),
+                 ("billing", {"team": "finance", "trigger": "cron"}),
+                 ("billing", {}),
+                 ("orders", {"team": "data", "trigger": "cron", "app.example.com/tier": "gold"})]
+        runs = [await self._labelled(store, tenant, i, plan, labels)
+                for i, (plan, labels) in enumerate(specs)]
+        # Another tenant with the very same labels and plan must never show up.
+        await self._labelled(store, new_id("tenant"), 2, "orders", {"team": "data"})
+
+        def ids(rows: list[RunSummary]) -> list[str]:
+            return [r.run_id for r in rows]
+
+        def expect(*which: int) -> list[str]:
+            return [runs[i].run_id for i in which]
+
+        everything = await store.list_runs(tenant)
+        assert [r.labels for r in everything] == [specs[i][1] for i in (4, 3, 2, 1, 0)]
+        again = await store.get_run(tenant, runs[4].run_id)
+        assert again is not None
+        assert again.labels == specs[4][1]
+        assert ids(await store.list_runs(tenant, plan_id="orders")) == expect(4, 1, 0)
+        assert ids(await store.list_runs(tenant, plan_id="nope")) == []
+        assert ids(await store.list_runs(tenant, labels={"team": "data"})) == expect(4, 1, 0)
+        assert ids(await store.list_runs(
+            tenant, labels={"team": "data", "trigger": "cron"})) == expect(4, 0)
+        assert ids(await store.list_runs(tenant, labels={"app.example.com/tier": "gold"})) \
+            == expect(4)
+        assert ids(await store.list_runs(tenant, labels={"team": "Data"})) == []
+        assert ids(await store.list_runs(tenant, labels={"team": "data", "x": ""})) == []
+        assert ids(await store.list_runs(tenant, labels={"trigger": "cron"},
+                                         plan_id="billing")) == expect(2)
+        # Half open: createdAfter is inclusive, createdBefore exclusive.
+        at = [r.created_at for r in runs]
+        assert ids(await store.list_runs(tenant, created_after=at[1])) == expect(4, 3, 2, 1)
+        assert ids(await store.list_runs(tenant, created_before=at[1])) == expect(0)
+        assert ids(await store.list_runs(tenant, created_after=at[1], created_before=at[3])) \
+            == expect(2, 1)
+        assert ids(await store.list_runs(tenant, created_after=at[3], created_before=at[3])) == []
+        assert ids(await store.list_runs(
+            tenant, labels={"team": "data"}, created_after=at[1], status=[RunStatus.PENDING],
+        )) == expect(4, 1)
+        assert ids(await store.list_runs(tenant, labels={"team": "data"},
+                                         status=[RunStatus.COMPLETED])) == []
+
+    async def test_filtered_pages_have_no_gaps_or_repeats(self, store: RunStateStore) -> None:
+        tenant = new_id("tenant")
+        for i in range(11):
+            labels = {"team": "data"} if i % 3 else {"team": "web"}
+            await self._labelled(store, tenant, i // 2, "orders", labels)  # ties in createdAt
+        wanted = [r.run_id for r in await store.list_runs(tenant, labels={"team": "data"})]
+        assert len(wanted) == 7
+        paged: list[str] = []
+        before = None
+        while True:
+            page = await store.list_runs(tenant, labels={"team": "data"}, plan_id="orders",
+                                         limit=2, before=before)
+            paged += [r.run_id for r in page]
+            if len(page) < 2:
+                break
+            before = (page[-1].created_at, page[-1].run_id)
+        assert paged == wanted
+
+    async def test_impossible_filters_match_nothing_without_store_errors(
+        self, store: RunStateStore
+    ) -> None:
+        header = await self._labelled(store, new_id("tenant"), 0, "orders", {"team": "data"})
+        tenant = header.tenant_id
+        for labels in ({"team": "nul\x00"}, {"nul\x00": "data"}, {"TEAM": "data"},
+                       {"team": "x" * 5000}, {f"k{i}": "v" for i in range(40)}):
+            assert await store.list_runs(tenant, labels=labels) == []
+        for plan_id in ("nul\x00", "x" * 5000, "pipe|"):
+            assert await store.list_runs(tenant, plan_id=plan_id) == []
+        assert [r.run_id for r in await store.list_runs(tenant, labels={})] == [header.run_id]
 
     # --- plan registry ----------------------------------------------------------------------
     async def test_plan_registry_is_content_addressed(self, store: RunStateStore) -> None:

@@ -35,6 +35,7 @@ from dvt_adapters_temporal.wire import (
 )
 from dvt_adapters_temporal.worker import build_workers, running_workers, select_workers, serve
 from dvt_adapters_temporal.workflow import WORKFLOW_NAME
+from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.engine_base import BaseEngine
 from dvt_engine.errors import EngineUnavailable, RunNotFound, UsageError
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
@@ -98,6 +99,7 @@ class TemporalEngine(BaseEngine):
         uri_policy: UriPolicy | None = None,
         fetchers: dict[str, PlanFetcher] | None = None,
         signal_rate_limit_per_minute: int | None = None,
+        artifacts: ArtifactStore | None = None,
         **options: Any,
     ) -> None:
         if settings is None:
@@ -110,7 +112,7 @@ class TemporalEngine(BaseEngine):
         super().__init__(
             store, registry=registry, authorizer=authorizer, secrets=secrets,
             uri_policy=uri_policy, fetchers=fetchers,
-            signal_rate_limit_per_minute=signal_rate_limit_per_minute,
+            signal_rate_limit_per_minute=signal_rate_limit_per_minute, artifacts=artifacts,
         )
         if "task_queue" not in settings.model_fields_set and isinstance(
             store, MemoryRunStateStore

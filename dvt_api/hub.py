@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Gauge
 
 from dvt_api.metrics import ApiMetrics
+from dvt_engine.eventlog import utc_now
 from dvt_engine.ports import RunStateStore, TenantCursor, TenantEvent
 
 log = logging.getLogger("dvt_api")
@@ -123,6 +124,7 @@ class TenantHub:
     async def _follow(self, tenant_id: str, feed: _Feed) -> None:
         try:
             async for item in self._store.follow_tenant(tenant_id):
+                self._lag(item)
                 for client in list(feed.clients):
                     if len(client.items) >= client.limit:
                         self._drop(client, feed)
@@ -139,6 +141,12 @@ class TenantHub:
                 self._metrics.sse_followers.dec()
             for client in list(feed.clients):
                 self._drop(client, feed)
+
+    def _lag(self, item: TenantEvent) -> None:
+        persisted = item.event.persisted_at
+        if persisted is not None:
+            lag = (utc_now() - persisted).total_seconds()
+            self._metrics.projection_lag.labels("tenant_stream").observe(max(0.0, lag))
 
     def _drop(self, client: HubClient, feed: _Feed) -> None:
         self._discard(client, feed)

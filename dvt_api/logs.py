@@ -12,8 +12,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-FIELDS = ("request_id", "trace_id", "tenant_id", "key_id", "run_id", "method", "route",
-          "status", "duration_ms", "code", "engine", "store")
+FIELDS = ("request_id", "trace_id", "tenant_id", "key_id", "run_id", "event_type", "run_status",
+          "run_seq", "plan_id", "method", "route", "status", "duration_ms", "code", "engine",
+          "store")
 
 
 class JsonFormatter(logging.Formatter):

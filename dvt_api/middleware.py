@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dvt_api.metrics import ApiMetrics
 from dvt_api.problems import ApiProblem, HttpCode, problem_response
+from dvt_api.run_observer import TRACE_ID
 
 log = logging.getLogger("dvt_api")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -97,11 +98,14 @@ class RequestMiddleware:
                     raise PayloadTooLarge(self.limit)
             return message
 
+        # Tasks the request starts (an in-process run) inherit it: their run logs carry it.
+        token = TRACE_ID.set(state["trace_id"])
         try:
             await self.app(scope, limited_receive, send_wrapper)
         except PayloadTooLarge as exc:  # read outside a route (e.g. by the framework)
             await problem_response(_Req(scope), exc)(scope, receive, send_wrapper)
         finally:
+            TRACE_ID.reset(token)
             observe()
 
     def _refusal(self, scope: Scope) -> ApiProblem | None:

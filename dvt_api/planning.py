@@ -29,7 +29,8 @@ def report_for(svc: Services, data: bytes | dict[str, Any], engine: str | None =
     caps = svc.engine.capabilities if name == svc.settings.engine_name else \
         engine_capabilities(name)
     return build_validation_report(data, engine=name, capabilities=caps,
-                                   known_kinds=svc.registry.kinds())
+                                   known_kinds=svc.registry.kinds(),
+                                   params_schemas=svc.registry.params_schemas())
 
 
 def refused(report: ValidationReport) -> ApiProblem:

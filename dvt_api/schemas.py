@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from dvt_engine.access import ApiRole
+from dvt_engine.labels import LABELS_JSON_SCHEMA, validate_labels
 
 
 def _optional_id() -> Any:
@@ -84,6 +85,13 @@ class CreateRun(Body):
     engine: str | None = Field(default=None, max_length=50)
     run_id: str | None = _optional_id()
     inputs: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, json_schema_extra=LABELS_JSON_SCHEMA)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _valid_labels(cls, value: Any) -> Any:
+        # LABELS_INVALID (422) for every label rule, the same code the library raises.
+        return validate_labels(value, path="body/labels")
 
 
 class RunList(Out):

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from dvt_api.hub import TenantHub
+from dvt_api.measured_store import MeasuredStore
 from dvt_api.metrics import ApiMetrics
+from dvt_api.run_observer import RunObserver
 from dvt_api.settings import ApiSettings
+from dvt_api.store_gauges import StoreGauges, reader_for
 from dvt_engine.access import (
     ApiKey,
     ApiKeyStore,
@@ -21,7 +25,7 @@ from dvt_engine.access import (
     hash_api_key,
 )
 from dvt_engine.eventlog import utc_now
-from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.plugins import open_configured_artifact_store, open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 from dvt_engine.steps.registry import HandlerRegistry, default_registry
 from dvt_engine.stores.memory_access import MemoryAccessStore
@@ -42,6 +46,7 @@ class Services:
     hub: TenantHub
     webhooks: WebhookStore | None = None
     dispatcher: Any = None  # dvt_api.webhook_dispatch.Dispatcher
+    gauges: StoreGauges | None = None
 
     @property
     def keys(self) -> ApiKeyStore:
@@ -85,13 +90,26 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
                         metrics: ApiMetrics) -> AsyncIterator[Services]:
     """Open store, access store and engine; close them in reverse order on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_store(settings.store)
-        stack.push_async_callback(store.close)
+        opened = await open_store(settings.store)
+        stack.push_async_callback(opened.close)
+        store = MeasuredStore(opened, metrics)
+        observer = RunObserver(store, metrics)
+        store.on_append(observer.appended)
+        # Run metrics come from the outbox when the store keeps one (each event counted by
+        # one process of all that share the store), otherwise from this process's appends.
+        from_outbox = bool(getattr(getattr(opened, "config", None), "outbox", False)) \
+            and hasattr(opened, "claim_outbox")
+        if not from_outbox:
+            store.on_append(lambda event: observer.committed([event]))
+        metrics.start_series(settings.engine_name)
         access = await open_access(settings.store.store_url())
         if hasattr(access, "close"):
             stack.push_async_callback(access.close)
         reg = registry if registry is not None else default_registry()
-        engine = open_engine(settings.engine, store=store, registry=reg)
+        artifacts = await open_configured_artifact_store(settings.artifacts)
+        if artifacts is not None:
+            stack.push_async_callback(artifacts.close)
+        engine = open_engine(settings.engine, store=store, registry=reg, artifacts=artifacts)
         if settings.dev_key is not None:
             await _register_dev_key(access, settings)
         purger = asyncio.create_task(_purge_forever(access), name="dvt-idempotency-purge")
@@ -110,12 +128,16 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
             stack.push_async_callback(webhooks.close)
         from dvt_api.webhook_dispatch import Dispatcher
 
-        dispatcher = Dispatcher(store, webhooks, settings, metrics)
+        dispatcher = Dispatcher(
+            store, webhooks, settings, metrics,
+            on_events=functools.partial(observer.committed, reader="outbox") if from_outbox
+            else None)
         dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
         yield Services(settings=settings, store=store, access=access, engine=engine,
                        registry=reg, metrics=metrics, hub=hub, webhooks=webhooks,
-                       dispatcher=dispatcher)
+                       dispatcher=dispatcher, gauges=StoreGauges(reader_for(opened), metrics,
+                                                         settings.metrics_store_ttl_s))
 
 log = logging.getLogger("dvt_api")
 #: Expired idempotency records are deleted this often (a claim takes an expired key over

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dvt_engine.access import DEFAULT_IDEMPOTENCY_TTL, check_idempotency_ttl
 from dvt_engine.errors import UsageError
 from dvt_engine.settings import (
+    ArtifactStoreSettings,
     EngineSettings,
     MemoryStoreSettings,
     ReferenceSettings,
@@ -40,6 +41,8 @@ class ApiSettings(BaseSettings):
 
     store: StoreSettings = Field(default_factory=MemoryStoreSettings)
     engine: EngineSettings = Field(default_factory=ReferenceSettings)
+    #: Where steps put artifacts; None: ``DVT_ARTIFACTS_*``, else ``$DVT_HOME/artifacts``.
+    artifacts: ArtifactStoreSettings | None = None
     #: Allows the in-memory store (everything is lost when the process ends).
     dev: bool = False
     #: A key registered at start-up with every role for ``dev_tenant`` (only with ``dev``):
@@ -61,6 +64,10 @@ class ApiSettings(BaseSettings):
     #: Events queued per tenant-stream client; a client further behind is dropped and
     #: resumes by cursor.
     sse_client_queue: int = Field(default=1000, ge=1)
+
+    #: /metrics reads the store-wide gauges (active runs, outbox backlog) at most this often;
+    #: scrapes in between reuse the last read.
+    metrics_store_ttl_s: float = Field(default=5.0, ge=0, le=300)
 
     #: Webhook target hosts exempt from the public-address rule (``--allow-webhook-host``).
     webhook_allowed_hosts: tuple[str, ...] = ()

@@ -33,27 +33,36 @@ async def run_document(store: RunStateStore, tenant_id: str, run_id: str) -> dic
                                         limit=1)
         if last and last[0].persisted_at is not None:
             updated = max(updated, last[0].persisted_at)
-    doc.update(engine=header.engine, checksum=snapshot_checksum(snapshot),
+    doc.update(engine=header.engine, labels=header.labels,
+               checksum=snapshot_checksum(snapshot),
                createdAt=header.created_at.isoformat(), updatedAt=updated.isoformat())
     return doc
 
 
-def encode_cursor(created_at: datetime, run_id: str) -> str:
-    """An opaque cursor for the run after which the next page starts."""
-    raw = json.dumps([created_at.isoformat(), run_id], separators=(",", ":")).encode()
+def encode_cursor(created_at: datetime, run_id: str, filters: str) -> str:
+    """An opaque cursor for the run after which the next page starts, for these filters."""
+    raw = json.dumps([created_at.isoformat(), run_id, filters], separators=(",", ":"),
+                     ensure_ascii=False).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The keyset behind a cursor; REQUEST_INVALID when it was not made by encode_cursor."""
+def decode_cursor(cursor: str, filters: str) -> tuple[datetime, str]:
+    """The keyset behind a cursor made for the same ``filters``; REQUEST_INVALID otherwise."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, run_id = json.loads(raw)
+        at, run_id, made_for = json.loads(raw)
         when = datetime.fromisoformat(at)
-        if not isinstance(run_id, str) or when.tzinfo is None:
+        if not isinstance(run_id, str) or not isinstance(made_for, str) or when.tzinfo is None:
             raise ValueError(cursor)
-        return when, run_id
     except (ValueError, TypeError) as exc:
         raise ApiProblem(422, HttpCode.REQUEST_INVALID, "the cursor is not one this API made",
                          errors=[{"path": "query/cursor", "message": "invalid cursor"}]
                          ) from exc
+    if made_for != filters:
+        # AIP-158: a page token belongs to one query; other filters would page through
+        # another result set from a place it never had, silently skipping or repeating runs.
+        raise ApiProblem(422, HttpCode.REQUEST_INVALID,
+                         "the cursor was made for other filters; send the same status, planId,"
+                         " label, createdAfter and createdBefore as the first page",
+                         errors=[{"path": "query/cursor", "message": "cursor for other filters"}])
+    return when, run_id

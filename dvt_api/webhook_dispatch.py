@@ -17,6 +17,7 @@ import email.utils
 import json
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -83,8 +84,11 @@ class Dispatcher:
     """Intake and sending for one service process; ``start()`` then ``stop()``."""
 
     def __init__(self, store: RunStateStore, hooks: WebhookStore, settings: ApiSettings,
-                 metrics: ApiMetrics | None = None) -> None:
+                 metrics: ApiMetrics | None = None, *,
+                 on_events: Callable[[list[Event]], Awaitable[None]] | None = None) -> None:
         self._store = store
+        # Told of every outbox event once it is acknowledged (the run metrics and run logs).
+        self._on_events = on_events
         self._metrics = metrics or ApiMetrics()
         self._hooks = hooks
         self._settings = settings
@@ -152,6 +156,9 @@ class Dispatcher:
             done.append(item.id)
         if done:
             await self._store.ack_outbox(done)  # type: ignore[attr-defined]
+            if self._on_events is not None:
+                acked = set(done)
+                await self._on_events([i.event for i in items if i.id in acked])
         if added:
             self._wake_sender.set()
         return len(items)

@@ -108,8 +108,10 @@ def cli() -> None:
 @click.option("--detach", is_flag=True, help="Return once the run started (needs a lasting store).")
 @click.option("--worker/--no-worker", default=True, show_default=True,
               help="Host the engine's workers in this command (off when `dvt worker` runs).")
+@click.option("--label", "labels", multiple=True, metavar="KEY:VALUE",
+              help="A label of the run (repeatable), e.g. --label team:data.")
 def run(plan: str, engine: str | None, run_id: str | None, request_id: str | None,
-        detach: bool, worker: bool, **kw: Any) -> None:
+        detach: bool, worker: bool, labels: tuple[str, ...], **kw: Any) -> None:
     """Store PLAN.json in the registry, start it, follow it, print the final snapshot.
 
     Exit code 0 when the run COMPLETED, 1 when it FAILED or was CANCELLED, 2 when the plan was
@@ -118,7 +120,7 @@ def run(plan: str, engine: str | None, run_id: str | None, request_id: str | Non
     settings = _settings(kw, engine)
     options = runs.RunOptions(plan_path=plan, run_id=run_id, request_id=request_id,
                               detach=detach, worker=worker,
-                              triggered_by=f"cli:{default_actor()}")
+                              triggered_by=f"cli:{default_actor()}", labels=labels)
     execute(settings.json, lambda: runs.run_plan(settings, options))
 
 
@@ -159,12 +161,17 @@ def events(run_id: str, follow: bool, until: str | None, **kw: Any) -> None:
               type=click.Choice(["PENDING", "APPROVED", "RUNNING", "PAUSED", "COMPLETED",
                                  "FAILED", "CANCELLED"], case_sensitive=False),
               help="Only runs in this status (repeatable).")
+@click.option("--plan", "plan_id", metavar="PLAN_ID", help="Only runs of this planId.")
+@click.option("--label", "labels", multiple=True, metavar="KEY:VALUE",
+              help="Only runs with this label (repeatable: every one must match).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @_store_options
-def runs_(statuses: tuple[str, ...], limit: int, **kw: Any) -> None:
+def runs_(statuses: tuple[str, ...], plan_id: str | None, labels: tuple[str, ...], limit: int,
+          **kw: Any) -> None:
     """List the tenant's runs, newest first."""
     settings = _settings(kw)
-    execute(settings.json, lambda: runs.list_runs(settings, statuses, limit))
+    query = runs.RunQuery(statuses=statuses, plan_id=plan_id, labels=labels, limit=limit)
+    execute(settings.json, lambda: runs.list_runs(settings, query))
 
 
 @cli.command()

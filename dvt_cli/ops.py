@@ -19,6 +19,7 @@ from dvt_cli import devenv
 from dvt_cli import output as out
 from dvt_cli.plans import read_plan_bytes
 from dvt_cli.session import (
+    artifact_session,
     engine_options,
     load_engine,
     prepare_local_servers,
@@ -240,9 +241,9 @@ async def worker(settings: Settings, engine_name: str, queues: tuple[str, ...] =
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with store_session(settings) as store:
+    async with store_session(settings) as store, artifact_session() as artifacts:
         engine = load_engine(engine_name, store, engine_options(engine_name, settings,
-                                                                worker=False))
+                                                                worker=False), artifacts)
         try:
             if not settings.json:
                 out.say(f"dvt worker: {engine_name} at {address}; Ctrl-C stops after "

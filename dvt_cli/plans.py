@@ -98,7 +98,8 @@ async def validate_for_engine(data: bytes, engine_name: str,
     if build is not None and caps is not None and registry is not None:
         # The raw bytes, so a broken document still yields a full report rather than one error.
         report: ValidationReport = build(data, engine=engine_name, capabilities=caps(),
-                                         known_kinds=registry.kinds(), plan_sha256=digest)
+                                         known_kinds=registry.kinds(), plan_sha256=digest,
+                                         params_schemas=registry.params_schemas())
         return report
     try:
         plan = parse_plan(data)

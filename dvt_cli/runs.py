@@ -22,6 +22,7 @@ from dvt_cli.settings import Settings
 from dvt_engine.errors import RunNotFound, SchemaValidationFailed, UsageError
 from dvt_engine.idempotency import run_request_key
 from dvt_engine.identifiers import validate_identifier
+from dvt_engine.labels import parse_label_pairs
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader, RunStatus
@@ -59,6 +60,7 @@ class RunOptions:
     detach: bool = False
     worker: bool = True
     triggered_by: str | None = None
+    labels: tuple[str, ...] = ()
 
 
 async def run_plan(settings: Settings, options: RunOptions) -> int:
@@ -89,6 +91,7 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
             tenant_id=i.tenant, project_id=i.project, environment_id=i.environment,
             run_id=run_id, run_request_id=options.request_id,
             triggered_by=options.triggered_by,
+            labels=parse_label_pairs(options.labels, path="--label"),
         )
         async with engine_session(engine_name, store, settings, worker=options.worker) as engine:
             await engine.start_run(plan_ref, context)
@@ -269,13 +272,28 @@ def _emit_event(event: Event, as_json: bool) -> None:
     out.flush()
 
 
-async def list_runs(settings: Settings, statuses: tuple[str, ...], limit: int) -> int:
+@dataclass(frozen=True)
+class RunQuery:
+    """What `dvt runs` was asked: filters (each must hold) and a page size."""
+
+    statuses: tuple[str, ...] = ()
+    plan_id: str | None = None
+    labels: tuple[str, ...] = ()
+    limit: int = 50
+
+
+async def list_runs(settings: Settings, query: RunQuery) -> int:
     """Print the tenant's runs, newest first."""
     _identity_checked(settings)
+    labels = parse_label_pairs(query.labels, path="--label")
+    if query.plan_id is not None:
+        validate_identifier("--plan", query.plan_id)
     settings = resolve(settings)
-    wanted = [RunStatus(s.upper()) for s in statuses] or None
+    wanted = [RunStatus(s.upper()) for s in query.statuses] or None
     async with store_session(settings) as store:
-        rows = await store.list_runs(settings.identity.tenant, status=wanted, limit=limit)
+        rows = await store.list_runs(settings.identity.tenant, status=wanted,
+                                     plan_id=query.plan_id, labels=labels or None,
+                                     limit=query.limit)
     if settings.json:
         out.emit_json({"runs": [r.model_dump(mode="json") for r in rows]})
         return out.EXIT_OK
@@ -283,8 +301,9 @@ async def list_runs(settings: Settings, statuses: tuple[str, ...], limit: int) -
         out.say("no runs")
     for r in rows:
         status = str(r.status) + (f" ({r.substatus})" if r.substatus else "")
+        shown = "".join(f"  {k}:{v}" for k, v in r.labels.items())
         out.say(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
-                   f"{r.created_at.isoformat(timespec='seconds')}")
+                   f"{r.created_at.isoformat(timespec='seconds')}{shown}")
     return out.EXIT_OK
 
 

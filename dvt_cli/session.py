@@ -13,6 +13,7 @@ from typing import Any
 from dvt_cli import devenv
 from dvt_cli.output import notice
 from dvt_cli.settings import DEFAULT_STORE_URL, EngineAddresses, Settings, choose_engine
+from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import (
     DvtError,
     EngineNotFound,
@@ -20,7 +21,7 @@ from dvt_engine.errors import (
     StoreUnavailable,
     UsageError,
 )
-from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.plugins import open_configured_artifact_store, open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 from dvt_engine.steps.registry import HandlerRegistry, default_registry
 
@@ -157,10 +158,28 @@ async def store_session(settings: Settings, *, quiet_memory: bool = False) -> As
         await store.close()
 
 
-def load_engine(name: str, store: RunStateStore, options: dict[str, Any]) -> WorkflowEngine:
+@contextlib.asynccontextmanager
+async def artifact_session() -> AsyncIterator[ArtifactStore | None]:
+    """The artifact store steps of this command put into, closed afterwards.
+
+    ``DVT_ARTIFACTS_URL`` (and the other ``DVT_ARTIFACTS_*`` settings), else the local
+    directory ``$DVT_HOME/artifacts``, so `dvt run` and a `dvt worker` in another shell share
+    it; None when the artifacts extra is not installed and nothing is configured.
+    """
+    artifacts = await open_configured_artifact_store()
+    try:
+        yield artifacts
+    finally:
+        if artifacts is not None:
+            await artifacts.close()
+
+
+def load_engine(name: str, store: RunStateStore, options: dict[str, Any],
+                artifacts: ArtifactStore | None = None) -> WorkflowEngine:
     """Open an engine by name; an adapter that is registered but cannot load is ENGINE_NOT_FOUND."""
     try:
-        return open_engine(name, store=store, **{"registry": handler_registry(), **options})
+        return open_engine(name, store=store, **{"registry": handler_registry(),
+                                                 "artifacts": artifacts, **options})
     except DvtError:
         raise
     except ImportError as exc:
@@ -176,9 +195,12 @@ def load_engine(name: str, store: RunStateStore, options: dict[str, Any]) -> Wor
 async def engine_session(
     name: str, store: RunStateStore, settings: Settings, *, worker: bool = True
 ) -> AsyncIterator[WorkflowEngine]:
-    """An engine over ``store``, closed (workers drained) afterwards."""
-    engine = load_engine(name, store, engine_options(name, settings, worker=worker))
-    try:
-        yield engine
-    finally:
-        await engine.close()
+    """An engine over ``store`` and the command's artifact store, closed (workers drained)
+    afterwards."""
+    async with artifact_session() as artifacts:
+        engine = load_engine(name, store, engine_options(name, settings, worker=worker),
+                             artifacts)
+        try:
+            yield engine
+        finally:
+            await engine.close()

@@ -27,6 +27,7 @@ from dvt_engine.errors import (
 )
 
 if TYPE_CHECKING:
+    from dvt_engine.artifacts import ArtifactStore
     from dvt_engine.builder import PlanBuilder
     from dvt_engine.client import Client, PlanInput, RunHandle, RunPage
     from dvt_engine.models.events import Event, EventType
@@ -48,10 +49,11 @@ if TYPE_CHECKING:
         SignalType,
         SkipStepPayload,
     )
-    from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
-    from dvt_engine.plugins import open_engine, open_store
+    from dvt_engine.models.snapshot import ArtifactRef, RunSnapshot, StepSnapshot
+    from dvt_engine.plugins import open_artifact_store, open_engine, open_store
     from dvt_engine.ports import StepContext, StepHandler, StepResult
     from dvt_engine.settings import (
+        ArtifactStoreSettings,
         ConductorSettings,
         EngineSettings,
         MemoryStoreSettings,
@@ -73,6 +75,9 @@ _LAZY: dict[str, str] = {
     "Actor": "dvt_engine.models.signals",
     "ApproveRunPayload": "dvt_engine.models.signals",
     "ApproveStepPayload": "dvt_engine.models.signals",
+    "ArtifactRef": "dvt_engine.models.snapshot",
+    "ArtifactStore": "dvt_engine.artifacts",
+    "ArtifactStoreSettings": "dvt_engine.settings",
     "CancelPayload": "dvt_engine.models.signals",
     "Client": "dvt_engine.client",
     "ConductorSettings": "dvt_engine.settings",
@@ -112,6 +117,7 @@ _LAZY: dict[str, str] = {
     "TlsSettings": "dvt_engine.settings",
     "builtin_registry": "dvt_engine.steps.registry",
     "default_registry": "dvt_engine.steps.registry",
+    "open_artifact_store": "dvt_engine.plugins",
     "open_engine": "dvt_engine.plugins",
     "open_store": "dvt_engine.plugins",
     "raise_for_rejection": "dvt_engine.signals.rejections",
@@ -124,6 +130,9 @@ __all__ = [
     "Actor",
     "ApproveRunPayload",
     "ApproveStepPayload",
+    "ArtifactRef",
+    "ArtifactStore",
+    "ArtifactStoreSettings",
     "CancelPayload",
     "Client",
     "ConductorSettings",
@@ -173,6 +182,7 @@ __all__ = [
     "__version__",
     "builtin_registry",
     "default_registry",
+    "open_artifact_store",
     "open_engine",
     "open_store",
     "raise_for_rejection",

@@ -18,12 +18,15 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import RunNotFound, UsageError
+from dvt_engine.labels import validate_labels
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
 from dvt_engine.models.run import EngineRunRef, RunContext, RunStatus, RunSummary
@@ -44,7 +47,7 @@ from dvt_engine.models.signals import (
 )
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.planning.fetch import store_plan
-from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.plugins import open_configured_artifact_store, open_engine, open_store
 from dvt_engine.ports import (
     Authorizer,
     PlanFetcher,
@@ -53,6 +56,7 @@ from dvt_engine.ports import (
     WorkflowEngine,
 )
 from dvt_engine.settings import (
+    ArtifactStoreSettings,
     EngineSettings,
     MemoryStoreSettings,
     ReferenceSettings,
@@ -102,7 +106,14 @@ class Client:
         self.environment = environment
         self.actor = actor if actor is not None else Actor(id="host")
         self._owns_store = owns_store
+        self._owned_artifacts: ArtifactStore | None = None
         self._closed = False
+
+    @property
+    def artifacts(self) -> ArtifactStore | None:
+        """The engine's artifact store (None when it has none)."""
+        found = getattr(self.engine, "artifacts", None)
+        return found if isinstance(found, ArtifactStore) else None
 
     @classmethod
     async def connect(
@@ -119,6 +130,7 @@ class Client:
         authorizer: Authorizer | None = None,
         secrets: SecretsProvider | None = None,
         fetchers: dict[str, PlanFetcher] | None = None,
+        artifacts: ArtifactStoreSettings | ArtifactStore | None = None,
     ) -> Client:
         """Open the store and the engine from typed settings and return the client.
 
@@ -126,14 +138,24 @@ class Client:
         ``registry`` defaults to the built-in kinds plus installed ``dvt.step_handlers``
         entry points. ``actor``/``roles`` are who this host signals as (no roles: every signal
         is refused with SIGNAL_UNAUTHORIZED); each signal call may name another actor.
+        ``artifacts`` is where ``ctx.artifacts.put`` stores bytes: default
+        ``ArtifactStoreSettings()`` (``DVT_ARTIFACTS_URL``, else ``$DVT_HOME/artifacts``);
+        a store passed as an object stays open, like ``store``.
         """
         made_store = store is None or isinstance(store, StoreSettings)
         opened = await open_store(store if isinstance(store, StoreSettings)
                                   else MemoryStoreSettings()) if made_store else store
         assert isinstance(opened, RunStateStore)
+        made_artifacts: ArtifactStore | None = None
         try:
+            if isinstance(artifacts, ArtifactStore):
+                artifact_store: ArtifactStore | None = artifacts
+            else:
+                made_artifacts = await open_configured_artifact_store(artifacts, secrets=secrets)
+                artifact_store = made_artifacts
             objects: dict[str, Any] = {
                 "registry": registry if registry is not None else default_registry(),
+                "artifacts": artifact_store,
             }
             if authorizer is not None:
                 objects["authorizer"] = authorizer
@@ -143,12 +165,17 @@ class Client:
                 objects["fetchers"] = fetchers
             made_engine = open_engine(engine or ReferenceSettings(), store=opened, **objects)
         except BaseException:
+            if made_artifacts is not None:
+                await made_artifacts.close()
             if made_store:
                 await opened.close()
             raise
-        return cls(engine=made_engine, store=opened, tenant=tenant, project=project,
-                   environment=environment, actor=Actor(id=actor, roles=tuple(map(Role, roles))),
-                   owns_store=made_store)
+        client = cls(engine=made_engine, store=opened, tenant=tenant, project=project,
+                     environment=environment,
+                     actor=Actor(id=actor, roles=tuple(map(Role, roles))),
+                     owns_store=made_store)
+        client._owned_artifacts = made_artifacts
+        return client
 
     async def close(self) -> None:
         """Close the engine (draining its workers), then the store if the client opened it."""
@@ -158,8 +185,12 @@ class Client:
         try:
             await self.engine.close()
         finally:
-            if self._owns_store:
-                await self.store.close()
+            try:
+                if self._owned_artifacts is not None:
+                    await self._owned_artifacts.close()
+            finally:
+                if self._owns_store:
+                    await self.store.close()
 
     async def __aenter__(self) -> Client:
         return self
@@ -192,19 +223,22 @@ class Client:
         triggered_by: str | None = None,
         project: str | None = None,
         environment: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> RunHandle:
         """Store the plan (unless it is a PlanRef), start a run and return its handle.
 
         Starting is idempotent on ``run_request_id`` (default: the run id): a repeat finds the
-        same run. Without ``run_id`` a UUID is chosen.
+        same run. Without ``run_id`` a UUID is chosen. ``labels`` (at most 20 ``key: value``
+        strings, LABELS_INVALID otherwise) stay with the run and filter ``list_runs``.
         """
-        plan_ref = await self.store_plan(plan)
         context = RunContext(
             tenant_id=self.tenant, project_id=project or self.project,
             environment_id=environment or self.environment,
             run_id=run_id or str(uuid.uuid4()), run_request_id=run_request_id,
             triggered_by=triggered_by or self.actor.id, params=dict(params or {}),
+            labels=dict(labels or {}),
         )
+        plan_ref = await self.store_plan(plan)
         ref = await self.engine.start_run(plan_ref, context)
         return RunHandle(self, context.run_id, run_ref=ref)
 
@@ -218,14 +252,27 @@ class Client:
         status: Sequence[RunStatus | str] | None = None,
         project: str | None = None,
         environment: str | None = None,
+        plan_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 100,
     ) -> RunPage:
-        """The tenant's runs, newest first, from the store's latest-status index."""
+        """The tenant's runs, newest first, from the store's latest-status index.
+
+        Every filter given must hold: ``labels`` every pair, ``created_after <= createdAt <
+        created_before`` (timezone-aware datetimes).
+        """
         if limit < 1:
             raise UsageError("limit must be >= 1", details={"limit": limit})
+        for name, when in (("created_after", created_after), ("created_before", created_before)):
+            if when is not None and when.utcoffset() is None:
+                raise UsageError(f"{name} must be timezone-aware", details={"field": name})
         rows = await self.store.list_runs(
             self.tenant, status=[RunStatus(s) for s in status] if status else None,
-            project_id=project, environment_id=environment, limit=limit + 1,
+            project_id=project, environment_id=environment, plan_id=plan_id,
+            labels=validate_labels(labels) or None, created_after=created_after,
+            created_before=created_before, limit=limit + 1,
         )
         return RunPage(items=tuple(rows[:limit]), limit=limit, has_more=len(rows) > limit)
 

@@ -76,6 +76,7 @@ class BaseEngine(WorkflowEngine):
             engine=self.name,
             capabilities=self.declared_capabilities(),
             known_kinds=self.registry.kinds(),
+            params_schemas=self.registry.params_schemas(),
         )
 
     # --- start --------------------------------------------------------------------------

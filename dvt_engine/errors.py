@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     OPERATOR_TIMEOUT = "OPERATOR_TIMEOUT"
     PAUSE_DRAIN_TIMEOUT = "PAUSE_DRAIN_TIMEOUT"
     IDENTIFIER_INVALID = "IDENTIFIER_INVALID"
+    LABELS_INVALID = "LABELS_INVALID"
     ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
@@ -59,9 +60,20 @@ class ErrorCode(StrEnum):
     ARTIFACT_NOT_FOUND = "ARTIFACT_NOT_FOUND"
     ARTIFACT_CORRUPT = "ARTIFACT_CORRUPT"
     ARTIFACT_STORE_NOT_CONFIGURED = "ARTIFACT_STORE_NOT_CONFIGURED"
+    ARTIFACT_STORE_UNAVAILABLE = "ARTIFACT_STORE_UNAVAILABLE"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
+    STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
+    STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
+    SQL_ERROR = "SQL_ERROR"
+    SQL_FILE_NOT_ALLOWED = "SQL_FILE_NOT_ALLOWED"
+    HTTP_URI_NOT_ALLOWED = "HTTP_URI_NOT_ALLOWED"
+    HTTP_REQUEST_FAILED = "HTTP_REQUEST_FAILED"
+    HTTP_STATUS = "HTTP_STATUS"
+    HTTP_RESPONSE_TOO_LARGE = "HTTP_RESPONSE_TOO_LARGE"
+    SHELL_COMMAND_NOT_ALLOWED = "SHELL_COMMAND_NOT_ALLOWED"
+    SHELL_COMMAND_NOT_FOUND = "SHELL_COMMAND_NOT_FOUND"
+    SHELL_EXIT_NONZERO = "SHELL_EXIT_NONZERO"
     STEP_PATH_NOT_ALLOWED = "STEP_PATH_NOT_ALLOWED"
-    STEP_TOOL_MISSING = "STEP_TOOL_MISSING"
     DBT_NODES_FAILED = "DBT_NODES_FAILED"
     DBT_INVOCATION_FAILED = "DBT_INVOCATION_FAILED"
     SPARK_SUBMIT_FAILED = "SPARK_SUBMIT_FAILED"
@@ -320,6 +332,16 @@ class IdentifierInvalid(RequestError):
     hint = "Identifiers are 1-200 characters without '|' or control characters."
 
 
+class LabelsInvalid(RequestError):
+    """A run's labels, or a label filter, break the label rules (docs/client.md#labels)."""
+
+    code = ErrorCode.LABELS_INVALID
+    hint = (
+        "At most 20 labels; keys are 1-63 of a-z 0-9 _ . - / starting with a letter or digit;"
+        " values at most 200 characters without control characters; no secrets."
+    )
+
+
 class IllegalTransition(RunError):
     """An event would move a run or step through a transition its state machine forbids."""
 
@@ -409,11 +431,21 @@ class ArtifactCorrupt(StoreError):
     hint = "The object was altered outside dvt; restore it from a backup or produce it again."
 
 
+class ArtifactStoreUnavailable(StoreError):
+    """The artifact store cannot be reached or refused access (network, credentials, bucket)."""
+
+    code = ErrorCode.ARTIFACT_STORE_UNAVAILABLE
+    default_retryable = True
+    hint = ("Check DVT_ARTIFACTS_URL, the endpoint and the credentials, and that the bucket or"
+            " directory exists.")
+
+
 class ArtifactStoreNotConfigured(StepError):
     """A handler asked for ctx.artifacts but the engine was opened without an artifact store."""
 
     code = ErrorCode.ARTIFACT_STORE_NOT_CONFIGURED
-    hint = "Open the engine with artifacts=open_artifact_store(...)."
+    hint = ("Open the engine with artifacts=open_artifact_store(...), or install the artifacts"
+            " extra (pip install 'dvt[artifacts]') for the default local store.")
 
 
 class ConnectionNotFound(StepError):
@@ -423,18 +455,86 @@ class ConnectionNotFound(StepError):
     hint = "Define it: DVT_CONNECTIONS__<NAME>__URL (and __PASSWORD_REF for its secret)."
 
 
+class StepParamsInvalid(StepError):
+    """A step's params do not match its kind's params schema; checked before any work starts."""
+
+    code = ErrorCode.STEP_PARAMS_INVALID
+    hint = "See details.errors for the failing params and docs/steps.md for the kind's params."
+
+
+class StepDependencyMissing(StepError):
+    """A step kind needs a library that is not installed on the worker."""
+
+    code = ErrorCode.STEP_DEPENDENCY_MISSING
+    hint = "Install the kind's extra on the worker, e.g. pip install 'dvt[steps-sql]'."
+
+
+class SqlError(StepError):
+    """The database refused or failed a ``sql`` step's statement (details.sqlstate says why)."""
+
+    code = ErrorCode.SQL_ERROR
+    hint = "Fix the statement; connection and serialization failures are retryable."
+
+
+class SqlFileNotAllowed(StepError):
+    """A ``sql`` step's file is outside the host's allowed SQL roots (or none are set)."""
+
+    code = ErrorCode.SQL_FILE_NOT_ALLOWED
+    hint = 'Put the file under a root listed in DVT_STEPS_SQL_FILE_ROOTS (a JSON list).'
+
+
+class HttpUriNotAllowed(StepError):
+    """An ``http`` step's URL is outside the allowlist or reaches a non-public address."""
+
+    code = ErrorCode.HTTP_URI_NOT_ALLOWED
+    hint = "Allowlist the origin in DVT_STEPS_HTTP_ALLOWED_HOSTS (same form as plan URI hosts)."
+
+
+class HttpRequestFailed(StepError):
+    """An ``http`` step could not complete its exchange (DNS, connect, TLS, protocol)."""
+
+    code = ErrorCode.HTTP_REQUEST_FAILED
+    default_retryable = True
+
+
+class HttpStatus(StepError):
+    """An ``http`` step's response status was not the expected one (429 and 5xx are retryable)."""
+
+    code = ErrorCode.HTTP_STATUS
+
+
+class HttpResponseTooLarge(StepError):
+    """An ``http`` step's response body is larger than the host allows."""
+
+    code = ErrorCode.HTTP_RESPONSE_TOO_LARGE
+    hint = "Raise DVT_STEPS_HTTP_MAX_RESPONSE_BYTES or fetch less."
+
+
+class ShellCommandNotAllowed(StepError):
+    """A ``shell`` step's command is not on the host's command allowlist (empty by default)."""
+
+    code = ErrorCode.SHELL_COMMAND_NOT_ALLOWED
+    hint = 'List the commands in DVT_STEPS_SHELL_COMMANDS (a JSON list; ["*"] allows any).'
+
+
+class ShellCommandNotFound(StepError):
+    """A ``shell`` step's argv[0] is not an executable on the step's PATH, or cwd is missing."""
+
+    code = ErrorCode.SHELL_COMMAND_NOT_FOUND
+
+
+class ShellExitNonzero(StepError):
+    """A ``shell`` step's command exited with a non-zero status or was killed by a signal."""
+
+    code = ErrorCode.SHELL_EXIT_NONZERO
+    default_retryable = True
+
+
 class StepPathNotAllowed(StepError):
     """A step names a project or application path outside the host's allowed roots."""
 
     code = ErrorCode.STEP_PATH_NOT_ALLOWED
     hint = "Move it under an allowed root, or add its folder to DVT_STEPS_ALLOWED_ROOTS."
-
-
-class StepToolMissing(StepError):
-    """A step kind needs a tool that is not installed (dbt and its adapter, pyspark, Java)."""
-
-    code = ErrorCode.STEP_TOOL_MISSING
-    hint = "Install the step kind's extra: pip install 'dvt[steps-dbt]' or 'dvt[steps-spark]'."
 
 
 class DbtNodesFailed(StepError):

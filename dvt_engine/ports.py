@@ -73,13 +73,21 @@ class RunStateStore(abc.ABC):
         status: Sequence[RunStatus] | None = None,
         project_id: str | None = None,
         environment_id: str | None = None,
+        plan_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 100,
         before: tuple[datetime, str] | None = None,
     ) -> list[RunSummary]:
         """Runs of a tenant from the latest-status index, newest first.
 
-        ``before`` is a keyset cursor ``(createdAt, runId)``: only runs ordered after it (older,
-        or as old with a smaller runId) are returned, so pages never skip or repeat a run.
+        Every filter given must hold: ``status`` any of, ``labels`` every pair (see
+        dvt_engine.labels), ``created_after <= createdAt < created_before`` (half open, so
+        consecutive windows neither overlap nor leave a gap; timezone-aware datetimes).
+        ``before`` is a keyset cursor ``(createdAt, runId)``: only runs ordered after it
+        (older, or as old with a smaller runId) are returned, so pages never skip or repeat a
+        run.
         """
 
     # --- the log ------------------------------------------------------------------------
@@ -312,6 +320,8 @@ class StepHandler(abc.ABC):
     """Runs steps of one kind. Raise a DvtError (or any exception) to fail the attempt."""
 
     kind: ClassVar[str]
+    #: JSON Schema of the step's params, checked when a plan is validated; None: any params.
+    params_schema: ClassVar[Mapping[str, Any] | None] = None
 
     @abc.abstractmethod
     async def run(self, ctx: StepContext) -> StepResult:

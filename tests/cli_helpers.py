@@ -23,7 +23,8 @@ PLANS = REPO / "golden_fixtures" / "plans"
 # Every variable the CLI reads: a test starts from none of them set.
 CLI_ENV = ("DVT_ENGINE", "DVT_STORE_URL", "DVT_TENANT", "DVT_PROJECT", "DVT_ENVIRONMENT",
            "DVT_ACTOR", "DVT_ROLES", "DVT_TEMPORAL_ADDRESS", "DVT_TEMPORAL_NAMESPACE",
-           "DVT_TEMPORAL_TASK_QUEUE", "DVT_CONDUCTOR_URL", "DVT_DEBUG", "DVT_HOME")
+           "DVT_TEMPORAL_TASK_QUEUE", "DVT_CONDUCTOR_URL", "DVT_DEBUG", "DVT_HOME",
+           "DVT_ARTIFACTS_URL", "DVT_ARTIFACTS_ENDPOINT_URL")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ def make_header(
                StepOutline(step_id="gate", kind="approval")),
         requires_approval=requires_approval, engine="reference",
         run_request_key=run_request_key(tenant, "proj", "env", "plan", "1.0.0", run_id),
-        params={"date": "2026-11-21"}, created_at=datetime(2026, 11, 21, tzinfo=UTC),
+        params={"date": "2026-11-21"}, labels={"team": "data"},
+        created_at=datetime(2026, 11, 21, tzinfo=UTC),
     )
 
 

@@ -109,6 +109,29 @@ def test_a_run_is_visible_to_other_commands(dvt: Any) -> None:
     assert hidden.json()["error"]["code"] == "RUN_NOT_FOUND"
 
 
+def test_labels_given_to_run_filter_runs(dvt: Any) -> None:
+    plan = str(PLANS / "one-step.json")
+    for run_id, labels in (("lab-a", ["team:data", "trigger:cron"]), ("lab-b", ["team:web"])):
+        flags = [arg for label in labels for arg in ("--label", label)]
+        ran = dvt("run", plan, "--engine", "reference", "--run-id", run_id, *flags, "--json")
+        assert ran.code == 0, ran
+    data = dvt("runs", "--label", "team:data", "--json").json()["runs"]
+    assert [(r["runId"], r["labels"]) for r in data] == [
+        ("lab-a", {"team": "data", "trigger": "cron"})]
+    both = dvt("runs", "--plan", "one-step", "--json").json()["runs"]
+    assert [r["runId"] for r in both] == ["lab-b", "lab-a"]
+    assert dvt("runs", "--plan", "other", "--json").json()["runs"] == []
+    text = dvt("runs", "--label", "team:web")
+    assert text.code == 0, text
+    assert "lab-b" in text.stdout
+    assert "team:web" in text.stdout
+    assert "lab-a" not in text.stdout
+    for bad in (["runs", "--label", "Team:data"], ["run", plan, "--label", "password:x"]):
+        refused = dvt(*bad, "--json")
+        assert refused.code == 2, refused
+        assert refused.json()["error"]["code"] == "LABELS_INVALID"
+
+
 def test_reference_runs_cannot_be_signalled_from_another_process(dvt: Any) -> None:
     run_id = f"r-{uuid.uuid4().hex[:8]}"
     assert dvt("run", str(PLANS / "one-step.json"), "--engine", "reference", "--run-id",

@@ -164,6 +164,43 @@ async def test_list_runs_pages_by_limit() -> None:
         assert not everything.has_more
 
 
+async def test_labels_stay_with_the_run_and_filter_list_runs() -> None:
+    async with await client() as c:
+        first = await c.start_run(PLANS / "one-step.json", run_id="lab-1",
+                                  labels={"trigger": "cron", "team": "data"})
+        await first.result(timeout=30)
+        second = await c.start_run(PLANS / "one-step.json", run_id="lab-2",
+                                   labels={"team": "web"})
+        await second.result(timeout=30)
+        header = await c.store.get_run(c.tenant, "lab-1")
+        assert header is not None
+        assert header.labels == {"team": "data", "trigger": "cron"}
+        page = await c.list_runs(labels={"team": "data"})
+        assert [r.run_id for r in page.items] == ["lab-1"]
+        assert page.items[0].labels == {"team": "data", "trigger": "cron"}
+        both = await c.list_runs(plan_id=header.plan_id, created_after=header.created_at)
+        assert [r.run_id for r in both.items] == ["lab-2", "lab-1"]
+        assert (await c.list_runs(created_before=header.created_at)).items == ()
+        assert (await c.list_runs(plan_id="another-plan")).items == ()
+        with pytest.raises(DvtError) as refused:
+            await c.list_runs(labels={"Team": "data"})
+        assert refused.value.code == "LABELS_INVALID"
+        with pytest.raises(DvtError) as naive:
+            await c.list_runs(created_after=header.created_at.replace(tzinfo=None))
+        assert naive.value.code == "USAGE_ERROR"
+
+
+async def test_bad_labels_are_refused_before_anything_is_stored() -> None:
+    async with await client() as c:
+        for labels in ({"api_key": "x"}, {"k": "v" * 201}, {f"k{i}": "v" for i in range(21)},
+                       {"k": 1}):
+            with pytest.raises(DvtError) as refused:
+                await c.start_run(PLANS / "one-step.json", run_id="bad",
+                                  labels=labels)  # type: ignore[dict-item]
+            assert refused.value.code == "LABELS_INVALID"
+        assert (await c.list_runs()).items == ()
+
+
 async def test_the_client_closes_what_it_opened_only(monkeypatch: pytest.MonkeyPatch) -> None:
     closed: list[int] = []
 

@@ -140,6 +140,7 @@ async def test_retry_run_context_is_deterministic(
     assert (ctx.tenant_id, ctx.project_id, ctx.environment_id) == (TENANT, "proj", "env")
     assert ctx.triggered_by == "eve"
     assert ctx.params == {"date": "2026-11-21"}
+    assert ctx.labels == {"team": "data"}
     assert ctx.run_request_id is not None
     assert signal_key(TENANT, run.run_id, "again") in ctx.run_request_id
     assert new_run_context(verdict.header, accepted) == ctx

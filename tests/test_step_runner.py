@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import Any
 
@@ -19,7 +20,6 @@ from step_runner_helpers import (
 
 from dvt_engine.errors import SecretNotFound
 from dvt_engine.models.run import StepStatus
-from dvt_engine.models.snapshot import ArtifactRef
 from dvt_engine.ports import StepContext, StepResult
 from dvt_engine.steps import (
     MAX_OUTPUT_BYTES,
@@ -27,6 +27,7 @@ from dvt_engine.steps import (
     StepRunner,
 )
 from dvt_engine.stores.memory import MemoryRunStateStore
+from dvt_engine.stores.memory_artifacts import MemoryArtifactStore
 
 
 @pytest.fixture
@@ -72,24 +73,27 @@ async def test_echo_outputs_params_and_cost_hint(store: MemoryRunStateStore) -> 
 
 
 async def test_handler_result_artifacts_and_cost_units(store: MemoryRunStateStore) -> None:
+    artifacts = MemoryArtifactStore()
+
     async def produce(ctx: StepContext) -> StepResult:
-        return StepResult(
-            output={"rows": 10},
-            artifacts=[ArtifactRef(uri="s3://b/k1", kind="parquet", size_bytes=5),
-                       {"uri": "s3://b/k2", "kind": "csv", "sha256": "ab" * 32}],
-            cost_units=7.0,
-        )
+        parquet = await ctx.artifacts.put(b"PAR1", kind="parquet")
+        csv = await ctx.artifacts.put(b"a,b\n", kind="csv", media_type="text/csv")
+        return StepResult(output={"rows": 10},
+                          artifacts=[parquet, csv.model_dump(mode="json")], cost_units=7.0)
 
     plan = make_plan([{"stepId": "p", "kind": "produce", "costHint": {"units": 1}}])
     header = await started_run(store, plan)
-    outcome = await StepRunner(store, registry_with(produce=produce)).run(
+    outcome = await StepRunner(store, registry_with(produce=produce), artifacts=artifacts).run(
         invocation(header, plan, "p"))
     assert outcome.status == "succeeded"
-    assert [a.uri for a in outcome.artifacts] == ["s3://b/k1", "s3://b/k2"]
+    digests = [hashlib.sha256(b"PAR1").hexdigest(), hashlib.sha256(b"a,b\n").hexdigest()]
+    assert [a.sha256 for a in outcome.artifacts] == digests
     payload = (await step_events(store, header))[-1].payload
     assert payload["artifacts"] == [
-        {"uri": "s3://b/k1", "kind": "parquet", "sizeBytes": 5},
-        {"uri": "s3://b/k2", "kind": "csv", "sha256": "ab" * 32},
+        {"uri": artifacts.uri_for(digests[0]), "kind": "parquet", "sha256": digests[0],
+         "sizeBytes": 4, "mediaType": "application/octet-stream"},
+        {"uri": artifacts.uri_for(digests[1]), "kind": "csv", "sha256": digests[1],
+         "sizeBytes": 4, "mediaType": "text/csv"},
     ]
     assert payload["cost"]["units"] == 7.0
     snap = await store.get_snapshot(TENANT, header.run_id)

@@ -15,4 +15,6 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(svc: Services = Depends(services)) -> Response:
     """The service's metrics in the Prometheus text format."""
+    if svc.gauges is not None:
+        await svc.gauges.refresh()
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -6,8 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from dvt_engine.labels import LABELS_JSON_SCHEMA, validate_labels
 from dvt_engine.models.base import DvtModel, Identifier, Sha256Hex, StrictModel
 from dvt_engine.models.plan import ExecutionPlan, FailurePolicy, PlanRef
 
@@ -68,6 +69,14 @@ class RunContext(StrictModel):
     triggered_by: str | None = Field(default=None, max_length=200)
     original_run_id: Identifier | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    #: Caller-chosen metadata to find the run by (dvt_engine.labels has the rules).
+    labels: dict[str, str] = Field(default_factory=dict, json_schema_extra=LABELS_JSON_SCHEMA)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _valid_labels(cls, value: Any) -> Any:
+        # LABELS_INVALID itself (not a pydantic error), so every caller sees the same code.
+        return validate_labels(value)
 
 
 class TemporalRunRef(DvtModel):
@@ -131,6 +140,7 @@ class RunHeader(DvtModel):
     original_run_id: Identifier | None = None
     triggered_by: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
 
     @classmethod
@@ -165,6 +175,7 @@ class RunHeader(DvtModel):
             original_run_id=context.original_run_id,
             triggered_by=context.triggered_by,
             params=context.params,
+            labels=context.labels,
             created_at=created_at,
         )
 
@@ -193,5 +204,6 @@ class RunSummary(DvtModel):
     status: RunStatus
     substatus: RunSubstatus | None = None
     last_event_seq: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime

@@ -26,6 +26,7 @@ from dvt_engine.planning.checks import (
 )
 from dvt_engine.planning.document import load_document, version_problems
 from dvt_engine.planning.first_error import validate_plan_document
+from dvt_engine.planning.params import params_problems
 from dvt_engine.planning.problems import PlanInput, Problem, digest_of, safe, show
 
 # Which schema version introduced each optional field; fields absent here exist since v1.0.
@@ -186,8 +187,12 @@ def build_validation_report(
     capabilities: Iterable[str],
     known_kinds: Iterable[str],
     plan_sha256: str | None = None,
+    params_schemas: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ValidationReport:
-    """Every issue that stops ``data_or_plan`` running on ``engine``, plus warnings, as data."""
+    """Every issue that stops ``data_or_plan`` running on ``engine``, plus warnings, as data.
+
+    ``params_schemas`` (kind -> JSON Schema, from the handler registry) checks step params.
+    """
     caps = frozenset(capabilities)
     kinds = frozenset(known_kinds) | frozenset(BUILTIN_STEP_KINDS)
     if plan_sha256 is None and not isinstance(data_or_plan, ExecutionPlan):
@@ -210,6 +215,7 @@ def build_validation_report(
                 problems += model_problems(doc)[1]
             problems += _version_warnings(doc)
             problems += _kind_problems(doc, kinds)
+            problems += params_problems(doc, params_schemas or {})
             check, cap_problems = _capability_check(doc, engine, caps)
             problems += cap_problems
     metadata = doc.get("metadata", {}) if doc is not None else {}
@@ -269,6 +275,7 @@ def prepare_plan(
     capabilities: Iterable[str],
     known_kinds: Iterable[str],
     plan_sha256: str | None = None,
+    params_schemas: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[ExecutionPlan, ValidationReport]:
     """Validate a document for one engine: the plan and its report, or the first coded error."""
     plan = validate_plan_document(data)
@@ -278,6 +285,7 @@ def prepare_plan(
         capabilities=capabilities,
         known_kinds=known_kinds,
         plan_sha256=plan_sha256 if plan_sha256 is not None else digest_of(data),
+        params_schemas=params_schemas,
     )
     raise_for_report(report)
     return plan, report

@@ -62,4 +62,5 @@ def new_run_context(header: RunHeader, accepted: AcceptedSignal) -> RunContext:
         triggered_by=accepted.actor.id,
         original_run_id=header.run_id,
         params=dict(header.params),
+        labels=dict(header.labels),
     )

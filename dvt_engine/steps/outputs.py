@@ -1,4 +1,5 @@
-"""Checks on what a handler returns: output is JSON of at most 32 KiB, artifacts are references."""
+"""Checks on what a handler returns: output is JSON of at most 32 KiB, artifacts are references
+that the engine's artifact store holds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dvt_engine.errors import StepFailed, StepOutputTooLarge
+from dvt_engine.artifacts import ArtifactStore
+from dvt_engine.errors import (
+    ArtifactNotFound,
+    ArtifactStoreNotConfigured,
+    StepFailed,
+    StepOutputTooLarge,
+)
 from dvt_engine.models.snapshot import ArtifactRef
 
 MAX_OUTPUT_BYTES = 32 * 1024
@@ -48,3 +55,24 @@ def checked_artifacts(artifacts: list[Any]) -> list[ArtifactRef]:
                 retryable=False,
             ) from exc
     return checked
+
+
+async def held_artifacts(artifacts: list[ArtifactRef], store: ArtifactStore | None) -> None:
+    """Refuse any artifact ``store`` does not hold: a step records only the store's refs.
+
+    ArtifactNotFound for a ref the store does not hold (made up, or another store's);
+    ArtifactStoreNotConfigured when there are refs but no store to check them against.
+    """
+    if not artifacts:
+        return
+    if store is None:
+        raise ArtifactStoreNotConfigured(
+            "the step returned artifacts, but the engine has no artifact store to hold them",
+            details={"uris": [a.uri for a in artifacts[:5]]})
+    for index, ref in enumerate(artifacts):
+        if not await store.holds(ref):
+            raise ArtifactNotFound(
+                f"artifact {index} ({ref.uri}) is not in the artifact store; record only refs"
+                " that ctx.artifacts.put returned",
+                details={"index": index, "uri": ref.uri, "sha256": ref.sha256},
+                retryable=False)

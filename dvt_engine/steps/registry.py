@@ -132,6 +132,11 @@ class HandlerRegistry:
         """The registered kinds, sorted."""
         return tuple(sorted(self._handlers))
 
+    def params_schemas(self) -> dict[str, Mapping[str, Any]]:
+        """Kind -> the params JSON Schema its handler declares (kinds without one are left out)."""
+        return {kind: schema for kind, handler in sorted(self._handlers.items())
+                if (schema := getattr(handler, "params_schema", None)) is not None}
+
     def copy(self) -> HandlerRegistry:
         """An independent registry with the same handlers."""
         twin = HandlerRegistry()

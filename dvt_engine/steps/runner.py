@@ -44,7 +44,12 @@ from dvt_engine.steps.invocation import (
     StepOutcome,
     outcome_from_event,
 )
-from dvt_engine.steps.outputs import artifact_dicts, checked_artifacts, checked_output
+from dvt_engine.steps.outputs import (
+    artifact_dicts,
+    checked_artifacts,
+    checked_output,
+    held_artifacts,
+)
 from dvt_engine.steps.registry import HandlerRegistry, default_registry
 from dvt_engine.telemetry import (
     ATTR_DUPLICATE,
@@ -168,6 +173,7 @@ class StepRunner:
         try:
             output = checked_output(redact(result.output, secrets))
             artifacts = checked_artifacts(redact(artifact_dicts(result.artifacts), secrets))
+            await held_artifacts(artifacts, self.artifacts)
         except DvtError as exc:
             return await self._failure(inv, classify(exc, step), secrets)
         units = result.cost_units

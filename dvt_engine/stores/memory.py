@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -18,6 +18,7 @@ from typing import TypeVar
 from dvt_engine.errors import RunNotFound, UsageError
 from dvt_engine.event_validation import prepared_for_storage
 from dvt_engine.eventlog import utc_now
+from dvt_engine.labels import matches as label_filter_matches
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
 from dvt_engine.models.snapshot import RunSnapshot
@@ -82,6 +83,10 @@ class MemoryRunStateStore(RunStateStore):
         status: Sequence[RunStatus] | None = None,
         project_id: str | None = None,
         environment_id: str | None = None,
+        plan_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 100,
         before: tuple[datetime, str] | None = None,
     ) -> list[RunSummary]:
@@ -93,6 +98,10 @@ class MemoryRunStateStore(RunStateStore):
             and (wanted is None or r.snapshot.status in wanted)
             and (project_id is None or r.header.project_id == project_id)
             and (environment_id is None or r.header.environment_id == environment_id)
+            and (plan_id is None or r.header.plan_id == plan_id)
+            and label_filter_matches(r.header.labels, labels)
+            and (created_after is None or r.header.created_at >= created_after)
+            and (created_before is None or r.header.created_at < created_before)
             and (before is None or (r.header.created_at, r.header.run_id) < before)
         ]
         rows.sort(key=lambda r: (r.header.created_at, r.header.run_id), reverse=True)
@@ -262,7 +271,8 @@ class MemoryRunStateStore(RunStateStore):
             run_id=h.run_id, tenant_id=h.tenant_id, project_id=h.project_id,
             environment_id=h.environment_id, plan_id=h.plan_id, plan_version=h.plan_version,
             engine=h.engine, status=s.status, substatus=s.substatus,
-            last_event_seq=s.last_event_seq, created_at=h.created_at, updated_at=run.updated_at,
+            last_event_seq=s.last_event_seq, labels=dict(h.labels), created_at=h.created_at,
+            updated_at=run.updated_at,
         )
 
 

@@ -27,7 +27,6 @@ from dvt_statestore_pg.migrations import (
     migrate,
 )
 from dvt_statestore_pg.notify import channel_for
-from dvt_statestore_pg.queries import Queries
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import drop_schema, store_url, unique_schema_name
 
@@ -109,14 +108,19 @@ async def test_upgrading_a_database_with_runs_keeps_them_and_scopes_them_to_tena
         tenant = new_id("tenant")
         headers = [make_header(tenant_id=tenant) for _ in range(2)]
         plans = {h.run_id: happy_path(h)[:3] for h in headers}
-        q = Queries(schema)
         old_append = sql.SQL(
             "SELECT count(*) FROM {}(%s, %s, %s, %s::json, 'RUNNING', NULL, NULL, true, %s)"
         ).format(sql.Identifier(schema, "dvt_append_events"))
+        # The columns 0001 had: today's register statement also writes later columns.
+        old_register = sql.SQL(
+            "INSERT INTO {} (run_id, tenant_id, project_id, environment_id, plan_id,"
+            " plan_version, engine, run_request_key, header, status, substatus, snapshot,"
+            " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, %s, %s::json, %s)"
+        ).format(sql.Identifier(schema, "dvt_runs"))
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             for h in headers:
                 conn.execute(
-                    q.register,
+                    old_register,
                     (h.run_id, h.tenant_id, h.project_id, h.environment_id, h.plan_id,
                      h.plan_version, h.engine, h.run_request_key, h.model_dump_json(),
                      "PENDING", None, initial_snapshot(h).model_dump_json(), h.created_at),
