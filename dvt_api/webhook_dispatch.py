@@ -75,7 +75,7 @@ def retry_after_of(response: httpx.Response, now: datetime) -> timedelta | None:
     if value.isdigit():
         return timedelta(seconds=int(value))
     with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(value)
+        when: datetime = email.utils.parsedate_to_datetime(value)
         return max(timedelta(0), when.astimezone(UTC) - now)
     return None
 

@@ -73,6 +73,10 @@ class ErrorCode(StrEnum):
     SHELL_COMMAND_NOT_ALLOWED = "SHELL_COMMAND_NOT_ALLOWED"
     SHELL_COMMAND_NOT_FOUND = "SHELL_COMMAND_NOT_FOUND"
     SHELL_EXIT_NONZERO = "SHELL_EXIT_NONZERO"
+    STEP_PATH_NOT_ALLOWED = "STEP_PATH_NOT_ALLOWED"
+    DBT_NODES_FAILED = "DBT_NODES_FAILED"
+    DBT_INVOCATION_FAILED = "DBT_INVOCATION_FAILED"
+    SPARK_SUBMIT_FAILED = "SPARK_SUBMIT_FAILED"
 
 
 class DvtError(Exception):
@@ -524,6 +528,36 @@ class ShellExitNonzero(StepError):
 
     code = ErrorCode.SHELL_EXIT_NONZERO
     default_retryable = True
+
+
+class StepPathNotAllowed(StepError):
+    """A step names a project or application path outside the host's allowed roots."""
+
+    code = ErrorCode.STEP_PATH_NOT_ALLOWED
+    hint = "Move it under an allowed root, or add its folder to DVT_STEPS_ALLOWED_ROOTS."
+
+
+class DbtNodesFailed(StepError):
+    """dbt ran, but models, seeds or tests failed or errored; the message names the node ids."""
+
+    code = ErrorCode.DBT_NODES_FAILED
+    hint = "Read the step's dbt.log and dbt.run_results artifacts, fix the nodes, retry the step."
+
+
+class DbtInvocationFailed(StepError):
+    """dbt stopped before running nodes: the project, profile or connection is unusable."""
+
+    code = ErrorCode.DBT_INVOCATION_FAILED
+    default_retryable = True
+    hint = "The message says why; a database that is down is retried, a broken project is not."
+
+
+class SparkSubmitFailed(StepError):
+    """spark-submit exited with a non-zero status."""
+
+    code = ErrorCode.SPARK_SUBMIT_FAILED
+    default_retryable = True
+    hint = "Read the step's spark.driver_log artifact for the application's stack trace."
 
 
 def _coded_classes() -> list[type[DvtError]]:

@@ -247,7 +247,7 @@ async def test_entry_point_handlers_are_loaded(
 ) -> None:
     module = "dvt_test_plugin_ok"
     _install_plugin(tmp_path, module, {
-        "spark.submit": f"{module}:SparkSubmit",
+        "plugin.submit": f"{module}:SparkSubmit",
         "dbt.test": f"{module}:dbt_test",
         "plain.fn": f"{module}:plain",
     })
@@ -255,9 +255,9 @@ async def test_entry_point_handlers_are_loaded(
     importlib.invalidate_caches()
     try:
         registry = default_registry()
-        assert {"spark.submit", "dbt.test", "plain.fn"} <= set(registry.kinds())
+        assert {"plugin.submit", "dbt.test", "plain.fn"} <= set(registry.kinds())
         assert set(BUILTIN_KINDS) <= set(registry.kinds())
-        spark = await registry.get("spark.submit").run(context("spark.submit", {"app": "x"}))
+        spark = await registry.get("plugin.submit").run(context("plugin.submit", {"app": "x"}))
         assert spark.output == {"app": "x"}
         assert (await registry.get("dbt.test").run(context("dbt.test"))).output == {
             "tested": True}
