@@ -19,7 +19,7 @@ MAX_KINDS = 100
 MAX_TENANTS = 100
 MAX_ENGINES = 20
 OTHER = "other"
-#: What a limit rejection refused (docs/api.md section 7, contract section 8).
+#: What a limit rejection refused (the limits of docs/api.md; the kinds are fixed, so bounded).
 LIMIT_KINDS = ("active_runs", "run_starts", "signals", "plan_steps", "plan_bytes",
                "queue_full", "budget")
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
