@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", choices=("reference", "temporal", "conductor"),
                         default="reference", help="served engine (its workers in the service)")
     parser.add_argument("--poll-interval", type=float, default=None,
-                        help="the store's follower fallback poll (URL option poll_interval)")
+                        help="the followers' re-read while events are held back (URL option)")
+    parser.add_argument("--fallback-interval", type=float, default=None,
+                        help="the followers' safety re-read while listening (URL option)")
     args = parser.parse_args(argv)
     breakdown: list[tuple[str, dict[str, int]]] = []
     with _server(args.dsn) as (dsn, server):
@@ -163,8 +165,11 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         home = Path(f"/tmp/dvt-bench-idle-{uuid.uuid4().hex[:8]}")
         url = _url(dsn, database)
-        if args.poll_interval is not None:
-            url += f"?poll_interval={args.poll_interval}"
+        options = {name: value for name, value in (
+            ("poll_interval", args.poll_interval),
+            ("fallback_interval", args.fallback_interval)) if value is not None}
+        if options:
+            url += "?" + "&".join(f"{name}={value}" for name, value in options.items())
         with _engine(args.engine, home) as engine, \
                 _serve(url, home, engine) as (base, env):
             made = subprocess.run([sys.executable, "-m", "dvt_cli", "keys", "create",
