@@ -148,12 +148,10 @@ class Dispatcher:
         items = await self._store.claim_outbox(limit=OUTBOX_BATCH)  # type: ignore[attr-defined]
         if not items:
             return 0
-        done = []
+        added, done = 0, []
         for item in items:
             try:
-                if await self._deliveries_for(item.event):
-                    # Committed: the sender may post it while the rest is taken in and acked.
-                    self._wake_sender.set()
+                added += await self._deliveries_for(item.event)
             except Exception as exc:  # left leased: retried when its lease ends, not blocking
                 log.warning("webhook intake of an event failed",
                             extra={"code": type(exc).__name__, "run_id": item.event.run_id})
@@ -161,6 +159,8 @@ class Dispatcher:
             done.append(item.id)
         if done:
             await self._store.ack_outbox(done)  # type: ignore[attr-defined]
+        if added:
+            self._wake_sender.set()
         return len(items)
 
     async def _deliveries_for(self, event: Event) -> int:
