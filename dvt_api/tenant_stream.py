@@ -17,12 +17,36 @@ from sse_starlette.event import ServerSentEvent
 from dvt_api.hub import HubClient, TenantHub, cursor_key
 from dvt_api.metrics import ApiMetrics
 from dvt_api.sse import message
-from dvt_engine.ports import RunStateStore, TenantCursor, TenantEvent
+from dvt_engine.errors import UsageError
+from dvt_engine.ports import TENANT_LOG_START, RunStateStore, TenantCursor, TenantEvent
+from dvt_engine.stores.memory import MemoryRunStateStore
 
 
 def _caught_up(client: HubClient, last: TenantCursor) -> bool:
     first = client.first_cursor()
     return first is not None and cursor_key(first) <= cursor_key(last)
+
+
+def cursor_problem(store: RunStateStore, cursor: TenantCursor) -> str | None:
+    """Why ``store`` cannot resume from ``cursor``, a well-formed one (None: it can).
+
+    Both stores write dot-separated integers but in different shapes (memory: a position,
+    PostgreSQL: transaction.position); one of the other kind would fail mid-stream.
+    """
+    if cursor == TENANT_LOG_START:
+        return None
+    if isinstance(store, MemoryRunStateStore):
+        if cursor.isascii() and cursor.isdigit():
+            return None
+        return "a cursor of another store: this service keeps its events in memory"
+    if type(store).__module__.startswith("dvt_statestore_pg."):
+        from dvt_statestore_pg.follow import parse_cursor
+
+        try:
+            parse_cursor(cursor)
+        except UsageError:
+            return "a cursor of another store: this service keeps its events in PostgreSQL"
+    return None
 
 
 async def tenant_stream(hub: TenantHub, store: RunStateStore, tenant_id: str,

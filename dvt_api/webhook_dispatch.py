@@ -101,7 +101,7 @@ class Dispatcher:
         self._notifier: Any = None
 
     def start(self) -> None:
-        """Start intake (when the store has an outbox) and sending."""
+        """Start intake (when the store has an outbox: PostgreSQL's, or memory's) and sending."""
         if hasattr(self._store, "claim_outbox"):
             self._tasks.append(asyncio.create_task(self._intake(), name="dvt-webhook-intake"))
         self._tasks.append(asyncio.create_task(self._sender(), name="dvt-webhook-sender"))
@@ -123,23 +123,30 @@ class Dispatcher:
 
     # --- intake ------------------------------------------------------------------------
     async def _intake(self) -> None:
+        ready = getattr(self._store, "outbox_ready", None)
+        if isinstance(ready, asyncio.Event):  # the memory store wakes its one consumer itself
+            await self._intake_loop(ready)
+            return
         from dvt_statestore_pg.notify import Notifier, channel_for
 
         config = self._store.config  # type: ignore[attr-defined]
         self._notifier = Notifier(config.conninfo, channel_for(config.schema))
         with self._notifier.subscribe(None, None) as waiter:
-            while True:
-                waiter.event.clear()
-                try:
-                    moved = await self._intake_once()
-                except Exception as exc:  # the next round retries; the outbox keeps the rows
-                    log.warning("webhook intake failed", extra={"code": type(exc).__name__})
-                    moved = 0
-                if moved:
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(SAFETY_POLL_S):
-                        await waiter.event.wait()
+            await self._intake_loop(waiter.event)
+
+    async def _intake_loop(self, wake: asyncio.Event) -> None:
+        while True:
+            wake.clear()
+            try:
+                moved = await self._intake_once()
+            except Exception as exc:  # the next round retries; the outbox keeps the rows
+                log.warning("webhook intake failed", extra={"code": type(exc).__name__})
+                moved = 0
+            if moved:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SAFETY_POLL_S):
+                    await wake.wait()
 
     async def _intake_once(self) -> int:
         items = await self._store.claim_outbox(limit=OUTBOX_BATCH)  # type: ignore[attr-defined]

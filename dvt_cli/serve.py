@@ -5,6 +5,10 @@ dvt_api is imported inside the commands, so the rest of the CLI works without th
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -109,10 +113,29 @@ def serve(host: str, port: int, store_url: str | None, engine: str,
                                 timeout_graceful_shutdown=10, server_header=False,
                                 proxy_headers=False)
         server = uvicorn.Server(config)
-        await server.serve()
+        with _sigterm_is_a_graceful_stop():
+            await server.serve()
         return 0 if server.started else 1
 
     execute(False, body)
+
+
+@contextlib.contextmanager
+def _sigterm_is_a_graceful_stop() -> Iterator[None]:
+    """Exit 0, not -15, after uvicorn stopped gracefully on SIGTERM.
+
+    uvicorn handles SIGTERM itself and, once shut down, raises it again to the handler it found
+    installed; by default that one kills the process, so a clean stop looked like a crash to
+    service managers. The handler it finds here ignores it; the default comes back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals belong to the main thread; uvicorn installs no handler either
+        return
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group()

@@ -12,7 +12,8 @@ SCHEMES = ("postgresql", "postgres")
 DEFAULT_SCHEMA = "dvt"
 
 # Options dvt reads from the URL's query; everything else is passed to libpq untouched.
-_OPTIONS = ("schema", "pool_min", "pool_max", "migrate", "outbox", "poll_interval", "timeout")
+_OPTIONS = ("schema", "pool_min", "pool_max", "migrate", "outbox", "poll_interval",
+            "fallback_interval", "timeout")
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,12 @@ class StoreConfig:
     pool_max: int = 10
     migrate: bool = True
     outbox: bool = True
+    #: Seconds between a tenant follower's re-reads while committed events wait behind an
+    #: older transaction still in progress (no notification says when that one ends).
     poll_interval: float = 1.0
+    #: Seconds a follower waits for a notification, with the listener connected and nothing
+    #: held back, before it re-reads the log anyway (a safety net, not the delivery path).
+    fallback_interval: float = 30.0
     #: Seconds an operation keeps retrying through lost connections before STORE_UNAVAILABLE.
     timeout: float = 15.0
 
@@ -88,5 +94,7 @@ def parse_store_url(url: str) -> StoreConfig:
         migrate=_flag("migrate", ours.get("migrate", "true")),
         outbox=_flag("outbox", ours.get("outbox", "true")),
         poll_interval=_number("poll_interval", ours.get("poll_interval", "1.0"), float),
+        fallback_interval=_number("fallback_interval", ours.get("fallback_interval", "30"),
+                                  float),
         timeout=_number("timeout", ours.get("timeout", "15"), float),
     )

@@ -5,6 +5,14 @@ transaction's id and a store-wide sequence number. A follower reads only events 
 transaction is older than the oldest transaction still in progress, so an event is never
 delivered after one with a larger cursor, whatever the writers' timing: a transaction that is
 open for minutes holds the stream back for that long but is never skipped.
+
+Followers wake on LISTEN/NOTIFY: every append notifies when it commits, after its events are
+visible, so an event held back behind an older writer is delivered by that writer's own
+notification when it commits (or by the next append's). The re-read without a notification is
+only a safety net while the listener is connected (``fallback_interval``, 30 s), with two
+exceptions: while the listener is down, and while committed events wait behind a transaction
+that wrote no event (any transaction of the server with an id holds the horizon, and its end
+notifies nobody), when the follower re-reads every ``poll_interval``.
 """
 
 from __future__ import annotations
@@ -157,12 +165,15 @@ class Follower(StoreCore):
                         "limit": FOLLOW_PAGE,
                     }
                     rows = await conn.run(partial(self._stream_page, params=params))
+                    held_back = bool(rows) and rows[-1][0] is None
+                    if held_back:
+                        rows.pop()
                     for row_xid, row_position, run_seq, persisted_at, envelope in rows:
                         xid, position = row_xid, int(row_position)
                         event = event_from_row(run_seq, persisted_at, envelope)
                         yield TenantEvent(format_cursor(xid, position), event)
                     if len(rows) < FOLLOW_PAGE:
-                        await self._pause(notifier, waiter.event)
+                        await self._pause(notifier, waiter.event, held_back=held_back)
         finally:
             await conn.close()
 
@@ -178,12 +189,19 @@ class Follower(StoreCore):
         cur = await conn.execute(self._q.tenant_stream, params)
         return list(await cur.fetchall())
 
-    async def _pause(self, notifier: Notifier, waiter_event: asyncio.Event) -> None:
-        # Wait for a notification; the timeout is the polling fallback, shorter while the
-        # listener is down.
+    async def _pause(
+        self, notifier: Notifier, waiter_event: asyncio.Event, *, held_back: bool = False
+    ) -> None:
+        # Wait for a notification. The timeout is the polling fallback: short while the
+        # listener is down or events are held back (see the module docstring), long otherwise.
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
         # that arrives as the event is set, and the follower would never stop.
-        timeout = self.config.poll_interval if notifier.listening else 0.2
+        if not notifier.listening:
+            timeout = min(0.2, self.config.poll_interval)
+        elif held_back:
+            timeout = self.config.poll_interval
+        else:
+            timeout = self.config.fallback_interval
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await waiter_event.wait()

@@ -176,16 +176,27 @@ class Queries:
 
         Only transactions older than the oldest one still running (the snapshot's xmin) are
         read: every one of them has ended, and every later writer gets a larger transaction
-        id, so nothing can ever be committed below the last position returned.
+        id, so nothing can ever be committed below the last position returned. A last row of
+        NULLs says that committed events after the cursor are held back above the horizon:
+        the transaction holding it may write no event and so send no notification when it
+        ends, so the follower re-reads soon instead of waiting for one.
         """
         # The output column is named xid_text: ORDER BY commit_xid would otherwise sort by the
-        # text of the id ('1000' < '999'), which the stress suite caught.
+        # text of the id ('1000' < '999'), which the stress suite caught. Both branches read
+        # one snapshot, so "held back" and the page agree.
+        after = ("e.tenant_id = %(tenant)s"
+                 " AND (e.commit_xid, e.position) > (%(xid)s::xid8, %(position)s)")
         return self._fmt(
-            "SELECT e.commit_xid::text AS xid_text, e.position, e.run_seq, e.persisted_at,"
-            " e.envelope::text FROM {dvt_events} e WHERE e.tenant_id = %(tenant)s"
-            " AND (e.commit_xid, e.position) > (%(xid)s::xid8, %(position)s)"
-            " AND e.commit_xid < pg_snapshot_xmin(pg_current_snapshot())"
-            " ORDER BY e.commit_xid, e.position LIMIT %(limit)s"
+            "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)"
+            " SELECT xid_text, position, run_seq, persisted_at, envelope FROM ("
+            "(SELECT e.commit_xid AS k, e.commit_xid::text AS xid_text, e.position, e.run_seq,"
+            " e.persisted_at, e.envelope::text AS envelope FROM {dvt_events} e, h"
+            f" WHERE {after} AND e.commit_xid < h.x"
+            " ORDER BY e.commit_xid, e.position LIMIT %(limit)s)"
+            " UNION ALL"
+            " (SELECT NULL::xid8, NULL, NULL, NULL, NULL, NULL FROM h WHERE EXISTS ("
+            f"SELECT 1 FROM {{dvt_events}} e WHERE {after} AND e.commit_xid >= h.x))"
+            ") u ORDER BY k NULLS LAST, position"
         )
 
     @property

@@ -82,3 +82,26 @@ async def test_reference_engine_is_found_by_name() -> None:
         assert engine.name == "reference"
     finally:
         await engine.close()
+
+
+async def test_a_finished_run_leaves_no_driver_and_the_store_answers_for_it() -> None:
+    """A service runs runs for months: a finished run's driver is dropped, and its status and
+    a late cancel are answered from the store."""
+    store = MemoryRunStateStore()
+    engine = ReferenceEngine(store)
+    harness = EngineHarness(engine, store, HarnessCapabilities(timeout=30.0))
+    try:
+        runs = [await EngineContractSuite().start(
+            harness, plan_document(f"forget-{i}", [{"stepId": "a", "kind": "noop"}]))
+            for i in range(3)]
+        for run in runs:
+            assert (await run.finished()).status == RunStatus.COMPLETED
+        await engine.wait_idle()
+        assert engine._drivers == {}
+        status = await engine.get_run_status(runs[0].ref)
+        assert (status.run_id, status.status) == (runs[0].run_id, RunStatus.COMPLETED)
+        await engine.cancel_run(runs[0].ref, "too late")  # nothing left to cancel: no error
+        assert (await store.get_snapshot(runs[0].tenant_id, runs[0].run_id)
+                ).status == RunStatus.COMPLETED  # type: ignore[union-attr]
+    finally:
+        await engine.close()

@@ -10,7 +10,7 @@ from sse_starlette.sse import EventSourceResponse
 from dvt_api.auth import Principal, role, services
 from dvt_api.problems import ApiProblem, HttpCode
 from dvt_api.services import Services
-from dvt_api.tenant_stream import tenant_stream
+from dvt_api.tenant_stream import cursor_problem, tenant_stream
 from dvt_engine.access import ApiRole
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -18,15 +18,20 @@ router = APIRouter(prefix="/v1", tags=["events"])
 _CURSOR = re.compile(r"^\d{1,20}(\.\d{1,19})?$")
 
 
-def _cursor(last_event_id: str | None, after: str | None) -> str | None:
-    """Where to resume: Last-Event-ID wins over ?after=; None starts at the current end."""
+def _cursor(last_event_id: str | None, after: str | None, svc: Services) -> str | None:
+    """Where to resume: Last-Event-ID wins over ?after=; None starts at the current end.
+
+    Checked against the store before the stream starts: once it has, an error can only end it.
+    """
     for where, value in (("header/Last-Event-ID", last_event_id), ("query/after", after)):
         if value is not None:
             text = value.strip()
-            if not _CURSOR.match(text):
+            problem = ("not a tenant cursor" if not _CURSOR.match(text)
+                       else cursor_problem(svc.store, text))
+            if problem is not None:
                 raise ApiProblem(422, HttpCode.REQUEST_INVALID,
                                  "the cursor must be an id this stream sent",
-                                 errors=[{"path": where, "message": "not a tenant cursor"}])
+                                 errors=[{"path": where, "message": problem}])
             return text
     return None
 
@@ -40,7 +45,7 @@ async def stream(after: str | None = Query(default=None, max_length=45),
                  who: Principal = role(ApiRole.READER),
                  svc: Services = Depends(services)) -> EventSourceResponse:
     """Events after the cursor (or from now on), then live ones; the id is a tenant cursor."""
-    start = _cursor(last_event_id, after)
+    start = _cursor(last_event_id, after, svc)
     s = svc.settings
     return EventSourceResponse(
         tenant_stream(svc.hub, svc.store, who.tenant_id, start, retry_ms=s.sse_retry_ms,

@@ -73,21 +73,50 @@ class ReferenceEngine(BaseEngine):
         driver = _RunDriver(self, header, plan, ref)
         self._drivers[key] = driver
         driver.task = asyncio.create_task(driver.main(), name=f"dvt-run-{header.run_id}")
+        # A finished run's driver is dropped: a long-lived service would otherwise keep every
+        # run it ever ran in memory (the service soak measured ~28 KiB a run).
+        driver.task.add_done_callback(lambda _task: self._forget(key, driver))
         return ref
+
+    def _forget(self, key: tuple[str | None, str], driver: _RunDriver) -> None:
+        if self._drivers.get(key) is driver:
+            del self._drivers[key]
 
     async def apply_signal(
         self, header: RunHeader, run_ref: EngineRunRef, accepted: AcceptedSignal
     ) -> None:
         """Queue an accepted signal for the run's driver."""
-        self._driver((header.tenant_id, header.run_id)).inbox.put_nowait(("signal", accepted))
+        key = (header.tenant_id, header.run_id)
+        if await self._ended(key):
+            return  # it ended while the signal was decided: nothing is left to act on
+        self._driver(key).inbox.put_nowait(("signal", accepted))
 
     async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:
         """Cooperative cancel: running steps are asked to stop, then RunCancelled."""
-        self._driver(_run_key(run_ref)).inbox.put_nowait(("cancel", reason))
+        key = _run_key(run_ref)
+        if await self._ended(key):
+            return
+        self._driver(key).inbox.put_nowait(("cancel", reason))
+
+    async def _ended(self, key: tuple[str | None, str]) -> bool:
+        """No driver any more, and the store has the run in a terminal state."""
+        if key in self._drivers or key[0] is None:
+            return False
+        snap = await self.store.get_snapshot(key[0], key[1])
+        return snap is not None and snap.status.is_terminal
 
     async def get_run_status(self, run_ref: EngineRunRef) -> RunStatusSnapshot:
-        """The driver's view of the run (the store's snapshot is the truth)."""
-        driver = self._driver(_run_key(run_ref))
+        """The driver's view of the run (the store's snapshot is the truth; a finished run's
+        driver is gone, so the snapshot alone answers for it)."""
+        key = _run_key(run_ref)
+        if await self._ended(key):
+            assert key[0] is not None
+            snap = await self.store.get_snapshot(key[0], key[1])
+            assert snap is not None
+            return RunStatusSnapshot(run_id=key[1], status=snap.status,
+                                     substatus=snap.substatus, started_at=snap.started_at,
+                                     completed_at=snap.completed_at)
+        driver = self._driver(key)
         snap = await self.store.get_snapshot(driver.header.tenant_id, driver.header.run_id)
         status = driver.interp.status if snap is None else snap.status
         return RunStatusSnapshot(

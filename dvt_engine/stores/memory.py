@@ -25,6 +25,7 @@ from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import TENANT_LOG_START, RunStateStore, TenantCursor, TenantEvent
 from dvt_engine.projector import apply, initial_snapshot, project
 from dvt_engine.stores.fingerprint import refuse_conflict
+from dvt_engine.stores.memory_webhooks import MemoryOutbox, OutboxItem
 
 PLAN_URI_PREFIX = "plan://sha256/"
 _T = TypeVar("_T")
@@ -50,6 +51,7 @@ class MemoryRunStateStore(RunStateStore):
         self._plans: dict[str, bytes] = {}
         # Every event of every tenant in commit order; a tenant cursor is an index into it.
         self._all_events: list[Event] = []
+        self._outbox = MemoryOutbox(self._all_events)
         self._lock = asyncio.Lock()
         self._appended = asyncio.Condition(self._lock)
 
@@ -164,6 +166,7 @@ class MemoryRunStateStore(RunStateStore):
         run.snapshot = apply(run.snapshot, [stored])
         run.updated_at = stored.persisted_at or utc_now()
         self._all_events.append(stored)
+        self._outbox.appended()
         return _result(stored, duplicate=False)
 
     async def fetch_events(
@@ -231,6 +234,21 @@ class MemoryRunStateStore(RunStateStore):
     def _run_events(self, tenant_id: str, run_id: str) -> list[Event]:
         run = self._owned(tenant_id, run_id)
         return run.events if run else []
+
+    # --- outbox (the webhook dispatcher of a dev service) ----------------------------------
+    async def claim_outbox(self, limit: int = 100, lease_seconds: float = 30.0
+                           ) -> list[OutboxItem]:
+        """Lease up to ``limit`` events not acknowledged yet, oldest first."""
+        return self._outbox.claim(limit, lease_seconds)
+
+    async def ack_outbox(self, ids: Sequence[int]) -> None:
+        """Acknowledge leased outbox events."""
+        self._outbox.ack(ids)
+
+    @property
+    def outbox_ready(self) -> asyncio.Event:
+        """Set when events were appended since the consumer last cleared it."""
+        return self._outbox.ready
 
     # --- snapshots ----------------------------------------------------------------------
     async def get_snapshot(self, tenant_id: str, run_id: str) -> RunSnapshot | None:

@@ -1,12 +1,71 @@
-"""The webhook port in memory (dev service and unit tests); lost when the process ends."""
+"""The webhook port in memory (dev service and unit tests); lost when the process ends.
+
+Also the memory store's outbox, the twin of the PostgreSQL one: the dispatcher of a
+``dvt serve --dev`` process leases the store's events from it and acknowledges them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from dvt_engine.models.events import Event
 from dvt_engine.webhooks import Delivery, DeliveryStatus, Webhook, WebhookStore
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One outbox event leased to a consumer (``id`` is its place in the store's log)."""
+
+    id: int
+    event: Event
+
+
+class MemoryOutbox:
+    """Every event of a memory store's log, leased to one consumer and acknowledged once.
+
+    It reads the store's own commit-ordered log (a list that only grows), so it keeps no copy:
+    only the acknowledged prefix, the acknowledgements above it and the leases.
+    """
+
+    def __init__(self, log: list[Event]) -> None:
+        self._log = log
+        self._floor = 0  # every event before this index is acknowledged
+        self._acked: set[int] = set()
+        self._leased_until: dict[int, float] = {}
+        #: Set on every append; the consumer clears it before it claims.
+        self.ready = asyncio.Event()
+
+    def appended(self) -> None:
+        """The store appended events: wake the consumer."""
+        self.ready.set()
+
+    def claim(self, limit: int, lease_seconds: float) -> list[OutboxItem]:
+        """Lease up to ``limit`` unacknowledged events whose lease is free, oldest first."""
+        now = time.monotonic()
+        items: list[OutboxItem] = []
+        for index in range(self._floor, len(self._log)):
+            if len(items) >= limit:
+                break
+            item_id = index + 1
+            if item_id in self._acked or self._leased_until.get(item_id, now) > now:
+                continue
+            self._leased_until[item_id] = now + lease_seconds
+            items.append(OutboxItem(item_id, self._log[index]))
+        return items
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """Acknowledge leased events; they are never handed out again."""
+        for item_id in ids:
+            self._leased_until.pop(item_id, None)
+            if item_id > self._floor:
+                self._acked.add(item_id)
+        while self._floor + 1 in self._acked:
+            self._floor += 1
+            self._acked.discard(self._floor)
 
 
 class MemoryWebhookStore(WebhookStore):

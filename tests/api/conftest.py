@@ -29,9 +29,9 @@ def api_server(api_store_url: str, tmp_path_factory: pytest.TempPathFactory
         yield server
     finally:
         if server.process.poll() is None:
-            # uvicorn re-raises the SIGTERM it handled once shutdown is done: -15 after a
-            # graceful stop, which the "service stopped" line (store and engine closed) proves.
-            assert stop_server(server) in (0, -15)
+            # A graceful stop exits 0; the "service stopped" line proves store and engine
+            # were closed first.
+            assert stop_server(server) == 0
             assert '"msg": "service stopped"' in server.log_text()
 
 

@@ -108,6 +108,19 @@ def test_bad_cursors_are_refused(api_server: ApiServer) -> None:
         assert c.get("/v1/stream").status_code == 403
 
 
+def test_a_cursor_of_the_memory_store_is_refused_before_the_stream(
+        api_server: ApiServer) -> None:
+    # Well formed, but the memory store's shape: the PostgreSQL store cannot resume from it,
+    # so it is a 422 problem, not a stream that fails after its first line.
+    with api_server.client(api_server.key(tenant(), "reader")) as c:
+        for where in ({"headers": {"Last-Event-ID": "12"}}, {"params": {"after": "12"}}):
+            answer = c.get("/v1/stream", **where)  # type: ignore[arg-type]
+            assert answer.status_code == 422, answer.text
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert answer.json()["code"] == "REQUEST_INVALID"
+            assert "PostgreSQL" in answer.json()["errors"][0]["message"]
+
+
 QUEUE = 8
 
 
