@@ -35,6 +35,8 @@ def cursor_problem(store: RunStateStore, cursor: TenantCursor) -> str | None:
     """
     if cursor == TENANT_LOG_START:
         return None
+    # The service wraps its store to time appends (MeasuredStore); the cursor is the inner one's.
+    store = getattr(store, "inner", store)
     if isinstance(store, MemoryRunStateStore):
         if cursor.isascii() and cursor.isdigit():
             return None
