@@ -179,3 +179,15 @@ def test_tutorial_runs_as_written(tmp_path: Path) -> None:
                        capture_output=True, timeout=120, check=False)
         print("\n".join(report), f"\ntutorial: {time.monotonic() - started:.1f} s")
 
+
+
+def test_markers_are_read_and_unknown_ones_refused() -> None:
+    text = ('<!-- tutorial-test: exit=1 expect="a b" expect=c -->\n```sh\nfalse\n```\n'
+            "```json\n{}\n```\n```sh\ntrue\n```\n")
+    first, second = _blocks(text)
+    assert (first.exit_code, first.expect, first.body) == (1, ["a b", "c"], "false\n")
+    assert (second.exit_code, second.expect, second.skip) == (0, [], None)
+    with pytest.raises(AssertionError, match="unknown"):
+        _blocks("<!-- tutorial-test: exits=1 -->\n```sh\ntrue\n```\n")
+    with pytest.raises(AssertionError, match="reason"):
+        _blocks('<!-- tutorial-test: skip="" -->\n```sh\ntrue\n```\n')
