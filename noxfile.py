@@ -229,7 +229,7 @@ def _serve_demo(session: nox.Session, env: dict[str, str], home: Path
                                  capture_output=True, text=True, check=True)
         run_id = json.loads(created.stdout)["runId"]
         session.log(f"POST /v1/runs (examples/plans/dbt_seed_run_test.json) -> {run_id}; "
-                    "its event stream, until the run ends:")
+                    "its event stream (GET /v1/runs/{id}/stream), until the run ends:")
         stream = _tee(["curl", "-sSN", "--fail-with-body", "-H", auth,
                        f"{base}/v1/runs/{run_id}/stream"])
         if "event: RunCompleted" not in stream:
@@ -245,7 +245,9 @@ def _serve_demo(session: nox.Session, env: dict[str, str], home: Path
                   f"{out.get('passed')} passed, {out.get('failed')} failed, "
                   f"{len(step['artifacts'])} artifacts", flush=True)
         session.log("the tables and views dbt built in schema shop, with their row counts:")
-        session.run("python", "-c", _ROW_COUNTS, warehouse, env=env)
+        counted = subprocess.run([_bin(session, "python"), "-c", _ROW_COUNTS, warehouse],
+                                 capture_output=True, text=True, check=True)
+        print(counted.stdout, end="", flush=True)
     except BaseException:
         _stop(server)
         session.log((home / "serve.log").read_text("utf-8", errors="replace")[-4000:])
@@ -284,12 +286,16 @@ def _warehouse_url(session: nox.Session, env: dict[str, str]) -> str:
 
 
 def _tee(argv: list[str]) -> str:
-    """Runs a command, printing its output as it comes; returns the output (exit 0 required)."""
+    """Runs a command, printing its output as it comes; returns the output (exit 0 required).
+
+    Long lines (an SSE event's JSON) are printed cut to 150 characters; the return is whole.
+    """
     lines = []
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as process:
         assert process.stdout is not None
         for line in process.stdout:
-            print(line, end="", flush=True)
+            shown = line.rstrip("\n")
+            print(shown if len(shown) <= 150 else shown[:150] + " ...", flush=True)
             lines.append(line)
     if process.returncode != 0:
         raise CommandFailed(f"{argv[0]} exited with {process.returncode}")
