@@ -132,12 +132,15 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: install dvt, start local servers, run golden plans durably, steer one.
+    """The main job: install dvt, start local servers, run golden plans durably, steer one,
+    then build the example dbt project through the HTTP service.
 
     Starts PostgreSQL (the store) and a Temporal dev server from the pinned wheels of the
     `local` extra (part of `all`; no system PostgreSQL is used) in a scratch DVT_HOME, runs a
     diamond plan with live progress, then starts a plan with an approval gate for a background
     `dvt worker`, approves the gate from another command and follows the run to its end.
+    Last, `dvt serve` with a connection `warehouse` on the same PostgreSQL runs the dbt plan
+    (seed, run, test) started and followed with curl (see `_serve_demo`).
     Servers are stopped at the end unless `-- --keep`.
     """
     _install(session, "all")
@@ -164,14 +167,16 @@ def demo(session: nox.Session) -> None:
         session.run("dvt", "events", gated, "--follow", env=env)
         session.run("dvt", "status", gated, env=env)
         session.run("dvt", "runs", env=env)
+        # From here on `dvt serve` hosts the only workers, so the dbt steps run where the
+        # warehouse connection is configured.
+        _stop(worker)
+        worker = None
         server = _serve_demo(session, env, home)
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
+            _stop(server)
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(timeout=60)
+            _stop(worker)
         if keep:
             session.log(f"servers keep running; stop them with `DVT_HOME={home} dvt dev down`")
         else:
@@ -181,22 +186,29 @@ def demo(session: nox.Session) -> None:
 
 def _serve_demo(session: nox.Session, env: dict[str, str], home: Path
                 ) -> subprocess.Popen[bytes]:
-    """The same store over HTTP: `dvt serve`, a key, a run started with curl, its SSE stream.
+    """The example dbt project built through the HTTP service, on the local PostgreSQL.
 
-    Returns the server process (the caller stops it), started before anything can fail.
+    `dvt serve` runs with a named connection `warehouse` on the PostgreSQL of `dvt dev up`
+    (schema `shop`; the local server trusts loopback, so the connection needs no password
+    reference). An API key is created, the dbt plan (seed, run, test) is POSTed with curl, its
+    SSE stream is followed to RunCompleted, then the run's step outputs (GET /v1/runs/{id}) and
+    the row counts of the tables dbt built are shown. Returns the server process (the caller
+    stops it), started before anything can fail.
     """
     import json
     import socket
 
-    session.log("the service: dvt serve, an API key, a run started and followed over HTTP")
+    session.log("the service: dvt serve builds the example dbt project, started over HTTP")
+    warehouse = _warehouse_url(session, env)
     with socket.socket() as probe:  # a free port of 127.0.0.1
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
+    serve_env = {**os.environ, **env, "DVT_CONNECTIONS__WAREHOUSE__URL": warehouse}
+    session.log(f"DVT_CONNECTIONS__WAREHOUSE__URL={warehouse} dvt serve --port {port}")
     log = open(home / "serve.log", "wb")  # noqa: SIM115 - handed to the server process
     server = subprocess.Popen([_bin(session, "dvt"), "serve", "--engine", "temporal",
-                               "--port", str(port)], env={**os.environ, **env},
-                              stdout=log, stderr=log)
+                               "--port", str(port)], env=serve_env, stdout=log, stderr=log)
     try:
         # curl retries while the port is closed: it returns as soon as the service answers.
         session.run("curl", "-sS", "--retry-connrefused", "--retry", "60", "--retry-delay", "1",
@@ -208,7 +220,7 @@ def _serve_demo(session: nox.Session, env: dict[str, str], home: Path
         key = json.loads(made.stdout)["key"]
         session.log("dvt keys create --tenant demo --role runner --role reader --json")
         body = home / "run-request.json"
-        plan = json.loads(Path("golden_fixtures/plans/diamond.json").read_text("utf-8"))
+        plan = json.loads(Path("examples/plans/dbt_seed_run_test.json").read_text("utf-8"))
         body.write_text(json.dumps({"plan": plan}), "utf-8")
         auth = f"Authorization: Bearer {key}"
         created = subprocess.run(["curl", "-sS", "--fail-with-body", "-H", auth,
@@ -216,15 +228,84 @@ def _serve_demo(session: nox.Session, env: dict[str, str], home: Path
                                   "--data-binary", f"@{body}", f"{base}/v1/runs"],
                                  capture_output=True, text=True, check=True)
         run_id = json.loads(created.stdout)["runId"]
-        session.log(f"POST /v1/runs -> {run_id}; its event stream, until the run ends:")
-        session.run("curl", "-sSN", "--fail-with-body", "-H", auth,
-                    f"{base}/v1/runs/{run_id}/stream", external=True)
+        session.log(f"POST /v1/runs (examples/plans/dbt_seed_run_test.json) -> {run_id}; "
+                    "its event stream (GET /v1/runs/{id}/stream), until the run ends:")
+        stream = _tee(["curl", "-sSN", "--fail-with-body", "-H", auth,
+                       f"{base}/v1/runs/{run_id}/stream"])
+        if "event: RunCompleted" not in stream:
+            session.error("the dbt run did not complete")
+        fetched = subprocess.run(["curl", "-sS", "--fail-with-body", "-H", auth,
+                                  f"{base}/v1/runs/{run_id}"],
+                                 capture_output=True, text=True, check=True)
+        snapshot = json.loads(fetched.stdout)
+        session.log(f"GET /v1/runs/{run_id} -> {snapshot['status']}; the dbt steps' outputs:")
+        for step in snapshot["steps"]:
+            out = step["output"] or {}
+            print(f"  {step['stepId']:5} {step['status']:8} dbt {out.get('command')}: "
+                  f"{out.get('passed')} passed, {out.get('failed')} failed, "
+                  f"{len(step['artifacts'])} artifacts", flush=True)
+        session.log("the tables and views dbt built in schema shop, with their row counts:")
+        counted = subprocess.run([_bin(session, "python"), "-c", _ROW_COUNTS, warehouse],
+                                 capture_output=True, text=True, check=True)
+        print(counted.stdout, end="", flush=True)
     except BaseException:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        _stop(server)
         session.log((home / "serve.log").read_text("utf-8", errors="replace")[-4000:])
         raise
     return server
+
+
+#: Prints each relation of the connection's schema with its row count (psycopg, no psql).
+_ROW_COUNTS = """
+import sys
+from urllib.parse import parse_qs, urlsplit
+import psycopg
+from psycopg import sql
+url = sys.argv[1]
+schema = parse_qs(urlsplit(url).query)["schema"][0]
+with psycopg.connect(url.split("?")[0]) as db:
+    names = db.execute("select table_name from information_schema.tables"
+                       " where table_schema = %s order by 1", [schema]).fetchall()
+    for (name,) in names:
+        query = sql.SQL("select count(*) from {}").format(sql.Identifier(schema, name))
+        print(f"  {schema}.{name:16} {db.execute(query).fetchone()[0]:>4} rows")
+"""
+
+
+def _warehouse_url(session: nox.Session, env: dict[str, str]) -> str:
+    """The local PostgreSQL of `dvt dev up`, as a connection URL whose schema is `shop`."""
+    import json
+    from urllib.parse import urlsplit, urlunsplit
+
+    status = subprocess.run([_bin(session, "dvt"), "dev", "status", "--json"],
+                            env={**os.environ, **env}, capture_output=True, text=True,
+                            check=True)
+    url: str = json.loads(status.stdout)["postgres"]["url"]
+    store = urlsplit(url)
+    return urlunsplit((store.scheme, store.netloc, store.path, "schema=shop", ""))
+
+
+def _tee(argv: list[str]) -> str:
+    """Runs a command, printing its output as it comes; returns the output (exit 0 required).
+
+    Long lines (an SSE event's JSON) are printed cut to 150 characters; the return is whole.
+    """
+    lines = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            shown = line.rstrip("\n")
+            print(shown if len(shown) <= 150 else shown[:150] + " ...", flush=True)
+            lines.append(line)
+    if process.returncode != 0:
+        raise CommandFailed(f"{argv[0]} exited with {process.returncode}")
+    return "".join(lines)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a server or worker this session started, and wait for it to finish."""
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
 
 
 def _bin(session: nox.Session, name: str) -> str:
