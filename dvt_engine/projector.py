@@ -152,14 +152,10 @@ class _State:
         return step
 
     def _steps(self) -> tuple[StepSnapshot, ...]:
-        steps = self.base.steps
-        if len(self.changed) == 1:
-            ((step_id, step),) = self.changed.items()
-            i = self.position[step_id]
-            return (*steps[:i], step, *steps[i + 1:])
         if not self.changed:
-            return steps
-        listed = list(steps)
+            return self.base.steps
+        # Copying through a list is the cheapest way to replace items of a long tuple.
+        listed = list(self.base.steps)
         for step_id, step in self.changed.items():
             listed[self.position[step_id]] = step
         return tuple(listed)
