@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as JsonSchemaError
 from pydantic import ValidationError
 
 from dvt_engine.errors import ErrorCode
-from dvt_engine.identifiers import identifier_problem
+from dvt_engine.identifiers import KEY_SEPARATOR, MAX_IDENTIFIER_LENGTH, identifier_problem
 from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.planning.problems import (
     MAX_REPORTED_ISSUES,
@@ -75,8 +77,28 @@ def _leaf_errors(error: JsonSchemaError) -> list[JsonSchemaError]:
     return [leaf for sub in meant[0] for leaf in _leaf_errors(sub)]
 
 
+@cache
+def _plan_gate() -> jsonschema_rs.Draft202012Validator:
+    return jsonschema_rs.Draft202012Validator(load_schema("ExecutionPlan"))
+
+
+def _surely_valid(doc: dict[str, Any]) -> bool:
+    """True when the compiled (Rust) validator accepts ``doc``: it is about 90 times faster.
+
+    Only its yes is trusted. A no, or any failure of its own, sends the document to the
+    ``jsonschema`` validator, whose messages and paths the report keeps (and which reads a
+    few corners differently: ``$`` before a trailing newline, for one).
+    """
+    try:
+        return bool(_plan_gate().is_valid(doc))
+    except Exception:  # any trouble of the fast path means: check it fully
+        return False
+
+
 def schema_problems(doc: dict[str, Any]) -> list[Problem]:
     """Stage 3: every failing path of the plan JSON Schema (identifiers left to stage 4)."""
+    if _surely_valid(doc):
+        return []
     problems: list[Problem] = []
     errors = _plan_validator().iter_errors(doc)
     for error in (leaf for e in errors for leaf in _leaf_errors(e)):
@@ -117,12 +139,22 @@ def _identifier_positions(doc: dict[str, Any]) -> Iterable[tuple[Path, Any]]:
                 yield ("steps", i, "dependsOn", j), dep
 
 
+# Identifiers ``identifier_problem`` accepts, written as one pattern so that a valid one costs
+# one match: 1-200 characters, none of '|', Cc (C0 and C1 controls) or Cs (surrogates).
+_VALID_IDENTIFIER = re.compile(
+    f"[^{re.escape(KEY_SEPARATOR)}\x00-\x1f\x7f-\x9f\ud800-\udfff]"
+    f"{{1,{MAX_IDENTIFIER_LENGTH}}}")
+
+
 def identifier_problems(doc: dict[str, Any]) -> list[Problem]:
     """Stage 4: IDENTIFIER_INVALID for every malformed identifier."""
     problems: list[Problem] = []
+    valid = _VALID_IDENTIFIER.fullmatch
     for path, value in _identifier_positions(doc):
         if not isinstance(value, str):
             continue  # a wrong type is a schema error, reported in stage 3
+        if valid(value) is not None:
+            continue
         problem = identifier_problem(value)
         if problem is None:
             continue
