@@ -146,15 +146,30 @@ _VALID_IDENTIFIER = re.compile(
     f"{{1,{MAX_IDENTIFIER_LENGTH}}}")
 
 
+def _identifiers_valid(doc: dict[str, Any]) -> bool:
+    """True when every string at an identifier position is valid (``_identifier_positions``)."""
+    valid = _VALID_IDENTIFIER.fullmatch
+    values: list[Any] = [value for _, value in _identifier_positions({"metadata":
+                                                                        doc.get("metadata")})]
+    steps = doc.get("steps")
+    if isinstance(steps, list):
+        for step in steps:
+            if isinstance(step, dict):
+                values += (step.get("stepId"), step.get("kind"), step.get("taskQueue"))
+                deps = step.get("dependsOn")
+                if isinstance(deps, list):
+                    values += deps
+    return all(valid(v) is not None for v in values if isinstance(v, str))
+
+
 def identifier_problems(doc: dict[str, Any]) -> list[Problem]:
     """Stage 4: IDENTIFIER_INVALID for every malformed identifier."""
+    if _identifiers_valid(doc):
+        return []
     problems: list[Problem] = []
-    valid = _VALID_IDENTIFIER.fullmatch
     for path, value in _identifier_positions(doc):
         if not isinstance(value, str):
             continue  # a wrong type is a schema error, reported in stage 3
-        if valid(value) is not None:
-            continue
         problem = identifier_problem(value)
         if problem is None:
             continue
@@ -230,6 +245,10 @@ def dag_problems(doc: dict[str, Any]) -> list[Problem]:
             continue
         kept: list[str] = []
         for j, dep in enumerate(deps):
+            if dep in first_index and dep != step_id:
+                if dep not in kept:
+                    kept.append(dep)
+                continue
             pointer = f"/steps/{i}/dependsOn/{j}"
             if dep == step_id:
                 problems.append(
