@@ -77,7 +77,7 @@ def _plain_text(text: str) -> bool:
     return True
 
 
-def _shallow(value: dict[str, Any] | list[Any], level: int) -> bool:
+def _shallow(value: Any, level: int) -> bool:
     """True when no value inside ``value`` (at path length ``level``) nests too deep."""
     children = value.values() if type(value) is dict else value
     if level >= MAX_PLAN_DEPTH and children:
