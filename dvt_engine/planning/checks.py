@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as JsonSchemaError
 from pydantic import ValidationError
@@ -27,6 +26,9 @@ from dvt_engine.planning.problems import (
 )
 from dvt_engine.schemas import load_schema
 from dvt_engine.secret_scan import find_secrets
+
+if TYPE_CHECKING:
+    import jsonschema_rs
 
 # --- stage 3: the plan JSON Schema ------------------------------------------------------------
 
@@ -79,6 +81,9 @@ def _leaf_errors(error: JsonSchemaError) -> list[JsonSchemaError]:
 
 @cache
 def _plan_gate() -> jsonschema_rs.Draft202012Validator:
+    # Imported on first use: it is a native module, and most commands validate no plan.
+    import jsonschema_rs
+
     return jsonschema_rs.Draft202012Validator(load_schema("ExecutionPlan"))
 
 
