@@ -111,3 +111,34 @@ def test_a_2000_step_chain_reads_dependency_states_a_bounded_number_of_times_per
 
     assert asyncio.run(run()) == "COMPLETED"
     assert 0 < reads <= 10 * (len(plan.steps) + edges)
+
+
+_ODD_VALUES = [None, True, False, 0, -1, 1, 5.0, 2.5, 1e300, -0.0, 2**53, "", "a", "a\n",
+               "x" * 201, "a|b", "\u0085", "\U0001f600", "\ud800", [], ["a"], [1], {}, {"a": 1}]
+_PATHS = [("metadata", "planId"), ("metadata", "operatorTimeoutMs"), ("metadata", "description"),
+          ("metadata", "failurePolicy"), ("metadata", "requiresApproval"),
+          ("metadata", "requiresCapabilities"), ("metadata", "extra"), ("steps", 0, "stepId"),
+          ("steps", 0, "kind"), ("steps", 0, "dependsOn"), ("steps", 0, "params"),
+          ("steps", 0, "costHint"), ("steps", 0, "retryPolicy"), ("steps", 0, "timeoutMs"),
+          ("steps", 1, "dependsOn", 0), ("steps", 0, "unknown")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes=st.lists(st.tuples(st.sampled_from(_PATHS), st.sampled_from(_ODD_VALUES)),
+                        max_size=3))
+def test_the_compiled_schema_gate_never_accepts_what_jsonschema_refuses(
+    changes: list[tuple[tuple[Any, ...], Any]],
+) -> None:
+    from dvt_engine.planning.checks import _plan_validator, _surely_valid
+
+    doc: dict[str, Any] = {
+        "metadata": {"planId": "p", "planVersion": "1", "schemaVersion": "v1.2"},
+        "steps": [{"stepId": "a", "kind": "noop"},
+                  {"stepId": "b", "kind": "noop", "dependsOn": ["a"]}]}
+    for path, value in changes:
+        target: Any = doc
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    if _surely_valid(doc):
+        assert not list(_plan_validator().iter_errors(doc))
