@@ -45,7 +45,9 @@ def find_step(items: Sequence[_T], step_id: str) -> _T | None:
 
 def _remember(shape: tuple[int, str, str], items: Sequence[_HasStepId]) -> None:
     if len(_positions) >= _MAX_SHAPES:
-        del _positions[next(iter(_positions))]
+        # One call, so threads sharing the cache never see it half emptied; a cleared shape is
+        # only remembered again on its next lookup.
+        _positions.clear()
     positions: dict[str, int] = {}
     for index, item in enumerate(items):
         positions.setdefault(item.step_id, index)
