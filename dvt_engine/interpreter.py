@@ -43,6 +43,7 @@ from dvt_engine.rules.settlement import (
     step_status_after,
 )
 from dvt_engine.rules.settlement import StepSettlement as StepSettlement
+from dvt_engine.scheduler import ReadySteps
 from dvt_engine.statemachine import RUN_AWAITING_OPERATOR
 
 OPERATOR_TIMER_PREFIX = "operator:"
@@ -59,6 +60,29 @@ class StepState:
     logical_attempt_id: int = 1
     in_flight: bool = False
     awaiting_approval: bool = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        # The interpreter that holds this state keeps its ready set and in-flight set current.
+        owner = self.__dict__.get("_owner")
+        if owner is not None and name in _WATCHED:
+            owner[0]._observe(owner[1], self)
+
+
+_WATCHED = frozenset({"status", "in_flight"})
+
+
+class _StepStates(dict[str, StepState]):
+    """The interpreter's step states: a state put here reports its changes to the interpreter."""
+
+    def __init__(self, interp: RunInterpreter) -> None:
+        super().__init__()
+        self._interp = interp
+
+    def __setitem__(self, step_id: str, state: StepState) -> None:
+        super().__setitem__(step_id, state)
+        object.__setattr__(state, "_owner", (self._interp, step_id))
+        self._interp._observe(step_id, state)
 
 
 @dataclass
@@ -77,9 +101,29 @@ class RunInterpreter:
     cancel_in_flight_on_pause: bool = False
     paused_cancellations: set[str] = field(default_factory=set)
 
+    _ready: ReadySteps = field(init=False, repr=False, compare=False)
+    _in_flight: set[str] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
+        self._in_flight = set()
+        self._ready = ReadySteps(
+            self.plan.steps, {s.step_id: StepStatus.PENDING for s in self.plan.steps})
+        given, self.steps = self.steps, _StepStates(self)
+        for step_id, state in given.items():
+            self.steps[step_id] = state
         for spec in self.plan.steps:
-            self.steps.setdefault(spec.step_id, StepState())
+            if spec.step_id not in self.steps:
+                self.steps[spec.step_id] = StepState()
+
+    def _observe(self, step_id: str, state: StepState) -> None:
+        """A step's status or in-flight flag changed: keep the ready and in-flight sets."""
+        if step_id not in self._ready.position:
+            return
+        self._ready.set_status(step_id, state.status)
+        if state.in_flight:
+            self._in_flight.add(step_id)
+        else:
+            self._in_flight.discard(step_id)
 
     # --- queries ------------------------------------------------------------------------
     @property
@@ -93,7 +137,7 @@ class RunInterpreter:
 
     def in_flight(self) -> list[str]:
         """Steps running now (including waiting gates), in plan order."""
-        return [s.step_id for s in self.plan.steps if self.steps[s.step_id].in_flight]
+        return sorted(self._in_flight, key=self._ready.position.__getitem__)
 
     def spec(self, step_id: str) -> StepSpec:
         """The plan's spec of a step."""
@@ -293,7 +337,7 @@ class RunInterpreter:
         if self.is_finished or not scheduling.starts_new_steps(
                 self.status, cancel_requested=self.cancel_requested, failing_fast=failing_fast):
             return []
-        return scheduling.steps_to_start(self.plan.steps, self.statuses(), self.in_flight())
+        return scheduling.steps_to_start_now(self._ready, self._in_flight)
 
     def would_start(self, step_id: str) -> bool:
         """True when the interpreter, in this state, starts ``step_id`` on its next move."""

@@ -55,19 +55,50 @@ def project(header: RunHeader, events: Iterable[Event]) -> RunSnapshot:
 
 def apply(snapshot: RunSnapshot, events: Iterable[Event]) -> RunSnapshot:
     """Fold ``events`` into ``snapshot`` and return the new snapshot."""
-    ordered = sorted(events, key=_seq)
-    state = _State(snapshot)
-    for event in ordered:
-        seq = _seq(event)
-        if seq <= state.last_event_seq:
-            continue
-        state.last_event_seq = seq
-        if event.run_id != snapshot.run_id or state.forbids(event):
-            continue
-        handler = _HANDLERS.get(event.event_type)
-        if handler is not None:
-            handler(state, event)
-    return state.view()
+    projection = Projection(snapshot)
+    projection.fold(events)
+    return projection.snapshot()
+
+
+class Projection:
+    """A snapshot that events are folded into one after another (what ``apply`` does).
+
+    A store that keeps one per run pays per event for the steps the event changes, not for the
+    whole run: the step index is built once, a new snapshot shares every unchanged step of the
+    previous one, and the run's artifacts and cost are summed again only when a changed step
+    takes part in them. The snapshots are the ones ``apply`` gives for the same events.
+    """
+
+    def __init__(self, snapshot: RunSnapshot) -> None:
+        self._state = _State(snapshot)
+        self._view: RunSnapshot | None = None
+
+    @property
+    def last_event_seq(self) -> int:
+        """The runSeq of the last event folded (or the starting snapshot's watermark)."""
+        return self._state.last_event_seq
+
+    def fold(self, events: Iterable[Event]) -> None:
+        """Apply ``events`` in runSeq order, as ``apply`` does."""
+        state = self._state
+        run_id = state.base.run_id
+        for event in sorted(events, key=_seq):
+            seq = _seq(event)
+            if seq <= state.last_event_seq:
+                continue
+            state.last_event_seq = seq
+            self._view = None
+            if event.run_id != run_id or state.forbids(event):
+                continue
+            handler = _HANDLERS.get(event.event_type)
+            if handler is not None:
+                handler(state, event)
+
+    def snapshot(self) -> RunSnapshot:
+        """The snapshot after every event folded so far."""
+        if self._view is None:
+            self._view = self._state.view()
+        return self._view
 
 
 def _seq(event: Event) -> int:
@@ -76,57 +107,108 @@ def _seq(event: Event) -> int:
     return event.run_seq
 
 
+def _in_totals(step: StepSnapshot) -> bool:
+    """True when a step adds to the run's artifacts or cost units (see ``_State.view``)."""
+    return step.status == StepStatus.SUCCESS and bool(
+        step.artifacts or (step.cost is not None and step.cost.units is not None))
+
+
 class _State:
-    """Mutable working copy used inside one apply() call; never escapes it."""
+    """Mutable working state of a Projection; never escapes it.
+
+    ``base`` is the last snapshot viewed; ``changed`` holds the steps updated since, and
+    ``run`` every run-level change since the starting snapshot. ``exact`` says whether
+    ``base``'s artifacts and cost were computed here, so they can be reused.
+    """
 
     def __init__(self, snapshot: RunSnapshot) -> None:
         self.base = snapshot
+        self.exact = False
         self.run: dict[str, Any] = {}
-        self.steps: dict[str, StepSnapshot] = {s.step_id: s for s in snapshot.steps}
+        self.position: dict[str, int] = {s.step_id: i for i, s in enumerate(snapshot.steps)}
+        self.changed: dict[str, StepSnapshot] = {}
         self.last_event_seq = snapshot.last_event_seq
         self.awaiting_operator = snapshot.substatus == RunSubstatus.AWAITING_OPERATOR
 
+    def step(self, step_id: str) -> StepSnapshot | None:
+        found = self.changed.get(step_id)
+        if found is not None:
+            return found
+        index = self.position.get(step_id)
+        return None if index is None else self.base.steps[index]
+
     def forbids(self, event: Event) -> bool:
-        step = self.steps.get(event.step_id) if event.step_id is not None else None
+        step = self.step(event.step_id) if event.step_id is not None else None
         return event_problem(self.get("status"), step, event) is not None
 
     def get(self, name: str) -> Any:
         return self.run.get(name, getattr(self.base, name))
 
     def update_step(self, step_id: str, **changes: Any) -> StepSnapshot:
-        step = self.steps[step_id].model_copy(update=changes)
-        self.steps[step_id] = step
+        current = self.step(step_id)
+        assert current is not None
+        step = current.model_copy(update=changes)
+        self.changed[step_id] = step
         return step
 
+    def _steps(self) -> tuple[StepSnapshot, ...]:
+        if not self.changed:
+            return self.base.steps
+        # Copying through a list is the cheapest way to replace items of a long tuple.
+        listed = list(self.base.steps)
+        for step_id, step in self.changed.items():
+            listed[self.position[step_id]] = step
+        return tuple(listed)
+
+    def _totals_unchanged(self) -> bool:
+        base = self.base.steps
+        return self.exact and not any(
+            _in_totals(step) or _in_totals(base[self.position[step_id]])
+            for step_id, step in self.changed.items())
+
     def view(self) -> RunSnapshot:
-        steps = tuple(self.steps[s.step_id] for s in self.base.steps)
+        steps = self._steps()
         status = self.get("status")
-        artifacts: list[ArtifactRef] = []
-        units = 0.0
-        any_units = False
-        for step in steps:
-            if step.status == StepStatus.SUCCESS:
-                artifacts.extend(step.artifacts)
-                if step.cost is not None and step.cost.units is not None:
-                    units += step.cost.units
-                    any_units = True
+        if self._totals_unchanged():
+            artifacts = self.base.artifacts
+            units = self.base.cost.units
+        else:
+            artifacts, units = _totals(steps)
         started_at: datetime | None = self.get("started_at")
         completed_at: datetime | None = self.get("completed_at")
         duration_ms = None
         if started_at is not None and completed_at is not None:
             duration_ms = max(0, int((completed_at - started_at).total_seconds() * 1000))
-        return self.base.model_copy(
+        viewed = self.base.model_copy(
             update={
                 **self.run,
                 "status": status,
                 "substatus": _run_substatus(status, steps, self.awaiting_operator),
                 "last_event_seq": self.last_event_seq,
                 "steps": steps,
-                "artifacts": tuple(artifacts),
-                "cost": Cost(units=units if any_units else None, duration_ms=duration_ms),
+                "artifacts": artifacts,
+                "cost": Cost(units=units, duration_ms=duration_ms),
                 "duration_ms": duration_ms,
             }
         )
+        # The next view starts from this one; run-level changes stay in ``run`` (they are
+        # applied on top of ``base`` again, which gives the same values).
+        self.base, self.exact, self.changed = viewed, True, {}
+        return viewed
+
+
+def _totals(steps: tuple[StepSnapshot, ...]) -> tuple[tuple[ArtifactRef, ...], float | None]:
+    """The run's artifacts and cost units: those of its SUCCESS steps, in plan order."""
+    artifacts: list[ArtifactRef] = []
+    units = 0.0
+    any_units = False
+    for step in steps:
+        if step.status == StepStatus.SUCCESS:
+            artifacts.extend(step.artifacts)
+            if step.cost is not None and step.cost.units is not None:
+                units += step.cost.units
+                any_units = True
+    return tuple(artifacts), (units if any_units else None)
 
 
 def _run_substatus(
@@ -222,8 +304,9 @@ def _signal_accepted(state: _State, event: Event) -> None:
         return
     kind = p.get("signalType")
     step_id = p.get("stepId")
-    if kind == SignalType.RETRY_STEP and isinstance(step_id, str) and step_id in state.steps:
-        step = state.steps[step_id]
+    if kind == SignalType.RETRY_STEP and isinstance(step_id, str) and step_id in state.position:
+        step = state.step(step_id)
+        assert step is not None
         if step.status == StepStatus.FAILED:
             state.update_step(
                 step_id,
@@ -248,7 +331,8 @@ def _signal_accepted(state: _State, event: Event) -> None:
 
 def _step_started(state: _State, event: Event) -> None:
     assert event.step_id is not None
-    step = state.steps[event.step_id]
+    step = state.step(event.step_id)
+    assert step is not None
     state.update_step(
         event.step_id,
         status=StepStatus.RUNNING,
@@ -272,7 +356,8 @@ def _step_awaiting_approval(state: _State, event: Event) -> None:
 
 def _step_completed(state: _State, event: Event) -> None:
     assert event.step_id is not None
-    step = state.steps[event.step_id]
+    step = state.step(event.step_id)
+    assert step is not None
     p = event.payload
     raw_cost = p.get("cost")
     cost = Cost.model_validate(raw_cost) if isinstance(raw_cost, dict) else None
@@ -296,7 +381,8 @@ def _step_completed(state: _State, event: Event) -> None:
 
 def _step_failed(state: _State, event: Event) -> None:
     assert event.step_id is not None
-    step = state.steps[event.step_id]
+    step = state.step(event.step_id)
+    assert step is not None
     error = _error(event.payload)
     state.update_step(
         event.step_id,

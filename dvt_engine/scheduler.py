@@ -75,3 +75,53 @@ def steps_in_topological_order(steps: Sequence[StepNode]) -> list[StepNode]:
     if len(order) != len(steps):
         raise ValueError("the plan's steps contain a cycle")
     return order
+
+
+class ReadySteps:
+    """``ready_steps`` kept up to date step by step instead of recomputed over the plan.
+
+    Per step it counts the dependencies not yet SUCCESS or SKIPPED; a status change touches only
+    the changed step and its direct dependents, so a run pays per event for the DAG edges the
+    event affects. ``ready(in_flight)`` equals ``ready_steps(steps, statuses, in_flight)`` for the
+    statuses reported through ``set_status``.
+    """
+
+    def __init__(self, steps: Sequence[StepNode], statuses: Mapping[str, StepStatus]) -> None:
+        self.position = {s.step_id: i for i, s in enumerate(steps)}
+        self._dependents: dict[str, list[str]] = {s.step_id: [] for s in steps}
+        for s in steps:
+            for dep in s.depends_on:
+                self._dependents[dep].append(s.step_id)
+        self._status = {s.step_id: statuses[s.step_id] for s in steps}
+        self._unsatisfied = {
+            s.step_id: sum(1 for d in s.depends_on if not statuses[d].satisfies_dependency)
+            for s in steps
+        }
+        self._candidates = {sid for sid in self._status if self._is_candidate(sid)}
+
+    def _is_candidate(self, step_id: str) -> bool:
+        return self._status[step_id] == StepStatus.PENDING and self._unsatisfied[step_id] == 0
+
+    def _recheck(self, step_id: str) -> None:
+        if self._is_candidate(step_id):
+            self._candidates.add(step_id)
+        else:
+            self._candidates.discard(step_id)
+
+    def set_status(self, step_id: str, status: StepStatus) -> None:
+        """Record a step's new status."""
+        old = self._status[step_id]
+        if old == status:
+            return
+        self._status[step_id] = status
+        if old.satisfies_dependency != status.satisfies_dependency:
+            change = -1 if status.satisfies_dependency else 1
+            for child in self._dependents[step_id]:
+                self._unsatisfied[child] += change
+                self._recheck(child)
+        self._recheck(step_id)
+
+    def ready(self, in_flight: Collection[str] = ()) -> list[str]:
+        """PENDING steps, not in flight, whose dependencies are satisfied; plan order."""
+        return sorted((s for s in self._candidates if s not in in_flight),
+                      key=self.position.__getitem__)

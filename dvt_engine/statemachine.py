@@ -12,6 +12,7 @@ from dvt_engine.errors import IllegalTransition
 from dvt_engine.models.events import Event
 from dvt_engine.models.run import RunStatus, StepStatus, StepSubstatus
 from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
+from dvt_engine.models.step_index import find_step
 
 # dvt's own run-level event for "nothing can progress until an operator acts" (awaitOperator).
 RUN_AWAITING_OPERATOR = "RunAwaitingOperator"
@@ -108,7 +109,4 @@ def check_transition(snapshot: RunSnapshot, event: Event) -> None:
 
 
 def _find_step(snapshot: RunSnapshot, step_id: str) -> StepSnapshot | None:
-    for step in snapshot.steps:
-        if step.step_id == step_id:
-            return step
-    return None
+    return find_step(snapshot.steps, step_id)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from dvt_engine.models.base import DvtModel, Identifier, Sha256Hex, StrictModel
+from dvt_engine.models.step_index import find_step
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("v1.0", "v1.1", "v1.2")
 BUILTIN_STEP_KINDS: tuple[str, ...] = ("noop", "sleep", "echo", "fail", "approval")
@@ -83,10 +84,10 @@ class ExecutionPlan(StrictModel):
 
     def step(self, step_id: str) -> StepSpec:
         """The step with this id (KeyError when absent)."""
-        for spec in self.steps:
-            if spec.step_id == step_id:
-                return spec
-        raise KeyError(step_id)
+        spec = find_step(self.steps, step_id)
+        if spec is None:
+            raise KeyError(step_id)
+        return spec
 
     @property
     def step_ids(self) -> tuple[str, ...]:

@@ -43,35 +43,91 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _decode(data: PlanInput) -> tuple[Any, list[Problem]]:
+class _Numbers:
+    """json.loads number hooks that note a number ``_normalize`` would report."""
+
+    def __init__(self) -> None:
+        self.unsafe = False
+
+    def integer(self, text: str) -> int:
+        value = int(text)
+        if abs(value) > MAX_SAFE_INTEGER:
+            self.unsafe = True
+        return value
+
+    def real(self, text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            self.unsafe = True
+        return value
+
+
+def _plain_text(text: str) -> bool:
+    """True when no string of ``text`` can decode to one ``text_problem`` reports.
+
+    Without an escape (which may spell NUL or a lone surrogate) every string is a piece of the
+    text, and the text itself encodes as UTF-8.
+    """
+    if "\\u" in text or "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shallow(value: Any, level: int) -> bool:
+    """True when no value inside ``value`` (at path length ``level``) nests too deep."""
+    children = value.values() if type(value) is dict else value
+    if level >= MAX_PLAN_DEPTH and children:
+        return False
+    for child in children:
+        kind = type(child)
+        if (kind is dict or kind is list) and not _shallow(child, level + 1):
+            return False
+    return True
+
+
+def _decode(data: PlanInput) -> tuple[Any, list[Problem], bool]:
+    """The decoded value, its problems, and whether it is plain JSON already (see load_document)."""
     if isinstance(data, Mapping):
-        return data, []
+        return data, [], False
     if isinstance(data, bytes | bytearray | memoryview):
         raw = bytes(data)
         if len(raw) > MAX_PLAN_BYTES:
-            return None, [schema_problem((), f"plan is {len(raw)} bytes, over {MAX_PLAN_BYTES}")]
+            problem = schema_problem((), f"plan is {len(raw)} bytes, over {MAX_PLAN_BYTES}")
+            return None, [problem], False
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return None, [schema_problem((), f"plan is not UTF-8 (byte {exc.start})")]
+            return None, [schema_problem((), f"plan is not UTF-8 (byte {exc.start})")], False
     elif isinstance(data, str):
         text = data
         if len(text) > MAX_PLAN_BYTES:
-            return None, [schema_problem((), f"plan is over {MAX_PLAN_BYTES} characters")]
+            problem = schema_problem((), f"plan is over {MAX_PLAN_BYTES} characters")
+            return None, [problem], False
     else:
         kind = type(data).__name__
-        return None, [schema_problem((), f"a plan must be JSON bytes, text or an object: {kind}")]
+        problem = schema_problem((), f"a plan must be JSON bytes, text or an object: {kind}")
+        return None, [problem], False
     try:
-        return json.loads(
-            text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicate_keys
-        ), []
+        numbers = _Numbers()
+        value = json.loads(
+            text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicate_keys,
+            parse_int=numbers.integer, parse_float=numbers.real,
+        )
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno} column {exc.colno}"
-        return None, [schema_problem((), f"plan is not valid JSON: {exc.msg} at {where}")]
+        return None, [schema_problem((), f"plan is not valid JSON: {exc.msg} at {where}")], False
     except RecursionError:
-        return None, [schema_problem((), f"plan nests deeper than {MAX_PLAN_DEPTH} levels")]
+        problem = schema_problem((), f"plan nests deeper than {MAX_PLAN_DEPTH} levels")
+        return None, [problem], False
     except ValueError as exc:
-        return None, [schema_problem((), f"plan is not valid JSON: {exc}")]
+        return None, [schema_problem((), f"plan is not valid JSON: {exc}")], False
+    plain = not numbers.unsafe and _plain_text(text) and (
+        not isinstance(value, dict | list) or _shallow(value, 0))
+    return value, [], plain
 
 
 def _normalize(value: Any, path: Path, problems: list[Problem]) -> Any:
@@ -117,10 +173,12 @@ def _normalize(value: Any, path: Path, problems: list[Problem]) -> Any:
 
 def load_document(data: PlanInput) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Stage 1: a JSON object with a string metadata.schemaVersion, or the problems."""
-    raw, problems = _decode(data)
+    raw, problems, plain = _decode(data)
     if problems:
         return None, problems
-    doc = _normalize(raw, (), problems)
+    # A freshly decoded text without escapes, long numbers or deep nesting is plain JSON as it
+    # is: walking it again would find nothing to report and copy what nobody else holds.
+    doc = raw if plain else _normalize(raw, (), problems)
     if problems:
         return None, problems
     if not isinstance(doc, dict):

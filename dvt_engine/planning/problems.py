@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -84,11 +85,15 @@ def is_identifier_path(path: Path) -> bool:
     )
 
 
+#: A lone surrogate: text that cannot be encoded as UTF-8.
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def text_problem(value: str) -> str | None:
     """Why a string cannot be stored as UTF-8 text (None when it can)."""
     if "\x00" in value:
         return "contains a NUL character"
-    if any("\ud800" <= ch <= "\udfff" for ch in value):
+    if SURROGATE.search(value) is not None:
         return "contains a lone surrogate (not encodable as UTF-8)"
     return None
 

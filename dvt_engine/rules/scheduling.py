@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from dvt_engine.models.run import RunStatus, StepStatus
-from dvt_engine.scheduler import StepNode, ready_steps
+from dvt_engine.scheduler import ReadySteps, StepNode, ready_steps
 
 
 def starts_new_steps(status: RunStatus, *, cancel_requested: bool, failing_fast: bool) -> bool:
@@ -25,6 +25,11 @@ def steps_to_start(
 ) -> list[str]:
     """The steps to start now in a run that starts steps: ready ones, in plan order."""
     return ready_steps(steps, statuses, in_flight)
+
+
+def steps_to_start_now(ready: ReadySteps, in_flight: Collection[str]) -> list[str]:
+    """``steps_to_start`` for the statuses kept in ``ready`` (the same steps, same order)."""
+    return ready.ready(in_flight)
 
 
 def is_complete(statuses: Mapping[str, StepStatus]) -> bool:

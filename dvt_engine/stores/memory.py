@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import TENANT_LOG_START, RunStateStore, TenantCursor, TenantEvent
-from dvt_engine.projector import apply, initial_snapshot, project
+from dvt_engine.projector import Projection, initial_snapshot, project
 from dvt_engine.stores.fingerprint import refuse_conflict
 from dvt_engine.stores.memory_webhooks import MemoryOutbox, OutboxItem
 
@@ -34,11 +35,16 @@ _T = TypeVar("_T")
 @dataclass
 class _Run:
     header: RunHeader
-    snapshot: RunSnapshot
+    projection: Projection
     events: list[Event] = field(default_factory=list)
     by_key: dict[str, Event] = field(default_factory=dict)
     next_seq: int = 1
     updated_at: datetime = field(default_factory=utc_now)
+
+    @property
+    def snapshot(self) -> RunSnapshot:
+        """The run's current snapshot (built when first asked for after an append)."""
+        return self.projection.snapshot()
 
 
 class MemoryRunStateStore(RunStateStore):
@@ -68,7 +74,7 @@ class MemoryRunStateStore(RunStateStore):
                     details={"runId": header.run_id},
                 )
             self._runs[(header.tenant_id, header.run_id)] = _Run(
-                header=header, snapshot=initial_snapshot(header)
+                header=header, projection=Projection(initial_snapshot(header))
             )
             self._by_request[(header.tenant_id, header.run_request_key)] = header.run_id
             return header, True
@@ -163,7 +169,7 @@ class MemoryRunStateStore(RunStateStore):
         run.next_seq += 1
         run.events.append(stored)
         run.by_key[stored.idempotency_key] = stored
-        run.snapshot = apply(run.snapshot, [stored])
+        run.projection.fold([stored])
         run.updated_at = stored.persisted_at or utc_now()
         self._all_events.append(stored)
         self._outbox.appended()
@@ -176,7 +182,7 @@ class MemoryRunStateStore(RunStateStore):
         run = self._owned(tenant_id, run_id)
         if run is None:
             return []
-        selected = [e for e in run.events if (e.run_seq or 0) > after_seq]
+        selected = run.events[bisect_right(run.events, after_seq, key=_run_seq):]
         return selected if limit is None else selected[: max(0, limit)]
 
     async def get_event_by_key(
@@ -215,7 +221,9 @@ class MemoryRunStateStore(RunStateStore):
                 yield item
 
     def _run_tail(self, tenant_id: str, run_id: str, after_seq: int) -> list[Event]:
-        return [e for e in self._run_events(tenant_id, run_id) if (e.run_seq or 0) > after_seq]
+        # A run's events are stored in runSeq order, so the tail starts where after_seq ends.
+        events = self._run_events(tenant_id, run_id)
+        return events[bisect_right(events, after_seq, key=_run_seq):]
 
     def _tenant_tail(self, tenant_id: str, position: int) -> list[TenantEvent]:
         return [
@@ -292,6 +300,10 @@ class MemoryRunStateStore(RunStateStore):
             last_event_seq=s.last_event_seq, labels=dict(h.labels), created_at=h.created_at,
             updated_at=run.updated_at,
         )
+
+
+def _run_seq(event: Event) -> int:
+    return event.run_seq or 0
 
 
 def _parse_cursor(cursor: TenantCursor) -> int:
