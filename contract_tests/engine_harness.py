@@ -5,6 +5,7 @@ See :mod:`contract_tests.engine_suite` for how an adapter runs the suite.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -95,6 +96,24 @@ class Started:
     async def events(self) -> list[Event]:
         """The run's log in runSeq order."""
         return await self.harness.store.fetch_events(self.tenant_id, self.run_id)
+
+    async def wait_for_log(self, predicate: Callable[[list[Event]], bool],
+                           what: str) -> list[Event]:
+        """Wait until the run's log satisfies ``predicate``, re-checked after each new event."""
+        store = self.harness.store
+        events = await self.events()
+        if predicate(events):
+            return events
+        last = (events[-1].run_seq or 0) if events else 0
+        try:
+            async with asyncio.timeout(self.harness.capabilities.timeout):
+                async for event in store.follow(self.tenant_id, self.run_id, after_seq=last):
+                    events.append(event)
+                    if predicate(events):
+                        return events
+        except TimeoutError:
+            pass
+        raise AssertionError(f"timed out waiting for {what}; the log has {len(events)} events")
 
     async def signal(
         self, type_: SignalType, actor: Actor, payload: dict[str, Any] | None = None, *,

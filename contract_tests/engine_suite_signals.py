@@ -329,12 +329,13 @@ class SignalRuleTests(EngineSuiteBase):
             events = await run.events()
             wanted = _replay_pause_decisions(events)
             await run.wait(lambda s, w=wanted: s.status == w, f"{run.run_id} to be {wanted}")
-            events = await run.events()
-            accepted = {e.payload["signalId"] for e in events
-                        if e.event_type == "SignalAccepted" and not e.payload.get("noOp")}
-            effects = [e.caused_by_signal_id for e in events
-                       if e.event_type in ("RunPaused", "RunResumed")]
-            assert sorted(effects) == sorted(accepted), run.run_id  # each once, none missing
+            # The status can match while an accepted PAUSE and the RESUME after it are still
+            # on their way to the engine: wait until every accepted signal has had its effect.
+            events = await run.wait_for_log(
+                lambda log: _accepted(log) <= set(_effects(log)),
+                f"{run.run_id}: every accepted signal applied")
+            effects = _effects(events)
+            assert sorted(effects) == sorted(_accepted(events)), run.run_id  # each once
         print(f"signal storm on {h.engine.name}: {size} -> {dict(tally)}")
         assert tally["accepted"] > 0
         for run in runs:
@@ -392,3 +393,15 @@ def _replay_pause_decisions(events: list[Event]) -> RunStatus:
         assert (state == target) == no_op, (e.run_seq, kind, no_op, state)
         state = target
     return state
+
+
+def _accepted(events: list[Event]) -> set[str]:
+    """The ids of the PAUSE/RESUME signals accepted with an effect to come."""
+    return {e.payload["signalId"] for e in events
+            if e.event_type == "SignalAccepted" and not e.payload.get("noOp")}
+
+
+def _effects(events: list[Event]) -> list[str]:
+    """The signal ids the run's pause and resume events name, in log order."""
+    return [str(e.caused_by_signal_id) for e in events
+            if e.event_type in ("RunPaused", "RunResumed")]
