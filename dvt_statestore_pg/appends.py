@@ -227,17 +227,20 @@ class Appender(StoreCore):
         async def work(conn: Conn) -> dict[tuple[str, str, str], AppendResult]:
             found: dict[tuple[str, str, str], AppendResult] = {}
             states: dict[RunKey, RunState] = {}
+            todo = await self._answer_stored(conn, groups, sent, found)
+            if not todo:
+                return found  # all retries: no transaction, no lock, no projection
             try:
                 async with conn.transaction():
-                    if len(groups) > 1:
+                    if len(todo) > 1:
                         # Every run locked before anything is written: a transaction that owns
                         # an id never waits for a run (the tenant stream's order relies on it),
                         # and one global lock order means two batches never deadlock.
                         await conn.execute(
-                            self._q.lock_runs, ([t for t, _ in groups], [r for _, r in groups])
+                            self._q.lock_runs, ([t for t, _ in todo], [r for _, r in todo])
                         )
-                    for run in sorted(groups):
-                        results, state = await self._append_run(conn, run, groups[run], sent)
+                    for run in sorted(todo):
+                        results, state = await self._append_run(conn, run, todo[run], sent)
                         found.update({(*run, k): v for k, v in results.items()})
                         if state is not None:
                             states[run] = state
@@ -262,6 +265,47 @@ class Appender(StoreCore):
             seen.add(where)
             answers.append(result)
         return answers
+
+    async def _answer_stored(
+        self,
+        conn: Conn,
+        groups: dict[RunKey, list[Event]],
+        sent: set[str],
+        found: dict[tuple[str, str, str], AppendResult],
+    ) -> dict[RunKey, list[Event]]:
+        """Answer the keys already stored (one statement for the whole batch); the rest, by run.
+
+        A stored key with other content raises IdempotencyConflict before anything is written.
+        """
+        events = [e for group in groups.values() for e in group]
+        cur = await conn.execute(
+            self._q.stored_keys,
+            (
+                [e.tenant_id for e in events],
+                [e.run_id for e in events],
+                [e.idempotency_key for e in events],
+            ),
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return groups
+        stored = {(r[0], r[1], r[2]): r for r in rows}
+        todo: dict[RunKey, list[Event]] = {}
+        for run, group in groups.items():
+            for event in group:
+                row = stored.get((*run, event.idempotency_key))
+                if row is None:
+                    todo.setdefault(run, []).append(event)
+                    continue
+                await self._refuse_conflict(conn, run, event, row[6])
+                found[(*run, event.idempotency_key)] = AppendResult(
+                    run_seq=row[3],
+                    persisted_at=utc(row[5]),
+                    event_id=row[4],
+                    # After a lost connection the retry finds our own earlier write.
+                    duplicate=row[4] not in sent,
+                )
+        return todo
 
     async def _refuse_conflict(
         self, conn: Conn, run: RunKey, event: Event, stored_hash: str | None
@@ -306,6 +350,12 @@ class Appender(StoreCore):
             else:
                 refuse_conflict(event, earlier, store=STORE_NAME)
         state = locked_state or self._cache.get(run)
+        if state is None and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            # Unknown to this process, inside a batch: read the run first rather than send the
+            # whole batch to be told it is stale (the function parses every event to say so).
+            state = await self._load_state(conn, run)
+            if state is None:
+                raise _not_found(run_id)
         committed: RunState | None = None
         for _ in range(_STALE_LIMIT):
             if not pending:
