@@ -21,7 +21,7 @@ from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import apply
 from dvt_engine.stores.fingerprint import event_fingerprint, refuse_conflict
-from dvt_statestore_pg.core import Conn, RunKey, StoreCore, utc
+from dvt_statestore_pg.core import Conn, RunKey, StoreCore, event_with_seq, utc
 
 _CACHE_RUNS = 10_000
 _STALE_LIMIT = 50
@@ -144,10 +144,7 @@ class Appender(StoreCore):
             return known
         snapshot = RunSnapshot.model_validate_json(snapshot_text)
         if seqs:
-            tail = [
-                Event.model_validate_json(env).model_copy(update={"run_seq": seq})
-                for seq, env in zip(seqs, envelopes, strict=True)
-            ]
+            tail = [event_with_seq(env, seq) for seq, env in zip(seqs, envelopes, strict=True)]
             snapshot = apply(snapshot, tail)
         state = RunState(int(last_seq), int(snapshot_seq), snapshot)
         self._remember(run, state)
