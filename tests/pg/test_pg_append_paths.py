@@ -1,0 +1,74 @@
+"""The PostgreSQL store's shortcuts on the append path answer exactly as the full path would."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from contract_tests.store_suite import fresh_copy, happy_path, make_header
+from dvt_engine.errors import IdempotencyConflict, SchemaValidationFailed
+from dvt_statestore_pg.store import PostgresRunStateStore
+
+SECRET = "AKIAABCDEFGHIJKLMNOP"  # the shape of an AWS access key id: masked before storage
+
+
+def _log_size(dsn: str, schema: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "dvt_events"))
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_retried_batch_with_a_masked_secret_is_a_duplicate(
+    pg_store: PostgresRunStateStore, pg_dsn: str, pg_schema: str
+) -> None:
+    header, _ = await pg_store.register_run(make_header(steps=["a"]))
+    started, step_started, completed = happy_path(header)[:3]
+    leaky = completed.model_copy(update={"payload": {"output": {"key": SECRET}}})
+    first = await pg_store.append_batch([started, step_started, leaky])
+    assert [r.duplicate for r in first] == [False, False, False]
+    stored = await pg_store.get_event_by_key(header.tenant_id, header.run_id, leaky.idempotency_key)
+    assert stored is not None
+    assert stored.payload == {"output": {"key": "***"}}
+    size = _log_size(pg_dsn, pg_schema)
+    # The retry carries the unmasked payload: its fingerprint differs from the stored one until
+    # it is masked, so it must take the full path and still be answered as a duplicate.
+    again = await pg_store.append_batch([fresh_copy(started), fresh_copy(leaky)])
+    assert [r.duplicate for r in again] == [True, True]
+    assert [r.run_seq for r in again] == [first[0].run_seq, first[2].run_seq]
+    assert _log_size(pg_dsn, pg_schema) == size
+
+
+async def test_a_retried_batch_still_gets_the_envelope_checks(
+    pg_store: PostgresRunStateStore,
+) -> None:
+    header, _ = await pg_store.register_run(make_header(steps=["a"]))
+    started = happy_path(header)[0]
+    await pg_store.append_batch([started])
+    with pytest.raises(SchemaValidationFailed):
+        await pg_store.append_batch([started.model_copy(update={"run_seq": 1})])
+    with pytest.raises(SchemaValidationFailed):
+        await pg_store.append_batch([started.model_copy(update={"step_id": "a"})])
+
+
+async def test_a_batch_mixing_stored_new_and_conflicting_keys_writes_nothing(
+    pg_store: PostgresRunStateStore, pg_dsn: str, pg_schema: str
+) -> None:
+    header, _ = await pg_store.register_run(make_header(steps=["a"]))
+    events = happy_path(header)
+    await pg_store.append_batch(events[:2])
+    size = _log_size(pg_dsn, pg_schema)
+    changed = events[1].model_copy(update={"payload": {"kind": "other"}})
+    with pytest.raises(IdempotencyConflict):
+        await pg_store.append_batch([events[0], changed, events[2]])
+    assert _log_size(pg_dsn, pg_schema) == size
+    results = await pg_store.append_batch([fresh_copy(events[0]), events[2], events[3]])
+    assert [r.duplicate for r in results] == [True, False, False]
+    assert [r.run_seq for r in results] == [1, 3, 4]
+    snapshot = await pg_store.get_snapshot(header.tenant_id, header.run_id)
+    rebuilt = await pg_store.project(header.tenant_id, header.run_id)
+    assert snapshot is not None
+    assert snapshot.model_dump_json() == rebuilt.model_dump_json()
