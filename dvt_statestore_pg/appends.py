@@ -22,6 +22,7 @@ from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import apply
 from dvt_engine.stores.fingerprint import event_fingerprint, refuse_conflict
 from dvt_statestore_pg.core import Conn, RunKey, StoreCore, event_with_seq, utc
+from dvt_statestore_pg.folding import AppendFolder
 
 _CACHE_RUNS = 10_000
 _STALE_LIMIT = 50
@@ -110,6 +111,7 @@ class Appender(StoreCore):
         self._locks: weakref.WeakValueDictionary[RunKey, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        self._folder = AppendFolder(self._write_run)
 
     def _run_lock(self, run: RunKey) -> asyncio.Lock:
         lock = self._locks.get(run)
@@ -154,17 +156,21 @@ class Appender(StoreCore):
         """Append one event; a repeated (runId, idempotencyKey) inserts nothing."""
         event = prepared_for_storage(event)
         _check_identifiers(event)
-        run = (event.tenant_id, event.run_id)
+        # Appends to a run that queue up behind a write go together in the next call.
+        return await self._folder.append((event.tenant_id, event.run_id), event)
+
+    async def _write_run(self, run: RunKey, events: list[Event]) -> dict[str, AppendResult]:
+        """Append events of one run (distinct keys) in one call; results by idempotency key."""
         sent: set[str] = set()
         # Writers of one run in this process take turns here instead of racing in the
         # database: the cached state stays warm and the database lock is not fought over.
         async with self._run_lock(run):
             results, state = await self._run(
-                lambda conn: self._append_run(conn, run, [event], sent)
+                lambda conn: self._append_run(conn, run, events, sent)
             )
         if state is not None:
             self._remember(run, state)
-        return results[event.idempotency_key]
+        return results
 
     async def append_if_last(self, event: Event, expected_last_seq: int) -> AppendResult | None:
         """Append ``event`` only while the run's last runSeq is ``expected_last_seq``.

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 from psycopg import sql
 
 from contract_tests.store_suite import fresh_copy, happy_path, make_header
 from dvt_engine.errors import IdempotencyConflict, SchemaValidationFailed
+from dvt_engine.eventlog import EventFactory
+from dvt_engine.idempotency import signal_key
+from dvt_engine.models.events import AppendResult, Event
 from dvt_statestore_pg.store import PostgresRunStateStore
 
 SECRET = "AKIAABCDEFGHIJKLMNOP"  # the shape of an AWS access key id: masked before storage
@@ -68,6 +73,52 @@ async def test_a_batch_mixing_stored_new_and_conflicting_keys_writes_nothing(
     results = await pg_store.append_batch([fresh_copy(events[0]), events[2], events[3]])
     assert [r.duplicate for r in results] == [True, False, False]
     assert [r.run_seq for r in results] == [1, 3, 4]
+    snapshot = await pg_store.get_snapshot(header.tenant_id, header.run_id)
+    rebuilt = await pg_store.project(header.tenant_id, header.run_id)
+    assert snapshot is not None
+    assert snapshot.model_dump_json() == rebuilt.model_dump_json()
+
+
+def _decision(factory: EventFactory, signal_id: str, signal_type: str = "PAUSE") -> Event:
+    h = factory.header
+    return factory.signal_event(
+        "SignalRejected",
+        signal_key(h.tenant_id, h.run_id, signal_id),
+        {
+            "signalId": signal_id,
+            "signalType": signal_type,
+            "errorCode": "SIGNAL_UNAUTHORIZED",
+            "actor": {"id": "tester", "roles": ["operator"]},
+        },
+    )
+
+
+async def test_appends_queued_on_one_run_get_their_own_answers(
+    pg_store: PostgresRunStateStore,
+) -> None:
+    header, _ = await pg_store.register_run(make_header(steps=["a"]))
+    factory = EventFactory(header, emitted_by="tester")
+    await pg_store.append(factory.run_event("RunStarted", {"engine": "reference"}))
+    stored = _decision(factory, "stored")
+    await pg_store.append(stored)
+    fresh = [_decision(factory, f"s{i}") for i in range(12)]
+    conflicting = _decision(factory, "stored", signal_type="RESUME")  # same key, other payload
+    repeat = fresh_copy(fresh[3])
+    outcomes = await asyncio.gather(
+        *(pg_store.append(e) for e in [*fresh[:6], conflicting, repeat, *fresh[6:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[6], IdempotencyConflict)
+    results = [o for i, o in enumerate(outcomes) if i != 6]
+    assert all(isinstance(r, AppendResult) for r in results)
+    answers = [r for r in results if isinstance(r, AppendResult)]
+    own = [answers[i] for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12)]
+    assert sorted(r.run_seq for r in own) == list(range(3, 15))  # gap-free, one each
+    assert not any(r.duplicate for r in own)
+    assert answers[6].duplicate
+    assert answers[6].run_seq == answers[3].run_seq
+    log = await pg_store.fetch_events(header.tenant_id, header.run_id)
+    assert [e.run_seq for e in log] == list(range(1, 15))
     snapshot = await pg_store.get_snapshot(header.tenant_id, header.run_id)
     rebuilt = await pg_store.project(header.tenant_id, header.run_id)
     assert snapshot is not None
