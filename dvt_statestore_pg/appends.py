@@ -20,8 +20,9 @@ from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import apply
-from dvt_engine.stores.fingerprint import event_fingerprint, refuse_conflict
+from dvt_engine.stores.fingerprint import refuse_conflict
 from dvt_statestore_pg.core import Conn, RunKey, StoreCore, event_with_seq, utc
+from dvt_statestore_pg.fingerprints import fingerprint
 from dvt_statestore_pg.folding import AppendFolder
 
 _CACHE_RUNS = 10_000
@@ -65,7 +66,7 @@ def events_document(events: list[Event]) -> str:
                 "n": e.engine_attempt_id,
                 "at": e.emitted_at.isoformat(),
                 "o": position,
-                "h": event_fingerprint(e),
+                "h": fingerprint(e),
             },
             ensure_ascii=False,
         )
@@ -310,7 +311,7 @@ class Appender(StoreCore):
                 row = stored.get((*run, event.idempotency_key))
                 if row is None:
                     todo.setdefault(run, []).append(prepared_for_storage(event))
-                elif row[6] is not None and event_fingerprint(event) == row[6]:
+                elif row[6] is not None and fingerprint(event) == row[6]:
                     # The same content as the stored event, whose payload passed every payload
                     # check when it was written: only the envelope's checks remain.
                     validate_envelope(event)

@@ -13,6 +13,8 @@ from dvt_engine.errors import IdempotencyConflict, SchemaValidationFailed
 from dvt_engine.eventlog import EventFactory
 from dvt_engine.idempotency import signal_key
 from dvt_engine.models.events import AppendResult, Event
+from dvt_engine.stores.fingerprint import event_fingerprint
+from dvt_statestore_pg.fingerprints import fingerprint
 from dvt_statestore_pg.store import PostgresRunStateStore
 
 SECRET = "AKIAABCDEFGHIJKLMNOP"  # the shape of an AWS access key id: masked before storage
@@ -123,3 +125,33 @@ async def test_appends_queued_on_one_run_get_their_own_answers(
     rebuilt = await pg_store.project(header.tenant_id, header.run_id)
     assert snapshot is not None
     assert snapshot.model_dump_json() == rebuilt.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"output": {"flag": True}},
+        {"output": {"flag": 1}},
+        {"output": {"flag": 1.0}},
+        {"output": {"b": "é\u2028", "a": [1, 2.5e-7, None, "x"]}},
+        {"output": {"big": 2**40, "nested": {"z": {}, "y": []}}},
+        {"output": {"text": "x" * 5000}},  # above the remembered size
+    ],
+)
+def test_remembered_fingerprints_equal_the_computed_ones(payload: dict[str, object]) -> None:
+    base = happy_path(make_header(steps=["a"]))[2]
+    event = base.model_copy(update={"payload": payload})
+    assert fingerprint(event) == event_fingerprint(event)
+    assert fingerprint(event) == event_fingerprint(event)  # the second answer is remembered
+
+
+def test_payloads_equal_in_python_but_not_in_json_keep_their_own_fingerprints() -> None:
+    base = happy_path(make_header(steps=["a"]))[2]
+    events = [
+        base.model_copy(update={"payload": {"output": {"v": value}}}) for value in (True, 1, 1.0)
+    ]
+    for event in events * 2:  # the second round is answered from memory
+        assert fingerprint(event) == event_fingerprint(event)
+    # True == 1 in Python, not in JSON; 1 and 1.0 share one RFC 8785 form.
+    assert fingerprint(events[0]) != fingerprint(events[1])
+    assert fingerprint(events[1]) == fingerprint(events[2])
