@@ -24,7 +24,7 @@ _MAX_FOLD = 64
 
 
 class AppendFolder:
-    """One writer task per run while appends to it are queued; callers await their result."""
+    """Per run: the caller that finds it idle writes; callers behind it queue for one call."""
 
     def __init__(self, write: Write) -> None:
         self._write = write
@@ -32,18 +32,25 @@ class AppendFolder:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def append(self, run: RunKey, event: Event) -> AppendResult:
-        """Queue ``event`` for its run and wait for its own result."""
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        """Write ``event`` now, or, while its run is being written, queue it for the next call."""
         queue = self._queues.get(run)
-        if queue is None:
-            queue = self._queues[run] = [(event, future)]
-            # A task of its own, so a caller that is cancelled never strands the others.
-            task = asyncio.create_task(self._drain(run, queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
+        if queue is not None:
+            future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
             queue.append((event, future))
-        return await future
+            return await future
+        queue = self._queues[run] = []
+        try:
+            results = await self._write(run, [event])  # alone: no task, no wait
+        finally:
+            if queue:
+                # A task of its own drains what queued meanwhile, so a caller that is
+                # cancelled never strands the others.
+                task = asyncio.create_task(self._drain(run, queue))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                del self._queues[run]
+        return results[event.idempotency_key]
 
     async def _drain(self, run: RunKey, queue: list[Item]) -> None:
         try:
