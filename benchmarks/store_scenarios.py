@@ -22,6 +22,7 @@ from benchmarks.store_baseline import (
     envelope,
 )
 from benchmarks.store_filters import list_runs_filtered
+from benchmarks.store_lookup import status_by_id
 from benchmarks.store_table import Row, Scenario, latency_row
 from contract_tests.store_suite import happy_path, make_header
 from dvt_engine.eventlog import EventFactory
@@ -45,6 +46,7 @@ def dvt_scenarios() -> list[Scenario]:
         rebuild_100k,
         list_runs_100k,
         list_runs_filtered,
+        status_by_id,
     ]
 
 
