@@ -53,6 +53,18 @@ RAW_INSERT = (
     " emitted_at, envelope) VALUES (%s, %s, %s, %s, 'StepCompleted', 'bench-tenant', now(), %s)"
 )
 
+RAW_RUNS_DDL = "CREATE TABLE raw_runs (run_id text PRIMARY KEY, last_seq bigint NOT NULL)"
+
+# The run's next runSeq allocated in the statement that inserts the event: the counter row's
+# update makes concurrent writers of one run wait for each other, as a gap-free sequence needs.
+RAW_INSERT_NEXT_SEQ = (
+    "WITH s AS (UPDATE raw_runs SET last_seq = last_seq + 1 WHERE run_id = %s"
+    " RETURNING run_id, last_seq)"
+    " INSERT INTO raw_events (run_id, run_seq, idempotency_key, event_id, event_type, tenant_id,"
+    " emitted_at, envelope) SELECT s.run_id, s.last_seq, %s, %s, 'StepCompleted',"
+    " 'bench-tenant', now(), %s FROM s"
+)
+
 
 async def baseline_single(dsn: str, schema: str, n: int) -> Row:
     """One autocommit INSERT per event, one run, seq chosen by the client."""
@@ -118,6 +130,31 @@ async def baseline_copy(dsn: str, schema: str, batches: int, batch_size: int) ->
         return row
 
 
+async def baseline_executemany(dsn: str, schema: str, batches: int, batch_size: int) -> Row:
+    """executemany of ``batch_size`` INSERTs per transaction (psycopg pipelines them)."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        await conn.commit()
+        samples: list[float] = []
+        for _ in range(batches):
+            run_id = str(uuid.uuid4())
+            params = []
+            for seq in range(1, batch_size + 1):
+                key = uuid.uuid4().hex * 2
+                params.append((run_id, seq, key, str(uuid.uuid4()), envelope(run_id, seq, key)))
+            t0 = time.perf_counter()
+            async with conn.cursor() as cur:
+                await cur.executemany(RAW_INSERT, params)
+            await conn.commit()
+            samples.append(time.perf_counter() - t0)
+        row = latency_row(
+            f"batch append ({batch_size}/tx)", "bare psycopg executemany", samples, sum(samples)
+        )
+        row.count = batches * batch_size
+        row.note = "p50/p99 per batch"
+        return row
+
+
 async def baseline_scenarios(dsn: str, schema: str, args: argparse.Namespace) -> list[Row]:
     """The bare-database rows."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -126,4 +163,5 @@ async def baseline_scenarios(dsn: str, schema: str, args: argparse.Namespace) ->
     return [
         await baseline_single(dsn, schema, args.single),
         await baseline_copy(dsn, schema, args.batches, 100),
+        await baseline_executemany(dsn, schema, args.batches, 100),
     ]

@@ -14,8 +14,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from benchmarks.store_baseline import BASELINE_DDL, RAW_INSERT, envelope
+from benchmarks.store_baseline import (
+    BASELINE_DDL,
+    RAW_INSERT,
+    RAW_INSERT_NEXT_SEQ,
+    RAW_RUNS_DDL,
+    envelope,
+)
 from benchmarks.store_filters import list_runs_filtered
+from benchmarks.store_lookup import status_by_id
 from benchmarks.store_table import Row, Scenario, latency_row
 from contract_tests.store_suite import happy_path, make_header
 from dvt_engine.eventlog import EventFactory
@@ -39,6 +46,7 @@ def dvt_scenarios() -> list[Scenario]:
         rebuild_100k,
         list_runs_100k,
         list_runs_filtered,
+        status_by_id,
     ]
 
 
@@ -126,31 +134,33 @@ def decision_event(factory: EventFactory, signal_id: str) -> Event:
 
 
 async def concurrent_appends(dsn: str, schema: str, args: argparse.Namespace) -> list[Row]:
-    """8 writers (two stores, as two processes would be) to one run, then to 8 runs.
+    """16 writers (two stores, as two processes would be) to one run, then to 16 runs.
 
     The events are signal decision records on runs of a 10-step plan, so the numbers measure
     the append path under contention, not the projection of a huge plan.
     """
-    writers = 8
+    writers = 16
     per_writer = args.concurrent // writers
     rows: list[Row] = []
     conn = await _raw_conn(dsn, schema)
     await conn.execute(BASELINE_DDL)
+    await conn.execute(RAW_RUNS_DDL)
     for label, runs in (("one run", 1), ("many runs", writers)):
-        # Baseline: the same inserts, concurrent, each on its own connection; seq chosen by
-        # the client, so the database serialises nothing.
+        # Baseline: the same inserts, concurrent, each on its own connection, each allocating
+        # the run's next runSeq in SQL (a counter row updated in the same statement), so the
+        # database serialises the writers of a run as it must for a gap-free sequence.
         conns = [await _raw_conn(dsn, schema) for _ in range(writers)]
         run_ids = [str(uuid.uuid4()) for _ in range(runs)]
+        await conn.execute("INSERT INTO raw_runs SELECT unnest(%s::text[]), 0", (run_ids,))
         samples: list[float] = []
 
         async def raw_writer(i: int, c: psycopg.AsyncConnection[Any]) -> None:
             run_id = run_ids[i % runs]  # noqa: B023 - awaited in this iteration
-            for n in range(per_writer):
-                seq = n * writers + i + 1
+            for _ in range(per_writer):
                 key = uuid.uuid4().hex * 2
                 t0 = time.perf_counter()
                 await c.execute(
-                    RAW_INSERT, (run_id, seq, key, str(uuid.uuid4()), envelope(run_id, seq, key))
+                    RAW_INSERT_NEXT_SEQ, (run_id, key, str(uuid.uuid4()), envelope(run_id, 0, key))
                 )
                 samples.append(time.perf_counter() - t0)  # noqa: B023
 
@@ -159,7 +169,7 @@ async def concurrent_appends(dsn: str, schema: str, args: argparse.Namespace) ->
         rows.append(
             latency_row(
                 f"concurrent appends, {label}",
-                "bare psycopg INSERT",
+                "bare INSERT, runSeq from SQL",
                 samples,
                 time.perf_counter() - start,
                 f"{writers} writers",

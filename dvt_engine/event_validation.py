@@ -24,13 +24,40 @@ def prepared_for_storage(event: Event) -> Event:
     return event if payload == event.payload else event.model_copy(update={"payload": payload})
 
 
-def validate_event(event: Event) -> None:
-    """Raise SCHEMA_VALIDATION_FAILED when an event cannot be persisted as it is."""
+def validate_envelope(event: Event) -> None:
+    """The checks of ``validate_event`` that do not read the payload.
+
+    A store that finds an event's key stored with the same content fingerprint runs only these:
+    the payload is the stored one, which passed every payload check when it was written.
+    """
+    _check_assigned(event)
+    try:
+        etype = EventType(event.event_type)
+    except ValueError:
+        return
+    _check_step(etype, event)
+
+
+def _check_assigned(event: Event) -> None:
     if event.run_seq is not None or event.persisted_at is not None:
         raise SchemaValidationFailed(
             "runSeq and persistedAt are assigned by the store, not by producers",
             details={"eventId": event.event_id},
         )
+
+
+def _check_step(etype: EventType, event: Event) -> None:
+    if etype.is_step_event and event.step_id is None:
+        raise SchemaValidationFailed(f"{etype} needs a stepId", details={"eventType": etype})
+    if not etype.is_step_event and event.step_id is not None:
+        raise SchemaValidationFailed(
+            f"{etype} is a run-level event and takes no stepId", details={"eventType": etype}
+        )
+
+
+def validate_event(event: Event) -> None:
+    """Raise SCHEMA_VALIDATION_FAILED when an event cannot be persisted as it is."""
+    _check_assigned(event)
     try:
         encoded = json.dumps(event.payload, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -52,12 +79,7 @@ def validate_event(event: Event) -> None:
         etype = EventType(event.event_type)
     except ValueError:
         return  # a newer producer's event: stored as it is, skipped by older projectors
-    if etype.is_step_event and event.step_id is None:
-        raise SchemaValidationFailed(f"{etype} needs a stepId", details={"eventType": etype})
-    if not etype.is_step_event and event.step_id is not None:
-        raise SchemaValidationFailed(
-            f"{etype} is a run-level event and takes no stepId", details={"eventType": etype}
-        )
+    _check_step(etype, event)
     try:
         PAYLOAD_MODELS[etype].model_validate(event.payload)
     except ValidationError as exc:

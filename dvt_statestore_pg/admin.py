@@ -15,6 +15,7 @@ from dvt_engine.models.run import RunHeader
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.projector import apply, project
 from dvt_statestore_pg.config import parse_store_url
+from dvt_statestore_pg.core import event_with_seq
 from dvt_statestore_pg.migrations import apply_migrations
 
 RUNS_PER_PAGE = 500
@@ -122,9 +123,7 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
                 (row[0], row[1]): [] for row in page
             }
             for tenant, run_id, seq, envelope in await cur.fetchall():
-                tails[(tenant, run_id)].append(
-                    Event.model_validate_json(envelope).model_copy(update={"run_seq": seq})
-                )
+                tails[(tenant, run_id)].append(event_with_seq(envelope, seq))
             batch: list[tuple[str, str, str, int, str, str | None]] = []
             for tenant, run_id, header_text, last_seq, _snapshot_seq, snapshot_text in page:
                 report.runs += 1
@@ -133,11 +132,13 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
                 stored = RunSnapshot.model_validate_json(snapshot_text)
                 if full:
                     fresh = project(RunHeader.model_validate_json(header_text), tail)
+                    fresh_json = fresh.model_dump_json()
                     seen_by_readers = apply(stored, tail)
-                    if seen_by_readers.model_dump_json() != fresh.model_dump_json():
+                    if seen_by_readers.model_dump_json() != fresh_json:
                         report.differed.append(run_id)
                 else:
                     fresh = apply(stored, tail)
+                    fresh_json = fresh.model_dump_json()
                 seq = fresh.last_event_seq
                 if seq != last_seq:
                     report.raced.append(run_id)
@@ -146,7 +147,7 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
                     (
                         tenant,
                         run_id,
-                        fresh.model_dump_json(),
+                        fresh_json,
                         seq,
                         fresh.status.value,
                         fresh.substatus.value if fresh.substatus else None,

@@ -46,6 +46,15 @@ def event_from_row(run_seq: int, persisted_at: datetime, envelope: str) -> Event
     return event.model_copy(update={"run_seq": run_seq, "persisted_at": utc(persisted_at)})
 
 
+def event_with_seq(envelope: str, run_seq: int) -> Event:
+    """A stored envelope read back with its runSeq, validated once (no copy afterwards).
+
+    The envelope is a JSON object stored without runSeq; the key is appended to its text, and
+    a JSON parser keeps the last of repeated keys, so an older envelope's own value loses.
+    """
+    return Event.model_validate_json(f'{envelope[:-1].rstrip()},"runSeq":{int(run_seq)}}}')
+
+
 def valid_ids(*values: str) -> bool:
     """False for an identifier no run can have: such a read finds nothing, like an unknown id."""
     try:

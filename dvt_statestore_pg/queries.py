@@ -155,6 +155,21 @@ class Queries:
         )
 
     @property
+    def stored_keys(self) -> str:
+        """The events already stored under any of several (tenant, run, key) triples.
+
+        Committed rows never change, so what this finds is final: a batch of retries is
+        answered from it without locking a run or projecting a snapshot.
+        """
+        return self._fmt(
+            "SELECT e.tenant_id, e.run_id, e.idempotency_key, e.run_seq, e.event_id,"
+            " e.persisted_at, e.content_hash"
+            " FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(t, r, k)"
+            " JOIN {dvt_events} e ON e.tenant_id = u.t AND e.run_id = u.r"
+            " AND e.idempotency_key = u.k"
+        )
+
+    @property
     def content_by_key(self) -> str:
         """The envelope stored under an idempotency key, for a row without content_hash."""
         return self._fmt(

@@ -1,0 +1,38 @@
+"""Content fingerprints remembered by the payload's plain JSON text.
+
+The fingerprint (sha256 of the RFC 8785 form of ``{eventType, payload}``) is computed by a
+pure-Python encoder, the largest single cost of answering a retry. Retries repeat content, so
+the fingerprint is remembered under ``(eventType, json.dumps(payload, sort_keys=True))``: that
+text is cheap to make, and two payloads with the same text are the same JSON value (it keeps
+true apart from 1 and 1 from 1.0), so they have the same fingerprint. A payload the plain
+encoder refuses, or a large one, is fingerprinted directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+from dvt_engine.models.events import Event
+from dvt_engine.stores.fingerprint import event_fingerprint
+
+_MAX_ENTRIES = 20_000
+_MAX_TEXT = 4096
+_known: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+
+def fingerprint(event: Event) -> str:
+    """``event_fingerprint(event)``, remembered for recently seen small payloads."""
+    try:
+        text = json.dumps(event.payload, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return event_fingerprint(event)
+    if len(text) > _MAX_TEXT:
+        return event_fingerprint(event)
+    key = (event.event_type, text)
+    found = _known.get(key)
+    if found is None:
+        found = _known[key] = event_fingerprint(event)
+        if len(_known) > _MAX_ENTRIES:
+            _known.popitem(last=False)
+    return found
