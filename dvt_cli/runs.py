@@ -70,6 +70,8 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
     run_id = validate_identifier("run id", options.run_id or str(uuid.uuid4()))
     if options.request_id is not None:
         validate_identifier("request id", options.request_id)
+    # Bad labels are refused before any local server is started for the run.
+    labels = parse_label_pairs(options.labels, path="--label")
     engine_name = pick_engine(settings)
     settings = resolve(settings)
     settings = prepare_local_servers(engine_name, settings)
@@ -91,7 +93,7 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
             tenant_id=i.tenant, project_id=i.project, environment_id=i.environment,
             run_id=run_id, run_request_id=options.request_id,
             triggered_by=options.triggered_by,
-            labels=parse_label_pairs(options.labels, path="--label"),
+            labels=labels,
         )
         async with engine_session(engine_name, store, settings, worker=options.worker) as engine:
             await engine.start_run(plan_ref, context)

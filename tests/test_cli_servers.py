@@ -109,7 +109,7 @@ def test_a_run_is_visible_to_other_commands(dvt: Any) -> None:
     assert hidden.json()["error"]["code"] == "RUN_NOT_FOUND"
 
 
-def test_labels_given_to_run_filter_runs(dvt: Any) -> None:
+def test_labels_given_to_run_filter_runs(dvt: Any, env: dict[str, str]) -> None:
     plan = str(PLANS / "one-step.json")
     for run_id, labels in (("lab-a", ["team:data", "trigger:cron"]), ("lab-b", ["team:web"])):
         flags = [arg for label in labels for arg in ("--label", label)]
@@ -130,6 +130,8 @@ def test_labels_given_to_run_filter_runs(dvt: Any) -> None:
         refused = dvt(*bad, "--json")
         assert refused.code == 2, refused
         assert refused.json()["error"]["code"] == "LABELS_INVALID"
+    # Refused before the command started anything: no local engine server for the bad run.
+    assert not (Path(env["DVT_HOME"]) / "temporal").exists()
 
 
 def test_reference_runs_cannot_be_signalled_from_another_process(dvt: Any) -> None:
