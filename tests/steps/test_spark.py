@@ -181,3 +181,35 @@ async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     grandchild = int(pids.read_text("utf-8"))
     assert not psutil.pid_exists(grandchild) or \
         psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("engine_name", ["temporal", "conductor"])
+async def test_the_example_app_runs_on_the_durable_engines(
+        monkeypatch: pytest.MonkeyPatch, engine_name: str,
+        request: pytest.FixtureRequest) -> None:
+    """The same plan on Temporal and Conductor: the same answer and a driver log artifact.
+
+    Not a parity comparison: the driver log holds times and process ids, so its ref differs
+    from one submission to the next on any engine.
+    """
+    monkeypatch.chdir(REPO)
+    registry = builtin_registry()
+    registry.register("spark.submit", SparkSubmitHandler())
+    store, artifacts = MemoryRunStateStore(), MemoryArtifactStore()
+    engine = open_engine(request.getfixturevalue(f"dvt_{engine_name}_settings"), store=store,
+                         registry=registry, artifacts=artifacts)
+    client = Client(engine=engine, store=store, tenant="t",
+                    actor=Actor(id="test", roles=tuple(Role)))
+    try:
+        snapshot = await (await client.start_run(EXAMPLE_PLAN, run_id=f"wc-{engine_name}")
+                          ).result(timeout=300)
+    finally:
+        await client.close()
+    step = only_step(snapshot)
+    assert snapshot.status == "COMPLETED", step.error
+    assert (step.output["exitCode"], step.attempts[-1].logical_attempt_id) == (0, 1)
+    text = (REPO / "examples" / "spark" / "words.txt").read_text("utf-8").lower()
+    words = sum(1 for w in re.split(r"[^a-z]+", text) if w)
+    assert json.loads(step.output["stdout"].strip().splitlines()[-1])["words"] == words
+    (log_ref,) = step.artifacts
+    assert "Successfully stopped SparkContext" in (await artifacts.get(log_ref)).decode("utf-8")
