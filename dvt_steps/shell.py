@@ -27,6 +27,7 @@ from dvt_engine.models.snapshot import ArtifactRef
 from dvt_engine.ports import StepContext, StepHandler, StepResult
 from dvt_steps.common import SECRET_REF_SCHEMA, Secrets, check_params, mask_bytes, tail_text
 from dvt_steps.settings import ShellStepSettings
+from dvt_steps.tool_process import group_alive
 
 KIND = "shell"
 #: Host variables every command inherits (when the worker has them); the host may add names.
@@ -189,7 +190,7 @@ class _Run:
         while time.monotonic() < deadline:
             if not self.exited.done():
                 await asyncio.wait({self.exited}, timeout=0.05)
-            elif not _group_alive(pgid):
+            elif not group_alive(pgid):
                 return
             else:
                 await asyncio.sleep(0.05)  # grandchildren still unwinding after SIGTERM
@@ -244,27 +245,6 @@ def _signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:
         return True  # a member changed its credentials; it is still there
     return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a process of the group is alive; zombies (dead, not yet reaped) do not count.
-
-    Grandchildren are reparented to the worker's init, which may reap them late; signal 0 would
-    count them. Where /proc is missing, signal 0 is the answer.
-    """
-    if not os.path.isdir("/proc"):
-        return _signal_group(pgid, 0)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(os.path.join(entry.path, "stat"), "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
 
 
 def _signal_name(number: int) -> str:

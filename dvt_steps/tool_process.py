@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dvt_engine.errors import StepTimeout
 
-__all__ = ["TERM_GRACE_S", "Finished", "read_tail", "run_in_group"]
+__all__ = ["TERM_GRACE_S", "Finished", "group_alive", "read_tail", "run_in_group"]
 
 #: How long a tool has after SIGTERM to exit before its process group is killed.
 TERM_GRACE_S = 3.0
@@ -83,6 +83,19 @@ async def _stop_group(proc: asyncio.subprocess.Process, pgid: int, grace_s: floa
         await asyncio.wait_for(asyncio.shield(proc.wait()), grace_s)
     _signal_group(pgid, signal.SIGKILL)
     await proc.wait()
+    await _group_gone(pgid, grace_s)
+
+
+async def _group_gone(pgid: int, limit_s: float) -> None:
+    """Return once no live process is left in the group (bounded by ``limit_s``).
+
+    SIGKILL is delivered at once but a member (a grandchild such as multiprocessing's
+    resource tracker) finishes exiting on its own time; the step ends only after it has.
+    """
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while group_alive(pgid) and asyncio.get_running_loop().time() < deadline:
+        _signal_group(pgid, signal.SIGKILL)
+        await asyncio.sleep(0.02)  # the kernel has no event for a group's end: look again
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -106,3 +119,30 @@ def read_tail(path: Path, limit: int) -> bytes:
     if size > limit:
         data = data.partition(b"\n")[2]
     return data
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a process of the group is alive; zombies (dead, not yet reaped) do not count.
+
+    Grandchildren are reparented to the worker's init, which may reap them late; signal 0 would
+    count them. Where /proc is missing, signal 0 is the answer.
+    """
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "stat"), "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
