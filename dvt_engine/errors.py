@@ -6,6 +6,10 @@ to people, and may retry when ``error.retryable`` is true. ``details`` is JSON-s
 Every coded class belongs to exactly one family (``PlanError``, ``RunError``, ``SignalError``,
 ``StepError``, ``StoreError``, ``EngineError``, ``RequestError``), so a caller can catch a
 whole kind of failure with one ``except``. Families carry no code of their own.
+
+One module on purpose, although it is long: it is the single table of codes that
+docs/errors.md is generated from and that a test checks for one class per code; split by
+family, a new code could land in two places or none.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ an asyncio task of the reference engine, or a Conductor decision worker. An engi
 happened (a step settled, a signal was accepted, a timer fired) and carries out the commands it
 returns, in order. Because the same inputs always give the same commands, every engine writes the
 same events in the same order.
+
+A little over 500 lines on purpose: the decisions and the incremental bookkeeping they read
+(ready set, in-flight steps) change together; the rules themselves live in dvt_engine/rules.
 """
 
 from __future__ import annotations
