@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import psutil
 import psycopg
 import pytest
+from process_helpers import cmdline, group_members
 from secret_helpers import assert_no_secrets
 
 from contract_tests.catalogue import EngineSide
@@ -259,7 +260,7 @@ async def test_cancelling_a_long_dbt_step_leaves_no_process(
     assert error is not None
     assert error.code == "STEP_CANCELLED"
     assert not child.is_running()
-    assert _group_members(pgid) == []
+    assert group_members(pgid) == []
 
 
 async def _sleeping_dbt(admin_dsn: str, client: Client, run_id: str,
@@ -272,7 +273,7 @@ async def _sleeping_dbt(admin_dsn: str, client: Client, run_id: str,
         snapshot = await client.get_run(run_id).snapshot()
         assert snapshot.status in ("PENDING", "RUNNING"), [s.error for s in snapshot.steps]
         children = [p for p in me.children(recursive=True)
-                    if "dvt_steps.dbt_child" in " ".join(_cmdline(p))]
+                    if "dvt_steps.dbt_child" in " ".join(cmdline(p))]
         async with await psycopg.AsyncConnection.connect(admin_dsn) as conn:
             cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s "
                                      "AND query LIKE %s AND state = 'active'",
@@ -284,19 +285,6 @@ async def _sleeping_dbt(admin_dsn: str, client: Client, run_id: str,
     pytest.fail("dbt never reached the slow model")
 
 
-def _cmdline(proc: psutil.Process) -> list[str]:
-    with contextlib.suppress(psutil.Error):
-        return proc.cmdline()
-    return []
-
-
-def _group_members(pgid: int) -> list[int]:
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(ProcessLookupError, psutil.Error):
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-    return found
 
 
 @pytest.mark.parametrize("engine_name", ["temporal", "conductor"])

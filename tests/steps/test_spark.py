@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from process_helpers import cmdline, group_members
 from secret_helpers import assert_no_secrets
 
 from dvt_engine import Actor, Client, ReferenceSettings, Role
@@ -133,7 +134,7 @@ async def test_cancelling_kills_the_jvm_and_the_python_driver(tmp_path: Path) ->
     assert error is not None
     assert error.code == "STEP_CANCELLED"
     assert not jvm.is_running()
-    assert _group_members(pgid) == []
+    assert group_members(pgid) == []
 
 
 async def _running_app(client: Client, run_id: str, marker: Path,
@@ -145,7 +146,7 @@ async def _running_app(client: Client, run_id: str, marker: Path,
         snapshot = await client.get_run(run_id).snapshot()
         assert snapshot.status in ("PENDING", "RUNNING"), [s.error for s in snapshot.steps]
         jvms = [p for p in psutil.Process().children(recursive=True)
-                if "org.apache.spark.deploy.SparkSubmit" in " ".join(_cmdline(p))]
+                if "org.apache.spark.deploy.SparkSubmit" in " ".join(cmdline(p))]
         if jvms and _exists(marker):
             return jvms[0]
         await asyncio.sleep(0.2)  # polling the two conditions above, not waiting blind
@@ -156,19 +157,6 @@ def _exists(path: Path) -> bool:
     return path.exists()
 
 
-def _cmdline(proc: psutil.Process) -> list[str]:
-    with contextlib.suppress(psutil.Error):
-        return proc.cmdline()
-    return []
-
-
-def _group_members(pgid: int) -> list[int]:
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(ProcessLookupError, psutil.Error):
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-    return found
 
 
 async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
