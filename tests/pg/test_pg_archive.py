@@ -1,0 +1,145 @@
+"""The cold archive on real PostgreSQL: reads, stream and rebuild identical across tiers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from archive_helpers import drain_outbox, hot_counts, parquet_rows, read_all, seed_runs
+
+from contract_tests.driver import signal_request
+from contract_tests.scenarios import execute_scenario, get_scenario, scenario_ids
+from dvt_archive.archiver import archive_runs
+from dvt_archive.export import export_events
+from dvt_archive.rebuild import rebuild_from_cold
+from dvt_engine.plugins import open_engine
+from dvt_statestore_pg import admin
+from dvt_statestore_pg.store import PostgresRunStateStore
+
+
+async def test_every_golden_scenario_reads_identically_after_archiving(
+    pg_store: PostgresRunStateStore, pg_store_url: str, pg_dsn: str, pg_schema: str,
+    tmp_path: Path,
+) -> None:
+    runs = await seed_runs(pg_store, scenario_ids(), "golden")
+    assert len(runs) > 20
+    before = await read_all(pg_store, runs)
+    statuses = {k: (await pg_store.get_snapshot(*k)).status for k in runs}  # type: ignore[union-attr]
+    await drain_outbox(pg_store)
+
+    dry = await archive_runs(pg_store_url, str(tmp_path), older_than=timedelta(0), dry_run=True)
+    assert dry.runs > 0
+    assert dry.batches == 0
+    assert sum(hot_counts(pg_dsn, pg_schema, runs).values()) == sum(
+        len(r.events) for r in before.values())
+
+    report = await archive_runs(pg_store_url, str(tmp_path), older_than=timedelta(0),
+                                batch_runs=7)
+    terminal = [k for k in runs if statuses[k].value in ("COMPLETED", "FAILED", "CANCELLED")]
+    assert report.runs == len(terminal) == dry.runs
+    assert report.events == sum(len(before[k].events) for k in terminal)
+    assert report.batches == -(-len(terminal) // 7)
+    counts = hot_counts(pg_dsn, pg_schema, runs)
+    assert all(counts[k] == 0 for k in terminal)
+    assert sorted(parquet_rows(tmp_path)) == sorted(
+        (t, r, seq) for (t, r) in terminal for seq in range(1, len(before[(t, r)].events) + 1))
+
+    after = await read_all(pg_store, runs)
+    assert after == before
+    for tenant, run in terminal:
+        assert await pg_store.get_run(tenant, run) is not None
+        listed = await pg_store.list_runs(tenant, limit=1000)
+        assert run in {summary.run_id for summary in listed}
+
+    # A plain rebuild leaves archived runs alone; --from-cold recomputes them, unchanged.
+    plain = await admin.rebuild(pg_store_url)
+    assert sorted(plain.archived) == sorted(r for _, r in terminal)
+    cold = await rebuild_from_cold(pg_store_url)
+    assert cold.archived == []
+    assert cold.differed == []
+    assert cold.raced == []
+    assert cold.runs >= len(runs)
+    assert await read_all(pg_store, runs) == before
+
+
+async def test_events_after_archiving_stay_hot_and_are_archived_again(
+    pg_store: PostgresRunStateStore, pg_store_url: str, pg_dsn: str, pg_schema: str,
+    tmp_path: Path,
+) -> None:
+    engine = open_engine("reference", store=pg_store)
+    try:
+        outcome = await execute_scenario(get_scenario("one-step"), engine, pg_store,
+                                         run_id="again-one-step")
+        key = (outcome.tenant_id, outcome.run_id)
+        await drain_outbox(pg_store)
+        first = await archive_runs(pg_store_url, str(tmp_path), older_than=timedelta(0))
+        assert first.runs == 1
+        archived = len(await pg_store.fetch_events(*key))
+        assert hot_counts(pg_dsn, pg_schema, [key])[key] == 0
+        # A signal after the end is decided (rejected) and recorded after the archived events.
+        assert outcome.run_ref is not None
+        await engine.signal(outcome.run_ref, signal_request(
+            {"signalId": "late-pause", "type": "PAUSE"}, *key))
+    finally:
+        await engine.close()
+    assert hot_counts(pg_dsn, pg_schema, [key])[key] == 1
+    before = await read_all(pg_store, [key])
+    assert len(before[key].events) == archived + 1
+    window = await pg_store.fetch_events(*key, after_seq=archived - 1, limit=2)
+    assert [e.run_seq for e in window] == [archived, archived + 1]
+
+    await drain_outbox(pg_store)
+    second = await archive_runs(pg_store_url, str(tmp_path), older_than=timedelta(0))
+    assert second.runs == 1
+    assert second.events == 1
+    assert hot_counts(pg_dsn, pg_schema, [key])[key] == 0
+    assert await read_all(pg_store, [key]) == before
+    cold = await rebuild_from_cold(pg_store_url)
+    assert cold.differed == []
+    assert await read_all(pg_store, [key]) == before
+
+
+async def test_export_of_a_period_equals_the_events_of_that_period(
+    pg_store: PostgresRunStateStore, pg_store_url: str, tmp_path: Path,
+) -> None:
+    runs = await seed_runs(pg_store, ["linear-chain", "diamond", "one-step"], "export")
+    tenant = runs[0][0]
+    events = [e for t, r in runs if t == tenant for e in await pg_store.fetch_events(t, r)]
+    times = sorted(e.persisted_at for e in events if e.persisted_at is not None)
+    start, end = times[len(times) // 3], times[-1] + timedelta(microseconds=1)
+    expected = sorted((e for e in events if e.persisted_at and start <= e.persisted_at < end),
+                      key=lambda e: (e.persisted_at, e.run_id, e.run_seq))
+    await drain_outbox(pg_store)
+    # Half of the runs go cold: the export reads both tiers.
+    await archive_runs(pg_store_url, str(tmp_path / "cold"), older_than=timedelta(0),
+                       tenant_id=tenant, batch_runs=1)
+    report = await export_events(pg_store_url, tenant, start, end, str(tmp_path / "out"))
+    lines = (tmp_path / "out" / "events.jsonl").read_text().splitlines()
+    assert lines == [e.model_dump_json(exclude_none=True) for e in expected]
+    assert report.rows == len(expected)
+    assert report.cold_rows == len(expected)
+    data = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    digest = hashlib.sha256((tmp_path / "out" / "events.jsonl").read_bytes()).hexdigest()
+    assert data["files"] == [{"path": "events.jsonl", "rows": len(expected),
+                              "bytes": (tmp_path / "out" / "events.jsonl").stat().st_size,
+                              "sha256": digest}]
+    parquet = await export_events(pg_store_url, tenant, start, end, str(tmp_path / "pq"),
+                                  fmt="parquet")
+    assert parquet.rows == len(expected)
+    assert sorted(parquet_rows(tmp_path / "pq")) == sorted(
+        (e.tenant_id, e.run_id, e.run_seq) for e in expected)
+
+
+@pytest.mark.parametrize("older_than", [timedelta(days=90)])
+async def test_recent_runs_stay_hot(
+    pg_store: PostgresRunStateStore, pg_store_url: str, tmp_path: Path, older_than: timedelta,
+) -> None:
+    runs = await seed_runs(pg_store, ["one-step"], "recent")
+    await drain_outbox(pg_store)
+    report = await archive_runs(pg_store_url, str(tmp_path), older_than=older_than)
+    assert report.runs == 0
+    assert parquet_rows(tmp_path) == []
+    assert len(await pg_store.fetch_events(*runs[0])) > 0
