@@ -90,7 +90,6 @@ class ArchiveReport:
 class _Run:
     tenant_id: str
     run_id: str
-    header: str
     last_seq: int
     snapshot_seq: int
     snapshot: str
@@ -107,14 +106,22 @@ class _Sql:
         def fmt(text: str) -> sql.Composed:
             return sql.SQL(text).format(**names)
 
+        # One scan per pass: the runs still to archive (already archived ones have no hot
+        # events; the probe is an index lookup on the log's primary key).
         self.candidates = fmt(
-            "SELECT r.tenant_id, r.run_id, r.header::text, r.last_seq, r.snapshot_seq,"
-            " r.snapshot::text, r.updated_at FROM {dvt_runs} r"
+            "SELECT r.tenant_id, r.run_id FROM {dvt_runs} r"
             " WHERE r.status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
             " AND r.updated_at < %(cutoff)s"
-            " AND (r.updated_at, r.tenant_id, r.run_id) > (%(at)s, %(tenant_after)s, %(run_after)s)"
             " AND (%(tenant)s::text IS NULL OR r.tenant_id = %(tenant)s)"
-            " ORDER BY r.updated_at, r.tenant_id, r.run_id LIMIT %(limit)s")
+            " AND EXISTS (SELECT 1 FROM {dvt_events} e"
+            "             WHERE e.tenant_id = r.tenant_id AND e.run_id = r.run_id)"
+            " ORDER BY r.updated_at, r.tenant_id, r.run_id")
+        self.page = fmt(
+            "SELECT r.tenant_id, r.run_id, r.last_seq, r.snapshot_seq, r.snapshot::text"
+            " FROM {dvt_runs} r"
+            " JOIN unnest(%s::text[], %s::text[]) AS u(t, r)"
+            " ON r.tenant_id = u.t AND r.run_id = u.r"
+            " WHERE r.status IN ('COMPLETED', 'FAILED', 'CANCELLED')")
         self.held = fmt(
             "SELECT DISTINCT o.tenant_id, o.run_id FROM {dvt_outbox} o"
             " JOIN unnest(%s::text[], %s::text[]) AS u(t, r)"
@@ -181,9 +188,15 @@ async def archive_runs(
     batch_runs: int = BATCH_RUNS,
     now: datetime | None = None,
     on_stage: Stage | None = None,
+    lock_wait: float = 0.0,
     **cold_options: Any,
 ) -> ArchiveReport:
-    """Move the events of terminal runs idle for ``older_than`` to Parquet under ``cold_url``."""
+    """Move the events of terminal runs idle for ``older_than`` to Parquet under ``cold_url``.
+
+    ``lock_wait`` is how long to wait for another archiver (or the session of one that
+    died and is not yet gone) before ARCHIVE_BUSY; ``on_stage`` is called with each of
+    STAGES as a batch reaches it.
+    """
     started = time.perf_counter()
     root = open_root(cold_url, **cold_options)
     cutoff = (now or datetime.now(UTC)) - older_than
@@ -192,29 +205,20 @@ async def archive_runs(
     q = _Sql(config.schema)
     stage = on_stage or (lambda _name: None)
     try:
-        conn = await psycopg.AsyncConnection.connect(config.conninfo, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(
+            config.conninfo, autocommit=True, application_name="dvt-archiver")
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL at {config.redacted()}") from exc
     async with conn:
-        cur = await conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 7420))",
-            (f"{config.schema}|archiver",))
-        row = await cur.fetchone()
-        if not row or not row[0]:
-            raise ArchiveBusy("another archiver is working on this store",
-                              details={"schema": config.schema})
+        await _lock_archiver(conn, config.schema, lock_wait)
         if not dry_run:
             report.cleaned = await _clean_interrupted(conn, q, cold_options)
-        after: tuple[datetime, str, str] = (datetime.min.replace(tzinfo=UTC), "", "")
-        while True:
-            cur = await conn.execute(q.candidates, {
-                "cutoff": cutoff, "at": after[0], "tenant_after": after[1],
-                "run_after": after[2], "tenant": tenant_id, "limit": batch_runs})
-            page = await cur.fetchall()
-            if not page:
-                break
-            after = (page[-1][6], page[-1][0], page[-1][1])
-            runs = await _load(conn, q, page, report)
+        cur = await conn.execute(q.candidates, {"cutoff": cutoff, "tenant": tenant_id})
+        candidates = await cur.fetchall()
+        for start in range(0, len(candidates), batch_runs):
+            chunk = candidates[start:start + batch_runs]
+            cur = await conn.execute(q.page, ([c[0] for c in chunk], [c[1] for c in chunk]))
+            runs = await _load(conn, q, await cur.fetchall(), report)
             if not runs:
                 continue
             report.runs += len(runs)
@@ -224,6 +228,26 @@ async def archive_runs(
             await _archive_batch(conn, q, root, runs, report, stage)
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _lock_archiver(conn: psycopg.AsyncConnection[Any], schema: str, wait: float) -> None:
+    """Hold the store's archiver lock for the session (released when it ends, even by a crash)."""
+    key = (f"{schema}|archiver",)
+    busy = ArchiveBusy("another archiver is working on this store", details={"schema": schema})
+    if wait <= 0:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 7420))", key)
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            raise busy
+        return
+    timeout = sql.Literal(f"{int(wait * 1000)}ms")
+    await conn.execute(sql.SQL("SET lock_timeout = {}").format(timeout))
+    try:
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 7420))", key)
+    except psycopg.errors.LockNotAvailable:
+        raise busy from None
+    finally:
+        await conn.execute("RESET lock_timeout")
 
 
 async def _clean_interrupted(conn: psycopg.AsyncConnection[Any], q: _Sql,
@@ -243,8 +267,7 @@ async def _clean_interrupted(conn: psycopg.AsyncConnection[Any], q: _Sql,
 async def _load(conn: psycopg.AsyncConnection[Any], q: _Sql, page: list[Any],
                 report: ArchiveReport) -> list[_Run]:
     """The page's runs that have hot events and no undelivered outbox rows, with their rows."""
-    runs = {(t, r): _Run(t, r, header, int(last), int(seq), snap)
-            for t, r, header, last, seq, snap, _at in page}
+    runs = {(t, r): _Run(t, r, int(last), int(seq), snap) for t, r, last, seq, snap in page}
     cur = await conn.execute(q.held, ([k[0] for k in runs], [k[1] for k in runs]))
     for key in await cur.fetchall():
         runs.pop((key[0], key[1]), None)
