@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from archive_helpers import drain_outbox, hot_counts, parquet_rows, read_all, seed_runs
 
@@ -15,6 +16,7 @@ from contract_tests.scenarios import execute_scenario, get_scenario, scenario_id
 from dvt_archive.archiver import archive_runs
 from dvt_archive.export import export_events
 from dvt_archive.rebuild import rebuild_from_cold
+from dvt_engine.errors import ArchiveBusy
 from dvt_engine.plugins import open_engine
 from dvt_statestore_pg import admin
 from dvt_statestore_pg.store import PostgresRunStateStore
@@ -143,3 +145,21 @@ async def test_recent_runs_stay_hot(
     assert report.runs == 0
     assert parquet_rows(tmp_path) == []
     assert len(await pg_store.fetch_events(*runs[0])) > 0
+
+
+async def test_a_second_archiver_is_refused_while_one_works(
+    pg_store_url: str, pg_dsn: str, pg_schema: str, tmp_path: Path,
+) -> None:
+    holder = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    async with holder:
+        await holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 7420))",
+                             (f"{pg_schema}|archiver",))
+        with pytest.raises(ArchiveBusy):
+            await archive_runs(pg_store_url, str(tmp_path), older_than=timedelta(0))
+        with pytest.raises(ArchiveBusy):
+            await archive_runs(pg_store_url, str(tmp_path), older_than=timedelta(0),
+                               lock_wait=0.2)
+    # The holder's session ended: its lock went with it.
+    report = await archive_runs(pg_store_url, str(tmp_path), older_than=timedelta(0),
+                                lock_wait=30)
+    assert report.cutoff
