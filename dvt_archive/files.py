@@ -114,6 +114,16 @@ class ColdRoot:
             raise _unavailable(self.url, exc) from exc
         return data
 
+    def open(self, relative: str) -> Any:
+        """A file opened for (ranged) reading; ARCHIVE_CORRUPT if it is missing."""
+        try:
+            return self.fs.open(self.path(relative), "rb")
+        except FileNotFoundError as exc:
+            raise ArchiveCorrupt("an archive file the registry names is missing",
+                                 details={"file": relative, "root": self.url}) from exc
+        except OSError as exc:
+            raise _unavailable(self.url, exc) from exc
+
     def remove(self, relative: str) -> None:
         """Delete a file if it exists (a tmp file of an interrupted local write too)."""
         path = self.path(relative)

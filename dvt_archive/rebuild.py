@@ -43,7 +43,7 @@ class ColdLoader:
         # Files in order, so the readers' cache holds each file while its runs are read.
         for segment in sorted(segments, key=lambda s: (s.files, s.tenant_id, s.run_id,
                                                         s.first_seq)):
-            rows = self.reader(segment.root_url).read_segment_sync(segment)
+            rows = self.reader(segment.root_url).read_segment_sync(segment, whole_files=True)
             found.setdefault((segment.tenant_id, segment.run_id), []).extend(
                 event_with_seq(envelope, seq) for seq, _at, envelope in rows)
         for events in found.values():

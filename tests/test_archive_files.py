@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from dvt_archive.archiver import parse_age
@@ -17,7 +18,7 @@ from dvt_archive.files import (
     sha256,
     table_of,
 )
-from dvt_archive.reader import ParquetColdReader
+from dvt_archive.reader import ParquetColdReader, _may_hold
 from dvt_engine.archive import ColdSegment, open_cold_reader
 from dvt_engine.errors import ArchiveCorrupt, UsageError
 
@@ -78,3 +79,22 @@ def test_a_file_that_is_not_parquet_or_lacks_events_is_archive_corrupt(tmp_path:
     root.remove(name)
     with pytest.raises(ArchiveCorrupt):
         ParquetColdReader(str(tmp_path)).read_segment_sync(segment)
+
+
+def test_a_run_read_decodes_only_row_groups_that_can_hold_it(tmp_path: Path) -> None:
+    rows = [_row(run, seq, f'{{"n":{seq}}}') for run in ("r1", "r2", "r3")
+            for seq in range(1, 6001)]
+    root = open_root(str(tmp_path))
+    name = data_file("acme", AT, "b1")
+    root.put(name, encode(table_of(rows)))
+    reader = ParquetColdReader(str(tmp_path))
+    metadata = pq.ParquetFile(tmp_path / name).metadata
+    assert metadata.num_row_groups == 3
+    for run in ("r1", "r2", "r3"):
+        segment = ColdSegment("acme", run, 1, 6000, root.url, (name,))
+        by_groups = reader.read_segment_sync(segment)
+        assert by_groups == reader.read_segment_sync(segment, whole_files=True)
+        assert [row[2] for row in by_groups] == [f'{{"n":{seq}}}' for seq in range(1, 6001)]
+    holding = [i for i in range(3) if _may_hold(metadata.row_group(i), ("acme", "r2"))]
+    assert holding == [0, 1]
+    assert [i for i in range(3) if _may_hold(metadata.row_group(i), ("acme", "r9"))] == []
