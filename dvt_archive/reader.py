@@ -8,6 +8,7 @@ from collections import OrderedDict
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dvt_archive.files import ColdRoot, decode, open_root
@@ -81,6 +82,9 @@ class ParquetColdReader(ColdEventReader):
                 groups = [i for i in range(parquet.num_row_groups)
                           if _may_hold(parquet.metadata.row_group(i), key)]
                 table = parquet.read_row_groups(groups, columns=list(INDEX_COLUMNS))
+            # Filtered in Arrow: only the run's rows become Python objects.
+            table = table.filter(pc.and_(pc.equal(table.column("tenant_id"), key[0]),
+                                         pc.equal(table.column("run_id"), key[1])))
         except (pa.ArrowException, ValueError) as exc:
             raise ArchiveCorrupt("an archive file is not readable Parquet",
                                  details={"file": name}) from exc
