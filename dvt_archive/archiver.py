@@ -43,7 +43,7 @@ from dvt_archive.files import (
     sha256,
     table_of,
 )
-from dvt_engine.errors import ArchiveBusy, ArchiveCorrupt, StoreUnavailable
+from dvt_engine.errors import ArchiveBusy, ArchiveCorrupt, StoreUnavailable, UsageError
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.projector import apply
 from dvt_statestore_pg.config import parse_store_url
@@ -51,7 +51,6 @@ from dvt_statestore_pg.core import event_with_seq
 
 #: Runs per batch (one Parquet file per tenant and day of each batch).
 BATCH_RUNS = 1000
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 #: The points of a pass, in order, at which ``on_stage`` is called (and a crash is tested).
 STAGES = ("journaled", "written", "verified", "manifested", "deleted", "committed")
 
@@ -172,8 +171,6 @@ def parse_age(text: str) -> timedelta:
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     value, unit = text[:-1], text[-1:]
     if unit not in units or not value.isdigit():
-        from dvt_engine.errors import UsageError
-
         raise UsageError(f"--older-than takes a number and d, h, m or s (e.g. 90d), not {text!r}")
     return timedelta(seconds=int(value) * units[unit])
 
