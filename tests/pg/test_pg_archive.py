@@ -105,7 +105,8 @@ async def test_events_after_archiving_stay_hot_and_are_archived_again(
 
 
 async def test_export_of_a_period_equals_the_events_of_that_period(
-    pg_store: PostgresRunStateStore, pg_store_url: str, tmp_path: Path,
+    pg_store: PostgresRunStateStore, pg_store_url: str, pg_dsn: str, pg_schema: str,
+    tmp_path: Path,
 ) -> None:
     runs = await seed_runs(pg_store, ["linear-chain", "diamond", "one-step"], "export")
     tenant = runs[0][0]
@@ -115,14 +116,21 @@ async def test_export_of_a_period_equals_the_events_of_that_period(
     expected = sorted((e for e in events if e.persisted_at and start <= e.persisted_at < end),
                       key=lambda e: (e.persisted_at, e.run_id, e.run_seq))
     await drain_outbox(pg_store)
-    # Half of the runs go cold: the export reads both tiers.
-    await archive_runs(pg_store_url, str(tmp_path / "cold"), older_than=timedelta(0),
-                       tenant_id=tenant, batch_runs=1)
+    # The last run (the latest events) goes cold, the others stay hot: both tiers are read.
+    cold_run = runs[-1]
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(f'UPDATE "{pg_schema}".dvt_runs SET updated_at = updated_at - interval'
+                     " '2 days' WHERE tenant_id = %s AND run_id = %s", cold_run)
+    moved = await archive_runs(pg_store_url, str(tmp_path / "cold"), older_than=timedelta(days=1),
+                               tenant_id=tenant)
+    assert moved.runs == 1
     report = await export_events(pg_store_url, tenant, start, end, str(tmp_path / "out"))
     lines = (tmp_path / "out" / "events.jsonl").read_text().splitlines()
     assert lines == [e.model_dump_json(exclude_none=True) for e in expected]
     assert report.rows == len(expected)
-    assert report.cold_rows == len(expected)
+    assert report.cold_rows == sum(1 for e in expected if (e.tenant_id, e.run_id) == cold_run)
+    assert report.cold_rows > 0
+    assert report.hot_rows > 0
     data = json.loads((tmp_path / "out" / "manifest.json").read_text())
     digest = hashlib.sha256((tmp_path / "out" / "events.jsonl").read_bytes()).hexdigest()
     assert data["files"] == [{"path": "events.jsonl", "rows": len(expected),
