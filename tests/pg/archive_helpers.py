@@ -11,6 +11,7 @@ import psycopg
 import pyarrow.parquet as pq
 
 from contract_tests.scenarios import execute_scenario, get_scenario
+from dvt_engine.archive import ColdEventReader
 from dvt_engine.checksum import snapshot_checksum
 from dvt_engine.plugins import open_engine
 from dvt_statestore_pg.store import PostgresRunStateStore
@@ -58,8 +59,22 @@ async def stream(store: PostgresRunStateStore, tenant: str, run: str, count: int
     return seen
 
 
-async def read_all(store: PostgresRunStateStore, runs: Iterable[RunKey]) -> dict[RunKey, Reads]:
-    """What fetch_events, follow, get_snapshot and project give for each run."""
+async def read_all(store: PostgresRunStateStore, runs: Iterable[RunKey],
+                   cold: ColdEventReader | None = None) -> dict[RunKey, Reads]:
+    """What fetch_events, follow, get_snapshot and project give for each run, read by a fresh
+    store on ``store``'s URL (a store's cache of run states would hide what is stored), with
+    ``cold`` attached when given."""
+    fresh = await PostgresRunStateStore.open(store.url)
+    if cold is not None:
+        fresh.attach_cold_reader(cold)
+    try:
+        return await _read_all(fresh, runs)
+    finally:
+        await fresh.close()
+
+
+async def _read_all(store: PostgresRunStateStore, runs: Iterable[RunKey]
+                    ) -> dict[RunKey, Reads]:
     reads = {}
     for tenant, run in runs:
         events = [e.model_dump_json() for e in await store.fetch_events(tenant, run)]

@@ -28,9 +28,9 @@ async def test_runs_archived_to_s3_read_identically(
     assert set(hot_counts(pg_dsn, pg_schema, runs).values()) == {0}
 
     # The store reads the bucket with the credentials it is given (never from the registry).
-    pg_store.attach_cold_reader(ParquetColdReader(dvt_s3_artifacts_url, **options))
-    assert await read_all(pg_store, runs) == before
+    reader = ParquetColdReader(dvt_s3_artifacts_url, **options)
+    assert await read_all(pg_store, runs, reader) == before
     rebuilt = await rebuild_from_cold(pg_store_url, **options)
     assert rebuilt.differed == []
     assert rebuilt.runs == len(runs)
-    assert await read_all(pg_store, runs) == before
+    assert await read_all(pg_store, runs, reader) == before
