@@ -8,6 +8,7 @@ failure after the server acted looks like to a client.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -92,8 +93,6 @@ class TcpProxy:
 
 def _close(*sockets: socket.socket) -> None:
     for s in sockets:
-        try:
+        with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         s.close()

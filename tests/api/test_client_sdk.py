@@ -91,7 +91,8 @@ def test_stream_resumes_after_cut_connections_without_gap_or_repeat(
         # (A later cut may find the rest of the run already in the client's buffer.)
         assert len(streams) >= 2
         resumed = [_last_event_id(h) for h in streams]
-        assert resumed[0] is None and all(r is not None for r in resumed[1:])
+        assert resumed[0] is None
+        assert all(r is not None for r in resumed[1:])
         approval = next(e.run_seq for e in seen if e.event_type == "StepAwaitingApproval")
         assert resumed[1] == approval
         _assert_log_once(seen, list(direct.runs.events(run.run_id)))
@@ -131,20 +132,24 @@ def test_pause_resume_approve_and_refusals_are_typed(api_server: ApiServer, key:
         assert dvt.runs.resume(run.run_id).decision == "accepted"
         with pytest.raises(InvalidRequest) as bad_step:
             dvt.runs.approve(run.run_id, "no-such-step")
-        assert bad_step.value.code == "STEP_NOT_FOUND" and bad_step.value.status == 422
+        assert bad_step.value.code == "STEP_NOT_FOUND"
+        assert bad_step.value.status == 422
         answer = dvt.runs.approve(run.run_id, "signoff")
-        assert answer.decision == "accepted" and answer.run_seq is not None
+        assert answer.decision == "accepted"
+        assert answer.run_seq is not None
         assert dvt.runs.wait(run.run_id).status == "COMPLETED"
         with pytest.raises(Conflict) as terminal:
             dvt.runs.cancel(run.run_id)
         assert terminal.value.code == "RUN_TERMINAL"
         with pytest.raises(NotFound) as missing:
             dvt.runs.get("no-such-run")
-        assert missing.value.code == "RUN_NOT_FOUND" and missing.value.request_id
+        assert missing.value.code == "RUN_NOT_FOUND"
+        assert missing.value.request_id
     with Client(api_server.base_url, "dvt_sk_wrong") as stranger, \
             pytest.raises(Unauthenticated) as denied:
         stranger.runs.get(run.run_id)
-    assert denied.value.code == "UNAUTHENTICATED" and denied.value.status == 401
+    assert denied.value.code == "UNAUTHENTICATED"
+    assert denied.value.status == 401
 
 
 def test_run_list_pages_are_iterated_newest_first(api_server: ApiServer, key: str) -> None:
@@ -160,9 +165,11 @@ def test_plans_store_validate_and_run_by_reference(api_server: ApiServer, key: s
     plan = chain_plan(2, plan_id="by-ref")
     with Client(api_server.base_url, key) as dvt:
         report = dvt.plans.validate(plan)
-        assert report.ok and report.plan_id == "by-ref"
+        assert report.ok
+        assert report.plan_id == "by-ref"
         broken = dvt.plans.validate({"planId": "x"})
-        assert not broken.ok and broken.issues
+        assert not broken.ok
+        assert broken.issues
         ref = dvt.plans.store(plan)
         assert dvt.plans.store(plan) == ref
         assert dvt.runs.wait(dvt.runs.create(plan_ref=ref).run_id).status == "COMPLETED"
