@@ -27,6 +27,8 @@ class TcpProxy:
         self._drop_answers = 0
         self.connections = 0
         self.dropped_answers = 0
+        #: While set, new connections are accepted and closed at once (the peer is "down").
+        self.refusing = False
         #: What clients sent, chunk by chunk (requests, headers included).
         self.sent: list[bytes] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -60,6 +62,9 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.refusing:
+                _close(client)
+                continue
             server = socket.create_connection(self._target)
             with self._lock:
                 self._open.append((client, server))
