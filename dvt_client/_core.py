@@ -187,5 +187,6 @@ class SseParser:
                 yield message
 
 
-#: Transport failures after which a safe request is sent again.
-RETRYABLE_TRANSPORT = (httpx.TransportError,)
+#: Transport failures after which a safe request is sent again: the network, a timeout, or a
+#: connection the server closed mid-answer (not a bad URL or a request httpx cannot send).
+RETRYABLE_TRANSPORT = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
