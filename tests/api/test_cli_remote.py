@@ -176,7 +176,9 @@ def test_remote_signals_steer_a_run_of_the_service(remote_dvt: Any) -> None:
     paused = remote_dvt("signal", "r-gate", "pause", "--json")
     assert paused.code == 0, paused
     assert paused.json()["decision"]["accepted"] is True
+    assert remote_dvt("events", "r-gate", "--until", "RunPaused").code == 0
     assert remote_dvt("signal", "r-gate", "resume").code == 0
+    assert remote_dvt("events", "r-gate", "--until", "RunResumed").code == 0
     approved = remote_dvt("signal", "r-gate", "approve", gate["stepId"])
     assert approved.code == 0, approved
     assert "APPROVE_STEP accepted" in approved.stdout

@@ -33,4 +33,6 @@ def test_readme_client_example_runs_as_written(api_server: ApiServer, tmp_path: 
     types = [e[1] for e in events]
     for expected in ("StepAwaitingApproval", "RunPaused", "RunResumed", "RunCompleted"):
         assert expected in types, types
-    assert types.index("RunPaused") < types.index("RunResumed") < types.index("RunCompleted")
+    assert types.index("StepAwaitingApproval") < types.index("RunPaused") < \
+        types.index("RunResumed") < types.index("RunCompleted")
+    assert types.count("RunPaused") == 1

@@ -125,12 +125,14 @@ def test_create_without_retries_reports_the_lost_answer(
 def test_pause_resume_approve_and_refusals_are_typed(api_server: ApiServer, key: str) -> None:
     with Client(api_server.base_url, key) as dvt:
         run = dvt.runs.create(gated_plan())
-        for event in dvt.runs.stream(run.run_id):
-            if event.event_type == "StepAwaitingApproval":
-                break
+        events = dvt.runs.stream(run.run_id)
+        next(e for e in events if e.event_type == "StepAwaitingApproval")
         assert dvt.runs.pause(run.run_id, reason="window").decision == "accepted"
+        # The engine pauses the run after deciding the signal: wait for it in the stream.
+        next(e for e in events if e.event_type == "RunPaused")
         assert dvt.runs.get(run.run_id).status == "PAUSED"
         assert dvt.runs.resume(run.run_id).decision == "accepted"
+        next(e for e in events if e.event_type == "RunResumed")
         with pytest.raises(InvalidRequest) as bad_step:
             dvt.runs.approve(run.run_id, "no-such-step")
         assert bad_step.value.code == "STEP_NOT_FOUND"

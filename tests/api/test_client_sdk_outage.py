@@ -60,12 +60,13 @@ def test_rate_limited_signals_wait_retry_after_then_raise(server: ApiServer) -> 
     with Client(server.base_url, key, sleep=waits.append,
                 retry=RetryPolicy(max_attempts=3)) as dvt:
         run = dvt.runs.create(gated_plan())
-        for event in dvt.runs.stream(run.run_id):
-            if event.event_type == "StepAwaitingApproval":
-                break
+        events = dvt.runs.stream(run.run_id)
+        next(e for e in events if e.event_type == "StepAwaitingApproval")
         for _ in range(SIGNALS_PER_MINUTE // 2):
             dvt.runs.pause(run.run_id)
+            next(e for e in events if e.event_type == "RunPaused")
             dvt.runs.resume(run.run_id)
+            next(e for e in events if e.event_type == "RunResumed")
         assert waits == []
         with pytest.raises(RateLimited) as limited:
             dvt.runs.approve(run.run_id, "signoff")
