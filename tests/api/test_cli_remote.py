@@ -88,7 +88,8 @@ def _normalised(text: str) -> list[str]:
     for line in text.splitlines():
         if line.startswith(("duration ", "checksum ")):
             continue
-        lines.append(re.sub(r"run \S+ ", "run RUN ", line))
+        # Parallel steps may interleave differently in two runs: their runSeq goes too.
+        lines.append(re.sub(r"^\[\s*\d+\] ", "", re.sub(r"run \S+ ", "run RUN ", line)))
     return lines
 
 
