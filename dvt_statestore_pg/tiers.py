@@ -1,4 +1,4 @@
-"""Reads across tiers: a run's events from the cold archive (migration 0010) and the hot log.
+"""Reads across tiers: a run's events from the cold archive (migration 0008) and the hot log.
 
 ``dvt archive`` moves the events of finished, idle runs to Parquet files and records each
 move as a segment (runSeq range, files) in dvt_archived_runs, in the transaction that deletes
