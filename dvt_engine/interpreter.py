@@ -33,10 +33,11 @@ from dvt_engine.models.run import RunStatus, StepStatus, StepSubstatus
 from dvt_engine.models.signals import SignalType
 from dvt_engine.models.snapshot import RunSnapshot, StepError
 from dvt_engine.rules import cancel as cancel_rules
+from dvt_engine.rules import concurrency, joins, scheduling
+from dvt_engine.rules import conditions as condition_rules
 from dvt_engine.rules import failure as failure_rules
 from dvt_engine.rules import gates as gate_rules
 from dvt_engine.rules import pause as pause_rules
-from dvt_engine.rules import scheduling
 from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON as FAIL_FAST_GATE_REASON
 from dvt_engine.rules.gates import GATE_TIMER_PREFIX as GATE_TIMER_PREFIX
 from dvt_engine.rules.settlement import (
@@ -103,14 +104,28 @@ class RunInterpreter:
     steps: dict[str, StepState] = field(default_factory=dict)
     cancel_in_flight_on_pause: bool = False
     paused_cancellations: set[str] = field(default_factory=set)
+    #: Outputs of the steps that some condition reads (plan v1.3), by step id.
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     _ready: ReadySteps = field(init=False, repr=False, compare=False)
     _in_flight: set[str] = field(init=False, repr=False, compare=False)
+    _read_by_conditions: set[str] = field(init=False, repr=False, compare=False)
+    _v13: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._in_flight = set()
         self._ready = ReadySteps(
-            self.plan.steps, {s.step_id: StepStatus.PENDING for s in self.plan.steps})
+            self.plan.steps, {s.step_id: StepStatus.PENDING for s in self.plan.steps},
+            needed=joins.needed_counts(self.plan),
+            skipped_satisfies=not self.plan.metadata.cascades_skips)
+        # Plan v1.3 decisions (conditions, limits, joins) make a start depend on more than
+        # readiness; plans without them keep the v1.2 path unchanged.
+        self._read_by_conditions = {
+            ref for s in self.plan.steps if s.when
+            for ref in condition_rules.referenced_steps(s.when)}
+        self._v13 = (concurrency.is_bounded(self.plan) or bool(self._read_by_conditions)
+                     or any(s.when for s in self.plan.steps)
+                     or joins.uses_joins_or_cascade(self.plan))
         given, self.steps = self.steps, _StepStates(self)
         for step_id, state in given.items():
             self.steps[step_id] = state
@@ -142,6 +157,10 @@ class RunInterpreter:
         """Steps running now (including waiting gates), in plan order."""
         return sorted(self._in_flight, key=self._ready.position.__getitem__)
 
+    def reads_output(self, step_id: str) -> bool:
+        """True when a condition of the plan reads this step's output (engines pass it in)."""
+        return step_id in self._read_by_conditions
+
     def spec(self, step_id: str) -> StepSpec:
         """The plan's spec of a step."""
         return self.plan.step(step_id)
@@ -169,6 +188,7 @@ class RunInterpreter:
         logical_attempt_id: int,
         outcome: StepSettlement,
         error: StepError | None = None,
+        output: Any = None,
     ) -> list[Command]:
         """A logical attempt ended (its final event, if any, is already in the log)."""
         state = self.steps[step_id]
@@ -186,6 +206,8 @@ class RunInterpreter:
             state.logical_attempt_id += 1
             return self.advance()
         state.status = step_status_after(outcome)
+        if outcome == "succeeded" and step_id in self._read_by_conditions:
+            self.outputs[step_id] = output
         commands: list[Command] = []
         if records_failure(outcome):
             if self.failure is None:
@@ -194,11 +216,13 @@ class RunInterpreter:
         return commands + self.advance()
 
     def settle(
-        self, step_id: str, logical_attempt_id: int, status: str, error: StepError | None = None
+        self, step_id: str, logical_attempt_id: int, status: str, error: StepError | None = None,
+        output: Any = None,
     ) -> list[Command]:
         """``step_settled`` for a step runner outcome status (the settlement rule maps it)."""
         settled = settlement_of(status, error)
-        return self.step_settled(step_id, logical_attempt_id, settled.outcome, settled.error)
+        return self.step_settled(step_id, logical_attempt_id, settled.outcome, settled.error,
+                                 output)
 
     def signal_accepted(
         self,
@@ -340,6 +364,10 @@ class RunInterpreter:
         if self.is_finished or not scheduling.starts_new_steps(
                 self.status, cancel_requested=self.cancel_requested, failing_fast=failing_fast):
             return []
+        if self._v13:
+            # What advance() would start, decided on a copy (skips may free later steps).
+            probe = RunInterpreter.from_cursor(self.plan, self.to_cursor())
+            return [c.step_id for c in probe._decide() if isinstance(c, StartStep)]
         return scheduling.steps_to_start_now(self._ready, self._in_flight)
 
     def would_start(self, step_id: str) -> bool:
@@ -360,22 +388,29 @@ class RunInterpreter:
                 return []
             return self._finish(EventType.RUN_FAILED, dict(self.failure or {}))
         commands: list[Command] = []
-        for step_id in self.startable():
-            state = self.steps[step_id]
-            state.status = StepStatus.RUNNING
-            state.in_flight = True
-            commands.append(StartStep(step_id, state.logical_attempt_id))
-        if commands or running or self.status != RunStatus.RUNNING:
+        if self._v13:
+            commands = self._decide()
+            running = self.in_flight()
+        else:
+            for step_id in self.startable():
+                state = self.steps[step_id]
+                state.status = StepStatus.RUNNING
+                state.in_flight = True
+                commands.append(StartStep(step_id, state.logical_attempt_id))
+        if any(isinstance(c, StartStep) for c in commands) or running \
+                or self.status != RunStatus.RUNNING:
             return commands
         statuses = self.statuses()
         if scheduling.is_complete(statuses):
-            return self._finish(EventType.RUN_COMPLETED, scheduling.completion_payload(statuses))
+            return [*commands, *self._finish(EventType.RUN_COMPLETED,
+                                             scheduling.completion_payload(statuses))]
         if not self.awaiting_operator:
             # awaitOperator: nothing can progress until RETRY_STEP, SKIP_STEP or CANCEL.
             self.awaiting_operator = True
             self.operator_ordinal += 1
             failed = [sid for sid, st in statuses.items() if st == StepStatus.FAILED]
             return [
+                *commands,  # plan v1.3 skips decided just before
                 WriteRunEvent(
                     RUN_AWAITING_OPERATOR,
                     {"ordinal": self.operator_ordinal, "failedSteps": failed},
@@ -386,7 +421,51 @@ class RunInterpreter:
                     self.plan.metadata.operator_timeout_ms,
                 ),
             ]
-        return []
+        return commands
+
+    def _decide(self) -> list[Command]:
+        """Plan v1.3 starts: skips (cascade, false conditions, join losers), then the ready
+        steps that fit the limits, in plan order, until nothing changes. Mutates the state."""
+        commands: list[Command] = []
+        while True:
+            skips = [(sid, condition_rules.cascade_reason(deps)) for sid, deps in
+                     joins.cascaded(self.plan, self.statuses(), self._in_flight)]
+            if not skips:
+                ready = scheduling.steps_to_start_now(self._ready, self._in_flight)
+                starts: list[str] = []
+                for step_id in ready:
+                    spec = self.spec(step_id)
+                    if spec.when is None:
+                        starts.append(step_id)
+                        continue
+                    context = condition_rules.condition_context(
+                        self.plan, step_id, self.statuses(), self.outputs)
+                    value, error = condition_rules.evaluate(spec.when, context)
+                    if value:
+                        starts.append(step_id)
+                    else:
+                        skips.append((step_id, condition_rules.skip_reason(spec.when, error)))
+                if not skips:
+                    for step_id in concurrency.within_limits(self.plan, starts, self._in_flight):
+                        commands += self._start(step_id)
+                    return commands
+            for step_id, reason in skips:
+                state = self.steps[step_id]
+                state.status = StepStatus.SKIPPED
+                commands.append(WriteStepEvent(EventType.STEP_SKIPPED, step_id,
+                                               state.logical_attempt_id, {"reason": reason}))
+
+    def _start(self, step_id: str) -> list[Command]:
+        state = self.steps[step_id]
+        state.status = StepStatus.RUNNING
+        state.in_flight = True
+        commands: list[Command] = [StartStep(step_id, state.logical_attempt_id)]
+        for loser in joins.losers_to_skip(self.spec(step_id), self.statuses(), self._in_flight):
+            lost = self.steps[loser]
+            lost.status = StepStatus.SKIPPED
+            commands.append(WriteStepEvent(EventType.STEP_SKIPPED, loser, lost.logical_attempt_id,
+                                           {"reason": joins.loser_reason(step_id)}))
+        return commands
 
     # --- rebuilt interpreters (an engine that keeps no interpreter between moves) -------
     def waiting_gates(self) -> list[str]:
@@ -454,6 +533,7 @@ class RunInterpreter:
             "failure": self.failure,
             "cancelInFlightOnPause": self.cancel_in_flight_on_pause,
             "pausedCancellations": sorted(self.paused_cancellations),
+            **({"outputs": dict(self.outputs)} if self.outputs else {}),
             "steps": {
                 sid: [str(st.status), st.logical_attempt_id, st.in_flight, st.awaiting_approval]
                 for sid, st in self.steps.items()
@@ -475,6 +555,7 @@ class RunInterpreter:
             failure=cursor.get("failure"),
             cancel_in_flight_on_pause=bool(cursor.get("cancelInFlightOnPause", False)),
             paused_cancellations=set(cursor.get("pausedCancellations", ())),
+            outputs=dict(cursor.get("outputs") or {}),
         )
         for sid, (status, attempt, in_flight, awaiting) in cursor["steps"].items():
             interp.steps[sid] = StepState(StepStatus(status), int(attempt), bool(in_flight),
@@ -504,6 +585,8 @@ class RunInterpreter:
                 in_flight=step.status == StepStatus.RUNNING,
                 awaiting_approval=step.substatus == StepSubstatus.AWAITING_APPROVAL,
             )
+            if step.status == StepStatus.SUCCESS and step.step_id in interp._read_by_conditions:
+                interp.outputs[step.step_id] = step.output
             if step.status == StepStatus.FAILED and interp.failure is None and step.error:
                 interp.failure = failure_rules.run_failure(step.step_id, step.error)
         return interp

@@ -26,6 +26,7 @@ from dvt_engine.planning.checks import (
 )
 from dvt_engine.planning.document import load_document, version_problems
 from dvt_engine.planning.first_error import validate_plan_document
+from dvt_engine.planning.flow_checks import flow_problems
 from dvt_engine.planning.params import params_problems
 from dvt_engine.planning.problems import PlanInput, Problem, digest_of, safe, show
 
@@ -40,6 +41,12 @@ FIELD_INTRODUCED_IN: Mapping[tuple[str, str], str] = {
     ("metadata", "fallbackBehavior"): "v1.2",
     ("metadata", "targetAdapter"): "v1.2",
     ("step", "taskQueue"): "v1.2",
+    ("metadata", "maxParallel"): "v1.3",
+    ("metadata", "concurrencyGroups"): "v1.3",
+    ("metadata", "skipRule"): "v1.3",
+    ("step", "concurrencyGroup"): "v1.3",
+    ("step", "join"): "v1.3",
+    ("step", "when"): "v1.3",
 }
 
 def _plan_document(plan: ExecutionPlan) -> dict[str, Any]:
@@ -212,7 +219,10 @@ def build_validation_report(
             problems += dag_problems(doc)
             problems += secret_literal_problems(doc)
             if not problems:
-                problems += model_problems(doc)[1]
+                model, found = model_problems(doc)
+                problems += found
+                if model is not None:
+                    problems += flow_problems(model)
             problems += _version_warnings(doc)
             problems += _kind_problems(doc, kinds)
             problems += params_problems(doc, params_schemas or {})
