@@ -16,7 +16,15 @@ from dvt_engine.models.validation import (
     CapabilityResolution,
     ValidationReport,
 )
-from dvt_engine.planning.capabilities import ALL_CAPABILITIES, emulation_for
+from dvt_engine.planning.capabilities import (
+    ALL_CAPABILITIES,
+    FLOW_BOUNDED_CONCURRENCY,
+    FLOW_CONDITIONS,
+    FLOW_FEATURES,
+    FLOW_PARTIAL_JOIN,
+    emulation_for,
+    flow_support,
+)
 from dvt_engine.planning.checks import (
     dag_problems,
     identifier_problems,
@@ -183,8 +191,22 @@ def _capability_check(
         missing=missing,
         fallback_behavior=fallback,
         resolution=resolution,
+        flow_features=flow_support(engine, _flow_features_used(doc)),
     )
     return check, problems
+
+
+def _flow_features_used(doc: dict[str, Any]) -> tuple[str, ...]:
+    """The plan v1.3 flow features a plan document uses, in FLOW_FEATURES order."""
+    metadata = doc["metadata"]
+    steps = [s for s in doc.get("steps") or () if isinstance(s, dict)]
+    used = {
+        FLOW_BOUNDED_CONCURRENCY: "maxParallel" in metadata or "concurrencyGroups" in metadata,
+        FLOW_PARTIAL_JOIN: any("join" in s and s["join"] not in ("all", {"mode": "all"})
+                               for s in steps),
+        FLOW_CONDITIONS: any("when" in s for s in steps),
+    }
+    return tuple(f for f in FLOW_FEATURES if used[f])
 
 
 def build_validation_report(

@@ -34,7 +34,8 @@ _INDEXED = re.compile(r"\bsteps\s*\[\s*(?:\"([^\"]*)\"|'([^']*)')\s*\]")
 
 @dataclass(frozen=True)
 class ConditionProblem:
-    """Why a condition is refused at validation: ``syntax``, ``variable`` or ``step``."""
+    """Why a condition is refused at validation: ``syntax``, ``variable``, ``type`` (over
+    params alone, evaluated at validation) or ``step``."""
 
     problem: str
     message: str
@@ -85,9 +86,15 @@ def condition_problems(plan: ExecutionPlan, step: StepSpec) -> list[ConditionPro
                          "params and steps", name)
         for name in sorted(set(program.variables()) - CONDITION_VARIABLES)
     ]
+    refs = referenced_steps(step.when)
+    if not problems and "steps" not in program.variables():
+        # Over params alone the value is known now: a type error is found here, not at run time.
+        _, error = evaluate(step.when, {"params": dict(plan.params)})
+        if error is not None:
+            problems.append(ConditionProblem("type", error))
     readable = settled_before(plan, step.step_id)
     known = set(plan.step_ids)
-    for ref in referenced_steps(step.when):
+    for ref in refs:
         if ref not in known:
             problems.append(ConditionProblem("step", f"unknown step {ref!r}", ref))
         elif ref not in readable:
