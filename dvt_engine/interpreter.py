@@ -6,8 +6,9 @@ happened (a step settled, a signal was accepted, a timer fired) and carries out 
 returns, in order. Because the same inputs always give the same commands, every engine writes the
 same events in the same order.
 
-A little over 500 lines on purpose: the decisions and the incremental bookkeeping they read
-(ready set, in-flight steps) change together; the rules themselves live in dvt_engine/rules.
+About 600 lines on purpose: the decisions and the incremental bookkeeping they read (ready
+set, in-flight steps, and for plan v1.3 the outputs conditions read) change together; the rules
+themselves (limits, joins, conditions included) live in dvt_engine/rules.
 """
 
 from __future__ import annotations
@@ -424,48 +425,44 @@ class RunInterpreter:
         return commands
 
     def _decide(self) -> list[Command]:
-        """Plan v1.3 starts: skips (cascade, false conditions, join losers), then the ready
-        steps that fit the limits, in plan order, until nothing changes. Mutates the state."""
+        """Plan v1.3 moves, pass after pass in plan order until a pass skips nothing: cascaded
+        skips first, then each ready step that fits the limits starts or, its condition false,
+        is skipped (a skip can ready more steps). Each condition is evaluated once."""
         commands: list[Command] = []
         while True:
-            skips = [(sid, condition_rules.cascade_reason(deps)) for sid, deps in
-                     joins.cascaded(self.plan, self.statuses(), self._in_flight)]
-            if not skips:
-                ready = scheduling.steps_to_start_now(self._ready, self._in_flight)
-                starts: list[str] = []
-                for step_id in ready:
-                    spec = self.spec(step_id)
-                    if spec.when is None:
-                        starts.append(step_id)
+            cascades = joins.cascaded(self.plan, self.statuses(), self._in_flight)
+            for step_id, deps in cascades:
+                commands.append(self._skip(step_id, condition_rules.cascade_reason(deps)))
+            if cascades:
+                continue
+            skipped = False
+            for step_id in scheduling.steps_to_start_now(self._ready, self._in_flight):
+                if self.steps[step_id].status != StepStatus.PENDING or \
+                        not concurrency.fits(self.plan, step_id, self._in_flight):
+                    continue  # a join's loser earlier in this pass, or no slot
+                spec = self.spec(step_id)
+                if spec.when is not None:
+                    value, error = condition_rules.evaluate(spec.when, condition_rules.
+                        condition_context(self.plan, step_id, self.statuses(), self.outputs))
+                    if not value:
+                        commands.append(self._skip(
+                            step_id, condition_rules.skip_reason(spec.when, error)))
+                        skipped = True
                         continue
-                    context = condition_rules.condition_context(
-                        self.plan, step_id, self.statuses(), self.outputs)
-                    value, error = condition_rules.evaluate(spec.when, context)
-                    if value:
-                        starts.append(step_id)
-                    else:
-                        skips.append((step_id, condition_rules.skip_reason(spec.when, error)))
-                if not skips:
-                    for step_id in concurrency.within_limits(self.plan, starts, self._in_flight):
-                        commands += self._start(step_id)
-                    return commands
-            for step_id, reason in skips:
                 state = self.steps[step_id]
-                state.status = StepStatus.SKIPPED
-                commands.append(WriteStepEvent(EventType.STEP_SKIPPED, step_id,
-                                               state.logical_attempt_id, {"reason": reason}))
+                state.status, state.in_flight = StepStatus.RUNNING, True
+                commands.append(StartStep(step_id, state.logical_attempt_id))
+                for loser in joins.losers_to_skip(spec, self.statuses(), self._in_flight):
+                    commands.append(self._skip(loser, joins.loser_reason(step_id)))
+                    skipped = True
+            if not skipped:
+                return commands
 
-    def _start(self, step_id: str) -> list[Command]:
+    def _skip(self, step_id: str, reason: str) -> WriteStepEvent:
         state = self.steps[step_id]
-        state.status = StepStatus.RUNNING
-        state.in_flight = True
-        commands: list[Command] = [StartStep(step_id, state.logical_attempt_id)]
-        for loser in joins.losers_to_skip(self.spec(step_id), self.statuses(), self._in_flight):
-            lost = self.steps[loser]
-            lost.status = StepStatus.SKIPPED
-            commands.append(WriteStepEvent(EventType.STEP_SKIPPED, loser, lost.logical_attempt_id,
-                                           {"reason": joins.loser_reason(step_id)}))
-        return commands
+        state.status = StepStatus.SKIPPED
+        return WriteStepEvent(EventType.STEP_SKIPPED, step_id, state.logical_attempt_id,
+                              {"reason": reason})
 
     # --- rebuilt interpreters (an engine that keeps no interpreter between moves) -------
     def waiting_gates(self) -> list[str]:

@@ -130,6 +130,15 @@ def test_random_bounded_plans_keep_the_v13_invariants(document: dict[str, Any]) 
         if decided == 0:
             continue  # skipped before its condition was due (cascade or a join's loser)
         assert decided == 1, f"{sid}'s condition was decided {decided} times"
-        context = {"params": document["params"],
-                   "steps": {ref: {"output": out} for ref, out in outputs.items()}}
-        assert bool(started[sid]) == cel.evaluate(step["when"], context), sid
+        assert bool(started[sid]) == _condition(step["when"], document["params"], outputs), sid
+
+
+def _condition(expression: str, params: dict[str, Any], outputs: dict[str, Any]) -> bool:
+    """The condition evaluated apart from dvt: a skipped step has no output, and a condition
+    that cannot be evaluated counts as false."""
+    context = {"params": params, "steps": {
+        f"s{i}": {"output": outputs.get(f"s{i}")} for i in range(10)}}
+    try:
+        return cel.evaluate(expression, context) is True
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return False

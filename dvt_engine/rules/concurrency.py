@@ -3,13 +3,14 @@
 Among the ready steps the run starts, in plan order, each one that fits: fewer than
 ``maxParallel`` steps in flight (waiting approval gates included: a slot is held from StepStarted
 until the step settles) and fewer than its ``concurrencyGroup``'s limit in flight in that group.
-A step that does not fit waits; one later in plan order that fits may start before it.
+A step that does not fit waits; one later in plan order that fits may start before it. A step
+with a condition is decided (its condition evaluated) only once it fits, so a condition is
+evaluated exactly once, and a false one never holds a slot.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection
 
 from dvt_engine.models.plan import ExecutionPlan
 
@@ -19,25 +20,13 @@ def is_bounded(plan: ExecutionPlan) -> bool:
     return plan.metadata.max_parallel is not None or bool(plan.metadata.group_limits)
 
 
-def within_limits(
-    plan: ExecutionPlan, ready: Sequence[str], in_flight: Iterable[str]
-) -> list[str]:
-    """The ready steps that may start now, in plan order, given what is already in flight."""
-    if not is_bounded(plan):
-        return list(ready)
-    limits = plan.metadata.group_limits
-    running = list(in_flight)
-    total = len(running)
-    per_group = Counter(plan.step(s).concurrency_group for s in running)
-    chosen: list[str] = []
-    for step_id in ready:
-        cap = plan.metadata.max_parallel
-        if cap is not None and total >= cap:
-            break
-        group = plan.step(step_id).concurrency_group
-        if group is not None and group in limits and per_group[group] >= limits[group]:
-            continue
-        chosen.append(step_id)
-        total += 1
-        per_group[group] += 1
-    return chosen
+def fits(plan: ExecutionPlan, step_id: str, in_flight: Collection[str]) -> bool:
+    """True when ``step_id`` may start beside the steps in flight (maxParallel, its group)."""
+    cap = plan.metadata.max_parallel
+    if cap is not None and len(in_flight) >= cap:
+        return False
+    group = plan.step(step_id).concurrency_group
+    limit = plan.metadata.group_limits.get(group) if group is not None else None
+    if limit is None:
+        return True
+    return sum(1 for s in in_flight if plan.step(s).concurrency_group == group) < limit
