@@ -9,6 +9,9 @@ outputs and params, and a random skipRule. From the run's event log (log order):
 - every step settles exactly once (one StepCompleted or one StepSkipped; nothing fails);
 - every step with a condition was decided once (started once, or skipped once), and the
   decision equals the condition evaluated independently over the outputs in the log.
+
+The same plans also go straight through the interpreter with steps settling in random orders
+(many more examples): limits hold after every move and each condition is evaluated once.
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ from collections import Counter
 from typing import Any
 
 import cel
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contract_tests.catalogue import as_scenario
 from contract_tests.driver import execute_scenario
 from dvt_engine.engines.reference import ReferenceEngine
+from dvt_engine.interpreter import Finish, RunInterpreter, StartStep
 from dvt_engine.models.events import Event
+from dvt_engine.models.run import StepStatus
 from dvt_engine.planning import validate_plan_document
+from dvt_engine.rules import conditions as condition_rules
 from dvt_engine.rules.conditions import settled_before
 from dvt_engine.stores.memory import MemoryRunStateStore
 
@@ -142,3 +149,39 @@ def _condition(expression: str, params: dict[str, Any], outputs: dict[str, Any])
         return cel.evaluate(expression, context) is True
     except (KeyError, TypeError, ValueError, RuntimeError):
         return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(bounded_plans(), st.randoms(use_true_random=False))
+def test_the_interpreter_keeps_limits_in_any_settlement_order(
+    document: dict[str, Any], rnd: Any
+) -> None:
+    """The same invariants straight on the interpreter, steps settling in a random order."""
+    plan = validate_plan_document(document)
+    evaluations: Counter[str] = Counter()
+    real_context = condition_rules.condition_context
+
+    def counting(plan_: Any, step_id: str, *args: Any) -> dict[str, Any]:
+        evaluations[step_id] += 1
+        return real_context(plan_, step_id, *args)
+
+    interp = RunInterpreter(plan)
+    limits = plan.metadata.group_limits
+    started: Counter[str] = Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(condition_rules, "condition_context", counting)
+        commands = interp.begin()
+        while not any(isinstance(c, Finish) for c in commands):
+            started.update(c.step_id for c in commands if isinstance(c, StartStep))
+            running = interp.in_flight()
+            assert running, "the run stalled"
+            assert len(running) <= (plan.metadata.max_parallel or len(running))
+            per_group = Counter(plan.step(s).concurrency_group for s in running)
+            assert all(per_group[g] <= n for g, n in limits.items())
+            step_id = rnd.choice(running)
+            commands = interp.settle(step_id, 1, "succeeded", output={"v": rnd.randint(0, 9)})
+    assert all(n == 1 for n in started.values())
+    assert all(n == 1 for n in evaluations.values())
+    assert set(evaluations) <= {s.step_id for s in plan.steps if s.when}
+    assert all(st_.status in (StepStatus.SUCCESS, StepStatus.SKIPPED)
+               for st_ in interp.steps.values())
