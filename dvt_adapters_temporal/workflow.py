@@ -179,11 +179,13 @@ class DvtRunWorkflow:
         plan = ExecutionPlan.model_validate(prepared.plan)
         if cursor is None:
             self._interp = RunInterpreter(
-                plan=plan, cancel_in_flight_on_pause=inp.config.cancel_in_flight_on_pause
+                plan=plan, cancel_in_flight_on_pause=inp.config.cancel_in_flight_on_pause,
+                run_params=dict(inp.context.get("params") or {}),
             )
             await self._execute(self._interp.begin())
         else:
-            self._interp = RunInterpreter.from_cursor(plan, cursor.interpreter)
+            self._interp = RunInterpreter.from_cursor(
+                plan, cursor.interpreter, run_params=dict(inp.context.get("params") or {}))
             await self._resume(cursor)
         while self._finished is None:
             if not await self._wait_for_input():

@@ -107,6 +107,8 @@ class RunInterpreter:
     paused_cancellations: set[str] = field(default_factory=set)
     #: Outputs of the steps that some condition reads (plan v1.3), by step id.
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: The run's own params (RunContext.params): conditions see them over the plan's params.
+    run_params: dict[str, Any] = field(default_factory=dict)
 
     _ready: ReadySteps = field(init=False, repr=False, compare=False)
     _in_flight: set[str] = field(init=False, repr=False, compare=False)
@@ -367,7 +369,8 @@ class RunInterpreter:
             return []
         if self._v13:
             # What advance() would start, decided on a copy (skips may free later steps).
-            probe = RunInterpreter.from_cursor(self.plan, self.to_cursor())
+            probe = RunInterpreter.from_cursor(self.plan, self.to_cursor(),
+                                               run_params=self.run_params)
             return [c.step_id for c in probe._decide() if isinstance(c, StartStep)]
         return scheduling.steps_to_start_now(self._ready, self._in_flight)
 
@@ -443,7 +446,8 @@ class RunInterpreter:
                 spec = self.spec(step_id)
                 if spec.when is not None:
                     value, error = condition_rules.evaluate(spec.when, condition_rules.
-                        condition_context(self.plan, step_id, self.statuses(), self.outputs))
+                        condition_context(self.plan, step_id, self.statuses(), self.outputs,
+                                          self.run_params))
                     if not value:
                         commands.append(self._skip(
                             step_id, condition_rules.skip_reason(spec.when, error)))
@@ -539,8 +543,9 @@ class RunInterpreter:
         }
 
     @classmethod
-    def from_cursor(cls, plan: ExecutionPlan, cursor: Mapping[str, Any]) -> RunInterpreter:
-        """Rebuild an interpreter from ``to_cursor()`` output."""
+    def from_cursor(cls, plan: ExecutionPlan, cursor: Mapping[str, Any], *,
+                    run_params: Mapping[str, Any] | None = None) -> RunInterpreter:
+        """Rebuild an interpreter from ``to_cursor()`` output (and the run's params)."""
         interp = cls(
             plan=plan,
             status=RunStatus(cursor["status"]),
@@ -553,6 +558,7 @@ class RunInterpreter:
             cancel_in_flight_on_pause=bool(cursor.get("cancelInFlightOnPause", False)),
             paused_cancellations=set(cursor.get("pausedCancellations", ())),
             outputs=dict(cursor.get("outputs") or {}),
+            run_params=dict(run_params or {}),
         )
         for sid, (status, attempt, in_flight, awaiting) in cursor["steps"].items():
             interp.steps[sid] = StepState(StepStatus(status), int(attempt), bool(in_flight),
@@ -561,14 +567,15 @@ class RunInterpreter:
 
     @classmethod
     def from_snapshot(
-        cls, plan: ExecutionPlan, snapshot: RunSnapshot, events: Iterable[Event] = ()
+        cls, plan: ExecutionPlan, snapshot: RunSnapshot, events: Iterable[Event] = (), *,
+        run_params: Mapping[str, Any] | None = None,
     ) -> RunInterpreter:
         """Rebuild from the store's truth; RUNNING steps are reported as in flight.
 
         ``events`` (the run's log) restores what the snapshot does not keep: how many times
         the run has waited for an operator.
         """
-        interp = cls(plan=plan)
+        interp = cls(plan=plan, run_params=dict(run_params or {}))
         interp.operator_ordinal = sum(1 for e in events
                                       if e.event_type == RUN_AWAITING_OPERATOR)
         approved = snapshot.status == RunStatus.APPROVED

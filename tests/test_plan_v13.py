@@ -337,3 +337,19 @@ def test_the_cli_upgrades_and_refuses_a_downgrade(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["plan", "downgrade", str(out), "--to", "v1.2"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["metadata"]["schemaVersion"] == "v1.2"
+
+
+def test_the_runs_params_override_the_plans_in_conditions() -> None:
+    gated = plan([{"stepId": "a", "kind": "noop", "when": "params.go"}], params={"go": False})
+    assert skips(RunInterpreter(gated).begin()) == {"a": "condition false: params.go"}
+    interp = RunInterpreter(gated, run_params={"go": True})
+    assert starts(interp.begin()) == ["a"]
+    rebuilt = RunInterpreter.from_cursor(gated, RunInterpreter(gated).to_cursor(),
+                                         run_params={"go": True})
+    assert rebuilt.startable() == ["a"]
+
+
+def test_a_param_only_the_run_gives_is_not_a_validation_error() -> None:
+    given = plan([{"stepId": "a", "kind": "noop", "when": "params.region == 'eu'"}])
+    interp = RunInterpreter(given, run_params={"region": "eu"})
+    assert starts(interp.begin()) == ["a"]

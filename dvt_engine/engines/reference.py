@@ -178,7 +178,8 @@ class _RunDriver:
 
     def __post_init__(self) -> None:
         self.interp = RunInterpreter(
-            self.plan, cancel_in_flight_on_pause=self.engine.cancel_in_flight_on_pause
+            self.plan, cancel_in_flight_on_pause=self.engine.cancel_in_flight_on_pause,
+            run_params=dict(self.header.params),
         )
         self.writer = RunWriter(self.engine.store, self.header)
         self.factory = EventFactory(self.header, "engine", clock=self.engine.clock)

@@ -2,7 +2,7 @@
 
 A condition is evaluated when its step becomes ready, over
 
-- ``params``: the plan's params;
+- ``params``: the plan's params, with the run's own params (RunContext.params) over them;
 - ``steps``: ``{stepId: {"status": ..., "output": ...}}`` for the steps it may name: those settled
   before it on every path (its dependencies through ``all`` joins, transitively).
 
@@ -89,8 +89,9 @@ def condition_problems(plan: ExecutionPlan, step: StepSpec) -> list[ConditionPro
     refs = referenced_steps(step.when)
     if not problems and "steps" not in program.variables():
         # Over params alone the value is known now: a type error is found here, not at run time.
+        # A missing key is not an error here: the run may give that param when it starts.
         _, error = evaluate(step.when, {"params": dict(plan.params)})
-        if error is not None:
+        if error is not None and not error.startswith("KeyError"):
             problems.append(ConditionProblem("type", error))
     readable = settled_before(plan, step.step_id)
     known = set(plan.step_ids)
@@ -105,12 +106,13 @@ def condition_problems(plan: ExecutionPlan, step: StepSpec) -> list[ConditionPro
 
 
 def condition_context(
-    plan: ExecutionPlan, step_id: str, statuses: Mapping[str, str], outputs: Mapping[str, Any]
+    plan: ExecutionPlan, step_id: str, statuses: Mapping[str, str], outputs: Mapping[str, Any],
+    run_params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The variables a step's condition sees."""
     readable = sorted(settled_before(plan, step_id))
     return {
-        "params": dict(plan.params),
+        "params": {**plan.params, **(run_params or {})},
         "steps": {s: {"status": str(statuses[s]), "output": outputs.get(s)} for s in readable},
     }
 
