@@ -353,3 +353,12 @@ def test_a_param_only_the_run_gives_is_not_a_validation_error() -> None:
     given = plan([{"stepId": "a", "kind": "noop", "when": "params.region == 'eu'"}])
     interp = RunInterpreter(given, run_params={"region": "eu"})
     assert starts(interp.begin()) == ["a"]
+
+
+def test_dvt_validate_names_the_flow_features(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    monkeypatch.setenv("DVT_HOME", str(tmp_path))
+    result = CliRunner().invoke(cli, ["validate", "--engine", "reference",
+                                      str(GOLDEN_PLANS / "v13-condition-skip-branch.json")])
+    assert result.exit_code == 0, result.output
+    assert "flow features: flow.join.partial native, flow.conditions native" in result.output
