@@ -114,6 +114,7 @@ class RunInterpreter:
     _in_flight: set[str] = field(init=False, repr=False, compare=False)
     _read_by_conditions: set[str] = field(init=False, repr=False, compare=False)
     _v13: bool = field(init=False, repr=False, compare=False)
+    _groups: dict[str, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._in_flight = set()
@@ -126,6 +127,7 @@ class RunInterpreter:
         self._read_by_conditions = {
             ref for s in self.plan.steps if s.when
             for ref in condition_rules.referenced_steps(s.when)}
+        self._groups = concurrency.step_groups(self.plan)
         self._v13 = (concurrency.is_bounded(self.plan) or bool(self._read_by_conditions)
                      or any(s.when for s in self.plan.steps)
                      or joins.uses_joins_or_cascade(self.plan))
@@ -439,14 +441,16 @@ class RunInterpreter:
             if cascades:
                 continue
             skipped = False
+            slots = concurrency.Slots(self.plan, self._groups, self._in_flight)
             for step_id in scheduling.steps_to_start_now(self._ready, self._in_flight):
-                if self.steps[step_id].status != StepStatus.PENDING or \
-                        not concurrency.fits(self.plan, step_id, self._in_flight):
-                    continue  # a join's loser earlier in this pass, or no slot
+                if slots.full:
+                    break
+                if self.steps[step_id].status != StepStatus.PENDING or not slots.fits(step_id):
+                    continue  # a join's loser earlier in this pass, or no slot in its group
                 spec = self.spec(step_id)
                 if spec.when is not None:
                     value, error = condition_rules.evaluate(spec.when, condition_rules.
-                        condition_context(self.plan, step_id, self.statuses(), self.outputs,
+                        condition_context(self.plan, step_id, self._status_of, self.outputs,
                                           self.run_params))
                     if not value:
                         commands.append(self._skip(
@@ -455,12 +459,17 @@ class RunInterpreter:
                         continue
                 state = self.steps[step_id]
                 state.status, state.in_flight = StepStatus.RUNNING, True
+                slots.take(step_id)
                 commands.append(StartStep(step_id, state.logical_attempt_id))
-                for loser in joins.losers_to_skip(spec, self.statuses(), self._in_flight):
+                dep_status = {d: self.steps[d].status for d in spec.depends_on}
+                for loser in joins.losers_to_skip(spec, dep_status, self._in_flight):
                     commands.append(self._skip(loser, joins.loser_reason(step_id)))
                     skipped = True
             if not skipped:
                 return commands
+
+    def _status_of(self, step_id: str) -> str:
+        return str(self.steps[step_id].status)
 
     def _skip(self, step_id: str, reason: str) -> WriteStepEvent:
         state = self.steps[step_id]

@@ -10,7 +10,8 @@ evaluated exactly once, and a false one never holds a slot.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections import Counter
+from collections.abc import Collection, Mapping
 
 from dvt_engine.models.plan import ExecutionPlan
 
@@ -20,13 +21,36 @@ def is_bounded(plan: ExecutionPlan) -> bool:
     return plan.metadata.max_parallel is not None or bool(plan.metadata.group_limits)
 
 
-def fits(plan: ExecutionPlan, step_id: str, in_flight: Collection[str]) -> bool:
-    """True when ``step_id`` may start beside the steps in flight (maxParallel, its group)."""
-    cap = plan.metadata.max_parallel
-    if cap is not None and len(in_flight) >= cap:
-        return False
-    group = plan.step(step_id).concurrency_group
-    limit = plan.metadata.group_limits.get(group) if group is not None else None
-    if limit is None:
-        return True
-    return sum(1 for s in in_flight if plan.step(s).concurrency_group == group) < limit
+def step_groups(plan: ExecutionPlan) -> dict[str, str | None]:
+    """Each step's concurrency group (None when it has none)."""
+    return {s.step_id: s.concurrency_group for s in plan.steps}
+
+
+class Slots:
+    """The free slots of a run at one moment: ``maxParallel`` overall and each group's limit."""
+
+    def __init__(self, plan: ExecutionPlan, groups: Mapping[str, str | None],
+                 in_flight: Collection[str]) -> None:
+        self._cap = plan.metadata.max_parallel
+        self._limits = plan.metadata.group_limits
+        self._groups = groups
+        self._total = len(in_flight)
+        self._per_group = Counter(groups[s] for s in in_flight)
+
+    @property
+    def full(self) -> bool:
+        """True when ``maxParallel`` steps are in flight: nothing else may start."""
+        return self._cap is not None and self._total >= self._cap
+
+    def fits(self, step_id: str) -> bool:
+        """True when ``step_id`` may start now."""
+        if self.full:
+            return False
+        group = self._groups[step_id]
+        limit = self._limits.get(group) if group is not None else None
+        return limit is None or self._per_group[group] < limit
+
+    def take(self, step_id: str) -> None:
+        """Count ``step_id`` as started."""
+        self._total += 1
+        self._per_group[self._groups[step_id]] += 1

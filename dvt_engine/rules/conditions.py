@@ -18,7 +18,7 @@ workflow. It is imported on first use, so plans without conditions never load it
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,14 +106,14 @@ def condition_problems(plan: ExecutionPlan, step: StepSpec) -> list[ConditionPro
 
 
 def condition_context(
-    plan: ExecutionPlan, step_id: str, statuses: Mapping[str, str], outputs: Mapping[str, Any],
-    run_params: Mapping[str, Any] | None = None,
+    plan: ExecutionPlan, step_id: str, status_of: Callable[[str], str],
+    outputs: Mapping[str, Any], run_params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The variables a step's condition sees."""
+    """The variables a step's condition sees (``status_of`` gives a step's status)."""
     readable = sorted(settled_before(plan, step_id))
     return {
         "params": {**plan.params, **(run_params or {})},
-        "steps": {s: {"status": str(statuses[s]), "output": outputs.get(s)} for s in readable},
+        "steps": {s: {"status": status_of(s), "output": outputs.get(s)} for s in readable},
     }
 
 
