@@ -362,3 +362,20 @@ def test_dvt_validate_names_the_flow_features(monkeypatch: pytest.MonkeyPatch,
                                       str(GOLDEN_PLANS / "v13-condition-skip-branch.json")])
     assert result.exit_code == 0, result.output
     assert "flow features: flow.join.partial native, flow.conditions native" in result.output
+
+
+def test_the_builder_writes_v13_fields_as_a_person_would() -> None:
+    from dvt_engine.builder import PlanBuilder
+
+    built = (PlanBuilder("b", "1", schema_version="v1.3", max_parallel=2,
+                         concurrency_groups={"warehouse": 1}, skip_rule="cascade",
+                         params={"go": True})
+             .step("a", "echo", concurrency_group="warehouse")
+             .step("b", "noop", depends_on=["a"], when="steps.a.status == 'SUCCESS'")
+             .step("c", "noop", depends_on=["a", "b"], join={"mode": "any", "losers": "skip"})
+             .build())
+    assert built["metadata"]["maxParallel"] == 2
+    assert built["metadata"]["concurrencyGroups"] == {"warehouse": 1}
+    assert built["steps"][1]["when"] == "steps.a.status == 'SUCCESS'"
+    assert built["steps"][2]["join"] == {"mode": "any", "losers": "skip"}
+    assert validate_plan_document(built).step("c").join_spec.losers == "skip"
