@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dvt_cli import archive, ops, remote, runs, serve
+from dvt_cli import archive, ops, plans, remote, runs, serve
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.output import EXIT_REFUSED, emit_json, say
 from dvt_cli.session import import_handlers
@@ -261,6 +261,35 @@ def migrate(**kw: Any) -> None:
     """Apply the PostgreSQL store's migrations (idempotent)."""
     settings = _settings(kw)
     execute(settings.json, lambda: ops.migrate(settings))
+
+
+@cli.group()
+def plan() -> None:
+    """Plan documents: move a plan between schema versions."""
+
+
+def _plan_version_command(direction: str) -> Any:
+    @plan.command(name=direction)
+    @click.argument("plan_path", metavar="PLAN.json")
+    @click.option("--to", "target", required=True, metavar="VERSION",
+                  help="Target schemaVersion, e.g. v1.3.")
+    @click.option("-o", "--output", type=click.Path(dir_okay=False),
+                  help="Write the plan here (default: standard output).")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable errors.")
+    def command(plan_path: str, target: str, output: str | None, as_json: bool) -> None:
+        execute(as_json, lambda: plans.change_version(plan_path, target, output,
+                                                      direction=direction))
+
+    command.__doc__ = (
+        "Rewrite PLAN.json for a newer schemaVersion (only the version changes)."
+        if direction == "upgrade" else
+        "Rewrite PLAN.json for an older schemaVersion; refused (PLAN_DOWNGRADE_UNSUPPORTED) "
+        "when it uses a newer field.")
+    return command
+
+
+plan_upgrade = _plan_version_command("upgrade")
+plan_downgrade = _plan_version_command("downgrade")
 
 
 @cli.group()

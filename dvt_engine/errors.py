@@ -30,6 +30,9 @@ class ErrorCode(StrEnum):
     PLAN_INVALID = "PLAN_INVALID"
     STEP_KIND_UNKNOWN = "STEP_KIND_UNKNOWN"
     CAPABILITY_NOT_SUPPORTED = "CAPABILITY_NOT_SUPPORTED"
+    PLAN_CONDITION_INVALID = "PLAN_CONDITION_INVALID"
+    PLAN_JOIN_INVALID = "PLAN_JOIN_INVALID"
+    PLAN_DOWNGRADE_UNSUPPORTED = "PLAN_DOWNGRADE_UNSUPPORTED"
     RUN_NOT_FOUND = "RUN_NOT_FOUND"
     RUN_NOT_APPROVED = "RUN_NOT_APPROVED"
     TENANT_MISMATCH = "TENANT_MISMATCH"
@@ -170,7 +173,7 @@ class PlanSchemaVersionUnsupported(PlanError):
     """The plan declares a schemaVersion this dvt does not know."""
 
     code = ErrorCode.PLAN_SCHEMA_VERSION_UNSUPPORTED
-    hint = "Supported schema versions: v1.0, v1.1, v1.2."
+    hint = "Supported schema versions: v1.0, v1.1, v1.2, v1.3."
 
 
 class PlanNotFound(PlanError):
@@ -213,6 +216,27 @@ class CapabilityNotSupported(PlanError):
 
     code = ErrorCode.CAPABILITY_NOT_SUPPORTED
     hint = "Pick another engine or set fallbackBehavior to 'emulate' or 'degrade'."
+
+
+class PlanConditionInvalid(PlanError):
+    """A step's ``when`` condition does not compile, or reads something it may not."""
+
+    code = ErrorCode.PLAN_CONDITION_INVALID
+    hint = "A condition is CEL over params and steps.<id>.status/.output of settled steps."
+
+
+class PlanJoinInvalid(PlanError):
+    """A step's join or concurrency settings cannot be met (quorum count, group limits)."""
+
+    code = ErrorCode.PLAN_JOIN_INVALID
+    hint = "See details.problem; docs/plans.md describes join, maxParallel and groups."
+
+
+class PlanDowngradeUnsupported(PlanError):
+    """The plan uses fields the older schema version does not have."""
+
+    code = ErrorCode.PLAN_DOWNGRADE_UNSUPPORTED
+    hint = "Remove the fields listed in details.fields, then downgrade."
 
 
 class RunNotFound(RunError):
