@@ -2,7 +2,7 @@
 // dependency), ordered inside a layer by the mean position of their dependencies.
 import { s } from './dom.js';
 
-const NODE_W = 168;
+const NODE_W = 200;
 const NODE_H = 46;
 const GAP_X = 56;
 const GAP_Y = 18;
@@ -97,7 +97,7 @@ export function drawDag(steps) {
     },
     s('title', {}, `${step.stepId} (${step.kind})`),
     s('rect', { width: NODE_W, height: NODE_H, rx: 6 }),
-    s('text', { class: 'name', x: 10, y: 18 }, clip(step.stepId, 22)),
+    s('text', { class: 'name', x: 10, y: 18 }, clip(step.stepId, 27)),
     label);
     nodes.set(step.stepId, { node, label });
     svg.append(node);
