@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from pathlib import Path
 
 from api_helpers import ApiServer, tenant
 from console_helpers import direct_client
 
 from dvt_api.console import CSP, STATIC
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Ways a string can become markup or code in a page; the console builds nodes instead.
 UNSAFE_SINKS = re.compile(
@@ -59,3 +63,13 @@ def test_whoami_names_the_key_its_tenant_and_roles(console_server: ApiServer) ->
         denied = c.get("/v1/whoami", headers={"Authorization": "Bearer nope"})
     assert denied.status_code == 401
     assert denied.json()["code"] == "UNAUTHENTICATED"
+
+
+def test_every_asset_is_package_data_of_the_wheel() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))
+    globs = config["tool"]["setuptools"]["package-data"]["dvt_api"]
+    for path in STATIC.rglob("*"):
+        if path.is_file():
+            relative = path.relative_to(REPO / "dvt_api").as_posix()
+            assert any(fnmatch.fnmatchcase(relative, g) and relative.count("/") == g.count("/")
+                       for g in globs), f"{relative} would be left out of the wheel"
