@@ -233,10 +233,18 @@ async function runView(runId) {
   }
 
   let refreshing = null;
+  let appliedSeq = 0;
+  let stale = 0;
   function refreshSnapshot() {
     // Run events can change what the events alone do not say (substatus, skipped steps).
     if (refreshing) return;
     refreshing = api(runPath(runId)).then((fresh) => {
+      // A snapshot read before the events already shown would take the screen back.
+      if (fresh.lastEventSeq < appliedSeq) {
+        if (stale < 10) { stale += 1; setTimeout(refreshSnapshot, 200); }
+        return;
+      }
+      stale = 0;
       snapshot = fresh;
       runStatus = { status: fresh.status, substatus: fresh.substatus };
       for (const st of fresh.steps) states.set(st.stepId, { status: st.status, substatus: st.substatus });
@@ -252,6 +260,10 @@ async function runView(runId) {
       h('td', {}, event.runSeq), h('td', {}, type), h('td', {}, event.stepId || ''),
       h('td', {}, event.persistedAt || event.emittedAt || ''),
       h('td', { class: 'payload' }, JSON.stringify(event.payload || {}).slice(0, 300))));
+    // The stream replays the run from its start: what the snapshot already holds is not
+    // applied again, so a replayed StepStarted never shows a finished step as running.
+    if (!(event.runSeq > snapshot.lastEventSeq)) { renderRun(); return; }
+    appliedSeq = Math.max(appliedSeq, event.runSeq);
     if (STEP_EVENTS[type] && event.stepId) states.set(event.stepId, { ...STEP_EVENTS[type] });
     if (RUN_EVENTS[type]) {
       runStatus = { status: RUN_EVENTS[type], substatus: null };
