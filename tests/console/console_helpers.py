@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from api_helpers import ApiServer, sse_messages
@@ -11,7 +12,7 @@ from api_helpers import ApiServer, sse_messages
 
 def wait_for_event(server: ApiServer, key: str, run_id: str, event_type: str) -> None:
     """Follow the run's stream over HTTP until ``event_type`` arrives (pushed, not polled)."""
-    with server.client(key) as c, c.stream("GET", f"/v1/runs/{run_id}/stream") as s:
+    with server.client(key) as c, c.stream("GET", f"/v1/runs/{quote(run_id, safe='')}/stream") as s:
         for message in sse_messages(s.iter_lines()):
             if message.event == event_type:
                 return
@@ -21,7 +22,7 @@ def wait_for_event(server: ApiServer, key: str, run_id: str, event_type: str) ->
 def events_of(server: ApiServer, key: str, run_id: str) -> list[dict[str, Any]]:
     """Every stored event of the run."""
     with server.client(key) as c:
-        answer = c.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})
+        answer = c.get(f"/v1/runs/{quote(run_id, safe='')}/events", params={"limit": 1000})
         assert answer.status_code == 200, answer.text
         items: list[dict[str, Any]] = answer.json()["items"]
         return items
