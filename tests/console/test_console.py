@@ -227,3 +227,27 @@ def test_the_stream_resumes_with_last_event_id_after_a_cut(
         ui.errors[:] = [e for e in ui.errors if "net::ERR_" not in e]
     finally:
         proxy.close()
+
+
+def test_an_unknown_key_is_refused_and_not_kept(console_server: ApiServer, browser: Any) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{console_server.base_url}/ui/")
+        page.fill("#api-key", "dvt_sk_" + "x" * 43)
+        page.click("#login button[type=submit]")
+        expect(page.locator("#login-error")).to_have_text(re.compile(r"^UNAUTHENTICATED: "))
+        assert page.evaluate("sessionStorage.length") == 0
+        expect(page.locator("#roles")).to_have_count(0)
+        # A good key is kept for the tab only, and logging out forgets it.
+        key = console_server.key(tenant(), "reader")
+        page.fill("#api-key", key)
+        page.click("#login button[type=submit]")
+        expect(page.locator("#roles")).to_have_text("reader")
+        assert page.evaluate("Object.values(sessionStorage)") == [key]
+        assert page.evaluate("localStorage.length") == 0
+        page.click("#logout")
+        expect(page.locator("#api-key")).to_be_visible()
+        assert page.evaluate("sessionStorage.length") == 0
+    finally:
+        context.close()
