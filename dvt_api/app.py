@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from dvt_api import openapi_doc, problems
+from dvt_api import console, openapi_doc, problems
 from dvt_api.metrics import ApiMetrics
 from dvt_api.middleware import RequestMiddleware
 from dvt_api.routes import events, health, keys, metrics, plans, runs, signals, stream, webhooks
@@ -45,6 +45,7 @@ def create_app(settings: ApiSettings, *, registry: HandlerRegistry | None = None
                               "truth. Errors are problem+json (RFC 9457) with a stable code.")
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)
     problems.install(app)
     openapi_doc.install(app)
     app.add_middleware(RequestMiddleware, metrics=app_metrics,
