@@ -64,6 +64,8 @@ class MemoryAdmissionStore(AdmissionStore):
         """Apply a patch; the effective limits after it."""
         async with self._lock:
             self._overrides[tenant_id] = patch.apply(self._overrides.get(tenant_id, {}))
+            for key in [k for k in self._buckets if k[0] == tenant_id]:
+                del self._buckets[key]  # new rates apply from a full bucket at once
         return await self.limits(tenant_id)
 
     async def _active(self, tenant_id: str, limit: int) -> int:
