@@ -53,6 +53,9 @@ ACTIVE_STATUSES: tuple[RunStatus, ...] = tuple(
 
 Count = Annotated[int, Strict(), Field(ge=1, le=MAX_LIMIT)]
 Bytes = Annotated[int, Strict(), Field(ge=1, le=MAX_PLAN_BYTES_LIMIT)]
+# Settings come from environment text, so they may not be strict.
+_SettingCount = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
+_SettingBytes = Annotated[int, Field(ge=1, le=MAX_PLAN_BYTES_LIMIT)]
 
 
 class Overflow(StrEnum):
@@ -133,13 +136,13 @@ class LimitSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DVT_LIMITS_", extra="forbid", frozen=True)
 
     enabled: bool = False
-    max_active_runs: Count = 100
-    run_starts_per_minute: Count = 600
-    signals_per_minute: Count = 600
-    max_plan_steps: Count = 1000
-    max_plan_bytes: Bytes = 1 << 20
+    max_active_runs: _SettingCount = 100
+    run_starts_per_minute: _SettingCount = 600
+    signals_per_minute: _SettingCount = 600
+    max_plan_steps: _SettingCount = 1000
+    max_plan_bytes: _SettingBytes = 1 << 20
     overflow: Overflow = Overflow.REJECT
-    max_queued_runs: Count = 10_000
+    max_queued_runs: _SettingCount = 10_000
 
     def defaults(self) -> TenantLimits:
         """The limits of a tenant without overrides."""
