@@ -12,6 +12,7 @@ import pytest
 from api_helpers import (
     ApiServer,
     chain_plan,
+    dvt,
     gated_plan,
     sse_messages,
     start_server,
@@ -134,3 +135,25 @@ def test_queued_runs_answer_202_show_queued_cancel_and_start_when_a_slot_frees(
         assert c.get("/v1/runs/next").json()["status"] == "COMPLETED"
         assert c.get("/v1/runs/dropped").json()["status"] == "CANCELLED"
         assert _metric(c, "dvt_admission_queue_depth", tenant=t) == 0
+
+
+def test_cli_limits_set_and_show_change_what_the_running_service_enforces(
+        limited: ApiServer) -> None:
+    t = tenant()
+    done = dvt(limited.env, "limits", "set", "--tenant", t, "--store", limited.store_url,
+               "--max-active-runs", "7", "--overflow", "queue", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["maxActiveRuns"] == 7
+    with limited.client(limited.admin(t)) as c:
+        assert c.get("/v1/limits").json()["maxActiveRuns"] == 7
+        assert c.get("/v1/limits").json()["overflow"] == "queue"
+    shown = dvt(limited.env, "limits", "show", "--tenant", t, "--store", limited.store_url,
+                "--json")
+    assert json.loads(shown.stdout)["maxActiveRuns"] == 7
+    reset = dvt(limited.env, "limits", "set", "--tenant", t, "--store", limited.store_url,
+                "--reset", "maxActiveRuns", "--json")
+    assert json.loads(reset.stdout)["maxActiveRuns"] == 100
+    refused = dvt(limited.env, "limits", "set", "--tenant", t, "--store", limited.store_url,
+                  "--max-active-runs", "-3", "--json")
+    assert refused.returncode != 0
+    assert "LIMITS_INVALID" in refused.stdout + refused.stderr
