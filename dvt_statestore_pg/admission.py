@@ -51,6 +51,37 @@ _ACTIVE = [str(s) for s in ACTIVE_STATUSES]
 _QUEUE_COLUMNS = "seq, plan_ref, context, state, enqueued_at, error"
 
 
+# Everything a start's decision reads, in one statement (after the tenant's lock).
+_ADMIT_READ = (
+    "SELECT (SELECT overrides FROM {s}.dvt_tenant_limits WHERE tenant_id = %(t)s),"
+    " (SELECT run_id FROM {s}.dvt_admission_queue WHERE tenant_id = %(t)s"
+    "   AND (run_request_key = %(k)s OR run_id = %(r)s) LIMIT 1),"
+    " (SELECT run_id FROM {s}.dvt_runs WHERE tenant_id = %(t)s"
+    "   AND (run_request_key = %(k)s OR run_id = %(r)s) LIMIT 1),"
+    " (SELECT count(*) FROM {s}.dvt_admission_queue WHERE tenant_id = %(t)s"
+    "   AND state IN ('QUEUED', 'STARTING')),"
+    " (SELECT count(*) FROM {s}.dvt_runs WHERE tenant_id = %(t)s AND status = ANY(%(active)s))"
+    " + (SELECT count(*) FROM {s}.dvt_admission_slots a WHERE a.tenant_id = %(t)s"
+    "   AND a.reserved_at > clock_timestamp() - make_interval(secs => %(lease)s)"
+    "   AND NOT EXISTS (SELECT 1 FROM {s}.dvt_runs r"
+    "                   WHERE r.tenant_id = a.tenant_id AND r.run_id = a.run_id)),"
+    " b.tokens, b.updated_at, clock_timestamp()"
+    " FROM (SELECT 1) one LEFT JOIN {s}.dvt_admission_buckets b"
+    "   ON b.tenant_id = %(t)s AND b.kind = 'start'")
+# A start admitted: its token taken, its slot reserved, lapsed or registered reservations
+# dropped (never the one being written: one statement may not touch a row twice).
+_ADMIT_WRITE = (
+    "WITH bucket AS (INSERT INTO {s}.dvt_admission_buckets (tenant_id, kind, tokens, updated_at)"
+    "   VALUES (%(t)s, %(kind)s, %(tokens)s, %(at)s) ON CONFLICT (tenant_id, kind) DO UPDATE"
+    "   SET tokens = excluded.tokens, updated_at = excluded.updated_at),"
+    " stale AS (DELETE FROM {s}.dvt_admission_slots a WHERE a.tenant_id = %(t)s"
+    "   AND a.run_id <> %(r)s"
+    "   AND (a.reserved_at <= clock_timestamp() - make_interval(secs => %(lease)s) OR EXISTS"
+    "   (SELECT 1 FROM {s}.dvt_runs r WHERE r.tenant_id = a.tenant_id AND r.run_id = a.run_id)))"
+    " INSERT INTO {s}.dvt_admission_slots (tenant_id, run_id) VALUES (%(t)s, %(r)s)"
+    " ON CONFLICT (tenant_id, run_id) DO UPDATE SET reserved_at = clock_timestamp()")
+
+
 def _queued(row: tuple[Any, ...]) -> QueuedRun:
     return QueuedRun.of(row[0], row[1], row[2], row[3], row[4], row[5])
 
@@ -203,34 +234,37 @@ class PostgresAdmissionStore(AdmissionStore):
 
     # --- decisions -------------------------------------------------------------------------
     async def admit(self, request: StartRequest) -> Admission:
-        """Check the limits and hold a slot, or queue the run, in one locked transaction."""
+        """Check the limits and hold a slot, or queue the run, in one locked transaction.
+
+        Four round trips: the lock, one read of everything the decision needs, one write of
+        the bucket and the reservation (or the queue row), the commit.
+        """
         tenant = request.tenant_id
-        existing = self._q(
-            "SELECT run_id, true FROM {s}.dvt_admission_queue"
-            " WHERE tenant_id = %(t)s AND run_request_key = %(k)s"
-            " UNION ALL SELECT run_id, false FROM {s}.dvt_runs"
-            " WHERE tenant_id = %(t)s AND (run_request_key = %(k)s OR run_id = %(r)s) LIMIT 1")
-        waiting = self._q("SELECT count(*) FROM {s}.dvt_admission_queue"
-                          " WHERE tenant_id = %s AND state IN ('QUEUED', 'STARTING')")
+        keys = {"t": tenant, "k": request.request_key, "r": request.run_id,
+                "active": _ACTIVE, "lease": RESERVATION_LEASE_S}
         enqueue = self._q(
             "INSERT INTO {s}.dvt_admission_queue (tenant_id, run_id, run_request_key, plan_ref,"
             " context) VALUES (%s, %s, %s, %s, %s)")
 
         async def work(conn: Conn) -> Admission:
-            limits = await self._limits_in(conn, tenant)
+            row = await (await conn.execute(self._q(_ADMIT_READ), keys)).fetchone()
+            assert row is not None
+            overrides, in_queue, registered, queued, active, tokens, at, now = row
+            limits = effective_limits(self.settings.defaults(), dict(overrides or {}))
             plan_problem(limits, request.plan_steps, request.plan_bytes)
-            found = await (await conn.execute(existing, {
-                "t": tenant, "k": request.request_key, "r": request.run_id})).fetchone()
-            if found is not None:  # a repeat: the run is already queued or registered
-                return Admission(queued=bool(found[1]), run_id=found[0])
-            row = await (await conn.execute(waiting, (tenant,))).fetchone()
-            queued = int(row[0]) if row else 0
-            room = queued == 0 and await self._active(conn, tenant) < limits.max_active_runs
-            wait = await self._take(conn, tenant, "start", limits.run_starts_per_minute) \
-                if room else 0.0
-            if room and wait == 0.0:
-                await self._reserve(conn, tenant, request.run_id)
-                return Admission(queued=False, run_id=request.run_id)
+            if in_queue is not None or registered is not None:  # a repeat of a start
+                return Admission(queued=in_queue is not None, run_id=in_queue or registered)
+            room = queued == 0 and active < limits.max_active_runs
+            wait = 0.0
+            if room:
+                per_minute = limits.run_starts_per_minute
+                bucket = Bucket(tokens, at) if tokens is not None else full_bucket(per_minute,
+                                                                                   now)
+                after, wait = bucket.take(per_minute, now)
+                if wait == 0.0:
+                    await conn.execute(self._q(_ADMIT_WRITE), {
+                        **keys, "kind": "start", "tokens": after.tokens, "at": after.at})
+                    return Admission(queued=False, run_id=request.run_id)
             if limits.overflow is Overflow.QUEUE:
                 if queued >= limits.max_queued_runs:
                     raise rate_limited("queuedRuns", tenant, 5.0, limits.max_queued_runs)

@@ -25,7 +25,8 @@ from dvt_engine.admission import (
     TenantLimits,
     plan_size,
 )
-from dvt_engine.errors import QuotaExceeded, RateLimited
+from dvt_engine.errors import IdentifierInvalid, QuotaExceeded, RateLimited
+from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunContext
 
@@ -119,6 +120,10 @@ async def queued(svc: Services, tenant_id: str, run_id: str) -> QueuedRun | None
     """The tenant's queue row of a run (waiting, cancelled or failed to start), or None."""
     if svc.admission is None:
         return None
+    try:
+        validate_identifier("runId", run_id)
+    except IdentifierInvalid:
+        return None  # never queued: admission takes only valid ids (and NUL upsets SQL)
     return await svc.admission.queued_run(tenant_id, run_id)
 
 
