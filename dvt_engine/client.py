@@ -264,6 +264,8 @@ class Client:
             steps, size = await plan_size(self.store, plan_ref)
             verdict = await self.admission.admit(StartRequest(plan_ref, context, steps, size))
             if verdict.queued:
+                if self._dispatcher is not None:
+                    self._dispatcher.wake()
                 return RunHandle(self, verdict.run_id or context.run_id)
         try:
             ref = await self.engine.start_run(plan_ref, context)
