@@ -50,8 +50,9 @@ async def overhead(url: str, n: int) -> list[str]:
     engine = ReferenceEngine(store)
     on = Client(engine=engine, store=store, tenant="bench-on", admission=admission)
     off = Client(engine=engine, store=store, tenant="bench-off")
-    await admission.set_limits("bench-on", LimitsPatch.parse(
-        {"maxActiveRuns": 1_000_000, "runStartsPerMinute": 1_000_000}))
+    roomy = LimitsPatch.parse({"maxActiveRuns": 1_000_000, "runStartsPerMinute": 1_000_000})
+    await admission.set_limits("bench-on", roomy)
+    await admission.set_limits("bench-admit", roomy)
     plan_ref = await on.store_plan(QUICK)
     times: dict[str, list[float]] = {"on": [], "off": [], "admit": []}
     for i in range(n):
@@ -65,6 +66,7 @@ async def overhead(url: str, n: int) -> list[str]:
         began = time.perf_counter()
         await admission.admit(StartRequest(plan_ref, context, steps, size))
         times["admit"].append(time.perf_counter() - began)
+        await admission.release("bench-admit", context.run_id)
     await engine.wait_idle()
     await engine.close()
     await admission.close()

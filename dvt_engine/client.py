@@ -331,10 +331,13 @@ class RunHandle:
     async def status(self) -> RunStatus:
         """The run's status; QUEUED (or CANCELLED) while it is in its tenant's queue."""
         queued = await self._queued()
-        if queued is not None:
-            return RunStatus.QUEUED if queued.state in ("QUEUED", "STARTING") \
+        if queued is not None and queued.state != "STARTING":
+            return RunStatus.QUEUED if queued.state == "QUEUED" \
                 else RunStatus.CANCELLED if queued.state == "CANCELLED" else RunStatus.FAILED
-        return (await self.snapshot()).status
+        snapshot = await self.client.store.get_snapshot(self.client.tenant, self.run_id)
+        if snapshot is None and queued is not None:  # claimed, not registered yet
+            return RunStatus.QUEUED
+        return (await self.snapshot()).status if snapshot is None else snapshot.status
 
     async def result(self, *, timeout: float | None = None) -> RunSnapshot:
         """Wait for the terminal snapshot (COMPLETED, FAILED or CANCELLED) and return it.
