@@ -132,7 +132,8 @@ def queued_document(run: QueuedRun) -> dict[str, Any]:
     status = {"QUEUED": "QUEUED", "STARTING": "QUEUED", "CANCELLED": "CANCELLED"}.get(
         run.state, "FAILED")
     doc: dict[str, Any] = {
-        "runId": run.run_id, "tenantId": run.tenant_id, "planId": run.plan_ref.plan_id,
+        "runId": run.run_id, "tenantId": run.tenant_id, "projectId": run.context.project_id,
+        "environmentId": run.context.environment_id, "planId": run.plan_ref.plan_id,
         "planVersion": run.plan_ref.plan_version, "status": status,
         "labels": dict(run.context.labels), "createdAt": run.enqueued_at.isoformat(),
         "updatedAt": run.enqueued_at.isoformat(), "steps": [], "lastEventSeq": 0,
