@@ -93,12 +93,14 @@ async def starvation(url: str, backlog: int, b_runs: int) -> str:
     await admission.set_limits(b.tenant, LimitsPatch.parse(
         {"maxActiveRuns": 1, "overflow": "queue", "runStartsPerMinute": 1_000_000}))
     plan_ref = await a.store_plan(QUICK)
-    assert a._dispatcher is not None
-    a._dispatcher.start()  # one dispatcher serves every tenant of the store
-    for i in range(backlog):
-        await a.start_run(plan_ref, run_id=f"a-{i}")
+    for first in range(0, backlog, 25):
+        await asyncio.gather(*(a.start_run(plan_ref, run_id=f"a-{i}")
+                               for i in range(first, min(backlog, first + 25))))
     for i in range(b_runs):
         await b.start_run(plan_ref, run_id=f"b-{i}")
+    # The queues are full before dispatch begins, so B competes with A's whole backlog.
+    assert a._dispatcher is not None
+    a._dispatcher.start()  # one dispatcher serves every tenant of the store
     last = b.get_run(f"b-{b_runs - 1}")
     await last.result(timeout=600)
     waits: list[float] = []

@@ -346,8 +346,16 @@ class AdmissionStore(abc.ABC):
         return None
 
 
+#: Sizes of plans seen, by digest: plans are content-addressed, so a size never changes.
+_SIZES: dict[str, tuple[int, int]] = {}
+_SIZES_MAX = 4096
+
+
 async def plan_size(store: RunStateStore, plan_ref: PlanRef) -> tuple[int, int]:
     """The number of steps and bytes of a stored plan (0 steps when unreadable)."""
+    known = _SIZES.get(plan_ref.sha256)
+    if known is not None:
+        return known
     data = await store.get_plan(plan_ref.sha256)
     if data is None:
         return 0, plan_ref.size_bytes or 0
@@ -355,7 +363,10 @@ async def plan_size(store: RunStateStore, plan_ref: PlanRef) -> tuple[int, int]:
         steps = json.loads(data).get("steps") or []
     except (ValueError, AttributeError):
         steps = []
-    return (len(steps) if isinstance(steps, list) else 0), len(data)
+    if len(_SIZES) >= _SIZES_MAX:
+        _SIZES.clear()
+    _SIZES[plan_ref.sha256] = found = (len(steps) if isinstance(steps, list) else 0), len(data)
+    return found
 
 
 class Dispatcher:
