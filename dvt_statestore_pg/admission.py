@@ -141,12 +141,19 @@ class PostgresAdmissionStore(AdmissionStore):
             raise StoreUnavailable("PostgreSQL admission store error",
                                    details={"sqlstate": exc.sqlstate}) from exc
 
-    async def _locked(self, tenant_id: str, work: Callable[[Conn], Awaitable[_T]]) -> _T:
-        """``work`` in one transaction holding the tenant's admission lock."""
+    async def _locked(self, tenant_id: str, work: Callable[[Conn], Awaitable[_T]], *,
+                      durable: bool = True) -> _T:
+        """``work`` in one transaction holding the tenant's admission lock.
+
+        ``durable=False`` commits without waiting for the WAL flush: for a reservation that
+        is fine to lose in a server crash (it lapses anyway, and the run's registration, a
+        later durable commit, flushes it first). Work that must survive sets it back on.
+        """
         async def locked(conn: Conn) -> _T:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                                   (_LOCK_CLASS, tenant_id))
+                await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s)),"
+                                   " set_config('synchronous_commit', %s, true)",
+                                   (_LOCK_CLASS, tenant_id, "on" if durable else "off"))
                 return await work(conn)
 
         return await self._run(locked)
@@ -269,6 +276,8 @@ class PostgresAdmissionStore(AdmissionStore):
                 if queued >= limits.max_queued_runs:
                     raise rate_limited("queuedRuns", tenant, 5.0, limits.max_queued_runs)
                 plan_ref, context = request.payload()
+                # A queued run was promised (202): its row must survive a server crash.
+                await conn.execute("SET LOCAL synchronous_commit = on")
                 await conn.execute(enqueue, (tenant, request.run_id, request.request_key,
                                              plan_ref, context))
                 return Admission(queued=True, position=queued + 1, run_id=request.run_id)
@@ -276,7 +285,7 @@ class PostgresAdmissionStore(AdmissionStore):
                 raise rate_limited("activeRuns", tenant, 1.0, limits.max_active_runs)
             raise rate_limited("runStartsPerMinute", tenant, wait, limits.run_starts_per_minute)
 
-        return await self._locked(tenant, work)
+        return await self._locked(tenant, work, durable=False)
 
     async def release(self, tenant_id: str, run_id: str) -> None:
         """Drop a reservation whose start failed."""
