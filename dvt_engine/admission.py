@@ -378,10 +378,15 @@ class Dispatcher:
     """
 
     def __init__(self, admission: AdmissionStore, engine: WorkflowEngine, *,
-                 poll_s: float = 0.2) -> None:
+                 poll_s: float = 0.2, idle_s: float = 5.0) -> None:
         self.admission = admission
         self.engine = engine
+        # While a queue holds runs, slots free when runs end anywhere: look often. With every
+        # queue empty, only a run queued by another process is missed between looks, so an idle
+        # store is asked once per idle_s (a local queueing wakes the loop at once).
         self.poll_s = poll_s
+        self.idle_s = idle_s
+        self._backlog = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._turn = 0
@@ -413,11 +418,13 @@ class Dispatcher:
             if not started:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    await asyncio.wait_for(self._wake.wait(),
+                                           self.poll_s if self._backlog else self.idle_s)
 
     async def round(self) -> int:
         """Start at most one queued run per tenant, beginning after the last tenant served."""
         tenants = await self.admission.queued_tenants()
+        self._backlog = bool(tenants)
         if not tenants:
             return 0
         first = self._turn % len(tenants)
