@@ -170,7 +170,7 @@ func (p *cuttingProxy) pipe(client net.Conn, host string) {
 	defer client.Close()
 	defer upstream.Close()
 	var mu sync.Mutex
-	isStream := false
+	isStream, seen := false, 0
 	go func() {
 		buf := make([]byte, 32*1024)
 		for {
@@ -183,6 +183,7 @@ func (p *cuttingProxy) pipe(client net.Conn, host string) {
 					p.mu.Unlock()
 					mu.Lock()
 					isStream = strings.HasPrefix(head, "GET ") && strings.Contains(strings.SplitN(head, " ", 3)[1], "/stream")
+					seen = 0
 					mu.Unlock()
 				}
 				upstream.Write(buf[:n])
@@ -194,22 +195,24 @@ func (p *cuttingProxy) pipe(client net.Conn, host string) {
 		}
 	}()
 	buf := make([]byte, 32*1024)
-	seen := 0
 	for {
 		n, err := upstream.Read(buf)
 		if n > 0 {
-			client.Write(buf[:n])
-			seen += n
 			mu.Lock()
-			cut := isStream && seen >= p.after
+			cut := isStream && seen+n >= p.after
+			before := seen
+			seen += n
 			mu.Unlock()
 			p.mu.Lock()
 			if cut && p.cuts > 0 {
 				p.cuts--
 				p.mu.Unlock()
+				// Only the bytes before the cut go through, so the client never sees the rest.
+				client.Write(buf[:p.after-before])
 				return
 			}
 			p.mu.Unlock()
+			client.Write(buf[:n])
 		}
 		if err != nil {
 			return
@@ -220,7 +223,7 @@ func (p *cuttingProxy) pipe(client net.Conn, host string) {
 func TestStreamResumesAfterCutConnections(t *testing.T) {
 	u, key := service(t)
 	ctx := context.Background()
-	proxy := startProxy(t, u, 2, 600)
+	proxy := startProxy(t, u, 2, 1200)
 	var waits []time.Duration
 	c := dvt.New("http://"+proxy.ln.Addr().String(), key,
 		dvt.WithSleep(func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }))

@@ -48,7 +48,7 @@ test("the same Idempotency-Key twice starts one run", async () => {
 });
 
 test("the stream resumes with Last-Event-ID after cut connections, each event once", async () => {
-  const proxy = new CuttingProxy(new URL(url), 2, 600);
+  const proxy = new CuttingProxy(new URL(url), 2, 1200);
   const proxied = await proxy.start();
   try {
     const waits: number[] = [];

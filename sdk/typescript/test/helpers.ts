@@ -68,18 +68,21 @@ export class CuttingProxy {
       if (/^[A-Z]+ /.test(head)) {
         this.heads.push(head.split("\r\n\r\n")[0]);
         isStream = head.startsWith("GET ") && head.split(" ")[1].endsWith("/stream");
+        seen = 0;
       }
       upstream.write(chunk);
     });
     upstream.on("data", (chunk: Buffer) => {
-      client.write(chunk);
-      seen += chunk.length;
-      if (isStream && this.cutsLeft > 0 && seen >= this.cutAfterBytes) {
+      if (isStream && this.cutsLeft > 0 && seen + chunk.length >= this.cutAfterBytes) {
+        // Only the bytes before the cut go through, so the client never sees the rest.
         this.cutsLeft -= 1;
         isStream = false;
-        client.destroy();
+        client.end(chunk.subarray(0, this.cutAfterBytes - seen), () => client.destroy());
         upstream.destroy();
+        return;
       }
+      client.write(chunk);
+      seen += chunk.length;
     });
     const close = (): void => { client.destroy(); upstream.destroy(); };
     client.on("error", close);

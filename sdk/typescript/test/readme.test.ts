@@ -19,7 +19,7 @@ test("the README example runs as written", () => {
   writeFileSync(join(dir, "example.ts"), blocks[0]);
   execFileSync(process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"),
     "--strict", "--target", "ES2022", "--module", "NodeNext", "--moduleResolution", "NodeNext",
-    "--types", "node", "--skipLibCheck", "--outDir", dir, join(dir, "example.ts")],
+    "--types", "node", "--skipLibCheck", "--rootDir", dir, "--outDir", dir, join(dir, "example.ts")],
   { cwd: root, stdio: "inherit" });
   const out = execFileSync(process.execPath, [join(dir, "example.js")],
     { cwd: root, encoding: "utf8", timeout: 120_000 });
