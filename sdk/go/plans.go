@@ -20,8 +20,10 @@ func (p *Plans) Store(ctx context.Context, plan map[string]any) (*PlanRef, error
 	var answer struct {
 		PlanRef PlanRef `json:"planRef"`
 	}
-	err = p.c.doJSON(ctx, call{method: "POST", path: "/v1/plans", body: data, safe: true}, &answer)
-	return &answer.PlanRef, err
+	if err := p.c.doJSON(ctx, call{method: "POST", path: "/v1/plans", body: data, safe: true}, &answer); err != nil {
+		return nil, err
+	}
+	return &answer.PlanRef, nil
 }
 
 // Validate reports whether the plan is valid for engine (empty: the served one); stores nothing.
@@ -35,8 +37,10 @@ func (p *Plans) Validate(ctx context.Context, plan map[string]any, engine string
 		q.Set("engine", engine)
 	}
 	var report ValidationReport
-	err = p.c.doJSON(ctx, call{method: "POST", path: "/v1/plans/validate", query: q, body: data, safe: true}, &report)
-	return &report, err
+	if err := p.c.doJSON(ctx, call{method: "POST", path: "/v1/plans/validate", query: q, body: data, safe: true}, &report); err != nil {
+		return nil, err
+	}
+	return &report, nil
 }
 
 // Get returns the stored plan's exact bytes.

@@ -62,16 +62,20 @@ func (r *Runs) Create(ctx context.Context, o CreateRunOptions) (*Run, error) {
 		key = newKey()
 	}
 	var run Run
-	err = r.c.doJSON(ctx, call{method: "POST", path: "/v1/runs", body: data, safe: true,
-		headers: map[string]string{"Idempotency-Key": key}}, &run)
-	return &run, err
+	if err := r.c.doJSON(ctx, call{method: "POST", path: "/v1/runs", body: data, safe: true,
+		headers: map[string]string{"Idempotency-Key": key}}, &run); err != nil {
+		return nil, err
+	}
+	return &run, nil
 }
 
 // Get reads the run's snapshot.
 func (r *Runs) Get(ctx context.Context, runID string) (*Run, error) {
 	var run Run
-	err := r.c.doJSON(ctx, call{method: "GET", path: runPath(runID), safe: true}, &run)
-	return &run, err
+	if err := r.c.doJSON(ctx, call{method: "GET", path: runPath(runID), safe: true}, &run); err != nil {
+		return nil, err
+	}
+	return &run, nil
 }
 
 // ListOptions filters a run list; PageSize defaults to 50.
@@ -175,6 +179,7 @@ func (r *Runs) Stream(ctx context.Context, runID string, after int) iter.Seq2[Ru
 			if last > 0 {
 				headers["Last-Event-ID"] = strconv.Itoa(last)
 			}
+			var asked *time.Duration // the wait a 429 or 503 answer asked for
 			done, err := func() (bool, error) {
 				req, err := r.c.newRequest(ctx, "GET", runPath(runID)+"/stream", nil, nil, headers)
 				if err != nil {
@@ -192,7 +197,7 @@ func (r *Runs) Stream(ctx context.Context, runID string, after int) iter.Seq2[Ru
 					if !again {
 						return true, apiErr
 					}
-					hint, hasHint = wait, true
+					asked = &wait
 					return false, nil
 				}
 				var s sseReader
@@ -248,8 +253,10 @@ func (r *Runs) Stream(ctx context.Context, runID string, after int) iter.Seq2[Ru
 			}
 			failures++
 			wait := policy.backoff(failures)
-			if hasHint && (failures == 1 || hint > wait) {
-				wait = hint
+			if asked != nil {
+				wait = *asked
+			} else if hasHint && (failures == 1 || hint > wait) {
+				wait = hint // the service's retry: hint first, never less than it after
 			}
 			if err := r.c.Sleep(ctx, wait); err != nil {
 				yield(RunEvent{}, err)
@@ -294,8 +301,10 @@ func (r *Runs) Signal(ctx context.Context, runID string, kind SignalBodyType, o 
 		return nil, err
 	}
 	var answer SignalAnswer
-	err = r.c.doJSON(ctx, call{method: "POST", path: runPath(runID) + "/signals", body: data, safe: true}, &answer)
-	return &answer, err
+	if err := r.c.doJSON(ctx, call{method: "POST", path: runPath(runID) + "/signals", body: data, safe: true}, &answer); err != nil {
+		return nil, err
+	}
+	return &answer, nil
 }
 
 // Pause pauses the run: running steps finish, no new step starts.
