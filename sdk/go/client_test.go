@@ -15,6 +15,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -480,5 +481,41 @@ func TestFakeServiceCreateRetriesCarryOneKey(t *testing.T) {
 	}
 	if len(*seen) != 3 || len(keys) != 1 || keys[""] {
 		t.Fatalf("keys %v", keys)
+	}
+}
+
+func TestRealRateLimitIsWaitedOutThenReturnedTyped(t *testing.T) {
+	u, key := service(t)
+	// The service's engine refuses signals to one run over DVT_SIGNALS_PER_MINUTE (set by pytest).
+	limit, err := strconv.Atoi(os.Getenv("DVT_SIGNALS_PER_MINUTE"))
+	if err != nil || limit <= 0 || limit%2 != 0 {
+		t.Fatalf("DVT_SIGNALS_PER_MINUTE must be an even limit: %v", err)
+	}
+	ctx := context.Background()
+	var waits []time.Duration
+	policy := dvt.DefaultRetry
+	policy.MaxAttempts = 3
+	c := dvt.New(u, key, dvt.WithRetry(policy),
+		dvt.WithSleep(func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }))
+	run := must[*dvt.Run](t)(c.Runs.Create(ctx, dvt.CreateRunOptions{Plan: gatedPlan()}))
+	next, stop := iterPull(c.Runs.Stream(ctx, run.RunID, 0))
+	defer stop()
+	until(t, next, "StepAwaitingApproval")
+	for range limit / 2 {
+		must[*dvt.SignalAnswer](t)(c.Runs.Pause(ctx, run.RunID, ""))
+		until(t, next, "RunPaused")
+		must[*dvt.SignalAnswer](t)(c.Runs.Resume(ctx, run.RunID))
+		until(t, next, "RunResumed")
+	}
+	if len(waits) != 0 {
+		t.Fatalf("waits before the limit: %v", waits)
+	}
+	_, err = c.Runs.Approve(ctx, run.RunID, "signoff", "")
+	apiErr := wantCode(t, err, dvt.ErrRateLimited, "SIGNAL_RATE_LIMITED", 429)
+	if apiErr.RetryAfter != time.Minute || !slices.Equal(waits, []time.Duration{time.Minute, time.Minute}) {
+		t.Fatalf("retry after %v, waits %v", apiErr.RetryAfter, waits)
+	}
+	if after := must[*dvt.Run](t)(c.Runs.Get(ctx, run.RunID)); after.IsTerminal() {
+		t.Fatalf("the refused approval ended the run: %s", after.Status)
 	}
 }

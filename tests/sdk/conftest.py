@@ -12,6 +12,10 @@ from api_helpers import ApiServer, start_server, stop_server, tenant
 
 from dvt_statestore_pg.testing import schema_store_url
 
+#: The engine's signal limit per run: real 429 answers for the suites' rate-limit tests, and
+#: more than any other test sends to one run. Even: pause/resume pairs use it up.
+SIGNALS_PER_MINUTE = 6
+
 
 @pytest.fixture(scope="module")
 def sdk_server(dvt_postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory,
@@ -20,7 +24,8 @@ def sdk_server(dvt_postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory,
     name = request.module.__name__.rsplit(".", 1)[-1]
     tmp = tmp_path_factory.mktemp("sdk")
     with schema_store_url(dvt_postgres_dsn, prefix=f"dvt_{name}") as url:
-        server = start_server(url, tmp / "server.log", tmp / "home")
+        server = start_server(url, tmp / "server.log", tmp / "home", env={
+            "DVT_REFERENCE_SIGNAL_RATE_LIMIT_PER_MINUTE": str(SIGNALS_PER_MINUTE)})
         try:
             yield server
         finally:
@@ -33,7 +38,8 @@ def sdk_env(sdk_server: ApiServer) -> dict[str, str]:
     """The environment an SDK test suite runs in: the service's URL and a steering key."""
     key = sdk_server.key(tenant(), "runner", "reader", "operator", "approver")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVT_")}
-    env.update(DVT_API_URL=sdk_server.base_url, DVT_API_KEY=key)
+    env.update(DVT_API_URL=sdk_server.base_url, DVT_API_KEY=key,
+               DVT_SIGNALS_PER_MINUTE=str(SIGNALS_PER_MINUTE))
     return env
 
 

@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import {
-  ApiError, Conflict, ConnectionFailed, DvtClient, InvalidRequest, NotFound, Unauthenticated,
+  ApiError, Conflict, ConnectionFailed, DvtClient, InvalidRequest, NotFound, RateLimited,
+  Unauthenticated,
   type RunEvent,
 } from "../src/index.js";
 import { chainPlan, CuttingProxy, gatedPlan, service } from "./helpers.js";
@@ -140,4 +141,29 @@ test("an unreachable service is retried with backoff, then ConnectionFailed", as
   await assert.rejects(dvt.runs.get("any"), ConnectionFailed);
   assert.equal(waits.length, 2);
   assert.ok(waits.every((w) => w >= 0 && w <= 8));
+});
+
+test("a real 429 is waited out as Retry-After says, then thrown typed", async () => {
+  // The service's engine refuses signals to one run over DVT_SIGNALS_PER_MINUTE (set by pytest).
+  const limit = Number(process.env.DVT_SIGNALS_PER_MINUTE);
+  assert.ok(limit > 0 && limit % 2 === 0, "DVT_SIGNALS_PER_MINUTE must be an even limit");
+  const waits: number[] = [];
+  const dvt = new DvtClient(url, key,
+    { retry: { maxAttempts: 3 }, sleep: async (s) => { waits.push(s); } });
+  const run = await dvt.runs.create({ plan: gatedPlan() });
+  const events = dvt.runs.stream(run.runId);
+  await until(events, "StepAwaitingApproval");
+  for (let i = 0; i < limit / 2; i++) {
+    await dvt.runs.pause(run.runId);
+    await until(events, "RunPaused");
+    await dvt.runs.resume(run.runId);
+    await until(events, "RunResumed");
+  }
+  assert.deepEqual(waits, []);
+  await assert.rejects(dvt.runs.approve(run.runId, "signoff"), (err: unknown) =>
+    err instanceof RateLimited && err.code === "SIGNAL_RATE_LIMITED" && err.retryAfter === 60);
+  assert.deepEqual(waits, [60, 60]); // three sends, each refusal's Retry-After waited
+  const after = await dvt.runs.get(run.runId);
+  assert.ok(!["COMPLETED", "FAILED", "CANCELLED"].includes(after.status));
+  await events.return(undefined);
 });
