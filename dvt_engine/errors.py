@@ -66,6 +66,9 @@ class ErrorCode(StrEnum):
     ARTIFACT_CORRUPT = "ARTIFACT_CORRUPT"
     ARTIFACT_STORE_NOT_CONFIGURED = "ARTIFACT_STORE_NOT_CONFIGURED"
     ARTIFACT_STORE_UNAVAILABLE = "ARTIFACT_STORE_UNAVAILABLE"
+    ARCHIVE_UNAVAILABLE = "ARCHIVE_UNAVAILABLE"
+    ARCHIVE_CORRUPT = "ARCHIVE_CORRUPT"
+    ARCHIVE_BUSY = "ARCHIVE_BUSY"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
     STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
     STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
@@ -451,6 +454,31 @@ class ArtifactStoreUnavailable(StoreError):
     default_retryable = True
     hint = ("Check DVT_ARTIFACTS_URL, the endpoint and the credentials, and that the bucket or"
             " directory exists.")
+
+
+class ArchiveUnavailable(StoreError):
+    """The cold archive (a directory or an S3 bucket of Parquet files) cannot be read or written."""
+
+    code = ErrorCode.ARCHIVE_UNAVAILABLE
+    default_retryable = True
+    hint = ("Check DVT_ARCHIVE_URL, the endpoint and the credentials (DVT_ARCHIVE_ENDPOINT_URL,"
+            " DVT_ARCHIVE_ACCESS_KEY_ID, DVT_ARCHIVE_SECRET_ACCESS_KEY) and that the bucket or"
+            " directory exists.")
+
+
+class ArchiveCorrupt(StoreError):
+    """An archive file does not match its manifest (content hash or rows): altered at rest."""
+
+    code = ErrorCode.ARCHIVE_CORRUPT
+    hint = "The file was changed outside dvt; restore it from a backup of the archive."
+
+
+class ArchiveBusy(StoreError):
+    """Another archiver is working on this store; one archiver runs at a time."""
+
+    code = ErrorCode.ARCHIVE_BUSY
+    default_retryable = True
+    hint = "Wait for the other `dvt archive run` to finish, then run it again."
 
 
 class ArtifactStoreNotConfigured(StepError):
