@@ -73,6 +73,24 @@ func (e DeliveryInfoStatus) Valid() bool {
 	}
 }
 
+// Defines values for Overflow.
+const (
+	Queue  Overflow = "queue"
+	Reject Overflow = "reject"
+)
+
+// Valid indicates whether the value is a known member of the Overflow enum.
+func (e Overflow) Valid() bool {
+	switch e {
+	case Queue:
+		return true
+	case Reject:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for RunStatus.
 const (
 	APPROVED  RunStatus = "APPROVED"
@@ -81,6 +99,7 @@ const (
 	FAILED    RunStatus = "FAILED"
 	PAUSED    RunStatus = "PAUSED"
 	PENDING   RunStatus = "PENDING"
+	QUEUED    RunStatus = "QUEUED"
 	RUNNING   RunStatus = "RUNNING"
 )
 
@@ -98,6 +117,8 @@ func (e RunStatus) Valid() bool {
 	case PAUSED:
 		return true
 	case PENDING:
+		return true
+	case QUEUED:
 		return true
 	case RUNNING:
 		return true
@@ -154,6 +175,24 @@ func (e SignalBodyType) Valid() bool {
 	case RETRYSTEP:
 		return true
 	case SKIPSTEP:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for TenantLimitsBudgetPolicy.
+const (
+	Block TenantLimitsBudgetPolicy = "block"
+	Warn  TenantLimitsBudgetPolicy = "warn"
+)
+
+// Valid indicates whether the value is a known member of the TenantLimitsBudgetPolicy enum.
+func (e TenantLimitsBudgetPolicy) Valid() bool {
+	switch e {
+	case Block:
+		return true
+	case Warn:
 		return true
 	default:
 		return false
@@ -271,6 +310,9 @@ type KeyList struct {
 	Items []KeyInfo `json:"items"`
 }
 
+// Overflow What happens to a start over the tenant's concurrency or rate limit.
+type Overflow string
+
 // PlanRefIn A reference to a plan stored through “POST /v1/plans“.
 type PlanRefIn struct {
 	PlanId      *string `json:"planId,omitempty"`
@@ -325,6 +367,24 @@ type SignalBody struct {
 // SignalBodyType defines model for SignalBody.Type.
 type SignalBodyType string
 
+// TenantLimits A tenant's effective limits (settings defaults with the tenant's overrides on top).
+type TenantLimits struct {
+	BudgetPolicy       *TenantLimitsBudgetPolicy `json:"budgetPolicy,omitempty"`
+	MaxActiveRuns      *int                      `json:"maxActiveRuns,omitempty"`
+	MaxPlanBytes       *int                      `json:"maxPlanBytes,omitempty"`
+	MaxPlanSteps       *int                      `json:"maxPlanSteps,omitempty"`
+	MaxQueuedRuns      *int                      `json:"maxQueuedRuns,omitempty"`
+	MonthlyBudgetUnits *int                      `json:"monthlyBudgetUnits,omitempty"`
+
+	// Overflow What happens to a start over the tenant's concurrency or rate limit.
+	Overflow           *Overflow `json:"overflow,omitempty"`
+	RunStartsPerMinute *int      `json:"runStartsPerMinute,omitempty"`
+	SignalsPerMinute   *int      `json:"signalsPerMinute,omitempty"`
+}
+
+// TenantLimitsBudgetPolicy defines model for TenantLimits.BudgetPolicy.
+type TenantLimitsBudgetPolicy string
+
 // WebhookCreate “POST /v1/webhooks“: where to send which events.
 type WebhookCreate struct {
 	Description *string               `json:"description,omitempty"`
@@ -364,6 +424,18 @@ type WebhookInfo struct {
 type WebhookList struct {
 	Items []WebhookInfo `json:"items"`
 }
+
+// WhoAmI The key a request was sent with: its id, tenant and roles.
+type WhoAmI struct {
+	KeyId string `json:"keyId"`
+
+	// Roles the key's roles, sorted
+	Roles    []string `json:"roles"`
+	TenantId string   `json:"tenantId"`
+}
+
+// PutLimitsV1LimitsPutJSONBody defines parameters for PutLimitsV1LimitsPut.
+type PutLimitsV1LimitsPutJSONBody map[string]interface{}
 
 // StoreV1PlansPostJSONBody defines parameters for StoreV1PlansPost.
 type StoreV1PlansPostJSONBody = map[string]interface{}
@@ -424,6 +496,9 @@ type DeliveriesV1WebhooksWebhookIdDeliveriesGetParams struct {
 
 // CreateV1ApiKeysPostJSONRequestBody defines body for CreateV1ApiKeysPost for application/json ContentType.
 type CreateV1ApiKeysPostJSONRequestBody = KeyCreate
+
+// PutLimitsV1LimitsPutJSONRequestBody defines body for PutLimitsV1LimitsPut for application/json ContentType.
+type PutLimitsV1LimitsPutJSONRequestBody PutLimitsV1LimitsPutJSONBody
 
 // StoreV1PlansPostJSONRequestBody defines body for StoreV1PlansPost for application/json ContentType.
 type StoreV1PlansPostJSONRequestBody = StoreV1PlansPostJSONBody

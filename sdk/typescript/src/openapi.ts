@@ -108,6 +108,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The tenant's limits
+         * @description The effective limits of the caller's tenant (defaults with its overrides).
+         */
+        get: operations["get_limits_v1_limits_get"];
+        /**
+         * Change the tenant's limits
+         * @description A partial object: given fields replace, ``null`` restores the default; unknown fields,
+         *     and counts that are not whole numbers from 1 up, are refused (LIMITS_INVALID).
+         */
+        put: operations["put_limits_v1_limits_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/plans": {
         parameters: {
             query?: never;
@@ -201,7 +226,8 @@ export interface paths {
         };
         /**
          * A run's snapshot
-         * @description The run's snapshot with engine, checksum, createdAt and updatedAt.
+         * @description The run's snapshot with engine, checksum, createdAt and updatedAt (a QUEUED run: its
+         *     identity, status and when it was queued).
          */
         get: operations["get_run_v1_runs__runId__get"];
         put?: never;
@@ -401,6 +427,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/whoami": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The calling key's id, tenant and roles
+         * @description Any valid key may ask who it is (the console shows the buttons its roles allow).
+         */
+        get: operations["whoami_v1_whoami_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -561,6 +607,12 @@ export interface components {
             items: components["schemas"]["KeyInfo"][];
         };
         /**
+         * Overflow
+         * @description What happens to a start over the tenant's concurrency or rate limit.
+         * @enum {string}
+         */
+        Overflow: "reject" | "queue";
+        /**
          * PlanRefIn
          * @description A reference to a plan stored through ``POST /v1/plans``.
          */
@@ -607,7 +659,7 @@ export interface components {
          * @description Run status (contract §3.1).
          * @enum {string}
          */
-        RunStatus: "PENDING" | "APPROVED" | "RUNNING" | "PAUSED" | "COMPLETED" | "FAILED" | "CANCELLED";
+        RunStatus: "PENDING" | "APPROVED" | "RUNNING" | "PAUSED" | "COMPLETED" | "FAILED" | "CANCELLED" | "QUEUED";
         /**
          * SignalAnswer
          * @description The recorded decision of an accepted signal (a refusal is a problem+json).
@@ -643,6 +695,52 @@ export interface components {
              * @enum {string}
              */
             type: "PAUSE" | "RESUME" | "CANCEL" | "RETRY_STEP" | "SKIP_STEP" | "APPROVE_STEP" | "REJECT_STEP" | "APPROVE_RUN";
+        };
+        /**
+         * TenantLimits
+         * @description A tenant's effective limits (settings defaults with the tenant's overrides on top).
+         */
+        TenantLimits: {
+            /**
+             * Budgetpolicy
+             * @default warn
+             * @enum {string}
+             */
+            budgetPolicy: "warn" | "block";
+            /**
+             * Maxactiveruns
+             * @default 100
+             */
+            maxActiveRuns: number;
+            /**
+             * Maxplanbytes
+             * @default 1048576
+             */
+            maxPlanBytes: number;
+            /**
+             * Maxplansteps
+             * @default 1000
+             */
+            maxPlanSteps: number;
+            /**
+             * Maxqueuedruns
+             * @default 10000
+             */
+            maxQueuedRuns: number;
+            /** Monthlybudgetunits */
+            monthlyBudgetUnits?: number | null;
+            /** @default reject */
+            overflow: components["schemas"]["Overflow"];
+            /**
+             * Runstartsperminute
+             * @default 600
+             */
+            runStartsPerMinute: number;
+            /**
+             * Signalsperminute
+             * @default 600
+             */
+            signalsPerMinute: number;
         };
         /**
          * WebhookCreate
@@ -715,6 +813,21 @@ export interface components {
         WebhookList: {
             /** Items */
             items: components["schemas"]["WebhookInfo"][];
+        };
+        /**
+         * WhoAmI
+         * @description The key a request was sent with: its id, tenant and roles.
+         */
+        WhoAmI: {
+            /** Keyid */
+            keyId: string;
+            /**
+             * Roles
+             * @description the key's roles, sorted
+             */
+            roles: string[];
+            /** Tenantid */
+            tenantId: string;
         };
     };
     responses: never;
@@ -964,6 +1077,142 @@ export interface operations {
             };
             /** @description no such resource for this tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request does not match its schema, or the plan is refused */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the store or the engine is unavailable; retry after Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_limits_v1_limits_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TenantLimits"];
+                };
+            };
+            /** @description missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the key lacks the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request does not match its schema, or the plan is refused */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the store or the engine is unavailable; retry after Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    put_limits_v1_limits_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    [key: string]: unknown;
+                };
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TenantLimits"];
+                };
+            };
+            /** @description missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the key lacks the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is larger than the service accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is not application/json */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2214,6 +2463,62 @@ export interface operations {
             };
             /** @description no such resource for this tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request does not match its schema, or the plan is refused */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the store or the engine is unavailable; retry after Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    whoami_v1_whoami_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhoAmI"];
+                };
+            };
+            /** @description missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the key lacks the role this needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
