@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dvt_cli import dag
 from dvt_cli import output as out
 from dvt_cli.plans import read_plan_bytes
 from dvt_cli.runs import (
@@ -22,7 +23,9 @@ from dvt_cli.runs import (
     RunOptions,
     RunQuery,
     SignalOptions,
+    event_printer,
     exit_code_for,
+    print_dag,
     print_report,
 )
 from dvt_client import ApiError, AsyncClient, ConnectionFailed
@@ -115,14 +118,6 @@ def event_of(event: ApiEvent) -> Event:
     return Event.model_validate(event.model_dump(mode="json", by_alias=True))
 
 
-def _emit_event(event: Event, as_json: bool) -> None:
-    if as_json:
-        out.emit_json(out.event_document(event))
-    else:
-        out.say(out.describe_event(event))
-    out.flush()
-
-
 def _show_run(run: ApiRun, as_json: bool) -> RunSnapshot:
     snapshot = snapshot_of(run)
     if as_json:
@@ -154,9 +149,10 @@ async def run_plan(remote: Remote, options: RunOptions, engine: str | None) -> i
             if remote.json:
                 _show_run(run, True)
             return out.EXIT_OK
-        async for event in dvt.runs.stream(run.run_id):
-            if not remote.json:
-                _emit_event(event_of(event), False)
+        with event_printer(snapshot_of(run), remote.json, options.live) as emit:
+            async for event in dvt.runs.stream(run.run_id):
+                if not remote.json:
+                    emit(event_of(event))
         final = await dvt.runs.get(run.run_id)
     snapshot = _show_run(final, remote.json)
     return exit_code_for(snapshot.status)
@@ -173,40 +169,54 @@ async def validate_plan(remote: Remote, plan_path: str, engine: str | None) -> i
 
 
 @command
-async def show_status(remote: Remote, run_id: str) -> int:
-    """`dvt status` from the service."""
+async def show_status(remote: Remote, run_id: str, with_dag: bool = False) -> int:
+    """`dvt status [--dag]` from the service; the DAG's plan is the run's planRef."""
     validate_identifier("run id", run_id)
     async with _client(remote) as dvt:
         run = await dvt.runs.get(run_id)
-    _show_run(run, remote.json)
+        if with_dag:
+            sha256 = str(((run.model_extra or {}).get("planRef") or {}).get("sha256") or "")
+            if not sha256:
+                raise UsageError(f"the service sent no planRef for run {run_id}",
+                                 details={"runId": run_id,
+                                          "hint": "run `dvt status` without --dag"})
+            plan = await dvt.plans.get(sha256)
+    if not with_dag:
+        _show_run(run, remote.json)
+        return out.EXIT_OK
+    snapshot = snapshot_of(run)
+    print_dag(snapshot, dag.layered(dag.outline_of_plan(plan), snapshot), remote.json)
     return out.EXIT_OK
 
 
 @command
-async def show_events(remote: Remote, run_id: str, follow: bool, until: str | None) -> int:
+async def show_events(remote: Remote, run_id: str, follow: bool, until: str | None,
+                      live: bool = False) -> int:
     """`dvt events [-f] [--until TYPE]` from the service: stored events, then the stream."""
     validate_identifier("run id", run_id)
     async with _client(remote) as dvt:
-        await dvt.runs.get(run_id)  # RUN_NOT_FOUND before anything is printed
-        last, ended = 0, False
-        async for api_event in dvt.runs.events(run_id, page_size=1000):
-            event = event_of(api_event)
-            _emit_event(event, remote.json)
-            last = event.run_seq or last
-            if until is not None and event.event_type == until:
+        run = await dvt.runs.get(run_id)  # RUN_NOT_FOUND before anything is printed
+        shown = live and (follow or until is not None)
+        with event_printer(snapshot_of(run), remote.json, shown) as emit:
+            last, ended = 0, False
+            async for api_event in dvt.runs.events(run_id, page_size=1000):
+                event = event_of(api_event)
+                emit(event)
+                last = event.run_seq or last
+                if until is not None and event.event_type == until:
+                    return out.EXIT_OK
+                ended = ended or event.event_type in TERMINAL_RUN_EVENTS
+            if ended or not (follow or until is not None):
                 return out.EXIT_OK
-            ended = ended or event.event_type in TERMINAL_RUN_EVENTS
-        if ended or not (follow or until is not None):
-            return out.EXIT_OK
-        async for api_event in dvt.runs.stream(run_id, after=last):
-            event = event_of(api_event)
-            _emit_event(event, remote.json)
-            last = event.run_seq or last
-            if until is not None and event.event_type == until:
-                return out.EXIT_OK
-        # Decisions on signals that arrived after the end follow the terminal event.
-        async for api_event in dvt.runs.events(run_id, after=last, page_size=1000):
-            _emit_event(event_of(api_event), remote.json)
+            async for api_event in dvt.runs.stream(run_id, after=last):
+                event = event_of(api_event)
+                emit(event)
+                last = event.run_seq or last
+                if until is not None and event.event_type == until:
+                    return out.EXIT_OK
+            # Decisions on signals that arrived after the end follow the terminal event.
+            async for api_event in dvt.runs.events(run_id, after=last, page_size=1000):
+                emit(event_of(api_event))
     return out.EXIT_OK
 
 
