@@ -39,7 +39,17 @@ def live_wanted(as_json: bool, no_live: bool) -> bool:
     """Whether to show the live display: a terminal on stdout, no --json, no opt-out."""
     if as_json or no_live or os.environ.get(NO_LIVE_ENV, "").strip() not in ("", "0"):
         return False
+    return stdout_is_terminal()
+
+
+def stdout_is_terminal() -> bool:
+    """Whether stdout is a terminal (not a pipe or a file)."""
     return sys.stdout.isatty()
+
+
+def terminal_console() -> Console:
+    """The console the display draws on: stdout."""
+    return Console()
 
 
 def _when(event: Event) -> datetime:
@@ -155,7 +165,7 @@ def live_view(run_id: str, step_ids: Iterable[str] = (), console: Console | None
     """Show the live display on ``console`` (default: stdout) while the block runs."""
     progress = Progress(run_id, step_ids, clock)
     # Refreshes twice a second on its own, so elapsed times move between events.
-    with Live(get_renderable=progress.render, console=console or Console(),
+    with Live(get_renderable=progress.render, console=console or terminal_console(),
               refresh_per_second=2, transient=False, redirect_stdout=False,
               redirect_stderr=False) as live:
         yield LiveView(progress, live)
