@@ -3,7 +3,6 @@ fed by real runs on the reference engine; plain lines stay byte-identical withou
 
 from __future__ import annotations
 
-import io
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import PLANS, Result, invoke
+from live_helpers import counts_in, draw_on_terminal, last_frame, recording_console
 from rich.console import Console
 
 from dvt_cli import live
@@ -20,24 +20,6 @@ from dvt_engine.models.events import Event
 from dvt_engine.models.run import RunContext
 from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
 from dvt_engine.stores.memory import MemoryRunStateStore
-
-
-def recording_console() -> Console:
-    """A console that behaves like a terminal and keeps everything it drew."""
-    return Console(file=io.StringIO(), force_terminal=True, record=True, width=120,
-                   color_system="standard")
-
-
-def last_frame(console: Console, run_id: str) -> str:
-    """The text of the display's last drawing (its block starts with ``run RUN``)."""
-    text = console.export_text(styles=False, clear=False)
-    return text[text.rindex(f"run {run_id}  "):]
-
-
-def counts_in(frame: str) -> dict[str, int]:
-    """``{state: n}`` as the block's tally line says."""
-    return {name: int(n) for name, n in
-            re.findall(r"(done|running|awaiting approval|failed|waiting) (\d+)", frame)}
 
 
 async def _events_until(store: MemoryRunStateStore, run_id: str, feed: Any,
@@ -117,11 +99,8 @@ def dvt(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Any:
 
 @pytest.fixture
 def terminal(monkeypatch: pytest.MonkeyPatch) -> Console:
-    """Make stdout claim to be a terminal and draw the display on a recording console."""
-    console = recording_console()
-    monkeypatch.setattr(live, "terminal_console", lambda: console)
-    monkeypatch.setattr(live, "stdout_is_terminal", lambda: True)
-    return console
+    """The command's display, drawn on a recording console that claims a terminal."""
+    return draw_on_terminal(monkeypatch)
 
 
 def test_dvt_run_on_a_terminal_shows_the_display(dvt: Any, terminal: Console) -> None:
