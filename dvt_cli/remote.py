@@ -23,6 +23,7 @@ from dvt_cli.runs import (
     RunOptions,
     RunQuery,
     SignalOptions,
+    approval_notice,
     event_printer,
     exit_code_for,
     print_dag,
@@ -39,6 +40,7 @@ from dvt_engine.models.run import RunSummary
 from dvt_engine.models.signals import SignalDecision, SignalType
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.models.validation import ValidationReport
+from dvt_engine.planning.document import load_document
 
 T = TypeVar("T")
 
@@ -144,6 +146,8 @@ async def run_plan(remote: Remote, options: RunOptions, engine: str | None) -> i
         if not remote.json:
             out.say(f"run {run.run_id} started on {run.engine} "
                     f"(plan {run.plan_id}@{run.plan_version}, {ref.uri})")
+            if _requires_approval(data):
+                out.say(approval_notice(run.run_id))
             out.flush()
         if options.detach:
             if remote.json:
@@ -156,6 +160,13 @@ async def run_plan(remote: Remote, options: RunOptions, engine: str | None) -> i
         final = await dvt.runs.get(run.run_id)
     snapshot = _show_run(final, remote.json)
     return exit_code_for(snapshot.status)
+
+
+def _requires_approval(data: bytes) -> bool:
+    """Whether the plan (accepted by the service, so a valid document) waits for APPROVE_RUN."""
+    doc, _ = load_document(data)
+    metadata = doc.get("metadata") if isinstance(doc, dict) else None
+    return isinstance(metadata, dict) and metadata.get("requiresApproval") is True
 
 
 @command

@@ -108,8 +108,7 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
                 out.say(f"run {header.run_id} started on {header.engine} "
                            f"(plan {header.plan_id}@{header.plan_version}, {plan_ref.uri})")
                 if header.requires_approval:
-                    out.say(f"the plan requires approval: dvt signal {header.run_id} "
-                               "approve-run (from another shell, with a lasting store)")
+                    out.say(approval_notice(header.run_id))
                 out.flush()
             if options.detach:
                 if settings.json:
@@ -139,6 +138,12 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
     else:
         out.print_snapshot(snapshot)
     return exit_code_for(snapshot.status)
+
+
+def approval_notice(run_id: str) -> str:
+    """What `dvt run` says when the plan needs an APPROVE_RUN before it starts."""
+    return (f"the plan requires approval: dvt signal {run_id} approve-run (from another shell, "
+            "with a lasting store)")
 
 
 async def _started_run(store: RunStateStore, plan_ref: PlanRef, context: RunContext) -> RunHeader:

@@ -322,3 +322,22 @@ def test_status_and_events_for_people_are_the_same_in_both_modes(
     for local, remote in zip(shown["local"], shown["remote"], strict=True):
         assert (local.code, local.stderr) == (remote.code, remote.stderr)
         assert _normalised(local.stdout) == _normalised(remote.stdout)
+
+
+def test_detached_start_of_a_plan_that_needs_approval(dvt: Any, tmp_path: Path) -> None:
+    plan = {"metadata": {"planId": "gated", "planVersion": "1", "schemaVersion": "v1.2",
+                         "requiresApproval": True},
+            "steps": [{"stepId": "hello", "kind": "noop"}]}
+    path = tmp_path / "gated.json"
+    path.write_text(json.dumps(plan))
+    started = dvt("run", str(path), "--detach", "--run-id", "r-gated")
+    assert started.code == 0, started
+    assert started.stdout.splitlines()[1:] == [
+        "the plan requires approval: dvt signal r-gated approve-run (from another shell, "
+        "with a lasting store)"]
+    doc = dvt("run", str(path), "--detach", "--run-id", "r-gated-2", "--json")
+    assert doc.code == 0, doc
+    assert set(doc.json()) == RUN_KEYS
+    assert (doc.json()["runId"], doc.json()["status"]) == ("r-gated-2", "PENDING")
+    assert dvt("status", "r-gated-2", "--json").json()["snapshotChecksum"] == (
+        doc.json()["snapshotChecksum"])
