@@ -32,7 +32,14 @@ from dvt_cli.runs import (
 from dvt_client import ApiError, AsyncClient, ConnectionFailed
 from dvt_client import Run as ApiRun
 from dvt_client import RunEvent as ApiEvent
-from dvt_engine.errors import ERROR_CLASSES, ApiUnavailable, DvtError, ErrorCode, UsageError
+from dvt_engine.errors import (
+    ERROR_CLASSES,
+    ApiUnavailable,
+    DvtError,
+    ErrorCode,
+    RunNotFound,
+    UsageError,
+)
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.labels import parse_label_pairs
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
@@ -76,11 +83,16 @@ def _refusal_class(code: str) -> type[DvtError]:
         return made
 
 
-def as_dvt_error(error: ApiError | ConnectionFailed) -> DvtError:
+def as_dvt_error(error: ApiError | ConnectionFailed, run_id: str | None = None) -> DvtError:
     """A client error as the CLI's coded error (same code, message and failing paths)."""
     if isinstance(error, ConnectionFailed):
         return ApiUnavailable(str(error))
     details: dict[str, Any] = {"status": error.status, "requestId": error.request_id}
+    if error.code == "RUN_NOT_FOUND" and run_id is not None:
+        # The service does not echo the id it was given; local mode names it, and so do we.
+        return RunNotFound(f"run {run_id!r} not found", details={
+            **details, "runId": run_id,
+            "hint": "Check the run id and that the API key is one of the run's tenant."})
     if error.errors:
         details["errors"] = [e.model_dump() for e in error.errors]
     if error.code == "UNAUTHENTICATED":
@@ -91,12 +103,13 @@ def as_dvt_error(error: ApiError | ConnectionFailed) -> DvtError:
 
 
 @asynccontextmanager
-async def _client(remote: Remote) -> AsyncIterator[AsyncClient]:
+async def _client(remote: Remote, run_id: str | None = None) -> AsyncIterator[AsyncClient]:
+    """A client of the service; its errors become coded errors (about ``run_id`` if given)."""
     try:
         async with AsyncClient(remote.url, remote.key) as client:
             yield client
     except (ApiError, ConnectionFailed) as exc:
-        raise as_dvt_error(exc) from None
+        raise as_dvt_error(exc, run_id) from None
 
 
 def command(body: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[int]]:
@@ -183,7 +196,7 @@ async def validate_plan(remote: Remote, plan_path: str, engine: str | None) -> i
 async def show_status(remote: Remote, run_id: str, with_dag: bool = False) -> int:
     """`dvt status [--dag]` from the service; the DAG's plan is the run's planRef."""
     validate_identifier("run id", run_id)
-    async with _client(remote) as dvt:
+    async with _client(remote, run_id) as dvt:
         run = await dvt.runs.get(run_id)
         if with_dag:
             sha256 = str(((run.model_extra or {}).get("planRef") or {}).get("sha256") or "")
@@ -205,7 +218,7 @@ async def show_events(remote: Remote, run_id: str, follow: bool, until: str | No
                       live: bool = False) -> int:
     """`dvt events [-f] [--until TYPE]` from the service: stored events, then the stream."""
     validate_identifier("run id", run_id)
-    async with _client(remote) as dvt:
+    async with _client(remote, run_id) as dvt:
         run = await dvt.runs.get(run_id)  # RUN_NOT_FOUND before anything is printed
         shown = live and (follow or until is not None)
         with event_printer(snapshot_of(run), remote.json, shown) as emit:
@@ -289,7 +302,7 @@ async def send_signal(remote: Remote, options: SignalOptions) -> int:
         # refusal of the request (no key, no run, no role) is an error.
         if exc.status not in (409, 422, 429) or exc.code in ("REQUEST_INVALID",
                                                              "IDEMPOTENCY_KEY_MISMATCH"):
-            raise as_dvt_error(exc) from None
+            raise as_dvt_error(exc, options.run_id) from None
         decision = SignalDecision(signal_id=signal_id, type=_core_type(kind),
                                   run_id=options.run_id, accepted=False,
                                   error_code=exc.code, message=exc.detail)
