@@ -80,7 +80,9 @@ def test_run_json_is_the_contract_shape(dvt: Any) -> None:
     assert set(doc) == RUN_KEYS
     assert (doc["runId"], doc["status"]) == ("r-one", "COMPLETED")
     snapshot = RunSnapshot.model_validate(doc["snapshot"])
+    assert snapshot.run_id == "r-one"
     assert doc["snapshotChecksum"] == snapshot_checksum(snapshot)
+    assert snapshot.step("hello").status == "SUCCESS"
     assert snapshot.step("hello").output == {"greeting": "hello", "n": 1}
     assert len(result.stdout.strip().splitlines()) == 1
 
@@ -121,6 +123,7 @@ def test_run_that_fails_exits_1(dvt: Any, tmp_path: Path) -> None:
     assert result.code == 1, result
     doc = result.json()
     assert doc["status"] == "FAILED"
+    assert doc["snapshot"]["failure"]["stepId"] == "boom"
     assert doc["snapshot"]["steps"][0]["error"]["code"] == "BAD_SQL"
 
 
@@ -147,6 +150,7 @@ def test_missing_plan_file_is_a_usage_error(dvt: Any, tmp_path: Path) -> None:
         human = dvt(command, str(tmp_path / "nope.json"))
         assert human.code == 2
         assert "error USAGE_ERROR" in human.stderr
+        assert "hint:" in human.stderr
 
 
 @pytest.mark.parametrize("args", [("status", "a|b"), ("events", "a|b"), ("signal", "a|b", "pause"),
@@ -174,10 +178,12 @@ def test_validate_reports_the_same_document(dvt: Any) -> None:
         True, "reference", "diamond")
     bad = dvt("validate", str(PLANS / "cycle.json"), "--json")
     assert bad.code == 2
+    assert bad.json()["ok"] is False
     assert "PLAN_INVALID" in {i["code"] for i in bad.json()["issues"]}
     human = dvt("validate", str(PLANS / "cycle.json"))
     assert human.code == 2
     assert "cannot run on reference" in human.stdout
+    assert "error PLAN_INVALID" in human.stdout
 
 
 def test_status_events_and_runs_after_a_run(dvt: Any) -> None:
