@@ -23,6 +23,7 @@ from benchmarks.store_baseline import (
 )
 from benchmarks.store_filters import list_runs_filtered
 from benchmarks.store_lookup import status_by_id
+from benchmarks.store_scale import hot_queries_at_scale
 from benchmarks.store_table import Row, Scenario, latency_row
 from contract_tests.store_suite import happy_path, make_header
 from dvt_engine.eventlog import EventFactory
@@ -47,6 +48,7 @@ def dvt_scenarios() -> list[Scenario]:
         list_runs_100k,
         list_runs_filtered,
         status_by_id,
+        hot_queries_at_scale,
     ]
 
 

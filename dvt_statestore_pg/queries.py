@@ -104,16 +104,21 @@ class Queries:
     def list_runs(
         self, *, status: bool, project: bool, environment: bool, before: bool = False,
         plan: bool = False, labels: bool = False, created_after: bool = False,
-        created_before: bool = False,
+        created_before: bool = False, one_status: bool = False,
     ) -> str:
         """The latest-status index, newest first; only the filters asked for are in the SQL.
 
         Each filter is a condition an index of migrations 0001/0006 serves: equality on
         tenant with status or plan, a created_at range on the tenant's order, and ``@>`` on
-        the labels' GIN index.
+        the labels' GIN index. With ``one_status`` the status is one value, not an array:
+        equality lets the (tenant, status, created_at) index give the order itself, so a page
+        reads its rows and stops; ``= ANY`` makes the planner fetch and sort every run of the
+        tenant in that status.
         """
         where = ["tenant_id = %(tenant)s"]
-        if status:
+        if status and one_status:
+            where.append("status = %(status)s")
+        elif status:
             where.append("status = ANY(%(status)s::text[])")
         if project:
             where.append("project_id = %(project)s")
