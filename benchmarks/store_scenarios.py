@@ -21,6 +21,7 @@ from benchmarks.store_baseline import (
     RAW_RUNS_DDL,
     envelope,
 )
+from benchmarks.store_engine import reference_noop_steps
 from benchmarks.store_filters import list_runs_filtered
 from benchmarks.store_lookup import status_by_id
 from benchmarks.store_scale import hot_queries_at_scale
@@ -48,6 +49,7 @@ def dvt_scenarios() -> list[Scenario]:
         list_runs_100k,
         list_runs_filtered,
         status_by_id,
+        reference_noop_steps,
         hot_queries_at_scale,
     ]
 
