@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,12 +98,14 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
         " ON e.tenant_id = u.tenant_id AND e.run_id = u.run_id AND e.run_seq > u.after_seq"
         " ORDER BY e.tenant_id, e.run_id, e.run_seq"
     ).format(events=events)
+    # The page's snapshots go as one JSON document of rows, each snapshot a JSON string (its
+    # exact text back with ->>): the driver's json[] array dump quotes every snapshot with
+    # regular expressions, which was almost half of a rebuild's time.
     write_query = sql.SQL(
-        "UPDATE {runs} r SET snapshot = u.snapshot, snapshot_seq = u.seq,"
-        " status = u.status, substatus = u.substatus"
-        " FROM unnest(%s::text[], %s::text[], %s::json[], %s::bigint[], %s::text[], %s::text[])"
-        "   AS u(tenant_id, run_id, snapshot, seq, status, substatus)"
-        " WHERE r.tenant_id = u.tenant_id AND r.run_id = u.run_id AND r.last_seq = u.seq"
+        "UPDATE {runs} r SET snapshot = (u->>2)::json, snapshot_seq = (u->>3)::bigint,"
+        " status = u->>4, substatus = u->>5"
+        " FROM json_array_elements(%s::json) AS u"
+        " WHERE r.tenant_id = u->>0 AND r.run_id = u->>1 AND r.last_seq = (u->>3)::bigint"
         " RETURNING r.tenant_id, r.run_id"
     ).format(runs=runs)
     async with conn:
@@ -125,19 +128,20 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
             for tenant, run_id, seq, envelope in await cur.fetchall():
                 tails[(tenant, run_id)].append(event_with_seq(envelope, seq))
             batch: list[tuple[str, str, str, int, str, str | None]] = []
-            for tenant, run_id, header_text, last_seq, _snapshot_seq, snapshot_text in page:
+            for tenant, run_id, header_text, last_seq, snapshot_seq, snapshot_text in page:
                 report.runs += 1
                 tail = tails[(tenant, run_id)]
                 report.events += len(tail)
-                stored = RunSnapshot.model_validate_json(snapshot_text)
                 if full:
                     fresh = project(RunHeader.model_validate_json(header_text), tail)
                     fresh_json = fresh.model_dump_json()
-                    seen_by_readers = apply(stored, tail)
-                    if seen_by_readers.model_dump_json() != fresh_json:
-                        report.differed.append(run_id)
+                    # Readers see the stored text when it is up to date: equal text, equal view.
+                    if snapshot_seq != last_seq or snapshot_text != fresh_json:
+                        stored = RunSnapshot.model_validate_json(snapshot_text)
+                        if apply(stored, tail).model_dump_json() != fresh_json:
+                            report.differed.append(run_id)
                 else:
-                    fresh = apply(stored, tail)
+                    fresh = apply(RunSnapshot.model_validate_json(snapshot_text), tail)
                     fresh_json = fresh.model_dump_json()
                 seq = fresh.last_event_seq
                 if seq != last_seq:
@@ -154,9 +158,7 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool) -> RebuildR
                     )
                 )
             if batch:
-                cur = await conn.execute(
-                    write_query, [list(col) for col in zip(*batch, strict=True)]
-                )
+                cur = await conn.execute(write_query, (json.dumps(batch),))
                 written = {(row[0], row[1]) for row in await cur.fetchall()}
                 report.written += len(written)
                 report.raced += [b[1] for b in batch if (b[0], b[1]) not in written]
