@@ -189,8 +189,13 @@ class Queries:
             " e.content_hash"
             " FROM json_array_elements(%s::json) AS g"
             " CROSS JOIN LATERAL json_array_elements_text(g->3) WITH ORDINALITY AS k(key, n)"
-            " JOIN {dvt_events} e ON e.tenant_id = g->>0 AND e.run_id = g->>1"
-            " AND e.idempotency_key = k.key"
+            # One probe of the (tenant, run, key) unique index per key. As a plain join the
+            # planner, which cannot count a JSON document's elements, read each run's whole log
+            # by the primary key and hashed it: fine for 10 events, not for 10,000. LIMIT 1
+            # keeps the subquery a per-key lookup (the index is unique: at most one row).
+            " CROSS JOIN LATERAL (SELECT x.run_seq, x.event_id, x.persisted_at, x.content_hash"
+            "  FROM {dvt_events} x WHERE x.tenant_id = g->>0 AND x.run_id = g->>1"
+            "  AND x.idempotency_key = k.key LIMIT 1) AS e"
         )
 
     @property
