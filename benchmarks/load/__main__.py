@@ -1,0 +1,30 @@
+"""`python -m benchmarks.load --rate 1000/min --minutes 10 --engine temporal --chaos all`.
+
+Exit 0 when every run is correct and every target is met, 1 when a target is missed, 2 when
+a run is wrong (lost, duplicated or hung events, a snapshot unequal to its rebuild).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from benchmarks.load import run
+from benchmarks.load.options import parse
+from benchmarks.load.report import render, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the load and print its report; the exit code."""
+    options = parse(argv)
+    report = asyncio.run(run(options))
+    print(render(report), flush=True)
+    if options.json_path:
+        write_json(report, options.json_path)
+    if not report["correct"]:
+        return 2
+    return 0 if report["fast"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
