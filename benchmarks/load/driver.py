@@ -74,6 +74,8 @@ class LoadState:
     stream_restarts: int = 0
     load_end_s: float = 0.0
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Notified whenever a run is seen ending.
+    ends: asyncio.Condition = field(default_factory=asyncio.Condition)
     drained: bool = False
 
     def now(self) -> float:
@@ -123,6 +125,8 @@ async def _watch(client: Client, state: LoadState, stop: asyncio.Event) -> None:
                 if event.event_type in TERMINAL_RUN_EVENTS and event.run_id not in state.ended:
                     state.ended[event.run_id] = state.now()
                     state.status[event.run_id] = event.event_type
+                    async with state.ends:
+                        state.ends.notify_all()
         except DvtError:
             # The store gave up during an outage: start following again where we were.
             state.stream_restarts += 1
@@ -191,8 +195,7 @@ async def _chaos(servers: Servers, options: LoadOptions, state: LoadState) -> No
 
 
 async def _recovery(record: ChaosRecord, in_flight: set[str], state: LoadState) -> None:
-    """Fill the record's recovery times from the completions as they come (polled: the
-    completions are plain dict writes by the watcher)."""
+    """Fill the record's recovery times from the completions as they come."""
     while record.first_new_completion_s is None or record.in_flight_done_s is None:
         if record.first_new_completion_s is None:
             new = [state.ended[r] for r, t in list(state.started.items())
@@ -202,7 +205,9 @@ async def _recovery(record: ChaosRecord, in_flight: set[str], state: LoadState) 
         if record.in_flight_done_s is None and all(r in state.ended for r in in_flight):
             ends = [state.ended[r] for r in in_flight]
             record.in_flight_done_s = (max(ends) if ends else state.now()) - record.at_s
-        await asyncio.sleep(0.2)
+            continue
+        async with state.ends:
+            await state.ends.wait()
 
 
 async def _storm(client: Client, options: LoadOptions, state: LoadState) -> None:
@@ -263,8 +268,10 @@ async def drive(options: LoadOptions, servers: Servers) -> tuple[LoadState, Clie
             await asyncio.gather(*list(tasks))
         state.load_end_s = state.now()
         deadline = state.now() + options.drain_s
-        while state.now() < deadline and state.running():
-            await asyncio.sleep(0.2)  # polling the watcher's record of ended runs
+        async with state.ends:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.ends.wait_for(lambda: not state.running()),
+                                       max(0.0, deadline - state.now()))
         state.drained = not state.running()
     except BaseException:
         await client.close()

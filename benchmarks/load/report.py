@@ -112,6 +112,7 @@ def summarize(options: LoadOptions, state: LoadState, verdict: Verdict) -> dict[
         "pauseToNoNewStep": {"count": len(verdict.pause_latencies_s),
                              "p50": percentile(verdict.pause_latencies_s, 0.5),
                              "p99": pause_p99},
+        "lateRunResumed": verdict.late_resumes,
         "minutes": minutes, "chaos": [asdict(c) for c in state.chaos],
         "chaosSkipped": state.skipped_chaos, "runsVerified": verdict.checked,
         "correctnessProblems": correctness, "speedMisses": speed,
@@ -159,6 +160,9 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"signals: {report['signalsSent']} sent, {report['signalsChecked']} "
                      f"checked decided once; PAUSE->no-new-step p50 {_f(p['p50'])} s, "
                      f"p99 {_f(p['p99'])} s over {p['count']} pauses")
+    if report["lateRunResumed"]:
+        lines.append(f"NOTE {len(report['lateRunResumed'])} steps started after an accepted "
+                     f"RESUME but before its RunResumed; first: {report['lateRunResumed'][0]}")
     for problem in report["correctnessProblems"][:30]:
         lines.append(f"PROBLEM {problem}")
     lines.append(("PASS" if report["correct"] else "FAIL") + " correctness; "

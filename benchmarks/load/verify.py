@@ -41,6 +41,7 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
     pause_latencies_s: list[float] = field(default_factory=list)
     signals_checked: int = 0
+    late_resumes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,26 +98,45 @@ def signal_problems(run_id: str, events: list[Event], sent: list[SentSignal]) ->
     return problems
 
 
-def pause_latencies(events: list[Event]) -> tuple[list[float], list[str]]:
-    """PAUSE to no-new-step, per accepted PAUSE; and steps started while paused.
+def trace(events: list[Event], limit: int = 60) -> str:
+    """A run's log in one line: ``seq:Type[step]``, with the signal type of decisions."""
+    parts = []
+    for e in events[:limit]:
+        what = e.step_id or e.payload.get("signalType") or ""
+        parts.append(f"{e.run_seq}:{e.event_type}" + (f"[{what}]" if what else ""))
+    return " ".join(parts)
+
+
+def pause_latencies(events: list[Event]) -> tuple[list[float], list[str], list[str]]:
+    """PAUSE to no-new-step per accepted PAUSE; steps started while paused; late RunResumed.
 
     The latency runs from the SignalAccepted of a PAUSE to the later of its RunPaused and the
-    last StepStarted before that RunPaused (a step the engine was already starting).
+    last StepStarted before that RunPaused (a step the engine was already starting). A
+    StepStarted after RunPaused while no RESUME has been accepted since is a broken pause (a
+    problem); one after a RESUME was accepted but before its RunResumed was written is a log
+    written out of order (reported apart: the step was allowed, the log says otherwise).
     """
     latencies: list[float] = []
     problems: list[str] = []
+    late: list[str] = []
     accepted_at: dict[str, Any] = {}
     last_step_start: Any = None
-    paused = False
+    paused = wanted_paused = False
     for e in events:
-        if (e.event_type == "SignalAccepted" and e.payload.get("signalType") == "PAUSE"
-                and not e.payload.get("noOp")):
-            accepted_at[str(e.payload.get("signalId"))] = e.persisted_at
-            last_step_start = None
+        kind = e.payload.get("signalType") if e.event_type == "SignalAccepted" else None
+        if kind in ("PAUSE", "RESUME") and not e.payload.get("noOp"):
+            wanted_paused = kind == "PAUSE"
+            if kind == "PAUSE":
+                accepted_at[str(e.payload.get("signalId"))] = e.persisted_at
+                last_step_start = None
         elif e.event_type == "StepStarted":
             if paused:
-                problems.append(f"{e.run_id}: step {e.step_id} started while paused "
-                                f"(runSeq {e.run_seq})")
+                where = f"{e.run_id}: step {e.step_id} StepStarted at runSeq {e.run_seq}"
+                if wanted_paused:
+                    problems.append(f"{where} while paused (log {trace(events)})")
+                else:
+                    late.append(f"{where} after RESUME accepted, before RunResumed "
+                                f"(log {trace(events)})")
             last_step_start = e.persisted_at
         elif e.event_type == "RunPaused":
             paused = True
@@ -126,7 +146,7 @@ def pause_latencies(events: list[Event]) -> tuple[list[float], list[str]]:
                 latencies.append((end - began).total_seconds())
         elif e.event_type in ("RunResumed", "RunCompleted", "RunFailed", "RunCancelled"):
             paused = False
-    return latencies, problems
+    return latencies, problems, late
 
 
 async def verify_runs(store: RunStateStore, tenant: str, runs: list[str], steps: list[str],
@@ -156,9 +176,10 @@ async def verify_runs(store: RunStateStore, tenant: str, runs: list[str], steps:
             if sent:
                 verdict.problems.extend(signal_problems(run_id, events, sent))
                 verdict.signals_checked += len(sent)
-                found, wrong = pause_latencies(events)
+                found, wrong, late = pause_latencies(events)
                 verdict.pause_latencies_s.extend(found)
                 verdict.problems.extend(wrong)
+                verdict.late_resumes.extend(late)
             verdict.checked += 1
 
     await asyncio.gather(*(one(r) for r in runs))
