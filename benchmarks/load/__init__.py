@@ -26,7 +26,7 @@ async def run(options: LoadOptions) -> dict[str, Any]:
         state, client = await drive(options, servers)
         try:
             steps = [s["stepId"] for s in load_plan(options.steps, options.step_ms)["steps"]]
-            verdict = await verify_runs(client.store, client.tenant, list(state.started), steps,
+            verdict = await verify_runs(client.store, client.tenant, list(state.ended), steps,
                                         state.signals)
         finally:
             await client.close()

@@ -92,8 +92,8 @@ def summarize(options: LoadOptions, state: LoadState, verdict: Verdict) -> dict[
     correctness = list(verdict.problems)
     if not state.drained:
         hung = state.running()
-        correctness.append(f"{len(hung)} runs did not end within {options.drain_s:.0f} s of "
-                           f"the load: {hung[:10]}")
+        correctness.append(f"{len(hung)} runs had not ended {options.drain_s:.0f} s after "
+                           f"the load (a backlog or hung; not verified): {hung[:10]}")
     correctness += [f"{c.kind}: could not inject: {c.error}" for c in state.chaos if c.error]
     return {
         "options": {**asdict(options), "targets": asdict(options.targets)},
