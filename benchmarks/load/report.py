@@ -72,6 +72,9 @@ def summarize(options: LoadOptions, state: LoadState, verdict: Verdict) -> dict[
     completed = sum(1 for s in state.status.values() if s == "RunCompleted")
     whole = options.seconds / 60.0
     runs_per_min = sum(1 for t in state.ended.values() if t < options.seconds) / whole
+    # Over the whole run, drain included: what the system finished, however late.
+    last_end = max(state.ended.values(), default=0.0)
+    overall = len(state.ended) / (last_end / 60.0) if last_end else 0.0
     t = options.targets
     speed: list[str] = []
     if t.runs_per_min is not None and runs_per_min < t.runs_per_min:
@@ -100,6 +103,7 @@ def summarize(options: LoadOptions, state: LoadState, verdict: Verdict) -> dict[
         "runsStarted": len(state.started), "runsEnded": len(state.ended),
         "runsCompleted": completed, "runsPerMin": runs_per_min,
         "stepsPerMin": runs_per_min * options.steps,
+        "overallRunsPerMin": overall, "lastEndS": last_end,
         "latency": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
                     "p99": percentile(latencies, 0.99)},
         "p99Drift": drift, "driverRssGrowth": driver_growth, "workerRssGrowth": worker_growth,
@@ -139,7 +143,9 @@ def render(report: dict[str, Any]) -> str:
     lat, lag = report["latency"], report["storeLag"]
     lines.append(f"runs: {report['runsStarted']} started, {report['runsCompleted']} completed, "
                  f"{report['runsVerified']} verified; {report['runsPerMin']:.0f} runs/min, "
-                 f"{report['stepsPerMin']:.0f} steps/min")
+                 f"{report['stepsPerMin']:.0f} steps/min during the load; all ended by "
+                 f"{report['lastEndS']:.0f} s: {report['overallRunsPerMin']:.0f} runs/min "
+                 f"overall")
     lines.append(f"start->complete: p50 {_f(lat['p50'])} s, p95 {_f(lat['p95'])} s, "
                  f"p99 {_f(lat['p99'])} s; p99 drift {_f(report['p99Drift'], '+.0%')}")
     lines.append(f"store lag: p50 {_f(lag['p50'], '.3f')} s, p99 {_f(lag['p99'], '.3f')} s, "
