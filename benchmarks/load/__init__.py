@@ -25,8 +25,9 @@ async def run(options: LoadOptions) -> dict[str, Any]:
     try:
         state, client = await drive(options, servers)
         try:
-            steps = [s["stepId"] for s in load_plan(options.steps, options.step_ms)["steps"]]
-            verdict = await verify_runs(client.store, client.tenant, list(state.ended), steps,
+            deps = {s["stepId"]: list(s.get("dependsOn") or [])
+                    for s in load_plan(options.steps, options.step_ms)["steps"]}
+            verdict = await verify_runs(client.store, client.tenant, list(state.ended), deps,
                                         state.signals)
         finally:
             await client.close()

@@ -38,6 +38,8 @@ from dvt_engine.settings import (
 SAMPLE_EVERY_S = 5.0
 #: How long a paused run stays paused before its RESUME.
 PAUSED_FOR_S = 0.3
+#: PAUSE/RESUME pairs in flight at most; a storm tick finding this many is skipped (counted).
+MAX_SIGNALS_IN_FLIGHT = 200
 
 
 @dataclass
@@ -71,6 +73,7 @@ class LoadState:
     skipped_chaos: list[str] = field(default_factory=list)
     signals: dict[str, list[SentSignal]] = field(default_factory=dict)
     signal_errors: int = 0
+    signals_skipped: int = 0
     stream_restarts: int = 0
     load_end_s: float = 0.0
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -237,6 +240,9 @@ async def _storm(client: Client, options: LoadOptions, state: LoadState) -> None
         n += 1
         running = state.running()
         if not running:
+            continue
+        if len(pending) >= MAX_SIGNALS_IN_FLIGHT:
+            state.signals_skipped += 1  # the engine is behind: an open loop would only queue
             continue
         task = asyncio.create_task(send(rng.choice(running)))
         pending.add(task)

@@ -41,7 +41,6 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
     pause_latencies_s: list[float] = field(default_factory=list)
     signals_checked: int = 0
-    late_resumes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -107,51 +106,66 @@ def trace(events: list[Event], limit: int = 60) -> str:
     return " ".join(parts)
 
 
-def pause_latencies(events: list[Event]) -> tuple[list[float], list[str], list[str]]:
-    """PAUSE to no-new-step per accepted PAUSE; steps started while paused; late RunResumed.
+def pause_latencies(events: list[Event], deps: dict[str, list[str]]
+                    ) -> tuple[list[float], list[str]]:
+    """PAUSE to no-new-step per accepted PAUSE, and steps scheduled while paused.
 
-    The latency runs from the SignalAccepted of a PAUSE to the later of its RunPaused and the
-    last StepStarted before that RunPaused (a step the engine was already starting). A
-    StepStarted after RunPaused while no RESUME has been accepted since is a broken pause (a
-    problem); one after a RESUME was accepted but before its RunResumed was written is a log
-    written out of order (reported apart: the step was allowed, the log says otherwise).
+    A step's StepStarted is written when it begins, which can be after a RunPaused: a step the
+    engine scheduled before the pause took effect (its dependencies were complete by then) is
+    in flight, and the pause's latency runs from its SignalAccepted to the later of its
+    RunPaused and the last such StepStarted. A step started after RunPaused whose dependencies
+    completed only after RunPaused was scheduled while paused: a problem.
     """
     latencies: list[float] = []
     problems: list[str] = []
-    late: list[str] = []
     accepted_at: dict[str, Any] = {}
-    last_step_start: Any = None
-    paused = wanted_paused = False
+    completed: dict[str, int] = {}
+    window: list[Any] | None = None  # [accepted at, latest end, RunPaused runSeq]
+    last_start: Any = None
+
+    def close() -> None:
+        nonlocal window
+        if window is not None:
+            latencies.append((window[1] - window[0]).total_seconds())
+            window = None
+
     for e in events:
         kind = e.payload.get("signalType") if e.event_type == "SignalAccepted" else None
-        if kind in ("PAUSE", "RESUME") and not e.payload.get("noOp"):
-            wanted_paused = kind == "PAUSE"
-            if kind == "PAUSE":
-                accepted_at[str(e.payload.get("signalId"))] = e.persisted_at
-                last_step_start = None
+        if kind == "PAUSE" and not e.payload.get("noOp"):
+            accepted_at[str(e.payload.get("signalId"))] = e.persisted_at
+            last_start = None
+        elif e.event_type == "StepCompleted" and e.step_id is not None:
+            completed[e.step_id] = e.run_seq or 0
         elif e.event_type == "StepStarted":
-            if paused:
-                where = f"{e.run_id}: step {e.step_id} StepStarted at runSeq {e.run_seq}"
-                if wanted_paused:
-                    problems.append(f"{where} while paused (log {trace(events)})")
-                else:
-                    late.append(f"{where} after RESUME accepted, before RunResumed "
-                                f"(log {trace(events)})")
-            last_step_start = e.persisted_at
+            if window is not None:
+                late = [d for d in deps.get(e.step_id or "", [])
+                        if completed.get(d, 1 << 62) > window[2]]
+                if late:
+                    problems.append(
+                        f"{e.run_id}: step {e.step_id} scheduled while paused: StepStarted at "
+                        f"runSeq {e.run_seq}, RunPaused at {window[2]}, its dependencies "
+                        f"{late} completed after it (log {trace(events)})")
+                elif e.persisted_at is not None:
+                    window[1] = max(window[1], e.persisted_at)
+            last_start = e.persisted_at
         elif e.event_type == "RunPaused":
-            paused = True
+            close()
             began = accepted_at.pop(str(e.caused_by_signal_id), None)
             if began is not None and e.persisted_at is not None:
-                end = max(e.persisted_at, last_step_start or e.persisted_at)
-                latencies.append((end - began).total_seconds())
+                window = [began, max(e.persisted_at, last_start or e.persisted_at),
+                          e.run_seq or 0]
         elif e.event_type in ("RunResumed", "RunCompleted", "RunFailed", "RunCancelled"):
-            paused = False
-    return latencies, problems, late
+            close()
+    close()
+    return latencies, problems
 
 
-async def verify_runs(store: RunStateStore, tenant: str, runs: list[str], steps: list[str],
-                      signals: dict[str, list[SentSignal]], concurrency: int = 8) -> Verdict:
-    """Check every run (``concurrency`` at a time); the verdict."""
+async def verify_runs(store: RunStateStore, tenant: str, runs: list[str],
+                      deps: dict[str, list[str]], signals: dict[str, list[SentSignal]],
+                      concurrency: int = 8) -> Verdict:
+    """Check every run (``concurrency`` at a time) of a plan with steps ``deps`` (step to
+    its dependencies); the verdict."""
+    steps = list(deps)
     verdict = Verdict()
     gate = asyncio.Semaphore(concurrency)
 
@@ -176,10 +190,9 @@ async def verify_runs(store: RunStateStore, tenant: str, runs: list[str], steps:
             if sent:
                 verdict.problems.extend(signal_problems(run_id, events, sent))
                 verdict.signals_checked += len(sent)
-                found, wrong, late = pause_latencies(events)
+                found, wrong = pause_latencies(events, deps)
                 verdict.pause_latencies_s.extend(found)
                 verdict.problems.extend(wrong)
-                verdict.late_resumes.extend(late)
             verdict.checked += 1
 
     await asyncio.gather(*(one(r) for r in runs))

@@ -56,29 +56,33 @@ def test_each_signal_must_be_decided_once_as_answered() -> None:
     assert "logged as SignalAccepted" in signal_problems("r1", log, wrong)[0]
 
 
-def test_pause_latency_and_a_step_started_while_paused() -> None:
+CHAIN = {"s1": [], "s2": ["s1"], "s3": ["s2"]}
+
+
+def test_a_step_in_flight_at_the_pause_counts_toward_its_latency() -> None:
     log = [ev(1, "RunStarted", at_ms=0),
-           ev(2, "SignalAccepted", at_ms=100, signalId="p", signalType="PAUSE"),
-           ev(3, "StepStarted", "s1", at_ms=250),       # already being started: counts
-           ev(4, "RunPaused", at_ms=200, signal="p"),
-           ev(5, "StepStarted", "s2", at_ms=300)]      # no RESUME accepted: a broken pause
-    latencies, broken, late = pause_latencies(log)
-    assert latencies == [0.15]
-    assert len(broken) == 1
-    assert "s2 StepStarted at runSeq 5 while paused" in broken[0]
-    assert late == []
-
-
-def test_a_step_started_after_an_accepted_resume_but_before_run_resumed_is_told_apart() -> None:
-    log = [ev(1, "SignalAccepted", signalId="p", signalType="PAUSE"),
-           ev(2, "RunPaused", signal="p"),
-           ev(3, "SignalAccepted", signalId="r", signalType="RESUME"),
-           ev(4, "StepStarted", "s2"),
-           ev(5, "RunResumed", signal="r")]
-    _latencies, broken, late = pause_latencies(log)
+           ev(2, "StepStarted", "s1", at_ms=10), ev(3, "StepCompleted", "s1", at_ms=20),
+           ev(4, "SignalAccepted", at_ms=100, signalId="p", signalType="PAUSE"),
+           ev(5, "RunPaused", at_ms=200, signal="p"),
+           ev(6, "StepStarted", "s2", at_ms=350),      # scheduled before the pause took effect
+           ev(7, "SignalAccepted", at_ms=400, signalId="r", signalType="RESUME"),
+           ev(8, "RunResumed", at_ms=450, signal="r")]
+    latencies, broken = pause_latencies(log, CHAIN)
+    assert latencies == [0.25]
     assert broken == []
-    assert len(late) == 1
-    assert "runSeq 4 after RESUME accepted" in late[0]
+
+
+def test_a_step_scheduled_while_paused_is_a_problem() -> None:
+    log = [ev(1, "RunStarted", at_ms=0),
+           ev(2, "StepStarted", "s1", at_ms=10),
+           ev(3, "SignalAccepted", at_ms=100, signalId="p", signalType="PAUSE"),
+           ev(4, "RunPaused", at_ms=200, signal="p"),
+           ev(5, "StepCompleted", "s1", at_ms=300),
+           ev(6, "StepStarted", "s2", at_ms=350)]      # its dependency ended after RunPaused
+    latencies, broken = pause_latencies(log, CHAIN)
+    assert latencies == [0.1]
+    assert len(broken) == 1
+    assert "s2 scheduled while paused: StepStarted at runSeq 6, RunPaused at 4" in broken[0]
 
 
 def test_rates_chaos_names_and_percentiles_parse() -> None:
