@@ -148,7 +148,12 @@ class Servers:
         return time.monotonic() - began
 
     def inject(self, kind: str) -> float:
-        """Do the fault named ``kind``; the seconds it took."""
+        """Do the fault named ``kind``; the seconds it took.
+
+        The driver calls this in the event loop's executor threads, which live until the loop
+        closes: that matters because the PR_SET_PDEATHSIG of a server started here fires when
+        the starting thread ends, not the process.
+        """
         return {"pg-restart": self.pg_restart, "pg-failover": self.pg_failover,
                 "worker-kill": self.worker_kill,
                 "temporal-restart": self.temporal_restart}[kind]()
