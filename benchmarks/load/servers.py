@@ -29,6 +29,9 @@ from dvt_local import postgres as pg
 CHAOS_KINDS = ("pg-restart", "worker-kill", "temporal-restart", "pg-failover")
 #: Seconds a killed activity's step is retried after (the Temporal worker's heartbeat budget).
 WORKER_HEARTBEAT_S = "2"
+#: What `dvt worker` prints once it serves, and how long it gets to say it.
+WORKER_READY = "dvt worker:"
+WORKER_START_S = 120.0
 
 
 def _dvt_bin() -> str:
@@ -85,14 +88,20 @@ class Servers:
         return env
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        """Start one `dvt worker` process (its output goes to a log in the scratch dir)."""
-        log = (self.scratch / f"worker-{len(self.workers)}.log").open("ab")
-        with log:
+        """Start one `dvt worker` process and wait until it says it serves (bounded).
+
+        Its output goes to a log in the scratch dir; a worker that exits first fails the start
+        with that log's tail, so a broken installation is not mistaken for a slow engine.
+        """
+        path = self.scratch / f"worker-{len(self.workers)}.log"
+        with path.open("ab") as log:
             proc = subprocess.Popen(
                 [_dvt_bin(), "worker", "--engine", self.engine], env=self.worker_env(),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         self.workers.append(proc)
+        lifecycle.wait_ready(lambda: WORKER_READY in lifecycle.log_tail(path), proc,
+                             what="dvt worker", log_file=path, timeout_s=WORKER_START_S)
         return proc
 
     def live_workers(self) -> list[subprocess.Popen[bytes]]:
