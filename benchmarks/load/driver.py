@@ -27,6 +27,7 @@ from dvt_engine import Client, PlanBuilder, PostgresStoreSettings
 from dvt_engine.errors import DvtError
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS
 from dvt_engine.models.signals import PausePayload, ResumePayload
+from dvt_engine.ports import TENANT_LOG_START, TenantCursor
 from dvt_engine.settings import (
     ConductorSettings,
     EngineSettings,
@@ -36,6 +37,8 @@ from dvt_engine.settings import (
 
 #: Seconds between memory samples.
 SAMPLE_EVERY_S = 5.0
+#: How long a start is retried through an outage before the run is given up.
+START_RETRY_S = 120.0
 #: How long a paused run stays paused before its RESUME.
 PAUSED_FOR_S = 0.3
 #: PAUSE/RESUME pairs in flight at most; a storm tick finding this many is skipped (counted).
@@ -117,7 +120,8 @@ def load_plan(steps: int, step_ms: int) -> dict[str, Any]:
 
 async def _watch(client: Client, state: LoadState, stop: asyncio.Event) -> None:
     """Record every run's end (and the store lag) from the tenant stream, across outages."""
-    cursor = None
+    # The tenant is new: from its first event, so no run can end before the watch begins.
+    cursor: TenantCursor = TENANT_LOG_START
     while not stop.is_set():
         try:
             async for item in client.store.follow_tenant(client.tenant, after=cursor):
@@ -146,7 +150,10 @@ async def _start_one(client: Client, ref: Any, run_id: str, state: LoadState,
                 return
             except DvtError:
                 # Starting is idempotent on the run id: a retry after an outage finds the run.
+                # One that never starts stays "not ended" and fails the check after the drain.
                 state.start_errors += 1
+                if state.now() - state.started[run_id] > START_RETRY_S:
+                    return
                 await asyncio.sleep(0.5)  # back-off while the store or engine comes back
 
 
