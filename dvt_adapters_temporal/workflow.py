@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from dvt_adapters_temporal.budget import budget_spent, continue_now
     from dvt_adapters_temporal.ordering import SignalOrder
+    from dvt_adapters_temporal.plans import parsed_plan
     from dvt_adapters_temporal.wire import (
         ACT_GATE,
         ACT_PREPARE,
@@ -60,7 +61,6 @@ with workflow.unsafe.imports_passed_through():
         WriteRunEvent,
         WriteStepEvent,
     )
-    from dvt_engine.models.plan import ExecutionPlan
     from dvt_engine.models.snapshot import StepError
     from dvt_engine.rules import failure as failure_rules
     from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON
@@ -176,7 +176,7 @@ class DvtRunWorkflow:
         if prepared.refused_code is not None:
             # The plan was refused before any step; RunFailed is already in the log.
             return self._result("FAILED", None, prepared.refused_code)
-        plan = ExecutionPlan.model_validate(prepared.plan)
+        plan = parsed_plan(str(inp.plan_ref.get("sha256", "")), prepared.plan)
         if cursor is None:
             self._interp = RunInterpreter(
                 plan=plan, cancel_in_flight_on_pause=inp.config.cancel_in_flight_on_pause
