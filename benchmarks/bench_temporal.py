@@ -335,9 +335,12 @@ async def thousand_steps(address: str, out: dict[str, float], n: int) -> None:
     try:
         t0 = time.perf_counter()
         ctx, ref = await bench.start(plan(f"chain-{n}", chain(n)))
-        await bench.finish(ctx)
-        out["k_duration_s"] = time.perf_counter() - t0
         client = await bench.engine.client()
+        await client.get_workflow_handle(ref.workflow_id).result()
+        out["k_duration_s"] = time.perf_counter() - t0
+        snap = await bench.store.get_snapshot("bench", ctx.run_id)
+        assert snap is not None, ctx.run_id
+        assert str(snap.status) == "COMPLETED", snap.status
         data = await fetch_chain(client, ref.workflow_id)
         sizes, counts = [], []
         for run in data["runs"]:
