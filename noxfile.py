@@ -24,11 +24,12 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).resolve().parent
 LINT_PATHS = ["dvt_engine", "dvt_cli", "dvt_statestore_pg", "dvt_adapters_temporal",
               "dvt_adapters_conductor", "dvt_local", "dvt_testing", "contract_tests", "tests",
-              "benchmarks", "noxfile.py", "dvt_api", "dvt_steps", "dvt_artifacts", "examples"]
+              "benchmarks", "noxfile.py", "dvt_api", "dvt_steps", "dvt_artifacts", "examples",
+              "dvt_client"]
 #: Type-checked with --strict: the pure core, the CLI, the local servers, the pytest plugin,
-#: the HTTP service, the step kinds and the artifact stores.
+#: the HTTP service, the step kinds, the artifact stores and the service's client.
 TYPED_PATHS = ["dvt_engine", "dvt_cli", "dvt_local", "dvt_testing", "dvt_api", "dvt_steps",
-               "dvt_artifacts"]
+               "dvt_artifacts", "dvt_client"]
 
 
 def _install(session: nox.Session, extras: str = "all,dev") -> None:

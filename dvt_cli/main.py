@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dvt_cli import ops, runs, serve
+from dvt_cli import ops, remote, runs, serve
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.output import EXIT_REFUSED, emit_json, say
 from dvt_cli.session import import_handlers
@@ -89,13 +89,29 @@ def _settings(kw: dict[str, Any], engine: str | None = None) -> Settings:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dvt")
-def cli() -> None:
+@click.option("--api", "api_url", envvar="DVT_API_URL", metavar="URL",
+              help="Talk to a dvt service (`dvt serve`) for run, validate, status, events, "
+                   "runs and signal. [env DVT_API_URL]")
+@click.option("--api-key", envvar="DVT_API_KEY", metavar="KEY",
+              help="The service's API key (its tenant and roles apply). [env DVT_API_KEY]")
+@click.pass_context
+def cli(ctx: click.Context, api_url: str | None, api_key: str | None) -> None:
     """Run execution plans durably on Temporal, Conductor or in process, with the truth about
     every run in an event log.
 
     Without a configured store, runs live in memory and only the command that started them
     sees them; `dvt dev up` starts a local PostgreSQL (and Temporal) that every command uses.
+    With --api (or DVT_API_URL) the run commands go through a dvt service instead.
     """
+    ctx.obj = remote.Remote(api_url, api_key) if api_url else None
+
+
+def _remote(kw: dict[str, Any]) -> remote.Remote | None:
+    """The service to talk to, when `dvt --api URL` (or DVT_API_URL) was given."""
+    found = click.get_current_context().find_root().obj
+    if not isinstance(found, remote.Remote):
+        return None
+    return remote.Remote(found.url, found.key, json=bool(kw.get("as_json")))
 
 
 @cli.command()
@@ -117,10 +133,12 @@ def run(plan: str, engine: str | None, run_id: str | None, request_id: str | Non
     Exit code 0 when the run COMPLETED, 1 when it FAILED or was CANCELLED, 2 when the plan was
     refused or the command was used wrongly.
     """
-    settings = _settings(kw, engine)
     options = runs.RunOptions(plan_path=plan, run_id=run_id, request_id=request_id,
                               detach=detach, worker=worker,
                               triggered_by=f"cli:{default_actor()}", labels=labels)
+    if (api := _remote(kw)) is not None:
+        execute(api.json, lambda: remote.run_plan(api, options, engine))
+    settings = _settings(kw, engine)
     execute(settings.json, lambda: runs.run_plan(settings, options))
 
 
@@ -130,6 +148,8 @@ def run(plan: str, engine: str | None, run_id: str | None, request_id: str | Non
 @_store_options
 def validate(plan: str, engine: str | None, **kw: Any) -> None:
     """Print the validation report of PLAN.json for an engine (exit 0: it can run, 2: not)."""
+    if (api := _remote(kw)) is not None:
+        execute(api.json, lambda: remote.validate_plan(api, plan, engine))
     settings = _settings(kw, engine)
     execute(settings.json, lambda: runs.validate_plan(settings, plan))
 
@@ -139,6 +159,8 @@ def validate(plan: str, engine: str | None, **kw: Any) -> None:
 @_store_options
 def status(run_id: str, **kw: Any) -> None:
     """Print the snapshot of a run."""
+    if (api := _remote(kw)) is not None:
+        execute(api.json, lambda: remote.show_status(api, run_id))
     settings = _settings(kw)
     execute(settings.json, lambda: runs.show_status(settings, run_id))
 
@@ -152,6 +174,8 @@ def status(run_id: str, **kw: Any) -> None:
 @_store_options
 def events(run_id: str, follow: bool, until: str | None, **kw: Any) -> None:
     """Print the events of a run in runSeq order (JSON Lines with --json)."""
+    if (api := _remote(kw)) is not None:
+        execute(api.json, lambda: remote.show_events(api, run_id, follow, until))
     settings = _settings(kw)
     execute(settings.json, lambda: runs.show_events(settings, run_id, follow, until))
 
@@ -169,8 +193,10 @@ def events(run_id: str, follow: bool, until: str | None, **kw: Any) -> None:
 def runs_(statuses: tuple[str, ...], plan_id: str | None, labels: tuple[str, ...], limit: int,
           **kw: Any) -> None:
     """List the tenant's runs, newest first."""
-    settings = _settings(kw)
     query = runs.RunQuery(statuses=statuses, plan_id=plan_id, labels=labels, limit=limit)
+    if (api := _remote(kw)) is not None:
+        execute(api.json, lambda: remote.list_runs(api, query))
+    settings = _settings(kw)
     execute(settings.json, lambda: runs.list_runs(settings, query))
 
 
@@ -193,6 +219,10 @@ def signal(run_id: str, action: str, step: str | None, signal_id: str | None,
     """
     import os
 
+    if (api := _remote(kw)) is not None:
+        options = runs.SignalOptions(run_id=run_id, action=action, step_id=step,
+                                     signal_id=signal_id, reason=reason)
+        execute(api.json, lambda: remote.send_signal(api, options))
     settings = _settings(kw)
 
     async def body() -> int:

@@ -28,6 +28,7 @@ from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader, RunStatus
 from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
 from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.models.validation import ValidationReport
 from dvt_engine.ports import RunStateStore
 from dvt_engine.waiting import wait_for_snapshot
 
@@ -193,7 +194,12 @@ async def validate_plan(settings: Settings, plan_path: str) -> int:
         engine_session(engine_name, store, settings, worker=False) as engine,
     ):
         report = await validate_for_engine(data, engine_name, engine)
-    if settings.json:
+    return print_report(report, plan_path, settings.json)
+
+
+def print_report(report: ValidationReport, plan_path: str, as_json: bool) -> int:
+    """Show a validation report (local or from the service); 0 when it can run, else 2."""
+    if as_json:
         out.emit_json(report.model_dump(mode="json"))
     else:
         verdict = "can run" if report.ok else "cannot run"

@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
+    API_UNAVAILABLE = "API_UNAVAILABLE"
     ENGINE_NOT_FOUND = "ENGINE_NOT_FOUND"
     ENGINE_NOT_CONFIGURED = "ENGINE_NOT_CONFIGURED"
     STORE_NOT_FOUND = "STORE_NOT_FOUND"
@@ -366,6 +367,14 @@ class EngineUnavailable(EngineError):
     code = ErrorCode.ENGINE_UNAVAILABLE
     default_retryable = True
     hint = "Check the engine address, or start local servers with `dvt dev up`."
+
+
+class ApiUnavailable(EngineError):
+    """The dvt service (`dvt --api URL`) cannot be reached."""
+
+    code = ErrorCode.API_UNAVAILABLE
+    default_retryable = True
+    hint = "Check --api / DVT_API_URL and that `dvt serve` is up."
 
 
 class EngineNotFound(EngineError):

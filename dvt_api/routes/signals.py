@@ -31,10 +31,12 @@ from dvt_engine.models.signals import (
 
 router = APIRouter(prefix="/v1/runs", tags=["signals"])
 
-#: The API role each signal needs, and the core role the actor is given for it.
+#: The API role each signal needs, and the core role the actor is given for it. The HTTP
+#: `operator` may retry and skip steps (API section 2), which the core reserves for `engineer`;
+#: the actor gets the least core role that carries the signal, never more.
 SIGNAL_ROLES: dict[str, tuple[ApiRole, Role]] = {
-    **{t: (ApiRole.OPERATOR, Role.OPERATOR)
-       for t in ("PAUSE", "RESUME", "CANCEL", "RETRY_STEP", "SKIP_STEP")},
+    **{t: (ApiRole.OPERATOR, Role.OPERATOR) for t in ("PAUSE", "RESUME", "CANCEL")},
+    **{t: (ApiRole.OPERATOR, Role.ENGINEER) for t in ("RETRY_STEP", "SKIP_STEP")},
     **{t: (ApiRole.APPROVER, Role.APPROVER)
        for t in ("APPROVE_STEP", "REJECT_STEP", "APPROVE_RUN")},
 }

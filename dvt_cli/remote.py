@@ -1,0 +1,291 @@
+"""Remote mode: `dvt --api URL` runs run, validate, status, events, runs and signal through
+the HTTP service (dvt_client) instead of a store and an engine of its own.
+
+Output and exit codes are those of local mode: answers are turned back into the core's models
+and printed by the same functions. The tenant is the API key's; --tenant, --store and the
+engine addresses do not apply. Refusals keep the service's stable code.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dvt_cli import output as out
+from dvt_cli.plans import read_plan_bytes
+from dvt_cli.runs import (
+    STEP_ACTIONS,
+    RunOptions,
+    RunQuery,
+    SignalOptions,
+    exit_code_for,
+    print_report,
+)
+from dvt_client import ApiError, AsyncClient, ConnectionFailed
+from dvt_client import Run as ApiRun
+from dvt_client import RunEvent as ApiEvent
+from dvt_engine.errors import ERROR_CLASSES, ApiUnavailable, DvtError, ErrorCode, UsageError
+from dvt_engine.identifiers import validate_identifier
+from dvt_engine.labels import parse_label_pairs
+from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
+from dvt_engine.models.run import RunSummary
+from dvt_engine.models.signals import SignalDecision, SignalType
+from dvt_engine.models.snapshot import RunSnapshot
+from dvt_engine.models.validation import ValidationReport
+
+T = TypeVar("T")
+
+#: `dvt signal` actions and the service's signal types (the service has no run retry or
+#: run rejection).
+API_SIGNALS = {"pause": "PAUSE", "resume": "RESUME", "cancel": "CANCEL",
+               "retry-step": "RETRY_STEP", "skip-step": "SKIP_STEP", "approve": "APPROVE_STEP",
+               "reject": "REJECT_STEP", "approve-run": "APPROVE_RUN"}
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where the service is and the key to use."""
+
+    url: str
+    key: str | None
+    json: bool = False
+
+
+class ApiRefusal(DvtError):
+    """A refusal with one of the HTTP layer's own codes (UNAUTHENTICATED, FORBIDDEN, ...)."""
+
+    code = ErrorCode.USAGE_ERROR
+
+
+@functools.cache
+def _refusal_class(code: str) -> type[DvtError]:
+    """The core's class for a core code; otherwise a class carrying the service's code."""
+    try:
+        return ERROR_CLASSES[ErrorCode(code)]
+    except (ValueError, KeyError):
+        made: type[DvtError] = type(f"Api_{code}", (ApiRefusal,), {"code": code})
+        return made
+
+
+def as_dvt_error(error: ApiError | ConnectionFailed) -> DvtError:
+    """A client error as the CLI's coded error (same code, message and failing paths)."""
+    if isinstance(error, ConnectionFailed):
+        return ApiUnavailable(str(error))
+    details: dict[str, Any] = {"status": error.status, "requestId": error.request_id}
+    if error.errors:
+        details["errors"] = [e.model_dump() for e in error.errors]
+    if error.code == "UNAUTHENTICATED":
+        details["hint"] = "Set DVT_API_KEY (or --api-key) to a key of the tenant."
+    elif error.code == "FORBIDDEN":
+        details["hint"] = "The key lacks the role this needs; ask an admin for one that has it."
+    return _refusal_class(error.code)(error.detail, details=details)
+
+
+@asynccontextmanager
+async def _client(remote: Remote) -> AsyncIterator[AsyncClient]:
+    try:
+        async with AsyncClient(remote.url, remote.key) as client:
+            yield client
+    except (ApiError, ConnectionFailed) as exc:
+        raise as_dvt_error(exc) from None
+
+
+def command(body: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[int]]:
+    """A remote command body: client errors become the CLI's coded errors."""
+    @functools.wraps(body)
+    async def wrapped(*args: Any, **kw: Any) -> int:
+        try:
+            return await body(*args, **kw)
+        except (ApiError, ConnectionFailed) as exc:
+            raise as_dvt_error(exc) from None
+    return wrapped
+
+
+def snapshot_of(run: ApiRun) -> RunSnapshot:
+    """The core's snapshot of a run the service answered (its extra fields dropped)."""
+    return RunSnapshot.model_validate(run.model_dump(mode="json", by_alias=True))
+
+
+def event_of(event: ApiEvent) -> Event:
+    """The core's envelope of an event the service sent."""
+    return Event.model_validate(event.model_dump(mode="json", by_alias=True))
+
+
+def _emit_event(event: Event, as_json: bool) -> None:
+    if as_json:
+        out.emit_json(out.event_document(event))
+    else:
+        out.say(out.describe_event(event))
+    out.flush()
+
+
+def _show_run(run: ApiRun, as_json: bool) -> RunSnapshot:
+    snapshot = snapshot_of(run)
+    if as_json:
+        out.emit_json(out.run_document(snapshot))
+    else:
+        out.print_snapshot(snapshot)
+    return snapshot
+
+
+@command
+async def run_plan(remote: Remote, options: RunOptions, engine: str | None) -> int:
+    """`dvt run` through the service: store the plan, start it, follow it to its end."""
+    data = read_plan_bytes(options.plan_path)
+    if options.run_id is not None:
+        validate_identifier("run id", options.run_id)
+    if options.request_id is not None:
+        validate_identifier("request id", options.request_id)
+    labels = parse_label_pairs(options.labels, path="--label")
+    async with _client(remote) as dvt:
+        ref = await dvt.plans.store(data)
+        # --request-id is the Idempotency-Key: repeating it answers the first run again.
+        run = await dvt.runs.create(plan_ref=ref, run_id=options.run_id, labels=labels or None,
+                                    engine=engine, idempotency_key=options.request_id)
+        if not remote.json:
+            out.say(f"run {run.run_id} started on {run.engine} "
+                    f"(plan {run.plan_id}@{run.plan_version}, {ref.uri})")
+            out.flush()
+        if options.detach:
+            if remote.json:
+                _show_run(run, True)
+            return out.EXIT_OK
+        async for event in dvt.runs.stream(run.run_id):
+            if not remote.json:
+                _emit_event(event_of(event), False)
+        final = await dvt.runs.get(run.run_id)
+    snapshot = _show_run(final, remote.json)
+    return exit_code_for(snapshot.status)
+
+
+@command
+async def validate_plan(remote: Remote, plan_path: str, engine: str | None) -> int:
+    """`dvt validate` by the service's engine (or ``engine``)."""
+    data = read_plan_bytes(plan_path)
+    async with _client(remote) as dvt:
+        answer = await dvt.plans.validate(data, engine=engine)
+    report = ValidationReport.model_validate(answer.model_dump(mode="json", by_alias=True))
+    return print_report(report, plan_path, remote.json)
+
+
+@command
+async def show_status(remote: Remote, run_id: str) -> int:
+    """`dvt status` from the service."""
+    validate_identifier("run id", run_id)
+    async with _client(remote) as dvt:
+        run = await dvt.runs.get(run_id)
+    _show_run(run, remote.json)
+    return out.EXIT_OK
+
+
+@command
+async def show_events(remote: Remote, run_id: str, follow: bool, until: str | None) -> int:
+    """`dvt events [-f] [--until TYPE]` from the service: stored events, then the stream."""
+    validate_identifier("run id", run_id)
+    async with _client(remote) as dvt:
+        await dvt.runs.get(run_id)  # RUN_NOT_FOUND before anything is printed
+        last, ended = 0, False
+        async for api_event in dvt.runs.events(run_id, page_size=1000):
+            event = event_of(api_event)
+            _emit_event(event, remote.json)
+            last = event.run_seq or last
+            if until is not None and event.event_type == until:
+                return out.EXIT_OK
+            ended = ended or event.event_type in TERMINAL_RUN_EVENTS
+        if ended or not (follow or until is not None):
+            return out.EXIT_OK
+        async for api_event in dvt.runs.stream(run_id, after=last):
+            event = event_of(api_event)
+            _emit_event(event, remote.json)
+            last = event.run_seq or last
+            if until is not None and event.event_type == until:
+                return out.EXIT_OK
+        # Decisions on signals that arrived after the end follow the terminal event.
+        async for api_event in dvt.runs.events(run_id, after=last, page_size=1000):
+            _emit_event(event_of(api_event), remote.json)
+    return out.EXIT_OK
+
+
+@command
+async def list_runs(remote: Remote, query: RunQuery) -> int:
+    """`dvt runs` from the service, newest first, at most ``query.limit``."""
+    labels = parse_label_pairs(query.labels, path="--label")
+    if query.plan_id is not None:
+        validate_identifier("--plan", query.plan_id)
+    rows: list[RunSummary] = []
+    async with _client(remote) as dvt:
+        async for run in dvt.runs.list(status=[s.upper() for s in query.statuses] or None,
+                                       plan_id=query.plan_id, labels=labels or None,
+                                       page_size=min(query.limit, 200)):
+            rows.append(RunSummary.model_validate(run.model_dump(mode="json", by_alias=True)))
+            if len(rows) >= query.limit:
+                break
+    if remote.json:
+        out.emit_json({"runs": [r.model_dump(mode="json") for r in rows]})
+        return out.EXIT_OK
+    if not rows:
+        out.say("no runs")
+    for r in rows:
+        status = str(r.status) + (f" ({r.substatus})" if r.substatus else "")
+        shown = "".join(f"  {k}:{v}" for k, v in r.labels.items())
+        out.say(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
+                f"{r.created_at.isoformat(timespec='seconds')}{shown}")
+    return out.EXIT_OK
+
+
+async def send_signal(remote: Remote, options: SignalOptions) -> int:
+    """`dvt signal` through the service; the key is the actor. Refusals print a decision."""
+    validate_identifier("run id", options.run_id)
+    for name, value in (("signal id", options.signal_id), ("step id", options.step_id)):
+        if value is not None:
+            validate_identifier(name, value)
+    kind = API_SIGNALS.get(options.action)
+    if kind is None:
+        raise UsageError(f"the service has no `{options.action}` signal",
+                         details={"hint": "send it without --api, against the store"})
+    if (options.action in STEP_ACTIONS) != (options.step_id is not None):
+        need = "needs a step id" if options.action in STEP_ACTIONS else "takes no step id"
+        raise UsageError(f"`{options.action}` {need}",
+                         details={"hint": f"dvt signal RUN {options.action}"
+                                          + (" STEP" if options.action in STEP_ACTIONS else "")})
+    signal_id = options.signal_id or str(uuid.uuid4())
+    decision: SignalDecision
+    try:
+        async with AsyncClient(remote.url, remote.key) as dvt:
+            answer = await dvt.runs.signal(options.run_id, kind,  # type: ignore[arg-type]
+                                           step_id=options.step_id, reason=options.reason,
+                                           signal_id=signal_id)
+        decision = SignalDecision(signal_id=answer.signal_id, type=_core_type(kind),
+                                  run_id=options.run_id, accepted=True,
+                                  duplicate=answer.duplicate, no_op=answer.decision == "no_op",
+                                  run_seq=answer.run_seq)
+    except ApiError as exc:
+        # A refusal of the signal itself is a decision (exit 2, printed like local mode); a
+        # refusal of the request (no key, no run, no role) is an error.
+        if exc.status not in (409, 422, 429) or exc.code in ("REQUEST_INVALID",
+                                                             "IDEMPOTENCY_KEY_MISMATCH"):
+            raise as_dvt_error(exc) from None
+        decision = SignalDecision(signal_id=signal_id, type=_core_type(kind),
+                                  run_id=options.run_id, accepted=False,
+                                  error_code=exc.code, message=exc.detail)
+    except ConnectionFailed as exc:
+        raise as_dvt_error(exc) from None
+    if remote.json:
+        out.emit_json({"decision": decision.model_dump(mode="json")})
+    else:
+        verdict = "accepted" if decision.accepted else "rejected"
+        extra = " (duplicate: first decision repeated)" if decision.duplicate else ""
+        extra += " (no-op)" if decision.no_op else ""
+        out.say(f"signal {decision.signal_id} {decision.type} {verdict}{extra}")
+        if decision.error_code:
+            out.say(f"  {decision.error_code}: {decision.message or ''}".rstrip())
+    return out.EXIT_OK if decision.accepted else out.EXIT_REFUSED
+
+
+def _core_type(kind: str) -> SignalType:
+    """The core's signal type for a service signal type (approve and reject are one type)."""
+    return SignalType.APPROVE_STEP if kind == "REJECT_STEP" else SignalType(kind)
