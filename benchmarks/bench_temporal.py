@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import platform
 import statistics
@@ -275,11 +276,15 @@ async def rounds(base: Baseline, bench: DvtBench, count: int, quick: bool,
     for r in range(count):
         order = ["base", "dvt"] if r % 2 == 0 else ["dvt", "base"]
         for who in order:
-            fns = subjects[who]
-            got[who]["seq"].append(await timed(lambda f=fns["seq"]: f(n)) / n * 1000)
-            got[who]["par"].append(await timed(lambda f=fns["par"]: f(n)) * 1000)
+            seq, par = subjects[who]["seq"], subjects[who]["par"]
+            got[who]["seq"].append(await timed(functools.partial(seq, n)) / n * 1000)
+            got[who]["par"].append(await timed(functools.partial(par, n)) * 1000)
             cpu0 = time.process_time()
-            wall = await run_concurrent(runs, 20, lambda i, f=fns["seq"]: f(10))
+
+            async def ten(_i: int, seq: Callable[[int], Awaitable[Any]] = seq) -> None:
+                await seq(10)
+
+            wall = await run_concurrent(runs, 20, ten)
             got[who]["cpu"].append((time.process_time() - cpu0) / runs * 1000)
             got[who]["runs"].append(runs / wall * 60)
     for who, out in (("base", base_out), ("dvt", dvt_out)):
@@ -369,7 +374,8 @@ def machine() -> str:
 @contextlib.asynccontextmanager
 async def dev_server(stock: bool) -> AsyncIterator[WorkflowEnvironment]:
     """A dev server from the pinned wheel; unless `stock`, without the transfer-queue cap."""
-    from dvt_local.temporal import dev_server_path, search_attribute_keys
+    from dvt_adapters_temporal.search_attributes import search_attribute_keys
+    from dvt_local.temporal import dev_server_path
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(dev_server_path()),
