@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parent
 LINT_PATHS = ["dvt_engine", "dvt_cli", "dvt_statestore_pg", "dvt_adapters_temporal",
               "dvt_adapters_conductor", "dvt_local", "dvt_testing", "contract_tests", "tests",
               "benchmarks", "noxfile.py", "dvt_api", "dvt_steps", "dvt_artifacts", "examples",
-              "dvt_client"]
+              "dvt_client", "dvt_archive"]
 #: Type-checked with --strict: the pure core, the CLI, the local servers, the pytest plugin,
-#: the HTTP service, the step kinds, the artifact stores and the service's client.
+#: the HTTP service, the step kinds, the artifact stores, the service's client and the cold
+#: archive.
 TYPED_PATHS = ["dvt_engine", "dvt_cli", "dvt_local", "dvt_testing", "dvt_api", "dvt_steps",
-               "dvt_artifacts", "dvt_client"]
+               "dvt_artifacts", "dvt_client", "dvt_archive"]
 
 
 def _install(session: nox.Session, extras: str = "all,dev") -> None:

@@ -3,6 +3,7 @@ holds on the run's snapshot (never on a timer), wait for the end and record the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping
@@ -200,8 +201,24 @@ async def execute_scenario(
             outcome.decisions.append({"cancelRun": True})
     await wait_until(store, tenant, rid, lambda s: s.status.is_terminal, timeout=limit,
                      what=f"{scenario.scenario_id}: waiting for the run to end")
-    outcome.record = await RunRecord.from_store(engine.name, store, tenant, rid)
+    record = await RunRecord.from_store(engine.name, store, tenant, rid)
+    outcome.record = dataclasses.replace(record, needed=join_needed(scenario.plan))
     return outcome
+
+
+def join_needed(plan: Mapping[str, Any]) -> dict[str, int]:
+    """Steps of a plan document whose join needs fewer than all dependencies, with how many."""
+    found: dict[str, int] = {}
+    for step in plan.get("steps", ()):
+        if not isinstance(step, dict) or "join" not in step:
+            continue
+        join, deps = step["join"], len(step.get("dependsOn", ()))
+        mode = join if isinstance(join, str) else join.get("mode", "all")
+        if mode == "any":
+            found[step["stepId"]] = min(1, deps)
+        elif mode == "quorum" and isinstance(join, dict):
+            found[step["stepId"]] = min(int(join.get("count") or deps), deps)
+    return found
 
 
 async def validation_summary(engine: WorkflowEngine, scenario: Scenario) -> dict[str, Any]:

@@ -137,7 +137,8 @@ def compare_with_expected(
     want_events = [NormalizedEvent.from_dict(e) for e in expected["events"]]
     differences.extend(compare_event_logs(want_events, list(outcome.events), labels))
     assert outcome.record is not None
-    for problem in dag_violations(outcome.events, outcome.record.dependencies):
+    for problem in dag_violations(outcome.events, outcome.record.dependencies,
+                                     outcome.record.needed):
         differences.append(Difference("dag", problem, side=label))
     if outcome.decisions != expected.get("decisions", []):
         differences.append(Difference(
@@ -178,7 +179,8 @@ async def _regenerate(ids: Sequence[str], *, dry_run: bool) -> int:
         outcome = await _on_reference(scenario)
         problems = check_intent(scenario, outcome)
         if outcome.record is not None:
-            problems += dag_violations(outcome.events, outcome.record.dependencies)
+            problems += dag_violations(outcome.events, outcome.record.dependencies,
+                                     outcome.record.needed)
         if problems:
             failures += 1
             print(f"NOT WRITTEN {scenario.scenario_id}:", file=sys.stderr)

@@ -77,9 +77,9 @@ async def run_parity(
     assert out_a.record is not None
     assert out_b.record is not None
     rec_a = RunRecord(labels[0], out_a.record.snapshot, out_a.record.events,
-                      out_a.record.dependencies)
+                      out_a.record.dependencies, out_a.record.needed)
     rec_b = RunRecord(labels[1], out_b.record.snapshot, out_b.record.events,
-                      out_b.record.dependencies)
+                      out_b.record.dependencies, out_b.record.needed)
     report = compare_runs(rec_a, rec_b)
     for index, (da, db) in enumerate(zip(out_a.decisions, out_b.decisions, strict=True)):
         if da != db:

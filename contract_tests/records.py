@@ -151,6 +151,8 @@ class RunRecord:
     snapshot: RunSnapshot
     events: tuple[NormalizedEvent, ...]
     dependencies: Mapping[str, tuple[str, ...]]
+    #: Steps whose join needs fewer than all dependencies (plan v1.3), with how many.
+    needed: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def checksum(self) -> str:
@@ -241,9 +243,15 @@ class ParityReport:
 
 
 def dag_violations(
-    events: Sequence[NormalizedEvent], dependencies: Mapping[str, Sequence[str]]
+    events: Sequence[NormalizedEvent],
+    dependencies: Mapping[str, Sequence[str]],
+    needed: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """StepStarted events that came before a dependency was satisfied, in log order."""
+    """StepStarted events that came before a dependency was satisfied, in log order.
+
+    ``needed`` gives the steps whose join (plan v1.3 any/quorum) needs fewer than all of
+    their dependencies: such a step may start once that many are settled.
+    """
     satisfied: set[str] = set()
     problems: list[str] = []
     for index, event in enumerate(events):
@@ -253,7 +261,10 @@ def dag_violations(
         if event.event_type in ("StepCompleted", "StepSkipped"):
             satisfied.add(step)
         elif event.event_type == "StepStarted":
-            missing = [d for d in dependencies.get(step, ()) if d not in satisfied]
+            deps = dependencies.get(step, ())
+            missing = [d for d in deps if d not in satisfied]
+            if needed is not None and step in needed:
+                missing = missing if len(deps) - len(missing) < needed[step] else []
             if missing:
                 problems.append(
                     f"event {index + 1}: {step} attempt {event.logical_attempt_id} started before "
@@ -349,7 +360,7 @@ def compare_runs(a: RunRecord, b: RunRecord) -> ParityReport:
         )
     report.differences.extend(compare_event_logs(a.events, b.events, labels))
     for label, record in ((la, a), (lb, b)):
-        for problem in dag_violations(record.events, record.dependencies):
+        for problem in dag_violations(record.events, record.dependencies, record.needed):
             report.differences.append(Difference("dag", problem, side=label))
     if report.differences:
         report.diff = unified_diff(

@@ -111,7 +111,7 @@ class ConductorActions(RunAccess):
 
     def _settle(self, interp: RunInterpreter, step_id: str, attempt: int,
                 outcome: StepOutcome) -> list[Command]:
-        return interp.settle(step_id, attempt, outcome.status, outcome.error)
+        return interp.settle(step_id, attempt, outcome.status, outcome.error, outcome.output)
 
     async def _start_step(
         self,

@@ -46,7 +46,8 @@ class StartQuestions(RunAccess):
         index = ctx.index[step_id]
         if step.logical_attempt_id > 1 or index in ctx.gated:
             return "run", snap
-        if RunInterpreter.from_snapshot(ctx.plan, snap).would_start(step_id):
+        if RunInterpreter.from_snapshot(
+                ctx.plan, snap, run_params=ctx.header.params).would_start(step_id):
             return "run", snap
         events = await self.store.fetch_events(*ctx.key)
         if self.started_with_dependency(ctx, events, step_id):
@@ -67,7 +68,8 @@ class StartQuestions(RunAccess):
             return False
         cut = settled[-1].run_seq
         then = project(ctx.header, [e for e in events if (e.run_seq or 0) <= cut])
-        return RunInterpreter.from_snapshot(ctx.plan, then).would_start(step_id)
+        return RunInterpreter.from_snapshot(
+            ctx.plan, then, run_params=ctx.header.params).would_start(step_id)
 
     async def decided_not_started(
         self, ctx: RunContext, snap: RunSnapshot, events: list[Event]
@@ -106,7 +108,8 @@ class StartQuestions(RunAccess):
         is done only when the run has a failure, or ``eager`` (a signal about to be applied may
         make it fail). A cancelled workflow runs nothing more: then they are left out.
         """
-        interp = RunInterpreter.from_snapshot(ctx.plan, snap, events)
+        interp = RunInterpreter.from_snapshot(ctx.plan, snap, events,
+                                             run_params=ctx.header.params)
         if cancelled or interp.is_finished or not (eager or interp.failure is not None):
             return interp
         interp.mark_started(await self.decided_not_started(ctx, snap, events))

@@ -89,7 +89,7 @@ async def _cancel_reason(info: activity.Info, step_id: str) -> str:
     return str(reason) if reason else DEFAULT_CANCEL_REASON
 
 
-def to_wire(outcome: RunnerOutcome) -> StepOutcome:
+def to_wire(outcome: RunnerOutcome, *, with_output: bool = False) -> StepOutcome:
     """The runner's outcome as the small record the workflow needs."""
     err = outcome.error
     return StepOutcome(
@@ -97,6 +97,7 @@ def to_wire(outcome: RunnerOutcome) -> StepOutcome:
         error_code=err.code if err else None,
         error_message=err.message if err else None,
         retryable=err.retryable if err else False,
+        output=outcome.output if with_output else None,
     )
 
 
@@ -218,7 +219,7 @@ class TemporalActivities:
                 # run's reason, the same words as on every engine.
                 token.cancel(await _cancel_reason(info, invocation.step_id))
                 outcome = await asyncio.shield(work)
-                return to_wire(outcome)
+                return to_wire(outcome, with_output=inp.want_output)
             # Timed out, reset or shutting down: this attempt is lost to the engine, not
             # decided. Stop the handler without recording anything; Temporal runs the next
             # attempt (on this worker or another), which finds StepStarted already written.
@@ -237,7 +238,7 @@ class TemporalActivities:
                 next_retry_delay=timedelta(milliseconds=max(1, outcome.retry_delay_ms or 0)),
                 category=ApplicationErrorCategory.BENIGN,
             )
-        return to_wire(outcome)
+        return to_wire(outcome, with_output=inp.want_output)
 
     @activity.defn(name=ACT_GATE)
     async def gate(self, inp: GateInput) -> StepOutcome:

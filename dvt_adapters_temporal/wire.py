@@ -114,6 +114,8 @@ class StepInput:
     """One logical attempt of a step: the shared StepInvocation as JSON (engine attempt 1)."""
 
     invocation: dict[str, Any]
+    #: Return the step's output too (a plan v1.3 condition reads it); off, histories stay small.
+    want_output: bool = False
 
 
 @dataclass
@@ -125,6 +127,7 @@ class StepOutcome:
     error_code: str | None = None
     error_message: str | None = None
     retryable: bool = False
+    output: Any = None
 
 
 @dataclass
@@ -167,5 +170,6 @@ class WorkflowInput:
     attempt: int = 1
     outcome: str = ""
     error: Any = None  # dvt_engine StepError
+    output: Any = None  # only for steps a plan v1.3 condition reads
     timer: str = ""
     signal: SignalMessage | None = None

@@ -19,8 +19,9 @@ from dvt_adapters_temporal.workflow import DvtRunWorkflow
 # Pure dvt code and pydantic are imported once, outside the sandbox: they are deterministic and
 # reloading them per workflow run would cost time and memory for nothing.
 # The workflow module itself stays sandboxed; it passes its own pure imports through.
+# cel (plan v1.3 conditions) is pure and deterministic: no clock, no I/O, no randomness.
 PASSTHROUGH_MODULES: tuple[str, ...] = ("dvt_engine", "pydantic", "pydantic_core",
-                                        "annotated_types", "typing_inspection")
+                                        "annotated_types", "typing_inspection", "cel")
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:

@@ -190,11 +190,13 @@ class DvtRunWorkflow:
             self._history_base = began_at + len(json.dumps(prepared.plan, separators=(",", ":")))
         if cursor is None:
             self._interp = RunInterpreter(
-                plan=plan, cancel_in_flight_on_pause=inp.config.cancel_in_flight_on_pause
+                plan=plan, cancel_in_flight_on_pause=inp.config.cancel_in_flight_on_pause,
+                run_params=dict(inp.context.get("params") or {}),
             )
             await self._execute(self._interp.begin())
         else:
-            self._interp = RunInterpreter.from_cursor(plan, cursor.interpreter)
+            self._interp = RunInterpreter.from_cursor(
+                plan, cursor.interpreter, run_params=dict(inp.context.get("params") or {}))
             await self._resume(cursor)
         while self._finished is None:
             if not await self._wait_for_input():
@@ -280,7 +282,8 @@ class DvtRunWorkflow:
             self._activities.pop(item.step_id, None)
             self._gates.pop(item.step_id, None)
             self._cancel_asked.pop(item.step_id, None)
-            return interp.settle(item.step_id, item.attempt, item.outcome, item.error)
+            return interp.settle(item.step_id, item.attempt, item.outcome, item.error,
+                                 item.output)
         if item.kind == "awaiting":
             commands = interp.step_awaiting_approval(item.step_id)
             if (interp.cancel_requested and failure_rules.failing_fast(interp.plan, interp.failure)
@@ -370,7 +373,8 @@ class DvtRunWorkflow:
         try:
             outcome: StepOutcome = await workflow.execute_activity(
                 ACT_RUN_STEP,
-                StepInput(self._invocation(spec, attempt)),
+                StepInput(self._invocation(spec, attempt),
+                          want_output=self._interp.reads_output(step_id)),
                 result_type=StepOutcome,
                 task_queue=queue,
                 start_to_close_timeout=timeout,
@@ -414,7 +418,8 @@ class DvtRunWorkflow:
             error = StepError(code=outcome.error_code, message=outcome.error_message or "",
                               retryable=outcome.retryable)
         self._queue.append(WorkflowInput("settled", step_id=step_id, attempt=attempt,
-                                         outcome=outcome.status, error=error))
+                                         outcome=outcome.status, error=error,
+                                         output=outcome.output))
 
     # --- approval gates ------------------------------------------------------------------
     async def _gate(self, step_id: str, attempt: int, action: str, *,

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dvt_cli import ops, remote, runs, serve
+from dvt_cli import archive, ops, plans, remote, runs, serve
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.output import EXIT_REFUSED, emit_json, say
 from dvt_cli.session import import_handlers
@@ -264,16 +264,94 @@ def migrate(**kw: Any) -> None:
 
 
 @cli.group()
+def plan() -> None:
+    """Plan documents: move a plan between schema versions."""
+
+
+def _plan_version_command(direction: str) -> Any:
+    @plan.command(name=direction)
+    @click.argument("plan_path", metavar="PLAN.json")
+    @click.option("--to", "target", required=True, metavar="VERSION",
+                  help="Target schemaVersion, e.g. v1.3.")
+    @click.option("-o", "--output", type=click.Path(dir_okay=False),
+                  help="Write the plan here (default: standard output).")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable errors.")
+    def command(plan_path: str, target: str, output: str | None, as_json: bool) -> None:
+        execute(as_json, lambda: plans.change_version(plan_path, target, output,
+                                                      direction=direction))
+
+    command.__doc__ = (
+        "Rewrite PLAN.json for a newer schemaVersion (only the version changes)."
+        if direction == "upgrade" else
+        "Rewrite PLAN.json for an older schemaVersion; refused (PLAN_DOWNGRADE_UNSUPPORTED) "
+        "when it uses a newer field.")
+    return command
+
+
+plan_upgrade = _plan_version_command("upgrade")
+plan_downgrade = _plan_version_command("downgrade")
+
+
+@cli.group()
 def store() -> None:
     """State store administration."""
 
 
 @store.command()
+@click.option("--from-cold", is_flag=True,
+              help="Also rebuild archived runs, reading their events from the cold archive.")
 @_store_options
-def rebuild(**kw: Any) -> None:
+def rebuild(from_cold: bool, **kw: Any) -> None:
     """Rebuild every snapshot from the event log."""
     settings = _settings(kw)
-    execute(settings.json, lambda: ops.rebuild(settings))
+    if from_cold:
+        execute(settings.json, lambda: archive.rebuild_from_cold(settings))
+    else:
+        execute(settings.json, lambda: ops.rebuild(settings))
+
+
+@cli.group(name="archive")
+def archive_group() -> None:
+    """The cold archive: finished runs' events in Parquet files (docs/retention.md)."""
+
+
+@archive_group.command(name="run")
+@click.option("--older-than", default="90d", show_default=True, metavar="AGE",
+              help="Archive terminal runs with no event for this long (90d, 12h, 30m, 45s).")
+@click.option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
+@click.option("--to", "to", envvar="DVT_ARCHIVE_URL", metavar="URL",
+              help="Cold root: a directory or s3://bucket/prefix. [env DVT_ARCHIVE_URL;"
+                   " default $DVT_HOME/archive]")
+@click.option("--only-tenant", "only_tenant", metavar="TENANT",
+              help="Archive this tenant's runs only (default: every tenant).")
+@_store_options
+def archive_run(older_than: str, dry_run: bool, to: str | None, only_tenant: str | None,
+                **kw: Any) -> None:
+    """Move the events of finished, idle runs from PostgreSQL to Parquet files."""
+    settings = _settings(kw)
+    execute(settings.json,
+            lambda: archive.archive_run(settings, older_than, dry_run, to, only_tenant))
+
+
+@cli.group()
+def audit() -> None:
+    """Compliance exports of the event log (hot and cold)."""
+
+
+@audit.command(name="export")
+@click.option("--from", "start", required=True, metavar="TIME",
+              help="Start of the period (ISO date or time, UTC unless zoned), included.")
+@click.option("--to", "end", required=True, metavar="TIME", help="End of the period, excluded.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl",
+              show_default=True, help="events.jsonl (one event per line) or events.parquet.")
+@click.option("--out", "out_dir", required=True, metavar="DIR",
+              help="Directory (or s3://bucket/prefix) for the events file and manifest.json.")
+@_store_options
+def export(start: str, end: str, fmt: str, out_dir: str, **kw: Any) -> None:
+    """Write the tenant's events persisted in [--from, --to), with row counts and sha256."""
+    settings = _settings(kw)
+    execute(settings.json, lambda: archive.audit_export(
+        settings, settings.identity.tenant, start, end, fmt, out_dir))
 
 
 @cli.command()

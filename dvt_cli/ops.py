@@ -216,6 +216,9 @@ async def rebuild(settings: Settings) -> int:
         for key in ("differed", "raced"):
             if result.get(key):
                 out.say(f"  {key}: {', '.join(map(str, result[key]))}")
+        if result.get("archived"):
+            out.say(f"  left as they are: {len(result['archived'])} archived runs"
+                    " (`dvt store rebuild --from-cold` reads their events from the archive)")
     else:
         out.say(f"snapshots rebuilt: {result}")
     return out.EXIT_OK

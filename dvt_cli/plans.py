@@ -124,3 +124,32 @@ async def validate_for_engine(data: bytes, engine_name: str,
     if report.plan_sha256 is None:
         report = report.model_copy(update={"plan_sha256": digest})
     return report
+
+
+async def change_version(plan_path: str, target: str, output: str | None, *,
+                         direction: str) -> int:
+    """``dvt plan upgrade|downgrade``: write the plan declaring ``target``; 0 on success."""
+    from dvt_engine.models.plan import SUPPORTED_SCHEMA_VERSIONS
+    from dvt_engine.planning.versions import change_schema_version
+
+    data = read_plan_bytes(plan_path)
+    declared = parse_plan(data).metadata.schema_version
+    rank = SUPPORTED_SCHEMA_VERSIONS.index
+    if target in SUPPORTED_SCHEMA_VERSIONS and declared in SUPPORTED_SCHEMA_VERSIONS and (
+            (direction == "upgrade" and rank(target) < rank(declared))
+            or (direction == "downgrade" and rank(target) > rank(declared))):
+        other = "downgrade" if direction == "upgrade" else "upgrade"
+        raise UsageError(f"cannot {direction} a {declared} plan to {target}",
+                         details={"declared": declared, "target": target,
+                                  "hint": f"use `dvt plan {other}`"})
+    text = json.dumps(change_schema_version(data, target), indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        _write(output, text)
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    # A small local file, written once at the end of a one-shot command.
+    Path(path).write_text(text, encoding="utf-8")

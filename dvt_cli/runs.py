@@ -214,6 +214,9 @@ def print_report(report: ValidationReport, plan_path: str, as_json: bool) -> int
         if caps is not None and caps.required:
             out.say(f"  capabilities: {caps.resolution} (missing: "
                        f"{', '.join(caps.missing) or 'none'})")
+        if caps is not None and caps.flow_features:
+            out.say("  flow features: " + ", ".join(
+                f"{name} {how}" for name, how in caps.flow_features.items()))
     return out.EXIT_OK if report.ok else out.EXIT_REFUSED
 
 

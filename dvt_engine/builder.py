@@ -12,7 +12,13 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dvt_engine.models.plan import FailurePolicy, FallbackBehavior, RetryPolicy
+from dvt_engine.models.plan import (
+    FailurePolicy,
+    FallbackBehavior,
+    JoinMode,
+    RetryPolicy,
+    SkipRule,
+)
 from dvt_engine.planning.fetch import encode_plan
 from dvt_engine.planning.validation import validate_plan_document
 from dvt_engine.steps.builtins import APPROVAL_KIND
@@ -50,6 +56,9 @@ class PlanBuilder:
         fallback_behavior: FallbackBehavior | None = None,
         target_adapter: str | None = None,
         params: Mapping[str, Any] | None = None,
+        max_parallel: int | None = None,
+        concurrency_groups: Mapping[str, int] | None = None,
+        skip_rule: SkipRule | None = None,
     ) -> None:
         self._metadata: dict[str, Any] = {
             "planId": plan_id, "planVersion": version, "schemaVersion": schema_version,
@@ -62,6 +71,11 @@ class PlanBuilder:
             self._metadata["requiresCapabilities"] = list(requires_capabilities)
         _set(self._metadata, "fallbackBehavior", fallback_behavior)
         _set(self._metadata, "targetAdapter", target_adapter)
+        # Plan v1.3 (docs/plans.md): pass schema_version="v1.3" with them.
+        _set(self._metadata, "maxParallel", max_parallel)
+        if concurrency_groups is not None:
+            self._metadata["concurrencyGroups"] = dict(concurrency_groups)
+        _set(self._metadata, "skipRule", skip_rule)
         self._params = copy.deepcopy(dict(params)) if params is not None else None
         self._steps: list[dict[str, Any]] = []
 
@@ -77,6 +91,9 @@ class PlanBuilder:
         task_queue: str | None = None,
         cost_units: float | None = None,
         description: str | None = None,
+        concurrency_group: str | None = None,
+        join: JoinMode | Mapping[str, Any] | None = None,
+        when: str | None = None,
     ) -> PlanBuilder:
         """Add a step of ``kind`` that waits for ``depends_on``; returns the builder."""
         spec: dict[str, Any] = {"stepId": step_id, "kind": kind}
@@ -93,6 +110,10 @@ class PlanBuilder:
         if cost_units is not None:
             spec["costHint"] = {"units": cost_units}
         _set(spec, "description", description)
+        _set(spec, "concurrencyGroup", concurrency_group)
+        if join is not None:
+            spec["join"] = join if isinstance(join, str) else dict(join)
+        _set(spec, "when", when)
         self._steps.append(spec)
         return self
 

@@ -30,6 +30,9 @@ class ErrorCode(StrEnum):
     PLAN_INVALID = "PLAN_INVALID"
     STEP_KIND_UNKNOWN = "STEP_KIND_UNKNOWN"
     CAPABILITY_NOT_SUPPORTED = "CAPABILITY_NOT_SUPPORTED"
+    PLAN_CONDITION_INVALID = "PLAN_CONDITION_INVALID"
+    PLAN_JOIN_INVALID = "PLAN_JOIN_INVALID"
+    PLAN_DOWNGRADE_UNSUPPORTED = "PLAN_DOWNGRADE_UNSUPPORTED"
     RUN_NOT_FOUND = "RUN_NOT_FOUND"
     RUN_NOT_APPROVED = "RUN_NOT_APPROVED"
     TENANT_MISMATCH = "TENANT_MISMATCH"
@@ -66,6 +69,9 @@ class ErrorCode(StrEnum):
     ARTIFACT_CORRUPT = "ARTIFACT_CORRUPT"
     ARTIFACT_STORE_NOT_CONFIGURED = "ARTIFACT_STORE_NOT_CONFIGURED"
     ARTIFACT_STORE_UNAVAILABLE = "ARTIFACT_STORE_UNAVAILABLE"
+    ARCHIVE_UNAVAILABLE = "ARCHIVE_UNAVAILABLE"
+    ARCHIVE_CORRUPT = "ARCHIVE_CORRUPT"
+    ARCHIVE_BUSY = "ARCHIVE_BUSY"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
     STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
     STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
@@ -167,7 +173,7 @@ class PlanSchemaVersionUnsupported(PlanError):
     """The plan declares a schemaVersion this dvt does not know."""
 
     code = ErrorCode.PLAN_SCHEMA_VERSION_UNSUPPORTED
-    hint = "Supported schema versions: v1.0, v1.1, v1.2."
+    hint = "Supported schema versions: v1.0, v1.1, v1.2, v1.3."
 
 
 class PlanNotFound(PlanError):
@@ -210,6 +216,27 @@ class CapabilityNotSupported(PlanError):
 
     code = ErrorCode.CAPABILITY_NOT_SUPPORTED
     hint = "Pick another engine or set fallbackBehavior to 'emulate' or 'degrade'."
+
+
+class PlanConditionInvalid(PlanError):
+    """A step's ``when`` condition does not compile, or reads something it may not."""
+
+    code = ErrorCode.PLAN_CONDITION_INVALID
+    hint = "A condition is CEL over params and steps.<id>.status/.output of settled steps."
+
+
+class PlanJoinInvalid(PlanError):
+    """A step's join or concurrency settings cannot be met (quorum count, group limits)."""
+
+    code = ErrorCode.PLAN_JOIN_INVALID
+    hint = "See details.problem; docs/plans.md describes join, maxParallel and groups."
+
+
+class PlanDowngradeUnsupported(PlanError):
+    """The plan uses fields the older schema version does not have."""
+
+    code = ErrorCode.PLAN_DOWNGRADE_UNSUPPORTED
+    hint = "Remove the fields listed in details.fields, then downgrade."
 
 
 class RunNotFound(RunError):
@@ -451,6 +478,31 @@ class ArtifactStoreUnavailable(StoreError):
     default_retryable = True
     hint = ("Check DVT_ARTIFACTS_URL, the endpoint and the credentials, and that the bucket or"
             " directory exists.")
+
+
+class ArchiveUnavailable(StoreError):
+    """The cold archive (a directory or an S3 bucket of Parquet files) cannot be read or written."""
+
+    code = ErrorCode.ARCHIVE_UNAVAILABLE
+    default_retryable = True
+    hint = ("Check DVT_ARCHIVE_URL, the endpoint and the credentials (DVT_ARCHIVE_ENDPOINT_URL,"
+            " DVT_ARCHIVE_ACCESS_KEY_ID, DVT_ARCHIVE_SECRET_ACCESS_KEY) and that the bucket or"
+            " directory exists.")
+
+
+class ArchiveCorrupt(StoreError):
+    """An archive file does not match its manifest (content hash or rows): altered at rest."""
+
+    code = ErrorCode.ARCHIVE_CORRUPT
+    hint = "The file was changed outside dvt; restore it from a backup of the archive."
+
+
+class ArchiveBusy(StoreError):
+    """Another archiver is working on this store; one archiver runs at a time."""
+
+    code = ErrorCode.ARCHIVE_BUSY
+    default_retryable = True
+    hint = "Wait for the other `dvt archive run` to finish, then run it again."
 
 
 class ArtifactStoreNotConfigured(StepError):

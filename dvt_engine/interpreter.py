@@ -6,8 +6,9 @@ happened (a step settled, a signal was accepted, a timer fired) and carries out 
 returns, in order. Because the same inputs always give the same commands, every engine writes the
 same events in the same order.
 
-A little over 500 lines on purpose: the decisions and the incremental bookkeeping they read
-(ready set, in-flight steps) change together; the rules themselves live in dvt_engine/rules.
+About 600 lines on purpose: the decisions and the incremental bookkeeping they read (ready
+set, in-flight steps, and for plan v1.3 the outputs conditions read) change together; the rules
+themselves (limits, joins, conditions included) live in dvt_engine/rules.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from dvt_engine.models.run import RunStatus, StepStatus, StepSubstatus
 from dvt_engine.models.signals import SignalType
 from dvt_engine.models.snapshot import RunSnapshot, StepError
 from dvt_engine.rules import cancel as cancel_rules
+from dvt_engine.rules import concurrency, joins, scheduling
+from dvt_engine.rules import conditions as condition_rules
 from dvt_engine.rules import failure as failure_rules
 from dvt_engine.rules import gates as gate_rules
 from dvt_engine.rules import pause as pause_rules
-from dvt_engine.rules import scheduling
 from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON as FAIL_FAST_GATE_REASON
 from dvt_engine.rules.gates import GATE_TIMER_PREFIX as GATE_TIMER_PREFIX
 from dvt_engine.rules.settlement import (
@@ -103,14 +105,32 @@ class RunInterpreter:
     steps: dict[str, StepState] = field(default_factory=dict)
     cancel_in_flight_on_pause: bool = False
     paused_cancellations: set[str] = field(default_factory=set)
+    #: Outputs of the steps that some condition reads (plan v1.3), by step id.
+    outputs: dict[str, Any] = field(default_factory=dict)
+    #: The run's own params (RunContext.params): conditions see them over the plan's params.
+    run_params: dict[str, Any] = field(default_factory=dict)
 
     _ready: ReadySteps = field(init=False, repr=False, compare=False)
     _in_flight: set[str] = field(init=False, repr=False, compare=False)
+    _read_by_conditions: set[str] = field(init=False, repr=False, compare=False)
+    _v13: bool = field(init=False, repr=False, compare=False)
+    _groups: dict[str, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._in_flight = set()
         self._ready = ReadySteps(
-            self.plan.steps, {s.step_id: StepStatus.PENDING for s in self.plan.steps})
+            self.plan.steps, {s.step_id: StepStatus.PENDING for s in self.plan.steps},
+            needed=joins.needed_counts(self.plan),
+            skipped_satisfies=not self.plan.metadata.cascades_skips)
+        # Plan v1.3 decisions (conditions, limits, joins) make a start depend on more than
+        # readiness; plans without them keep the v1.2 path unchanged.
+        self._read_by_conditions = {
+            ref for s in self.plan.steps if s.when
+            for ref in condition_rules.referenced_steps(s.when)}
+        self._groups = concurrency.step_groups(self.plan)
+        self._v13 = (concurrency.is_bounded(self.plan) or bool(self._read_by_conditions)
+                     or any(s.when for s in self.plan.steps)
+                     or joins.uses_joins_or_cascade(self.plan))
         given, self.steps = self.steps, _StepStates(self)
         for step_id, state in given.items():
             self.steps[step_id] = state
@@ -142,6 +162,10 @@ class RunInterpreter:
         """Steps running now (including waiting gates), in plan order."""
         return sorted(self._in_flight, key=self._ready.position.__getitem__)
 
+    def reads_output(self, step_id: str) -> bool:
+        """True when a condition of the plan reads this step's output (engines pass it in)."""
+        return step_id in self._read_by_conditions
+
     def spec(self, step_id: str) -> StepSpec:
         """The plan's spec of a step."""
         return self.plan.step(step_id)
@@ -169,6 +193,7 @@ class RunInterpreter:
         logical_attempt_id: int,
         outcome: StepSettlement,
         error: StepError | None = None,
+        output: Any = None,
     ) -> list[Command]:
         """A logical attempt ended (its final event, if any, is already in the log)."""
         state = self.steps[step_id]
@@ -186,6 +211,8 @@ class RunInterpreter:
             state.logical_attempt_id += 1
             return self.advance()
         state.status = step_status_after(outcome)
+        if outcome == "succeeded" and step_id in self._read_by_conditions:
+            self.outputs[step_id] = output
         commands: list[Command] = []
         if records_failure(outcome):
             if self.failure is None:
@@ -194,11 +221,13 @@ class RunInterpreter:
         return commands + self.advance()
 
     def settle(
-        self, step_id: str, logical_attempt_id: int, status: str, error: StepError | None = None
+        self, step_id: str, logical_attempt_id: int, status: str, error: StepError | None = None,
+        output: Any = None,
     ) -> list[Command]:
         """``step_settled`` for a step runner outcome status (the settlement rule maps it)."""
         settled = settlement_of(status, error)
-        return self.step_settled(step_id, logical_attempt_id, settled.outcome, settled.error)
+        return self.step_settled(step_id, logical_attempt_id, settled.outcome, settled.error,
+                                 output)
 
     def signal_accepted(
         self,
@@ -340,6 +369,11 @@ class RunInterpreter:
         if self.is_finished or not scheduling.starts_new_steps(
                 self.status, cancel_requested=self.cancel_requested, failing_fast=failing_fast):
             return []
+        if self._v13:
+            # What advance() would start, decided on a copy (skips may free later steps).
+            probe = RunInterpreter.from_cursor(self.plan, self.to_cursor(),
+                                               run_params=self.run_params)
+            return [c.step_id for c in probe._decide() if isinstance(c, StartStep)]
         return scheduling.steps_to_start_now(self._ready, self._in_flight)
 
     def would_start(self, step_id: str) -> bool:
@@ -360,22 +394,29 @@ class RunInterpreter:
                 return []
             return self._finish(EventType.RUN_FAILED, dict(self.failure or {}))
         commands: list[Command] = []
-        for step_id in self.startable():
-            state = self.steps[step_id]
-            state.status = StepStatus.RUNNING
-            state.in_flight = True
-            commands.append(StartStep(step_id, state.logical_attempt_id))
-        if commands or running or self.status != RunStatus.RUNNING:
+        if self._v13:
+            commands = self._decide()
+            running = self.in_flight()
+        else:
+            for step_id in self.startable():
+                state = self.steps[step_id]
+                state.status = StepStatus.RUNNING
+                state.in_flight = True
+                commands.append(StartStep(step_id, state.logical_attempt_id))
+        if any(isinstance(c, StartStep) for c in commands) or running \
+                or self.status != RunStatus.RUNNING:
             return commands
         statuses = self.statuses()
         if scheduling.is_complete(statuses):
-            return self._finish(EventType.RUN_COMPLETED, scheduling.completion_payload(statuses))
+            return [*commands, *self._finish(EventType.RUN_COMPLETED,
+                                             scheduling.completion_payload(statuses))]
         if not self.awaiting_operator:
             # awaitOperator: nothing can progress until RETRY_STEP, SKIP_STEP or CANCEL.
             self.awaiting_operator = True
             self.operator_ordinal += 1
             failed = [sid for sid, st in statuses.items() if st == StepStatus.FAILED]
             return [
+                *commands,  # plan v1.3 skips decided just before
                 WriteRunEvent(
                     RUN_AWAITING_OPERATOR,
                     {"ordinal": self.operator_ordinal, "failedSteps": failed},
@@ -386,7 +427,55 @@ class RunInterpreter:
                     self.plan.metadata.operator_timeout_ms,
                 ),
             ]
-        return []
+        return commands
+
+    def _decide(self) -> list[Command]:
+        """Plan v1.3 moves, pass after pass in plan order until a pass skips nothing: cascaded
+        skips first, then each ready step that fits the limits starts or, its condition false,
+        is skipped (a skip can ready more steps). Each condition is evaluated once."""
+        commands: list[Command] = []
+        while True:
+            cascades = joins.cascaded(self.plan, self.statuses(), self._in_flight)
+            for step_id, deps in cascades:
+                commands.append(self._skip(step_id, condition_rules.cascade_reason(deps)))
+            if cascades:
+                continue
+            skipped = False
+            slots = concurrency.Slots(self.plan, self._groups, self._in_flight)
+            for step_id in scheduling.steps_to_start_now(self._ready, self._in_flight):
+                if slots.full:
+                    break
+                if self.steps[step_id].status != StepStatus.PENDING or not slots.fits(step_id):
+                    continue  # a join's loser earlier in this pass, or no slot in its group
+                spec = self.spec(step_id)
+                if spec.when is not None:
+                    value, error = condition_rules.evaluate(spec.when, condition_rules.
+                        condition_context(self.plan, step_id, self._status_of, self.outputs,
+                                          self.run_params))
+                    if not value:
+                        commands.append(self._skip(
+                            step_id, condition_rules.skip_reason(spec.when, error)))
+                        skipped = True
+                        continue
+                state = self.steps[step_id]
+                state.status, state.in_flight = StepStatus.RUNNING, True
+                slots.take(step_id)
+                commands.append(StartStep(step_id, state.logical_attempt_id))
+                dep_status = {d: self.steps[d].status for d in spec.depends_on}
+                for loser in joins.losers_to_skip(spec, dep_status, self._in_flight):
+                    commands.append(self._skip(loser, joins.loser_reason(step_id)))
+                    skipped = True
+            if not skipped:
+                return commands
+
+    def _status_of(self, step_id: str) -> str:
+        return str(self.steps[step_id].status)
+
+    def _skip(self, step_id: str, reason: str) -> WriteStepEvent:
+        state = self.steps[step_id]
+        state.status = StepStatus.SKIPPED
+        return WriteStepEvent(EventType.STEP_SKIPPED, step_id, state.logical_attempt_id,
+                              {"reason": reason})
 
     # --- rebuilt interpreters (an engine that keeps no interpreter between moves) -------
     def waiting_gates(self) -> list[str]:
@@ -454,6 +543,7 @@ class RunInterpreter:
             "failure": self.failure,
             "cancelInFlightOnPause": self.cancel_in_flight_on_pause,
             "pausedCancellations": sorted(self.paused_cancellations),
+            **({"outputs": dict(self.outputs)} if self.outputs else {}),
             "steps": {
                 sid: [str(st.status), st.logical_attempt_id, st.in_flight, st.awaiting_approval]
                 for sid, st in self.steps.items()
@@ -462,8 +552,9 @@ class RunInterpreter:
         }
 
     @classmethod
-    def from_cursor(cls, plan: ExecutionPlan, cursor: Mapping[str, Any]) -> RunInterpreter:
-        """Rebuild an interpreter from ``to_cursor()`` output."""
+    def from_cursor(cls, plan: ExecutionPlan, cursor: Mapping[str, Any], *,
+                    run_params: Mapping[str, Any] | None = None) -> RunInterpreter:
+        """Rebuild an interpreter from ``to_cursor()`` output (and the run's params)."""
         interp = cls(
             plan=plan,
             status=RunStatus(cursor["status"]),
@@ -475,6 +566,8 @@ class RunInterpreter:
             failure=cursor.get("failure"),
             cancel_in_flight_on_pause=bool(cursor.get("cancelInFlightOnPause", False)),
             paused_cancellations=set(cursor.get("pausedCancellations", ())),
+            outputs=dict(cursor.get("outputs") or {}),
+            run_params=dict(run_params or {}),
         )
         for sid, (status, attempt, in_flight, awaiting) in cursor["steps"].items():
             interp.steps[sid] = StepState(StepStatus(status), int(attempt), bool(in_flight),
@@ -483,14 +576,15 @@ class RunInterpreter:
 
     @classmethod
     def from_snapshot(
-        cls, plan: ExecutionPlan, snapshot: RunSnapshot, events: Iterable[Event] = ()
+        cls, plan: ExecutionPlan, snapshot: RunSnapshot, events: Iterable[Event] = (), *,
+        run_params: Mapping[str, Any] | None = None,
     ) -> RunInterpreter:
         """Rebuild from the store's truth; RUNNING steps are reported as in flight.
 
         ``events`` (the run's log) restores what the snapshot does not keep: how many times
         the run has waited for an operator.
         """
-        interp = cls(plan=plan)
+        interp = cls(plan=plan, run_params=dict(run_params or {}))
         interp.operator_ordinal = sum(1 for e in events
                                       if e.event_type == RUN_AWAITING_OPERATOR)
         approved = snapshot.status == RunStatus.APPROVED
@@ -504,6 +598,8 @@ class RunInterpreter:
                 in_flight=step.status == StepStatus.RUNNING,
                 awaiting_approval=step.substatus == StepSubstatus.AWAITING_APPROVAL,
             )
+            if step.status == StepStatus.SUCCESS and step.step_id in interp._read_by_conditions:
+                interp.outputs[step.step_id] = step.output
             if step.status == StepStatus.FAILED and interp.failure is None and step.error:
                 interp.failure = failure_rules.run_failure(step.step_id, step.error)
         return interp

@@ -86,21 +86,41 @@ class ReadySteps:
     statuses reported through ``set_status``.
     """
 
-    def __init__(self, steps: Sequence[StepNode], statuses: Mapping[str, StepStatus]) -> None:
+    def __init__(
+        self,
+        steps: Sequence[StepNode],
+        statuses: Mapping[str, StepStatus],
+        *,
+        needed: Mapping[str, int] | None = None,
+        skipped_satisfies: bool = True,
+    ) -> None:
         self.position = {s.step_id: i for i, s in enumerate(steps)}
         self._dependents: dict[str, list[str]] = {s.step_id: [] for s in steps}
         for s in steps:
             for dep in s.depends_on:
                 self._dependents[dep].append(s.step_id)
+        self._skipped_satisfies = skipped_satisfies
         self._status = {s.step_id: statuses[s.step_id] for s in steps}
+        # How many dependencies must be satisfied (plan v1.3 joins); all of them by default.
+        self._allowed_unsatisfied = {
+            s.step_id: len(s.depends_on) - min((needed or {}).get(s.step_id, len(s.depends_on)),
+                                               len(s.depends_on))
+            for s in steps
+        }
         self._unsatisfied = {
-            s.step_id: sum(1 for d in s.depends_on if not statuses[d].satisfies_dependency)
+            s.step_id: sum(1 for d in s.depends_on if not self._satisfies(statuses[d]))
             for s in steps
         }
         self._candidates = {sid for sid in self._status if self._is_candidate(sid)}
 
+    def _satisfies(self, status: StepStatus) -> bool:
+        if status == StepStatus.SKIPPED:
+            return self._skipped_satisfies
+        return status.satisfies_dependency
+
     def _is_candidate(self, step_id: str) -> bool:
-        return self._status[step_id] == StepStatus.PENDING and self._unsatisfied[step_id] == 0
+        return (self._status[step_id] == StepStatus.PENDING
+                and self._unsatisfied[step_id] <= self._allowed_unsatisfied[step_id])
 
     def _recheck(self, step_id: str) -> None:
         if self._is_candidate(step_id):
@@ -114,8 +134,8 @@ class ReadySteps:
         if old == status:
             return
         self._status[step_id] = status
-        if old.satisfies_dependency != status.satisfies_dependency:
-            change = -1 if status.satisfies_dependency else 1
+        if self._satisfies(old) != self._satisfies(status):
+            change = -1 if self._satisfies(status) else 1
             for child in self._dependents[step_id]:
                 self._unsatisfied[child] += change
                 self._recheck(child)

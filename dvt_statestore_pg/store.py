@@ -1,7 +1,8 @@
 """PostgresRunStateStore: the state store on PostgreSQL (contract §5).
 
 The class is assembled from one part per job: appending (appends.py), following (follow.py) and
-the outbox (outbox.py) on a shared core (core.py); runs, reads, snapshots and plans are here.
+the outbox (outbox.py) on a shared core (core.py), with reads across the hot log and the cold
+archive (tiers.py); runs, reads, snapshots and plans are here.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import initial_snapshot, project
 from dvt_statestore_pg.appends import Appender
 from dvt_statestore_pg.core import Conn, event_from_row, utc, valid_ids
-from dvt_statestore_pg.follow import Follower
 from dvt_statestore_pg.outbox import Outbox, OutboxItem
+from dvt_statestore_pg.tiers import ColdTier
 
 PLAN_URI_PREFIX = "plan://sha256/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -32,7 +33,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 __all__ = ["OutboxItem", "PostgresRunStateStore", "open_store"]
 
 
-class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
+class PostgresRunStateStore(ColdTier, Appender, Outbox, RunStateStore):
     """The state store on PostgreSQL; ``open_store("postgresql://...?schema=...")`` opens one.
 
     A run is identified by (tenantId, runId). Appends to one run are serialised by the run's
@@ -216,7 +217,7 @@ class PostgresRunStateStore(Appender, Follower, Outbox, RunStateStore):
         header, events = await self._run(work)
         if header is None:
             raise RunNotFound(f"run {run_id!r} not found", details={"runId": run_id})
-        return project(header, events)
+        return project(header, await self.whole_log(tenant_id, run_id, events))
 
     # --- plan registry -------------------------------------------------------------------
     async def put_plan(self, data: bytes) -> str:

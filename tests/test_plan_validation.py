@@ -105,7 +105,7 @@ def test_unknown_schema_version_comes_before_schema_errors() -> None:
     doc = {"metadata": {"schemaVersion": "v2.0", "wholly": "different"}, "steps": "?"}
     err = expect_error(doc, PlanSchemaVersionUnsupported)
     assert err.details["schemaVersion"] == "v2.0"
-    assert err.details["supported"] == ["v1.0", "v1.1", "v1.2"]
+    assert err.details["supported"] == ["v1.0", "v1.1", "v1.2", "v1.3"]
 
 
 def test_schema_errors_list_every_failing_path() -> None:

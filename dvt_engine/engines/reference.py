@@ -178,7 +178,8 @@ class _RunDriver:
 
     def __post_init__(self) -> None:
         self.interp = RunInterpreter(
-            self.plan, cancel_in_flight_on_pause=self.engine.cancel_in_flight_on_pause
+            self.plan, cancel_in_flight_on_pause=self.engine.cancel_in_flight_on_pause,
+            run_params=dict(self.header.params),
         )
         self.writer = RunWriter(self.engine.store, self.header)
         self.factory = EventFactory(self.header, "engine", clock=self.engine.clock)
@@ -203,8 +204,8 @@ class _RunDriver:
     def handle(self, message: tuple[Any, ...]) -> list[Command]:
         kind = message[0]
         if kind == "settled":
-            _, step_id, attempt, status, error = message
-            return self.interp.settle(step_id, attempt, status, error)
+            _, step_id, attempt, status, error, output = message
+            return self.interp.settle(step_id, attempt, status, error, output)
         if kind == "awaiting":
             return self.interp.step_awaiting_approval(message[1])
         if kind == "signal":
@@ -302,7 +303,8 @@ class _RunDriver:
 
     def _settle(self, step_id: str, attempt: int, outcome: StepOutcome) -> None:
         # The interpreter maps the runner's outcome to a settlement (rules.settlement).
-        self.inbox.put_nowait(("settled", step_id, attempt, outcome.status, outcome.error))
+        self.inbox.put_nowait(("settled", step_id, attempt, outcome.status, outcome.error,
+                               outcome.output))
 
     async def _cancel_step(self, step_id: str, reason: str) -> None:
         gate = self.gates.pop(step_id, None)

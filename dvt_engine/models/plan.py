@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from dvt_engine.models.base import DvtModel, Identifier, Sha256Hex, StrictModel
 from dvt_engine.models.step_index import find_step
 
-SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("v1.0", "v1.1", "v1.2")
+SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = ("v1.0", "v1.1", "v1.2", "v1.3")
 BUILTIN_STEP_KINDS: tuple[str, ...] = ("noop", "sleep", "echo", "fail", "approval")
 DEFAULT_OPERATOR_TIMEOUT_MS = 24 * 60 * 60 * 1000
 
 FallbackBehavior = Literal["reject", "emulate", "degrade"]
 FailurePolicy = Literal["failFast", "awaitOperator"]
+#: What a SKIPPED dependency means for its dependants (v1.3): ``satisfy`` (the default, as before
+#: v1.3) lets them run; ``cascade`` skips a dependant whose join can no longer be met otherwise.
+SkipRule = Literal["satisfy", "cascade"]
+JoinMode = Literal["all", "any", "quorum"]
+#: What an ``any``/``quorum`` join does to its dependencies that have not started once it is met.
+JoinLosers = Literal["finish", "skip"]
 
 
 class RetryPolicy(StrictModel):
@@ -40,6 +46,16 @@ class CostHint(StrictModel):
     units: float = Field(ge=0)
 
 
+class JoinSpec(StrictModel):
+    """How many of a step's dependencies must succeed before it starts (v1.3)."""
+
+    mode: JoinMode = "all"
+    #: quorum only: how many dependencies must be SUCCESS (or SKIPPED under ``satisfy``).
+    count: int | None = Field(default=None, ge=1)
+    #: any/quorum: dependencies not yet started when the join is met are skipped, or still run.
+    losers: JoinLosers = "finish"
+
+
 class StepSpec(StrictModel):
     """One step of a plan: a kind, its params, and the steps it waits for."""
 
@@ -52,6 +68,20 @@ class StepSpec(StrictModel):
     cost_hint: CostHint | None = None
     task_queue: Identifier | None = None
     description: str | None = Field(default=None, max_length=2000)
+    concurrency_group: Identifier | None = None
+    #: ``"all"`` / ``"any"`` or a JoinSpec object; absent means all.
+    join: JoinSpec | JoinMode | None = None
+    #: A CEL expression over ``params``, ``inputs`` and ``steps``; false skips the step.
+    when: str | None = Field(default=None, min_length=1, max_length=2000)
+
+    @property
+    def join_spec(self) -> JoinSpec:
+        """The step's join as a JoinSpec (a string is shorthand for its mode)."""
+        if self.join is None:
+            return JoinSpec()
+        if isinstance(self.join, str):
+            return JoinSpec(mode=self.join)
+        return self.join
 
     @property
     def max_attempts(self) -> int:
@@ -72,6 +102,22 @@ class PlanMetadata(StrictModel):
     failure_policy: FailurePolicy = "failFast"
     requires_approval: bool = False
     operator_timeout_ms: int = Field(default=DEFAULT_OPERATOR_TIMEOUT_MS, ge=1)
+    #: At most this many steps run at once (v1.3); absent means no limit.
+    max_parallel: int | None = Field(default=None, ge=1, le=100_000)
+    #: At most N running steps per ``concurrencyGroup`` (v1.3).
+    concurrency_groups: dict[Identifier, Annotated[int, Field(ge=1)]] | None = None
+    #: Absent means ``satisfy`` (None keeps plans without the field dumping as before v1.3).
+    skip_rule: SkipRule | None = None
+
+    @property
+    def group_limits(self) -> dict[str, int]:
+        """Each concurrency group's limit (empty when the plan sets none)."""
+        return dict(self.concurrency_groups or {})
+
+    @property
+    def cascades_skips(self) -> bool:
+        """True when a SKIPPED dependency does not satisfy its dependants (``cascade``)."""
+        return self.skip_rule == "cascade"
     description: str | None = Field(default=None, max_length=2000)
 
 

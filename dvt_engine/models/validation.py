@@ -30,6 +30,8 @@ class CapabilityCheck(DvtModel):
     missing: tuple[str, ...] = ()
     fallback_behavior: str = "reject"
     resolution: CapabilityResolution = "satisfied"
+    #: Plan v1.3 flow features the plan uses, each "native", "emulated" or "degraded" here.
+    flow_features: dict[str, str] = Field(default_factory=dict)
 
 
 class ValidationReport(DvtModel):

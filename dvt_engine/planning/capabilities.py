@@ -177,3 +177,33 @@ def emulation_for(capability: str, capabilities: frozenset[str]) -> Emulation | 
     if emulation is None or not emulation.available_on(capabilities):
         return None
     return emulation
+
+
+# --- plan v1.3 flow features ------------------------------------------------------------------
+# Not engine capabilities a plan asks for: a plan that uses one needs no fallbackBehavior, because
+# the rule lives in the shared interpreter that every engine drives. What differs is who decides:
+# "native" when the engine's own scheduler does, "emulated" when dvt's interpreter does it inside
+# the engine's workflow (the run still behaves the same), "degraded" when part of it is lost.
+FLOW_BOUNDED_CONCURRENCY = "flow.concurrency.bounded"
+FLOW_PARTIAL_JOIN = "flow.join.partial"
+FLOW_CONDITIONS = "flow.conditions"
+FLOW_FEATURES: tuple[str, ...] = (FLOW_BOUNDED_CONCURRENCY, FLOW_PARTIAL_JOIN, FLOW_CONDITIONS)
+
+FlowSupport = str  # "native" | "emulated" | "degraded"
+
+FLOW_SUPPORT: Mapping[str, Mapping[str, FlowSupport]] = {
+    # The reference engine is the interpreter's own loop.
+    "reference": {f: "native" for f in FLOW_FEATURES},
+    # The workflow runs the interpreter; Temporal itself has no concurrency limit, join or
+    # condition of its own, so each is decided by dvt's code inside the workflow.
+    "temporal": {f: "emulated" for f in FLOW_FEATURES},
+    # The Conductor definition is a static chain; dvt's coordinator starts limited, joined and
+    # conditional steps itself (a FORK_JOIN has no limit, quorum or CEL condition).
+    "conductor": {f: "emulated" for f in FLOW_FEATURES},
+}
+
+
+def flow_support(engine: str, features: tuple[str, ...]) -> dict[str, FlowSupport]:
+    """How an engine carries out each flow feature a plan uses (emulated on unknown engines)."""
+    table = FLOW_SUPPORT.get(engine, {})
+    return {f: table.get(f, "emulated") for f in features}

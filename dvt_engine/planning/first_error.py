@@ -22,6 +22,7 @@ from dvt_engine.planning.checks import (
     secret_literal_problems,
 )
 from dvt_engine.planning.document import load_document, version_problems
+from dvt_engine.planning.flow_checks import flow_problems
 from dvt_engine.planning.problems import PlanInput, Problem, digest_of
 
 
@@ -98,6 +99,7 @@ def validate_plan_document(data: PlanInput) -> ExecutionPlan:
     plan, problems = model_problems(doc)
     _raise_first(problems)
     assert plan is not None
+    _raise_first(flow_problems(plan))
     if digest is not None:
         _VALID_DIGESTS.add(digest)
     return plan

@@ -16,7 +16,15 @@ from dvt_engine.models.validation import (
     CapabilityResolution,
     ValidationReport,
 )
-from dvt_engine.planning.capabilities import ALL_CAPABILITIES, emulation_for
+from dvt_engine.planning.capabilities import (
+    ALL_CAPABILITIES,
+    FLOW_BOUNDED_CONCURRENCY,
+    FLOW_CONDITIONS,
+    FLOW_FEATURES,
+    FLOW_PARTIAL_JOIN,
+    emulation_for,
+    flow_support,
+)
 from dvt_engine.planning.checks import (
     dag_problems,
     identifier_problems,
@@ -26,6 +34,7 @@ from dvt_engine.planning.checks import (
 )
 from dvt_engine.planning.document import load_document, version_problems
 from dvt_engine.planning.first_error import validate_plan_document
+from dvt_engine.planning.flow_checks import flow_problems
 from dvt_engine.planning.params import params_problems
 from dvt_engine.planning.problems import PlanInput, Problem, digest_of, safe, show
 
@@ -40,6 +49,12 @@ FIELD_INTRODUCED_IN: Mapping[tuple[str, str], str] = {
     ("metadata", "fallbackBehavior"): "v1.2",
     ("metadata", "targetAdapter"): "v1.2",
     ("step", "taskQueue"): "v1.2",
+    ("metadata", "maxParallel"): "v1.3",
+    ("metadata", "concurrencyGroups"): "v1.3",
+    ("metadata", "skipRule"): "v1.3",
+    ("step", "concurrencyGroup"): "v1.3",
+    ("step", "join"): "v1.3",
+    ("step", "when"): "v1.3",
 }
 
 def _plan_document(plan: ExecutionPlan) -> dict[str, Any]:
@@ -176,8 +191,22 @@ def _capability_check(
         missing=missing,
         fallback_behavior=fallback,
         resolution=resolution,
+        flow_features=flow_support(engine, _flow_features_used(doc)),
     )
     return check, problems
+
+
+def _flow_features_used(doc: dict[str, Any]) -> tuple[str, ...]:
+    """The plan v1.3 flow features a plan document uses, in FLOW_FEATURES order."""
+    metadata = doc["metadata"]
+    steps = [s for s in doc.get("steps") or () if isinstance(s, dict)]
+    used = {
+        FLOW_BOUNDED_CONCURRENCY: "maxParallel" in metadata or "concurrencyGroups" in metadata,
+        FLOW_PARTIAL_JOIN: any("join" in s and s["join"] not in ("all", {"mode": "all"})
+                               for s in steps),
+        FLOW_CONDITIONS: any("when" in s for s in steps),
+    }
+    return tuple(f for f in FLOW_FEATURES if used[f])
 
 
 def build_validation_report(
@@ -212,7 +241,10 @@ def build_validation_report(
             problems += dag_problems(doc)
             problems += secret_literal_problems(doc)
             if not problems:
-                problems += model_problems(doc)[1]
+                model, found = model_problems(doc)
+                problems += found
+                if model is not None:
+                    problems += flow_problems(model)
             problems += _version_warnings(doc)
             problems += _kind_problems(doc, kinds)
             problems += params_problems(doc, params_schemas or {})

@@ -11,4 +11,7 @@ changed here changes on every engine at once.
 - :mod:`~dvt_engine.rules.settlement`: what an attempt's outcome means for the run.
 - :mod:`~dvt_engine.rules.pause`: what a pause stops, and what runs again on resume.
 - :mod:`~dvt_engine.rules.cancel`: cooperative cancel and its default reason.
+- :mod:`~dvt_engine.rules.concurrency`: plan v1.3 maxParallel and concurrency group limits.
+- :mod:`~dvt_engine.rules.joins`: plan v1.3 any/quorum joins, their losers, skipRule cascade.
+- :mod:`~dvt_engine.rules.conditions`: plan v1.3 ``when`` conditions (CEL), checked and evaluated.
 """

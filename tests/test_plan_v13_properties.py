@@ -1,0 +1,187 @@
+"""Property test: random bounded v1.3 plans on the reference engine keep the v1.3 invariants.
+
+Each plan is a random DAG of echo and short sleep steps with a random ``maxParallel``, random
+concurrency groups and limits, random any/quorum joins, random conditions over earlier echo
+outputs and params, and a random skipRule. From the run's event log (log order):
+
+- at no point are more than ``maxParallel`` steps (or more than a group's limit) started and not
+  yet settled;
+- every step settles exactly once (one StepCompleted or one StepSkipped; nothing fails);
+- every step with a condition was decided once (started once, or skipped once), and the
+  decision equals the condition evaluated independently over the outputs in the log.
+
+The same plans also go straight through the interpreter with steps settling in random orders
+(many more examples): limits hold after every move and each condition is evaluated once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import cel
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contract_tests.catalogue import as_scenario
+from contract_tests.driver import execute_scenario
+from dvt_engine.engines.reference import ReferenceEngine
+from dvt_engine.interpreter import Finish, RunInterpreter, StartStep
+from dvt_engine.models.events import Event
+from dvt_engine.models.run import StepStatus
+from dvt_engine.planning import validate_plan_document
+from dvt_engine.rules import conditions as condition_rules
+from dvt_engine.rules.conditions import settled_before
+from dvt_engine.stores.memory import MemoryRunStateStore
+
+GROUPS = ("g1", "g2")
+
+
+@st.composite
+def bounded_plans(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid random v1.3 plan whose steps all succeed."""
+    n = draw(st.integers(2, 9))
+    steps: list[dict[str, Any]] = []
+    for i in range(n):
+        deps = sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else []
+        step: dict[str, Any] = {"stepId": f"s{i}", "dependsOn": [f"s{d}" for d in deps]}
+        if draw(st.booleans()):
+            step.update(kind="echo", params={"v": draw(st.integers(0, 9))})
+        else:
+            step.update(kind="sleep", params={"ms": draw(st.integers(0, 15))})
+        if len(deps) >= 2:
+            mode = draw(st.sampled_from(["all", "any", "quorum"]))
+            if mode == "quorum":
+                step["join"] = {"mode": "quorum", "count": draw(st.integers(1, len(deps)))}
+            elif mode == "any":
+                step["join"] = {"mode": "any",
+                                "losers": draw(st.sampled_from(["finish", "skip"]))}
+        if draw(st.booleans()):
+            step["concurrencyGroup"] = draw(st.sampled_from(GROUPS))
+        steps.append(step)
+    metadata: dict[str, Any] = {
+        "planId": "prop13", "planVersion": "1", "schemaVersion": "v1.3",
+        "maxParallel": draw(st.integers(1, 4)),
+        "concurrencyGroups": {g: draw(st.integers(1, 2)) for g in GROUPS},
+        "skipRule": draw(st.sampled_from(["satisfy", "cascade"])),
+    }
+    document = {"metadata": metadata, "params": {"limit": draw(st.integers(0, 9))},
+                "steps": steps}
+    # Conditions may read the outputs of echo steps settled before theirs.
+    outline = validate_plan_document({**document, "metadata": {**metadata}})
+    for step in steps:
+        readable = sorted(s for s in settled_before(outline, step["stepId"])
+                          if outline.step(s).kind == "echo")
+        if readable and draw(st.booleans()):
+            ref = draw(st.sampled_from(readable))
+            op = draw(st.sampled_from(["<", ">=", "=="]))
+            step["when"] = f"steps.{ref}.output.v {op} params.limit"
+        elif draw(st.integers(0, 4)) == 0:
+            step["when"] = draw(st.sampled_from(["params.limit > 4", "params.limit <= 4"]))
+    validate_plan_document(document)
+    return document
+
+
+async def _run(document: dict[str, Any]) -> list[Event]:
+    store = MemoryRunStateStore()
+    engine = ReferenceEngine(store)
+    try:
+        outcome = await execute_scenario(as_scenario(document), engine, store, timeout=30.0)
+    finally:
+        await engine.close()
+    assert outcome.error is None, outcome.error
+    return await store.fetch_events(outcome.tenant_id, outcome.run_id)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bounded_plans())
+def test_random_bounded_plans_keep_the_v13_invariants(document: dict[str, Any]) -> None:
+    events = asyncio.run(_run(document))
+    steps = {s["stepId"]: s for s in document["steps"]}
+    limits = document["metadata"]["concurrencyGroups"]
+    cap = document["metadata"]["maxParallel"]
+    running: set[str] = set()
+    started: Counter[str] = Counter()
+    settled: Counter[str] = Counter()
+    outputs: dict[str, Any] = {}
+    skipped_by_condition: set[str] = set()
+    for event in events:
+        sid = event.step_id
+        if event.event_type == "StepStarted":
+            assert sid is not None
+            started[sid] += 1
+            running.add(sid)
+            assert len(running) <= cap, f"more than maxParallel {cap} running: {running}"
+            per_group = Counter(steps[s].get("concurrencyGroup") for s in running)
+            for group, limit in limits.items():
+                assert per_group[group] <= limit, f"group {group} over {limit}: {running}"
+        elif event.event_type in ("StepCompleted", "StepSkipped", "StepFailed"):
+            assert sid is not None
+            assert event.event_type != "StepFailed", event.payload
+            running.discard(sid)
+            settled[sid] += 1
+            if event.event_type == "StepCompleted":
+                outputs[sid] = event.payload.get("output")
+            elif str(event.payload.get("reason", "")).startswith("condition"):
+                skipped_by_condition.add(sid)
+    assert events[-1].event_type == "RunCompleted"
+    assert settled == Counter(dict.fromkeys(steps, 1)), "every step settles exactly once"
+    assert all(n == 1 for n in started.values())
+    for sid, step in steps.items():
+        if "when" not in step:
+            assert sid not in skipped_by_condition
+            continue
+        decided = started[sid] + (sid in skipped_by_condition)
+        if decided == 0:
+            continue  # skipped before its condition was due (cascade or a join's loser)
+        assert decided == 1, f"{sid}'s condition was decided {decided} times"
+        assert bool(started[sid]) == _condition(step["when"], document["params"], outputs), sid
+
+
+def _condition(expression: str, params: dict[str, Any], outputs: dict[str, Any]) -> bool:
+    """The condition evaluated apart from dvt: a skipped step has no output, and a condition
+    that cannot be evaluated counts as false."""
+    context = {"params": params, "steps": {
+        f"s{i}": {"output": outputs.get(f"s{i}")} for i in range(10)}}
+    try:
+        return cel.evaluate(expression, context) is True
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(bounded_plans(), st.randoms(use_true_random=False))
+def test_the_interpreter_keeps_limits_in_any_settlement_order(
+    document: dict[str, Any], rnd: Any
+) -> None:
+    """The same invariants straight on the interpreter, steps settling in a random order."""
+    plan = validate_plan_document(document)
+    evaluations: Counter[str] = Counter()
+    real_context = condition_rules.condition_context
+
+    def counting(plan_: Any, step_id: str, *args: Any) -> dict[str, Any]:
+        evaluations[step_id] += 1
+        return real_context(plan_, step_id, *args)
+
+    interp = RunInterpreter(plan)
+    limits = plan.metadata.group_limits
+    started: Counter[str] = Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(condition_rules, "condition_context", counting)
+        commands = interp.begin()
+        while not any(isinstance(c, Finish) for c in commands):
+            started.update(c.step_id for c in commands if isinstance(c, StartStep))
+            running = interp.in_flight()
+            assert running, "the run stalled"
+            assert len(running) <= (plan.metadata.max_parallel or len(running))
+            per_group = Counter(plan.step(s).concurrency_group for s in running)
+            assert all(per_group[g] <= n for g, n in limits.items())
+            step_id = rnd.choice(running)
+            commands = interp.settle(step_id, 1, "succeeded", output={"v": rnd.randint(0, 9)})
+    assert all(n == 1 for n in started.values())
+    assert all(n == 1 for n in evaluations.values())
+    assert set(evaluations) <= {s.step_id for s in plan.steps if s.when}
+    assert all(st_.status in (StepStatus.SUCCESS, StepStatus.SKIPPED)
+               for st_ in interp.steps.values())
