@@ -8,10 +8,21 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from dvt_api import openapi_doc, problems
+from dvt_api import console, openapi_doc, problems
 from dvt_api.metrics import ApiMetrics
 from dvt_api.middleware import RequestMiddleware
-from dvt_api.routes import events, health, keys, metrics, plans, runs, signals, stream, webhooks
+from dvt_api.routes import (
+    events,
+    health,
+    keys,
+    limits,
+    metrics,
+    plans,
+    runs,
+    signals,
+    stream,
+    webhooks,
+)
 from dvt_api.services import open_services
 from dvt_api.settings import ApiSettings
 from dvt_engine import __version__
@@ -19,7 +30,7 @@ from dvt_engine.steps.registry import HandlerRegistry
 
 log = logging.getLogger("dvt_api")
 ROUTERS = (health.router, metrics.router, plans.router, runs.router, events.router,
-           signals.router, keys.router, webhooks.router, stream.router)
+           signals.router, keys.router, webhooks.router, stream.router, limits.router)
 
 
 def create_app(settings: ApiSettings, *, registry: HandlerRegistry | None = None) -> FastAPI:
@@ -45,6 +56,7 @@ def create_app(settings: ApiSettings, *, registry: HandlerRegistry | None = None
                               "truth. Errors are problem+json (RFC 9457) with a stable code.")
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)
     problems.install(app)
     openapi_doc.install(app)
     app.add_middleware(RequestMiddleware, metrics=app_metrics,

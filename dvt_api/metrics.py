@@ -98,6 +98,10 @@ class ApiMetrics:
             "dvt_limit_rejections", "Requests refused by a tenant limit, by tenant (the first "
             f"{MAX_TENANTS} tenants seen, then 'other') and kind.", ["tenant", "kind"],
             registry=r)
+        self.queue_depth = Gauge(
+            "dvt_admission_queue_depth", "Runs waiting in a tenant's admission queue, by tenant "
+            f"(the first {MAX_TENANTS} tenants seen, then 'other'; read at scrape time).",
+            ["tenant"], registry=r)
         self.sse_clients = Gauge(
             "dvt_sse_clients", "Event-stream clients connected.", registry=r)
         self.sse_followers = Gauge(
@@ -129,6 +133,17 @@ class ApiMetrics:
         if kind not in LIMIT_KINDS:
             raise ValueError(f"unknown limit kind {kind!r}")
         self.limit_rejections.labels(self.tenant_label(tenant_id), kind).inc()
+
+    def queue_depths(self, depths: dict[str, int]) -> None:
+        """Set the queue-depth series from one read of every tenant's queue."""
+        totals: dict[str, int] = {}
+        for tenant, depth in depths.items():
+            label = self.tenant_label(tenant)
+            totals[label] = totals.get(label, 0) + depth
+        for sample in next(iter(self.queue_depth.collect())).samples:
+            totals.setdefault(sample.labels["tenant"], 0)  # a drained queue reads 0
+        for label, depth in totals.items():
+            self.queue_depth.labels(label).set(depth)
 
     def render(self) -> bytes:
         """The exposition text."""

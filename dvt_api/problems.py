@@ -80,6 +80,8 @@ CODE_STATUS: dict[ErrorCode, int] = {
     ErrorCode.SIGNAL_INVALID_PAYLOAD: 422,
     ErrorCode.STEP_NOT_FOUND: 422,
     ErrorCode.SIGNAL_RATE_LIMITED: 429,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUOTA_EXCEEDED: 422,
     ErrorCode.RUN_TERMINAL: 409,
     ErrorCode.RUN_NOT_APPROVED: 409,
     ErrorCode.STEP_NOT_RETRYABLE: 409,
@@ -165,7 +167,10 @@ def from_dvt_error(error: DvtError) -> ApiProblem:
         return run_not_found()
     detail = error.message if status < 500 else TITLES["INTERNAL"] + f" ({code})"
     errors = _error_items(error.details) if status < 500 else []
-    headers = {"Retry-After": "60"} if status in (429, 503) else {}
+    retry_after = error.details.get("retryAfterS") if isinstance(error.details, Mapping) \
+        else None
+    headers = {"Retry-After": str(retry_after if isinstance(retry_after, int) else 60)} \
+        if status in (429, 503) else {}
     return ApiProblem(status, code, detail, errors=errors, headers=headers)
 
 

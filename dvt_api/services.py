@@ -24,11 +24,14 @@ from dvt_engine.access import (
     TenantPlans,
     hash_api_key,
 )
+from dvt_engine.admission import AdmissionStore, LimitSettings
+from dvt_engine.admission import Dispatcher as AdmissionDispatcher
 from dvt_engine.eventlog import utc_now
 from dvt_engine.plugins import open_configured_artifact_store, open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 from dvt_engine.steps.registry import HandlerRegistry, default_registry
 from dvt_engine.stores.memory_access import MemoryAccessStore
+from dvt_engine.stores.memory_admission import MemoryAdmissionStore
 from dvt_engine.stores.memory_webhooks import MemoryWebhookStore
 from dvt_engine.webhooks import WebhookStore
 
@@ -47,6 +50,8 @@ class Services:
     webhooks: WebhookStore | None = None
     dispatcher: Any = None  # dvt_api.webhook_dispatch.Dispatcher
     gauges: StoreGauges | None = None
+    admission: AdmissionStore | None = None
+    admission_dispatcher: AdmissionDispatcher | None = None
 
     @property
     def keys(self) -> ApiKeyStore:
@@ -74,6 +79,16 @@ async def open_access(url: str) -> Any:
     from dvt_statestore_pg.access import PostgresAccessStore
 
     return await PostgresAccessStore.open(url)
+
+
+async def open_admission(url: str, store: RunStateStore,
+                         settings: LimitSettings) -> AdmissionStore:
+    """The admission store that lives next to the run store of ``url``."""
+    if url.startswith("memory:"):
+        return MemoryAdmissionStore(store, settings)
+    from dvt_statestore_pg.admission import PostgresAdmissionStore
+
+    return await PostgresAdmissionStore.open(url, settings)
 
 
 async def open_webhooks(url: str) -> WebhookStore:
@@ -134,10 +149,17 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
             else None)
         dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
+        admission = await open_admission(settings.store.store_url(), store, settings.limits)
+        stack.push_async_callback(admission.close)
+        starter = AdmissionDispatcher(admission, engine) if settings.limits.enabled else None
+        if starter is not None:
+            starter.start()
+            stack.push_async_callback(starter.stop)
         yield Services(settings=settings, store=store, access=access, engine=engine,
                        registry=reg, metrics=metrics, hub=hub, webhooks=webhooks,
                        dispatcher=dispatcher, gauges=StoreGauges(reader_for(opened), metrics,
-                                                         settings.metrics_store_ttl_s))
+                                                         settings.metrics_store_ttl_s),
+                       admission=admission, admission_dispatcher=starter)
 
 log = logging.getLogger("dvt_api")
 #: Expired idempotency records are deleted this often (a claim takes an expired key over

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dvt_engine.access import DEFAULT_IDEMPOTENCY_TTL, check_idempotency_ttl
+from dvt_engine.admission import LimitSettings
 from dvt_engine.errors import UsageError
 from dvt_engine.settings import (
     ArtifactStoreSettings,
@@ -40,6 +41,8 @@ class ApiSettings(BaseSettings):
                 for e in exc.errors()]}) from None
 
     store: StoreSettings = Field(default_factory=MemoryStoreSettings)
+    #: Tenant limits (docs/limits.md): defaults for every tenant, enforced when ``enabled``.
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     engine: EngineSettings = Field(default_factory=ReferenceSettings)
     #: Where steps put artifacts; None: ``DVT_ARTIFACTS_*``, else ``$DVT_HOME/artifacts``.
     artifacts: ArtifactStoreSettings | None = None

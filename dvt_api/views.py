@@ -34,6 +34,7 @@ async def run_document(store: RunStateStore, tenant_id: str, run_id: str) -> dic
         if last and last[0].persisted_at is not None:
             updated = max(updated, last[0].persisted_at)
     doc.update(engine=header.engine, labels=header.labels,
+               planRef=header.plan_ref.model_dump(mode="json", by_alias=True),
                checksum=snapshot_checksum(snapshot),
                createdAt=header.created_at.isoformat(), updatedAt=updated.isoformat())
     return doc

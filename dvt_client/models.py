@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 RunStatusName = Literal["PENDING", "APPROVED", "RUNNING", "PAUSED", "COMPLETED", "FAILED",
-                        "CANCELLED"]
+                        "CANCELLED", "QUEUED"]
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 SignalType = Literal["PAUSE", "RESUME", "CANCEL", "RETRY_STEP", "SKIP_STEP", "APPROVE_STEP",

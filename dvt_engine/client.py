@@ -14,6 +14,7 @@ coded error).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -24,8 +25,15 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from dvt_engine.admission import (
+    AdmissionStore,
+    Dispatcher,
+    QueuedRun,
+    StartRequest,
+    plan_size,
+)
 from dvt_engine.artifacts import ArtifactStore
-from dvt_engine.errors import RunNotFound, UsageError
+from dvt_engine.errors import RunNotFound, RunTerminal, UsageError
 from dvt_engine.labels import validate_labels
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.models.plan import ExecutionPlan, PlanRef
@@ -43,6 +51,7 @@ from dvt_engine.models.signals import (
     SignalDecision,
     SignalPayload,
     SignalRequest,
+    SignalType,
     SkipStepPayload,
 )
 from dvt_engine.models.snapshot import RunSnapshot
@@ -98,8 +107,11 @@ class Client:
         environment: str = "dev",
         actor: Actor | None = None,
         owns_store: bool = False,
+        admission: AdmissionStore | None = None,
     ) -> None:
         self.engine = engine
+        self.admission = admission
+        self._dispatcher = Dispatcher(admission, engine) if admission is not None else None
         self.store = store
         self.tenant = tenant
         self.project = project
@@ -131,6 +143,7 @@ class Client:
         secrets: SecretsProvider | None = None,
         fetchers: dict[str, PlanFetcher] | None = None,
         artifacts: ArtifactStoreSettings | ArtifactStore | None = None,
+        admission: AdmissionStore | None = None,
     ) -> Client:
         """Open the store and the engine from typed settings and return the client.
 
@@ -140,7 +153,9 @@ class Client:
         is refused with SIGNAL_UNAUTHORIZED); each signal call may name another actor.
         ``artifacts`` is where ``ctx.artifacts.put`` stores bytes: default
         ``ArtifactStoreSettings()`` (``DVT_ARTIFACTS_URL``, else ``$DVT_HOME/artifacts``);
-        a store passed as an object stays open, like ``store``.
+        a store passed as an object stays open, like ``store``. With ``admission`` every
+        start is admitted against the tenant's limits first (docs/limits.md) and this client
+        also starts queued runs as slots free; the caller closes it.
         """
         made_store = store is None or isinstance(store, StoreSettings)
         opened = await open_store(store if isinstance(store, StoreSettings)
@@ -173,8 +188,10 @@ class Client:
         client = cls(engine=made_engine, store=opened, tenant=tenant, project=project,
                      environment=environment,
                      actor=Actor(id=actor, roles=tuple(map(Role, roles))),
-                     owns_store=made_store)
+                     owns_store=made_store, admission=admission)
         client._owned_artifacts = made_artifacts
+        if client._dispatcher is not None:
+            client._dispatcher.start()
         return client
 
     async def close(self) -> None:
@@ -182,6 +199,8 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self._dispatcher is not None:
+            await self._dispatcher.stop()
         try:
             await self.engine.close()
         finally:
@@ -230,6 +249,8 @@ class Client:
         Starting is idempotent on ``run_request_id`` (default: the run id): a repeat finds the
         same run. Without ``run_id`` a UUID is chosen. ``labels`` (at most 20 ``key: value``
         strings, LABELS_INVALID otherwise) stay with the run and filter ``list_runs``.
+        With admission, a start over the tenant's limits raises RATE_LIMITED or QUOTA_EXCEEDED,
+        or returns the handle of a QUEUED run when the tenant queues overflow.
         """
         context = RunContext(
             tenant_id=self.tenant, project_id=project or self.project,
@@ -239,7 +260,19 @@ class Client:
             labels=dict(labels or {}),
         )
         plan_ref = await self.store_plan(plan)
-        ref = await self.engine.start_run(plan_ref, context)
+        if self.admission is not None:
+            steps, size = await plan_size(self.store, plan_ref)
+            verdict = await self.admission.admit(StartRequest(plan_ref, context, steps, size))
+            if verdict.queued:
+                if self._dispatcher is not None:
+                    self._dispatcher.wake()
+                return RunHandle(self, verdict.run_id or context.run_id)
+        try:
+            ref = await self.engine.start_run(plan_ref, context)
+        except BaseException:
+            if self.admission is not None:
+                await self.admission.release(self.tenant, context.run_id)
+            raise
         return RunHandle(self, context.run_id, run_ref=ref)
 
     def get_run(self, run_id: str) -> RunHandle:
@@ -295,12 +328,31 @@ class RunHandle:
             raise RunNotFound(f"run {self.run_id!r} not found", details={"runId": self.run_id})
         return snapshot
 
+    async def status(self) -> RunStatus:
+        """The run's status; QUEUED (or CANCELLED) while it is in its tenant's queue."""
+        queued = await self._queued()
+        if queued is not None and queued.state != "STARTING":
+            return RunStatus.QUEUED if queued.state == "QUEUED" \
+                else RunStatus.CANCELLED if queued.state == "CANCELLED" else RunStatus.FAILED
+        snapshot = await self.client.store.get_snapshot(self.client.tenant, self.run_id)
+        if snapshot is None and queued is not None:  # claimed, not registered yet
+            return RunStatus.QUEUED
+        return (await self.snapshot()).status if snapshot is None else snapshot.status
+
     async def result(self, *, timeout: float | None = None) -> RunSnapshot:
         """Wait for the terminal snapshot (COMPLETED, FAILED or CANCELLED) and return it.
 
         A FAILED or CANCELLED run is returned, not raised: look at ``status`` and ``failure``.
-        ``timeout`` (seconds, default: none) raises TimeoutError when it passes first.
+        ``timeout`` (seconds, default: none) raises TimeoutError when it passes first. A run
+        cancelled while QUEUED has no snapshot: RUN_TERMINAL.
         """
+        async with asyncio.timeout(timeout):
+            while (queued := await self._queued()) is not None:
+                if queued.state in ("CANCELLED", "FAILED"):
+                    raise RunTerminal(f"run {self.run_id!r} ended in the queue ({queued.state})",
+                                      details={"runId": self.run_id, "state": queued.state})
+                # A queued run has no events to follow yet; the dispatcher starts it.
+                await asyncio.sleep(0.05)
         return await wait_for_terminal(self.client.store, self.client.tenant, self.run_id,
                                        timeout=timeout)
 
@@ -335,6 +387,8 @@ class RunHandle:
             payload, signal_id=signal_id or str(uuid.uuid4()), tenant_id=self.client.tenant,
             run_id=self.run_id, actor=actor or self.client.actor,
         )
+        if self.client.admission is not None:  # signalsPerMinute: RATE_LIMITED when over
+            await self.client.admission.take_signal(self.client.tenant)
         return await self.client.engine.signal(await self._engine_ref(), request)
 
     async def pause(self, reason: str | None = None, **kw: Any) -> SignalDecision:
@@ -346,8 +400,19 @@ class RunHandle:
         return await self.signal(ResumePayload(), **kw)
 
     async def cancel(self, reason: str | None = None, **kw: Any) -> SignalDecision:
-        """CANCEL: cooperative stop of the run."""
+        """CANCEL: cooperative stop of the run; a QUEUED run leaves its queue at once."""
+        admission = self.client.admission
+        if admission is not None and await admission.cancel_queued(self.client.tenant,
+                                                                   self.run_id):
+            return SignalDecision(signal_id=kw.get("signal_id") or str(uuid.uuid4()),
+                                  type=SignalType.CANCEL, run_id=self.run_id, accepted=True)
         return await self.signal(CancelPayload(reason=reason), **kw)
+
+    async def _queued(self) -> QueuedRun | None:
+        admission = self.client.admission
+        if admission is None:
+            return None
+        return await admission.queued_run(self.client.tenant, self.run_id)
 
     async def retry_step(
         self, step_id: str, reason: str | None = None, **kw: Any

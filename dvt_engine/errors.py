@@ -88,6 +88,9 @@ class ErrorCode(StrEnum):
     DBT_NODES_FAILED = "DBT_NODES_FAILED"
     DBT_INVOCATION_FAILED = "DBT_INVOCATION_FAILED"
     SPARK_SUBMIT_FAILED = "SPARK_SUBMIT_FAILED"
+    RATE_LIMITED = "RATE_LIMITED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    LIMITS_INVALID = "LIMITS_INVALID"
 
 
 class DvtError(Exception):
@@ -355,6 +358,27 @@ class PauseDrainTimeout(RunError):
 
     code = ErrorCode.PAUSE_DRAIN_TIMEOUT
     default_retryable = True
+
+
+class RateLimited(RunError):
+    """The tenant is over a limit on active runs, run starts, signals or queued runs."""
+
+    code = ErrorCode.RATE_LIMITED
+    default_retryable = True
+    hint = "Retry after details.retryAfterS seconds, or raise the tenant's limits."
+
+
+class QuotaExceeded(RunError):
+    """The request is larger than the tenant may ever run (a plan over maxPlanSteps/Bytes)."""
+
+    code = ErrorCode.QUOTA_EXCEEDED
+    hint = "Make the plan smaller, or raise the tenant's maxPlanSteps or maxPlanBytes."
+
+
+class LimitsInvalid(RequestError):
+    """Tenant limits that are not whole numbers in range, or name an unknown field."""
+
+    code = ErrorCode.LIMITS_INVALID
 
 
 class IdentifierInvalid(RequestError):

@@ -16,6 +16,7 @@ from dvt_api import idempotency
 from dvt_api.auth import Principal, role, services
 from dvt_api.planning import accept_plan, refused, report_for, unknown_plan
 from dvt_api.problems import ApiProblem, HttpCode
+from dvt_api.routes import limits
 from dvt_api.schemas import CreateRun, RunList
 from dvt_api.services import Services
 from dvt_api.views import decode_cursor, encode_cursor, run_document
@@ -74,8 +75,13 @@ async def _start(svc: Services, who: Principal, body: CreateRun,
                          environment_id=svc.settings.environment, run_id=run_id,
                          run_request_id=request_key, triggered_by=who.key_id,
                          params=dict(body.inputs), labels=dict(body.labels))
+    if existing is None:
+        queued = await limits.admit(svc, plan_ref, context)
+        if queued is not None:
+            return queued
     try:
-        await svc.engine.start_run(plan_ref, context)
+        async with limits.released_on_failure(svc, who.tenant_id, run_id):
+            await svc.engine.start_run(plan_ref, context)
     except UsageError as exc:
         # A runId reused by another request: the same answer as a foreign runId would get.
         raise ApiProblem(409, HttpCode.IDEMPOTENCY_KEY_MISMATCH,
@@ -186,5 +192,12 @@ async def list_runs(
 @router.get("/{runId}", summary="A run's snapshot")
 async def get_run(run_id: str = RUN_ID, who: Principal = role(ApiRole.READER),
                   svc: Services = Depends(services)) -> JSONResponse:
-    """The run's snapshot with engine, checksum, createdAt and updatedAt."""
-    return JSONResponse(await run_document(svc.store, who.tenant_id, run_id))
+    """The run's snapshot with engine, checksum, createdAt and updatedAt (a QUEUED run: its
+    identity, status and when it was queued)."""
+    try:
+        return JSONResponse(await run_document(svc.store, who.tenant_id, run_id))
+    except ApiProblem:
+        waiting = await limits.queued(svc, who.tenant_id, run_id)
+        if waiting is None:
+            raise
+        return JSONResponse(limits.queued_document(waiting))

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from dvt_api.auth import Principal, principal, services
 from dvt_api.problems import ApiProblem, from_dvt_error, run_not_found
+from dvt_api.routes import limits
 from dvt_api.routes.runs import RUN_ID
 from dvt_api.schemas import SignalAnswer, SignalBody
 from dvt_api.services import Services
@@ -76,10 +77,16 @@ async def send_signal(body: SignalBody, run_id: str = RUN_ID,
                       who: Principal = Depends(principal),
                       svc: Services = Depends(services)) -> JSONResponse:
     """Decide a signal; 202 with the decision, or the refusal's code as problem+json."""
-    if await svc.store.get_run(who.tenant_id, run_id) is None:
-        raise run_not_found()
     api_role, core_role = SIGNAL_ROLES[body.type]
+    if await svc.store.get_run(who.tenant_id, run_id) is None:
+        # A QUEUED run takes one signal: CANCEL, which takes it out of its queue.
+        waiting = await limits.queued(svc, who.tenant_id, run_id)
+        if waiting is None:
+            raise run_not_found()
+        who.require(api_role)
+        return await _queued_signal(svc, who, body, run_id)
     who.require(api_role)
+    await limits.take_signal(svc, who.tenant_id)
     payload = payload_of(body)
     client = Client(engine=svc.engine, store=svc.store, tenant=who.tenant_id)
     decision = await client.get_run(run_id).signal(
@@ -95,4 +102,19 @@ async def send_signal(body: SignalBody, run_id: str = RUN_ID,
     answer = SignalAnswer(signal_id=decision.signal_id,
                           decision="no_op" if decision.no_op else "accepted",
                           duplicate=decision.duplicate, run_seq=decision.run_seq)
+    return JSONResponse(answer.model_dump(mode="json", by_alias=True), status_code=202)
+
+
+async def _queued_signal(svc: Services, who: Principal, body: SignalBody,
+                         run_id: str) -> JSONResponse:
+    """CANCEL of a run still in its queue; any other signal waits for the run to start."""
+    assert svc.admission is not None
+    if body.type != "CANCEL":
+        raise ApiProblem(409, ErrorCode.ILLEGAL_TRANSITION,
+                         f"{body.type} is not allowed while the run is QUEUED")
+    await limits.take_signal(svc, who.tenant_id)
+    if not await svc.admission.cancel_queued(who.tenant_id, run_id):
+        raise ApiProblem(409, ErrorCode.RUN_TERMINAL, "the run is no longer waiting in its queue")
+    answer = SignalAnswer(signal_id=body.signal_id or str(uuid.uuid4()), decision="accepted",
+                          duplicate=False, run_seq=None)
     return JSONResponse(answer.model_dump(mode="json", by_alias=True), status_code=202)

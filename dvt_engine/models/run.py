@@ -23,6 +23,9 @@ class RunStatus(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    # Accepted but waiting in its tenant's admission queue: not registered, no events yet.
+    # A run leaves QUEUED for PENDING when it is started, or for CANCELLED (docs/limits.md).
+    QUEUED = "QUEUED"
 
     @property
     def is_terminal(self) -> bool:

@@ -1,0 +1,159 @@
+"""Benchmarks of tenant admission on PostgreSQL (docs/limits.md, docs/benchmarks.md).
+
+1. Overhead: ``Client.start_run`` of a one-step plan with limits on (PostgreSQL admission,
+   room to spare) next to the same start with limits off, alternating in one process on one
+   schema, p50/p99 per start; and ``admit`` alone.
+2. Backlog starvation: tenant A has a large queue and keeps its slots busy; tenant B (one
+   slot, queue mode) queues runs one after the other. B's dispatch wait is the time from its
+   previous run's terminal event to the registration of its next one; p50/p99, with A's
+   backlog and without.
+
+Run: ``python benchmarks/bench_admission.py`` (a durable local server is started for the run;
+``--dsn`` to use another). ``--quick`` shrinks the counts for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+from benchmarks.bench_store import bench_server
+from dvt_engine.admission import LimitsPatch, StartRequest, plan_size
+from dvt_engine.builder import PlanBuilder
+from dvt_engine.client import Client
+from dvt_engine.engines.reference import ReferenceEngine
+from dvt_engine.models.run import RunContext
+from dvt_statestore_pg.admission import PostgresAdmissionStore
+from dvt_statestore_pg.store import PostgresRunStateStore
+from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
+
+QUICK = PlanBuilder("quick", "1").step("a", "noop").build()
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of ``values`` in milliseconds."""
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def overhead(url: str, n: int) -> list[str]:
+    """Start latency with limits on and off, alternating; admit() alone."""
+    store = await PostgresRunStateStore.open(url)
+    admission = await PostgresAdmissionStore.open(url)
+    engine = ReferenceEngine(store)
+    on = Client(engine=engine, store=store, tenant="bench-on", admission=admission)
+    off = Client(engine=engine, store=store, tenant="bench-off")
+    roomy = LimitsPatch.parse({"maxActiveRuns": 1_000_000, "runStartsPerMinute": 1_000_000})
+    await admission.set_limits("bench-on", roomy)
+    await admission.set_limits("bench-admit", roomy)
+    plan_ref = await on.store_plan(QUICK)
+    times: dict[str, list[float]] = {"on": [], "off": [], "admit": []}
+    for i in range(n):
+        for name, client in (("off", off), ("on", on)) if i % 2 else (("on", on), ("off", off)):
+            began = time.perf_counter()
+            await client.start_run(plan_ref, run_id=f"{name}-{i}")
+            times[name].append(time.perf_counter() - began)
+        context = RunContext(tenant_id="bench-admit", project_id="default",
+                             environment_id="dev", run_id=f"a-{i}")
+        steps, size = await plan_size(store, plan_ref)
+        began = time.perf_counter()
+        await admission.admit(StartRequest(plan_ref, context, steps, size))
+        times["admit"].append(time.perf_counter() - began)
+        await admission.release("bench-admit", context.run_id)
+    await engine.wait_idle()
+    await engine.close()
+    await admission.close()
+    await store.close()
+    return [f"| start, limits off | {n} | {pct(times['off'], .5):.2f} | "
+            f"{pct(times['off'], .99):.2f} |",
+            f"| start, limits on | {n} | {pct(times['on'], .5):.2f} | "
+            f"{pct(times['on'], .99):.2f} |",
+            f"| admit() alone | {n} | {pct(times['admit'], .5):.2f} | "
+            f"{pct(times['admit'], .99):.2f} |"]
+
+
+async def starvation(url: str, backlog: int, b_runs: int) -> str:
+    """B's dispatch wait p50/p99 with A's backlog of ``backlog`` queued runs (0: none)."""
+    store = await PostgresRunStateStore.open(url)
+    admission = await PostgresAdmissionStore.open(url, pool_max=8)
+    engine = ReferenceEngine(store)
+    suffix = uuid.uuid4().hex[:6]
+    a = Client(engine=engine, store=store, tenant=f"a-{suffix}", admission=admission)
+    b = Client(engine=engine, store=store, tenant=f"b-{suffix}", admission=admission)
+    await admission.set_limits(a.tenant, LimitsPatch.parse(
+        {"maxActiveRuns": 20, "overflow": "queue", "maxQueuedRuns": 1_000_000,
+         "runStartsPerMinute": 1_000_000}))
+    await admission.set_limits(b.tenant, LimitsPatch.parse(
+        {"maxActiveRuns": 1, "overflow": "queue", "runStartsPerMinute": 1_000_000}))
+    plan_ref = await a.store_plan(QUICK)
+    for first in range(0, backlog, 25):
+        await asyncio.gather(*(a.start_run(plan_ref, run_id=f"a-{i}")
+                               for i in range(first, min(backlog, first + 25))))
+    for i in range(b_runs):
+        await b.start_run(plan_ref, run_id=f"b-{i}")
+    # The queues are full before dispatch begins, so B competes with A's whole backlog.
+    assert a._dispatcher is not None
+    a._dispatcher.start()  # one dispatcher serves every tenant of the store
+    last = b.get_run(f"b-{b_runs - 1}")
+    await last.result(timeout=600)
+    waits: list[float] = []
+    for i in range(1, b_runs):
+        before = await store.fetch_events(b.tenant, f"b-{i - 1}")
+        header = await store.get_run(b.tenant, f"b-{i}")
+        assert header is not None
+        assert before[-1].persisted_at is not None
+        waits.append(max(0.0, (header.created_at - before[-1].persisted_at).total_seconds()))
+    left = (await admission.queue_depths()).get(a.tenant, 0)
+    await a.close()
+    await admission.close()
+    await store.close()
+    return (f"| {backlog} | {left} | {b_runs} | {pct(waits, .5):.1f} | {pct(waits, .99):.1f} | "
+            f"{1000 * max(waits):.1f} |")
+
+
+async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
+    """Both benchmarks, each in a fresh schema."""
+    lines = [f"server: {server}; load average {os.getloadavg()[0]:.1f}", "",
+             "| what | starts | p50 (ms) | p99 (ms) |", "|---|---|---|---|"]
+    for bench in ("overhead", "starvation"):
+        schema = unique_schema_name("dvt_bench_admission")
+        create_schema(dsn, schema)
+        try:
+            url = store_url(dsn, schema)
+            if bench == "overhead":
+                lines += await overhead(url, args.starts)
+                lines += ["", "| A's backlog | A still queued at the end | B runs | "
+                              "B wait p50 (ms) | B wait p99 (ms) | B wait max (ms) |",
+                          "|---|---|---|---|---|---|"]
+            else:
+                lines.append(await starvation(url, 0, args.b_runs))
+                lines.append(await starvation(url, args.backlog, args.b_runs))
+        finally:
+            drop_schema(dsn, schema)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start a server unless --dsn is given, run both benchmarks, print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dsn", default=os.environ.get("DVT_PG_DSN"))
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument("--starts", type=int, default=500)
+    parser.add_argument("--backlog", type=int, default=5000)
+    parser.add_argument("--b-runs", type=int, default=50)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.starts, args.backlog, args.b_runs = 50, 300, 10
+    with bench_server(args.dsn) as (dsn, server):
+        print(asyncio.run(run(args, dsn, server)))
+
+
+if __name__ == "__main__":
+    main()
