@@ -215,10 +215,16 @@ def test_without_a_provider_a_span_is_the_current_one_and_a_later_provider_is_se
     telemetry.use_tracer_provider(provider)
     try:
         assert telemetry.tracing_configured()
-        with pytest.raises(StepTimeout), telemetry.dvt_span(telemetry.SPAN_STEP) as span:
-            assert span is not outer
-            assert span.is_recording()
-            raise StepTimeout("slow")
+        recording: list[bool] = []
+
+        def failing_step() -> None:
+            with telemetry.dvt_span(telemetry.SPAN_STEP) as span:
+                recording.append(span is not outer and span.is_recording())
+                raise StepTimeout("slow")
+
+        with pytest.raises(StepTimeout):
+            failing_step()
+        assert recording == [True]
     finally:
         telemetry.use_tracer_provider(None)
         provider.shutdown()
