@@ -1,9 +1,10 @@
-"""A real Temporal dev server stopped under a real `dvt serve --engine temporal`: the service's
-dvt_engine_up gauge crosses the EngineDown rule's threshold and /readyz answers 503 naming the
-engine; started again on the same port, both recover.
+"""A real engine server stopped under a real `dvt serve`: the service's dvt_engine_up gauge
+crosses the EngineDown rule's threshold and /readyz answers 503 naming the engine. Temporal is
+also started again on the same port, and both recover (Conductor's restart costs 30-130 s here,
+so its test stops at the drop).
 
-The Temporal server is this module's own (not the session's shared one, which other tests
-use), so stopping it disturbs nobody.
+Each engine server is this module's own (not the session's shared one, which other tests use),
+so stopping it disturbs nobody.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from api_helpers import REPO, ApiServer, start_server, stop_server
 
 from dvt_local import temporal as local_temporal
+from dvt_local.conductor import ConductorServer
 
 RULES = REPO / "deploy" / "prometheus" / "dvt-alerts.yml"
 #: Bound on waiting for the probe's cache (5 s) plus a probe (2 s) to show a change.
@@ -110,3 +112,35 @@ def test_stopping_temporal_drops_the_gauge_and_readiness(server: ApiServer,
                                  die_with_parent=True)
     _until("gauge back to 1", lambda: _engine_up(server, "temporal") == 1)
     assert _until("/readyz 200", lambda: _readyz(server).status_code == 200)
+
+
+@pytest.fixture(scope="module")
+def conductor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConductorServer]:
+    """This module's own Conductor server, stopped afterwards (the test stops it earlier)."""
+    with ConductorServer(data_dir=tmp_path_factory.mktemp("conductor")) as srv:
+        yield srv
+
+
+def test_stopping_conductor_drops_the_gauge_and_readiness(
+        api_store_url: str, conductor: ConductorServer,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    threshold = _threshold()
+    tmp = tmp_path_factory.mktemp("ready-conductor")
+    server = start_server(api_store_url, tmp / "server.log", tmp / "home",
+                          "--conductor-url", conductor.api_url, engine="conductor")
+    try:
+        ready = _readyz(server)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["engine"] == "conductor"
+        assert _engine_up(server, "conductor") >= threshold
+
+        conductor.stop()
+        _until("gauge below the EngineDown threshold",
+               lambda: _engine_up(server, "conductor") < threshold)
+        body = _until("/readyz 503",
+                      lambda: (r := _readyz(server)).status_code == 503 and r).json()
+        assert body["checks"] == {"store": "ok", "engine": "unavailable"}
+        assert body["engine"] == "conductor"
+        assert body["engineReason"] == "ENGINE_UNAVAILABLE"
+    finally:
+        assert stop_server(server) == 0
