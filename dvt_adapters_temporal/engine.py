@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -58,6 +59,9 @@ from dvt_engine.steps.runner import StepRunner
 from dvt_engine.stores.memory import MemoryRunStateStore
 
 WORKFLOW_ID_PREFIX = "dvt-run-"
+# Ask the server to hand the run's first workflow task back with the start when this process
+# hosts a worker for the queue (the SDK asks only then): one task-queue round trip less.
+EAGER_START = True
 
 _log = logging.getLogger("dvt.temporal")
 
@@ -68,6 +72,10 @@ CAPABILITIES = TEMPORAL_CAPABILITIES
 def workflow_id_for(run_request_key: str) -> str:
     """The workflow id of a run: derived from its run-request key, so a repeat finds it."""
     return WORKFLOW_ID_PREFIX + run_request_key
+
+
+#: How long a readiness probe waits for the frontend.
+READY_TIMEOUT_S = 2.0
 
 
 class TemporalEngine(BaseEngine):
@@ -126,6 +134,7 @@ class TemporalEngine(BaseEngine):
         self.runner = StepRunner(store, self.registry, secrets=self.secrets,
                                  artifacts=self.artifacts)
         self._embedded_worker = settings.worker if worker is None else worker
+        self.eager_start = EAGER_START
         self._client: Client | None = None
         self._workers: list[Worker] = []
         self._workers_cm: Any = None
@@ -144,6 +153,20 @@ class TemporalEngine(BaseEngine):
                     await self._start_workers(client)
                 self._client = client
         return self._client
+
+    async def check_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Raise EngineUnavailable unless the frontend answers a health check in ``timeout_s``."""
+        try:
+            # Connecting is part of readiness: a service that never reached Temporal is not
+            # ready either. The bound keeps a black-holed address from holding the probe.
+            client = await asyncio.wait_for(self.client(), timeout_s)
+            healthy = await client.service_client.check_health(
+                timeout=timedelta(seconds=timeout_s))
+        except (TimeoutError, RPCError, RuntimeError, OSError) as exc:
+            raise EngineUnavailable(f"Temporal at {self.settings.address} does not answer",
+                                    details={"reason": type(exc).__name__}) from exc
+        if not healthy:
+            raise EngineUnavailable(f"Temporal at {self.settings.address} reports unhealthy")
 
     def activities(self) -> TemporalActivities:
         """The activity implementations bound to this engine's store, runner and plan loader."""
@@ -263,6 +286,7 @@ class TemporalEngine(BaseEngine):
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=search,
                 memo={"runId": context.run_id, "tenantId": context.tenant_id},
+                request_eager_start=self.eager_start,
             )
             run_id = handle.first_execution_run_id or handle.result_run_id
         except WorkflowAlreadyStartedError as exc:
