@@ -355,3 +355,22 @@ def test_detached_start_of_a_plan_that_needs_approval(dvt: Any, tmp_path: Path) 
     assert (doc.json()["runId"], doc.json()["status"]) == ("r-gated-2", "PENDING")
     assert dvt("status", "r-gated-2", "--json").json()["snapshotChecksum"] == (
         doc.json()["snapshotChecksum"])
+
+
+def test_remote_events_until_shows_the_gate_that_holds_the_run_up(remote_dvt: Any,
+                                                                  terminal: Console) -> None:
+    started = remote_dvt("run", str(PLANS / "approval.json"), "--detach", "--run-id", "r-held")
+    assert started.code == 0, started
+    waited = remote_dvt("events", "r-held", "--until", "StepAwaitingApproval")
+    assert waited.code == 0, waited
+    frame = last_frame(terminal, "r-held")
+    assert counts_in(frame) == {"done": 1, "running": 0, "awaiting approval": 1, "failed": 0,
+                                "waiting": 1}
+    assert "held up by signoff (awaiting approval for" in frame
+    assert remote_dvt("signal", "r-held", "approve", "signoff", "--json").code == 0
+    followed = remote_dvt("events", "r-held", "-f")
+    assert followed.code == 0
+    done = last_frame(terminal, "r-held")
+    assert "COMPLETED" in done.splitlines()[0]
+    assert counts_in(done)["done"] == 3
+    assert "held up by" not in done
