@@ -154,9 +154,11 @@ class LiveView:
     def feed(self, event: Event) -> None:
         """Show one event."""
         self.progress.apply(event)
+        # rich draws the block it last refreshed under a printed line: refresh first, so the
+        # line and the block below it agree.
+        self._live.refresh()
         # Text, not markup: nothing in an event line is interpreted by the terminal or rich.
         self._live.console.print(Text(describe_event(event)), soft_wrap=True)
-        self._live.refresh()
 
 
 @contextmanager
