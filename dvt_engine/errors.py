@@ -91,6 +91,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     LIMITS_INVALID = "LIMITS_INVALID"
+    USAGE_QUERY_INVALID = "USAGE_QUERY_INVALID"
 
 
 class DvtError(Exception):
@@ -379,6 +380,13 @@ class LimitsInvalid(RequestError):
     """Tenant limits that are not whole numbers in range, or name an unknown field."""
 
     code = ErrorCode.LIMITS_INVALID
+
+
+class UsageQueryInvalid(RequestError):
+    """A usage query with a bad date, an empty or too long window, or an unknown groupBy."""
+
+    code = ErrorCode.USAGE_QUERY_INVALID
+    hint = "Dates are YYYY-MM-DD, to after from, at most 367 days; groupBy plan, run or day."
 
 
 class IdentifierInvalid(RequestError):
