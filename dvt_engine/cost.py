@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from dvt_engine.errors import UsageQueryInvalid
+from dvt_engine.errors import QuotaExceeded, UsageQueryInvalid
 from dvt_engine.models.base import StrictModel
 from dvt_engine.models.events import Event, EventType
 from dvt_engine.ports import RunStateStore
@@ -230,3 +230,28 @@ async def usage_rows(store: RunStateStore, tenant_id: str, prices: PriceTable,
     async for run_id in _tenant_runs(store, tenant_id, limit):
         rows.extend(meter_run(await store.fetch_events(tenant_id, run_id), prices))
     return rows
+
+
+async def month_to_date(store: RunStateStore, tenant_id: str, prices: PriceTable,
+                        *, today: date | None = None) -> Decimal:
+    """Units the tenant used this calendar month (UTC) so far, folded from the log."""
+    window = UsageWindow.parse(None, None, today=today)
+    rows = await usage_rows(store, tenant_id, prices, before=window.end)
+    return sum((r.total_units for r in rows if window.start <= r.day < window.end), Decimal(0))
+
+
+async def check_budget(store: RunStateStore, tenant_id: str, budget: int | None, policy: str,
+                       prices: PriceTable) -> Decimal | None:
+    """Refuse a new run (QUOTA_EXCEEDED, kind budget) when a ``block`` budget is spent.
+
+    Returns the month's units so far (None without a budget). Running runs are never
+    stopped: only starts are checked, so a run admitted under the budget finishes.
+    """
+    if budget is None:
+        return None
+    spent = await month_to_date(store, tenant_id, prices)
+    if policy == "block" and spent >= budget:
+        raise QuotaExceeded(
+            f"the tenant used {_number(spent)} of its {budget} monthly budget units",
+            details={"kind": "budget", "usedUnits": _number(spent), "budgetUnits": budget})
+    return spent

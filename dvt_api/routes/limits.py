@@ -25,6 +25,7 @@ from dvt_engine.admission import (
     TenantLimits,
     plan_size,
 )
+from dvt_engine.cost import check_budget
 from dvt_engine.errors import IdentifierInvalid, QuotaExceeded, RateLimited
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.plan import PlanRef
@@ -36,7 +37,7 @@ ADMIN = role(ApiRole.ADMIN)
 #: The metric kind of each refusal kind the core names (dvt_limit_rejections_total).
 METRIC_KINDS = {"activeRuns": "active_runs", "runStartsPerMinute": "run_starts",
                 "signalsPerMinute": "signals", "planSteps": "plan_steps",
-                "planBytes": "plan_bytes", "queuedRuns": "queue_full"}
+                "planBytes": "plan_bytes", "queuedRuns": "queue_full", "budget": "budget"}
 
 
 def _admission(svc: Services) -> AdmissionStore:
@@ -85,6 +86,9 @@ async def admit(svc: Services, plan_ref: PlanRef, context: RunContext) -> Stored
         return None
     steps, size = await plan_size(svc.store, plan_ref)
     with counted(svc.metrics, context.tenant_id):
+        limits = await svc.admission.limits(context.tenant_id)
+        await check_budget(svc.store, context.tenant_id, limits.monthly_budget_units,
+                           limits.budget_policy, svc.settings.prices)
         verdict = await svc.admission.admit(StartRequest(plan_ref, context, steps, size))
     if not verdict.queued:
         return None

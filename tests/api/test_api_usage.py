@@ -1,0 +1,140 @@
+"""Usage and budgets over HTTP against a real `dvt serve` (limits enforced) on PostgreSQL:
+costHint units as a hand-computed table, the answer equal to a fold of the served events,
+tenant isolation, coded refusals, and a `block` budget refusing new starts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from api_helpers import ApiServer, sse_messages, start_server, stop_server, tenant
+
+from dvt_engine.builder import PlanBuilder
+from dvt_engine.cost import PriceTable, UsageWindow, meter_run, summarize
+from dvt_engine.models.events import Event
+
+
+@pytest.fixture(scope="module")
+def limited(api_store_url: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[ApiServer]:
+    """A service that enforces tenant limits and budgets (DVT_LIMITS_ENABLED)."""
+    tmp = tmp_path_factory.mktemp("usage")
+    server = start_server(api_store_url, tmp / "server.log", tmp / "home",
+                          env={"DVT_LIMITS_ENABLED": "true"})
+    try:
+        yield server
+    finally:
+        assert stop_server(server) == 0
+
+
+def hinted_plan() -> dict[str, Any]:
+    """Two noop steps with costHints 2 and 3.5: a run costs 1 + 2 + 3.5 units."""
+    return (PlanBuilder("hinted", "1").step("a", "noop", cost_units=2)
+            .step("b", "noop", depends_on=["a"], cost_units=3.5).build())
+
+
+def _metric(c: httpx.Client, name: str, **labels: str) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _window() -> dict[str, str]:
+    today = datetime.now(UTC).date()
+    return {"from": (today - timedelta(days=1)).isoformat(),
+            "to": (today + timedelta(days=2)).isoformat()}
+
+
+def _run_to_the_end(c: httpx.Client, run_id: str) -> None:
+    """Start a hinted run and follow the tenant's stream until it completes (no polling)."""
+    started = c.post("/v1/runs", json={"plan": hinted_plan(), "runId": run_id})
+    assert started.status_code == 201, started.text
+    with c.stream("GET", "/v1/stream", params={"after": "0"}) as s:
+        for message in sse_messages(s.iter_lines()):
+            data = json.loads(message.data) if message.data else {}
+            if message.event == "RunCompleted" and data.get("runId") == run_id:
+                return
+    raise AssertionError(f"{run_id} never completed")
+
+
+def test_usage_equals_the_hand_computed_table_and_a_fold_of_the_log(limited: ApiServer) -> None:
+    t = tenant()
+    with limited.client(limited.key(t, "runner", "reader")) as c:
+        for run_id in ("u1", "u2"):
+            _run_to_the_end(c, run_id)
+        by_plan = c.get("/v1/usage", params={**_window(), "groupBy": "plan"})
+        assert by_plan.status_code == 200, by_plan.text
+        assert by_plan.json()["totalUnits"] == 13
+        assert by_plan.json()["items"] == [{"key": "hinted", "runs": 2, "computeUnits": 11,
+                                            "dataUnits": 0, "totalUnits": 13}]
+        by_run = c.get("/v1/usage", params={**_window(), "groupBy": "run"}).json()
+        assert [(i["key"], i["totalUnits"]) for i in by_run["items"]] == [("u1", 6.5),
+                                                                           ("u2", 6.5)]
+        # Rebuild: fold the events the service serves; the same numbers come out.
+        window = UsageWindow.parse(_window()["from"], _window()["to"], "plan")
+        rows = []
+        for run_id in ("u1", "u2"):
+            page = c.get(f"/v1/runs/{run_id}/events", params={"limit": 1000}).json()
+            events = [Event.model_validate(e) for e in page["items"]]
+            rows.extend(meter_run(events, PriceTable()))
+        assert summarize(rows, window) == by_plan.json()
+    with limited.client(limited.key(tenant(), "reader")) as c:
+        # Another tenant sees no usage of t's runs: its own, empty.
+        other = c.get("/v1/usage", params=_window())
+        assert other.status_code == 200
+        assert other.json()["items"] == []
+        assert other.json()["totalUnits"] == 0
+    with limited.client(limited.key(t, "runner")) as c:
+        assert c.get("/v1/usage").status_code == 403
+        assert _metric(c, "dvt_usage_queries_total", group_by="plan") >= 1
+
+
+@pytest.mark.parametrize("params", [{"from": "2026-13-01"}, {"to": "tomorrow"},
+                                    {"from": "2026-11-02", "to": "2026-11-01"},
+                                    {"from": "2020-01-01", "to": "2026-01-01"},
+                                    {"groupBy": "tenant"}])
+def test_bad_usage_queries_are_refused_with_a_coded_problem(limited: ApiServer,
+                                                            params: dict[str, str]) -> None:
+    with limited.client(limited.key("usage-bad", "reader")) as c:
+        answer = c.get("/v1/usage", params=params)
+        assert answer.status_code == 422, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["code"] == "USAGE_QUERY_INVALID"
+
+
+@pytest.mark.parametrize("body", [{"monthlyBudgetUnits": -5}, {"monthlyBudgetUnits": 10**15},
+                                  {"monthlyBudgetUnits": "100"}, {"monthlyBudgetUnits": True},
+                                  {"budgetPolicy": "stop"}])
+def test_bad_budgets_are_refused(limited: ApiServer, body: dict[str, Any]) -> None:
+    with limited.client(limited.admin("budget-bad")) as c:
+        before = c.get("/v1/limits").json()
+        answer = c.put("/v1/limits", json=body)
+        assert answer.status_code == 422
+        assert answer.json()["code"] == "LIMITS_INVALID"
+        assert c.get("/v1/limits").json() == before
+
+
+def test_a_block_budget_refuses_new_starts_once_spent(limited: ApiServer) -> None:
+    t = tenant()
+    with limited.client(limited.admin(t)) as c:
+        assert c.put("/v1/limits", json={"monthlyBudgetUnits": 13, "budgetPolicy": "block"}
+                     ).status_code == 200
+    with limited.client(limited.key(t, "runner", "reader")) as c:
+        _run_to_the_end(c, "b1")  # 6.5 of 13: under the budget
+        _run_to_the_end(c, "b2")  # 13 of 13: spent
+        refused = c.post("/v1/runs", json={"plan": hinted_plan(), "runId": "b3"})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "QUOTA_EXCEEDED"
+        assert "13 of its 13 monthly budget units" in refused.json()["detail"]
+        assert _metric(c, "dvt_limit_rejections_total", tenant=t, kind="budget") == 1
+        assert c.get("/v1/runs/b3").status_code == 404
+    with limited.client(limited.admin(t)) as c:
+        assert c.put("/v1/limits", json={"budgetPolicy": "warn"}).status_code == 200
+    with limited.client(limited.key(t, "runner", "reader")) as c:
+        assert c.post("/v1/runs", json={"plan": hinted_plan(), "runId": "b3"}
+                      ).status_code == 201
