@@ -33,6 +33,7 @@ from dvt_engine.admission import (
     plan_size,
 )
 from dvt_engine.artifacts import ArtifactStore
+from dvt_engine.cost import PriceTable, check_budget
 from dvt_engine.errors import RunNotFound, RunTerminal, UsageError
 from dvt_engine.labels import validate_labels
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
@@ -111,6 +112,8 @@ class Client:
     ) -> None:
         self.engine = engine
         self.admission = admission
+        #: What usage costs when a tenant's budget is checked (docs/cost.md).
+        self.prices = PriceTable()
         self._dispatcher = Dispatcher(admission, engine) if admission is not None else None
         self.store = store
         self.tenant = tenant
@@ -262,6 +265,9 @@ class Client:
         plan_ref = await self.store_plan(plan)
         if self.admission is not None:
             steps, size = await plan_size(self.store, plan_ref)
+            limits = await self.admission.limits(self.tenant)
+            await check_budget(self.store, self.tenant, limits.monthly_budget_units,
+                               limits.budget_policy, self.prices)
             verdict = await self.admission.admit(StartRequest(plan_ref, context, steps, size))
             if verdict.queued:
                 if self._dispatcher is not None:

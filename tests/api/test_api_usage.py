@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import ApiServer, sse_messages, start_server, stop_server, tenant
+from api_helpers import ApiServer, dvt, sse_messages, start_server, stop_server, tenant
 
 from dvt_engine.builder import PlanBuilder
 from dvt_engine.cost import PriceTable, UsageWindow, meter_run, summarize
@@ -83,6 +83,18 @@ def test_usage_equals_the_hand_computed_table_and_a_fold_of_the_log(limited: Api
             events = [Event.model_validate(e) for e in page["items"]]
             rows.extend(meter_run(events, PriceTable()))
         assert summarize(rows, window) == by_plan.json()
+    # The CLI folds the same store: the same answer.
+    shown = dvt(limited.env, "usage", "--tenant", t, "--store", limited.store_url,
+                "--from", _window()["from"], "--to", _window()["to"], "--by", "plan", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == by_plan.json()
+    table = dvt(limited.env, "usage", "--tenant", t, "--store", limited.store_url, "--by", "run")
+    assert table.returncode == 0, table.stderr
+    assert "u1" in table.stdout
+    bad = dvt(limited.env, "usage", "--tenant", t, "--store", limited.store_url,
+              "--from", "2026-02-30", "--json")
+    assert bad.returncode != 0
+    assert "USAGE_QUERY_INVALID" in bad.stdout + bad.stderr
     with limited.client(limited.key(tenant(), "reader")) as c:
         # Another tenant sees no usage of t's runs: its own, empty.
         other = c.get("/v1/usage", params=_window())
@@ -133,8 +145,11 @@ def test_a_block_budget_refuses_new_starts_once_spent(limited: ApiServer) -> Non
         assert "13 of its 13 monthly budget units" in refused.json()["detail"]
         assert _metric(c, "dvt_limit_rejections_total", tenant=t, kind="budget") == 1
         assert c.get("/v1/runs/b3").status_code == 404
-    with limited.client(limited.admin(t)) as c:
-        assert c.put("/v1/limits", json={"budgetPolicy": "warn"}).status_code == 200
+    warned = dvt(limited.env, "limits", "set", "--tenant", t, "--store", limited.store_url,
+                 "--budget-policy", "warn", "--json")
+    assert warned.returncode == 0, warned.stderr
+    assert json.loads(warned.stdout)["budgetPolicy"] == "warn"
+    assert json.loads(warned.stdout)["monthlyBudgetUnits"] == 13
     with limited.client(limited.key(t, "runner", "reader")) as c:
         assert c.post("/v1/runs", json={"plan": hinted_plan(), "runId": "b3"}
                       ).status_code == 201
