@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
-from api_helpers import ApiServer, dvt, sse_messages, start_server, stop_server, tenant
+from api_helpers import ApiServer, dvt, start_server, stop_server, tenant
+from usage_helpers import hinted_plan, metric, run_to_the_end, window
 
-from dvt_engine.builder import PlanBuilder
 from dvt_engine.cost import PriceTable, UsageWindow, meter_run, summarize
 from dvt_engine.models.events import Event
 
@@ -31,61 +29,30 @@ def limited(api_store_url: str, tmp_path_factory: pytest.TempPathFactory
         assert stop_server(server) == 0
 
 
-def hinted_plan() -> dict[str, Any]:
-    """Two noop steps with costHints 2 and 3.5: a run costs 1 + 2 + 3.5 units."""
-    return (PlanBuilder("hinted", "1").step("a", "noop", cost_units=2)
-            .step("b", "noop", depends_on=["a"], cost_units=3.5).build())
-
-
-def _metric(c: httpx.Client, name: str, **labels: str) -> float:
-    for line in c.get("/metrics").text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def _window() -> dict[str, str]:
-    today = datetime.now(UTC).date()
-    return {"from": (today - timedelta(days=1)).isoformat(),
-            "to": (today + timedelta(days=2)).isoformat()}
-
-
-def _run_to_the_end(c: httpx.Client, run_id: str) -> None:
-    """Start a hinted run and follow the tenant's stream until it completes (no polling)."""
-    started = c.post("/v1/runs", json={"plan": hinted_plan(), "runId": run_id})
-    assert started.status_code == 201, started.text
-    with c.stream("GET", "/v1/stream", params={"after": "0"}) as s:
-        for message in sse_messages(s.iter_lines()):
-            data = json.loads(message.data) if message.data else {}
-            if message.event == "RunCompleted" and data.get("runId") == run_id:
-                return
-    raise AssertionError(f"{run_id} never completed")
-
-
 def test_usage_equals_the_hand_computed_table_and_a_fold_of_the_log(limited: ApiServer) -> None:
     t = tenant()
     with limited.client(limited.key(t, "runner", "reader")) as c:
         for run_id in ("u1", "u2"):
-            _run_to_the_end(c, run_id)
-        by_plan = c.get("/v1/usage", params={**_window(), "groupBy": "plan"})
+            run_to_the_end(c, run_id)
+        by_plan = c.get("/v1/usage", params={**window(), "groupBy": "plan"})
         assert by_plan.status_code == 200, by_plan.text
         assert by_plan.json()["totalUnits"] == 13
         assert by_plan.json()["items"] == [{"key": "hinted", "runs": 2, "computeUnits": 11,
                                             "dataUnits": 0, "totalUnits": 13}]
-        by_run = c.get("/v1/usage", params={**_window(), "groupBy": "run"}).json()
+        by_run = c.get("/v1/usage", params={**window(), "groupBy": "run"}).json()
         assert [(i["key"], i["totalUnits"]) for i in by_run["items"]] == [("u1", 6.5),
                                                                            ("u2", 6.5)]
         # Rebuild: fold the events the service serves; the same numbers come out.
-        window = UsageWindow.parse(_window()["from"], _window()["to"], "plan")
+        days = UsageWindow.parse(window()["from"], window()["to"], "plan")
         rows = []
         for run_id in ("u1", "u2"):
             page = c.get(f"/v1/runs/{run_id}/events", params={"limit": 1000}).json()
             events = [Event.model_validate(e) for e in page["items"]]
             rows.extend(meter_run(events, PriceTable()))
-        assert summarize(rows, window) == by_plan.json()
+        assert summarize(rows, days) == by_plan.json()
     # The CLI folds the same store: the same answer.
     shown = dvt(limited.env, "usage", "--tenant", t, "--store", limited.store_url,
-                "--from", _window()["from"], "--to", _window()["to"], "--by", "plan", "--json")
+                "--from", window()["from"], "--to", window()["to"], "--by", "plan", "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == by_plan.json()
     table = dvt(limited.env, "usage", "--tenant", t, "--store", limited.store_url, "--by", "run")
@@ -97,13 +64,13 @@ def test_usage_equals_the_hand_computed_table_and_a_fold_of_the_log(limited: Api
     assert "USAGE_QUERY_INVALID" in bad.stdout + bad.stderr
     with limited.client(limited.key(tenant(), "reader")) as c:
         # Another tenant sees no usage of t's runs: its own, empty.
-        other = c.get("/v1/usage", params=_window())
+        other = c.get("/v1/usage", params=window())
         assert other.status_code == 200
         assert other.json()["items"] == []
         assert other.json()["totalUnits"] == 0
     with limited.client(limited.key(t, "runner")) as c:
         assert c.get("/v1/usage").status_code == 403
-        assert _metric(c, "dvt_usage_queries_total", group_by="plan") >= 1
+        assert metric(c, "dvt_usage_queries_total", group_by="plan") >= 1
 
 
 @pytest.mark.parametrize("params", [{"from": "2026-13-01"}, {"to": "tomorrow"},
@@ -137,13 +104,13 @@ def test_a_block_budget_refuses_new_starts_once_spent(limited: ApiServer) -> Non
         assert c.put("/v1/limits", json={"monthlyBudgetUnits": 13, "budgetPolicy": "block"}
                      ).status_code == 200
     with limited.client(limited.key(t, "runner", "reader")) as c:
-        _run_to_the_end(c, "b1")  # 6.5 of 13: under the budget
-        _run_to_the_end(c, "b2")  # 13 of 13: spent
+        run_to_the_end(c, "b1")  # 6.5 of 13: under the budget
+        run_to_the_end(c, "b2")  # 13 of 13: spent
         refused = c.post("/v1/runs", json={"plan": hinted_plan(), "runId": "b3"})
         assert refused.status_code == 422, refused.text
         assert refused.json()["code"] == "QUOTA_EXCEEDED"
         assert "13 of its 13 monthly budget units" in refused.json()["detail"]
-        assert _metric(c, "dvt_limit_rejections_total", tenant=t, kind="budget") == 1
+        assert metric(c, "dvt_limit_rejections_total", tenant=t, kind="budget") == 1
         assert c.get("/v1/runs/b3").status_code == 404
     warned = dvt(limited.env, "limits", "set", "--tenant", t, "--store", limited.store_url,
                  "--budget-policy", "warn", "--json")
