@@ -80,7 +80,7 @@ class TenantLimits(_Limits):
     max_plan_bytes: Bytes = 1 << 20
     overflow: Overflow = Overflow.REJECT
     max_queued_runs: Count = 10_000
-    # Accepted and stored for the budget slice; not enforced yet (docs/limits.md).
+    # Enforced at run starts by dvt_engine.cost.check_budget (docs/cost.md).
     monthly_budget_units: Count | None = None
     budget_policy: Literal["warn", "block"] = "warn"
 

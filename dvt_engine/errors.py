@@ -370,10 +370,11 @@ class RateLimited(RunError):
 
 
 class QuotaExceeded(RunError):
-    """The request is larger than the tenant may ever run (a plan over maxPlanSteps/Bytes)."""
+    """A plan over maxPlanSteps/Bytes, or a start once a ``block`` monthly budget is spent."""
 
     code = ErrorCode.QUOTA_EXCEEDED
-    hint = "Make the plan smaller, or raise the tenant's maxPlanSteps or maxPlanBytes."
+    hint = ("Make the plan smaller, or raise the tenant's maxPlanSteps or maxPlanBytes; for"
+            " details.kind budget, raise monthlyBudgetUnits or wait for the next month.")
 
 
 class LimitsInvalid(RequestError):
