@@ -488,6 +488,18 @@ type StreamV1StreamGetParams struct {
 	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
 
+// GetUsageV1UsageGetParams defines parameters for GetUsageV1UsageGet.
+type GetUsageV1UsageGetParams struct {
+	// From First UTC day, YYYY-MM-DD (default: this month)
+	From *string `form:"from,omitempty" json:"from,omitempty"`
+
+	// To Day after the last, YYYY-MM-DD (default: tomorrow)
+	To *string `form:"to,omitempty" json:"to,omitempty"`
+
+	// GroupBy plan (default), run or day
+	GroupBy *string `form:"groupBy,omitempty" json:"groupBy,omitempty"`
+}
+
 // DeliveriesV1WebhooksWebhookIdDeliveriesGetParams defines parameters for DeliveriesV1WebhooksWebhookIdDeliveriesGet.
 type DeliveriesV1WebhooksWebhookIdDeliveriesGetParams struct {
 	Limit  *int    `form:"limit,omitempty" json:"limit,omitempty"`
