@@ -122,6 +122,9 @@ class ApiMetrics:
         self.usage_rows = Counter(
             "dvt_usage_rows_folded", "Usage rows (a run's use on one day) folded from the log "
             "to answer usage queries.", registry=r)
+        self.budget_crossings = Counter(
+            "dvt_budget_crossings", "Monthly budget thresholds tenants crossed (each once per "
+            "tenant and month), by threshold percent.", ["threshold"], registry=r)
         self.webhooks_disabled = Counter(
             "dvt_webhooks_disabled", "Webhooks the service disabled (410 or failing too long).",
             registry=r)
@@ -145,6 +148,10 @@ class ApiMetrics:
         self.usage_queries.labels(group_by if group_by in ("plan", "run", "day") else "other"
                                   ).inc()
         self.usage_rows.inc(rows)
+
+    def budget_crossed(self, threshold: int) -> None:
+        """Count one budget threshold crossing (80 or 100 percent)."""
+        self.budget_crossings.labels(str(threshold)).inc()
 
     def queue_depths(self, depths: dict[str, int]) -> None:
         """Set the queue-depth series from one read of every tenant's queue."""

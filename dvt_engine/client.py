@@ -15,6 +15,7 @@ coded error).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -80,6 +81,8 @@ PlanInput = PlanRef | ExecutionPlan | Mapping[str, Any] | bytes | str | os.PathL
 an ExecutionPlan, the plan file's bytes or JSON text, or a path to the file."""
 
 _RUN_REF = TypeAdapter(EngineRunRef)
+
+log = logging.getLogger("dvt_engine.client")
 
 
 @dataclass(frozen=True)
@@ -265,9 +268,10 @@ class Client:
         plan_ref = await self.store_plan(plan)
         if self.admission is not None:
             steps, size = await plan_size(self.store, plan_ref)
-            limits = await self.admission.limits(self.tenant)
-            await check_budget(self.store, self.tenant, limits.monthly_budget_units,
-                               limits.budget_policy, self.prices)
+            budget = await check_budget(self.admission, self.store, self.tenant, self.prices)
+            for crossing in budget.new_crossings:
+                log.warning("budget threshold crossed", extra=crossing.document())
+            budget.refuse_if_spent()
             verdict = await self.admission.admit(StartRequest(plan_ref, context, steps, size))
             if verdict.queued:
                 if self._dispatcher is not None:

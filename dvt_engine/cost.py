@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from dvt_engine.admission import AdmissionStore, BudgetCrossing
 from dvt_engine.errors import QuotaExceeded, UsageQueryInvalid
 from dvt_engine.models.base import StrictModel
 from dvt_engine.models.events import Event, EventType
@@ -240,18 +241,45 @@ async def month_to_date(store: RunStateStore, tenant_id: str, prices: PriceTable
     return sum((r.total_units for r in rows if window.start <= r.day < window.end), Decimal(0))
 
 
-async def check_budget(store: RunStateStore, tenant_id: str, budget: int | None, policy: str,
-                       prices: PriceTable) -> Decimal | None:
-    """Refuse a new run (QUOTA_EXCEEDED, kind budget) when a ``block`` budget is spent.
+#: Percentages of the monthly budget whose crossing is recorded once per month.
+THRESHOLDS = (80, 100)
 
-    Returns the month's units so far (None without a budget). Running runs are never
-    stopped: only starts are checked, so a run admitted under the budget finishes.
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """A tenant's month so far against its budget, and the crossings recorded just now."""
+
+    spent: Decimal
+    budget: int | None
+    policy: str
+    new_crossings: tuple[BudgetCrossing, ...] = ()
+
+    def refuse_if_spent(self) -> None:
+        """QUOTA_EXCEEDED (kind budget) when a ``block`` budget is spent; running runs go on."""
+        if self.budget is not None and self.policy == "block" and self.spent >= self.budget:
+            raise QuotaExceeded(
+                f"the tenant used {_number(self.spent)} of its {self.budget} monthly budget"
+                " units", details={"kind": "budget", "usedUnits": _number(self.spent),
+                                   "budgetUnits": self.budget})
+
+
+async def check_budget(admission: AdmissionStore, store: RunStateStore, tenant_id: str,
+                       prices: PriceTable, *, today: date | None = None) -> BudgetCheck:
+    """Fold the tenant's month and record each threshold it crossed (once per month).
+
+    Without a budget nothing is read. The caller refuses the start with
+    ``refuse_if_spent()`` and announces ``new_crossings`` (log, metric, webhook).
     """
+    limits = await admission.limits(tenant_id)
+    budget = limits.monthly_budget_units
     if budget is None:
-        return None
-    spent = await month_to_date(store, tenant_id, prices)
-    if policy == "block" and spent >= budget:
-        raise QuotaExceeded(
-            f"the tenant used {_number(spent)} of its {budget} monthly budget units",
-            details={"kind": "budget", "usedUnits": _number(spent), "budgetUnits": budget})
-    return spent
+        return BudgetCheck(Decimal(0), None, limits.budget_policy)
+    day = today or datetime.now(UTC).date()
+    spent = await month_to_date(store, tenant_id, prices, today=day)
+    new: list[BudgetCrossing] = []
+    for threshold in THRESHOLDS:
+        if spent * 100 >= budget * threshold:
+            crossing = BudgetCrossing(tenant_id, day.strftime("%Y-%m"), threshold, spent, budget)
+            if await admission.record_crossing(crossing):
+                new.append(crossing)
+    return BudgetCheck(spent, budget, limits.budget_policy, tuple(new))

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Depends
 from starlette.responses import JSONResponse
 
 from dvt_api.auth import Principal, role, services
+from dvt_api.budget_alerts import announce_crossings
 from dvt_api.metrics import ApiMetrics
 from dvt_api.problems import ApiProblem, HttpCode
 from dvt_api.services import Services
@@ -86,9 +87,10 @@ async def admit(svc: Services, plan_ref: PlanRef, context: RunContext) -> Stored
         return None
     steps, size = await plan_size(svc.store, plan_ref)
     with counted(svc.metrics, context.tenant_id):
-        limits = await svc.admission.limits(context.tenant_id)
-        await check_budget(svc.store, context.tenant_id, limits.monthly_budget_units,
-                           limits.budget_policy, svc.settings.prices)
+        budget = await check_budget(svc.admission, svc.store, context.tenant_id,
+                                    svc.settings.prices)
+        await announce_crossings(svc, budget.new_crossings)
+        budget.refuse_if_spent()
         verdict = await svc.admission.admit(StartRequest(plan_ref, context, steps, size))
     if not verdict.queued:
         return None

@@ -202,6 +202,7 @@ func (e TenantLimitsBudgetPolicy) Valid() bool {
 // Defines values for WebhookCreateEvents.
 const (
 	ApprovalRequested WebhookCreateEvents = "approval.requested"
+	BudgetThreshold   WebhookCreateEvents = "budget.threshold"
 	RunCancelled      WebhookCreateEvents = "run.cancelled"
 	RunCompleted      WebhookCreateEvents = "run.completed"
 	RunFailed         WebhookCreateEvents = "run.failed"
@@ -213,6 +214,8 @@ const (
 func (e WebhookCreateEvents) Valid() bool {
 	switch e {
 	case ApprovalRequested:
+		return true
+	case BudgetThreshold:
 		return true
 	case RunCancelled:
 		return true

@@ -4,6 +4,7 @@ tenant isolation, coded refusals, and a `block` budget refusing new starts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -11,9 +12,11 @@ from typing import Any
 import pytest
 from api_helpers import ApiServer, dvt, start_server, stop_server, tenant
 from usage_helpers import hinted_plan, metric, run_to_the_end, window
+from webhook_receiver import Receiver
 
 from dvt_engine.cost import PriceTable, UsageWindow, meter_run, summarize
 from dvt_engine.models.events import Event
+from dvt_statestore_pg.admission import PostgresAdmissionStore
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,7 @@ def limited(api_store_url: str, tmp_path_factory: pytest.TempPathFactory
     """A service that enforces tenant limits and budgets (DVT_LIMITS_ENABLED)."""
     tmp = tmp_path_factory.mktemp("usage")
     server = start_server(api_store_url, tmp / "server.log", tmp / "home",
+                          "--allow-webhook-host", "127.0.0.1",
                           env={"DVT_LIMITS_ENABLED": "true"})
     try:
         yield server
@@ -98,20 +102,61 @@ def test_bad_budgets_are_refused(limited: ApiServer, body: dict[str, Any]) -> No
         assert c.get("/v1/limits").json() == before
 
 
-def test_a_block_budget_refuses_new_starts_once_spent(limited: ApiServer) -> None:
+def _crossings(store_url: str, tenant_id: str) -> list[tuple[int, str]]:
+    """The tenant's recorded budget crossings (threshold, used units), read from PostgreSQL."""
+    async def read() -> list[tuple[int, str]]:
+        admission = await PostgresAdmissionStore.open(store_url)
+        try:
+            return [(c.threshold, str(c.used_units)) for c in await admission.crossings(tenant_id)]
+        finally:
+            await admission.close()
+    return asyncio.run(read())
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1."""
+    found = Receiver()
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def test_a_block_budget_refuses_new_starts_and_crossings_are_announced_once(
+        limited: ApiServer, receiver: Receiver) -> None:
     t = tenant()
     with limited.client(limited.admin(t)) as c:
         assert c.put("/v1/limits", json={"monthlyBudgetUnits": 13, "budgetPolicy": "block"}
                      ).status_code == 200
+        hook = c.post("/v1/webhooks", json={"url": receiver.url(f"/budget/{t}"),
+                                            "events": ["budget.threshold"]})
+        assert hook.status_code == 201, hook.text
+        before = {p: metric(c, "dvt_budget_crossings_total", threshold=p) for p in ("80", "100")}
     with limited.client(limited.key(t, "runner", "reader")) as c:
         run_to_the_end(c, "b1")  # 6.5 of 13: under the budget
-        run_to_the_end(c, "b2")  # 13 of 13: spent
-        refused = c.post("/v1/runs", json={"plan": hinted_plan(), "runId": "b3"})
-        assert refused.status_code == 422, refused.text
-        assert refused.json()["code"] == "QUOTA_EXCEEDED"
-        assert "13 of its 13 monthly budget units" in refused.json()["detail"]
-        assert metric(c, "dvt_limit_rejections_total", tenant=t, kind="budget") == 1
-        assert c.get("/v1/runs/b3").status_code == 404
+        run_to_the_end(c, "b2")  # started at 6.5 (50 %); ends at 13 of 13: spent
+        assert _crossings(limited.store_url, t) == []
+        for attempt in ("b3", "b4"):
+            refused = c.post("/v1/runs", json={"plan": hinted_plan(), "runId": attempt})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["code"] == "QUOTA_EXCEEDED"
+            assert "13 of its 13 monthly budget units" in refused.json()["detail"]
+            assert c.get(f"/v1/runs/{attempt}").status_code == 404
+        assert metric(c, "dvt_limit_rejections_total", tenant=t, kind="budget") == 2
+    # Two refused starts noticed the crossings; each is recorded and announced once.
+    assert _crossings(limited.store_url, t) == [(80, "13.000000"), (100, "13.000000")]
+    got = receiver.wait_for(lambda r: len([x for x in r if x.path == f"/budget/{t}"]) >= 2)
+    bodies = sorted((json.loads(x.body) for x in got if x.path == f"/budget/{t}"),
+                    key=lambda b: b["data"]["threshold"])
+    assert [b["type"] for b in bodies] == ["budget.threshold"] * 2
+    assert [b["data"]["threshold"] for b in bodies] == [80, 100]
+    assert bodies[1]["data"]["budgetUnits"] == 13
+    with limited.client(limited.admin(t)) as c:
+        deliveries = c.get(f"/v1/webhooks/{hook.json()['webhookId']}/deliveries").json()
+        assert len(deliveries["items"]) == 2
+        for p in ("80", "100"):
+            assert metric(c, "dvt_budget_crossings_total", threshold=p) == before[p] + 1
     warned = dvt(limited.env, "limits", "set", "--tenant", t, "--store", limited.store_url,
                  "--budget-policy", "warn", "--json")
     assert warned.returncode == 0, warned.stderr
@@ -120,3 +165,4 @@ def test_a_block_budget_refuses_new_starts_once_spent(limited: ApiServer) -> Non
     with limited.client(limited.key(t, "runner", "reader")) as c:
         assert c.post("/v1/runs", json={"plan": hinted_plan(), "runId": "b3"}
                       ).status_code == 201
+    assert len(_crossings(limited.store_url, t)) == 2

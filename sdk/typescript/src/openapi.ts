@@ -771,7 +771,7 @@ export interface components {
             /** Description */
             description?: string | null;
             /** Events */
-            events: ("run.completed" | "run.failed" | "run.cancelled" | "run.paused" | "step.failed" | "approval.requested")[];
+            events: ("run.completed" | "run.failed" | "run.cancelled" | "run.paused" | "step.failed" | "approval.requested" | "budget.threshold")[];
             /** Url */
             url: string;
         };
