@@ -140,3 +140,36 @@ def test_default_window_is_this_month_so_far() -> None:
     window = UsageWindow.parse(None, None, today=date(2026, 11, 17))
     assert (window.start, window.end, window.group_by) == (
         date(2026, 11, 1), date(2026, 11, 18), "plan")
+
+
+async def test_a_library_client_refuses_starts_once_a_block_budget_is_spent() -> None:
+    from dvt_engine.admission import LimitsPatch
+    from dvt_engine.builder import PlanBuilder
+    from dvt_engine.client import Client
+    from dvt_engine.cost import usage_rows
+    from dvt_engine.errors import QuotaExceeded
+    from dvt_engine.models.run import RunStatus
+    from dvt_engine.stores.memory import MemoryRunStateStore
+    from dvt_engine.stores.memory_admission import MemoryAdmissionStore
+
+    store = MemoryRunStateStore()
+    admission = MemoryAdmissionStore(store)
+    plan = PlanBuilder("one", "1").step("a", "noop", cost_units=1).build()
+    async with await Client.connect(tenant="budgeted", store=store, admission=admission,
+                                    roles=("admin",)) as client:
+        await admission.set_limits("budgeted", LimitsPatch.parse(
+            {"monthlyBudgetUnits": 2, "budgetPolicy": "block"}))
+        first = await client.start_run(plan, run_id="first")
+        assert (await first.result(timeout=30)).status == RunStatus.COMPLETED
+        for attempt in ("second", "third"):
+            with pytest.raises(QuotaExceeded) as refused:
+                await client.start_run(plan, run_id=attempt)
+            assert refused.value.details == {"kind": "budget", "usedUnits": 2,
+                                             "budgetUnits": 2}
+            assert await store.get_run("budgeted", attempt) is None
+        assert [c.threshold for c in await admission.crossings("budgeted")] == [80, 100]
+        # A rebuild from the log is byte-identical, and so is a second one.
+        rebuilt = rows_bytes(await usage_rows(store, "budgeted", PriceTable()))
+        assert rebuilt == rows_bytes(await usage_rows(store, "budgeted", PriceTable()))
+        assert b'"runId":"first"' in rebuilt
+        await store.close()
