@@ -7,6 +7,7 @@ charge, so sums do not depend on float rounding or on the order runs are read in
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ _QUANTUM = Decimal("0.000001")
 _MIB = Decimal(1048576)
 # list_runs pages; a page this size keeps each query small.
 _PAGE = 500
+#: Runs whose events are read at once (a store's pool serves a few connections).
+READ_CONCURRENCY = 4
 
 
 def units(value: Decimal | int | str) -> Decimal:
@@ -211,13 +214,12 @@ def summarize(rows: Iterable[UsageRow], window: UsageWindow) -> dict[str, Any]:
 
 
 async def _tenant_runs(store: RunStateStore, tenant_id: str,
-                       created_before: datetime) -> AsyncIterator[str]:
+                       created_before: datetime) -> AsyncIterator[list[str]]:
     cursor: tuple[datetime, str] | None = None
     while True:
         page = await store.list_runs(tenant_id, created_before=created_before,
                                      limit=_PAGE, before=cursor)
-        for run in page:
-            yield run.run_id
+        yield [run.run_id for run in page]
         if len(page) < _PAGE:
             return
         cursor = (page[-1].created_at, page[-1].run_id)
@@ -225,11 +227,23 @@ async def _tenant_runs(store: RunStateStore, tenant_id: str,
 
 async def usage_rows(store: RunStateStore, tenant_id: str, prices: PriceTable,
                      *, before: date | None = None) -> list[UsageRow]:
-    """Fold the log of every run of the tenant created before ``before`` (a rebuild)."""
+    """Fold the log of every run of the tenant created before ``before`` (a rebuild).
+
+    Runs are read a few at a time (``READ_CONCURRENCY``): one read per run, so a tenant's
+    query costs round trips, not one after the other.
+    """
     limit = datetime.combine(before or date.max - timedelta(days=1), datetime.min.time(), UTC)
+    gate = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def fold(run_id: str) -> list[UsageRow]:
+        async with gate:
+            events = await store.fetch_events(tenant_id, run_id)
+        return meter_run(events, prices)
+
     rows: list[UsageRow] = []
-    async for run_id in _tenant_runs(store, tenant_id, limit):
-        rows.extend(meter_run(await store.fetch_events(tenant_id, run_id), prices))
+    async for run_ids in _tenant_runs(store, tenant_id, limit):
+        for found in await asyncio.gather(*(fold(run_id) for run_id in run_ids)):
+            rows.extend(found)
     return rows
 
 
