@@ -173,3 +173,16 @@ async def test_a_library_client_refuses_starts_once_a_block_budget_is_spent() ->
         assert rebuilt == rows_bytes(await usage_rows(store, "budgeted", PriceTable()))
         assert b'"runId":"first"' in rebuilt
         await store.close()
+
+
+def test_the_service_reads_its_price_table_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvt_api.settings import ApiSettings
+    from dvt_engine.errors import UsageError
+
+    monkeypatch.setenv("DVT_API_PRICES", '{"computeUnitsPerSecond": 2, "unitsPerRun": 0}')
+    prices = ApiSettings(dev=True).prices
+    assert (prices.compute_units_per_second, prices.units_per_run) == (2, 0)
+    assert prices.data_units_per_mib == Decimal("0.01")
+    monkeypatch.setenv("DVT_API_PRICES", '{"computeUnitsPerSecond": -1}')
+    with pytest.raises(UsageError, match=r"prices\.computeUnitsPerSecond"):
+        ApiSettings(dev=True)
