@@ -12,13 +12,13 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from archive_helpers import drain_outbox, seed_runs
 
 from dvt_archive.archiver import archive_runs
 from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, load_signer
 from dvt_statestore_pg.audit import seal, verify
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
-from tests.pg.archive_helpers import drain_outbox, seed_runs
 
 pytestmark = pytest.mark.timeout(300)
 
