@@ -41,6 +41,19 @@ def content_hash(persisted_at: datetime, envelope: str) -> str:
                                           "envelope": json.loads(envelope)})).hexdigest()
 
 
+def event_forms(run_seq: int, persisted_at: datetime, envelope: str) -> tuple[bytes, str]:
+    """``event_bytes`` and ``content_hash`` of one event, canonicalising the envelope once.
+
+    Both are JCS objects whose keys sort as envelope < persistedAt < runSeq, so they are the
+    envelope's canonical bytes between fixed text (persistedText is plain ASCII and runSeq an
+    integer, both canonical as written); test_audit_chain checks them against the JCS forms.
+    """
+    inner = b'{"envelope":' + canonical_json(json.loads(envelope)) + (
+        ',"persistedAt":"' + persisted_text(persisted_at) + '"').encode()
+    return inner + b',"runSeq":' + str(int(run_seq)).encode() + b"}", \
+        hashlib.sha256(inner + b"}").hexdigest()
+
+
 def chain_next(previous: bytes, data: bytes) -> bytes:
     """h(n) = sha256(h(n-1) || event_bytes(n))."""
     return hashlib.sha256(previous + data).digest()
@@ -60,9 +73,9 @@ def seal_events(previous: bytes, rows: Iterable[tuple[int, datetime, str]]) -> l
     links = []
     head = previous
     for seq, at, envelope in rows:
-        data = event_bytes(seq, at, envelope)
+        data, content = event_forms(seq, at, envelope)
         head = chain_next(head, data)
-        links.append(ChainLink(seq, content_hash(at, envelope), head.hex()))
+        links.append(ChainLink(seq, content, head.hex()))
     return links
 
 
@@ -140,19 +153,19 @@ def check_run(run: RunEvidence) -> Finding | None:
     def found(what: str, seq: int | None, detail: str, cp: int | None = None) -> Finding:
         return Finding(what, detail, run.tenant_id, run.run_id, seq, cp)
 
-    by_seq = {seq: (seq, at, env) for seq, at, env in run.events}
-    hashes = {seq: content_hash(at, env) for seq, (_, at, env) in by_seq.items()}
+    forms = {seq: event_forms(seq, at, env) for seq, at, env in run.events}
+    hashes = {seq: content for seq, (_, content) in forms.items()}
     sealed_at = {link.event_hash: seq for seq, link in run.links.items()}
     sealed_upto = max(run.links, default=0)
-    top = max([sealed_upto, *by_seq, *(s for s, _, _ in run.signed)])
+    top = max([sealed_upto, *forms, *(s for s, _, _ in run.signed)])
     computed: dict[int, str] = {}
     head = GENESIS
     for seq in range(1, top + 1):
         link = run.links.get(seq)
-        if seq not in by_seq:
+        if seq not in forms:
             if link is not None or any(s >= seq for s, _, _ in run.signed):
                 return found("deleted", seq, f"event {seq} was sealed but is not in the log")
-            later = [s for s in by_seq if s > seq]
+            later = [s for s in forms if s > seq]
             if not later:
                 return None  # the log ends here, past everything sealed and signed
             beyond = min(later)
@@ -163,8 +176,7 @@ def check_run(run: RunEvidence) -> Finding | None:
         if seq > run.last_seq:
             return found("inserted", seq, f"event {seq} is beyond the run's counter"
                          f" ({run.last_seq}): no append wrote it")
-        data = event_bytes(*by_seq[seq])
-        head = chain_next(head, data)
+        head = chain_next(head, forms[seq][0])
         computed[seq] = head.hex()
         if link is None:
             if seq <= sealed_upto:
