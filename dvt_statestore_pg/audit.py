@@ -32,7 +32,7 @@ from dvt_engine.audit import (
     seal_events,
 )
 from dvt_engine.audit_keys import Keyring, Signer
-from dvt_engine.errors import AuditBusy
+from dvt_engine.errors import ArchiveCorrupt, ArchiveUnavailable, AuditBusy
 from dvt_statestore_pg.core import Conn
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.tiers import segment_from_row, segments_query
@@ -49,13 +49,15 @@ class SealReport:
     runs: int = 0
     events: int = 0
     checkpoint: int | None = None
+    checkpoints: int = 0
     gaps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON data."""
         return {"runs": self.runs, "events": self.events, "checkpoint": self.checkpoint,
-                "gaps": self.gaps, "seconds": round(self.seconds, 3)}
+                "checkpoints": self.checkpoints, "gaps": self.gaps,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -88,8 +90,9 @@ async def _raw_events(store: PostgresRunStateStore, conn: Conn, tenant: str, run
     """A run's stored rows after ``after`` from both tiers, in runSeq order."""
     schema = store.config.schema
     cur = await conn.execute(sql.SQL(
-        "SELECT run_seq, persisted_at, envelope::text FROM {} WHERE run_id = %s AND run_seq > %s"
-        " ORDER BY run_seq").format(_t(schema, "dvt_events")), (run, after))
+        "SELECT run_seq, persisted_at, envelope::text FROM {} WHERE tenant_id = %s"
+        " AND run_id = %s AND run_seq > %s ORDER BY run_seq").format(_t(schema, "dvt_events")),
+        (tenant, run, after))
     hot: list[Row] = [(int(s), at, env) for s, at, env in await cur.fetchall()]
     if hot and hot[0][0] == after + 1:
         return hot
@@ -116,29 +119,39 @@ def _contiguous(rows: list[Row], after: int, upto: int) -> list[Row]:
 
 async def seal(store: PostgresRunStateStore, signer: Signer, *, batch_runs: int = 500
                ) -> SealReport:
-    """Seal every event not yet sealed and sign one checkpoint over the heads advanced."""
+    """Seal every event not yet sealed; each batch of runs commits with a checkpoint signed
+    over the heads it advanced."""
     started = time.perf_counter()
     report = SealReport()
     schema = store.config.schema
+    find = sql.SQL(
+        "SELECT r.tenant_id, r.run_id, r.last_seq, coalesce(h.last_seq, 0), h.chain_hash"
+        " FROM {runs} r LEFT JOIN {heads} h ON h.tenant_id = r.tenant_id AND h.run_id = r.run_id"
+        " WHERE r.last_seq > coalesce(h.last_seq, 0) AND (r.tenant_id, r.run_id) > (%s, %s)"
+        " ORDER BY r.tenant_id, r.run_id LIMIT %s").format(
+            runs=_t(schema, "dvt_runs"), heads=_t(schema, "dvt_audit_heads"))
 
     async def work(conn: Conn) -> None:
-        async with conn.transaction():
-            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_SEAL_LOCK,))
-            row = await cur.fetchone()
-            if not row or not row[0]:
-                raise _Busy
-            cur = await conn.execute(sql.SQL(
-                "SELECT r.tenant_id, r.run_id, r.last_seq, coalesce(h.last_seq, 0), h.chain_hash"
-                " FROM {runs} r LEFT JOIN {heads} h ON h.run_id = r.run_id"
-                " WHERE r.last_seq > coalesce(h.last_seq, 0) ORDER BY r.run_id").format(
-                    runs=_t(schema, "dvt_runs"), heads=_t(schema, "dvt_audit_heads")))
-            todo = await cur.fetchall()
-            advanced: list[Head] = []
-            for start in range(0, len(todo), batch_runs):
-                advanced += await _seal_batch(store, conn, todo[start:start + batch_runs],
-                                              report)
-            if advanced:
-                report.checkpoint = await _write_checkpoint(conn, schema, signer, advanced)
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_SEAL_LOCK,))
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            raise _Busy
+        try:
+            position = ("", "")  # the pass moves forward, so a run left at a gap is not retried
+            while True:
+                async with conn.transaction():
+                    cur = await conn.execute(find, (*position, batch_runs))
+                    todo = await cur.fetchall()
+                    if not todo:
+                        return
+                    position = (todo[-1][0], todo[-1][1])
+                    advanced = await _seal_batch(store, conn, todo, report)
+                    if advanced:
+                        report.checkpoint = await _write_checkpoint(conn, schema, signer,
+                                                                    advanced)
+                        report.checkpoints += 1
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_SEAL_LOCK,))
 
     try:
         await store._run(work)
@@ -155,21 +168,22 @@ class _Busy(Exception):
 async def _seal_batch(store: PostgresRunStateStore, conn: Conn, todo: list[tuple[Any, ...]],
                       report: SealReport) -> list[Head]:
     schema = store.config.schema
-    runs = [r[1] for r in todo]
     cur = await conn.execute(sql.SQL(
-        "SELECT e.run_id, e.run_seq, e.persisted_at, e.envelope::text FROM {events} e"
-        " JOIN unnest(%s::text[], %s::bigint[], %s::bigint[]) AS u(run_id, after, upto)"
-        "   ON e.run_id = u.run_id AND e.run_seq > u.after AND e.run_seq <= u.upto"
-        " ORDER BY e.run_id, e.run_seq").format(events=_t(schema, "dvt_events")),
-        (runs, [int(r[3]) for r in todo], [int(r[2]) for r in todo]))
-    hot: dict[str, list[Row]] = {}
-    for run_id, seq, at, env in await cur.fetchall():
-        hot.setdefault(run_id, []).append((int(seq), at, env))
+        "SELECT e.tenant_id, e.run_id, e.run_seq, e.persisted_at, e.envelope::text FROM {events} e"
+        " JOIN unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+        "   AS u(tenant_id, run_id, after, upto) ON e.tenant_id = u.tenant_id"
+        "   AND e.run_id = u.run_id AND e.run_seq > u.after AND e.run_seq <= u.upto"
+        " ORDER BY e.tenant_id, e.run_id, e.run_seq").format(events=_t(schema, "dvt_events")),
+        ([r[0] for r in todo], [r[1] for r in todo], [int(r[3]) for r in todo],
+         [int(r[2]) for r in todo]))
+    hot: dict[tuple[str, str], list[Row]] = {}
+    for tenant_id, run_id, seq, at, env in await cur.fetchall():
+        hot.setdefault((tenant_id, run_id), []).append((int(seq), at, env))
     links: list[tuple[str, str, ChainLink]] = []
     heads: list[Head] = []
     for tenant, run, last_seq, after, head_hex in todo:
         after, last_seq = int(after), int(last_seq)
-        rows = hot.get(run, [])
+        rows = hot.get((tenant, run), [])
         if not rows or rows[0][0] != after + 1:
             rows = await _raw_events(store, conn, tenant, run, after)
         rows = _contiguous(rows, after, last_seq)
@@ -191,7 +205,7 @@ async def _seal_batch(store: PostgresRunStateStore, conn: Conn, todo: list[tuple
     await conn.execute(sql.SQL(
         "INSERT INTO {} (tenant_id, run_id, last_seq, chain_hash)"
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])"
-        " ON CONFLICT (run_id) DO UPDATE SET last_seq = excluded.last_seq,"
+        " ON CONFLICT (tenant_id, run_id) DO UPDATE SET last_seq = excluded.last_seq,"
         " chain_hash = excluded.chain_hash").format(_t(schema, "dvt_audit_heads")),
         ([h.tenant_id for h in heads], [h.run_id for h in heads], [h.run_seq for h in heads],
          [h.chain_hash for h in heads]))
@@ -250,7 +264,12 @@ async def verify(store: PostgresRunStateStore, keyring: Keyring, *, tenant_id: s
                     "SELECT run_seq, event_hash, chain_hash FROM {} WHERE run_id = %s"
                     " AND tenant_id = %s").format(_t(schema, "dvt_audit_chain")), (run, tenant))
                 links = {int(s): ChainLink(int(s), e, c) for s, e, c in await cur.fetchall()}
-                events = await _raw_events(store, conn, tenant, run, 0)
+                try:
+                    events = await _raw_events(store, conn, tenant, run, 0)
+                except (ArchiveCorrupt, ArchiveUnavailable) as exc:
+                    report.runs += 1
+                    report.findings.append(Finding("archive", f"{exc.code}: {exc}", tenant, run))
+                    continue
                 evidence = RunEvidence(tenant, run, events, links, last_seq,
                                        signed.get((tenant, run), []))
                 report.runs += 1

@@ -6,22 +6,23 @@
 -- the chain of an archived run must outlive them (verify reads its events from the Parquet
 -- files and checks them against these rows).
 CREATE TABLE dvt_audit_chain (
+    tenant_id   text   NOT NULL,
     run_id      text   NOT NULL,
     run_seq     bigint NOT NULL,
-    tenant_id   text   NOT NULL,
     -- sha256 (hex) of the event without its runSeq (finds a moved event), and the chain hash.
     event_hash  text   NOT NULL,
     chain_hash  text   NOT NULL,
-    CONSTRAINT dvt_audit_chain_pkey PRIMARY KEY (run_id, run_seq)
+    CONSTRAINT dvt_audit_chain_pkey PRIMARY KEY (tenant_id, run_id, run_seq)
 );
 
 -- Each run's sealed head: where the next seal continues. Runs with unsealed events are the
 -- ones whose counter (dvt_runs.last_seq) is ahead of last_seq here.
 CREATE TABLE dvt_audit_heads (
-    run_id      text   NOT NULL PRIMARY KEY,
     tenant_id   text   NOT NULL,
+    run_id      text   NOT NULL,
     last_seq    bigint NOT NULL,
-    chain_hash  text   NOT NULL
+    chain_hash  text   NOT NULL,
+    CONSTRAINT dvt_audit_heads_pkey PRIMARY KEY (tenant_id, run_id)
 );
 
 -- Signed checkpoints, numbered from 1 without gaps; each payload names the previous one's

@@ -86,13 +86,18 @@ async def test_backfill_seals_existing_events_then_only_new_ones(
     runs = await seed_runs(store, ["one-step", "diamond"], "pre")
     runs += await seed_runs(store, ["one-step"], "pre2")
     total = sum([len(await store.fetch_events(*k)) for k in runs])
-    first = await seal(store, signer)
-    assert (first.runs, first.events, first.checkpoint) == (3, total, 1)
+    first = await seal(store, signer, batch_runs=2)
+    assert (first.runs, first.events, first.checkpoints, first.checkpoint) == (3, total, 2, 2)
     [new] = await seed_runs(store, ["one-step"], "post")
     second = await seal(store, signer)
     assert (second.runs, second.events, second.checkpoint) == (
-        1, len(await store.fetch_events(*new)), 2)
-    assert (await verify(store, ring)).ok
+        1, len(await store.fetch_events(*new)), 3)
+    report = await verify(store, ring)
+    assert report.ok, report.to_dict()
+    assert report.checkpoints == 3
+    # Removing a checkpoint from the middle breaks the numbering.
+    sql(store, "DELETE FROM dvt_audit_checkpoints WHERE checkpoint_id = 2")
+    only((await verify(store, ring)).findings, what="checkpoint", checkpoint=3)
 
 
 async def test_an_updated_payload_is_reported_as_altered(
@@ -235,3 +240,25 @@ async def test_an_archived_run_verifies_and_an_edited_parquet_file_is_detected(
         only((await verify(fresh, ring, run_id=run)).findings, what="altered", runId=run, seq=2)
     finally:
         await fresh.close()
+
+
+async def test_one_run_id_in_two_tenants_has_two_chains(
+    store: PostgresRunStateStore, keys: tuple[Signer, Keyring],
+) -> None:
+    signer, ring = keys
+    [(tenant, run)] = await seed_runs(store, ["one-step"], "twin")
+    with psycopg.connect(store.config.conninfo, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{store.config.schema}"')
+        for table in ("dvt_runs", "dvt_events"):
+            conn.execute(f"CREATE TEMP TABLE t_{table} AS SELECT * FROM {table}"
+                         " WHERE tenant_id = %s AND run_id = %s", (tenant, run))
+            conn.execute(f"UPDATE t_{table} SET tenant_id = 'other'")
+            conn.execute(f"INSERT INTO {table} SELECT * FROM t_{table}")
+    report = await seal(store, signer)
+    assert (report.runs, report.checkpoint) == (2, 1)
+    assert (await verify(store, ring)).ok
+    sql(store, "UPDATE dvt_events SET persisted_at = persisted_at + interval '1 second'"
+               " WHERE tenant_id = 'other' AND run_id = %s AND run_seq = 2", run)
+    only((await verify(store, ring)).findings, what="altered", tenantId="other", runId=run,
+         seq=2)
+    assert (await verify(store, ring, tenant_id=tenant)).ok
