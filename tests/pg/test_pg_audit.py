@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -16,6 +17,8 @@ from archive_helpers import drain_outbox, seed_runs
 
 from dvt_archive.archiver import archive_runs
 from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, load_signer
+from dvt_engine.errors import AuditBusy
+from dvt_statestore_pg import audit as audit_module
 from dvt_statestore_pg.audit import seal, verify
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
@@ -262,3 +265,38 @@ async def test_one_run_id_in_two_tenants_has_two_chains(
     only((await verify(store, ring)).findings, what="altered", tenantId="other", runId=run,
          seq=2)
     assert (await verify(store, ring, tenant_id=tenant)).ok
+
+
+async def test_sealing_while_runs_append_seals_prefixes_that_verify(
+    store: PostgresRunStateStore, keys: tuple[Signer, Keyring],
+) -> None:
+    signer, ring = keys
+    seeding = asyncio.create_task(seed_runs(store, ["diamond", "fan-out-fan-in", "one-step",
+                                                    "linear-chain"], "live"))
+    passes = []
+    while not seeding.done():
+        passes.append(await seal(store, signer))
+        assert (await verify(store, ring)).ok
+    runs = await seeding
+    passes.append(await seal(store, signer))
+    report = await verify(store, ring)
+    assert report.ok, report.to_dict()
+    assert sum(p.events for p in passes) == report.events == sum(
+        [len(await store.fetch_events(*key)) for key in runs])
+    assert not any(p.gaps for p in passes)
+    assert sum(p.events for p in passes[:-1]) > 0  # passes did overlap the appends
+
+
+async def test_a_second_sealer_is_refused(
+    store: PostgresRunStateStore, keys: tuple[Signer, Keyring],
+) -> None:
+    signer, _ = keys
+    await seed_runs(store, ["one-step"], "busy")
+    with psycopg.connect(store.config.conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (audit_module._SEAL_LOCK,))
+        with pytest.raises(AuditBusy):
+            await seal(store, signer)
+        # Released here: a closed connection's backend may still hold it for a moment.
+        conn.execute("SELECT pg_advisory_unlock(%s)", (audit_module._SEAL_LOCK,))
+    assert (await seal(store, signer)).runs == 1
+    assert repr(signer) == "Signer(key_id='k1')"
