@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -231,10 +232,20 @@ async def _write_checkpoint(conn: Conn, schema: str, signer: Signer, heads: list
 
 
 async def seal_forever(store: PostgresRunStateStore, signer: Signer, *, interval: float,
-                       stop: asyncio.Event) -> None:
-    """Seal every ``interval`` seconds until ``stop`` is set (a host's background loop)."""
+                       stop: asyncio.Event,
+                       on_pass: Callable[[SealReport], None] | None = None) -> None:
+    """Seal every ``interval`` seconds until ``stop`` is set (a host's background loop).
+
+    A pass that finds another sealer at work is skipped; other errors end the loop (the host
+    decides whether to restart it). ``on_pass`` gets each pass's report (for logs, metrics).
+    """
     while not stop.is_set():
-        await seal(store, signer)
+        try:
+            report = await seal(store, signer)
+        except AuditBusy:
+            report = SealReport()
+        if on_pass is not None:
+            on_pass(report)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
 

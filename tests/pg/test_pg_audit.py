@@ -19,7 +19,7 @@ from dvt_archive.archiver import archive_runs
 from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, load_signer
 from dvt_engine.errors import AuditBusy
 from dvt_statestore_pg import audit as audit_module
-from dvt_statestore_pg.audit import seal, verify
+from dvt_statestore_pg.audit import SealReport, seal, seal_forever, verify
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
@@ -300,3 +300,22 @@ async def test_a_second_sealer_is_refused(
         conn.execute("SELECT pg_advisory_unlock(%s)", (audit_module._SEAL_LOCK,))
     assert (await seal(store, signer)).runs == 1
     assert repr(signer) == "Signer(key_id='k1')"
+
+
+async def test_the_background_loop_seals_each_pass_until_stopped(
+    store: PostgresRunStateStore, keys: tuple[Signer, Keyring],
+) -> None:
+    signer, ring = keys
+    [key] = await seed_runs(store, ["one-step"], "loop")
+    stop = asyncio.Event()
+    seen: list[int] = []
+
+    def on_pass(report: SealReport) -> None:
+        seen.append(report.events)
+        if len(seen) == 2:
+            stop.set()
+
+    await asyncio.wait_for(seal_forever(store, signer, interval=0.01, stop=stop,
+                                        on_pass=on_pass), timeout=60)
+    assert seen == [len(await store.fetch_events(*key)), 0]
+    assert (await verify(store, ring)).ok
