@@ -72,6 +72,7 @@ class ErrorCode(StrEnum):
     ARCHIVE_UNAVAILABLE = "ARCHIVE_UNAVAILABLE"
     ARCHIVE_CORRUPT = "ARCHIVE_CORRUPT"
     ARCHIVE_BUSY = "ARCHIVE_BUSY"
+    AUDIT_BUSY = "AUDIT_BUSY"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
     STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
     STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
@@ -91,6 +92,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     LIMITS_INVALID = "LIMITS_INVALID"
+    USAGE_QUERY_INVALID = "USAGE_QUERY_INVALID"
 
 
 class DvtError(Exception):
@@ -369,16 +371,24 @@ class RateLimited(RunError):
 
 
 class QuotaExceeded(RunError):
-    """The request is larger than the tenant may ever run (a plan over maxPlanSteps/Bytes)."""
+    """A plan over maxPlanSteps/Bytes, or a start once a ``block`` monthly budget is spent."""
 
     code = ErrorCode.QUOTA_EXCEEDED
-    hint = "Make the plan smaller, or raise the tenant's maxPlanSteps or maxPlanBytes."
+    hint = ("Make the plan smaller, or raise the tenant's maxPlanSteps or maxPlanBytes; for"
+            " details.kind budget, raise monthlyBudgetUnits or wait for the next month.")
 
 
 class LimitsInvalid(RequestError):
     """Tenant limits that are not whole numbers in range, or name an unknown field."""
 
     code = ErrorCode.LIMITS_INVALID
+
+
+class UsageQueryInvalid(RequestError):
+    """A usage query with a bad date, an empty or too long window, or an unknown groupBy."""
+
+    code = ErrorCode.USAGE_QUERY_INVALID
+    hint = "Dates are YYYY-MM-DD, to after from, at most 367 days; groupBy plan, run or day."
 
 
 class IdentifierInvalid(RequestError):
@@ -527,6 +537,14 @@ class ArchiveBusy(StoreError):
     code = ErrorCode.ARCHIVE_BUSY
     default_retryable = True
     hint = "Wait for the other `dvt archive run` to finish, then run it again."
+
+
+class AuditBusy(StoreError):
+    """Another audit sealer is working on this store; one sealer runs at a time."""
+
+    code = ErrorCode.AUDIT_BUSY
+    default_retryable = True
+    hint = "Wait for the other `dvt audit seal` to finish, then run it again."
 
 
 class ArtifactStoreNotConfigured(StepError):
