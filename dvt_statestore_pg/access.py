@@ -7,15 +7,12 @@ serialised by an advisory lock).
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, timedelta
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 
 from dvt_engine.access import (
     IDEMPOTENCY_LOCK_TTL,
@@ -27,9 +24,7 @@ from dvt_engine.access import (
     StoredResponse,
     TenantPlans,
 )
-from dvt_engine.errors import StoreUnavailable
-from dvt_statestore_pg.config import parse_store_url
-from dvt_statestore_pg.migrations import apply_migrations
+from dvt_statestore_pg.side_store import SideStore
 
 _T = TypeVar("_T")
 Conn = psycopg.AsyncConnection[Any]
@@ -43,15 +38,10 @@ def _key(row: tuple[Any, ...]) -> ApiKey:
                   revoked_at=row[6].astimezone(UTC) if row[6] else None)
 
 
-class PostgresAccessStore(ApiKeyStore, IdempotencyStore, TenantPlans):
+class PostgresAccessStore(SideStore, ApiKeyStore, IdempotencyStore, TenantPlans):
     """The access ports on PostgreSQL; ``await PostgresAccessStore.open(url)``."""
 
-    def __init__(self, url: str, *, pool_max: int = 4) -> None:
-        self.config = parse_store_url(url)
-        self._schema = sql.Identifier(self.config.schema)
-        self._pool: AsyncConnectionPool | None = None
-        self._pool_max = pool_max
-        self._open_lock = asyncio.Lock()
+    purpose = "access"
 
     @classmethod
     async def open(cls, url: str) -> PostgresAccessStore:
@@ -59,42 +49,6 @@ class PostgresAccessStore(ApiKeyStore, IdempotencyStore, TenantPlans):
         store = cls(url)
         await store._ensure_open()
         return store
-
-    async def _ensure_open(self) -> AsyncConnectionPool:
-        async with self._open_lock:
-            if self._pool is not None:
-                return self._pool
-            pool = AsyncConnectionPool(self.config.conninfo, min_size=1, max_size=self._pool_max,
-                                       kwargs={"autocommit": True}, open=False,
-                                       timeout=max(self.config.timeout, 1.0),
-                                       name=f"dvt-access-{self.config.schema}")
-            try:
-                await pool.open(wait=True, timeout=max(self.config.timeout, 1.0))
-                async with pool.connection() as conn:
-                    await apply_migrations(conn, self.config.schema)
-            except psycopg.Error as exc:
-                await pool.close()
-                raise StoreUnavailable(
-                    f"cannot open the PostgreSQL access store at {self.config.redacted()}",
-                    details={"sqlstate": getattr(exc, "sqlstate", None)}) from exc
-            self._pool = pool
-            return pool
-
-    async def close(self) -> None:
-        """Close every connection."""
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
-    async def _run(self, work: Callable[[Conn], Awaitable[_T]]) -> _T:
-        pool = await self._ensure_open()
-        try:
-            async with pool.connection() as conn:
-                return await work(conn)
-        except psycopg.Error as exc:
-            # The message may quote SQL or values: callers get the code and the sqlstate only.
-            raise StoreUnavailable("PostgreSQL access store error",
-                                   details={"sqlstate": exc.sqlstate}) from exc
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._schema)

@@ -10,7 +10,6 @@ on the store's URL and schema.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -19,7 +18,6 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from dvt_engine.admission import (
     ACTIVE_STATUSES,
@@ -40,9 +38,8 @@ from dvt_engine.admission import (
     plan_problem,
     rate_limited,
 )
-from dvt_engine.errors import DvtError, StoreUnavailable
-from dvt_statestore_pg.config import parse_store_url
-from dvt_statestore_pg.migrations import apply_migrations
+from dvt_engine.errors import DvtError
+from dvt_statestore_pg.side_store import SideStore
 
 _T = TypeVar("_T")
 Conn = psycopg.AsyncConnection[Any]
@@ -87,17 +84,15 @@ def _queued(row: tuple[Any, ...]) -> QueuedRun:
     return QueuedRun.of(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
-class PostgresAdmissionStore(AdmissionStore):
+class PostgresAdmissionStore(SideStore, AdmissionStore):
     """The admission port on PostgreSQL; ``await PostgresAdmissionStore.open(url, settings)``."""
+
+    purpose = "admission"
 
     def __init__(self, url: str, settings: LimitSettings | None = None, *,
                  pool_max: int = 4) -> None:
-        super().__init__(settings)
-        self.config = parse_store_url(url)
-        self._schema = sql.Identifier(self.config.schema)
-        self._pool: AsyncConnectionPool | None = None
-        self._pool_max = pool_max
-        self._open_lock = asyncio.Lock()
+        SideStore.__init__(self, url, pool_max=pool_max)
+        AdmissionStore.__init__(self, settings)
 
     @classmethod
     async def open(cls, url: str, settings: LimitSettings | None = None, *,
@@ -106,41 +101,6 @@ class PostgresAdmissionStore(AdmissionStore):
         store = cls(url, settings, pool_max=pool_max)
         await store._ensure_open()
         return store
-
-    async def _ensure_open(self) -> AsyncConnectionPool:
-        async with self._open_lock:
-            if self._pool is not None:
-                return self._pool
-            pool = AsyncConnectionPool(self.config.conninfo, min_size=1, max_size=self._pool_max,
-                                       kwargs={"autocommit": True}, open=False,
-                                       timeout=max(self.config.timeout, 1.0),
-                                       name=f"dvt-admission-{self.config.schema}")
-            try:
-                await pool.open(wait=True, timeout=max(self.config.timeout, 1.0))
-                async with pool.connection() as conn:
-                    await apply_migrations(conn, self.config.schema)
-            except psycopg.Error as exc:
-                await pool.close()
-                raise StoreUnavailable(
-                    f"cannot open the PostgreSQL admission store at {self.config.redacted()}",
-                    details={"sqlstate": getattr(exc, "sqlstate", None)}) from exc
-            self._pool = pool
-            return pool
-
-    async def close(self) -> None:
-        """Close every connection."""
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
-    async def _run(self, work: Callable[[Conn], Awaitable[_T]]) -> _T:
-        pool = await self._ensure_open()
-        try:
-            async with pool.connection() as conn:
-                return await work(conn)
-        except psycopg.Error as exc:
-            raise StoreUnavailable("PostgreSQL admission store error",
-                                   details={"sqlstate": exc.sqlstate}) from exc
 
     async def _locked(self, tenant_id: str, work: Callable[[Conn], Awaitable[_T]], *,
                       durable: bool = True) -> _T:
