@@ -36,8 +36,8 @@ from dvt_engine.models.snapshot import RunSnapshot, StepError
 from dvt_engine.rules import cancel as cancel_rules
 from dvt_engine.rules import concurrency, joins, scheduling
 from dvt_engine.rules import conditions as condition_rules
-from dvt_engine.rules import foreach as foreach_rules
 from dvt_engine.rules import failure as failure_rules
+from dvt_engine.rules import foreach as foreach_rules
 from dvt_engine.rules import gates as gate_rules
 from dvt_engine.rules import pause as pause_rules
 from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON as FAIL_FAST_GATE_REASON

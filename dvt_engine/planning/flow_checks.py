@@ -11,8 +11,12 @@ from __future__ import annotations
 from dvt_engine.errors import ErrorCode
 from dvt_engine.models.plan import MAX_FOR_EACH_ITEMS, ExecutionPlan, StepSpec
 from dvt_engine.planning.problems import Problem, safe
-from dvt_engine.rules.conditions import CONDITION_VARIABLES, cel_module, condition_problems
-from dvt_engine.rules.conditions import settled_before
+from dvt_engine.rules.conditions import (
+    CONDITION_VARIABLES,
+    cel_module,
+    condition_problems,
+    settled_before,
+)
 
 
 def _join_problem(i: int, step_id: str, problem: str, message: str, field: str,

@@ -13,8 +13,8 @@ step, or the run's param ``<param>`` - and:
   its own (the template's are met), and the params ``{**template.params, "item": item,
   "index": i}``. A child whose item fails ``forEach.when`` is skipped at once.
 
-The template, RUNNING, then waits for its children (it holds no concurrency slot). Once every child has
-settled as SUCCESS or SKIPPED it completes with the list of the children's outputs in item
+The template, RUNNING, then waits for its children (it holds no concurrency slot). Once every
+child has settled as SUCCESS or SKIPPED it completes with the list of the children's outputs in item
 order (null for a skipped child), which its dependants - the fan-in - read like any output. A
 failed child fails the run under ``failFast``; under ``awaitOperator`` it may be retried or
 skipped and the template completes after it.
