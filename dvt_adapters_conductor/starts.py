@@ -83,6 +83,8 @@ class StartQuestions(RunAccess):
         found: list[str] = []
         log = events or await self.store.fetch_events(*ctx.key)
         for step in pending:
+            if step.step_id not in ctx.index:
+                continue  # a forEach child: run by the coordinator, it has no task
             index = ctx.index[step.step_id]
             task = tasks.get(step_ref(index))
             if index in ctx.gated and step.logical_attempt_id == 1:
