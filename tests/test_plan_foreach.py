@@ -134,7 +134,8 @@ def test_a_list_over_the_bound_fails_the_step_before_any_child() -> None:
     failed = [c for c in commands if isinstance(c, WriteStepEvent)][1]
     assert failed.payload["error"]["code"] == ErrorCode.FOREACH_TOO_MANY_ITEMS
     assert starts(commands) == []
-    assert isinstance(commands[-1], Finish) and commands[-1].event_type == "RunFailed"
+    assert isinstance(commands[-1], Finish)
+    assert commands[-1].event_type == "RunFailed"
     assert "each[0]" not in interp.steps
 
 
