@@ -133,6 +133,21 @@ def stress(session: nox.Session) -> None:
 
 
 @nox.session
+def load(session: nox.Session) -> None:
+    """The load and chaos harness against real local servers (benchmarks/load/).
+
+    `nox -s load -- --rate 1000/min --minutes 10 --engine temporal --chaos all`: starts
+    PostgreSQL (and a streaming standby for pg-failover), the engine's server and `dvt worker`
+    processes, drives runs through the host API, injects the faults, checks every run's log and
+    snapshot, and prints per-minute throughput, latency percentiles, store lag, RSS and a
+    pass/fail line (exit 0 all good, 1 a target missed, 2 a run wrong). `--help` lists options.
+    """
+    _install(session)
+    session.run("python", "-m", "benchmarks.load", *session.posargs,
+                env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job: install dvt, start local servers, run golden plans durably, steer one,
     then build the example dbt project through the HTTP service.

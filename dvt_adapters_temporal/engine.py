@@ -58,6 +58,9 @@ from dvt_engine.steps.runner import StepRunner
 from dvt_engine.stores.memory import MemoryRunStateStore
 
 WORKFLOW_ID_PREFIX = "dvt-run-"
+# Ask the server to hand the run's first workflow task back with the start when this process
+# hosts a worker for the queue (the SDK asks only then): one task-queue round trip less.
+EAGER_START = True
 
 _log = logging.getLogger("dvt.temporal")
 
@@ -126,6 +129,7 @@ class TemporalEngine(BaseEngine):
         self.runner = StepRunner(store, self.registry, secrets=self.secrets,
                                  artifacts=self.artifacts)
         self._embedded_worker = settings.worker if worker is None else worker
+        self.eager_start = EAGER_START
         self._client: Client | None = None
         self._workers: list[Worker] = []
         self._workers_cm: Any = None
@@ -263,6 +267,7 @@ class TemporalEngine(BaseEngine):
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=search,
                 memo={"runId": context.run_id, "tenantId": context.tenant_id},
+                request_eager_start=self.eager_start,
             )
             run_id = handle.first_execution_run_id or handle.result_run_id
         except WorkflowAlreadyStartedError as exc:

@@ -10,6 +10,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer, WorkflowReplayResult
 
+from dvt_adapters_temporal.converter import DATA_CONVERTER
 from dvt_adapters_temporal.worker import workflow_runner
 from dvt_adapters_temporal.workflow import DvtRunWorkflow
 
@@ -18,7 +19,8 @@ HISTORY_SUFFIX = ".history.json"
 
 def replayer() -> Replayer:
     """A Replayer with dvt's workflow and the same sandbox settings as the workers."""
-    return Replayer(workflows=[DvtRunWorkflow], workflow_runner=workflow_runner())
+    return Replayer(workflows=[DvtRunWorkflow], workflow_runner=workflow_runner(),
+                    data_converter=DATA_CONVERTER)
 
 
 async def fetch_chain(client: Client, workflow_id: str) -> dict[str, Any]:

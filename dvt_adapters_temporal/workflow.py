@@ -11,6 +11,7 @@ the workflow's deterministic state lives in one class; pure helpers live beside 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from dvt_adapters_temporal.budget import budget_spent, continue_now
     from dvt_adapters_temporal.ordering import SignalOrder
+    from dvt_adapters_temporal.plans import parsed_plan
     from dvt_adapters_temporal.wire import (
         ACT_GATE,
         ACT_PREPARE,
@@ -60,7 +62,6 @@ with workflow.unsafe.imports_passed_through():
         WriteRunEvent,
         WriteStepEvent,
     )
-    from dvt_engine.models.plan import ExecutionPlan
     from dvt_engine.models.snapshot import StepError
     from dvt_engine.rules import failure as failure_rules
     from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON
@@ -85,6 +86,10 @@ SIGNAL_ORDER_WAIT = timedelta(seconds=10)
 # An attempt cancelled before it began (a pause right after its start) keeps its logical
 # attempt: the next start must follow the log's last attempt, or the store refuses it.
 PATCH_UNSTARTED_STEP_KEEPS_ATTEMPT = "dvt-unstarted-step-keeps-attempt"
+# The history-size budget counts what a workflow run adds to its history, not the input it began
+# with nor its copy of the plan: a large plan's JSON and carried cursor alone near the budget,
+# and every later run would end after a single step (docs/perf/temporal.md).
+PATCH_BUDGET_COUNTS_GROWTH = "dvt-budget-counts-growth"
 _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
 
 
@@ -113,6 +118,7 @@ class DvtRunWorkflow:
         self._generation = 0
         self._finished: RunResult | None = None
         self._size_budget = True
+        self._history_base = 0
 
     # --- operator input ------------------------------------------------------------------
     @workflow.signal(name=SIGNAL_NAME)
@@ -160,6 +166,8 @@ class DvtRunWorkflow:
         # Decided once per workflow run, so replays of runs begun before a change keep the old
         # behaviour (the marker is in their history, or not).
         self._size_budget = workflow.patched(PATCH_SIZE_BUDGET_DEFERS_STEPS)
+        counts_growth = workflow.patched(PATCH_BUDGET_COUNTS_GROWTH)
+        began_at = workflow.info().get_current_history_size()
         cursor = inp.cursor
         self._generation = cursor.generation if cursor else 0
         if cursor:
@@ -176,7 +184,10 @@ class DvtRunWorkflow:
         if prepared.refused_code is not None:
             # The plan was refused before any step; RunFailed is already in the log.
             return self._result("FAILED", None, prepared.refused_code)
-        plan = ExecutionPlan.model_validate(prepared.plan)
+        plan = parsed_plan(str(inp.plan_ref.get("sha256", "")), prepared.plan)
+        if counts_growth:
+            # The run's input and its copy of the plan are there whatever it does.
+            self._history_base = began_at + len(json.dumps(prepared.plan, separators=(",", ":")))
         if cursor is None:
             self._interp = RunInterpreter(
                 plan=plan, cancel_in_flight_on_pause=inp.config.cancel_in_flight_on_pause,
@@ -491,7 +502,7 @@ class DvtRunWorkflow:
         """This workflow run has started its share of steps or grown its history enough."""
         assert self._inp is not None
         return budget_spent(self._inp.config, workflow.info(), self._started_this_generation,
-                            size_budget=self._size_budget)
+                            size_budget=self._size_budget, base=self._history_base)
 
     def _can_now(self) -> bool:
         """Time to continue as new: over budget, and no activity is running."""
@@ -500,7 +511,7 @@ class DvtRunWorkflow:
         assert self._inp is not None
         return bool(self._deferred) or continue_now(
             self._inp.config, workflow.info(), self._started_this_generation,
-            size_budget=self._size_budget)
+            size_budget=self._size_budget, base=self._history_base)
 
     def _continue_as_new(self) -> None:
         assert self._inp is not None

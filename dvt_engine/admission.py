@@ -27,7 +27,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -51,8 +51,19 @@ MAX_PLAN_BYTES_LIMIT = 1 << 30
 ACTIVE_STATUSES: tuple[RunStatus, ...] = tuple(
     s for s in RunStatus if not s.is_terminal and s is not RunStatus.QUEUED)
 
-Count = Annotated[int, Strict(), Field(ge=1, le=MAX_LIMIT)]
-Bytes = Annotated[int, Strict(), Field(ge=1, le=MAX_PLAN_BYTES_LIMIT)]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON has one number type: 44.0 is the integer 44 (as in JSON Schema); 44.5 and "44"
+    stay refused."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2 ** 53:
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_whole_number), Strict(), Field(ge=1, le=MAX_LIMIT)]
+Bytes = Annotated[int, BeforeValidator(_whole_number), Strict(),
+                  Field(ge=1, le=MAX_PLAN_BYTES_LIMIT)]
 # Settings come from environment text, so they may not be strict.
 _SettingCount = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
 _SettingBytes = Annotated[int, Field(ge=1, le=MAX_PLAN_BYTES_LIMIT)]

@@ -13,7 +13,15 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+)
 from opentelemetry.util.types import AttributeValue
 
 from dvt_engine.identity import RunIdentity as Identity
@@ -62,6 +70,12 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME, tracer_provider=_provider_override)
 
 
+def tracing_configured() -> bool:
+    """Whether a span opened now would reach a real provider (an SDK or the override)."""
+    provider = _provider_override or trace.get_tracer_provider()
+    return not isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider))
+
+
 def identity_attributes(identity: Identity) -> dict[str, AttributeValue]:
     """The run identity as span attributes."""
     return {
@@ -87,6 +101,12 @@ def dvt_span(
     Exceptions are not recorded as span events: their text may contain a secret. The status
     description is the error's stable code (DvtError) or its type name.
     """
+    if not tracing_configured():
+        # No SDK: the span would be a non-recording copy of the current one, so the current
+        # one is handed out as is. Skipping the context switch saves most of the span's cost
+        # on every step and append; a provider set later is seen by the next span.
+        yield trace.get_current_span()
+        return
     attrs: dict[str, AttributeValue] = identity_attributes(identity) if identity else {}
     for key, value in (attributes or {}).items():
         if value is not None:

@@ -148,7 +148,7 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool,
             archived = [(row[0], row[1]) for row in page if row[6]]
             colds = await cold(conn, archived) if cold is not None and archived else {}
             batch: list[tuple[str, str, str, int, str, str | None]] = []
-            for tenant, run_id, header_text, last_seq, _seq, snapshot_text, in_cold in page:
+            for tenant, run_id, header_text, last_seq, snapshot_seq, snapshot_text, in_cold in page:
                 if in_cold and cold is None:
                     report.archived.append(run_id)
                     continue
@@ -159,15 +159,16 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool,
                     boundary = older[-1].run_seq or 0 if older else 0
                     tail = older + [e for e in tail if (e.run_seq or 0) > boundary]
                 report.events += len(tail)
-                stored = RunSnapshot.model_validate_json(snapshot_text)
                 if full:
                     fresh = project(RunHeader.model_validate_json(header_text), tail)
                     fresh_json = fresh.model_dump_json()
-                    seen_by_readers = apply(stored, tail)
-                    if seen_by_readers.model_dump_json() != fresh_json:
-                        report.differed.append(run_id)
+                    # Readers see the stored text when it is up to date: equal text, equal view.
+                    if snapshot_seq != last_seq or snapshot_text != fresh_json:
+                        stored = RunSnapshot.model_validate_json(snapshot_text)
+                        if apply(stored, tail).model_dump_json() != fresh_json:
+                            report.differed.append(run_id)
                 else:
-                    fresh = apply(stored, tail)
+                    fresh = apply(RunSnapshot.model_validate_json(snapshot_text), tail)
                     fresh_json = fresh.model_dump_json()
                 seq = fresh.last_event_seq
                 if seq != last_seq:

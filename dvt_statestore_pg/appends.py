@@ -292,41 +292,42 @@ class Appender(StoreCore):
 
         A stored key with other content raises IdempotencyConflict before anything is written.
         """
-        events = [e for group in groups.values() for e in group]
-        cur = await conn.execute(
-            self._q.stored_keys,
-            (
-                [e.tenant_id for e in events],
-                [e.run_id for e in events],
-                [e.idempotency_key for e in events],
-            ),
-        )
-        rows = await cur.fetchall()
-        stored = {(r[0], r[1], r[2]): r for r in rows}
+        document: list[tuple[str, str, int, list[str]]] = []
+        offset = 0
+        for (tenant_id, run_id), group in groups.items():
+            document.append((tenant_id, run_id, offset, [e.idempotency_key for e in group]))
+            offset += len(group)
+        cur = await conn.execute(self._q.stored_keys, (json.dumps(document),))
+        # By position in the batch: (runSeq, eventId, persistedAt, contentHash) or None.
+        stored: list[Any] = [None] * offset
+        for row in await cur.fetchall():
+            stored[row[0]] = row[1:]
         todo: dict[RunKey, list[Event]] = {}
         answered: list[tuple[RunKey, Event, Any, bool]] = []
+        position = 0
         # Every event is checked before any conflict is raised, as when each was prepared first.
         for run, group in groups.items():
             for event in group:
-                row = stored.get((*run, event.idempotency_key))
+                row = stored[position]
+                position += 1
                 if row is None:
                     todo.setdefault(run, []).append(prepared_for_storage(event))
-                elif row[6] is not None and fingerprint(event) == row[6]:
+                elif row[3] is not None and fingerprint(event) == row[3]:
                     # The same content as the stored event, whose payload passed every payload
                     # check when it was written: only the envelope's checks remain.
                     validate_envelope(event)
                     answered.append((run, event, row, True))
                 else:
                     answered.append((run, prepared_for_storage(event), row, False))
-        for run, event, row, same in answered:
+        for run, event, (run_seq, event_id, persisted_at, stored_hash), same in answered:
             if not same:
-                await self._refuse_conflict(conn, run, event, row[6])
+                await self._refuse_conflict(conn, run, event, stored_hash)
             found[(*run, event.idempotency_key)] = AppendResult(
-                run_seq=row[3],
-                persisted_at=utc(row[5]),
-                event_id=row[4],
+                run_seq=run_seq,
+                persisted_at=utc(persisted_at),
+                event_id=event_id,
                 # After a lost connection the retry finds our own earlier write.
-                duplicate=row[4] not in sent,
+                duplicate=event_id not in sent,
             )
         return todo
 

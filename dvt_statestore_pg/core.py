@@ -28,7 +28,8 @@ RunKey = tuple[str, str]
 
 def utc(value: datetime) -> datetime:
     """A database time in UTC."""
-    return value.astimezone(UTC)
+    # The driver gives UTC times on a UTC session already; converting showed in profiles.
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 def store_error(exc: psycopg.Error) -> StoreUnavailable:

@@ -19,12 +19,14 @@ from dvt_engine.stores.fingerprint import event_fingerprint
 _MAX_ENTRIES = 20_000
 _MAX_TEXT = 4096
 _known: OrderedDict[tuple[str, str], str] = OrderedDict()
+# json.dumps with these options builds an encoder per call; one reused is the same text.
+_PLAIN = json.JSONEncoder(sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 def fingerprint(event: Event) -> str:
     """``event_fingerprint(event)``, remembered for recently seen small payloads."""
     try:
-        text = json.dumps(event.payload, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        text = _PLAIN.encode(event.payload)
     except (TypeError, ValueError):
         return event_fingerprint(event)
     if len(text) > _MAX_TEXT:

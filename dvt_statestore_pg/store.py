@@ -125,8 +125,10 @@ class PostgresRunStateStore(ColdTier, Appender, Outbox, RunStateStore):
         # A pair no run can hold (e.g. a value with U+0000, which jsonb refuses) matches none.
         if labels and label_problems(dict(labels)):
             return []
+        statuses = sorted({RunStatus(s).value for s in status}) if status else []
         query = self._q.list_runs(
-            status=bool(status),
+            status=bool(statuses),
+            one_status=len(statuses) == 1,
             project=project_id is not None,
             environment=environment_id is not None,
             plan=plan_id is not None,
@@ -137,7 +139,7 @@ class PostgresRunStateStore(ColdTier, Appender, Outbox, RunStateStore):
         )
         params = {
             "tenant": tenant_id,
-            "status": [RunStatus(s).value for s in status] if status else None,
+            "status": statuses[0] if len(statuses) == 1 else statuses or None,
             "project": project_id,
             "environment": environment_id,
             "plan": plan_id,

@@ -32,7 +32,8 @@ QUICK = PlanBuilder("quick", "1").step("a", "noop").build()
 
 @pytest.mark.parametrize("field", ["maxActiveRuns", "runStartsPerMinute", "signalsPerMinute",
                                    "maxPlanSteps", "maxPlanBytes", "maxQueuedRuns"])
-@pytest.mark.parametrize("value", [-1, 0, 10**12, "10", "ten", 1.5, True, [], {}])
+@pytest.mark.parametrize("value", [-1, 0, 10**12, "10", "ten", 1.5, 7.0000001, -3.0, 1e300,
+                                   float("nan"), True, [], {}])
 def test_bad_limit_values_are_refused_with_a_coded_error(field: str, value: Any) -> None:
     with pytest.raises(LimitsInvalid) as refused:
         LimitsPatch.parse({field: value})
@@ -45,6 +46,14 @@ def test_bad_limit_values_are_refused_with_a_coded_error(field: str, value: Any)
 def test_unknown_fields_and_bad_choices_are_refused(body: Any) -> None:
     with pytest.raises(LimitsInvalid):
         LimitsPatch.parse(body)
+
+
+def test_a_whole_number_written_with_a_point_is_that_integer() -> None:
+    # JSON (and JSON Schema) have one number type: 44.0 is the integer 44.
+    patch = LimitsPatch.parse({"maxActiveRuns": 44.0, "maxPlanBytes": 4096.0})
+    assert patch.max_active_runs == 44
+    assert isinstance(patch.max_active_runs, int)
+    assert patch.apply({}) == {"maxActiveRuns": 44, "maxPlanBytes": 4096}
 
 
 def test_a_patch_replaces_given_fields_and_null_restores_the_default() -> None:

@@ -197,3 +197,37 @@ class _Identity:
     run_id = "run-1"
     plan_id = "plan-1"
     plan_version = "1"
+
+
+def test_without_a_provider_a_span_is_the_current_one_and_a_later_provider_is_seen() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    assert not telemetry.tracing_configured()
+    outer = trace.get_current_span()
+    with telemetry.dvt_span(telemetry.SPAN_STEP) as span:
+        assert span is outer
+        assert trace.get_current_span() is outer
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.use_tracer_provider(provider)
+    try:
+        assert telemetry.tracing_configured()
+        recording: list[bool] = []
+
+        def failing_step() -> None:
+            with telemetry.dvt_span(telemetry.SPAN_STEP) as span:
+                recording.append(span is not outer and span.is_recording())
+                raise StepTimeout("slow")
+
+        with pytest.raises(StepTimeout):
+            failing_step()
+        assert recording == [True]
+    finally:
+        telemetry.use_tracer_provider(None)
+        provider.shutdown()
+    [recorded] = exporter.get_finished_spans()
+    assert recorded.name == telemetry.SPAN_STEP
+    assert recorded.status.status_code is StatusCode.ERROR

@@ -54,8 +54,21 @@ async def get_limits(who: Principal = ADMIN, svc: Services = Depends(services)) 
     return JSONResponse(limits.document())
 
 
+#: The documented body: the patch's own schema, so a client (and a conformance check) knows that
+#: unknown fields are refused rather than ignored.
+def _patch_schema() -> dict[str, Any]:
+    schema = LimitsPatch.model_json_schema(by_alias=True,
+                                           ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # each is a component already (TenantLimits uses them too)
+    return schema
+
+
+LIMITS_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _patch_schema()}}}}
+
+
 @router.put("", summary="Change the tenant's limits", response_model=TenantLimits,
-            response_model_by_alias=True)
+            response_model_by_alias=True, openapi_extra=LIMITS_BODY)
 async def put_limits(body: dict[str, Any] = Body(
         openapi_examples={"queue": {"value": {"maxActiveRuns": 10, "overflow": "queue"}}}),
         who: Principal = ADMIN, svc: Services = Depends(services)) -> JSONResponse:

@@ -183,16 +183,16 @@ func (e SignalBodyType) Valid() bool {
 
 // Defines values for TenantLimitsBudgetPolicy.
 const (
-	Block TenantLimitsBudgetPolicy = "block"
-	Warn  TenantLimitsBudgetPolicy = "warn"
+	TenantLimitsBudgetPolicyBlock TenantLimitsBudgetPolicy = "block"
+	TenantLimitsBudgetPolicyWarn  TenantLimitsBudgetPolicy = "warn"
 )
 
 // Valid indicates whether the value is a known member of the TenantLimitsBudgetPolicy enum.
 func (e TenantLimitsBudgetPolicy) Valid() bool {
 	switch e {
-	case Block:
+	case TenantLimitsBudgetPolicyBlock:
 		return true
-	case Warn:
+	case TenantLimitsBudgetPolicyWarn:
 		return true
 	default:
 		return false
@@ -223,6 +223,24 @@ func (e WebhookCreateEvents) Valid() bool {
 	case RunPaused:
 		return true
 	case StepFailed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for PutLimitsV1LimitsPutJSONBodyBudgetPolicy.
+const (
+	PutLimitsV1LimitsPutJSONBodyBudgetPolicyBlock PutLimitsV1LimitsPutJSONBodyBudgetPolicy = "block"
+	PutLimitsV1LimitsPutJSONBodyBudgetPolicyWarn  PutLimitsV1LimitsPutJSONBodyBudgetPolicy = "warn"
+)
+
+// Valid indicates whether the value is a known member of the PutLimitsV1LimitsPutJSONBodyBudgetPolicy enum.
+func (e PutLimitsV1LimitsPutJSONBodyBudgetPolicy) Valid() bool {
+	switch e {
+	case PutLimitsV1LimitsPutJSONBodyBudgetPolicyBlock:
+		return true
+	case PutLimitsV1LimitsPutJSONBodyBudgetPolicyWarn:
 		return true
 	default:
 		return false
@@ -435,7 +453,20 @@ type WhoAmI struct {
 }
 
 // PutLimitsV1LimitsPutJSONBody defines parameters for PutLimitsV1LimitsPut.
-type PutLimitsV1LimitsPutJSONBody map[string]interface{}
+type PutLimitsV1LimitsPutJSONBody struct {
+	BudgetPolicy       *PutLimitsV1LimitsPutJSONBodyBudgetPolicy `json:"budgetPolicy,omitempty"`
+	MaxActiveRuns      *int                                      `json:"maxActiveRuns,omitempty"`
+	MaxPlanBytes       *int                                      `json:"maxPlanBytes,omitempty"`
+	MaxPlanSteps       *int                                      `json:"maxPlanSteps,omitempty"`
+	MaxQueuedRuns      *int                                      `json:"maxQueuedRuns,omitempty"`
+	MonthlyBudgetUnits *int                                      `json:"monthlyBudgetUnits,omitempty"`
+	Overflow           *Overflow                                 `json:"overflow,omitempty"`
+	RunStartsPerMinute *int                                      `json:"runStartsPerMinute,omitempty"`
+	SignalsPerMinute   *int                                      `json:"signalsPerMinute,omitempty"`
+}
+
+// PutLimitsV1LimitsPutJSONBodyBudgetPolicy defines parameters for PutLimitsV1LimitsPut.
+type PutLimitsV1LimitsPutJSONBodyBudgetPolicy string
 
 // StoreV1PlansPostJSONBody defines parameters for StoreV1PlansPost.
 type StoreV1PlansPostJSONBody = map[string]interface{}

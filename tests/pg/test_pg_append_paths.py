@@ -155,3 +155,24 @@ def test_payloads_equal_in_python_but_not_in_json_keep_their_own_fingerprints() 
     # True == 1 in Python, not in JSON; 1 and 1.0 share one RFC 8785 form.
     assert fingerprint(events[0]) != fingerprint(events[1])
     assert fingerprint(events[1]) == fingerprint(events[2])
+
+
+async def test_stored_keys_of_interleaved_runs_are_answered_at_their_own_positions(
+    pg_store: PostgresRunStateStore, pg_dsn: str, pg_schema: str
+) -> None:
+    # The batch is looked up grouped by run; every answer must still land on its own event.
+    one, _ = await pg_store.register_run(make_header(steps=["a", "b"]))
+    two, _ = await pg_store.register_run(make_header(tenant_id=one.tenant_id, steps=["a", "b"]))
+    a, b = happy_path(one), happy_path(two)
+    first = await pg_store.append_batch([a[0], a[1], b[0]])
+    size = _log_size(pg_dsn, pg_schema)
+    batch = [fresh_copy(b[0]), a[2], fresh_copy(a[1]), b[1], fresh_copy(a[0]), a[2]]
+    answers = await pg_store.append_batch(batch)
+    assert [r.duplicate for r in answers] == [True, False, True, False, True, True]
+    assert answers[0].event_id == first[2].event_id
+    assert answers[2].event_id == first[1].event_id
+    assert answers[4].event_id == first[0].event_id
+    assert [answers[4].run_seq, answers[2].run_seq, answers[1].run_seq] == [1, 2, 3]
+    assert [answers[0].run_seq, answers[3].run_seq] == [1, 2]
+    assert answers[5].run_seq == answers[1].run_seq
+    assert _log_size(pg_dsn, pg_schema) == size + 2

@@ -122,3 +122,21 @@ async def test_filtered_pages_find_exactly_the_runs_that_match(
         mine = await pg_store.list_runs(other, labels={"batch": "b7"}, limit=200)
         assert [r.run_id for r in mine] == [f"run-{i:08d}" for i in (4007, 3007, 2007, 1007, 7)]
         assert {r.tenant_id for r in mine} == {other}
+
+
+def test_one_status_is_paged_in_index_order_without_a_sort(pg_dsn: str, seeded: str) -> None:
+    # 5,000 RUNNING runs: with `= ANY` the planner fetched all of them and sorted; with one
+    # status the (tenant, status, created_at) index gives the order and the page stops at 51.
+    query = Queries(seeded).list_runs(status=True, one_status=True, project=False,
+                                      environment=False)
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + sql.SQL(query),
+                           {"tenant": BIG, "status": "RUNNING", "limit": 51}).fetchone()
+    assert row is not None
+    nodes = list(_nodes(row[0][0]["Plan"]))
+    kinds = [n["Node Type"] for n in nodes]
+    assert "Sort" not in kinds, kinds
+    assert "Seq Scan" not in kinds, kinds
+    scans = [n for n in nodes if n["Node Type"] == "Index Scan"]
+    assert [n["Index Name"] for n in scans] == ["dvt_runs_tenant_status_created"]
+    assert scans[0]["Actual Rows"] == 51

@@ -308,3 +308,31 @@ async def test_signal_decisions_on_a_terminal_run_are_recorded(
     assert snapshot is not None
     assert snapshot.status == "COMPLETED"
     assert snapshot.last_event_seq == first.run_seq
+
+
+async def test_rebuild_stores_snapshots_with_escapes_byte_for_byte(
+    pg_store: PostgresRunStateStore, pg_dsn: str, pg_schema: str
+) -> None:
+    # Snapshots travel to the database inside a JSON document: every escape must come back
+    # as the same text.
+    header, _ = await pg_store.register_run(
+        make_header(tenant_id="tenant-escapes", steps=["a", "b"])
+    )
+    tricky = {"output": {"text": 'é ✓ \u2028 \\ " \t ctl\x01 \U0001f600', "n": 1.5}}
+    events = happy_path(header)
+    events[4] = events[4].model_copy(update={"payload": tricky})
+    await pg_store.append_batch(events)
+    before = await pg_store.get_snapshot(header.tenant_id, header.run_id)
+    assert before is not None
+    assert "\\u0001" in before.model_dump_json()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        damaged = before.model_copy(update={"status": RunStatus.FAILED}).model_dump_json()
+        conn.execute(sql.SQL("UPDATE {} SET snapshot = %s WHERE run_id = %s").format(
+            sql.Identifier(pg_schema, "dvt_runs")), (damaged, header.run_id))
+    report = await admin.rebuild(store_url(pg_dsn, pg_schema), tenant_id="tenant-escapes")
+    assert report.differed == [header.run_id]
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(sql.SQL("SELECT snapshot::text FROM {} WHERE run_id = %s").format(
+            sql.Identifier(pg_schema, "dvt_runs")), (header.run_id,)).fetchone()
+    assert row is not None
+    assert row[0] == before.model_dump_json()

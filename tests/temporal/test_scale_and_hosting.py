@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 from google.protobuf import json_format
@@ -38,6 +39,26 @@ async def history_sizes(engine: TemporalEngine, ref: TemporalRunRef) -> list[int
     client = await engine.client()
     chain = await fetch_chain(client, ref.workflow_id)
     return [json_format.ParseDict(run, History()).ByteSize() for run in chain["runs"]]
+
+
+async def history_growths(engine: TemporalEngine, ref: TemporalRunRef) -> list[int]:
+    """What each workflow run added to its history beyond its input, its copy of the plan and
+    the next run's input (the continue-as-new event carries the cursor)."""
+    client = await engine.client()
+    chain = await fetch_chain(client, ref.workflow_id)
+    growths = []
+    for run in chain["runs"]:
+        history = json_format.ParseDict(run, History())
+        # The first local-activity marker is dvt.prepare's result: the plan.
+        plan_marker = next(e for e in history.events
+                           if e.marker_recorded_event_attributes.marker_name
+                           == "core_local_activity")
+        last = history.events[-1]
+        carried = last.ByteSize() if last.HasField(
+            "workflow_execution_continued_as_new_event_attributes") else 0
+        growths.append(history.ByteSize() - history.events[0].ByteSize()
+                       - plan_marker.ByteSize() - carried)
+    return growths
 
 
 async def test_thousand_step_plan_finishes_with_bounded_histories(
@@ -82,10 +103,38 @@ async def test_history_size_threshold_continues_as_new(temporal_env: WorkflowEnv
         assert isinstance(run_ref, TemporalRunRef)
         snap = await wait_terminal(engine.store, ctx.run_id, within_s=120)
         assert snap.status == RunStatus.COMPLETED
-        sizes = await history_sizes(engine, run_ref)
-        assert len(sizes) > 1  # the size estimate, not the step count, started new runs
+        growths = await history_growths(engine, run_ref)
+        assert len(growths) > 1  # the size estimate, not the step count, started new runs
         # A run continues as soon as its running step settles: at most one step beyond.
-        assert max(sizes) < limit * 1.25
+        assert max(growths) < limit * 1.25
+    finally:
+        await engine.close()
+
+
+async def test_plan_near_the_size_budget_still_runs_many_steps_per_workflow_run(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    # The plan's JSON alone exceeds the budget: were it counted, every workflow run after the
+    # first would start a single step (150 runs); the budget counts what a run adds.
+    limit = 20_000
+    engine = engine_on(temporal_env, continue_as_new_after_steps=100_000,
+                       continue_as_new_history_bytes=limit)
+    try:
+        pad = "x" * 200
+        steps = [{"stepId": "s000", "kind": "noop", "params": {"pad": pad}}]
+        steps += [{"stepId": f"s{i:03d}", "kind": "noop", "params": {"pad": pad},
+                   "dependsOn": [f"s{i - 1:03d}"]} for i in range(1, 150)]
+        doc = plan_doc(steps, planId="big-plan")
+        assert len(json.dumps(doc)) > limit
+        ref = await put_plan(engine.store, doc)
+        ctx = new_context()
+        run_ref = await engine.start_run(ref, ctx)
+        assert isinstance(run_ref, TemporalRunRef)
+        snap = await wait_terminal(engine.store, ctx.run_id, within_s=240)
+        assert snap.status == RunStatus.COMPLETED
+        growths = await history_growths(engine, run_ref)
+        assert 1 < len(growths) <= 30
+        assert max(growths) < limit * 1.25
     finally:
         await engine.close()
 

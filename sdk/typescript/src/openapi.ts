@@ -1170,7 +1170,23 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": {
-                    [key: string]: unknown;
+                    /** Budgetpolicy */
+                    budgetPolicy?: ("warn" | "block") | null;
+                    /** Maxactiveruns */
+                    maxActiveRuns?: number | null;
+                    /** Maxplanbytes */
+                    maxPlanBytes?: number | null;
+                    /** Maxplansteps */
+                    maxPlanSteps?: number | null;
+                    /** Maxqueuedruns */
+                    maxQueuedRuns?: number | null;
+                    /** Monthlybudgetunits */
+                    monthlyBudgetUnits?: number | null;
+                    overflow?: components["schemas"]["Overflow"] | null;
+                    /** Runstartsperminute */
+                    runStartsPerMinute?: number | null;
+                    /** Signalsperminute */
+                    signalsPerMinute?: number | null;
                 };
             };
         };

@@ -1,0 +1,93 @@
+"""The harness's own checks, on hand-made logs: each must notice the fault it is there for."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from benchmarks.load.options import parse_chaos, parse_rate
+from benchmarks.load.report import percentile
+from benchmarks.load.verify import SentSignal, log_problems, pause_latencies, signal_problems
+from dvt_engine.models.events import Event
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ev(seq: int, kind: str, step: str | None = None, *, key: str | None = None,
+       at_ms: int | None = None, signal: str | None = None, **payload: Any) -> Event:
+    """An event with only what the checks read (model_construct: no envelope validation)."""
+    return Event.model_construct(
+        run_id="r1", run_seq=seq, event_type=kind, step_id=step, logical_attempt_id=1,
+        idempotency_key=key or f"{seq:064x}", caused_by_signal_id=signal, payload=payload,
+        persisted_at=T0 + timedelta(milliseconds=at_ms if at_ms is not None else seq * 10))
+
+
+def whole_log() -> list[Event]:
+    return [ev(1, "RunStarted"), ev(2, "StepStarted", "s1"), ev(3, "StepCompleted", "s1"),
+            ev(4, "RunCompleted")]
+
+
+def test_a_whole_log_has_no_problem() -> None:
+    assert log_problems("r1", whole_log(), ["s1"]) == []
+
+
+def test_a_gap_a_duplicate_and_a_missing_step_are_each_found() -> None:
+    log = whole_log()
+    gap = [log[0], log[1], log[3].model_copy(update={"run_seq": 4})]
+    assert any("runSeq not 1..3" in p and "missing [3]" in p for p in log_problems("r1", gap,
+                                                                                   ["s1"]))
+    assert any("no StepCompleted" in p for p in log_problems("r1", gap, ["s1"]))
+    twice = [*log[:3], ev(4, "StepCompleted", "s1", key=log[2].idempotency_key),
+             ev(5, "RunCompleted")]
+    found = log_problems("r1", twice, ["s1"])
+    assert any("idempotency keys twice" in p for p in found)
+    assert any("more than once" in p for p in found)
+
+
+def test_each_signal_must_be_decided_once_as_answered() -> None:
+    log = [ev(1, "RunStarted"), ev(2, "SignalAccepted", signalId="a", signalType="PAUSE"),
+           ev(3, "SignalRejected", signalId="b", signalType="RESUME")]
+    sent = [SentSignal("r1", "a", "PAUSE", True, False, 0.0),
+            SentSignal("r1", "b", "RESUME", False, False, 0.0)]
+    assert signal_problems("r1", log, sent) == []
+    lost = [*sent, SentSignal("r1", "c", "PAUSE", True, False, 0.0)]
+    assert signal_problems("r1", log, lost) == ["r1: signal c (PAUSE) decided 0 times"]
+    wrong = [SentSignal("r1", "a", "PAUSE", False, False, 0.0)]
+    assert "logged as SignalAccepted" in signal_problems("r1", log, wrong)[0]
+
+
+CHAIN = {"s1": [], "s2": ["s1"], "s3": ["s2"]}
+
+
+def test_a_step_in_flight_at_the_pause_counts_toward_its_latency() -> None:
+    log = [ev(1, "RunStarted", at_ms=0),
+           ev(2, "StepStarted", "s1", at_ms=10), ev(3, "StepCompleted", "s1", at_ms=20),
+           ev(4, "SignalAccepted", at_ms=100, signalId="p", signalType="PAUSE"),
+           ev(5, "RunPaused", at_ms=200, signal="p"),
+           ev(6, "StepStarted", "s2", at_ms=350),      # scheduled before the pause took effect
+           ev(7, "SignalAccepted", at_ms=400, signalId="r", signalType="RESUME"),
+           ev(8, "RunResumed", at_ms=450, signal="r")]
+    latencies, broken = pause_latencies(log, CHAIN)
+    assert latencies == [0.25]
+    assert broken == []
+
+
+def test_a_step_scheduled_while_paused_is_a_problem() -> None:
+    log = [ev(1, "RunStarted", at_ms=0),
+           ev(2, "StepStarted", "s1", at_ms=10),
+           ev(3, "SignalAccepted", at_ms=100, signalId="p", signalType="PAUSE"),
+           ev(4, "RunPaused", at_ms=200, signal="p"),
+           ev(5, "StepCompleted", "s1", at_ms=300),
+           ev(6, "StepStarted", "s2", at_ms=350)]      # its dependency ended after RunPaused
+    latencies, broken = pause_latencies(log, CHAIN)
+    assert latencies == [0.1]
+    assert len(broken) == 1
+    assert "s2 scheduled while paused: StepStarted at runSeq 6, RunPaused at 4" in broken[0]
+
+
+def test_rates_chaos_names_and_percentiles_parse() -> None:
+    assert parse_rate("1000/min") == 1000 / 60
+    assert parse_rate("20/s") == 20.0
+    assert parse_chaos("all") == ("pg-restart", "worker-kill", "temporal-restart", "pg-failover")
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    assert percentile([], 0.99) is None
