@@ -39,6 +39,11 @@ class StartQuestions(RunAccess):
         step = snap.step(step_id)
         if snap.status.is_terminal:
             return "done", snap
+        if ctx.plan.step(step_id).for_each is not None:
+            # A forEach template (plan v1.3) is expanded and completed by the coordinator;
+            # its task only reports the recorded outcome once there is one.
+            unsettled = step.status in (StepStatus.PENDING, StepStatus.RUNNING)
+            return ("park" if unsettled else "done"), snap
         if step.status == StepStatus.RUNNING:
             return "run", snap  # a redelivered attempt: resume it (the runner is idempotent)
         if step.status != StepStatus.PENDING:
