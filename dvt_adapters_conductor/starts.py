@@ -51,10 +51,13 @@ class StartQuestions(RunAccess):
         index = ctx.index[step_id]
         if step.logical_attempt_id > 1 or index in ctx.gated:
             return "run", snap
+        # A plan with forEach needs the log: its expansions (the children) are only there.
+        expands = any(s.for_each is not None for s in ctx.plan.steps)
+        events = await self.store.fetch_events(*ctx.key) if expands else []
         if RunInterpreter.from_snapshot(
-                ctx.plan, snap, run_params=ctx.header.params).would_start(step_id):
+                ctx.plan, snap, events, run_params=ctx.header.params).would_start(step_id):
             return "run", snap
-        events = await self.store.fetch_events(*ctx.key)
+        events = events or await self.store.fetch_events(*ctx.key)
         if self.started_with_dependency(ctx, events, step_id):
             return "run", snap
         return "park", snap
@@ -72,9 +75,10 @@ class StartQuestions(RunAccess):
         if not settled or settled[-1].run_seq is None:
             return False
         cut = settled[-1].run_seq
-        then = project(ctx.header, [e for e in events if (e.run_seq or 0) <= cut])
+        before = [e for e in events if (e.run_seq or 0) <= cut]
         return RunInterpreter.from_snapshot(
-            ctx.plan, then, run_params=ctx.header.params).would_start(step_id)
+            ctx.plan, project(ctx.header, before), before,
+            run_params=ctx.header.params).would_start(step_id)
 
     async def decided_not_started(
         self, ctx: RunContext, snap: RunSnapshot, events: list[Event]

@@ -6,9 +6,10 @@ happened (a step settled, a signal was accepted, a timer fired) and carries out 
 returns, in order. Because the same inputs always give the same commands, every engine writes the
 same events in the same order.
 
-About 600 lines on purpose: the decisions and the incremental bookkeeping they read (ready
-set, in-flight steps, and for plan v1.3 the outputs conditions read) change together; the rules
-themselves (limits, joins, conditions included) live in dvt_engine/rules.
+About 700 lines on purpose: the decisions and the incremental bookkeeping they read (ready
+set, in-flight steps, and for plan v1.3 the outputs conditions read and forEach expansions)
+change together; the rules themselves (limits, joins, conditions, forEach included) live in
+dvt_engine/rules.
 """
 
 from __future__ import annotations
@@ -151,11 +152,9 @@ class RunInterpreter:
     def _apply_expansion(self, step_id: str, items: list[Any]) -> None:
         """Add a forEach template's children (idempotent: an expanded plan is kept as is)."""
         self.expansions[step_id] = list(items)
-        if foreach_rules.is_expanded(self.plan, step_id, items):
-            children = [foreach_rules.child_id(step_id, i) for i in range(len(items))]
-        else:
+        if not foreach_rules.is_expanded(self.plan, step_id, items):
             self.plan = foreach_rules.expand(self.plan, step_id, items)
-            children = [foreach_rules.child_id(step_id, i) for i in range(len(items))]
+        children = [foreach_rules.child_id(step_id, i) for i in range(len(items))]
         self._read_by_conditions.update(children)
         self._groups = concurrency.step_groups(self.plan)
         self._ready = ReadySteps(

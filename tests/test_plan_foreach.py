@@ -203,3 +203,15 @@ def test_replaying_the_log_gives_the_same_snapshot(scenario_id: str) -> None:
         assert {s.step_id for s in snap.steps} == set(rebuilt.steps)
         for step in snap.steps:
             assert rebuilt.steps[step.step_id].status == step.status
+
+
+def test_the_builder_writes_for_each_as_a_person_would() -> None:
+    from dvt_engine.builder import PlanBuilder
+
+    built = (PlanBuilder("b", "1", schema_version="v1.3")
+             .step("list", "echo", params={"xs": [1, 2]})
+             .step("each", "echo", depends_on=["list"],
+                   for_each={"step": "list", "path": "xs", "maxItems": 2}))
+    document = built.document()
+    assert document["steps"][1]["forEach"] == {"step": "list", "path": "xs", "maxItems": 2}
+    assert validate_plan_document(document).step("each").for_each is not None
