@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import random
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -68,6 +71,21 @@ def configuration(server_url: str, auth: Any = None) -> Configuration:
         settings = AuthenticationSettings(key_id=auth[0], key_secret=auth[1])
     return Configuration(server_api_url=normalize_url(server_url),
                          authentication_settings=settings)
+
+
+def server_health(server_url: str, timeout_s: float) -> tuple[bool, str]:
+    """Whether the server's own ``/health`` (beside ``/api``) reports healthy, and why not."""
+    root = normalize_url(server_url).removesuffix("/api")
+    try:
+        # The health endpoint sits outside the API root the SDK's client is bound to.
+        with urllib.request.urlopen(f"{root}/health", timeout=timeout_s) as resp:
+            body = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return False, type(exc).__name__
+    healthy = isinstance(body, dict) and body.get("healthy") is True
+    return healthy, "" if healthy else "reports unhealthy"
 
 
 class ConductorApi:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import Any, ClassVar
 
-from dvt_adapters_conductor.api import ConductorApi, ConductorApiError
+from dvt_adapters_conductor.api import ConductorApi, ConductorApiError, server_health
 from dvt_adapters_conductor.coordinator import (
     CANCEL_REASON_PREFIX,
     ReconcileResult,
@@ -61,6 +61,10 @@ RETRY_APPROXIMATED = "RETRY_POLICY_APPROXIMATED"
 
 #: How many versions of one plan's definition are searched for an identical one.
 _VERSION_SEARCH_LIMIT = 50
+
+
+#: How long a readiness probe waits for the server's health check.
+READY_TIMEOUT_S = 2.0
 
 
 class ConductorEngine(BaseEngine):
@@ -149,6 +153,16 @@ class ConductorEngine(BaseEngine):
                 if self._embedded_worker:
                     self._host = await self.worker_host().start()
         return self._coordinator
+
+    async def check_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Raise EngineUnavailable unless the server's ``/health`` reports healthy in time."""
+        url = self._server_url
+        if not url:
+            raise EngineNotConfigured("no Conductor server URL is configured")
+        healthy, why = await asyncio.to_thread(server_health, url, timeout_s)
+        if not healthy:
+            raise EngineUnavailable(f"Conductor at {url} is not healthy",
+                                    details={"reason": why})
 
     def worker_host(self) -> WorkerHost:
         """A worker host bound to this engine's store, runner and server."""

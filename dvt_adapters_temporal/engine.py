@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -71,6 +72,10 @@ CAPABILITIES = TEMPORAL_CAPABILITIES
 def workflow_id_for(run_request_key: str) -> str:
     """The workflow id of a run: derived from its run-request key, so a repeat finds it."""
     return WORKFLOW_ID_PREFIX + run_request_key
+
+
+#: How long a readiness probe waits for the frontend.
+READY_TIMEOUT_S = 2.0
 
 
 class TemporalEngine(BaseEngine):
@@ -148,6 +153,20 @@ class TemporalEngine(BaseEngine):
                     await self._start_workers(client)
                 self._client = client
         return self._client
+
+    async def check_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Raise EngineUnavailable unless the frontend answers a health check in ``timeout_s``."""
+        try:
+            # Connecting is part of readiness: a service that never reached Temporal is not
+            # ready either. The bound keeps a black-holed address from holding the probe.
+            client = await asyncio.wait_for(self.client(), timeout_s)
+            healthy = await client.service_client.check_health(
+                timeout=timedelta(seconds=timeout_s))
+        except (TimeoutError, RPCError, RuntimeError, OSError) as exc:
+            raise EngineUnavailable(f"Temporal at {self.settings.address} does not answer",
+                                    details={"reason": type(exc).__name__}) from exc
+        if not healthy:
+            raise EngineUnavailable(f"Temporal at {self.settings.address} reports unhealthy")
 
     def activities(self) -> TemporalActivities:
         """The activity implementations bound to this engine's store, runner and plan loader."""

@@ -119,6 +119,10 @@ class ApiMetrics:
         self.webhooks_disabled = Counter(
             "dvt_webhooks_disabled", "Webhooks the service disabled (410 or failing too long).",
             registry=r)
+        self.engine_up = Gauge(
+            "dvt_engine_up", "1 when this process's engine answered its last health probe, "
+            "else 0 (probed at scrape time; the reference engine is in-process: always 1).",
+            ["engine"], registry=r)
 
     def start_series(self, engine: str) -> None:
         """Create the served engine's series at zero, so rates work from the first scrape."""

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from dvt_api.engine_probe import EngineProbe, probe_for
 from dvt_api.hub import TenantHub
 from dvt_api.measured_store import MeasuredStore
 from dvt_api.metrics import ApiMetrics
@@ -52,6 +53,7 @@ class Services:
     gauges: StoreGauges | None = None
     admission: AdmissionStore | None = None
     admission_dispatcher: AdmissionDispatcher | None = None
+    engine_probe: EngineProbe | None = None
 
     @property
     def keys(self) -> ApiKeyStore:
@@ -159,7 +161,9 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
                        registry=reg, metrics=metrics, hub=hub, webhooks=webhooks,
                        dispatcher=dispatcher, gauges=StoreGauges(reader_for(opened), metrics,
                                                          settings.metrics_store_ttl_s),
-                       admission=admission, admission_dispatcher=starter)
+                       admission=admission, admission_dispatcher=starter,
+                       engine_probe=EngineProbe(settings.engine_name, probe_for(engine),
+                                                metrics))
 
 log = logging.getLogger("dvt_api")
 #: Expired idempotency records are deleted this often (a claim takes an expired key over

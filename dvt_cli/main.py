@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from dvt_cli import archive, limits, ops, plans, remote, runs, serve
+from dvt_cli import audit as audit_cmds
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.output import EXIT_REFUSED, emit_json, say
 from dvt_cli.session import import_handlers
@@ -335,7 +336,7 @@ def archive_run(older_than: str, dry_run: bool, to: str | None, only_tenant: str
 
 @cli.group()
 def audit() -> None:
-    """Compliance exports of the event log (hot and cold)."""
+    """Compliance exports and tamper evidence of the event log (hot and cold)."""
 
 
 @audit.command(name="export")
@@ -352,6 +353,49 @@ def export(start: str, end: str, fmt: str, out_dir: str, **kw: Any) -> None:
     settings = _settings(kw)
     execute(settings.json, lambda: archive.audit_export(
         settings, settings.identity.tenant, start, end, fmt, out_dir))
+
+
+@audit.command(name="keygen")
+@click.option("--key-id", "key_id", required=True, help="Id of the new key (e.g. 2026-q1).")
+@click.option("--out", "private_path", required=True, metavar="FILE",
+              help="Where to write the private key (PEM, mode 0600; never overwritten).")
+@click.option("--keyring", envvar="DVT_AUDIT_KEYRING", required=True, metavar="FILE",
+              help="Keyring JSON file the public key is added to. [env DVT_AUDIT_KEYRING]")
+@_store_options
+def audit_keygen(key_id: str, private_path: str, keyring: str, **kw: Any) -> None:
+    """Create an Ed25519 checkpoint signing key; add its public key to the keyring."""
+    settings = _settings(kw)
+    execute(settings.json, lambda: audit_cmds.keygen(settings, key_id, private_path, keyring))
+
+
+@audit.command(name="seal")
+@click.option("--signing-key", "key_path", envvar="DVT_AUDIT_SIGNING_KEY", metavar="FILE",
+              help="Private key (PEM) that signs checkpoints. [env DVT_AUDIT_SIGNING_KEY]")
+@click.option("--key-id", "key_id", envvar="DVT_AUDIT_KEY_ID",
+              help="Id of the signing key, as in the keyring. [env DVT_AUDIT_KEY_ID]")
+@click.option("--every", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Keep sealing at this interval until SIGTERM (default: one pass).")
+@_store_options
+def audit_seal(key_path: str | None, key_id: str | None, every: float | None,
+               **kw: Any) -> None:
+    """Chain the events not yet sealed and sign a checkpoint over the new heads."""
+    settings = _settings(kw)
+    execute(settings.json, lambda: audit_cmds.seal(settings, key_path, key_id, every))
+
+
+@audit.command(name="verify")
+@click.option("--keyring", envvar="DVT_AUDIT_KEYRING", metavar="FILE",
+              help="Public keys by key id (JSON). [env DVT_AUDIT_KEYRING]")
+@click.option("--run", "run_id", metavar="RUN", help="Verify this run only.")
+@_store_options
+def audit_verify(keyring: str | None, run_id: str | None, **kw: Any) -> None:
+    """Recompute the hash chains (hot and cold); exit 1 on the first altered, deleted,
+    inserted or reordered event of each run. Every tenant unless --tenant/DVT_TENANT."""
+    source = click.get_current_context().get_parameter_source("tenant")
+    settings = _settings(kw)
+    given = source not in (None, click.core.ParameterSource.DEFAULT)
+    tenant = settings.identity.tenant if given else None
+    execute(settings.json, lambda: audit_cmds.verify(settings, keyring, tenant, run_id))
 
 
 @cli.command()

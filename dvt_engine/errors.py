@@ -75,6 +75,7 @@ class ErrorCode(StrEnum):
     ARCHIVE_UNAVAILABLE = "ARCHIVE_UNAVAILABLE"
     ARCHIVE_CORRUPT = "ARCHIVE_CORRUPT"
     ARCHIVE_BUSY = "ARCHIVE_BUSY"
+    AUDIT_BUSY = "AUDIT_BUSY"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
     STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
     STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
@@ -549,6 +550,14 @@ class ArchiveBusy(StoreError):
     code = ErrorCode.ARCHIVE_BUSY
     default_retryable = True
     hint = "Wait for the other `dvt archive run` to finish, then run it again."
+
+
+class AuditBusy(StoreError):
+    """Another audit sealer is working on this store; one sealer runs at a time."""
+
+    code = ErrorCode.AUDIT_BUSY
+    default_retryable = True
+    hint = "Wait for the other `dvt audit seal` to finish, then run it again."
 
 
 class ArtifactStoreNotConfigured(StepError):

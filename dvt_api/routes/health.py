@@ -21,18 +21,19 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="The store and the engine answer",
             responses={503: {"description": "store or engine not ready"}})
 async def readyz(svc: Services = Depends(services)) -> JSONResponse:
-    """200 when a store query succeeds and the engine is open; 503 otherwise."""
+    """200 when a store query succeeds and the engine answers its probe; 503 otherwise."""
     checks = {"store": "ok", "engine": "ok"}
+    body: dict[str, object] = {}
     try:
         await svc.store.get_plan(_PROBE_SHA)
     except Exception:
         checks["store"] = "unavailable"
-    probe = getattr(svc.engine, "check_ready", None)
-    if probe is not None:
-        try:
-            await probe()
-        except Exception:
+    if svc.engine_probe is not None:  # the probe /metrics uses: one cached answer for both
+        health = await svc.engine_probe.check()
+        body["engine"] = health.engine
+        if not health.up:
             checks["engine"] = "unavailable"
+            body["engineReason"] = health.reason
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks, **body},
                         status_code=200 if ok else 503)

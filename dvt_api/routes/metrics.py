@@ -17,6 +17,8 @@ async def metrics(svc: Services = Depends(services)) -> Response:
     """The service's metrics in the Prometheus text format."""
     if svc.gauges is not None:
         await svc.gauges.refresh()
+    if svc.engine_probe is not None:
+        await svc.engine_probe.check()
     if svc.admission is not None and svc.settings.limits.enabled:
         svc.metrics.queue_depths(await svc.admission.queue_depths())
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)

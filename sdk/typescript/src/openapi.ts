@@ -53,7 +53,7 @@ export interface paths {
         };
         /**
          * The store and the engine answer
-         * @description 200 when a store query succeeds and the engine is open; 503 otherwise.
+         * @description 200 when a store query succeeds and the engine answers its probe; 503 otherwise.
          */
         get: operations["readyz_readyz_get"];
         put?: never;
