@@ -21,6 +21,7 @@ from dvt_api.routes import (
     runs,
     signals,
     stream,
+    usage,
     webhooks,
 )
 from dvt_api.services import open_services
@@ -30,7 +31,8 @@ from dvt_engine.steps.registry import HandlerRegistry
 
 log = logging.getLogger("dvt_api")
 ROUTERS = (health.router, metrics.router, plans.router, runs.router, events.router,
-           signals.router, keys.router, webhooks.router, stream.router, limits.router)
+           signals.router, keys.router, webhooks.router, stream.router, limits.router,
+           usage.router)
 
 
 def create_app(settings: ApiSettings, *, registry: HandlerRegistry | None = None) -> FastAPI:

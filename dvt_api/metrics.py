@@ -116,6 +116,15 @@ class ApiMetrics:
         self.webhook_attempts = Counter(
             "dvt_webhook_attempts", "Webhook delivery attempts, by outcome (delivered, retry,"
             " failed, refused).", ["outcome"], registry=r)
+        self.usage_queries = Counter(
+            "dvt_usage_queries", "Usage queries answered, by grouping (plan, run, day).",
+            ["group_by"], registry=r)
+        self.usage_rows = Counter(
+            "dvt_usage_rows_folded", "Usage rows (a run's use on one day) folded from the log "
+            "to answer usage queries.", registry=r)
+        self.budget_crossings = Counter(
+            "dvt_budget_crossings", "Monthly budget thresholds tenants crossed (each once per "
+            "tenant and month), by threshold percent.", ["threshold"], registry=r)
         self.webhooks_disabled = Counter(
             "dvt_webhooks_disabled", "Webhooks the service disabled (410 or failing too long).",
             registry=r)
@@ -137,6 +146,16 @@ class ApiMetrics:
         if kind not in LIMIT_KINDS:
             raise ValueError(f"unknown limit kind {kind!r}")
         self.limit_rejections.labels(self.tenant_label(tenant_id), kind).inc()
+
+    def usage_query(self, group_by: str, rows: int) -> None:
+        """Count one usage query and the rows folded to answer it."""
+        self.usage_queries.labels(group_by if group_by in ("plan", "run", "day") else "other"
+                                  ).inc()
+        self.usage_rows.inc(rows)
+
+    def budget_crossed(self, threshold: int) -> None:
+        """Count one budget threshold crossing (80 or 100 percent)."""
+        self.budget_crossings.labels(str(threshold)).inc()
 
     def queue_depths(self, depths: dict[str, int]) -> None:
         """Set the queue-depth series from one read of every tenant's queue."""

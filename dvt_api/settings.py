@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dvt_engine.access import DEFAULT_IDEMPOTENCY_TTL, check_idempotency_ttl
 from dvt_engine.admission import LimitSettings
+from dvt_engine.cost import PriceTable
 from dvt_engine.errors import UsageError
 from dvt_engine.settings import (
     ArtifactStoreSettings,
@@ -43,6 +44,8 @@ class ApiSettings(BaseSettings):
     store: StoreSettings = Field(default_factory=MemoryStoreSettings)
     #: Tenant limits (docs/limits.md): defaults for every tenant, enforced when ``enabled``.
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    #: What usage costs (docs/cost.md): units per step second, per artifact MiB, per run.
+    prices: PriceTable = Field(default_factory=PriceTable)
     engine: EngineSettings = Field(default_factory=ReferenceSettings)
     #: Where steps put artifacts; None: ``DVT_ARTIFACTS_*``, else ``$DVT_HOME/artifacts``.
     artifacts: ArtifactStoreSettings | None = None

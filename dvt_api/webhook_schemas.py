@@ -10,7 +10,7 @@ from pydantic import Field
 from dvt_api.schemas import Body, Out
 
 WebhookEvent = Literal["run.completed", "run.failed", "run.cancelled", "run.paused",
-                       "step.failed", "approval.requested"]
+                       "step.failed", "approval.requested", "budget.threshold"]
 
 
 class WebhookCreate(Body):

@@ -19,7 +19,8 @@ from dvt_engine.errors import UsageError
 _FIELDS = {"max_active_runs": "maxActiveRuns", "run_starts_per_minute": "runStartsPerMinute",
            "signals_per_minute": "signalsPerMinute", "max_plan_steps": "maxPlanSteps",
            "max_plan_bytes": "maxPlanBytes", "max_queued_runs": "maxQueuedRuns",
-           "overflow": "overflow"}
+           "overflow": "overflow", "monthly_budget_units": "monthlyBudgetUnits",
+           "budget_policy": "budgetPolicy"}
 
 
 async def _admission(url: str | None) -> Any:
@@ -72,6 +73,8 @@ def show(tenant: str, store_url: str | None, as_json: bool) -> None:
 @click.option("--max-plan-bytes", type=int)
 @click.option("--max-queued-runs", type=int)
 @click.option("--overflow", type=click.Choice(["reject", "queue"]))
+@click.option("--monthly-budget-units", type=int)
+@click.option("--budget-policy", type=click.Choice(["warn", "block"]))
 @click.option("--reset", "resets", multiple=True, metavar="FIELD",
               help="Back to the default, e.g. --reset maxActiveRuns (repeatable).")
 @_STORE

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dvt_cli import archive, limits, ops, plans, remote, runs, serve
+from dvt_cli import archive, limits, ops, plans, remote, runs, serve, usage
 from dvt_cli import audit as audit_cmds
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.output import EXIT_REFUSED, emit_json, say
@@ -457,6 +457,7 @@ def dev_status(as_json: bool) -> None:
 cli.add_command(serve.serve)
 cli.add_command(serve.keys)
 cli.add_command(limits.limits)
+cli.add_command(usage.usage)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

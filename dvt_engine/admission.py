@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -91,7 +92,7 @@ class TenantLimits(_Limits):
     max_plan_bytes: Bytes = 1 << 20
     overflow: Overflow = Overflow.REJECT
     max_queued_runs: Count = 10_000
-    # Accepted and stored for the budget slice; not enforced yet (docs/limits.md).
+    # Enforced at run starts by dvt_engine.cost.check_budget (docs/cost.md).
     monthly_budget_units: Count | None = None
     budget_policy: Literal["warn", "block"] = "warn"
 
@@ -293,11 +294,45 @@ class QueuedRun:
         return self.context.run_id
 
 
+@dataclass(frozen=True)
+class BudgetCrossing:
+    """A tenant's usage reached ``threshold`` percent of its budget in ``month`` (YYYY-MM)."""
+
+    tenant_id: str
+    month: str
+    threshold: int
+    used_units: Decimal
+    budget_units: int
+
+    def document(self) -> dict[str, Any]:
+        """JSON-safe data (units as a string: exact)."""
+        return {"tenantId": self.tenant_id, "month": self.month, "threshold": self.threshold,
+                "usedUnits": str(self.used_units), "budgetUnits": self.budget_units}
+
+
 class AdmissionStore(abc.ABC):
     """Limits per tenant and the atomic admission of run starts (and signals) against them."""
 
     def __init__(self, settings: LimitSettings | None = None) -> None:
         self.settings = settings if settings is not None else LimitSettings()
+        self._crossings: dict[tuple[str, str, int], BudgetCrossing] = {}
+
+    async def record_crossing(self, crossing: BudgetCrossing) -> bool:
+        """Keep a budget threshold crossing once; False when it was already kept.
+
+        This default keeps them in process memory (the memory store's lifetime); a lasting
+        store overrides it with a table, so every process records a crossing once.
+        """
+        key = (crossing.tenant_id, crossing.month, crossing.threshold)
+        if key in self._crossings:
+            return False
+        self._crossings[key] = crossing
+        return True
+
+    async def crossings(self, tenant_id: str) -> list[BudgetCrossing]:
+        """The tenant's recorded crossings, oldest month and lowest threshold first."""
+        return sorted((c for c in self._crossings.values() if c.tenant_id == tenant_id),
+                      key=lambda c: (c.month, c.threshold))
 
     async def limits(self, tenant_id: str) -> TenantLimits:
         """The tenant's effective limits."""

@@ -15,6 +15,7 @@ coded error).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from dvt_engine.admission import (
     plan_size,
 )
 from dvt_engine.artifacts import ArtifactStore
+from dvt_engine.cost import PriceTable, check_budget
 from dvt_engine.errors import RunNotFound, RunTerminal, UsageError
 from dvt_engine.labels import validate_labels
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
@@ -80,6 +82,8 @@ an ExecutionPlan, the plan file's bytes or JSON text, or a path to the file."""
 
 _RUN_REF = TypeAdapter(EngineRunRef)
 
+log = logging.getLogger("dvt_engine.client")
+
 
 @dataclass(frozen=True)
 class RunPage:
@@ -111,6 +115,8 @@ class Client:
     ) -> None:
         self.engine = engine
         self.admission = admission
+        #: What usage costs when a tenant's budget is checked (docs/cost.md).
+        self.prices = PriceTable()
         self._dispatcher = Dispatcher(admission, engine) if admission is not None else None
         self.store = store
         self.tenant = tenant
@@ -262,6 +268,10 @@ class Client:
         plan_ref = await self.store_plan(plan)
         if self.admission is not None:
             steps, size = await plan_size(self.store, plan_ref)
+            budget = await check_budget(self.admission, self.store, self.tenant, self.prices)
+            for crossing in budget.new_crossings:
+                log.warning("budget threshold crossed", extra=crossing.document())
+            budget.refuse_if_spent()
             verdict = await self.admission.admit(StartRequest(plan_ref, context, steps, size))
             if verdict.queued:
                 if self._dispatcher is not None:

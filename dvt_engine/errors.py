@@ -95,6 +95,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     LIMITS_INVALID = "LIMITS_INVALID"
+    USAGE_QUERY_INVALID = "USAGE_QUERY_INVALID"
 
 
 class DvtError(Exception):
@@ -392,16 +393,24 @@ class RateLimited(RunError):
 
 
 class QuotaExceeded(RunError):
-    """The request is larger than the tenant may ever run (a plan over maxPlanSteps/Bytes)."""
+    """A plan over maxPlanSteps/Bytes, or a start once a ``block`` monthly budget is spent."""
 
     code = ErrorCode.QUOTA_EXCEEDED
-    hint = "Make the plan smaller, or raise the tenant's maxPlanSteps or maxPlanBytes."
+    hint = ("Make the plan smaller, or raise the tenant's maxPlanSteps or maxPlanBytes; for"
+            " details.kind budget, raise monthlyBudgetUnits or wait for the next month.")
 
 
 class LimitsInvalid(RequestError):
     """Tenant limits that are not whole numbers in range, or name an unknown field."""
 
     code = ErrorCode.LIMITS_INVALID
+
+
+class UsageQueryInvalid(RequestError):
+    """A usage query with a bad date, an empty or too long window, or an unknown groupBy."""
+
+    code = ErrorCode.USAGE_QUERY_INVALID
+    hint = "Dates are YYYY-MM-DD, to after from, at most 367 days; groupBy plan, run or day."
 
 
 class IdentifierInvalid(RequestError):

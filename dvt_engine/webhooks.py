@@ -40,7 +40,9 @@ EVENT_TYPES: Mapping[str, str] = {
     EventType.STEP_FAILED: "step.failed",
     EventType.STEP_AWAITING_APPROVAL: "approval.requested",
 }
-WEBHOOK_EVENT_TYPES: tuple[str, ...] = tuple(EVENT_TYPES.values())
+#: Tenant-level notices that are no store event: a budget threshold crossed (docs/cost.md).
+BUDGET_THRESHOLD = "budget.threshold"
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = (*EVENT_TYPES.values(), BUDGET_THRESHOLD)
 
 #: Default delays before attempts 2, 3, ...: Standard Webhooks' schedule stretched to three
 #: days (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then every 12 h until day three).

@@ -28,6 +28,7 @@ from dvt_engine.admission import (
     Admission,
     AdmissionStore,
     Bucket,
+    BudgetCrossing,
     LimitSettings,
     LimitsPatch,
     Overflow,
@@ -195,6 +196,31 @@ class PostgresAdmissionStore(AdmissionStore):
 
         merged = await self._locked(tenant_id, work)
         return effective_limits(self.settings.defaults(), merged)
+
+    async def record_crossing(self, crossing: BudgetCrossing) -> bool:
+        """Insert the crossing once (the row's key is tenant, month and threshold)."""
+        insert = self._q("INSERT INTO {s}.dvt_budget_crossings (tenant_id, month, threshold,"
+                         " used_units, budget_units) VALUES (%s, %s, %s, %s, %s)"
+                         " ON CONFLICT DO NOTHING RETURNING threshold")
+
+        async def work(conn: Conn) -> bool:
+            row = await (await conn.execute(insert, (
+                crossing.tenant_id, crossing.month, crossing.threshold, crossing.used_units,
+                crossing.budget_units))).fetchone()
+            return row is not None
+
+        return await self._run(work)
+
+    async def crossings(self, tenant_id: str) -> list[BudgetCrossing]:
+        """The tenant's recorded crossings, oldest month and lowest threshold first."""
+        query = self._q("SELECT month, threshold, used_units, budget_units FROM"
+                        " {s}.dvt_budget_crossings WHERE tenant_id = %s ORDER BY month, threshold")
+
+        async def work(conn: Conn) -> list[BudgetCrossing]:
+            rows = await (await conn.execute(query, (tenant_id,))).fetchall()
+            return [BudgetCrossing(tenant_id, r[0], r[1], r[2], r[3]) for r in rows]
+
+        return await self._run(work)
 
     # --- the pieces of a decision, inside the tenant's transaction --------------------------
     async def _active(self, conn: Conn, tenant_id: str) -> int:

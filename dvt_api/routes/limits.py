@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Depends
 from starlette.responses import JSONResponse
 
 from dvt_api.auth import Principal, role, services
+from dvt_api.budget_alerts import announce_crossings
 from dvt_api.metrics import ApiMetrics
 from dvt_api.problems import ApiProblem, HttpCode
 from dvt_api.services import Services
@@ -25,6 +26,7 @@ from dvt_engine.admission import (
     TenantLimits,
     plan_size,
 )
+from dvt_engine.cost import check_budget
 from dvt_engine.errors import IdentifierInvalid, QuotaExceeded, RateLimited
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.plan import PlanRef
@@ -36,7 +38,7 @@ ADMIN = role(ApiRole.ADMIN)
 #: The metric kind of each refusal kind the core names (dvt_limit_rejections_total).
 METRIC_KINDS = {"activeRuns": "active_runs", "runStartsPerMinute": "run_starts",
                 "signalsPerMinute": "signals", "planSteps": "plan_steps",
-                "planBytes": "plan_bytes", "queuedRuns": "queue_full"}
+                "planBytes": "plan_bytes", "queuedRuns": "queue_full", "budget": "budget"}
 
 
 def _admission(svc: Services) -> AdmissionStore:
@@ -98,6 +100,10 @@ async def admit(svc: Services, plan_ref: PlanRef, context: RunContext) -> Stored
         return None
     steps, size = await plan_size(svc.store, plan_ref)
     with counted(svc.metrics, context.tenant_id):
+        budget = await check_budget(svc.admission, svc.store, context.tenant_id,
+                                    svc.settings.prices)
+        await announce_crossings(svc, budget.new_crossings)
+        budget.refuse_if_spent()
         verdict = await svc.admission.admit(StartRequest(plan_ref, context, steps, size))
     if not verdict.queued:
         return None

@@ -202,6 +202,7 @@ func (e TenantLimitsBudgetPolicy) Valid() bool {
 // Defines values for WebhookCreateEvents.
 const (
 	ApprovalRequested WebhookCreateEvents = "approval.requested"
+	BudgetThreshold   WebhookCreateEvents = "budget.threshold"
 	RunCancelled      WebhookCreateEvents = "run.cancelled"
 	RunCompleted      WebhookCreateEvents = "run.completed"
 	RunFailed         WebhookCreateEvents = "run.failed"
@@ -213,6 +214,8 @@ const (
 func (e WebhookCreateEvents) Valid() bool {
 	switch e {
 	case ApprovalRequested:
+		return true
+	case BudgetThreshold:
 		return true
 	case RunCancelled:
 		return true
@@ -517,6 +520,18 @@ type StreamV1RunsRunIdStreamGetParams struct {
 type StreamV1StreamGetParams struct {
 	After       *string `form:"after,omitempty" json:"after,omitempty"`
 	LastEventID *string `json:"Last-Event-ID,omitempty"`
+}
+
+// GetUsageV1UsageGetParams defines parameters for GetUsageV1UsageGet.
+type GetUsageV1UsageGetParams struct {
+	// From First UTC day, YYYY-MM-DD (default: this month)
+	From *string `form:"from,omitempty" json:"from,omitempty"`
+
+	// To Day after the last, YYYY-MM-DD (default: tomorrow)
+	To *string `form:"to,omitempty" json:"to,omitempty"`
+
+	// GroupBy plan (default), run or day
+	GroupBy *string `form:"groupBy,omitempty" json:"groupBy,omitempty"`
 }
 
 // DeliveriesV1WebhooksWebhookIdDeliveriesGetParams defines parameters for DeliveriesV1WebhooksWebhookIdDeliveriesGet.

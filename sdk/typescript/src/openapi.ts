@@ -318,6 +318,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The tenant's usage in a window of days
+         * @description ``{from, to, totalUnits, items: [{key, runs, computeUnits, dataUnits, totalUnits}]}``,
+         *     folded from the tenant's events (USAGE_QUERY_INVALID for bad dates or groupBy).
+         */
+        get: operations["get_usage_v1_usage_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/webhooks": {
         parameters: {
             query?: never;
@@ -750,7 +771,7 @@ export interface components {
             /** Description */
             description?: string | null;
             /** Events */
-            events: ("run.completed" | "run.failed" | "run.cancelled" | "run.paused" | "step.failed" | "approval.requested")[];
+            events: ("run.completed" | "run.failed" | "run.cancelled" | "run.paused" | "step.failed" | "approval.requested" | "budget.threshold")[];
             /** Url */
             url: string;
         };
@@ -1995,6 +2016,69 @@ export interface operations {
                 };
                 content: {
                     "text/event-stream": unknown;
+                };
+            };
+            /** @description missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the key lacks the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request does not match its schema, or the plan is refused */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the store or the engine is unavailable; retry after Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_usage_v1_usage_get: {
+        parameters: {
+            query?: {
+                /** @description First UTC day, YYYY-MM-DD (default: this month) */
+                from?: string | null;
+                /** @description Day after the last, YYYY-MM-DD (default: tomorrow) */
+                to?: string | null;
+                /** @description plan (default), run or day */
+                groupBy?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
                 };
             };
             /** @description missing, unknown or revoked API key */
