@@ -215,3 +215,25 @@ def test_the_builder_writes_for_each_as_a_person_would() -> None:
     document = built.document()
     assert document["steps"][1]["forEach"] == {"step": "list", "path": "xs", "maxItems": 2}
     assert validate_plan_document(document).step("each").for_each is not None
+
+
+def test_a_template_costs_nothing_of_its_own_its_children_are_metered() -> None:
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from dvt_engine.cost import PriceTable, meter_run
+
+    events, _, _ = asyncio.run(_run("v13-foreach-fan-in"))
+    base = events[0].emitted_at
+    # Second i for event i: the template spans several seconds, each child one.
+    timed = [e.model_copy(update={"occurred_at": base + timedelta(seconds=i)})
+             for i, e in enumerate(events)]
+    prices = PriceTable(compute_units_per_second=Decimal(1), units_per_run=Decimal(0))
+    (row,) = meter_run(timed, prices)
+    spans = {}
+    for i, e in enumerate(timed):
+        if e.event_type == "StepStarted":
+            spans[e.step_id] = i
+        elif e.event_type == "StepCompleted" and e.step_id != "sync":
+            spans[e.step_id] = i - spans[e.step_id]
+    assert row.compute_units == Decimal(sum(v for k, v in spans.items() if k != "sync"))
