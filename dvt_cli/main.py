@@ -11,6 +11,7 @@ import click
 from dvt_cli import archive, limits, ops, plans, remote, runs, serve, usage
 from dvt_cli import audit as audit_cmds
 from dvt_cli.execution import end_process, execute, json_requested
+from dvt_cli.live import live_wanted
 from dvt_cli.output import EXIT_REFUSED, emit_json, say
 from dvt_cli.session import import_handlers
 from dvt_cli.settings import (
@@ -72,6 +73,14 @@ def _handlers_option(f: F) -> F:
     )(f)
 
 
+def _live_option(f: F) -> F:
+    return click.option(
+        "--no-live", is_flag=True,
+        help="Plain event lines even on a terminal (no live progress display). "
+             "[env DVT_NO_LIVE=1]",
+    )(f)
+
+
 def _settings(kw: dict[str, Any], engine: str | None = None) -> Settings:
     import_handlers(kw.pop("handler_modules", None))
     return Settings(
@@ -127,8 +136,10 @@ def _remote(kw: dict[str, Any]) -> remote.Remote | None:
               help="Host the engine's workers in this command (off when `dvt worker` runs).")
 @click.option("--label", "labels", multiple=True, metavar="KEY:VALUE",
               help="A label of the run (repeatable), e.g. --label team:data.")
+@_live_option
 def run(plan: str, engine: str | None, run_id: str | None, request_id: str | None,
-        detach: bool, worker: bool, labels: tuple[str, ...], **kw: Any) -> None:
+        detach: bool, worker: bool, labels: tuple[str, ...], no_live: bool,
+        **kw: Any) -> None:
     """Store PLAN.json in the registry, start it, follow it, print the final snapshot.
 
     Exit code 0 when the run COMPLETED, 1 when it FAILED or was CANCELLED, 2 when the plan was
@@ -136,7 +147,8 @@ def run(plan: str, engine: str | None, run_id: str | None, request_id: str | Non
     """
     options = runs.RunOptions(plan_path=plan, run_id=run_id, request_id=request_id,
                               detach=detach, worker=worker,
-                              triggered_by=f"cli:{default_actor()}", labels=labels)
+                              triggered_by=f"cli:{default_actor()}", labels=labels,
+                              live=live_wanted(bool(kw["as_json"]), no_live))
     if (api := _remote(kw)) is not None:
         execute(api.json, lambda: remote.run_plan(api, options, engine))
     settings = _settings(kw, engine)
@@ -157,13 +169,15 @@ def validate(plan: str, engine: str | None, **kw: Any) -> None:
 
 @cli.command()
 @click.argument("run_id", metavar="RUN")
+@click.option("--dag", "with_dag", is_flag=True,
+              help="Draw the plan's DAG in layers, with each step's state.")
 @_store_options
-def status(run_id: str, **kw: Any) -> None:
-    """Print the snapshot of a run."""
+def status(run_id: str, with_dag: bool, **kw: Any) -> None:
+    """Print the snapshot of a run (or its DAG with --dag)."""
     if (api := _remote(kw)) is not None:
-        execute(api.json, lambda: remote.show_status(api, run_id))
+        execute(api.json, lambda: remote.show_status(api, run_id, with_dag))
     settings = _settings(kw)
-    execute(settings.json, lambda: runs.show_status(settings, run_id))
+    execute(settings.json, lambda: runs.show_status(settings, run_id, with_dag))
 
 
 @cli.command()
@@ -172,13 +186,18 @@ def status(run_id: str, **kw: Any) -> None:
 @click.option("--until", metavar="EVENT_TYPE",
               help="Stop after the first event of this type, e.g. StepAwaitingApproval "
                    "(waits for it; also stops when the run ends).")
+@_live_option
 @_store_options
-def events(run_id: str, follow: bool, until: str | None, **kw: Any) -> None:
-    """Print the events of a run in runSeq order (JSON Lines with --json)."""
+def events(run_id: str, follow: bool, until: str | None, no_live: bool, **kw: Any) -> None:
+    """Print the events of a run in runSeq order (JSON Lines with --json).
+
+    On a terminal, following (-f, --until) adds a live progress display under the lines.
+    """
+    live = live_wanted(bool(kw["as_json"]), no_live)
     if (api := _remote(kw)) is not None:
-        execute(api.json, lambda: remote.show_events(api, run_id, follow, until))
+        execute(api.json, lambda: remote.show_events(api, run_id, follow, until, live))
     settings = _settings(kw)
-    execute(settings.json, lambda: runs.show_events(settings, run_id, follow, until))
+    execute(settings.json, lambda: runs.show_events(settings, run_id, follow, until, live))
 
 
 @cli.command(name="runs")

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dvt_cli import dag
 from dvt_cli import output as out
 from dvt_cli.plans import read_plan_bytes
 from dvt_cli.runs import (
@@ -22,13 +23,23 @@ from dvt_cli.runs import (
     RunOptions,
     RunQuery,
     SignalOptions,
+    approval_notice,
+    event_printer,
     exit_code_for,
+    print_dag,
     print_report,
 )
 from dvt_client import ApiError, AsyncClient, ConnectionFailed
 from dvt_client import Run as ApiRun
 from dvt_client import RunEvent as ApiEvent
-from dvt_engine.errors import ERROR_CLASSES, ApiUnavailable, DvtError, ErrorCode, UsageError
+from dvt_engine.errors import (
+    ERROR_CLASSES,
+    ApiUnavailable,
+    DvtError,
+    ErrorCode,
+    RunNotFound,
+    UsageError,
+)
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.labels import parse_label_pairs
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
@@ -36,6 +47,7 @@ from dvt_engine.models.run import RunSummary
 from dvt_engine.models.signals import SignalDecision, SignalType
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.models.validation import ValidationReport
+from dvt_engine.planning.document import load_document
 
 T = TypeVar("T")
 
@@ -71,11 +83,16 @@ def _refusal_class(code: str) -> type[DvtError]:
         return made
 
 
-def as_dvt_error(error: ApiError | ConnectionFailed) -> DvtError:
+def as_dvt_error(error: ApiError | ConnectionFailed, run_id: str | None = None) -> DvtError:
     """A client error as the CLI's coded error (same code, message and failing paths)."""
     if isinstance(error, ConnectionFailed):
         return ApiUnavailable(str(error))
     details: dict[str, Any] = {"status": error.status, "requestId": error.request_id}
+    if error.code == "RUN_NOT_FOUND" and run_id is not None:
+        # The service does not echo the id it was given; local mode names it, and so do we.
+        return RunNotFound(f"run {run_id!r} not found", details={
+            **details, "runId": run_id,
+            "hint": "Check the run id and that the API key is one of the run's tenant."})
     if error.errors:
         details["errors"] = [e.model_dump() for e in error.errors]
     if error.code == "UNAUTHENTICATED":
@@ -86,12 +103,13 @@ def as_dvt_error(error: ApiError | ConnectionFailed) -> DvtError:
 
 
 @asynccontextmanager
-async def _client(remote: Remote) -> AsyncIterator[AsyncClient]:
+async def _client(remote: Remote, run_id: str | None = None) -> AsyncIterator[AsyncClient]:
+    """A client of the service; its errors become coded errors (about ``run_id`` if given)."""
     try:
         async with AsyncClient(remote.url, remote.key) as client:
             yield client
     except (ApiError, ConnectionFailed) as exc:
-        raise as_dvt_error(exc) from None
+        raise as_dvt_error(exc, run_id) from None
 
 
 def command(body: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[int]]:
@@ -113,14 +131,6 @@ def snapshot_of(run: ApiRun) -> RunSnapshot:
 def event_of(event: ApiEvent) -> Event:
     """The core's envelope of an event the service sent."""
     return Event.model_validate(event.model_dump(mode="json", by_alias=True))
-
-
-def _emit_event(event: Event, as_json: bool) -> None:
-    if as_json:
-        out.emit_json(out.event_document(event))
-    else:
-        out.say(out.describe_event(event))
-    out.flush()
 
 
 def _show_run(run: ApiRun, as_json: bool) -> RunSnapshot:
@@ -149,17 +159,27 @@ async def run_plan(remote: Remote, options: RunOptions, engine: str | None) -> i
         if not remote.json:
             out.say(f"run {run.run_id} started on {run.engine} "
                     f"(plan {run.plan_id}@{run.plan_version}, {ref.uri})")
+            if _requires_approval(data):
+                out.say(approval_notice(run.run_id))
             out.flush()
         if options.detach:
             if remote.json:
                 _show_run(run, True)
             return out.EXIT_OK
-        async for event in dvt.runs.stream(run.run_id):
-            if not remote.json:
-                _emit_event(event_of(event), False)
+        with event_printer(snapshot_of(run), remote.json, options.live) as emit:
+            async for event in dvt.runs.stream(run.run_id):
+                if not remote.json:
+                    emit(event_of(event))
         final = await dvt.runs.get(run.run_id)
     snapshot = _show_run(final, remote.json)
     return exit_code_for(snapshot.status)
+
+
+def _requires_approval(data: bytes) -> bool:
+    """Whether the plan (accepted by the service, so a valid document) waits for APPROVE_RUN."""
+    doc, _ = load_document(data)
+    metadata = doc.get("metadata") if isinstance(doc, dict) else None
+    return isinstance(metadata, dict) and metadata.get("requiresApproval") is True
 
 
 @command
@@ -173,40 +193,54 @@ async def validate_plan(remote: Remote, plan_path: str, engine: str | None) -> i
 
 
 @command
-async def show_status(remote: Remote, run_id: str) -> int:
-    """`dvt status` from the service."""
+async def show_status(remote: Remote, run_id: str, with_dag: bool = False) -> int:
+    """`dvt status [--dag]` from the service; the DAG's plan is the run's planRef."""
     validate_identifier("run id", run_id)
-    async with _client(remote) as dvt:
+    async with _client(remote, run_id) as dvt:
         run = await dvt.runs.get(run_id)
-    _show_run(run, remote.json)
+        if with_dag:
+            sha256 = str(((run.model_extra or {}).get("planRef") or {}).get("sha256") or "")
+            if not sha256:
+                raise UsageError(f"the service sent no planRef for run {run_id}",
+                                 details={"runId": run_id,
+                                          "hint": "run `dvt status` without --dag"})
+            plan = await dvt.plans.get(sha256)
+    if not with_dag:
+        _show_run(run, remote.json)
+        return out.EXIT_OK
+    snapshot = snapshot_of(run)
+    print_dag(snapshot, dag.layered(dag.outline_of_plan(plan), snapshot), remote.json)
     return out.EXIT_OK
 
 
 @command
-async def show_events(remote: Remote, run_id: str, follow: bool, until: str | None) -> int:
+async def show_events(remote: Remote, run_id: str, follow: bool, until: str | None,
+                      live: bool = False) -> int:
     """`dvt events [-f] [--until TYPE]` from the service: stored events, then the stream."""
     validate_identifier("run id", run_id)
-    async with _client(remote) as dvt:
-        await dvt.runs.get(run_id)  # RUN_NOT_FOUND before anything is printed
-        last, ended = 0, False
-        async for api_event in dvt.runs.events(run_id, page_size=1000):
-            event = event_of(api_event)
-            _emit_event(event, remote.json)
-            last = event.run_seq or last
-            if until is not None and event.event_type == until:
+    async with _client(remote, run_id) as dvt:
+        run = await dvt.runs.get(run_id)  # RUN_NOT_FOUND before anything is printed
+        shown = live and (follow or until is not None)
+        with event_printer(snapshot_of(run), remote.json, shown) as emit:
+            last, ended = 0, False
+            async for api_event in dvt.runs.events(run_id, page_size=1000):
+                event = event_of(api_event)
+                emit(event)
+                last = event.run_seq or last
+                if until is not None and event.event_type == until:
+                    return out.EXIT_OK
+                ended = ended or event.event_type in TERMINAL_RUN_EVENTS
+            if ended or not (follow or until is not None):
                 return out.EXIT_OK
-            ended = ended or event.event_type in TERMINAL_RUN_EVENTS
-        if ended or not (follow or until is not None):
-            return out.EXIT_OK
-        async for api_event in dvt.runs.stream(run_id, after=last):
-            event = event_of(api_event)
-            _emit_event(event, remote.json)
-            last = event.run_seq or last
-            if until is not None and event.event_type == until:
-                return out.EXIT_OK
-        # Decisions on signals that arrived after the end follow the terminal event.
-        async for api_event in dvt.runs.events(run_id, after=last, page_size=1000):
-            _emit_event(event_of(api_event), remote.json)
+            async for api_event in dvt.runs.stream(run_id, after=last):
+                event = event_of(api_event)
+                emit(event)
+                last = event.run_seq or last
+                if until is not None and event.event_type == until:
+                    return out.EXIT_OK
+            # Decisions on signals that arrived after the end follow the terminal event.
+            async for api_event in dvt.runs.events(run_id, after=last, page_size=1000):
+                emit(event_of(api_event))
     return out.EXIT_OK
 
 
@@ -268,7 +302,7 @@ async def send_signal(remote: Remote, options: SignalOptions) -> int:
         # refusal of the request (no key, no run, no role) is an error.
         if exc.status not in (409, 422, 429) or exc.code in ("REQUEST_INVALID",
                                                              "IDEMPOTENCY_KEY_MISMATCH"):
-            raise as_dvt_error(exc) from None
+            raise as_dvt_error(exc, options.run_id) from None
         decision = SignalDecision(signal_id=signal_id, type=_core_type(kind),
                                   run_id=options.run_id, accepted=False,
                                   error_code=exc.code, message=exc.detail)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from dvt_cli import dag
 from dvt_cli import output as out
+from dvt_cli.live import live_view
 from dvt_cli.plans import read_plan_bytes, store_plan, validate_for_engine
 from dvt_cli.session import (
     engine_session,
@@ -62,6 +66,7 @@ class RunOptions:
     worker: bool = True
     triggered_by: str | None = None
     labels: tuple[str, ...] = ()
+    live: bool = False
 
 
 async def run_plan(settings: Settings, options: RunOptions) -> int:
@@ -103,17 +108,21 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
                 out.say(f"run {header.run_id} started on {header.engine} "
                            f"(plan {header.plan_id}@{header.plan_version}, {plan_ref.uri})")
                 if header.requires_approval:
-                    out.say(f"the plan requires approval: dvt signal {header.run_id} "
-                               "approve-run (from another shell, with a lasting store)")
+                    out.say(approval_notice(header.run_id))
                 out.flush()
             if options.detach:
                 if settings.json:
                     snapshot = await _snapshot(store, i.tenant, header.run_id)
                     out.emit_json(out.run_document(snapshot))
                 return out.EXIT_OK
-            printer = None if settings.json else _print_event
             try:
-                snapshot = await follow_to_end(store, i.tenant, header.run_id, printer)
+                if options.live:
+                    with live_view(header.run_id, [s.step_id for s in header.steps]) as view:
+                        snapshot = await follow_to_end(store, i.tenant, header.run_id,
+                                                       view.feed)
+                else:
+                    printer = None if settings.json else _print_event
+                    snapshot = await follow_to_end(store, i.tenant, header.run_id, printer)
             except asyncio.CancelledError:
                 # Ctrl-C: say what becomes of the run before the workers in this process stop.
                 if header.engine == "reference":
@@ -129,6 +138,12 @@ async def run_plan(settings: Settings, options: RunOptions) -> int:
     else:
         out.print_snapshot(snapshot)
     return exit_code_for(snapshot.status)
+
+
+def approval_notice(run_id: str) -> str:
+    """What `dvt run` says when the plan needs an APPROVE_RUN before it starts."""
+    return (f"the plan requires approval: dvt signal {run_id} approve-run (from another shell, "
+            "with a lasting store)")
 
 
 async def _started_run(store: RunStateStore, plan_ref: PlanRef, context: RunContext) -> RunHeader:
@@ -223,22 +238,35 @@ def print_report(report: ValidationReport, plan_path: str, as_json: bool) -> int
 # --- status, events, runs -----------------------------------------------------------------
 
 
-async def show_status(settings: Settings, run_id: str) -> int:
-    """Print a run's snapshot."""
+async def show_status(settings: Settings, run_id: str, with_dag: bool = False) -> int:
+    """Print a run's snapshot (or, ``with_dag``, its plan's DAG with each step's state)."""
     _identity_checked(settings)
     validate_identifier("run id", run_id)
     settings = resolve(settings)
     async with store_session(settings) as store:
         snapshot = await _snapshot(store, settings.identity.tenant, run_id)
-    if settings.json:
+        header = await store.get_run(settings.identity.tenant, run_id) if with_dag else None
+    if header is not None:
+        steps = dag.layered(((s.step_id, s.depends_on) for s in header.steps), snapshot)
+        print_dag(snapshot, steps, settings.json)
+    elif settings.json:
         out.emit_json(out.run_document(snapshot))
     else:
         out.print_snapshot(snapshot)
     return out.EXIT_OK
 
 
+def print_dag(snapshot: RunSnapshot, steps: list[dag.DagStep], as_json: bool) -> None:
+    """Show a run's DAG (local or from the service): a tree, or the run document plus
+    ``dag`` under --json."""
+    if as_json:
+        out.emit_json({**out.run_document(snapshot), "dag": dag.dag_document(steps)})
+    else:
+        dag.draw(snapshot, steps)
+
+
 async def show_events(settings: Settings, run_id: str, follow: bool,
-                      until: str | None = None) -> int:
+                      until: str | None = None, live: bool = False) -> int:
     """Print every stored event of a run in runSeq order (JSON Lines under --json).
 
     ``follow`` keeps printing new events until the run's terminal event, then prints what is
@@ -250,29 +278,42 @@ async def show_events(settings: Settings, run_id: str, follow: bool,
     settings = resolve(settings)
     tenant = settings.identity.tenant
     async with store_session(settings) as store:
-        await _snapshot(store, tenant, run_id)
-        last_seq = 0
-        ended = False
-        for event in await store.fetch_events(tenant, run_id):
-            _emit_event(event, settings.json)
-            last_seq = event.run_seq or last_seq
-            if until is not None and event.event_type == until:
+        snapshot = await _snapshot(store, tenant, run_id)
+        with event_printer(snapshot, settings.json, live and (follow or until is not None)
+                            ) as emit:
+            last_seq = 0
+            ended = False
+            for event in await store.fetch_events(tenant, run_id):
+                emit(event)
+                last_seq = event.run_seq or last_seq
+                if until is not None and event.event_type == until:
+                    return out.EXIT_OK
+                ended = ended or event.event_type in TERMINAL_RUN_EVENTS
+            if ended or not (follow or until is not None):
                 return out.EXIT_OK
-            ended = ended or event.event_type in TERMINAL_RUN_EVENTS
-        if ended or not (follow or until is not None):
-            return out.EXIT_OK
-        async for event in store.follow(tenant, run_id, after_seq=last_seq):
-            _emit_event(event, settings.json)
-            last_seq = event.run_seq or last_seq
-            if until is not None and event.event_type == until:
-                return out.EXIT_OK
-            if event.event_type in TERMINAL_RUN_EVENTS:
-                break
-        # Decisions on signals that arrived after the end (e.g. a rejected PAUSE) follow the
-        # terminal event in the log; they are part of the run's record.
-        for event in await store.fetch_events(tenant, run_id, after_seq=last_seq):
-            _emit_event(event, settings.json)
+            async for event in store.follow(tenant, run_id, after_seq=last_seq):
+                emit(event)
+                last_seq = event.run_seq or last_seq
+                if until is not None and event.event_type == until:
+                    return out.EXIT_OK
+                if event.event_type in TERMINAL_RUN_EVENTS:
+                    break
+            # Decisions on signals that arrived after the end (e.g. a rejected PAUSE) follow
+            # the terminal event in the log; they are part of the run's record.
+            for event in await store.fetch_events(tenant, run_id, after_seq=last_seq):
+                emit(event)
     return out.EXIT_OK
+
+
+@contextmanager
+def event_printer(snapshot: RunSnapshot, as_json: bool,
+                  live: bool) -> Iterator[Callable[[Event], None]]:
+    """How `dvt events` shows each event: the live display, or a plain line (or JSON)."""
+    if not live:
+        yield lambda event: _emit_event(event, as_json)
+        return
+    with live_view(snapshot.run_id, [s.step_id for s in snapshot.steps]) as view:
+        yield view.feed
 
 
 def _emit_event(event: Event, as_json: bool) -> None:

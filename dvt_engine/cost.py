@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -217,36 +218,66 @@ def summarize(rows: Iterable[UsageRow], window: UsageWindow) -> dict[str, Any]:
             "totalUnits": _number(total), "items": items}
 
 
-async def _tenant_runs(store: RunStateStore, tenant_id: str,
-                       created_before: datetime) -> AsyncIterator[list[str]]:
+#: A run last written this long before a window starts has no event in it: event times
+#: (occurredAt, emittedAt) precede the append that stores them, and a day covers any clock
+#: difference between a worker and the database.
+_QUIET_MARGIN = timedelta(days=1)
+
+
+#: A run's rows by (tenant, run, last write, price table): a log that was not written since is
+#: folded once, so a budget check reads only the runs that moved. Bounded, least recent out.
+_FOLDED: OrderedDict[tuple[str, str, datetime, str], list[UsageRow]] = OrderedDict()
+_FOLDED_MAX = 50_000
+
+
+async def _tenant_runs(store: RunStateStore, tenant_id: str, created_before: datetime,
+                       written_since: datetime | None
+                       ) -> AsyncIterator[list[tuple[str, datetime]]]:
     cursor: tuple[datetime, str] | None = None
     while True:
         page = await store.list_runs(tenant_id, created_before=created_before,
                                      limit=_PAGE, before=cursor)
-        yield [run.run_id for run in page]
+        yield [(run.run_id, run.updated_at) for run in page
+               if written_since is None or run.updated_at >= written_since]
         if len(page) < _PAGE:
             return
         cursor = (page[-1].created_at, page[-1].run_id)
 
 
 async def usage_rows(store: RunStateStore, tenant_id: str, prices: PriceTable,
-                     *, before: date | None = None) -> list[UsageRow]:
-    """Fold the log of every run of the tenant created before ``before`` (a rebuild).
+                     *, before: date | None = None, since: date | None = None
+                     ) -> list[UsageRow]:
+    """Fold the log of every run of the tenant created before ``before`` (a rebuild); with
+    ``since``, runs last written well before that day are not read (they have no row from it).
 
     Runs are read a few at a time (``READ_CONCURRENCY``): one read per run, so a tenant's
     query costs round trips, not one after the other.
     """
     limit = datetime.combine(before or date.max - timedelta(days=1), datetime.min.time(), UTC)
+    written_since = (None if since is None else
+                     datetime.combine(since, datetime.min.time(), UTC) - _QUIET_MARGIN)
     gate = asyncio.Semaphore(READ_CONCURRENCY)
+    price_key = prices.model_dump_json()
 
-    async def fold(run_id: str) -> list[UsageRow]:
+    async def fold(run_id: str, written: datetime) -> list[UsageRow]:
+        key = (tenant_id, run_id, written, price_key)
+        if (known := _FOLDED.get(key)) is not None:
+            _FOLDED.move_to_end(key)
+            return known
         async with gate:
             events = await store.fetch_events(tenant_id, run_id)
-        return meter_run(events, prices)
+        found = meter_run(events, prices)
+        if events and events[-1].persisted_at is not None and \
+                events[-1].persisted_at <= written:
+            # Only a log read as of its listed last write is that write's fold.
+            _FOLDED[key] = found
+            if len(_FOLDED) > _FOLDED_MAX:
+                _FOLDED.popitem(last=False)
+        return found
 
     rows: list[UsageRow] = []
-    async for run_ids in _tenant_runs(store, tenant_id, limit):
-        for found in await asyncio.gather(*(fold(run_id) for run_id in run_ids)):
+    async for runs in _tenant_runs(store, tenant_id, limit, written_since):
+        for found in await asyncio.gather(*(fold(run_id, written) for run_id, written in runs)):
             rows.extend(found)
     return rows
 
@@ -255,7 +286,7 @@ async def month_to_date(store: RunStateStore, tenant_id: str, prices: PriceTable
                         *, today: date | None = None) -> Decimal:
     """Units the tenant used this calendar month (UTC) so far, folded from the log."""
     window = UsageWindow.parse(None, None, today=today)
-    rows = await usage_rows(store, tenant_id, prices, before=window.end)
+    rows = await usage_rows(store, tenant_id, prices, before=window.end, since=window.start)
     return sum((r.total_units for r in rows if window.start <= r.day < window.end), Decimal(0))
 
 

@@ -1,5 +1,9 @@
 """The `dvt` command on the reference engine and the memory store: exit codes, JSON shapes of
-contract §13, coded errors with hints and no traceback, options from the environment."""
+contract §13, coded errors with hints and no traceback, options from the environment.
+
+The command tests of run, validate, status, events, runs and signal that hold in local and
+remote mode alike run in both modes in tests/api/test_cli_remote.py; here is what is local
+(the memory store, identity options, parity, the default engine)."""
 
 from __future__ import annotations
 
@@ -11,12 +15,8 @@ import pytest
 from cli_helpers import PLANS, Result, invoke
 
 from dvt_cli import ops, runs, settings
-from dvt_engine.checksum import snapshot_checksum
 from dvt_engine.errors import UsageError
 from dvt_engine.models.signals import Role
-from dvt_engine.models.snapshot import RunSnapshot
-
-RUN_KEYS = {"runId", "status", "snapshot", "snapshotChecksum"}
 
 
 @pytest.fixture
@@ -59,23 +59,6 @@ def test_help_lists_every_command(dvt: Any) -> None:
         assert f"  {name} " in result.stdout
 
 
-def test_run_json_is_the_contract_shape(dvt: Any) -> None:
-    result = dvt("run", str(PLANS / "one-step.json"), "--json", "--run-id", "r-one")
-    assert result.code == 0, result
-    doc = result.json()
-    assert set(doc) == RUN_KEYS
-    assert doc["runId"] == "r-one"
-    assert doc["status"] == "COMPLETED"
-    snapshot = RunSnapshot.model_validate(doc["snapshot"])
-    assert snapshot.run_id == "r-one"
-    assert doc["snapshotChecksum"] == snapshot_checksum(snapshot)
-    step = snapshot.step("hello")
-    assert step.status == "SUCCESS"
-    assert step.output == {"greeting": "hello", "n": 1}
-    # Nothing but the document on stdout, so scripts can parse it.
-    assert len(result.stdout.strip().splitlines()) == 1
-
-
 def test_run_for_people_shows_progress_and_snapshot(dvt: Any) -> None:
     result = dvt("run", str(PLANS / "diamond.json"))
     assert result.code == 0, result
@@ -89,48 +72,12 @@ def test_run_for_people_shows_progress_and_snapshot(dvt: Any) -> None:
     assert "in-memory store" in result.stderr
 
 
-def test_run_that_fails_exits_1(dvt: Any, tmp_path: Path) -> None:
-    plan = write_plan(tmp_path, [{"stepId": "boom", "kind": "fail",
-                                  "params": {"code": "BAD_SQL", "retryable": False}}])
-    result = dvt("run", plan, "--json")
-    assert result.code == 1, result
-    doc = result.json()
-    assert doc["status"] == "FAILED"
-    assert doc["snapshot"]["failure"]["stepId"] == "boom"
-    assert doc["snapshot"]["steps"][0]["error"]["code"] == "BAD_SQL"
-
-
-@pytest.mark.parametrize(
-    ("plan", "code"),
-    [
-        ("schema-invalid.json", "SCHEMA_VALIDATION_FAILED"),
-        ("cycle.json", "PLAN_INVALID"),
-        ("unknown-kind.json", "STEP_KIND_UNKNOWN"),
-        ("unknown-schema-version.json", "PLAN_SCHEMA_VERSION_UNSUPPORTED"),
-        ("capability-reject.json", "CAPABILITY_NOT_SUPPORTED"),
-    ],
-)
-def test_refused_plan_exits_2_with_the_error_document(dvt: Any, plan: str, code: str) -> None:
-    result = dvt("run", str(PLANS / plan), "--json")
-    error = assert_error(result, code)
-    assert "retryable" in error["details"]
-
-
 def test_errors_for_people_show_code_and_hint_without_traceback(dvt: Any) -> None:
     result = dvt("run", str(PLANS / "cycle.json"))
     assert result.code == 2
     assert "error PLAN_INVALID:" in result.stderr
     assert "hint: Run `dvt validate PLAN`" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-
-
-def test_missing_plan_file_is_a_usage_error(dvt: Any, tmp_path: Path) -> None:
-    error = assert_error(dvt("run", str(tmp_path / "nope.json"), "--json"), "USAGE_ERROR")
-    assert error["details"]["path"].endswith("nope.json")
-    human = dvt("run", str(tmp_path / "nope.json"))
-    assert human.code == 2
-    assert "error USAGE_ERROR" in human.stderr
-    assert "hint:" in human.stderr
 
 
 def test_click_usage_errors_are_coded_too(dvt: Any) -> None:
@@ -140,24 +87,6 @@ def test_click_usage_errors_are_coded_too(dvt: Any) -> None:
     assert "error USAGE_ERROR" in bad_engine.stderr
     assert "hint: see `dvt run --help`" in (
         bad_engine.stderr)
-
-
-def test_validate_reports_as_data(dvt: Any) -> None:
-    ok = dvt("validate", str(PLANS / "diamond.json"), "--json")
-    assert ok.code == 0, ok
-    report = ok.json()
-    assert report["ok"] is True
-    assert report["engine"] == "reference"
-    assert report["planId"] == "diamond"
-    bad = dvt("validate", str(PLANS / "cycle.json"), "--json")
-    assert bad.code == 2
-    report = bad.json()
-    assert report["ok"] is False
-    assert "PLAN_INVALID" in {i["code"] for i in report["issues"]}
-    human = dvt("validate", str(PLANS / "cycle.json"))
-    assert human.code == 2
-    assert "cannot run on reference" in human.stdout
-    assert "error PLAN_INVALID" in human.stdout
 
 
 def test_identity_comes_from_the_environment_and_options_win(dvt: Any) -> None:
@@ -268,10 +197,6 @@ def test_signal_step_argument_is_checked(dvt: Any) -> None:
         runs.signal_payload(runs.SignalOptions(run_id="r", action="pause", step_id="s"))
     result = dvt("signal", "r", "retry-step", "--json")
     assert_error(result, "USAGE_ERROR")
-
-
-def test_signal_to_an_unknown_run(dvt: Any) -> None:
-    assert_error(dvt("signal", "ghost", "pause", "--json"), "RUN_NOT_FOUND")
 
 
 def test_unknown_role_from_the_environment(dvt: Any) -> None:

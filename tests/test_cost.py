@@ -186,3 +186,44 @@ def test_the_service_reads_its_price_table_from_settings(monkeypatch: pytest.Mon
     monkeypatch.setenv("DVT_API_PRICES", '{"computeUnitsPerSecond": -1}')
     with pytest.raises(UsageError, match=r"prices\.computeUnitsPerSecond"):
         ApiSettings(dev=True)
+
+
+async def test_a_log_not_written_since_its_last_fold_is_not_read_again() -> None:
+    from dvt_engine.builder import PlanBuilder
+    from dvt_engine.client import Client
+    from dvt_engine.cost import usage_rows
+    from dvt_engine.models.run import RunStatus
+    from dvt_engine.stores.memory import MemoryRunStateStore
+
+    class CountingStore(MemoryRunStateStore):
+        """The memory store, counting the run logs it is asked for."""
+
+        reads: list[str] = []
+
+        async def fetch_events(self, tenant_id: str, run_id: str, *args: Any,
+                               **kwargs: Any) -> Any:
+            self.reads.append(run_id)
+            return await super().fetch_events(tenant_id, run_id, *args, **kwargs)
+
+    store = CountingStore()
+    plan = PlanBuilder("memo", "1").step("a", "noop", cost_units=1).build()
+    async with await Client.connect(tenant="memo", store=store) as client:
+        for run_id in ("m1", "m2"):
+            assert (await (await client.start_run(plan, run_id=run_id)).result(
+                timeout=30)).status == RunStatus.COMPLETED
+        first = rows_bytes(await usage_rows(store, "memo", PriceTable()))
+        assert sorted(store.reads) == ["m1", "m2"]
+        store.reads.clear()
+        assert rows_bytes(await usage_rows(store, "memo", PriceTable())) == first
+        assert store.reads == []
+        # Another price table is another fold; a run written since is read again.
+        await usage_rows(store, "memo", PriceTable(units_per_run=Decimal(3)))
+        assert sorted(store.reads) == ["m1", "m2"]
+        store.reads.clear()
+        assert (await (await client.start_run(plan, run_id="m3")).result(
+            timeout=30)).status == RunStatus.COMPLETED
+        grown = rows_bytes(await usage_rows(store, "memo", PriceTable()))
+        assert store.reads == ["m3"]
+        assert b'"runId":"m3"' in grown
+        assert len(grown) > len(first)
+    await store.close()
