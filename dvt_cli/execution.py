@@ -36,10 +36,27 @@ def execute(as_json: bool, body: Callable[[], Awaitable[int]]) -> None:
     except KeyboardInterrupt:
         say("interrupted", err=True)
         code = 130
+    except BrokenPipeError:
+        code = _reader_gone()
     except Exception as error:  # the last line of defence: a message, never a traceback
         code = EXIT_INTERNAL
         _internal(error, as_json)
     raise click.exceptions.Exit(code)
+
+
+#: The status of a process whose output pipe was closed by its reader (128 + SIGPIPE), as the
+#: shell reports for tools the signal ends (`dvt events RUN -f | head`).
+EXIT_PIPE_CLOSED = 141
+
+
+def _reader_gone() -> int:
+    # Nothing more can be said on stdout; point it at /dev/null so the flush at exit does not
+    # fail a second time. The run itself is unaffected: it lives in its engine and store.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_PIPE_CLOSED
 
 
 async def _guarded(body: Callable[[], Awaitable[int]]) -> int:

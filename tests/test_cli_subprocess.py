@@ -118,3 +118,26 @@ def test_notices_never_reach_stdout(tmp_path: Path) -> None:
     assert "in-memory store" in done.stderr
     assert "running on the in-process reference engine" in done.stderr
     assert json.loads(done.stdout)["snapshot"]["engineRunRef"]["provider"] == "reference"
+
+
+def test_a_reader_that_closes_the_pipe_ends_dvt_quietly(tmp_path: Path) -> None:
+    # `dvt run PLAN | head -1`: the lines after the first have nowhere to go.
+    plan = tmp_path / "long.json"
+    plan.write_text(json.dumps({
+        "metadata": {"planId": "long", "planVersion": "1", "schemaVersion": "v1.2"},
+        "steps": [{"stepId": f"s{i}", "kind": "noop",
+                   **({"dependsOn": [f"s{i - 1}"]} if i else {})} for i in range(1500)]}))
+    clean = {k: v for k, v in os.environ.items() if k not in CLI_ENV}
+    clean.update({"DVT_HOME": str(tmp_path / "home"), "DVT_ENGINE": "reference"})
+    proc = subprocess.Popen([sys.executable, "-m", "dvt_cli", "run", str(plan)], cwd=tmp_path,
+                            env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=TIMEOUT_S) == 141, err
+    assert first.strip()
+    assert "INTERNAL_ERROR" not in err
+    assert "Traceback" not in err
