@@ -123,6 +123,8 @@ class ConductorActions(RunAccess):
         result: ReconcileResult,
     ) -> list[Command]:
         step_id, attempt = command.step_id, command.logical_attempt_id
+        if step_id not in ctx.index:
+            return await self._run_child(ctx, interp, step_id, attempt)
         index = ctx.index[step_id]
         follow: list[Command] = []
         if ctx.plan.step(step_id).kind == APPROVAL_KIND:
@@ -158,6 +160,23 @@ class ConductorActions(RunAccess):
                                {"parked": None, "wokenFor": attempt}, callback_after_s=0)
             result.woken_steps.add(step_id)
         return follow
+
+    async def _run_child(self, ctx: RunContext, interp: RunInterpreter, step_id: str,
+                         attempt: int) -> list[Command]:
+        """Run a forEach child (plan v1.3) here: the static workflow has no task for it.
+
+        The children of one template run one after another in the reconciling process, with
+        the step's engine retries; the interpreter still decides every start and skip.
+        """
+        spec = interp.spec(step_id)
+        engine_attempt = 1
+        while True:
+            outcome = await self.runner.run(
+                self.invocation(ctx, step_id, attempt, engine_attempt, spec=spec))
+            if outcome.status != "retry":
+                return self._settle(interp, step_id, attempt, outcome)
+            await asyncio.sleep((outcome.retry_delay_ms or 0) / 1000)
+            engine_attempt += 1
 
     async def wake_parked_steps(self, ctx: RunContext) -> None:
         """Requeue step tasks parked while the run was paused (after RESUME)."""

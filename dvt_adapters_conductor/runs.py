@@ -20,7 +20,7 @@ from dvt_adapters_conductor.mapping import gated_positions, workflow_name
 from dvt_engine.errors import IllegalTransition
 from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.models.events import Event, EventType
-from dvt_engine.models.plan import ExecutionPlan
+from dvt_engine.models.plan import ExecutionPlan, StepSpec
 from dvt_engine.models.run import ConductorRunRef, RunHeader
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
@@ -205,11 +205,12 @@ class RunAccess:
 
     # --- invocations ---------------------------------------------------------------------
     def invocation(self, ctx: RunContext, step_id: str, attempt: int,
-                   engine_attempt: int = 1) -> StepInvocation:
-        """The step runner's invocation of one attempt."""
+                   engine_attempt: int = 1, *, spec: StepSpec | None = None) -> StepInvocation:
+        """The step runner's invocation of one attempt (``spec`` for a step the plan lacks:
+        a forEach child)."""
         h = ctx.header
         return StepInvocation.for_step(
-            h, ctx.plan.step(step_id), plan_params={**ctx.plan.params, **h.params},
+            h, spec or ctx.plan.step(step_id), plan_params={**ctx.plan.params, **h.params},
             logical_attempt_id=attempt, engine_attempt_id=engine_attempt,
         )
 

@@ -39,6 +39,11 @@ class StartQuestions(RunAccess):
         step = snap.step(step_id)
         if snap.status.is_terminal:
             return "done", snap
+        if ctx.plan.step(step_id).for_each is not None:
+            # A forEach template (plan v1.3) is expanded and completed by the coordinator;
+            # its task only reports the recorded outcome once there is one.
+            unsettled = step.status in (StepStatus.PENDING, StepStatus.RUNNING)
+            return ("park" if unsettled else "done"), snap
         if step.status == StepStatus.RUNNING:
             return "run", snap  # a redelivered attempt: resume it (the runner is idempotent)
         if step.status != StepStatus.PENDING:
@@ -46,10 +51,13 @@ class StartQuestions(RunAccess):
         index = ctx.index[step_id]
         if step.logical_attempt_id > 1 or index in ctx.gated:
             return "run", snap
+        # A plan with forEach needs the log: its expansions (the children) are only there.
+        expands = any(s.for_each is not None for s in ctx.plan.steps)
+        events = await self.store.fetch_events(*ctx.key) if expands else []
         if RunInterpreter.from_snapshot(
-                ctx.plan, snap, run_params=ctx.header.params).would_start(step_id):
+                ctx.plan, snap, events, run_params=ctx.header.params).would_start(step_id):
             return "run", snap
-        events = await self.store.fetch_events(*ctx.key)
+        events = events or await self.store.fetch_events(*ctx.key)
         if self.started_with_dependency(ctx, events, step_id):
             return "run", snap
         return "park", snap
@@ -67,9 +75,10 @@ class StartQuestions(RunAccess):
         if not settled or settled[-1].run_seq is None:
             return False
         cut = settled[-1].run_seq
-        then = project(ctx.header, [e for e in events if (e.run_seq or 0) <= cut])
+        before = [e for e in events if (e.run_seq or 0) <= cut]
         return RunInterpreter.from_snapshot(
-            ctx.plan, then, run_params=ctx.header.params).would_start(step_id)
+            ctx.plan, project(ctx.header, before), before,
+            run_params=ctx.header.params).would_start(step_id)
 
     async def decided_not_started(
         self, ctx: RunContext, snap: RunSnapshot, events: list[Event]
@@ -83,6 +92,8 @@ class StartQuestions(RunAccess):
         found: list[str] = []
         log = events or await self.store.fetch_events(*ctx.key)
         for step in pending:
+            if step.step_id not in ctx.index:
+                continue  # a forEach child: run by the coordinator, it has no task
             index = ctx.index[step.step_id]
             task = tasks.get(step_ref(index))
             if index in ctx.gated and step.logical_attempt_id == 1:

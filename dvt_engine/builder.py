@@ -94,8 +94,12 @@ class PlanBuilder:
         concurrency_group: str | None = None,
         join: JoinMode | Mapping[str, Any] | None = None,
         when: str | None = None,
+        for_each: Mapping[str, Any] | None = None,
     ) -> PlanBuilder:
-        """Add a step of ``kind`` that waits for ``depends_on``; returns the builder."""
+        """Add a step of ``kind`` that waits for ``depends_on``; returns the builder.
+
+        ``for_each`` is the plan's ``forEach`` object as written (``{"step": ..., "path": ...,
+        "maxItems": ...}``)."""
         spec: dict[str, Any] = {"stepId": step_id, "kind": kind}
         after = list(depends_on)
         if after:
@@ -114,6 +118,8 @@ class PlanBuilder:
         if join is not None:
             spec["join"] = join if isinstance(join, str) else dict(join)
         _set(spec, "when", when)
+        if for_each is not None:
+            spec["forEach"] = copy.deepcopy(dict(for_each))
         self._steps.append(spec)
         return self
 

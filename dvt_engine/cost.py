@@ -23,6 +23,7 @@ from dvt_engine.errors import QuotaExceeded, UsageQueryInvalid
 from dvt_engine.models.base import StrictModel
 from dvt_engine.models.events import Event, EventType
 from dvt_engine.ports import RunStateStore
+from dvt_engine.rules.foreach import STEP_EXPANDED
 
 GroupBy = Literal["plan", "run", "day"]
 GROUP_BYS: tuple[str, ...] = ("plan", "run", "day")
@@ -125,6 +126,9 @@ def meter_run(events: Sequence[Event], prices: PriceTable) -> list[UsageRow]:
             slot.run_units += units(prices.units_per_run)
         elif kind == EventType.STEP_STARTED and event.step_id is not None:
             started.setdefault((event.step_id, event.logical_attempt_id), at)
+        elif kind == STEP_EXPANDED and event.step_id is not None:
+            # A forEach template does no work of its own: its children are metered.
+            started.pop((event.step_id, event.logical_attempt_id), None)
         elif kind in (EventType.STEP_COMPLETED, EventType.STEP_FAILED) and event.step_id:
             begun = started.pop((event.step_id, event.logical_attempt_id), None)
             hinted = (_hinted_units(event.payload)

@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     CAPABILITY_NOT_SUPPORTED = "CAPABILITY_NOT_SUPPORTED"
     PLAN_CONDITION_INVALID = "PLAN_CONDITION_INVALID"
     PLAN_JOIN_INVALID = "PLAN_JOIN_INVALID"
+    PLAN_FOREACH_INVALID = "PLAN_FOREACH_INVALID"
     PLAN_DOWNGRADE_UNSUPPORTED = "PLAN_DOWNGRADE_UNSUPPORTED"
     RUN_NOT_FOUND = "RUN_NOT_FOUND"
     RUN_NOT_APPROVED = "RUN_NOT_APPROVED"
@@ -48,6 +49,8 @@ class ErrorCode(StrEnum):
     STEP_CANCELLED = "STEP_CANCELLED"
     STEP_TIMEOUT = "STEP_TIMEOUT"
     STEP_OUTPUT_TOO_LARGE = "STEP_OUTPUT_TOO_LARGE"
+    FOREACH_TOO_MANY_ITEMS = "FOREACH_TOO_MANY_ITEMS"
+    FOREACH_ITEMS_INVALID = "FOREACH_ITEMS_INVALID"
     APPROVAL_REJECTED = "APPROVAL_REJECTED"
     APPROVAL_TIMEOUT = "APPROVAL_TIMEOUT"
     OPERATOR_TIMEOUT = "OPERATOR_TIMEOUT"
@@ -237,6 +240,13 @@ class PlanJoinInvalid(PlanError):
     hint = "See details.problem; docs/plans.md describes join, maxParallel and groups."
 
 
+class PlanForEachInvalid(PlanError):
+    """A step's forEach names an unknown or later source, or lacks a usable maxItems bound."""
+
+    code = ErrorCode.PLAN_FOREACH_INVALID
+    hint = "See details.rule; docs/plans.md describes forEach, its source and maxItems."
+
+
 class PlanDowngradeUnsupported(PlanError):
     """The plan uses fields the older schema version does not have."""
 
@@ -335,6 +345,18 @@ class StepOutputTooLarge(StepError):
     """A step's JSON output exceeds 32 KiB; large data belongs in artifacts."""
 
     code = ErrorCode.STEP_OUTPUT_TOO_LARGE
+
+
+class ForEachTooManyItems(StepError):
+    """A forEach list is longer than its maxItems: the step fails before any child starts."""
+
+    code = ErrorCode.FOREACH_TOO_MANY_ITEMS
+
+
+class ForEachItemsInvalid(StepError):
+    """A forEach source is missing or is not a list: the step fails before any child starts."""
+
+    code = ErrorCode.FOREACH_ITEMS_INVALID
 
 
 class ApprovalRejected(StepError):

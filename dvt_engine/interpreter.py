@@ -6,9 +6,10 @@ happened (a step settled, a signal was accepted, a timer fired) and carries out 
 returns, in order. Because the same inputs always give the same commands, every engine writes the
 same events in the same order.
 
-About 600 lines on purpose: the decisions and the incremental bookkeeping they read (ready
-set, in-flight steps, and for plan v1.3 the outputs conditions read) change together; the rules
-themselves (limits, joins, conditions included) live in dvt_engine/rules.
+About 700 lines on purpose: the decisions and the incremental bookkeeping they read (ready
+set, in-flight steps, and for plan v1.3 the outputs conditions read and forEach expansions)
+change together; the rules themselves (limits, joins, conditions, forEach included) live in
+dvt_engine/rules.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dvt_engine.rules import cancel as cancel_rules
 from dvt_engine.rules import concurrency, joins, scheduling
 from dvt_engine.rules import conditions as condition_rules
 from dvt_engine.rules import failure as failure_rules
+from dvt_engine.rules import foreach as foreach_rules
 from dvt_engine.rules import gates as gate_rules
 from dvt_engine.rules import pause as pause_rules
 from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON as FAIL_FAST_GATE_REASON
@@ -109,6 +111,8 @@ class RunInterpreter:
     outputs: dict[str, Any] = field(default_factory=dict)
     #: The run's own params (RunContext.params): conditions see them over the plan's params.
     run_params: dict[str, Any] = field(default_factory=dict)
+    #: forEach templates expanded so far (plan v1.3): their items, by template id.
+    expansions: dict[str, list[Any]] = field(default_factory=dict)
 
     _ready: ReadySteps = field(init=False, repr=False, compare=False)
     _in_flight: set[str] = field(init=False, repr=False, compare=False)
@@ -127,16 +131,41 @@ class RunInterpreter:
         self._read_by_conditions = {
             ref for s in self.plan.steps if s.when
             for ref in condition_rules.referenced_steps(s.when)}
+        # A forEach reads its source's output, and its fan-in its children's.
+        self._read_by_conditions.update(
+            src for s in self.plan.steps if (src := foreach_rules.source_step(s)) is not None)
         self._groups = concurrency.step_groups(self.plan)
         self._v13 = (concurrency.is_bounded(self.plan) or bool(self._read_by_conditions)
                      or any(s.when for s in self.plan.steps)
-                     or joins.uses_joins_or_cascade(self.plan))
+                     or joins.uses_joins_or_cascade(self.plan)
+                     or any(s.for_each is not None for s in self.plan.steps))
         given, self.steps = self.steps, _StepStates(self)
         for step_id, state in given.items():
             self.steps[step_id] = state
         for spec in self.plan.steps:
             if spec.step_id not in self.steps:
                 self.steps[spec.step_id] = StepState()
+        given_expansions, self.expansions = self.expansions, {}
+        for step_id, items in given_expansions.items():
+            self._apply_expansion(step_id, items)
+
+    def _apply_expansion(self, step_id: str, items: list[Any]) -> None:
+        """Add a forEach template's children (idempotent: an expanded plan is kept as is)."""
+        self.expansions[step_id] = list(items)
+        if not foreach_rules.is_expanded(self.plan, step_id, items):
+            self.plan = foreach_rules.expand(self.plan, step_id, items)
+        children = [foreach_rules.child_id(step_id, i) for i in range(len(items))]
+        self._read_by_conditions.update(children)
+        self._groups = concurrency.step_groups(self.plan)
+        self._ready = ReadySteps(
+            self.plan.steps,
+            {s.step_id: (self.steps[s.step_id].status if s.step_id in self.steps
+                         else StepStatus.PENDING) for s in self.plan.steps},
+            needed=joins.needed_counts(self.plan),
+            skipped_satisfies=not self.plan.metadata.cascades_skips)
+        for child in children:
+            if child not in self.steps:
+                self.steps[child] = StepState()
 
     def _observe(self, step_id: str, state: StepState) -> None:
         """A step's status or in-flight flag changed: keep the ready and in-flight sets."""
@@ -397,6 +426,9 @@ class RunInterpreter:
         if self._v13:
             commands = self._decide()
             running = self.in_flight()
+            if not running and failure_rules.failing_fast(self.plan, self.failure):
+                # A forEach that failed on its list (plan v1.3) fails the run here.
+                return [*commands, *self._finish(EventType.RUN_FAILED, dict(self.failure or {}))]
         else:
             for step_id in self.startable():
                 state = self.steps[step_id]
@@ -435,10 +467,12 @@ class RunInterpreter:
         is skipped (a skip can ready more steps). Each condition is evaluated once."""
         commands: list[Command] = []
         while True:
+            completed = self._complete_templates()
+            commands += completed
             cascades = joins.cascaded(self.plan, self.statuses(), self._in_flight)
             for step_id, deps in cascades:
                 commands.append(self._skip(step_id, condition_rules.cascade_reason(deps)))
-            if cascades:
+            if cascades or completed:
                 continue
             skipped = False
             slots = concurrency.Slots(self.plan, self._groups, self._in_flight)
@@ -457,6 +491,10 @@ class RunInterpreter:
                             step_id, condition_rules.skip_reason(spec.when, error)))
                         skipped = True
                         continue
+                if spec.for_each is not None:
+                    commands += self._expand(spec)
+                    skipped = True  # new children, or a failure: decide again
+                    continue
                 state = self.steps[step_id]
                 state.status, state.in_flight = StepStatus.RUNNING, True
                 slots.take(step_id)
@@ -467,6 +505,58 @@ class RunInterpreter:
                     skipped = True
             if not skipped:
                 return commands
+
+    def _expand(self, spec: StepSpec) -> list[Command]:
+        """Start a forEach template: fail it on a bad list, else record and add its children."""
+        step_id = spec.step_id
+        state = self.steps[step_id]
+        params = {**self.plan.params, **self.run_params}
+        items, error = foreach_rules.items_of(spec, self.outputs, params)
+        state.status = StepStatus.RUNNING
+        attempt = state.logical_attempt_id
+        started = WriteStepEvent(EventType.STEP_STARTED, step_id, attempt, {"kind": spec.kind})
+        if items is None:
+            assert error is not None
+            state.status = StepStatus.FAILED
+            if self.failure is None:
+                self.failure = failure_rules.run_failure(step_id, error)
+            return [started, WriteStepEvent(EventType.STEP_FAILED, step_id, attempt,
+                                            {"error": error.model_dump(mode="json")})]
+        commands: list[Command] = [started, WriteStepEvent(
+            foreach_rules.STEP_EXPANDED, step_id, attempt,
+            foreach_rules.expansion_payload(step_id, items))]
+        self._apply_expansion(step_id, items)
+        each = foreach_rules.for_each_of(spec)
+        if each.when is not None:
+            context = condition_rules.condition_context(
+                self.plan, step_id, self._status_of, self.outputs, self.run_params)
+            for index, item in enumerate(items):
+                value, problem = condition_rules.evaluate(
+                    each.when, foreach_rules.item_context(context, index, item))
+                if not value:
+                    commands.append(self._skip(foreach_rules.child_id(step_id, index),
+                                               condition_rules.skip_reason(each.when, problem)))
+        return commands
+
+    def _complete_templates(self) -> list[Command]:
+        """Complete each expanded template whose children have all succeeded or been skipped,
+        with their outputs in item order."""
+        commands: list[Command] = []
+        for step_id, items in self.expansions.items():
+            state = self.steps[step_id]
+            if state.status != StepStatus.RUNNING:
+                continue
+            children = [foreach_rules.child_id(step_id, i) for i in range(len(items))]
+            if any(self.steps[c].status not in (StepStatus.SUCCESS, StepStatus.SKIPPED)
+                   for c in children):
+                continue
+            output = [self.outputs.get(c) for c in children]
+            state.status = StepStatus.SUCCESS
+            if step_id in self._read_by_conditions:
+                self.outputs[step_id] = output
+            commands.append(WriteStepEvent(EventType.STEP_COMPLETED, step_id,
+                                           state.logical_attempt_id, {"output": output}))
+        return commands
 
     def _status_of(self, step_id: str) -> str:
         return str(self.steps[step_id].status)
@@ -544,6 +634,7 @@ class RunInterpreter:
             "cancelInFlightOnPause": self.cancel_in_flight_on_pause,
             "pausedCancellations": sorted(self.paused_cancellations),
             **({"outputs": dict(self.outputs)} if self.outputs else {}),
+            **({"expansions": dict(self.expansions)} if self.expansions else {}),
             "steps": {
                 sid: [str(st.status), st.logical_attempt_id, st.in_flight, st.awaiting_approval]
                 for sid, st in self.steps.items()
@@ -568,6 +659,7 @@ class RunInterpreter:
             paused_cancellations=set(cursor.get("pausedCancellations", ())),
             outputs=dict(cursor.get("outputs") or {}),
             run_params=dict(run_params or {}),
+            expansions=dict(cursor.get("expansions") or {}),
         )
         for sid, (status, attempt, in_flight, awaiting) in cursor["steps"].items():
             interp.steps[sid] = StepState(StepStatus(status), int(attempt), bool(in_flight),
@@ -584,7 +676,10 @@ class RunInterpreter:
         ``events`` (the run's log) restores what the snapshot does not keep: how many times
         the run has waited for an operator.
         """
-        interp = cls(plan=plan, run_params=dict(run_params or {}))
+        events = list(events)
+        expansions = {e.step_id: list(e.payload.get("items") or ()) for e in events
+                      if e.event_type == foreach_rules.STEP_EXPANDED and e.step_id is not None}
+        interp = cls(plan=plan, run_params=dict(run_params or {}), expansions=expansions)
         interp.operator_ordinal = sum(1 for e in events
                                       if e.event_type == RUN_AWAITING_OPERATOR)
         approved = snapshot.status == RunStatus.APPROVED
@@ -595,7 +690,8 @@ class RunInterpreter:
             interp.steps[step.step_id] = StepState(
                 status=step.status,
                 logical_attempt_id=step.logical_attempt_id,
-                in_flight=step.status == StepStatus.RUNNING,
+                # An expanded forEach template is RUNNING while its children run, not in flight.
+                in_flight=step.status == StepStatus.RUNNING and step.step_id not in expansions,
                 awaiting_approval=step.substatus == StepSubstatus.AWAITING_APPROVAL,
             )
             if step.status == StepStatus.SUCCESS and step.step_id in interp._read_by_conditions:

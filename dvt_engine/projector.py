@@ -151,6 +151,16 @@ class _State:
         self.changed[step_id] = step
         return step
 
+    def insert_steps(self, after: str, step_ids: list[str]) -> None:
+        """Add PENDING steps right after ``after`` (a forEach template's children)."""
+        listed = list(self._steps())
+        at = self.position[after] + 1
+        new = [StepSnapshot(step_id=s) for s in step_ids if s not in self.position]
+        listed[at:at] = new
+        self.base = self.base.model_copy(update={"steps": tuple(listed)})
+        self.changed, self.exact = {}, False
+        self.position = {s.step_id: i for i, s in enumerate(listed)}
+
     def _steps(self) -> tuple[StepSnapshot, ...]:
         if not self.changed:
             return self.base.steps
@@ -413,6 +423,12 @@ def _step_skipped(state: _State, event: Event) -> None:
     )
 
 
+def _step_expanded(state: _State, event: Event) -> None:
+    assert event.step_id is not None
+    children = event.payload.get("children") or []
+    state.insert_steps(event.step_id, [str(c) for c in children])
+
+
 _HANDLERS = {
     "RunApproved": _run_approved,
     "RunStarted": _run_started,
@@ -428,4 +444,5 @@ _HANDLERS = {
     "StepCompleted": _step_completed,
     "StepFailed": _step_failed,
     "StepSkipped": _step_skipped,
+    "StepExpanded": _step_expanded,
 }

@@ -46,6 +46,8 @@ STEP_EVENT_SOURCES: Mapping[str, frozenset[StepStatus]] = {
     "StepFailed": frozenset({StepStatus.RUNNING}),
     # FAILED -> SKIPPED is the operator's way out of awaitOperator (documented in docs/).
     "StepSkipped": frozenset({StepStatus.PENDING, StepStatus.FAILED}),
+    # A forEach template records its children once it has started (plan v1.3).
+    "StepExpanded": frozenset({StepStatus.RUNNING}),
 }
 
 KNOWN_EVENT_TYPES = frozenset(RUN_EVENT_SOURCES) | frozenset(STEP_EVENT_SOURCES)

@@ -10,6 +10,10 @@ outputs and params, and a random skipRule. From the run's event log (log order):
 - every step with a condition was decided once (started once, or skipped once), and the
   decision equals the condition evaluated independently over the outputs in the log.
 
+Some plans have a bounded ``forEach`` step over a param list (0-3 items): its children count
+against the limits like any step (the template itself holds no slot), each settles once, and the
+template completes after them with their outputs in item order.
+
 The same plans also go straight through the interpreter with steps settling in random orders
 (many more examples): limits hold after every move and each condition is evaluated once.
 """
@@ -69,6 +73,11 @@ def bounded_plans(draw: st.DrawFn) -> dict[str, Any]:
     }
     document = {"metadata": metadata, "params": {"limit": draw(st.integers(0, 9))},
                 "steps": steps}
+    if draw(st.booleans()):
+        # A bounded fan-out over a param list; its dependants are the fan-in.
+        template = draw(st.sampled_from(steps))
+        template["forEach"] = {"param": "items", "maxItems": 3}
+        document["params"]["items"] = draw(st.lists(st.integers(0, 9), max_size=3))
     # Conditions may read the outputs of echo steps settled before theirs.
     outline = validate_plan_document({**document, "metadata": {**metadata}})
     for step in steps:
@@ -100,6 +109,13 @@ async def _run(document: dict[str, Any]) -> list[Event]:
 def test_random_bounded_plans_keep_the_v13_invariants(document: dict[str, Any]) -> None:
     events = asyncio.run(_run(document))
     steps = {s["stepId"]: s for s in document["steps"]}
+    templates = {sid for sid, s in steps.items() if "forEach" in s}
+    expanded = {e.step_id for e in events if e.event_type == "StepExpanded"}
+    assert expanded <= templates
+    for sid in expanded:
+        for i, _ in enumerate(document["params"]["items"]):
+            steps[f"{sid}[{i}]"] = {"stepId": f"{sid}[{i}]",
+                                    "concurrencyGroup": steps[sid].get("concurrencyGroup")}
     limits = document["metadata"]["concurrencyGroups"]
     cap = document["metadata"]["maxParallel"]
     running: set[str] = set()
@@ -112,7 +128,8 @@ def test_random_bounded_plans_keep_the_v13_invariants(document: dict[str, Any]) 
         if event.event_type == "StepStarted":
             assert sid is not None
             started[sid] += 1
-            running.add(sid)
+            if sid not in templates:  # a forEach template holds no slot
+                running.add(sid)
             assert len(running) <= cap, f"more than maxParallel {cap} running: {running}"
             per_group = Counter(steps[s].get("concurrencyGroup") for s in running)
             for group, limit in limits.items():
@@ -129,6 +146,9 @@ def test_random_bounded_plans_keep_the_v13_invariants(document: dict[str, Any]) 
     assert events[-1].event_type == "RunCompleted"
     assert settled == Counter(dict.fromkeys(steps, 1)), "every step settles exactly once"
     assert all(n == 1 for n in started.values())
+    for sid in expanded:  # the fan-in reads the children's outputs in item order
+        items = document["params"]["items"]
+        assert outputs[sid] == [outputs.get(f"{sid}[{i}]") for i in range(len(items))]
     for sid, step in steps.items():
         if "when" not in step:
             assert sid not in skipped_by_condition
@@ -176,12 +196,15 @@ def test_the_interpreter_keeps_limits_in_any_settlement_order(
             running = interp.in_flight()
             assert running, "the run stalled"
             assert len(running) <= (plan.metadata.max_parallel or len(running))
-            per_group = Counter(plan.step(s).concurrency_group for s in running)
+            per_group = Counter(interp.spec(s).concurrency_group for s in running)
             assert all(per_group[g] <= n for g, n in limits.items())
             step_id = rnd.choice(running)
             commands = interp.settle(step_id, 1, "succeeded", output={"v": rnd.randint(0, 9)})
     assert all(n == 1 for n in started.values())
     assert all(n == 1 for n in evaluations.values())
     assert set(evaluations) <= {s.step_id for s in plan.steps if s.when}
+    for sid, items in interp.expansions.items():  # children settled once each, in item order
+        assert interp.outputs.get(sid, [None] * len(items)) is not None
+        assert all(started[f"{sid}[{i}]"] <= 1 for i in range(len(items)))
     assert all(st_.status in (StepStatus.SUCCESS, StepStatus.SKIPPED)
                for st_ in interp.steps.values())

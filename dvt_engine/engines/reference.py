@@ -273,7 +273,7 @@ class _RunDriver:
         return StepInvocation(
             tenant_id=h.tenant_id, project_id=h.project_id, environment_id=h.environment_id,
             run_id=h.run_id, plan_id=h.plan_id, plan_version=h.plan_version,
-            step=self.plan.step(step_id), plan_params={**self.plan.params, **h.params},
+            step=self.interp.spec(step_id), plan_params={**self.plan.params, **h.params},
             logical_attempt_id=attempt, engine_attempt_id=engine_attempt,
         )
 

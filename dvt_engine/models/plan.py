@@ -56,6 +56,27 @@ class JoinSpec(StrictModel):
     losers: JoinLosers = "finish"
 
 
+#: The largest ``forEach.maxItems`` a plan may declare (each item becomes a step of the run).
+MAX_FOR_EACH_ITEMS = 1000
+
+
+class ForEachSpec(StrictModel):
+    """Dynamic fan-out (v1.3): one child step per item of a list known at run time.
+
+    The list is ``steps.<step>.output.<path>`` of an earlier step, or the run's param
+    ``<param>`` (``path`` reads inside it too); exactly one of ``step`` and ``param``.
+    """
+
+    step: Identifier | None = None
+    param: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Dotted keys inside the step's output or the param (empty: the value itself).
+    path: str | None = Field(default=None, min_length=1, max_length=500)
+    #: Required (validation refuses a plan without it); a longer list fails the step.
+    max_items: int | None = Field(default=None, ge=0)
+    #: A CEL condition per item, over ``params``, ``steps``, ``item`` and ``index``.
+    when: str | None = Field(default=None, min_length=1, max_length=2000)
+
+
 class StepSpec(StrictModel):
     """One step of a plan: a kind, its params, and the steps it waits for."""
 
@@ -73,6 +94,8 @@ class StepSpec(StrictModel):
     join: JoinSpec | JoinMode | None = None
     #: A CEL expression over ``params``, ``inputs`` and ``steps``; false skips the step.
     when: str | None = Field(default=None, min_length=1, max_length=2000)
+    #: Expand into one child step per item of a list (v1.3, dvt_engine/rules/foreach.py).
+    for_each: ForEachSpec | None = None
 
     @property
     def join_spec(self) -> JoinSpec:

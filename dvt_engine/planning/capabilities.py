@@ -187,7 +187,9 @@ def emulation_for(capability: str, capabilities: frozenset[str]) -> Emulation | 
 FLOW_BOUNDED_CONCURRENCY = "flow.concurrency.bounded"
 FLOW_PARTIAL_JOIN = "flow.join.partial"
 FLOW_CONDITIONS = "flow.conditions"
-FLOW_FEATURES: tuple[str, ...] = (FLOW_BOUNDED_CONCURRENCY, FLOW_PARTIAL_JOIN, FLOW_CONDITIONS)
+FLOW_FOR_EACH = "flow.forEach"
+FLOW_FEATURES: tuple[str, ...] = (FLOW_BOUNDED_CONCURRENCY, FLOW_PARTIAL_JOIN, FLOW_CONDITIONS,
+                                  FLOW_FOR_EACH)
 
 FlowSupport = str  # "native" | "emulated" | "degraded"
 

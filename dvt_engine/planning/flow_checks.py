@@ -1,4 +1,5 @@
-"""Stage 7 of plan validation: the v1.3 flow rules (joins, concurrency groups, conditions).
+"""Stage 7 of plan validation: the v1.3 flow rules (joins, concurrency groups, conditions,
+forEach).
 
 Run on the model once the DAG is known to be sound: a quorum count the dependencies can meet,
 a join only on a step with dependencies, a limit for every group a step names, and conditions
@@ -8,9 +9,14 @@ that compile and name only steps settled before theirs (rules.conditions).
 from __future__ import annotations
 
 from dvt_engine.errors import ErrorCode
-from dvt_engine.models.plan import ExecutionPlan
+from dvt_engine.models.plan import MAX_FOR_EACH_ITEMS, ExecutionPlan, StepSpec
 from dvt_engine.planning.problems import Problem, safe
-from dvt_engine.rules.conditions import condition_problems
+from dvt_engine.rules.conditions import (
+    CONDITION_VARIABLES,
+    cel_module,
+    condition_problems,
+    settled_before,
+)
 
 
 def _join_problem(i: int, step_id: str, problem: str, message: str, field: str,
@@ -19,8 +25,53 @@ def _join_problem(i: int, step_id: str, problem: str, message: str, field: str,
                    step_id=step_id, details={"rule": problem, "stepId": step_id, **details})
 
 
+def _for_each_problems(plan: ExecutionPlan, i: int, step: StepSpec) -> list[Problem]:
+    """PLAN_FOREACH_INVALID problems of one step's forEach (docs/plans.md)."""
+    each = step.for_each
+    if each is None:
+        return []
+    sid = step.step_id
+    found: list[tuple[str, str, str, dict[str, object]]] = []
+    if (each.step is None) == (each.param is None):
+        found.append(("source_missing", "forEach needs exactly one of step and param",
+                      "forEach", {}))
+    elif each.step is not None and each.step not in set(plan.step_ids):
+        found.append(("unknown_source_step", f"forEach reads unknown step {each.step!r}",
+                      "forEach/step", {"source": each.step}))
+    elif each.step is not None and each.step not in settled_before(plan, sid):
+        found.append(("source_not_settled", f"forEach reads step {each.step!r}, which is not "
+                      "settled before this step (name a dependency reached through 'all' "
+                      "joins)", "forEach/step", {"source": each.step}))
+    if each.max_items is None:
+        found.append(("bound_missing", "forEach needs maxItems", "forEach", {}))
+    elif each.max_items > MAX_FOR_EACH_ITEMS:
+        found.append(("bound_too_large", f"forEach maxItems {each.max_items} is above "
+                      f"{MAX_FOR_EACH_ITEMS}", "forEach/maxItems",
+                      {"maxItems": each.max_items, "limit": MAX_FOR_EACH_ITEMS}))
+    prefix = f"{sid}["
+    taken = [s for s in plan.step_ids if s.startswith(prefix)]
+    if taken:
+        found.append(("child_id_taken", f"step {taken[0]!r} has the id of a forEach child",
+                      "forEach", {"taken": taken[0]}))
+    if each.when is not None:
+        try:
+            names = set(cel_module().compile(each.when).variables())
+        except (ValueError, RuntimeError) as exc:
+            found.append(("when_syntax", str(exc).splitlines()[0][:500], "forEach/when", {}))
+        else:
+            extra = sorted(names - CONDITION_VARIABLES - {"item", "index"})
+            if extra:
+                found.append(("when_variable", f"forEach.when reads unknown variable "
+                              f"{extra[0]!r}", "forEach/when", {"name": extra[0]}))
+    return [Problem(ErrorCode.PLAN_FOREACH_INVALID, safe(f"step {sid!r}: {message}"),
+                    path=f"/steps/{i}/{field}", step_id=sid,
+                    details={"rule": rule, "stepId": sid, **details})
+            for rule, message, field, details in found]
+
+
 def flow_problems(plan: ExecutionPlan) -> list[Problem]:
-    """PLAN_JOIN_INVALID and PLAN_CONDITION_INVALID problems of a plan, in plan order."""
+    """PLAN_JOIN_INVALID, PLAN_CONDITION_INVALID and PLAN_FOREACH_INVALID problems of a plan,
+    in plan order."""
     problems: list[Problem] = []
     groups = plan.metadata.group_limits
     for i, step in enumerate(plan.steps):
@@ -59,4 +110,5 @@ def flow_problems(plan: ExecutionPlan) -> list[Problem]:
                 ErrorCode.PLAN_CONDITION_INVALID,
                 safe(f"step {sid!r}: condition {found.message}"),
                 path=f"/steps/{i}/when", step_id=sid, details=details))
+        problems.extend(_for_each_problems(plan, i, step))
     return problems

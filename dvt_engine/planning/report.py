@@ -21,6 +21,7 @@ from dvt_engine.planning.capabilities import (
     FLOW_BOUNDED_CONCURRENCY,
     FLOW_CONDITIONS,
     FLOW_FEATURES,
+    FLOW_FOR_EACH,
     FLOW_PARTIAL_JOIN,
     emulation_for,
     flow_support,
@@ -55,6 +56,7 @@ FIELD_INTRODUCED_IN: Mapping[tuple[str, str], str] = {
     ("step", "concurrencyGroup"): "v1.3",
     ("step", "join"): "v1.3",
     ("step", "when"): "v1.3",
+    ("step", "forEach"): "v1.3",
 }
 
 def _plan_document(plan: ExecutionPlan) -> dict[str, Any]:
@@ -205,6 +207,7 @@ def _flow_features_used(doc: dict[str, Any]) -> tuple[str, ...]:
         FLOW_PARTIAL_JOIN: any("join" in s and s["join"] not in ("all", {"mode": "all"})
                                for s in steps),
         FLOW_CONDITIONS: any("when" in s for s in steps),
+        FLOW_FOR_EACH: any("forEach" in s for s in steps),
     }
     return tuple(f for f in FLOW_FEATURES if used[f])
 

@@ -42,6 +42,11 @@ class ConditionProblem:
     name: str | None = None
 
 
+def cel_module() -> Any:
+    """The CEL bindings (imported on first use)."""
+    return _cel()
+
+
 def _cel() -> Any:
     import cel  # loaded only by plans that have conditions
 
