@@ -62,9 +62,11 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-Count = Annotated[int, BeforeValidator(_whole_number), Strict(), Field(ge=1, le=MAX_LIMIT)]
-Bytes = Annotated[int, BeforeValidator(_whole_number), Strict(),
-                  Field(ge=1, le=MAX_PLAN_BYTES_LIMIT)]
+# The validator comes last so it wraps the constrained integer (and runs first), which keeps
+# the bounds in the JSON Schema as minimum and maximum.
+Count = Annotated[int, Strict(), Field(ge=1, le=MAX_LIMIT), BeforeValidator(_whole_number)]
+Bytes = Annotated[int, Strict(), Field(ge=1, le=MAX_PLAN_BYTES_LIMIT),
+                  BeforeValidator(_whole_number)]
 # Settings come from environment text, so they may not be strict.
 _SettingCount = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
 _SettingBytes = Annotated[int, Field(ge=1, le=MAX_PLAN_BYTES_LIMIT)]

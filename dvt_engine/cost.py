@@ -173,8 +173,9 @@ class UsageWindow:
         """Check a query (YYYY-MM-DD dates; default: this month so far); USAGE_QUERY_INVALID."""
         day = today or datetime.now(UTC).date()
         try:
-            first = date.fromisoformat(start) if start else day.replace(day=1)
-            last = date.fromisoformat(end) if end else day + timedelta(days=1)
+            # Only an absent date takes the default: `to=` is a date that is not there.
+            first = date.fromisoformat(start) if start is not None else day.replace(day=1)
+            last = date.fromisoformat(end) if end is not None else day + timedelta(days=1)
         except (TypeError, ValueError):
             raise UsageQueryInvalid("from and to must be dates like 2026-11-01",
                                     details={"from": start, "to": end}) from None

@@ -129,7 +129,8 @@ def test_rows_are_canonical_whatever_order_runs_are_read_in() -> None:
     ("2026-13-01", "2026-12-01", None), ("yesterday", None, None),
     ("2026-11-05", "2026-11-05", None),
     ("2026-12-01", "2026-11-01", None), ("2020-01-01", "2026-01-01", None),
-    ("2026-11-01", "2026-12-01", "tenant"), ("2026-11-01T00:00:00", "2026-12-01", None)])
+    ("2026-11-01", "2026-12-01", "tenant"), ("2026-11-01T00:00:00", "2026-12-01", None),
+    ("2026-11-01", "", None), ("", None, None)])
 def test_bad_usage_queries_are_coded(start: str, end: str | None, group_by: str | None) -> None:
     with pytest.raises(UsageQueryInvalid) as caught:
         UsageWindow.parse(start, end, group_by)

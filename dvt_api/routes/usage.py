@@ -15,12 +15,17 @@ router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
 @router.get("", summary="The tenant's usage in a window of days")
 async def get_usage(
-    start: str | None = Query(default=None, alias="from",
-                              description="First UTC day, YYYY-MM-DD (default: this month)"),
-    end: str | None = Query(default=None, alias="to",
-                            description="Day after the last, YYYY-MM-DD (default: tomorrow)"),
+    # Read as text so a bad value is USAGE_QUERY_INVALID like every other refusal of this
+    # route; the document still says what is expected.
+    start: str | None = Query(default=None, alias="from", max_length=10,
+                              description="First UTC day, YYYY-MM-DD (default: this month)",
+                              json_schema_extra={"format": "date"}),
+    end: str | None = Query(default=None, alias="to", max_length=10,
+                            description="Day after the last, YYYY-MM-DD (default: tomorrow)",
+                            json_schema_extra={"format": "date"}),
     group_by: str | None = Query(default=None, alias="groupBy",
-                                 description="plan (default), run or day"),
+                                 description="plan (default), run or day",
+                                 json_schema_extra={"enum": ["plan", "run", "day"]}),
     who: Principal = role(ApiRole.READER), svc: Services = Depends(services),
 ) -> JSONResponse:
     """``{from, to, totalUnits, items: [{key, runs, computeUnits, dataUnits, totalUnits}]}``,

@@ -2064,7 +2064,7 @@ export interface operations {
                 /** @description Day after the last, YYYY-MM-DD (default: tomorrow) */
                 to?: string | null;
                 /** @description plan (default), run or day */
-                groupBy?: string | null;
+                groupBy?: "plan" | "run" | "day";
             };
             header?: never;
             path?: never;
