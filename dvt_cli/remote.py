@@ -28,6 +28,7 @@ from dvt_cli.runs import (
     exit_code_for,
     print_dag,
     print_report,
+    print_run_list,
 )
 from dvt_client import ApiError, AsyncClient, ConnectionFailed
 from dvt_client import Run as ApiRun
@@ -258,17 +259,7 @@ async def list_runs(remote: Remote, query: RunQuery) -> int:
             rows.append(RunSummary.model_validate(run.model_dump(mode="json", by_alias=True)))
             if len(rows) >= query.limit:
                 break
-    if remote.json:
-        out.emit_json({"runs": [r.model_dump(mode="json") for r in rows]})
-        return out.EXIT_OK
-    if not rows:
-        out.say("no runs")
-    for r in rows:
-        status = str(r.status) + (f" ({r.substatus})" if r.substatus else "")
-        shown = "".join(f"  {k}:{v}" for k, v in r.labels.items())
-        out.say(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
-                f"{r.created_at.isoformat(timespec='seconds')}{shown}")
-    return out.EXIT_OK
+    return print_run_list(rows, as_json=remote.json)
 
 
 async def send_signal(remote: Remote, options: SignalOptions) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,7 +29,7 @@ from dvt_engine.identifiers import validate_identifier
 from dvt_engine.labels import parse_label_pairs
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
 from dvt_engine.models.plan import PlanRef
-from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader, RunStatus
+from dvt_engine.models.run import EngineRunRef, RunContext, RunHeader, RunStatus, RunSummary
 from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.models.validation import ValidationReport
@@ -346,17 +346,7 @@ async def list_runs(settings: Settings, query: RunQuery) -> int:
         rows = await store.list_runs(settings.identity.tenant, status=wanted,
                                      plan_id=query.plan_id, labels=labels or None,
                                      limit=query.limit)
-    if settings.json:
-        out.emit_json({"runs": [r.model_dump(mode="json") for r in rows]})
-        return out.EXIT_OK
-    if not rows:
-        out.say("no runs")
-    for r in rows:
-        status = str(r.status) + (f" ({r.substatus})" if r.substatus else "")
-        shown = "".join(f"  {k}:{v}" for k, v in r.labels.items())
-        out.say(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
-                   f"{r.created_at.isoformat(timespec='seconds')}{shown}")
-    return out.EXIT_OK
+    return print_run_list(rows, as_json=settings.json)
 
 
 # --- signal -------------------------------------------------------------------------------
@@ -473,3 +463,18 @@ def _run_ref(engine: Any, header: RunHeader, snapshot: RunSnapshot) -> EngineRun
                          details={"hint": "Wait until the run has started."})
     made: EngineRunRef = maker(header)
     return made
+
+
+def print_run_list(rows: Sequence[RunSummary], *, as_json: bool) -> int:
+    """Print `dvt runs` output (one line per run, or the JSON document); local and remote."""
+    if as_json:
+        out.emit_json({"runs": [r.model_dump(mode="json") for r in rows]})
+        return out.EXIT_OK
+    if not rows:
+        out.say("no runs")
+    for r in rows:
+        status = str(r.status) + (f" ({r.substatus})" if r.substatus else "")
+        shown = "".join(f"  {k}:{v}" for k, v in r.labels.items())
+        out.say(f"{r.run_id}  {status:<10}  {r.plan_id}@{r.plan_version}  {r.engine}  "
+                f"{r.created_at.isoformat(timespec='seconds')}{shown}")
+    return out.EXIT_OK
