@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -16,6 +15,7 @@ from dvt_engine.models.events import Event
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunHeader, StepOutline
 from dvt_engine.ports import RunStateStore, TenantCursor, TenantEvent
+from dvt_engine.waiting import cancel_and_wait
 
 StoreFactory = Callable[[], Awaitable[RunStateStore]]
 WAIT_S = 15.0  # upper bound for anything the suite waits on; never a pause
@@ -119,9 +119,7 @@ class Collector:
 
     async def stop(self) -> None:
         """Stop consuming."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
 
 class TenantCollector:
@@ -180,9 +178,7 @@ class TenantCollector:
 
     async def stop(self) -> None:
         """Stop consuming."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
 
 class StoreSuiteBase:

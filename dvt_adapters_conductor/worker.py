@@ -15,7 +15,6 @@ and comes back never loses one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -34,6 +33,7 @@ from dvt_engine.rules.cancel import DEFAULT_CANCEL_REASON, step_cancel_reason
 from dvt_engine.rules.failure import keeps_failed_attempt
 from dvt_engine.steps.context import CancelToken
 from dvt_engine.steps.runner import StepOutcome
+from dvt_engine.waiting import cancel_and_wait, settles_within
 
 logger = logging.getLogger("dvt.conductor.worker")
 
@@ -170,8 +170,7 @@ class WorkerHost:
     async def _sweep_loop(self) -> None:
         """Reconcile runs whose timers (gate or operator timeouts) are due."""
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.options.sweep_every_s)
+            await settles_within(self._stopping.wait(), self.options.sweep_every_s)
             if self._stopping.is_set():
                 return
             now = time.monotonic()
@@ -209,8 +208,7 @@ class WorkerHost:
     async def _lease_loop(self) -> None:
         """Have the server decide workflows whose step task's lease ran out."""
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.options.lease_check_s)
+            await settles_within(self._stopping.wait(), self.options.lease_check_s)
             if self._stopping.is_set():
                 return
             try:
@@ -328,9 +326,7 @@ class WorkerHost:
         try:
             outcome = await self.coordinator.runner.run(invocation, cancel=token)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
         # The log first, then the run's next moves, then the server: a crash in between is
         # repaired by redelivery, which finds the outcome already recorded.
         await self._reconcile_quietly(ctx)

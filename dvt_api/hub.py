@@ -22,6 +22,7 @@ from prometheus_client import Gauge
 from dvt_api.metrics import ApiMetrics
 from dvt_engine.eventlog import utc_now
 from dvt_engine.ports import RunStateStore, TenantCursor, TenantEvent
+from dvt_engine.waiting import cancel_and_wait
 
 log = logging.getLogger("dvt_api")
 
@@ -113,12 +114,9 @@ class TenantHub:
         for feed in feeds:
             for client in list(feed.clients):
                 self._drop(client, feed)
-            if feed.task is not None:
-                feed.task.cancel()
         for feed in feeds:
             if feed.task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await feed.task
+                await cancel_and_wait(feed.task)
         self._metrics.sse_followers.dec(len(feeds))
 
     async def _follow(self, tenant_id: str, feed: _Feed) -> None:

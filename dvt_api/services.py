@@ -34,6 +34,7 @@ from dvt_engine.steps.registry import HandlerRegistry, default_registry
 from dvt_engine.stores.memory_access import MemoryAccessStore
 from dvt_engine.stores.memory_admission import MemoryAdmissionStore
 from dvt_engine.stores.memory_webhooks import MemoryWebhookStore
+from dvt_engine.waiting import cancel_and_wait
 from dvt_engine.webhooks import WebhookStore
 
 
@@ -132,9 +133,7 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
         purger = asyncio.create_task(_purge_forever(access), name="dvt-idempotency-purge")
 
         async def stop_purger() -> None:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            await cancel_and_wait(purger)
 
         stack.push_async_callback(stop_purger)
         stack.push_async_callback(engine.close)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from typing import Any
 
@@ -12,6 +11,7 @@ from dvt_cli.ops import _pg_url
 from dvt_cli.settings import Settings
 from dvt_engine.audit_keys import generate_key, load_keyring, load_signer
 from dvt_engine.errors import UsageError
+from dvt_engine.waiting import settles_within
 
 
 async def _open(settings: Settings) -> Any:
@@ -67,8 +67,7 @@ async def _stopped(seconds: float) -> bool:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        await settles_within(stop.wait(), seconds)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

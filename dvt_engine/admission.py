@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from dvt_engine.idempotency import run_request_key
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunContext, RunStatus
 from dvt_engine.ports import RunStateStore, WorkflowEngine
+from dvt_engine.waiting import cancel_and_wait, settles_within
 
 log = logging.getLogger("dvt_engine.admission")
 
@@ -451,9 +451,7 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop the loop; a start under way finishes or is taken over after the lease."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _forever(self) -> None:
@@ -465,9 +463,8 @@ class Dispatcher:
                 started = 0
             if not started:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(),
-                                           self.poll_s if self._backlog else self.idle_s)
+                await settles_within(self._wake.wait(),
+                                     self.poll_s if self._backlog else self.idle_s)
 
     async def round(self) -> int:
         """Start at most one queued run per tenant, beginning after the last tenant served."""

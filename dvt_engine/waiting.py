@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from dvt_engine.errors import RunNotFound
 from dvt_engine.models.snapshot import RunSnapshot
@@ -42,7 +43,8 @@ async def wait_for_snapshot(
         raise RuntimeError("follow ended")  # pragma: no cover - follow never ends by itself
 
     try:
-        return await asyncio.wait_for(follow(), timeout)
+        async with asyncio.timeout(timeout):
+            return await follow()
     except TimeoutError:
         raise TimeoutError(
             f"run {run_id} did not reach the expected state within {timeout}s; "
@@ -57,3 +59,31 @@ async def wait_for_terminal(
     return await wait_for_snapshot(
         store, tenant_id, run_id, lambda s: s.status.is_terminal, timeout=timeout
     )
+
+
+async def settles_within(waiting: Awaitable[object], seconds: float | None) -> bool:
+    """True when ``waiting`` finishes within ``seconds``; False when the time runs out first.
+
+    Loops that wait on an event between rounds use this, not ``asyncio.wait_for``: on Python
+    3.11 ``wait_for`` swallows a cancellation that arrives just as the awaited event is set, and
+    a loop stopped by cancelling it then runs on forever (its ``stop()`` never returns).
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await waiting
+    except TimeoutError:
+        return False
+    return True
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a background task and return once it has ended.
+
+    The task's own cancellation is the expected outcome and is dropped; an error it ended with
+    is raised. A cancellation of the caller while it waits still reaches the caller, which
+    ``suppress(CancelledError)`` around ``await task`` would swallow.
+    """
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.result()

@@ -10,7 +10,6 @@ The verifier recomputes every chain from the events of both tiers and compares.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from dvt_engine.audit import (
 )
 from dvt_engine.audit_keys import Keyring, Signer
 from dvt_engine.errors import ArchiveCorrupt, ArchiveUnavailable, AuditBusy
+from dvt_engine.waiting import settles_within
 from dvt_statestore_pg.core import Conn
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.tiers import segment_from_row, segments_query
@@ -246,8 +246,7 @@ async def seal_forever(store: PostgresRunStateStore, signer: Signer, *, interval
             report = SealReport()
         if on_pass is not None:
             on_pass(report)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+        await settles_within(stop.wait(), interval)
 
 
 async def verify(store: PostgresRunStateStore, keyring: Keyring, *, tenant_id: str | None = None,

@@ -34,6 +34,7 @@ from dvt_engine.settings import (
     ReferenceSettings,
     TemporalSettings,
 )
+from dvt_engine.waiting import settles_within
 
 #: Seconds between memory samples.
 SAMPLE_EVERY_S = 5.0
@@ -182,8 +183,7 @@ async def _sampler(servers: Servers, state: LoadState, stop: asyncio.Event) -> N
     me = psutil.Process()
     while not stop.is_set():
         state.rss.append((state.now(), me.memory_info().rss, servers.worker_rss()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
+        await settles_within(stop.wait(), SAMPLE_EVERY_S)
 
 
 async def _chaos(servers: Servers, options: LoadOptions, state: LoadState) -> None:

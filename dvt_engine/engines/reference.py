@@ -43,6 +43,7 @@ from dvt_engine.rules.cancel import DEFAULT_CANCEL_REASON
 from dvt_engine.signals.desired import accepted_signals
 from dvt_engine.signals.service import AcceptedSignal
 from dvt_engine.steps import CancelToken, StepInvocation, StepOutcome, StepRunner
+from dvt_engine.waiting import settles_within
 
 
 class ReferenceEngine(BaseEngine):
@@ -333,11 +334,7 @@ async def _cancelled_within(token: CancelToken, seconds: float) -> bool:
     """Wait up to ``seconds``; True as soon as the token is cancelled."""
     if token.cancelled:
         return True
-    try:
-        await asyncio.wait_for(token.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
+    return await settles_within(token.wait(), seconds)
 
 
 __all__ = ["ReferenceEngine", "RunStatus"]

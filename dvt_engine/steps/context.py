@@ -11,6 +11,7 @@ from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import ArtifactStoreNotConfigured, SecretNotFound, StepCancelled
 from dvt_engine.ports import SecretsProvider, StepContext
 from dvt_engine.secrets import resolve_refs
+from dvt_engine.waiting import settles_within
 
 if TYPE_CHECKING:
     from dvt_engine.steps.invocation import StepInvocation
@@ -156,11 +157,8 @@ class RunnerStepContext(StepContext):
         """Sleep, but raise StepCancelled as soon as the step is asked to stop."""
         if self.cancel_token.cancelled:
             raise _cancelled(self.cancel_token)
-        try:
-            await asyncio.wait_for(self.cancel_token.wait(), timeout=max(0.0, seconds))
-        except TimeoutError:
-            return
-        raise _cancelled(self.cancel_token)
+        if await settles_within(self.cancel_token.wait(), max(0.0, seconds)):
+            raise _cancelled(self.cancel_token)
 
     def check_cancelled(self) -> None:
         """Raise StepCancelled if the step was asked to stop (for CPU-bound loops)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -12,6 +11,7 @@ from dvt_engine.errors import StepCancelled, StepTimeout
 from dvt_engine.ports import StepResult
 from dvt_engine.steps.context import CancelToken
 from dvt_engine.steps.registry import as_step_result
+from dvt_engine.waiting import cancel_and_wait
 
 logger = logging.getLogger("dvt.steps")
 
@@ -43,9 +43,7 @@ async def call_handler(
         await stop_task(work, stop_grace_s)
         raise
     finally:
-        stop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stop
+        await cancel_and_wait(stop)
     if work in done:
         if work.cancelled():
             raise StepCancelled("the handler was cancelled")
