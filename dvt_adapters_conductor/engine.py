@@ -222,8 +222,9 @@ class ConductorEngine(BaseEngine):
         if latest is not None:
             top = int(latest.get("version") or 1)
             for candidate in range(top, max(0, top - _VERSION_SEARCH_LIMIT), -1):
-                found = latest if candidate == top else await api.run(
-                    api.get_workflow_def, name, candidate)
+                found: dict[str, Any] | None = latest
+                if candidate != top:
+                    found = await api.run(api.get_workflow_def, name, candidate)
                 if found is not None and digest_of_definition(found) == digest:
                     self._definitions[digest] = candidate
                     return name, candidate
@@ -234,8 +235,9 @@ class ConductorEngine(BaseEngine):
             await api.run(api.create_workflow_def, definition)
         except ConductorApiError as exc:
             # Another process registered this version first: use it if it is ours.
-            found = await api.run(api.get_workflow_def, name, version)
-            if found is None or digest_of_definition(found) != digest:
+            registered: dict[str, Any] | None = await api.run(api.get_workflow_def, name,
+                                                              version)
+            if registered is None or digest_of_definition(registered) != digest:
                 raise EngineUnavailable(f"cannot register definition {name} v{version}: {exc}",
                                         retryable=True) from exc
         self._definitions[digest] = version

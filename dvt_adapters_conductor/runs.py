@@ -17,7 +17,7 @@ from typing import Any
 
 from dvt_adapters_conductor.api import ConductorApi
 from dvt_adapters_conductor.interpreters import InterpreterCache
-from dvt_adapters_conductor.mapping import gated_positions, workflow_name
+from dvt_adapters_conductor.mapping import chained_after, gated_positions, workflow_name
 from dvt_engine.errors import IllegalTransition
 from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.models.events import Event, EventType
@@ -46,9 +46,11 @@ class RunContext:
     workflow_name: str
     workflow_id: str | None = None
     #: derived from the plan: each step's position, the positions of the steps that head a
-    #: branch (only they have a gate), the approval steps
+    #: branch (only they have a gate), the step each other one is chained after, the approval
+    #: steps
     index: dict[str, int] = field(init=False)
     gated: set[int] = field(init=False)
+    after: dict[int, int] = field(init=False)
     approvals: set[str] = field(init=False)
     #: approval steps whose HUMAN task is known to be closed
     humans_settled: set[str] = field(default_factory=set)
@@ -58,6 +60,7 @@ class RunContext:
     def __post_init__(self) -> None:
         self.index = {s.step_id: i for i, s in enumerate(self.plan.steps)}
         self.gated = gated_positions(self.plan)
+        self.after = chained_after(self.plan)
         self.approvals = {s.step_id for s in self.plan.steps if s.kind == APPROVAL_KIND}
 
     @property

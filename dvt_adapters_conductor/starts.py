@@ -77,14 +77,16 @@ class StartQuestions(RunAccess):
             return interp.would_start(step_id)
 
     def started_with_dependency(self, ctx: RunContext, events: list[Event], step_id: str) -> bool:
-        """Whether the interpreter started a chained step as its dependency last settled (the
-        moment the server started its task), asked of the interpreter rebuilt at that point."""
-        deps = ctx.plan.step(step_id).depends_on
-        if not deps:
+        """Whether the interpreter started a chained step as the step it is chained after last
+        settled (the moment the server started its task), asked of the interpreter rebuilt at
+        that point."""
+        if not ctx.plan.step(step_id).depends_on:
             return True  # a first step: started with the run
-        if len(deps) != 1:
+        prior = ctx.after.get(ctx.index[step_id])
+        if prior is None:
             return False
-        settled = [e for e in events if e.step_id == deps[0] and e.event_type in (
+        previous = ctx.plan.steps[prior].step_id
+        settled = [e for e in events if e.step_id == previous and e.event_type in (
             EventType.STEP_COMPLETED, EventType.STEP_SKIPPED)]
         if not settled or settled[-1].run_seq is None:
             return False
