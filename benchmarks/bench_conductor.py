@@ -202,7 +202,8 @@ def _context(tag: str) -> Any:
 
 
 async def run_dvt_benchmarks(
-    server_url: str, quick: bool, bare_chain: Callable[[], float] | None = None
+    server_url: str, quick: bool, bare_chain: Callable[[], float] | None = None,
+    server_pid: int | None = None,
 ) -> dict[str, float]:
     """dvt's figures on the same server: the engine with an embedded worker host.
 
@@ -240,18 +241,36 @@ async def run_dvt_benchmarks(
             await wait_for_terminal(store, "bench", warm, timeout=300)
         per_run: list[float] = []
         bare_runs: list[float] = []
+        # CPU seconds (this process, the server) of each chain: wall time on a loaded machine
+        # is mostly the wait for a CPU.
+        cpu: dict[str, list[tuple[float, float]]] = {"dvt": [], "bare": []}
+
+        async def bare_round() -> None:
+            assert bare_chain is not None
+            c0, s0 = time.process_time(), cpu_s(server_pid)
+            bare_runs.append(await asyncio.to_thread(bare_chain))
+            cpu["bare"].append((time.process_time() - c0, cpu_s(server_pid) - s0))
+
         for r in range(3 if quick else 5):
             if bare_chain is not None and r % 2 == 0:
-                bare_runs.append(await asyncio.to_thread(bare_chain))
-            t0 = time.perf_counter()
+                await bare_round()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_s(server_pid)
             run_id = await one(seq_ref, "seq")
             await wait_for_terminal(store, "bench", run_id, timeout=300)
             per_run.append(time.perf_counter() - t0)
+            cpu["dvt"].append((time.process_time() - c0, cpu_s(server_pid) - s0))
             if bare_chain is not None and r % 2 == 1:
-                bare_runs.append(await asyncio.to_thread(bare_chain))
+                await bare_round()
         out["per_step_ms"] = statistics.median(per_run) / chain * 1000
+        out["cpu_per_step_ms"] = statistics.median(c for c, _ in cpu["dvt"]) / chain * 1000
+        out["server_cpu_per_step_ms"] = statistics.median(
+            s for _, s in cpu["dvt"]) / chain * 1000
         if bare_runs:
             out["bare_per_step_ms"] = statistics.median(bare_runs) / chain * 1000
+            out["bare_cpu_per_step_ms"] = statistics.median(
+                c for c, _ in cpu["bare"]) / chain * 1000
+            out["bare_server_cpu_per_step_ms"] = statistics.median(
+                s for _, s in cpu["bare"]) / chain * 1000
         starts, started = [], []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -314,7 +333,8 @@ def bench_bare_pause(clients: OrkesClients, quick: bool) -> dict[str, float]:
     return {"pause_p50_ms": pct(times, 50) * 1000, "pause_p99_ms": pct(times, 99) * 1000}
 
 
-def bench_dvt(server_url: str, quick: bool, clients: OrkesClients) -> dict[str, float]:
+def bench_dvt(server_url: str, quick: bool, clients: OrkesClients,
+              server_pid: int | None = None) -> dict[str, float]:
     """dvt's figures, the per-step one alternating with bare chains of the same length."""
     chain = 10 if quick else 20
     seq = register_bare(clients, chain, parallel=False)
@@ -325,7 +345,7 @@ def bench_dvt(server_url: str, quick: bool, clients: OrkesClients) -> dict[str, 
         return time.perf_counter() - t0
 
     with BareWorkers(clients, BARE_TASK):
-        return asyncio.run(run_dvt_benchmarks(server_url, quick, bare_chain))
+        return asyncio.run(run_dvt_benchmarks(server_url, quick, bare_chain, server_pid))
 
 
 def bench_bare_long(clients: OrkesClients, sizes: list[int]) -> dict[int, float]:
@@ -364,6 +384,21 @@ async def run_dvt_long(server_url: str, sizes: list[int]) -> dict[int, float]:
     return out
 
 
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when unknown (not Linux).
+
+    Under a loaded machine wall time mostly measures the wait for a CPU; CPU time measures the
+    work done, so both are reported.
+    """
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def window_plan(n: int, width: int = 3) -> dict[str, Any]:
     """A plan of ``n`` noop steps, each depending on the ``width`` steps before it."""
     steps = [{"stepId": f"s{i:05d}", "kind": "noop",
@@ -372,9 +407,10 @@ def window_plan(n: int, width: int = 3) -> dict[str, Any]:
     return _plan(f"bench-scale-{n}", steps)
 
 
-async def run_scale(server_url: str, sizes: list[int],
-                    profile: Path | None = None) -> dict[int, dict[str, float]]:
-    """Per size: reference engine and Conductor seconds, the workflow's JSON and definition."""
+async def run_scale(server_url: str, sizes: list[int], profile: Path | None = None,
+                    server_pid: int | None = None) -> dict[int, dict[str, float]]:
+    """Per size: reference engine and Conductor seconds (wall, and CPU of this process and of
+    the server), the workflow's JSON and definition."""
     import cProfile
 
     from dvt_adapters_conductor.engine import ConductorEngine
@@ -409,10 +445,12 @@ async def run_scale(server_url: str, sizes: list[int],
             ctx = _context("scale")
             if profiler is not None:
                 profiler.enable()
-            t0 = time.perf_counter()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_s(server_pid)
             run_ref = await engine.start_run(ref, ctx)
             snap = await wait_for_terminal(store, "bench", ctx.run_id, timeout=7200)
             row["conductor_s"] = time.perf_counter() - t0
+            row["dvt_cpu_s"] = time.process_time() - c0
+            row["server_cpu_s"] = cpu_s(server_pid) - s0
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(str(profile))
@@ -435,10 +473,12 @@ async def run_scale(server_url: str, sizes: list[int],
 def print_scale(rows: dict[int, dict[str, float]]) -> None:
     """The scale table: one line per plan size."""
     print(f"{'steps':>7} {'reference s':>12} {'ms/step':>8} {'conductor s':>12} {'ms/step':>8} "
+          f"{'dvt cpu ms/step':>16} {'server cpu ms/step':>19} "
           f"{'workflow KB':>12} {'tasks':>6} {'def KB':>8} {'checksum':>9}")
     for n, r in rows.items():
         print(f"{n:7d} {r['reference_s']:12.1f} {r['reference_s'] / n * 1000:8.1f} "
               f"{r['conductor_s']:12.1f} {r['conductor_s'] / n * 1000:8.1f} "
+              f"{r['dvt_cpu_s'] / n * 1000:16.1f} {r['server_cpu_s'] / n * 1000:19.1f} "
               f"{r['workflow_kb']:12.0f} {r['workflow_tasks']:6.0f} {r['definition_kb']:8.0f} "
               f"{'same' if r['same_checksum'] else 'DIFFERS':>9}")
 
@@ -458,38 +498,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, nargs="*", default=[],
                         help="only run plans of these sizes (each step depends on the 3 before)")
     parser.add_argument("--profile", type=Path, help="cProfile of the largest --scale run")
+    parser.add_argument("--server-pid", type=int,
+                        help="the --server-url server's process, for its CPU time")
     args = parser.parse_args(argv)
     if args.scale:
         with ExitStack() as stack:
-            url = args.server_url
+            url, pid = args.server_url, args.server_pid
             if url is None:
                 data_dir = Path(stack.enter_context(
                     tempfile.TemporaryDirectory(prefix="dvt-bench-")))
                 server = stack.enter_context(ConductorServer(data_dir=data_dir))
-                url = server.api_url
-            print_scale(asyncio.run(run_scale(url, args.scale, args.profile)))
+                url, pid = server.api_url, server.pid
+            print_scale(asyncio.run(run_scale(url, args.scale, args.profile, pid)))
         return 0
     long_bare: dict[int, float] = {}
     long_dvt: dict[int, float] = {}
     with ExitStack() as stack:
         server_info: dict[str, Any] = {}
-        url = args.server_url
+        url, server_pid = args.server_url, args.server_pid
         if url is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dvt-bench-")))
             server = ConductorServer(data_dir=data_dir)
             server.start()
             stack.callback(server.stop)
-            url = server.api_url
+            url, server_pid = server.api_url, server.pid
             server_info = {"start_s": server.started_in_s,
                            "rss_mb": (server.rss_bytes() or 0) / 2**20}
         clients = OrkesClients(configuration=Configuration(server_api_url=url))
         bare = bench_bare(clients, args.quick)
         bare.update(bench_bare_pause(clients, args.quick))
-        dvt = bench_dvt(url, args.quick, clients)
+        dvt = bench_dvt(url, args.quick, clients, server_pid)
         # The per-step rows come from the alternating rounds; the bare-only figure, measured
         # before dvt's, stays in `bare_first_per_step_ms` for comparison.
         bare["bare_first_per_step_ms"] = bare["per_step_ms"]
         bare["per_step_ms"] = dvt.pop("bare_per_step_ms")
+        bare["cpu_per_step_ms"] = dvt.pop("bare_cpu_per_step_ms")
+        bare["server_cpu_per_step_ms"] = dvt.pop("bare_server_cpu_per_step_ms")
         if args.long:
             long_bare = bench_bare_long(clients, args.long)
             long_dvt = asyncio.run(run_dvt_long(url, args.long))
@@ -502,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
               f"after start, {server_info['rss_after_mb']:.0f} MB after the benchmarks")
     rows: list[tuple[str, Callable[[dict[str, float]], float | None]]] = [
         ("per-step overhead, chain (ms)", lambda d: d.get("per_step_ms")),
+        ("  CPU of the client process (ms/step)", lambda d: d.get("cpu_per_step_ms")),
+        ("  CPU of the server (ms/step)", lambda d: d.get("server_cpu_per_step_ms")),
         ("  bare alone, before dvt (ms)", lambda d: d.get("bare_first_per_step_ms")),
         ("start latency p50 (ms)", lambda d: d.get("start_p50_ms")),
         ("start latency p99 (ms)", lambda d: d.get("start_p99_ms")),

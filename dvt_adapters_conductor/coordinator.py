@@ -82,8 +82,9 @@ class RunCoordinator(ConductorActions, StartQuestions):
         if wid is None:
             return result  # launch has not started the workflow yet
         if workflow is None:
-            # Without tasks: a large plan's task list is big; gate ids are fetched when needed.
-            workflow = await self.api.run(self.api.get_workflow, wid, False)
+            # Its status only: a large plan's task list and definition are big; gate ids are
+            # fetched when needed.
+            workflow = await self.api.run(self.api.get_workflow_state, wid)
         self._remember_gates(ctx, workflow)
         if snap.status.is_terminal:
             await self._end_workflow(ctx, workflow, snap.status)
@@ -108,7 +109,7 @@ class RunCoordinator(ConductorActions, StartQuestions):
             self.timers[ctx.key] = min(self.timers.get(ctx.key, float("inf")),
                                        time.monotonic() + 0.5)
         if result.snapshot.status.is_terminal:
-            workflow = await self.api.run(self.api.get_workflow, wid, False)
+            workflow = await self.api.run(self.api.get_workflow_state, wid)
             await self._end_workflow(ctx, workflow, result.snapshot.status)
         return result
 

@@ -348,7 +348,8 @@ class ConductorEngine(BaseEngine):
                    if s.type != SignalType.CANCEL]
             skips = any(s.type == SignalType.SKIP_STEP for s in due)
             # The task list only where the signal acts on tasks (it is large for large plans).
-            workflow = await api.run(api.get_workflow, wid, skips)
+            workflow = await (api.run(api.get_workflow, wid, True) if skips
+                              else api.run(api.get_workflow_state, wid))
             # Steps whose start was already carried out count as running, as they do for the
             # interpreter that started them: a rejected gate must not end a failFast run
             # before a sibling that was due to start has run.
@@ -438,7 +439,7 @@ class ConductorEngine(BaseEngine):
         header = await self._header_for_ref(run_ref)
         coordinator, ctx, wid = await self._ctx(header.tenant_id, header.run_id)
         snap = await coordinator._snapshot(ctx)
-        workflow = await coordinator.api.run(coordinator.api.get_workflow, wid, False)
+        workflow = await coordinator.api.run(coordinator.api.get_workflow_state, wid)
         return RunStatusSnapshot(
             run_id=header.run_id, status=snap.status, substatus=snap.substatus,
             message=f"conductor workflow {wid} {workflow.get('status')}",
@@ -460,6 +461,6 @@ class ConductorEngine(BaseEngine):
 
 async def _resume_if_paused(api: ConductorApi, wid: str) -> None:
     """Resume the server's workflow unless it already runs (the server refuses that)."""
-    workflow = await api.run(api.get_workflow, wid, False)
+    workflow = await api.run(api.get_workflow_state, wid)
     if workflow.get("status") == "PAUSED":
         await api.run(api.resume, wid)

@@ -396,8 +396,8 @@ class WorkerHost:
     async def _cancel_reason(self, task: dict[str, Any]) -> str:
         """The reason the run was cancelled with (as the interpreter words it)."""
         try:
-            workflow = await self.api.run(self.api.get_workflow,
-                                          str(task["workflowInstanceId"]), False)
+            workflow = await self.api.run(self.api.get_workflow_state,
+                                          str(task["workflowInstanceId"]))
         except Exception:
             return DEFAULT_CANCEL_REASON
         _cancelled, reason = cancel_reason_of(workflow)
