@@ -78,6 +78,9 @@ class ReconcileResult:
     snapshot: RunSnapshot | None = None
     #: gate openings not yet awaited
     pending: list[Awaitable[Any]] = field(default_factory=list)
+    #: the run's next moves needed nothing of the server, so its workflow was not read: the
+    #: caller looks at the workflow's status after reporting (a cancel is found there)
+    deferred: bool = False
 
 
 def correlation_id(header: RunHeader) -> str:

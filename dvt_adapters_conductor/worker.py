@@ -329,28 +329,46 @@ class WorkerHost:
             await cancel_and_wait(watcher)
         # The log first, then the run's next moves, then the server: a crash in between is
         # repaired by redelivery, which finds the outcome already recorded.
-        await self._reconcile_quietly(ctx)
+        deferred = await self._reconcile_quietly(ctx, defer=True)
         await self._report(ctx, task, outcome)
+        if deferred:
+            await self._reconcile_if_cancelled(ctx, task)
 
-    async def _reconcile_quietly(self, ctx: RunContext) -> None:
+    async def _reconcile_if_cancelled(self, ctx: RunContext, task: dict[str, Any]) -> None:
+        """After a deferred reconcile's report: a workflow terminated meanwhile (a cancel)
+        is reconciled in full, which ends the run as cancelled."""
+        try:
+            state = await self.api.run(self.api.get_workflow_state,
+                                       str(task["workflowInstanceId"]))
+            cancelled, _reason = cancel_reason_of(state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.info("status of run %s not read (%s); reconciling", ctx.header.run_id, exc)
+            cancelled = True
+        if cancelled:
+            await self._reconcile_quietly(ctx)
+
+    async def _reconcile_quietly(self, ctx: RunContext, *, defer: bool = False) -> bool:
         """Reconcile, retried while the server is unreachable: a gate this reconcile should
-        open has nobody else to open it. Any other failure is logged and the report follows."""
+        open has nobody else to open it. Any other failure is logged and the report follows.
+        True when the reconcile deferred reading the workflow (see ``reconcile``)."""
         delay = 0.2
         while True:
             try:
-                await self.coordinator.reconcile(ctx, force=True)
-                return
+                result = await self.coordinator.reconcile(ctx, force=True, defer=defer)
+                return result.deferred
             except asyncio.CancelledError:
                 raise
             except EngineUnavailable as exc:
                 if not exc.retryable:
                     logger.warning("reconcile of run %s failed: %s", ctx.header.run_id, exc)
-                    return
+                    return False
                 logger.warning("reconcile of run %s waits for the server: %s",
                                ctx.header.run_id, exc)
             except Exception as exc:
                 logger.warning("reconcile of run %s failed: %s", ctx.header.run_id, exc)
-                return
+                return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.options.retry_max_s)
 
