@@ -408,9 +408,10 @@ def window_plan(n: int, width: int = 3) -> dict[str, Any]:
 
 
 async def run_scale(server_url: str, sizes: list[int], profile: Path | None = None,
-                    server_pid: int | None = None) -> dict[int, dict[str, float]]:
+                    server_pid: int | None = None,
+                    bare: bool = False) -> dict[int, dict[str, float]]:
     """Per size: reference engine and Conductor seconds (wall, and CPU of this process and of
-    the server), the workflow's JSON and definition."""
+    the server), the workflow's JSON and definition; with ``bare`` a bare chain's too."""
     import cProfile
 
     from dvt_adapters_conductor.engine import ConductorEngine
@@ -436,6 +437,13 @@ async def run_scale(server_url: str, sizes: list[int], profile: Path | None = No
             checks.append(snapshot_checksum(snap))
         finally:
             await reference.close()
+        if bare:
+            # The floor: a bare conductor-python chain of as many no-op tasks (one branch,
+            # as the mapping makes of this plan).
+            clients = OrkesClients(configuration=Configuration(server_api_url=server_url))
+            s0 = cpu_s(server_pid)
+            row["bare_s"] = (await asyncio.to_thread(bench_bare_long, clients, [n]))[n]
+            row["bare_server_cpu_s"] = cpu_s(server_pid) - s0
         store = MemoryRunStateStore()
         engine = ConductorEngine(store, server_url=server_url,
                                  task_prefix=f"bench{uuid.uuid4().hex[:8]}")
@@ -476,6 +484,10 @@ def print_scale(rows: dict[int, dict[str, float]]) -> None:
           f"{'dvt cpu ms/step':>16} {'server cpu ms/step':>19} "
           f"{'workflow KB':>12} {'tasks':>6} {'def KB':>8} {'checksum':>9}")
     for n, r in rows.items():
+        if "bare_s" in r:
+            print(f"{n:7d} bare conductor-python chain: {r['bare_s']:.1f} s "
+                  f"({r['bare_s'] / n * 1000:.1f} ms/step), server cpu "
+                  f"{r['bare_server_cpu_s'] / n * 1000:.1f} ms/step")
         print(f"{n:7d} {r['reference_s']:12.1f} {r['reference_s'] / n * 1000:8.1f} "
               f"{r['conductor_s']:12.1f} {r['conductor_s'] / n * 1000:8.1f} "
               f"{r['dvt_cpu_s'] / n * 1000:16.1f} {r['server_cpu_s'] / n * 1000:19.1f} "
@@ -498,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, nargs="*", default=[],
                         help="only run plans of these sizes (each step depends on the 3 before)")
     parser.add_argument("--profile", type=Path, help="cProfile of the largest --scale run")
+    parser.add_argument("--bare", action="store_true",
+                        help="with --scale: also time a bare chain of each size")
     parser.add_argument("--server-pid", type=int,
                         help="the --server-url server's process, for its CPU time")
     args = parser.parse_args(argv)
@@ -509,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                     tempfile.TemporaryDirectory(prefix="dvt-bench-")))
                 server = stack.enter_context(ConductorServer(data_dir=data_dir))
                 url, pid = server.api_url, server.pid
-            print_scale(asyncio.run(run_scale(url, args.scale, args.profile, pid)))
+            print_scale(asyncio.run(run_scale(url, args.scale, args.profile, pid, args.bare)))
         return 0
     long_bare: dict[int, float] = {}
     long_dvt: dict[int, float] = {}

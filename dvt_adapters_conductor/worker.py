@@ -437,8 +437,22 @@ class WorkerHost:
                     token.cancel(await self._cancel_reason(task))
                 return
             if time.monotonic() - last_lease >= lease_every:
+                if await self._workflow_terminated(task):
+                    # A terminate that raced a lease extension can leave the task IN_PROGRESS
+                    # in a TERMINATED workflow: the workflow's status is the cancel then.
+                    token.cancel(await self._cancel_reason(task))
+                    return
                 await self._extend_lease(task)
                 last_lease = time.monotonic()
+
+    async def _workflow_terminated(self, task: dict[str, Any]) -> bool:
+        """Whether the task's workflow was cancelled (one try; False when unknown)."""
+        try:
+            state = await self.api.run(self.api.get_workflow_state,
+                                       str(task["workflowInstanceId"]))
+        except Exception:
+            return False
+        return cancel_reason_of(state)[0]
 
 
 def _epoch_ms(value: Any) -> float:
