@@ -80,7 +80,9 @@ async def test_purge_leaves_no_row_and_no_object_of_the_tenant(
     await seal(store, signer)
     shared = plan_shas(store, [kept[0]])
     only_gone = plan_shas(store, gone) - plan_shas(store, kept)
-    assert shared and only_gone and shared <= plan_shas(store, gone)
+    assert shared
+    assert only_gone
+    assert shared <= plan_shas(store, gone)
     await side_rows(store, GONE, next(iter(only_gone)))
     await side_rows(store, KEPT, next(iter(shared)))
 
@@ -102,7 +104,8 @@ async def test_purge_leaves_no_row_and_no_object_of_the_tenant(
 
     assert report.removed["runs"] == len(gone) == 4
     assert report.objects == len(gone_objects)
-    assert report.checkpoints is not None and report.checkpoints["headsDropped"] >= 4
+    assert report.checkpoints is not None
+    assert report.checkpoints["headsDropped"] >= 4
     # No row of the tenant anywhere, but the tombstone; the other tenant's rows as before.
     rows_after = tenant_rows(store)
     assert rows_after[GONE] == {"dvt_audit_tombstones": 1}
@@ -141,9 +144,12 @@ async def test_purge_leaves_no_row_and_no_object_of_the_tenant(
     [stone] = everything.erasures
     assert (stone["kind"], stone["tenantId"], stone["actor"], stone["signature"]) == (
         "purge", GONE, "alice", "valid")
-    assert stone["removed"]["runs"] == 4 and stone["removed"]["objects"] == len(gone_objects)
+    assert stone["removed"]["runs"] == 4
+    assert stone["removed"]["objects"] == len(gone_objects)
     alone = await verify(store, ring, tenant_id=GONE)
-    assert alone.ok and alone.runs == 0 and [e["kind"] for e in alone.erasures] == ["purge"]
+    assert alone.ok
+    assert alone.runs == 0
+    assert [e["kind"] for e in alone.erasures] == ["purge"]
 
 
 async def test_a_changed_tombstone_or_an_unknown_key_is_a_finding(
@@ -186,7 +192,8 @@ async def test_purge_needs_an_admin_a_key_and_ended_runs(
     before = tenant_rows(store)
     dry = await purge_tenant(store.url, GONE, None, actor="alice", roles=("admin",),
                              dry_run=True)
-    assert dry.removed["runs"] == 1 and dry.removed["events"] == before[GONE]["dvt_events"]
+    assert dry.removed["runs"] == 1
+    assert dry.removed["events"] == before[GONE]["dvt_events"]
     assert tenant_rows(store) == before
 
 
