@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from starlette.responses import StreamingResponse
 
 from dvt_api.auth import Principal, principal, services
-from dvt_api.problems import ApiProblem, HttpCode
+from dvt_api.problems import PROBLEM_TYPE, ApiProblem, HttpCode
 from dvt_api.services import Services
 from dvt_engine.access import ApiRole
 from dvt_engine.errors import UsageError
@@ -35,7 +35,12 @@ def _time(text: str, name: str) -> datetime:
             responses={200: {"content": {"application/x-ndjson": {}},
                              "description": "One event per line (the `dvt events --json` form),"
                                             " then a line {\"manifest\": {rows, hotRows,"
-                                            " coldRows, bytes, sha256, ...}}"}})
+                                            " coldRows, bytes, sha256, ...}}"},
+                       404: {"description": "another tenant named, or a service without the"
+                                            " PostgreSQL store: answered like a missing"
+                                            " resource",
+                             "content": {PROBLEM_TYPE: {"schema": {
+                                 "$ref": "#/components/schemas/Problem"}}}}})
 async def export(
     start: str = Query(alias="from", max_length=40,
                        description="Start of the period (ISO date or time, UTC unless zoned),"
