@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from archive_helpers import drain_outbox, hot_counts, read_all
 from erasure_helpers import local_files, seed_tenant, tenant_rows
@@ -169,3 +170,48 @@ async def test_expiring_sealed_runs_needs_the_signing_key(
     with pytest.raises(ErasureRefused):
         await apply_retention(store.url, str(cold), now=later)
     assert tenant_rows(store)[SHORT]["dvt_runs"] == 2
+
+
+def _when_cutoff_is(day: date) -> datetime:
+    """A time whose one-year term starts on ``day``."""
+    return datetime(day.year + 1, day.month, day.day, 12, tzinfo=UTC)
+
+
+async def test_a_run_goes_whole_and_a_shared_day_partition_waits_for_it(
+    store: PostgresRunStateStore, tmp_path: Path,
+) -> None:
+    cold = tmp_path / "cold"
+    await set_policy(store.url, SHORT, hot_days=0, cold_years=1)
+    [spanning, early] = await seed_tenant(store, SHORT, ["one-step", "diamond"], "w")
+    await drain_outbox(store)
+    today = datetime.now(UTC).date()
+    # `spanning` began two days ago and ended yesterday; `early` ran entirely two days ago.
+    with psycopg.connect(store.config.conninfo, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{store.config.schema}"')
+        conn.execute("UPDATE dvt_events SET persisted_at = persisted_at - interval '1 day'"
+                     " WHERE tenant_id = %s AND run_id = %s", spanning)
+        conn.execute("UPDATE dvt_events SET persisted_at = persisted_at - interval '1 day'"
+                     " WHERE tenant_id = %s AND run_id = %s AND run_seq = 1", spanning)
+        conn.execute("UPDATE dvt_events SET persisted_at = persisted_at - interval '2 days'"
+                     " WHERE tenant_id = %s AND run_id = %s", early)
+    assert (await apply_retention(store.url, str(cold))).archived["runs"] == 2
+    files = local_files(cold)
+    days = sorted({f.split("/day=")[1][:2] for f in files if f.startswith("tenant=")})
+    assert len(days) == 2
+    spanning_reads = await read_all(store, [spanning], ParquetColdReader(str(cold)))
+
+    # Yesterday is the term's first day: `early` is past it, `spanning` is not. The day before
+    # yesterday holds both, so its file stays until `spanning` goes too.
+    first = await apply_retention(store.url, str(cold), now=_when_cutoff_is(
+        today - timedelta(days=1)))
+    assert (first.expired_runs, first.files) == (1, 0)
+    assert local_files(cold) == files
+    assert tenant_rows(store)[SHORT]["dvt_runs"] == 1
+    assert await read_all(store, [spanning], ParquetColdReader(str(cold))) == spanning_reads
+    manifest = next(json.loads((cold / f).read_text()) for f in files if f.startswith("_man"))
+    assert [r["runId"] for r in manifest["runs"]] == [spanning[1]]
+
+    second = await apply_retention(store.url, str(cold), now=_when_cutoff_is(today))
+    assert (second.expired_runs, second.files, second.partitions) == (1, 2, 2)
+    assert local_files(cold) == []
+    assert second.manifests_deleted == 1
