@@ -8,7 +8,9 @@ directory, then measures, each on a store of its own:
   chain, heads and run rows deleted in one transaction, a signed tombstone with every run's
   head, then the Parquet files and manifests deleted;
 - ``tenant purge``: the same store content removed by tenant, the checkpoints re-signed without
-  its heads, the tombstone signed, the tenant's prefix deleted.
+  its heads, the tombstone signed, the tenant's prefix deleted;
+- ``tenant purge (all hot)``: the same, on a store where nothing was archived (every event and
+  outbox row deleted from PostgreSQL).
 
 Run: ``python benchmarks/bench_retention.py`` (``--quick`` for 10,000 events, ``--dsn`` for
 another server, ``--json``).
@@ -37,7 +39,7 @@ from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import create_schema, drop_schema, store_url
 
 
-async def prepared(dsn: str, schema: str, events: int, signer: Signer, cold: Path
+async def prepared(dsn: str, schema: str, events: int, signer: Signer, cold: Path | None
                    ) -> tuple[str, int, int]:
     """A sealed, archived store: (url, runs, events)."""
     drop_schema(dsn, schema)
@@ -49,8 +51,9 @@ async def prepared(dsn: str, schema: str, events: int, signer: Signer, cold: Pat
         await seal(store, signer)
     finally:
         await store.close()
-    report = await archive_runs(url, str(cold), older_than=timedelta(0))
-    assert report.runs == runs, report.to_dict()
+    if cold is not None:
+        report = await archive_runs(url, str(cold), older_than=timedelta(0))
+        assert report.runs == runs, report.to_dict()
     return url, runs, seeded
 
 
@@ -73,6 +76,9 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> dict[str, Any]
             tenant = next((Path(tmp) / "cold-p").glob("tenant=*")).name.split("=", 1)[1]
             purged = await purge_tenant(url2, tenant, signer, actor="bench", roles=("admin",))
             assert purged.removed["runs"] == runs, purged.to_dict()
+            url3, _, _ = await prepared(dsn, "bench_purge_hot", args.events, signer, None)
+            hot = await purge_tenant(url3, tenant, signer, actor="bench", roles=("admin",))
+            assert hot.removed["events"] == events, hot.to_dict()
             store = await PostgresRunStateStore.open(url2)
             try:
                 checked = await verify(store, ring)
@@ -82,11 +88,13 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> dict[str, Any]
         finally:
             drop_schema(dsn, "bench_retention")
             drop_schema(dsn, "bench_purge")
+            drop_schema(dsn, "bench_purge_hot")
     return {"server": server, "runs": runs, "events": events,
             "expire_s": expired.seconds, "expire_events_per_s": events / expired.seconds,
             "expire_files": expired.files, "purge_s": purged.seconds,
             "purge_events_per_s": events / purged.seconds, "purge_objects": purged.objects,
-            "checkpoints_resigned": (purged.checkpoints or {}).get("rewritten")}
+            "checkpoints_resigned": (purged.checkpoints or {}).get("rewritten"),
+            "purge_hot_s": hot.seconds, "purge_hot_events_per_s": events / hot.seconds}
 
 
 def table(r: dict[str, Any]) -> str:
@@ -98,6 +106,8 @@ def table(r: dict[str, Any]) -> str:
         f"tenant purge                 {r['purge_s']:8.2f} s"
         f"  {r['purge_events_per_s']:10,.0f} events/s  {r['purge_objects']} objects,"
         f" checkpoints {r['checkpoints_resigned']} re-signed",
+        f"tenant purge (all hot)       {r['purge_hot_s']:8.2f} s"
+        f"  {r['purge_hot_events_per_s']:10,.0f} events/s",
     ])
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from archive_helpers import drain_outbox, hot_counts, read_all
-from erasure_helpers import local_files, seed_tenant, tenant_rows
+from erasure_helpers import local_files, s3_files, seed_tenant, tenant_rows
 
 from dvt_archive.reader import ParquetColdReader
 from dvt_archive.retention import apply_retention
 from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, load_signer
 from dvt_engine.erasure import RetentionPolicy, cold_cutoff
 from dvt_engine.errors import ErasureRefused, UsageError
+from dvt_local.s3 import S3Server
 from dvt_statestore_pg.audit import seal, verify
 from dvt_statestore_pg.erasure import get_policy, set_policy
 from dvt_statestore_pg.store import PostgresRunStateStore
@@ -215,3 +216,32 @@ async def test_a_run_goes_whole_and_a_shared_day_partition_waits_for_it(
     assert (second.expired_runs, second.files, second.partitions) == (1, 2, 2)
     assert local_files(cold) == []
     assert second.manifests_deleted == 1
+
+
+async def test_expiry_deletes_objects_on_the_s3_protocol_server(
+    store: PostgresRunStateStore, keys: tuple[Signer, Keyring],
+    dvt_s3_server: S3Server, dvt_s3_artifacts_url: str,
+) -> None:
+    signer, ring = keys
+    options = dvt_s3_server.client_options()
+    runs = await _three_tenants(store, signer)
+    await apply_retention(store.url, dvt_s3_artifacts_url, signer=signer, **options)
+    before = s3_files(dvt_s3_server, dvt_s3_artifacts_url)
+    assert [n for n in before if n.startswith(f"tenant={SHORT}/")]
+    reader = ParquetColdReader(dvt_s3_artifacts_url, **options)
+    long_reads = await read_all(store, runs[LONG], reader)
+
+    later = datetime.now(UTC) + timedelta(days=2 * 366)
+    report = await apply_retention(store.url, dvt_s3_artifacts_url, signer=signer, now=later,
+                                   **options)
+    assert report.expired_runs == 2
+    after = s3_files(dvt_s3_server, dvt_s3_artifacts_url)
+    assert not [n for n in after if SHORT in n]
+    for name, data in after.items():
+        assert SHORT not in data.decode("latin-1"), name
+    assert [n for n in after if n.startswith(f"tenant={LONG}/")] == [
+        n for n in before if n.startswith(f"tenant={LONG}/")]
+    assert await read_all(store, runs[LONG], reader) == long_reads
+    store.attach_cold_reader(reader)
+    checked = await verify(store, ring)
+    assert checked.ok, [f.to_dict() for f in checked.findings]
