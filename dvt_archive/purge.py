@@ -45,6 +45,9 @@ ORDERED = ("dvt_outbox", "dvt_events", "dvt_webhook_deliveries", "dvt_webhooks",
 KEPT = ("dvt_audit_tombstones",)
 
 Stage = Callable[[str], None]
+#: The points of a purge (and of a retention expiry) at which ``on_stage`` is called: the
+#: rows are deleted and the transaction not yet committed; it committed, no object deleted yet.
+STAGES = ("removed", "committed")
 
 
 @dataclass
@@ -83,7 +86,7 @@ async def purge_tenant(store_url: str, tenant_id: str, signer: Signer | None, *,
 
     ``roles`` are the actor's (``admin`` is required); ``roots`` are cold roots to sweep
     besides those the archive registry names. ``dry_run`` counts inside a transaction that is
-    rolled back. ``on_stage("committed")`` is called between the commit and the cold deletes.
+    rolled back. ``on_stage`` is called with each of STAGES (a crash is tested at each).
     """
     if "admin" not in roles:
         raise ErasureRefused("purging a tenant needs an admin actor",
@@ -94,6 +97,7 @@ async def purge_tenant(store_url: str, tenant_id: str, signer: Signer | None, *,
                          " (--signing-key and --key-id)")
     started = time.perf_counter()
     report = PurgeReport(tenant_id, dry_run=dry_run)
+    stage = on_stage or (lambda _name: None)
     async with db.connect(store_url, "dvt-purge") as (conn, config):
         schema = config.schema
         if not dry_run:
@@ -104,10 +108,11 @@ async def purge_tenant(store_url: str, tenant_id: str, signer: Signer | None, *,
                                   cold_options)
                 if dry_run:
                     raise _Rollback
+                stage("removed")
         except _Rollback:
             pass
         if not dry_run:
-            (on_stage or (lambda _s: None))("committed")
+            stage("committed")
             await finish_cleanups(conn, schema, cold_options)
     report.seconds = time.perf_counter() - started
     return report

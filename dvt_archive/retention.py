@@ -88,12 +88,13 @@ async def apply_retention(store_url: str, cold_url: str, *, signer: Signer | Non
     """Archive runs past their hot term and delete cold data past its cold term.
 
     ``signer`` signs the tombstones; it is required when expiring runs the audit sealer has
-    sealed (ERASURE_REFUSED otherwise). ``on_stage("committed")`` is called between the
-    commit of the expiry and the deletion of its files.
+    sealed (ERASURE_REFUSED otherwise). ``on_stage`` is called with each of
+    ``dvt_archive.purge.STAGES`` (the expiry's rows deleted, then committed).
     """
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     report = RetentionReport(dry_run=dry_run)
+    stage = on_stage or (lambda _name: None)
     async with db.connect(store_url, "dvt-retention") as (conn, config):
         terms = await db.policies(conn, config.schema, tenant_id)
         if not dry_run:
@@ -110,10 +111,11 @@ async def apply_retention(store_url: str, cold_url: str, *, signer: Signer | Non
                               report, dry_run)
                 if dry_run:
                     raise _Rollback
+                stage("removed")
         except _Rollback:
             pass
         if not dry_run:
-            (on_stage or (lambda _s: None))("committed")
+            stage("committed")
             await finish_cleanups(conn, config.schema, cold_options)
     report.seconds = time.perf_counter() - started
     return report
