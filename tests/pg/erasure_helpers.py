@@ -46,7 +46,7 @@ async def seed_tenant(store: PostgresRunStateStore, tenant: str, scenario_ids: I
 
 async def side_rows(store: PostgresRunStateStore, tenant: str, plan_sha: str) -> None:
     """Rows of the tenant in the service's tables: an API key, an idempotency record, a
-    stored plan, limits, a budget crossing, a webhook with a delivery."""
+    stored plan, limits, a budget crossing, admission rows, a webhook with a delivery."""
     access = await PostgresAccessStore.open(store.url)
     try:
         key_id, key = mint_api_key()
@@ -71,6 +71,13 @@ async def side_rows(store: PostgresRunStateStore, tenant: str, plan_sha: str) ->
                      " 'r', 's', '{}')", (f"d-{tenant}", f"wh-{tenant}", tenant))
         conn.execute("INSERT INTO dvt_budget_crossings (tenant_id, month, threshold, used_units,"
                      " budget_units) VALUES (%s, '2026-01', 80, 81, 100)", (tenant,))
+        conn.execute("INSERT INTO dvt_admission_buckets (tenant_id, kind, tokens, updated_at)"
+                     " VALUES (%s, 'starts', 3, now())", (tenant,))
+        conn.execute("INSERT INTO dvt_admission_slots (tenant_id, run_id) VALUES (%s, 'q1')",
+                     (tenant,))
+        conn.execute("INSERT INTO dvt_admission_queue (tenant_id, run_id, run_request_key,"
+                     " plan_ref, context, state) VALUES (%s, 'q1', 'q1-req', '{}', '{}',"
+                     " 'CANCELLED')", (tenant,))
 
 
 def tenant_rows(store: PostgresRunStateStore) -> dict[str, dict[str, int]]:

@@ -30,6 +30,7 @@ from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, l
 from dvt_engine.errors import ErasureRefused, UsageError
 from dvt_local.s3 import S3Server
 from dvt_statestore_pg.audit import seal, verify
+from dvt_statestore_pg.erasure import set_policy
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
@@ -84,13 +85,16 @@ async def test_purge_leaves_no_row_and_no_object_of_the_tenant(
     assert only_gone
     assert shared <= plan_shas(store, gone)
     await side_rows(store, GONE, next(iter(only_gone)))
+    await set_policy(store.url, GONE, cold_years=10)
     await side_rows(store, KEPT, next(iter(shared)))
 
     rows_before = tenant_rows(store)
     assert {"dvt_runs", "dvt_events", "dvt_outbox", "dvt_archived_runs", "dvt_audit_chain",
             "dvt_audit_heads", "dvt_api_keys", "dvt_idempotency_keys", "dvt_tenant_plans",
             "dvt_tenant_limits", "dvt_webhooks", "dvt_webhook_deliveries",
-            "dvt_budget_crossings"} <= set(rows_before[GONE]), rows_before[GONE]
+            "dvt_budget_crossings", "dvt_admission_buckets", "dvt_admission_slots",
+            "dvt_admission_queue", "dvt_retention_policies"} <= set(rows_before[GONE]), \
+        rows_before[GONE]
     gone_objects = [f for f in local_files(local) if f.startswith(f"tenant={GONE}/")]
     gone_objects += [f for f in s3_files(dvt_s3_server, dvt_s3_artifacts_url)
                      if f.startswith(f"tenant={GONE}/")]
