@@ -17,7 +17,7 @@ from erasure_helpers import local_files, s3_files, seed_tenant, tenant_rows
 from dvt_archive.reader import ParquetColdReader
 from dvt_archive.retention import apply_retention
 from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, load_signer
-from dvt_engine.erasure import RetentionPolicy, cold_cutoff
+from dvt_engine.erasure import RetentionPolicy
 from dvt_engine.errors import ErasureRefused, UsageError
 from dvt_local.s3 import S3Server
 from dvt_statestore_pg.audit import seal, verify
@@ -47,12 +47,6 @@ def keys(tmp_path: Path) -> tuple[Signer, Keyring]:
     """A signing key k1 and a keyring holding its public key."""
     generate_key("k1", tmp_path / "k1.pem", tmp_path / "keyring.json")
     return load_signer(tmp_path / "k1.pem", "k1"), load_keyring(tmp_path / "keyring.json")
-
-
-def test_the_cold_term_counts_back_whole_years() -> None:
-    today = datetime(2026, 3, 14, tzinfo=UTC).date()
-    assert cold_cutoff(today, 7) == datetime(2019, 3, 14).date()
-    assert cold_cutoff(datetime(2028, 2, 29).date(), 1) == datetime(2027, 2, 28).date()
 
 
 async def test_policies_default_set_and_keep_the_other_term(store: PostgresRunStateStore) -> None:
