@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dvt_cli import archive, limits, ops, plans, remote, runs, serve, usage
+from dvt_cli import archive, limits, ops, plans, remote, retention, runs, serve, tenant, usage
 from dvt_cli import audit as audit_cmds
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.live import live_wanted
@@ -477,6 +477,8 @@ cli.add_command(serve.serve)
 cli.add_command(serve.keys)
 cli.add_command(limits.limits)
 cli.add_command(usage.usage)
+cli.add_command(retention.retention)
+cli.add_command(tenant.tenant)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -77,6 +77,7 @@ class ErrorCode(StrEnum):
     ARCHIVE_CORRUPT = "ARCHIVE_CORRUPT"
     ARCHIVE_BUSY = "ARCHIVE_BUSY"
     AUDIT_BUSY = "AUDIT_BUSY"
+    ERASURE_REFUSED = "ERASURE_REFUSED"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
     STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
     STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
@@ -575,6 +576,15 @@ class AuditBusy(StoreError):
     code = ErrorCode.AUDIT_BUSY
     default_retryable = True
     hint = "Wait for the other `dvt audit seal` to finish, then run it again."
+
+
+class ErasureRefused(RequestError):
+    """A purge or retention removal was refused: no admin actor, no signing key for sealed
+    runs, or the tenant still has runs in progress."""
+
+    code = ErrorCode.ERASURE_REFUSED
+    hint = ("Purge as an admin actor with the audit signing key, after the tenant's runs have"
+            " ended (cancel them first); see docs/retention.md.")
 
 
 class ArtifactStoreNotConfigured(StepError):

@@ -232,6 +232,21 @@ func (e WebhookCreateEvents) Valid() bool {
 	}
 }
 
+// Defines values for ExportV1AuditExportGetParamsFormat.
+const (
+	Jsonl ExportV1AuditExportGetParamsFormat = "jsonl"
+)
+
+// Valid indicates whether the value is a known member of the ExportV1AuditExportGetParamsFormat enum.
+func (e ExportV1AuditExportGetParamsFormat) Valid() bool {
+	switch e {
+	case Jsonl:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for PutLimitsV1LimitsPutJSONBodyBudgetPolicy.
 const (
 	PutLimitsV1LimitsPutJSONBodyBudgetPolicyBlock PutLimitsV1LimitsPutJSONBodyBudgetPolicy = "block"
@@ -454,6 +469,24 @@ type WhoAmI struct {
 	Roles    []string `json:"roles"`
 	TenantId string   `json:"tenantId"`
 }
+
+// ExportV1AuditExportGetParams defines parameters for ExportV1AuditExportGet.
+type ExportV1AuditExportGetParams struct {
+	// From Start of the period (ISO date or time, UTC unless zoned), included
+	From string `form:"from" json:"from"`
+
+	// To End of the period, excluded
+	To string `form:"to" json:"to"`
+
+	// Format jsonl (the only one here)
+	Format *ExportV1AuditExportGetParamsFormat `form:"format,omitempty" json:"format,omitempty"`
+
+	// Tenant The caller's own tenant (optional; another one is not found)
+	Tenant *string `form:"tenant,omitempty" json:"tenant,omitempty"`
+}
+
+// ExportV1AuditExportGetParamsFormat defines parameters for ExportV1AuditExportGet.
+type ExportV1AuditExportGetParamsFormat string
 
 // PutLimitsV1LimitsPutJSONBody defines parameters for PutLimitsV1LimitsPut.
 type PutLimitsV1LimitsPutJSONBody struct {
