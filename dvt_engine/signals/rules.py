@@ -12,15 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dvt_engine.errors import ErrorCode
+from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import RunHeader, RunStatus, StepStatus, StepSubstatus
 from dvt_engine.models.signals import SignalType
 from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
+from dvt_engine.rules.signals import waits_for
 
 #: Run states in which steps exist and can be steered.
 _STARTED = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
 #: Terminal states a RETRY_RUN may start over from.
 RETRYABLE_RUN_STATES = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
-_STEP_SIGNALS = frozenset({SignalType.RETRY_STEP, SignalType.SKIP_STEP, SignalType.APPROVE_STEP})
+_STEP_SIGNALS = frozenset({SignalType.RETRY_STEP, SignalType.SKIP_STEP, SignalType.APPROVE_STEP,
+                           SignalType.CUSTOM})
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,14 @@ def check_state(
     step_id: str | None = None,
     approve: bool = True,
     cancel_seq: int | None = None,
+    plan: ExecutionPlan | None = None,
+    signal_name: str | None = None,
 ) -> StateVerdict:
     """Decide ``signal_type`` against the run's desired snapshot (see docs/signals.md).
 
-    ``cancel_seq`` is the runSeq of an accepted CANCEL: the run is being cancelled.
+    ``cancel_seq`` is the runSeq of an accepted CANCEL: the run is being cancelled. ``plan``
+    (for APPROVE_STEP and CUSTOM) tells a signal wait from an approval gate; ``signal_name``
+    is a CUSTOM signal's name, and ``step_id`` the waiting step it completes (None: none waits).
     """
     status = snapshot.status
     if signal_type == SignalType.RETRY_RUN:
@@ -70,7 +77,14 @@ def check_state(
             f"run is being cancelled (CANCEL accepted at runSeq {cancel_seq}) and accepts "
             "no more signals",
         )
+    if signal_type == SignalType.CUSTOM:
+        return _custom(snapshot, plan, step_id, signal_name)
     if signal_type in _STEP_SIGNALS:
+        waits = plan is not None and step_id is not None and step_id in plan.step_ids \
+            and plan.step(step_id).wait_for_signal is not None
+        if signal_type == SignalType.APPROVE_STEP and waits:
+            return _refuse(ErrorCode.STEP_NOT_AWAITING_APPROVAL,
+                           f"step {step_id!r} waits for a custom signal, not for an approval")
         return _step_signal(snapshot, signal_type, step_id)
     if signal_type == SignalType.PAUSE:
         if status == RunStatus.PAUSED:
@@ -153,6 +167,21 @@ def _step_signal(
         )
     if snapshot.status not in _STARTED:
         return _not_started(snapshot.status, signal_type)
+    return _APPLY
+
+
+def _custom(snapshot: RunSnapshot, plan: ExecutionPlan | None, step_id: str | None,
+            name: str | None) -> StateVerdict:
+    step = _find_step(snapshot, step_id)
+    waits = (plan is not None and step is not None and step.step_id in plan.step_ids
+             and waits_for(plan.step(step.step_id), str(name)))
+    if not waits or step is None or not (
+            step.status == StepStatus.RUNNING
+            and step.substatus == StepSubstatus.AWAITING_APPROVAL):
+        where = f"step {step_id!r} is not waiting for it" if step_id else "no step waits for it"
+        return _refuse(ErrorCode.SIGNAL_NOT_AWAITED, f"signal {name!r}: {where} now")
+    if snapshot.status not in _STARTED:
+        return _not_started(snapshot.status, SignalType.CUSTOM)
     return _APPLY
 
 
