@@ -16,7 +16,7 @@ from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import RunHeader, RunStatus, StepStatus, StepSubstatus
 from dvt_engine.models.signals import SignalType
 from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
-from dvt_engine.rules.signals import waits_for
+from dvt_engine.rules.signals import APPROVAL_KIND, waits_for
 
 #: Run states in which steps exist and can be steered.
 _STARTED = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
@@ -61,8 +61,8 @@ def check_state(
     """Decide ``signal_type`` against the run's desired snapshot (see docs/signals.md).
 
     ``cancel_seq`` is the runSeq of an accepted CANCEL: the run is being cancelled. ``plan``
-    (for APPROVE_STEP and CUSTOM) tells a signal wait from an approval gate; ``signal_name``
-    is a CUSTOM signal's name, and ``step_id`` the waiting step it completes (None: none waits).
+    and ``signal_name`` are a CUSTOM signal's run plan and name, and ``step_id`` the waiting
+    step it completes (None: none waits).
     """
     status = snapshot.status
     if signal_type == SignalType.RETRY_RUN:
@@ -80,9 +80,8 @@ def check_state(
     if signal_type == SignalType.CUSTOM:
         return _custom(snapshot, plan, step_id, signal_name)
     if signal_type in _STEP_SIGNALS:
-        waits = plan is not None and step_id is not None and step_id in plan.step_ids \
-            and plan.step(step_id).wait_for_signal is not None
-        if signal_type == SignalType.APPROVE_STEP and waits:
+        if signal_type == SignalType.APPROVE_STEP and _waits_for_signal(header, snapshot,
+                                                                         step_id):
             return _refuse(ErrorCode.STEP_NOT_AWAITING_APPROVAL,
                            f"step {step_id!r} waits for a custom signal, not for an approval")
         return _step_signal(snapshot, signal_type, step_id)
@@ -168,6 +167,18 @@ def _step_signal(
     if snapshot.status not in _STARTED:
         return _not_started(snapshot.status, signal_type)
     return _APPLY
+
+
+def _waits_for_signal(header: RunHeader, snapshot: RunSnapshot, step_id: str | None) -> bool:
+    """True for an open gate whose step is no approval step: only a signal wait (plan v1.3)
+    opens a gate without being one."""
+    step = _find_step(snapshot, step_id)
+    if step is None or step.substatus != StepSubstatus.AWAITING_APPROVAL:
+        return False
+    for outline in header.steps:
+        if outline.step_id == step_id:
+            return outline.kind != APPROVAL_KIND
+    return False
 
 
 def _custom(snapshot: RunSnapshot, plan: ExecutionPlan | None, step_id: str | None,

@@ -95,8 +95,8 @@ class SignalService:
         plans: PlanSource | None = None,
     ) -> None:
         self.store = store
-        #: Run plans, read for CUSTOM and APPROVE_STEP signals only (``plans``: an engine's
-        #: loader, else the store's plan registry).
+        #: Run plans, read for CUSTOM signals only (``plans``: an engine's loader, else the
+        #: store's plan registry).
         self.plans = RunPlans(store, plans)
         self.authorizer: Authorizer = authorizer or RoleBasedAuthorizer()
         self.clock = clock
@@ -143,10 +143,8 @@ class SignalService:
         # signalId gets the same answer).
         plan: ExecutionPlan | None = None
         declared: tuple[Role, ...] = ()
-        if request.type in (SignalType.CUSTOM, SignalType.APPROVE_STEP):
-            plan = await self.plans.of(header)
         if request.type == SignalType.CUSTOM:
-            assert plan is not None
+            plan = await self.plans.of(header)
             name = str(payload["name"])
             decl = declaration(plan, name)
             check_data(name, decl, payload.get("data") or {})
