@@ -245,3 +245,28 @@ async def test_a_wait_that_times_out_fails_with_its_code() -> None:
         assert error.message == "no signal 'file-arrived' within 30 ms"
         late = await handle.signal("file-arrived", {"rows": 1}, actor=OPERATOR)
         assert late.error_code == ErrorCode.RUN_TERMINAL
+
+
+# --- how the CLI prints them ---------------------------------------------------------------
+
+
+async def test_event_lines_name_the_signal_a_step_waits_for_and_the_one_decided() -> None:
+    from dvt_cli.output import describe_event
+
+    async with await client() as c:
+        run = await started(c, waiting_plan())
+        await run.signal("file-arrived", {"rows": 1}, actor=OPERATOR)
+        await run.approve("hold", actor=Actor(id="al", roles=(Role.APPROVER,)))
+        await run.result(timeout=30)
+        events = await c.store.fetch_events(c.tenant, run.run_id)
+    lines = [describe_event(e) for e in events]
+    waits = {e.step_id: line for e, line in zip(events, lines, strict=True)
+             if e.event_type == "StepAwaitingApproval"}
+    assert f"ready: StepAwaitingApproval (send with: dvt signal {run.run_id} file-arrived " \
+        "--payload JSON)" in waits["ready"]
+    assert f"hold: StepAwaitingApproval (approve with: dvt signal {run.run_id} approve hold)" \
+        in waits["hold"]
+    decisions = [line.split(": ", 1)[1] for e, line in zip(events, lines, strict=True)
+                 if e.event_type == "SignalAccepted"]
+    assert decisions == ["SignalAccepted CUSTOM file-arrived by olivia",
+                         "SignalAccepted APPROVE_STEP by al"]
