@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -62,6 +63,29 @@ def schema_problem(schema: Mapping[str, Any], size: int) -> str | None:
     return None
 
 
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(schema_json))
+
+
+@lru_cache(maxsize=256)
+def _gate(schema_json: str) -> Any:
+    # Imported on first use: a native module most processes never need.
+    import jsonschema_rs
+
+    return jsonschema_rs.Draft202012Validator(json.loads(schema_json))
+
+
+def _surely_valid(schema_json: str, data: Mapping[str, Any]) -> bool:
+    """True when the compiled (Rust) validator accepts ``data``; only its yes is trusted, a
+    no (or any trouble of its own) goes to ``jsonschema`` for paths and keywords, as the plan
+    schema check does (dvt_engine/planning/checks.py)."""
+    try:
+        return bool(_gate(schema_json).is_valid(dict(data)))
+    except Exception:  # any trouble of the fast path means: check it fully
+        return False
+
+
 def _safe(part: Any) -> str:
     # Keys come from the sender: printable, JSON-safe and short in the error's details.
     return json.dumps(str(part), ensure_ascii=True)[1:-1][:100]
@@ -75,7 +99,10 @@ def payload_errors(schema: Mapping[str, Any] | None,
     """
     if schema is None:
         return []
-    validator = Draft202012Validator(dict(schema))
+    key = json.dumps(schema, sort_keys=True)
+    if _surely_valid(key, data):
+        return []
+    validator = _validator(key)
     errors = sorted(validator.iter_errors(dict(data)), key=lambda e: list(e.path))
     return [
         {"path": "/".join(["data", *(_safe(p) for p in e.path)]),
