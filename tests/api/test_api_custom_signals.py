@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from api_helpers import ApiServer, sse_messages, tenant
 
 
@@ -79,3 +80,25 @@ def test_a_custom_signal_completes_a_wait_through_http(api_server: ApiServer) ->
     assert decided == [("SignalRejected", "SIGNAL_UNAUTHORIZED", decided[0][2]),
                        ("SignalAccepted", None, op_id),
                        ("SignalRejected", "RUN_TERMINAL", op_id)]
+
+
+def test_the_sdk_sends_a_custom_signal(api_server: ApiServer) -> None:
+    from dvt_client import Client, Conflict, InvalidRequest
+
+    key = api_server.key(tenant(), "runner", "reader", "operator")
+    with Client(api_server.base_url, key) as dvt:
+        run = dvt.runs.create(_plan())
+        events = dvt.runs.stream(run.run_id)
+        next(e for e in events if e.event_type == "StepAwaitingApproval")
+        with pytest.raises(InvalidRequest) as bad:
+            dvt.runs.send(run.run_id, "file-arrived", {"rows": -1})
+        assert bad.value.code == "SIGNAL_INVALID_PAYLOAD"
+        answer = dvt.runs.send(run.run_id, "file-arrived", {"rows": 5}, signal_id="s-1")
+        assert answer.decision == "accepted"
+        assert dvt.runs.send(run.run_id, "file-arrived", {"rows": 6},
+                             signal_id="s-1").duplicate is True
+        done = dvt.runs.wait(run.run_id)
+        assert done.status == "COMPLETED"
+        with pytest.raises(Conflict) as late:
+            dvt.runs.send(run.run_id, "file-arrived", {"rows": 7})
+        assert late.value.code == "RUN_TERMINAL"
