@@ -150,6 +150,7 @@ const (
 	APPROVERUN  SignalBodyType = "APPROVE_RUN"
 	APPROVESTEP SignalBodyType = "APPROVE_STEP"
 	CANCEL      SignalBodyType = "CANCEL"
+	CUSTOM      SignalBodyType = "CUSTOM"
 	PAUSE       SignalBodyType = "PAUSE"
 	REJECTSTEP  SignalBodyType = "REJECT_STEP"
 	RESUME      SignalBodyType = "RESUME"
@@ -165,6 +166,8 @@ func (e SignalBodyType) Valid() bool {
 	case APPROVESTEP:
 		return true
 	case CANCEL:
+		return true
+	case CUSTOM:
 		return true
 	case PAUSE:
 		return true
@@ -394,10 +397,12 @@ type SignalAnswerDecision string
 
 // SignalBody “POST /v1/runs/{runId}/signals“; the same “signalId“ twice is one decision.
 type SignalBody struct {
-	Reason   *string        `json:"reason,omitempty"`
-	SignalId *string        `json:"signalId,omitempty"`
-	StepId   *string        `json:"stepId,omitempty"`
-	Type     SignalBodyType `json:"type"`
+	Name     *string                 `json:"name,omitempty"`
+	Payload  *map[string]interface{} `json:"payload,omitempty"`
+	Reason   *string                 `json:"reason,omitempty"`
+	SignalId *string                 `json:"signalId,omitempty"`
+	StepId   *string                 `json:"stepId,omitempty"`
+	Type     SignalBodyType          `json:"type"`
 }
 
 // SignalBodyType defines model for SignalBody.Type.

@@ -726,6 +726,12 @@ export interface components {
          * @description ``POST /v1/runs/{runId}/signals``; the same ``signalId`` twice is one decision.
          */
         SignalBody: {
+            /** Name */
+            name?: string | null;
+            /** Payload */
+            payload?: {
+                [key: string]: unknown;
+            } | null;
             /** Reason */
             reason?: string | null;
             /** Signalid */
@@ -736,7 +742,7 @@ export interface components {
              * Type
              * @enum {string}
              */
-            type: "PAUSE" | "RESUME" | "CANCEL" | "RETRY_STEP" | "SKIP_STEP" | "APPROVE_STEP" | "REJECT_STEP" | "APPROVE_RUN";
+            type: "PAUSE" | "RESUME" | "CANCEL" | "RETRY_STEP" | "SKIP_STEP" | "APPROVE_STEP" | "REJECT_STEP" | "APPROVE_RUN" | "CUSTOM";
         };
         /**
          * TenantLimits
