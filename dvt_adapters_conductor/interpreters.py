@@ -28,8 +28,8 @@ from dvt_engine.models.run import RunStatus, StepStatus, StepSubstatus
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
 from dvt_engine.rules.failure import awaits_operator
+from dvt_engine.rules.signals import is_gate
 from dvt_engine.statemachine import RUN_AWAITING_OPERATOR
-from dvt_engine.steps.builtins import APPROVAL_KIND
 
 #: Runs whose interpreter one process keeps (the oldest is dropped beyond it).
 DEFAULT_RUNS = 1000
@@ -53,7 +53,8 @@ class _Entry:
     #: forEach expansion, which is never cached)
     position: dict[str, int]
     operator_waits: int
-    #: approval steps: re-derived on every use (opening a gate changes no watched field)
+    #: gate steps (approvals, signal waits): re-derived on every use (opening a gate changes
+    #: no watched field)
     approvals: frozenset[str]
     touched: set[str] = field(default_factory=set)
 
@@ -112,7 +113,7 @@ class InterpreterCache:
         entry = _Entry(interp, snap.last_event_seq,
                        {s.step_id: i for i, s in enumerate(snap.steps)},
                        interp.operator_ordinal,
-                       frozenset(s.step_id for s in plan.steps if s.kind == APPROVAL_KIND))
+                       frozenset(s.step_id for s in plan.steps if is_gate(s)))
         interp.__dict__["_touched"] = entry.touched
         if len(self._entries) >= self.runs:
             self._entries.pop(next(iter(self._entries)))
