@@ -306,5 +306,4 @@ async def test_step_finishing_while_the_server_is_away_is_reported_when_it_retur
                         if t["status"] == "COMPLETED")
     assert completed["s0"] == 1, completed
     assert completed["g2"] == 1, completed
-    assert workflow["status"] == "COMPLETED", workflow["status"]
 
