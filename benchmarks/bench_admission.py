@@ -3,10 +3,11 @@
 1. Overhead: ``Client.start_run`` of a one-step plan with limits on (PostgreSQL admission,
    room to spare) next to the same start with limits off, alternating in one process on one
    schema, p50/p99 per start; and ``admit`` alone.
-2. Backlog starvation: tenant A has a large queue and keeps its slots busy; tenant B (one
-   slot, queue mode) queues runs one after the other. B's dispatch wait is the time from its
-   previous run's terminal event to the registration of its next one; p50/p99, with A's
-   backlog and without.
+2. Backlog starvation: tenant A has a large queue (100,000 runs, written with one COPY) and
+   keeps its slots busy; tenant B (one slot, queue mode) queues runs one after the other.
+   B's dispatch wait is the time from its previous run's terminal event to the registration
+   of its next one; p50/p99, with A's backlog and without. The plans of the dispatch
+   round's queries at that backlog are printed to stderr (EXPLAIN ANALYZE).
 
 Run: ``python benchmarks/bench_admission.py`` (a durable local server is started for the run;
 ``--dsn`` to use another). ``--quick`` shrinks the counts for a smoke run.
@@ -20,7 +21,12 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
@@ -29,8 +35,9 @@ from dvt_engine.admission import LimitsPatch, StartRequest, plan_size
 from dvt_engine.builder import PlanBuilder
 from dvt_engine.client import Client
 from dvt_engine.engines.reference import ReferenceEngine
+from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunContext
-from dvt_statestore_pg.admission import PostgresAdmissionStore
+from dvt_statestore_pg.admission import _CLAIM_HEAD, _QUEUED_TENANTS, PostgresAdmissionStore
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
@@ -79,8 +86,75 @@ async def overhead(url: str, n: int) -> list[str]:
             f"{pct(times['admit'], .99):.2f} |"]
 
 
-async def starvation(url: str, backlog: int, b_runs: int) -> str:
-    """B's dispatch wait p50/p99 with A's backlog of ``backlog`` queued runs (0: none)."""
+def split_url(url: str) -> tuple[str, str]:
+    """A store URL's connection string and schema."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    rest = urlencode({k: v[0] for k, v in query.items() if k != "schema"})
+    return urlunsplit(parts._replace(query=rest)), query["schema"][0]
+
+
+async def seed_backlog(url: str, tenant: str, plan_ref: PlanRef, n: int) -> float:
+    """Put ``n`` runs into the tenant's queue with one COPY (what ``n`` queued starts
+    write, without ``n`` admission transactions); seconds taken."""
+    began = time.perf_counter()
+    conninfo, schema = split_url(url)
+    rows = []
+    for i in range(n):
+        context = RunContext(tenant_id=tenant, project_id="default", environment_id="dev",
+                             run_id=f"a-{i}")
+        request = StartRequest(plan_ref, context, 1, 0)
+        ref, ctx = request.payload()
+        rows.append((tenant, context.run_id, request.request_key, ref, ctx))
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        copy = sql.SQL("COPY {}.dvt_admission_queue (tenant_id, run_id, run_request_key,"
+                       " plan_ref, context) FROM STDIN").format(sql.Identifier(schema))
+        async with conn.cursor() as cur, cur.copy(copy) as writer:
+            for row in rows:
+                await writer.write_row(row)
+        await conn.execute(sql.SQL("VACUUM ANALYZE {}.dvt_admission_queue").format(
+            sql.Identifier(schema)))
+    return time.perf_counter() - began
+
+
+async def explain_dispatch(url: str, admission: PostgresAdmissionStore, a: str, b: str
+                           ) -> list[str]:
+    """The plans of what a dispatch round sends, printed; a summary line for each."""
+    conninfo, _ = split_url(url)
+    q = admission._q
+    statements = {
+        "queued_tenants": (q(_QUEUED_TENANTS), None),
+        "claim head (A)": (q(_CLAIM_HEAD), (a,)),
+        "claim head (B)": (q(_CLAIM_HEAD), (b,)),
+    }
+    lines = []
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        for title, (statement, params) in statements.items():
+            async with psycopg.AsyncClientCursor(conn) as cur:
+                await cur.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + statement, params)
+                plan = "\n".join(str(row[0]) for row in await cur.fetchall())
+            print(f"-- {title}\n{plan}\n", file=sys.stderr)
+            scans = sorted({m for m in ("Index Scan", "Index Only Scan", "Seq Scan",
+                                        "Bitmap Heap Scan") if m in plan})
+            took = next((line.split(":")[1].strip() for line in plan.splitlines()
+                         if line.startswith("Execution Time")), "?")
+            lines.append(f"| {title} | {', '.join(scans)} | {took} |")
+    return lines
+
+
+async def timed(n: int, call: Callable[[], Awaitable[object]]) -> tuple[float, float]:
+    """p50 and p99 (ms) of ``n`` calls one after the other."""
+    samples = []
+    for _ in range(n):
+        began = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - began)
+    return pct(samples, .5), pct(samples, .99)
+
+
+async def starvation(url: str, backlog: int, b_runs: int) -> tuple[str, list[str]]:
+    """B's dispatch wait p50/p99 with A's backlog of ``backlog`` queued runs (0: none), and
+    the dispatch queries' timings and plans at that backlog."""
     store = await PostgresRunStateStore.open(url)
     admission = await PostgresAdmissionStore.open(url, pool_max=8)
     engine = ReferenceEngine(store)
@@ -93,11 +167,18 @@ async def starvation(url: str, backlog: int, b_runs: int) -> str:
     await admission.set_limits(b.tenant, LimitsPatch.parse(
         {"maxActiveRuns": 1, "overflow": "queue", "runStartsPerMinute": 1_000_000}))
     plan_ref = await a.store_plan(QUICK)
-    for first in range(0, backlog, 25):
-        await asyncio.gather(*(a.start_run(plan_ref, run_id=f"a-{i}")
-                               for i in range(first, min(backlog, first + 25))))
+    seeded = await seed_backlog(url, a.tenant, plan_ref, backlog) if backlog else 0.0
     for i in range(b_runs):
         await b.start_run(plan_ref, run_id=f"b-{i}")
+    details: list[str] = []
+    if backlog:
+        print(f"seeded {backlog:,} queued runs in {seeded:.1f} s", file=sys.stderr)
+        details += await explain_dispatch(url, admission, a.tenant, b.tenant)
+        tenants = await timed(20, admission.queued_tenants)
+        depths = await timed(20, admission.queue_depths)
+        details += [f"| `queued_tenants()` | {tenants[0]:.2f} / {tenants[1]:.2f} ms p50/p99 | |",
+                    f"| a count per tenant (the scan it replaces) | {depths[0]:.2f} / "
+                    f"{depths[1]:.2f} ms p50/p99 | |"]
     # The queues are full before dispatch begins, so B competes with A's whole backlog.
     assert a._dispatcher is not None
     a._dispatcher.start()  # one dispatcher serves every tenant of the store
@@ -114,8 +195,8 @@ async def starvation(url: str, backlog: int, b_runs: int) -> str:
     await a.close()
     await admission.close()
     await store.close()
-    return (f"| {backlog} | {left} | {b_runs} | {pct(waits, .5):.1f} | {pct(waits, .99):.1f} | "
-            f"{1000 * max(waits):.1f} |")
+    return (f"| {backlog:,} | {left:,} | {b_runs} | {pct(waits, .5):.1f} | "
+            f"{pct(waits, .99):.1f} | {1000 * max(waits):.1f} |"), details
 
 
 async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
@@ -133,8 +214,10 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
                               "B wait p50 (ms) | B wait p99 (ms) | B wait max (ms) |",
                           "|---|---|---|---|---|---|"]
             else:
-                lines.append(await starvation(url, 0, args.b_runs))
-                lines.append(await starvation(url, args.backlog, args.b_runs))
+                alone, _ = await starvation(url, 0, args.b_runs)
+                behind, details = await starvation(url, args.backlog, args.b_runs)
+                lines += [alone, behind, "", "| dispatch query at the backlog | plan | time |",
+                          "|---|---|---|", *details]
         finally:
             drop_schema(dsn, schema)
     return "\n".join(lines)
@@ -146,11 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dsn", default=os.environ.get("DVT_PG_DSN"))
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--starts", type=int, default=500)
-    parser.add_argument("--backlog", type=int, default=5000)
+    parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--b-runs", type=int, default=50)
     args = parser.parse_args(argv)
     if args.quick:
-        args.starts, args.backlog, args.b_runs = 50, 300, 10
+        args.starts, args.backlog, args.b_runs = 50, 3000, 10
     with bench_server(args.dsn) as (dsn, server):
         print(asyncio.run(run(args, dsn, server)))
 
