@@ -4,9 +4,11 @@ One PostgreSQL schema, limits on (PostgreSQL admission), reference engine, one-s
 Tenant B starts runs at a steady rate in this process; in the "flood" phases a second process
 (tenant A, its own pools and engine, as another ``dvt serve`` would be) sends ten times A's
 ``runStartsPerMinute``, so most of A's starts are refused with RATE_LIMITED and the rest run.
-Phases alternate (alone, flood, alone, flood, ...) so a drift of the shared machine's load
-falls on both conditions alike. Per condition: B's start latency p50/p99 (``start_run``), B's
-throughput (runs completed per second of the phase) and what A got.
+A third condition has A send exactly its rate (the work A is allowed), so the cost of the
+excess is told apart from the cost of A's admitted runs. Phases alternate (alone, A at its
+limit, A flooding, alone, ...) so a drift of the shared machine's load falls on every
+condition alike. Per condition: B's start latency p50/p99 (``start_run``), B's throughput (runs
+completed per second of the phase) and what A sent, got admitted and got refused.
 
 Run: ``python benchmarks/bench_noisy_neighbour.py`` (a durable local server is started for
 the run; ``--dsn`` to use another). ``--quick`` shrinks the phases for a smoke run.
@@ -69,8 +71,10 @@ async def steady(client: Client, rate: float, seconds: float, tag: str
     return latencies, len(ended), max(ended) - first
 
 
-async def flood(url: str, tenant: str, rate: float, seconds: float) -> dict[str, int]:
-    """Tenant A's side: ``rate`` starts a second for ``seconds``, refusals counted."""
+async def flood(url: str, tenant: str, rate: float, seconds: float, drain: float
+                ) -> dict[str, int]:
+    """Tenant A's side: its bucket emptied at ``drain`` starts a second, then ``rate`` starts
+    a second for ``seconds``, refusals counted."""
     store = await PostgresRunStateStore.open(url)
     admission = await PostgresAdmissionStore.open(url, pool_max=8)
     engine = ReferenceEngine(store)
@@ -94,7 +98,7 @@ async def flood(url: str, tenant: str, rate: float, seconds: float) -> dict[str,
     first = time.perf_counter()
     async with asyncio.TaskGroup() as group:
         while not counts["refused"]:
-            await asyncio.sleep(max(0.0, first + i / rate - time.perf_counter()))
+            await asyncio.sleep(max(0.0, first + i / drain - time.perf_counter()))
             group.create_task(one(f"w-{suffix}-{i}"))
             i += 1
     counts = {"sent": 0, "admitted": 0, "refused": 0}
@@ -112,11 +116,12 @@ async def flood(url: str, tenant: str, rate: float, seconds: float) -> dict[str,
     return counts
 
 
-def start_flood(url: str, tenant: str, rate: float, seconds: float) -> subprocess.Popen[str]:
+def start_flood(url: str, tenant: str, rate: float, seconds: float, drain: float
+                ) -> subprocess.Popen[str]:
     """Tenant A's process, running once it said ``ready``."""
     process = subprocess.Popen(
         [sys.executable, __file__, "--flood", url, "--tenant", tenant, "--rate", str(rate),
-         "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
+         "--seconds", str(seconds), "--drain", str(drain)], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
     return process
@@ -137,17 +142,20 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
     await admission.set_limits(b, LimitsPatch.parse(
         {"runStartsPerMinute": 1_000_000, "maxActiveRuns": 1000}))
     client = Client(engine=engine, store=store, tenant=b, admission=admission)
+    conditions = ("alone", "A at its limit", "A at 10x its limit")
     results: dict[str, dict[str, list[float]]] = {
-        c: {"lat": [], "done": [], "span": []} for c in ("alone", "flood")}
-    floods: list[dict[str, int]] = []
+        c: {"lat": [], "done": [], "span": []} for c in conditions}
+    floods: dict[str, list[dict[str, int]]] = {c: [] for c in conditions}
+    a_rate = {"A at its limit": args.a_limit / 60, "A at 10x its limit": 10 * args.a_limit / 60}
     load = []
     try:
         await steady(client, args.b_rate, 2, "warm")
-        for phase in range(2 * args.rounds):
-            condition = ("alone", "flood")[phase % 2]
+        for phase in range(len(conditions) * args.rounds):
+            condition = conditions[phase % len(conditions)]
             process = None
-            if condition == "flood":
-                process = start_flood(url, a, 10 * args.a_limit / 60, args.seconds)
+            if condition in a_rate:
+                process = start_flood(url, a, a_rate[condition], args.seconds,
+                                      10 * args.a_limit / 60)
             load.append(os.getloadavg()[0])
             lat, done, span = await steady(client, args.b_rate, args.seconds, f"b{phase}")
             results[condition]["lat"] += lat
@@ -155,31 +163,32 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
             results[condition]["span"].append(span)
             if process is not None:
                 out, _ = await asyncio.to_thread(process.communicate)
-                floods.append(json.loads(out.strip().splitlines()[-1]))
+                floods[condition].append(json.loads(out.strip().splitlines()[-1]))
         await engine.wait_idle()
     finally:
         await engine.close()
         await admission.close()
         await store.close()
         drop_schema(dsn, schema)
-    a_sent = sum(f["sent"] for f in floods)
-    a_in = sum(f["admitted"] for f in floods)
-    a_out = sum(f["refused"] for f in floods)
     lines = [f"server: {server}; load average {min(load):.1f}-{max(load):.1f}; "
              f"A's limit {args.a_limit}/min, A sends {10 * args.a_limit}/min; "
              f"B {args.b_rate * 60:.0f}/min; {args.rounds} rounds of {args.seconds:.0f} s", "",
-             "| B | starts | start p50 (ms) | start p99 (ms) | runs/s | A sent / admitted / "
+             "| B next to | starts | start p50 (ms) | start p99 (ms) | runs/s | A sent/admitted/"
              "refused |", "|---|---|---|---|---|---|"]
-    for condition in ("alone", "flood"):
+    for condition in conditions:
         r = results[condition]
         rate = _rate(r)
-        a_part = f"{a_sent} / {a_in} / {a_out}" if condition == "flood" else "-"
+        got = floods[condition]
+        a_part = "/".join(str(sum(f[k] for f in got)) for k in ("sent", "admitted", "refused")
+                          ) if got else "-"
         lines.append(f"| {condition} | {len(r['lat'])} | {pct(r['lat'], .5):.1f} | "
                      f"{pct(r['lat'], .99):.1f} | {rate:.2f} | {a_part} |")
-    alone, crowded = results["alone"]["lat"], results["flood"]["lat"]
-    p99 = 100 * (pct(crowded, .99) / pct(alone, .99) - 1)
-    throughput = 100 * (_rate(results["flood"]) / _rate(results["alone"]) - 1)
-    lines += ["", f"B with A flooding: start p99 {p99:+.1f} %, throughput {throughput:+.1f} %"]
+    lines.append("")
+    for base, other in (("alone", "A at 10x its limit"), ("A at its limit", "A at 10x its limit")):
+        p99 = 100 * (pct(results[other]["lat"], .99) / pct(results[base]["lat"], .99) - 1)
+        throughput = 100 * (_rate(results[other]) / _rate(results[base]) - 1)
+        lines.append(f"B {other} against B {base}: start p99 {p99:+.1f} %, "
+                     f"throughput {throughput:+.1f} %")
     return "\n".join(lines)
 
 
@@ -195,13 +204,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--a-limit", type=int, default=300, help="A's runStartsPerMinute")
     parser.add_argument("--b-rate", type=float, default=5.0, help="B's starts per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="one phase")
-    parser.add_argument("--rounds", type=int, default=3, help="alone+flood pairs")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three phases")
     parser.add_argument("--flood", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--tenant", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--drain", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.flood:
-        print(json.dumps(asyncio.run(flood(args.flood, args.tenant, args.rate, args.seconds))))
+        print(json.dumps(asyncio.run(flood(args.flood, args.tenant, args.rate, args.seconds,
+                                           args.drain))))
         return
     if args.quick:
         args.seconds, args.rounds = 5.0, 1

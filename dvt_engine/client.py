@@ -281,6 +281,7 @@ class Client:
         )
         plan_ref = await self.store_plan(plan)
         if self.admission is not None:
+            self.admission.refuse_early(self.tenant)  # a flood over the rate costs nothing
             steps, size = await plan_size(self.store, plan_ref)
             budget = await check_budget(self.admission, self.store, self.tenant, self.prices)
             await _log_crossings(budget.new_crossings)

@@ -159,7 +159,7 @@ class PostgresAdmissionStore(SideStore, AdmissionStore):
         row = await (await conn.execute(query, (tenant_id,))).fetchone()
         return effective_limits(self.settings.defaults(), dict(row[0]) if row else {})
 
-    async def set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
+    async def _set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
         """Apply a patch to the stored overrides under the tenant's lock."""
         select = self._q("SELECT overrides FROM {s}.dvt_tenant_limits WHERE tenant_id = %s")
         upsert = self._q("INSERT INTO {s}.dvt_tenant_limits (tenant_id, overrides)"
@@ -247,7 +247,7 @@ class PostgresAdmissionStore(SideStore, AdmissionStore):
         return wait
 
     # --- decisions -------------------------------------------------------------------------
-    async def admit(self, request: StartRequest) -> Admission:
+    async def _admit(self, request: StartRequest) -> Admission:
         """Check the limits and hold a slot, or queue the run, in one locked transaction.
 
         Four round trips: the lock, one read of everything the decision needs, one write of
