@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
@@ -33,7 +34,7 @@ from dvt_engine.admission import LimitsPatch
 from dvt_engine.builder import PlanBuilder
 from dvt_engine.client import Client
 from dvt_engine.engines.reference import ReferenceEngine
-from dvt_engine.errors import RateLimited
+from dvt_engine.errors import DvtError, RateLimited
 from dvt_statestore_pg.admission import PostgresAdmissionStore
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
@@ -71,37 +72,26 @@ async def steady(client: Client, rate: float, seconds: float, tag: str
     return latencies, len(ended), max(ended) - first
 
 
-async def flood(url: str, tenant: str, rate: float, seconds: float, drain: float
-                ) -> dict[str, int]:
-    """Tenant A's side: its bucket emptied at ``drain`` starts a second, then ``rate`` starts
-    a second for ``seconds``, refusals counted."""
+async def flood(url: str, tenant: str, rate: float, seconds: float) -> dict[str, int]:
+    """Tenant A's side: ``rate`` starts a second for ``seconds``, refusals counted."""
     store = await PostgresRunStateStore.open(url)
     admission = await PostgresAdmissionStore.open(url, pool_max=8)
     engine = ReferenceEngine(store)
     client = Client(engine=engine, store=store, tenant=tenant, admission=admission)
     plan_ref = await client.store_plan(QUICK)
-    counts = {"sent": 0, "admitted": 0, "refused": 0}
+    counts = {"sent": 0, "admitted": 0, "refused": 0, "failed": 0}
 
     async def one(run_id: str) -> None:
-        nonlocal counts
         counts["sent"] += 1
         try:
             await client.start_run(plan_ref, run_id=run_id)
             counts["admitted"] += 1
         except RateLimited:
             counts["refused"] += 1
+        except DvtError:  # e.g. A's own pool exhausted: A's problem, counted, not B's
+            counts["failed"] += 1
 
     suffix = uuid.uuid4().hex[:6]
-    # A's bucket holds a minute's worth: flood until it is empty, so the phase measures a
-    # tenant held at its rate, not one spending its burst.
-    i = 0
-    first = time.perf_counter()
-    async with asyncio.TaskGroup() as group:
-        while not counts["refused"]:
-            await asyncio.sleep(max(0.0, first + i / drain - time.perf_counter()))
-            group.create_task(one(f"w-{suffix}-{i}"))
-            i += 1
-    counts = {"sent": 0, "admitted": 0, "refused": 0}
     print("ready", flush=True)
     first = time.perf_counter()
     async with asyncio.TaskGroup() as group:
@@ -116,12 +106,23 @@ async def flood(url: str, tenant: str, rate: float, seconds: float, drain: float
     return counts
 
 
-def start_flood(url: str, tenant: str, rate: float, seconds: float, drain: float
-                ) -> subprocess.Popen[str]:
+async def empty_bucket(admission: PostgresAdmissionStore, tenant: str) -> None:
+    """A's start bucket with no token left, as after a minute of sending over its rate (a
+    bucket starts full: A would otherwise spend a minute's worth of starts first)."""
+    async def work(conn: Any) -> None:
+        await conn.execute(admission._q(
+            "INSERT INTO {s}.dvt_admission_buckets (tenant_id, kind, tokens, updated_at)"
+            " VALUES (%s, 'start', 0, clock_timestamp()) ON CONFLICT (tenant_id, kind)"
+            " DO UPDATE SET tokens = 0, updated_at = clock_timestamp()"), (tenant,))
+
+    await admission._run(work)
+
+
+def start_flood(url: str, tenant: str, rate: float, seconds: float) -> subprocess.Popen[str]:
     """Tenant A's process, running once it said ``ready``."""
     process = subprocess.Popen(
         [sys.executable, __file__, "--flood", url, "--tenant", tenant, "--rate", str(rate),
-         "--seconds", str(seconds), "--drain", str(drain)], stdout=subprocess.PIPE, text=True)
+         "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
     return process
@@ -154,8 +155,8 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
             condition = conditions[phase % len(conditions)]
             process = None
             if condition in a_rate:
-                process = start_flood(url, a, a_rate[condition], args.seconds,
-                                      10 * args.a_limit / 60)
+                await empty_bucket(admission, a)
+                process = start_flood(url, a, a_rate[condition], args.seconds)
             load.append(os.getloadavg()[0])
             lat, done, span = await steady(client, args.b_rate, args.seconds, f"b{phase}")
             results[condition]["lat"] += lat
@@ -174,13 +175,13 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
              f"A's limit {args.a_limit}/min, A sends {10 * args.a_limit}/min; "
              f"B {args.b_rate * 60:.0f}/min; {args.rounds} rounds of {args.seconds:.0f} s", "",
              "| B next to | starts | start p50 (ms) | start p99 (ms) | runs/s | A sent/admitted/"
-             "refused |", "|---|---|---|---|---|---|"]
+             "refused/failed |", "|---|---|---|---|---|---|"]
     for condition in conditions:
         r = results[condition]
         rate = _rate(r)
         got = floods[condition]
-        a_part = "/".join(str(sum(f[k] for f in got)) for k in ("sent", "admitted", "refused")
-                          ) if got else "-"
+        a_part = "/".join(str(sum(f[k] for f in got))
+                          for k in ("sent", "admitted", "refused", "failed")) if got else "-"
         lines.append(f"| {condition} | {len(r['lat'])} | {pct(r['lat'], .5):.1f} | "
                      f"{pct(r['lat'], .99):.1f} | {rate:.2f} | {a_part} |")
     lines.append("")
@@ -208,11 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flood", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--tenant", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--drain", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.flood:
-        print(json.dumps(asyncio.run(flood(args.flood, args.tenant, args.rate, args.seconds,
-                                           args.drain))))
+        print(json.dumps(asyncio.run(flood(args.flood, args.tenant, args.rate, args.seconds))))
         return
     if args.quick:
         args.seconds, args.rounds = 5.0, 1
