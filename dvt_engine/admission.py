@@ -524,15 +524,20 @@ class Dispatcher:
         if not tenants:
             return 0
         first = self._turn % len(tenants)
-        started = 0
+        claimed: list[QueuedRun] = []
         for tenant in tenants[first:] + tenants[:first]:
             run = await self.admission.claim(tenant)
-            if run is None:
-                continue
-            started += 1
-            await self._start(run)
+            if run is not None:
+                claimed.append(run)
         self._turn = first + 1
-        return started
+        # Claims go in turn; the starts go together, so a slow start of one tenant's run
+        # (an engine round trip) does not hold back the next tenant's.
+        outcomes = await asyncio.gather(*(self._start(run) for run in claimed),
+                                        return_exceptions=True)
+        for outcome in outcomes:  # every start has ended; the round fails with the first error
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return len(claimed)
 
     async def _start(self, run: QueuedRun) -> None:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -353,16 +354,21 @@ class BudgetWatch:
     so a crossing of 80 %/100 % is recorded while the run that crossed it is still going.
 
     Feed it committed events (``saw``), or let it follow a tenant's stream (``follow``).
-    Checks are coalesced per tenant: one at a time, and any number of events that arrive
-    during a check cause one more check after it. Recording is idempotent across processes
-    (``AdmissionStore.record_crossing``), so only the process that records a crossing
-    announces it. A tenant whose month reached its whole budget is not checked again that
-    month: both crossings are recorded, and ``block`` refuses its starts at admission.
+    Checks are coalesced per tenant: one at a time, at most one per ``interval_s``, and any
+    number of events that arrive during a check cause one more check after it. Recording is
+    idempotent across processes (``AdmissionStore.record_crossing``), so only the process
+    that records a crossing announces it. A tenant whose month reached its whole budget is
+    not checked again that month: both crossings are recorded, and ``block`` refuses its
+    starts at admission.
     """
 
     def __init__(self, admission: AdmissionStore, store: RunStateStore,
-                 prices: Callable[[], PriceTable], announce: Announce) -> None:
+                 prices: Callable[[], PriceTable], announce: Announce, *,
+                 interval_s: float = 1.0) -> None:
         self.admission, self.store, self.prices, self.announce = admission, store, prices, announce
+        # A check folds the tenant's month (a list of its runs, the changed ones read again):
+        # one a second keeps a busy tenant's cost bounded and still notices within a second.
+        self.interval_s = interval_s
         self._due: set[str] = set()
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._spent: set[tuple[str, str]] = set()
@@ -389,8 +395,12 @@ class BudgetWatch:
         self._followers.append(asyncio.create_task(forever(), name="dvt-budget-follow"))
 
     async def _check(self, tenant_id: str) -> None:
+        began = None
         try:
             while tenant_id in self._due:
+                if began is not None:  # a busy tenant is folded at most once per interval
+                    await asyncio.sleep(max(0.0, began + self.interval_s - time.monotonic()))
+                began = time.monotonic()
                 self._due.discard(tenant_id)
                 try:
                     check = await check_budget(self.admission, self.store, tenant_id,
