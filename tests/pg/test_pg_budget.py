@@ -48,7 +48,8 @@ async def test_two_processes_record_a_crossing_at_the_step_end_once_and_block_ne
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     store = await PostgresRunStateStore.open(pg_store_url)
     # Two admission stores with their own pools: two processes, as far as the database knows.
-    first, second = (await PostgresAdmissionStore.open(pg_store_url) for _ in range(2))
+    first = await PostgresAdmissionStore.open(pg_store_url)
+    second = await PostgresAdmissionStore.open(pg_store_url)
     announced: list[tuple[str, int]] = []
 
     def announcer(name: str):  # type: ignore[no-untyped-def]
