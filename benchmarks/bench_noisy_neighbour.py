@@ -4,11 +4,13 @@ One PostgreSQL schema, limits on (PostgreSQL admission), reference engine, one-s
 Tenant B starts runs at a steady rate in this process; in the "flood" phases a second process
 (tenant A, its own pools and engine, as another ``dvt serve`` would be) sends ten times A's
 ``runStartsPerMinute``, so most of A's starts are refused with RATE_LIMITED and the rest run.
-A third condition has A send exactly its rate (the work A is allowed), so the cost of the
-excess is told apart from the cost of A's admitted runs. Phases alternate (alone, A at its
-limit, A flooding, alone, ...) so a drift of the shared machine's load falls on every
-condition alike. Per condition: B's start latency p50/p99 (``start_run``), B's throughput (runs
-completed per second of the phase) and what A sent, got admitted and got refused.
+A second condition has A send exactly its rate (the work A is allowed), so the cost of the
+excess is told apart from the cost of A's admitted runs; a fourth floods with the refusing
+process's memory of refusals switched off (every refusal asks the store, as before that
+memory existed). Phases alternate (alone, A at its limit, A flooding, ...) so a drift of the
+shared machine's load falls on every condition alike. Per condition: B's start latency
+p50/p99 (``start_run``), B's throughput (runs completed per second of the phase) and what A
+sent, got admitted, got refused and failed to start.
 
 Run: ``python benchmarks/bench_noisy_neighbour.py`` (a durable local server is started for
 the run; ``--dsn`` to use another). ``--quick`` shrinks the phases for a smoke run.
@@ -29,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+import dvt_engine.admission as admission_module
 from benchmarks.bench_store import bench_server
 from dvt_engine.admission import LimitsPatch
 from dvt_engine.builder import PlanBuilder
@@ -118,11 +121,13 @@ async def empty_bucket(admission: PostgresAdmissionStore, tenant: str) -> None:
     await admission._run(work)
 
 
-def start_flood(url: str, tenant: str, rate: float, seconds: float) -> subprocess.Popen[str]:
+def start_flood(url: str, tenant: str, rate: float, seconds: float, *, remember: bool
+                ) -> subprocess.Popen[str]:
     """Tenant A's process, running once it said ``ready``."""
     process = subprocess.Popen(
         [sys.executable, __file__, "--flood", url, "--tenant", tenant, "--rate", str(rate),
-         "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
+         "--seconds", str(seconds), *(() if remember else ("--forget",))],
+        stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
     return process
@@ -143,11 +148,13 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
     await admission.set_limits(b, LimitsPatch.parse(
         {"runStartsPerMinute": 1_000_000, "maxActiveRuns": 1000}))
     client = Client(engine=engine, store=store, tenant=b, admission=admission)
-    conditions = ("alone", "A at its limit", "A at 10x its limit")
+    conditions = ("alone", "A at its limit", "A at 10x its limit",
+                  "A at 10x, refusals not remembered")
     results: dict[str, dict[str, list[float]]] = {
         c: {"lat": [], "done": [], "span": []} for c in conditions}
     floods: dict[str, list[dict[str, int]]] = {c: [] for c in conditions}
-    a_rate = {"A at its limit": args.a_limit / 60, "A at 10x its limit": 10 * args.a_limit / 60}
+    a_rate = {"A at its limit": args.a_limit / 60, "A at 10x its limit": 10 * args.a_limit / 60,
+              "A at 10x, refusals not remembered": 10 * args.a_limit / 60}
     load = []
     try:
         await steady(client, args.b_rate, 2, "warm")
@@ -156,7 +163,8 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
             process = None
             if condition in a_rate:
                 await empty_bucket(admission, a)
-                process = start_flood(url, a, a_rate[condition], args.seconds)
+                process = start_flood(url, a, a_rate[condition], args.seconds,
+                                      remember="not remembered" not in condition)
             load.append(os.getloadavg()[0])
             lat, done, span = await steady(client, args.b_rate, args.seconds, f"b{phase}")
             results[condition]["lat"] += lat
@@ -185,7 +193,8 @@ async def run(args: argparse.Namespace, dsn: str, server: str) -> str:
         lines.append(f"| {condition} | {len(r['lat'])} | {pct(r['lat'], .5):.1f} | "
                      f"{pct(r['lat'], .99):.1f} | {rate:.2f} | {a_part} |")
     lines.append("")
-    for base, other in (("alone", "A at 10x its limit"), ("A at its limit", "A at 10x its limit")):
+    for base, other in (("alone", "A at 10x its limit"), ("A at its limit", "A at 10x its limit"),
+                        ("A at its limit", "A at 10x, refusals not remembered")):
         p99 = 100 * (pct(results[other]["lat"], .99) / pct(results[base]["lat"], .99) - 1)
         throughput = 100 * (_rate(results[other]) / _rate(results[base]) - 1)
         lines.append(f"B {other} against B {base}: start p99 {p99:+.1f} %, "
@@ -202,15 +211,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dsn", default=os.environ.get("DVT_PG_DSN"))
     parser.add_argument("--quick", action="store_true", help="short phases, for a smoke run")
-    parser.add_argument("--a-limit", type=int, default=300, help="A's runStartsPerMinute")
-    parser.add_argument("--b-rate", type=float, default=5.0, help="B's starts per second")
+    parser.add_argument("--a-limit", type=int, default=60, help="A's runStartsPerMinute")
+    parser.add_argument("--b-rate", type=float, default=2.0, help="B's starts per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="one phase")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three phases")
     parser.add_argument("--flood", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--tenant", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--forget", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.flood:
+        if args.forget:  # every refusal asks the store again: the cost before the memory
+            admission_module.RATE_MEMO_MAX_S = 0.0
         print(json.dumps(asyncio.run(flood(args.flood, args.tenant, args.rate, args.seconds))))
         return
     if args.quick:
