@@ -2,7 +2,8 @@
 
 1. Overhead: ``Client.start_run`` of a one-step plan with limits on (PostgreSQL admission,
    room to spare) next to the same start with limits off, alternating in one process on one
-   schema, p50/p99 per start; and ``admit`` alone.
+   schema, p50/p99 per start; and ``admit`` alone. Also a start refused for the start rate,
+   by the store and from the process's memory of the last refusal (what a flood costs).
 2. Backlog starvation: tenant A has a large queue (100,000 runs, written with one COPY) and
    keeps its slots busy; tenant B (one slot, queue mode) queues runs one after the other.
    B's dispatch wait is the time from its previous run's terminal event to the registration
@@ -30,11 +31,13 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+import dvt_engine.admission as admission_module
 from benchmarks.bench_store import bench_server
 from dvt_engine.admission import LimitsPatch, StartRequest, plan_size
 from dvt_engine.builder import PlanBuilder
 from dvt_engine.client import Client
 from dvt_engine.engines.reference import ReferenceEngine
+from dvt_engine.errors import RateLimited
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import RunContext
 from dvt_statestore_pg.admission import _CLAIM_HEAD, _QUEUED_TENANTS, PostgresAdmissionStore
@@ -48,6 +51,30 @@ def pct(values: list[float], q: float) -> float:
     """The q-quantile (nearest rank) of ``values`` in milliseconds."""
     ordered = sorted(values)
     return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def refused(client: Client, admission: PostgresAdmissionStore, plan_ref: PlanRef,
+                  n: int) -> list[str]:
+    """A start over the tenant's start rate: refused by the store each time (the refusal not
+    remembered), and refused from the process's memory of the last refusal."""
+    tenant = f"flood-{uuid.uuid4().hex[:6]}"
+    flood = Client(engine=client.engine, store=client.store, tenant=tenant, admission=admission)
+    await admission.set_limits(tenant, LimitsPatch.parse({"runStartsPerMinute": 1}))
+    await flood.start_run(plan_ref, run_id="first")  # the bucket's one token
+    rows = []
+    for name, memo_s in (("store asked", 0.0), ("remembered", admission_module.RATE_MEMO_MAX_S)):
+        admission_module.RATE_MEMO_MAX_S = memo_s
+        samples = []
+        for i in range(n):
+            began = time.perf_counter()
+            try:
+                await flood.start_run(plan_ref, run_id=f"{name[0]}-{i}")
+            except RateLimited:
+                samples.append(time.perf_counter() - began)
+        assert len(samples) == n  # every one refused
+        rows.append(f"| start over the rate, refused ({name}) | {n} | {pct(samples, .5):.2f} | "
+                    f"{pct(samples, .99):.2f} |")
+    return rows
 
 
 async def overhead(url: str, n: int) -> list[str]:
@@ -74,11 +101,12 @@ async def overhead(url: str, n: int) -> list[str]:
         await admission.admit(StartRequest(plan_ref, context, steps, size))
         times["admit"].append(time.perf_counter() - began)
         await admission.release("bench-admit", context.run_id)
+    refusals = await refused(on, admission, plan_ref, n)
     await engine.wait_idle()
     await engine.close()
     await admission.close()
     await store.close()
-    return [f"| start, limits off | {n} | {pct(times['off'], .5):.2f} | "
+    return [*refusals, f"| start, limits off | {n} | {pct(times['off'], .5):.2f} | "
             f"{pct(times['off'], .99):.2f} |",
             f"| start, limits on | {n} | {pct(times['on'], .5):.2f} | "
             f"{pct(times['on'], .99):.2f} |",

@@ -82,12 +82,15 @@ _ADMIT_WRITE = (
 
 # The head of a tenant's queue: waiting, or claimed by a dispatcher whose claim lapsed (an
 # index scan of dvt_admission_queue_waiting, (tenant_id, seq), stopping at the first row).
+# Whether the head is registered is asked of that one row after the LIMIT (an index probe of
+# dvt_runs), never as a hashed subplan over every run of the store.
 _CLAIM_HEAD = (
     f"SELECT {_QUEUE_COLUMNS}, EXISTS (SELECT 1 FROM {{s}}.dvt_runs r"
-    "   WHERE r.tenant_id = q.tenant_id AND r.run_id = q.run_id)"
-    " FROM {s}.dvt_admission_queue q WHERE q.tenant_id = %s AND (q.state = 'QUEUED'"
+    "   WHERE r.tenant_id = h.tenant_id AND r.run_id = h.run_id)"
+    f" FROM (SELECT {_QUEUE_COLUMNS}, tenant_id, run_id FROM {{s}}.dvt_admission_queue q"
+    "   WHERE q.tenant_id = %s AND (q.state = 'QUEUED'"
     "   OR (q.state = 'STARTING' AND q.claimed_until < clock_timestamp()))"
-    " ORDER BY q.seq LIMIT 1")
+    "   ORDER BY q.seq LIMIT 1) h")
 # Distinct tenants of the waiting index, in name order (a recursive skip scan: PostgreSQL
 # reads every waiting row for a DISTINCT or GROUP BY).
 _QUEUED_TENANTS = (
