@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 import psycopg
+from pydantic_core import from_json
 
 from dvt_archive.reader import ParquetColdReader
 from dvt_engine.archive import ColdSegment
-from dvt_engine.stored_events import StoredEvent, stored_event
+from dvt_engine.stored_events import StoredEvent
 from dvt_statestore_pg import admin
 from dvt_statestore_pg.config import parse_store_url
 from dvt_statestore_pg.tiers import segment_from_row, segments_query
@@ -42,10 +43,13 @@ class ColdLoader:
         # Files in order, so the readers' cache holds each file while its runs are read.
         for segment in sorted(segments, key=lambda s: (s.files, s.tenant_id, s.run_id,
                                                         s.first_seq)):
-            rows = self.reader(segment.root_url).read_segment_sync(segment, whole_files=True)
-            # Archived envelopes are the hot ones, validated when written: read as records.
+            rows = self.reader(segment.root_url).read_log_sync(segment)
+            # Archived envelopes are the hot ones, validated when written: read as records,
+            # a segment's envelopes parsed as one JSON array.
+            envelopes = from_json("[" + ",".join(envelope for _, envelope in rows) + "]")
             found.setdefault((segment.tenant_id, segment.run_id), []).extend(
-                stored_event(envelope, seq) for seq, _at, envelope in rows)
+                StoredEvent(envelope, seq)
+                for (seq, _), envelope in zip(rows, envelopes, strict=True))
         for events in found.values():
             events.sort(key=lambda e: e.run_seq or 0)
         return found

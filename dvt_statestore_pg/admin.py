@@ -132,13 +132,16 @@ def _queries(schema: str, full: bool) -> tuple[sql.Composed, sql.Composed]:
              archived=sql.Identifier(schema, "dvt_archived_runs"))
     # The snapshots travel as one JSON array, not a json[] parameter: psycopg escapes every
     # element of a text array with a regular expression, which took most of a rebuild's time
-    # on large snapshots. json_array_elements keeps each element's text as it was.
+    # on large snapshots. json_array_elements keeps each element's text as it was. ROWS FROM
+    # pairs the n-th snapshot with the n-th key; joined on an ordinality instead, the planner
+    # chose a nested loop that rescanned the page's snapshots once per run (quadratic, and
+    # spilled to disk for large snapshots: 4 s for 500 runs of a 50-step plan).
     write = sql.SQL(
-        "UPDATE {runs} r SET snapshot = s.snapshot, snapshot_seq = u.seq,"
+        "UPDATE {runs} r SET snapshot = u.snapshot, snapshot_seq = u.seq,"
         " status = u.status, substatus = u.substatus"
-        " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[])"
-        "   WITH ORDINALITY AS u(tenant_id, run_id, seq, status, substatus, n)"
-        " JOIN json_array_elements(%s::json) WITH ORDINALITY AS s(snapshot, n) USING (n)"
+        " FROM ROWS FROM (unnest(%s::text[]), unnest(%s::text[]), unnest(%s::bigint[]),"
+        "   unnest(%s::text[]), unnest(%s::text[]), json_array_elements(%s::json))"
+        "   AS u(tenant_id, run_id, seq, status, substatus, snapshot)"
         " WHERE r.tenant_id = u.tenant_id AND r.run_id = u.run_id AND r.last_seq = u.seq"
         " RETURNING r.tenant_id, r.run_id"
     ).format(runs=runs)
