@@ -101,9 +101,9 @@ async def catch_up(url: str, *, tenant_id: str | None = None) -> RebuildReport:
     return await _recompute(url, tenant_id=tenant_id, full=False)
 
 
-#: One page of runs as read: (tenant, run, header, last_seq, snapshot_seq, snapshot, status,
-#: substatus, in the cold archive, its events from the hot log as JSON text or None).
-PageRow = tuple[str, str, str, int, int, str, str, str | None, bool, str | None]
+#: One page of runs as read: (tenant, run, header, last_seq, snapshot_seq, snapshot, in the
+#: cold archive, its events from the hot log as JSON text or None).
+PageRow = tuple[str, str, str, int, int, str, bool, str | None]
 #: One recomputed snapshot to store: (tenant, run, snapshot JSON, seq, status, substatus).
 Fresh = tuple[str, str, str, int, str, str | None]
 
@@ -116,7 +116,7 @@ def _queries(schema: str, full: bool) -> tuple[sql.Composed, sql.Composed]:
     # decoded in one parser call per run, and no sort of the page's wide event rows.
     read = sql.SQL(
         "SELECT r.tenant_id, r.run_id, r.header::text, r.last_seq, r.snapshot_seq,"
-        " r.snapshot::text, r.status, r.substatus,"
+        " r.snapshot::text,"
         + (" EXISTS (SELECT 1 FROM {archived} a WHERE a.tenant_id = r.tenant_id"
            " AND a.run_id = r.run_id)," if full else " false,")
         + " log.events FROM (SELECT * FROM {runs} WHERE (tenant_id, run_id) > (%s, %s)"
@@ -158,8 +158,7 @@ def _fold_page(page: list[PageRow], colds: dict[tuple[str, str], list[StoredEven
                full: bool, cold: bool, report: RebuildReport) -> list[Fresh]:
     """Each run of a page recomputed from its log: the snapshots to store (CPU only)."""
     batch: list[Fresh] = []
-    for (tenant, run_id, header_text, last_seq, snapshot_seq, snapshot_text, _status,
-         _substatus, in_cold, log) in page:
+    for tenant, run_id, header_text, last_seq, snapshot_seq, snapshot_text, in_cold, log in page:
         if in_cold and not cold:
             report.archived.append(run_id)
             continue
@@ -196,12 +195,16 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool,
     report = RebuildReport()
     read_query, write_query = _queries(parse_store_url(url).schema, full)
     reader, _ = await _connect(url)
-    writer, _ = await _connect(url)
+    try:
+        writer, _ = await _connect(url)
+    except BaseException:
+        await reader.close()
+        raise
 
     async def read(after: tuple[str, str]) -> tuple[list[PageRow], dict[Any, Any]]:
         cur = await reader.execute(read_query, (*after, tenant_id, tenant_id, RUNS_PER_PAGE))
         page: list[PageRow] = await cur.fetchall()
-        archived = [(row[0], row[1]) for row in page if row[8]]
+        archived = [(row[0], row[1]) for row in page if row[6]]
         colds = await cold(reader, archived) if cold is not None and archived else {}
         return page, colds
 
@@ -236,8 +239,10 @@ async def _recompute(url: str, *, tenant_id: str | None, full: bool,
             if writing is not None:
                 await writing
         finally:
-            for task in (reading, writing):
-                if task is not None and not task.done():
-                    task.cancel()
+            # Only after an error: stop the stage still running before its connection closes.
+            pending = [t for t in (reading, writing) if t is not None and not t.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
     report.seconds = time.perf_counter() - started
     return report
