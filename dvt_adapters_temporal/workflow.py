@@ -18,8 +18,9 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
+# Names are imported from their modules: a module taken from its package (``from pkg import
+# mod``) is re-imported inside the sandbox for every run, and a cache in it lost with it.
 with workflow.unsafe.imports_passed_through():
-    from dvt_adapters_temporal import handoff
     from dvt_adapters_temporal.activity_options import (
         BOOKKEEPING_RETRY,
         BOOKKEEPING_TIMEOUT,
@@ -29,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         step_timeout,
     )
     from dvt_adapters_temporal.budget import budget_spent, continue_now
+    from dvt_adapters_temporal.handoff import leave, take
     from dvt_adapters_temporal.ordering import SignalOrder
     from dvt_adapters_temporal.plans import parsed_plan, unpack
     from dvt_adapters_temporal.wire import (
@@ -208,7 +210,7 @@ class DvtRunWorkflow:
             )
             await self._execute(self._interp.begin())
         else:
-            taken = handoff.take(workflow.info().continued_run_id, cursor.interpreter) \
+            taken = take(workflow.info().continued_run_id, cursor.interpreter) \
                 if self._compact else None
             self._interp = taken or RunInterpreter.from_cursor(
                 plan, cursor.interpreter, run_params=dict(inp.context.get("params") or {}))
@@ -542,7 +544,7 @@ class DvtRunWorkflow:
             signal_seq=self._order.applied_seq,
         )
         if self._compact and not workflow.unsafe.is_replaying():
-            handoff.leave(workflow.info().run_id, self._interp)
+            leave(workflow.info().run_id, self._interp)
         workflow.continue_as_new(
             RunInput(self._inp.plan_ref, self._inp.context, self._inp.engine_run_ref,
                      self._inp.config, cursor)
