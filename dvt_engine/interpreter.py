@@ -79,6 +79,16 @@ class StepState:
 _WATCHED = frozenset({"status", "in_flight"})
 
 
+def _new_state(status: StepStatus = StepStatus.PENDING, attempt: int = 1, in_flight: bool = False,
+               awaiting: bool = False) -> StepState:
+    """A StepState not yet held by an interpreter, built without the change hook (a rebuild
+    makes one per step of the plan)."""
+    state = StepState.__new__(StepState)
+    state.__dict__.update(status=status, logical_attempt_id=attempt, in_flight=in_flight,
+                          awaiting_approval=awaiting)
+    return state
+
+
 class _StepStates(dict[str, StepState]):
     """The interpreter's step states: a state put here reports its changes to the interpreter."""
 
@@ -156,7 +166,7 @@ class RunInterpreter:
             states.adopt(step_id, state)
         for spec in self.plan.steps:
             if spec.step_id not in states:
-                states.adopt(spec.step_id, StepState())
+                states.adopt(spec.step_id, _new_state())
         given_expansions, self.expansions = self.expansions, {}
         for step_id, items in given_expansions.items():
             self._apply_expansion(step_id, items)
@@ -688,9 +698,9 @@ class RunInterpreter:
             at: dict[int, StepState] = {}
             for status, attempt, in_flight, awaiting, first, last in ranges:
                 for pos in range(int(first), int(last) + 1):
-                    at[pos] = StepState(StepStatus(status), int(attempt), bool(in_flight),
-                                        bool(awaiting))
-            given = {spec.step_id: at.get(pos) or StepState()
+                    at[pos] = _new_state(StepStatus(status), int(attempt), bool(in_flight),
+                                         bool(awaiting))
+            given = {spec.step_id: at.get(pos) or _new_state()
                      for pos, spec in enumerate(plan.steps)}
         interp = cls(
             plan=plan,
