@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from dvt_engine.errors import IllegalTransition, RunNotFound
 from dvt_engine.idempotency import event_key
 from dvt_engine.identity import RunIdentity
 from dvt_engine.models.events import AppendResult, Event
+from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
+from dvt_engine.projector import Projection
 from dvt_engine.secret_scan import redact_secrets
 from dvt_engine.statemachine import transition_problem
 
@@ -128,33 +131,93 @@ class EventFactory:
         )
 
 
+#: How many times a writer reads the run again after finding its view stale before it falls
+#: back to checking a fresh snapshot and appending unconditionally (the pre-view behaviour).
+_STALE_READS = 20
+
+
+class RunView:
+    """One process's view of a run: its snapshot at the last runSeq this process knows.
+
+    Shared by every writer of the run in the process (a run's driver and its step attempts), so
+    an append needs no read of the snapshot first. The view is only a guess: each append goes
+    through ``append_if_last`` at the view's runSeq, so the store's per-run sequence still
+    decides, and a view another writer made stale is read again from the store.
+    """
+
+    def __init__(self) -> None:
+        self.projection: Projection | None = None
+        # Writers of the run in this process take turns, so they never make each other stale.
+        self.lock = asyncio.Lock()
+
+
 class RunWriter:
     """Appends a run's events, refusing any transition the state machine forbids.
 
     A retried append of an event that is already in the log is answered as a duplicate even
-    though, by then, the transition would no longer be legal.
+    though, by then, the transition would no longer be legal. With a shared ``view`` the
+    transition is checked against the view and the append is conditional on the view's runSeq
+    (check and append are then atomic); without one, the snapshot is read before each append.
     """
 
-    def __init__(self, store: RunStateStore, header: RunIdentity) -> None:
+    def __init__(self, store: RunStateStore, header: RunIdentity,
+                 view: RunView | None = None) -> None:
         self.store = store
         self.header = header
+        self.view = view
 
     async def append(self, event: Event) -> AppendResult:
         """Append ``event`` if its transition is legal; ILLEGAL_TRANSITION otherwise."""
         with telemetry.append_span(event) as span:
-            result = await self._append(event)
+            if self.view is None:
+                result = await self._append(event)
+            else:
+                async with self.view.lock:
+                    result = await self._append_viewed(event, self.view)
             span.set_attribute(telemetry.ATTR_RUN_SEQ, result.run_seq)
             span.set_attribute(telemetry.ATTR_DUPLICATE, result.duplicate)
             return result
 
-    async def _append(self, event: Event) -> AppendResult:
+    async def _snapshot(self) -> RunSnapshot:
         snapshot = await self.store.get_snapshot(self.header.tenant_id, self.header.run_id)
         if snapshot is None:
             raise RunNotFound(f"run {self.header.run_id!r} is not registered",
                               details={"runId": self.header.run_id})
+        return snapshot
+
+    async def _append(self, event: Event) -> AppendResult:
+        snapshot = await self._snapshot()
         problem = transition_problem(snapshot, event)
         if problem is None:
             return await self.store.append(event)
+        return await self._refused(event, snapshot, problem)
+
+    async def _append_viewed(self, event: Event, view: RunView) -> AppendResult:
+        for _ in range(_STALE_READS):
+            fresh = view.projection is None
+            if view.projection is None:
+                view.projection = Projection(await self._snapshot())
+            projection = view.projection
+            snapshot = projection.snapshot()
+            problem = transition_problem(snapshot, event)
+            if problem is not None:
+                if fresh:
+                    return await self._refused(event, snapshot, problem)
+                view.projection = None  # decided on the store's snapshot, not on a guess
+                continue
+            result = await self.store.append_if_last(event, projection.last_event_seq)
+            if result is None:
+                view.projection = None  # another writer appended: read the run again
+                continue
+            if not result.duplicate:
+                projection.fold([event.model_copy(update={
+                    "run_seq": result.run_seq, "persisted_at": result.persisted_at})])
+            return result
+        view.projection = None
+        return await self._append(event)
+
+    async def _refused(self, event: Event, snapshot: RunSnapshot, problem: str) -> AppendResult:
+        """A duplicate if the key is stored already; ILLEGAL_TRANSITION otherwise."""
         existing = await self.store.get_event_by_key(
             self.header.tenant_id, self.header.run_id, event.idempotency_key
         )

@@ -185,11 +185,16 @@ class Appender(StoreCore):
         sent: set[str] = set()
 
         async def work(conn: Conn) -> tuple[AppendResult | None, RunState | None]:
-            state = await self._load_state(conn, run)
-            if state is None:
-                raise _not_found(event.run_id)
-            if state.last_seq != expected_last_seq:
-                return None, None
+            # Known at the expected runSeq, the run needs no read: the function checks the
+            # runSeq under the run's lock and answers "stale" if another writer got in.
+            state = self._cache.get(run)
+            read = state is None or state.last_seq != expected_last_seq
+            if read:
+                state = await self._load_state(conn, run)
+                if state is None:
+                    raise _not_found(event.run_id)
+                if state.last_seq != expected_last_seq:
+                    return None, None
             params, new_state = self._append_params(run, state, [event])
             try:
                 cur = await conn.execute(self._q.append, params)
@@ -200,8 +205,16 @@ class Appender(StoreCore):
             for outcome, _key, seq, event_id, persisted_at, _last, stored_hash in rows:
                 if outcome == "missing":
                     raise _not_found(event.run_id)
+                if outcome == "stale":
+                    self._cache.pop(run, None)  # another writer: the next call reads the run
+                    return None, None
                 if outcome == "duplicate":
                     await self._refuse_conflict(conn, run, event, stored_hash)
+                    # The function answers a stored key before it compares runSeqs.
+                    if not read:
+                        now = await self._load_state(conn, run)
+                        if now is None or now.last_seq != expected_last_seq:
+                            return None, None
                 if outcome in ("appended", "duplicate"):
                     mine = outcome == "appended" or event_id in sent
                     result = AppendResult(run_seq=seq, persisted_at=utc(persisted_at),

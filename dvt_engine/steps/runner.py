@@ -26,7 +26,7 @@ from opentelemetry.trace import Span
 
 from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import DvtError, ErrorCode, IllegalTransition, StepCancelled
-from dvt_engine.eventlog import EventFactory, RunWriter
+from dvt_engine.eventlog import EventFactory, RunView, RunWriter
 from dvt_engine.idempotency import event_key
 from dvt_engine.models.events import AppendResult, Event, EventType
 from dvt_engine.models.snapshot import ArtifactRef, Cost, StepError
@@ -91,6 +91,9 @@ class StepRunner:
         self.registry = registry if registry is not None else default_registry()
         self.secrets = secrets if secrets is not None else EnvSecretsProvider()
         self.emitted_by = emitted_by
+        #: Views of the runs whose only writer in this process goes through this runner and its
+        #: engine, by (tenantId, runId): their appends need no read of the snapshot first.
+        self.views: dict[tuple[str, str], RunView] = {}
 
     # --- one engine attempt ------------------------------------------------------------------
     async def run(
@@ -321,7 +324,8 @@ class StepRunner:
         return EventFactory(inv, emitted_by=self.emitted_by)
 
     async def _append(self, inv: StepInvocation, event: Event) -> AppendResult:
-        return await RunWriter(self.store, inv).append(event)
+        view = self.views.get((inv.tenant_id, inv.run_id))
+        return await RunWriter(self.store, inv, view).append(event)
 
     async def _finish(
         self,
