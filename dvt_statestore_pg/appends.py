@@ -7,7 +7,7 @@ import json
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -18,7 +18,7 @@ from dvt_engine.event_validation import prepared_for_storage, validate_envelope
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.snapshot import RunSnapshot
-from dvt_engine.projector import apply
+from dvt_engine.projector import Projection, apply
 from dvt_engine.stores.fingerprint import refuse_conflict
 from dvt_statestore_pg.core import Conn, RunKey, StoreCore, event_with_seq, utc
 from dvt_statestore_pg.fingerprints import fingerprint
@@ -36,6 +36,16 @@ class RunState:
     last_seq: int
     snapshot_seq: int
     snapshot: RunSnapshot
+    #: The snapshot as a Projection to fold the next append into; only while it is still at
+    #: ``last_seq`` (folding for a call that then failed moves it on, and it is rebuilt).
+    projection: Projection | None = field(default=None, compare=False, repr=False)
+
+    def folding(self) -> Projection:
+        """A Projection at this state to fold the next events into."""
+        kept = self.projection
+        if kept is not None and kept.last_event_seq == self.last_seq:
+            return kept
+        return Projection(self.snapshot)
 
 
 def _snapshot_every(snapshot: RunSnapshot) -> int:
@@ -407,7 +417,11 @@ class Appender(StoreCore):
                 e.model_copy(update={"run_seq": expected + i})
                 for i, e in enumerate(pending, start=1)
             ]
-            snapshot = apply(state.snapshot, stored)
+            # The run's Projection is kept from append to append: building one indexes every
+            # step, which cost a 200-step run more than the rest of the append's Python.
+            projection = state.folding()
+            projection.fold(stored)
+            snapshot = projection.snapshot()
             last = expected + len(pending)
             write = snapshot.status.is_terminal or last - state.snapshot_seq >= _snapshot_every(
                 snapshot
@@ -415,7 +429,8 @@ class Appender(StoreCore):
             snapshot_json = snapshot.model_dump_json() if write else None
             status = snapshot.status.value
             substatus = snapshot.substatus.value if snapshot.substatus else None
-            new_state = RunState(last, last if write else state.snapshot_seq, snapshot)
+            new_state = RunState(last, last if write else state.snapshot_seq, snapshot,
+                                 projection)
         params = (
             run_id,
             tenant_id,
