@@ -77,6 +77,38 @@ class ForEachSpec(StrictModel):
     when: str | None = Field(default=None, min_length=1, max_length=2000)
 
 
+#: Largest custom signal payload schema a plan may declare, as canonical JSON bytes.
+MAX_SIGNAL_SCHEMA_BYTES = 16 * 1024
+#: Most custom signal types one plan may declare.
+MAX_SIGNAL_TYPES = 50
+SignalRole = Literal["admin", "engineer", "operator", "approver"]
+WaitTimeoutAction = Literal["fail", "skip"]
+
+
+class SignalDeclaration(StrictModel):
+    """A custom signal type a plan accepts (v1.3): its payload schema and who may send it."""
+
+    #: A Draft 2020-12 JSON Schema of the payload (checked at validation; absent: any object).
+    payload: dict[str, Any] | None = None
+    #: Roles that may send it (the ordered roles imply the ones below them); absent: operator.
+    roles: tuple[SignalRole, ...] | None = Field(default=None, min_length=1, max_length=4)
+    description: str | None = Field(default=None, max_length=2000)
+
+    @property
+    def allowed_roles(self) -> tuple[str, ...]:
+        """The roles that may send the signal (operator when the plan names none)."""
+        return self.roles or ("operator",)
+
+
+class WaitForSignalSpec(StrictModel):
+    """A step that waits for a custom signal (v1.3); its payload becomes the step's output."""
+
+    name: Identifier
+    #: How long the step waits (absent: until the run ends or an operator steps in).
+    timeout_ms: int | None = Field(default=None, ge=1)
+    on_timeout: WaitTimeoutAction = "fail"
+
+
 class StepSpec(StrictModel):
     """One step of a plan: a kind, its params, and the steps it waits for."""
 
@@ -96,6 +128,8 @@ class StepSpec(StrictModel):
     when: str | None = Field(default=None, min_length=1, max_length=2000)
     #: Expand into one child step per item of a list (v1.3, dvt_engine/rules/foreach.py).
     for_each: ForEachSpec | None = None
+    #: Wait for a custom signal instead of running a handler (v1.3, docs/plans.md).
+    wait_for_signal: WaitForSignalSpec | None = None
 
     @property
     def join_spec(self) -> JoinSpec:
@@ -131,6 +165,9 @@ class PlanMetadata(StrictModel):
     concurrency_groups: dict[Identifier, Annotated[int, Field(ge=1)]] | None = None
     #: Absent means ``satisfy`` (None keeps plans without the field dumping as before v1.3).
     skip_rule: SkipRule | None = None
+    #: Custom signal types the run accepts (v1.3), by name.
+    signals: dict[Identifier, SignalDeclaration] | None = Field(default=None,
+                                                                max_length=MAX_SIGNAL_TYPES)
 
     @property
     def group_limits(self) -> dict[str, int]:
