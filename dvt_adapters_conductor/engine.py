@@ -110,14 +110,17 @@ class ConductorEngine(BaseEngine):
         self.mapping = MappingOptions(task_prefix=settings.task_prefix,
                                       owner_email=settings.owner_email,
                                       lease_s=settings.lease_s,
-                                      crash_retries=settings.crash_retries)
+                                      crash_retries=settings.crash_retries,
+                                      class_queues=tuple(sorted(settings.class_queues.items())))
         self.runner = StepRunner(store, self.registry, secrets=self.secrets,
                                  artifacts=self.artifacts)
         self.worker_options = worker_options or WorkerOptions()
         self._server_url = settings.url
         self._auth = auth
         self._embedded_worker = settings.worker if worker is None else worker
-        self._step_queues = tuple(settings.step_queues)
+        # Workers poll the routed classes' queues too (plan v1.3 resource classes).
+        self._step_queues = tuple(dict.fromkeys([*settings.step_queues,
+                                                 *settings.class_queues.values()]))
         self._api: ConductorApi | None = None
         self._coordinator: RunCoordinator | None = None
         self._host: WorkerHost | None = None

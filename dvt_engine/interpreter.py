@@ -119,13 +119,15 @@ class RunInterpreter:
     _read_by_conditions: set[str] = field(init=False, repr=False, compare=False)
     _v13: bool = field(init=False, repr=False, compare=False)
     _groups: dict[str, str | None] = field(init=False, repr=False, compare=False)
+    _classes: dict[str, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._in_flight = set()
         self._ready = ReadySteps(
             self.plan.steps, {s.step_id: StepStatus.PENDING for s in self.plan.steps},
             needed=joins.needed_counts(self.plan),
-            skipped_satisfies=not self.plan.metadata.cascades_skips)
+            skipped_satisfies=not self.plan.metadata.cascades_skips,
+            priorities=concurrency.step_priorities(self.plan))
         # Plan v1.3 decisions (conditions, limits, joins) make a start depend on more than
         # readiness; plans without them keep the v1.2 path unchanged.
         self._read_by_conditions = {
@@ -135,6 +137,7 @@ class RunInterpreter:
         self._read_by_conditions.update(
             src for s in self.plan.steps if (src := foreach_rules.source_step(s)) is not None)
         self._groups = concurrency.step_groups(self.plan)
+        self._classes = concurrency.step_classes(self.plan)
         self._v13 = (concurrency.is_bounded(self.plan) or bool(self._read_by_conditions)
                      or any(s.when for s in self.plan.steps)
                      or joins.uses_joins_or_cascade(self.plan)
@@ -157,12 +160,14 @@ class RunInterpreter:
         children = [foreach_rules.child_id(step_id, i) for i in range(len(items))]
         self._read_by_conditions.update(children)
         self._groups = concurrency.step_groups(self.plan)
+        self._classes = concurrency.step_classes(self.plan)
         self._ready = ReadySteps(
             self.plan.steps,
             {s.step_id: (self.steps[s.step_id].status if s.step_id in self.steps
                          else StepStatus.PENDING) for s in self.plan.steps},
             needed=joins.needed_counts(self.plan),
-            skipped_satisfies=not self.plan.metadata.cascades_skips)
+            skipped_satisfies=not self.plan.metadata.cascades_skips,
+            priorities=concurrency.step_priorities(self.plan))
         for child in children:
             if child not in self.steps:
                 self.steps[child] = StepState()
@@ -475,7 +480,7 @@ class RunInterpreter:
             if cascades or completed:
                 continue
             skipped = False
-            slots = concurrency.Slots(self.plan, self._groups, self._in_flight)
+            slots = concurrency.Slots(self.plan, self._groups, self._in_flight, self._classes)
             for step_id in scheduling.steps_to_start_now(self._ready, self._in_flight):
                 if slots.full:
                     break
