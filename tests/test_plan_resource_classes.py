@@ -315,3 +315,14 @@ def test_metering_prices_each_attempt_by_its_class() -> None:
     assert row.compute_units == Decimal("80") + Decimal("1.125") + 4 + 2 + 3
     assert PriceTable.model_validate(
         {"classUnitsPerSecond": {"gpu": 8}}).units_per_second("gpu") == Decimal(8)
+
+
+def test_the_builder_writes_classes_and_priority() -> None:
+    from dvt_engine.builder import PlanBuilder
+
+    built = (PlanBuilder("b", "1", schema_version="v1.3",
+                         resource_classes={"gpu": {"maxParallel": 2}})
+             .step("a", "noop", resource_class="gpu", priority=3).build())
+    assert built["metadata"]["resourceClasses"] == {"gpu": {"maxParallel": 2}}
+    assert built["steps"][0] == {"stepId": "a", "kind": "noop", "resourceClass": "gpu",
+                                 "priority": 3}
