@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dvt_cli.main import cli
 from dvt_cli.ops import class_queues
@@ -326,3 +328,65 @@ def test_the_builder_writes_classes_and_priority() -> None:
     assert built["metadata"]["resourceClasses"] == {"gpu": {"maxParallel": 2}}
     assert built["steps"][0] == {"stepId": "a", "kind": "noop", "resourceClass": "gpu",
                                  "priority": 3}
+
+
+# --- property: limits hold, nothing that fits is passed over, starts come in ready order -------
+
+
+@st.composite
+def class_plans(draw: st.DrawFn) -> dict[str, Any]:
+    """A random v1.3 DAG whose steps have random classes, groups and priorities."""
+    n = draw(st.integers(2, 10))
+    steps: list[dict[str, Any]] = []
+    for i in range(n):
+        deps = sorted(draw(st.sets(st.integers(0, i - 1), max_size=2))) if i else []
+        step: dict[str, Any] = {"stepId": f"s{i}", "kind": "noop",
+                                "dependsOn": [f"s{d}" for d in deps]}
+        cls = draw(st.sampled_from([None, "gpu", "cpu", "free"]))
+        if cls is not None:
+            step["resourceClass"] = cls
+        if draw(st.booleans()):
+            step["concurrencyGroup"] = "g"
+        prio = draw(st.sampled_from([None, -3, 0, 2, 7]))
+        if prio is not None:
+            step["priority"] = prio
+        steps.append(step)
+    metadata: dict[str, Any] = {
+        "resourceClasses": {"gpu": {"maxParallel": draw(st.integers(1, 2))},
+                            "cpu": {"maxParallel": draw(st.integers(1, 3))}, "free": {}},
+        "concurrencyGroups": {"g": draw(st.integers(1, 3))}}
+    if draw(st.booleans()):
+        metadata["maxParallel"] = draw(st.integers(1, 4))
+    return doc(steps, **metadata)
+
+
+@settings(max_examples=150, deadline=None)
+@given(class_plans(), st.randoms(use_true_random=False))
+def test_limits_hold_and_starts_follow_the_ready_order(data: dict[str, Any],
+                                                       rng: random.Random) -> None:
+    p = plan(data["steps"], **{k: v for k, v in data["metadata"].items()
+                                if k not in ("planId", "planVersion", "schemaVersion")})
+    spec = {s.step_id: s for s in p.steps}
+    rank = {s.step_id: (-(s.priority or 0), i) for i, s in enumerate(p.steps)}
+    limits = p.metadata.class_limits
+    interp = RunInterpreter(p)
+    commands = interp.begin()
+    settled = 0
+    while True:
+        started = starts(commands)
+        assert started == sorted(started, key=rank.__getitem__)
+        assert interp.startable() == []  # nothing that fits was left waiting
+        running = interp.in_flight()
+        per_class: dict[str | None, int] = {}
+        for sid in running:
+            per_class[spec[sid].resource_class] = per_class.get(spec[sid].resource_class, 0) + 1
+        for cls, limit in limits.items():
+            assert per_class.get(cls, 0) <= limit
+        if p.metadata.max_parallel is not None:
+            assert len(running) <= p.metadata.max_parallel
+        if not running:
+            break
+        commands = interp.settle(rng.choice(running), 1, "succeeded")
+        settled += 1
+    assert settled == len(p.steps)
+    assert interp.is_finished
