@@ -398,7 +398,7 @@ class RunInterpreter:
 
     # --- the scheduling rule ------------------------------------------------------------
     def startable(self) -> list[str]:
-        """The steps ``advance()`` would start now, in plan order (nothing is changed)."""
+        """The steps ``advance()`` would start now, in the ready order (nothing is changed)."""
         failing_fast = failure_rules.failing_fast(self.plan, self.failure)
         if self.is_finished or not scheduling.starts_new_steps(
                 self.status, cancel_requested=self.cancel_requested, failing_fast=failing_fast):
@@ -467,7 +467,7 @@ class RunInterpreter:
         return commands
 
     def _decide(self) -> list[Command]:
-        """Plan v1.3 moves, pass after pass in plan order until a pass skips nothing: cascaded
+        """Plan v1.3 moves, pass after pass in the ready order until a pass skips nothing: cascaded
         skips first, then each ready step that fits the limits starts or, its condition false,
         is skipped (a skip can ready more steps). Each condition is evaluated once."""
         commands: list[Command] = []
