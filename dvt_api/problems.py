@@ -85,6 +85,7 @@ CODE_STATUS: dict[ErrorCode, int] = {
     ErrorCode.RUN_TERMINAL: 409,
     ErrorCode.RUN_NOT_APPROVED: 409,
     ErrorCode.STEP_NOT_RETRYABLE: 409,
+    ErrorCode.RUN_ALREADY_RETRIED: 409,
     ErrorCode.STEP_TERMINAL: 409,
     ErrorCode.STEP_NOT_AWAITING_APPROVAL: 409,
     ErrorCode.ILLEGAL_TRANSITION: 409,

@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     RUN_TERMINAL = "RUN_TERMINAL"
     STEP_NOT_FOUND = "STEP_NOT_FOUND"
     STEP_NOT_RETRYABLE = "STEP_NOT_RETRYABLE"
+    RUN_ALREADY_RETRIED = "RUN_ALREADY_RETRIED"
     STEP_TERMINAL = "STEP_TERMINAL"
     STEP_NOT_AWAITING_APPROVAL = "STEP_NOT_AWAITING_APPROVAL"
     STEP_FAILED = "STEP_FAILED"
@@ -315,6 +316,13 @@ class StepNotRetryable(SignalError):
     """RETRY_STEP on a step that is not FAILED."""
 
     code = ErrorCode.STEP_NOT_RETRYABLE
+
+
+class RunAlreadyRetried(SignalError):
+    """RETRY_RUN on a run that an earlier accepted RETRY_RUN already retried (message names it)."""
+
+    code = ErrorCode.RUN_ALREADY_RETRIED
+    hint = "Look at the run the message names; retry that run if it failed too."
 
 
 class StepTerminal(SignalError):

@@ -37,7 +37,11 @@ class Outbox(StoreCore):
         return await self._run(work)
 
     async def ack_outbox(self, ids: Sequence[int]) -> None:
-        """Mark leased outbox rows as delivered."""
+        """Acknowledge leased outbox rows: they are deleted, never handed out again.
+
+        Keeping delivered rows would grow the table by one row per event forever; the event
+        log itself is the record of what was sent.
+        """
 
         async def work(conn: Conn) -> None:
             await conn.execute(self._q.ack_outbox, (list(ids),))

@@ -276,11 +276,8 @@ class Queries:
 
     @property
     def ack_outbox(self) -> str:
-        """Mark outbox rows delivered."""
-        return self._fmt(
-            "UPDATE {dvt_outbox} SET delivered_at = clock_timestamp()"
-            " WHERE id = ANY(%s::bigint[]) AND delivered_at IS NULL"
-        )
+        """Remove delivered outbox rows: the table holds only work still to do."""
+        return self._fmt("DELETE FROM {dvt_outbox} WHERE id = ANY(%s::bigint[])")
 
     @property
     def event_at(self) -> str:

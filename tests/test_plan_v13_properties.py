@@ -28,6 +28,7 @@ import cel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plan_v13_strategies import bounded_plans
 
 from contract_tests.catalogue import as_scenario
 from contract_tests.driver import execute_scenario
@@ -37,60 +38,7 @@ from dvt_engine.models.events import Event
 from dvt_engine.models.run import StepStatus
 from dvt_engine.planning import validate_plan_document
 from dvt_engine.rules import conditions as condition_rules
-from dvt_engine.rules.conditions import settled_before
 from dvt_engine.stores.memory import MemoryRunStateStore
-
-GROUPS = ("g1", "g2")
-
-
-@st.composite
-def bounded_plans(draw: st.DrawFn) -> dict[str, Any]:
-    """A valid random v1.3 plan whose steps all succeed."""
-    n = draw(st.integers(2, 9))
-    steps: list[dict[str, Any]] = []
-    for i in range(n):
-        deps = sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else []
-        step: dict[str, Any] = {"stepId": f"s{i}", "dependsOn": [f"s{d}" for d in deps]}
-        if draw(st.booleans()):
-            step.update(kind="echo", params={"v": draw(st.integers(0, 9))})
-        else:
-            step.update(kind="sleep", params={"ms": draw(st.integers(0, 15))})
-        if len(deps) >= 2:
-            mode = draw(st.sampled_from(["all", "any", "quorum"]))
-            if mode == "quorum":
-                step["join"] = {"mode": "quorum", "count": draw(st.integers(1, len(deps)))}
-            elif mode == "any":
-                step["join"] = {"mode": "any",
-                                "losers": draw(st.sampled_from(["finish", "skip"]))}
-        if draw(st.booleans()):
-            step["concurrencyGroup"] = draw(st.sampled_from(GROUPS))
-        steps.append(step)
-    metadata: dict[str, Any] = {
-        "planId": "prop13", "planVersion": "1", "schemaVersion": "v1.3",
-        "maxParallel": draw(st.integers(1, 4)),
-        "concurrencyGroups": {g: draw(st.integers(1, 2)) for g in GROUPS},
-        "skipRule": draw(st.sampled_from(["satisfy", "cascade"])),
-    }
-    document = {"metadata": metadata, "params": {"limit": draw(st.integers(0, 9))},
-                "steps": steps}
-    if draw(st.booleans()):
-        # A bounded fan-out over a param list; its dependants are the fan-in.
-        template = draw(st.sampled_from(steps))
-        template["forEach"] = {"param": "items", "maxItems": 3}
-        document["params"]["items"] = draw(st.lists(st.integers(0, 9), max_size=3))
-    # Conditions may read the outputs of echo steps settled before theirs.
-    outline = validate_plan_document({**document, "metadata": {**metadata}})
-    for step in steps:
-        readable = sorted(s for s in settled_before(outline, step["stepId"])
-                          if outline.step(s).kind == "echo")
-        if readable and draw(st.booleans()):
-            ref = draw(st.sampled_from(readable))
-            op = draw(st.sampled_from(["<", ">=", "=="]))
-            step["when"] = f"steps.{ref}.output.v {op} params.limit"
-        elif draw(st.integers(0, 4)) == 0:
-            step["when"] = draw(st.sampled_from(["params.limit > 4", "params.limit <= 4"]))
-    validate_plan_document(document)
-    return document
 
 
 async def _run(document: dict[str, Any]) -> list[Event]:

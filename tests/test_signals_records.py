@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +19,7 @@ from dvt_engine.errors import (
     DvtError,
     ErrorCode,
     IllegalTransition,
+    RunAlreadyRetried,
     RunNotFound,
     RunTerminal,
     SchemaValidationFailed,
@@ -176,6 +178,46 @@ async def test_retry_run_honours_new_run_id(
     assert v.accepted is not None
     assert v.decision.new_run_id == "chosen-id"
     assert new_run_context(v.header, v.accepted).run_id == "chosen-id"
+
+
+async def test_a_run_is_retried_once_and_a_later_retry_names_the_first(
+    store: MemoryRunStateStore, service: SignalService
+) -> None:
+    run = await new_run(store)
+    await _terminal(EventType.RUN_FAILED, run)
+    first = await service.decide(request(run, SignalType.RETRY_RUN, signal_id="one",
+                                         roles=(Role.ENGINEER,)))
+    assert first.accepted is not None
+    second = await service.decide(request(run, SignalType.RETRY_RUN, {"newRunId": "other"},
+                                          signal_id="two", roles=(Role.ENGINEER,)))
+    assert second.accepted is None
+    assert second.decision.error_code == ErrorCode.RUN_ALREADY_RETRIED
+    assert second.decision.new_run_id is None
+    assert repr(first.decision.new_run_id) in (second.decision.message or "")
+    with pytest.raises(RunAlreadyRetried):
+        raise_for_rejection(second.decision)
+    # The refusal is recorded; the first retry's duplicate still answers with its run.
+    events = await store.fetch_events(TENANT, run.run_id)
+    assert [e.event_type for e in events[-2:]] == [EventType.SIGNAL_ACCEPTED,
+                                                   EventType.SIGNAL_REJECTED]
+    again = await service.decide(request(run, SignalType.RETRY_RUN, signal_id="one"))
+    assert again.decision.accepted
+    assert again.decision.new_run_id == first.decision.new_run_id
+
+
+async def test_concurrent_retries_of_one_run_accept_exactly_one(
+    store: MemoryRunStateStore, service: SignalService
+) -> None:
+    run = await new_run(store)
+    await _terminal(EventType.RUN_CANCELLED, run)
+    verdicts = await asyncio.gather(*(
+        service.decide(request(run, SignalType.RETRY_RUN, signal_id=f"r-{i}",
+                               roles=(Role.ENGINEER,)))
+        for i in range(8)))
+    accepted = [v for v in verdicts if v.accepted is not None]
+    assert len(accepted) == 1
+    assert {v.decision.error_code for v in verdicts if v.accepted is None} == \
+        {ErrorCode.RUN_ALREADY_RETRIED}
 
 
 async def test_new_run_context_refuses_other_signals(

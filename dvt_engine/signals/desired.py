@@ -39,6 +39,8 @@ class DesiredState:
     cancel_seq: int | None = None
     #: runSeq of the last accepted signal an engine applies (the next one's predecessor).
     last_signal_seq: int | None = None
+    #: The accepted RETRY_RUN that already retried this run, if any (a run is retried once).
+    retried_by: AcceptedSignal | None = None
 
 
 def accepted_signal(event: Event) -> AcceptedSignal | None:
@@ -94,9 +96,13 @@ def desired_state(snapshot: RunSnapshot, events: Sequence[Event]) -> DesiredStat
     pending: list[AcceptedSignal] = []
     cancel_seq: int | None = None
     last_signal_seq: int | None = None
+    retried_by: AcceptedSignal | None = None
     for event in events:
         signal = accepted_signal(event)
-        if signal is None or signal.type == SignalType.RETRY_RUN:
+        if signal is None:
+            continue
+        if signal.type == SignalType.RETRY_RUN:
+            retried_by = retried_by or signal
             continue
         if signal.type in ENGINE_APPLIED:
             last_signal_seq = signal.decision_run_seq
@@ -114,7 +120,7 @@ def desired_state(snapshot: RunSnapshot, events: Sequence[Event]) -> DesiredStat
         if folded is not None:
             state = folded
             pending.append(signal)
-    return DesiredState(state, tuple(pending), cancel_seq, last_signal_seq)
+    return DesiredState(state, tuple(pending), cancel_seq, last_signal_seq, retried_by)
 
 
 def _fold(state: RunSnapshot, signal: AcceptedSignal, basis: SignalBasis) -> RunSnapshot | None:

@@ -52,14 +52,16 @@ def check_state(
     step_id: str | None = None,
     approve: bool = True,
     cancel_seq: int | None = None,
+    retried_as: str | None = None,
 ) -> StateVerdict:
     """Decide ``signal_type`` against the run's desired snapshot (see docs/signals.md).
 
     ``cancel_seq`` is the runSeq of an accepted CANCEL: the run is being cancelled.
+    ``retried_as`` is the runId an earlier accepted RETRY_RUN of this run started.
     """
     status = snapshot.status
     if signal_type == SignalType.RETRY_RUN:
-        return _retry_run(status)
+        return _retry_run(status, retried_as)
     if status.is_terminal:
         return _refuse(ErrorCode.RUN_TERMINAL, f"run is {status} and accepts no more signals")
     if cancel_seq is not None:
@@ -98,7 +100,13 @@ def _not_started(status: RunStatus, signal_type: SignalType) -> StateVerdict:
     )
 
 
-def _retry_run(status: RunStatus) -> StateVerdict:
+def _retry_run(status: RunStatus, retried_as: str | None) -> StateVerdict:
+    if status in RETRYABLE_RUN_STATES and retried_as is not None:
+        # Two operators retrying the same failed run at once must not start the plan twice.
+        return _refuse(
+            ErrorCode.RUN_ALREADY_RETRIED,
+            f"run was already retried as {retried_as!r}; retry that run if it failed too",
+        )
     if status in RETRYABLE_RUN_STATES:
         return _APPLY
     if status.is_terminal:

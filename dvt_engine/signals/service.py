@@ -175,6 +175,7 @@ class SignalService:
                     step_id=payload.get("stepId"),
                     approve=payload.get("decision", "approve") == "approve",
                     cancel_seq=desired.cancel_seq,
+                    retried_as=_retried_as(desired),
                 )
                 verdict = await self._record(
                     record,
@@ -347,6 +348,14 @@ def decision_from_record(event: Event, *, duplicate: bool = True) -> SignalDecis
         run_seq=event.run_seq,
         new_run_id=new_run_id,
     )
+
+
+def _retried_as(desired: DesiredState) -> str | None:
+    """The runId the run's accepted RETRY_RUN started, if it was retried already."""
+    first = desired.retried_by
+    if first is None:
+        return None
+    return retry_run_id(first.tenant_id, first.run_id, first.signal_id, first.payload)
 
 
 def _reason(payload: dict[str, Any]) -> str | None:

@@ -117,6 +117,11 @@ async def test_outbox_rows_are_written_with_the_events_and_only_for_new_ones(
     await pg_store.append(events[3])
     (item,) = await pg_store.claim_outbox(limit=100)
     assert item.event.event_id == events[3].event_id
+    # Acknowledged rows leave the table: it holds only the row still leased.
+    await pg_store.ack_outbox([item.id])
+    await pg_store.ack_outbox([item.id])  # a repeated ack is harmless
+    assert await pg_store.claim_outbox(limit=100) == []
+    assert _count(pg_dsn, pg_schema, "dvt_outbox") == 0
 
 
 async def test_outbox_can_be_turned_off(pg_dsn: str, pg_schema: str) -> None:
