@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from dvt_adapters_conductor.api import ConductorApi, ConductorApiError, server_health
@@ -175,10 +176,17 @@ class ConductorEngine(BaseEngine):
         return WorkerHost(coordinator, self.mapping, self.worker_options,
                           step_queues=self._step_queues)
 
-    async def serve_workers(self, stop: asyncio.Event) -> None:
-        """Run a worker host until ``stop`` is set, then drain it (``dvt worker``)."""
-        await self.coordinator()
-        host = self._host or await self.worker_host().start()
+    async def serve_workers(self, stop: asyncio.Event,
+                            queues: Sequence[str] | None = None) -> None:
+        """Run a worker host until ``stop`` is set, then drain it (``dvt worker``); with
+        ``queues`` it polls only those step queues' task types (not the default type)."""
+        coordinator = await self.coordinator()
+        if queues:
+            host = await WorkerHost(coordinator, self.mapping, self.worker_options,
+                                    step_queues=tuple(dict.fromkeys(queues)),
+                                    serve_default=False).start()
+        else:
+            host = self._host or await self.worker_host().start()
         try:
             await stop.wait()
         finally:

@@ -1,8 +1,10 @@
 """Plan v1.3 resource classes on a real Conductor server: a routed class's steps are tasks of
-their own type, run only by worker hosts that have the route; a class limit holds."""
+their own type, run by the host serving that class (`dvt worker --resource-class`), the other
+steps by a host without the route; a class limit holds."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -11,6 +13,7 @@ from typing import Any
 from conductor_helpers import TEST_LEASE_S, fast_worker_options
 
 from dvt_adapters_conductor.engine import ConductorEngine
+from dvt_cli.ops import class_queues
 from dvt_engine import HandlerRegistry
 from dvt_engine.models.plan import PlanRef
 from dvt_engine.models.run import ConductorRunRef, RunContext, RunStatus
@@ -32,7 +35,7 @@ def recording_registry(name: str) -> HandlerRegistry:
     return registry
 
 
-async def test_a_routed_class_runs_only_on_hosts_with_its_route(conductor_url: str) -> None:
+async def test_each_class_runs_on_the_host_that_serves_it(conductor_url: str) -> None:
     store = MemoryRunStateStore()
     prefix = f"t{uuid.uuid4().hex[:10]}"
 
@@ -45,10 +48,13 @@ async def test_a_routed_class_runs_only_on_hosts_with_its_route(conductor_url: s
 
     client_side = engine("client", routed=True, worker=False)
     plain_host = engine("plain", routed=False, worker=True)
-    gpu_host = engine("gpu", routed=True, worker=True)
+    gpu_host = engine("gpu", routed=True, worker=False)
+    stop = asyncio.Event()
+    # What `dvt worker --engine conductor --resource-class gpu` serves: the gpu type only.
+    serving = asyncio.create_task(gpu_host.serve_workers(
+        stop, queues=class_queues(gpu_host, ("gpu",))))
     try:
         await plain_host.coordinator()
-        await gpu_host.coordinator()
         doc = {"metadata": {"planId": "classes", "planVersion": "1", "schemaVersion": "v1.3",
                             "resourceClasses": {"gpu": {"maxParallel": 1}}},
                "steps": [{"stepId": "train-a", "kind": "whoami", "resourceClass": "gpu"},
@@ -63,8 +69,7 @@ async def test_a_routed_class_runs_only_on_hosts_with_its_route(conductor_url: s
         snap = await wait_for_terminal(store, TENANT, ctx.run_id, timeout=120)
         assert snap.status == RunStatus.COMPLETED
         ran_on = {s.step_id: (s.output or {}).get("worker") for s in snap.steps}
-        assert ran_on["train-a"] == ran_on["train-b"] == "gpu"
-        assert ran_on["plain"] in ("plain", "gpu")  # the default type: any host
+        assert ran_on == {"train-a": "gpu", "train-b": "gpu", "plain": "plain"}
         assert isinstance(run_ref, ConductorRunRef)
         coordinator = await client_side.coordinator()
         workflow = await coordinator.api.run(coordinator.api.get_workflow, run_ref.workflow_id)
@@ -77,5 +82,7 @@ async def test_a_routed_class_runs_only_on_hosts_with_its_route(conductor_url: s
         # gpu maxParallel 1: train-b starts only once train-a settled.
         assert order.index(("StepCompleted", "train-a")) < order.index(("StepStarted", "train-b"))
     finally:
+        stop.set()
+        await asyncio.gather(serving, return_exceptions=True)
         for e in (client_side, plain_host, gpu_host):
             await e.close()
