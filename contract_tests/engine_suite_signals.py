@@ -277,6 +277,33 @@ class SignalRuleTests(EngineSuiteBase):
             await engine_harness.engine.cancel_run(run.ref, "done")
             await run.finished()
 
+    async def test_two_custom_signals_racing_for_one_wait_complete_it_once(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        """Two CUSTOM signals for one wait at once (plan v1.3): one is accepted and its data
+        is the step's output, the other is refused with SIGNAL_NOT_AWAITED; an undeclared name
+        raises SIGNAL_UNKNOWN and records nothing."""
+        run = await self.start(engine_harness, WAIT_AND_LONG_PLAN)
+        await run.wait(lambda s: s.step("wait").substatus == "AWAITING_APPROVAL", "wait opens")
+        with pytest.raises(DvtError) as unknown:
+            await run.signal(SignalType.CUSTOM, OPERATOR, {"name": "nope", "data": {}})
+        assert unknown.value.code == ErrorCode.SIGNAL_UNKNOWN
+        answers = await asyncio.gather(*(
+            run.signal(SignalType.CUSTOM, OPERATOR, {"name": "go", "data": {"n": n}})
+            for n in (1, 2)))
+        accepted = [a for a in answers if a.accepted]
+        refused = [a for a in answers if not a.accepted]
+        assert (len(accepted), len(refused)) == (1, 1), answers
+        assert refused[0].error_code == ErrorCode.SIGNAL_NOT_AWAITED
+        winner = 1 if accepted[0] is answers[0] else 2
+        snap = await run.wait(lambda s: s.step("wait").status == StepStatus.SUCCESS, "wait done")
+        assert snap.step("wait").output == {"n": winner}
+        await engine_harness.engine.cancel_run(run.ref, "done")
+        await run.finished()
+        decided = [e.payload["errorCode"] for e in await run.events()
+                   if e.event_type in ("SignalAccepted", "SignalRejected")]
+        assert sorted(decided, key=str) == sorted([None, "SIGNAL_NOT_AWAITED"], key=str)
+
     async def test_two_concurrent_retries_of_a_failed_step_start_one_attempt(
         self, engine_harness: EngineHarness
     ) -> None:
@@ -364,6 +391,10 @@ GATE_AND_LONG_PLAN = plan_document("suite-gate-long", [
     {"stepId": "long", "kind": "sleep", "params": {"ms": 600_000}},
     {"stepId": "gate", "kind": "approval"},
 ])
+WAIT_AND_LONG_PLAN = plan_document("suite-wait-long", [
+    {"stepId": "long", "kind": "sleep", "params": {"ms": 600_000}},
+    {"stepId": "wait", "kind": "noop", "waitForSignal": {"name": "go"}},
+], schemaVersion="v1.3", signals={"go": {"payload": {"type": "object"}}})
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dvt_engine.interpreter import (
 from dvt_engine.models.run import RunStatus, StepStatus
 from dvt_engine.models.snapshot import RunSnapshot, StepError
 from dvt_engine.rules.settlement import settlement_of
-from dvt_engine.steps.builtins import APPROVAL_KIND
+from dvt_engine.rules.signals import is_gate
 from dvt_engine.steps.runner import StepOutcome
 
 
@@ -48,6 +48,8 @@ def _human_task_result(settled: str, error: StepError | None,
     """A decided approval step as its HUMAN task's final status and output."""
     if settled == "succeeded":
         return "COMPLETED", {"output": output}
+    if settled == "skipped":
+        return "COMPLETED", {"status": "SKIPPED"}
     code = error.code if error else str(ErrorCode.STEP_FAILED)
     return "FAILED_WITH_TERMINAL_ERROR", {"errorCode": code}
 
@@ -94,7 +96,8 @@ class ConductorActions(RunAccess):
                 outcome = await self.runner.complete_gate(
                     self.invocation(ctx, command.step_id, command.logical_attempt_id),
                     approve=command.approve, approver=command.approver,
-                    comment=command.comment, signal_id=command.signal_id)
+                    comment=command.comment, signal_id=command.signal_id,
+                    output=command.output)
                 await self._finish_human(ctx, command.step_id, outcome, tasks, workflow)
                 queue += self._settle(interp, command.step_id, command.logical_attempt_id,
                                       outcome)
@@ -127,7 +130,7 @@ class ConductorActions(RunAccess):
             return await self._run_child(ctx, interp, step_id, attempt)
         index = ctx.index[step_id]
         follow: list[Command] = []
-        if ctx.plan.step(step_id).kind == APPROVAL_KIND:
+        if is_gate(ctx.plan.step(step_id)):
             outcome = await self.runner.run(self.invocation(ctx, step_id, attempt))
             if outcome.status == "awaiting_approval":
                 follow += interp.step_awaiting_approval(step_id)

@@ -49,10 +49,10 @@ from dvt_engine.models.run import (
 from dvt_engine.models.signals import SignalType
 from dvt_engine.models.validation import ValidationIssue, ValidationReport
 from dvt_engine.planning.capabilities import CONDUCTOR_CAPABILITIES
+from dvt_engine.rules.signals import is_gate
 from dvt_engine.settings import ConductorSettings
 from dvt_engine.signals.desired import desired_state, due_signals
 from dvt_engine.signals.service import AcceptedSignal
-from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.runner import StepRunner
 
 logger = logging.getLogger("dvt.conductor")
@@ -307,7 +307,7 @@ class ConductorEngine(BaseEngine):
             }
             ctx.workflow_id = await api.run(api.start_workflow, request)
         await coordinator.write_run_started(ctx)
-        if any(s.kind == APPROVAL_KIND and not s.depends_on for s in plan.steps):
+        if any(is_gate(s) and not s.depends_on for s in plan.steps):
             # First steps start with the workflow; an approval gate among them needs its
             # StepStarted and StepAwaitingApproval written by the interpreter's first moves.
             await coordinator.reconcile(ctx, force=True)

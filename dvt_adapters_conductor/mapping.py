@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dvt_engine.models.plan import ExecutionPlan, StepSpec
+from dvt_engine.rules.signals import is_gate
 from dvt_engine.scheduler import steps_in_topological_order
-from dvt_engine.steps.builtins import APPROVAL_KIND
 
 #: Bumped whenever the shape of generated definitions changes; part of the definition digest.
 MAPPING_VERSION = "2"
@@ -176,8 +176,7 @@ def _inputs(step_id: str, index: int) -> dict[str, Any]:
 
 def step_task_types(plan: ExecutionPlan, options: MappingOptions) -> list[str]:
     """Every SIMPLE step task type a plan uses (the default and each routed queue)."""
-    types = {options.step_type(options.step_queue(s)) for s in plan.steps
-             if s.kind != APPROVAL_KIND}
+    types = {options.step_type(options.step_queue(s)) for s in plan.steps if not is_gate(s)}
     return sorted(types)
 
 
@@ -214,7 +213,7 @@ def gated_positions(plan: ExecutionPlan) -> set[int]:
 
 
 def _step_task(step: StepSpec, index: int, options: MappingOptions) -> dict[str, Any]:
-    if step.kind == APPROVAL_KIND:
+    if is_gate(step):
         return {
             "name": f"{options.task_prefix}_approval",
             "taskReferenceName": step_ref(index),

@@ -24,7 +24,7 @@ from dvt_engine.models.plan import ExecutionPlan, StepSpec
 from dvt_engine.models.run import ConductorRunRef, RunHeader
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
-from dvt_engine.steps.builtins import APPROVAL_KIND
+from dvt_engine.rules.signals import is_gate
 from dvt_engine.steps.runner import StepInvocation, StepRunner
 
 logger = logging.getLogger("dvt.conductor")
@@ -57,7 +57,7 @@ class RunContext:
     def __post_init__(self) -> None:
         self.index = {s.step_id: i for i, s in enumerate(self.plan.steps)}
         self.gated = gated_positions(self.plan)
-        self.approvals = {s.step_id for s in self.plan.steps if s.kind == APPROVAL_KIND}
+        self.approvals = {s.step_id for s in self.plan.steps if is_gate(s)}
 
     @property
     def key(self) -> tuple[str, str]:

@@ -249,7 +249,7 @@ class TemporalActivities:
                 outcome = await self.runner.complete_gate(
                     invocation, approve=inp.action == "approve",
                     approver=inp.approver or "operator", comment=inp.comment,
-                    signal_id=inp.signal_id,
+                    signal_id=inp.signal_id, output=inp.output,
                 )
             elif inp.action == "expire":
                 outcome = await self.runner.expire_gate(invocation)
@@ -257,4 +257,5 @@ class TemporalActivities:
                 outcome = await self.runner.cancel_step(invocation, reason=inp.reason)
         except DvtError as err:
             raise _app_error(err) from err
-        return to_wire(outcome)
+        # A signal wait's output is the signal's data, which a later condition may read.
+        return to_wire(outcome, with_output=inp.output is not None)

@@ -150,7 +150,7 @@ class RunEventInput:
 
 @dataclass
 class GateInput:
-    """Resolve a waiting approval gate."""
+    """Resolve a waiting gate (an approval, or a wait for a custom signal)."""
 
     invocation: dict[str, Any]
     action: str  # "approve" | "reject" | "expire" | "cancel"
@@ -158,6 +158,8 @@ class GateInput:
     comment: str | None = None
     signal_id: str | None = None
     reason: str | None = None
+    #: A custom signal's data: the output of the signal wait it completes (plan v1.3).
+    output: dict[str, Any] | None = None
 
 
 @dataclass

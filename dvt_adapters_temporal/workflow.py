@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
     from dvt_engine.rules import failure as failure_rules
     from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON
     from dvt_engine.rules.gates import parse_gate_timer
+    from dvt_engine.rules.signals import is_gate
 
 WORKFLOW_NAME = "dvt.Run"
 
@@ -90,7 +91,7 @@ PATCH_UNSTARTED_STEP_KEEPS_ATTEMPT = "dvt-unstarted-step-keeps-attempt"
 # with nor its copy of the plan: a large plan's JSON and carried cursor alone near the budget,
 # and every later run would end after a single step (docs/perf/temporal.md).
 PATCH_BUDGET_COUNTS_GROWTH = "dvt-budget-counts-growth"
-_STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP"})
+_STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP", "CUSTOM"})
 
 
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
@@ -266,7 +267,7 @@ class DvtRunWorkflow:
         return True
 
     def _is_gate(self, step_id: str) -> bool:
-        return self._interp is not None and self._interp.spec(step_id).kind == "approval"
+        return self._interp is not None and is_gate(self._interp.spec(step_id))
 
     def _release(self, item: WorkflowInput) -> None:
         """After a step's outcome was fed, its held signals go first."""
@@ -424,11 +425,13 @@ class DvtRunWorkflow:
     # --- approval gates ------------------------------------------------------------------
     async def _gate(self, step_id: str, attempt: int, action: str, *,
                     approver: str | None = None, comment: str | None = None,
-                    signal_id: str | None = None, reason: str | None = None) -> StepOutcome:
+                    signal_id: str | None = None, reason: str | None = None,
+                    output: dict[str, Any] | None = None) -> StepOutcome:
         result: StepOutcome = await workflow.execute_local_activity(
             ACT_GATE,
             GateInput(self._invocation(self._spec(step_id), attempt), action,
-                      approver=approver, comment=comment, signal_id=signal_id, reason=reason),
+                      approver=approver, comment=comment, signal_id=signal_id, reason=reason,
+                      output=output),
             result_type=StepOutcome,
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=BOOKKEEPING_RETRY,
@@ -441,7 +444,7 @@ class DvtRunWorkflow:
         outcome = await self._gate(cmd.step_id, cmd.logical_attempt_id,
                                    "approve" if cmd.approve else "reject",
                                    approver=cmd.approver, comment=cmd.comment,
-                                   signal_id=cmd.signal_id)
+                                   signal_id=cmd.signal_id, output=cmd.output)
         self._settle(cmd.step_id, cmd.logical_attempt_id, outcome)
 
     async def _close_gate(self, step_id: str, attempt: int, action: str,

@@ -12,6 +12,7 @@ from dvt_api import console, openapi_doc, problems
 from dvt_api.metrics import ApiMetrics
 from dvt_api.middleware import RequestMiddleware
 from dvt_api.routes import (
+    audit,
     events,
     health,
     keys,
@@ -32,7 +33,7 @@ from dvt_engine.steps.registry import HandlerRegistry
 log = logging.getLogger("dvt_api")
 ROUTERS = (health.router, metrics.router, plans.router, runs.router, events.router,
            signals.router, keys.router, webhooks.router, stream.router, limits.router,
-           usage.router)
+           usage.router, audit.router)
 
 
 def create_app(settings: ApiSettings, *, registry: HandlerRegistry | None = None) -> FastAPI:

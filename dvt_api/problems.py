@@ -78,6 +78,7 @@ CODE_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PLAN_NOT_FOUND: 404,
     ErrorCode.SIGNAL_UNAUTHORIZED: 403,
     ErrorCode.SIGNAL_INVALID_PAYLOAD: 422,
+    ErrorCode.SIGNAL_UNKNOWN: 422,
     ErrorCode.STEP_NOT_FOUND: 422,
     ErrorCode.SIGNAL_RATE_LIMITED: 429,
     ErrorCode.RATE_LIMITED: 429,

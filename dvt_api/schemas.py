@@ -109,7 +109,7 @@ class EventPage(Out):
 
 
 SignalName = Literal["PAUSE", "RESUME", "CANCEL", "RETRY_STEP", "SKIP_STEP", "APPROVE_STEP",
-                     "REJECT_STEP", "APPROVE_RUN"]
+                     "REJECT_STEP", "APPROVE_RUN", "CUSTOM"]
 
 
 class SignalBody(Body):
@@ -119,6 +119,9 @@ class SignalBody(Body):
     step_id: str | None = _optional_id()
     reason: str | None = Field(default=None, max_length=2000)
     signal_id: str | None = _optional_id()
+    #: CUSTOM only: the signal name the run's plan declares, and its payload (that schema's).
+    name: str | None = _optional_id()
+    payload: dict[str, Any] | None = None
 
 
 class SignalAnswer(Out):

@@ -24,7 +24,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -109,8 +109,10 @@ class _Sql:
         # events; the probe is an index lookup on the log's primary key).
         self.candidates = fmt(
             "SELECT r.tenant_id, r.run_id FROM {dvt_runs} r"
+            " LEFT JOIN unnest(%(pt)s::text[], %(pc)s::timestamptz[]) AS p(t, cutoff)"
+            " ON p.t = r.tenant_id"
             " WHERE r.status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
-            " AND r.updated_at < %(cutoff)s"
+            " AND r.updated_at < coalesce(p.cutoff, %(cutoff)s)"
             " AND (%(tenant)s::text IS NULL OR r.tenant_id = %(tenant)s)"
             " AND EXISTS (SELECT 1 FROM {dvt_events} e"
             "             WHERE e.tenant_id = r.tenant_id AND e.run_id = r.run_id)"
@@ -186,6 +188,7 @@ async def archive_runs(
     older_than: timedelta = timedelta(days=90),
     dry_run: bool = False,
     tenant_id: str | None = None,
+    older_than_of: Mapping[str, timedelta] | None = None,
     batch_runs: int = BATCH_RUNS,
     now: datetime | None = None,
     on_stage: Stage | None = None,
@@ -196,7 +199,8 @@ async def archive_runs(
 
     ``lock_wait`` is how long to wait for another archiver (or the session of one that
     died and is not yet gone) before ARCHIVE_BUSY; ``on_stage`` is called with each of
-    STAGES as a batch reaches it.
+    STAGES as a batch reaches it. ``older_than_of`` overrides ``older_than`` per tenant (the
+    retention policies' hot terms).
     """
     started = time.perf_counter()
     root = open_root(cold_url, **cold_options)
@@ -214,7 +218,11 @@ async def archive_runs(
         await _lock_archiver(conn, config.schema, lock_wait)
         if not dry_run:
             report.cleaned = await _clean_interrupted(conn, q, cold_options)
-        cur = await conn.execute(q.candidates, {"cutoff": cutoff, "tenant": tenant_id})
+        now_at = cutoff + older_than
+        terms = sorted((older_than_of or {}).items())
+        cur = await conn.execute(q.candidates, {
+            "cutoff": cutoff, "tenant": tenant_id, "pt": [k for k, _ in terms],
+            "pc": [now_at - age for _, age in terms]})
         candidates = await cur.fetchall()
         for start in range(0, len(candidates), batch_runs):
             chunk = candidates[start:start + batch_runs]

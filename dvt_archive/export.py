@@ -9,7 +9,9 @@ change. The period is by persistedAt, ``[from, to)``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -88,6 +90,57 @@ async def export_events(
         raise UsageError(f"--format is jsonl or parquet, not {fmt!r}")
     if start.tzinfo is None or end.tzinfo is None or end <= start:
         raise UsageError("the export period needs --from before --to (times with a zone)")
+    hot, cold = await _collect(store_url, tenant_id, start, end, cold_options)
+    rows = sorted(hot + cold, key=lambda r: (r[3], r[1], r[2]))
+    report = ExportReport(rows=len(rows), hot_rows=len(hot), cold_rows=len(cold))
+    out = open_root(out_url, **cold_options)
+    name, data = _render(rows, fmt)
+    await asyncio.to_thread(out.put, name, data)
+    report.files.append({"path": name, "rows": len(rows), "bytes": len(data),
+                         "sha256": sha256(data)})
+    manifest = {"tenantId": tenant_id, "from": start.isoformat(), "to": end.isoformat(),
+                "format": fmt, "rows": len(rows), "hotRows": len(hot), "coldRows": len(cold),
+                "files": report.files, "createdAt": datetime.now(UTC).isoformat()}
+    report.manifest = "manifest.json"
+    await asyncio.to_thread(out.put, report.manifest,
+                            json.dumps(manifest, sort_keys=True, indent=1).encode())
+    return report
+
+
+async def export_lines(store_url: str, tenant_id: str, start: datetime, end: datetime,
+                       **cold_options: Any) -> AsyncIterator[bytes]:
+    """The tenant's events of ``[start, end)`` as JSON lines, then one ``{"manifest": ...}``
+    line with the counts and the sha256 of the event lines before it (the HTTP export).
+
+    Both tiers are read before the first line is given, so a store or archive error is
+    raised here rather than in the middle of a response.
+    """
+    if start.tzinfo is None or end.tzinfo is None or end <= start:
+        raise UsageError("the export period needs from before to (times with a zone)")
+    hot, cold = await _collect(store_url, tenant_id, start, end, cold_options)
+    rows = sorted(hot + cold, key=lambda r: (r[3], r[1], r[2]))
+    return _lines(rows, {"tenantId": tenant_id, "from": start.isoformat(),
+                         "to": end.isoformat(), "format": "jsonl", "rows": len(rows),
+                         "hotRows": len(hot), "coldRows": len(cold)})
+
+
+async def _lines(rows: list[Row], manifest: dict[str, Any]) -> AsyncIterator[bytes]:
+    digest = hashlib.sha256()
+    size = 0
+    for row in rows:
+        line = (event_from_row(row[2], row[3], row[10]).model_dump_json(exclude_none=True)
+                + "\n").encode()
+        digest.update(line)
+        size += len(line)
+        yield line
+    manifest.update({"bytes": size, "sha256": digest.hexdigest(),
+                     "createdAt": datetime.now(UTC).isoformat()})
+    yield (json.dumps({"manifest": manifest}, sort_keys=True) + "\n").encode()
+
+
+async def _collect(store_url: str, tenant_id: str, start: datetime, end: datetime,
+                   cold_options: dict[str, Any]) -> tuple[list[Row], list[Row]]:
+    """The tenant's hot and cold rows of the period, read as of one snapshot."""
     config = parse_store_url(store_url)
     hot_query, cold_query = _sql(config.schema)
     try:
@@ -103,20 +156,7 @@ async def export_events(
             cold_files = [(root, name) for root, name in await cur.fetchall()
                           if _in_period(name, tenant_id, start, end)]
     cold = await asyncio.to_thread(_read_cold, cold_files, tenant_id, start, end, cold_options)
-    rows = sorted(hot + cold, key=lambda r: (r[3], r[1], r[2]))
-    report = ExportReport(rows=len(rows), hot_rows=len(hot), cold_rows=len(cold))
-    out = open_root(out_url, **cold_options)
-    name, data = _render(rows, fmt)
-    await asyncio.to_thread(out.put, name, data)
-    report.files.append({"path": name, "rows": len(rows), "bytes": len(data),
-                         "sha256": sha256(data)})
-    manifest = {"tenantId": tenant_id, "from": start.isoformat(), "to": end.isoformat(),
-                "format": fmt, "rows": len(rows), "hotRows": len(hot), "coldRows": len(cold),
-                "files": report.files, "createdAt": datetime.now(UTC).isoformat()}
-    report.manifest = "manifest.json"
-    await asyncio.to_thread(out.put, report.manifest,
-                            json.dumps(manifest, sort_keys=True, indent=1).encode())
-    return report
+    return hot, cold
 
 
 def _read_cold(files: list[tuple[str, str]], tenant_id: str, start: datetime, end: datetime,

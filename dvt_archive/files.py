@@ -134,6 +134,42 @@ class ColdRoot:
         except OSError as exc:
             raise _unavailable(self.url, exc) from exc
 
+    def list_prefix(self, relative: str) -> list[str]:
+        """Every file under a directory (prefix) of the root, relative to the root."""
+        path = self.path(relative.rstrip("/"))
+        try:
+            if not self.fs.exists(path):
+                return []
+            found: list[str] = self.fs.find(path)
+        except OSError as exc:
+            raise _unavailable(self.url, exc) from exc
+        cut = len(self.base) + 1 if self.base else 0
+        return sorted(name[cut:] for name in found)
+
+    def remove_prefix(self, relative: str) -> None:
+        """Delete a directory (prefix) of the root and everything under it, if it exists."""
+        path = self.path(relative.rstrip("/"))
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _unavailable(self.url, exc) from exc
+
+    def prune_empty(self, relative: str) -> None:
+        """Remove a local directory and its parents under the root while they are empty
+        (an object store has no directories)."""
+        if not self.local:
+            return
+        parts = relative.rstrip("/").split("/")
+        while parts:
+            path = self.path("/".join(parts))
+            if not self.fs.exists(path) or self.fs.ls(path, detail=False):
+                return
+            self.fs.rmdir(path)
+            parts.pop()
+
     def _tmp_files(self, path: str) -> list[str]:
         if not self.local:
             return []
@@ -168,8 +204,13 @@ def open_root(url: str, **options: Any) -> ColdRoot:
 def partition_of(tenant_id: str, persisted_at: datetime) -> str:
     """The Hive-style directory of a tenant's events persisted on that UTC day."""
     day = persisted_at
-    return (f"tenant={quote(tenant_id, safe='')}/year={day.year:04d}/month={day.month:02d}"
+    return (f"{tenant_prefix(tenant_id)}/year={day.year:04d}/month={day.month:02d}"
             f"/day={day.day:02d}")
+
+
+def tenant_prefix(tenant_id: str) -> str:
+    """The directory of all of a tenant's event files under a cold root."""
+    return f"tenant={quote(tenant_id, safe='')}"
 
 
 def data_file(tenant_id: str, persisted_at: datetime, batch_id: str) -> str:

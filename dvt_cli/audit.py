@@ -99,4 +99,9 @@ async def verify(settings: Settings, keyring: str | None, tenant: str | None,
             where = " ".join(f"{k}={finding[k]}" for k in ("checkpoint", "tenantId", "runId",
                                                           "seq") if k in finding)
             out.say(f"  {finding['what']}: {where}: {finding['detail']}")
+        for stone in data["erasures"]:
+            verb = "purged" if stone["kind"] == "purge" else "runs expired by retention"
+            out.say(f"  tenant {stone['tenantId']}: {verb} at {stone['at']} by {stone['actor']}"
+                    f" (tombstone {stone['tombstone']}, key {stone['keyId']}):"
+                    " signature valid")
     return out.EXIT_OK if report.ok else out.EXIT_RUN_FAILED

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dvt_cli import archive, limits, ops, plans, remote, runs, serve, usage
+from dvt_cli import archive, limits, ops, plans, remote, retention, runs, serve, tenant, usage
 from dvt_cli import audit as audit_cmds
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.live import live_wanted
@@ -222,8 +222,11 @@ def runs_(statuses: tuple[str, ...], plan_id: str | None, labels: tuple[str, ...
 
 @cli.command()
 @click.argument("run_id", metavar="RUN")
-@click.argument("action", type=click.Choice(sorted(runs.ACTIONS)))
+@click.argument("action", metavar="ACTION|NAME")
 @click.argument("step", required=False)
+@click.option("--payload", "payload_text", metavar="JSON",
+              help="Data of a custom signal (a JSON object); NAME is the signal the run's "
+                   "plan declares.")
 @click.option("--signal-id", help="Idempotency key of the signal (default: a new UUID).")
 @click.option("--actor", envvar="DVT_ACTOR", help="Who sends it. [env DVT_ACTOR; default: $USER]")
 @click.option("--role", "roles", multiple=True,
@@ -231,17 +234,20 @@ def runs_(statuses: tuple[str, ...], plan_id: str | None, labels: tuple[str, ...
                    "default: admin,approver]")
 @click.option("--reason", "--comment", "reason", help="Reason (or approval comment).")
 @_store_options
-def signal(run_id: str, action: str, step: str | None, signal_id: str | None,
-           actor: str | None, roles: tuple[str, ...], reason: str | None, **kw: Any) -> None:
-    """Send a signal to RUN: pause, resume, cancel, retry-step S, skip-step S, approve S, reject S.
+def signal(run_id: str, action: str, step: str | None, payload_text: str | None,
+           signal_id: str | None, actor: str | None, roles: tuple[str, ...],
+           reason: str | None, **kw: Any) -> None:
+    """Send a signal to RUN: pause, resume, cancel, retry-step S, skip-step S, approve S, reject S,
+    retry-run, approve-run, reject-run; or NAME [--payload JSON], a custom signal of its plan.
 
     Exit code 0 when the signal was accepted, 2 when it was refused (the decision is printed).
     """
     import os
 
+    data = runs.parse_signal_data(action, payload_text)
     if (api := _remote(kw)) is not None:
         options = runs.SignalOptions(run_id=run_id, action=action, step_id=step,
-                                     signal_id=signal_id, reason=reason)
+                                     signal_id=signal_id, reason=reason, data=data)
         execute(api.json, lambda: remote.send_signal(api, options))
     settings = _settings(kw)
 
@@ -250,7 +256,7 @@ def signal(run_id: str, action: str, step: str | None, signal_id: str | None,
         options = runs.SignalOptions(
             run_id=run_id, action=action, step_id=step, signal_id=signal_id,
             actor=default_actor() if actor is None else actor, roles=parse_roles(role_text),
-            reason=reason,
+            reason=reason, data=data,
         )
         return await runs.send_signal(settings, options)
 
@@ -480,6 +486,8 @@ cli.add_command(serve.serve)
 cli.add_command(serve.keys)
 cli.add_command(limits.limits)
 cli.add_command(usage.usage)
+cli.add_command(retention.retention)
+cli.add_command(tenant.tenant)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

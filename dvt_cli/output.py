@@ -164,11 +164,14 @@ def describe_event(event: Event) -> str:
         extra = f" {err.get('code')}: {err.get('message')}"
     elif et == "StepSkipped":
         extra = f" ({p.get('reason')})"
+    elif et == "StepAwaitingApproval" and p.get("signal"):
+        extra = f" (send with: dvt signal {event.run_id} {p.get('signal')} --payload JSON)"
     elif et == "StepAwaitingApproval":
         extra = f" (approve with: dvt signal {event.run_id} approve {event.step_id})"
     elif et in ("SignalAccepted", "SignalRejected"):
         actor = (p.get("actor") or {}).get("id")
-        extra = f" {p.get('signalType')} by {actor}"
+        name = (p.get("request") or {}).get("name") if p.get("signalType") == "CUSTOM" else None
+        extra = f" {p.get('signalType')}{f' {name}' if name else ''} by {actor}"
         if p.get("errorCode"):
             extra += f" ({p.get('errorCode')})"
     elif et == "RunFailed":

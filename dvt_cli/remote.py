@@ -268,11 +268,14 @@ async def send_signal(remote: Remote, options: SignalOptions) -> int:
     for name, value in (("signal id", options.signal_id), ("step id", options.step_id)):
         if value is not None:
             validate_identifier(name, value)
-    kind = API_SIGNALS.get(options.action)
+    kind = "CUSTOM" if options.custom else API_SIGNALS.get(options.action)
     if kind is None:
         raise UsageError(f"the service has no `{options.action}` signal",
                          details={"hint": "send it without --api, against the store"})
-    if (options.action in STEP_ACTIONS) != (options.step_id is not None):
+    if options.custom and options.step_id is not None:
+        raise UsageError(f"custom signal `{options.action}` takes no step id",
+                         details={"hint": f"dvt signal RUN {options.action} --payload JSON"})
+    if not options.custom and (options.action in STEP_ACTIONS) != (options.step_id is not None):
         need = "needs a step id" if options.action in STEP_ACTIONS else "takes no step id"
         raise UsageError(f"`{options.action}` {need}",
                          details={"hint": f"dvt signal RUN {options.action}"
@@ -283,7 +286,9 @@ async def send_signal(remote: Remote, options: SignalOptions) -> int:
         async with AsyncClient(remote.url, remote.key) as dvt:
             answer = await dvt.runs.signal(options.run_id, kind,  # type: ignore[arg-type]
                                            step_id=options.step_id, reason=options.reason,
-                                           signal_id=signal_id)
+                                           signal_id=signal_id,
+                                           name=options.action if options.custom else None,
+                                           payload=options.data if options.custom else None)
         decision = SignalDecision(signal_id=answer.signal_id, type=_core_type(kind),
                                   run_id=options.run_id, accepted=True,
                                   duplicate=answer.duplicate, no_op=answer.decision == "no_op",

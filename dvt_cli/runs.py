@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -377,11 +378,45 @@ class SignalOptions:
     actor: str = "cli"
     roles: tuple[Role, ...] = ()
     reason: str | None = None
+    #: A custom signal's data (``action`` is then its name); None for a built-in action.
+    data: dict[str, Any] | None = None
+
+    @property
+    def custom(self) -> bool:
+        """True when ``action`` names a custom signal of the run's plan (plan v1.3)."""
+        return self.action not in ACTIONS
+
+
+def parse_signal_data(action: str, text: str | None) -> dict[str, Any] | None:
+    """A custom signal's ``--payload`` as a JSON object (USAGE_ERROR otherwise); None for a
+    built-in action, which takes no payload."""
+    if action in ACTIONS:
+        if text is not None:
+            raise UsageError(f"`{action}` takes no --payload",
+                             details={"hint": "--payload is the data of a custom signal"})
+        return None
+    validate_identifier("signal name", action)
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise UsageError("--payload is not JSON",
+                         details={"hint": "--payload '{\"rows\": 42}'"}) from None
+    if not isinstance(data, dict):
+        raise UsageError("--payload must be a JSON object",
+                         details={"hint": "--payload '{\"rows\": 42}'"})
+    return data
 
 
 def signal_payload(options: SignalOptions) -> dict[str, Any]:
-    """The signal payload for a CLI action (contract §6.1)."""
+    """The signal payload for a CLI action (contract §6.1), or a custom signal's."""
     action = options.action
+    if options.custom:
+        if options.step_id:
+            raise UsageError(f"custom signal `{action}` takes no step id",
+                             details={"hint": f"dvt signal RUN {action} --payload JSON"})
+        return {"name": action, "data": options.data or {}}
     if action in STEP_ACTIONS and not options.step_id:
         raise UsageError(f"`{action}` needs a step id", details={
             "hint": f"dvt signal RUN {action} STEP"})
@@ -415,7 +450,7 @@ async def send_signal(settings: Settings, options: SignalOptions) -> int:
     tenant = settings.identity.tenant
     request = SignalRequest(
         signal_id=options.signal_id or str(uuid.uuid4()),
-        type=ACTIONS[options.action],
+        type=ACTIONS.get(options.action, SignalType.CUSTOM),
         tenant_id=tenant,
         run_id=options.run_id,
         payload=signal_payload(options),

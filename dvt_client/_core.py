@@ -7,7 +7,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,13 +130,18 @@ def run_body(plan: Any, plan_ref: Any, run_id: str | None, inputs: dict[str, Any
 
 
 def signal_body(kind: str, step_id: str | None, reason: str | None,
-                signal_id: str) -> dict[str, Any]:
-    """The body of ``POST /v1/runs/{runId}/signals``."""
+                signal_id: str, name: str | None = None,
+                payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The body of ``POST /v1/runs/{runId}/signals`` (``name``/``payload``: a CUSTOM one)."""
     body: dict[str, Any] = {"type": kind, "signalId": signal_id}
     if step_id is not None:
         body["stepId"] = step_id
     if reason is not None:
         body["reason"] = reason
+    if name is not None:
+        body["name"] = name
+    if payload is not None:
+        body["payload"] = dict(payload)
     return body
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -215,12 +215,24 @@ class Runs:
         return await self.get(run_id)
 
     async def signal(self, run_id: str, kind: SignalType, *, step_id: str | None = None,
-               reason: str | None = None, signal_id: str | None = None) -> SignalAnswer:
-        """Send a signal; retried safely (its signalId makes a repeat the same decision)."""
-        body = _core.signal_body(kind, step_id, reason, signal_id or _core.new_key())
+               reason: str | None = None, signal_id: str | None = None,
+               name: str | None = None,
+               payload: Mapping[str, Any] | None = None) -> SignalAnswer:
+        """Send a signal; retried safely (its signalId makes a repeat the same decision).
+
+        A CUSTOM signal (plan v1.3) carries the ``name`` its plan declares and its ``payload``.
+        """
+        body = _core.signal_body(kind, step_id, reason, signal_id or _core.new_key(),
+                                 name, payload)
         answer = await self._c.request("POST", _run_path(run_id) + "/signals", safe=True,
                                        json=body)
         return SignalAnswer.model_validate(answer.json())
+
+    async def send(self, run_id: str, name: str, payload: Mapping[str, Any] | None = None,
+                   *, signal_id: str | None = None) -> SignalAnswer:
+        """Send the custom signal ``name`` its plan declares, with its payload (plan v1.3)."""
+        return await self.signal(run_id, "CUSTOM", name=name, payload=payload or {},
+                                 signal_id=signal_id)
 
     async def pause(self, run_id: str, *, reason: str | None = None) -> SignalAnswer:
         """Pause the run: running steps finish, no new step starts."""

@@ -19,7 +19,7 @@ RunStatusName = Literal["PENDING", "APPROVED", "RUNNING", "PAUSED", "COMPLETED",
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
 SignalType = Literal["PAUSE", "RESUME", "CANCEL", "RETRY_STEP", "SKIP_STEP", "APPROVE_STEP",
-                     "REJECT_STEP", "APPROVE_RUN"]
+                     "REJECT_STEP", "APPROVE_RUN", "CUSTOM"]
 
 
 class Model(BaseModel):

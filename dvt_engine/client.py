@@ -45,6 +45,7 @@ from dvt_engine.models.signals import (
     ApproveRunPayload,
     ApproveStepPayload,
     CancelPayload,
+    CustomSignalPayload,
     PausePayload,
     ResumePayload,
     RetryRunPayload,
@@ -387,12 +388,16 @@ class RunHandle:
     # --- signals -------------------------------------------------------------------------
     async def signal(
         self,
-        payload: SignalPayload,
+        payload: SignalPayload | str,
+        data: Mapping[str, Any] | None = None,
         *,
         signal_id: str | None = None,
         actor: Actor | None = None,
     ) -> SignalDecision:
-        """Send one typed signal; the recorded decision (a repeated ``signal_id`` repeats it)."""
+        """Send one typed signal, or the custom signal named ``payload`` with ``data`` (plan
+        v1.3); the recorded decision (a repeated ``signal_id`` repeats it)."""
+        if isinstance(payload, str):
+            payload = CustomSignalPayload(name=payload, data=dict(data or {}))
         request = SignalRequest.of(
             payload, signal_id=signal_id or str(uuid.uuid4()), tenant_id=self.client.tenant,
             run_id=self.run_id, actor=actor or self.client.actor,

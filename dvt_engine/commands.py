@@ -46,7 +46,8 @@ class WriteStepEvent:
 
 @dataclass(frozen=True)
 class ResolveGate:
-    """Complete (approve) or fail (reject) a waiting approval gate."""
+    """Complete (approve) or fail (reject) a waiting gate; a custom signal completes its wait
+    with ``output`` (the signal's data)."""
 
     step_id: str
     logical_attempt_id: int
@@ -54,6 +55,7 @@ class ResolveGate:
     approver: str
     comment: str | None
     signal_id: str | None
+    output: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

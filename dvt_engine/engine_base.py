@@ -60,7 +60,8 @@ class BaseEngine(WorkflowEngine):
         self.clock = clock
         self.plan_loader = PlanLoader(store, policy=uri_policy, fetchers=fetchers)
         self.signals = SignalService(
-            store, authorizer, clock=clock, rate_limit_per_minute=signal_rate_limit_per_minute
+            store, authorizer, clock=clock, rate_limit_per_minute=signal_rate_limit_per_minute,
+            plans=self.load_plan,
         )
 
     @classmethod

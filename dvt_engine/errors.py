@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     PLAN_JOIN_INVALID = "PLAN_JOIN_INVALID"
     PLAN_FOREACH_INVALID = "PLAN_FOREACH_INVALID"
     PLAN_RESOURCE_CLASS_UNKNOWN = "PLAN_RESOURCE_CLASS_UNKNOWN"
+    PLAN_SIGNAL_INVALID = "PLAN_SIGNAL_INVALID"
     PLAN_DOWNGRADE_UNSUPPORTED = "PLAN_DOWNGRADE_UNSUPPORTED"
     RUN_NOT_FOUND = "RUN_NOT_FOUND"
     RUN_NOT_APPROVED = "RUN_NOT_APPROVED"
@@ -41,6 +42,8 @@ class ErrorCode(StrEnum):
     SIGNAL_INVALID_PAYLOAD = "SIGNAL_INVALID_PAYLOAD"
     SIGNAL_UNAUTHORIZED = "SIGNAL_UNAUTHORIZED"
     SIGNAL_RATE_LIMITED = "SIGNAL_RATE_LIMITED"
+    SIGNAL_UNKNOWN = "SIGNAL_UNKNOWN"
+    SIGNAL_NOT_AWAITED = "SIGNAL_NOT_AWAITED"
     RUN_TERMINAL = "RUN_TERMINAL"
     STEP_NOT_FOUND = "STEP_NOT_FOUND"
     STEP_NOT_RETRYABLE = "STEP_NOT_RETRYABLE"
@@ -55,6 +58,7 @@ class ErrorCode(StrEnum):
     FOREACH_ITEMS_INVALID = "FOREACH_ITEMS_INVALID"
     APPROVAL_REJECTED = "APPROVAL_REJECTED"
     APPROVAL_TIMEOUT = "APPROVAL_TIMEOUT"
+    SIGNAL_WAIT_TIMEOUT = "SIGNAL_WAIT_TIMEOUT"
     OPERATOR_TIMEOUT = "OPERATOR_TIMEOUT"
     PAUSE_DRAIN_TIMEOUT = "PAUSE_DRAIN_TIMEOUT"
     IDENTIFIER_INVALID = "IDENTIFIER_INVALID"
@@ -78,6 +82,7 @@ class ErrorCode(StrEnum):
     ARCHIVE_CORRUPT = "ARCHIVE_CORRUPT"
     ARCHIVE_BUSY = "ARCHIVE_BUSY"
     AUDIT_BUSY = "AUDIT_BUSY"
+    ERASURE_REFUSED = "ERASURE_REFUSED"
     CONNECTION_NOT_FOUND = "CONNECTION_NOT_FOUND"
     STEP_PARAMS_INVALID = "STEP_PARAMS_INVALID"
     STEP_DEPENDENCY_MISSING = "STEP_DEPENDENCY_MISSING"
@@ -256,6 +261,13 @@ class PlanResourceClassUnknown(PlanError):
     hint = "Declare the class in metadata.resourceClasses or fix the step's resourceClass."
 
 
+class PlanSignalInvalid(PlanError):
+    """A plan's custom signals are malformed, or a step waits for one it does not declare."""
+
+    code = ErrorCode.PLAN_SIGNAL_INVALID
+    hint = "See details.rule; docs/plans.md describes signals and waitForSignal."
+
+
 class PlanDowngradeUnsupported(PlanError):
     """The plan uses fields the older schema version does not have."""
 
@@ -285,6 +297,20 @@ class SignalInvalidPayload(SignalError):
     """A signal's payload does not match the signal's schema."""
 
     code = ErrorCode.SIGNAL_INVALID_PAYLOAD
+
+
+class SignalUnknown(SignalError):
+    """A CUSTOM signal names a signal type the run's plan does not declare."""
+
+    code = ErrorCode.SIGNAL_UNKNOWN
+    hint = "Send one of the signal names the plan declares in metadata.signals."
+
+
+class SignalNotAwaited(SignalError):
+    """A CUSTOM signal arrived while no step of the run waits for it (recorded refusal)."""
+
+    code = ErrorCode.SIGNAL_NOT_AWAITED
+    hint = "Send it while the step that waits for it is waiting (substatus AWAITING_APPROVAL)."
 
 
 class SignalUnauthorized(SignalError):
@@ -385,6 +411,12 @@ class ApprovalTimeout(StepError):
     """An approval gate waited longer than its timeoutMs."""
 
     code = ErrorCode.APPROVAL_TIMEOUT
+
+
+class SignalWaitTimeout(StepError):
+    """A step waiting for a custom signal waited longer than its timeoutMs (onTimeout fail)."""
+
+    code = ErrorCode.SIGNAL_WAIT_TIMEOUT
 
 
 class OperatorTimeout(RunError):
@@ -583,6 +615,15 @@ class AuditBusy(StoreError):
     code = ErrorCode.AUDIT_BUSY
     default_retryable = True
     hint = "Wait for the other `dvt audit seal` to finish, then run it again."
+
+
+class ErasureRefused(RequestError):
+    """A purge or retention removal was refused: no admin actor, no signing key for sealed
+    runs, or the tenant still has runs in progress."""
+
+    code = ErrorCode.ERASURE_REFUSED
+    hint = ("Purge as an admin actor with the audit signing key, after the tenant's runs have"
+            " ended (cancel them first); see docs/retention.md.")
 
 
 class ArtifactStoreNotConfigured(StepError):

@@ -41,6 +41,7 @@ from dvt_engine.rules import failure as failure_rules
 from dvt_engine.rules import foreach as foreach_rules
 from dvt_engine.rules import gates as gate_rules
 from dvt_engine.rules import pause as pause_rules
+from dvt_engine.rules import signals as signal_rules
 from dvt_engine.rules.failure import FAIL_FAST_GATE_REASON as FAIL_FAST_GATE_REASON
 from dvt_engine.rules.gates import GATE_TIMER_PREFIX as GATE_TIMER_PREFIX
 from dvt_engine.rules.settlement import (
@@ -344,6 +345,15 @@ class RunInterpreter:
                 caused_by_signal_id=signal_id,
             )
             return [skipped, *self.advance()]
+        if kind == SignalType.CUSTOM:
+            if not (state.in_flight and state.awaiting_approval
+                    and signal_rules.waits_for(self.spec(step_id), str(payload.get("name")))):
+                return []
+            state.awaiting_approval = False
+            data = payload.get("data")
+            return [ResolveGate(step_id, state.logical_attempt_id, approve=True,
+                                approver=actor_id, comment=None, signal_id=signal_id,
+                                output=dict(data) if isinstance(data, Mapping) else {})]
         if kind == SignalType.APPROVE_STEP:
             if not (state.in_flight and state.awaiting_approval):
                 return []

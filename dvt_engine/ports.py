@@ -207,6 +207,8 @@ class AuthorizationRequest:
     environment_id: str
     run_id: str
     payload: Mapping[str, Any] = field(default_factory=dict)
+    #: For a CUSTOM signal: the roles its plan declares may send it (plan v1.3).
+    declared_roles: tuple[Role, ...] = ()
 
 
 @dataclass(frozen=True)

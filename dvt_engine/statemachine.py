@@ -44,8 +44,9 @@ STEP_EVENT_SOURCES: Mapping[str, frozenset[StepStatus]] = {
     "StepAwaitingApproval": frozenset({StepStatus.RUNNING}),
     "StepCompleted": frozenset({StepStatus.RUNNING}),
     "StepFailed": frozenset({StepStatus.RUNNING}),
-    # FAILED -> SKIPPED is the operator's way out of awaitOperator (documented in docs/).
-    "StepSkipped": frozenset({StepStatus.PENDING, StepStatus.FAILED}),
+    # FAILED -> SKIPPED is the operator's way out of awaitOperator (documented in docs/);
+    # RUNNING -> SKIPPED only for an open signal wait whose timeout skips it (plan v1.3).
+    "StepSkipped": frozenset({StepStatus.PENDING, StepStatus.FAILED, StepStatus.RUNNING}),
     # A forEach template records its children once it has started (plan v1.3).
     "StepExpanded": frozenset({StepStatus.RUNNING}),
 }
@@ -81,6 +82,9 @@ def _step_problem(step: StepSnapshot, event: Event) -> str | None:
     etype = event.event_type
     if step.status not in STEP_EVENT_SOURCES[etype]:
         return f"{etype} is not allowed while step {step.step_id!r} is {step.status}"
+    if etype == "StepSkipped" and step.status == StepStatus.RUNNING \
+            and step.substatus != StepSubstatus.AWAITING_APPROVAL:
+        return f"StepSkipped is not allowed while step {step.step_id!r} is RUNNING"
     if etype == "StepStarted" and step.status == StepStatus.FAILED:
         if event.logical_attempt_id != step.logical_attempt_id + 1:
             return f"StepStarted after a failure must start attempt {step.logical_attempt_id + 1}"

@@ -35,6 +35,7 @@ from dvt_engine.audit_keys import Keyring, Signer
 from dvt_engine.errors import ArchiveCorrupt, ArchiveUnavailable, AuditBusy
 from dvt_engine.waiting import settles_within
 from dvt_statestore_pg.core import Conn
+from dvt_statestore_pg.erasure import check_tombstones
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.tiers import segment_from_row, segments_query
 
@@ -69,6 +70,8 @@ class VerifyReport:
     events: int = 0
     checkpoints: int = 0
     findings: list[Finding] = field(default_factory=list)
+    #: Good tombstones: purges and retention expiries, signed (dvt_statestore_pg.erasure).
+    erasures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -79,7 +82,7 @@ class VerifyReport:
         """The report as JSON data."""
         return {"ok": self.ok, "runs": self.runs, "events": self.events,
                 "checkpoints": self.checkpoints,
-                "findings": [f.to_dict() for f in self.findings]}
+                "findings": [f.to_dict() for f in self.findings], "erasures": self.erasures}
 
 
 def _t(schema: str, name: str) -> sql.Identifier:
@@ -260,6 +263,8 @@ async def verify(store: PostgresRunStateStore, keyring: Keyring, *, tenant_id: s
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             signed = await _checked_checkpoints(conn, schema, keyring, report)
+            stones = await check_tombstones(conn, schema, keyring, tenant_id)
+            report.erasures, report.findings = stones.erasures, report.findings + stones.findings
             cur = await conn.execute(sql.SQL(
                 "SELECT tenant_id, run_id, last_seq FROM {} WHERE (%(t)s::text IS NULL OR"
                 " tenant_id = %(t)s) AND (%(r)s::text IS NULL OR run_id = %(r)s)"
@@ -267,6 +272,8 @@ async def verify(store: PostgresRunStateStore, keyring: Keyring, *, tenant_id: s
                 {"t": tenant_id, "r": run_id})
             runs = {(t, r): int(n) for t, r, n in await cur.fetchall()}
             for key in signed:
+                if key not in runs and _expired(signed[key], stones.expired.get(key)):
+                    continue  # removed by a retention pass, as its tombstone signs
                 if (tenant_id in (None, key[0])) and (run_id in (None, key[1])):
                     runs.setdefault(key, 0)
             for (tenant, run), last_seq in sorted(runs.items()):
@@ -290,6 +297,13 @@ async def verify(store: PostgresRunStateStore, keyring: Keyring, *, tenant_id: s
 
     await store._run(work)
     return report
+
+
+def _expired(signed: list[tuple[int, str, int]], expired: tuple[int, str] | None) -> bool:
+    """Whether a retention tombstone covers every head a checkpoint signed of a run."""
+    if expired is None:
+        return False
+    return all(seq < expired[0] or (seq, chain) == expired[:2] for seq, chain, _ in signed)
 
 
 async def _checked_checkpoints(conn: Conn, schema: str, keyring: Keyring, report: VerifyReport

@@ -28,6 +28,8 @@ EXPECTED_SINGLE_ROLE = {
     SignalType.RETRY_RUN: {A, E},
     SignalType.APPROVE_STEP: {P},
     SignalType.APPROVE_RUN: {P},
+    # A custom signal without declared roles (its plan's default): operator and above.
+    SignalType.CUSTOM: {A, E, OP},
 }
 
 
@@ -162,3 +164,27 @@ def test_effective_role_properties(held: list[Role], required: list[Role]) -> No
 def test_sync_decide_matches_single_role_table(held: list[Role], signal_type: SignalType) -> None:
     result = RoleBasedAuthorizer().decide(held, signal_type)
     assert result.allowed == any(r in EXPECTED_SINGLE_ROLE[signal_type] for r in held)
+
+
+@pytest.mark.parametrize(("declared", "allowed"), [
+    ((E,), {A, E}), ((P,), {P}), ((OP, P), {A, E, OP, P}),
+])
+async def test_a_custom_signal_takes_the_roles_its_plan_declares(
+    declared: tuple[Role, ...], allowed: set[Role]
+) -> None:
+    for role in Role:
+        request = AuthorizationRequest(
+            actor=Actor(id="alice", roles=(role,)), signal_type=SignalType.CUSTOM,
+            tenant_id="t", project_id="p", environment_id="e", run_id="r",
+            declared_roles=declared)
+        result = await RoleBasedAuthorizer().authorize(request)
+        assert result.allowed == (role in allowed), role
+        assert result.effective_role == (role if result.allowed else None)
+
+
+async def test_a_policy_without_custom_refuses_declared_roles_too() -> None:
+    request = AuthorizationRequest(
+        actor=Actor(id="alice", roles=(A,)), signal_type=SignalType.CUSTOM, tenant_id="t",
+        project_id="p", environment_id="e", run_id="r", declared_roles=(A,))
+    result = await RoleBasedAuthorizer({SignalType.PAUSE: OP}).authorize(request)
+    assert not result.allowed

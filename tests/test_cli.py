@@ -190,6 +190,31 @@ def test_signal_payloads(action: str, step: str | None, reason: str | None,
     assert runs.signal_payload(options) == payload
 
 
+def test_a_custom_signal_is_its_name_and_payload() -> None:
+    data = runs.parse_signal_data("file-arrived", '{"rows": 42}')
+    options = runs.SignalOptions(run_id="r", action="file-arrived", data=data)
+    assert options.custom
+    assert runs.signal_payload(options) == {"name": "file-arrived", "data": {"rows": 42}}
+    assert runs.parse_signal_data("file-arrived", None) == {}
+    assert runs.parse_signal_data("pause", None) is None
+
+
+@pytest.mark.parametrize(("action", "text", "message"), [
+    ("pause", "{}", "takes no --payload"),
+    ("file-arrived", "{rows", "not JSON"),
+    ("file-arrived", "[1, 2]", "must be a JSON object"),
+])
+def test_custom_signal_arguments_are_checked(action: str, text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        runs.parse_signal_data(action, text)
+
+
+def test_a_custom_signal_takes_no_step_and_a_valid_name(dvt: Any) -> None:
+    with pytest.raises(UsageError, match="takes no step id"):
+        runs.signal_payload(runs.SignalOptions(run_id="r", action="file-arrived", step_id="s"))
+    assert_error(dvt("signal", "r", "bad|name", "--json"), "IDENTIFIER_INVALID")
+
+
 def test_signal_step_argument_is_checked(dvt: Any) -> None:
     with pytest.raises(UsageError):
         runs.signal_payload(runs.SignalOptions(run_id="r", action="approve"))

@@ -188,6 +188,35 @@ def test_signal_from_another_process_approves_a_gate_on_temporal(
     assert "SignalAccepted" in {e["eventType"] for e in lines}
 
 
+def test_a_custom_signal_from_another_process_completes_a_wait_on_temporal(
+    dvt: Any, env: dict[str, str], store_url: str, temporal_address: str
+) -> None:
+    run_id = f"wait-{uuid.uuid4().hex[:8]}"
+    proc_env = {**env, "DVT_TEMPORAL_ADDRESS": temporal_address}
+    runner = spawn(["run", str(PLANS / "v13-signal-during-pause.json"), "--engine", "temporal",
+                    "--run-id", run_id, "--json"], proc_env)
+    try:
+        asyncio.run(wait_for_run(store_url, env["DVT_TENANT"], run_id, awaiting("file-ready"),
+                                 WAIT_S))
+        unknown = dvt("signal", run_id, "file-landed", "--json",
+                      DVT_TEMPORAL_ADDRESS=temporal_address)
+        assert unknown.code == 2, unknown
+        assert unknown.json()["error"]["code"] == "SIGNAL_UNKNOWN"
+        sent = dvt("signal", run_id, "file-arrived", "--payload",
+                   '{"path": "s3://exports/orders.parquet", "rows": 42}', "--role", "operator",
+                   "--signal-id", "arrived-1", "--json", DVT_TEMPORAL_ADDRESS=temporal_address)
+        assert sent.code == 0, sent
+        assert sent.json()["decision"]["type"] == "CUSTOM"
+        assert sent.json()["decision"]["accepted"] is True
+    finally:
+        code, out, err = finish(runner)
+    assert code == 0, err[-3000:]
+    doc = json.loads(out)
+    assert doc["status"] == "COMPLETED"
+    ready = next(s for s in doc["snapshot"]["steps"] if s["stepId"] == "file-ready")
+    assert ready["output"] == {"path": "s3://exports/orders.parquet", "rows": 42}
+
+
 def test_worker_executes_runs_started_without_one(
     dvt: Any, env: dict[str, str], store_url: str, temporal_address: str
 ) -> None:

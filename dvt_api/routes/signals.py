@@ -22,6 +22,7 @@ from dvt_engine.models.signals import (
     ApproveRunPayload,
     ApproveStepPayload,
     CancelPayload,
+    CustomSignalPayload,
     PausePayload,
     ResumePayload,
     RetryStepPayload,
@@ -41,6 +42,21 @@ SIGNAL_ROLES: dict[str, tuple[ApiRole, Role]] = {
     **{t: (ApiRole.APPROVER, Role.APPROVER)
        for t in ("APPROVE_STEP", "REJECT_STEP", "APPROVE_RUN")},
 }
+#: A CUSTOM signal's roles come from the run's plan: the actor carries the core roles each of
+#: the key's roles stands for, and the core decides (SIGNAL_UNAUTHORIZED, recorded).
+CUSTOM_ROLES: dict[ApiRole, tuple[Role, ...]] = {
+    ApiRole.OPERATOR: (Role.OPERATOR, Role.ENGINEER),
+    ApiRole.APPROVER: (Role.APPROVER,),
+    ApiRole.ADMIN: (Role.ADMIN,),
+}
+
+
+def _custom_actor(who: Principal) -> Actor:
+    """The actor of a CUSTOM signal; 403 for a key that may send no signal at all."""
+    roles = sorted({r for api in who.roles for r in CUSTOM_ROLES.get(api, ())})
+    if not roles:
+        who.require(ApiRole.OPERATOR)
+    return Actor(id=who.key_id, roles=tuple(roles))
 
 
 def payload_of(body: SignalBody) -> SignalPayload:
@@ -58,6 +74,8 @@ def payload_of(body: SignalBody) -> SignalPayload:
                 return RetryStepPayload(step_id=step, reason=reason)
             case "SKIP_STEP":
                 return SkipStepPayload(step_id=step, reason=reason)
+            case "CUSTOM":
+                return CustomSignalPayload(name=body.name, data=body.payload or {})
             case "APPROVE_STEP" | "REJECT_STEP":
                 decision = "approve" if body.type == "APPROVE_STEP" else "reject"
                 return ApproveStepPayload(step_id=step, decision=decision,
@@ -77,7 +95,7 @@ async def send_signal(body: SignalBody, run_id: str = RUN_ID,
                       who: Principal = Depends(principal),
                       svc: Services = Depends(services)) -> JSONResponse:
     """Decide a signal; 202 with the decision, or the refusal's code as problem+json."""
-    api_role, core_role = SIGNAL_ROLES[body.type]
+    api_role, core_role = SIGNAL_ROLES.get(body.type, (ApiRole.OPERATOR, Role.OPERATOR))
     if await svc.store.get_run(who.tenant_id, run_id) is None:
         # A QUEUED run takes one signal: CANCEL, which takes it out of its queue.
         waiting = await limits.queued(svc, who.tenant_id, run_id)
@@ -85,13 +103,16 @@ async def send_signal(body: SignalBody, run_id: str = RUN_ID,
             raise run_not_found()
         who.require(api_role)
         return await _queued_signal(svc, who, body, run_id)
-    who.require(api_role)
+    if body.type == "CUSTOM":
+        actor = _custom_actor(who)
+    else:
+        who.require(api_role)
+        actor = Actor(id=who.key_id, roles=(core_role,))
     await limits.take_signal(svc, who.tenant_id)
     payload = payload_of(body)
     client = Client(engine=svc.engine, store=svc.store, tenant=who.tenant_id)
     decision = await client.get_run(run_id).signal(
-        payload, signal_id=body.signal_id or str(uuid.uuid4()),
-        actor=Actor(id=who.key_id, roles=(core_role,)))
+        payload, signal_id=body.signal_id or str(uuid.uuid4()), actor=actor)
     if not decision.accepted:
         code = decision.error_code or ErrorCode.SIGNAL_INVALID_PAYLOAD
         try:

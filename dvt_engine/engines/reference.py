@@ -259,7 +259,7 @@ class _RunDriver:
             gate = self.gates.pop(command.step_id)
             outcome = await self.engine.runner.complete_gate(
                 gate.invocation, approve=command.approve, approver=command.approver,
-                comment=command.comment, signal_id=command.signal_id,
+                comment=command.comment, signal_id=command.signal_id, output=command.output,
             )
             self._settle(command.step_id, command.logical_attempt_id, outcome)
         elif isinstance(command, ExpireGate):

@@ -125,9 +125,10 @@ class StepSkippedPayload(DvtModel):
 
 
 class StepAwaitingApprovalPayload(DvtModel):
-    """StepAwaitingApproval."""
+    """StepAwaitingApproval: an approval gate, or a wait for the custom signal ``signal``."""
 
     timeout_ms: int | None = None
+    signal: str | None = None
 
 
 class SignalBasis(DvtModel):

@@ -90,6 +90,38 @@ class ForEachSpec(StrictModel):
     when: str | None = Field(default=None, min_length=1, max_length=2000)
 
 
+#: Largest custom signal payload schema a plan may declare, as canonical JSON bytes.
+MAX_SIGNAL_SCHEMA_BYTES = 16 * 1024
+#: Most custom signal types one plan may declare.
+MAX_SIGNAL_TYPES = 50
+SignalRole = Literal["admin", "engineer", "operator", "approver"]
+WaitTimeoutAction = Literal["fail", "skip"]
+
+
+class SignalDeclaration(StrictModel):
+    """A custom signal type a plan accepts (v1.3): its payload schema and who may send it."""
+
+    #: A Draft 2020-12 JSON Schema of the payload (checked at validation; absent: any object).
+    payload: dict[str, Any] | None = None
+    #: Roles that may send it (the ordered roles imply the ones below them); absent: operator.
+    roles: tuple[SignalRole, ...] | None = Field(default=None, min_length=1, max_length=4)
+    description: str | None = Field(default=None, max_length=2000)
+
+    @property
+    def allowed_roles(self) -> tuple[str, ...]:
+        """The roles that may send the signal (operator when the plan names none)."""
+        return self.roles or ("operator",)
+
+
+class WaitForSignalSpec(StrictModel):
+    """A step that waits for a custom signal (v1.3); its payload becomes the step's output."""
+
+    name: Identifier
+    #: How long the step waits (absent: until the run ends or an operator steps in).
+    timeout_ms: int | None = Field(default=None, ge=1)
+    on_timeout: WaitTimeoutAction = "fail"
+
+
 class StepSpec(StrictModel):
     """One step of a plan: a kind, its params, and the steps it waits for."""
 
@@ -113,6 +145,8 @@ class StepSpec(StrictModel):
     resource_class: Identifier | None = None
     #: Among ready steps a higher priority starts first, then plan order (v1.3; absent is 0).
     priority: int | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+    #: Wait for a custom signal instead of running a handler (v1.3, docs/plans.md).
+    wait_for_signal: WaitForSignalSpec | None = None
 
     @property
     def join_spec(self) -> JoinSpec:
@@ -150,6 +184,9 @@ class PlanMetadata(StrictModel):
     skip_rule: SkipRule | None = None
     #: Resource classes steps may name (v1.3), each with an optional running-step limit.
     resource_classes: dict[Identifier, ResourceClassSpec] | None = None
+    #: Custom signal types the run accepts (v1.3), by name.
+    signals: dict[Identifier, SignalDeclaration] | None = Field(default=None,
+                                                                max_length=MAX_SIGNAL_TYPES)
 
     @property
     def group_limits(self) -> dict[str, int]:

@@ -22,6 +22,8 @@ class SignalType(StrEnum):
     APPROVE_STEP = "APPROVE_STEP"
     RETRY_RUN = "RETRY_RUN"
     APPROVE_RUN = "APPROVE_RUN"
+    #: A signal type the run's plan declares (v1.3); the payload names it.
+    CUSTOM = "CUSTOM"
 
 
 class Role(StrEnum):
@@ -120,6 +122,17 @@ class ApproveRunPayload(StrictModel):
     comment: str | None = Field(default=None, max_length=2000)
 
 
+class CustomSignalPayload(StrictModel):
+    """CUSTOM: a signal type the plan declares, with its data (checked against its schema).
+
+    ``step_id`` is filled in by the signal service: the waiting step the signal completes.
+    """
+
+    name: Identifier
+    data: BoundedPayload = Field(default_factory=dict)
+    step_id: Identifier | None = None
+
+
 SIGNAL_PAYLOAD_MODELS: dict[SignalType, type[StrictModel]] = {
     SignalType.PAUSE: PausePayload,
     SignalType.RESUME: ResumePayload,
@@ -129,12 +142,13 @@ SIGNAL_PAYLOAD_MODELS: dict[SignalType, type[StrictModel]] = {
     SignalType.APPROVE_STEP: ApproveStepPayload,
     SignalType.RETRY_RUN: RetryRunPayload,
     SignalType.APPROVE_RUN: ApproveRunPayload,
+    SignalType.CUSTOM: CustomSignalPayload,
 }
 
 
 SignalPayload = (
     PausePayload | ResumePayload | CancelPayload | RetryStepPayload | SkipStepPayload
-    | ApproveStepPayload | RetryRunPayload | ApproveRunPayload
+    | ApproveStepPayload | RetryRunPayload | ApproveRunPayload | CustomSignalPayload
 )
 """Any typed signal payload; its class says which signal it is."""
 
@@ -222,7 +236,7 @@ class AcceptedSignal(DvtModel):
 
     @property
     def step_id(self) -> str | None:
-        """The step a step signal names (RETRY_STEP, SKIP_STEP, APPROVE_STEP), else None."""
+        """The step a step signal names (RETRY_STEP, SKIP_STEP, APPROVE_STEP, CUSTOM), else None."""
         value = self.payload.get("stepId")
         return value if isinstance(value, str) else None
 

@@ -24,6 +24,7 @@ from dvt_engine.planning.checks import (
 from dvt_engine.planning.document import load_document, version_problems
 from dvt_engine.planning.flow_checks import flow_problems
 from dvt_engine.planning.problems import PlanInput, Problem, digest_of
+from dvt_engine.planning.signal_checks import signal_problems
 
 
 def _raise_first(problems: Sequence[Problem]) -> None:
@@ -100,6 +101,7 @@ def validate_plan_document(data: PlanInput) -> ExecutionPlan:
     _raise_first(problems)
     assert plan is not None
     _raise_first(flow_problems(plan))
+    _raise_first([p for p in signal_problems(plan) if p.severity == "error"])
     if digest is not None:
         _VALID_DIGESTS.add(digest)
     return plan

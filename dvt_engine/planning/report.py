@@ -41,6 +41,7 @@ from dvt_engine.planning.first_error import validate_plan_document
 from dvt_engine.planning.flow_checks import flow_problems
 from dvt_engine.planning.params import params_problems
 from dvt_engine.planning.problems import PlanInput, Problem, digest_of, safe, show
+from dvt_engine.planning.signal_checks import signal_problems
 
 # Which schema version introduced each optional field; fields absent here exist since v1.0.
 # A plan may use a newer field than it declares: it is honoured, with a warning in the report.
@@ -63,6 +64,8 @@ FIELD_INTRODUCED_IN: Mapping[tuple[str, str], str] = {
     ("metadata", "resourceClasses"): "v1.3",
     ("step", "resourceClass"): "v1.3",
     ("step", "priority"): "v1.3",
+    ("metadata", "signals"): "v1.3",
+    ("step", "waitForSignal"): "v1.3",
 }
 
 def _plan_document(plan: ExecutionPlan) -> dict[str, Any]:
@@ -258,6 +261,7 @@ def build_validation_report(
                 problems += found
                 if model is not None:
                     problems += flow_problems(model)
+                    problems += signal_problems(model)
             problems += _version_warnings(doc)
             problems += _kind_problems(doc, kinds)
             problems += params_problems(doc, params_schemas or {})

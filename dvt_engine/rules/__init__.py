@@ -13,5 +13,6 @@ changed here changes on every engine at once.
 - :mod:`~dvt_engine.rules.cancel`: cooperative cancel and its default reason.
 - :mod:`~dvt_engine.rules.concurrency`: plan v1.3 maxParallel and concurrency group limits.
 - :mod:`~dvt_engine.rules.joins`: plan v1.3 any/quorum joins, their losers, skipRule cascade.
+- :mod:`~dvt_engine.rules.signals`: plan v1.3 custom signals: the step a signal completes.
 - :mod:`~dvt_engine.rules.conditions`: plan v1.3 ``when`` conditions (CEL), checked and evaluated.
 """

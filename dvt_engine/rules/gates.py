@@ -8,7 +8,10 @@ GATE_TIMER_PREFIX = "gate:"
 
 
 def gate_timeout_ms(step: StepSpec) -> int | None:
-    """How long an approval gate waits: the step's timeoutMs, else ``params.timeoutMs``."""
+    """How long a gate waits: a signal wait's ``waitForSignal.timeoutMs``, else the step's
+    timeoutMs, else ``params.timeoutMs``."""
+    if step.wait_for_signal is not None and step.wait_for_signal.timeout_ms is not None:
+        return step.wait_for_signal.timeout_ms
     if step.timeout_ms is not None:
         return step.timeout_ms
     value = step.params.get("timeoutMs")

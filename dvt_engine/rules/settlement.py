@@ -1,9 +1,10 @@
 """Settlement: what one logical attempt's outcome means for the run.
 
-Every engine reports an attempt's end to the interpreter as one of five settlements, with the
+Every engine reports an attempt's end to the interpreter as one of six settlements, with the
 error that ended it. Anything else the step runner may answer (an outcome an engine does not
 expect at that point) counts as a failure, so a run never waits for a step that has stopped.
-``not_started`` is an attempt its engine stopped before any of its events were written.
+``not_started`` is an attempt its engine stopped before any of its events were written;
+``skipped`` a signal wait whose timeout skipped it (plan v1.3 ``onTimeout: skip``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dvt_engine.errors import ErrorCode
 from dvt_engine.models.run import StepStatus
 from dvt_engine.models.snapshot import StepError
 
-StepSettlement = Literal["succeeded", "failed", "cancelled", "refused", "not_started"]
+StepSettlement = Literal["succeeded", "failed", "cancelled", "refused", "not_started", "skipped"]
 SETTLEMENTS: tuple[StepSettlement, ...] = (
-    "succeeded", "failed", "cancelled", "refused", "not_started")
+    "succeeded", "failed", "cancelled", "refused", "not_started", "skipped")
 #: An attempt stopped before it began (no event of it exists): the step is PENDING again with
 #: the same logical attempt, so the log's attempt numbers stay consecutive.
 NOT_STARTED: StepSettlement = "not_started"
@@ -46,7 +47,7 @@ def step_status_after(outcome: StepSettlement) -> StepStatus:
     """The step's status once an attempt settled so (a refused start: the log skipped it)."""
     if outcome == "succeeded":
         return StepStatus.SUCCESS
-    if outcome == "refused":
+    if outcome in ("refused", "skipped"):
         return StepStatus.SKIPPED
     if outcome == NOT_STARTED:
         return StepStatus.PENDING

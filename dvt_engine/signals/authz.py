@@ -35,6 +35,8 @@ DEFAULT_POLICY: Mapping[SignalType, Role] = {
     SignalType.RETRY_RUN: Role.ENGINEER,
     SignalType.APPROVE_STEP: Role.APPROVER,
     SignalType.APPROVE_RUN: Role.APPROVER,
+    # A custom signal's roles come from its plan's declaration (AuthorizationRequest).
+    SignalType.CUSTOM: Role.OPERATOR,
 }
 
 
@@ -79,13 +81,21 @@ class RoleBasedAuthorizer(Authorizer):
 
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
         """Allow with the effective role, or refuse saying which role was needed."""
-        return self.decide(request.actor.roles, request.signal_type, request.actor.id)
+        return self.decide(request.actor.roles, request.signal_type, request.actor.id,
+                           declared=request.declared_roles)
 
     def decide(
-        self, roles: Iterable[Role], signal_type: SignalType, actor_id: str = "actor"
+        self, roles: Iterable[Role], signal_type: SignalType, actor_id: str = "actor", *,
+        declared: Iterable[Role] = (),
     ) -> AuthorizationResult:
-        """The synchronous core of ``authorize``, for callers without an event loop."""
+        """The synchronous core of ``authorize``, for callers without an event loop.
+
+        ``declared``: a CUSTOM signal's roles from its plan, used while the policy allows
+        CUSTOM at all (a policy without CUSTOM refuses every custom signal).
+        """
         required = self.required_roles(signal_type)
+        if signal_type == SignalType.CUSTOM and required and tuple(declared):
+            required = _as_roles(tuple(declared))
         if not required:
             return AuthorizationResult(
                 allowed=False, reason=f"no role may send {signal_type} under this policy"

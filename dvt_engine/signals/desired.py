@@ -22,9 +22,10 @@ from dvt_engine.projector import apply
 #: Signals an engine applies to a running run (APPROVE_RUN and RETRY_RUN are applied at once).
 ENGINE_APPLIED = frozenset({
     SignalType.PAUSE, SignalType.RESUME, SignalType.CANCEL, SignalType.RETRY_STEP,
-    SignalType.SKIP_STEP, SignalType.APPROVE_STEP,
+    SignalType.SKIP_STEP, SignalType.APPROVE_STEP, SignalType.CUSTOM,
 })
-_STEP_SIGNALS = frozenset({SignalType.RETRY_STEP, SignalType.SKIP_STEP, SignalType.APPROVE_STEP})
+_STEP_SIGNALS = frozenset({SignalType.RETRY_STEP, SignalType.SKIP_STEP, SignalType.APPROVE_STEP,
+                           SignalType.CUSTOM})
 _DECISIONS = frozenset({EventType.SIGNAL_ACCEPTED, EventType.SIGNAL_REJECTED})
 
 

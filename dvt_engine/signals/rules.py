@@ -12,15 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dvt_engine.errors import ErrorCode
+from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import RunHeader, RunStatus, StepStatus, StepSubstatus
 from dvt_engine.models.signals import SignalType
 from dvt_engine.models.snapshot import RunSnapshot, StepSnapshot
+from dvt_engine.rules.signals import APPROVAL_KIND, waits_for
 
 #: Run states in which steps exist and can be steered.
 _STARTED = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
 #: Terminal states a RETRY_RUN may start over from.
 RETRYABLE_RUN_STATES = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
-_STEP_SIGNALS = frozenset({SignalType.RETRY_STEP, SignalType.SKIP_STEP, SignalType.APPROVE_STEP})
+_STEP_SIGNALS = frozenset({SignalType.RETRY_STEP, SignalType.SKIP_STEP, SignalType.APPROVE_STEP,
+                           SignalType.CUSTOM})
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,16 @@ def check_state(
     step_id: str | None = None,
     approve: bool = True,
     cancel_seq: int | None = None,
+    plan: ExecutionPlan | None = None,
+    signal_name: str | None = None,
     retried_as: str | None = None,
 ) -> StateVerdict:
     """Decide ``signal_type`` against the run's desired snapshot (see docs/signals.md).
 
-    ``cancel_seq`` is the runSeq of an accepted CANCEL: the run is being cancelled.
-    ``retried_as`` is the runId an earlier accepted RETRY_RUN of this run started.
+    ``cancel_seq`` is the runSeq of an accepted CANCEL: the run is being cancelled. ``plan``
+    and ``signal_name`` are a CUSTOM signal's run plan and name, and ``step_id`` the waiting
+    step it completes (None: none waits). ``retried_as`` is the runId an earlier accepted
+    RETRY_RUN of this run started.
     """
     status = snapshot.status
     if signal_type == SignalType.RETRY_RUN:
@@ -72,7 +79,13 @@ def check_state(
             f"run is being cancelled (CANCEL accepted at runSeq {cancel_seq}) and accepts "
             "no more signals",
         )
+    if signal_type == SignalType.CUSTOM:
+        return _custom(snapshot, plan, step_id, signal_name)
     if signal_type in _STEP_SIGNALS:
+        if signal_type == SignalType.APPROVE_STEP and _waits_for_signal(header, snapshot,
+                                                                         step_id):
+            return _refuse(ErrorCode.STEP_NOT_AWAITING_APPROVAL,
+                           f"step {step_id!r} waits for a custom signal, not for an approval")
         return _step_signal(snapshot, signal_type, step_id)
     if signal_type == SignalType.PAUSE:
         if status == RunStatus.PAUSED:
@@ -161,6 +174,33 @@ def _step_signal(
         )
     if snapshot.status not in _STARTED:
         return _not_started(snapshot.status, signal_type)
+    return _APPLY
+
+
+def _waits_for_signal(header: RunHeader, snapshot: RunSnapshot, step_id: str | None) -> bool:
+    """True for an open gate whose step is no approval step: only a signal wait (plan v1.3)
+    opens a gate without being one."""
+    step = _find_step(snapshot, step_id)
+    if step is None or step.substatus != StepSubstatus.AWAITING_APPROVAL:
+        return False
+    for outline in header.steps:
+        if outline.step_id == step_id:
+            return outline.kind != APPROVAL_KIND
+    return False
+
+
+def _custom(snapshot: RunSnapshot, plan: ExecutionPlan | None, step_id: str | None,
+            name: str | None) -> StateVerdict:
+    step = _find_step(snapshot, step_id)
+    waits = (plan is not None and step is not None and step.step_id in plan.step_ids
+             and waits_for(plan.step(step.step_id), str(name)))
+    if not waits or step is None or not (
+            step.status == StepStatus.RUNNING
+            and step.substatus == StepSubstatus.AWAITING_APPROVAL):
+        where = f"step {step_id!r} is not waiting for it" if step_id else "no step waits for it"
+        return _refuse(ErrorCode.SIGNAL_NOT_AWAITED, f"signal {name!r}: {where} now")
+    if snapshot.status not in _STARTED:
+        return _not_started(snapshot.status, SignalType.CUSTOM)
     return _APPLY
 
 

@@ -23,6 +23,7 @@ from dvt_engine.errors import ErrorCode, RunNotFound, SchemaValidationFailed, St
 from dvt_engine.eventlog import EventFactory, utc_now
 from dvt_engine.idempotency import signal_key
 from dvt_engine.models.events import Event, EventType, SignalDecisionPayload
+from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import RunHeader
 from dvt_engine.models.signals import (
     AcceptedSignal,
@@ -33,7 +34,15 @@ from dvt_engine.models.signals import (
 )
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import AuthorizationRequest, Authorizer, RunStateStore
+from dvt_engine.rules.signals import waiting_step
 from dvt_engine.signals.authz import RoleBasedAuthorizer
+from dvt_engine.signals.custom import (
+    PlanSource,
+    RunPlans,
+    check_data,
+    declaration,
+    required_roles,
+)
 from dvt_engine.signals.desired import DesiredState, basis_of, desired_state
 from dvt_engine.signals.logview import LogViews
 from dvt_engine.signals.payloads import dump_payload, validate_envelope, validate_payload
@@ -83,8 +92,12 @@ class SignalService:
         authorizer: Authorizer | None = None,
         clock: Callable[[], datetime] = utc_now,
         rate_limit_per_minute: int | None = 60,
+        plans: PlanSource | None = None,
     ) -> None:
         self.store = store
+        #: Run plans, read for CUSTOM signals only (``plans``: an engine's loader, else the
+        #: store's plan registry).
+        self.plans = RunPlans(store, plans)
         self.authorizer: Authorizer = authorizer or RoleBasedAuthorizer()
         self.clock = clock
         self.views = LogViews(store)
@@ -125,6 +138,18 @@ class SignalService:
         # Rule 2: the store's reads are tenant-scoped, so another tenant's run is simply absent.
         header, snapshot = await self._find_run(request)
 
+        # A custom signal's type and data are checked against the run's plan as rule 1 checks
+        # a built-in payload: refused, never recorded (the plan never changes, so a repeated
+        # signalId gets the same answer).
+        plan: ExecutionPlan | None = None
+        declared: tuple[Role, ...] = ()
+        if request.type == SignalType.CUSTOM:
+            plan = await self.plans.of(header)
+            name = str(payload["name"])
+            decl = declaration(plan, name)
+            check_data(name, decl, payload.get("data") or {})
+            declared = required_roles(decl)
+
         # Rule 6 before the others: a repeated signalId gets the first decision and nothing else.
         key = signal_key(request.tenant_id, request.run_id, request.signal_id)
         existing = await self.store.get_event_by_key(request.tenant_id, request.run_id, key)
@@ -147,6 +172,7 @@ class SignalService:
                 environment_id=header.environment_id,
                 run_id=header.run_id,
                 payload=payload,
+                declared_roles=declared,
             )
         )
         # Rule 4 on the truth: the log up to runSeq N with every accepted, not yet applied
@@ -158,7 +184,14 @@ class SignalService:
             if found is not None:
                 return SignalVerdict(decision_from_record(found), None, header, view.snapshot)
             desired = desired_state(view.snapshot, view.events)
-            record = _Record(request, payload, key, header, view.snapshot, view.last_seq,
+            target = payload
+            if request.type == SignalType.CUSTOM:
+                assert plan is not None
+                target = {**payload, "stepId": payload.get("stepId") or waiting_step(
+                    plan, desired.snapshot, str(payload["name"]))}
+                if target["stepId"] is None:
+                    del target["stepId"]
+            record = _Record(request, target, key, header, view.snapshot, view.last_seq,
                              desired)
             if not auth.allowed:
                 verdict = await self._record(
@@ -172,9 +205,11 @@ class SignalService:
                     header,
                     desired.snapshot,
                     request.type,
-                    step_id=payload.get("stepId"),
+                    step_id=target.get("stepId"),
                     approve=payload.get("decision", "approve") == "approve",
                     cancel_seq=desired.cancel_seq,
+                    plan=plan,
+                    signal_name=payload.get("name"),
                     retried_as=_retried_as(desired),
                 )
                 verdict = await self._record(

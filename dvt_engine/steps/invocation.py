@@ -14,7 +14,8 @@ from dvt_engine.models.events import Event, EventType
 from dvt_engine.models.plan import StepSpec
 from dvt_engine.models.snapshot import ArtifactRef, StepError
 
-OutcomeStatus = Literal["succeeded", "failed", "retry", "awaiting_approval", "cancelled", "refused"]
+OutcomeStatus = Literal["succeeded", "failed", "retry", "awaiting_approval", "cancelled", "refused",
+                        "skipped"]
 
 
 class StepInvocation(DvtModel):

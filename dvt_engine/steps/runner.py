@@ -33,8 +33,8 @@ from dvt_engine.models.snapshot import ArtifactRef, Cost, StepError
 from dvt_engine.ports import RunStateStore, SecretsProvider, StepResult
 from dvt_engine.rules import retries
 from dvt_engine.rules.gates import gate_timeout_ms
+from dvt_engine.rules.signals import is_gate
 from dvt_engine.secrets import EnvSecretsProvider, redact
-from dvt_engine.steps.builtins import APPROVAL_KIND
 from dvt_engine.steps.context import CancelToken, RunnerStepContext
 from dvt_engine.steps.execute import DEFAULT_STOP_GRACE_S, TokenCancelled, call_handler
 from dvt_engine.steps.failure import classify
@@ -135,7 +135,7 @@ class StepRunner:
             recorded = await self.recorded_outcome(inv)
             if recorded is not None:
                 return recorded
-        if step.kind == APPROVAL_KIND:
+        if is_gate(step):
             return await self._open_gate(inv)
         if token.cancelled:
             return await self._cancelled(inv, token.reason)
@@ -234,8 +234,11 @@ class StepRunner:
 
     # --- approval gates --------------------------------------------------------------------
     async def _open_gate(self, inv: StepInvocation) -> StepOutcome:
+        payload: dict[str, Any] = {"timeoutMs": gate_timeout_ms(inv.step)}
+        if inv.step.wait_for_signal is not None:
+            payload["signal"] = inv.step.wait_for_signal.name
         event = self._factory(inv).step_event(
-            EventType.STEP_AWAITING_APPROVAL, inv.step_id, {"timeoutMs": gate_timeout_ms(inv.step)},
+            EventType.STEP_AWAITING_APPROVAL, inv.step_id, payload,
             logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
         )
         try:
@@ -256,11 +259,16 @@ class StepRunner:
         approver: str,
         comment: str | None = None,
         signal_id: str | None = None,
+        output: dict[str, Any] | None = None,
     ) -> StepOutcome:
-        """Resolve an open gate: approve writes StepCompleted, reject APPROVAL_REJECTED."""
+        """Resolve an open gate: approve writes StepCompleted, reject APPROVAL_REJECTED.
+
+        ``output`` is a custom signal's data, the output of the signal wait it completes.
+        """
         with self._gate_span(invocation) as span:
             if approve:
-                output = {"approver": approver, "comment": comment, "decision": "approve"}
+                if output is None:
+                    output = {"approver": approver, "comment": comment, "decision": "approve"}
                 outcome = await self._finish(
                     invocation, EventType.STEP_COMPLETED, {"output": output, "artifacts": []},
                     "succeeded", output=output, signal_id=signal_id,
@@ -279,9 +287,16 @@ class StepRunner:
             return outcome
 
     async def expire_gate(self, invocation: StepInvocation) -> StepOutcome:
-        """Fail an open gate whose timeoutMs passed: StepFailed APPROVAL_TIMEOUT."""
+        """Close an open gate whose timeoutMs passed: StepFailed APPROVAL_TIMEOUT; a signal wait
+        fails with SIGNAL_WAIT_TIMEOUT, or is skipped when its onTimeout says so."""
         with self._gate_span(invocation) as span:
             timeout = gate_timeout_ms(invocation.step)
+            wait = invocation.step.wait_for_signal
+            if wait is not None:
+                outcome = await self._wait_expired(invocation, wait.name, wait.on_timeout,
+                                                   timeout)
+                _mark(span, outcome)
+                return outcome
             error = StepError(
                 code=str(ErrorCode.APPROVAL_TIMEOUT),
                 message="approval gate timed out"
@@ -294,6 +309,16 @@ class StepRunner:
             )
             _mark(span, outcome)
             return outcome
+
+    async def _wait_expired(self, inv: StepInvocation, name: str, on_timeout: str,
+                            timeout: int | None) -> StepOutcome:
+        waited = f"no signal {name!r} within {timeout} ms"
+        if on_timeout == "skip":
+            return await self._finish(inv, EventType.STEP_SKIPPED, {"reason": waited}, "skipped")
+        error = StepError(code=str(ErrorCode.SIGNAL_WAIT_TIMEOUT), message=waited,
+                          retryable=False)
+        return await self._finish(inv, EventType.STEP_FAILED,
+                                  {"error": error.model_dump(mode="json")}, "failed", error=error)
 
     async def cancel_step(
         self, invocation: StepInvocation, *, reason: str | None = None

@@ -150,6 +150,7 @@ const (
 	APPROVERUN  SignalBodyType = "APPROVE_RUN"
 	APPROVESTEP SignalBodyType = "APPROVE_STEP"
 	CANCEL      SignalBodyType = "CANCEL"
+	CUSTOM      SignalBodyType = "CUSTOM"
 	PAUSE       SignalBodyType = "PAUSE"
 	REJECTSTEP  SignalBodyType = "REJECT_STEP"
 	RESUME      SignalBodyType = "RESUME"
@@ -165,6 +166,8 @@ func (e SignalBodyType) Valid() bool {
 	case APPROVESTEP:
 		return true
 	case CANCEL:
+		return true
+	case CUSTOM:
 		return true
 	case PAUSE:
 		return true
@@ -226,6 +229,21 @@ func (e WebhookCreateEvents) Valid() bool {
 	case RunPaused:
 		return true
 	case StepFailed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExportV1AuditExportGetParamsFormat.
+const (
+	Jsonl ExportV1AuditExportGetParamsFormat = "jsonl"
+)
+
+// Valid indicates whether the value is a known member of the ExportV1AuditExportGetParamsFormat enum.
+func (e ExportV1AuditExportGetParamsFormat) Valid() bool {
+	switch e {
+	case Jsonl:
 		return true
 	default:
 		return false
@@ -379,10 +397,12 @@ type SignalAnswerDecision string
 
 // SignalBody “POST /v1/runs/{runId}/signals“; the same “signalId“ twice is one decision.
 type SignalBody struct {
-	Reason   *string        `json:"reason,omitempty"`
-	SignalId *string        `json:"signalId,omitempty"`
-	StepId   *string        `json:"stepId,omitempty"`
-	Type     SignalBodyType `json:"type"`
+	Name     *string                 `json:"name,omitempty"`
+	Payload  *map[string]interface{} `json:"payload,omitempty"`
+	Reason   *string                 `json:"reason,omitempty"`
+	SignalId *string                 `json:"signalId,omitempty"`
+	StepId   *string                 `json:"stepId,omitempty"`
+	Type     SignalBodyType          `json:"type"`
 }
 
 // SignalBodyType defines model for SignalBody.Type.
@@ -454,6 +474,24 @@ type WhoAmI struct {
 	Roles    []string `json:"roles"`
 	TenantId string   `json:"tenantId"`
 }
+
+// ExportV1AuditExportGetParams defines parameters for ExportV1AuditExportGet.
+type ExportV1AuditExportGetParams struct {
+	// From Start of the period (ISO date or time, UTC unless zoned), included
+	From string `form:"from" json:"from"`
+
+	// To End of the period, excluded
+	To string `form:"to" json:"to"`
+
+	// Format jsonl (the only one here)
+	Format *ExportV1AuditExportGetParamsFormat `form:"format,omitempty" json:"format,omitempty"`
+
+	// Tenant The caller's own tenant (optional; another one is not found)
+	Tenant *string `form:"tenant,omitempty" json:"tenant,omitempty"`
+}
+
+// ExportV1AuditExportGetParamsFormat defines parameters for ExportV1AuditExportGet.
+type ExportV1AuditExportGetParamsFormat string
 
 // PutLimitsV1LimitsPutJSONBody defines parameters for PutLimitsV1LimitsPut.
 type PutLimitsV1LimitsPutJSONBody struct {

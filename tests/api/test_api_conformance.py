@@ -28,13 +28,13 @@ PROBLEM_TYPE = "application/problem+json"
 #: Operations whose input a JSON Schema cannot fully describe: a plan is also checked as a DAG
 #: with known step kinds, a signal's fields depend on its type, a page cursor is an opaque token
 #: the service made, a webhook URL must be a public https address, a usage window's first day
-#: must come before its end. A schema-valid request may be refused there with a coded 422, so
-#: "schema-valid means accepted" is not asked of them.
+#: must come before its end, and so must an audit export's period. A schema-valid request may
+#: be refused there with a coded 422, so "schema-valid means accepted" is not asked of them.
 SEMANTIC_BODIES = {("POST", "/v1/plans"), ("POST", "/v1/plans/validate"), ("POST", "/v1/runs"),
                    ("POST", "/v1/runs/{runId}/signals"), ("GET", "/v1/runs"),
                    ("GET", "/v1/runs/{runId}/events"), ("GET", "/v1/runs/{runId}/stream"),
                    ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks/{webhookId}/deliveries"),
-                   ("GET", "/v1/usage")}
+                   ("GET", "/v1/usage"), ("GET", "/v1/audit/export")}
 #: Validation answers any JSON document with 200 and a report of its issues, by design.
 REPORTS_ANY_BODY = {("POST", "/v1/plans/validate")}
 

@@ -235,6 +235,27 @@ def test_remote_signals_steer_a_run_of_the_service(remote_dvt: Any) -> None:
     assert late.json()["decision"]["errorCode"] == "RUN_TERMINAL"
 
 
+def test_remote_custom_signal_completes_a_wait(remote_dvt: Any) -> None:
+    plan = PLANS / "v13-signal-during-pause.json"
+    started = remote_dvt("run", str(plan), "--detach", "--json", "--run-id", "r-wait")
+    assert started.code == 0, started
+    waited = remote_dvt("events", "r-wait", "--until", "StepAwaitingApproval", "--json")
+    assert waited.json_lines()[-1]["stepId"] == "file-ready"
+    invalid = remote_dvt("signal", "r-wait", "file-arrived", "--payload", '{"rows": -1}',
+                         "--json")
+    assert invalid.code == 2
+    assert invalid.json()["decision"]["errorCode"] == "SIGNAL_INVALID_PAYLOAD"
+    sent = remote_dvt("signal", "r-wait", "file-arrived", "--payload",
+                      '{"path": "s3://exports/x.parquet", "rows": 3}', "--signal-id", "f-1")
+    assert sent.code == 0, sent
+    assert "CUSTOM accepted" in sent.stdout
+    tail = remote_dvt("events", "r-wait", "-f").stdout.splitlines()
+    assert any(line.endswith("run: RunCompleted") for line in tail), tail
+    status = remote_dvt("status", "r-wait", "--json").json()
+    ready = next(s for s in status["snapshot"]["steps"] if s["stepId"] == "file-ready")
+    assert ready["output"] == {"path": "s3://exports/x.parquet", "rows": 3}
+
+
 def test_remote_refusals_keep_the_service_codes(api_server: ApiServer,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     wrong = {"DVT_API_URL": api_server.base_url, "DVT_API_KEY": "dvt_sk_wrong"}

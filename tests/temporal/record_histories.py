@@ -33,6 +33,12 @@ RECORDED = (
     "skip-step",
     "fail-fast-parallel",
     "linear-chain",
+    # Plan v1.3 custom signals: a signal wait completed during a pause, completed with an
+    # output a condition reads (and a late signal refused), skipped or failed by its timeout.
+    "v13-signal-during-pause",
+    "v13-signal-feeds-condition",
+    "v13-signal-wait-timeout-skip",
+    "v13-signal-wait-timeout-fail",
 )
 CAN_AFTER_STEPS = 2
 

@@ -20,7 +20,8 @@ def test_histories_are_recorded() -> None:
     # The replay test only protects what was recorded: every interpreter command is covered.
     names = {p.name.split(".")[0] for p in FILES}
     assert {"diamond", "approval-timeout", "pause-resume-gate", "cancel-mid-run",
-            "await-operator-retry", "linear-chain"} <= names
+            "await-operator-retry", "linear-chain", "v13-signal-during-pause",
+            "v13-signal-feeds-condition", "v13-signal-wait-timeout-skip"} <= names
     chains = [read_chain(p) for p in FILES]
     assert any(len(c["runs"]) > 1 for c in chains), "no continue-as-new chain recorded"
 

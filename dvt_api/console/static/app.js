@@ -221,7 +221,9 @@ async function runView(runId) {
         if (state.status === 'FAILED') actions.push(signalButton('RETRY_STEP', 'Retry', send, step.stepId));
         if (state.status === 'PENDING' || state.status === 'FAILED') actions.push(signalButton('SKIP_STEP', 'Skip', send, step.stepId));
       }
-      if (live && can.has('approver') && state.substatus === 'AWAITING_APPROVAL') {
+      // A noop step waiting in AWAITING_APPROVAL waits for a custom signal, not an approval.
+      if (live && can.has('approver') && state.substatus === 'AWAITING_APPROVAL'
+          && step.kind === 'approval') {
         actions.push(signalButton('APPROVE_STEP', 'Approve', send, step.stepId));
         actions.push(signalButton('REJECT_STEP', 'Reject', send, step.stepId));
       }

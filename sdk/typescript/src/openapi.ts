@@ -108,6 +108,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/audit/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The tenant's events of a period, hot and archived
+         * @description Events persisted in ``[from, to)``, both tiers read as of one snapshot; the last line's
+         *     ``sha256`` covers every line before it (USAGE_ERROR for a bad period or format).
+         */
+        get: operations["export_v1_audit_export_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/limits": {
         parameters: {
             query?: never;
@@ -705,6 +726,12 @@ export interface components {
          * @description ``POST /v1/runs/{runId}/signals``; the same ``signalId`` twice is one decision.
          */
         SignalBody: {
+            /** Name */
+            name?: string | null;
+            /** Payload */
+            payload?: {
+                [key: string]: unknown;
+            } | null;
             /** Reason */
             reason?: string | null;
             /** Signalid */
@@ -715,7 +742,7 @@ export interface components {
              * Type
              * @enum {string}
              */
-            type: "PAUSE" | "RESUME" | "CANCEL" | "RETRY_STEP" | "SKIP_STEP" | "APPROVE_STEP" | "REJECT_STEP" | "APPROVE_RUN";
+            type: "PAUSE" | "RESUME" | "CANCEL" | "RETRY_STEP" | "SKIP_STEP" | "APPROVE_STEP" | "REJECT_STEP" | "APPROVE_RUN" | "CUSTOM";
         };
         /**
          * TenantLimits
@@ -1097,6 +1124,80 @@ export interface operations {
                 };
             };
             /** @description no such resource for this tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request does not match its schema, or the plan is refused */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the store or the engine is unavailable; retry after Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    export_v1_audit_export_get: {
+        parameters: {
+            query: {
+                /** @description Start of the period (ISO date or time, UTC unless zoned), included */
+                from: string;
+                /** @description End of the period, excluded */
+                to: string;
+                /** @description jsonl (the only one here) */
+                format?: "jsonl";
+                /** @description The caller's own tenant (optional; another one is not found) */
+                tenant?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One event per line (the `dvt events --json` form), then a line {"manifest": {rows, hotRows, coldRows, bytes, sha256, ...}} */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": unknown;
+                };
+            };
+            /** @description missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the key lacks the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description another tenant named, or a service without the PostgreSQL store: answered like a missing resource */
             404: {
                 headers: {
                     [name: string]: unknown;
