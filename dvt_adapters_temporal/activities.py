@@ -19,6 +19,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from dvt_adapters_temporal import plans
 from dvt_adapters_temporal.wire import (
     ACT_GATE,
     ACT_PREPARE,
@@ -117,6 +118,7 @@ class TemporalActivities:
         self._load_plan = load_plan
         self._heartbeat_every_s = heartbeat_every_s
         self._checked: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._packed: dict[str, str] = {}
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for Worker(activities=...)."""
@@ -133,7 +135,7 @@ class TemporalActivities:
             # A later run of the chain: these exact bytes (same digest) were fetched and
             # checked when the run started; checking 1,000 steps again each time is waste.
             self._checked.move_to_end(plan_ref.sha256)
-            return Prepared(plan=self._checked[plan_ref.sha256])
+            return self._prepared(plan_ref.sha256, inp.packed)
         try:
             plan = await self._load_plan(plan_ref)
         except DvtError as err:
@@ -153,9 +155,18 @@ class TemporalActivities:
             ))
         dumped = plan.model_dump(mode="json", by_alias=True, exclude_none=True)
         self._checked[plan_ref.sha256] = dumped
+        self._packed.pop(plan_ref.sha256, None)
         while len(self._checked) > PLAN_CACHE_SIZE:
-            self._checked.popitem(last=False)
-        return Prepared(plan=dumped)
+            self._packed.pop(self._checked.popitem(last=False)[0], None)
+        return self._prepared(plan_ref.sha256, inp.packed)
+
+    def _prepared(self, sha256: str, packed: bool) -> Prepared:
+        """The checked plan of this digest as the workflow asked for it (packed once)."""
+        if not packed:
+            return Prepared(plan=self._checked[sha256])
+        if sha256 not in self._packed:
+            self._packed[sha256] = plans.pack(self._checked[sha256])
+        return Prepared(plan={}, plan_packed=self._packed[sha256])
 
     @activity.defn(name=ACT_RUN_EVENT)
     async def run_event(self, inp: RunEventInput) -> int:

@@ -100,6 +100,8 @@ class PrepareInput:
     context: dict[str, Any]
     engine_run_ref: dict[str, Any]
     first_generation: bool
+    # Return the plan packed (``Prepared.plan_packed``): each workflow run's history holds it.
+    packed: bool = False
 
 
 @dataclass
@@ -109,6 +111,9 @@ class Prepared:
     plan: dict[str, Any]
     refused_code: str | None = None
     refused_message: str | None = None
+    # The plan's JSON, zlib-compressed and base64-encoded (``plan`` is then empty): a tenth of
+    # its size in every workflow run's history (dvt_adapters_temporal.plans).
+    plan_packed: str | None = None
 
 
 @dataclass

@@ -18,6 +18,8 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
+# Names are imported from their modules: a module taken from its package (``from pkg import
+# mod``) is re-imported inside the sandbox for every run, and a cache in it lost with it.
 with workflow.unsafe.imports_passed_through():
     from dvt_adapters_temporal.activity_options import (
         BOOKKEEPING_RETRY,
@@ -28,8 +30,9 @@ with workflow.unsafe.imports_passed_through():
         step_timeout,
     )
     from dvt_adapters_temporal.budget import budget_spent, continue_now
+    from dvt_adapters_temporal.handoff import leave, take
     from dvt_adapters_temporal.ordering import SignalOrder
-    from dvt_adapters_temporal.plans import parsed_plan
+    from dvt_adapters_temporal.plans import parsed_plan, unpack
     from dvt_adapters_temporal.wire import (
         ACT_GATE,
         ACT_PREPARE,
@@ -91,6 +94,11 @@ PATCH_UNSTARTED_STEP_KEEPS_ATTEMPT = "dvt-unstarted-step-keeps-attempt"
 # with nor its copy of the plan: a large plan's JSON and carried cursor alone near the budget,
 # and every later run would end after a single step (docs/perf/temporal.md).
 PATCH_BUDGET_COUNTS_GROWTH = "dvt-budget-counts-growth"
+# What a workflow run carries stays small for large plans: dvt.prepare returns the plan packed
+# (zlib), the interpreter's cursor keeps step states as ranges of plan positions, and the next
+# run takes over the ending run's interpreter when it runs in the same process
+# (dvt_adapters_temporal.handoff) instead of rebuilding it (docs/perf/temporal.md).
+PATCH_COMPACT_CARRY = "dvt-compact-carry"
 _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP", "CUSTOM"})
 
 
@@ -120,6 +128,7 @@ class DvtRunWorkflow:
         self._finished: RunResult | None = None
         self._size_budget = True
         self._history_base = 0
+        self._compact = False
 
     # --- operator input ------------------------------------------------------------------
     @workflow.signal(name=SIGNAL_NAME)
@@ -168,6 +177,7 @@ class DvtRunWorkflow:
         # behaviour (the marker is in their history, or not).
         self._size_budget = workflow.patched(PATCH_SIZE_BUDGET_DEFERS_STEPS)
         counts_growth = workflow.patched(PATCH_BUDGET_COUNTS_GROWTH)
+        self._compact = workflow.patched(PATCH_COMPACT_CARRY)
         began_at = workflow.info().get_current_history_size()
         cursor = inp.cursor
         self._generation = cursor.generation if cursor else 0
@@ -177,7 +187,8 @@ class DvtRunWorkflow:
             self._order.applied_seq = cursor.signal_seq
         prepared: Prepared = await workflow.execute_local_activity(
             ACT_PREPARE,
-            PrepareInput(inp.plan_ref, inp.context, inp.engine_run_ref, cursor is None),
+            PrepareInput(inp.plan_ref, inp.context, inp.engine_run_ref, cursor is None,
+                         packed=self._compact),
             result_type=Prepared,
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=BOOKKEEPING_RETRY,
@@ -185,10 +196,14 @@ class DvtRunWorkflow:
         if prepared.refused_code is not None:
             # The plan was refused before any step; RunFailed is already in the log.
             return self._result("FAILED", None, prepared.refused_code)
-        plan = parsed_plan(str(inp.plan_ref.get("sha256", "")), prepared.plan)
+        packed = prepared.plan_packed
+        plan = parsed_plan(str(inp.plan_ref.get("sha256", "")),
+                           prepared.plan if packed is None else (lambda: unpack(packed)))
         if counts_growth:
             # The run's input and its copy of the plan are there whatever it does.
-            self._history_base = began_at + len(json.dumps(prepared.plan, separators=(",", ":")))
+            self._history_base = began_at + (
+                len(packed) if packed is not None
+                else len(json.dumps(prepared.plan, separators=(",", ":"))))
         if cursor is None:
             self._interp = RunInterpreter(
                 plan=plan, cancel_in_flight_on_pause=inp.config.cancel_in_flight_on_pause,
@@ -196,7 +211,9 @@ class DvtRunWorkflow:
             )
             await self._execute(self._interp.begin())
         else:
-            self._interp = RunInterpreter.from_cursor(
+            taken = take(workflow.info().continued_run_id, cursor.interpreter) \
+                if self._compact else None
+            self._interp = taken or RunInterpreter.from_cursor(
                 plan, cursor.interpreter, run_params=dict(inp.context.get("params") or {}))
             await self._resume(cursor)
         while self._finished is None:
@@ -521,7 +538,7 @@ class DvtRunWorkflow:
         assert self._interp is not None
         cursor = Cursor(
             generation=self._generation + 1,
-            interpreter=self._interp.to_cursor(),
+            interpreter=self._interp.to_cursor(compact=self._compact),
             pending_starts=[[d.step_id, d.logical_attempt_id] for d in self._deferred],
             gates=[[k, v] for k, v in self._gates.items()],
             timers=[[k, v] for k, v in self._timers.items()],
@@ -529,6 +546,8 @@ class DvtRunWorkflow:
             applied_signals=self._applied[-200:],
             signal_seq=self._order.applied_seq,
         )
+        if self._compact and not workflow.unsafe.is_replaying():
+            leave(workflow.info().run_id, self._interp)
         workflow.continue_as_new(
             RunInput(self._inp.plan_ref, self._inp.context, self._inp.engine_run_ref,
                      self._inp.config, cursor)

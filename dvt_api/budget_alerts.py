@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from dvt_api.services import Services
 from dvt_engine.admission import BudgetCrossing
 from dvt_engine.eventlog import utc_now
 from dvt_engine.webhooks import BUDGET_THRESHOLD, Delivery, mint_delivery_id
+
+if TYPE_CHECKING:  # services announces the crossings its budget watch records
+    from dvt_api.services import Services
 
 log = logging.getLogger("dvt_api.budget")
 

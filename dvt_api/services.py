@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dvt_api.budget_alerts import announce_crossings
 from dvt_api.engine_probe import EngineProbe, probe_for
 from dvt_api.hub import TenantHub
 from dvt_api.measured_store import MeasuredStore
@@ -27,7 +28,9 @@ from dvt_engine.access import (
 )
 from dvt_engine.admission import AdmissionStore, LimitSettings
 from dvt_engine.admission import Dispatcher as AdmissionDispatcher
+from dvt_engine.cost import BudgetWatch
 from dvt_engine.eventlog import utc_now
+from dvt_engine.models.events import Event
 from dvt_engine.plugins import open_configured_artifact_store, open_engine, open_store
 from dvt_engine.ports import RunStateStore, WorkflowEngine
 from dvt_engine.steps.registry import HandlerRegistry, default_registry
@@ -117,8 +120,16 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
         # one process of all that share the store), otherwise from this process's appends.
         from_outbox = bool(getattr(getattr(opened, "config", None), "outbox", False)) \
             and hasattr(opened, "claim_outbox")
+        # Budgets are checked as committed events charge a tenant (limits enforced only).
+        watch: BudgetWatch | None = None
+
+        async def committed(events: Sequence[Event], *, reader: str | None = None) -> None:
+            await observer.committed(events, reader=reader)
+            if watch is not None:
+                watch.saw(events)
+
         if not from_outbox:
-            store.on_append(lambda event: observer.committed([event]))
+            store.on_append(lambda event: committed([event]))
         metrics.start_series(settings.engine_name)
         access = await open_access(settings.store.store_url())
         if hasattr(access, "close"):
@@ -146,8 +157,7 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
 
         dispatcher = Dispatcher(
             store, webhooks, settings, metrics,
-            on_events=functools.partial(observer.committed, reader="outbox") if from_outbox
-            else None)
+            on_events=functools.partial(committed, reader="outbox") if from_outbox else None)
         dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
         admission = await open_admission(settings.store.store_url(), store, settings.limits)
@@ -156,13 +166,19 @@ async def open_services(settings: ApiSettings, registry: HandlerRegistry | None,
         if starter is not None:
             starter.start()
             stack.push_async_callback(starter.stop)
-        yield Services(settings=settings, store=store, access=access, engine=engine,
-                       registry=reg, metrics=metrics, hub=hub, webhooks=webhooks,
-                       dispatcher=dispatcher, gauges=StoreGauges(reader_for(opened), metrics,
-                                                         settings.metrics_store_ttl_s),
-                       admission=admission, admission_dispatcher=starter,
-                       engine_probe=EngineProbe(settings.engine_name, probe_for(engine),
-                                                metrics))
+        services = Services(settings=settings, store=store, access=access, engine=engine,
+                            registry=reg, metrics=metrics, hub=hub, webhooks=webhooks,
+                            dispatcher=dispatcher,
+                            gauges=StoreGauges(reader_for(opened), metrics,
+                                               settings.metrics_store_ttl_s),
+                            admission=admission, admission_dispatcher=starter,
+                            engine_probe=EngineProbe(settings.engine_name, probe_for(engine),
+                                                     metrics))
+        if settings.limits.enabled:
+            watch = BudgetWatch(admission, store, lambda: settings.prices,
+                                functools.partial(announce_crossings, services))
+            stack.push_async_callback(watch.close)
+        yield services
 
 log = logging.getLogger("dvt_api")
 #: Expired idempotency records are deleted this often (a claim takes an expired key over

@@ -242,14 +242,16 @@ def encode(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def decode(data: bytes, *, where: str) -> pa.Table:
-    """Parquet bytes back as a table of SCHEMA; ARCHIVE_CORRUPT when they are not that."""
+def decode(data: bytes, *, where: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """Parquet bytes back as a table of SCHEMA (or of its ``columns``); ARCHIVE_CORRUPT when
+    they are not that."""
+    expected = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.read_table(io.BytesIO(data), columns=None if columns is None else list(columns))
     except (pa.ArrowException, OSError) as exc:
         raise ArchiveCorrupt("an archive file is not readable Parquet",
                              details={"file": where}) from exc
-    if not table.schema.equals(SCHEMA, check_metadata=False):
+    if not table.schema.equals(expected, check_metadata=False):
         raise ArchiveCorrupt("an archive file has an unexpected schema", details={"file": where})
     return table
 

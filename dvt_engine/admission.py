@@ -11,6 +11,9 @@ dies between admission and registration cannot hold a slot for longer than the l
 Over a limit a tenant's run is refused (RATE_LIMITED, or QUOTA_EXCEEDED for a plan larger than
 the tenant may run) or, with ``overflow: queue``, accepted as QUEUED in a durable FIFO per
 tenant that the ``Dispatcher`` drains, round-robin across tenants, as slots free.
+
+The module is a little over 500 lines: the limits, the port and the dispatcher share their
+types and are read together; splitting them would leave each half without its rules.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import asyncio
 import json
 import logging
 import math
+import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +53,10 @@ CLAIM_LEASE_S = 60.0
 MAX_LIMIT = 1_000_000
 #: The largest plan size a limit may name (1 GiB).
 MAX_PLAN_BYTES_LIMIT = 1 << 30
+#: A process that refused a tenant's start for its start rate refuses the tenant's next starts
+#: itself, without asking the store, until the next token is due, but never for longer than
+#: this: a limit raised in another process applies here within this many seconds.
+RATE_MEMO_MAX_S = 1.0
 #: Statuses that hold a slot: registered and not terminal.
 ACTIVE_STATUSES: tuple[RunStatus, ...] = tuple(
     s for s in RunStatus if not s.is_terminal and s is not RunStatus.QUEUED)
@@ -214,9 +223,16 @@ def full_bucket(per_minute: int, now: datetime) -> Bucket:
 def rate_limited(kind: str, tenant_id: str, retry_after_s: float, limit: int) -> RateLimited:
     """The refusal for a start or signal over a limit; ``retryAfterS`` is whole seconds."""
     wait = max(1, math.ceil(retry_after_s))
-    return RateLimited(f"tenant {tenant_id!r} is over its {kind} limit ({limit}); "
-                       f"retry in {wait}s", details={"kind": kind, "limit": limit,
-                                                     "retryAfterS": wait})
+    refused = RateLimited(f"tenant {tenant_id!r} is over its {kind} limit ({limit}); "
+                          f"retry in {wait}s", details={"kind": kind, "limit": limit,
+                                                        "retryAfterS": wait})
+    _EXACT_WAITS[refused] = retry_after_s
+    return refused
+
+
+# The unrounded wait of each refusal (the details carry whole seconds), so the refusing
+# process can remember exactly until when the tenant's start bucket is empty.
+_EXACT_WAITS: weakref.WeakKeyDictionary[RateLimited, float] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -318,6 +334,46 @@ class AdmissionStore(abc.ABC):
     def __init__(self, settings: LimitSettings | None = None) -> None:
         self.settings = settings if settings is not None else LimitSettings()
         self._crossings: dict[tuple[str, str, int], BudgetCrossing] = {}
+        # tenant -> (monotonic time its next start token is due, its runStartsPerMinute)
+        self._no_starts: dict[str, tuple[float, int]] = {}
+
+    def refuse_early(self, tenant_id: str) -> None:
+        """RATE_LIMITED at once when this process knows the tenant has no start token yet.
+
+        A tenant sending many times its start rate is refused here, with no database work,
+        so its flood costs its neighbours almost nothing (docs/limits.md). Call it before
+        any other work of a start; ``admit`` calls it too.
+        """
+        memo = self._no_starts.get(tenant_id)
+        if memo is None:
+            return
+        left = memo[0] - time.monotonic()
+        if left <= 0:
+            del self._no_starts[tenant_id]
+            return
+        raise rate_limited("runStartsPerMinute", tenant_id, left, memo[1])
+
+    async def admit(self, request: StartRequest) -> Admission:
+        """Check the limits and hold a slot (or queue the run) in one atomic step.
+
+        A start whose run-request key is already registered or queued is admitted again
+        without a new slot (starting is idempotent). Raises QUOTA_EXCEEDED for a plan over
+        the size limits and RATE_LIMITED when the tenant rejects overflow or its queue is full.
+        """
+        self.refuse_early(request.tenant_id)
+        try:
+            return await self._admit(request)
+        except RateLimited as exc:
+            wait = _EXACT_WAITS.get(exc)
+            if exc.details.get("kind") == "runStartsPerMinute" and wait is not None:
+                self._no_starts[request.tenant_id] = (
+                    time.monotonic() + min(wait, RATE_MEMO_MAX_S), int(exc.details["limit"]))
+            raise
+
+    async def set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
+        """Apply a patch to the tenant's overrides; the effective limits after it."""
+        self._no_starts.pop(tenant_id, None)  # a raised rate applies here at once
+        return await self._set_limits(tenant_id, patch)
 
     async def record_crossing(self, crossing: BudgetCrossing) -> bool:
         """Keep a budget threshold crossing once; False when it was already kept.
@@ -345,17 +401,12 @@ class AdmissionStore(abc.ABC):
         """The tenant's stored overrides (camelCase keys), ``{}`` when none."""
 
     @abc.abstractmethod
-    async def set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
-        """Apply a patch to the tenant's overrides; the effective limits after it."""
+    async def _set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
+        """The store's half of ``set_limits``."""
 
     @abc.abstractmethod
-    async def admit(self, request: StartRequest) -> Admission:
-        """Check the limits and hold a slot (or queue the run) in one atomic step.
-
-        A start whose run-request key is already registered or queued is admitted again
-        without a new slot (starting is idempotent). Raises QUOTA_EXCEEDED for a plan over
-        the size limits and RATE_LIMITED when the tenant rejects overflow or its queue is full.
-        """
+    async def _admit(self, request: StartRequest) -> Admission:
+        """The store's half of ``admit``: the one atomic step."""
 
     @abc.abstractmethod
     async def release(self, tenant_id: str, run_id: str) -> None:
@@ -473,15 +524,20 @@ class Dispatcher:
         if not tenants:
             return 0
         first = self._turn % len(tenants)
-        started = 0
+        claimed: list[QueuedRun] = []
         for tenant in tenants[first:] + tenants[:first]:
             run = await self.admission.claim(tenant)
-            if run is None:
-                continue
-            started += 1
-            await self._start(run)
+            if run is not None:
+                claimed.append(run)
         self._turn = first + 1
-        return started
+        # Claims go in turn; the starts go together, so a slow start of one tenant's run
+        # (an engine round trip) does not hold back the next tenant's.
+        outcomes = await asyncio.gather(*(self._start(run) for run in claimed),
+                                        return_exceptions=True)
+        for outcome in outcomes:  # every start has ended; the round fails with the first error
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return len(claimed)
 
     async def _start(self, run: QueuedRun) -> None:
         try:

@@ -28,13 +28,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from dvt_engine.admission import (
     AdmissionStore,
+    BudgetCrossing,
     Dispatcher,
     QueuedRun,
     StartRequest,
     plan_size,
 )
 from dvt_engine.artifacts import ArtifactStore
-from dvt_engine.cost import PriceTable, check_budget
+from dvt_engine.cost import BudgetWatch, PriceTable, check_budget
 from dvt_engine.errors import RunNotFound, RunTerminal, UsageError
 from dvt_engine.labels import validate_labels
 from dvt_engine.models.events import TERMINAL_RUN_EVENTS, Event
@@ -86,6 +87,12 @@ _RUN_REF = TypeAdapter(EngineRunRef)
 log = logging.getLogger("dvt_engine.client")
 
 
+async def _log_crossings(crossings: Sequence[BudgetCrossing]) -> None:
+    """A library host hears of a budget crossing in its log (the service also sends it)."""
+    for crossing in crossings:
+        log.warning("budget threshold crossed", extra=crossing.document())
+
+
 @dataclass(frozen=True)
 class RunPage:
     """A page of the tenant's runs, newest first.
@@ -119,6 +126,9 @@ class Client:
         #: What usage costs when a tenant's budget is checked (docs/cost.md).
         self.prices = PriceTable()
         self._dispatcher = Dispatcher(admission, engine) if admission is not None else None
+        # Budget crossings are noticed as the tenant's runs use units, not only at starts.
+        self._budget = BudgetWatch(admission, store, lambda: self.prices, _log_crossings) \
+            if admission is not None else None
         self.store = store
         self.tenant = tenant
         self.project = project
@@ -199,6 +209,8 @@ class Client:
         client._owned_artifacts = made_artifacts
         if client._dispatcher is not None:
             client._dispatcher.start()
+        if client._budget is not None:
+            client._budget.follow(tenant)
         return client
 
     async def close(self) -> None:
@@ -208,6 +220,8 @@ class Client:
         self._closed = True
         if self._dispatcher is not None:
             await self._dispatcher.stop()
+        if self._budget is not None:
+            await self._budget.close()
         try:
             await self.engine.close()
         finally:
@@ -268,10 +282,10 @@ class Client:
         )
         plan_ref = await self.store_plan(plan)
         if self.admission is not None:
+            self.admission.refuse_early(self.tenant)  # a flood over the rate costs nothing
             steps, size = await plan_size(self.store, plan_ref)
             budget = await check_budget(self.admission, self.store, self.tenant, self.prices)
-            for crossing in budget.new_crossings:
-                log.warning("budget threshold crossed", extra=crossing.document())
+            await _log_crossings(budget.new_crossings)
             budget.refuse_if_spent()
             verdict = await self.admission.admit(StartRequest(plan_ref, context, steps, size))
             if verdict.queued:

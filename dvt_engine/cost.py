@@ -1,16 +1,20 @@
 """Cost metering: the price table and the pure fold from a run's events to usage rows.
 
 Usage is a projection of the event log, never a second source of truth: the same events
-always fold to the same rows (docs/cost.md). Units are Decimals rounded to 6 places at every
-charge, so sums do not depend on float rounding or on the order runs are read in.
+always fold to the same rows (docs/cost.md). A ``BudgetWatch`` refolds a tenant's month as
+its runs use units, so budget crossings are noticed while runs go on. Units are Decimals
+rounded to 6 places at every charge, so sums do not depend on float rounding or on the order
+runs are read in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -24,6 +28,9 @@ from dvt_engine.models.base import Identifier, StrictModel
 from dvt_engine.models.events import Event, EventType
 from dvt_engine.ports import RunStateStore
 from dvt_engine.rules.foreach import STEP_EXPANDED
+from dvt_engine.waiting import cancel_and_wait
+
+log = logging.getLogger("dvt_engine.cost")
 
 GroupBy = Literal["plan", "run", "day"]
 GROUP_BYS: tuple[str, ...] = ("plan", "run", "day")
@@ -352,3 +359,88 @@ async def check_budget(admission: AdmissionStore, store: RunStateStore, tenant_i
             if await admission.record_crossing(crossing):
                 new.append(crossing)
     return BudgetCheck(spent, budget, limits.budget_policy, tuple(new))
+
+
+#: Events that add units to a tenant's month: a run's start and the end of a step attempt.
+CHARGING_EVENTS = frozenset({EventType.RUN_STARTED, EventType.STEP_COMPLETED,
+                             EventType.STEP_FAILED})
+
+Announce = Callable[[Sequence[BudgetCrossing]], Awaitable[None]]
+
+
+class BudgetWatch:
+    """Checks a tenant's budget whenever its month's usage grows (a run starts, a step ends),
+    so a crossing of 80 %/100 % is recorded while the run that crossed it is still going.
+
+    Feed it committed events (``saw``), or let it follow a tenant's stream (``follow``).
+    Checks are coalesced per tenant: one at a time, at most one per ``interval_s``, and any
+    number of events that arrive during a check cause one more check after it. Recording is
+    idempotent across processes (``AdmissionStore.record_crossing``), so only the process
+    that records a crossing announces it. A tenant whose month reached its whole budget is
+    not checked again that month: both crossings are recorded, and ``block`` refuses its
+    starts at admission.
+    """
+
+    def __init__(self, admission: AdmissionStore, store: RunStateStore,
+                 prices: Callable[[], PriceTable], announce: Announce, *,
+                 interval_s: float = 1.0) -> None:
+        self.admission, self.store, self.prices, self.announce = admission, store, prices, announce
+        # A check folds the tenant's month (a list of its runs, the changed ones read again):
+        # one a second keeps a busy tenant's cost bounded and still notices within a second.
+        self.interval_s = interval_s
+        self._due: set[str] = set()
+        self._checks: dict[str, asyncio.Task[None]] = {}
+        self._spent: set[tuple[str, str]] = set()
+        self._followers: list[asyncio.Task[None]] = []
+
+    def saw(self, events: Iterable[Event]) -> None:
+        """Events committed to the store: check the budget of each tenant they charged."""
+        month = datetime.now(UTC).strftime("%Y-%m")
+        for event in events:
+            tenant = event.tenant_id
+            if event.event_type not in CHARGING_EVENTS or (tenant, month) in self._spent:
+                continue
+            self._due.add(tenant)
+            if tenant not in self._checks:
+                self._checks[tenant] = asyncio.create_task(self._check(tenant),
+                                                           name="dvt-budget-check")
+
+    def follow(self, tenant_id: str) -> None:
+        """Watch the tenant's committed events in the background (until ``close``)."""
+        async def forever() -> None:
+            async for item in self.store.follow_tenant(tenant_id):
+                self.saw((item.event,))
+
+        self._followers.append(asyncio.create_task(forever(), name="dvt-budget-follow"))
+
+    async def _check(self, tenant_id: str) -> None:
+        began = None
+        try:
+            while tenant_id in self._due:
+                if began is not None:  # a busy tenant is folded at most once per interval
+                    await asyncio.sleep(max(0.0, began + self.interval_s - time.monotonic()))
+                began = time.monotonic()
+                self._due.discard(tenant_id)
+                try:
+                    check = await check_budget(self.admission, self.store, tenant_id,
+                                               self.prices())
+                    if check.new_crossings:
+                        await self.announce(check.new_crossings)
+                except Exception as exc:  # the next charging event checks again
+                    log.warning("budget check failed", extra={"code": type(exc).__name__})
+                    continue
+                if check.budget is not None and check.spent >= check.budget:
+                    self._spent.add((tenant_id, datetime.now(UTC).strftime("%Y-%m")))
+        finally:
+            self._checks.pop(tenant_id, None)
+
+    async def settled(self) -> None:
+        """Return once no check is under way or due (what is seen until then is checked)."""
+        while self._checks:
+            await asyncio.gather(*self._checks.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop following and drop checks under way (a later check or start redoes them)."""
+        for task in [*self._followers, *self._checks.values()]:
+            await cancel_and_wait(task)
+        self._followers.clear()

@@ -80,6 +80,16 @@ class StepState:
 _WATCHED = frozenset({"status", "in_flight"})
 
 
+def _new_state(status: StepStatus = StepStatus.PENDING, attempt: int = 1, in_flight: bool = False,
+               awaiting: bool = False) -> StepState:
+    """A StepState not yet held by an interpreter, built without the change hook (a rebuild
+    makes one per step of the plan)."""
+    state = StepState.__new__(StepState)
+    state.__dict__.update(status=status, logical_attempt_id=attempt, in_flight=in_flight,
+                          awaiting_approval=awaiting)
+    return state
+
+
 class _StepStates(dict[str, StepState]):
     """The interpreter's step states: a state put here reports its changes to the interpreter."""
 
@@ -91,6 +101,13 @@ class _StepStates(dict[str, StepState]):
         super().__setitem__(step_id, state)
         object.__setattr__(state, "_owner", (self._interp, step_id))
         self._interp._observe(step_id, state)
+
+    def adopt(self, step_id: str, state: StepState) -> None:
+        """Put a state whose status the ready set was built with (no status change to report)."""
+        super().__setitem__(step_id, state)
+        object.__setattr__(state, "_owner", (self._interp, step_id))
+        if state.in_flight and step_id in self._interp._ready.position:
+            self._interp._in_flight.add(step_id)
 
 
 @dataclass
@@ -124,8 +141,12 @@ class RunInterpreter:
 
     def __post_init__(self) -> None:
         self._in_flight = set()
+        # Built with the given states' statuses (a rebuilt interpreter): one pass, not a
+        # status change per step.
+        given_status = {sid: st.status for sid, st in self.steps.items()}
         self._ready = ReadySteps(
-            self.plan.steps, {s.step_id: StepStatus.PENDING for s in self.plan.steps},
+            self.plan.steps,
+            {s.step_id: given_status.get(s.step_id, StepStatus.PENDING) for s in self.plan.steps},
             needed=joins.needed_counts(self.plan),
             skipped_satisfies=not self.plan.metadata.cascades_skips,
             priorities=concurrency.step_priorities(self.plan))
@@ -143,12 +164,13 @@ class RunInterpreter:
                      or any(s.when for s in self.plan.steps)
                      or joins.uses_joins_or_cascade(self.plan)
                      or any(s.for_each is not None for s in self.plan.steps))
-        given, self.steps = self.steps, _StepStates(self)
+        given, states = self.steps, _StepStates(self)
+        self.steps = states
         for step_id, state in given.items():
-            self.steps[step_id] = state
+            states.adopt(step_id, state)
         for spec in self.plan.steps:
-            if spec.step_id not in self.steps:
-                self.steps[spec.step_id] = StepState()
+            if spec.step_id not in states:
+                states.adopt(spec.step_id, _new_state())
         given_expansions, self.expansions = self.expansions, {}
         for step_id, items in given_expansions.items():
             self._apply_expansion(step_id, items)
@@ -636,8 +658,13 @@ class RunInterpreter:
         return [Finish(event_type, payload)]
 
     # --- persistence (continue-as-new, recovery) ----------------------------------------
-    def to_cursor(self) -> dict[str, Any]:
-        """A compact, JSON-safe cursor of everything but the plan."""
+    def to_cursor(self, *, compact: bool = False) -> dict[str, Any]:
+        """A compact, JSON-safe cursor of everything but the plan.
+
+        ``compact`` keeps the step states as runs of equal states over plan positions
+        (``stepRanges``), so a large plan's mostly finished run carries a few ranges, not an
+        entry per step; ``from_cursor`` reads both forms.
+        """
         return {
             "status": str(self.status),
             "pauseOrdinal": self.pause_ordinal,
@@ -650,19 +677,49 @@ class RunInterpreter:
             "pausedCancellations": sorted(self.paused_cancellations),
             **({"outputs": dict(self.outputs)} if self.outputs else {}),
             **({"expansions": dict(self.expansions)} if self.expansions else {}),
-            "steps": {
+            **({"stepRanges": self._step_ranges()} if compact else {"steps": {
                 sid: [str(st.status), st.logical_attempt_id, st.in_flight, st.awaiting_approval]
                 for sid, st in self.steps.items()
                 if st.status != StepStatus.PENDING or st.logical_attempt_id != 1
-            },
+            }}),
         }
+
+    def _step_ranges(self) -> list[list[Any]]:
+        """Non-initial step states as ``[status, attempt, inFlight, awaiting, first, last]``:
+        each a run of plan positions whose steps share that state."""
+        ranges: list[list[Any]] = []
+        last: tuple[Any, ...] | None = None
+        for pos, spec in enumerate(self.plan.steps):
+            st = self.steps[spec.step_id]
+            key = (str(st.status), st.logical_attempt_id, st.in_flight, st.awaiting_approval)
+            if key == ("PENDING", 1, False, False):
+                last = None
+            elif key == last and ranges[-1][5] == pos - 1:
+                ranges[-1][5] = pos
+            else:
+                ranges.append([*key, pos, pos])
+                last = key
+        return ranges
 
     @classmethod
     def from_cursor(cls, plan: ExecutionPlan, cursor: Mapping[str, Any], *,
                     run_params: Mapping[str, Any] | None = None) -> RunInterpreter:
         """Rebuild an interpreter from ``to_cursor()`` output (and the run's params)."""
+        ranges = cursor.get("stepRanges")
+        given: dict[str, StepState] = {}
+        if ranges is not None and not cursor.get("expansions"):
+            # Positions name the plan's own steps: the states go in with the construction,
+            # every step in plan order (the order statuses() reports).
+            at: dict[int, StepState] = {}
+            for status, attempt, in_flight, awaiting, first, last in ranges:
+                for pos in range(int(first), int(last) + 1):
+                    at[pos] = _new_state(StepStatus(status), int(attempt), bool(in_flight),
+                                         bool(awaiting))
+            given = {spec.step_id: at.get(pos) or _new_state()
+                     for pos, spec in enumerate(plan.steps)}
         interp = cls(
             plan=plan,
+            steps=given,
             status=RunStatus(cursor["status"]),
             pause_ordinal=int(cursor["pauseOrdinal"]),
             operator_ordinal=int(cursor["operatorOrdinal"]),
@@ -676,7 +733,13 @@ class RunInterpreter:
             run_params=dict(run_params or {}),
             expansions=dict(cursor.get("expansions") or {}),
         )
-        for sid, (status, attempt, in_flight, awaiting) in cursor["steps"].items():
+        if ranges is not None and not given:
+            # Positions name the expanded plan's steps (forEach children included).
+            for status, attempt, in_flight, awaiting, first, last in ranges:
+                for spec in interp.plan.steps[int(first):int(last) + 1]:
+                    interp.steps[spec.step_id] = StepState(
+                        StepStatus(status), int(attempt), bool(in_flight), bool(awaiting))
+        for sid, (status, attempt, in_flight, awaiting) in (cursor.get("steps") or {}).items():
             interp.steps[sid] = StepState(StepStatus(status), int(attempt), bool(in_flight),
                                           bool(awaiting))
         return interp

@@ -7,6 +7,7 @@ projector, which ignores one that reached the log anyway (a forced cancel racing
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 from dvt_engine.errors import IllegalTransition
 from dvt_engine.models.events import Event
@@ -54,13 +55,38 @@ STEP_EVENT_SOURCES: Mapping[str, frozenset[StepStatus]] = {
 KNOWN_EVENT_TYPES = frozenset(RUN_EVENT_SOURCES) | frozenset(STEP_EVENT_SOURCES)
 
 
+class EventFacts(Protocol):
+    """What the rules read of an event (an ``Event``, or a record the projector folds)."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def step_id(self) -> str | None: ...
+    @property
+    def logical_attempt_id(self) -> int: ...
+
+
+class StepFacts(Protocol):
+    """What the rules read of a step (a ``StepSnapshot``, or the projector's working copy)."""
+
+    @property
+    def step_id(self) -> str: ...
+    @property
+    def status(self) -> StepStatus: ...
+    @property
+    def substatus(self) -> StepSubstatus | None: ...
+    @property
+    def logical_attempt_id(self) -> int: ...
+
+
 def transition_problem(snapshot: RunSnapshot, event: Event) -> str | None:
     """Why ``event`` may not follow ``snapshot``, or None when it may (or is unknown)."""
     step = _find_step(snapshot, event.step_id) if event.step_id is not None else None
     return event_problem(snapshot.status, step, event)
 
 
-def event_problem(run_status: RunStatus, step: StepSnapshot | None, event: Event) -> str | None:
+def event_problem(run_status: RunStatus, step: StepFacts | None, event: EventFacts
+                  ) -> str | None:
     """Like transition_problem, given the run's status and the event's step (None if absent)."""
     etype = event.event_type
     if etype in RUN_EVENT_SOURCES:
@@ -78,7 +104,7 @@ def event_problem(run_status: RunStatus, step: StepSnapshot | None, event: Event
     return _step_problem(step, event)
 
 
-def _step_problem(step: StepSnapshot, event: Event) -> str | None:
+def _step_problem(step: StepFacts, event: EventFacts) -> str | None:
     etype = event.event_type
     if step.status not in STEP_EVENT_SOURCES[etype]:
         return f"{etype} is not allowed while step {step.step_id!r} is {step.status}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -9,14 +10,13 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from pydantic_core import from_json
 
 from dvt_engine.errors import StoreUnavailable
-from dvt_engine.models.events import Event
-from dvt_engine.models.run import RunHeader
 from dvt_engine.models.snapshot import RunSnapshot
-from dvt_engine.projector import apply, project
+from dvt_engine.projector import apply
+from dvt_engine.stored_events import StoredEvent, header_snapshot
 from dvt_statestore_pg.config import parse_store_url
-from dvt_statestore_pg.core import event_with_seq
 from dvt_statestore_pg.migrations import apply_migrations
 
 RUNS_PER_PAGE = 500
@@ -25,7 +25,7 @@ RUNS_PER_PAGE = 500
 #: (tenant, run) keys, and back each run's cold events in runSeq order.
 ColdLoader = Callable[
     [psycopg.AsyncConnection[Any], list[tuple[str, str]]],
-    Awaitable[dict[tuple[str, str], list[Event]]],
+    Awaitable[dict[tuple[str, str], list[StoredEvent]]],
 ]
 
 
@@ -43,6 +43,15 @@ class RebuildReport:
     #: Runs with events in the cold archive, left as they are (rebuild them ``--from-cold``).
     archived: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def merge(self, part: RebuildReport) -> None:
+        """Add a page's counts and lists (in page order) to these."""
+        self.runs += part.runs
+        self.events += part.events
+        self.written += part.written
+        self.differed += part.differed
+        self.raced += part.raced
+        self.archived += part.archived
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-safe data, for ``--json`` output."""
@@ -92,107 +101,148 @@ async def catch_up(url: str, *, tenant_id: str | None = None) -> RebuildReport:
     return await _recompute(url, tenant_id=tenant_id, full=False)
 
 
+#: One page of runs as read: (tenant, run, header, last_seq, snapshot_seq, snapshot, in the
+#: cold archive, its events from the hot log as JSON text or None).
+PageRow = tuple[str, str, str, int, int, str, bool, str | None]
+#: One recomputed snapshot to store: (tenant, run, snapshot JSON, seq, status, substatus).
+Fresh = tuple[str, str, str, int, str, str | None]
+
+
+def _queries(schema: str, full: bool) -> tuple[sql.Composed, sql.Composed]:
+    """The read of one page of runs with their logs, and the write of their snapshots."""
+    runs = sql.Identifier(schema, "dvt_runs")
+    # A page of runs and each run's log in one statement (one round trip, so the next page is
+    # read while this one is folded), each log as one JSON array of [runSeq, envelope]:
+    # decoded in one parser call per run, and no sort of the page's wide event rows.
+    read = sql.SQL(
+        "SELECT r.tenant_id, r.run_id, r.header::text, r.last_seq, r.snapshot_seq,"
+        " r.snapshot::text,"
+        + (" EXISTS (SELECT 1 FROM {archived} a WHERE a.tenant_id = r.tenant_id"
+           " AND a.run_id = r.run_id)," if full else " false,")
+        + " log.events FROM (SELECT * FROM {runs} WHERE (tenant_id, run_id) > (%s, %s)"
+        " AND (%s::text IS NULL OR tenant_id = %s)"
+        + ("" if full else " AND snapshot_seq < last_seq")
+        + " ORDER BY tenant_id, run_id LIMIT %s) r"
+        " LEFT JOIN LATERAL (SELECT json_agg(json_build_array(e.run_seq, e.envelope)"
+        " ORDER BY e.run_seq)::text AS events FROM {events} e"
+        " WHERE e.tenant_id = r.tenant_id AND e.run_id = r.run_id"
+        + (" AND e.run_seq > 0" if full else " AND e.run_seq > r.snapshot_seq")
+        + ") log ON true ORDER BY r.tenant_id, r.run_id"
+    ).format(runs=runs, events=sql.Identifier(schema, "dvt_events"),
+             archived=sql.Identifier(schema, "dvt_archived_runs"))
+    # The snapshots travel as one JSON array, not a json[] parameter: psycopg escapes every
+    # element of a text array with a regular expression, which took most of a rebuild's time
+    # on large snapshots. json_array_elements keeps each element's text as it was. ROWS FROM
+    # pairs the n-th snapshot with the n-th key; joined on an ordinality instead, the planner
+    # chose a nested loop that rescanned the page's snapshots once per run (quadratic, and
+    # spilled to disk for large snapshots: 4 s for 500 runs of a 50-step plan).
+    write = sql.SQL(
+        "UPDATE {runs} r SET snapshot = u.snapshot, snapshot_seq = u.seq,"
+        " status = u.status, substatus = u.substatus"
+        " FROM ROWS FROM (unnest(%s::text[]), unnest(%s::text[]), unnest(%s::bigint[]),"
+        "   unnest(%s::text[]), unnest(%s::text[]), json_array_elements(%s::json))"
+        "   AS u(tenant_id, run_id, seq, status, substatus, snapshot)"
+        " WHERE r.tenant_id = u.tenant_id AND r.run_id = u.run_id AND r.last_seq = u.seq"
+        " RETURNING r.tenant_id, r.run_id"
+    ).format(runs=runs)
+    return read, write
+
+
+def _hot_events(text: str | None) -> list[StoredEvent]:
+    """A run's log as the read gives it: stored envelopes, validated when they were written,
+    read as records for the fold (dvt_engine.stored_events), not as validated Event models."""
+    return [] if text is None else [StoredEvent(env, seq) for seq, env in from_json(text)]
+
+
+def _fold_page(page: list[PageRow], colds: dict[tuple[str, str], list[StoredEvent]],
+               full: bool, cold: bool, report: RebuildReport) -> list[Fresh]:
+    """Each run of a page recomputed from its log: the snapshots to store (CPU only)."""
+    batch: list[Fresh] = []
+    for tenant, run_id, header_text, last_seq, snapshot_seq, snapshot_text, in_cold, log in page:
+        if in_cold and not cold:
+            report.archived.append(run_id)
+            continue
+        report.runs += 1
+        tail = _hot_events(log)
+        if in_cold:
+            older = colds.get((tenant, run_id), [])
+            boundary = older[-1].run_seq or 0 if older else 0
+            tail = older + [e for e in tail if (e.run_seq or 0) > boundary]
+        report.events += len(tail)
+        if full:
+            fresh = apply(header_snapshot(header_text), tail)
+            fresh_json = fresh.model_dump_json()
+            # Readers see the stored text when it is up to date: equal text, equal view.
+            if snapshot_seq != last_seq or snapshot_text != fresh_json:
+                stored = RunSnapshot.model_validate_json(snapshot_text)
+                if apply(stored, tail).model_dump_json() != fresh_json:
+                    report.differed.append(run_id)
+        else:
+            fresh = apply(RunSnapshot.model_validate_json(snapshot_text), tail)
+            fresh_json = fresh.model_dump_json()
+        seq = fresh.last_event_seq
+        if seq != last_seq:
+            report.raced.append(run_id)
+            continue
+        batch.append((tenant, run_id, fresh_json, seq, fresh.status.value,
+                      fresh.substatus.value if fresh.substatus else None))
+    return batch
+
+
 async def _recompute(url: str, *, tenant_id: str | None, full: bool,
                      cold: ColdLoader | None = None) -> RebuildReport:
     started = time.perf_counter()
     report = RebuildReport()
-    conn, schema = await _connect(url)
-    runs = sql.Identifier(schema, "dvt_runs")
-    events = sql.Identifier(schema, "dvt_events")
-    page_query = sql.SQL(
-        "SELECT tenant_id, run_id, header::text, last_seq, snapshot_seq, snapshot::text,"
-        + (" EXISTS (SELECT 1 FROM {archived} a WHERE a.tenant_id = r.tenant_id"
-           " AND a.run_id = r.run_id)" if full else " false")
-        + " FROM {runs} r WHERE (tenant_id, run_id) > (%s, %s)"
-        " AND (%s::text IS NULL OR tenant_id = %s)"
-        + ("" if full else " AND snapshot_seq < last_seq")
-        + " ORDER BY tenant_id, run_id LIMIT %s"
-    ).format(runs=runs, archived=sql.Identifier(schema, "dvt_archived_runs"))
-    events_query = sql.SQL(
-        "SELECT e.tenant_id, e.run_id, e.run_seq, e.envelope::text FROM {events} e"
-        " JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS u(tenant_id, run_id, after_seq)"
-        " ON e.tenant_id = u.tenant_id AND e.run_id = u.run_id AND e.run_seq > u.after_seq"
-        " ORDER BY e.tenant_id, e.run_id, e.run_seq"
-    ).format(events=events)
-    # The snapshots travel as one JSON array, not a json[] parameter: psycopg escapes every
-    # element of a text array with a regular expression, which took most of a rebuild's time
-    # on large snapshots. json_array_elements keeps each element's text as it was.
-    write_query = sql.SQL(
-        "UPDATE {runs} r SET snapshot = s.snapshot, snapshot_seq = u.seq,"
-        " status = u.status, substatus = u.substatus"
-        " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[])"
-        "   WITH ORDINALITY AS u(tenant_id, run_id, seq, status, substatus, n)"
-        " JOIN json_array_elements(%s::json) WITH ORDINALITY AS s(snapshot, n) USING (n)"
-        " WHERE r.tenant_id = u.tenant_id AND r.run_id = u.run_id AND r.last_seq = u.seq"
-        " RETURNING r.tenant_id, r.run_id"
-    ).format(runs=runs)
-    async with conn:
-        cursor = ("", "")
-        while True:
-            cur = await conn.execute(
-                page_query, (*cursor, tenant_id, tenant_id, RUNS_PER_PAGE)
-            )
-            page = await cur.fetchall()
-            if not page:
-                break
-            cursor = (page[-1][0], page[-1][1])
-            tenants = [row[0] for row in page]
-            ids = [row[1] for row in page]
-            afters = [0 if full else int(row[4]) for row in page]
-            cur = await conn.execute(events_query, (tenants, ids, afters))
-            tails: dict[tuple[str, str], list[Event]] = {
-                (row[0], row[1]): [] for row in page
-            }
-            for tenant, run_id, seq, envelope in await cur.fetchall():
-                tails[(tenant, run_id)].append(event_with_seq(envelope, seq))
-            archived = [(row[0], row[1]) for row in page if row[6]]
-            colds = await cold(conn, archived) if cold is not None and archived else {}
-            batch: list[tuple[str, str, str, int, str, str | None]] = []
-            for tenant, run_id, header_text, last_seq, snapshot_seq, snapshot_text, in_cold in page:
-                if in_cold and cold is None:
-                    report.archived.append(run_id)
-                    continue
-                report.runs += 1
-                tail = tails[(tenant, run_id)]
-                if in_cold:
-                    older = colds.get((tenant, run_id), [])
-                    boundary = older[-1].run_seq or 0 if older else 0
-                    tail = older + [e for e in tail if (e.run_seq or 0) > boundary]
-                report.events += len(tail)
-                if full:
-                    fresh = project(RunHeader.model_validate_json(header_text), tail)
-                    fresh_json = fresh.model_dump_json()
-                    # Readers see the stored text when it is up to date: equal text, equal view.
-                    if snapshot_seq != last_seq or snapshot_text != fresh_json:
-                        stored = RunSnapshot.model_validate_json(snapshot_text)
-                        if apply(stored, tail).model_dump_json() != fresh_json:
-                            report.differed.append(run_id)
-                else:
-                    fresh = apply(RunSnapshot.model_validate_json(snapshot_text), tail)
-                    fresh_json = fresh.model_dump_json()
-                seq = fresh.last_event_seq
-                if seq != last_seq:
-                    report.raced.append(run_id)
-                    continue
-                batch.append(
-                    (
-                        tenant,
-                        run_id,
-                        fresh_json,
-                        seq,
-                        fresh.status.value,
-                        fresh.substatus.value if fresh.substatus else None,
-                    )
-                )
-            if batch:
-                tenants_, ids_, snapshots, seqs, statuses, substatuses = (
-                    list(col) for col in zip(*batch, strict=True))
-                cur = await conn.execute(
-                    write_query, (tenants_, ids_, seqs, statuses, substatuses,
-                                  "[" + ",".join(map(str, snapshots)) + "]"),
-                )
-                written = {(row[0], row[1]) for row in await cur.fetchall()}
-                report.written += len(written)
-                report.raced += [b[1] for b in batch if (b[0], b[1]) not in written]
+    read_query, write_query = _queries(parse_store_url(url).schema, full)
+    reader, _ = await _connect(url)
+    try:
+        writer, _ = await _connect(url)
+    except BaseException:
+        await reader.close()
+        raise
+
+    async def read(after: tuple[str, str]) -> tuple[list[PageRow], dict[Any, Any]]:
+        cur = await reader.execute(read_query, (*after, tenant_id, tenant_id, RUNS_PER_PAGE))
+        page: list[PageRow] = await cur.fetchall()
+        archived = [(row[0], row[1]) for row in page if row[6]]
+        colds = await cold(reader, archived) if cold is not None and archived else {}
+        return page, colds
+
+    async def write(batch: list[Fresh]) -> None:
+        tenants, ids, snapshots, seqs, statuses, substatuses = (
+            list(col) for col in zip(*batch, strict=True))
+        cur = await writer.execute(
+            write_query, (tenants, ids, seqs, statuses, substatuses,
+                          "[" + ",".join(snapshots) + "]"))
+        written = {(row[0], row[1]) for row in await cur.fetchall()}
+        report.written += len(written)
+        report.raced.extend(b[1] for b in batch if (b[0], b[1]) not in written)
+
+    # Three stages overlap: the database reads the next page and stores the last one while
+    # this page is folded in a worker thread (the fold is pure; its report is merged here).
+    async with reader, writer:
+        reading = asyncio.create_task(read(("", "")))
+        writing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                page, colds = await reading
+                if not page:
+                    break
+                reading = asyncio.create_task(read((page[-1][0], page[-1][1])))
+                part = RebuildReport()
+                batch = await asyncio.to_thread(_fold_page, page, colds, full,
+                                                cold is not None, part)
+                report.merge(part)
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(write(batch)) if batch else None
+            if writing is not None:
+                await writing
+        finally:
+            # Only after an error: stop the stage still running before its connection closes.
+            pending = [t for t in (reading, writing) if t is not None and not t.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
     report.seconds = time.perf_counter() - started
     return report

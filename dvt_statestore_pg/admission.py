@@ -80,6 +80,30 @@ _ADMIT_WRITE = (
     " ON CONFLICT (tenant_id, run_id) DO UPDATE SET reserved_at = clock_timestamp()")
 
 
+# The head of a tenant's queue: waiting, or claimed by a dispatcher whose claim lapsed (an
+# index scan of dvt_admission_queue_waiting, (tenant_id, seq), stopping at the first row).
+# Whether the head is registered is asked of that one row after the LIMIT (an index probe of
+# dvt_runs), never as a hashed subplan over every run of the store.
+_CLAIM_HEAD = (
+    f"SELECT {_QUEUE_COLUMNS}, EXISTS (SELECT 1 FROM {{s}}.dvt_runs r"
+    "   WHERE r.tenant_id = h.tenant_id AND r.run_id = h.run_id)"
+    f" FROM (SELECT {_QUEUE_COLUMNS}, tenant_id, run_id FROM {{s}}.dvt_admission_queue q"
+    "   WHERE q.tenant_id = %s AND (q.state = 'QUEUED'"
+    "   OR (q.state = 'STARTING' AND q.claimed_until < clock_timestamp()))"
+    "   ORDER BY q.seq LIMIT 1) h")
+# Distinct tenants of the waiting index, in name order (a recursive skip scan: PostgreSQL
+# reads every waiting row for a DISTINCT or GROUP BY).
+_QUEUED_TENANTS = (
+    "WITH RECURSIVE t(tenant_id) AS ("
+    " (SELECT tenant_id FROM {s}.dvt_admission_queue WHERE state IN ('QUEUED', 'STARTING')"
+    "   ORDER BY tenant_id LIMIT 1)"
+    " UNION ALL"
+    " SELECT (SELECT q.tenant_id FROM {s}.dvt_admission_queue q"
+    "   WHERE q.state IN ('QUEUED', 'STARTING') AND q.tenant_id > t.tenant_id"
+    "   ORDER BY q.tenant_id LIMIT 1) FROM t WHERE t.tenant_id IS NOT NULL)"
+    " SELECT tenant_id FROM t WHERE tenant_id IS NOT NULL")
+
+
 def _queued(row: tuple[Any, ...]) -> QueuedRun:
     return QueuedRun.of(row[0], row[1], row[2], row[3], row[4], row[5])
 
@@ -138,7 +162,7 @@ class PostgresAdmissionStore(SideStore, AdmissionStore):
         row = await (await conn.execute(query, (tenant_id,))).fetchone()
         return effective_limits(self.settings.defaults(), dict(row[0]) if row else {})
 
-    async def set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
+    async def _set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
         """Apply a patch to the stored overrides under the tenant's lock."""
         select = self._q("SELECT overrides FROM {s}.dvt_tenant_limits WHERE tenant_id = %s")
         upsert = self._q("INSERT INTO {s}.dvt_tenant_limits (tenant_id, overrides)"
@@ -226,7 +250,7 @@ class PostgresAdmissionStore(SideStore, AdmissionStore):
         return wait
 
     # --- decisions -------------------------------------------------------------------------
-    async def admit(self, request: StartRequest) -> Admission:
+    async def _admit(self, request: StartRequest) -> Admission:
         """Check the limits and hold a slot, or queue the run, in one locked transaction.
 
         Four round trips: the lock, one read of everything the decision needs, one write of
@@ -296,12 +320,7 @@ class PostgresAdmissionStore(SideStore, AdmissionStore):
 
     async def claim(self, tenant_id: str) -> QueuedRun | None:
         """Take the head of the tenant's queue when a slot and a start are free."""
-        head = self._q(
-            f"SELECT {_QUEUE_COLUMNS}, EXISTS (SELECT 1 FROM {{s}}.dvt_runs r"
-            "   WHERE r.tenant_id = q.tenant_id AND r.run_id = q.run_id)"
-            " FROM {s}.dvt_admission_queue q WHERE q.tenant_id = %s AND (q.state = 'QUEUED'"
-            "   OR (q.state = 'STARTING' AND q.claimed_until < clock_timestamp()))"
-            " ORDER BY q.seq LIMIT 1")
+        head = self._q(_CLAIM_HEAD)
         mark = self._q("UPDATE {s}.dvt_admission_queue SET state = 'STARTING',"
                        " claimed_until = clock_timestamp() + make_interval(secs => %s)"
                        " WHERE seq = %s")
@@ -361,8 +380,17 @@ class PostgresAdmissionStore(SideStore, AdmissionStore):
         return await self._run(work)
 
     async def queued_tenants(self) -> list[str]:
-        """Tenants with runs waiting, in name order."""
-        return sorted(await self.queue_depths())
+        """Tenants with runs waiting, in name order: one index probe per tenant.
+
+        A skip scan of the waiting index (each step seeks the next tenant name), so a round
+        costs the number of tenants, not the number of waiting runs: a count over a 100,000
+        run backlog took most of each dispatch round (docs/benchmarks.md#admission).
+        """
+        async def work(conn: Conn) -> list[str]:
+            rows = await (await conn.execute(self._q(_QUEUED_TENANTS))).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._run(work)
 
     async def queue_depths(self) -> dict[str, int]:
         """Runs waiting per tenant."""

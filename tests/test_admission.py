@@ -4,6 +4,7 @@ the reference engine (the PostgreSQL store's are in tests/pg/test_pg_admission.p
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from dvt_engine.admission import (
     ACTIVE_STATUSES,
+    RATE_MEMO_MAX_S,
     Bucket,
     LimitSettings,
     LimitsPatch,
@@ -20,6 +22,8 @@ from dvt_engine.admission import (
 )
 from dvt_engine.builder import PlanBuilder
 from dvt_engine.client import Client, RunHandle
+from dvt_engine.cost import BudgetWatch, PriceTable
+from dvt_engine.engines.reference import ReferenceEngine
 from dvt_engine.errors import ErrorCode, LimitsInvalid, QuotaExceeded, RateLimited, UsageError
 from dvt_engine.models.run import RunStatus, StepSubstatus
 from dvt_engine.stores.memory import MemoryRunStateStore
@@ -157,3 +161,73 @@ async def test_signals_over_the_rate_are_refused() -> None:
             await handle.resume()
         assert refused.value.details["kind"] == "signalsPerMinute"
         await client.store.close()
+
+
+class _CountingAdmissionFake(MemoryAdmissionStore):
+    """A fake that counts the decisions that reach the store."""
+
+    decisions = 0
+
+    async def _admit(self, request: Any) -> Any:
+        self.decisions += 1
+        return await super()._admit(request)
+
+
+async def test_a_flood_over_the_start_rate_is_refused_without_asking_the_store() -> None:
+    store = MemoryRunStateStore()
+    admission = _CountingAdmissionFake(store)
+    async with Client(engine=ReferenceEngine(store), store=store, tenant="noisy",
+                      admission=admission) as client:
+        await admission.set_limits("noisy", LimitsPatch.parse({"runStartsPerMinute": 2}))
+        for run_id in ("a", "b"):
+            await client.start_run(QUICK, run_id=run_id)
+        with pytest.raises(RateLimited) as first:
+            await client.start_run(QUICK, run_id="c")
+        assert admission.decisions == 3
+        for i in range(50):
+            with pytest.raises(RateLimited) as again:
+                await client.start_run(QUICK, run_id=f"flood-{i}")
+            assert again.value.details == {**first.value.details,
+                                           "retryAfterS": again.value.details["retryAfterS"]}
+            assert 1 <= again.value.details["retryAfterS"] <= first.value.details["retryAfterS"]
+        assert admission.decisions == 3  # refused in the process, the store never asked
+        assert [r.run_id for r in await store.list_runs("noisy", limit=100)] == ["b", "a"]
+        # The memory lasts until the next token is due but at most RATE_MEMO_MAX_S (30 s here).
+        until, _ = admission._no_starts["noisy"]
+        assert until - time.monotonic() <= RATE_MEMO_MAX_S
+        # A raised rate applies at once: the memory goes with the change.
+        await admission.set_limits("noisy", LimitsPatch.parse({"runStartsPerMinute": 600}))
+        await client.start_run(QUICK, run_id="c")
+        assert admission.decisions == 4
+
+
+async def test_budget_checks_are_coalesced_per_tenant_and_stop_once_the_budget_is_spent(
+        ) -> None:
+    store = MemoryRunStateStore()
+    admission = MemoryAdmissionStore(store)
+    announced: list[int] = []
+    checks = 0
+
+    async def announce(crossings: Any) -> None:
+        announced.extend(c.threshold for c in crossings)
+
+    def prices() -> PriceTable:
+        nonlocal checks
+        checks += 1
+        return PriceTable()
+
+    watch = BudgetWatch(admission, store, prices, announce)
+    async with Client(engine=ReferenceEngine(store), store=store, tenant="spender") as client:
+        await admission.set_limits("spender", LimitsPatch.parse({"monthlyBudgetUnits": 3}))
+        run = await client.start_run(PlanBuilder("p", "1").step("a", "noop", cost_units=2)
+                                     .build(), run_id="r")
+        await run.result(timeout=30)
+        events = await store.fetch_events("spender", "r")
+        watch.saw(events * 20)  # many charging events at once: one check, then one more
+        await watch.settled()
+        assert checks == 1
+        assert announced == [80, 100]
+        watch.saw(events)  # the whole budget is spent this month: nothing left to check
+        await watch.settled()
+        assert checks == 1
+    await watch.close()

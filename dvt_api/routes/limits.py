@@ -98,8 +98,9 @@ async def admit(svc: Services, plan_ref: PlanRef, context: RunContext) -> Stored
     a QUEUED run. A refusal raises RATE_LIMITED or QUOTA_EXCEEDED (and is counted)."""
     if svc.admission is None or not svc.settings.limits.enabled:
         return None
-    steps, size = await plan_size(svc.store, plan_ref)
     with counted(svc.metrics, context.tenant_id):
+        svc.admission.refuse_early(context.tenant_id)  # a flood over the rate costs nothing
+        steps, size = await plan_size(svc.store, plan_ref)
         budget = await check_budget(svc.admission, svc.store, context.tenant_id,
                                     svc.settings.prices)
         await announce_crossings(svc, budget.new_crossings)

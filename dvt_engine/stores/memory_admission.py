@@ -60,7 +60,7 @@ class MemoryAdmissionStore(AdmissionStore):
         """The tenant's stored overrides."""
         return dict(self._overrides.get(tenant_id, {}))
 
-    async def set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
+    async def _set_limits(self, tenant_id: str, patch: LimitsPatch) -> TenantLimits:
         """Apply a patch; the effective limits after it."""
         async with self._lock:
             self._overrides[tenant_id] = patch.apply(self._overrides.get(tenant_id, {}))
@@ -94,7 +94,7 @@ class MemoryAdmissionStore(AdmissionStore):
         self._buckets[(tenant_id, kind)] = after
         return wait
 
-    async def admit(self, request: StartRequest) -> Admission:
+    async def _admit(self, request: StartRequest) -> Admission:
         """Check the limits and hold a slot, or queue the run, under the lock."""
         tenant = request.tenant_id
         limits = await self.limits(tenant)

@@ -181,13 +181,13 @@ def test_outbox_depth_and_age_show_a_row_no_process_has_acknowledged(
     config = parse_store_url(api_server.store_url)
     outbox = sql.Identifier(config.schema, "dvt_outbox")
     with psycopg.connect(config.conninfo, autocommit=True) as db:
-        row = db.execute(sql.SQL("SELECT id FROM {} WHERE tenant_id = %s ORDER BY id LIMIT 1"
-                                 ).format(outbox), (t,)).fetchone()
+        # Acknowledged rows are deleted: put back the run's first event's row as if another
+        # process had leased it and not acknowledged it yet.
+        row = db.execute(sql.SQL(
+            "INSERT INTO {} (run_id, run_seq, tenant_id, event_type, claimed_until)"
+            " VALUES (%s, 1, %s, 'RunStarted', clock_timestamp() + interval '1 hour')"
+            " RETURNING id").format(outbox), ("r-1", t)).fetchone()
         assert row is not None
-        # As if another process had leased the row and not acknowledged it yet.
-        db.execute(sql.SQL("UPDATE {} SET delivered_at = NULL, claimed_until = "
-                           "clock_timestamp() + interval '1 hour' WHERE id = %s"
-                           ).format(outbox), (row[0],))
         try:
             age = db.execute(sql.SQL("SELECT EXTRACT(EPOCH FROM clock_timestamp() - "
                                      "created_at)::float8 FROM {} WHERE id = %s"
@@ -195,8 +195,7 @@ def test_outbox_depth_and_age_show_a_row_no_process_has_acknowledged(
             assert age is not None
             pending = scrape(api_server)
         finally:
-            db.execute(sql.SQL("UPDATE {} SET delivered_at = clock_timestamp(), "
-                               "claimed_until = NULL WHERE id = %s").format(outbox), (row[0],))
+            db.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(outbox), (row[0],))
     assert value(pending, "dvt_outbox_depth") == 1
     assert age[0] <= value(pending, "dvt_outbox_oldest_age_seconds") < age[0] + 60
     drained = scrape(api_server)
