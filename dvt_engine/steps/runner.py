@@ -126,8 +126,12 @@ class StepRunner:
 
     async def _run(self, inv: StepInvocation, token: CancelToken) -> StepOutcome:
         step = inv.step
+        payload: dict[str, Any] = {"kind": step.kind}
+        if step.resource_class is not None:
+            # Metering prices the attempt by its class from the log alone (dvt_engine/cost.py).
+            payload["resourceClass"] = step.resource_class
         started = self._factory(inv).step_event(
-            EventType.STEP_STARTED, step.step_id, {"kind": step.kind},
+            EventType.STEP_STARTED, step.step_id, payload,
             logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
         )
         view = self.views.get((inv.tenant_id, inv.run_id))
