@@ -5,6 +5,11 @@ once over the memory store (the engine's own cost, the baseline) and once over
 ``PostgresRunStateStore`` (the same plus every event written, durably, and the snapshot read
 back). Each step's time is the interval between consecutive StepCompleted events' persistedAt
 (the store's clock), so the figures are per step, p50 and p99, not a mean over the chain.
+
+The bare baselines are psycopg writing a step's two events (StepStarted, StepCompleted) on the
+same server, measured the same way (StepCompleted row to StepCompleted row, the server's clock):
+as two autocommit INSERTs (two durable commits, the write pattern of a step before dvt wrote
+them together) and as one INSERT of both rows (one durable commit, dvt's pattern now).
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ import time
 import uuid
 from typing import Any
 
+import psycopg
+from psycopg import sql
+
+from benchmarks.store_baseline import BASELINE_DDL, envelope
 from benchmarks.store_table import Row, percentile
 from dvt_engine import Client, PlanBuilder, ReferenceSettings
 from dvt_engine.plugins import open_engine
@@ -54,9 +63,75 @@ async def step_intervals(store: RunStateStore, plan: dict[str, Any]) -> tuple[li
     return gaps, took
 
 
+_BARE_STEP_EVENT = (
+    "INSERT INTO raw_events (run_id, run_seq, idempotency_key, event_id, event_type, tenant_id,"
+    " emitted_at, envelope) VALUES (%s, %s, %s, %s, %s, 'bench-tenant', now(), %s)"
+    " RETURNING persisted_at"
+)
+
+
+_BARE_STEP_BOTH = (
+    "INSERT INTO raw_events (run_id, run_seq, idempotency_key, event_id, event_type, tenant_id,"
+    " emitted_at, envelope) VALUES (%s, %s, %s, %s, 'StepStarted', 'bench-tenant', now(), %s),"
+    " (%s, %s, %s, %s, 'StepCompleted', 'bench-tenant', now(), %s) RETURNING persisted_at"
+)
+
+
+async def bare_step_commit(dsn: str, schema: str, steps: int) -> Row:
+    """One durable autocommit INSERT of both events per step, one step after the other."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        await conn.execute(sql.SQL(BASELINE_DDL.replace("CREATE TABLE", "CREATE TABLE IF NOT"
+                                                        " EXISTS")))
+        run_id = str(uuid.uuid4())
+        done = []
+        began = time.perf_counter()
+        for step in range(steps):
+            values: list[Any] = []
+            for seq in (2 * step + 1, 2 * step + 2):
+                key = uuid.uuid4().hex * 2
+                values += [run_id, seq, key, str(uuid.uuid4()), envelope(run_id, seq, key)]
+            cur = await conn.execute(_BARE_STEP_BOTH, values)
+            rows = await cur.fetchall()
+            done.append(rows[-1][0])
+        took = time.perf_counter() - began
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(done)]
+    return Row("noop step, per-step overhead", "bare psycopg: 1 durable INSERT a step", steps,
+               took, percentile(gaps, 0.5) * 1000, percentile(gaps, 0.99) * 1000,
+               f"{steps} steps; both rows in one statement")
+
+
+async def bare_step_commits(dsn: str, schema: str, steps: int) -> Row:
+    """Two durable autocommit INSERTs per step, one step after the other."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        await conn.execute(sql.SQL(BASELINE_DDL.replace("CREATE TABLE", "CREATE TABLE IF NOT"
+                                                        " EXISTS")))
+        run_id = str(uuid.uuid4())
+        done = []
+        began = time.perf_counter()
+        for seq in range(1, 2 * steps + 1):
+            key = uuid.uuid4().hex * 2
+            kind = "StepStarted" if seq % 2 else "StepCompleted"
+            cur = await conn.execute(_BARE_STEP_EVENT, (run_id, seq, key, str(uuid.uuid4()),
+                                                        kind, envelope(run_id, seq, key)))
+            row = await cur.fetchone()
+            assert row is not None
+            if kind == "StepCompleted":
+                done.append(row[0])
+        took = time.perf_counter() - began
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(done)]
+    return Row("noop step, per-step overhead", "bare psycopg: 2 durable INSERTs a step", steps,
+               took, percentile(gaps, 0.5) * 1000, percentile(gaps, 0.99) * 1000,
+               f"{steps} steps; StepCompleted row to StepCompleted row")
+
+
 async def reference_noop_steps(dsn: str, schema: str, args: argparse.Namespace) -> list[Row]:
-    """The memory store's chain (baseline), then PostgreSQL's, each warmed up by a short run."""
-    rows: list[Row] = []
+    """The bare commits and the memory store's chain (baselines), then PostgreSQL's, each
+    warmed up by a short run."""
+    await bare_step_commits(dsn, schema, 5)
+    rows: list[Row] = [await bare_step_commits(dsn, schema, args.noop_steps),
+                       await bare_step_commit(dsn, schema, args.noop_steps)]
     plan = chain(args.noop_steps)
     for subject, opener in (
         ("reference + memory store", lambda: _memory()),

@@ -35,7 +35,7 @@ RUN_STREAM = "(run)"
 _PAYLOAD_FIELDS: Mapping[str, tuple[str, ...]] = {
     "RunApproved": ("approver",),
     "RunStarted": (),
-    "StepStarted": ("kind",),
+    "StepStarted": ("kind", "resourceClass"),
     "StepAwaitingApproval": (),
     "StepCompleted": ("output", "artifacts"),
     "StepFailed": ("error",),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from dvt_adapters_conductor.api import ConductorApi, ConductorApiError, server_health
@@ -110,14 +111,17 @@ class ConductorEngine(BaseEngine):
         self.mapping = MappingOptions(task_prefix=settings.task_prefix,
                                       owner_email=settings.owner_email,
                                       lease_s=settings.lease_s,
-                                      crash_retries=settings.crash_retries)
+                                      crash_retries=settings.crash_retries,
+                                      class_queues=tuple(sorted(settings.class_queues.items())))
         self.runner = StepRunner(store, self.registry, secrets=self.secrets,
                                  artifacts=self.artifacts)
         self.worker_options = worker_options or WorkerOptions()
         self._server_url = settings.url
         self._auth = auth
         self._embedded_worker = settings.worker if worker is None else worker
-        self._step_queues = tuple(settings.step_queues)
+        # Workers poll the routed classes' queues too (plan v1.3 resource classes).
+        self._step_queues = tuple(dict.fromkeys([*settings.step_queues,
+                                                 *settings.class_queues.values()]))
         self._api: ConductorApi | None = None
         self._coordinator: RunCoordinator | None = None
         self._host: WorkerHost | None = None
@@ -172,10 +176,17 @@ class ConductorEngine(BaseEngine):
         return WorkerHost(coordinator, self.mapping, self.worker_options,
                           step_queues=self._step_queues)
 
-    async def serve_workers(self, stop: asyncio.Event) -> None:
-        """Run a worker host until ``stop`` is set, then drain it (``dvt worker``)."""
-        await self.coordinator()
-        host = self._host or await self.worker_host().start()
+    async def serve_workers(self, stop: asyncio.Event,
+                            queues: Sequence[str] | None = None) -> None:
+        """Run a worker host until ``stop`` is set, then drain it (``dvt worker``); with
+        ``queues`` it polls only those step queues' task types (not the default type)."""
+        coordinator = await self.coordinator()
+        if queues:
+            host = await WorkerHost(coordinator, self.mapping, self.worker_options,
+                                    step_queues=tuple(dict.fromkeys(queues)),
+                                    serve_default=False).start()
+        else:
+            host = self._host or await self.worker_host().start()
         try:
             await stop.wait()
         finally:

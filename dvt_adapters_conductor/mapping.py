@@ -48,6 +48,9 @@ class MappingOptions:
     lease_s: int = DEFAULT_LEASE_S
     #: Extra server retries beyond the plan's, spent only when a worker vanished mid-attempt.
     crash_retries: int = 3
+    #: (resource class, step queue) pairs, sorted: a routed class's steps are tasks of the
+    #: queue's type, as a step's own taskQueue is (plan v1.3).
+    class_queues: tuple[tuple[str, str], ...] = ()
 
     def gate_type(self) -> str:
         """Task type of gates: SIMPLE tasks no worker polls; dvt completes them directly."""
@@ -57,6 +60,12 @@ class MappingOptions:
         """Task type of a step (a separate type per routed task queue)."""
         base = f"{self.task_prefix}_{STEP_SUFFIX}"
         return base if not queue else f"{base}_{sanitize(queue, 60)}"
+
+    def step_queue(self, step: StepSpec) -> str | None:
+        """A step's routed queue: its own taskQueue, else its resource class's (or None)."""
+        if step.task_queue or not step.resource_class:
+            return step.task_queue
+        return dict(self.class_queues).get(step.resource_class)
 
 
 def sanitize(text: str, limit: int) -> str:
@@ -86,6 +95,8 @@ def definition_digest(plan_sha256: str, options: MappingOptions) -> str:
     material = "|".join([
         MAPPING_VERSION, plan_sha256, options.task_prefix, str(options.lease_s),
         str(options.crash_retries),
+        # Only when set, so hosts without class routes keep their registered definitions.
+        *([repr(options.class_queues)] if options.class_queues else []),
     ])
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
@@ -169,7 +180,7 @@ def _inputs(step_id: str, index: int) -> dict[str, Any]:
 
 def step_task_types(plan: ExecutionPlan, options: MappingOptions) -> list[str]:
     """Every SIMPLE step task type a plan uses (the default and each routed queue)."""
-    types = {options.step_type(s.task_queue) for s in plan.steps if not is_gate(s)}
+    types = {options.step_type(options.step_queue(s)) for s in plan.steps if not is_gate(s)}
     return sorted(types)
 
 
@@ -264,7 +275,7 @@ def _step_task(step: StepSpec, index: int, options: MappingOptions) -> dict[str,
             "optional": True,
             "inputParameters": _inputs(step.step_id, index),
         }
-    task_type = options.step_type(step.task_queue)
+    task_type = options.step_type(options.step_queue(step))
     return {
         "name": task_type,
         "taskReferenceName": step_ref(index),

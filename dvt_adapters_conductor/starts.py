@@ -78,16 +78,22 @@ class StartQuestions(RunAccess):
 
     def started_with_dependency(self, ctx: RunContext, events: list[Event], step_id: str) -> bool:
         """Whether the interpreter started a chained step as the step it is chained after last
-        settled (the moment the server started its task), asked of the interpreter rebuilt at
-        that point."""
+        settled (a first step: as the run started), the moment the server started its task,
+        asked of the interpreter rebuilt at that point."""
         if not ctx.plan.step(step_id).depends_on:
-            return True  # a first step: started with the run
-        prior = ctx.after.get(ctx.index[step_id])
-        if prior is None:
-            return False
-        previous = ctx.plan.steps[prior].step_id
-        settled = [e for e in events if e.step_id == previous and e.event_type in (
-            EventType.STEP_COMPLETED, EventType.STEP_SKIPPED)]
+            # A first step: its task started with the workflow, but the interpreter started
+            # only the first steps that fit the limits, in the ready order (plan v1.3).
+            settled = [e for e in events if e.event_type == EventType.RUN_STARTED]
+            if not settled or settled[0].run_seq is None:
+                return True
+            settled = settled[:1]
+        else:
+            prior = ctx.after.get(ctx.index[step_id])
+            if prior is None:
+                return False
+            previous = ctx.plan.steps[prior].step_id
+            settled = [e for e in events if e.step_id == previous and e.event_type in (
+                EventType.STEP_COMPLETED, EventType.STEP_SKIPPED)]
         if not settled or settled[-1].run_seq is None:
             return False
         cut = settled[-1].run_seq

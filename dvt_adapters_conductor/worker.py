@@ -74,6 +74,7 @@ class WorkerHost:
         *,
         step_queues: tuple[str, ...] = (),
         worker_id: str | None = None,
+        serve_default: bool = True,
     ) -> None:
         self.coordinator = coordinator
         self.api = coordinator.api
@@ -81,7 +82,8 @@ class WorkerHost:
         self.options = options or WorkerOptions()
         self.worker_id = worker_id or f"dvt-{socket.gethostname()}-{os.getpid()}-" \
                                       f"{uuid.uuid4().hex[:6]}"
-        self.task_types = [mapping.step_type(None),
+        # Without the default type the host runs only routed steps (one resource class's pool).
+        self.task_types = [*([mapping.step_type(None)] if serve_default else []),
                            *(mapping.step_type(q) for q in step_queues)]
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(self.options.concurrency)

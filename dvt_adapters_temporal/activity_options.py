@@ -64,9 +64,12 @@ def step_timeout(step: StepSpec, default_s: float) -> timedelta:
     return timedelta(seconds=default_s)
 
 
-def step_task_queue(step: StepSpec, kind_queues: Mapping[str, str], default: str) -> str:
-    """The task queue a step's activity runs on: its own, its kind's, else the default."""
-    return step.task_queue or kind_queues.get(step.kind) or default
+def step_task_queue(step: StepSpec, kind_queues: Mapping[str, str], default: str,
+                    class_queues: Mapping[str, str] | None = None) -> str:
+    """The task queue a step's activity runs on: its own, its resource class's, its kind's,
+    else the default (an unmapped class runs on the default)."""
+    by_class = (class_queues or {}).get(step.resource_class) if step.resource_class else None
+    return step.task_queue or by_class or kind_queues.get(step.kind) or default
 
 
 def invocation_json(

@@ -183,7 +183,7 @@ class TemporalEngine(BaseEngine):
             client,
             self.activities(),
             task_queue=self.settings.task_queue,
-            activity_queues=list(self.settings.kind_queues.values()),
+            activity_queues=self.settings.routed_queues(),
             max_cached_workflows=self.settings.max_cached_workflows,
         )
         self._workers_cm = running_workers(self._workers)
@@ -200,7 +200,7 @@ class TemporalEngine(BaseEngine):
         client = await self.client()
         pool = select_workers(
             client, self.activities(), main_queue=self.settings.task_queue,
-            kind_queues=list(self.settings.kind_queues.values()), queues=queues,
+            kind_queues=self.settings.routed_queues(), queues=queues,
             workflows=workflows, max_cached_workflows=self.settings.max_cached_workflows,
         )
         await serve(pool, stop=stop)
@@ -235,6 +235,7 @@ class TemporalEngine(BaseEngine):
         return WorkflowConfig(
             task_queue=s.task_queue,
             kind_queues=dict(s.kind_queues),
+            class_queues=dict(s.class_queues),
             continue_as_new_after_steps=s.continue_as_new_after_steps,
             continue_as_new_history_bytes=s.continue_as_new_history_bytes,
             cancel_in_flight_on_pause=s.cancel_in_flight_on_pause,

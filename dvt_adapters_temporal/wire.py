@@ -25,6 +25,8 @@ class WorkflowConfig:
 
     task_queue: str
     kind_queues: dict[str, str] = field(default_factory=dict)
+    #: Resource class -> task queue (plan v1.3); absent in histories from before it.
+    class_queues: dict[str, str] = field(default_factory=dict)
     continue_as_new_after_steps: int = 50
     continue_as_new_history_bytes: int = 1_000_000
     cancel_in_flight_on_pause: bool = False

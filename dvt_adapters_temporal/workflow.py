@@ -387,7 +387,7 @@ class DvtRunWorkflow:
         cfg = inp.config
         step = self._interp.spec(step_id)
         timeout = step_timeout(step, cfg.default_step_timeout_s)
-        queue = step_task_queue(step, cfg.kind_queues, cfg.task_queue)
+        queue = step_task_queue(step, cfg.kind_queues, cfg.task_queue, cfg.class_queues)
         try:
             outcome: StepOutcome = await workflow.execute_activity(
                 ACT_RUN_STEP,

@@ -82,6 +82,16 @@ class MeasuredStore(RunStateStore):
             await self._tell(event, result)
         return results
 
+    async def append_batch_if_last(
+        self, events: Sequence[Event], expected_last_seq: int
+    ) -> list[AppendResult] | None:
+        """Append events of one run while it is at ``expected_last_seq`` (timed as one call)."""
+        results: list[AppendResult] | None = await self._timed(
+            "append_batch_if_last", self.inner.append_batch_if_last(events, expected_last_seq))
+        for event, result in zip(events, results or [], strict=False):
+            await self._tell(event, result)
+        return results
+
     async def register_run(self, header: RunHeader) -> tuple[RunHeader, bool]:
         """Record a new run (timed: it is the run's first write)."""
         made: tuple[RunHeader, bool] = await self._timed("register_run",

@@ -429,11 +429,14 @@ def audit_verify(keyring: str | None, run_id: str | None, **kw: Any) -> None:
               type=click.Choice(["temporal", "conductor"]), help="Engine whose workers to run.")
 @click.option("--queue", "queues", multiple=True,
               help="Serve only these step task queues (repeatable; default: every queue).")
+@click.option("--resource-class", "resource_classes", multiple=True,
+              help="Serve only the queues these resource classes are routed to (repeatable).")
 @_store_options
-def worker(engine: str, queues: tuple[str, ...], **kw: Any) -> None:
+def worker(engine: str, queues: tuple[str, ...], resource_classes: tuple[str, ...],
+           **kw: Any) -> None:
     """Run an engine's workers until Ctrl-C or SIGTERM (running steps finish first)."""
     settings = _settings(kw, engine)
-    execute(settings.json, lambda: ops.worker(settings, engine, queues))
+    execute(settings.json, lambda: ops.worker(settings, engine, queues, resource_classes))
 
 
 @cli.group()

@@ -227,7 +227,23 @@ async def rebuild(settings: Settings) -> int:
 # --- worker -------------------------------------------------------------------------------
 
 
-async def worker(settings: Settings, engine_name: str, queues: tuple[str, ...] = ()) -> int:
+def class_queues(engine: Any, resource_classes: tuple[str, ...]) -> tuple[str, ...]:
+    """The step queues the engine's settings route these resource classes to.
+
+    An unmapped class runs on the default queue, which a plain ``dvt worker`` serves: asking
+    for it by class is refused rather than silently serving every step.
+    """
+    routes = dict(getattr(engine.settings, "class_queues", None) or {})
+    unmapped = [c for c in resource_classes if c not in routes]
+    if unmapped:
+        raise UsageError(f"resource class {unmapped[0]!r} is not routed to a queue; its steps "
+                         "run on the default queue (serve it without --resource-class)",
+                         details={"resourceClasses": unmapped, "routed": sorted(routes)})
+    return tuple(routes[c] for c in resource_classes)
+
+
+async def worker(settings: Settings, engine_name: str, queues: tuple[str, ...] = (),
+                 resource_classes: tuple[str, ...] = ()) -> int:
     """Run an engine's workers until SIGINT/SIGTERM, then drain and exit."""
     settings = resolve(settings)
     if (settings.store_url or "memory://").startswith("memory:"):
@@ -248,6 +264,7 @@ async def worker(settings: Settings, engine_name: str, queues: tuple[str, ...] =
         engine = load_engine(engine_name, store, engine_options(engine_name, settings,
                                                                 worker=False), artifacts)
         try:
+            queues = tuple(dict.fromkeys([*queues, *class_queues(engine, resource_classes)]))
             if not settings.json:
                 out.say(f"dvt worker: {engine_name} at {address}; Ctrl-C stops after "
                            "running steps finish")
@@ -275,7 +292,7 @@ async def _serve(engine_name: str, engine: Any, stop: asyncio.Event,
         client = await engine.client()
         workers = worker_mod.build_workers(
             client, engine.activities(), task_queue=engine.settings.task_queue,
-            activity_queues=list(engine.settings.kind_queues.values()),
+            activity_queues=engine.settings.routed_queues(),
         )
         await worker_mod.serve(workers, stop=stop)
         return

@@ -59,6 +59,7 @@ class PlanBuilder:
         max_parallel: int | None = None,
         concurrency_groups: Mapping[str, int] | None = None,
         skip_rule: SkipRule | None = None,
+        resource_classes: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self._metadata: dict[str, Any] = {
             "planId": plan_id, "planVersion": version, "schemaVersion": schema_version,
@@ -76,6 +77,9 @@ class PlanBuilder:
         if concurrency_groups is not None:
             self._metadata["concurrencyGroups"] = dict(concurrency_groups)
         _set(self._metadata, "skipRule", skip_rule)
+        if resource_classes is not None:
+            self._metadata["resourceClasses"] = {name: dict(spec)
+                                                 for name, spec in resource_classes.items()}
         self._params = copy.deepcopy(dict(params)) if params is not None else None
         self._steps: list[dict[str, Any]] = []
 
@@ -95,6 +99,8 @@ class PlanBuilder:
         join: JoinMode | Mapping[str, Any] | None = None,
         when: str | None = None,
         for_each: Mapping[str, Any] | None = None,
+        resource_class: str | None = None,
+        priority: int | None = None,
     ) -> PlanBuilder:
         """Add a step of ``kind`` that waits for ``depends_on``; returns the builder.
 
@@ -120,6 +126,8 @@ class PlanBuilder:
         _set(spec, "when", when)
         if for_each is not None:
             spec["forEach"] = copy.deepcopy(dict(for_each))
+        _set(spec, "resourceClass", resource_class)
+        _set(spec, "priority", priority)
         self._steps.append(spec)
         return self
 

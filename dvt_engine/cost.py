@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from dvt_engine.admission import AdmissionStore, BudgetCrossing
 from dvt_engine.errors import QuotaExceeded, UsageQueryInvalid
-from dvt_engine.models.base import StrictModel
+from dvt_engine.models.base import Identifier, StrictModel
 from dvt_engine.models.events import Event, EventType
 from dvt_engine.ports import RunStateStore
 from dvt_engine.rules.foreach import STEP_EXPANDED
@@ -55,6 +55,15 @@ class PriceTable(StrictModel):
     compute_units_per_second: Decimal = Field(default=Decimal(1), ge=0, le=1_000_000)
     data_units_per_mib: Decimal = Field(default=Decimal("0.01"), ge=0, le=1_000_000)
     units_per_run: Decimal = Field(default=Decimal(1), ge=0, le=1_000_000)
+    #: A second of step time of each resource class (plan v1.3); other steps pay the default.
+    class_units_per_second: dict[Identifier, Annotated[Decimal, Field(ge=0, le=1_000_000)]] = \
+        Field(default_factory=dict)
+
+    def units_per_second(self, resource_class: str | None) -> Decimal:
+        """The price of a second of a step of ``resource_class`` (None: no class)."""
+        if resource_class is None:
+            return self.compute_units_per_second
+        return self.class_units_per_second.get(resource_class, self.compute_units_per_second)
 
 
 @dataclass(frozen=True)
@@ -117,11 +126,14 @@ def meter_run(events: Sequence[Event], prices: PriceTable) -> list[UsageRow]:
     A run costs ``unitsPerRun`` on the day of its first RunStarted. A completed step attempt
     with units in its cost (its costHint, or units its step reported) costs exactly those
     units, whatever it took, so engine timing never changes them; any other finished attempt
-    costs its duration (StepStarted to StepCompleted/StepFailed, event timestamps) times
-    ``computeUnitsPerSecond``. Artifact bytes cost ``dataUnitsPerMiB`` per MiB.
+    costs its duration (StepStarted to StepCompleted/StepFailed, event timestamps) times the
+    price of a second of its resource class (StepStarted's ``resourceClass``:
+    ``classUnitsPerSecond``, else ``computeUnitsPerSecond``). Artifact bytes cost
+    ``dataUnitsPerMiB`` per MiB.
     """
     days: dict[date, _Day] = {}
     started: dict[tuple[str, int], datetime] = {}
+    rates: dict[tuple[str, int], Decimal] = {}
     run_charged = False
     for event in events:
         kind = event.event_type
@@ -132,19 +144,26 @@ def meter_run(events: Sequence[Event], prices: PriceTable) -> list[UsageRow]:
             slot.runs = 1
             slot.run_units += units(prices.units_per_run)
         elif kind == EventType.STEP_STARTED and event.step_id is not None:
-            started.setdefault((event.step_id, event.logical_attempt_id), at)
+            key = (event.step_id, event.logical_attempt_id)
+            if key not in started:
+                started[key] = at
+                cls = event.payload.get("resourceClass")
+                rates[key] = prices.units_per_second(cls if isinstance(cls, str) else None)
         elif kind == STEP_EXPANDED and event.step_id is not None:
             # A forEach template does no work of its own: its children are metered.
             started.pop((event.step_id, event.logical_attempt_id), None)
+            rates.pop((event.step_id, event.logical_attempt_id), None)
         elif kind in (EventType.STEP_COMPLETED, EventType.STEP_FAILED) and event.step_id:
-            begun = started.pop((event.step_id, event.logical_attempt_id), None)
+            key = (event.step_id, event.logical_attempt_id)
+            begun = started.pop(key, None)
+            rate = rates.pop(key, prices.compute_units_per_second)
             hinted = (_hinted_units(event.payload)
                       if kind == EventType.STEP_COMPLETED else None)
             if hinted is not None:
                 compute = hinted
             elif begun is not None:
                 ms = max(0, (at - begun) // timedelta(milliseconds=1))
-                compute = units(Decimal(ms) / 1000 * prices.compute_units_per_second)
+                compute = units(Decimal(ms) / 1000 * rate)
             else:
                 compute = Decimal(0)
             data = units(Decimal(_artifact_bytes(event.payload)) / _MIB

@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     PLAN_CONDITION_INVALID = "PLAN_CONDITION_INVALID"
     PLAN_JOIN_INVALID = "PLAN_JOIN_INVALID"
     PLAN_FOREACH_INVALID = "PLAN_FOREACH_INVALID"
+    PLAN_RESOURCE_CLASS_UNKNOWN = "PLAN_RESOURCE_CLASS_UNKNOWN"
     PLAN_SIGNAL_INVALID = "PLAN_SIGNAL_INVALID"
     PLAN_DOWNGRADE_UNSUPPORTED = "PLAN_DOWNGRADE_UNSUPPORTED"
     RUN_NOT_FOUND = "RUN_NOT_FOUND"
@@ -251,6 +252,13 @@ class PlanForEachInvalid(PlanError):
 
     code = ErrorCode.PLAN_FOREACH_INVALID
     hint = "See details.rule; docs/plans.md describes forEach, its source and maxItems."
+
+
+class PlanResourceClassUnknown(PlanError):
+    """A step names a resource class that metadata.resourceClasses does not declare."""
+
+    code = ErrorCode.PLAN_RESOURCE_CLASS_UNKNOWN
+    hint = "Declare the class in metadata.resourceClasses or fix the step's resourceClass."
 
 
 class PlanSignalInvalid(PlanError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from dvt_engine.errors import IllegalTransition, RunNotFound
 from dvt_engine.idempotency import event_key
 from dvt_engine.identity import RunIdentity
 from dvt_engine.models.events import AppendResult, Event
+from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
+from dvt_engine.projector import Projection
 from dvt_engine.secret_scan import redact_secrets
 from dvt_engine.statemachine import transition_problem
 
@@ -128,33 +131,173 @@ class EventFactory:
         )
 
 
+#: How many times a writer reads the run again after finding its view stale before it falls
+#: back to checking a fresh snapshot and appending unconditionally (the pre-view behaviour).
+_STALE_READS = 20
+
+
+class RunView:
+    """One process's view of a run: the store's run at its last runSeq, plus held events.
+
+    Shared by every writer of the run in the process (a run's driver and its step attempts), so
+    an append needs no read of the snapshot first. The view is only a guess: each write goes
+    through ``append_if_last`` (or ``append_batch_if_last``) at the runSeq the store confirmed,
+    so the store's per-run sequence still decides, and a view another writer made stale is read
+    again from the store.
+
+    A writer may also *hold* an event (``RunWriter.hold``): it is checked against the view,
+    folded into it, and written in one transaction with the run's next append, or by
+    ``RunWriter.flush``. A step's StepStarted and StepCompleted then cost one commit.
+    """
+
+    def __init__(self) -> None:
+        #: The store's run at ``confirmed_seq`` with ``pending`` folded on top; None: read it.
+        self.projection: Projection | None = None
+        self.confirmed_seq = 0
+        self.pending: list[Event] = []
+        # Writers of the run in this process take turns, so they never make each other stale.
+        self.lock = asyncio.Lock()
+
+    def fold(self, event: Event, run_seq: int, persisted_at: datetime | None = None) -> None:
+        """Fold ``event`` into the view at ``run_seq``."""
+        assert self.projection is not None
+        self.projection.fold([event.model_copy(update={"run_seq": run_seq,
+                                                       "persisted_at": persisted_at})])
+
+
 class RunWriter:
     """Appends a run's events, refusing any transition the state machine forbids.
 
     A retried append of an event that is already in the log is answered as a duplicate even
-    though, by then, the transition would no longer be legal.
+    though, by then, the transition would no longer be legal. With a shared ``view`` the
+    transition is checked against the view and the append is conditional on the view's runSeq
+    (check and append are then atomic); without one, the snapshot is read before each append.
     """
 
-    def __init__(self, store: RunStateStore, header: RunIdentity) -> None:
+    def __init__(self, store: RunStateStore, header: RunIdentity,
+                 view: RunView | None = None) -> None:
         self.store = store
         self.header = header
+        self.view = view
 
     async def append(self, event: Event) -> AppendResult:
         """Append ``event`` if its transition is legal; ILLEGAL_TRANSITION otherwise."""
         with telemetry.append_span(event) as span:
-            result = await self._append(event)
+            if self.view is None:
+                result = await self._append(event)
+            else:
+                async with self.view.lock:
+                    written = await self._write(self.view, event)
+                    assert written is not None
+                    result = written
             span.set_attribute(telemetry.ATTR_RUN_SEQ, result.run_seq)
             span.set_attribute(telemetry.ATTR_DUPLICATE, result.duplicate)
             return result
 
-    async def _append(self, event: Event) -> AppendResult:
+    async def hold(self, event: Event) -> bool:
+        """Keep ``event`` to be written with the run's next append, if the view allows it now.
+
+        False (nothing held) without a view or when the view refuses the transition: the
+        caller then appends as usual and gets the store's answer.
+        """
+        view = self.view
+        if view is None:
+            return False
+        async with view.lock:
+            if view.projection is None:
+                await self._reload(view)
+            assert view.projection is not None
+            if transition_problem(view.projection.snapshot(), event) is not None:
+                return False
+            view.fold(event, view.projection.last_event_seq + 1)
+            view.pending.append(event)
+            return True
+
+    async def flush(self) -> None:
+        """Write the held events of the run, if any."""
+        view = self.view
+        if view is None or not view.pending:
+            return
+        async with view.lock:
+            if view.pending:
+                await self._write(view, None)
+
+    async def _snapshot(self) -> RunSnapshot:
         snapshot = await self.store.get_snapshot(self.header.tenant_id, self.header.run_id)
         if snapshot is None:
             raise RunNotFound(f"run {self.header.run_id!r} is not registered",
                               details={"runId": self.header.run_id})
+        return snapshot
+
+    async def _append(self, event: Event) -> AppendResult:
+        snapshot = await self._snapshot()
         problem = transition_problem(snapshot, event)
         if problem is None:
             return await self.store.append(event)
+        return await self._refused(event, snapshot, problem)
+
+    async def _reload(self, view: RunView) -> None:
+        """Read the run from the store; held events it no longer allows are dropped."""
+        snapshot = await self._snapshot()
+        view.projection = Projection(snapshot)
+        view.confirmed_seq = snapshot.last_event_seq
+        held, view.pending = view.pending, []
+        for event in held:
+            # A held event the run refuses now (a signal from elsewhere ended it, say) is not
+            # written: the attempt's next event is refused the same way and reports it.
+            if transition_problem(view.projection.snapshot(), event) is None:
+                view.fold(event, view.projection.last_event_seq + 1)
+                view.pending.append(event)
+
+    async def _write(self, view: RunView, event: Event | None) -> AppendResult | None:
+        """Write the held events and ``event`` at the confirmed runSeq; ``event``'s result."""
+        for _ in range(_STALE_READS):
+            fresh = view.projection is None
+            if view.projection is None:
+                await self._reload(view)
+            projection = view.projection
+            assert projection is not None
+            batch = list(view.pending)
+            snapshot = projection.snapshot()
+            problem = None if event is None else transition_problem(snapshot, event)
+            if problem is not None and not fresh:
+                view.projection = None  # decided on the store's snapshot, not on a guess
+                continue
+            if event is not None and problem is None:
+                batch.append(event)
+            results = await self._append_at(batch, view.confirmed_seq) if batch else []
+            if results is None:
+                view.projection = None  # another writer appended: read the run again
+                continue
+            held = len(view.pending)
+            view.pending = []
+            if any(r.duplicate for r in results):
+                view.projection = None  # runSeqs were not the ones folded: read it again
+            elif results:
+                view.confirmed_seq = results[-1].run_seq
+                if len(results) > held:
+                    view.fold(batch[-1], results[-1].run_seq, results[-1].persisted_at)
+            _record_held(batch[:held], results[:held])
+            if event is None:
+                return None
+            if problem is not None:
+                return await self._refused(event, snapshot, problem)
+            return results[-1]
+        # The run is being appended to by others all the time: decide as without a view.
+        view.projection = None
+        waiting, view.pending = view.pending, []
+        if waiting:
+            await self.store.append_batch(waiting)
+        return None if event is None else await self._append(event)
+
+    async def _append_at(self, events: list[Event], last_seq: int) -> list[AppendResult] | None:
+        if len(events) == 1:
+            result = await self.store.append_if_last(events[0], last_seq)
+            return None if result is None else [result]
+        return await self.store.append_batch_if_last(events, last_seq)
+
+    async def _refused(self, event: Event, snapshot: RunSnapshot, problem: str) -> AppendResult:
+        """A duplicate if the key is stored already; ILLEGAL_TRANSITION otherwise."""
         existing = await self.store.get_event_by_key(
             self.header.tenant_id, self.header.run_id, event.idempotency_key
         )
@@ -170,3 +313,11 @@ class RunWriter:
             details={"runId": event.run_id, "stepId": event.step_id,
                      "eventType": event.event_type, "runStatus": str(snapshot.status)},
         )
+
+
+def _record_held(events: list[Event], results: list[AppendResult]) -> None:
+    # A held event is written with a later one; its span is recorded once its runSeq is known.
+    for event, result in zip(events, results, strict=True):
+        with telemetry.append_span(event) as span:
+            span.set_attribute(telemetry.ATTR_RUN_SEQ, result.run_seq)
+            span.set_attribute(telemetry.ATTR_DUPLICATE, result.duplicate)

@@ -137,6 +137,7 @@ class RunInterpreter:
     _read_by_conditions: set[str] = field(init=False, repr=False, compare=False)
     _v13: bool = field(init=False, repr=False, compare=False)
     _groups: dict[str, str | None] = field(init=False, repr=False, compare=False)
+    _classes: dict[str, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._in_flight = set()
@@ -147,7 +148,8 @@ class RunInterpreter:
             self.plan.steps,
             {s.step_id: given_status.get(s.step_id, StepStatus.PENDING) for s in self.plan.steps},
             needed=joins.needed_counts(self.plan),
-            skipped_satisfies=not self.plan.metadata.cascades_skips)
+            skipped_satisfies=not self.plan.metadata.cascades_skips,
+            priorities=concurrency.step_priorities(self.plan))
         # Plan v1.3 decisions (conditions, limits, joins) make a start depend on more than
         # readiness; plans without them keep the v1.2 path unchanged.
         self._read_by_conditions = {
@@ -157,6 +159,7 @@ class RunInterpreter:
         self._read_by_conditions.update(
             src for s in self.plan.steps if (src := foreach_rules.source_step(s)) is not None)
         self._groups = concurrency.step_groups(self.plan)
+        self._classes = concurrency.step_classes(self.plan)
         self._v13 = (concurrency.is_bounded(self.plan) or bool(self._read_by_conditions)
                      or any(s.when for s in self.plan.steps)
                      or joins.uses_joins_or_cascade(self.plan)
@@ -180,12 +183,14 @@ class RunInterpreter:
         children = [foreach_rules.child_id(step_id, i) for i in range(len(items))]
         self._read_by_conditions.update(children)
         self._groups = concurrency.step_groups(self.plan)
+        self._classes = concurrency.step_classes(self.plan)
         self._ready = ReadySteps(
             self.plan.steps,
             {s.step_id: (self.steps[s.step_id].status if s.step_id in self.steps
                          else StepStatus.PENDING) for s in self.plan.steps},
             needed=joins.needed_counts(self.plan),
-            skipped_satisfies=not self.plan.metadata.cascades_skips)
+            skipped_satisfies=not self.plan.metadata.cascades_skips,
+            priorities=concurrency.step_priorities(self.plan))
         for child in children:
             if child not in self.steps:
                 self.steps[child] = StepState()
@@ -425,7 +430,7 @@ class RunInterpreter:
 
     # --- the scheduling rule ------------------------------------------------------------
     def startable(self) -> list[str]:
-        """The steps ``advance()`` would start now, in plan order (nothing is changed)."""
+        """The steps ``advance()`` would start now, in the ready order (nothing is changed)."""
         failing_fast = failure_rules.failing_fast(self.plan, self.failure)
         if self.is_finished or not scheduling.starts_new_steps(
                 self.status, cancel_requested=self.cancel_requested, failing_fast=failing_fast):
@@ -494,7 +499,7 @@ class RunInterpreter:
         return commands
 
     def _decide(self) -> list[Command]:
-        """Plan v1.3 moves, pass after pass in plan order until a pass skips nothing: cascaded
+        """Plan v1.3 moves, pass after pass in the ready order until a pass skips nothing: cascaded
         skips first, then each ready step that fits the limits starts or, its condition false,
         is skipped (a skip can ready more steps). Each condition is evaluated once."""
         commands: list[Command] = []
@@ -507,7 +512,7 @@ class RunInterpreter:
             if cascades or completed:
                 continue
             skipped = False
-            slots = concurrency.Slots(self.plan, self._groups, self._in_flight)
+            slots = concurrency.Slots(self.plan, self._groups, self._in_flight, self._classes)
             for step_id in scheduling.steps_to_start_now(self._ready, self._in_flight):
                 if slots.full:
                     break

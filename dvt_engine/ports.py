@@ -119,6 +119,24 @@ class RunStateStore(abc.ABC):
     async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
         """Append many events with the same per-event guarantees, results in input order."""
 
+    async def append_batch_if_last(
+        self, events: Sequence[Event], expected_last_seq: int
+    ) -> list[AppendResult] | None:
+        """Append events of one run only while its last runSeq is ``expected_last_seq``.
+
+        ``append_if_last`` for several events of one run: all appended (or answered as
+        duplicates) together, or None and nothing appended when the run has moved on. This
+        default checks, then appends; the bundled stores override it with one atomic step.
+        """
+        if not events:
+            return []
+        first = events[0]
+        newer = await self.fetch_events(first.tenant_id, first.run_id,
+                                        after_seq=expected_last_seq, limit=1)
+        if newer:
+            return None
+        return await self.append_batch(events)
+
     @abc.abstractmethod
     async def fetch_events(
         self, tenant_id: str, run_id: str, *, after_seq: int = 0, limit: int | None = None

@@ -1,7 +1,8 @@
 """The DAG rules every engine shares: which steps are ready, and which can never run.
 
-Pure functions over a plan outline and the current step states. Ties are always broken by plan
-order, so every engine starts the same steps in the same order.
+Pure functions over a plan outline and the current step states. Ready steps come in the ready
+order: a higher ``priority`` first (plan v1.3; absent is 0), then plan order, so every engine
+starts the same steps in the same order.
 """
 
 from __future__ import annotations
@@ -26,19 +27,31 @@ def dependencies_satisfied(node: StepNode, statuses: Mapping[str, StepStatus]) -
     return all(statuses[dep].satisfies_dependency for dep in node.depends_on)
 
 
+def ready_order(steps: Sequence[StepNode],
+                priorities: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Each step's rank in the ready order: higher priority first, then plan order."""
+    prio = priorities or {}
+    ranked = sorted(range(len(steps)), key=lambda i: (-prio.get(steps[i].step_id, 0), i))
+    return {steps[i].step_id: rank for rank, i in enumerate(ranked)}
+
+
 def ready_steps(
     steps: Sequence[StepNode],
     statuses: Mapping[str, StepStatus],
     in_flight: Collection[str] = (),
+    priorities: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """PENDING steps, not already in flight, whose dependencies are satisfied; plan order."""
-    return [
+    """PENDING steps, not already in flight, whose dependencies are satisfied; ready order."""
+    found = [
         s.step_id
         for s in steps
         if statuses[s.step_id] == StepStatus.PENDING
         and s.step_id not in in_flight
         and dependencies_satisfied(s, statuses)
     ]
+    if not priorities:
+        return found
+    return sorted(found, key=ready_order(steps, priorities).__getitem__)
 
 
 def blocked_steps(steps: Sequence[StepNode], statuses: Mapping[str, StepStatus]) -> list[str]:
@@ -83,7 +96,7 @@ class ReadySteps:
     Per step it counts the dependencies not yet SUCCESS or SKIPPED; a status change touches only
     the changed step and its direct dependents, so a run pays per event for the DAG edges the
     event affects. ``ready(in_flight)`` equals ``ready_steps(steps, statuses, in_flight)`` for the
-    statuses reported through ``set_status``.
+    statuses reported through ``set_status``; ``priorities`` (plan v1.3) order it as there.
     """
 
     def __init__(
@@ -93,8 +106,11 @@ class ReadySteps:
         *,
         needed: Mapping[str, int] | None = None,
         skipped_satisfies: bool = True,
+        priorities: Mapping[str, int] | None = None,
     ) -> None:
         self.position = {s.step_id: i for i, s in enumerate(steps)}
+        # The ready order; plan order itself when no step has a priority.
+        self._rank = ready_order(steps, priorities) if priorities else self.position
         self._dependents: dict[str, list[str]] = {s.step_id: [] for s in steps}
         for s in steps:
             for dep in s.depends_on:
@@ -142,6 +158,6 @@ class ReadySteps:
         self._recheck(step_id)
 
     def ready(self, in_flight: Collection[str] = ()) -> list[str]:
-        """PENDING steps, not in flight, whose dependencies are satisfied; plan order."""
+        """PENDING steps, not in flight, whose dependencies are satisfied; ready order."""
         return sorted((s for s in self._candidates if s not in in_flight),
-                      key=self.position.__getitem__)
+                      key=self._rank.__getitem__)

@@ -113,6 +113,9 @@ class TemporalSettings(EngineSettings):
     worker: bool = True
     #: Step kinds routed to their own task queues (a step's own taskQueue wins).
     kind_queues: Mapping[str, str] = Field(default_factory=dict)
+    #: Resource classes (plan v1.3) routed to task queues; an unmapped class runs on
+    #: ``task_queue``. A step's taskQueue wins, then its class, then its kind.
+    class_queues: Mapping[str, str] = Field(default_factory=dict)
     continue_as_new_after_steps: int = 50
     continue_as_new_history_bytes: int = 1_000_000
     cancel_in_flight_on_pause: bool = False
@@ -135,9 +138,15 @@ class TemporalSettings(EngineSettings):
             raise UsageError("heartbeat_timeout_s must be > 0")
         return self
 
-    def queue_for(self, kind: str, step_queue: str | None) -> str:
-        """The task queue a step of ``kind`` runs on."""
-        return step_queue or self.kind_queues.get(kind) or self.task_queue
+    def queue_for(self, kind: str, step_queue: str | None,
+                  resource_class: str | None = None) -> str:
+        """The task queue a step of ``kind`` (and ``resource_class``) runs on."""
+        return (step_queue or self.class_queues.get(resource_class or "")
+                or self.kind_queues.get(kind) or self.task_queue)
+
+    def routed_queues(self) -> list[str]:
+        """Every step queue the settings route kinds or classes to (workers serve them)."""
+        return list(dict.fromkeys([*self.kind_queues.values(), *self.class_queues.values()]))
 
 
 class ConductorSettings(EngineSettings):
@@ -156,6 +165,9 @@ class ConductorSettings(EngineSettings):
     crash_retries: int = 3
     owner_email: str = "dvt@localhost.invalid"
     step_queues: tuple[str, ...] = ()
+    #: Resource classes (plan v1.3) routed to step queues (a task type each, as a step's
+    #: taskQueue); an unmapped class runs as the default step type. A step's taskQueue wins.
+    class_queues: Mapping[str, str] = Field(default_factory=dict)
 
 
 class StoreSettings(_Settings):

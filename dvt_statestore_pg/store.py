@@ -1,8 +1,8 @@
 """PostgresRunStateStore: the state store on PostgreSQL (contract §5).
 
-The class is assembled from one part per job: appending (appends.py), following (follow.py) and
-the outbox (outbox.py) on a shared core (core.py), with reads across the hot log and the cold
-archive (tiers.py); runs, reads, snapshots and plans are here.
+The class is assembled from one part per job: appending (appends.py, conditional.py), following
+(follow.py) and the outbox (outbox.py) on a shared core (core.py), with reads across the hot log
+and the cold archive (tiers.py); runs, reads, snapshots and plans are here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import initial_snapshot, project
-from dvt_statestore_pg.appends import Appender
+from dvt_statestore_pg.conditional import ConditionalAppender
 from dvt_statestore_pg.core import Conn, event_from_row, utc, valid_ids
 from dvt_statestore_pg.outbox import Outbox, OutboxItem
 from dvt_statestore_pg.tiers import ColdTier
@@ -33,7 +33,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 __all__ = ["OutboxItem", "PostgresRunStateStore", "open_store"]
 
 
-class PostgresRunStateStore(ColdTier, Appender, Outbox, RunStateStore):
+class PostgresRunStateStore(ColdTier, ConditionalAppender, Outbox, RunStateStore):
     """The state store on PostgreSQL; ``open_store("postgresql://...?schema=...")`` opens one.
 
     A run is identified by (tenantId, runId). Appends to one run are serialised by the run's

@@ -54,6 +54,8 @@ REQUIRED = {
                                               "v13-any-join-failing-loser"],
     "v1.3 condition false skipping a branch": ["v13-condition-skip-branch"],
     "v1.3 combination": ["v13-quorum-combination"],
+    "v1.3 priorities under maxParallel 1": ["v13-priority-order", "v13-priority-first-steps"],
+    "v1.3 resource class with a class limit": ["v13-resource-class-limit"],
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from dvt_engine.engine_base import BaseEngine
 from dvt_engine.errors import RunNotFound
-from dvt_engine.eventlog import EventFactory, RunWriter
+from dvt_engine.eventlog import EventFactory, RunView, RunWriter
 from dvt_engine.interpreter import (
     CancelSteps,
     Command,
@@ -82,6 +82,7 @@ class ReferenceEngine(BaseEngine):
     def _forget(self, key: tuple[str | None, str], driver: _RunDriver) -> None:
         if self._drivers.get(key) is driver:
             del self._drivers[key]
+            self.runner.views.pop((driver.header.tenant_id, driver.header.run_id), None)
 
     async def apply_signal(
         self, header: RunHeader, run_ref: EngineRunRef, accepted: AcceptedSignal
@@ -139,6 +140,7 @@ class ReferenceEngine(BaseEngine):
         for driver in list(self._drivers.values()):
             await driver.stop()
         self._drivers.clear()
+        self.runner.views.clear()
 
     def _driver(self, key: tuple[str | None, str]) -> _RunDriver:
         driver = self._drivers.get(key)
@@ -182,7 +184,11 @@ class _RunDriver:
             self.plan, cancel_in_flight_on_pause=self.engine.cancel_in_flight_on_pause,
             run_params=dict(self.header.params),
         )
-        self.writer = RunWriter(self.engine.store, self.header)
+        # The driver and its step attempts are the run's writers in this process: they share
+        # one view of it, so no append reads the snapshot first (see RunView).
+        view = RunView()
+        self.engine.runner.views[(self.header.tenant_id, self.header.run_id)] = view
+        self.writer = RunWriter(self.engine.store, self.header, view)
         self.factory = EventFactory(self.header, "engine", clock=self.engine.clock)
 
     async def main(self) -> None:

@@ -100,6 +100,8 @@ class StepStartedPayload(DvtModel):
     """StepStarted."""
 
     kind: str
+    #: The step's resource class (plan v1.3), absent when it has none; metering prices by it.
+    resource_class: str | None = None
 
 
 class StepCompletedPayload(DvtModel):

@@ -56,6 +56,19 @@ class JoinSpec(StrictModel):
     losers: JoinLosers = "finish"
 
 
+#: Bounds of a step's ``priority`` (v1.3): higher starts first among ready steps, default 0.
+MIN_PRIORITY = -1000
+MAX_PRIORITY = 1000
+
+
+class ResourceClassSpec(StrictModel):
+    """A plan's resource class (v1.3): steps that name it share its limit and its routing."""
+
+    #: At most this many steps of the class run at once; absent means no class limit.
+    max_parallel: int | None = Field(default=None, ge=1, le=100_000)
+    description: str | None = Field(default=None, max_length=2000)
+
+
 #: The largest ``forEach.maxItems`` a plan may declare (each item becomes a step of the run).
 MAX_FOR_EACH_ITEMS = 1000
 
@@ -128,6 +141,10 @@ class StepSpec(StrictModel):
     when: str | None = Field(default=None, min_length=1, max_length=2000)
     #: Expand into one child step per item of a list (v1.3, dvt_engine/rules/foreach.py).
     for_each: ForEachSpec | None = None
+    #: A class of ``metadata.resourceClasses`` (v1.3): its limit, its worker pool, its price.
+    resource_class: Identifier | None = None
+    #: Among ready steps a higher priority starts first, then plan order (v1.3; absent is 0).
+    priority: int | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     #: Wait for a custom signal instead of running a handler (v1.3, docs/plans.md).
     wait_for_signal: WaitForSignalSpec | None = None
 
@@ -165,6 +182,8 @@ class PlanMetadata(StrictModel):
     concurrency_groups: dict[Identifier, Annotated[int, Field(ge=1)]] | None = None
     #: Absent means ``satisfy`` (None keeps plans without the field dumping as before v1.3).
     skip_rule: SkipRule | None = None
+    #: Resource classes steps may name (v1.3), each with an optional running-step limit.
+    resource_classes: dict[Identifier, ResourceClassSpec] | None = None
     #: Custom signal types the run accepts (v1.3), by name.
     signals: dict[Identifier, SignalDeclaration] | None = Field(default=None,
                                                                 max_length=MAX_SIGNAL_TYPES)
@@ -173,6 +192,12 @@ class PlanMetadata(StrictModel):
     def group_limits(self) -> dict[str, int]:
         """Each concurrency group's limit (empty when the plan sets none)."""
         return dict(self.concurrency_groups or {})
+
+    @property
+    def class_limits(self) -> dict[str, int]:
+        """Each resource class's ``maxParallel`` (classes without one are left out)."""
+        return {name: spec.max_parallel for name, spec in (self.resource_classes or {}).items()
+                if spec.max_parallel is not None}
 
     @property
     def cascades_skips(self) -> bool:

@@ -188,19 +188,31 @@ FLOW_BOUNDED_CONCURRENCY = "flow.concurrency.bounded"
 FLOW_PARTIAL_JOIN = "flow.join.partial"
 FLOW_CONDITIONS = "flow.conditions"
 FLOW_FOR_EACH = "flow.forEach"
+#: ``steps[].priority``: the ready order (priority, then plan order) wherever steps wait.
+FLOW_PRIORITY = "flow.priority"
+#: ``resourceClasses[c].maxParallel``: at most that many running steps of the class.
+FLOW_CLASS_LIMIT = "flow.resourceClass.limit"
+#: ``steps[].resourceClass`` sending a step to the workers of its class (host settings).
+FLOW_CLASS_ROUTING = "flow.resourceClass.routing"
 FLOW_FEATURES: tuple[str, ...] = (FLOW_BOUNDED_CONCURRENCY, FLOW_PARTIAL_JOIN, FLOW_CONDITIONS,
-                                  FLOW_FOR_EACH)
+                                  FLOW_FOR_EACH, FLOW_PRIORITY, FLOW_CLASS_LIMIT,
+                                  FLOW_CLASS_ROUTING)
 
 FlowSupport = str  # "native" | "emulated" | "degraded"
 
 FLOW_SUPPORT: Mapping[str, Mapping[str, FlowSupport]] = {
-    # The reference engine is the interpreter's own loop.
-    "reference": {f: "native" for f in FLOW_FEATURES},
-    # The workflow runs the interpreter; Temporal itself has no concurrency limit, join or
-    # condition of its own, so each is decided by dvt's code inside the workflow.
-    "temporal": {f: "emulated" for f in FLOW_FEATURES},
+    # The reference engine is the interpreter's own loop. It has no worker pools: every step
+    # runs in its one process, so a resource class limits and prices steps but routes nowhere.
+    "reference": {**{f: "native" for f in FLOW_FEATURES}, FLOW_CLASS_ROUTING: "degraded"},
+    # The workflow runs the interpreter; Temporal itself has no concurrency limit, join,
+    # condition or step priority of its own, so each is decided by dvt's code inside the
+    # workflow. A class's steps go to the class's task queue: Temporal routes them natively.
+    "temporal": {**{f: "emulated" for f in FLOW_FEATURES}, FLOW_CLASS_ROUTING: "native"},
     # The Conductor definition is a static chain; dvt's coordinator starts limited, joined and
-    # conditional steps itself (a FORK_JOIN has no limit, quorum or CEL condition).
+    # conditional steps itself (a FORK_JOIN has no limit, quorum or CEL condition), and opens
+    # gates in the ready order. A routed class's steps are tasks of their own type (as a
+    # taskQueue is): Conductor's task domains are chosen per task type for a whole workflow,
+    # so they cannot tell two steps of one type apart by class.
     "conductor": {f: "emulated" for f in FLOW_FEATURES},
 }
 

@@ -1,5 +1,5 @@
-"""Stage 7 of plan validation: the v1.3 flow rules (joins, concurrency groups, conditions,
-forEach).
+"""Stage 7 of plan validation: the v1.3 flow rules (joins, concurrency groups, resource
+classes, conditions, forEach).
 
 Run on the model once the DAG is known to be sound: a quorum count the dependencies can meet,
 a join only on a step with dependencies, a limit for every group a step names, and conditions
@@ -70,10 +70,11 @@ def _for_each_problems(plan: ExecutionPlan, i: int, step: StepSpec) -> list[Prob
 
 
 def flow_problems(plan: ExecutionPlan) -> list[Problem]:
-    """PLAN_JOIN_INVALID, PLAN_CONDITION_INVALID and PLAN_FOREACH_INVALID problems of a plan,
-    in plan order."""
+    """PLAN_JOIN_INVALID, PLAN_RESOURCE_CLASS_UNKNOWN, PLAN_CONDITION_INVALID and
+    PLAN_FOREACH_INVALID problems of a plan, in plan order."""
     problems: list[Problem] = []
     groups = plan.metadata.group_limits
+    classes = set(plan.metadata.resource_classes or {})
     for i, step in enumerate(plan.steps):
         sid = step.step_id
         if step.join is not None:
@@ -102,6 +103,15 @@ def flow_problems(plan: ExecutionPlan) -> list[Problem]:
                 f"step {sid!r} names concurrency group {step.concurrency_group!r}, which "
                 "metadata.concurrencyGroups does not limit", "concurrencyGroup",
                 group=step.concurrency_group))
+        if step.resource_class is not None and step.resource_class not in classes:
+            problems.append(Problem(
+                ErrorCode.PLAN_RESOURCE_CLASS_UNKNOWN,
+                safe(f"step {sid!r} names resource class {step.resource_class!r}, which "
+                     "metadata.resourceClasses does not declare"),
+                path=f"/steps/{i}/resourceClass", step_id=sid,
+                details={"rule": "unknown_resource_class", "stepId": sid,
+                         "resourceClass": step.resource_class,
+                         "declared": sorted(classes)}))
         for found in condition_problems(plan, step):
             details: dict[str, object] = {"rule": found.problem, "stepId": sid}
             if found.name is not None:

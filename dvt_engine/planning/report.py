@@ -19,10 +19,13 @@ from dvt_engine.models.validation import (
 from dvt_engine.planning.capabilities import (
     ALL_CAPABILITIES,
     FLOW_BOUNDED_CONCURRENCY,
+    FLOW_CLASS_LIMIT,
+    FLOW_CLASS_ROUTING,
     FLOW_CONDITIONS,
     FLOW_FEATURES,
     FLOW_FOR_EACH,
     FLOW_PARTIAL_JOIN,
+    FLOW_PRIORITY,
     emulation_for,
     flow_support,
 )
@@ -58,6 +61,9 @@ FIELD_INTRODUCED_IN: Mapping[tuple[str, str], str] = {
     ("step", "join"): "v1.3",
     ("step", "when"): "v1.3",
     ("step", "forEach"): "v1.3",
+    ("metadata", "resourceClasses"): "v1.3",
+    ("step", "resourceClass"): "v1.3",
+    ("step", "priority"): "v1.3",
     ("metadata", "signals"): "v1.3",
     ("step", "waitForSignal"): "v1.3",
 }
@@ -211,6 +217,10 @@ def _flow_features_used(doc: dict[str, Any]) -> tuple[str, ...]:
                                for s in steps),
         FLOW_CONDITIONS: any("when" in s for s in steps),
         FLOW_FOR_EACH: any("forEach" in s for s in steps),
+        FLOW_PRIORITY: any(s.get("priority") not in (None, 0) for s in steps),
+        FLOW_CLASS_LIMIT: any(isinstance(c, dict) and "maxParallel" in c
+                              for c in (metadata.get("resourceClasses") or {}).values()),
+        FLOW_CLASS_ROUTING: any("resourceClass" in s for s in steps),
     }
     return tuple(f for f in FLOW_FEATURES if used[f])
 

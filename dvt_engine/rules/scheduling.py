@@ -1,8 +1,8 @@
 """Scheduling: which steps start now, and when a run has nothing left to do.
 
 A run starts new steps only while it is RUNNING, not being cancelled and not failing under
-failFast; then every PENDING step whose dependencies are SUCCESS or SKIPPED starts, in plan
-order (the DAG rules themselves are in :mod:`dvt_engine.scheduler`).
+failFast; then every PENDING step whose dependencies are SUCCESS or SKIPPED starts, in the ready
+order - priority, then plan order (the DAG rules themselves are in :mod:`dvt_engine.scheduler`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def steps_to_start(
     statuses: Mapping[str, StepStatus],
     in_flight: Collection[str],
 ) -> list[str]:
-    """The steps to start now in a run that starts steps: ready ones, in plan order."""
+    """The steps to start now in a run that starts steps: ready ones, in plan order (callers
+    with step priorities use ``steps_to_start_now``)."""
     return ready_steps(steps, statuses, in_flight)
 
 

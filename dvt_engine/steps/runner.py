@@ -26,7 +26,7 @@ from opentelemetry.trace import Span
 
 from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.errors import DvtError, ErrorCode, IllegalTransition, StepCancelled
-from dvt_engine.eventlog import EventFactory, RunWriter
+from dvt_engine.eventlog import EventFactory, RunView, RunWriter
 from dvt_engine.idempotency import event_key
 from dvt_engine.models.events import AppendResult, Event, EventType
 from dvt_engine.models.snapshot import ArtifactRef, Cost, StepError
@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 DEFAULT_EMITTED_BY = "step-runner"
+DEFAULT_START_HOLD_S = 0.02
 
 logger = logging.getLogger("dvt.steps")
 
@@ -91,6 +92,12 @@ class StepRunner:
         self.registry = registry if registry is not None else default_registry()
         self.secrets = secrets if secrets is not None else EnvSecretsProvider()
         self.emitted_by = emitted_by
+        #: How long a step of a run with a view may run before its held StepStarted is written
+        #: on its own (a quicker step's StepStarted goes in with its outcome).
+        self.start_hold_s = DEFAULT_START_HOLD_S
+        #: Views of the runs whose only writer in this process goes through this runner and its
+        #: engine, by (tenantId, runId): their appends need no read of the snapshot first.
+        self.views: dict[tuple[str, str], RunView] = {}
 
     # --- one engine attempt ------------------------------------------------------------------
     async def run(
@@ -119,10 +126,20 @@ class StepRunner:
 
     async def _run(self, inv: StepInvocation, token: CancelToken) -> StepOutcome:
         step = inv.step
+        payload: dict[str, Any] = {"kind": step.kind}
+        if step.resource_class is not None:
+            # Metering prices the attempt by its class from the log alone (dvt_engine/cost.py).
+            payload["resourceClass"] = step.resource_class
         started = self._factory(inv).step_event(
-            EventType.STEP_STARTED, step.step_id, {"kind": step.kind},
+            EventType.STEP_STARTED, step.step_id, payload,
             logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
         )
+        view = self.views.get((inv.tenant_id, inv.run_id))
+        if (view is not None and inv.engine_attempt_id == 1 and not is_gate(step)
+                and not token.cancelled):
+            writer = RunWriter(self.store, inv, view)
+            if await writer.hold(started):
+                return await self._held_attempt(inv, token, writer)
         try:
             result = await self._append(inv, started)
         except IllegalTransition as exc:
@@ -131,6 +148,27 @@ class StepRunner:
             recorded = await self.recorded_outcome(inv)
             if recorded is not None:
                 return recorded
+        return await self._attempt(inv, token)
+
+    async def _held_attempt(
+        self, inv: StepInvocation, token: CancelToken, writer: RunWriter
+    ) -> StepOutcome:
+        """Run the attempt while its StepStarted is held: written with the attempt's outcome in
+        one transaction, or on its own once the handler has run for ``start_hold_s``."""
+        flusher = asyncio.create_task(_flush_after(writer, self.start_hold_s))
+        try:
+            return await self._attempt(inv, token)
+        finally:
+            flusher.cancel()
+            # An attempt that ends writing nothing (a retry, a refusal) still records its start.
+            # Only then: an idle await here would let a signal reach the engine before the
+            # outcome it was decided after.
+            if writer.view is not None and writer.view.pending:
+                with contextlib.suppress(DvtError):
+                    await asyncio.shield(writer.flush())
+
+    async def _attempt(self, inv: StepInvocation, token: CancelToken) -> StepOutcome:
+        step = inv.step
         if is_gate(step):
             return await self._open_gate(inv)
         if token.cancelled:
@@ -346,7 +384,8 @@ class StepRunner:
         return EventFactory(inv, emitted_by=self.emitted_by)
 
     async def _append(self, inv: StepInvocation, event: Event) -> AppendResult:
-        return await RunWriter(self.store, inv).append(event)
+        view = self.views.get((inv.tenant_id, inv.run_id))
+        return await RunWriter(self.store, inv, view).append(event)
 
     async def _finish(
         self,
@@ -384,6 +423,13 @@ class StepRunner:
             output=output, artifacts=tuple(artifacts), error=error,
             duplicate=result.duplicate, run_seq=result.run_seq,
         )
+
+
+async def _flush_after(writer: RunWriter, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    # Shielded: cancelling this task once the attempt ends must not cut a write in half.
+    with contextlib.suppress(DvtError):
+        await asyncio.shield(writer.flush())
 
 
 def _refused(inv: StepInvocation, exc: IllegalTransition) -> StepOutcome:

@@ -137,6 +137,27 @@ class MemoryRunStateStore(RunStateStore):
             self._appended.notify_all()
             return result
 
+    async def append_batch_if_last(
+        self, events: Sequence[Event], expected_last_seq: int
+    ) -> list[AppendResult] | None:
+        """Append events of one run only while its last runSeq is ``expected_last_seq``."""
+        events = [prepared_for_storage(e) for e in events]
+        if not events:
+            return []
+        async with self._lock:
+            for event in events:
+                self._require_run(event.tenant_id, event.run_id)
+            runs = {(e.tenant_id, e.run_id) for e in events}
+            if len(runs) != 1:
+                raise UsageError("append_batch_if_last takes the events of one run")
+            run = self._require_run(events[0].tenant_id, events[0].run_id)
+            if run.next_seq - 1 != expected_last_seq:
+                return None
+            self._refuse_conflicts(events)
+            results = [self._append_locked(e) for e in events]
+            self._appended.notify_all()
+            return results
+
     async def append_batch(self, events: Sequence[Event]) -> list[AppendResult]:
         """Append many events atomically with the same per-event guarantees."""
         events = [prepared_for_storage(e) for e in events]
