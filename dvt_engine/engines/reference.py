@@ -10,12 +10,15 @@ durable engine when that matters).
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from dvt_engine.engine_base import BaseEngine
-from dvt_engine.errors import RunNotFound
+from dvt_engine.errors import RunNotFound, StoreUnavailable
 from dvt_engine.eventlog import EventFactory, RunView, RunWriter
 from dvt_engine.interpreter import (
     CancelSteps,
@@ -44,6 +47,12 @@ from dvt_engine.signals.desired import accepted_signals
 from dvt_engine.signals.service import AcceptedSignal
 from dvt_engine.steps import CancelToken, StepInvocation, StepOutcome, StepRunner
 from dvt_engine.waiting import settles_within
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+#: Waits between tries of a store operation while the store is unavailable (doubling).
+STORE_RETRY_FIRST_S = 0.05
+STORE_RETRY_MAX_S = 2.0
 
 
 class ReferenceEngine(BaseEngine):
@@ -196,7 +205,7 @@ class _RunDriver:
             EventType.RUN_STARTED,
             {"engine": self.engine.name, "engineRunRef": self.ref.model_dump(mode="json")},
         )
-        await self.writer.append(started)
+        await _patiently(lambda: self.writer.append(started))
         await self.execute(self.interp.begin())
         while not self.interp.is_finished:
             message = await self.inbox.get()
@@ -238,8 +247,8 @@ class _RunDriver:
         if accepted.decision_run_seq <= self.signal_seq:
             return []  # already applied, with a later signal that was delivered first
         h = self.header
-        events = await self.engine.store.fetch_events(h.tenant_id, h.run_id,
-                                                      after_seq=self.signal_seq)
+        events = await _patiently(lambda: self.engine.store.fetch_events(
+            h.tenant_id, h.run_id, after_seq=self.signal_seq))
         due = accepted_signals(events, after_seq=self.signal_seq,
                                upto_seq=accepted.decision_run_seq)
         self.signal_seq = accepted.decision_run_seq
@@ -260,17 +269,18 @@ class _RunDriver:
             for step_id in command.step_ids:
                 await self._cancel_step(step_id, command.reason)
         elif isinstance(command, WriteRunEvent | WriteStepEvent | Finish):
-            await self.writer.append(self.factory.command_event(command))
+            event = self.factory.command_event(command)
+            await _patiently(lambda: self.writer.append(event))
         elif isinstance(command, ResolveGate):
             gate = self.gates.pop(command.step_id)
-            outcome = await self.engine.runner.complete_gate(
+            outcome = await _patiently(lambda: self.engine.runner.complete_gate(
                 gate.invocation, approve=command.approve, approver=command.approver,
                 comment=command.comment, signal_id=command.signal_id, output=command.output,
-            )
+            ))
             self._settle(command.step_id, command.logical_attempt_id, outcome)
         elif isinstance(command, ExpireGate):
             gate = self.gates.pop(command.step_id)
-            outcome = await self.engine.runner.expire_gate(gate.invocation)
+            outcome = await _patiently(lambda: self.engine.runner.expire_gate(gate.invocation))
             self._settle(command.step_id, command.logical_attempt_id, outcome)
         elif isinstance(command, StartTimer):
             self.timers.append(asyncio.create_task(self._timer(command.name, command.delay_ms)))
@@ -288,19 +298,22 @@ class _RunDriver:
         engine_attempt = 1
         while True:
             invocation = self._invocation(step_id, attempt, engine_attempt)
-            outcome = await self.engine.runner.run(invocation, cancel=token)
+            outcome = await _patiently(
+                functools.partial(self.engine.runner.run, invocation, cancel=token))
             if outcome.status == "retry":
                 delay = (outcome.retry_delay_ms or 0) / 1000
                 if await _cancelled_within(token, delay):
-                    outcome = await self.engine.runner.cancel_step(
-                        invocation, reason=DEFAULT_CANCEL_REASON)
+                    outcome = await _patiently(functools.partial(
+                        self.engine.runner.cancel_step, invocation,
+                        reason=DEFAULT_CANCEL_REASON))
                 else:
                     engine_attempt += 1
                     continue
             if outcome.status == "awaiting_approval":
                 if token.cancelled:
-                    outcome = await self.engine.runner.cancel_step(
-                        invocation, reason=DEFAULT_CANCEL_REASON)
+                    outcome = await _patiently(functools.partial(
+                        self.engine.runner.cancel_step, invocation,
+                        reason=DEFAULT_CANCEL_REASON))
                 else:
                     self.gates[step_id] = _Gate(invocation)
                     self.inbox.put_nowait(("awaiting", step_id))
@@ -316,7 +329,8 @@ class _RunDriver:
     async def _cancel_step(self, step_id: str, reason: str) -> None:
         gate = self.gates.pop(step_id, None)
         if gate is not None:
-            outcome = await self.engine.runner.cancel_step(gate.invocation, reason=reason)
+            outcome = await _patiently(
+                lambda: self.engine.runner.cancel_step(gate.invocation, reason=reason))
             self._settle(step_id, gate.invocation.logical_attempt_id, outcome)
             return
         running = self.steps.get(step_id)
@@ -334,6 +348,26 @@ class _RunDriver:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _patiently(operation: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``operation`` until the store answers, waiting while it is unavailable.
+
+    The reference engine has no server to redeliver work after a failure, so for a store outage
+    it does what a durable engine's activity retry does: wait and try again. Every write on this
+    path is idempotent or conditional on the run's runSeq, so a write whose answer was lost is
+    found on the next try, never repeated; without this, one failed append left the run RUNNING
+    for ever with its driver gone.
+    """
+    delay = STORE_RETRY_FIRST_S
+    while True:
+        try:
+            return await operation()
+        except StoreUnavailable as exc:
+            _log.warning("store unavailable; the run's driver tries again in %.2fs", delay,
+                         extra={"code": str(exc.code)})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, STORE_RETRY_MAX_S)
 
 
 async def _cancelled_within(token: CancelToken, seconds: float) -> bool:

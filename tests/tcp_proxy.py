@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 
 class TcpProxy:
-    """Listens on 127.0.0.1 and forwards each connection to ``upstream`` (``http://h:p``)."""
+    """Listens on 127.0.0.1 and forwards each connection to ``upstream`` (``http://h:p``;
+    any TCP service: an HTTP server, or PostgreSQL)."""
 
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
@@ -26,6 +27,8 @@ class TcpProxy:
         self._open: list[tuple[socket.socket, socket.socket]] = []
         self._drop_answers = 0
         self.connections = 0
+        #: Connections closed at once because the proxy was refusing.
+        self.refused = 0
         self.dropped_answers = 0
         #: While set, new connections are accepted and closed at once (the peer is "down").
         self.refusing = False
@@ -64,6 +67,8 @@ class TcpProxy:
                 return
             if self.refusing:
                 _close(client)
+                with self._lock:
+                    self.refused += 1
                 continue
             server = socket.create_connection(self._target)
             with self._lock:
