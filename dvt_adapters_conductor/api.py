@@ -211,6 +211,26 @@ class ConductorApi:
         )
         return found
 
+    def get_workflow_state(self, workflow_id: str) -> dict[str, Any]:
+        """A workflow's id and status (and, when TERMINATED, its reason), without its tasks or
+        its definition.
+
+        ``GET /workflow/{id}`` carries the whole workflow definition even without tasks (about
+        1 MB for a 1,000-step plan): read on every step, it made a run's cost grow with the
+        square of its length. The status endpoint answers in a few hundred bytes; only a
+        terminated workflow is read again for the reason it was terminated with.
+        """
+        found: dict[str, Any] = self.call(
+            "GET", "/workflow/{id}/status", path_params={"id": workflow_id},
+            query=[("includeOutput", "false"), ("includeVariables", "false")],
+        )
+        if found.get("status") == "TERMINATED":
+            full = self.get_workflow(workflow_id, include_tasks=False)
+            return {"workflowId": workflow_id, "status": full.get("status"),
+                    "reasonForIncompletion": full.get("reasonForIncompletion")}
+        return {"workflowId": str(found.get("workflowId") or workflow_id),
+                "status": found.get("status")}
+
     def find_by_correlation(self, name: str, correlation_id: str) -> list[dict[str, Any]]:
         """Workflows of ``name`` started with ``correlation_id`` (closed ones too)."""
         found: list[dict[str, Any]] = self.call(

@@ -30,7 +30,7 @@ from dvt_adapters_conductor.runs import (
     tasks_by_ref,
 )
 from dvt_adapters_conductor.starts import StartQuestions
-from dvt_engine.interpreter import Command, RunInterpreter
+from dvt_engine.interpreter import Command, RunInterpreter, StartStep
 from dvt_engine.models.events import Event
 from dvt_engine.models.run import RunStatus
 from dvt_engine.models.snapshot import RunSnapshot
@@ -56,10 +56,22 @@ class RunCoordinator(ConductorActions, StartQuestions):
     """Reconciles runs between the store and the Conductor server."""
 
     async def reconcile(
-        self, ctx: RunContext, *, force: bool = False, workflow: dict[str, Any] | None = None
+        self, ctx: RunContext, *, force: bool = False, workflow: dict[str, Any] | None = None,
+        defer: bool = False,
     ) -> ReconcileResult:
-        """Bring the Conductor workflow in line with what the interpreter says, once."""
+        """Bring the Conductor workflow in line with what the interpreter says, once.
+
+        With ``defer`` (a worker whose step just settled), a reconcile whose moves need nothing
+        of the server skips reading the workflow and says so (``deferred``): the worker reports
+        first and reads the workflow's status after, which keeps that read off the path from
+        one step to the next.
+        """
         async with self._lock(ctx.key):
+            if defer and workflow is None:
+                snap = await self.store.get_snapshot(*ctx.key)
+                if snap is not None and await self._server_not_needed(ctx, snap):
+                    self._last[ctx.key] = (time.monotonic(), snap.last_event_seq)
+                    return ReconcileResult(snapshot=snap, deferred=True)
             snap = await self.store.get_snapshot(*ctx.key)
             if snap is None:
                 return ReconcileResult()
@@ -82,8 +94,9 @@ class RunCoordinator(ConductorActions, StartQuestions):
         if wid is None:
             return result  # launch has not started the workflow yet
         if workflow is None:
-            # Without tasks: a large plan's task list is big; gate ids are fetched when needed.
-            workflow = await self.api.run(self.api.get_workflow, wid, False)
+            # Its status only: a large plan's task list and definition are big; gate ids are
+            # fetched when needed.
+            workflow = await self.api.run(self.api.get_workflow_state, wid)
         self._remember_gates(ctx, workflow)
         if snap.status.is_terminal:
             await self._end_workflow(ctx, workflow, snap.status)
@@ -108,9 +121,33 @@ class RunCoordinator(ConductorActions, StartQuestions):
             self.timers[ctx.key] = min(self.timers.get(ctx.key, float("inf")),
                                        time.monotonic() + 0.5)
         if result.snapshot.status.is_terminal:
-            workflow = await self.api.run(self.api.get_workflow, wid, False)
+            workflow = await self.api.run(self.api.get_workflow_state, wid)
             await self._end_workflow(ctx, workflow, result.snapshot.status)
         return result
+
+    async def _server_not_needed(self, ctx: RunContext, snap: RunSnapshot) -> bool:
+        """Whether the interpreter's next moves, the run not cancelled, need nothing of the
+        server: a running run without failure, timers or approvals, whose only moves start
+        steps chained after the one that settled (the server starts those itself).
+
+        A cancel cannot hide behind this: it terminates the workflow, which the caller reads
+        after its report, and then reconciles in full.
+        """
+        if snap.status != RunStatus.RUNNING or snap.substatus is not None \
+                or awaits_operator(ctx.plan) or ctx.approvals or ctx.key in self.timers:
+            return False
+        if await self.workflow_id(ctx) is None:
+            return False
+        interp = await self.interpreters.get(ctx.key, ctx.plan, snap, None, ctx.header.params)
+        if interp.failure is not None:
+            return False
+        for command in interp.owed() + interp.advance():
+            if not isinstance(command, StartStep) or command.logical_attempt_id != 1:
+                return False
+            index = ctx.index.get(command.step_id)
+            if index is None or index in ctx.gated:
+                return False
+        return True
 
     async def _events_if_needed(self, ctx: RunContext, snap: RunSnapshot) -> list[Event]:
         """The log, read only when timers or operator ordinals depend on it."""

@@ -233,8 +233,9 @@ class ConductorEngine(BaseEngine):
         if latest is not None:
             top = int(latest.get("version") or 1)
             for candidate in range(top, max(0, top - _VERSION_SEARCH_LIMIT), -1):
-                found = latest if candidate == top else await api.run(
-                    api.get_workflow_def, name, candidate)
+                found: dict[str, Any] | None = latest
+                if candidate != top:
+                    found = await api.run(api.get_workflow_def, name, candidate)
                 if found is not None and digest_of_definition(found) == digest:
                     self._definitions[digest] = candidate
                     return name, candidate
@@ -245,8 +246,9 @@ class ConductorEngine(BaseEngine):
             await api.run(api.create_workflow_def, definition)
         except ConductorApiError as exc:
             # Another process registered this version first: use it if it is ours.
-            found = await api.run(api.get_workflow_def, name, version)
-            if found is None or digest_of_definition(found) != digest:
+            registered: dict[str, Any] | None = await api.run(api.get_workflow_def, name,
+                                                              version)
+            if registered is None or digest_of_definition(registered) != digest:
                 raise EngineUnavailable(f"cannot register definition {name} v{version}: {exc}",
                                         retryable=True) from exc
         self._definitions[digest] = version
@@ -357,7 +359,8 @@ class ConductorEngine(BaseEngine):
                    if s.type != SignalType.CANCEL]
             skips = any(s.type == SignalType.SKIP_STEP for s in due)
             # The task list only where the signal acts on tasks (it is large for large plans).
-            workflow = await api.run(api.get_workflow, wid, skips)
+            workflow = await (api.run(api.get_workflow, wid, True) if skips
+                              else api.run(api.get_workflow_state, wid))
             # Steps whose start was already carried out count as running, as they do for the
             # interpreter that started them: a rejected gate must not end a failFast run
             # before a sibling that was due to start has run.
@@ -447,7 +450,7 @@ class ConductorEngine(BaseEngine):
         header = await self._header_for_ref(run_ref)
         coordinator, ctx, wid = await self._ctx(header.tenant_id, header.run_id)
         snap = await coordinator._snapshot(ctx)
-        workflow = await coordinator.api.run(coordinator.api.get_workflow, wid, False)
+        workflow = await coordinator.api.run(coordinator.api.get_workflow_state, wid)
         return RunStatusSnapshot(
             run_id=header.run_id, status=snap.status, substatus=snap.substatus,
             message=f"conductor workflow {wid} {workflow.get('status')}",
@@ -469,6 +472,6 @@ class ConductorEngine(BaseEngine):
 
 async def _resume_if_paused(api: ConductorApi, wid: str) -> None:
     """Resume the server's workflow unless it already runs (the server refuses that)."""
-    workflow = await api.run(api.get_workflow, wid, False)
+    workflow = await api.run(api.get_workflow_state, wid)
     if workflow.get("status") == "PAUSED":
         await api.run(api.resume, wid)

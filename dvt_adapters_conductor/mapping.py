@@ -22,7 +22,11 @@ from dvt_engine.rules.signals import is_gate
 from dvt_engine.scheduler import steps_in_topological_order
 
 #: Bumped whenever the shape of generated definitions changes; part of the definition digest.
-MAPPING_VERSION = "2"
+MAPPING_VERSION = "3"
+
+#: Steps looked at when checking that a step's other dependencies are ancestors of the one it
+#: is chained after; past it the step simply gets a gate (always correct, only costlier).
+ANCESTOR_SEARCH_LIMIT = 256
 
 GATE_SUFFIX = "gate"
 STEP_SUFFIX = "step"
@@ -183,24 +187,74 @@ def step_task_types(plan: ExecutionPlan, options: MappingOptions) -> list[str]:
 def branches_of(plan: ExecutionPlan) -> list[list[int]]:
     """Fork branches as lists of plan positions; the first step of each branch has a gate.
 
-    Steps are taken in a topological order (stable by plan order). A step whose only dependency
-    is the last step of an existing branch is appended to that branch: the server starts it
-    right after its dependency, as a gate would, so no parallelism is lost and a chain of N
-    steps costs one gate instead of N. Every other step heads a branch of its own.
+    Steps are taken in a topological order (stable by plan order). A step is appended to the
+    branch whose last step is one of its dependencies when that dependency settling is all it
+    waits for: its only dependency, or the latest of several whose others are all ancestors of
+    it (they settled before it could start), for a step that needs every dependency and has no
+    condition. The server starts it right after that dependency, as a gate would, so no
+    parallelism is lost: a chain costs one gate instead of one per step, and so does a plan
+    whose steps each depend on a few steps before them. Every other step heads a branch.
     """
+    return _branches(plan)[0]
+
+
+def chained_after(plan: ExecutionPlan) -> dict[int, int]:
+    """Plan position of each step that is not a branch's first -> the step just before it."""
+    return _branches(plan)[1]
+
+
+def _branches(plan: ExecutionPlan) -> tuple[list[list[int]], dict[int, int]]:
     index = {s.step_id: i for i, s in enumerate(plan.steps)}
+    order = steps_in_topological_order(plan.steps)
+    rank = {s.step_id: r for r, s in enumerate(order)}
+    deps_of = {s.step_id: s.depends_on for s in plan.steps}
     branches: list[list[int]] = []
+    after: dict[int, int] = {}
     tail_branch: dict[str, int] = {}
-    for step in steps_in_topological_order(plan.steps):
-        deps = step.depends_on
-        if len(deps) == 1 and deps[0] in tail_branch:
-            b = tail_branch.pop(deps[0])
+    for step in order:
+        last = _chain_point(plan.steps[index[step.step_id]], tail_branch, rank, deps_of)
+        if last is not None:
+            b = tail_branch.pop(last)
+            after[index[step.step_id]] = branches[b][-1]
             branches[b].append(index[step.step_id])
         else:
             b = len(branches)
             branches.append([index[step.step_id]])
         tail_branch[step.step_id] = b
-    return branches
+    return branches, after
+
+
+def _chain_point(step: StepSpec, tail_branch: dict[str, int], rank: dict[str, int],
+                 deps_of: dict[str, tuple[str, ...]]) -> str | None:
+    """The dependency (a branch's last step) whose settling is all ``step`` waits for."""
+    deps = step.depends_on
+    if len(deps) == 1:
+        return deps[0] if deps[0] in tail_branch else None
+    if not deps or step.when is not None or step.join is not None or step.for_each is not None:
+        return None
+    last = max(deps, key=rank.__getitem__)
+    if last not in tail_branch:
+        return None
+    return last if _are_ancestors(set(deps) - {last}, last, rank, deps_of) else None
+
+
+def _are_ancestors(wanted: set[str], of: str, rank: dict[str, int],
+                   deps_of: dict[str, tuple[str, ...]]) -> bool:
+    """Whether every step of ``wanted`` is an ancestor of ``of`` (bounded search: False when
+    the answer would need more than ANCESTOR_SEARCH_LIMIT steps looked at)."""
+    floor = min(rank[w] for w in wanted)
+    seen: set[str] = set()
+    stack = [of]
+    while stack and wanted:
+        for dep in deps_of[stack.pop()]:
+            if dep in seen or rank[dep] < floor:
+                continue  # an ancestor ranked below every wanted step leads to none of them
+            seen.add(dep)
+            wanted.discard(dep)
+            stack.append(dep)
+            if len(seen) > ANCESTOR_SEARCH_LIMIT:
+                return False
+    return not wanted
 
 
 def gated_positions(plan: ExecutionPlan) -> set[int]:

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dvt_adapters_conductor.api import ConductorApi
-from dvt_adapters_conductor.mapping import gated_positions, workflow_name
+from dvt_adapters_conductor.interpreters import InterpreterCache
+from dvt_adapters_conductor.mapping import chained_after, gated_positions, workflow_name
 from dvt_engine.errors import IllegalTransition
 from dvt_engine.eventlog import EventFactory, RunWriter
 from dvt_engine.models.events import Event, EventType
@@ -45,9 +46,11 @@ class RunContext:
     workflow_name: str
     workflow_id: str | None = None
     #: derived from the plan: each step's position, the positions of the steps that head a
-    #: branch (only they have a gate), the approval steps
+    #: branch (only they have a gate), the step each other one is chained after, the approval
+    #: steps
     index: dict[str, int] = field(init=False)
     gated: set[int] = field(init=False)
+    after: dict[int, int] = field(init=False)
     approvals: set[str] = field(init=False)
     #: approval steps whose HUMAN task is known to be closed
     humans_settled: set[str] = field(default_factory=set)
@@ -57,6 +60,7 @@ class RunContext:
     def __post_init__(self) -> None:
         self.index = {s.step_id: i for i, s in enumerate(self.plan.steps)}
         self.gated = gated_positions(self.plan)
+        self.after = chained_after(self.plan)
         self.approvals = {s.step_id for s in self.plan.steps if is_gate(s)}
 
     @property
@@ -74,6 +78,9 @@ class ReconcileResult:
     snapshot: RunSnapshot | None = None
     #: gate openings not yet awaited
     pending: list[Awaitable[Any]] = field(default_factory=list)
+    #: the run's next moves needed nothing of the server, so its workflow was not read: the
+    #: caller looks at the workflow's status after reporting (a cancel is found there)
+    deferred: bool = False
 
 
 def correlation_id(header: RunHeader) -> str:
@@ -136,6 +143,8 @@ class RunAccess:
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
         #: (tenantId, runId) -> monotonic deadline of its next timer, for the sweeper
         self.timers: dict[tuple[str, str], float] = {}
+        #: each run's interpreter, followed along its log (used under the run's lock)
+        self.interpreters = InterpreterCache(store)
 
     # --- run context ---------------------------------------------------------------------
     async def context(self, tenant_id: str, run_id: str) -> RunContext | None:

@@ -51,25 +51,36 @@ class StartQuestions(RunAccess):
         index = ctx.index[step_id]
         if step.logical_attempt_id > 1 or index in ctx.gated:
             return "run", snap
-        # A plan with forEach needs the log: its expansions (the children) are only there.
-        expands = any(s.for_each is not None for s in ctx.plan.steps)
-        events = await self.store.fetch_events(*ctx.key) if expands else []
-        if RunInterpreter.from_snapshot(
-                ctx.plan, snap, events, run_params=ctx.header.params).would_start(step_id):
+        if await self._would_start(ctx, snap, step_id):
             return "run", snap
-        events = events or await self.store.fetch_events(*ctx.key)
+        events = await self.store.fetch_events(*ctx.key)
         if self.started_with_dependency(ctx, events, step_id):
             return "run", snap
         return "park", snap
 
+    async def _would_start(self, ctx: RunContext, snap: RunSnapshot, step_id: str) -> bool:
+        """Whether the interpreter at ``snap`` starts the step on its next move.
+
+        The run's cached interpreter is used under the run's lock; while a reconcile holds the
+        lock (and is moving that interpreter), one is built for this question alone.
+        """
+        lock = self._lock(ctx.key)
+        if lock.locked():
+            # A plan with forEach needs the log: its expansions (the children) are only there.
+            expands = any(s.for_each is not None for s in ctx.plan.steps)
+            events = await self.store.fetch_events(*ctx.key) if expands else []
+            return RunInterpreter.from_snapshot(
+                ctx.plan, snap, events, run_params=ctx.header.params).would_start(step_id)
+        async with lock:
+            interp = await self.interpreters.get(ctx.key, ctx.plan, snap, None,
+                                                 ctx.header.params)
+            return interp.would_start(step_id)
+
     def started_with_dependency(self, ctx: RunContext, events: list[Event], step_id: str) -> bool:
-        """Whether the interpreter started a chained step as its dependency last settled (a
-        first step: as the run started), the moment the server started its task, asked of the
-        interpreter rebuilt at that point."""
-        deps = ctx.plan.step(step_id).depends_on
-        if len(deps) > 1:
-            return False
-        if not deps:
+        """Whether the interpreter started a chained step as the step it is chained after last
+        settled (a first step: as the run started), the moment the server started its task,
+        asked of the interpreter rebuilt at that point."""
+        if not ctx.plan.step(step_id).depends_on:
             # A first step: its task started with the workflow, but the interpreter started
             # only the first steps that fit the limits, in the ready order (plan v1.3).
             settled = [e for e in events if e.event_type == EventType.RUN_STARTED]
@@ -77,7 +88,11 @@ class StartQuestions(RunAccess):
                 return True
             settled = settled[:1]
         else:
-            settled = [e for e in events if e.step_id == deps[0] and e.event_type in (
+            prior = ctx.after.get(ctx.index[step_id])
+            if prior is None:
+                return False
+            previous = ctx.plan.steps[prior].step_id
+            settled = [e for e in events if e.step_id == previous and e.event_type in (
                 EventType.STEP_COMPLETED, EventType.STEP_SKIPPED)]
         if not settled or settled[-1].run_seq is None:
             return False
@@ -118,16 +133,18 @@ class StartQuestions(RunAccess):
         self, ctx: RunContext, snap: RunSnapshot, events: list[Event], *, cancelled: bool,
         eager: bool = False,
     ) -> RunInterpreter:
-        """The shared interpreter rebuilt from the log, with every step whose start was already
-        carried out counted as running, as the interpreter that started it counts it.
+        """The shared interpreter as rebuilt from the log (the run's cached one, followed along
+        the log: see :mod:`~dvt_adapters_conductor.interpreters`; callers hold the run's lock),
+        with every step whose start was already carried out counted as running, as the
+        interpreter that started it counts it.
 
         Without them a rebuilt interpreter could end a failing run while a sibling it had
         already started is still due to run. Finding them costs a read of the task list, so it
         is done only when the run has a failure, or ``eager`` (a signal about to be applied may
         make it fail). A cancelled workflow runs nothing more: then they are left out.
         """
-        interp = RunInterpreter.from_snapshot(ctx.plan, snap, events,
-                                             run_params=ctx.header.params)
+        interp = await self.interpreters.get(ctx.key, ctx.plan, snap, events or None,
+                                             ctx.header.params)
         if cancelled or interp.is_finished or not (eager or interp.failure is not None):
             return interp
         interp.mark_started(await self.decided_not_started(ctx, snap, events))

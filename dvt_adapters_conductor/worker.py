@@ -331,28 +331,46 @@ class WorkerHost:
             await cancel_and_wait(watcher)
         # The log first, then the run's next moves, then the server: a crash in between is
         # repaired by redelivery, which finds the outcome already recorded.
-        await self._reconcile_quietly(ctx)
+        deferred = await self._reconcile_quietly(ctx, defer=True)
         await self._report(ctx, task, outcome)
+        if deferred:
+            await self._reconcile_if_cancelled(ctx, task)
 
-    async def _reconcile_quietly(self, ctx: RunContext) -> None:
+    async def _reconcile_if_cancelled(self, ctx: RunContext, task: dict[str, Any]) -> None:
+        """After a deferred reconcile's report: a workflow terminated meanwhile (a cancel)
+        is reconciled in full, which ends the run as cancelled."""
+        try:
+            state = await self.api.run(self.api.get_workflow_state,
+                                       str(task["workflowInstanceId"]))
+            cancelled, _reason = cancel_reason_of(state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.info("status of run %s not read (%s); reconciling", ctx.header.run_id, exc)
+            cancelled = True
+        if cancelled:
+            await self._reconcile_quietly(ctx)
+
+    async def _reconcile_quietly(self, ctx: RunContext, *, defer: bool = False) -> bool:
         """Reconcile, retried while the server is unreachable: a gate this reconcile should
-        open has nobody else to open it. Any other failure is logged and the report follows."""
+        open has nobody else to open it. Any other failure is logged and the report follows.
+        True when the reconcile deferred reading the workflow (see ``reconcile``)."""
         delay = 0.2
         while True:
             try:
-                await self.coordinator.reconcile(ctx, force=True)
-                return
+                result = await self.coordinator.reconcile(ctx, force=True, defer=defer)
+                return result.deferred
             except asyncio.CancelledError:
                 raise
             except EngineUnavailable as exc:
                 if not exc.retryable:
                     logger.warning("reconcile of run %s failed: %s", ctx.header.run_id, exc)
-                    return
+                    return False
                 logger.warning("reconcile of run %s waits for the server: %s",
                                ctx.header.run_id, exc)
             except Exception as exc:
                 logger.warning("reconcile of run %s failed: %s", ctx.header.run_id, exc)
-                return
+                return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.options.retry_max_s)
 
@@ -398,8 +416,8 @@ class WorkerHost:
     async def _cancel_reason(self, task: dict[str, Any]) -> str:
         """The reason the run was cancelled with (as the interpreter words it)."""
         try:
-            workflow = await self.api.run(self.api.get_workflow,
-                                          str(task["workflowInstanceId"]), False)
+            workflow = await self.api.run(self.api.get_workflow_state,
+                                          str(task["workflowInstanceId"]))
         except Exception:
             return DEFAULT_CANCEL_REASON
         _cancelled, reason = cancel_reason_of(workflow)
@@ -421,8 +439,22 @@ class WorkerHost:
                     token.cancel(await self._cancel_reason(task))
                 return
             if time.monotonic() - last_lease >= lease_every:
+                if await self._workflow_terminated(task):
+                    # A terminate that raced a lease extension can leave the task IN_PROGRESS
+                    # in a TERMINATED workflow: the workflow's status is the cancel then.
+                    token.cancel(await self._cancel_reason(task))
+                    return
                 await self._extend_lease(task)
                 last_lease = time.monotonic()
+
+    async def _workflow_terminated(self, task: dict[str, Any]) -> bool:
+        """Whether the task's workflow was cancelled (one try; False when unknown)."""
+        try:
+            state = await self.api.run(self.api.get_workflow_state,
+                                       str(task["workflowInstanceId"]))
+        except Exception:
+            return False
+        return cancel_reason_of(state)[0]
 
 
 def _epoch_ms(value: Any) -> float:

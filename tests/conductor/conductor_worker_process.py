@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
@@ -43,6 +44,10 @@ async def main(store_url: str, server_url: str, prefix: str, lease_s: str,
 
 if __name__ == "__main__":
     _die_with_parent()
+    # The fault tests read the lease watcher's lines on stderr (which task it took for lost).
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("dvt.conductor.worker").setLevel(logging.INFO)
     asyncio.run(main(*sys.argv[1:6]))
     sys.stdout.flush()
     os._exit(0)

@@ -1,6 +1,11 @@
-"""Fault tests on a real Conductor server: a worker process killed mid-run (and how soon the step's
-next attempt starts), the server restarted mid-run on the same SQLite file (also while a step
-finishes during the outage)."""
+"""Fault tests on a real Conductor server: a worker process killed mid-run (the step's next
+attempt runs on another worker), the server restarted mid-run on the same SQLite file (also while
+a step finishes during the outage).
+
+They assert the mechanism (the run resumes and completes, no event lost or duplicated, each task
+attempt accounted for), never how fast: recovery times depend on the machine's load and are
+measured by benchmarks/bench_conductor.py. The timeouts below only stop a hung test.
+"""
 
 from __future__ import annotations
 
@@ -66,24 +71,24 @@ def worker_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait(timeout=30)
 
 
-#: The bar for worker loss: SIGKILL of the worker running a step -> that step's next attempt
-#: starts on another worker. A lease (6 s in tests) plus the lease watcher's period (1 s) plus a
-#: poll; the server's own sweeper alone takes 60 to 120 s on its SQL queues.
-RECOVERY_BOUND_S = 10.0
-
-#: A run whose step finished while the server was away completes this soon after it is back.
-AFTER_RETURN_BOUND_S = 20.0
+#: Hang guard of a run that must recover: far above a lease (6 s in tests) plus the lease
+#: watcher's period, yet below the 60 to 120 s the server's own sweeper would take (a test
+#: that only passed through the sweeper would show up as slow, not as wrong).
+HANG_GUARD_S = 240.0
 
 
 def spawn(procs: list[subprocess.Popen[bytes]], store_url: str, server_url: str,
-          prefix: str, lease_check_s: float = 1.0) -> subprocess.Popen[bytes]:
-    """Start one worker process serving the task types of ``prefix``."""
+          prefix: str, lease_check_s: float = 1.0,
+          log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start one worker process serving the task types of ``prefix`` (its stderr to ``log``)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, str(WORKER_SCRIPT), store_url, server_url, prefix, str(TEST_LEASE_S),
-         str(lease_check_s)],
-        env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("wb")) if log is not None else None
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKER_SCRIPT), store_url, server_url, prefix,
+             str(TEST_LEASE_S), str(lease_check_s)],
+            env=env, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+        )
     procs.append(proc)
     return proc
 
@@ -162,7 +167,7 @@ async def test_killed_worker_process_is_replaced_without_losing_or_duplicating_e
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
             spawn(procs, pg_url, conductor_url, prefix)
-            snap = await wait_for_terminal(pg_store, TENANT, ctx.run_id, timeout=90)
+            snap = await wait_for_terminal(pg_store, TENANT, ctx.run_id, timeout=HANG_GUARD_S)
     finally:
         await engine.close()
     assert snap.status == RunStatus.COMPLETED
@@ -172,11 +177,12 @@ async def test_killed_worker_process_is_replaced_without_losing_or_duplicating_e
     assert slow_done.engine_attempt_id >= 2  # the lost attempt was redelivered to the new worker
 
 
-async def test_worker_loss_recovers_within_seconds(
-    conductor_url: str, pg_store: PostgresRunStateStore, pg_url: str
+async def test_worker_loss_is_recovered_by_the_lease_watcher(
+    conductor_url: str, pg_store: PostgresRunStateStore, pg_url: str, tmp_path: Path
 ) -> None:
-    """SIGKILL the worker mid-step and start a new one at once: the step's next engine attempt
-    starts within RECOVERY_BOUND_S of the kill, and the run completes exactly once."""
+    """SIGKILL the worker mid-step and start a new one at once: the new worker's lease watcher
+    takes the lost task for lost (not the server's own sweeper), the step's next engine attempt
+    runs to the end, and the run completes exactly once."""
     prefix = f"f{uuid.uuid4().hex[:10]}"
     engine = make_engine(conductor_url, pg_store, worker=False, task_prefix=prefix)
     ref = await put_plan(pg_store, [
@@ -184,6 +190,7 @@ async def test_worker_loss_recovers_within_seconds(
         {"stepId": "after", "kind": "noop", "dependsOn": ["slow"]},
     ])
     ctx = new_context()
+    log = tmp_path / "second-worker.log"
     try:
         with worker_processes() as procs:
             first = spawn(procs, pg_url, conductor_url, prefix)
@@ -194,10 +201,10 @@ async def test_worker_loss_recovers_within_seconds(
             # (on its SQL queues) looks again only 60 to 120 s later: the case users hit.
             await outlived_a_lease(conductor_url, run_ref.workflow_id)
             first.send_signal(signal.SIGKILL)
-            killed_at = time.time()
+            killed_at_ms = time.time() * 1000
             first.wait(timeout=30)
-            spawn(procs, pg_url, conductor_url, prefix)
-            snap = await wait_for_terminal(pg_store, TENANT, ctx.run_id, timeout=120)
+            spawn(procs, pg_url, conductor_url, prefix, log=log)
+            snap = await wait_for_terminal(pg_store, TENANT, ctx.run_id, timeout=HANG_GUARD_S)
     finally:
         await engine.close()
     assert snap.status == RunStatus.COMPLETED
@@ -210,10 +217,15 @@ async def test_worker_loss_recovers_within_seconds(
         api.close()
     attempts = sorted((t for t in workflow["tasks"] if t["referenceTaskName"] == "s0"),
                       key=lambda t: int(t["retryCount"]))
-    # The attempt the killed worker held timed out; the next one ran to the end elsewhere.
+    # The attempt the killed worker held timed out; the next one started after the kill and
+    # ran to the end on the new worker.
     assert [t["status"] for t in attempts] == ["TIMED_OUT", "COMPLETED"], attempts
-    recovery_s = int(attempts[1]["startTime"]) / 1000 - killed_at
-    assert 0 < recovery_s < RECOVERY_BOUND_S, recovery_s
+    assert int(attempts[1]["startTime"]) > killed_at_ms - 1000, (attempts, killed_at_ms)
+    assert attempts[1]["workerId"] != attempts[0]["workerId"], attempts
+    # The new worker's lease watcher decided the workflow of exactly that lost task.
+    lost = f"lease of task {attempts[0]['taskId']} ran out; deciding workflow " \
+           f"{run_ref.workflow_id}"
+    assert lost in log.read_text(errors="replace"), log.read_text(errors="replace")
     slow_done = next(e for e in events if e.event_type == "StepCompleted" and e.step_id == "slow")
     assert slow_done.engine_attempt_id == 2
 
@@ -237,24 +249,21 @@ async def test_server_restart_mid_run_resumes(conductor_server: ConductorServer)
         # A crash, not a polite stop: SIGKILL, then start again on the same port and file.
         conductor_server.kill()
         conductor_server.start()
-        back_at = time.monotonic()
         assert conductor_server.pid != pid
         assert (conductor_server.port, conductor_server.db_path) == (port, db)
-        snap = await wait_for_terminal(store, TENANT, ctx.run_id, timeout=180)
-        after_return_s = time.monotonic() - back_at
+        snap = await wait_for_terminal(store, TENANT, ctx.run_id, timeout=HANG_GUARD_S)
     finally:
         await engine.close()
     assert snap.status == RunStatus.COMPLETED
     assert_exactly_once(await store.fetch_events(TENANT, ctx.run_id), steps)
-    assert after_return_s < AFTER_RETURN_BOUND_S, after_return_s
 
 
 async def test_step_finishing_while_the_server_is_away_is_reported_when_it_returns(
     conductor_server: ConductorServer,
 ) -> None:
     """The server dies mid-step and the step finishes while it is away: the worker keeps its
-    report (and the reconcile that opens the next gate) until the server is back, and the run
-    completes within seconds of the server's return."""
+    report (and the reconcile that opens the next gate) until the server is back; the run
+    completes, the step ran once and its task was reported once (no redelivered attempt)."""
     store = MemoryRunStateStore()
     engine = make_engine(conductor_server.api_url, store)
     steps = ["slow", "side", "joined"]
@@ -275,12 +284,26 @@ async def test_step_finishing_while_the_server_is_away_is_reported_when_it_retur
         await wait_for_snapshot(store, TENANT, ctx.run_id,
                                 lambda s: s.step("slow").status == "SUCCESS", timeout=30)
         conductor_server.start()
-        back_at = time.monotonic()
-        snap = await wait_for_terminal(store, TENANT, ctx.run_id, timeout=120)
-        after_return_s = time.monotonic() - back_at
+        snap = await wait_for_terminal(store, TENANT, ctx.run_id, timeout=HANG_GUARD_S)
+        workflow_id = snap.engine_run_ref["workflowId"] if snap.engine_run_ref else None
+        assert workflow_id
+        api = ConductorApi(conductor_server.api_url)
+        try:
+            workflow = await api.run(api.get_workflow, str(workflow_id))
+        finally:
+            api.close()
     finally:
         await engine.close()
     assert snap.status == RunStatus.COMPLETED
-    assert_exactly_once(await store.fetch_events(TENANT, ctx.run_id), steps)
-    assert after_return_s < AFTER_RETURN_BOUND_S, after_return_s
+    events = await store.fetch_events(TENANT, ctx.run_id)
+    assert_exactly_once(events, steps)
+    slow_done = next(e for e in events if e.event_type == "StepCompleted" and e.step_id == "slow")
+    assert slow_done.engine_attempt_id == 1  # the attempt that ran during the outage, not redone
+    # The server took one COMPLETED report of the step's task (the one kept through the
+    # outage, or the report of a redelivery that found the step recorded: never both), and
+    # the joined step's gate was opened once.
+    completed = Counter(t["referenceTaskName"] for t in workflow["tasks"]
+                        if t["status"] == "COMPLETED")
+    assert completed["s0"] == 1, completed
+    assert completed["g2"] == 1, completed
 

@@ -10,6 +10,7 @@ import pytest
 from dvt_adapters_conductor.mapping import (
     MappingOptions,
     branches_of,
+    chained_after,
     definition_digest,
     digest_of_definition,
     gated_positions,
@@ -122,3 +123,36 @@ def test_retry_policies_the_server_cannot_honour_are_warned(
 def test_names_are_sanitized_and_distinct() -> None:
     assert sanitize("nightly marts/β", 80) == "nightly_marts__"
     assert workflow_name("a b") != workflow_name("a_b")
+
+
+def test_steps_needing_a_few_steps_before_them_form_one_gateless_chain() -> None:
+    # Each step depends on the 3 before it: its other dependencies are ancestors of the
+    # latest one, so that one settling is all it waits for.
+    p = plan([{"stepId": f"s{i}", "kind": "noop",
+               **({"dependsOn": [f"s{j}" for j in range(max(0, i - 3), i)]} if i else {})}
+              for i in range(8)])
+    assert ids(p, branches_of(p)) == [[f"s{i}" for i in range(8)]]
+    assert gated_positions(p) == set()
+    assert chained_after(p) == {i: i - 1 for i in range(1, 8)}
+
+
+def test_a_dependency_that_is_no_ancestor_of_the_latest_keeps_the_gate() -> None:
+    # d needs b and c; c does not descend from b: d must wait for both, so it has a gate.
+    p = plan([{"stepId": "a", "kind": "noop"},
+              {"stepId": "b", "kind": "noop", "dependsOn": ["a"]},
+              {"stepId": "c", "kind": "noop", "dependsOn": ["a"]},
+              {"stepId": "d", "kind": "noop", "dependsOn": ["b", "c"]},
+              {"stepId": "e", "kind": "noop", "dependsOn": ["a", "d"]}])
+    assert ids(p, branches_of(p)) == [["a", "b"], ["c"], ["d", "e"]]
+    assert gated_positions(p) == {2, 3}
+
+
+@pytest.mark.parametrize("extra", [{"when": "steps.a.status == 'SUCCESS'"},
+                                   {"join": "any"}])
+def test_conditions_and_joins_are_never_chained_on_several_dependencies(
+        extra: dict[str, Any]) -> None:
+    p = plan([{"stepId": "a", "kind": "noop"},
+              {"stepId": "b", "kind": "noop", "dependsOn": ["a"]},
+              {"stepId": "c", "kind": "noop", "dependsOn": ["a", "b"], **extra}],
+             schemaVersion="v1.3")
+    assert ids(p, branches_of(p)) == [["a", "b"], ["c"]]
