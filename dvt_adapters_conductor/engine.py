@@ -309,9 +309,10 @@ class ConductorEngine(BaseEngine):
             }
             ctx.workflow_id = await api.run(api.start_workflow, request)
         await coordinator.write_run_started(ctx)
-        if any(is_gate(s) and not s.depends_on for s in plan.steps):
+        if any((is_gate(s) or s.when is not None) and not s.depends_on for s in plan.steps):
             # First steps start with the workflow; an approval gate among them needs its
-            # StepStarted and StepAwaitingApproval written by the interpreter's first moves.
+            # StepStarted and StepAwaitingApproval written by the interpreter's first moves,
+            # and a first step whose condition is false its StepSkipped (its task only parks).
             await coordinator.reconcile(ctx, force=True)
         return coordinator.run_ref(ctx)
 

@@ -314,6 +314,11 @@ class WorkerHost:
         verdict, snap = await self.coordinator.may_start(ctx, step_id)
         step = snap.step(step_id)
         if verdict == "park":
+            if not ctx.plan.step(step_id).depends_on:
+                # A first step's task starts with the workflow whatever the interpreter decided;
+                # if the process that launched the run did not carry out its first moves (a
+                # first step skipped by its condition, say), nothing else would.
+                await self.coordinator.reconcile(ctx)
             await self._update(task, "IN_PROGRESS", {"parked": str(snap.status)},
                                callback_after_s=self.options.park_s)
             return
