@@ -6,7 +6,7 @@ happened (a step settled, a signal was accepted, a timer fired) and carries out 
 returns, in order. Because the same inputs always give the same commands, every engine writes the
 same events in the same order.
 
-About 700 lines on purpose: the decisions and the incremental bookkeeping they read (ready
+About 780 lines on purpose: the decisions and the incremental bookkeeping they read (ready
 set, in-flight steps, and for plan v1.3 the outputs conditions read and forEach expansions)
 change together; the rules themselves (limits, joins, conditions, forEach included) live in
 dvt_engine/rules.
