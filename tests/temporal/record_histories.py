@@ -39,6 +39,19 @@ RECORDED = (
     "v13-signal-feeds-condition",
     "v13-signal-wait-timeout-skip",
     "v13-signal-wait-timeout-fail",
+    # Plan v1.3 scheduling: limits and groups, priorities and class limits, joins, conditions
+    # and forEach expansions (their StepExpanded markers cross continue-as-new).
+    "v13-max-parallel-groups",
+    "v13-priority-order",
+    "v13-priority-first-steps",
+    "v13-resource-class-limit",
+    "v13-any-join-failing-loser",
+    "v13-any-join-skip-losers",
+    "v13-quorum-combination",
+    "v13-condition-skip-branch",
+    "v13-foreach-condition",
+    "v13-foreach-fan-in",
+    "v13-foreach-empty",
 )
 CAN_AFTER_STEPS = 2
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 from changed_workflow import ChangedWithoutPatch
+from record_histories import RECORDED
 from temporalio import workflow
 from temporalio.worker import Replayer
 
+from contract_tests.scenarios import scenario_ids
 from dvt_adapters_temporal.replay import history_files, read_chain, replay_chain
 from dvt_adapters_temporal.worker import workflow_runner
 
@@ -24,6 +26,12 @@ def test_histories_are_recorded() -> None:
             "v13-signal-feeds-condition", "v13-signal-wait-timeout-skip"} <= names
     chains = [read_chain(p) for p in FILES]
     assert any(len(c["runs"]) > 1 for c in chains), "no continue-as-new chain recorded"
+    # Every recorded scenario has its history, and every plan v1.3 scenario that starts a
+    # workflow is recorded: new v1.3 workflow behaviour cannot land unprotected.
+    assert set(RECORDED) <= names
+    starts_no_workflow = {"v13-foreach-too-many"}  # refused before anything runs
+    v13 = {s for s in scenario_ids() if s.startswith("v13-")} - starts_no_workflow
+    assert v13 <= set(RECORDED), sorted(v13 - set(RECORDED))
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name.split(".")[0] for p in FILES])
