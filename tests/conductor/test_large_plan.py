@@ -1,8 +1,11 @@
-"""A plan of 1,000 steps on a real Conductor server ends as it does on the reference engine.
+"""A plan of 300 steps on a real Conductor server ends as it does on the reference engine.
 
 Each step depends on the 3 before it, so nearly every step has a gate that a reconcile opens,
 and the coordinator follows one interpreter along a long log. Not timed: how long it takes is
-measured by ``benchmarks/bench_conductor.py --scale``; the timeout only stops a hung run.
+measured by ``benchmarks/bench_conductor.py --scale`` (1,000 steps and more, with the growth
+per step); the timeout only stops a hung run. 300 steps keep CI's share small (the server
+spends about 80 ms of CPU a step) while still far outnumbering the interpreter rebuilds the
+test allows.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from contract_tests.scenarios import EngineSide
 from dvt_engine.engines.reference import ReferenceEngine
 from dvt_engine.stores.memory import MemoryRunStateStore
 
-STEPS = 1000
+STEPS = 300
 
 #: Hang guard per engine: far above what the run takes on a loaded 2-core machine.
 HANG_GUARD_S = 3600.0
@@ -31,7 +34,7 @@ def window_plan(n: int, width: int = 3) -> dict[str, Any]:
                          "schemaVersion": "v1.2"}, "steps": steps}
 
 
-async def test_thousand_step_plan_matches_the_reference_engine(conductor_url: str) -> None:
+async def test_a_long_plan_matches_the_reference_engine(conductor_url: str) -> None:
     """Same checksum and an equivalent event log as the reference engine, every step once."""
     ref_store, cond_store = MemoryRunStateStore(), MemoryRunStateStore()
     reference = EngineSide(ReferenceEngine(ref_store), ref_store, "reference")
