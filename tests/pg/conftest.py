@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, load_signer
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
@@ -60,3 +62,24 @@ async def pg_store_factory(
     finally:
         for store in opened:
             await store.close()
+
+
+@pytest.fixture
+async def store(pg_dsn: str, request: pytest.FixtureRequest
+                ) -> AsyncIterator[PostgresRunStateStore]:
+    """A store on a schema of its own for one test (for checks that are store-wide)."""
+    schema = unique_schema_name(f"dvt_{request.module.__name__.rsplit('.', 1)[-1]}")
+    create_schema(pg_dsn, schema)
+    opened = await PostgresRunStateStore.open(store_url(pg_dsn, schema))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+        drop_schema(pg_dsn, schema)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Signer, Keyring]:
+    """An audit signing key k1 and a keyring holding its public key."""
+    generate_key("k1", tmp_path / "k1.pem", tmp_path / "keyring.json")
+    return load_signer(tmp_path / "k1.pem", "k1"), load_keyring(tmp_path / "keyring.json")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,29 +20,8 @@ from dvt_engine.errors import AuditBusy
 from dvt_statestore_pg import audit as audit_module
 from dvt_statestore_pg.audit import SealReport, seal, seal_forever, verify
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-async def store(pg_dsn: str) -> AsyncIterator[PostgresRunStateStore]:
-    """A store on a fresh schema: findings about checkpoints are store-wide."""
-    schema = unique_schema_name("dvt_audit")
-    create_schema(pg_dsn, schema)
-    opened = await PostgresRunStateStore.open(store_url(pg_dsn, schema))
-    try:
-        yield opened
-    finally:
-        await opened.close()
-        drop_schema(pg_dsn, schema)
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Signer, Keyring]:
-    """A signing key k1 and a keyring holding its public key."""
-    generate_key("k1", tmp_path / "k1.pem", tmp_path / "keyring.json")
-    return load_signer(tmp_path / "k1.pem", "k1"), load_keyring(tmp_path / "keyring.json")
 
 
 def sql(store: PostgresRunStateStore, statement: str, *params: object) -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,24 +22,10 @@ from dvt_engine.audit_keys import generate_key, load_keyring, load_signer
 from dvt_statestore_pg.audit import seal, verify
 from dvt_statestore_pg.erasure import set_policy
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
 pytestmark = pytest.mark.timeout(300)
 CHILD = Path(__file__).with_name("erasure_crash_child.py")
 GONE, KEPT = "crash-gone", "crash-kept"
-
-
-@pytest.fixture
-async def store(pg_dsn: str) -> AsyncIterator[PostgresRunStateStore]:
-    """A store on a fresh schema."""
-    schema = unique_schema_name("dvt_erasure_crash")
-    create_schema(pg_dsn, schema)
-    opened = await PostgresRunStateStore.open(store_url(pg_dsn, schema))
-    try:
-        yield opened
-    finally:
-        await opened.close()
-        drop_schema(pg_dsn, schema)
 
 
 def _kill_at(kind: str, stage: str, url: str, root: Path, key: Path) -> None:

@@ -5,7 +5,6 @@ and the signed tombstone verifies."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,36 +25,15 @@ from erasure_helpers import (
 from dvt_archive.archiver import archive_runs
 from dvt_archive.purge import purge_tenant
 from dvt_archive.reader import ParquetColdReader
-from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, load_signer
+from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring
 from dvt_engine.errors import ErasureRefused, UsageError
 from dvt_local.s3 import S3Server
 from dvt_statestore_pg.audit import seal, verify
 from dvt_statestore_pg.erasure import set_policy
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
 pytestmark = pytest.mark.timeout(300)
 GONE, KEPT = "gone-co", "kept-co"
-
-
-@pytest.fixture
-async def store(pg_dsn: str) -> AsyncIterator[PostgresRunStateStore]:
-    """A store on a fresh schema (the checks are store-wide)."""
-    schema = unique_schema_name("dvt_purge")
-    create_schema(pg_dsn, schema)
-    opened = await PostgresRunStateStore.open(store_url(pg_dsn, schema))
-    try:
-        yield opened
-    finally:
-        await opened.close()
-        drop_schema(pg_dsn, schema)
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Signer, Keyring]:
-    """A signing key k1 and a keyring holding its public key."""
-    generate_key("k1", tmp_path / "k1.pem", tmp_path / "keyring.json")
-    return load_signer(tmp_path / "k1.pem", "k1"), load_keyring(tmp_path / "keyring.json")
 
 
 async def test_purge_leaves_no_row_and_no_object_of_the_tenant(

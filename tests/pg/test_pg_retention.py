@@ -5,7 +5,6 @@ manifests rewritten, a signed tombstone that verify accepts, and a crash finishe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,37 +15,16 @@ from erasure_helpers import local_files, s3_files, seed_tenant, tenant_rows
 
 from dvt_archive.reader import ParquetColdReader
 from dvt_archive.retention import apply_retention
-from dvt_engine.audit_keys import Keyring, Signer, generate_key, load_keyring, load_signer
+from dvt_engine.audit_keys import Keyring, Signer
 from dvt_engine.erasure import RetentionPolicy
 from dvt_engine.errors import ErasureRefused, UsageError
 from dvt_local.s3 import S3Server
 from dvt_statestore_pg.audit import seal, verify
 from dvt_statestore_pg.erasure import get_policy, set_policy
 from dvt_statestore_pg.store import PostgresRunStateStore
-from dvt_statestore_pg.testing import create_schema, drop_schema, store_url, unique_schema_name
 
 pytestmark = pytest.mark.timeout(300)
 SHORT, LONG, DEFAULT = "short-co", "long-co", "default-co"
-
-
-@pytest.fixture
-async def store(pg_dsn: str) -> AsyncIterator[PostgresRunStateStore]:
-    """A store on a fresh schema."""
-    schema = unique_schema_name("dvt_retention")
-    create_schema(pg_dsn, schema)
-    opened = await PostgresRunStateStore.open(store_url(pg_dsn, schema))
-    try:
-        yield opened
-    finally:
-        await opened.close()
-        drop_schema(pg_dsn, schema)
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Signer, Keyring]:
-    """A signing key k1 and a keyring holding its public key."""
-    generate_key("k1", tmp_path / "k1.pem", tmp_path / "keyring.json")
-    return load_signer(tmp_path / "k1.pem", "k1"), load_keyring(tmp_path / "keyring.json")
 
 
 async def test_policies_default_set_and_keep_the_other_term(store: PostgresRunStateStore) -> None:
