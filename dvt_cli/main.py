@@ -1,100 +1,44 @@
-"""The `dvt` command: click definitions only; the work happens in runs.py and ops.py."""
+"""The `dvt` command: the group, the run commands and registration; the work happens in runs.py
+and ops.py, and the larger command groups live in their own modules (lifecycle_commands,
+limits, usage, retention, tenant, serve)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
-from dvt_cli import archive, limits, ops, plans, remote, retention, runs, serve, tenant, usage
-from dvt_cli import audit as audit_cmds
+from dvt_cli import (
+    lifecycle_commands,
+    limits,
+    ops,
+    plans,
+    remote,
+    retention,
+    runs,
+    serve,
+    tenant,
+    usage,
+)
 from dvt_cli.execution import end_process, execute, json_requested
 from dvt_cli.live import live_wanted
+from dvt_cli.options import (
+    engine_option,
+    handlers_option,
+    live_option,
+    settings_from,
+    store_options,
+)
 from dvt_cli.output import EXIT_REFUSED, emit_json, say
-from dvt_cli.session import import_handlers
 from dvt_cli.settings import (
-    DEFAULT_ENVIRONMENT,
-    DEFAULT_PROJECT,
-    DEFAULT_TENANT,
-    ENGINE_NAMES,
-    EngineAddresses,
-    Identity,
     Settings,
     default_actor,
     parse_roles,
 )
 from dvt_engine import __version__
 from dvt_engine.errors import DvtError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _store_options(f: F) -> F:
-    options = [
-        click.option("--store", "store_url", envvar="DVT_STORE_URL", metavar="URL",
-                     help="State store URL (memory://, postgresql://...). [env DVT_STORE_URL]"),
-        click.option("--tenant", envvar="DVT_TENANT", default=DEFAULT_TENANT, show_default=True,
-                     help="Tenant that owns the runs. [env DVT_TENANT]"),
-        click.option("--project", envvar="DVT_PROJECT", default=DEFAULT_PROJECT,
-                     show_default=True, help="Project. [env DVT_PROJECT]"),
-        click.option("--environment", envvar="DVT_ENVIRONMENT", default=DEFAULT_ENVIRONMENT,
-                     show_default=True, help="Environment. [env DVT_ENVIRONMENT]"),
-        click.option("--temporal-address", envvar="DVT_TEMPORAL_ADDRESS", metavar="HOST:PORT",
-                     help="Temporal frontend; none = the local dev server. "
-                          "[env DVT_TEMPORAL_ADDRESS]"),
-        click.option("--temporal-namespace", envvar="DVT_TEMPORAL_NAMESPACE",
-                     help="Temporal namespace. [env DVT_TEMPORAL_NAMESPACE]"),
-        click.option("--temporal-task-queue", envvar="DVT_TEMPORAL_TASK_QUEUE",
-                     help="Temporal task queue. [env DVT_TEMPORAL_TASK_QUEUE]"),
-        click.option("--conductor-url", envvar="DVT_CONDUCTOR_URL", metavar="URL",
-                     help="Conductor API URL. [env DVT_CONDUCTOR_URL]"),
-        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _engine_option(f: F) -> F:
-    f = _handlers_option(f)
-    return click.option(
-        "--engine", envvar="DVT_ENGINE", type=click.Choice(ENGINE_NAMES),
-        help="Engine (default: temporal when installed, else reference). [env DVT_ENGINE]",
-    )(f)
-
-
-def _handlers_option(f: F) -> F:
-    return click.option(
-        "--handlers", "handler_modules", envvar="DVT_HANDLERS", metavar="MODULE[,MODULE]",
-        help="Import these modules first, so their @step_handler kinds are known "
-             "(installed dvt.step_handlers entry points load anyway). [env DVT_HANDLERS]",
-    )(f)
-
-
-def _live_option(f: F) -> F:
-    return click.option(
-        "--no-live", is_flag=True,
-        help="Plain event lines even on a terminal (no live progress display). "
-             "[env DVT_NO_LIVE=1]",
-    )(f)
-
-
-def _settings(kw: dict[str, Any], engine: str | None = None) -> Settings:
-    import_handlers(kw.pop("handler_modules", None))
-    return Settings(
-        store_url=kw.pop("store_url"),
-        engine=engine,
-        identity=Identity(kw.pop("tenant"), kw.pop("project"), kw.pop("environment")),
-        addresses=EngineAddresses(
-            temporal_address=kw.pop("temporal_address"),
-            temporal_namespace=kw.pop("temporal_namespace"),
-            temporal_task_queue=kw.pop("temporal_task_queue"),
-            conductor_url=kw.pop("conductor_url"),
-        ),
-        json=kw.pop("as_json"),
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -126,8 +70,8 @@ def _remote(kw: dict[str, Any]) -> remote.Remote | None:
 
 @cli.command()
 @click.argument("plan", metavar="PLAN.json")
-@_engine_option
-@_store_options
+@engine_option
+@store_options
 @click.option("--run-id", help="Run id (default: a new UUID).")
 @click.option("--request-id",
               help="Idempotency key of this start: repeating it starts nothing new.")
@@ -136,7 +80,7 @@ def _remote(kw: dict[str, Any]) -> remote.Remote | None:
               help="Host the engine's workers in this command (off when `dvt worker` runs).")
 @click.option("--label", "labels", multiple=True, metavar="KEY:VALUE",
               help="A label of the run (repeatable), e.g. --label team:data.")
-@_live_option
+@live_option
 def run(plan: str, engine: str | None, run_id: str | None, request_id: str | None,
         detach: bool, worker: bool, labels: tuple[str, ...], no_live: bool,
         **kw: Any) -> None:
@@ -151,19 +95,19 @@ def run(plan: str, engine: str | None, run_id: str | None, request_id: str | Non
                               live=live_wanted(bool(kw["as_json"]), no_live))
     if (api := _remote(kw)) is not None:
         execute(api.json, lambda: remote.run_plan(api, options, engine))
-    settings = _settings(kw, engine)
+    settings = settings_from(kw, engine)
     execute(settings.json, lambda: runs.run_plan(settings, options))
 
 
 @cli.command()
 @click.argument("plan", metavar="PLAN.json")
-@_engine_option
-@_store_options
+@engine_option
+@store_options
 def validate(plan: str, engine: str | None, **kw: Any) -> None:
     """Print the validation report of PLAN.json for an engine (exit 0: it can run, 2: not)."""
     if (api := _remote(kw)) is not None:
         execute(api.json, lambda: remote.validate_plan(api, plan, engine))
-    settings = _settings(kw, engine)
+    settings = settings_from(kw, engine)
     execute(settings.json, lambda: runs.validate_plan(settings, plan))
 
 
@@ -171,12 +115,12 @@ def validate(plan: str, engine: str | None, **kw: Any) -> None:
 @click.argument("run_id", metavar="RUN")
 @click.option("--dag", "with_dag", is_flag=True,
               help="Draw the plan's DAG in layers, with each step's state.")
-@_store_options
+@store_options
 def status(run_id: str, with_dag: bool, **kw: Any) -> None:
     """Print the snapshot of a run (or its DAG with --dag)."""
     if (api := _remote(kw)) is not None:
         execute(api.json, lambda: remote.show_status(api, run_id, with_dag))
-    settings = _settings(kw)
+    settings = settings_from(kw)
     execute(settings.json, lambda: runs.show_status(settings, run_id, with_dag))
 
 
@@ -186,8 +130,8 @@ def status(run_id: str, with_dag: bool, **kw: Any) -> None:
 @click.option("--until", metavar="EVENT_TYPE",
               help="Stop after the first event of this type, e.g. StepAwaitingApproval "
                    "(waits for it; also stops when the run ends).")
-@_live_option
-@_store_options
+@live_option
+@store_options
 def events(run_id: str, follow: bool, until: str | None, no_live: bool, **kw: Any) -> None:
     """Print the events of a run in runSeq order (JSON Lines with --json).
 
@@ -196,7 +140,7 @@ def events(run_id: str, follow: bool, until: str | None, no_live: bool, **kw: An
     live = live_wanted(bool(kw["as_json"]), no_live)
     if (api := _remote(kw)) is not None:
         execute(api.json, lambda: remote.show_events(api, run_id, follow, until, live))
-    settings = _settings(kw)
+    settings = settings_from(kw)
     execute(settings.json, lambda: runs.show_events(settings, run_id, follow, until, live))
 
 
@@ -209,14 +153,14 @@ def events(run_id: str, follow: bool, until: str | None, no_live: bool, **kw: An
 @click.option("--label", "labels", multiple=True, metavar="KEY:VALUE",
               help="Only runs with this label (repeatable: every one must match).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@_store_options
+@store_options
 def runs_(statuses: tuple[str, ...], plan_id: str | None, labels: tuple[str, ...], limit: int,
           **kw: Any) -> None:
     """List the tenant's runs, newest first."""
     query = runs.RunQuery(statuses=statuses, plan_id=plan_id, labels=labels, limit=limit)
     if (api := _remote(kw)) is not None:
         execute(api.json, lambda: remote.list_runs(api, query))
-    settings = _settings(kw)
+    settings = settings_from(kw)
     execute(settings.json, lambda: runs.list_runs(settings, query))
 
 
@@ -233,7 +177,7 @@ def runs_(statuses: tuple[str, ...], plan_id: str | None, labels: tuple[str, ...
               help="Role of the actor (repeatable). [env DVT_ROLES, comma-separated; "
                    "default: admin,approver]")
 @click.option("--reason", "--comment", "reason", help="Reason (or approval comment).")
-@_store_options
+@store_options
 def signal(run_id: str, action: str, step: str | None, payload_text: str | None,
            signal_id: str | None, actor: str | None, roles: tuple[str, ...],
            reason: str | None, **kw: Any) -> None:
@@ -249,7 +193,7 @@ def signal(run_id: str, action: str, step: str | None, payload_text: str | None,
         options = runs.SignalOptions(run_id=run_id, action=action, step_id=step,
                                      signal_id=signal_id, reason=reason, data=data)
         execute(api.json, lambda: remote.send_signal(api, options))
-    settings = _settings(kw)
+    settings = settings_from(kw)
 
     async def body() -> int:
         role_text = ",".join(roles) if roles else os.environ.get("DVT_ROLES")
@@ -269,11 +213,11 @@ def signal(run_id: str, action: str, step: str | None, payload_text: str | None,
               help="Engines to compare, e.g. reference,temporal.")
 @click.option("--scenario", type=click.Path(dir_okay=False),
               help="Scenario file (signals, faults).")
-@_handlers_option
-@_store_options
+@handlers_option
+@store_options
 def parity(plan: str, engines: str, scenario: str | None, **kw: Any) -> None:
     """Run PLAN.json on several engines; compare checksums and event logs (exit 0 only if equal)."""
-    settings = _settings(kw)
+    settings = settings_from(kw)
 
     async def body() -> int:
         return await ops.parity(settings, plan, ops.parse_engines(engines), scenario)
@@ -282,10 +226,10 @@ def parity(plan: str, engines: str, scenario: str | None, **kw: Any) -> None:
 
 
 @cli.command()
-@_store_options
+@store_options
 def migrate(**kw: Any) -> None:
     """Apply the PostgreSQL store's migrations (idempotent)."""
-    settings = _settings(kw)
+    settings = settings_from(kw)
     execute(settings.json, lambda: ops.migrate(settings))
 
 
@@ -318,124 +262,19 @@ plan_upgrade = _plan_version_command("upgrade")
 plan_downgrade = _plan_version_command("downgrade")
 
 
-@cli.group()
-def store() -> None:
-    """State store administration."""
-
-
-@store.command()
-@click.option("--from-cold", is_flag=True,
-              help="Also rebuild archived runs, reading their events from the cold archive.")
-@_store_options
-def rebuild(from_cold: bool, **kw: Any) -> None:
-    """Rebuild every snapshot from the event log."""
-    settings = _settings(kw)
-    if from_cold:
-        execute(settings.json, lambda: archive.rebuild_from_cold(settings))
-    else:
-        execute(settings.json, lambda: ops.rebuild(settings))
-
-
-@cli.group(name="archive")
-def archive_group() -> None:
-    """The cold archive: finished runs' events in Parquet files (docs/retention.md)."""
-
-
-@archive_group.command(name="run")
-@click.option("--older-than", default="90d", show_default=True, metavar="AGE",
-              help="Archive terminal runs with no event for this long (90d, 12h, 30m, 45s).")
-@click.option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
-@click.option("--to", "to", envvar="DVT_ARCHIVE_URL", metavar="URL",
-              help="Cold root: a directory or s3://bucket/prefix. [env DVT_ARCHIVE_URL;"
-                   " default $DVT_HOME/archive]")
-@click.option("--only-tenant", "only_tenant", metavar="TENANT",
-              help="Archive this tenant's runs only (default: every tenant).")
-@_store_options
-def archive_run(older_than: str, dry_run: bool, to: str | None, only_tenant: str | None,
-                **kw: Any) -> None:
-    """Move the events of finished, idle runs from PostgreSQL to Parquet files."""
-    settings = _settings(kw)
-    execute(settings.json,
-            lambda: archive.archive_run(settings, older_than, dry_run, to, only_tenant))
-
-
-@cli.group()
-def audit() -> None:
-    """Compliance exports and tamper evidence of the event log (hot and cold)."""
-
-
-@audit.command(name="export")
-@click.option("--from", "start", required=True, metavar="TIME",
-              help="Start of the period (ISO date or time, UTC unless zoned), included.")
-@click.option("--to", "end", required=True, metavar="TIME", help="End of the period, excluded.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl",
-              show_default=True, help="events.jsonl (one event per line) or events.parquet.")
-@click.option("--out", "out_dir", required=True, metavar="DIR",
-              help="Directory (or s3://bucket/prefix) for the events file and manifest.json.")
-@_store_options
-def export(start: str, end: str, fmt: str, out_dir: str, **kw: Any) -> None:
-    """Write the tenant's events persisted in [--from, --to), with row counts and sha256."""
-    settings = _settings(kw)
-    execute(settings.json, lambda: archive.audit_export(
-        settings, settings.identity.tenant, start, end, fmt, out_dir))
-
-
-@audit.command(name="keygen")
-@click.option("--key-id", "key_id", required=True, help="Id of the new key (e.g. 2026-q1).")
-@click.option("--out", "private_path", required=True, metavar="FILE",
-              help="Where to write the private key (PEM, mode 0600; never overwritten).")
-@click.option("--keyring", envvar="DVT_AUDIT_KEYRING", required=True, metavar="FILE",
-              help="Keyring JSON file the public key is added to. [env DVT_AUDIT_KEYRING]")
-@_store_options
-def audit_keygen(key_id: str, private_path: str, keyring: str, **kw: Any) -> None:
-    """Create an Ed25519 checkpoint signing key; add its public key to the keyring."""
-    settings = _settings(kw)
-    execute(settings.json, lambda: audit_cmds.keygen(settings, key_id, private_path, keyring))
-
-
-@audit.command(name="seal")
-@click.option("--signing-key", "key_path", envvar="DVT_AUDIT_SIGNING_KEY", metavar="FILE",
-              help="Private key (PEM) that signs checkpoints. [env DVT_AUDIT_SIGNING_KEY]")
-@click.option("--key-id", "key_id", envvar="DVT_AUDIT_KEY_ID",
-              help="Id of the signing key, as in the keyring. [env DVT_AUDIT_KEY_ID]")
-@click.option("--every", type=click.FloatRange(min=1), metavar="SECONDS",
-              help="Keep sealing at this interval until SIGTERM (default: one pass).")
-@_store_options
-def audit_seal(key_path: str | None, key_id: str | None, every: float | None,
-               **kw: Any) -> None:
-    """Chain the events not yet sealed and sign a checkpoint over the new heads."""
-    settings = _settings(kw)
-    execute(settings.json, lambda: audit_cmds.seal(settings, key_path, key_id, every))
-
-
-@audit.command(name="verify")
-@click.option("--keyring", envvar="DVT_AUDIT_KEYRING", metavar="FILE",
-              help="Public keys by key id (JSON). [env DVT_AUDIT_KEYRING]")
-@click.option("--run", "run_id", metavar="RUN", help="Verify this run only.")
-@_store_options
-def audit_verify(keyring: str | None, run_id: str | None, **kw: Any) -> None:
-    """Recompute the hash chains (hot and cold); exit 1 on the first altered, deleted,
-    inserted or reordered event of each run. Every tenant unless --tenant/DVT_TENANT."""
-    source = click.get_current_context().get_parameter_source("tenant")
-    settings = _settings(kw)
-    given = source not in (None, click.core.ParameterSource.DEFAULT)
-    tenant = settings.identity.tenant if given else None
-    execute(settings.json, lambda: audit_cmds.verify(settings, keyring, tenant, run_id))
-
-
 @cli.command()
-@_handlers_option
+@handlers_option
 @click.option("--engine", envvar="DVT_ENGINE", required=True,
               type=click.Choice(["temporal", "conductor"]), help="Engine whose workers to run.")
 @click.option("--queue", "queues", multiple=True,
               help="Serve only these step task queues (repeatable; default: every queue).")
 @click.option("--resource-class", "resource_classes", multiple=True,
               help="Serve only the queues these resource classes are routed to (repeatable).")
-@_store_options
+@store_options
 def worker(engine: str, queues: tuple[str, ...], resource_classes: tuple[str, ...],
            **kw: Any) -> None:
     """Run an engine's workers until Ctrl-C or SIGTERM (running steps finish first)."""
-    settings = _settings(kw, engine)
+    settings = settings_from(kw, engine)
     execute(settings.json, lambda: ops.worker(settings, engine, queues, resource_classes))
 
 
@@ -482,6 +321,9 @@ def dev_status(as_json: bool) -> None:
     execute(as_json, lambda: ops.show_dev(Settings(json=as_json)))
 
 
+cli.add_command(lifecycle_commands.store)
+cli.add_command(lifecycle_commands.archive_group)
+cli.add_command(lifecycle_commands.audit)
 cli.add_command(serve.serve)
 cli.add_command(serve.keys)
 cli.add_command(limits.limits)
