@@ -25,13 +25,14 @@ class WorkflowConfig:
 
     task_queue: str
     kind_queues: dict[str, str] = field(default_factory=dict)
-    #: Resource class -> task queue (plan v1.3); absent in histories from before it.
-    class_queues: dict[str, str] = field(default_factory=dict)
     continue_as_new_after_steps: int = 50
     continue_as_new_history_bytes: int = 1_000_000
     cancel_in_flight_on_pause: bool = False
     heartbeat_timeout_s: float = 10.0
     default_step_timeout_s: float = 86400.0
+    # New fields go last: code that builds the record by position keeps its meaning.
+    #: Resource class -> task queue (plan v1.3); absent in histories from before it.
+    class_queues: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
