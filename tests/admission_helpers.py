@@ -12,12 +12,14 @@ from dvt_engine.admission import ACTIVE_STATUSES, LimitsPatch
 from dvt_engine.builder import PlanBuilder
 from dvt_engine.client import Client, RunHandle
 from dvt_engine.errors import RateLimited
-from dvt_engine.models.run import RunStatus
+from dvt_engine.models.run import RunStatus, StepSubstatus
 from dvt_engine.models.signals import Actor, Role
 from dvt_engine.ports import RunStateStore, WorkflowEngine
+from dvt_engine.waiting import wait_for_snapshot
 from dvt_statestore_pg.admission import PostgresAdmissionStore
 
 GATED = PlanBuilder("gated", "1").approval("gate").build()
+AWAITING = StepSubstatus.AWAITING_APPROVAL
 QUICK = PlanBuilder("quick", "1").step("a", "noop").build()
 ACTOR = Actor(id="host", roles=(Role.ADMIN, Role.APPROVER))
 
@@ -86,6 +88,10 @@ async def queued_start_when_a_slot_frees(url: str, store: RunStateStore,
         waiting = [await (one, two)[i].start_run(QUICK, run_id=f"w-{i}") for i in range(2)]
         assert [await h.status() for h in waiting] == [RunStatus.QUEUED] * 2
         assert await store.get_run(tenant, "w-0") is None  # not registered while queued
+        # Approve once the gate waits for it (on a durable engine the run's first moves take a
+        # moment; an approval before that is refused, STEP_NOT_AWAITING_APPROVAL).
+        await wait_for_snapshot(store, tenant, "blocker",
+                                lambda s: s.step("gate").substatus == AWAITING)
         assert (await blocker.approve("gate")).accepted
         assert (await blocker.result(timeout=120)).status == RunStatus.COMPLETED
         finished = [await one.get_run(f"w-{i}").result(timeout=120) for i in range(2)]
