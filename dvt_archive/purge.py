@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from dvt_archive.files import manifest_file, normalize_root, open_root, tenant_prefix
@@ -74,10 +75,6 @@ class PurgeReport:
                 "dryRun": self.dry_run, "seconds": round(self.seconds, 3)}
 
 
-class _Rollback(Exception):
-    pass
-
-
 async def purge_tenant(store_url: str, tenant_id: str, signer: Signer | None, *, actor: str,
                        roles: Collection[str], dry_run: bool = False,
                        roots: Sequence[str] = (), on_stage: Stage | None = None,
@@ -102,15 +99,12 @@ async def purge_tenant(store_url: str, tenant_id: str, signer: Signer | None, *,
         schema = config.schema
         if not dry_run:
             report.finished_cleanups = await finish_cleanups(conn, schema, cold_options)
-        try:
-            async with conn.transaction():
-                await _purge_rows(conn, schema, tenant_id, signer, actor, roots, report,
-                                  cold_options)
-                if dry_run:
-                    raise _Rollback
-                stage("removed")
-        except _Rollback:
-            pass
+        async with conn.transaction():
+            await _purge_rows(conn, schema, tenant_id, signer, actor, roots, report,
+                              cold_options)
+            if dry_run:
+                raise psycopg.Rollback  # psycopg ends the block, rolled back, without an error
+            stage("removed")
         if not dry_run:
             stage("committed")
             await finish_cleanups(conn, schema, cold_options)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from dvt_archive.archiver import archive_runs
@@ -66,10 +67,6 @@ class RetentionReport:
                 "seconds": round(self.seconds, 3)}
 
 
-class _Rollback(Exception):
-    pass
-
-
 @dataclass
 class _Segment:
     tenant_id: str
@@ -105,15 +102,12 @@ async def apply_retention(store_url: str, cold_url: str, *, signer: Signer | Non
         older_than_of={k: timedelta(days=p.hot_days) for k, p in terms.items()}, **cold_options)
     report.archived = archived.to_dict()
     async with db.connect(store_url, "dvt-retention") as (conn, config):
-        try:
-            async with conn.transaction():
-                await _expire(conn, config.schema, terms, now.date(), tenant_id, signer, actor,
-                              report, dry_run)
-                if dry_run:
-                    raise _Rollback
-                stage("removed")
-        except _Rollback:
-            pass
+        async with conn.transaction():
+            await _expire(conn, config.schema, terms, now.date(), tenant_id, signer, actor,
+                          report, dry_run)
+            if dry_run:
+                raise psycopg.Rollback  # psycopg ends the block, rolled back, without an error
+            stage("removed")
         if not dry_run:
             stage("committed")
             await finish_cleanups(conn, config.schema, cold_options)
