@@ -73,6 +73,17 @@ class LoadState:
     start_errors: int = 0
     late_starts: int = 0
     rss: list[tuple[float, int, int]] = field(default_factory=list)
+    #: CPU seconds each part of the run spent during the load phase, and the last reading
+    #: per process (a process first seen after the load began counts from its start).
+    cpu_spent: dict[str, float] = field(default_factory=dict)
+    cpu_seen: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def count_cpu(self, reading: dict[tuple[str, int], float], *, first: bool = False) -> None:
+        """Add what each process used since the last reading (restarted processes included)."""
+        for (part, pid), seconds in reading.items():
+            before = self.cpu_seen.get((part, pid), seconds if first else 0.0)
+            self.cpu_spent[part] = self.cpu_spent.get(part, 0.0) + max(0.0, seconds - before)
+            self.cpu_seen[part, pid] = seconds
     chaos: list[ChaosRecord] = field(default_factory=list)
     skipped_chaos: list[str] = field(default_factory=list)
     signals: dict[str, list[SentSignal]] = field(default_factory=dict)
@@ -183,6 +194,8 @@ async def _sampler(servers: Servers, state: LoadState, stop: asyncio.Event) -> N
     me = psutil.Process()
     while not stop.is_set():
         state.rss.append((state.now(), me.memory_info().rss, servers.worker_rss()))
+        if state.cpu_seen and not state.load_end_s:
+            state.count_cpu(servers.cpu_by_process())
         await settles_within(stop.wait(), SAMPLE_EVERY_S)
 
 
@@ -272,6 +285,7 @@ async def drive(options: LoadOptions, servers: Servers) -> tuple[LoadState, Clie
         ref = await client.store_plan(load_plan(options.steps, options.step_ms))
         background.append(asyncio.create_task(_watch(client, state, stop)))
         background.append(asyncio.create_task(_sampler(servers, state, stop)))
+        state.count_cpu(servers.cpu_by_process(), first=True)
         state.began = time.monotonic()
         phases = [_starter(client, ref, options, state, tasks), _chaos(servers, options, state)]
         if options.signals_per_s > 0:
@@ -280,6 +294,7 @@ async def drive(options: LoadOptions, servers: Servers) -> tuple[LoadState, Clie
         if tasks:
             await asyncio.gather(*list(tasks))
         state.load_end_s = state.now()
+        state.count_cpu(servers.cpu_by_process())
         deadline = state.now() + options.drain_s
         async with state.ends:
             with contextlib.suppress(TimeoutError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from dataclasses import asdict
 from typing import Any
@@ -57,6 +58,16 @@ def _growth(first: float | None, last: float | None) -> float | None:
     if first is None or last is None or first <= 0:
         return None
     return (last - first) / first
+
+
+def _cpu(state: LoadState) -> dict[str, Any]:
+    """CPU seconds per part over the load phase, its share of the machine, per run ended."""
+    spent = dict(state.cpu_spent)
+    capacity = (os.cpu_count() or 1) * state.load_end_s
+    ended = sum(1 for t in state.ended.values() if t < state.load_end_s)
+    return {"seconds": spent, "capacitySeconds": capacity,
+            "share": {p: s / capacity for p, s in spent.items()} if capacity else {},
+            "msPerRunEnded": {p: 1000 * s / ended for p, s in spent.items()} if ended else {}}
 
 
 def summarize(options: LoadOptions, state: LoadState, verdict: Verdict) -> dict[str, Any]:
@@ -117,6 +128,7 @@ def summarize(options: LoadOptions, state: LoadState, verdict: Verdict) -> dict[
         "pauseToNoNewStep": {"count": len(verdict.pause_latencies_s),
                              "p50": percentile(verdict.pause_latencies_s, 0.5),
                              "p99": pause_p99},
+        "cpu": _cpu(state) if state.cpu_spent else None,
         "minutes": minutes, "chaos": [asdict(c) for c in state.chaos],
         "chaosSkipped": state.skipped_chaos, "runsVerified": verdict.checked,
         "correctnessProblems": correctness, "speedMisses": speed,
@@ -153,6 +165,15 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"RSS growth: driver {_f(report['driverRssGrowth'], '+.0%')}, worker "
                  f"{_f(report['workerRssGrowth'], '+.0%')}; start retries "
                  f"{report['startErrors']}, late starts {report['lateStarts']}")
+    cpu = report.get("cpu")
+    if cpu:
+        parts = ", ".join(
+            f"{p} {s:.0f} s ({cpu['share'].get(p, 0):.0%}"
+            + (f", {cpu['msPerRunEnded'][p]:.0f} ms/run" if p in cpu["msPerRunEnded"] else "")
+            + ")" for p, s in cpu["seconds"].items())
+        used = sum(cpu["seconds"].values()) / cpu["capacitySeconds"] if cpu["capacitySeconds"] \
+            else 0.0
+        lines.append(f"CPU during the load: {parts}; {used:.0%} of the machine's cores")
     for c in report["chaos"]:
         lines.append(f"chaos {c['kind']} at {c['at_s']:.0f} s: fault took {c['took_s']:.1f} s, "
                      f"{c['in_flight']} runs in flight, first new completion after "

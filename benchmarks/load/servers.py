@@ -116,6 +116,23 @@ class Servers:
                 total += psutil.Process(proc.pid).memory_info().rss
         return total
 
+    # --- where the CPU goes --------------------------------------------------------------
+    def cpu_by_process(self) -> dict[tuple[str, int], float]:
+        """CPU seconds (user + system) used so far by each process of the run, children
+        included, keyed by part (driver, workers, engine server, postgres) and pid."""
+        postmaster = None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            postmaster = int((self.primary.data_dir / "postmaster.pid").read_text().split()[0])
+        server = self.temporal_pid if self.engine == "temporal" else getattr(
+            self.conductor, "pid", None)
+        found = {("driver", os.getpid()): _tree_cpu(os.getpid(), children=False)}
+        found.update({("workers", w.pid): _tree_cpu(w.pid) for w in self.live_workers()})
+        if server is not None:
+            found["engine server", server] = _tree_cpu(server)
+        if postmaster is not None:
+            found["postgres", postmaster] = _tree_cpu(postmaster)
+        return found
+
     # --- faults --------------------------------------------------------------------------
     def pg_restart(self) -> float:
         """SIGKILL the primary's whole process group, start it again on its port and data."""
@@ -187,6 +204,21 @@ class Servers:
             if server is not None:
                 server.destroy()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _tree_cpu(pid: int, *, children: bool = True) -> float:
+    """CPU seconds of a process and (``children``) its live and reaped descendants."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)] if children else [proc]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for each in procs:
+        with contextlib.suppress(psutil.Error):
+            t = each.cpu_times()
+            total += t.user + t.system + (t.children_user + t.children_system if children else 0)
+    return total
 
 
 def applicable(engine: str, kinds: list[str]) -> tuple[list[str], list[str]]:

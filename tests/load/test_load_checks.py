@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from benchmarks.load.driver import LoadState
 from benchmarks.load.options import parse_chaos, parse_rate
 from benchmarks.load.report import percentile
 from benchmarks.load.verify import SentSignal, log_problems, pause_latencies, signal_problems
@@ -91,3 +92,13 @@ def test_rates_chaos_names_and_percentiles_parse() -> None:
     assert parse_chaos("all") == ("pg-restart", "worker-kill", "temporal-restart", "pg-failover")
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
     assert percentile([], 0.99) is None
+
+
+def test_cpu_is_counted_from_the_load_start_and_across_restarted_processes() -> None:
+    state = LoadState()
+    state.count_cpu({("postgres", 10): 50.0, ("workers", 20): 7.0}, first=True)
+    state.count_cpu({("postgres", 10): 52.5, ("workers", 20): 9.0})
+    # The worker was killed and replaced: the new process counts from its own start, the
+    # killed one's last reading stays counted.
+    state.count_cpu({("postgres", 10): 53.0, ("workers", 21): 1.5})
+    assert state.cpu_spent == {"postgres": 3.0, "workers": 3.5}

@@ -30,3 +30,6 @@ async def test_one_minute_of_load_with_faults_loses_and_duplicates_nothing() -> 
         assert fault["error"] is None, fault
         assert fault["in_flight"] > 0, fault
         assert fault["in_flight_done_s"] is not None, fault  # every run it hit has ended
+    # Where the CPU went is reported for every part of the run, restarted processes included.
+    assert set(report["cpu"]["seconds"]) == {"driver", "workers", "engine server", "postgres"}
+    assert all(seconds > 0 for seconds in report["cpu"]["seconds"].values()), report["cpu"]
