@@ -220,8 +220,11 @@ FLOW_SUPPORT: Mapping[str, Mapping[str, FlowSupport]] = {
     # taskQueue is): Conductor's task domains are chosen per task type for a whole workflow,
     # so they cannot tell two steps of one type apart by class.
     # A cancelled loser's task is completed by the coordinator; its worker's watcher sees that
-    # and stops the attempt, as it does for a run cancel.
-    "conductor": {**{f: "emulated" for f in FLOW_FEATURES}, FLOW_LOSERS_CANCEL: "native"},
+    # and stops the attempt, as it does for a run cancel. forEach children have no task in the
+    # static definition: the coordinator runs them itself, one after another, so a fan-out
+    # loses its parallelism there (the log and outputs are the same).
+    "conductor": {**{f: "emulated" for f in FLOW_FEATURES}, FLOW_LOSERS_CANCEL: "native",
+                  FLOW_FOR_EACH: "degraded"},
 }
 
 
