@@ -17,20 +17,31 @@ from dvt_statestore_pg.testing import store_url
 RUNS = 200
 
 
+async def seed_lookup_runs(store: PostgresRunStateStore) -> list[str]:
+    """RUNS running runs of tenant "lookup", of a 20-step plan (41 events each); their ids."""
+    ids = []
+    for _ in range(RUNS):
+        header, _ = await store.register_run(
+            make_header(tenant_id="lookup", steps=[f"s{i}" for i in range(20)])
+        )
+        await store.append_batch(happy_path(header)[:-1])
+        ids.append(header.run_id)
+    return ids
+
+
 async def status_by_id(dsn: str, schema: str, args: argparse.Namespace) -> list[Row]:
     """args.list lookups over RUNS running runs of a 20-step plan (41 events each)."""
     rows: list[Row] = []
     async with await PostgresRunStateStore.open(store_url(dsn, schema)) as store:
-        ids = []
-        for _ in range(RUNS):
-            header, _ = await store.register_run(
-                make_header(tenant_id="lookup", steps=[f"s{i}" for i in range(20)])
-            )
-            await store.append_batch(happy_path(header)[:-1])
-            ids.append(header.run_id)
+        ids = await seed_lookup_runs(store)
         raw: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
             dsn, autocommit=True
         )
+        # Statistics, as autovacuum would gather them on a live store: a statement prepared
+        # on the young table (every index costs the same without them) keeps a generic plan
+        # that walks the tenant's runs on a wrong index, until ANALYZE replaces it.
+        await raw.execute(sql.SQL("ANALYZE {}, {}").format(
+            sql.Identifier(schema, "dvt_runs"), sql.Identifier(schema, "dvt_events")))
         query = sql.SQL(
             "SELECT status, last_seq FROM {} WHERE run_id = %s AND tenant_id = %s"
         ).format(sql.Identifier(schema, "dvt_runs"))
