@@ -106,6 +106,10 @@ class StoreCore:
         self._held: Conn | None = None
         self._held_busy = False
         self._held_until = 0.0
+        # Calls waiting for the pool: the held connection goes back to it when one does, so a
+        # call that found it busy is not starved by the calls after it (a pool of two, one
+        # append blocked on a run's lock, a follower polling: the second append must get in).
+        self._waiting = 0
 
     async def _ensure_open(self) -> AsyncConnectionPool:
         if self._pool is not None:
@@ -171,11 +175,15 @@ class StoreCore:
                         return await work(held)
                     finally:
                         self._held_busy = False
-                        if (held.pgconn.transaction_status != _IDLE
+                        if (self._waiting or held.pgconn.transaction_status != _IDLE
                                 or self._held is not held
                                 or time.monotonic() > self._held_until):
                             await self._hand_back(pool, held)
-                conn = await pool.getconn()
+                self._waiting += 1
+                try:
+                    conn = await pool.getconn()
+                finally:
+                    self._waiting -= 1
                 try:
                     result = await work(conn)
                 except BaseException:
@@ -202,8 +210,8 @@ class StoreCore:
 
     async def _keep_or_return(self, pool: AsyncConnectionPool, conn: Conn) -> None:
         """Keep a connection a call left idle as the held one if none is, else return it."""
-        if (self._held is None and self._pool is pool and self.config.pool_max >= 2
-                and conn.pgconn.transaction_status == _IDLE):
+        if (self._held is None and not self._waiting and self._pool is pool
+                and self.config.pool_max >= 2 and conn.pgconn.transaction_status == _IDLE):
             self._held = conn
             self._held_until = time.monotonic() + HELD_SECONDS
         else:

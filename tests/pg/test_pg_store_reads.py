@@ -94,6 +94,34 @@ async def test_pages_of_several_statuses_are_the_runs_a_full_scan_finds(
         assert {r.status.value for r in paged} <= set(statuses)
 
 
+def _nodes(plan: dict[str, object]) -> list[dict[str, object]]:
+    found = [plan]
+    for child in plan.get("Plans", []):  # type: ignore[attr-defined]
+        found += _nodes(child)
+    return found
+
+
+async def test_several_statuses_read_about_one_page_in_index_order(
+    pg_dsn: str, pg_schema: str, pg_store: PostgresRunStateStore,
+) -> None:
+    tenant = new_id("tenant")
+    _seed(pg_dsn, pg_schema, [tenant], 3000)
+    query = pg_store._q.list_runs(status=True, project=False, environment=False, statuses=3)
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + sql.SQL(query),
+                           {"tenant": tenant, "status": ["FAILED", "PAUSED", "RUNNING"],
+                            "limit": 20}).fetchone()
+    assert row is not None
+    nodes = _nodes(row[0][0]["Plan"])
+    kinds = [n["Node Type"] for n in nodes]
+    assert "Merge Append" in kinds, kinds
+    assert "Sort" not in kinds, kinds
+    scans = [n for n in nodes if n["Node Type"] == "Index Scan"]
+    assert {n["Index Name"] for n in scans} == {"dvt_runs_tenant_status_created"}
+    # 1,500 runs of the tenant match; the branches stop once the page is full.
+    assert sum(int(n["Actual Rows"]) for n in scans) <= 3 * 20  # type: ignore[call-overload]
+
+
 async def test_hostile_ids_find_nothing_after_good_ones_were_read(
     pg_store: PostgresRunStateStore,
 ) -> None:
