@@ -26,6 +26,17 @@ async def seed_lookup_runs(store: PostgresRunStateStore) -> list[str]:
         )
         await store.append_batch(happy_path(header)[:-1])
         ids.append(header.run_id)
+    # Statistics, as autovacuum would gather them on a live store: a statement the store
+    # prepared on the young table (every index costs the same without them) keeps a generic
+    # plan that walks the tenant's runs on another index, until ANALYZE replaces it.
+    schema = store.config.schema
+    analyze = sql.SQL("ANALYZE {}, {}").format(
+        sql.Identifier(schema, "dvt_runs"), sql.Identifier(schema, "dvt_events"))
+
+    async def work(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(analyze)
+
+    await store._run(work)
     return ids
 
 
@@ -37,11 +48,6 @@ async def status_by_id(dsn: str, schema: str, args: argparse.Namespace) -> list[
         raw: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
             dsn, autocommit=True
         )
-        # Statistics, as autovacuum would gather them on a live store: a statement prepared
-        # on the young table (every index costs the same without them) keeps a generic plan
-        # that walks the tenant's runs on a wrong index, until ANALYZE replaces it.
-        await raw.execute(sql.SQL("ANALYZE {}, {}").format(
-            sql.Identifier(schema, "dvt_runs"), sql.Identifier(schema, "dvt_events")))
         query = sql.SQL(
             "SELECT status, last_seq FROM {} WHERE run_id = %s AND tenant_id = %s"
         ).format(sql.Identifier(schema, "dvt_runs"))
