@@ -146,6 +146,11 @@ class Appender(StoreCore):
         return lock
 
     def _remember(self, run: RunKey, state: RunState) -> None:
+        if state.snapshot.status.is_terminal:
+            # An ended run is rarely appended to again (a late signal's rejection reads it once
+            # more); keeping it would fill the cache with every run a busy process finished.
+            self._cache.pop(run, None)
+            return
         self._cache[run] = state
         self._cache.move_to_end(run)
         while len(self._cache) > _CACHE_RUNS:

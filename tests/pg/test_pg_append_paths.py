@@ -176,3 +176,25 @@ async def test_stored_keys_of_interleaved_runs_are_answered_at_their_own_positio
     assert [answers[0].run_seq, answers[3].run_seq] == [1, 2]
     assert answers[5].run_seq == answers[1].run_seq
     assert _log_size(pg_dsn, pg_schema) == size + 2
+
+
+async def test_an_ended_run_leaves_the_appenders_memory_and_is_still_appended_to(
+    pg_store: PostgresRunStateStore,
+) -> None:
+    # A busy process finishes runs all day: keeping each one's state would grow without end.
+    header, _ = await pg_store.register_run(make_header(steps=["a"]))
+    events = happy_path(header)
+    await pg_store.append_batch(events[:-1])
+    run = (header.tenant_id, header.run_id)
+    assert run in pg_store._cache  # a running run is remembered between appends
+    await pg_store.append(events[-1])
+    assert run not in pg_store._cache
+    # A late event (a rejected signal's record) still lands at the next runSeq.
+    late = EventFactory(header, "operator").signal_event("SignalRejected", "f" * 64, {
+        "signalId": "late-1", "signalType": "PAUSE", "errorCode": "RUN_TERMINAL",
+        "actor": {"id": "olivia", "roles": ["operator"]}})
+    result = await pg_store.append(late)
+    assert result.run_seq == len(events) + 1
+    snapshot = await pg_store.get_snapshot(header.tenant_id, header.run_id)
+    assert snapshot is not None
+    assert snapshot.last_event_seq == len(events) + 1
