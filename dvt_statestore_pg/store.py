@@ -29,7 +29,11 @@ from dvt_statestore_pg.tiers import ColdTier
 
 PLAN_URI_PREFIX = "plan://sha256/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_HEADERS_MAX = 10_000
+# Headers kept per store: a thousand runs, and none over 8 KiB of text (a plan of about 100
+# steps), so the memory it takes stays small whatever the plans (a big header's model is
+# several times its text).
+_HEADERS_MAX = 1000
+_HEADER_TEXT_MAX = 8192
 _STATUS = {s.value: s for s in RunStatus}
 _SUBSTATUS = {s.value: s for s in RunSubstatus}
 
@@ -56,9 +60,10 @@ class PostgresRunStateStore(ColdTier, ConditionalAppender, Outbox, RunStateStore
         if known is not None and known[0] == text:
             return known[1]
         header = RunHeader.model_validate_json(text)
-        if len(self._headers) >= _HEADERS_MAX:
-            self._headers.clear()
-        self._headers[(tenant_id, run_id)] = (text, header)
+        if len(text) <= _HEADER_TEXT_MAX:
+            if len(self._headers) >= _HEADERS_MAX:
+                self._headers.clear()
+            self._headers[(tenant_id, run_id)] = (text, header)
         return header
 
     @classmethod
