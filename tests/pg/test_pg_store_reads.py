@@ -8,6 +8,7 @@ validated model), so a faster path that answers differently fails here.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import psycopg
@@ -17,6 +18,8 @@ from psycopg import sql
 from contract_tests.store_helpers import happy_path, make_header, new_id
 from dvt_engine.models.events import AppendResult
 from dvt_engine.models.run import RunStatus, RunSummary
+from dvt_engine.stores.fingerprint import event_fingerprint
+from dvt_statestore_pg.fingerprints import _plain_text, fingerprint
 from dvt_statestore_pg.store import PostgresRunStateStore
 from dvt_statestore_pg.testing import store_url
 
@@ -234,3 +237,32 @@ async def test_one_connection_stores_and_concurrent_reads_share_the_pool(
         assert all([r.run_id for r in page] == [header.run_id]  # type: ignore[union-attr]
                    for page in snapshots[30:])
 
+
+
+@pytest.mark.parametrize("payload", [
+    {"output": {"b": "é\u2028\x00", "a": [1, 2.5e-7, None, True, "x"]}},
+    {"z": {}, "a": [], "m": {"k": {"j": 2**70}}},
+    {},
+])
+def test_the_fingerprint_memorys_text_is_the_plain_encoders(payload: dict[str, object]) -> None:
+    assert _plain_text(payload) == json.dumps(payload, sort_keys=True, ensure_ascii=False,
+                                              allow_nan=False)
+
+
+def _outcome(compute: object, event: object) -> object:
+    try:
+        return compute(event)  # type: ignore[operator]
+    except Exception as exc:  # the outcome compared is the error's type
+        return type(exc)
+
+
+def test_payloads_the_plain_encoder_refuses_go_the_direct_way() -> None:
+    base = happy_path(make_header(steps=["a"]))[2]
+    circular: dict[str, object] = {}
+    circular["self"] = circular
+    for payload in ({"x": float("nan")}, {"x": float("inf")}, circular):
+        with pytest.raises((ValueError, RecursionError)):
+            _plain_text(payload)
+        event = base.model_copy(update={"payload": payload})
+        # Whatever the direct fingerprint answers (a value or an error), the store's does too.
+        assert _outcome(fingerprint, event) == _outcome(event_fingerprint, event)
