@@ -39,10 +39,12 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from dvt_local.temporal import UNCAPPED_TRANSFER_QUEUE
+
 BASELINE_QUEUE = "bench-baseline"
 # The dev server's cap on history transfer-queue reads per second (default 20) makes every
 # task wait for a 50 ms tick once a few dozen have run; a cluster spreads this over its shards.
-UNCAPPED_SERVER_ARGS = ("--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000")
+UNCAPPED_SERVER_ARGS = ("--dynamic-config-value", UNCAPPED_TRANSFER_QUEUE)
 
 
 @activity.defn(name="bench.noop")

@@ -13,7 +13,7 @@ import contextlib
 import time
 from typing import Any
 
-from dvt_adapters_conductor.api import TERMINAL_TASK, TERMINAL_WORKFLOW
+from dvt_adapters_conductor.api import TERMINAL_TASK, TERMINAL_WORKFLOW, ConductorApiError
 from dvt_adapters_conductor.mapping import gate_ref, step_ref
 from dvt_adapters_conductor.runs import (
     FINISHED_REASON_PREFIX,
@@ -41,6 +41,10 @@ from dvt_engine.models.snapshot import RunSnapshot, StepError
 from dvt_engine.rules.settlement import settlement_of
 from dvt_engine.rules.signals import is_gate
 from dvt_engine.steps.runner import StepOutcome
+
+#: The output key of a step task the coordinator completed for a cancelled join loser (plan v1.3),
+#: with the reason; its worker's watcher stops the attempt when it sees it.
+LOSER_CANCELLED = "loserCancelled"
 
 
 def _human_task_result(settled: str, error: StepError | None,
@@ -89,7 +93,13 @@ class ConductorActions(RunAccess):
             if isinstance(command, StartStep):
                 queue += await self._start_step(ctx, interp, command, tasks, workflow, result)
             elif isinstance(command, CancelSteps):
+                queue += await self._cancel_losers(ctx, interp, command, tasks, workflow)
                 queue += await self._cancel_gates(ctx, interp, command, tasks, workflow)
+            elif isinstance(command, WriteStepEvent) and interp.is_cancelled_loser(
+                    command.step_id):
+                if not await self.append(ctx, factory.command_event(command)):
+                    # The loser's attempt settled first: the log keeps its outcome.
+                    queue += interp.loser_skip_refused(command.step_id)
             elif isinstance(command, WriteRunEvent | WriteStepEvent | Finish):
                 await self.append(ctx, factory.command_event(command))
             elif isinstance(command, ResolveGate):
@@ -192,6 +202,41 @@ class ConductorActions(RunAccess):
                     int(task.get("callbackAfterSeconds") or 0) > 0:
                 await self.api.run(self.api.update_task, wid, task["taskId"], "IN_PROGRESS",
                                    {"parked": None}, callback_after_s=0)
+
+    async def _cancel_losers(
+        self,
+        ctx: RunContext,
+        interp: RunInterpreter,
+        command: CancelSteps,
+        tasks: dict[str, dict[str, Any]],
+        workflow: dict[str, Any],
+    ) -> list[Command]:
+        """Stop running join losers the log has skipped (plan v1.3 ``losers: cancel``).
+
+        A loser's step task is completed here as SKIPPED, so the workflow goes on without it;
+        the worker running it sees that (``WorkerHost._watch``) and stops the attempt, whose
+        outcome the log then refuses. A gate loser's HUMAN task is closed by ``_settle_humans``
+        like any skipped gate. The interpreter settles the loser now, as the log already has.
+        """
+        follow: list[Command] = []
+        for step_id in command.step_ids:
+            if not interp.is_cancelled_loser(step_id):
+                continue
+            index = ctx.index.get(step_id)
+            if index is not None and not is_gate(ctx.plan.step(step_id)):
+                task = tasks.get(step_ref(index))
+                if task is None:
+                    tasks.update(tasks_by_ref(await self.workflow_with_tasks(ctx)))
+                    task = tasks.get(step_ref(index))
+                if task is not None and task.get("status") not in TERMINAL_TASK:
+                    # Not scheduled yet: its worker finds the step decided when it polls it.
+                    with contextlib.suppress(DvtError, ConductorApiError):
+                        await self.api.run(
+                            self.api.update_task, str(workflow["workflowId"]), task["taskId"],
+                            "COMPLETED", {"status": "SKIPPED", LOSER_CANCELLED: command.reason})
+            follow += interp.step_settled(step_id, interp.steps[step_id].logical_attempt_id,
+                                          "refused")
+        return follow
 
     async def _cancel_gates(
         self,

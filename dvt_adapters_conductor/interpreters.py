@@ -179,6 +179,7 @@ class InterpreterCache:
         interp.cancel_requested = False
         interp.cancel_in_flight_on_pause = False
         interp.paused_cancellations = set()
+        interp.cancelled_losers = set()
         interp.failure = None
 
 

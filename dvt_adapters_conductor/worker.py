@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from dvt_adapters_conductor.actions import LOSER_CANCELLED
 from dvt_adapters_conductor.api import TERMINAL_TASK, ConductorApiError
 from dvt_adapters_conductor.coordinator import RunContext, RunCoordinator, cancel_reason_of
 from dvt_adapters_conductor.mapping import MappingOptions
@@ -381,6 +382,11 @@ class WorkerHost:
 
     async def _report(self, ctx: RunContext, task: dict[str, Any], outcome: StepOutcome) -> None:
         attempt = {"logicalAttemptId": outcome.logical_attempt_id}
+        if outcome.status in ("cancelled", "retry") and await self._skipped(ctx, outcome):
+            # A join loser stopped after the log skipped it: its end is discarded; the task
+            # is done (the coordinator has usually completed it already).
+            await self._update(task, "COMPLETED", {**attempt, "status": "SKIPPED"})
+            return
         if outcome.status in ("succeeded", "refused"):
             await self._update(task, "COMPLETED", {**attempt, "status": outcome.status})
         elif outcome.status == "retry":
@@ -397,6 +403,15 @@ class WorkerHost:
             await self._fail_terminally(task, outcome)
         else:
             await self._fail_terminally(task, outcome)
+
+    async def _skipped(self, ctx: RunContext, outcome: StepOutcome) -> bool:
+        """Whether the log skipped the outcome's step at its attempt."""
+        snap = await self.coordinator.store.get_snapshot(*ctx.key)
+        if snap is None:
+            return False
+        step = snap.step(outcome.step_id)
+        return step.status == StepStatus.SKIPPED \
+            and step.logical_attempt_id == outcome.logical_attempt_id
 
     async def _fail_terminally(self, task: dict[str, Any], outcome: StepOutcome) -> None:
         code = outcome.error.code if outcome.error else "STEP_FAILED"
@@ -440,7 +455,11 @@ class WorkerHost:
                 continue
             status = current.get("status")
             if status in TERMINAL_TASK:
-                if status in ("CANCELED", "SKIPPED"):
+                loser = (current.get("outputData") or {}).get(LOSER_CANCELLED)
+                if loser:
+                    # The coordinator skipped this step as a join loser (plan v1.3).
+                    token.cancel(str(loser))
+                elif status in ("CANCELED", "SKIPPED"):
                     token.cancel(await self._cancel_reason(task))
                 return
             if time.monotonic() - last_lease >= lease_every:

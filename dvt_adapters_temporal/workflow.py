@@ -99,6 +99,10 @@ PATCH_BUDGET_COUNTS_GROWTH = "dvt-budget-counts-growth"
 # run takes over the ending run's interpreter when it runs in the same process
 # (dvt_adapters_temporal.handoff) instead of rebuilding it (docs/perf/temporal.md).
 PATCH_COMPACT_CARRY = "dvt-compact-carry"
+# A running join loser cancelled when its join is met (plan v1.3 ``losers: cancel``): its skip
+# may find its outcome already in the log, which the interpreter is then told (and the loser's
+# activity is cancelled; its result, when it comes, is discarded by the interpreter).
+PATCH_JOIN_LOSERS_CANCEL = "dvt-join-losers-cancel"
 _STEP_SIGNALS = frozenset({"RETRY_STEP", "SKIP_STEP", "APPROVE_STEP", "CUSTOM"})
 
 
@@ -331,6 +335,8 @@ class DvtRunWorkflow:
                 await self._event(cmd.event_type, dict(cmd.payload),
                                   discriminator=cmd.discriminator or 1,
                                   signal_id=cmd.caused_by_signal_id)
+            elif isinstance(cmd, WriteStepEvent) and self._loser_write(cmd):
+                await self._write_loser_event(cmd)
             elif isinstance(cmd, WriteStepEvent):
                 await self._event(cmd.event_type, dict(cmd.payload), step_id=cmd.step_id,
                                   attempt=cmd.logical_attempt_id,
@@ -347,6 +353,21 @@ class DvtRunWorkflow:
             elif isinstance(cmd, Finish):
                 await self._finish(cmd)
                 return
+
+    def _loser_write(self, cmd: WriteStepEvent) -> bool:
+        """An event of a running join loser being cancelled (checked before the patch marker,
+        so runs without such a loser never record it)."""
+        return self._interp is not None and self._interp.is_cancelled_loser(cmd.step_id) \
+            and workflow.patched(PATCH_JOIN_LOSERS_CANCEL)
+
+    async def _write_loser_event(self, cmd: WriteStepEvent) -> None:
+        """Write a cancelled loser's StepStarted/StepSkipped; a refusal means its attempt had
+        settled first, and the interpreter keeps that outcome (its activity reports it)."""
+        assert self._interp is not None
+        seq = await self._event(cmd.event_type, dict(cmd.payload), step_id=cmd.step_id,
+                                attempt=cmd.logical_attempt_id, tolerate_illegal=True)
+        if not seq:
+            await self._execute(self._interp.loser_skip_refused(cmd.step_id))
 
     def _legacy_gate_timer(self, name: str) -> bool:
         """A gate timer that runs begun before PATCH_GATE_RULES_FROM_CORE never started."""
@@ -572,9 +593,10 @@ class DvtRunWorkflow:
         attempt: int = 1,
         signal_id: str | None = None,
         tolerate_illegal: bool = False,
-    ) -> None:
+    ) -> int:
+        """Append one event through dvt.run_event; its runSeq (0: refused, when tolerated)."""
         assert self._inp is not None
-        await workflow.execute_local_activity(
+        seq = await workflow.execute_local_activity(
             ACT_RUN_EVENT,
             RunEventInput(
                 self._inp.context, self._inp.plan_ref, event_type, payload,
@@ -584,3 +606,4 @@ class DvtRunWorkflow:
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=BOOKKEEPING_RETRY,
         )
+        return int(seq or 0)

@@ -6,7 +6,7 @@ happened (a step settled, a signal was accepted, a timer fired) and carries out 
 returns, in order. Because the same inputs always give the same commands, every engine writes the
 same events in the same order.
 
-About 780 lines on purpose: the decisions and the incremental bookkeeping they read (ready
+About 840 lines on purpose: the decisions and the incremental bookkeeping they read (ready
 set, in-flight steps, and for plan v1.3 the outputs conditions read and forEach expansions)
 change together; the rules themselves (limits, joins, conditions, forEach included) live in
 dvt_engine/rules.
@@ -131,6 +131,9 @@ class RunInterpreter:
     run_params: dict[str, Any] = field(default_factory=dict)
     #: forEach templates expanded so far (plan v1.3): their items, by template id.
     expansions: dict[str, list[Any]] = field(default_factory=dict)
+    #: Running join losers skipped in the log and asked to stop (``losers: cancel``): still in
+    #: flight until their attempt reports, whose outcome is then discarded.
+    cancelled_losers: set[str] = field(default_factory=set)
 
     _ready: ReadySteps = field(init=False, repr=False, compare=False)
     _in_flight: set[str] = field(init=False, repr=False, compare=False)
@@ -227,6 +230,10 @@ class RunInterpreter:
         """The plan's spec of a step."""
         return self.plan.step(step_id)
 
+    def is_cancelled_loser(self, step_id: str) -> bool:
+        """True while a running join loser's skip is decided and its attempt not yet settled."""
+        return step_id in self.cancelled_losers
+
     # --- inputs -------------------------------------------------------------------------
     def begin(self) -> list[Command]:
         """Commands that start the run: RunStarted is written by the engine, then steps."""
@@ -260,6 +267,12 @@ class RunInterpreter:
         state.awaiting_approval = False
         paused = step_id in self.paused_cancellations
         self.paused_cancellations.discard(step_id)
+        if step_id in self.cancelled_losers:
+            # Skipped in the log when its join was met: what the stopped attempt came to is
+            # discarded (no failure, no retry), whenever the stop reached it.
+            self.cancelled_losers.discard(step_id)
+            state.status = StepStatus.SKIPPED
+            return self.advance()
         if outcome == NOT_STARTED:
             state.status = StepStatus.PENDING
             return self.advance()
@@ -276,6 +289,12 @@ class RunInterpreter:
                 self.failure = failure_rules.run_failure(step_id, error)
             commands += self._cancel_gates(self.waiting_gates())
         return commands + self.advance()
+
+    def loser_skip_refused(self, step_id: str) -> list[Command]:
+        """The log refused a cancelled loser's StepSkipped: its attempt had settled first. The
+        step keeps that outcome, which its engine reports (settles) as for any step."""
+        self.cancelled_losers.discard(step_id)
+        return []
 
     def settle(
         self, step_id: str, logical_attempt_id: int, status: str, error: StepError | None = None,
@@ -536,10 +555,13 @@ class RunInterpreter:
                 state.status, state.in_flight = StepStatus.RUNNING, True
                 slots.take(step_id)
                 commands.append(StartStep(step_id, state.logical_attempt_id))
-                dep_status = {d: self.steps[d].status for d in spec.depends_on}
+                dep_status = {d: StepStatus.SKIPPED if d in self.cancelled_losers
+                              else self.steps[d].status for d in spec.depends_on}
                 for loser in joins.losers_to_skip(spec, dep_status, self._in_flight):
                     commands.append(self._skip(loser, joins.loser_reason(step_id)))
                     skipped = True
+                commands += self._cancel_losers(
+                    step_id, joins.losers_to_cancel(spec, dep_status, self._in_flight))
             if not skipped:
                 return commands
 
@@ -593,6 +615,29 @@ class RunInterpreter:
                 self.outputs[step_id] = output
             commands.append(WriteStepEvent(EventType.STEP_COMPLETED, step_id,
                                            state.logical_attempt_id, {"output": output}))
+        return commands
+
+    def _cancel_losers(self, step_id: str, losers: Sequence[str]) -> list[Command]:
+        """Skip running join losers in the log now and ask their engine to stop them.
+
+        StepStarted goes first (a duplicate if the worker wrote it), so the log shows the
+        attempt whether or not its worker had begun; the step stays in flight until the
+        attempt reports, so the run ends only once the attempt has stopped.
+        """
+        if not losers:
+            return []
+        reason = joins.cancelled_loser_reason(step_id)
+        commands: list[Command] = []
+        for loser in losers:
+            state = self.steps[loser]
+            state.awaiting_approval = False  # a gate loser's timer and approvals are void
+            self.cancelled_losers.add(loser)
+            attempt = state.logical_attempt_id
+            commands.append(WriteStepEvent(EventType.STEP_STARTED, loser, attempt,
+                                           _started_payload(self.spec(loser))))
+            commands.append(WriteStepEvent(EventType.STEP_SKIPPED, loser, attempt,
+                                           {"reason": reason}))
+        commands.append(CancelSteps(tuple(losers), reason))
         return commands
 
     def _status_of(self, step_id: str) -> str:
@@ -677,6 +722,8 @@ class RunInterpreter:
             "pausedCancellations": sorted(self.paused_cancellations),
             **({"outputs": dict(self.outputs)} if self.outputs else {}),
             **({"expansions": dict(self.expansions)} if self.expansions else {}),
+            **({"cancelledLosers": sorted(self.cancelled_losers)}
+               if self.cancelled_losers else {}),
             **({"stepRanges": self._step_ranges()} if compact else {"steps": {
                 sid: [str(st.status), st.logical_attempt_id, st.in_flight, st.awaiting_approval]
                 for sid, st in self.steps.items()
@@ -732,6 +779,7 @@ class RunInterpreter:
             outputs=dict(cursor.get("outputs") or {}),
             run_params=dict(run_params or {}),
             expansions=dict(cursor.get("expansions") or {}),
+            cancelled_losers=set(cursor.get("cancelledLosers") or ()),
         )
         if ranges is not None and not given:
             # Positions name the expanded plan's steps (forEach children included).
@@ -777,6 +825,14 @@ class RunInterpreter:
             if step.status == StepStatus.FAILED and interp.failure is None and step.error:
                 interp.failure = failure_rules.run_failure(step.step_id, step.error)
         return interp
+
+
+def _started_payload(spec: StepSpec) -> dict[str, Any]:
+    """StepStarted's payload, as the step runner writes it."""
+    payload: dict[str, Any] = {"kind": spec.kind}
+    if spec.resource_class is not None:
+        payload["resourceClass"] = spec.resource_class
+    return payload
 
 
 def _aware(moment: datetime) -> datetime:

@@ -46,7 +46,8 @@ STEP_EVENT_SOURCES: Mapping[str, frozenset[StepStatus]] = {
     "StepCompleted": frozenset({StepStatus.RUNNING}),
     "StepFailed": frozenset({StepStatus.RUNNING}),
     # FAILED -> SKIPPED is the operator's way out of awaitOperator (documented in docs/);
-    # RUNNING -> SKIPPED only for an open signal wait whose timeout skips it (plan v1.3).
+    # RUNNING -> SKIPPED, of the running attempt, for an open signal wait whose timeout skips
+    # it and for a running join loser cancelled when its join is met (plan v1.3).
     "StepSkipped": frozenset({StepStatus.PENDING, StepStatus.FAILED, StepStatus.RUNNING}),
     # A forEach template records its children once it has started (plan v1.3).
     "StepExpanded": frozenset({StepStatus.RUNNING}),
@@ -109,8 +110,9 @@ def _step_problem(step: StepFacts, event: EventFacts) -> str | None:
     if step.status not in STEP_EVENT_SOURCES[etype]:
         return f"{etype} is not allowed while step {step.step_id!r} is {step.status}"
     if etype == "StepSkipped" and step.status == StepStatus.RUNNING \
-            and step.substatus != StepSubstatus.AWAITING_APPROVAL:
-        return f"StepSkipped is not allowed while step {step.step_id!r} is RUNNING"
+            and event.logical_attempt_id != step.logical_attempt_id:
+        return (f"StepSkipped is for attempt {event.logical_attempt_id} but step "
+                f"{step.step_id!r} is running attempt {step.logical_attempt_id}")
     if etype == "StepStarted" and step.status == StepStatus.FAILED:
         if event.logical_attempt_id != step.logical_attempt_id + 1:
             return f"StepStarted after a failure must start attempt {step.logical_attempt_id + 1}"

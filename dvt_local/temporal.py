@@ -67,6 +67,12 @@ def test_server_path() -> Path:
     return _wheel_binary(TEST_SERVER_DIST, "temporal-test-server", TEST_SERVER_VERSION)
 
 
+#: The dev server reads its history transfer queue at most 20 times a second: once a burst is
+#: spent, every task waits for a 50 ms tick (a cluster spreads this over its shards).
+#: Throughput benchmarks lift the cap with this setting; everything else keeps the stock server.
+UNCAPPED_TRANSFER_QUEUE = "history.transferProcessorMaxPollRPS=10000"
+
+
 def dev_server_command(
     *,
     port: int,
@@ -74,8 +80,12 @@ def dev_server_command(
     ip: str = lifecycle.LOOPBACK,
     namespaces: Sequence[str] = (),
     ui_port: int | None = None,
+    dynamic_config: Sequence[str] = (),
 ) -> list[str]:
-    """The command line that starts a dev server with dvt's search attributes."""
+    """The command line that starts a dev server with dvt's search attributes.
+
+    ``dynamic_config`` holds ``key=value`` server settings (`--dynamic-config-value`).
+    """
     cmd = [str(dev_server_path()), "server", "start-dev", "--ip", ip, "--port", str(port)]
     cmd += ["--log-level", "warn", "--log-format", "json"]
     if db_file is not None:
@@ -88,6 +98,8 @@ def dev_server_command(
         cmd += ["--search-attribute", f"{name}=Keyword"]
     for ns in namespaces:
         cmd += ["--namespace", ns]
+    for setting in dynamic_config:
+        cmd += ["--dynamic-config-value", setting]
     return cmd
 
 
@@ -132,6 +144,7 @@ def dev_server_up(
     ready_timeout: float = READY_TIMEOUT_S,
     in_memory: bool = False,
     die_with_parent: bool = False,
+    dynamic_config: Sequence[str] = (),
 ) -> lifecycle.UpResult:
     """Find or start a background dev server with a persistent SQLite file under `state_dir`.
 
@@ -144,7 +157,7 @@ def dev_server_up(
 
     def start(chosen: int) -> lifecycle.ServerRecord:
         cmd = dev_server_command(port=chosen, db_file=db_file, ip=ip, namespaces=namespaces,
-                                 ui_port=ui_port)
+                                 ui_port=ui_port, dynamic_config=dynamic_config)
         process = lifecycle.launch(cmd, log_file=log_file, die_with_parent=die_with_parent)
         address = f"{ip}:{chosen}"
         try:

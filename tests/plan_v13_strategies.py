@@ -18,10 +18,10 @@ GROUPS = ("g1", "g2")
 def bounded_plans(draw: st.DrawFn, *, deterministic: bool = False) -> dict[str, Any]:
     """A valid random v1.3 plan whose steps all succeed.
 
-    ``deterministic`` leaves out ``losers: skip`` on an ``any`` join: which losers have not
-    started when the first dependency settles depends on step timing once they can run in
-    parallel, so such a plan's outcome may differ between engines (the golden scenarios pin
-    that case with plans whose order is fixed).
+    ``deterministic`` leaves out ``losers: skip`` and ``cancel`` on an ``any`` join: which
+    losers have not started (or are still running) when the first dependency settles depends
+    on step timing once they can run in parallel, so such a plan's outcome may differ between
+    engines (the golden scenarios pin that case with plans whose order is fixed).
     """
     n = draw(st.integers(2, 9))
     steps: list[dict[str, Any]] = []
@@ -37,7 +37,7 @@ def bounded_plans(draw: st.DrawFn, *, deterministic: bool = False) -> dict[str, 
             if mode == "quorum":
                 step["join"] = {"mode": "quorum", "count": draw(st.integers(1, len(deps)))}
             elif mode == "any":
-                losers = ["finish"] if deterministic else ["finish", "skip"]
+                losers = ["finish"] if deterministic else ["finish", "skip", "cancel"]
                 step["join"] = {"mode": "any", "losers": draw(st.sampled_from(losers))}
         if draw(st.booleans()):
             step["concurrencyGroup"] = draw(st.sampled_from(GROUPS))

@@ -21,7 +21,7 @@ async def run(options: LoadOptions) -> dict[str, Any]:
     from benchmarks.load.verify import verify_runs
 
     servers = await asyncio.to_thread(servers_mod.start, options.engine, list(options.chaos),
-                                      options.workers)
+                                      options.workers, stock_server=options.stock_server)
     try:
         state, client = await drive(options, servers)
         try:

@@ -43,6 +43,8 @@ class LoadOptions:
     drain_s: float = 180.0
     max_in_flight_starts: int = 64
     json_path: str | None = None
+    #: The Temporal dev server as shipped, with its transfer-queue cap (see dvt_local.temporal).
+    stock_server: bool = False
     targets: Targets = field(default_factory=Targets)
 
     @property
@@ -97,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=180.0,
                    help="seconds to wait after the load for every run to end")
     p.add_argument("--json", dest="json_path", help="also write the report as JSON here")
+    p.add_argument("--stock-server", action="store_true",
+                   help="keep the Temporal dev server's transfer-queue cap (20 reads a second)")
     return p
 
 
@@ -108,4 +112,4 @@ def parse(argv: list[str] | None = None) -> LoadOptions:
     return LoadOptions(engine=a.engine, rate_per_s=a.rate, minutes=a.minutes, steps=a.steps,
                        step_ms=a.step_ms, chaos=a.chaos, signals_per_s=a.signals,
                        workers=a.workers, drain_s=a.drain, json_path=a.json_path,
-                       targets=TARGETS[a.engine])
+                       stock_server=a.stock_server, targets=TARGETS[a.engine])

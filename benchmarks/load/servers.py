@@ -55,6 +55,8 @@ class Servers:
     task_queue: str = field(default_factory=lambda: f"load-{uuid.uuid4().hex[:8]}")
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     failed_over: bool = False
+    #: `--dynamic-config-value` settings of the Temporal dev server, kept across its restarts.
+    temporal_config: tuple[str, ...] = ()
 
     # --- addresses -----------------------------------------------------------------------
     @property
@@ -169,7 +171,8 @@ class Servers:
         if self.temporal_pid is not None:
             lifecycle.stop_process(self.temporal_pid, signals=(signal.SIGKILL,), timeout_s=10)
         record = temporal.dev_server_up(self.temporal_dir, port=self.temporal_port,
-                                        die_with_parent=True).record
+                                        die_with_parent=True,
+                                        dynamic_config=self.temporal_config).record
         self.temporal_pid = record.pid
         return time.monotonic() - began
 
@@ -229,8 +232,12 @@ def applicable(engine: str, kinds: list[str]) -> tuple[list[str], list[str]]:
     return [k for k in kinds if k not in skipped], skipped
 
 
-def start(engine: str, chaos: list[str], workers: int = 1) -> Servers:
-    """Start PostgreSQL (and a standby for pg-failover), the engine's server and workers."""
+def start(engine: str, chaos: list[str], workers: int = 1, *,
+          stock_server: bool = False) -> Servers:
+    """Start PostgreSQL (and a standby for pg-failover), the engine's server and workers.
+
+    The Temporal dev server runs without its transfer-queue cap unless ``stock_server``.
+    """
     scratch = Path(tempfile.mkdtemp(prefix="dvt-load-"))
     primary = pg.start_server()
     servers = Servers(engine=engine, scratch=scratch, primary=primary,
@@ -242,8 +249,10 @@ def start(engine: str, chaos: list[str], workers: int = 1) -> Servers:
             from dvt_local import temporal
 
             servers.temporal_dir = scratch / "temporal"
+            servers.temporal_config = () if stock_server else (temporal.UNCAPPED_TRANSFER_QUEUE,)
             record = temporal.dev_server_up(servers.temporal_dir, port=lifecycle.free_port(),
-                                            die_with_parent=True).record
+                                            die_with_parent=True,
+                                            dynamic_config=servers.temporal_config).record
             servers.temporal_port, servers.temporal_pid = record.port, record.pid
         elif engine == "conductor":
             from dvt_local import conductor

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dvt_engine.engine_base import BaseEngine
-from dvt_engine.errors import RunNotFound, StoreUnavailable
+from dvt_engine.errors import IllegalTransition, RunNotFound, StoreUnavailable
 from dvt_engine.eventlog import EventFactory, RunView, RunWriter
 from dvt_engine.interpreter import (
     CancelSteps,
@@ -268,6 +268,14 @@ class _RunDriver:
         elif isinstance(command, CancelSteps):
             for step_id in command.step_ids:
                 await self._cancel_step(step_id, command.reason)
+        elif isinstance(command, WriteStepEvent) and self.interp.is_cancelled_loser(
+                command.step_id):
+            event = self.factory.command_event(command)
+            try:
+                await _patiently(lambda: self.writer.append(event))
+            except IllegalTransition:
+                # The loser's attempt settled first: it keeps its outcome (in the inbox).
+                await self.execute(self.interp.loser_skip_refused(command.step_id))
         elif isinstance(command, WriteRunEvent | WriteStepEvent | Finish):
             event = self.factory.command_event(command)
             await _patiently(lambda: self.writer.append(event))

@@ -19,8 +19,10 @@ FailurePolicy = Literal["failFast", "awaitOperator"]
 #: v1.3) lets them run; ``cascade`` skips a dependant whose join can no longer be met otherwise.
 SkipRule = Literal["satisfy", "cascade"]
 JoinMode = Literal["all", "any", "quorum"]
-#: What an ``any``/``quorum`` join does to its dependencies that have not started once it is met.
-JoinLosers = Literal["finish", "skip"]
+#: What an ``any``/``quorum`` join does to its unsettled dependencies once it is met: let them
+#: run (``finish``), skip the ones not started (``skip``), or also stop and skip the running
+#: ones (``cancel``, docs/plans.md).
+JoinLosers = Literal["finish", "skip", "cancel"]
 
 
 class RetryPolicy(StrictModel):
@@ -52,7 +54,7 @@ class JoinSpec(StrictModel):
     mode: JoinMode = "all"
     #: quorum only: how many dependencies must be SUCCESS (or SKIPPED under ``satisfy``).
     count: int | None = Field(default=None, ge=1)
-    #: any/quorum: dependencies not yet started when the join is met are skipped, or still run.
+    #: any/quorum: what happens to the dependencies not settled when the join is met.
     losers: JoinLosers = "finish"
 
 

@@ -186,6 +186,10 @@ def emulation_for(capability: str, capabilities: frozenset[str]) -> Emulation | 
 # the engine's workflow (the run still behaves the same), "degraded" when part of it is lost.
 FLOW_BOUNDED_CONCURRENCY = "flow.concurrency.bounded"
 FLOW_PARTIAL_JOIN = "flow.join.partial"
+#: ``join.losers: cancel``: running losers are skipped when the join is met and their attempt is
+#: stopped. "native" when the engine interrupts the attempt (cooperative cancel), "degraded"
+#: when it runs to its end and its result is discarded; the log is the same either way.
+FLOW_LOSERS_CANCEL = "flow.join.losersCancel"
 FLOW_CONDITIONS = "flow.conditions"
 FLOW_FOR_EACH = "flow.forEach"
 #: ``steps[].priority``: the ready order (priority, then plan order) wherever steps wait.
@@ -196,7 +200,7 @@ FLOW_CLASS_LIMIT = "flow.resourceClass.limit"
 FLOW_CLASS_ROUTING = "flow.resourceClass.routing"
 FLOW_FEATURES: tuple[str, ...] = (FLOW_BOUNDED_CONCURRENCY, FLOW_PARTIAL_JOIN, FLOW_CONDITIONS,
                                   FLOW_FOR_EACH, FLOW_PRIORITY, FLOW_CLASS_LIMIT,
-                                  FLOW_CLASS_ROUTING)
+                                  FLOW_CLASS_ROUTING, FLOW_LOSERS_CANCEL)
 
 FlowSupport = str  # "native" | "emulated" | "degraded"
 
@@ -207,13 +211,17 @@ FLOW_SUPPORT: Mapping[str, Mapping[str, FlowSupport]] = {
     # The workflow runs the interpreter; Temporal itself has no concurrency limit, join,
     # condition or step priority of its own, so each is decided by dvt's code inside the
     # workflow. A class's steps go to the class's task queue: Temporal routes them natively.
-    "temporal": {**{f: "emulated" for f in FLOW_FEATURES}, FLOW_CLASS_ROUTING: "native"},
+    # A cancelled loser's activity is cancelled: the cancel reaches it with a heartbeat's answer.
+    "temporal": {**{f: "emulated" for f in FLOW_FEATURES}, FLOW_CLASS_ROUTING: "native",
+                 FLOW_LOSERS_CANCEL: "native"},
     # The Conductor definition is a static chain; dvt's coordinator starts limited, joined and
     # conditional steps itself (a FORK_JOIN has no limit, quorum or CEL condition), and opens
     # gates in the ready order. A routed class's steps are tasks of their own type (as a
     # taskQueue is): Conductor's task domains are chosen per task type for a whole workflow,
     # so they cannot tell two steps of one type apart by class.
-    "conductor": {f: "emulated" for f in FLOW_FEATURES},
+    # A cancelled loser's task is completed by the coordinator; its worker's watcher sees that
+    # and stops the attempt, as it does for a run cancel.
+    "conductor": {**{f: "emulated" for f in FLOW_FEATURES}, FLOW_LOSERS_CANCEL: "native"},
 }
 
 

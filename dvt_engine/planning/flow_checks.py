@@ -97,6 +97,11 @@ def flow_problems(plan: ExecutionPlan) -> list[Problem]:
                 problems.append(_join_problem(
                     i, sid, "count_without_quorum",
                     f"step {sid!r}: count is only for a quorum join", "join"))
+            if join.mode == "all" and join.losers == "cancel":
+                problems.append(_join_problem(
+                    i, sid, "cancel_without_partial_join",
+                    f"step {sid!r}: losers: cancel is only for an any or quorum join (an all "
+                    "join has no losers)", "join/losers"))
         if step.concurrency_group is not None and step.concurrency_group not in groups:
             problems.append(_join_problem(
                 i, sid, "unknown_concurrency_group",

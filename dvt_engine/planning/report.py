@@ -24,6 +24,7 @@ from dvt_engine.planning.capabilities import (
     FLOW_CONDITIONS,
     FLOW_FEATURES,
     FLOW_FOR_EACH,
+    FLOW_LOSERS_CANCEL,
     FLOW_PARTIAL_JOIN,
     FLOW_PRIORITY,
     emulation_for,
@@ -221,6 +222,8 @@ def _flow_features_used(doc: dict[str, Any]) -> tuple[str, ...]:
         FLOW_CLASS_LIMIT: any(isinstance(c, dict) and "maxParallel" in c
                               for c in (metadata.get("resourceClasses") or {}).values()),
         FLOW_CLASS_ROUTING: any("resourceClass" in s for s in steps),
+        FLOW_LOSERS_CANCEL: any(isinstance(s.get("join"), dict)
+                                and s["join"].get("losers") == "cancel" for s in steps),
     }
     return tuple(f for f in FLOW_FEATURES if used[f])
 

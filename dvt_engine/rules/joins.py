@@ -7,9 +7,12 @@ is SUCCESS, or SKIPPED under the plan's ``skipRule: satisfy`` (the default). Und
 longer be met because of skipped dependencies is skipped itself.
 
 When an ``any``/``quorum`` join with ``losers: skip`` starts its step, its dependencies that
-have not started yet are skipped; running ones always finish (``losers: finish``, the default,
-lets the unstarted ones run too). A failing dependency is a step failure like any other: the
-plan's failurePolicy applies even when the join was already met.
+have not started yet are skipped; running ones finish (``losers: finish``, the default, lets the
+unstarted ones run too). With ``losers: cancel`` the running ones are skipped too, at that same
+decision, and their engine is asked to stop the attempt: the log says SKIPPED whenever the stop
+reaches the worker, and whatever the attempt comes to afterwards is discarded (no outcome event,
+no failure, no retry). A failing dependency that is not cancelled is a step failure like any
+other: the plan's failurePolicy applies even when the join was already met.
 """
 
 from __future__ import annotations
@@ -59,14 +62,32 @@ def cascaded(plan: ExecutionPlan, statuses: Mapping[str, StepStatus],
 
 def losers_to_skip(step: StepSpec, statuses: Mapping[str, StepStatus],
                    in_flight: set[str]) -> list[str]:
-    """The dependencies a starting any/quorum join with ``losers: skip`` skips (not started)."""
+    """The dependencies a starting any/quorum join with ``losers: skip`` or ``cancel`` skips
+    because they have not started."""
     join = step.join_spec
-    if join.mode == "all" or join.losers != "skip":
+    if join.mode == "all" or join.losers == "finish":
         return []
     return [d for d in step.depends_on
             if statuses[d] == StepStatus.PENDING and d not in in_flight]
 
 
+def losers_to_cancel(step: StepSpec, statuses: Mapping[str, StepStatus],
+                     in_flight: set[str]) -> list[str]:
+    """The running dependencies a starting any/quorum join with ``losers: cancel`` skips and
+    stops (``statuses`` shows a loser already being cancelled as SKIPPED)."""
+    join = step.join_spec
+    if join.mode == "all" or join.losers != "cancel":
+        return []
+    return [d for d in step.depends_on
+            if statuses[d] == StepStatus.RUNNING and d in in_flight]
+
+
 def loser_reason(step_id: str) -> str:
-    """StepSkipped's reason for a join loser."""
+    """StepSkipped's reason for a join loser that had not started."""
     return f"join of {step_id} already met"
+
+
+def cancelled_loser_reason(step_id: str) -> str:
+    """StepSkipped's reason for a running join loser (``losers: cancel``), also the reason its
+    attempt is asked to stop with."""
+    return f"join of {step_id} already met; cancelled while running"

@@ -148,6 +148,11 @@ class StepRunner:
             recorded = await self.recorded_outcome(inv)
             if recorded is not None:
                 return recorded
+            if await self._skipped(inv):
+                # A join loser cancelled before this attempt began (plan v1.3): nothing to run.
+                return _refused(inv, IllegalTransition(
+                    f"step {inv.step_id!r} was skipped while attempt "
+                    f"{inv.logical_attempt_id} ran"))
         return await self._attempt(inv, token)
 
     async def _held_attempt(
@@ -378,6 +383,13 @@ class StepRunner:
             if event is not None:
                 return outcome_from_event(invocation, event)
         return None
+
+    async def _skipped(self, invocation: StepInvocation) -> bool:
+        """Whether the log skipped this logical attempt after it started."""
+        key = event_key(invocation.run_id, invocation.step_id, invocation.logical_attempt_id,
+                        EventType.STEP_SKIPPED, invocation.plan_version)
+        return await self.store.get_event_by_key(
+            invocation.tenant_id, invocation.run_id, key) is not None
 
     # --- plumbing ---------------------------------------------------------------------------
     def _factory(self, inv: StepInvocation) -> EventFactory:

@@ -47,6 +47,7 @@ RECORDED = (
     "v13-resource-class-limit",
     "v13-any-join-failing-loser",
     "v13-any-join-skip-losers",
+    "v13-any-join-cancel-losers",
     "v13-quorum-combination",
     "v13-condition-skip-branch",
     "v13-foreach-condition",
