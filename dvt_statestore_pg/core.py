@@ -100,7 +100,8 @@ class StoreCore:
         self._open_lock = asyncio.Lock()
         self._notifier: Notifier | None = None
         # One pooled connection the store keeps between calls: a call that finds it free runs
-        # on it without a pool checkout (about a third of a read by primary key); concurrent
+        # on it without a pool checkout (in profiles of a read by primary key, the checkout
+        # and return cost as much as parsing the answer); concurrent
         # calls take pooled connections as before. Kept only with pool_max >= 2, so one
         # connection is always left in the pool.
         self._held: Conn | None = None
