@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from dvt_engine.errors import DvtError, SchemaValidationFailed, StoreUnavailable, UsageError
@@ -24,6 +25,10 @@ _T = TypeVar("_T")
 Conn = psycopg.AsyncConnection[Any]
 #: A run as the store keys it: (tenantId, runId).
 RunKey = tuple[str, str]
+#: How long the store keeps one pooled connection for its calls before handing it back (the
+#: pool's own max_lifetime then applies to it, as to every other connection).
+HELD_SECONDS = 300.0
+_IDLE = TransactionStatus.IDLE
 
 
 def utc(value: datetime) -> datetime:
@@ -56,13 +61,25 @@ def event_with_seq(envelope: str, run_seq: int) -> Event:
     return Event.model_validate_json(f'{envelope[:-1].rstrip()},"runSeq":{int(run_seq)}}}')
 
 
+# Identifier values found valid, so a read by id does not check the same ids character by
+# character on every call (cleared when full; the rule is the same for every identifier).
+_VALID: set[str] = set()
+_VALID_MAX = 50_000
+
+
 def valid_ids(*values: str) -> bool:
     """False for an identifier no run can have: such a read finds nothing, like an unknown id."""
-    try:
-        for value in values:
+    for value in values:
+        if type(value) is str and value in _VALID:
+            continue
+        try:
             validate_identifier("id", value)
-    except DvtError:
-        return False
+        except DvtError:
+            return False
+        if type(value) is str:
+            if len(_VALID) >= _VALID_MAX:
+                _VALID.clear()
+            _VALID.add(value)
     return True
 
 
@@ -82,6 +99,18 @@ class StoreCore:
         self._pool: AsyncConnectionPool | None = None
         self._open_lock = asyncio.Lock()
         self._notifier: Notifier | None = None
+        # One pooled connection the store keeps between calls: a call that finds it free runs
+        # on it without a pool checkout (in profiles of a read by primary key, the checkout
+        # and return cost as much as parsing the answer); concurrent
+        # calls take pooled connections as before. Kept only with pool_max >= 2, so one
+        # connection is always left in the pool.
+        self._held: Conn | None = None
+        self._held_busy = False
+        self._held_until = 0.0
+        # Calls waiting for the pool: the held connection goes back to it when one does, so a
+        # call that found it busy is not starved by the calls after it (a pool of two, one
+        # append blocked on a run's lock, a follower polling: the second append must get in).
+        self._waiting = 0
 
     async def _ensure_open(self) -> AsyncConnectionPool:
         if self._pool is not None:
@@ -119,6 +148,9 @@ class StoreCore:
             self._notifier = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
+            held, self._held = self._held, None
+            if held is not None and not self._held_busy:
+                await pool.putconn(held)
             await pool.close()
 
     def _notifier_for(self) -> Notifier:
@@ -132,13 +164,34 @@ class StoreCore:
         Every operation routed here is idempotent (reads, and appends keyed by idempotency
         key), so running it again after a connection died mid-way is safe.
         """
-        pool = await self._ensure_open()
+        pool = self._pool or await self._ensure_open()
         deadline = time.monotonic() + self.config.timeout
         delay = 0.05
         while True:
             try:
-                async with pool.connection() as conn:
-                    return await work(conn)
+                held = self._held
+                if held is not None and not self._held_busy:
+                    self._held_busy = True
+                    try:
+                        return await work(held)
+                    finally:
+                        self._held_busy = False
+                        if (self._waiting or held.pgconn.transaction_status != _IDLE
+                                or self._held is not held
+                                or time.monotonic() > self._held_until):
+                            await self._hand_back(pool, held)
+                self._waiting += 1
+                try:
+                    conn = await pool.getconn()
+                finally:
+                    self._waiting -= 1
+                try:
+                    result = await work(conn)
+                except BaseException:
+                    await pool.putconn(conn)  # the pool rolls back or replaces it
+                    raise
+                await self._keep_or_return(pool, conn)
+                return result
             except psycopg.OperationalError as exc:
                 if time.monotonic() + delay >= deadline:
                     raise StoreUnavailable(
@@ -155,3 +208,18 @@ class StoreCore:
                 ) from exc
             except psycopg.Error as exc:
                 raise store_error(exc) from exc
+
+    async def _keep_or_return(self, pool: AsyncConnectionPool, conn: Conn) -> None:
+        """Keep a connection a call left idle as the held one if none is, else return it."""
+        if (self._held is None and not self._waiting and self._pool is pool
+                and self.config.pool_max >= 2 and conn.pgconn.transaction_status == _IDLE):
+            self._held = conn
+            self._held_until = time.monotonic() + HELD_SECONDS
+        else:
+            await pool.putconn(conn)
+
+    async def _hand_back(self, pool: AsyncConnectionPool, conn: Conn) -> None:
+        """Return the held connection to its pool (which checks, resets or replaces it)."""
+        if self._held is conn:
+            self._held = None
+        await pool.putconn(conn)

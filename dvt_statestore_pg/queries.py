@@ -116,7 +116,7 @@ class Queries:
     def list_runs(
         self, *, status: bool, project: bool, environment: bool, before: bool = False,
         plan: bool = False, labels: bool = False, created_after: bool = False,
-        created_before: bool = False, one_status: bool = False,
+        created_before: bool = False, one_status: bool = False, statuses: int = 0,
     ) -> str:
         """The latest-status index, newest first; only the filters asked for are in the SQL.
 
@@ -125,13 +125,13 @@ class Queries:
         the labels' GIN index. With ``one_status`` the status is one value, not an array:
         equality lets the (tenant, status, created_at) index give the order itself, so a page
         reads its rows and stops; ``= ANY`` makes the planner fetch and sort every run of the
-        tenant in that status.
+        tenant in that status, or (as a prepared statement, whose generic plan does not know
+        the limit) walk the tenant's runs newest first and filter them. With ``statuses`` > 1
+        the array's elements are read one per branch of a UNION ALL, each an equality that
+        the index orders, and the branches are merged in order (a Merge Append that stops at
+        the limit): the page reads about ``limit`` rows, whatever the mix of statuses.
         """
         where = ["tenant_id = %(tenant)s"]
-        if status and one_status:
-            where.append("status = %(status)s")
-        elif status:
-            where.append("status = ANY(%(status)s::text[])")
         if project:
             where.append("project_id = %(project)s")
         if environment:
@@ -146,13 +146,25 @@ class Queries:
             where.append("created_at < %(created_before)s")
         if before:
             where.append("(created_at, run_id) < (%(before_at)s, %(before_id)s)")
-        return self._fmt(
-            "SELECT run_id, tenant_id, project_id, environment_id, plan_id, plan_version, engine,"
+        # No tenant_id in the columns: the caller asked for one tenant and knows it.
+        select = (
+            "SELECT run_id, project_id, environment_id, plan_id, plan_version, engine,"
             " status, substatus, last_seq, created_at, updated_at, labels::text"
             " FROM {dvt_runs} WHERE "
-            + " AND ".join(where)
-            + " ORDER BY created_at DESC, run_id DESC LIMIT %(limit)s"
         )
+        order = " ORDER BY created_at DESC, run_id DESC LIMIT %(limit)s"
+        if status and not one_status and statuses > 1:
+            branches = [
+                "(" + select + " AND ".join([*where, f"status = (%(status)s::text[])[{i}]"])
+                + order + ")"
+                for i in range(1, statuses + 1)
+            ]
+            return self._fmt("SELECT * FROM (" + " UNION ALL ".join(branches) + ") u" + order)
+        if status and one_status:
+            where.insert(1, "status = %(status)s")
+        elif status:
+            where.insert(1, "status = ANY(%(status)s::text[])")
+        return self._fmt(select + " AND ".join(where) + order)
 
     @property
     def fetch(self) -> str:

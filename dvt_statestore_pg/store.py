@@ -18,7 +18,7 @@ from dvt_engine.errors import RunNotFound, UsageError
 from dvt_engine.identifiers import validate_identifier
 from dvt_engine.labels import label_problems
 from dvt_engine.models.events import Event
-from dvt_engine.models.run import RunHeader, RunStatus, RunSummary
+from dvt_engine.models.run import RunHeader, RunStatus, RunSubstatus, RunSummary
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import RunStateStore
 from dvt_engine.projector import initial_snapshot, project
@@ -29,6 +29,13 @@ from dvt_statestore_pg.tiers import ColdTier
 
 PLAN_URI_PREFIX = "plan://sha256/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Headers kept per store: a thousand runs, and none over 8 KiB of text (a plan of about 100
+# steps), so the memory it takes stays small whatever the plans (a big header's model is
+# several times its text).
+_HEADERS_MAX = 1000
+_HEADER_TEXT_MAX = 8192
+_STATUS = {s.value: s for s in RunStatus}
+_SUBSTATUS = {s.value: s for s in RunSubstatus}
 
 __all__ = ["OutboxItem", "PostgresRunStateStore", "open_store"]
 
@@ -40,6 +47,24 @@ class PostgresRunStateStore(ColdTier, ConditionalAppender, Outbox, RunStateStore
     writer lock inside one server-side function call (see Appender); every event also gets a
     place in the store-wide commit order that tenant streams follow (see Follower).
     """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        # Headers read back, with the stored text each was parsed from: the same text is the
+        # same header, so a run read again is not parsed again (a run's header never changes;
+        # anything that rewrites it rewrites the text too).
+        self._headers: dict[tuple[str, str], tuple[str, RunHeader]] = {}
+
+    def _header_from(self, tenant_id: str, run_id: str, text: str) -> RunHeader:
+        known = self._headers.get((tenant_id, run_id))
+        if known is not None and known[0] == text:
+            return known[1]
+        header = RunHeader.model_validate_json(text)
+        if len(text) <= _HEADER_TEXT_MAX:
+            if len(self._headers) >= _HEADERS_MAX:
+                self._headers.clear()
+            self._headers[(tenant_id, run_id)] = (text, header)
+        return header
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> PostgresRunStateStore:
@@ -98,7 +123,7 @@ class PostgresRunStateStore(ColdTier, ConditionalAppender, Outbox, RunStateStore
         async def work(conn: Conn) -> RunHeader | None:
             cur = await conn.execute(self._q.header, (run_id, tenant_id))
             row = await cur.fetchone()
-            return RunHeader.model_validate_json(row[0]) if row else None
+            return self._header_from(tenant_id, run_id, row[0]) if row else None
 
         return await self._run(work)
 
@@ -129,6 +154,7 @@ class PostgresRunStateStore(ColdTier, ConditionalAppender, Outbox, RunStateStore
         query = self._q.list_runs(
             status=bool(statuses),
             one_status=len(statuses) == 1,
+            statuses=len(statuses),
             project=project_id is not None,
             environment=environment_id is not None,
             plan=plan_id is not None,
@@ -153,22 +179,24 @@ class PostgresRunStateStore(ColdTier, ConditionalAppender, Outbox, RunStateStore
 
         async def work(conn: Conn) -> list[RunSummary]:
             cur = await conn.execute(query, params)
+            # Rows the store wrote from validated runs: built without validating them again
+            # (which cost more than the statement; the column types are the fields' types).
             return [
-                RunSummary(
-                    run_id=r[0],
-                    tenant_id=r[1],
-                    project_id=r[2],
-                    environment_id=r[3],
-                    plan_id=r[4],
-                    plan_version=r[5],
-                    engine=r[6],
-                    status=r[7],
-                    substatus=r[8],
-                    last_event_seq=r[9],
-                    created_at=utc(r[10]),
-                    updated_at=utc(r[11]),
-                    labels=json.loads(r[12]),
-                )
+                RunSummary.from_trusted({
+                    "run_id": r[0],
+                    "tenant_id": tenant_id,
+                    "project_id": r[1],
+                    "environment_id": r[2],
+                    "plan_id": r[3],
+                    "plan_version": r[4],
+                    "engine": r[5],
+                    "status": _STATUS[r[6]],
+                    "substatus": None if r[7] is None else _SUBSTATUS[r[7]],
+                    "last_event_seq": r[8],
+                    "labels": {} if r[11] == "{}" else json.loads(r[11]),
+                    "created_at": utc(r[9]),
+                    "updated_at": utc(r[10]),
+                })
                 for r in await cur.fetchall()
             ]
 
