@@ -203,6 +203,16 @@ class ConductorActions(RunAccess):
                 await self.api.run(self.api.update_task, wid, task["taskId"], "IN_PROGRESS",
                                    {"parked": None}, callback_after_s=0)
 
+    async def _task(self, ctx: RunContext, index: int,
+                    tasks: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The step task at plan position ``index``, reading the workflow's tasks when the
+        reconcile's copy does not have it yet (``tasks`` is updated)."""
+        task = tasks.get(step_ref(index))
+        if task is None:
+            tasks.update(tasks_by_ref(await self.workflow_with_tasks(ctx)))
+            task = tasks.get(step_ref(index))
+        return task
+
     async def _cancel_losers(
         self,
         ctx: RunContext,
@@ -224,10 +234,7 @@ class ConductorActions(RunAccess):
                 continue
             index = ctx.index.get(step_id)
             if index is not None and not is_gate(ctx.plan.step(step_id)):
-                task = tasks.get(step_ref(index))
-                if task is None:
-                    tasks.update(tasks_by_ref(await self.workflow_with_tasks(ctx)))
-                    task = tasks.get(step_ref(index))
+                task = await self._task(ctx, index, tasks)
                 if task is not None and task.get("status") not in TERMINAL_TASK:
                     # Not scheduled yet: its worker finds the step decided when it polls it.
                     with contextlib.suppress(DvtError, ConductorApiError):
@@ -267,10 +274,7 @@ class ConductorActions(RunAccess):
         workflow: dict[str, Any],
     ) -> None:
         """Complete the HUMAN task of an approval gate the way the step runner decided it."""
-        task = tasks.get(step_ref(ctx.index[step_id]))
-        if task is None:
-            tasks.update(tasks_by_ref(await self.workflow_with_tasks(ctx)))
-            task = tasks.get(step_ref(ctx.index[step_id]))
+        task = await self._task(ctx, ctx.index[step_id], tasks)
         if task is None or task.get("status") in TERMINAL_TASK:
             return
         settled = settlement_of(outcome.status, outcome.error)
