@@ -184,7 +184,8 @@ class Appender(StoreCore):
         if snapshot_text is None:
             # runSeqs are assigned once, under the run's lock: the same counter is the same log.
             assert known is not None
-            self._cache.move_to_end(run)
+            if run in self._cache:  # an append may have ended the run (and dropped it) meanwhile
+                self._cache.move_to_end(run)
             return known
         snapshot = RunSnapshot.model_validate_json(snapshot_text)
         if seqs:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
+from typing import Any
 
 import psycopg
 import pytest
@@ -198,3 +200,25 @@ async def test_an_ended_run_leaves_the_appenders_memory_and_is_still_appended_to
     snapshot = await pg_store.get_snapshot(header.tenant_id, header.run_id)
     assert snapshot is not None
     assert snapshot.last_event_seq == len(events) + 1
+
+
+class _DroppedWhileRead(OrderedDict[Any, Any]):
+    """The appender's cache as a concurrent append of the terminal event leaves it: the run is
+    gone from it right after a reader looked it up (while the reader awaits the server)."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        found = super().get(key, default)
+        self.pop(key, None)
+        return found
+
+
+async def test_a_read_that_overlaps_the_append_ending_the_run_still_answers(
+    pg_store: PostgresRunStateStore,
+) -> None:
+    header, _ = await pg_store.register_run(make_header(steps=["a"]))
+    events = happy_path(header)
+    await pg_store.append_batch(events[:-1])
+    pg_store._cache = _DroppedWhileRead(pg_store._cache)
+    snapshot = await pg_store.get_snapshot(header.tenant_id, header.run_id)
+    assert snapshot is not None
+    assert snapshot.last_event_seq == len(events) - 1
