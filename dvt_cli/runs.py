@@ -1,4 +1,8 @@
-"""Bodies of the run commands: run, validate, status, events, runs, signal."""
+"""Bodies of the run commands: run, validate, status, events, runs, signal.
+
+Slightly over 500 lines: the six commands share one way to open a client, print a run and map
+its errors to exit codes, kept here rather than spread over six modules.
+"""
 
 from __future__ import annotations
 
