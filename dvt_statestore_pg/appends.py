@@ -15,12 +15,18 @@ from psycopg import pq
 
 from dvt_engine.errors import RunNotFound, StoreUnavailable
 from dvt_engine.event_validation import prepared_for_storage, validate_envelope
-from dvt_engine.identifiers import validate_identifier
 from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.projector import Projection, apply
 from dvt_engine.stores.fingerprint import refuse_conflict
-from dvt_statestore_pg.core import Conn, RunKey, StoreCore, event_with_seq, utc
+from dvt_statestore_pg.core import (
+    Conn,
+    RunKey,
+    StoreCore,
+    check_identifier,
+    event_with_seq,
+    utc,
+)
 from dvt_statestore_pg.fingerprints import fingerprint
 from dvt_statestore_pg.folding import AppendFolder
 
@@ -84,12 +90,6 @@ def events_document(events: list[Event]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
-# Identifier values already found valid (one rule for every identifier field): the ids of a
-# run repeat on every event, and checking them character by character showed in profiles.
-_VALID_IDS: set[str] = set()
-_VALID_IDS_MAX = 50_000
-
-
 # (eventType, has a stepId) pairs validate_envelope accepted: its verdict depends on nothing
 # else once runSeq and persistedAt are unset, and the enum lookups showed in retry profiles.
 _GOOD_SHAPES: set[tuple[str, bool]] = set()
@@ -118,14 +118,12 @@ def _stored_answer(row: Any, sent: set[str]) -> AppendResult:
 
 
 def _check_identifiers(event: Event) -> None:
+    # The ids of a run repeat on every event: checked once per value (check_identifier).
     for name in ("tenant_id", "project_id", "environment_id", "run_id", "plan_id", "step_id"):
         value = getattr(event, name)
-        if value in _VALID_IDS or (value is None and name == "step_id"):
+        if value is None and name == "step_id":
             continue
-        validate_identifier(name, value)
-        if len(_VALID_IDS) >= _VALID_IDS_MAX:
-            _VALID_IDS.clear()
-        _VALID_IDS.add(value)
+        check_identifier(name, value)
 
 
 def _not_found(run_id: str) -> RunNotFound:

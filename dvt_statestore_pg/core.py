@@ -61,25 +61,30 @@ def event_with_seq(envelope: str, run_seq: int) -> Event:
     return Event.model_validate_json(f'{envelope[:-1].rstrip()},"runSeq":{int(run_seq)}}}')
 
 
-# Identifier values found valid, so a read by id does not check the same ids character by
-# character on every call (cleared when full; the rule is the same for every identifier).
+# Identifier values found valid, so reads and appends do not check the same ids character by
+# character on every call (cleared when full; the rule is the same for every identifier field).
 _VALID: set[str] = set()
 _VALID_MAX = 50_000
 
 
+def check_identifier(name: str, value: str) -> None:
+    """``validate_identifier(name, value)``, remembered for values found valid before."""
+    if type(value) is str and value in _VALID:
+        return
+    validate_identifier(name, value)
+    if type(value) is str:
+        if len(_VALID) >= _VALID_MAX:
+            _VALID.clear()
+        _VALID.add(value)
+
+
 def valid_ids(*values: str) -> bool:
     """False for an identifier no run can have: such a read finds nothing, like an unknown id."""
-    for value in values:
-        if type(value) is str and value in _VALID:
-            continue
-        try:
-            validate_identifier("id", value)
-        except DvtError:
-            return False
-        if type(value) is str:
-            if len(_VALID) >= _VALID_MAX:
-                _VALID.clear()
-            _VALID.add(value)
+    try:
+        for value in values:
+            check_identifier("id", value)
+    except DvtError:
+        return False
     return True
 
 
