@@ -369,7 +369,7 @@ class TemporalEngine(BaseEngine):
             payload=dict(accepted.payload), actor_id=accepted.actor.id,
             effective_role=str(accepted.effective_role) if accepted.effective_role else None,
             decision_seq=accepted.decision_run_seq, previous_seq=accepted.previous_signal_seq,
-            attempt=accepted.logical_attempt_id,
+            attempt=accepted.logical_attempt_id, failed_steps=dict(accepted.failed_steps),
         ))
 
     async def cancel_run(self, run_ref: EngineRunRef, reason: str | None = None) -> None:

@@ -91,6 +91,9 @@ class SignalMessage:
     previous_seq: int | None = None
     # For a step signal: the logical attempt it was decided for.
     attempt: int | None = None
+    # Steps the log showed failed for good at the decision (step -> logical attempt): the
+    # workflow applies the signal once it has been fed those failures.
+    failed_steps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

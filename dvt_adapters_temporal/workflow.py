@@ -86,6 +86,9 @@ PATCH_GATE_RULES_FROM_CORE = "dvt-gate-rules-from-core"
 # arrive (dvt_adapters_temporal.ordering); a step signal for an attempt the step has left is
 # ignored by the interpreter itself (older deliveries carry no attempt).
 PATCH_SIGNALS_IN_DECISION_ORDER = "dvt-signals-in-decision-order"
+# A signal decided on a log that shows a step's final failure waits until the workflow has
+# been fed that failure (the activity writes it before its result reaches the workflow).
+PATCH_SIGNALS_AFTER_LOGGED_FAILURES = "dvt-signals-after-logged-failures"
 SIGNAL_ORDER_WAIT = timedelta(seconds=10)
 # An attempt cancelled before it began (a pause right after its start) keeps its logical
 # attempt: the next start must follow the log's last attempt, or the store refuses it.
@@ -269,6 +272,14 @@ class DvtRunWorkflow:
         msg = item.signal
         if msg is None:
             return False
+        failed = self._interp.unseen_failure(msg.failed_steps) \
+            if msg.failed_steps and self._interp is not None else None
+        if failed is not None and failed in self._unfed \
+                and workflow.patched(PATCH_SIGNALS_AFTER_LOGGED_FAILURES):
+            # Decided on a log that shows this step's final failure: a failing run must not
+            # start what the signal would start before the failure.
+            self._held.setdefault(failed, []).append(item)
+            return True
         if msg.type == "PAUSE" and self._inp is not None and \
                 self._inp.config.cancel_in_flight_on_pause:
             # A pause that cancels running work spares waiting gates; a gate whose opening

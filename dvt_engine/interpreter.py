@@ -230,6 +230,17 @@ class RunInterpreter:
         """The plan's spec of a step."""
         return self.plan.step(step_id)
 
+    def unseen_failure(self, failed: Mapping[str, int]) -> str | None:
+        """A step whose final failure the log showed (``failed``: step -> logical attempt) while
+        this interpreter still has that attempt in flight: an engine feeds its outcome before
+        applying a signal decided on that log (rules.failure.final_failures)."""
+        for step_id in sorted(failed):
+            state = self.steps.get(step_id)
+            if state is not None and state.in_flight \
+                    and state.logical_attempt_id == failed[step_id]:
+                return step_id
+        return None
+
     def is_cancelled_loser(self, step_id: str) -> bool:
         """True while a running join loser's skip is decided and its attempt not yet settled."""
         return step_id in self.cancelled_losers

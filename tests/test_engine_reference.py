@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -14,9 +16,11 @@ from contract_tests.engine_suite import (
 )
 from dvt_engine.engines.reference import ReferenceEngine
 from dvt_engine.models.plan import ExecutionPlan
-from dvt_engine.models.run import RunStatus
+from dvt_engine.models.run import RunStatus, StepStatus
+from dvt_engine.models.signals import Actor, Role, SignalType
 from dvt_engine.planning.capabilities import CONDUCTOR_CAPABILITIES
 from dvt_engine.plugins import open_engine
+from dvt_engine.steps.runner import StepRunner
 from dvt_engine.stores.memory import MemoryRunStateStore
 
 
@@ -103,5 +107,52 @@ async def test_a_finished_run_leaves_no_driver_and_the_store_answers_for_it() ->
         await engine.cancel_run(runs[0].ref, "too late")  # nothing left to cancel: no error
         assert (await store.get_snapshot(runs[0].tenant_id, runs[0].run_id)
                 ).status == RunStatus.COMPLETED  # type: ignore[union-attr]
+    finally:
+        await engine.close()
+
+
+async def test_a_signal_decided_on_a_failure_the_driver_has_not_handled_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The step's attempt writes StepFailed before the driver hears of it; an approval decided
+    in between is applied after the failure, so the failFast run starts nothing new."""
+    released = asyncio.Event()
+    run_step = StepRunner.run
+
+    async def report_late(self: StepRunner, invocation: Any, *args: Any, **kwargs: Any) -> Any:
+        outcome = await run_step(self, invocation, *args, **kwargs)
+        if invocation.step.step_id == "bad":
+            await released.wait()
+        return outcome
+
+    monkeypatch.setattr(StepRunner, "run", report_late)
+    store = MemoryRunStateStore()
+    engine = ReferenceEngine(store)
+    harness = EngineHarness(engine, store, HarnessCapabilities(timeout=30.0))
+    try:
+        run = await EngineContractSuite().start(harness, plan_document("late-failure", [
+            {"stepId": "start", "kind": "noop"},
+            {"stepId": "bad", "kind": "fail", "dependsOn": ["start"],
+             "params": {"code": "BOOM", "retryable": False}},
+            {"stepId": "gate", "kind": "approval", "dependsOn": ["start"]},
+            {"stepId": "after-gate", "kind": "noop", "dependsOn": ["gate"]},
+        ], failurePolicy="failFast"))
+        await run.wait(lambda s: s.step("bad").status == StepStatus.FAILED
+                       and s.step("gate").substatus == "AWAITING_APPROVAL",
+                       "bad failed while the gate waits")
+        decision = await run.signal(SignalType.APPROVE_STEP, Actor(id="op", roles=(Role.APPROVER,)),
+                                    {"stepId": "gate", "decision": "approve"})
+        assert decision.accepted, decision
+        driver = engine._drivers[(run.tenant_id, run.run_id)]
+        # The driver handles a message whole before it takes the next: once the approval has
+        # left the inbox, it has been applied or held. Yielding turns, no wall clock involved.
+        while not driver.inbox.empty():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        released.set()
+        final = await run.finished()
+        assert final.status == RunStatus.FAILED
+        assert final.step("gate").status == StepStatus.FAILED  # cancelled by the failing run
+        assert final.step("after-gate").status == StepStatus.PENDING
+        assert not [e for e in await run.events() if e.step_id == "after-gate"]
     finally:
         await engine.close()

@@ -187,6 +187,9 @@ class _RunDriver:
     timers: list[asyncio.Task[None]] = field(default_factory=list)
     #: runSeq of the last accepted signal applied: signals apply in decision order.
     signal_seq: int = 0
+    #: Signals decided on a log that shows a step's final failure this driver has not handled
+    #: yet, by that step; back in the inbox once it is (rules.failure.final_failures).
+    held: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.interp = RunInterpreter(
@@ -210,10 +213,18 @@ class _RunDriver:
         while not self.interp.is_finished:
             message = await self.inbox.get()
             if message[0] == "signal":
+                failed = self.interp.unseen_failure(message[1].failed_steps)
+                if failed is not None:
+                    self.held.setdefault(failed, []).append(message)
+                    continue
                 for accepted in await self._due_signals(message[1]):
                     await self.execute(self._apply(accepted))
                 continue
             await self.execute(self.handle(message))
+            if message[0] == "settled":
+                # Behind what the failure itself caused (a cancelled gate's settlement).
+                for held in self.held.pop(message[1], []):
+                    self.inbox.put_nowait(held)
         for timer in self.timers:
             timer.cancel()
 
@@ -280,14 +291,19 @@ class _RunDriver:
             event = self.factory.command_event(command)
             await _patiently(lambda: self.writer.append(event))
         elif isinstance(command, ResolveGate):
-            gate = self.gates.pop(command.step_id)
+            gate = self.gates.pop(command.step_id, None)
+            if gate is None:
+                return  # being cancelled: that settlement reaches the interpreter instead
+            opened = gate.invocation
             outcome = await _patiently(lambda: self.engine.runner.complete_gate(
-                gate.invocation, approve=command.approve, approver=command.approver,
+                opened, approve=command.approve, approver=command.approver,
                 comment=command.comment, signal_id=command.signal_id, output=command.output,
             ))
             self._settle(command.step_id, command.logical_attempt_id, outcome)
         elif isinstance(command, ExpireGate):
-            gate = self.gates.pop(command.step_id)
+            gate = self.gates.pop(command.step_id, None)
+            if gate is None:
+                return
             outcome = await _patiently(lambda: self.engine.runner.expire_gate(gate.invocation))
             self._settle(command.step_id, command.logical_attempt_id, outcome)
         elif isinstance(command, StartTimer):

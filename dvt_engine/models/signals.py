@@ -233,6 +233,10 @@ class AcceptedSignal(DvtModel):
     logical_attempt_id: int | None = None
     #: The runSeq of the run's previous accepted signal an engine applies (decision order).
     previous_signal_seq: int | None = None
+    #: Steps the log showed failed for good when the signal was decided (step -> logical
+    #: attempt): an engine that learns outcomes after the log does applies the signal only
+    #: once it has seen them (``RunInterpreter.unseen_failure``). Not part of the record.
+    failed_steps: dict[str, int] = Field(default_factory=dict)
 
     @property
     def step_id(self) -> str | None:

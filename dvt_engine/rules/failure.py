@@ -14,7 +14,10 @@ from typing import Any
 
 from dvt_engine.errors import ErrorCode
 from dvt_engine.models.plan import ExecutionPlan
-from dvt_engine.models.snapshot import StepError
+from dvt_engine.models.run import StepStatus
+from dvt_engine.models.snapshot import StepError, StepSnapshot
+from dvt_engine.models.step_index import find_step
+from dvt_engine.rules.retries import is_final_failure
 
 FAIL_FAST = "failFast"
 AWAIT_OPERATOR = "awaitOperator"
@@ -66,3 +69,27 @@ def gates_to_cancel(
 def keeps_failed_attempt(plan: ExecutionPlan, run_terminal: bool) -> bool:
     """True when a step's final failure may still be retried by RETRY_STEP in this run."""
     return awaits_operator(plan) and not run_terminal
+
+
+def final_failures(plan: ExecutionPlan | None,
+                   steps: Iterable[StepSnapshot]) -> dict[str, int]:
+    """Steps whose current logical attempt the log shows failed for good, with that attempt.
+
+    A signal decided on such a log is applied by an engine only once the engine has learnt
+    those failures too (``RunInterpreter.unseen_failure``): a failing failFast run starts
+    nothing new, so an approval decided after the failure must not start the gate's
+    dependants on an engine that hears of the failure later than the log did. Without the
+    plan (its retry policies), only an error raised as not retryable counts as final.
+    """
+    found: dict[str, int] = {}
+    for step in steps:
+        if step.status != StepStatus.FAILED or step.error is None:
+            continue
+        spec = None if plan is None else find_step(plan.steps, step.step_id)
+        if spec is None:
+            final = not step.error.retryable
+        else:
+            final = is_final_failure(spec, step.error, step.engine_attempt_id or 1)
+        if final:
+            found[step.step_id] = step.logical_attempt_id
+    return found

@@ -19,12 +19,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from dvt_engine import telemetry
-from dvt_engine.errors import ErrorCode, RunNotFound, SchemaValidationFailed, StoreUnavailable
+from dvt_engine.errors import (
+    ErrorCode,
+    PlanNotFound,
+    RunNotFound,
+    SchemaValidationFailed,
+    StoreUnavailable,
+)
 from dvt_engine.eventlog import EventFactory, utc_now
 from dvt_engine.idempotency import signal_key
 from dvt_engine.models.events import Event, EventType, SignalDecisionPayload
 from dvt_engine.models.plan import ExecutionPlan
-from dvt_engine.models.run import RunHeader
+from dvt_engine.models.run import RunHeader, StepStatus
 from dvt_engine.models.signals import (
     AcceptedSignal,
     Role,
@@ -34,6 +40,7 @@ from dvt_engine.models.signals import (
 )
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.ports import AuthorizationRequest, Authorizer, RunStateStore
+from dvt_engine.rules.failure import final_failures
 from dvt_engine.rules.signals import waiting_step
 from dvt_engine.signals.authz import RoleBasedAuthorizer
 from dvt_engine.signals.custom import (
@@ -95,8 +102,8 @@ class SignalService:
         plans: PlanSource | None = None,
     ) -> None:
         self.store = store
-        #: Run plans, read for CUSTOM signals only (``plans``: an engine's loader, else the
-        #: store's plan registry).
+        #: Run plans, read for CUSTOM signals and for runs with a failed step (``plans``: an
+        #: engine's loader, else the store's plan registry).
         self.plans = RunPlans(store, plans)
         self.authorizer: Authorizer = authorizer or RoleBasedAuthorizer()
         self.clock = clock
@@ -333,8 +340,19 @@ class SignalService:
                 decision_run_seq=result.run_seq,
                 logical_attempt_id=basis.logical_attempt_id,
                 previous_signal_seq=record.desired.last_signal_seq,
+                failed_steps=await self._failed_steps(record),
             )
         return SignalVerdict(decision, applied, record.header, record.snapshot)
+
+    async def _failed_steps(self, record: _Record) -> dict[str, int]:
+        """The final step failures the log showed when the signal was decided."""
+        if not any(step.status == StepStatus.FAILED for step in record.snapshot.steps):
+            return {}  # the common case: nothing failed, no plan to read
+        try:
+            plan = await self.plans.of(record.header)
+        except PlanNotFound:
+            plan = None  # a run registered without its plan: only unretryable errors count
+        return final_failures(plan, record.snapshot.steps)
 
 
 @dataclass(frozen=True)
