@@ -410,6 +410,25 @@ def window_plan(n: int, width: int = 3) -> dict[str, Any]:
     return _plan(f"bench-scale-{n}", steps)
 
 
+async def _report_progress(store: Any, run_id: str, total: int, server_pid: int | None,
+                           every_s: float = 60.0) -> None:
+    """Print, every minute of a long run, the steps ended so far and the last minute's cost:
+    whether a step costs more the further the run has got."""
+    from dvt_engine.models.run import StepStatus
+
+    t0, last_done, last_t, last_cpu = time.perf_counter(), 0, time.perf_counter(), cpu_s(server_pid)
+    while True:
+        await asyncio.sleep(every_s)
+        snap = await store.get_snapshot("bench", run_id)
+        done = sum(1 for step in snap.steps if step.status == StepStatus.SUCCESS) if snap else 0
+        now, cpu = time.perf_counter(), cpu_s(server_pid)
+        ended = max(done - last_done, 1)
+        print(f"  {now - t0:7.0f} s: {done}/{total} steps; last interval "
+              f"{(now - last_t) / ended * 1000:.0f} ms/step wall, "
+              f"{(cpu - last_cpu) / ended * 1000:.0f} ms/step server CPU", flush=True)
+        last_done, last_t, last_cpu = done, now, cpu
+
+
 async def run_scale(server_url: str, sizes: list[int], profile: Path | None = None,
                     server_pid: int | None = None,
                     bare: bool = False) -> dict[int, dict[str, float]]:
@@ -458,7 +477,11 @@ async def run_scale(server_url: str, sizes: list[int], profile: Path | None = No
                 profiler.enable()
             t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_s(server_pid)
             run_ref = await engine.start_run(ref, ctx)
-            snap = await wait_for_terminal(store, "bench", ctx.run_id, timeout=7200)
+            watch = asyncio.create_task(_report_progress(store, ctx.run_id, n, server_pid))
+            try:
+                snap = await wait_for_terminal(store, "bench", ctx.run_id, timeout=7200)
+            finally:
+                watch.cancel()
             row["conductor_s"] = time.perf_counter() - t0
             row["dvt_cpu_s"] = time.process_time() - c0
             row["server_cpu_s"] = cpu_s(server_pid) - s0
