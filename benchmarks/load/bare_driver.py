@@ -7,7 +7,9 @@ RunCompleted as it arrives on the store's tenant stream (written by the workflow
 bookkeeping activity, before the workflow itself closes); here there is no store, so a run
 ends when its handle's ``result()`` returns, a long poll on the workflow's close event. That
 includes the workflow's closing task, so it measures a little more of the server's path than
-the dvt mode does, never less.
+the dvt mode does, never less. The waits have a connection of their own: as many long polls as
+runs in flight must not queue the starts behind them (the dvt driver's Temporal connection
+carries starts only).
 """
 
 from __future__ import annotations
@@ -82,12 +84,15 @@ async def _end(handle: WorkflowHandle[None, None], state: LoadState) -> None:
 async def drive_bare(options: LoadOptions, servers: Servers) -> tuple[LoadState, Client]:
     """Run the bare load phase and the drain; the state and the client (for the check)."""
     client = await Client.connect(servers.temporal_address)
+    results = await Client.connect(servers.temporal_address)
     state = LoadState()
     waiting: set[asyncio.Task[None]] = set()
 
     async def launch(workflow_id: str, gate: asyncio.Semaphore) -> None:
-        handle = await _start(client, servers.task_queue, workflow_id, state, gate)
-        if handle is not None:
+        started = await _start(client, servers.task_queue, workflow_id, state, gate)
+        if started is not None:
+            handle = results.get_workflow_handle(workflow_id, run_id=started.result_run_id,
+                                                 result_type=type(None))
             task = asyncio.create_task(_end(handle, state))
             waiting.add(task)
             task.add_done_callback(waiting.discard)
