@@ -11,7 +11,7 @@ from benchmarks.load.servers import CHAOS_KINDS
 #: no-op activity and no dvt or PostgreSQL (benchmarks/load/bare_temporal.py), to tell the
 #: server's share of a Temporal run's latency from dvt's.
 ENGINES = ("temporal", "reference", "conductor", "temporal-bare")
-#: What the bare engine does not have: faults on PostgreSQL or dvt, PAUSE storms, step chains.
+#: The bare mode refuses what only dvt runs have: faults, PAUSE storms, step chains (parse).
 BARE = "temporal-bare"
 _UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 

@@ -33,9 +33,9 @@ CHAOS_KINDS = ("pg-restart", "worker-kill", "temporal-restart", "pg-failover")
 WORKER_HEARTBEAT_S = "2"
 #: What `dvt worker` prints once it serves, and how long it gets to say it.
 WORKER_READY = "dvt worker:"
+WORKER_START_S = 120.0
 #: The engines served by the Temporal dev server.
 TEMPORAL_ENGINES = ("temporal", "temporal-bare")
-WORKER_START_S = 120.0
 
 
 #: The checkout the harness runs from (a bare worker imports its workflow from it).
