@@ -105,7 +105,8 @@ def bench(session: nox.Session) -> None:
     rates for 10 minutes each (1 with `--quick`): one-step runs on Temporal, ten-step runs on
     the reference engine (10,000 steps a minute), and the PAUSE storm. A missed speed target
     (the harness's exit 1) is a figure to record, not a failure of the session; a wrong run
-    (exit 2) is.
+    (exit 2) is. The bare Temporal mode (`--engine temporal-bare`) is a diagnosis, not a row
+    here: `nox -s load -- --engine temporal-bare --rate 1000/min --minutes 10` runs it.
     """
     _install(session)
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):

@@ -2,13 +2,18 @@
 
 ``run(options)`` starts the servers (servers.py), drives the load (driver.py), checks every
 run (verify.py) and returns the report (report.py); `nox -s load` and tests/load call it.
+``--engine temporal-bare`` drives and checks a bare temporalio workflow instead
+(bare_temporal.py, bare_driver.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmarks.load.options import LoadOptions
+# Imports stay inside run(): the bare workflow's module (bare_temporal.py) is re-imported in the
+# workflow sandbox for every run, and this package with it, which must import nothing heavy.
+if TYPE_CHECKING:
+    from benchmarks.load.options import LoadOptions
 
 
 async def run(options: LoadOptions) -> dict[str, Any]:
@@ -23,6 +28,11 @@ async def run(options: LoadOptions) -> dict[str, Any]:
     servers = await asyncio.to_thread(servers_mod.start, options.engine, list(options.chaos),
                                       options.workers, stock_server=options.stock_server)
     try:
+        if options.engine == "temporal-bare":
+            from benchmarks.load.bare_driver import drive_bare, verify_bare
+
+            state, temporal = await drive_bare(options, servers)
+            return summarize(options, state, await verify_bare(temporal, list(state.ended)))
         state, client = await drive(options, servers)
         try:
             deps = {s["stepId"]: list(s.get("dependsOn") or [])

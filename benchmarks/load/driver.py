@@ -14,6 +14,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -169,8 +170,12 @@ async def _start_one(client: Client, ref: Any, run_id: str, state: LoadState,
                 await asyncio.sleep(0.5)  # back-off while the store or engine comes back
 
 
-async def _starter(client: Client, ref: Any, options: LoadOptions, state: LoadState,
-                   tasks: set[asyncio.Task[None]]) -> None:
+#: Starts one run (its id) holding the in-flight-starts gate for the start only.
+Launch = Callable[[str, asyncio.Semaphore], Coroutine[Any, Any, None]]
+
+
+async def _starter(options: LoadOptions, state: LoadState, tasks: set[asyncio.Task[None]],
+                   launch: Launch) -> None:
     gate = asyncio.Semaphore(options.max_in_flight_starts)
     interval = 1.0 / options.rate_per_s
     n = 0
@@ -184,7 +189,7 @@ async def _starter(client: Client, ref: Any, options: LoadOptions, state: LoadSt
         elif gate.locked():
             state.late_starts += 1
         run_id = f"load-{n:07d}-{uuid.uuid4().hex[:6]}"
-        task = asyncio.create_task(_start_one(client, ref, run_id, state, gate))
+        task = asyncio.create_task(launch(run_id, gate))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         n += 1
@@ -279,18 +284,36 @@ async def drive(options: LoadOptions, servers: Servers) -> tuple[LoadState, Clie
         actor="load", roles=("operator",))
     state = LoadState()
     stop = asyncio.Event()
-    tasks: set[asyncio.Task[None]] = set()
-    background: list[asyncio.Task[None]] = []
     try:
         ref = await client.store_plan(load_plan(options.steps, options.step_ms))
-        background.append(asyncio.create_task(_watch(client, state, stop)))
-        background.append(asyncio.create_task(_sampler(servers, state, stop)))
-        state.count_cpu(servers.cpu_by_process(), first=True)
-        state.began = time.monotonic()
-        phases = [_starter(client, ref, options, state, tasks), _chaos(servers, options, state)]
+
+        async def launch(run_id: str, gate: asyncio.Semaphore) -> None:
+            await _start_one(client, ref, run_id, state, gate)
+
+        watch = asyncio.create_task(_watch(client, state, stop))
+        phases = [_chaos(servers, options, state)]
         if options.signals_per_s > 0:
             phases.append(_storm(client, options, state))
-        await asyncio.gather(*phases)
+        await load_and_drain(options, servers, state, stop, launch, phases, [watch])
+    except BaseException:
+        await client.close()
+        raise
+    return state, client
+
+
+async def load_and_drain(options: LoadOptions, servers: Servers, state: LoadState,
+                         stop: asyncio.Event, launch: Launch,
+                         phases: Sequence[Awaitable[None]] = (),
+                         background: Sequence[asyncio.Task[None]] = ()) -> None:
+    """The open-loop load phase (with ``phases`` alongside), then the drain until every
+    started run is seen ending or the drain time is up; ``background`` (what records the
+    ends) and the samplers are stopped after."""
+    tasks: set[asyncio.Task[None]] = set()
+    background = [*background, asyncio.create_task(_sampler(servers, state, stop))]
+    try:
+        state.count_cpu(servers.cpu_by_process(), first=True)
+        state.began = time.monotonic()
+        await asyncio.gather(_starter(options, state, tasks, launch), *phases)
         if tasks:
             await asyncio.gather(*list(tasks))
         state.load_end_s = state.now()
@@ -301,9 +324,6 @@ async def drive(options: LoadOptions, servers: Servers) -> tuple[LoadState, Clie
                 await asyncio.wait_for(state.ends.wait_for(lambda: not state.running()),
                                        max(0.0, deadline - state.now()))
         state.drained = not state.running()
-    except BaseException:
-        await client.close()
-        raise
     finally:
         stop.set()
         for task in [*background, *state.watchers]:
@@ -311,4 +331,3 @@ async def drive(options: LoadOptions, servers: Servers) -> tuple[LoadState, Clie
         for task in [*background, *state.watchers]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-    return state, client

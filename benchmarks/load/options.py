@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 
 from benchmarks.load.servers import CHAOS_KINDS
 
-ENGINES = ("temporal", "reference", "conductor")
+#: ``temporal-bare``: the same dev server and load, but a bare temporalio workflow with one
+#: no-op activity and no dvt or PostgreSQL (benchmarks/load/bare_temporal.py), to tell the
+#: server's share of a Temporal run's latency from dvt's.
+ENGINES = ("temporal", "reference", "conductor", "temporal-bare")
+#: The bare mode refuses what only dvt runs have: faults, PAUSE storms, step chains (parse).
+BARE = "temporal-bare"
 _UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 
 
@@ -25,7 +30,7 @@ class Targets:
 
 #: Temporal + PG, 1-step runs: 1,000 runs/min; reference + PG: 10,000 steps/min.
 TARGETS = {"temporal": Targets(runs_per_min=1000.0), "reference": Targets(steps_per_min=10_000.0),
-           "conductor": Targets()}
+           "conductor": Targets(), BARE: Targets(runs_per_min=1000.0)}
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,9 @@ def parse(argv: list[str] | None = None) -> LoadOptions:
     a = parser().parse_args(argv)
     if a.steps < 1 or a.minutes <= 0 or a.workers < 1:
         parser().error("--steps, --minutes and --workers must be positive")
+    if a.engine == BARE and (a.chaos or a.signals or a.steps != 1 or a.step_ms):
+        parser().error(f"--engine {BARE} runs one no-op activity a run: no --chaos, --signals, "
+                       "--steps or --step-ms")
     return LoadOptions(engine=a.engine, rate_per_s=a.rate, minutes=a.minutes, steps=a.steps,
                        step_ms=a.step_ms, chaos=a.chaos, signals_per_s=a.signals,
                        workers=a.workers, drain_s=a.drain, json_path=a.json_path,

@@ -4,6 +4,8 @@ Everything comes from dvt_local (the pinned wheels and jars) and listens on loop
 PostgreSQL (plus a synchronous streaming standby when pg-failover is asked for), the Temporal
 dev server with its SQLite file, the Conductor server, and `dvt worker` processes. Each fault
 returns the seconds the fault itself took; recovery is measured by the driver on the runs.
+The bare Temporal mode (``temporal-bare``) starts only the dev server and bare workers
+(bare_temporal.py): its runs never touch PostgreSQL.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ WORKER_HEARTBEAT_S = "2"
 #: What `dvt worker` prints once it serves, and how long it gets to say it.
 WORKER_READY = "dvt worker:"
 WORKER_START_S = 120.0
+#: The engines served by the Temporal dev server.
+TEMPORAL_ENGINES = ("temporal", "temporal-bare")
+
+
+#: The checkout the harness runs from (a bare worker imports its workflow from it).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dvt_bin() -> str:
@@ -45,7 +53,8 @@ class Servers:
 
     engine: str
     scratch: Path
-    primary: pg.PostgresServer
+    #: None in the bare Temporal mode, which needs no store.
+    primary: pg.PostgresServer | None
     schema: str
     standby: pg.PostgresServer | None = None
     temporal_dir: Path | None = None
@@ -62,6 +71,8 @@ class Servers:
     @property
     def store_url(self) -> str:
         """The store URL every process uses: a multi-host URL when a standby exists."""
+        if self.primary is None:
+            raise RuntimeError(f"the {self.engine} load runs without PostgreSQL")
         if self.standby is None:
             return self.primary.dsn() + f"?schema={self.schema}"
         return standby.failover_url([self.primary, self.standby], schema=self.schema)
@@ -79,9 +90,10 @@ class Servers:
     # --- workers -------------------------------------------------------------------------
     def worker_env(self) -> dict[str, str]:
         """The environment of a `dvt worker` process of this run."""
-        env = {**os.environ, "DVT_HOME": str(self.scratch / "home"),
-               "DVT_STORE_URL": self.store_url, "PYTHONUNBUFFERED": "1"}
-        if self.engine == "temporal":
+        env = {**os.environ, "DVT_HOME": str(self.scratch / "home"), "PYTHONUNBUFFERED": "1"}
+        if self.primary is not None:
+            env["DVT_STORE_URL"] = self.store_url
+        if self.engine in TEMPORAL_ENGINES:
             env.update(DVT_TEMPORAL_ADDRESS=self.temporal_address,
                        DVT_TEMPORAL_TASK_QUEUE=self.task_queue,
                        DVT_TEMPORAL_HEARTBEAT_TIMEOUT_S=WORKER_HEARTBEAT_S)
@@ -96,14 +108,24 @@ class Servers:
         with that log's tail, so a broken installation is not mistaken for a slow engine.
         """
         path = self.scratch / f"worker-{len(self.workers)}.log"
+        command = [_dvt_bin(), "worker", "--engine", self.engine]
+        what, ready, env = "dvt worker", WORKER_READY, self.worker_env()
+        if self.engine == "temporal-bare":
+            from benchmarks.load import bare_temporal
+
+            command = [sys.executable, "-m", "benchmarks.load.bare_temporal",
+                       "--address", self.temporal_address, "--task-queue", self.task_queue]
+            what, ready = "bare worker", bare_temporal.READY
+            # The harness runs from a checkout, where `benchmarks` is not an installed package.
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         with path.open("ab") as log:
             proc = subprocess.Popen(
-                [_dvt_bin(), "worker", "--engine", self.engine], env=self.worker_env(),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
         self.workers.append(proc)
-        lifecycle.wait_ready(lambda: WORKER_READY in lifecycle.log_tail(path), proc,
-                             what="dvt worker", log_file=path, timeout_s=WORKER_START_S)
+        lifecycle.wait_ready(lambda: ready in lifecycle.log_tail(path), proc,
+                             what=what, log_file=path, timeout_s=WORKER_START_S)
         return proc
 
     def live_workers(self) -> list[subprocess.Popen[bytes]]:
@@ -124,8 +146,10 @@ class Servers:
         included, keyed by part (driver, workers, engine server, postgres) and pid."""
         postmaster = None
         with contextlib.suppress(OSError, ValueError, IndexError):
-            postmaster = int((self.primary.data_dir / "postmaster.pid").read_text().split()[0])
-        server = self.temporal_pid if self.engine == "temporal" else getattr(
+            if self.primary is not None:
+                pid_file = self.primary.data_dir / "postmaster.pid"
+                postmaster = int(pid_file.read_text().split()[0])
+        server = self.temporal_pid if self.engine in TEMPORAL_ENGINES else getattr(
             self.conductor, "pid", None)
         found = {("driver", os.getpid()): _tree_cpu(os.getpid(), children=False)}
         found.update({("workers", w.pid): _tree_cpu(w.pid) for w in self.live_workers()})
@@ -138,6 +162,7 @@ class Servers:
     # --- faults --------------------------------------------------------------------------
     def pg_restart(self) -> float:
         """SIGKILL the primary's whole process group, start it again on its port and data."""
+        assert self.primary is not None
         began = time.monotonic()
         standby.crash(self.primary)
         self.primary.start()
@@ -147,6 +172,7 @@ class Servers:
         """SIGKILL the primary, promote the standby; clients find it through the URL."""
         if self.standby is None:
             raise RuntimeError("pg-failover needs the standby started with the servers")
+        assert self.primary is not None
         began = time.monotonic()
         standby.crash(self.primary)
         standby.promote(self.standby)
@@ -228,7 +254,7 @@ def applicable(engine: str, kinds: list[str]) -> tuple[list[str], list[str]]:
     """The faults that make sense on ``engine`` and the ones that do not (with no worker
     process, the reference engine has nothing to kill but the driver itself)."""
     skipped = [k for k in kinds if (k == "worker-kill" and engine == "reference")
-               or (k == "temporal-restart" and engine != "temporal")]
+               or (k == "temporal-restart" and engine not in TEMPORAL_ENGINES)]
     return [k for k in kinds if k not in skipped], skipped
 
 
@@ -237,15 +263,16 @@ def start(engine: str, chaos: list[str], workers: int = 1, *,
     """Start PostgreSQL (and a standby for pg-failover), the engine's server and workers.
 
     The Temporal dev server runs without its transfer-queue cap unless ``stock_server``.
+    The bare Temporal mode starts no PostgreSQL: nothing of its runs reaches a store.
     """
     scratch = Path(tempfile.mkdtemp(prefix="dvt-load-"))
-    primary = pg.start_server()
+    primary = None if engine == "temporal-bare" else pg.start_server()
     servers = Servers(engine=engine, scratch=scratch, primary=primary,
                       schema=f"load_{uuid.uuid4().hex[:8]}")
     try:
-        if "pg-failover" in chaos:
+        if "pg-failover" in chaos and primary is not None:
             servers.standby = standby.start_standby(primary, synchronous=True)
-        if engine == "temporal":
+        if engine in TEMPORAL_ENGINES:
             from dvt_local import temporal
 
             servers.temporal_dir = scratch / "temporal"

@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from benchmarks.load.bare_driver import history_problems
 from benchmarks.load.driver import LoadState
-from benchmarks.load.options import parse_chaos, parse_rate
+from benchmarks.load.options import TARGETS, parse, parse_chaos, parse_rate
 from benchmarks.load.report import percentile
 from benchmarks.load.verify import SentSignal, log_problems, pause_latencies, signal_problems
 from dvt_engine.models.events import Event
@@ -102,3 +105,31 @@ def test_cpu_is_counted_from_the_load_start_and_across_restarted_processes() -> 
     # killed one's last reading stays counted.
     state.count_cpu({("postgres", 10): 53.0, ("workers", 21): 1.5})
     assert state.cpu_spent == {"postgres": 3.0, "workers": 3.5}
+
+
+def test_the_bare_temporal_mode_parses_with_the_temporal_target_and_refuses_dvt_only_options(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    options = parse(["--engine", "temporal-bare", "--rate", "1000/min", "--minutes", "10",
+                     "--stock-server"])
+    assert (options.engine, options.rate_per_s, options.stock_server) == (
+        "temporal-bare", 1000 / 60, True)
+    # The same runs/min line as the dvt Temporal mode, so the two verdicts read alike.
+    assert options.targets == TARGETS["temporal"]
+    for refused in (["--chaos", "pg-restart"], ["--signals", "5"], ["--steps", "2"],
+                    ["--step-ms", "100"]):
+        with pytest.raises(SystemExit) as exited:
+            parse(["--engine", "temporal-bare", *refused])
+        assert exited.value.code == 2
+        assert "one no-op activity a run" in capsys.readouterr().err
+
+
+def test_a_bare_history_must_hold_one_start_one_activity_and_one_completion() -> None:
+    whole = ["EVENT_TYPE_WORKFLOW_EXECUTION_STARTED", "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
+             "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED", "EVENT_TYPE_ACTIVITY_TASK_STARTED",
+             "EVENT_TYPE_ACTIVITY_TASK_COMPLETED", "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED"]
+    assert history_problems("w", whole) == []
+    failed = [*whole[:-1], "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED"]
+    assert history_problems("w", failed) == ["w: WORKFLOW_EXECUTION_COMPLETED 0 times"]
+    twice = [*whole[:-1], "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED", *whole[-2:]]
+    assert history_problems("w", twice) == ["w: ACTIVITY_TASK_SCHEDULED 2 times",
+                                            "w: ACTIVITY_TASK_COMPLETED 2 times"]
