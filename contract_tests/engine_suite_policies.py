@@ -16,6 +16,7 @@ from contract_tests.engine_harness import (
     event_types,
     plan_document,
 )
+from contract_tests.late_failure import failing_beside_a_gate
 from contract_tests.scenarios import (
     execute_scenario,
     get_scenario,
@@ -142,13 +143,8 @@ class RunRuleTests(EngineSuiteBase):
             return ()
 
         monkeypatch.setattr(failure_rules, "gates_to_cancel", gates_kept_open)
-        run = await self.start(engine_harness, plan_document("suite-core-rule", [
-            {"stepId": "start", "kind": "noop"},
-            {"stepId": "bad", "kind": "fail", "dependsOn": ["start"],
-             "params": {"code": "BOOM", "retryable": False}},
-            {"stepId": "gate", "kind": "approval", "dependsOn": ["start"]},
-            {"stepId": "after-gate", "kind": "noop", "dependsOn": ["gate"]},
-        ], failurePolicy="failFast"))
+        run = await self.start(engine_harness, plan_document(
+            "suite-core-rule", failing_beside_a_gate(), failurePolicy="failFast"))
         await run.wait(lambda s: s.step("bad").status == StepStatus.FAILED
                        and s.step("gate").substatus == "AWAITING_APPROVAL",
                        "bad failed while the gate waits")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -14,13 +13,13 @@ from contract_tests.engine_suite import (
     HarnessCapabilities,
     plan_document,
 )
+from contract_tests.late_failure import failing_beside_a_gate, report_outcome_late
 from dvt_engine.engines.reference import ReferenceEngine
 from dvt_engine.models.plan import ExecutionPlan
 from dvt_engine.models.run import RunStatus, StepStatus
 from dvt_engine.models.signals import Actor, Role, SignalType
 from dvt_engine.planning.capabilities import CONDUCTOR_CAPABILITIES
 from dvt_engine.plugins import open_engine
-from dvt_engine.steps.runner import StepRunner
 from dvt_engine.stores.memory import MemoryRunStateStore
 
 
@@ -116,27 +115,13 @@ async def test_a_signal_decided_on_a_failure_the_driver_has_not_handled_waits_fo
 ) -> None:
     """The step's attempt writes StepFailed before the driver hears of it; an approval decided
     in between is applied after the failure, so the failFast run starts nothing new."""
-    released = asyncio.Event()
-    run_step = StepRunner.run
-
-    async def report_late(self: StepRunner, invocation: Any, *args: Any, **kwargs: Any) -> Any:
-        outcome = await run_step(self, invocation, *args, **kwargs)
-        if invocation.step.step_id == "bad":
-            await released.wait()
-        return outcome
-
-    monkeypatch.setattr(StepRunner, "run", report_late)
+    released = report_outcome_late(monkeypatch, "bad")
     store = MemoryRunStateStore()
     engine = ReferenceEngine(store)
     harness = EngineHarness(engine, store, HarnessCapabilities(timeout=30.0))
     try:
-        run = await EngineContractSuite().start(harness, plan_document("late-failure", [
-            {"stepId": "start", "kind": "noop"},
-            {"stepId": "bad", "kind": "fail", "dependsOn": ["start"],
-             "params": {"code": "BOOM", "retryable": False}},
-            {"stepId": "gate", "kind": "approval", "dependsOn": ["start"]},
-            {"stepId": "after-gate", "kind": "noop", "dependsOn": ["gate"]},
-        ], failurePolicy="failFast"))
+        run = await EngineContractSuite().start(harness, plan_document(
+            "late-failure", failing_beside_a_gate(), failurePolicy="failFast"))
         await run.wait(lambda s: s.step("bad").status == StepStatus.FAILED
                        and s.step("gate").substatus == "AWAITING_APPROVAL",
                        "bad failed while the gate waits")

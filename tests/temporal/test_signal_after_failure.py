@@ -25,10 +25,10 @@ from temporal_helpers import (
 )
 from temporalio.client import WorkflowHandle
 
+from contract_tests.late_failure import failing_beside_a_gate, report_outcome_late
 from dvt_adapters_temporal.engine import TemporalEngine
 from dvt_engine.models.run import RunStatus, StepStatus, TemporalRunRef
 from dvt_engine.models.signals import Actor, Role, SignalRequest, SignalType
-from dvt_engine.steps.runner import StepRunner
 
 APPROVER = Actor(id="op-1", roles=(Role.ADMIN, Role.APPROVER))
 
@@ -50,23 +50,9 @@ async def _signal_taken(handle: WorkflowHandle[Any, Any], *, within_s: float = 3
 async def test_an_approval_decided_after_a_logged_failure_starts_nothing(
     engine: TemporalEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    released = asyncio.Event()
-    run_step = StepRunner.run
-
-    async def report_late(self: StepRunner, invocation: Any, *args: Any, **kwargs: Any) -> Any:
-        outcome = await run_step(self, invocation, *args, **kwargs)
-        if invocation.step.step_id == "bad":
-            await released.wait()  # StepFailed is in the log; the workflow has not heard yet
-        return outcome
-
-    monkeypatch.setattr(StepRunner, "run", report_late)
-    ref = await put_plan(engine.store, plan_doc([
-        {"stepId": "start", "kind": "noop"},
-        {"stepId": "bad", "kind": "fail", "dependsOn": ["start"],
-         "params": {"code": "BOOM", "retryable": False}},
-        {"stepId": "gate", "kind": "approval", "dependsOn": ["start"]},
-        {"stepId": "after-gate", "kind": "noop", "dependsOn": ["gate"]},
-    ], failurePolicy="failFast"))
+    released = report_outcome_late(monkeypatch, "bad")
+    ref = await put_plan(engine.store, plan_doc(failing_beside_a_gate(),
+                                                failurePolicy="failFast"))
     ctx = new_context()
     run_ref = await engine.start_run(ref, ctx)
     assert isinstance(run_ref, TemporalRunRef)
