@@ -17,10 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -29,6 +35,7 @@ from benchmarks.load.driver import START_RETRY_S, LoadState, load_and_drain
 from benchmarks.load.options import LoadOptions
 from benchmarks.load.servers import Servers
 from benchmarks.load.verify import Verdict
+from dvt_adapters_temporal.search_attributes import search_attribute_keys
 
 #: History reads in flight while checking.
 CHECK_CONCURRENCY = 8
@@ -37,20 +44,30 @@ ONCE = ("EVENT_TYPE_WORKFLOW_EXECUTION_STARTED", "EVENT_TYPE_ACTIVITY_TASK_SCHED
         "EVENT_TYPE_ACTIVITY_TASK_COMPLETED", "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED")
 
 
+def _dvt_attributes(workflow_id: str) -> dict[str, Any]:
+    """The search attributes and memo dvt's start gives a run (``--with-dvt-attributes``)."""
+    values = {"tenantId": "load", "projectId": "load", "environmentId": "load"}
+    return {"search_attributes": TypedSearchAttributes(
+                [SearchAttributePair(k, values[k.name]) for k in search_attribute_keys()]),
+            "memo": {"runId": workflow_id, "tenantId": "load"}}
+
+
 async def _start(client: Client, task_queue: str, workflow_id: str, state: LoadState,
-                 gate: asyncio.Semaphore) -> WorkflowHandle[None, None] | None:
+                 gate: asyncio.Semaphore, *, dvt_attributes: bool = False
+                 ) -> WorkflowHandle[None, None] | None:
     """Start one bare workflow as the dvt engine starts its own; None if it never started."""
+    extra = _dvt_attributes(workflow_id) if dvt_attributes else {}
     async with gate:
         state.started[workflow_id] = state.now()
         while True:
             try:
-                # The dvt engine's start options (dvt_adapters_temporal.engine.start_run), minus
-                # its search attributes and memo: no dvt tenant here.
+                # The dvt engine's start options (dvt_adapters_temporal.engine.launch); its
+                # search attributes and memo only with --with-dvt-attributes.
                 return await client.start_workflow(
                     WORKFLOW_NAME, id=workflow_id, task_queue=task_queue,
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    request_eager_start=True, result_type=type(None))
+                    request_eager_start=True, result_type=type(None), **extra)
             except WorkflowAlreadyStartedError:
                 return client.get_workflow_handle(workflow_id, result_type=type(None))
             except RPCError:
@@ -89,7 +106,8 @@ async def drive_bare(options: LoadOptions, servers: Servers) -> tuple[LoadState,
     waiting: set[asyncio.Task[None]] = set()
 
     async def launch(workflow_id: str, gate: asyncio.Semaphore) -> None:
-        started = await _start(client, servers.task_queue, workflow_id, state, gate)
+        started = await _start(client, servers.task_queue, workflow_id, state, gate,
+                               dvt_attributes=options.dvt_attributes)
         if started is not None:
             handle = results.get_workflow_handle(workflow_id, run_id=started.result_run_id,
                                                  result_type=type(None))

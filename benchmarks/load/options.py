@@ -50,6 +50,8 @@ class LoadOptions:
     json_path: str | None = None
     #: The Temporal dev server as shipped, with its transfer-queue cap (see dvt_local.temporal).
     stock_server: bool = False
+    #: temporal-bare: start each workflow with dvt's search attributes and memo.
+    dvt_attributes: bool = False
     targets: Targets = field(default_factory=Targets)
 
     @property
@@ -106,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_path", help="also write the report as JSON here")
     p.add_argument("--stock-server", action="store_true",
                    help="keep the Temporal dev server's transfer-queue cap (20 reads a second)")
+    p.add_argument("--with-dvt-attributes", dest="dvt_attributes", action="store_true",
+                   help=f"{BARE}: start each workflow with dvt's search attributes and memo")
     return p
 
 
@@ -114,10 +118,13 @@ def parse(argv: list[str] | None = None) -> LoadOptions:
     a = parser().parse_args(argv)
     if a.steps < 1 or a.minutes <= 0 or a.workers < 1:
         parser().error("--steps, --minutes and --workers must be positive")
+    if a.dvt_attributes and a.engine != BARE:
+        parser().error(f"--with-dvt-attributes is for --engine {BARE}")
     if a.engine == BARE and (a.chaos or a.signals or a.steps != 1 or a.step_ms):
         parser().error(f"--engine {BARE} runs one no-op activity a run: no --chaos, --signals, "
                        "--steps or --step-ms")
     return LoadOptions(engine=a.engine, rate_per_s=a.rate, minutes=a.minutes, steps=a.steps,
                        step_ms=a.step_ms, chaos=a.chaos, signals_per_s=a.signals,
                        workers=a.workers, drain_s=a.drain, json_path=a.json_path,
-                       stock_server=a.stock_server, targets=TARGETS[a.engine])
+                       stock_server=a.stock_server, dvt_attributes=a.dvt_attributes,
+                       targets=TARGETS[a.engine])

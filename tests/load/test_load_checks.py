@@ -123,6 +123,15 @@ def test_the_bare_temporal_mode_parses_with_the_temporal_target_and_refuses_dvt_
         assert "one no-op activity a run" in capsys.readouterr().err
 
 
+def test_dvt_attributes_are_a_bare_mode_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse(["--engine", "temporal-bare", "--with-dvt-attributes"]).dvt_attributes
+    assert not parse(["--engine", "temporal-bare"]).dvt_attributes
+    with pytest.raises(SystemExit) as exited:
+        parse(["--engine", "temporal", "--with-dvt-attributes"])
+    assert exited.value.code == 2
+    assert "is for --engine temporal-bare" in capsys.readouterr().err
+
+
 def test_a_bare_history_must_hold_one_start_one_activity_and_one_completion() -> None:
     whole = ["EVENT_TYPE_WORKFLOW_EXECUTION_STARTED", "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
              "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED", "EVENT_TYPE_ACTIVITY_TASK_STARTED",
