@@ -19,13 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dvt_engine import telemetry
-from dvt_engine.errors import (
-    ErrorCode,
-    PlanNotFound,
-    RunNotFound,
-    SchemaValidationFailed,
-    StoreUnavailable,
-)
+from dvt_engine.errors import ErrorCode, RunNotFound, SchemaValidationFailed, StoreUnavailable
 from dvt_engine.eventlog import EventFactory, utc_now
 from dvt_engine.idempotency import signal_key
 from dvt_engine.models.events import Event, EventType, SignalDecisionPayload
@@ -349,9 +343,14 @@ class SignalService:
         if not any(step.status == StepStatus.FAILED for step in record.snapshot.steps):
             return {}  # the common case: nothing failed, no plan to read
         try:
-            plan = await self.plans.of(record.header)
-        except PlanNotFound:
-            plan = None  # a run registered without its plan: only unretryable errors count
+            plan: ExecutionPlan | None = await self.plans.of(record.header)
+        except Exception as exc:
+            # The decision is recorded already: a plan that cannot be read now (not in the
+            # registry, its loader failing) must not keep the engine from applying it. Without
+            # the plan's retry policies only unretryable errors count as final.
+            _log.warning("plan of run %r unreadable for a signal: %s", record.header.run_id,
+                         type(exc).__name__)
+            plan = None
         return final_failures(plan, record.snapshot.steps)
 
 
