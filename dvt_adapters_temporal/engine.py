@@ -15,8 +15,6 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
@@ -264,13 +262,9 @@ class TemporalEngine(BaseEngine):
             original_run_id=header.original_run_id, params=header.params,
         )
         plan_ref = header.plan_ref
-        attrs = await self._search_attributes(client)
-        values = {"tenantId": context.tenant_id, "projectId": context.project_id,
-                  "environmentId": context.environment_id}
-        search = TypedSearchAttributes([
-            SearchAttributePair(k, values[k.name])
-            for k in search_attributes.search_attribute_keys() if k.name in attrs
-        ])
+        search = search_attributes.ownership_attributes(
+            context.tenant_id, context.project_id, context.environment_id,
+            registered=await self._search_attributes(client))
         inp = RunInput(
             plan_ref=plan_ref.model_dump(mode="json", by_alias=True, exclude_none=True),
             context=context.model_dump(mode="json", by_alias=True, exclude_none=True),

@@ -21,12 +21,7 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -35,7 +30,7 @@ from benchmarks.load.driver import START_RETRY_S, LoadState, load_and_drain
 from benchmarks.load.options import LoadOptions
 from benchmarks.load.servers import Servers
 from benchmarks.load.verify import Verdict
-from dvt_adapters_temporal.search_attributes import search_attribute_keys
+from dvt_adapters_temporal.search_attributes import ownership_attributes
 
 #: History reads in flight while checking.
 CHECK_CONCURRENCY = 8
@@ -46,9 +41,7 @@ ONCE = ("EVENT_TYPE_WORKFLOW_EXECUTION_STARTED", "EVENT_TYPE_ACTIVITY_TASK_SCHED
 
 def _dvt_attributes(workflow_id: str) -> dict[str, Any]:
     """The search attributes and memo dvt's start gives a run (``--with-dvt-attributes``)."""
-    values = {"tenantId": "load", "projectId": "load", "environmentId": "load"}
-    return {"search_attributes": TypedSearchAttributes(
-                [SearchAttributePair(k, values[k.name]) for k in search_attribute_keys()]),
+    return {"search_attributes": ownership_attributes("load", "load", "load"),
             "memo": {"runId": workflow_id, "tenantId": "load"}}
 
 
