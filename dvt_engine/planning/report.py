@@ -211,7 +211,9 @@ def _capability_check(
 def _flow_features_used(doc: dict[str, Any]) -> tuple[str, ...]:
     """The plan v1.3 flow features a plan document uses, in FLOW_FEATURES order."""
     metadata = doc["metadata"]
-    steps = [s for s in doc.get("steps") or () if isinstance(s, dict)]
+    raw = doc.get("steps")
+    # A hostile document may hold anything here; the schema problems already name it.
+    steps = [s for s in raw if isinstance(s, dict)] if isinstance(raw, list) else []
     used = {
         FLOW_BOUNDED_CONCURRENCY: "maxParallel" in metadata or "concurrencyGroups" in metadata,
         FLOW_PARTIAL_JOIN: any("join" in s and s["join"] not in ("all", {"mode": "all"})
