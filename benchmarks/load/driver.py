@@ -91,6 +91,10 @@ class LoadState:
     signal_errors: int = 0
     signals_skipped: int = 0
     stream_restarts: int = 0
+    #: Per run, wall-clock marks of where its time went (see `phases`): the start call and its
+    #: return as seen here, the persistedAt of its RunStarted, first StepStarted and end, and
+    #: when the end arrived here. Wall clocks, because persistedAt is the database's.
+    marks: dict[str, dict[str, float]] = field(default_factory=dict)
     load_end_s: float = 0.0
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
     #: Notified whenever a run is seen ending.
@@ -141,7 +145,10 @@ async def _watch(client: Client, state: LoadState, stop: asyncio.Event) -> None:
                 cursor = item.cursor
                 event = item.event
                 if event.persisted_at is not None:
-                    state.lags_s.append((datetime.now(UTC) - event.persisted_at).total_seconds())
+                    arrived = datetime.now(UTC)
+                    state.lags_s.append((arrived - event.persisted_at).total_seconds())
+                    note_mark(state, event.run_id, str(event.event_type),
+                          event.persisted_at.timestamp(), arrived.timestamp())
                 if event.event_type in TERMINAL_RUN_EVENTS and event.run_id not in state.ended:
                     state.ended[event.run_id] = state.now()
                     state.status[event.run_id] = event.event_type
@@ -153,13 +160,33 @@ async def _watch(client: Client, state: LoadState, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.5)  # back-off before following again
 
 
+#: The events whose first persistedAt marks a phase of a run.
+_MARKED = {"RunStarted": "runStarted", "StepStarted": "stepStarted"}
+
+
+def note_mark(state: LoadState, run_id: str, event_type: str, persisted: float,
+          arrived: float) -> None:
+    """Note the first persistedAt of the events that bound a run's phases."""
+    marks = state.marks.get(run_id)
+    if marks is None:
+        return  # not a run this driver started (or its start is not recorded yet)
+    name = _MARKED.get(event_type)
+    if name is not None:
+        marks.setdefault(name, persisted)
+    elif event_type in TERMINAL_RUN_EVENTS:
+        marks.setdefault("ended", persisted)
+        marks.setdefault("seen", arrived)
+
+
 async def _start_one(client: Client, ref: Any, run_id: str, state: LoadState,
                      gate: asyncio.Semaphore) -> None:
     async with gate:
         state.started[run_id] = state.now()
+        state.marks[run_id] = {"call": time.time()}
         while True:
             try:
                 await client.start_run(ref, run_id=run_id)
+                state.marks[run_id].setdefault("returned", time.time())
                 return
             except DvtError:
                 # Starting is idempotent on the run id: a retry after an outage finds the run.

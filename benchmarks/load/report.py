@@ -54,6 +54,39 @@ def _minutes(options: LoadOptions, state: LoadState) -> list[dict[str, Any]]:
     return rows
 
 
+#: A run's phases: name, the mark it starts at, the mark it ends at (see LoadState.marks).
+PHASES = (("start call", "call", "returned"), ("to RunStarted", "call", "runStarted"),
+          ("to first step", "runStarted", "stepStarted"), ("step to end", "stepStarted", "ended"),
+          ("end seen", "ended", "seen"))
+
+
+def _phase_times(state: LoadState, runs: list[str]) -> dict[str, list[float]]:
+    """Each phase's duration for the runs that reached both of its marks."""
+    out: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+    for run_id in runs:
+        marks = state.marks.get(run_id, {})
+        for name, begin, end in PHASES:
+            if begin in marks and end in marks:
+                out[name].append(marks[end] - marks[begin])
+    return out
+
+
+def phases_of(options: LoadOptions, state: LoadState) -> dict[str, Any] | None:
+    """p50 and p99 of each phase over the load, and p99 per minute (by start), or None
+    when no run left marks (no store to follow: temporal-bare)."""
+    if not any(len(m) > 2 for m in state.marks.values()):
+        return None
+    whole = _phase_times(state, list(state.started))
+    by_minute = []
+    for m in range(max(1, math.ceil(options.seconds / 60.0))):
+        lo, hi = m * 60.0, (m + 1) * 60.0
+        times = _phase_times(state, [r for r, t in state.started.items() if lo <= t < hi])
+        by_minute.append({name: percentile(v, 0.99) for name, v in times.items()})
+    return {"p50": {n: percentile(v, 0.5) for n, v in whole.items()},
+            "p99": {n: percentile(v, 0.99) for n, v in whole.items()},
+            "p99ByMinute": by_minute}
+
+
 def _growth(first: float | None, last: float | None) -> float | None:
     if first is None or last is None or first <= 0:
         return None
@@ -138,7 +171,8 @@ def summarize(options: LoadOptions, state: LoadState, verdict: Verdict) -> dict[
                              "p50": percentile(verdict.pause_latencies_s, 0.5),
                              "p99": pause_p99},
         "cpu": _cpu(state) if state.cpu_spent else None,
-        "minutes": minutes, "chaos": [asdict(c) for c in state.chaos],
+        "minutes": minutes, "phases": phases_of(options, state),
+        "chaos": [asdict(c) for c in state.chaos],
         "chaosSkipped": state.skipped_chaos, "runsVerified": verdict.checked,
         "correctnessProblems": correctness, "speedMisses": speed,
         "correct": not correctness, "fast": not speed,
@@ -147,6 +181,18 @@ def summarize(options: LoadOptions, state: LoadState, verdict: Verdict) -> dict[
 
 def _f(value: float | None, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def render_phases(phases: dict[str, Any]) -> list[str]:
+    """Where a run's time went: p99 of each phase by minute, then p50 / p99 overall."""
+    names = [name for name, _, _ in PHASES]
+    lines = ["where the time went, p99 s by minute of start: "
+             + ", ".join(f"{n}" for n in names)]
+    for i, row in enumerate(phases["p99ByMinute"]):
+        lines.append(f"{i + 1:>6}  " + "  ".join(f"{_f(row[n], '.3f'):>7}" for n in names))
+    lines.append("  all   p50 " + ", ".join(f"{n} {_f(phases['p50'][n], '.3f')}" for n in names))
+    lines.append("  all   p99 " + ", ".join(f"{n} {_f(phases['p99'][n], '.3f')}" for n in names))
+    return lines
 
 
 def render(report: dict[str, Any]) -> str:
@@ -170,6 +216,9 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"start->complete: p50 {_f(lat['p50'])} s, p95 {_f(lat['p95'])} s, "
                  f"p99 {_f(lat['p99'])} s; p99 drift {_f(report['p99Drift'], '+.0%')} "
                  f"(end: {report['endSeenAt']})")
+    phases = report.get("phases")
+    if phases:
+        lines += render_phases(phases)
     if lag["max"] is not None:  # none without a store (temporal-bare)
         lines.append(f"store lag: p50 {_f(lag['p50'], '.3f')} s, p99 {_f(lag['p99'], '.3f')} s, "
                      f"max {_f(lag['max'], '.3f')} s")

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from benchmarks.load.bare_driver import history_problems
-from benchmarks.load.driver import LoadState
+from benchmarks.load.driver import LoadState, note_mark
 from benchmarks.load.options import TARGETS, parse, parse_chaos, parse_rate
-from benchmarks.load.report import percentile
+from benchmarks.load.report import percentile, phases_of, render_phases
 from benchmarks.load.verify import SentSignal, log_problems, pause_latencies, signal_problems
 from dvt_engine.models.events import Event
 
@@ -105,6 +105,39 @@ def test_cpu_is_counted_from_the_load_start_and_across_restarted_processes() -> 
     # killed one's last reading stays counted.
     state.count_cpu({("postgres", 10): 53.0, ("workers", 21): 1.5})
     assert state.cpu_spent == {"postgres": 3.0, "workers": 3.5}
+
+
+def test_a_run_s_time_is_split_into_phases_by_its_marks() -> None:
+    options = parse(["--minutes", "2"])
+    state = LoadState()
+    for n, (started_s, slow_end) in enumerate([(1.0, 0.0), (61.0, 0.5)]):
+        run_id = f"r{n}"
+        state.started[run_id] = started_s
+        state.marks[run_id] = {"call": 100.0 + started_s, "returned": 100.02 + started_s}
+        # Events arrive in log order; a repeated StepStarted (a retry) keeps the first mark.
+        for kind, at in (("RunStarted", 0.05), ("StepStarted", 0.1), ("StepStarted", 0.3),
+                         ("RunCompleted", 0.2 + slow_end)):
+            note_mark(state, run_id, kind, 100.0 + started_s + at, 100.0 + started_s + at + 0.01)
+    note_mark(state, "not-ours", "RunStarted", 1.0, 1.0)
+    assert "not-ours" not in state.marks
+    phases = phases_of(options, state)
+    assert phases is not None
+    first, second = phases["p99ByMinute"]
+    assert first["to RunStarted"] == pytest.approx(0.05)
+    assert first["to first step"] == pytest.approx(0.05)
+    # Only the second minute's run has the slow end, and only that phase shows it.
+    assert first["step to end"] == pytest.approx(0.1)
+    assert second["step to end"] == pytest.approx(0.6)
+    assert second["end seen"] == pytest.approx(0.01)
+    assert phases["p99"]["start call"] == pytest.approx(0.02)
+    assert any("0.600" in line for line in render_phases(phases))
+
+
+def test_without_followed_events_there_are_no_phases() -> None:
+    state = LoadState()
+    state.started["r0"] = 0.0
+    state.marks["r0"] = {"call": 1.0, "returned": 1.1}
+    assert phases_of(parse(["--minutes", "1"]), state) is None
 
 
 def test_the_bare_temporal_mode_parses_with_the_temporal_target_and_refuses_dvt_only_options(
