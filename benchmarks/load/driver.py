@@ -78,12 +78,18 @@ class LoadState:
     #: per process (a process first seen after the load began counts from its start).
     cpu_spent: dict[str, float] = field(default_factory=dict)
     cpu_seen: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: The same CPU seconds by minute of the load (index 0 is the first minute), to tell which
+    #: part's cost per run moves when latency does.
+    cpu_by_minute: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def count_cpu(self, reading: dict[tuple[str, int], float], *, first: bool = False) -> None:
         """Add what each process used since the last reading (restarted processes included)."""
+        minute = self.cpu_by_minute.setdefault(int(max(0.0, self.now()) // 60), {})
         for (part, pid), seconds in reading.items():
             before = self.cpu_seen.get((part, pid), seconds if first else 0.0)
-            self.cpu_spent[part] = self.cpu_spent.get(part, 0.0) + max(0.0, seconds - before)
+            used = max(0.0, seconds - before)
+            self.cpu_spent[part] = self.cpu_spent.get(part, 0.0) + used
+            minute[part] = minute.get(part, 0.0) + used
             self.cpu_seen[part, pid] = seconds
     chaos: list[ChaosRecord] = field(default_factory=list)
     skipped_chaos: list[str] = field(default_factory=list)

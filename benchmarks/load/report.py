@@ -48,6 +48,9 @@ def _minutes(options: LoadOptions, state: LoadState) -> list[dict[str, Any]]:
             "stepsPerMin": len(ended) * options.steps / span,
             "p50": percentile(latencies, 0.50), "p95": percentile(latencies, 0.95),
             "p99": percentile(latencies, 0.99),
+            "cpuMsPerRun": {part: 1000 * seconds / len(ended)
+                            for part, seconds in state.cpu_by_minute.get(m, {}).items()}
+            if ended else {},
             "driverRssMB": statistics.fmean(d for d, _ in rss) / MB if rss else None,
             "workerRssMB": statistics.fmean(w for _, w in rss) / MB if rss else None,
         })
@@ -216,6 +219,13 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"start->complete: p50 {_f(lat['p50'])} s, p95 {_f(lat['p95'])} s, "
                  f"p99 {_f(lat['p99'])} s; p99 drift {_f(report['p99Drift'], '+.0%')} "
                  f"(end: {report['endSeenAt']})")
+    parts = sorted({p for m in report["minutes"] for p in m.get("cpuMsPerRun", {})})
+    if parts:
+        lines.append("CPU ms per run ended, by minute: " + ", ".join(parts))
+        for m in report["minutes"]:
+            cpu = m.get("cpuMsPerRun", {})
+            lines.append(f"{m['minute']:>6}  " + "  ".join(
+                f"{_f(cpu.get(p), '.1f'):>7}" for p in parts))
     phases = report.get("phases")
     if phases:
         lines += render_phases(phases)

@@ -107,6 +107,15 @@ def test_cpu_is_counted_from_the_load_start_and_across_restarted_processes() -> 
     assert state.cpu_spent == {"postgres": 3.0, "workers": 3.5}
 
 
+def test_cpu_is_also_counted_by_minute_of_the_load() -> None:
+    state = LoadState()
+    state.count_cpu({("workers", 20): 7.0}, first=True)
+    state.count_cpu({("workers", 20): 9.0})
+    state.began -= 90  # the load has run a minute and a half: the next reading is minute 2's
+    state.count_cpu({("workers", 20): 12.0})
+    assert state.cpu_by_minute == {0: {"workers": 2.0}, 1: {"workers": 3.0}}
+
+
 def test_a_run_s_time_is_split_into_phases_by_its_marks() -> None:
     options = parse(["--minutes", "2"])
     state = LoadState()
