@@ -31,11 +31,10 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio import activity, workflow
+from bare_workflows import ParallelNoops, SequentialNoops, noop_activity
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -46,43 +45,6 @@ BASELINE_QUEUE = "bench-baseline"
 # The dev server's cap on history transfer-queue reads per second (default 20) makes every
 # task wait for a 50 ms tick once a few dozen have run; a cluster spreads this over its shards.
 UNCAPPED_SERVER_ARGS = ("--dynamic-config-value", UNCAPPED_TRANSFER_QUEUE)
-
-
-@activity.defn(name="bench.noop")
-async def noop_activity(i: int) -> int:
-    """A no-op activity: returns its input."""
-    return i
-
-
-@workflow.defn(name="bench.sequential")
-class SequentialNoops:
-    """Bare baseline: N no-op activities one after another."""
-
-    @workflow.run
-    async def run(self, n: int) -> int:
-        total = 0
-        for i in range(n):
-            total += await workflow.execute_activity(
-                noop_activity, i, start_to_close_timeout=timedelta(seconds=30)
-            )
-        return total
-
-
-@workflow.defn(name="bench.parallel")
-class ParallelNoops:
-    """Bare baseline: N no-op activities all at once."""
-
-    @workflow.run
-    async def run(self, n: int) -> int:
-        results = await asyncio.gather(
-            *(
-                workflow.execute_activity(
-                    noop_activity, i, start_to_close_timeout=timedelta(seconds=30)
-                )
-                for i in range(n)
-            )
-        )
-        return sum(results)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -563,7 +525,9 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import bench_temporal
+    from sandbox_bytecode import compile_for_sandbox
 
+    compile_for_sandbox("bare_workflows", "dvt_adapters_temporal")
     code = asyncio.run(bench_temporal.main())
     sys.stdout.flush()
     # Skip interpreter teardown: the SDK's native threads can crash Python's finalizer.

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.sandbox_bytecode import compile_for_sandbox
 from dvt_local import lifecycle, standby
 from dvt_local import postgres as pg
 
@@ -274,6 +275,10 @@ def start(engine: str, chaos: list[str], workers: int = 1, *,
             servers.standby = standby.start_standby(primary, synchronous=True)
         if engine in TEMPORAL_ENGINES:
             from dvt_local import temporal
+
+            # Each workflow run imports these afresh: measure them as installed code.
+            compile_for_sandbox("benchmarks.load" if engine == "temporal-bare"
+                                else "dvt_adapters_temporal")
 
             servers.temporal_dir = scratch / "temporal"
             servers.temporal_config = () if stock_server else (temporal.UNCAPPED_TRANSFER_QUEUE,)
