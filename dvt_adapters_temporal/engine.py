@@ -33,7 +33,7 @@ from dvt_adapters_temporal.wire import (
     WorkflowConfig,
 )
 from dvt_adapters_temporal.worker import build_workers, running_workers, select_workers, serve
-from dvt_adapters_temporal.workflow import WORKFLOW_NAME
+from dvt_adapters_temporal.workflow_body import WORKFLOW_NAME
 from dvt_engine.artifacts import ArtifactStore
 from dvt_engine.engine_base import BaseEngine
 from dvt_engine.errors import EngineUnavailable, RunNotFound, UsageError

@@ -20,10 +20,22 @@ from dvt_engine.models.events import AppendResult, Event
 from dvt_engine.models.run import RunHeader, StepStatus
 from dvt_engine.models.snapshot import RunSnapshot
 from dvt_engine.plugins import open_engine
-from dvt_engine.steps import builtin_registry
+from dvt_engine.steps import StepRunner, builtin_registry
 from dvt_engine.stores.memory import MemoryRunStateStore
 from dvt_engine.stores.memory_artifacts import MemoryArtifactStore
 from tests import conditional_append_checks as checks
+from tests.step_runner_helpers import (
+    TENANT as RUNNER_TENANT,
+)
+from tests.step_runner_helpers import (
+    WAIT_S,
+    invocation,
+    make_plan,
+    registry_with,
+    started_run,
+    step_events,
+    types_of,
+)
 
 TENANT = "view-tenant"
 
@@ -202,3 +214,83 @@ async def test_a_long_step_is_running_in_the_store_while_its_handler_runs() -> N
         release.set()
         final = await handle.result(timeout=60)
     assert final.status == "COMPLETED"
+
+
+async def test_a_worker_s_runner_lends_an_attempt_a_view_and_writes_one_call() -> None:
+    """A runner whose engine keeps no view of the run (a worker of an engine whose run driver
+    lives elsewhere) reads the run once and writes a quick step's two events in one call."""
+    store = CountingStore()
+    plan = make_plan([{"stepId": "a", "kind": "noop"}])
+    header = await started_run(store, plan)
+    runner = StepRunner(store, builtin_registry())
+    store.calls.clear()
+    outcome = await runner.run(invocation(header, plan, "a"))
+    assert outcome.status == "succeeded"
+    assert store.calls == Counter({"get_snapshot": 1, "append_batch_if_last": 1})
+    assert types_of(await step_events(store, header)) == ["StepStarted", "StepCompleted"]
+    assert runner.views == {}
+    assert runner._lent == {}  # nothing is kept once the attempt ends
+
+
+async def test_a_lent_view_another_writer_moved_is_read_again_and_the_log_stays_whole() -> None:
+    store = CountingStore()
+    plan = make_plan([{"stepId": "a", "kind": "wait.release"}, {"stepId": "b", "kind": "noop"}])
+    header = await started_run(store, plan)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def wait_release(ctx: Any) -> dict[str, Any]:
+        started.set()
+        await release.wait()
+        return {}
+
+    runner = StepRunner(store, registry_with(wait_release=wait_release))
+    runner.start_hold_s = 3600.0  # keep a's StepStarted held while b is written
+    attempt = asyncio.create_task(runner.run(invocation(header, plan, "a")))
+    await asyncio.wait_for(started.wait(), WAIT_S)
+    # Another process's writer appends to the run while a's start is held.
+    other = StepRunner(store, builtin_registry())
+    assert (await other.run(invocation(header, plan, "b"))).status == "succeeded"
+    release.set()
+    assert (await asyncio.wait_for(attempt, WAIT_S)).status == "succeeded"
+    events = await store.fetch_events(RUNNER_TENANT, header.run_id)
+    assert [(e.event_type, e.step_id) for e in events] == [
+        ("RunStarted", None), ("StepStarted", "b"), ("StepCompleted", "b"),
+        ("StepStarted", "a"), ("StepCompleted", "a")]
+    assert [e.run_seq for e in events] == [1, 2, 3, 4, 5]
+    assert await store.get_snapshot(RUNNER_TENANT, header.run_id) == await store.project(
+        RUNNER_TENANT, header.run_id)
+
+
+async def test_attempts_of_one_run_in_one_process_share_the_lent_view() -> None:
+    store = CountingStore()
+    plan = make_plan([{"stepId": s, "kind": "wait.release"} for s in ("a", "b", "c")])
+    header = await started_run(store, plan)
+    release = asyncio.Event()
+    waiting = 0
+    all_started = asyncio.Event()
+
+    async def wait_release(ctx: Any) -> dict[str, Any]:
+        nonlocal waiting
+        waiting += 1
+        if waiting == 3:
+            all_started.set()
+        await release.wait()
+        return {}
+
+    runner = StepRunner(store, registry_with(wait_release=wait_release))
+    runner.start_hold_s = 3600.0
+    store.calls.clear()
+    attempts = [asyncio.create_task(runner.run(invocation(header, plan, s)))
+                for s in ("a", "b", "c")]
+    await asyncio.wait_for(all_started.wait(), WAIT_S)
+    assert len(runner._lent) == 1
+    assert runner._lent[RUNNER_TENANT, header.run_id][1] == 3
+    release.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(*attempts), WAIT_S)
+    assert [o.status for o in outcomes] == ["succeeded"] * 3
+    # One read for the three; the writers took turns on the view, so none found it stale.
+    assert store.calls["get_snapshot"] == 1
+    assert runner._lent == {}
+    assert await store.get_snapshot(RUNNER_TENANT, header.run_id) == await store.project(
+        RUNNER_TENANT, header.run_id)

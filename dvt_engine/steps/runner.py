@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -98,6 +98,11 @@ class StepRunner:
         #: Views of the runs whose only writer in this process goes through this runner and its
         #: engine, by (tenantId, runId): their appends need no read of the snapshot first.
         self.views: dict[tuple[str, str], RunView] = {}
+        #: Views lent to the attempts of runs without one (a worker of an engine whose run
+        #: driver lives elsewhere), with how many attempts of the run use it now. An attempt
+        #: reads the run once, holds its StepStarted and writes it with the outcome in one
+        #: conditional append; attempts of one run in this process share it and take turns.
+        self._lent: dict[tuple[str, str], tuple[RunView, int]] = {}
 
     # --- one engine attempt ------------------------------------------------------------------
     async def run(
@@ -134,12 +139,11 @@ class StepRunner:
             EventType.STEP_STARTED, step.step_id, payload,
             logical_attempt_id=inv.logical_attempt_id, engine_attempt_id=inv.engine_attempt_id,
         )
-        view = self.views.get((inv.tenant_id, inv.run_id))
-        if (view is not None and inv.engine_attempt_id == 1 and not is_gate(step)
-                and not token.cancelled):
-            writer = RunWriter(self.store, inv, view)
-            if await writer.hold(started):
-                return await self._held_attempt(inv, token, writer)
+        if inv.engine_attempt_id == 1 and not is_gate(step) and not token.cancelled:
+            with self._view_for(inv) as view:
+                writer = RunWriter(self.store, inv, view)
+                if await writer.hold(started):
+                    return await self._held_attempt(inv, token, writer)
         try:
             result = await self._append(inv, started)
         except IllegalTransition as exc:
@@ -154,6 +158,33 @@ class StepRunner:
                     f"step {inv.step_id!r} was skipped while attempt "
                     f"{inv.logical_attempt_id} ran"))
         return await self._attempt(inv, token)
+
+    @contextlib.contextmanager
+    def _view_for(self, inv: StepInvocation) -> Iterator[RunView]:
+        """The run's view: the engine's own, or one lent for as long as this attempt runs."""
+        key = (inv.tenant_id, inv.run_id)
+        own = self.views.get(key)
+        if own is not None:
+            yield own
+            return
+        view, users = self._lent.get(key, (RunView(), 0))
+        self._lent[key] = (view, users + 1)
+        try:
+            yield view
+        finally:
+            view, users = self._lent[key]
+            if users > 1:
+                self._lent[key] = (view, users - 1)
+            else:
+                del self._lent[key]
+
+    def _view(self, inv: StepInvocation) -> RunView | None:
+        key = (inv.tenant_id, inv.run_id)
+        own = self.views.get(key)
+        if own is not None:
+            return own
+        lent = self._lent.get(key)
+        return None if lent is None else lent[0]
 
     async def _held_attempt(
         self, inv: StepInvocation, token: CancelToken, writer: RunWriter
@@ -396,8 +427,7 @@ class StepRunner:
         return EventFactory(inv, emitted_by=self.emitted_by)
 
     async def _append(self, inv: StepInvocation, event: Event) -> AppendResult:
-        view = self.views.get((inv.tenant_id, inv.run_id))
-        return await RunWriter(self.store, inv, view).append(event)
+        return await RunWriter(self.store, inv, self._view(inv)).append(event)
 
     async def _finish(
         self,

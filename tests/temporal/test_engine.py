@@ -186,7 +186,7 @@ async def test_runs_carry_ownership_search_attributes(engine: TemporalEngine) ->
 
 
 async def test_new_runs_take_the_patched_paths(engine: TemporalEngine) -> None:
-    from dvt_adapters_temporal.workflow import PATCH_SIZE_BUDGET_DEFERS_STEPS
+    from dvt_adapters_temporal.workflow_body import PATCH_SIZE_BUDGET_DEFERS_STEPS
 
     ref = await put_plan(engine.store, plan_doc([{"stepId": "a", "kind": "noop"}]))
     ctx = new_context()
