@@ -155,6 +155,9 @@ class RunView:
         self.projection: Projection | None = None
         self.confirmed_seq = 0
         self.pending: list[Event] = []
+        #: The trace context each pending event was held in (by idempotency key), so its append
+        #: span is recorded where the event was made, not inside the append that wrote it.
+        self.held_in: dict[str, telemetry.TraceContext] = {}
         # Writers of the run in this process take turns, so they never make each other stale.
         self.lock = asyncio.Lock()
 
@@ -211,6 +214,7 @@ class RunWriter:
                 return False
             view.fold(event, view.projection.last_event_seq + 1)
             view.pending.append(event)
+            view.held_in[event.idempotency_key] = telemetry.current_context()
             return True
 
     async def flush(self) -> None:
@@ -248,6 +252,8 @@ class RunWriter:
             if transition_problem(view.projection.snapshot(), event) is None:
                 view.fold(event, view.projection.last_event_seq + 1)
                 view.pending.append(event)
+            else:
+                view.held_in.pop(event.idempotency_key, None)
 
     async def _write(self, view: RunView, event: Event | None) -> AppendResult | None:
         """Write the held events and ``event`` at the confirmed runSeq; ``event``'s result."""
@@ -277,7 +283,7 @@ class RunWriter:
                 view.confirmed_seq = results[-1].run_seq
                 if len(results) > held:
                     view.fold(batch[-1], results[-1].run_seq, results[-1].persisted_at)
-            _record_held(batch[:held], results[:held])
+            _record_held(view, batch[:held], results[:held])
             if event is None:
                 return None
             if problem is not None:
@@ -286,6 +292,7 @@ class RunWriter:
         # The run is being appended to by others all the time: decide as without a view.
         view.projection = None
         waiting, view.pending = view.pending, []
+        view.held_in.clear()
         if waiting:
             await self.store.append_batch(waiting)
         return None if event is None else await self._append(event)
@@ -315,9 +322,11 @@ class RunWriter:
         )
 
 
-def _record_held(events: list[Event], results: list[AppendResult]) -> None:
-    # A held event is written with a later one; its span is recorded once its runSeq is known.
+def _record_held(view: RunView, events: list[Event], results: list[AppendResult]) -> None:
+    # A held event is written with a later one; its span is recorded once its runSeq is known,
+    # in the context it was held in (a step's span), beside the append that wrote it.
     for event, result in zip(events, results, strict=True):
-        with telemetry.append_span(event) as span:
+        parent = view.held_in.pop(event.idempotency_key, None)
+        with telemetry.append_span(event, parent) as span:
             span.set_attribute(telemetry.ATTR_RUN_SEQ, result.run_seq)
             span.set_attribute(telemetry.ATTR_DUPLICATE, result.duplicate)

@@ -11,7 +11,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import (
     NoOpTracerProvider,
@@ -95,8 +97,12 @@ def dvt_span(
     *,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, AttributeValue | None] | None = None,
+    parent: Context | None = None,
 ) -> Iterator[Span]:
     """Open a current span with identity attributes; an exception marks it ERROR by code only.
+
+    ``parent`` is the context to open it in when that is not the current one (an event written
+    later than it was made, with another event's append).
 
     Exceptions are not recorded as span events: their text may contain a secret. The status
     description is the error's stable code (DvtError) or its type name.
@@ -112,7 +118,7 @@ def dvt_span(
         if value is not None:
             attrs[key] = value
     with tracer().start_as_current_span(
-        name, kind=kind, attributes=attrs, record_exception=False,
+        name, context=parent, kind=kind, attributes=attrs, record_exception=False,
         set_status_on_exception=False,
     ) as span:
         try:
@@ -178,11 +184,21 @@ def step_span(
     )
 
 
-def append_span(event: Event) -> AbstractContextManager[Span]:
-    """Span around appending one event (an ``Event``) to the store."""
+#: A trace context, as the modules outside this one name it.
+TraceContext = Context
+
+
+def current_context() -> Context:
+    """The active trace context, to parent a span that is opened later, elsewhere."""
+    return otel_context.get_current()
+
+
+def append_span(event: Event, parent: Context | None = None) -> AbstractContextManager[Span]:
+    """Span around appending one event (an ``Event``) to the store (opened in ``parent``)."""
     return dvt_span(
         SPAN_APPEND,
         event,
+        parent=parent,
         kind=SpanKind.CLIENT,
         attributes={
             ATTR_EVENT_TYPE: event.event_type,
