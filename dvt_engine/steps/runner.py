@@ -167,7 +167,8 @@ class StepRunner:
         if own is not None:
             yield own
             return
-        view, users = self._lent.get(key, (RunView(), 0))
+        lent = self._lent.get(key)
+        view, users = lent if lent is not None else (RunView(), 0)
         self._lent[key] = (view, users + 1)
         try:
             yield view
